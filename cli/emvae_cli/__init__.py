@@ -1,0 +1,1 @@
+"""The ``emvae`` command line (a thin Typer layer over the :mod:`emvae` library)."""

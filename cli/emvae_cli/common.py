@@ -1,0 +1,51 @@
+"""What every command shares: the console, error handling and default look-ups."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from emvae.errors import EmvaeError
+
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def default(cls: type, name: str) -> Any:
+    """The default of dataclass field ``name`` (so help texts cannot disagree with config.py)."""
+    return {f.name: f.default for f in dataclasses.fields(cls)}[name]
+
+
+def user_errors(fn: F) -> F:
+    """Turn expected failures into one line on stderr and a non-zero exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EmvaeError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print(
+                "interrupted; a fit continues from its last completed epoch with --resume",
+                highlight=False,
+            )
+            raise typer.Exit(130) from None
+        except MemoryError:
+            err_console.print(
+                "[bold red]error:[/] out of memory; use a smaller --batch-size", highlight=False
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command_line() -> str:
+    return " ".join(["emvae", *sys.argv[1:]])

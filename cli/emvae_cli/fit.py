@@ -1,0 +1,233 @@
+"""``emvae fit`` and ``emvae encode``."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import typer
+
+from emvae import __version__
+from emvae.checkpoint import load_model
+from emvae.config import ModelConfig, RunConfig, TrainConfig
+from emvae.data import load_images, resolve_device
+from emvae.encode import encode as encode_stack
+from emvae.encode import particle_table
+from emvae.errors import ConfigError, OutputExistsError
+from emvae.example import EXAMPLE_OPTIONS, make_example
+from emvae.io import read_stack, write_table
+from emvae.progress import training_progress
+from emvae.train import fit as fit_model
+from emvae.train import make_data_config
+from emvae_cli.common import command_line, default, err_console, user_errors
+
+M, T = ModelConfig, TrainConfig
+
+
+def _h(text: str, cls: type, name: str, example: bool = True) -> str:
+    d = default(cls, name)
+    ex = f"; --example: {EXAMPLE_OPTIONS[name]}" if example and name in EXAMPLE_OPTIONS else ""
+    return f"{text} [default: {d}{ex}]"
+
+
+@user_errors
+def fit(
+    stack: Path | None = typer.Argument(
+        None, help="Particle stack (.mrcs/.mrc).", show_default=False
+    ),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
+    example: bool = typer.Option(
+        False,
+        "--example",
+        help="Generate a small synthetic stack "
+        "with known poses in OUT/example and fit it (a few minutes on "
+        "a laptop CPU).",
+    ),
+    zdim: int | None = typer.Option(
+        None, "--zdim", help=_h("Unstructured latent dims.", M, "zdim"), show_default=False
+    ),
+    epochs: int | None = typer.Option(
+        None, "-n", "--epochs", show_default=False, help=_h("Total number of epochs.", T, "epochs")
+    ),
+    batch_size: int | None = typer.Option(
+        None, "-b", "--batch-size", show_default=False, help=_h("Images per step.", T, "batch_size")
+    ),
+    lr: float | None = typer.Option(
+        None, "--lr", help=_h("Adam learning rate.", T, "lr"), show_default=False
+    ),
+    seed: int = typer.Option(
+        default(T, "seed"), "--seed", help="Random seed (initialisation, split, sampling)."
+    ),
+    device: str = typer.Option(default(T, "device"), "--device", help="auto, cpu, cuda, cuda:N."),
+    rotation: bool = typer.Option(True, "--rotation/--no-rotation", help="Infer rotation."),
+    translation: bool = typer.Option(
+        True, "--translation/--no-translation", help="Infer translation."
+    ),
+    theta_prior: str = typer.Option(
+        default(M, "theta_prior"),
+        "--theta-prior",
+        help="uniform (paper eq. 3, mean not penalised) or gaussian.",
+    ),
+    theta_prior_std: float = typer.Option(
+        default(M, "theta_prior_std_deg"),
+        "--theta-prior-std",
+        help="Rotation prior width s_theta, degrees.",
+    ),
+    shift_prior_px: float = typer.Option(
+        default(M, "shift_prior_px"), "--shift-prior-px", help="Translation prior std, pixels."
+    ),
+    likelihood: str = typer.Option(
+        default(M, "likelihood"),
+        "--likelihood",
+        help="gaussian (normalised images) or bernoulli ([0,1] pixels).",
+    ),
+    learn_noise: bool = typer.Option(
+        False, "--learn-noise", help="Gaussian: learn a per-pixel noise std."
+    ),
+    z_delay: int = typer.Option(
+        default(T, "z_delay"), "--z-delay", help="Epochs with z held at 0 at the start."
+    ),
+    augment: bool = typer.Option(
+        True,
+        "--augment/--no-augment",
+        help="Random rotation of the inference network's input (only with rotation inference).",
+    ),
+    test_fraction: float = typer.Option(
+        default(T, "test_fraction"), "--test-fraction", help="Held-out fraction for the test ELBO."
+    ),
+    generator: str = typer.Option(
+        default(M, "generator"),
+        "--generator",
+        help="spatial (coordinate MLP) or vanilla (baseline VAE).",
+    ),
+    gen_hidden: int | None = typer.Option(
+        None, "--gen-hidden", show_default=False, help=_h("Generator width.", M, "gen_hidden")
+    ),
+    gen_layers: int | None = typer.Option(
+        None,
+        "--gen-layers",
+        show_default=False,
+        help=_h("Generator hidden layers.", M, "gen_layers"),
+    ),
+    enc_hidden: int | None = typer.Option(
+        None, "--enc-hidden", show_default=False, help=_h("Encoder width.", M, "enc_hidden")
+    ),
+    enc_layers: int | None = typer.Option(
+        None, "--enc-layers", show_default=False, help=_h("Encoder hidden layers.", M, "enc_layers")
+    ),
+    activation: str = typer.Option(
+        default(M, "activation"), "--activation", help="tanh, relu, leaky_relu, gelu or silu."
+    ),
+    normalize: bool = typer.Option(
+        True, "--normalize/--no-normalize", help="Gaussian: standardise the stack to mean 0, std 1."
+    ),
+    apix: float | None = typer.Option(
+        None, "--apix", show_default=False, help="Pixel size in A (overrides the header)."
+    ),
+    checkpoint_every: int = typer.Option(
+        default(T, "checkpoint_every"),
+        "--checkpoint-every",
+        help="Keep a numbered checkpoint every N epochs.",
+    ),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast on CUDA."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue OUT from its last checkpoint (stored settings; only --epochs may change).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite emvae outputs in OUT."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
+) -> None:
+    """Train a spatial-VAE on a particle stack; write poses and latents per particle."""
+    if example == (stack is not None):
+        raise ConfigError("give a STACK or --example (not both)")
+    preset = EXAMPLE_OPTIONS if example else {}
+
+    def pick(name: str, value, cls: type):
+        return value if value is not None else preset.get(name, default(cls, name))
+
+    if example:
+        stack = make_example(out / "example", force=force or resume)
+    images = read_stack(stack)
+    model = ModelConfig(
+        image_size=images.size,
+        channels=images.channels,
+        zdim=pick("zdim", zdim, M),
+        generator=generator,
+        gen_hidden=pick("gen_hidden", gen_hidden, M),
+        gen_layers=pick("gen_layers", gen_layers, M),
+        enc_hidden=pick("enc_hidden", enc_hidden, M),
+        enc_layers=pick("enc_layers", enc_layers, M),
+        activation=activation,
+        rotation=rotation,
+        translation=translation,
+        theta_prior=theta_prior,
+        theta_prior_std_deg=theta_prior_std,
+        shift_prior_px=shift_prior_px,
+        likelihood=likelihood,
+        learn_noise=learn_noise,
+    )
+    train = TrainConfig(
+        epochs=pick("epochs", epochs, T),
+        batch_size=pick("batch_size", batch_size, T),
+        lr=pick("lr", lr, T),
+        seed=seed,
+        z_delay=z_delay,
+        augment_rotation=augment,
+        test_fraction=test_fraction,
+        device=device,
+        amp=amp,
+        checkpoint_every=checkpoint_every,
+    )
+    config = RunConfig(
+        model=model,
+        train=train,
+        version=__version__,
+        command=command_line(),
+        created=datetime.datetime.now().isoformat(timespec="seconds"),
+    )
+    if not resume:
+        config.validate()
+        config.data = make_data_config(images, likelihood, apix, normalize)
+    result = fit_model(images, config, out, resume=resume, force=force, progress=not quiet)
+    err_console.print(
+        f"wrote {out / 'particles.csv'} ({len(result.table)} particles), "
+        f"{out / 'particles.h5'}, {out / 'metrics.csv'}, {out / 'checkpoints'}",
+        highlight=False,
+    )
+
+
+@user_errors
+def encode(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (.pt) or a run directory."),
+    stack: Path = typer.Argument(..., help="Particle stack to encode."),
+    out: Path = typer.Option(..., "-o", "--out", help="Table to write: .csv or .h5."),
+    batch_size: int = typer.Option(256, "-b", "--batch-size", help="Images per batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the per-particle ELBO sample."),
+    apix: float | None = typer.Option(
+        None, "--apix", show_default=False, help="Pixel size in A (overrides the header)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
+) -> None:
+    """Poses and latents of every image of STACK under a trained model (same table as fit)."""
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out}: exists; use --force to overwrite")
+    dev = resolve_device(device)
+    model, config, _ = load_model(checkpoint, dev)
+    images = read_stack(stack)
+    if images.size != config.model.image_size or images.channels != config.model.channels:
+        raise ConfigError(
+            f"{stack}: images are {images.channels}x{images.size}^2 but the model "
+            f"was trained on {config.model.channels}x{config.model.image_size}^2"
+        )
+    data = load_images(images, dev, config.data.mean, config.data.std)
+    with training_progress(not quiet) as bar:
+        enc = encode_stack(model, data, dev, batch_size, seed, bar.task("encoding", len(images)))
+    table = particle_table(
+        config.model, enc, images.names, apix if apix is not None else images.apix
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_table(table, out)
+    err_console.print(f"wrote {out} ({len(table)} particles)", highlight=False)

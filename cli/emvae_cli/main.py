@@ -1,0 +1,34 @@
+"""Entry point: one Typer app that every command registers on."""
+
+from __future__ import annotations
+
+import typer
+
+from emvae import __version__
+from emvae_cli import fit as fit_cmd
+
+app = typer.Typer(
+    name="emvae",
+    help="Spatial-VAE for particle stacks and galaxy images: content disentangled from "
+    "in-plane rotation and translation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("fit")(fit_cmd.fit)
+app.command("encode")(fit_cmd.encode)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"emvae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """emvae command line."""

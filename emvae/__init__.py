@@ -1,0 +1,38 @@
+"""emvae: spatial-VAE for particle stacks and galaxy images.
+
+Public API: :func:`fit`, :func:`encode`, :func:`read_stack`, :func:`load_model`, the config
+dataclasses and :class:`SpatialVAE`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("emvae")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+from emvae.checkpoint import load_checkpoint, load_model  # noqa: E402
+from emvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from emvae.encode import encode, particle_table  # noqa: E402
+from emvae.errors import EmvaeError, InputError  # noqa: E402
+from emvae.io import read_stack  # noqa: E402
+from emvae.models import SpatialVAE  # noqa: E402
+from emvae.train import fit, make_data_config  # noqa: E402
+
+__all__ = [
+    "DataConfig",
+    "EmvaeError",
+    "InputError",
+    "ModelConfig",
+    "RunConfig",
+    "SpatialVAE",
+    "TrainConfig",
+    "__version__",
+    "encode",
+    "fit",
+    "load_checkpoint",
+    "load_model",
+    "make_data_config",
+    "particle_table",
+    "read_stack",
+]

@@ -1,0 +1,66 @@
+"""Checkpoints: state_dicts + config + epoch + RNG + version; never a pickled module.
+
+Loaded with ``torch.load(weights_only=True)``, so a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emvae.config import RunConfig
+from emvae.errors import InputError
+
+FORMAT = "emvae-checkpoint/1"
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically (a crash mid-write leaves the previous file intact).
+
+    ``state`` holds: ``model`` (state_dict), ``optimizer`` (state_dict or None), ``config``
+    (``RunConfig.to_dict()``), ``epoch`` (completed epochs), ``rng`` (ByteTensor), ``split``
+    (0-based test indices, LongTensor), ``history`` (list of per-epoch metric dicts).
+    """
+    from emvae import __version__
+
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    torch.save({"format": FORMAT, "version": __version__, **state}, tmp)
+    os.replace(tmp, p)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU, refusing anything that is not an emvae checkpoint."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such checkpoint")
+    if p.is_dir():
+        last = p / "checkpoints" / "last.pt"
+        if not last.exists():
+            raise InputError(p, "is a directory without checkpoints/last.pt")
+        p = last
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a foreign or truncated file
+        raise InputError(p, f"not a readable emvae checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise InputError(p, "not an emvae checkpoint")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"):
+    """Rebuild the model from a checkpoint (a file, or a run directory).
+
+    Returns ``(model in eval mode on device, RunConfig, checkpoint dict)``.
+    """
+    from emvae.models import SpatialVAE
+
+    ckpt = load_checkpoint(path)
+    config = RunConfig.from_dict(ckpt["config"])
+    model = SpatialVAE(config.model)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, config, ckpt

@@ -1,0 +1,181 @@
+"""Configuration dataclasses: the only place where defaults live.
+
+A :class:`RunConfig` is stored in ``config.json`` and in every checkpoint, and is enough to
+rebuild the model (:func:`emvae.models.build_model`) and to resume training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from emvae.errors import ConfigError
+
+GENERATORS = ("spatial", "vanilla")
+ENCODERS = ("mlp",)
+ACTIVATIONS = ("tanh", "relu", "leaky_relu", "gelu", "silu")
+THETA_PRIORS = ("uniform", "gaussian")
+LIKELIHOODS = ("gaussian", "bernoulli")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture, priors and likelihood of one spatial-VAE (or baseline).
+
+    All widths of priors are in user units: degrees for the rotation, pixels for shifts.
+    """
+
+    image_size: int  # D: images are D x D pixels
+    channels: int = 1  # C: 1 for EM, 3 for RGB
+    zdim: int = 2  # K: unstructured latent dimensions
+    generator: str = "spatial"  # "spatial" (coordinate MLP) or "vanilla" (z -> all pixels)
+    encoder: str = "mlp"
+    gen_hidden: int = 500
+    gen_layers: int = 2
+    enc_hidden: int = 500
+    enc_layers: int = 2
+    activation: str = "tanh"
+    rotation: bool = True  # infer an in-plane rotation theta
+    translation: bool = True  # infer a shift (dx, dy)
+    theta_prior: str = "uniform"  # "uniform" (eq. 3, mean not penalised) or "gaussian"
+    theta_prior_std_deg: float = 180.0  # s_theta; 180 deg = pi, the paper's value for eq. 3
+    shift_prior_px: float = 2.0  # s_dx in pixels (the paper's EM value: N(0, 4 px^2))
+    likelihood: str = "gaussian"
+    learn_noise: bool = False  # Gaussian only: the generator also outputs a per-pixel log-std
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` if options are out of range or contradict each other."""
+        _choice("generator", self.generator, GENERATORS)
+        _choice("encoder", self.encoder, ENCODERS)
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("theta prior", self.theta_prior, THETA_PRIORS)
+        _choice("likelihood", self.likelihood, LIKELIHOODS)
+        if self.image_size < 2:
+            raise ConfigError(f"image size must be at least 2 pixels, got {self.image_size}")
+        if self.channels < 1:
+            raise ConfigError(f"channels must be at least 1, got {self.channels}")
+        if self.zdim < 0:
+            raise ConfigError(f"--zdim must be >= 0, got {self.zdim}")
+        for name in ("gen_hidden", "gen_layers", "enc_hidden", "enc_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1")
+        if self.theta_prior_std_deg <= 0 or self.shift_prior_px <= 0:
+            raise ConfigError("prior widths (--theta-prior-std, --shift-prior-px) must be > 0")
+        if self.generator == "vanilla":
+            if self.rotation or self.translation:
+                raise ConfigError(
+                    "the vanilla generator has no coordinates to transform: "
+                    "use it with --no-rotation --no-translation"
+                )
+            if self.zdim < 1:
+                raise ConfigError("the vanilla generator needs --zdim >= 1")
+        if self.learn_noise and self.likelihood != "gaussian":
+            raise ConfigError("--learn-noise applies to the Gaussian likelihood only")
+
+    @property
+    def n_pose(self) -> int:
+        """Number of pose latents: 1 for theta, 2 for (dx, dy)."""
+        return int(self.rotation) + 2 * int(self.translation)
+
+    @property
+    def n_out(self) -> int:
+        """Generator outputs per pixel: C means/logits, plus C log-stds with learned noise."""
+        return self.channels * (2 if self.learn_noise else 1)
+
+    @property
+    def theta_prior_std(self) -> float:
+        """s_theta in radians."""
+        return math.radians(self.theta_prior_std_deg)
+
+    @property
+    def pixel_to_unit(self) -> float:
+        """Size of one pixel in internal coordinate units, 2 / (D - 1) (SPEC section 1)."""
+        return 2.0 / (self.image_size - 1)
+
+    @property
+    def shift_prior_std(self) -> float:
+        """s_dx in internal coordinate units."""
+        return self.shift_prior_px * self.pixel_to_unit
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (paper: Adam, lr 1e-4, batch 100)."""
+
+    epochs: int = 50
+    batch_size: int = 100
+    lr: float = 1e-4
+    seed: int = 0
+    z_delay: int = 2  # z is held at 0 for this many epochs (paper section 4.3)
+    augment_rotation: bool = True  # only used when rotation is inferred
+    test_fraction: float = 0.1
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA (no effect on CPU)
+    checkpoint_every: int = 10  # keep checkpoints/epoch_NNNN.pt every this many epochs
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.z_delay < 0:
+            raise ConfigError(f"--z-delay must be >= 0, got {self.z_delay}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
+        if self.checkpoint_every < 1:
+            raise ConfigError("--checkpoint-every must be >= 1")
+
+
+@dataclass
+class DataConfig:
+    """Where the images came from and how they were normalised before training."""
+
+    paths: list[str] = field(default_factory=list)
+    n_images: int = 0
+    apix: float | None = None  # pixel size in Angstrom, None when unknown
+    normalize: bool = True  # subtract `mean`, divide by `std` (Gaussian likelihood)
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild a model and to resume its training."""
+
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    version: str = ""
+    command: str = ""
+    created: str = ""
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Rebuild from :meth:`to_dict` output; unknown keys (from newer versions) are refused."""
+        try:
+            return cls(
+                model=ModelConfig(**d["model"]),
+                train=TrainConfig(**d.get("train", {})),
+                data=DataConfig(**d.get("data", {})),
+                version=d.get("version", ""),
+                command=d.get("command", ""),
+                created=d.get("created", ""),
+            )
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"not an emvae configuration ({e})") from None
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")

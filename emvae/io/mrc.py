@@ -1,0 +1,99 @@
+"""MRC / MRCS stacks through ``mrcfile``, memory-mapped."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from emvae.errors import InputError
+from emvae.io.stack import ImageStack
+
+MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".map")
+_REAL_MODES = {0, 1, 2, 6, 12}
+
+
+def read_mrc(path: str | os.PathLike) -> ImageStack:
+    """Open an MRC file as a stack without reading its data.
+
+    A 2-D file is one image; a 3-D file (stack or volume) is ``nz`` images of ``ny x nx``.
+    The pixel size is the header's ``voxel_size.x`` (None when the header says 0).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such file")
+    if p.is_dir():
+        raise InputError(p, "is a directory, not an MRC file")
+    mrc = _open(p)
+    mode = int(mrc.header.mode)
+    if mode not in _REAL_MODES:
+        mrc.close()
+        raise InputError(p, f"MRC mode {mode} is not a real-valued image mode (0, 1, 2, 6, 12)")
+    data = mrc.data
+    if data is None or data.size == 0:
+        mrc.close()
+        raise InputError(p, "contains no images")
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    elif data.ndim != 3:
+        mrc.close()
+        raise InputError(p, f"has {data.ndim} dimensions; expected a 2-D image or a stack")
+    n, h, w = data.shape
+    if h != w:
+        mrc.close()
+        raise InputError(p, f"images are {w}x{h} (nx x ny); emvae needs square images")
+    apix = float(mrc.voxel_size.x)
+    names = [f"{k}@{path}" for k in range(1, n + 1)]
+    return ImageStack(
+        images=data[:, np.newaxis],
+        names=names,
+        apix=apix if apix > 0 else None,
+        source=str(path),
+        handle=mrc,
+    )
+
+
+def write_mrc(path: str | os.PathLike, images: np.ndarray, apix: float | None = None) -> None:
+    """Write ``(N, D, D)`` images as a float32 MRCS stack (overwrites ``path``)."""
+    data = np.ascontiguousarray(images, dtype=np.float32)
+    with mrcfile.new(path, overwrite=True) as mrc, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # header statistics of data holding NaN
+        mrc.set_data(data)
+        mrc.set_image_stack()
+        if apix:
+            mrc.voxel_size = apix
+
+
+def _open(p: Path):
+    """Open strictly; fall back to mrcfile's permissive mode for files that only lack the
+    'MAP ' ID or a machine stamp (common in RELION-era stacks) but whose data block is intact."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return mrcfile.mmap(p, mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        strict_error = _first_line(e)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mrc = mrcfile.mmap(p, mode="r", permissive=True)
+    except (ValueError, OSError, EOFError):
+        mrc = None
+    if (
+        mrc is None
+        or mrc.data is None
+        or mrc.data.size == 0
+        or int(mrc.header.mode) not in _REAL_MODES
+    ):
+        if mrc is not None:
+            mrc.close()
+        raise InputError(p, f"not a readable MRC file ({strict_error})")
+    return mrc
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,61 @@
+"""The per-particle table: CSV for people and scripts, HDF5 for large runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from emvae.errors import InputError
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write ``df`` as CSV, or as HDF5 when ``path`` ends in ``.h5``/``.hdf5``."""
+    p = Path(path)
+    if p.suffix in (".h5", ".hdf5"):
+        write_table_h5(df, p)
+    else:
+        df.to_csv(p, index=False, float_format="%.7g")
+
+
+def write_table_h5(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """One dataset per column under ``/particles``, column order in the group's attributes."""
+    with h5py.File(path, "w") as f:
+        g = f.create_group("particles")
+        g.attrs["columns"] = list(df.columns)
+        for col in df.columns:
+            values = df[col].to_numpy()
+            if values.dtype == object:
+                g.create_dataset(
+                    col, data=values.astype(str).astype(object), dtype=h5py.string_dtype()
+                )
+            else:
+                g.create_dataset(col, data=values)
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by :func:`write_table` (CSV or HDF5)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such file")
+    if p.suffix in (".h5", ".hdf5"):
+        try:
+            with h5py.File(p, "r") as f:
+                g = f["particles"]
+                cols = [str(c) for c in g.attrs["columns"]]
+                data = {}
+                for c in cols:
+                    v = g[c][()]
+                    if v.dtype == object:
+                        v = np.array([s.decode() if isinstance(s, bytes) else s for s in v])
+                    data[c] = v
+        except (OSError, KeyError) as e:
+            raise InputError(p, f"not an emvae particle table ({e})") from None
+        return pd.DataFrame(data)
+    try:
+        return pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(p, f"not a readable CSV table ({e})") from None

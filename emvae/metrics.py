@@ -1,0 +1,47 @@
+"""Circular statistics for comparing inferred rotations with reference angles."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def circular_mean(a: np.ndarray) -> float:
+    """Mean direction of angles ``a`` (radians)."""
+    return float(np.angle(np.exp(1j * np.asarray(a, dtype=np.float64)).mean()))
+
+
+def circular_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Jammalamadaka-SenGupta circular correlation of two angle samples (radians).
+
+    ``sum sin(a - mean_a) sin(b - mean_b) / sqrt(sum sin^2(a - mean_a) sum sin^2(b - mean_b))``:
+    1 for identical angles, unchanged by a constant offset of either, -1 under a reflection.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    sa = np.sin(a - circular_mean(a))
+    sb = np.sin(b - circular_mean(b))
+    den = np.sqrt((sa**2).sum() * (sb**2).sum())
+    return float((sa * sb).sum() / den) if den > 0 else 0.0
+
+
+def angular_error_deg(
+    a_deg: np.ndarray, b_deg: np.ndarray, allow_flip: bool = False
+) -> tuple[float, float]:
+    """Median absolute angular error after the best global offset (and optionally a flip).
+
+    Returns ``(median error in degrees, offset in degrees)`` where ``a ~ sign * b + offset``.
+    """
+    a = np.radians(np.asarray(a_deg, dtype=np.float64))
+    b = np.radians(np.asarray(b_deg, dtype=np.float64))
+    best = (np.inf, 0.0)
+    for sign in (1.0, -1.0) if allow_flip else (1.0,):
+        d = a - sign * b
+        offset = circular_mean(d)
+        # refine: the offset minimising the median error, searched around the mean offset
+        grid = offset + np.radians(np.linspace(-20, 20, 401))
+        errs = np.abs(np.angle(np.exp(1j * (d[None, :] - grid[:, None]))))
+        med = np.median(errs, axis=1)
+        k = int(np.argmin(med))
+        if med[k] < best[0]:
+            best = (float(med[k]), float(grid[k]))
+    return float(np.degrees(best[0])), float(np.degrees(np.angle(np.exp(1j * best[1]))))

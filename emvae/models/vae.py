@@ -1,0 +1,122 @@
+"""The spatial-VAE: inference network + coordinate transform + generator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from emvae.augment import rotate_images
+from emvae.config import ModelConfig
+from emvae.geometry import coordinate_grid
+from emvae.models.encoder import MLPEncoder
+from emvae.models.generator import SpatialGenerator, VanillaGenerator
+from emvae.models.transform import RigidTransform
+
+
+@dataclass
+class Posterior:
+    """Diagonal Gaussian q(z, pose | y): z ``(B, K)``, pose ``(B, P)`` (means and log-stds)."""
+
+    z_mu: Tensor
+    z_logstd: Tensor
+    pose_mu: Tensor
+    pose_logstd: Tensor
+
+
+class SpatialVAE(nn.Module):
+    """Model of paper section 2, rebuilt from a :class:`ModelConfig` alone.
+
+    Images are ``(B, C, D, D)``; the generator's output is ``(B, D*D, n_out)`` in row-major
+    pixel order (see :func:`emvae.geometry.coordinate_grid`).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        d, c = config.image_size, config.channels
+        self.transform = RigidTransform(config.rotation, config.translation)
+        self.encoder = build_encoder(config, config.zdim + self.transform.n_params)
+        self.generator = build_generator(config)
+        self.register_buffer("coords", coordinate_grid(d, d), persistent=False)
+        self.n_pixels = d * d
+        self.channels = c
+
+    def encode(self, images: Tensor, gamma: Tensor | None = None) -> Posterior:
+        """q(z, pose | images). images ``(B, C, D, D)``.
+
+        With ``gamma`` ``(B,)`` (radians), the inference network sees each image rotated
+        counter-clockwise by gamma and gamma is added back to the predicted theta, so the
+        posterior still describes the original image (rotation augmentation, paper section 4.3).
+        """
+        if gamma is not None:
+            images = rotate_images(images, gamma)
+        mu, logstd = self.encoder(images)
+        k = self.config.zdim
+        pose_mu = mu[:, k:]
+        if gamma is not None and self.config.rotation:
+            pose_mu = torch.cat(
+                [pose_mu[:, :1] + gamma.unsqueeze(1).to(mu.dtype), pose_mu[:, 1:]], 1
+            )
+        return Posterior(mu[:, :k], logstd[:, :k], pose_mu, logstd[:, k:])
+
+    def decode(self, z: Tensor, pose: Tensor) -> Tensor:
+        """Generator output ``(B, N, n_out)`` for z ``(B, K)`` and pose ``(B, P)``."""
+        if self.generator.uses_coordinates:
+            coords = self.transform(self.coords, pose)
+        else:
+            coords = None
+        return self.generator(coords, z)
+
+    def sample(
+        self, q: Posterior, rng: torch.Generator | None = None, use_z: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """One reparameterised sample (z, pose); z is 0 when ``use_z`` is False (z-delay)."""
+        eps = torch.randn(
+            q.pose_mu.shape[0],
+            q.z_mu.shape[1] + q.pose_mu.shape[1],
+            generator=rng,
+            device=q.pose_mu.device,
+            dtype=q.pose_mu.dtype,
+        )
+        k = q.z_mu.shape[1]
+        z = q.z_mu + torch.exp(q.z_logstd) * eps[:, :k]
+        if not use_z:
+            z = torch.zeros_like(z)
+        pose = q.pose_mu + torch.exp(q.pose_logstd) * eps[:, k:]
+        return z, pose
+
+    def canonical(self, z: Tensor) -> Tensor:
+        """Generator output at theta = 0, dx = 0 for z ``(B, K)``: ``(B, N, n_out)``."""
+        pose = z.new_zeros(z.shape[0], self.transform.n_params)
+        return self.decode(z, pose)
+
+
+def build_encoder(cfg: ModelConfig, n_latent: int) -> nn.Module:
+    n_in = cfg.channels * cfg.image_size**2
+    if cfg.encoder == "mlp":
+        return MLPEncoder(n_in, cfg.enc_hidden, cfg.enc_layers, n_latent, cfg.activation)
+    raise ValueError(cfg.encoder)  # unreachable after validate()
+
+
+def build_generator(cfg: ModelConfig) -> nn.Module:
+    if cfg.generator == "spatial":
+        return SpatialGenerator(cfg.zdim, cfg.gen_hidden, cfg.gen_layers, cfg.n_out, cfg.activation)
+    if cfg.generator == "vanilla":
+        return VanillaGenerator(
+            cfg.zdim, cfg.gen_hidden, cfg.gen_layers, cfg.image_size**2, cfg.n_out, cfg.activation
+        )
+    raise ValueError(cfg.generator)  # unreachable after validate()
+
+
+def images_to_pixels(images: Tensor) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, H*W, C)`` in the generator's pixel order."""
+    return images.flatten(2).transpose(1, 2)
+
+
+def pixels_to_images(pixels: Tensor, size: int) -> Tensor:
+    """``(B, H*W, C)`` -> ``(B, C, H, W)``."""
+    b, _, c = pixels.shape
+    return pixels.transpose(1, 2).reshape(b, c, size, size)

@@ -1,0 +1,345 @@
+"""``fit()``: train a spatial-VAE on a stack, checkpoint every epoch, write the particle table.
+
+No option parsing here: the CLI builds a :class:`RunConfig` and calls :func:`fit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emvae.checkpoint import load_checkpoint, save_checkpoint
+from emvae.config import DataConfig, RunConfig
+from emvae.data import gather, image_statistics, load_images, resolve_device, split_indices
+from emvae.encode import encode, particle_table
+from emvae.errors import ConfigError, EmvaeError, InputError, OutputExistsError
+from emvae.io.stack import ImageStack
+from emvae.io.tables import write_table
+from emvae.models import SpatialVAE, images_to_pixels
+from emvae.objective import elbo_terms
+from emvae.progress import TrainingProgress, training_progress
+
+TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
+METRIC_COLUMNS = ["epoch", *(f"train_{t}" for t in TERMS), *(f"test_{t}" for t in TERMS), "seconds"]
+OUTPUTS = ("config.json", "metrics.csv", "particles.csv", "particles.h5", "checkpoints")
+
+
+@dataclass
+class FitResult:
+    model: SpatialVAE
+    config: RunConfig
+    out_dir: Path
+    table: pd.DataFrame
+    history: list[dict[str, float]]
+
+
+def fit(
+    stack: ImageStack,
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train (or resume training) and write every output into ``out_dir``.
+
+    Outputs: ``config.json``, ``metrics.csv`` (one row per epoch: train/test ELBO, error
+    = -log-likelihood, KL terms, nats per image), ``checkpoints/last.pt`` (every epoch) and
+    ``checkpoints/epoch_NNNN.pt`` (every ``checkpoint_every`` epochs), ``particles.csv`` and
+    ``particles.h5`` (see :func:`emvae.encode.particle_table`).
+
+    ``resume`` continues from ``checkpoints/last.pt`` with the stored configuration (only the
+    number of epochs may change), reproducing the uninterrupted run exactly. Without ``resume``
+    an ``out_dir`` holding emvae outputs is refused unless ``force``.
+    """
+    out = Path(out_dir)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out / "checkpoints" / "last.pt") if _has_last(out) else None
+        if ckpt is None:
+            raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
+        epochs = config.train.epochs
+        config = RunConfig.from_dict(ckpt["config"])
+        config.train.epochs = max(epochs, ckpt["epoch"])
+        _check_same_data(stack, config)
+    else:
+        _prepare_output(out, force)
+        _check_stack(stack, config)
+    config.validate()
+    cfg, tcfg = config.model, config.train
+
+    device = resolve_device(tcfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and tcfg.amp
+        else contextlib.nullcontext()
+    )
+
+    torch.manual_seed(tcfg.seed)
+    model = SpatialVAE(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    rng = torch.Generator(device=device)
+    rng.manual_seed(tcfg.seed)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        rng.set_state(ckpt["rng"])
+        test_idx = ckpt["split"].numpy()
+        train_idx = np.setdiff1d(np.arange(len(stack)), test_idx)
+        history = list(ckpt["history"])
+        first_epoch = int(ckpt["epoch"])
+    else:
+        train_idx, test_idx = split_indices(len(stack), tcfg.test_fraction, tcfg.seed)
+        history = []
+        first_epoch = 0
+    _write_json(out / "config.json", config)
+
+    data = load_images(stack, device, config.data.mean, config.data.std)
+    train_dev = torch.from_numpy(train_idx).to(data.device)
+    test_dev = torch.from_numpy(test_idx).to(data.device)
+
+    with training_progress(progress) as bar:
+        bar.start(first_epoch, tcfg.epochs)
+        for epoch in range(first_epoch + 1, tcfg.epochs + 1):
+            t0 = time.perf_counter()
+            use_z = epoch > tcfg.z_delay
+            train = _train_epoch(
+                model, optimizer, data, train_dev, config, device, rng, use_z, amp, bar, epoch
+            )
+            test = evaluate(
+                model, data, test_dev, config, device, seed=tcfg.seed + epoch, use_z=use_z
+            )
+            row = {
+                "epoch": epoch,
+                **{f"train_{k}": v for k, v in train.items()},
+                **{f"test_{k}": v for k, v in test.items()},
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(row)
+            _write_metrics(out / "metrics.csv", history)
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "config": config.to_dict(),
+                "epoch": epoch,
+                "rng": rng.get_state(),
+                "split": torch.from_numpy(test_idx),
+                "history": history,
+            }
+            save_checkpoint(out / "checkpoints" / "last.pt", state)
+            if epoch % tcfg.checkpoint_every == 0:
+                shutil.copyfile(
+                    out / "checkpoints" / "last.pt", out / "checkpoints" / f"epoch_{epoch:04d}.pt"
+                )
+            bar.epoch_end(
+                f"epoch {epoch}: train ELBO {train['elbo']:.2f}, test ELBO "
+                f"{test['elbo']:.2f}, error {test['error']:.2f}, KL {test['kl']:.2f}"
+                + ("" if use_z else " (z held at 0)")
+            )
+        advance = bar.task("encoding", len(stack))
+        enc = encode(
+            model,
+            data,
+            device,
+            batch_size=max(tcfg.batch_size, 256),
+            seed=tcfg.seed,
+            advance=advance,
+        )
+    split = np.full(len(stack), "train", dtype=object)
+    split[test_idx] = "test"
+    table = particle_table(cfg, enc, stack.names, config.data.apix, split)
+    write_table(table, out / "particles.csv")
+    write_table(table, out / "particles.h5")
+    return FitResult(model, config, out, table, history)
+
+
+def _train_epoch(
+    model,
+    optimizer,
+    data,
+    train_idx,
+    config: RunConfig,
+    device,
+    rng,
+    use_z,
+    amp,
+    bar: TrainingProgress,
+    epoch: int,
+) -> dict[str, float]:
+    cfg, tcfg = config.model, config.train
+    model.train()
+    n = train_idx.shape[0]
+    perm = torch.randperm(n, generator=rng, device=device).to(train_idx.device)
+    augment = cfg.rotation and tcfg.augment_rotation
+    sums = torch.zeros(len(TERMS), device=device, dtype=torch.float64)
+    n_steps = math.ceil(n / tcfg.batch_size)
+    bar.epoch_start(epoch, n_steps)
+    for step in range(n_steps):
+        idx = train_idx[perm[step * tcfg.batch_size : (step + 1) * tcfg.batch_size]]
+        x = gather(data, idx, device)
+        gamma = (
+            torch.rand(x.shape[0], generator=rng, device=device) * (2 * math.pi)
+            if augment
+            else None
+        )
+        with amp:
+            q = model.encode(x, gamma)
+            z, pose = model.sample(q, rng, use_z=use_z)
+            params = model.decode(z, pose)
+        terms = elbo_terms(
+            cfg,
+            images_to_pixels(x),
+            params.float(),
+            q.z_mu.float(),
+            q.z_logstd.float(),
+            q.pose_mu.float(),
+            q.pose_logstd.float(),
+            use_z=use_z,
+        )
+        loss = -terms.elbo.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums += _term_sums(terms)
+        if step % 10 == 0 or step == n_steps - 1:
+            done = min((step + 1) * tcfg.batch_size, n)
+            bar.step(f"ELBO {sums[0].item() / done:.1f}")
+        else:
+            bar.step()
+    means = (sums / n).tolist()
+    if not all(math.isfinite(v) for v in means):
+        raise EmvaeError(
+            f"training diverged in epoch {epoch} (the ELBO is not finite); try a lower --lr"
+        )
+    return dict(zip(TERMS, means, strict=False))
+
+
+@torch.no_grad()
+def evaluate(
+    model: SpatialVAE, data, idx, config: RunConfig, device, seed: int, use_z: bool = True
+) -> dict[str, float]:
+    """Mean ELBO terms (nats per image) over ``data[idx]``, no augmentation, seeded sample."""
+    model.eval()
+    rng = torch.Generator(device=device)
+    rng.manual_seed(seed)
+    sums = torch.zeros(len(TERMS), device=device, dtype=torch.float64)
+    bs = max(config.train.batch_size, 256)
+    for start in range(0, idx.shape[0], bs):
+        x = gather(data, idx[start : start + bs], device)
+        q = model.encode(x)
+        z, pose = model.sample(q, rng, use_z=use_z)
+        terms = elbo_terms(
+            config.model,
+            images_to_pixels(x),
+            model.decode(z, pose),
+            q.z_mu,
+            q.z_logstd,
+            q.pose_mu,
+            q.pose_logstd,
+            use_z=use_z,
+        )
+        sums += _term_sums(terms)
+    return dict(zip(TERMS, (sums / idx.shape[0]).tolist(), strict=False))
+
+
+def _term_sums(terms) -> torch.Tensor:
+    parts = (terms.elbo, -terms.log_lik, terms.kl, terms.kl_z, terms.kl_theta, terms.kl_shift)
+    return torch.stack([p.detach().double().sum() for p in parts])
+
+
+def make_data_config(
+    stack: ImageStack, likelihood: str, apix: float | None = None, normalize: bool | None = None
+) -> DataConfig:
+    """Describe the stack and compute its normalisation (one pass over the data).
+
+    Gaussian likelihood: images are standardised (mean 0, std 1 over the stack) unless
+    ``normalize=False``. Bernoulli: pixels must lie in [0, 1] and are not changed.
+    """
+    if len(stack) < 2:
+        raise InputError(
+            stack.source,
+            f"holds {len(stack)} image; training needs at least 2 (one is held out for testing)",
+        )
+    mean, std, lo, hi = image_statistics(stack)
+    if normalize is None:
+        normalize = likelihood == "gaussian"
+    if likelihood == "bernoulli":
+        if lo < 0 or hi > 1:
+            raise InputError(
+                stack.source,
+                f"pixel values span [{lo:.3g}, {hi:.3g}]; the "
+                "Bernoulli likelihood needs values in [0, 1]",
+            )
+        normalize = False
+    return DataConfig(
+        paths=[stack.source],
+        n_images=len(stack),
+        apix=apix if apix is not None else stack.apix,
+        normalize=normalize,
+        mean=mean if normalize else 0.0,
+        std=std if normalize else 1.0,
+    )
+
+
+def _check_stack(stack: ImageStack, config: RunConfig) -> None:
+    if config.model.image_size != stack.size or config.model.channels != stack.channels:
+        raise ConfigError(
+            f"the model is configured for {config.model.channels}x{config.model.image_size}^2 "
+            f"images but {stack.source} holds {stack.channels}x{stack.size}^2"
+        )
+    if len(stack) < 2:
+        raise InputError(stack.source, f"holds {len(stack)} image; training needs at least 2")
+
+
+def _check_same_data(stack: ImageStack, config: RunConfig) -> None:
+    if len(stack) != config.data.n_images or stack.size != config.model.image_size:
+        raise InputError(
+            stack.source,
+            f"does not match the run being resumed "
+            f"({config.data.n_images} images of {config.model.image_size} px)",
+        )
+
+
+def _has_last(out: Path) -> bool:
+    return (out / "checkpoints" / "last.pt").exists()
+
+
+def _prepare_output(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a directory")
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not force:
+        hint = " or --resume to continue it" if _has_last(out) else ""
+        raise OutputExistsError(
+            f"{out}: already holds emvae outputs ({', '.join(existing)}); "
+            f"use --force to overwrite{hint}"
+        )
+    if force and (out / "checkpoints").is_dir():
+        shutil.rmtree(out / "checkpoints")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def _write_json(path: Path, config: RunConfig) -> None:
+    path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w.writeheader()
+        for row in history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -1,0 +1,62 @@
+"""Shared helpers: an analytic template, a renderer through the generator's transform."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emvae.geometry import coordinate_grid, transform_coordinates
+from emvae.io import write_mrc
+from emvae.simulate import hinge_blobs
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def template(points: torch.Tensor, conformation: float = 0.3) -> torch.Tensor:
+    """The canonical hinge molecule evaluated at template coordinates ``(..., 2)`` -> ``(...)``."""
+    centres, sigmas, amps = hinge_blobs(np.array([conformation]))
+    c = torch.as_tensor(centres[0], dtype=points.dtype)
+    s = torch.as_tensor(sigmas, dtype=points.dtype)
+    a = torch.as_tensor(amps, dtype=points.dtype)
+    d2 = ((points[..., None, :] - c) ** 2).sum(-1)
+    return (a * torch.exp(-d2 / (2 * s**2))).sum(-1)
+
+
+def render_model(
+    theta: torch.Tensor, shift: torch.Tensor | None, size: int, fn=template
+) -> torch.Tensor:
+    """Images ``(B, 1, D, D)`` rendered the way the generator sees them: T(x R(theta) + dx)."""
+    grid = coordinate_grid(size, size, dtype=torch.float64)
+    pts = transform_coordinates(grid, theta.double(), None if shift is None else shift.double())
+    return fn(pts).reshape(-1, 1, size, size)
+
+
+def corr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@pytest.fixture
+def tiny_stack(tmp_path: Path) -> Path:
+    """A 60-image 16x16 noisy hinge stack with known poses (truth.csv beside it)."""
+    from emvae.simulate import write_simulation
+
+    return write_simulation(
+        tmp_path / "tiny", n=60, size=16, snr=5.0, shift_std_px=0.5, seed=3, apix=1.5
+    )
+
+
+@pytest.fixture
+def write_stack(tmp_path: Path):
+    """Write an arbitrary array as an MRC stack and return its path."""
+
+    def _write(images: np.ndarray, name: str = "stack.mrcs", apix: float | None = None) -> Path:
+        p = tmp_path / name
+        write_mrc(p, images, apix)
+        return p
+
+    return _write

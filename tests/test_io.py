@@ -1,0 +1,134 @@
+"""Reading MRC stacks, the particle table, and malformed input."""
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SHARED
+
+from emvae.data import image_statistics, load_images
+from emvae.errors import InputError
+from emvae.io import read_stack, read_table, write_table
+
+
+def test_mrc_stack_is_memory_mapped_with_1_based_names(write_stack):
+    imgs = np.arange(3 * 5 * 5, dtype=np.float32).reshape(3, 5, 5)
+    p = write_stack(imgs, apix=1.7)
+    s = read_stack(p)
+    assert s.images.shape == (3, 1, 5, 5)
+    assert isinstance(s.images.base, np.memmap) or isinstance(s.images, np.memmap)
+    assert np.array_equal(s.images[:, 0], imgs)
+    assert s.names == [f"1@{p}", f"2@{p}", f"3@{p}"]
+    assert s.apix == pytest.approx(1.7)
+
+
+def test_single_2d_image_and_zero_pixel_size(tmp_path):
+    p = tmp_path / "one.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(np.ones((6, 6), dtype=np.int16))
+    s = read_stack(p)
+    assert s.images.shape == (1, 1, 6, 6) and s.apix is None
+
+
+@pytest.mark.parametrize("mode_dtype", [np.int8, np.int16, np.float32, np.uint16, np.float16])
+def test_mrc_modes_read_as_float(tmp_path, mode_dtype):
+    p = tmp_path / "m.mrcs"
+    data = (np.arange(2 * 4 * 4) % 7).astype(mode_dtype).reshape(2, 4, 4)
+    with mrcfile.new(p) as m:
+        m.set_data(data)
+    s = read_stack(p)
+    assert np.array_equal(np.asarray(s.images[:, 0], dtype=np.float32), data.astype(np.float32))
+
+
+def test_real_relion_stack_reads():
+    p = SHARED / "em" / "relion31.mrcs"
+    if not p.exists():
+        pytest.skip("shared data absent")
+    s = read_stack(p)
+    assert s.images.shape == (5, 1, 256, 256) and np.isfinite(s.images[0]).all()
+
+
+def _msg(excinfo):
+    return str(excinfo.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="no such file") as e:
+        read_stack(tmp_path / "nope.mrcs")
+    assert "nope.mrcs" in _msg(e)
+
+
+def test_not_an_mrc(tmp_path):
+    p = tmp_path / "fake.mrcs"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 2000)
+    with pytest.raises(InputError, match="not a readable MRC file") as e:
+        read_stack(p)
+    assert "fake.mrcs" in _msg(e)
+
+
+def test_truncated_mrc(write_stack):
+    p = write_stack(np.zeros((4, 16, 16), np.float32))
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(InputError, match="not a readable MRC file"):
+        read_stack(p)
+
+
+def test_empty_stack(tmp_path):
+    p = tmp_path / "empty.mrcs"
+    with mrcfile.new(p) as m:
+        m.set_data(np.zeros((0, 8, 8), np.float32))
+    with pytest.raises(InputError, match="contains no images"):
+        read_stack(p)
+
+
+def test_non_square(write_stack):
+    with pytest.raises(InputError, match="square"):
+        read_stack(write_stack(np.zeros((3, 8, 10), np.float32)))
+
+
+def test_unknown_suffix(tmp_path):
+    p = tmp_path / "x.tif"
+    p.write_bytes(b"abc")
+    with pytest.raises(InputError, match="unknown suffix"):
+        read_stack(p)
+
+
+def test_nan_is_reported_with_image_number(write_stack):
+    imgs = np.random.default_rng(0).normal(size=(5, 8, 8)).astype(np.float32)
+    imgs[3, 2, 2] = np.nan
+    s = read_stack(write_stack(imgs))
+    with pytest.raises(InputError, match="image 4 contains NaN"):
+        image_statistics(s)
+
+
+def test_statistics_and_normalised_loading(write_stack):
+    imgs = np.random.default_rng(1).normal(3.0, 2.0, size=(10, 8, 8)).astype(np.float32)
+    s = read_stack(write_stack(imgs))
+    mean, std, lo, hi = image_statistics(s)
+    assert mean == pytest.approx(imgs.mean(dtype=np.float64))
+    assert std == pytest.approx(imgs.std(dtype=np.float64), rel=1e-6)
+    assert (lo, hi) == (imgs.min(), imgs.max())
+    import torch
+
+    t = load_images(s, torch.device("cpu"), mean, std)
+    assert abs(float(t.mean())) < 1e-5 and float(t.std()) == pytest.approx(1.0, rel=1e-2)
+    sub = load_images(s, torch.device("cpu"), mean, std, indices=np.array([7, 2]))
+    assert torch.equal(sub, t[[7, 2]])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".h5"])
+def test_table_round_trip(tmp_path, suffix):
+    df = pd.DataFrame(
+        {
+            "image": ["1@a.mrcs", "2@a.mrcs"],
+            "theta_deg": [10.5, -170.25],
+            "z1": [0.1, -0.2],
+            "split": ["train", "test"],
+        }
+    )
+    p = tmp_path / f"t{suffix}"
+    write_table(df, p)
+    back = read_table(p)
+    assert list(back.columns) == list(df.columns)
+    assert back["image"].tolist() == df["image"].tolist()
+    assert np.allclose(back["theta_deg"], df["theta_deg"])

@@ -1,0 +1,115 @@
+"""fit(): outputs, checkpoints that rebuild the model, exact resume, output protection."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emvae import RunConfig, fit, load_model, make_data_config, read_stack
+from emvae.config import ModelConfig, TrainConfig
+from emvae.data import load_images
+from emvae.encode import encode, particle_table
+from emvae.errors import EmvaeError, OutputExistsError
+from emvae.io import read_table
+
+
+def _config(stack, epochs=3, **model):
+    cfg = RunConfig(
+        model=ModelConfig(image_size=stack.size, zdim=1, gen_hidden=32, enc_hidden=32, **model),
+        train=TrainConfig(
+            epochs=epochs, batch_size=16, lr=1e-3, z_delay=1, device="cpu", checkpoint_every=2
+        ),
+    )
+    cfg.data = make_data_config(stack, cfg.model.likelihood)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from emvae.simulate import write_simulation
+
+    d = tmp_path_factory.mktemp("fit")
+    path = write_simulation(d / "data", n=60, size=16, snr=5.0, shift_std_px=0.5, seed=3, apix=1.5)
+    stack = read_stack(path)
+    result = fit(stack, _config(stack), d / "run", progress=False)
+    return stack, result
+
+
+def test_outputs(run):
+    stack, result = run
+    out = result.out_dir
+    metrics = np.genfromtxt(out / "metrics.csv", delimiter=",", names=True)
+    assert metrics["epoch"].tolist() == [1, 2, 3]
+    assert np.isfinite(metrics["test_elbo"]).all()
+    # ELBO = -error - KL, per image
+    assert np.allclose(
+        metrics["train_elbo"], -metrics["train_error"] - metrics["train_kl"], rtol=1e-4
+    )
+    assert metrics["train_kl_z"][0] == 0.0 and metrics["train_kl_z"][1] > 0  # z-delay of 1
+    table = read_table(out / "particles.csv")
+    assert table["image"].tolist() == [f"{k}@{stack.source}" for k in range(1, 61)]
+    assert (table["split"] == "test").sum() == 6
+    assert list(table.columns) == [
+        "image",
+        "theta_deg",
+        "theta_std_deg",
+        "shift_x_px",
+        "shift_y_px",
+        "shift_x_std_px",
+        "shift_y_std_px",
+        "shift_x_A",
+        "shift_y_A",
+        "z1",
+        "z1_std",
+        "elbo",
+        "split",
+    ]
+    assert np.allclose(table["shift_x_A"], 1.5 * table["shift_x_px"], rtol=1e-5)
+    assert table["theta_deg"].between(-180, 180).all()
+    h5 = read_table(out / "particles.h5")
+    assert h5["image"].tolist() == table["image"].tolist()
+    assert np.allclose(h5["z1"], table["z1"], rtol=1e-6)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["zdim"] == 1 and cfg["data"]["n_images"] == 60
+    assert (out / "checkpoints" / "epoch_0002.pt").exists()
+
+
+def test_checkpoint_rebuilds_model_with_identical_encodings(run):
+    stack, result = run
+    model, config, ckpt = load_model(result.out_dir)
+    assert ckpt["epoch"] == 3 and ckpt["version"]
+    data = load_images(stack, torch.device("cpu"), config.data.mean, config.data.std)
+    enc = encode(model, data, torch.device("cpu"), seed=config.train.seed)
+    table = particle_table(config.model, enc, stack.names, stack.apix)
+    for col in ("theta_deg", "shift_x_px", "z1", "elbo"):
+        assert np.array_equal(table[col].to_numpy(), result.table[col].to_numpy()), col
+
+
+def test_resume_continues_exactly(tmp_path, run):
+    stack, result = run
+    cfg2 = _config(stack, epochs=2)
+    fit(stack, cfg2, tmp_path / "r", progress=False)
+    resumed = fit(stack, _config(stack, epochs=3), tmp_path / "r", resume=True, progress=False)
+    full = result.model.state_dict()
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, full[k]), k
+    assert [r["train_elbo"] for r in resumed.history] == [r["train_elbo"] for r in result.history]
+
+
+def test_existing_output_is_not_overwritten(run, tmp_path):
+    stack, result = run
+    before = (result.out_dir / "particles.csv").read_bytes()
+    with pytest.raises(OutputExistsError, match="--force"):
+        fit(stack, _config(stack), result.out_dir, progress=False)
+    assert (result.out_dir / "particles.csv").read_bytes() == before
+    with pytest.raises(EmvaeError, match="nothing to resume"):
+        fit(stack, _config(stack), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_force_overwrites(run, tmp_path):
+    stack, _ = run
+    cfg = _config(stack, epochs=1)
+    fit(stack, cfg, tmp_path / "f", progress=False)
+    again = fit(stack, _config(stack, epochs=1), tmp_path / "f", force=True, progress=False)
+    assert len(again.history) == 1
