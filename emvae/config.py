@@ -17,6 +17,7 @@ GENERATORS = ("spatial", "vanilla")
 ENCODERS = ("mlp",)
 ACTIVATIONS = ("tanh", "relu", "leaky_relu", "gelu", "silu")
 THETA_PRIORS = ("uniform", "gaussian")
+THETA_PARAMS = ("vector", "linear")
 LIKELIHOODS = ("gaussian", "bernoulli")
 
 
@@ -39,6 +40,7 @@ class ModelConfig:
     activation: str = "tanh"
     rotation: bool = True  # infer an in-plane rotation theta
     translation: bool = True  # infer a shift (dx, dy)
+    theta_param: str = "vector"  # theta mean: "vector" (atan2 of 2 outputs) or "linear" (paper)
     theta_prior: str = "uniform"  # "uniform" (eq. 3, mean not penalised) or "gaussian"
     theta_prior_std_deg: float = 180.0  # s_theta; 180 deg = pi, the paper's value for eq. 3
     shift_prior_px: float = 2.0  # s_dx in pixels (the paper's EM value: N(0, 4 px^2))
@@ -51,6 +53,7 @@ class ModelConfig:
         _choice("encoder", self.encoder, ENCODERS)
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("theta prior", self.theta_prior, THETA_PRIORS)
+        _choice("theta parameterisation", self.theta_param, THETA_PARAMS)
         _choice("likelihood", self.likelihood, LIKELIHOODS)
         if self.image_size < 2:
             raise ConfigError(f"image size must be at least 2 pixels, got {self.image_size}")

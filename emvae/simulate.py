@@ -17,29 +17,28 @@ import torch
 
 from emvae.geometry import coordinate_grid, pixels_per_unit
 
-# body: (x, y, sigma, amplitude) in coordinate units of the canonical view; the bump at
-# (-0.40, 0.12) breaks every mirror symmetry so that the rotation is well defined.
-_BODY = np.array(
-    [
-        [-0.40, -0.15, 0.13, 1.0],
-        [-0.15, -0.15, 0.14, 1.0],
-        [0.10, -0.15, 0.13, 1.0],
-        [-0.40, 0.12, 0.10, 0.8],
-    ]
-)
-_HINGE = np.array([0.25, -0.10])
-_ARM_RADII = np.array([0.15, 0.30, 0.45])
-_ARM_SIGMA, _ARM_AMP = 0.08, 0.9
+# body: (x, y, sigma, amplitude) in coordinate units of the canonical view: a bar with a heavy
+# head on the right, so that no rotation maps the molecule onto itself.
+_BODY = np.array([
+    [-0.35, -0.05, 0.10, 0.8],
+    [-0.10, -0.05, 0.11, 0.9],
+    [0.20, 0.00, 0.16, 1.4],
+])
+_HINGE = np.array([-0.40, -0.05])
+_ARM_RADII = np.array([0.12, 0.24, 0.36])
+_ARM_SIGMA, _ARM_AMP = 0.075, 0.9
+_ARM_OPEN_DEG = (90.0, 180.0)  # arm direction at conformation 0 and 1
 
 
 def hinge_blobs(conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian blobs of the canonical molecule for each conformation in [0, 1].
 
-    The arm opens from 20 to 120 degrees as the conformation goes from 0 to 1.
+    The arm on the left end swings from straight up (conformation 0) to straight left (1).
     Returns centres ``(n, M, 2)`` (coordinate units), sigmas ``(M,)`` and amplitudes ``(M,)``.
     """
     c = np.asarray(conformation, dtype=np.float64)
-    alpha = np.radians(20.0 + 100.0 * c)[:, None]  # (n, 1)
+    lo, hi = _ARM_OPEN_DEG
+    alpha = np.radians(lo + (hi - lo) * c)[:, None]  # (n, 1)
     arm = _HINGE + _ARM_RADII[None, :, None] * np.stack([np.cos(alpha), np.sin(alpha)], -1)
     body = np.broadcast_to(_BODY[:, :2], (len(c), len(_BODY), 2))
     centres = np.concatenate([body, arm], axis=1)

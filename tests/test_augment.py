@@ -47,16 +47,17 @@ def test_rotate_images_quarter_turn_is_exact():
 class OracleEncoder(nn.Module):
     """Finds theta by brute-force matching against the template (no learning involved)."""
 
-    def __init__(self) -> None:
+    def __init__(self, vector: bool) -> None:
         super().__init__()
+        self.vector = vector
         self.angles = torch.linspace(-math.pi, math.pi, 721)[:-1]
         self.refs = render_model(self.angles.double(), None, SIZE).float().flatten(1)
 
     def forward(self, images):
         scores = images.flatten(1) @ self.refs.T  # (B, A)
         theta = self.angles[scores.argmax(1)]
-        mu = theta[:, None]
-        return mu, torch.full_like(mu, -6.0)
+        mu = torch.stack([theta.cos(), theta.sin()], 1) if self.vector else theta[:, None]
+        return mu, torch.full_like(theta[:, None], -6.0)
 
 
 class TemplateGenerator(nn.Module):
@@ -66,13 +67,15 @@ class TemplateGenerator(nn.Module):
         return template(coords.double()).float().unsqueeze(-1)
 
 
+@pytest.mark.parametrize("theta_param", ["vector", "linear"])
 @pytest.mark.parametrize("gamma_deg", [0.0, 50.0, 170.0, -100.0])
-def test_augmented_inference_reconstructs_the_original(gamma_deg):
+def test_augmented_inference_reconstructs_the_original(gamma_deg, theta_param):
     """Through SpatialVAE.encode(images, gamma): the inference network sees the image rotated by
     gamma, gamma is removed from its angle, and the decoder reproduces the original image."""
-    cfg = ModelConfig(image_size=SIZE, zdim=0, translation=False, gen_hidden=8, enc_hidden=8)
+    cfg = ModelConfig(image_size=SIZE, zdim=0, translation=False, gen_hidden=8, enc_hidden=8,
+                      theta_param=theta_param)
     model = SpatialVAE(cfg)
-    model.encoder = OracleEncoder()
+    model.encoder = OracleEncoder(vector=theta_param == "vector")
     model.generator = TemplateGenerator()
     theta0 = torch.tensor([1.1, -2.5], dtype=torch.float64)
     images = render_model(theta0, None, SIZE).float()

@@ -1,4 +1,4 @@
-"""Inference networks: ``images -> (mu, log sigma)`` of a diagonal Gaussian posterior."""
+"""Inference networks: ``images -> (mean parameters, log sigma)`` of a diagonal Gaussian."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ from emvae.models.generator import mlp
 class MLPEncoder(nn.Module):
     """MLP over the flattened image (the paper's inference network).
 
-    Outputs the mean and log-std of ``n_latent`` variables, ordered ``[z_1..z_K, pose...]``.
+    Outputs ``n_mean`` values that parameterise the posterior means and ``n_logstd`` log-stds
+    (their layout is decided by :meth:`emvae.models.SpatialVAE.encode`).
     """
 
-    def __init__(self, n_in: int, hidden: int, layers: int, n_latent: int, activation: str) -> None:
+    def __init__(
+        self, n_in: int, hidden: int, layers: int, n_mean: int, n_logstd: int, activation: str
+    ) -> None:
         super().__init__()
-        self.n_latent = n_latent
-        self.net = mlp(n_in, hidden, layers, 2 * n_latent, activation)
+        self.n_mean = n_mean
+        self.net = mlp(n_in, hidden, layers, n_mean + n_logstd, activation)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """images ``(B, C, H, W)`` -> mu ``(B, L)``, logstd ``(B, L)``."""
+        """images ``(B, C, H, W)`` -> means ``(B, n_mean)``, log-stds ``(B, n_logstd)``."""
         out = self.net(images.flatten(1))
-        return out[:, : self.n_latent], out[:, self.n_latent :]
+        return out[:, : self.n_mean], out[:, self.n_mean :]

@@ -38,7 +38,9 @@ class SpatialVAE(nn.Module):
         self.config = config
         d, c = config.image_size, config.channels
         self.transform = RigidTransform(config.rotation, config.translation)
-        self.encoder = build_encoder(config, config.zdim + self.transform.n_params)
+        n_latent = config.zdim + self.transform.n_params
+        self.theta_vector = config.rotation and config.theta_param == "vector"
+        self.encoder = build_encoder(config, n_latent + int(self.theta_vector), n_latent)
         self.generator = build_generator(config)
         self.register_buffer("coords", coordinate_grid(d, d), persistent=False)
         self.n_pixels = d * d
@@ -56,6 +58,9 @@ class SpatialVAE(nn.Module):
         mu, logstd = self.encoder(images)
         k = self.config.zdim
         pose_mu = mu[:, k:]
+        if self.theta_vector:  # theta = atan2 of two outputs: continuous over the full circle
+            theta = torch.atan2(pose_mu[:, 1:2], pose_mu[:, :1])
+            pose_mu = torch.cat([theta, pose_mu[:, 2:]], 1)
         if gamma is not None and self.config.rotation:
             pose_mu = torch.cat(
                 [pose_mu[:, :1] + gamma.unsqueeze(1).to(mu.dtype), pose_mu[:, 1:]], 1
@@ -94,10 +99,10 @@ class SpatialVAE(nn.Module):
         return self.decode(z, pose)
 
 
-def build_encoder(cfg: ModelConfig, n_latent: int) -> nn.Module:
+def build_encoder(cfg: ModelConfig, n_mean: int, n_logstd: int) -> nn.Module:
     n_in = cfg.channels * cfg.image_size**2
     if cfg.encoder == "mlp":
-        return MLPEncoder(n_in, cfg.enc_hidden, cfg.enc_layers, n_latent, cfg.activation)
+        return MLPEncoder(n_in, cfg.enc_hidden, cfg.enc_layers, n_mean, n_logstd, cfg.activation)
     raise ValueError(cfg.encoder)  # unreachable after validate()
 
 
