@@ -8,15 +8,15 @@ from pathlib import Path
 from emvae.errors import OutputExistsError
 from emvae.simulate import write_simulation
 
-#: The example stack: hinge particles with uniform rotation, 1.5 px shifts, SNR 2.
-EXAMPLE_STACK = {"n": 1200, "size": 32, "snr": 2.0, "shift_std_px": 1.5, "seed": 0, "apix": 2.0}
+#: The example stack: hinge particles with uniform rotation, 1 px shifts, SNR 5.
+EXAMPLE_STACK = {"n": 1500, "size": 24, "snr": 5.0, "shift_std_px": 1.0, "seed": 0, "apix": 2.0}
 
 #: Settings `emvae fit --example` uses where the user gives none (small enough for a laptop CPU).
 EXAMPLE_OPTIONS = {
     "zdim": 1,
-    "gen_hidden": 256,
-    "enc_hidden": 256,
-    "epochs": 25,
+    "gen_hidden": 128,
+    "enc_hidden": 128,
+    "epochs": 40,
     "lr": 1e-3,
     "batch_size": 50,
 }

@@ -17,23 +17,25 @@ import torch
 
 from emvae.geometry import coordinate_grid, pixels_per_unit
 
-# body: (x, y, sigma, amplitude) in coordinate units of the canonical view: a bar with a heavy
-# head on the right, so that no rotation maps the molecule onto itself.
-_BODY = np.array([
-    [-0.35, -0.05, 0.10, 0.8],
-    [-0.10, -0.05, 0.11, 0.9],
-    [0.20, 0.00, 0.16, 1.4],
-])
-_HINGE = np.array([-0.40, -0.05])
+# body: (x, y, sigma, amplitude) in coordinate units of the canonical view: a heavy head on the
+# right and two lighter lobes, so that no rotation maps the molecule onto itself.
+_BODY = np.array(
+    [
+        [0.20, 0.00, 0.16, 1.3],
+        [-0.08, 0.14, 0.10, 0.8],
+        [-0.10, -0.12, 0.09, 0.6],
+    ]
+)
+_HINGE = np.array([-0.22, -0.14])
 _ARM_RADII = np.array([0.12, 0.24, 0.36])
-_ARM_SIGMA, _ARM_AMP = 0.075, 0.9
-_ARM_OPEN_DEG = (90.0, 180.0)  # arm direction at conformation 0 and 1
+_ARM_SIGMA, _ARM_AMP = 0.07, 0.8
+_ARM_OPEN_DEG = (180.0, 270.0)  # arm direction at conformation 0 and 1
 
 
 def hinge_blobs(conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian blobs of the canonical molecule for each conformation in [0, 1].
 
-    The arm on the left end swings from straight up (conformation 0) to straight left (1).
+    The arm on the lower left swings from pointing left (conformation 0) to down (1).
     Returns centres ``(n, M, 2)`` (coordinate units), sigmas ``(M,)`` and amplitudes ``(M,)``.
     """
     c = np.asarray(conformation, dtype=np.float64)
@@ -68,7 +70,7 @@ def render_blobs(
     sig = torch.as_tensor(sigmas)
     amp = torch.as_tensor(amps)
     for s in range(0, len(centres), chunk):
-        c = torch.as_tensor(centres[s : s + chunk])
+        c = torch.as_tensor(np.ascontiguousarray(centres[s : s + chunk]))
         t = torch.deg2rad(torch.as_tensor(theta_deg[s : s + chunk], dtype=torch.float64))
         cos, sin = torch.cos(t)[:, None], torch.sin(t)[:, None]
         placed = torch.stack(

@@ -72,8 +72,14 @@ class TemplateGenerator(nn.Module):
 def test_augmented_inference_reconstructs_the_original(gamma_deg, theta_param):
     """Through SpatialVAE.encode(images, gamma): the inference network sees the image rotated by
     gamma, gamma is removed from its angle, and the decoder reproduces the original image."""
-    cfg = ModelConfig(image_size=SIZE, zdim=0, translation=False, gen_hidden=8, enc_hidden=8,
-                      theta_param=theta_param)
+    cfg = ModelConfig(
+        image_size=SIZE,
+        zdim=0,
+        translation=False,
+        gen_hidden=8,
+        enc_hidden=8,
+        theta_param=theta_param,
+    )
     model = SpatialVAE(cfg)
     model.encoder = OracleEncoder(vector=theta_param == "vector")
     model.generator = TemplateGenerator()

@@ -9,8 +9,23 @@ from typer.testing import CliRunner
 from emvae.io import read_table
 
 runner = CliRunner()
-SMALL = ["--zdim", "1", "--gen-hidden", "16", "--enc-hidden", "16", "-n", "2", "-b", "20",
-         "--lr", "1e-3", "--device", "cpu", "-q"]
+SMALL = [
+    "--zdim",
+    "1",
+    "--gen-hidden",
+    "16",
+    "--enc-hidden",
+    "16",
+    "-n",
+    "2",
+    "-b",
+    "20",
+    "--lr",
+    "1e-3",
+    "--device",
+    "cpu",
+    "-q",
+]
 
 
 def _ok(result):
@@ -24,8 +39,21 @@ def test_fit_then_encode(tiny_stack, tmp_path):
     table = read_table(out / "particles.csv")
     assert len(table) == 60 and table["image"].iloc[0] == f"1@{tiny_stack}"
     enc = tmp_path / "enc.csv"
-    _ok(runner.invoke(app, ["encode", str(out / "checkpoints" / "last.pt"), str(tiny_stack),
-                            "-o", str(enc), "--device", "cpu", "-q"]))
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "encode",
+                str(out / "checkpoints" / "last.pt"),
+                str(tiny_stack),
+                "-o",
+                str(enc),
+                "--device",
+                "cpu",
+                "-q",
+            ],
+        )
+    )
     again = read_table(enc)
     assert np.allclose(again["z1"], table["z1"], atol=1e-6)
     assert np.allclose(again["theta_deg"], table["theta_deg"], atol=1e-4)
@@ -41,8 +69,24 @@ def test_fit_then_encode(tiny_stack, tmp_path):
 
 def test_fit_example(tmp_path):
     out = tmp_path / "ex"
-    _ok(runner.invoke(app, ["fit", "--example", "-o", str(out), "-n", "1", "--gen-hidden", "16",
-                            "--enc-hidden", "16", "-q"]))
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "fit",
+                "--example",
+                "-o",
+                str(out),
+                "-n",
+                "1",
+                "--gen-hidden",
+                "16",
+                "--enc-hidden",
+                "16",
+                "-q",
+            ],
+        )
+    )
     assert (out / "example" / "truth.csv").exists()
     assert len(read_table(out / "particles.csv")) == len(read_table(out / "example/truth.csv"))
 
@@ -74,14 +118,17 @@ def _bad(tmp_path, kind):
     return p
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("missing", "no such file"),
-    ("not-mrc", "not a readable MRC file"),
-    ("empty", "contains no images"),
-    ("one-image", "at least 2"),
-    ("non-square", "square"),
-    ("nan", "image 3 contains NaN"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "no such file"),
+        ("not-mrc", "not a readable MRC file"),
+        ("empty", "contains no images"),
+        ("one-image", "at least 2"),
+        ("non-square", "square"),
+        ("nan", "image 3 contains NaN"),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path, kind, message):
     path = _bad(tmp_path, kind)
     r = runner.invoke(app, ["fit", str(path), "-o", str(tmp_path / "out"), *SMALL])
@@ -93,11 +140,13 @@ def test_bad_input_is_one_line(tmp_path, kind, message):
 
 
 def test_bad_options_are_one_line(tiny_stack, tmp_path):
-    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(tmp_path / "o"), "--theta-prior",
-                            "vonmises", "-q"])
+    r = runner.invoke(
+        app, ["fit", str(tiny_stack), "-o", str(tmp_path / "o"), "--theta-prior", "vonmises", "-q"]
+    )
     assert r.exit_code == 1 and "unknown theta prior" in r.output
     r = runner.invoke(app, ["fit", "-o", str(tmp_path / "o")])
     assert r.exit_code == 1 and "--example" in r.output
-    r = runner.invoke(app, ["encode", str(tiny_stack), str(tiny_stack), "-o",
-                            str(tmp_path / "e.csv")])
+    r = runner.invoke(
+        app, ["encode", str(tiny_stack), str(tiny_stack), "-o", str(tmp_path / "e.csv")]
+    )
     assert r.exit_code == 1 and "not a readable emvae checkpoint" in r.output

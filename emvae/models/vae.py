@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,8 @@ from emvae.geometry import coordinate_grid
 from emvae.models.encoder import MLPEncoder
 from emvae.models.generator import SpatialGenerator, VanillaGenerator
 from emvae.models.transform import RigidTransform
+
+POSE_LOGSTD_OFFSET = math.log(0.1)
 
 
 @dataclass
@@ -43,6 +46,12 @@ class SpatialVAE(nn.Module):
         self.encoder = build_encoder(config, n_latent + int(self.theta_vector), n_latent)
         self.generator = build_generator(config)
         self.register_buffer("coords", coordinate_grid(d, d), persistent=False)
+        # Pose posteriors start narrow (sigma ~ 0.1 rad / coordinate units): started near the
+        # prior's width, the sampled rotation is noise, the generator learns the rotational
+        # average and q(theta) collapses onto the prior.
+        offset = torch.zeros(n_latent)
+        offset[config.zdim :] = POSE_LOGSTD_OFFSET
+        self.register_buffer("logstd_offset", offset, persistent=False)
         self.n_pixels = d * d
         self.channels = c
 
@@ -56,6 +65,7 @@ class SpatialVAE(nn.Module):
         if gamma is not None:
             images = rotate_images(images, gamma)
         mu, logstd = self.encoder(images)
+        logstd = logstd + self.logstd_offset
         k = self.config.zdim
         pose_mu = mu[:, k:]
         if self.theta_vector:  # theta = atan2 of two outputs: continuous over the full circle
