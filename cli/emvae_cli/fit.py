@@ -27,7 +27,7 @@ M, T = ModelConfig, TrainConfig
 def _h(text: str, cls: type, name: str, example: bool = True) -> str:
     d = default(cls, name)
     ex = f"; --example: {EXAMPLE_OPTIONS[name]}" if example and name in EXAMPLE_OPTIONS else ""
-    return f"{text} [default: {d}{ex}]"
+    return f"{text} (default {d}{ex})"
 
 
 @user_errors
