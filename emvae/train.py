@@ -26,7 +26,7 @@ from emvae.errors import ConfigError, EmvaeError, InputError, OutputExistsError
 from emvae.io.stack import ImageStack
 from emvae.io.tables import write_table
 from emvae.models import SpatialVAE, images_to_pixels
-from emvae.objective import elbo_terms
+from emvae.objective import ElboTerms, elbo_terms
 from emvae.progress import TrainingProgress, training_progress
 
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
@@ -191,29 +191,7 @@ def _train_epoch(
     for step in range(n_steps):
         idx = train_idx[perm[step * tcfg.batch_size : (step + 1) * tcfg.batch_size]]
         x = gather(data, idx, device)
-        gamma = (
-            torch.rand(x.shape[0], generator=rng, device=device) * (2 * math.pi)
-            if augment
-            else None
-        )
-        with amp:
-            q = model.encode(x, gamma)
-            z, pose = model.sample(q, rng, use_z=use_z)
-            params = model.decode(z, pose)
-        terms = elbo_terms(
-            cfg,
-            images_to_pixels(x),
-            params.float(),
-            q.z_mu.float(),
-            q.z_logstd.float(),
-            q.pose_mu.float(),
-            q.pose_logstd.float(),
-            use_z=use_z,
-        )
-        loss = -terms.elbo.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        terms = training_step(model, optimizer, x, rng, use_z=use_z, augment=augment, amp=amp)
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
             done = min((step + 1) * tcfg.batch_size, n)
@@ -226,6 +204,37 @@ def _train_epoch(
             f"training diverged in epoch {epoch} (the ELBO is not finite); try a lower --lr"
         )
     return dict(zip(TERMS, means, strict=False))
+
+
+def training_step(
+    model: SpatialVAE,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    rng: torch.Generator | None = None,
+    use_z: bool = True,
+    augment: bool = True,
+    amp=None,
+) -> ElboTerms:
+    """One optimiser step on a batch ``x`` ``(B, C, D, D)`` already on the model's device.
+
+    With ``augment`` (and rotation inference) the inference network sees each image rotated by
+    a random angle in [0, 2 pi). The model runs under ``amp`` (an autocast context, or None);
+    the ELBO is computed in float32. Returns the batch's ELBO terms (detached use only).
+    """
+    cfg = model.config
+    gamma = None
+    if augment and cfg.rotation:
+        gamma = torch.rand(x.shape[0], generator=rng, device=x.device) * (2 * math.pi)
+    with amp if amp is not None else contextlib.nullcontext():
+        q = model.encode(x, gamma)
+        z, pose = model.sample(q, rng, use_z=use_z)
+        params = model.decode(z, pose)
+    f32 = [t.float() for t in (params, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd)]
+    terms = elbo_terms(cfg, images_to_pixels(x), *f32, use_z=use_z)
+    optimizer.zero_grad(set_to_none=True)
+    (-terms.elbo.mean()).backward()
+    optimizer.step()
+    return terms
 
 
 @torch.no_grad()

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import time
 
 import torch
 
 from emvae.config import ModelConfig
-from emvae.models import SpatialVAE, images_to_pixels
-from emvae.objective import elbo_terms
+from emvae.models import SpatialVAE
+from emvae.train import training_step
 
 
 def main() -> None:
@@ -56,23 +55,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
 
     def step() -> None:
-        gamma = torch.rand(args.batch, device=dev) * 2 * math.pi if cfg.rotation else None
-        with amp:
-            q = model.encode(x, gamma)
-            z, pose = model.sample(q)
-            params = model.decode(z, pose)
-        t = elbo_terms(
-            cfg,
-            images_to_pixels(x),
-            params.float(),
-            q.z_mu.float(),
-            q.z_logstd.float(),
-            q.pose_mu.float(),
-            q.pose_logstd.float(),
-        )
-        opt.zero_grad(set_to_none=True)
-        (-t.elbo.mean()).backward()
-        opt.step()
+        training_step(model, opt, x, augment=True, amp=amp)
 
     def sync() -> None:
         if dev.type == "cuda":

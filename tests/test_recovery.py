@@ -49,8 +49,10 @@ def test_rotation_is_recovered(tmp_path):
     err, offset = angular_error_deg(table["theta_deg"], theta)
     each = np.abs(np.mod(table["theta_deg"] - theta - offset + 180.0, 360.0) - 180.0)
     within = float(np.mean(each < 10.0))
-    print(f"rotation recovery: circular correlation {rho:.3f}, median error {err:.2f} deg, "
-          f"{100 * within:.0f}% within 10 deg")
+    print(
+        f"rotation recovery: circular correlation {rho:.3f}, median error {err:.2f} deg, "
+        f"{100 * within:.0f}% within 10 deg"
+    )
     assert err < 10.0 and within > 0.9
     assert rho > 0.5  # positive: theta_deg turns the same way as the truth (a flip gives < 0)
 
