@@ -327,7 +327,9 @@ def _has_last(out: Path) -> bool:
     return (out / "checkpoints" / "last.pt").exists()
 
 
-def _prepare_output(out: Path, force: bool) -> None:
+def check_output_dir(out: str | Path, force: bool = False) -> None:
+    """Refuse an ``out`` that holds emvae outputs (unless ``force``) before any work is done."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a directory")
     existing = [name for name in OUTPUTS if (out / name).exists()]
@@ -337,6 +339,10 @@ def _prepare_output(out: Path, force: bool) -> None:
             f"{out}: already holds emvae outputs ({', '.join(existing)}); "
             f"use --force to overwrite{hint}"
         )
+
+
+def _prepare_output(out: Path, force: bool) -> None:
+    check_output_dir(out, force)
     if force and (out / "checkpoints").is_dir():
         shutil.rmtree(out / "checkpoints")
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from emvae.errors import ConfigError, OutputExistsError
 from emvae.example import EXAMPLE_OPTIONS, make_example
 from emvae.io import read_stack, write_table
 from emvae.progress import training_progress
+from emvae.train import check_output_dir, make_data_config
 from emvae.train import fit as fit_model
-from emvae.train import make_data_config
 from emvae_cli.common import command_line, default, err_console, user_errors
 
 M, T = ModelConfig, TrainConfig
@@ -187,6 +187,7 @@ def fit(
         created=datetime.datetime.now().isoformat(timespec="seconds"),
     )
     if not resume:
+        check_output_dir(out, force)
         config.validate()
         config.data = make_data_config(images, likelihood, apix, normalize)
     result = fit_model(images, config, out, resume=resume, force=force, progress=not quiet)
