@@ -15,8 +15,6 @@ Conventions, pinned by ``tests/test_geometry.py``:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -104,6 +102,3 @@ def shift_std_to_image(theta: Tensor, shift_std: Tensor, size: int) -> Tensor:
     r2 = rotation_matrix(theta) ** 2  # (B,2,2)
     var = (shift_std**2).unsqueeze(1) @ r2.transpose(-1, -2)
     return h * var.squeeze(1).sqrt()
-
-
-DEG = 180.0 / math.pi

@@ -109,3 +109,16 @@ def test_spec_pose_formula_and_round_trip():
         atol=1e-12,
     )
     assert torch.allclose(s2, shift)
+
+
+def test_shift_std_follows_the_rotation_into_pixels():
+    """A posterior std along the template's x axis lies along the image's y axis when the
+    particle is turned by 90 degrees (theta = -pi/2), scaled by h = (D-1)/2 pixels per unit."""
+    from emvae.geometry import shift_std_to_image
+
+    std = torch.tensor([[0.2, 0.05]], dtype=torch.float64)
+    assert shift_std_to_image(torch.zeros(1, dtype=torch.float64), std, 41)[0].tolist() == (
+        pytest.approx([4.0, 1.0])
+    )
+    turned = shift_std_to_image(torch.tensor([-math.pi / 2], dtype=torch.float64), std, 41)
+    assert turned[0].tolist() == pytest.approx([1.0, 4.0])

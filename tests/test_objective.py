@@ -88,3 +88,17 @@ def test_uniform_prior_does_not_penalise_theta_mean_and_z_delay_drops_kl_z():
     assert torch.equal(a.kl_shift, torch.zeros(3, dtype=torch.float64))
     delayed = _terms(cfg, torch.zeros(3, 1).double(), torch.zeros(3, 1).double(), use_z=False)
     assert torch.equal(delayed.kl_z, torch.zeros(3, dtype=torch.float64))
+
+
+def test_learned_noise_uses_the_generators_second_output():
+    from emvae.objective import log_likelihood
+
+    cfg = ModelConfig(image_size=4, learn_noise=True)
+    assert cfg.n_out == 2
+    y = torch.randn(2, 16, 1, dtype=torch.float64)
+    params = torch.randn(2, 16, 2, dtype=torch.float64)
+    ref = Normal(params[..., :1], params[..., 1:].exp()).log_prob(y).sum((1, 2))
+    assert torch.allclose(log_likelihood(cfg, y, params), ref)
+    fixed = ModelConfig(image_size=4)
+    ref1 = Normal(params[..., :1], 1.0).log_prob(y).sum((1, 2))
+    assert torch.allclose(log_likelihood(fixed, y, params[..., :1]), ref1)
