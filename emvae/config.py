@@ -46,6 +46,7 @@ class ModelConfig:
     shift_prior_px: float = 2.0  # s_dx in pixels (the paper's EM value: N(0, 4 px^2))
     likelihood: str = "gaussian"
     learn_noise: bool = False  # Gaussian only: the generator also outputs a per-pixel log-std
+    mask_radius_px: float | None = None  # likelihood over pixels within this radius only
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if options are out of range or contradict each other."""
@@ -74,6 +75,8 @@ class ModelConfig:
                 )
             if self.zdim < 1:
                 raise ConfigError("the vanilla generator needs --zdim >= 1")
+        if self.mask_radius_px is not None and not self.mask_radius_px >= 1:
+            raise ConfigError(f"--mask-radius must be >= 1 px, got {self.mask_radius_px}")
         if self.learn_noise and self.likelihood != "gaussian":
             raise ConfigError("--learn-noise applies to the Gaussian likelihood only")
 
@@ -135,14 +138,25 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    """Where the images came from and how they were normalised before training."""
+    """Where the images came from, how they were preprocessed and normalised for training.
+
+    ``apix`` and ``input_size`` describe the *input* pixels; ``scale`` is input pixels per
+    model pixel (``-D`` downsampling); ``preprocess`` holds :class:`emvae.preprocess.Preprocess`
+    as a dict. ``mean``/``std`` are measured on the preprocessed stack (None until then).
+    """
 
     paths: list[str] = field(default_factory=list)
     n_images: int = 0
-    apix: float | None = None  # pixel size in Angstrom, None when unknown
+    apix: float | None = None  # pixel size of the input images in Angstrom, None when unknown
+    apix_from: str | None = None  # where it came from (see ImageStack.apix_from)
     normalize: bool = True  # subtract `mean`, divide by `std` (Gaussian likelihood)
-    mean: float = 0.0
-    std: float = 1.0
+    mean: float | None = None
+    std: float | None = None
+    preprocess: dict = field(default_factory=dict)
+    input_size: int = 0
+    scale: float = 1.0
+    datadir: str | None = None
+    ind: str | None = None
 
 
 @dataclass

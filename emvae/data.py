@@ -1,4 +1,4 @@
-"""Moving a stack to the training device once, normalising it, and splitting it."""
+"""Moving a stack to the training device once (preprocessed, normalised), and splitting it."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from emvae.errors import ConfigError, InputError
+from emvae.errors import ConfigError
 from emvae.io.stack import ImageStack
-
-CHUNK = 4096  # images read from disk at a time
+from emvae.preprocess import Prepared, Preprocess, iter_chunks, prepare
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -25,44 +24,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def image_statistics(stack: ImageStack) -> tuple[float, float, float, float]:
-    """Mean, standard deviation, minimum and maximum of every pixel (float64, read in chunks).
-
-    Raises :class:`InputError` naming the first image holding NaN or infinite values.
-    """
-    total = total_sq = 0.0
-    lo, hi = np.inf, -np.inf
-    count = 0
-    for start in range(0, len(stack), CHUNK):
-        chunk = np.asarray(stack.images[start : start + CHUNK], dtype=np.float64)
-        _check_finite(stack, chunk, start)
-        total += float(chunk.sum())
-        total_sq += float(np.square(chunk).sum())
-        count += chunk.size
-        lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-    mean = total / count
-    var = max(total_sq / count - mean**2, 0.0)
-    std = float(np.sqrt(var))
-    if not std > 0:
-        raise InputError(stack.source, "every pixel has the same value; nothing to learn")
-    return mean, std, lo, hi
-
-
 def load_images(
     stack: ImageStack,
     device: torch.device,
-    mean: float = 0.0,
-    std: float = 1.0,
-    indices: np.ndarray | None = None,
+    prepared: Prepared | None = None,
+    progress=None,
 ) -> Tensor:
-    """Copy (a subset of) the stack to ``device`` once, as float32 ``(N, C, D, D)``.
+    """Read, preprocess and copy the whole stack to ``device`` once: float32 ``(N, C, D, D)``.
 
-    Pixels become ``(value - mean) / std``. On CUDA, a stack that would take more than half the
-    free GPU memory stays in pinned host memory and batches are copied as they are used (see
-    :func:`gather`).
+    Images are read and preprocessed in chunks (see :func:`emvae.preprocess.iter_chunks`), so
+    host memory beyond the result stays bounded. On CUDA, a stack that would take more than half
+    the free GPU memory stays in pinned host memory and batches are copied as they are used (see
+    :func:`gather`). ``progress``: optional callable receiving the number of images done.
     """
-    idx = np.arange(len(stack)) if indices is None else np.asarray(indices)
-    shape = (len(idx), *stack.images.shape[1:])
+    prepared = prepared or prepare(stack, Preprocess())
+    shape = (len(stack), prepared.channels, prepared.size, prepared.size)
     target = device
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -71,14 +47,35 @@ def load_images(
     out = torch.empty(shape, dtype=torch.float32, device=target)
     if target.type == "cpu" and device.type == "cuda":
         out = out.pin_memory()
-    for start in range(0, len(idx), CHUNK):
-        sel = idx[start : start + CHUNK]
-        rows = stack.images[start : start + CHUNK] if indices is None else stack.images[sel]
-        chunk = np.array(rows, dtype=np.float32)  # a writable, native-endian copy
-        _check_finite(stack, chunk, start, sel)
-        t = torch.from_numpy(chunk).to(target)
-        out[start : start + len(sel)] = (t - mean) / std
+    for start, chunk in iter_chunks(stack, prepared):
+        out[start : start + len(chunk)] = torch.from_numpy(chunk).to(target)
+        if progress is not None:
+            progress(len(chunk))
     return out
+
+
+def tensor_statistics(data: Tensor) -> tuple[float, float, float, float]:
+    """Mean, standard deviation, minimum and maximum of every pixel (accumulated in float64)."""
+    total = total_sq = 0.0
+    lo, hi = float("inf"), float("-inf")
+    for start in range(0, data.shape[0], 4096):
+        chunk = data[start : start + 4096].double()
+        total += float(chunk.sum())
+        total_sq += float(chunk.square().sum())
+        lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+    count = data.numel()
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
+    return mean, std, lo, hi
+
+
+def normalize_(data: Tensor, mean: float, std: float) -> Tensor:
+    """``(data - mean) / std`` in place, chunk by chunk (no second copy of the stack)."""
+    if mean == 0.0 and std == 1.0:
+        return data
+    for start in range(0, data.shape[0], 4096):
+        data[start : start + 4096].sub_(mean).div_(std)
+    return data
 
 
 def gather(data: Tensor, idx: Tensor, device: torch.device) -> Tensor:
@@ -99,13 +96,3 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, 
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
-
-
-def _check_finite(
-    stack: ImageStack, chunk: np.ndarray, start: int, sel: np.ndarray | None = None
-) -> None:
-    ok = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
-    if not ok.all():
-        first = int(np.argmin(ok))
-        k = int(sel[first]) if sel is not None else start + first
-        raise InputError(stack.source, f"image {k + 1} contains NaN or infinite values")

@@ -12,7 +12,7 @@ from torch import Tensor
 from emvae.config import ModelConfig
 from emvae.data import gather
 from emvae.geometry import model_to_image_pose, shift_std_to_image
-from emvae.models import SpatialVAE, images_to_pixels
+from emvae.models import SpatialVAE
 from emvae.objective import elbo_terms
 
 
@@ -57,7 +57,7 @@ def encode(
         z, pose = model.sample(q, rng)
         params = model.decode(z, pose)
         terms = elbo_terms(
-            model.config, images_to_pixels(x), params, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd
+            model.config, model.pixels(x), params, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd
         )
         for key, val in (
             ("z_mu", q.z_mu),
@@ -78,10 +78,19 @@ def particle_table(
     names: list[str],
     apix: float | None = None,
     split: np.ndarray | None = None,
+    scale: float = 1.0,
+    offsets: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The table users read (SPEC section 2), one row per image in input order.
 
-    Columns: ``image`` (``k@file``, 1-based), ``theta_deg`` (counter-clockwise rotation of the
+    Shifts are in pixels of the *input* images: the model's shifts times ``scale`` (input pixels
+    per model pixel, after ``-D``), plus ``offsets`` ``(N, 2)`` (where the model box's centre
+    lies in each input image, +x right, +y up; crops and the downsampling grid move it), so
+    they describe the particle in the file the user gave. ``apix`` is the input pixel size.
+
+    Columns: ``image`` (``k@file``, 1-based), ``input_row`` (0-based row in the input: STAR or
+    .cs row, or position in the stack(s)), ``theta_deg`` (counter-clockwise rotation of the
     particle relative to the canonical view, +y up; equals RELION's rlnAnglePsi) and
     ``theta_std_deg``, ``shift_x_px``/``shift_y_px`` (where the canonical centre lands, relative
     to the box centre, +x right, +y up) and their stds, ``shift_x_A``/``shift_y_A`` when the pixel
@@ -97,9 +106,13 @@ def particle_table(
     shift = pose[:, r : r + 2] if cfg.translation else torch.zeros(n, 2, dtype=torch.float64)
     sstd = pose_std[:, r : r + 2] if cfg.translation else torch.zeros(n, 2, dtype=torch.float64)
     theta_deg, shift_px = model_to_image_pose(theta, shift, cfg.image_size)
-    shift_std_px = shift_std_to_image(theta, sstd, cfg.image_size)
+    shift_std_px = shift_std_to_image(theta, sstd, cfg.image_size) * scale
+    shift_px = shift_px * scale
+    if offsets is not None:
+        shift_px = shift_px + torch.from_numpy(np.asarray(offsets, dtype=np.float64))
     cols: dict[str, object] = {
         "image": names,
+        "input_row": np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64),
         "theta_deg": theta_deg.numpy(),
         "theta_std_deg": np.degrees(theta_std.numpy()),
         "shift_x_px": shift_px[:, 0].numpy(),

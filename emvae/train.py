@@ -20,13 +20,21 @@ import torch
 
 from emvae.checkpoint import load_checkpoint, save_checkpoint
 from emvae.config import DataConfig, RunConfig
-from emvae.data import gather, image_statistics, load_images, resolve_device, split_indices
+from emvae.data import (
+    gather,
+    load_images,
+    normalize_,
+    resolve_device,
+    split_indices,
+    tensor_statistics,
+)
 from emvae.encode import encode, particle_table
 from emvae.errors import ConfigError, EmvaeError, InputError, OutputExistsError
 from emvae.io.stack import ImageStack
 from emvae.io.tables import write_table
-from emvae.models import SpatialVAE, images_to_pixels
+from emvae.models import SpatialVAE
 from emvae.objective import ElboTerms, elbo_terms
+from emvae.preprocess import Prepared, Preprocess, prepare_for
 from emvae.progress import TrainingProgress, training_progress
 
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
@@ -75,8 +83,9 @@ def fit(
         _check_same_data(stack, config)
     else:
         _prepare_output(out, force)
-        _check_stack(stack, config)
     config.validate()
+    prepared = prepare_for(stack, config.data.preprocess)
+    _check_stack(stack, prepared, config)
     cfg, tcfg = config.model, config.train
 
     device = resolve_device(tcfg.device)
@@ -106,13 +115,14 @@ def fit(
         train_idx, test_idx = split_indices(len(stack), tcfg.test_fraction, tcfg.seed)
         history = []
         first_epoch = 0
-    _write_json(out / "config.json", config)
-
-    data = load_images(stack, device, config.data.mean, config.data.std)
-    train_dev = torch.from_numpy(train_idx).to(data.device)
-    test_dev = torch.from_numpy(test_idx).to(data.device)
-
     with training_progress(progress) as bar:
+        data = load_images(stack, device, prepared, bar.task("reading images", len(stack)))
+        if ckpt is None:
+            _measure(stack, data, config.data, cfg.likelihood)
+        normalize_(data, config.data.mean, config.data.std)
+        _write_json(out / "config.json", config)
+        train_dev = torch.from_numpy(train_idx).to(data.device)
+        test_dev = torch.from_numpy(test_idx).to(data.device)
         bar.start(first_epoch, tcfg.epochs)
         for epoch in range(first_epoch + 1, tcfg.epochs + 1):
             t0 = time.perf_counter()
@@ -161,7 +171,10 @@ def fit(
         )
     split = np.full(len(stack), "train", dtype=object)
     split[test_idx] = "test"
-    table = particle_table(cfg, enc, stack.names, config.data.apix, split)
+    table = particle_table(
+        cfg, enc, stack.names, config.data.apix, split, prepared.scale, prepared.offsets,
+        stack.rows,
+    )
     write_table(table, out / "particles.csv")
     write_table(table, out / "particles.h5")
     return FitResult(model, config, out, table, history)
@@ -230,7 +243,7 @@ def training_step(
         z, pose = model.sample(q, rng, use_z=use_z)
         params = model.decode(z, pose)
     f32 = [t.float() for t in (params, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd)]
-    terms = elbo_terms(cfg, images_to_pixels(x), *f32, use_z=use_z)
+    terms = elbo_terms(cfg, model.pixels(x), *f32, use_z=use_z)
     optimizer.zero_grad(set_to_none=True)
     (-terms.elbo.mean()).backward()
     optimizer.step()
@@ -253,7 +266,7 @@ def evaluate(
         z, pose = model.sample(q, rng, use_z=use_z)
         terms = elbo_terms(
             config.model,
-            images_to_pixels(x),
+            model.pixels(x),
             model.decode(z, pose),
             q.z_mu,
             q.z_logstd,
@@ -271,9 +284,16 @@ def _term_sums(terms) -> torch.Tensor:
 
 
 def make_data_config(
-    stack: ImageStack, likelihood: str, apix: float | None = None, normalize: bool | None = None
+    stack: ImageStack,
+    likelihood: str,
+    apix: float | None = None,
+    normalize: bool | None = None,
+    preprocess: Preprocess | None = None,
+    datadir: str | None = None,
+    ind: str | None = None,
 ) -> DataConfig:
-    """Describe the stack and compute its normalisation (one pass over the data).
+    """Describe the stack and how it is prepared (nothing is read; ``fit`` measures the
+    normalisation on the preprocessed images).
 
     Gaussian likelihood: images are standardised (mean 0, std 1 over the stack) unless
     ``normalize=False``. Bernoulli: pixels must lie in [0, 1] and are not changed.
@@ -283,9 +303,34 @@ def make_data_config(
             stack.source,
             f"holds {len(stack)} image; training needs at least 2 (one is held out for testing)",
         )
-    mean, std, lo, hi = image_statistics(stack)
-    if normalize is None:
+    if normalize is None or likelihood == "bernoulli":
         normalize = likelihood == "gaussian"
+    pre = preprocess or Preprocess()
+    if stack.preprocessed is not None:
+        if pre.active:
+            raise ConfigError(
+                f"{stack.source} is already preprocessed by emvae preprocess; give the "
+                "preprocessing options there, not here"
+            )
+        pre = Preprocess.from_dict(stack.preprocessed)
+    prepared = prepare_for(stack, pre.to_dict())
+    return DataConfig(
+        paths=[stack.source],
+        n_images=len(stack),
+        apix=apix if apix is not None else stack.apix,
+        apix_from="--apix" if apix is not None else stack.apix_from,
+        normalize=normalize,
+        preprocess=pre.to_dict(),
+        input_size=stack.input_size or stack.size,
+        scale=prepared.scale,
+        datadir=datadir,
+        ind=ind,
+    )
+
+
+def _measure(stack: ImageStack, data: torch.Tensor, dc: DataConfig, likelihood: str) -> None:
+    """Fill ``dc.mean``/``dc.std`` from the loaded (preprocessed) images."""
+    mean, std, lo, hi = tensor_statistics(data)
     if likelihood == "bernoulli":
         if lo < 0 or hi > 1:
             raise InputError(
@@ -293,33 +338,29 @@ def make_data_config(
                 f"pixel values span [{lo:.3g}, {hi:.3g}]; the "
                 "Bernoulli likelihood needs values in [0, 1]",
             )
-        normalize = False
-    return DataConfig(
-        paths=[stack.source],
-        n_images=len(stack),
-        apix=apix if apix is not None else stack.apix,
-        normalize=normalize,
-        mean=mean if normalize else 0.0,
-        std=std if normalize else 1.0,
-    )
+        dc.normalize = False
+    if dc.normalize and not std > 0:
+        raise InputError(stack.source, "every pixel has the same value; nothing to learn")
+    dc.mean, dc.std = (mean, std) if dc.normalize else (0.0, 1.0)
 
 
-def _check_stack(stack: ImageStack, config: RunConfig) -> None:
-    if config.model.image_size != stack.size or config.model.channels != stack.channels:
+def _check_stack(stack: ImageStack, prepared: Prepared, config: RunConfig) -> None:
+    if config.model.image_size != prepared.size or config.model.channels != prepared.channels:
         raise ConfigError(
             f"the model is configured for {config.model.channels}x{config.model.image_size}^2 "
-            f"images but {stack.source} holds {stack.channels}x{stack.size}^2"
+            f"images but {stack.source} gives {prepared.channels}x{prepared.size}^2"
         )
     if len(stack) < 2:
         raise InputError(stack.source, f"holds {len(stack)} image; training needs at least 2")
 
 
 def _check_same_data(stack: ImageStack, config: RunConfig) -> None:
-    if len(stack) != config.data.n_images or stack.size != config.model.image_size:
+    size = stack.input_size or stack.size
+    if len(stack) != config.data.n_images or size != config.data.input_size:
         raise InputError(
             stack.source,
             f"does not match the run being resumed "
-            f"({config.data.n_images} images of {config.model.image_size} px)",
+            f"({config.data.n_images} images of {config.data.input_size} px)",
         )
 
 

@@ -8,7 +8,7 @@ import torch
 
 from emvae import RunConfig, fit, load_model, make_data_config, read_stack
 from emvae.config import ModelConfig, TrainConfig
-from emvae.data import load_images
+from emvae.data import load_images, normalize_
 from emvae.encode import encode, particle_table
 from emvae.errors import EmvaeError, OutputExistsError
 from emvae.io import read_table
@@ -52,6 +52,7 @@ def test_outputs(run):
     assert (table["split"] == "test").sum() == 6
     assert list(table.columns) == [
         "image",
+        "input_row",
         "theta_deg",
         "theta_std_deg",
         "shift_x_px",
@@ -79,7 +80,7 @@ def test_checkpoint_rebuilds_model_with_identical_encodings(run):
     stack, result = run
     model, config, ckpt = load_model(result.out_dir)
     assert ckpt["epoch"] == 3 and ckpt["version"]
-    data = load_images(stack, torch.device("cpu"), config.data.mean, config.data.std)
+    data = normalize_(load_images(stack, torch.device("cpu")), config.data.mean, config.data.std)
     enc = encode(model, data, torch.device("cpu"), seed=config.train.seed)
     table = particle_table(config.model, enc, stack.names, stack.apix)
     for col in ("theta_deg", "shift_x_px", "z1", "elbo"):

@@ -10,16 +10,30 @@ import typer
 from emvae import __version__
 from emvae.checkpoint import load_model
 from emvae.config import ModelConfig, RunConfig, TrainConfig
-from emvae.data import load_images, resolve_device
+from emvae.data import load_images, normalize_, resolve_device
 from emvae.encode import encode as encode_stack
 from emvae.encode import particle_table
 from emvae.errors import ConfigError, OutputExistsError
 from emvae.example import EXAMPLE_OPTIONS, make_example
-from emvae.io import read_stack, write_table
+from emvae.io import open_stack, write_table
+from emvae.preprocess import Preprocess, prepare, prepare_for
 from emvae.progress import training_progress
 from emvae.train import check_output_dir, make_data_config
 from emvae.train import fit as fit_model
 from emvae_cli.common import command_line, default, err_console, user_errors
+from emvae_cli.inputs import (
+    APIX,
+    BG_RADIUS,
+    CROP,
+    DATADIR,
+    IND,
+    INPUTS_HELP,
+    INVERT,
+    JITTER,
+    NORM,
+    SIZE,
+    open_inputs,
+)
 
 M, T = ModelConfig, TrainConfig
 
@@ -32,9 +46,7 @@ def _h(text: str, cls: type, name: str, example: bool = True) -> str:
 
 @user_errors
 def fit(
-    stack: Path | None = typer.Argument(
-        None, help="Particle stack (.mrcs/.mrc).", show_default=False
-    ),
+    stacks: list[str] | None = typer.Argument(None, help=INPUTS_HELP, show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
     example: bool = typer.Option(
         False,
@@ -76,10 +88,12 @@ def fit(
     shift_prior_px: float = typer.Option(
         default(M, "shift_prior_px"), "--shift-prior-px", help="Translation prior std, pixels."
     ),
-    likelihood: str = typer.Option(
-        default(M, "likelihood"),
+    likelihood: str | None = typer.Option(
+        None,
         "--likelihood",
-        help="gaussian (normalised images) or bernoulli ([0,1] pixels).",
+        show_default=False,
+        help="gaussian (normalised images; default) or bernoulli ([0,1] pixels; default for "
+        "pictures).",
     ),
     learn_noise: bool = typer.Option(
         False, "--learn-noise", help="Gaussian: learn a per-pixel noise std."
@@ -121,9 +135,19 @@ def fit(
     normalize: bool = typer.Option(
         True, "--normalize/--no-normalize", help="Gaussian: standardise the stack to mean 0, std 1."
     ),
-    apix: float | None = typer.Option(
-        None, "--apix", show_default=False, help="Pixel size in A (overrides the header)."
+    mask_radius: float | None = typer.Option(
+        None, "--mask-radius", show_default=False,
+        help="Likelihood over pixels within this radius (model px) only.",
     ),
+    datadir: str | None = DATADIR,
+    ind: str | None = IND,
+    apix: float | None = APIX,
+    size: int | None = SIZE,
+    crop: int | None = CROP,
+    jitter: int | None = JITTER,
+    invert: bool = INVERT,
+    norm: str = NORM,
+    bg_radius: float | None = BG_RADIUS,
     checkpoint_every: int = typer.Option(
         default(T, "checkpoint_every"),
         "--checkpoint-every",
@@ -139,19 +163,25 @@ def fit(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:
     """Train a spatial-VAE on a particle stack; write poses and latents per particle."""
-    if example == (stack is not None):
-        raise ConfigError("give a STACK or --example (not both)")
+    if example == bool(stacks):
+        raise ConfigError("give input images or --example (not both)")
     preset = EXAMPLE_OPTIONS if example else {}
 
     def pick(name: str, value, cls: type):
         return value if value is not None else preset.get(name, default(cls, name))
 
     if example:
-        stack = make_example(out / "example", force=force or resume)
-    images = read_stack(stack)
+        stacks = [str(make_example(out / "example", force=force or resume))]
+    images, pre = open_inputs(
+        stacks, datadir, ind, apix, size, crop, jitter, invert, norm, bg_radius, seed
+    )
+    for note in images.notes:
+        err_console.print(f"note: {note}", highlight=False)
+    likelihood = likelihood or images.likelihood
+    prepared = prepare(images, pre if images.preprocessed is None else Preprocess())
     model = ModelConfig(
-        image_size=images.size,
-        channels=images.channels,
+        image_size=prepared.size,
+        channels=prepared.channels,
         zdim=pick("zdim", zdim, M),
         generator=generator,
         gen_hidden=pick("gen_hidden", gen_hidden, M),
@@ -166,6 +196,7 @@ def fit(
         shift_prior_px=shift_prior_px,
         likelihood=likelihood,
         learn_noise=learn_noise,
+        mask_radius_px=mask_radius,
     )
     train = TrainConfig(
         epochs=pick("epochs", epochs, T),
@@ -189,7 +220,7 @@ def fit(
     if not resume:
         check_output_dir(out, force)
         config.validate()
-        config.data = make_data_config(images, likelihood, apix, normalize)
+        config.data = make_data_config(images, likelihood, apix, normalize, pre, datadir, ind)
     result = fit_model(images, config, out, resume=resume, force=force, progress=not quiet)
     err_console.print(
         f"wrote {out / 'particles.csv'} ({len(result.table)} particles), "
@@ -201,33 +232,38 @@ def fit(
 @user_errors
 def encode(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (.pt) or a run directory."),
-    stack: Path = typer.Argument(..., help="Particle stack to encode."),
+    stacks: list[str] = typer.Argument(..., help=INPUTS_HELP, show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Table to write: .csv or .h5."),
     batch_size: int = typer.Option(256, "-b", "--batch-size", help="Images per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     seed: int = typer.Option(0, "--seed", help="Seed of the per-particle ELBO sample."),
-    apix: float | None = typer.Option(
-        None, "--apix", show_default=False, help="Pixel size in A (overrides the header)."
-    ),
+    datadir: str | None = DATADIR,
+    ind: str | None = IND,
+    apix: float | None = APIX,
     force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:
-    """Poses and latents of every image of STACK under a trained model (same table as fit)."""
+    """Poses and latents of every image under a trained model (same table as fit); the
+    preprocessing the model was trained with is applied again."""
     if out.exists() and not force:
         raise OutputExistsError(f"{out}: exists; use --force to overwrite")
     dev = resolve_device(device)
     model, config, _ = load_model(checkpoint, dev)
-    images = read_stack(stack)
-    if images.size != config.model.image_size or images.channels != config.model.channels:
+    pre = Preprocess.from_dict(config.data.preprocess)
+    images = open_stack(stacks, datadir, ind, pre.crop, pre.jitter, pre.seed, apix)
+    prepared = prepare_for(images, config.data.preprocess)
+    if prepared.size != config.model.image_size or prepared.channels != config.model.channels:
         raise ConfigError(
-            f"{stack}: images are {images.channels}x{images.size}^2 but the model "
-            f"was trained on {config.model.channels}x{config.model.image_size}^2"
+            f"{images.source}: images become {prepared.channels}x{prepared.size}^2 but the "
+            f"model was trained on {config.model.channels}x{config.model.image_size}^2"
         )
-    data = load_images(images, dev, config.data.mean, config.data.std)
     with training_progress(not quiet) as bar:
+        data = load_images(images, dev, prepared, bar.task("reading images", len(images)))
+        normalize_(data, config.data.mean or 0.0, config.data.std or 1.0)
         enc = encode_stack(model, data, dev, batch_size, seed, bar.task("encoding", len(images)))
     table = particle_table(
-        config.model, enc, images.names, apix if apix is not None else images.apix
+        config.model, enc, images.names, images.apix, None, prepared.scale, prepared.offsets,
+        images.rows,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_table(table, out)

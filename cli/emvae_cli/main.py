@@ -6,6 +6,7 @@ import typer
 
 from emvae import __version__
 from emvae_cli import fit as fit_cmd
+from emvae_cli import prep as prep_cmd
 
 app = typer.Typer(
     name="emvae",
@@ -17,6 +18,8 @@ app = typer.Typer(
 )
 app.command("fit")(fit_cmd.fit)
 app.command("encode")(fit_cmd.encode)
+app.command("preprocess")(prep_cmd.preprocess)
+app.command("info")(prep_cmd.info)
 
 
 def _version(value: bool) -> None:

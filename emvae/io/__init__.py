@@ -1,27 +1,241 @@
-"""Readers and writers. :func:`read_stack` picks the reader by the file's suffix."""
+"""Readers and writers. :func:`read_stack` picks the reader by suffix; :func:`open_stack`
+combines several inputs, ``.txt`` lists and ``--ind`` subsets."""
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from emvae.errors import InputError
+from emvae.io.arrays import H5_SUFFIXES, NPY_SUFFIXES, read_hdf5, read_npy, split_h5_path
+from emvae.io.cryosparc import CS_SUFFIXES, read_cryosparc
+from emvae.io.fits import FITS_SUFFIXES, read_fits, split_fits_path
 from emvae.io.mrc import MRC_SUFFIXES, read_mrc, write_mrc
-from emvae.io.stack import ImageStack
+from emvae.io.pictures import PICTURE_SUFFIXES, read_pictures
+from emvae.io.stack import ImageStack, Rows
+from emvae.io.star import STAR_SUFFIXES, read_star
 from emvae.io.tables import read_table, write_table
 
+LIST_SUFFIXES = (".txt",)
+KNOWN = (
+    MRC_SUFFIXES + STAR_SUFFIXES + CS_SUFFIXES + NPY_SUFFIXES + H5_SUFFIXES + FITS_SUFFIXES
+    + PICTURE_SUFFIXES + LIST_SUFFIXES
+)
 
-def read_stack(path: str | os.PathLike) -> ImageStack:
-    """Open an image stack lazily, choosing the reader by suffix."""
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in MRC_SUFFIXES:
-        return read_mrc(p)
-    if not p.exists():
+
+def input_kind(spec: str | os.PathLike) -> str:
+    """``mrc``, ``star``, ``cs``, ``npy``, ``hdf5``, ``fits``, ``pictures`` or ``list``."""
+    text = str(spec)
+    h5, _ = split_h5_path(text)
+    if h5.suffix.lower() in H5_SUFFIXES:
+        return "hdf5"
+    name, _ = split_fits_path(text)
+    lower = name.lower()
+    if lower.endswith((".fits.gz", ".fit.gz")) or Path(lower).suffix in FITS_SUFFIXES:
+        return "fits"
+    suffix = Path(lower).suffix
+    for kind, suffixes in (
+        ("mrc", MRC_SUFFIXES),
+        ("star", STAR_SUFFIXES),
+        ("cs", CS_SUFFIXES),
+        ("npy", NPY_SUFFIXES),
+        ("pictures", PICTURE_SUFFIXES),
+        ("list", LIST_SUFFIXES),
+    ):
+        if suffix in suffixes:
+            return kind
+    p = Path(text)
+    if p.is_dir():
+        entries = {_suffix(f) for f in p.iterdir() if f.is_file()}
+        has_fits = bool(entries & set(FITS_SUFFIXES))
+        has_pictures = bool(entries & set(PICTURE_SUFFIXES))
+        if has_fits and has_pictures:
+            raise InputError(p, "holds both FITS files and pictures; name them with a glob")
+        if has_fits or has_pictures:
+            return "fits" if has_fits else "pictures"
+        raise InputError(p, "holds no JPEG, PNG or FITS files")
+    if not p.exists() and not any(ch in text for ch in "*?["):
         raise InputError(p, "no such file")
     raise InputError(
-        p, f"unknown suffix {suffix or '(none)'!r}; emvae reads {', '.join(MRC_SUFFIXES)}"
+        p, f"unknown suffix {suffix or '(none)'!r}; emvae reads {', '.join(KNOWN)}, "
+        "folders of pictures or FITS files, and file.h5:/dataset"
     )
 
 
-__all__ = ["ImageStack", "read_mrc", "read_stack", "read_table", "write_mrc", "write_table"]
+def _suffix(p: Path) -> str:
+    name = p.name.lower()
+    return ".fits" if name.endswith((".fits.gz", ".fit.gz")) else p.suffix.lower()
+
+
+def read_stack(
+    spec: str | os.PathLike,
+    datadir: str | os.PathLike | None = None,
+    crop: int | None = None,
+    jitter: int | None = None,
+    seed: int = 0,
+) -> ImageStack:
+    """Open one input lazily, choosing the reader by suffix (see :func:`input_kind`).
+
+    ``crop``/``jitter`` cut each picture or FITS image to a common window as it is read
+    (None: whole images); other formats ignore them here (see
+    :class:`emvae.preprocess.Preprocess`, which also holds the Galaxy Zoo defaults).
+    """
+    kind = input_kind(spec)
+    if kind == "mrc":
+        return read_mrc(spec)
+    if kind == "star":
+        return read_star(spec, datadir)
+    if kind == "cs":
+        return read_cryosparc(spec, datadir)
+    if kind == "npy":
+        return read_npy(spec)
+    if kind == "hdf5":
+        return read_hdf5(spec)
+    if kind == "list":
+        return read_list(spec, datadir)
+    if kind == "pictures":
+        stack = read_pictures(spec, crop or None, jitter or 0, seed)
+    else:
+        stack = read_fits(spec, crop or None, jitter or 0, seed)
+    stack.windowed = True
+    return stack
+
+
+def read_list(path: str | os.PathLike, datadir: str | os.PathLike | None = None) -> ImageStack:
+    """A ``.txt`` file naming one stack per line (relative to the list's folder, or in
+    ``datadir``), as cryoDRGN reads them. Blank lines and ``#`` comments are skipped."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such file")
+    lines = [ln.split("#", 1)[0].strip() for ln in p.read_text().splitlines()]
+    entries = [ln for ln in lines if ln]
+    if not entries:
+        raise InputError(p, "lists no stacks")
+    stacks = []
+    for k, entry in enumerate(entries):
+        candidates = [Path(datadir) / entry, Path(datadir) / Path(entry).name] if datadir else []
+        candidates += [Path(entry)] if Path(entry).is_absolute() else [p.parent / entry]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise InputError(p, f"line {k + 1}: stack {entry} not found")
+        if input_kind(found) == "list":
+            raise InputError(p, f"line {k + 1}: lists of lists are not read")
+        stacks.append(read_stack(found, datadir))
+    stack = concat_stacks(stacks, str(p))
+    stack.format = f"list of {len(stacks)} stack(s): {stacks[0].format}"
+    return stack
+
+
+def concat_stacks(stacks: list[ImageStack], source: str) -> ImageStack:
+    """One stack of several, in order; they must hold images of one size and channel count."""
+    if len(stacks) == 1:
+        return stacks[0]
+    shapes = {s.images.shape[1:] for s in stacks}
+    if len(shapes) > 1:
+        shown = ", ".join(f"{s.source}: {s.channels}x{s.size}^2" for s in stacks[:4])
+        raise InputError(source, f"mixed image sizes across stacks ({shown})")
+    apix = {s.apix for s in stacks}
+    metas = [s.metadata for s in stacks]
+    return ImageStack(
+        images=Rows.concat([s.images for s in stacks]),
+        names=[n for s in stacks for n in s.names],
+        apix=apix.pop() if len(apix) == 1 else None,
+        source=source,
+        format=stacks[0].format,
+        apix_from=stacks[0].apix_from,
+        metadata=None if any(m is None for m in metas) else pd.concat(metas, ignore_index=True),
+        optics=stacks[0].optics,
+        star_version=stacks[0].star_version,
+        notes=[n for s in stacks for n in s.notes],
+        likelihood=stacks[0].likelihood,
+    )
+
+
+def read_indices(path: str | os.PathLike, n: int) -> np.ndarray:
+    """0-based image indices from ``.npy``, ``.txt`` (whitespace separated) or a cryoDRGN
+    ``.pkl`` (a pickled integer array; nothing else is unpickled); each must be < ``n``."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such file")
+    try:
+        if p.suffix == ".npy":
+            idx = np.load(p, allow_pickle=False)
+        elif p.suffix == ".pkl":
+            with open(p, "rb") as f:
+                idx = _ArrayUnpickler(f).load()
+        else:
+            idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
+        raise InputError(p, f"not a list of indices ({e})") from None
+    idx = np.asarray(idx)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu":
+        raise InputError(p, f"expected a 1-D list of integers, got {idx.dtype} {idx.shape}")
+    if len(idx) == 0:
+        raise InputError(p, "selects no images")
+    bad = (idx < 0) | (idx >= n)
+    if bad.any():
+        raise InputError(
+            p, f"index {int(idx[np.argmax(bad)])} is outside the stack (0-based, {n} images)"
+        )
+    return idx.astype(np.int64)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain lists only (cryoDRGN's index files)."""
+
+    SAFE = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.SAFE:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+
+
+def open_stack(
+    specs: list[str | os.PathLike] | str | os.PathLike,
+    datadir: str | os.PathLike | None = None,
+    ind: str | os.PathLike | None = None,
+    crop: int | None = None,
+    jitter: int | None = None,
+    seed: int = 0,
+    apix: float | None = None,
+) -> ImageStack:
+    """Every input the user named, concatenated, subset by ``ind`` and with ``apix`` forced."""
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [specs]
+    if not specs:
+        raise InputError("(no input)", "give at least one stack")
+    stacks = [read_stack(s, datadir, crop, jitter, seed) for s in specs]
+    stack = concat_stacks(stacks, " ".join(str(s) for s in specs))
+    stack.windowed = all(s.windowed for s in stacks)
+    if ind is not None:
+        stack = stack.subset(read_indices(ind, len(stack)))
+    if apix is not None:
+        if not apix > 0:
+            raise InputError(str(specs[0]), f"--apix must be > 0, got {apix}")
+        stack.apix, stack.apix_from = float(apix), "--apix"
+    return stack
+
+
+__all__ = [
+    "ImageStack",
+    "input_kind",
+    "open_stack",
+    "read_indices",
+    "read_mrc",
+    "read_stack",
+    "read_table",
+    "write_mrc",
+    "write_table",
+]

@@ -10,10 +10,42 @@ import mrcfile
 import numpy as np
 
 from emvae.errors import InputError
-from emvae.io.stack import ImageStack
+from emvae.io.stack import ImageStack, as_images
 
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".map")
 _REAL_MODES = {0, 1, 2, 6, 12}
+
+
+class MrcSource:
+    """The images of one MRC file, ``(N, 1, D, D)``, read through a memory map when asked.
+
+    The file is opened (and its header checked) once here, then reopened for each read, so a
+    STAR file naming thousands of stacks never holds thousands of open files.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        p = Path(path)
+        if not p.exists():
+            raise InputError(p, "no such file")
+        if p.is_dir():
+            raise InputError(p, "is a directory, not an MRC file")
+        self.path = p
+        with _open(p) as mrc:
+            data = as_images(mrc.data, p, "MRC data") if mrc.data is not None else None
+            if data is None:
+                raise InputError(p, "contains no images")
+            self.shape = data.shape
+            self.dtype = data.dtype
+            self.mode = int(mrc.header.mode)
+            apix = float(mrc.voxel_size.x)
+        self.apix = apix if apix > 0 else None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        with _open(self.path) as mrc:
+            return np.array(as_images(mrc.data, self.path)[key])
 
 
 def read_mrc(path: str | os.PathLike) -> ImageStack:
@@ -22,37 +54,13 @@ def read_mrc(path: str | os.PathLike) -> ImageStack:
     A 2-D file is one image; a 3-D file (stack or volume) is ``nz`` images of ``ny x nx``.
     The pixel size is the header's ``voxel_size.x`` (None when the header says 0).
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(p, "no such file")
-    if p.is_dir():
-        raise InputError(p, "is a directory, not an MRC file")
-    mrc = _open(p)
-    mode = int(mrc.header.mode)
-    if mode not in _REAL_MODES:
-        mrc.close()
-        raise InputError(p, f"MRC mode {mode} is not a real-valued image mode (0, 1, 2, 6, 12)")
-    data = mrc.data
-    if data is None or data.size == 0:
-        mrc.close()
-        raise InputError(p, "contains no images")
-    if data.ndim == 2:
-        data = data[np.newaxis]
-    elif data.ndim != 3:
-        mrc.close()
-        raise InputError(p, f"has {data.ndim} dimensions; expected a 2-D image or a stack")
-    n, h, w = data.shape
-    if h != w:
-        mrc.close()
-        raise InputError(p, f"images are {w}x{h} (nx x ny); emvae needs square images")
-    apix = float(mrc.voxel_size.x)
-    names = [f"{k}@{path}" for k in range(1, n + 1)]
+    src = MrcSource(path)
     return ImageStack(
-        images=data[:, np.newaxis],
-        names=names,
-        apix=apix if apix > 0 else None,
+        images=src,
+        names=[f"{k}@{path}" for k in range(1, len(src) + 1)],
+        apix=src.apix,
         source=str(path),
-        handle=mrc,
+        format=f"MRC (mode {src.mode})",
     )
 
 
@@ -73,24 +81,28 @@ def _open(p: Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return mrcfile.mmap(p, mode="r")
+            mrc = mrcfile.mmap(p, mode="r")
     except (ValueError, OSError, EOFError) as e:
         strict_error = _first_line(e)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mrc = mrcfile.mmap(p, mode="r", permissive=True)
-    except (ValueError, OSError, EOFError):
         mrc = None
-    if (
-        mrc is None
-        or mrc.data is None
-        or mrc.data.size == 0
-        or int(mrc.header.mode) not in _REAL_MODES
-    ):
-        if mrc is not None:
-            mrc.close()
-        raise InputError(p, f"not a readable MRC file ({strict_error})")
+    if mrc is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mrc = mrcfile.mmap(p, mode="r", permissive=True)
+        except (ValueError, OSError, EOFError):
+            mrc = None
+        if mrc is None or mrc.data is None or mrc.data.size == 0:
+            if mrc is not None:
+                mrc.close()
+            raise InputError(p, f"not a readable MRC file ({strict_error})")
+    mode = int(mrc.header.mode)
+    if mode not in _REAL_MODES:
+        mrc.close()
+        raise InputError(p, f"MRC mode {mode} is not a real-valued image mode (0, 1, 2, 6, 12)")
+    if mrc.data is None or mrc.data.size == 0:
+        mrc.close()
+        raise InputError(p, "contains no images")
     return mrc
 
 

@@ -1,28 +1,70 @@
-"""The in-memory description of an image stack, whatever file it came from."""
+"""The in-memory description of an image stack, whatever file(s) it came from.
+
+Image data stay on disk until asked for: :class:`ImageStack` holds an *image source*, any object
+with ``shape`` ``(N, C, D, D)``, ``dtype`` and ``__getitem__`` taking an int, a slice or an
+integer array and returning a numpy array. numpy memory maps are sources; :class:`Rows`
+combines several sources (the stacks a STAR file or a list names) and subsets of them.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass
 class ImageStack:
     """Images plus where each one came from.
 
-    images: ``(N, C, H, W)`` array, possibly a read-only memory map (never modified).
-    names: ``N`` strings ``"k@path"`` with k 1-based (RELION's convention), in input order.
-    apix: pixel size in Angstrom, or None when the file does not say.
-    source: the file the user named.
+    images: image source of shape ``(N, C, D, D)`` (never modified).
+    names: ``N`` strings ``"k@path"`` with k 1-based (RELION's convention), in input order; for
+        a STAR file, its ``rlnImageName`` as written.
+    apix: pixel size in Angstrom, or None when nothing says; ``apix_from`` says who said it
+        ("MRC header", "STAR optics table", "STAR rows", "cryoSPARC blob/psize_A", "--apix",
+        "emvae cache").
+    source: the file(s) the user named; ``format``: a short description of the format.
+    rows: 0-based row of each image in the input (STAR/.cs row, or position in the stack list);
+        differs from ``arange(N)`` after ``--ind``.
+    metadata: the input STAR's particle rows (or the .cs fields) for these images, in order.
+    optics: the STAR optics table (RELION 3.1), or None. ``star_version``: "3.0"/"3.1"/None.
+    offsets: ``(N, 2)`` position of each image's centre in its original picture, pixels
+        (+x right, +y up), when the reader cut a window out of larger pictures; else None.
+    preprocessed: the :class:`emvae.preprocess.Preprocess` settings (as a dict) that already
+        made these images (an emvae cache), else None. ``input_size``: the box before that.
+    notes: things the reader did that the user should be told (NaN filling, ...).
+    likelihood: the likelihood that suits these pixels ("bernoulli" for 8-bit pictures).
+    windowed: True when the reader already cut the images out of larger pictures (crop).
+    scale: input pixels per pixel of ``images`` (not 1 only for an emvae cache, whose ``apix``
+        is still that of the input pixels).
     """
 
-    images: np.ndarray
+    images: Any
     names: list[str]
     apix: float | None
     source: str
-    handle: Any = field(default=None, repr=False)  # keeps a memory-mapped file open
+    format: str = "MRC"
+    apix_from: str | None = None
+    rows: np.ndarray | None = None
+    metadata: pd.DataFrame | None = None
+    optics: pd.DataFrame | None = None
+    star_version: str | None = None
+    offsets: np.ndarray | None = None
+    preprocessed: dict | None = None
+    input_size: int | None = None
+    notes: list[str] = field(default_factory=list)
+    likelihood: str = "gaussian"
+    windowed: bool = False
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            self.rows = np.arange(len(self.names))
+        if self.apix is not None and self.apix_from is None:
+            self.apix_from = "MRC header"
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -39,3 +81,107 @@ class ImageStack:
     def nbytes_float32(self) -> int:
         """Bytes the stack takes as float32 (what training holds in memory)."""
         return int(np.prod(self.images.shape, dtype=np.int64)) * 4
+
+    def subset(self, indices: np.ndarray) -> ImageStack:
+        """The images at 0-based ``indices`` (in that order), metadata following them."""
+        idx = np.asarray(indices, dtype=np.int64)
+        meta = None if self.metadata is None else self.metadata.iloc[idx].reset_index(drop=True)
+        return ImageStack(
+            images=Rows.select(self.images, idx),
+            names=[self.names[i] for i in idx],
+            apix=self.apix,
+            source=self.source,
+            format=self.format,
+            apix_from=self.apix_from,
+            rows=self.rows[idx],
+            metadata=meta,
+            optics=self.optics,
+            star_version=self.star_version,
+            offsets=None if self.offsets is None else self.offsets[idx],
+            preprocessed=self.preprocessed,
+            input_size=self.input_size,
+            notes=list(self.notes),
+            likelihood=self.likelihood,
+            windowed=self.windowed,
+            scale=self.scale,
+        )
+
+
+class Rows:
+    """Image ``k`` is row ``local[k]`` of source ``parts[part[k]]``; read lazily.
+
+    parts: sources of shape ``(n_i, C, D, D)`` (same C and D). Reads group the requested rows by
+    source and ask each source once, for sorted unique rows (a slice when they are contiguous),
+    which suits memory maps, HDF5 datasets and file readers alike.
+    """
+
+    def __init__(self, parts: list[Any], part: np.ndarray, local: np.ndarray) -> None:
+        self.parts = parts
+        self.part = np.asarray(part, dtype=np.int64)
+        self.local = np.asarray(local, dtype=np.int64)
+        self.shape = (len(self.part), *parts[0].shape[1:])
+        dtypes = {np.dtype(p.dtype) for p in parts}
+        self.dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
+
+    @classmethod
+    def concat(cls, parts: list[Any]) -> Rows:
+        sizes = [int(p.shape[0]) for p in parts]
+        part = np.repeat(np.arange(len(parts)), sizes)
+        local = np.concatenate([np.arange(n) for n in sizes])
+        return cls(parts, part, local)
+
+    @classmethod
+    def select(cls, source: Any, idx: np.ndarray) -> Rows:
+        if isinstance(source, Rows):
+            return cls(source.parts, source.part[idx], source.local[idx])
+        return cls([source], np.zeros(len(idx), dtype=np.int64), idx)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
+        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
+        part, local = self.part[idx], self.local[idx]
+        for k in np.unique(part):
+            sel = np.flatnonzero(part == k)
+            rows, inverse = np.unique(local[sel], return_inverse=True)
+            out[sel] = read_rows(self.parts[k], rows)[inverse]
+        return out
+
+
+def read_rows(source: Any, rows: np.ndarray) -> np.ndarray:
+    """``source[rows]`` for sorted unique ``rows``, as one slice when they are contiguous."""
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        return np.asarray(source[int(rows[0]) : int(rows[-1]) + 1])
+    return np.asarray(source[rows])
+
+
+def image_shape(shape: tuple, dtype: np.dtype, path: str | os.PathLike, what: str) -> tuple:
+    """``(N, C, D, D)`` for data of ``shape`` ``(D, D)``, ``(N, D, D)`` or ``(N, C, D, D)``;
+    :class:`InputError` for anything else (wrong rank, empty, not square, not real numbers)."""
+    from emvae.errors import InputError
+
+    shape = tuple(int(n) for n in shape)
+    full = {2: (1, 1, *shape), 3: (shape[0], 1, *shape[1:]), 4: shape}.get(len(shape))
+    if full is None:
+        raise InputError(
+            path, f"{what} has shape {shape}; expected (D, D), (N, D, D) or (N, C, D, D)"
+        )
+    if full[0] == 0 or 0 in full:
+        raise InputError(path, "contains no images")
+    if full[-1] != full[-2]:
+        raise InputError(
+            path,
+            f"images are {full[-1]}x{full[-2]} (width x height); emvae needs square images",
+        )
+    if np.dtype(dtype).kind not in "iuf":
+        raise InputError(path, f"{what} has dtype {dtype}; expected real numbers")
+    return full
+
+
+def as_images(data: np.ndarray, path: str | os.PathLike, what: str = "data") -> np.ndarray:
+    """View ``(D, D)``, ``(N, D, D)`` or ``(N, C, D, D)`` data as ``(N, C, D, D)``."""
+    return data.reshape(image_shape(data.shape, data.dtype, path, what))

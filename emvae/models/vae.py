@@ -46,6 +46,13 @@ class SpatialVAE(nn.Module):
         self.encoder = build_encoder(config, n_latent + int(self.theta_vector), n_latent)
         self.generator = build_generator(config)
         self.register_buffer("coords", coordinate_grid(d, d), persistent=False)
+        # The likelihood sees only pixels inside the circular mask (all pixels without one);
+        # the spatial generator is evaluated on those coordinates alone.
+        self.masked = config.mask_radius_px is not None
+        if self.masked:
+            r = (self.coords / config.pixel_to_unit).square().sum(-1).sqrt()
+            inside = torch.nonzero(r <= config.mask_radius_px).squeeze(1)
+            self.register_buffer("pixel_index", inside, persistent=False)
         # Pose posteriors start narrow (sigma ~ 0.1 rad / coordinate units): started near the
         # prior's width, the sampled rotation is noise, the generator learns the rotational
         # average and q(theta) collapses onto the prior.
@@ -77,13 +84,23 @@ class SpatialVAE(nn.Module):
             )
         return Posterior(mu[:, :k], logstd[:, :k], pose_mu, logstd[:, k:])
 
-    def decode(self, z: Tensor, pose: Tensor) -> Tensor:
-        """Generator output ``(B, N, n_out)`` for z ``(B, K)`` and pose ``(B, P)``."""
+    def decode(self, z: Tensor, pose: Tensor, full: bool = False) -> Tensor:
+        """Generator output ``(B, N, n_out)`` for z ``(B, K)`` and pose ``(B, P)``.
+
+        N is every pixel with ``full`` or without a mask, else the masked pixels (the ones
+        :meth:`pixels` returns), in row-major order.
+        """
+        part = self.masked and not full
         if self.generator.uses_coordinates:
-            coords = self.transform(self.coords, pose)
-        else:
-            coords = None
-        return self.generator(coords, z)
+            grid = self.coords[self.pixel_index] if part else self.coords
+            return self.generator(self.transform(grid, pose), z)
+        out = self.generator(None, z)
+        return out[:, self.pixel_index] if part else out
+
+    def pixels(self, images: Tensor) -> Tensor:
+        """The likelihood's targets: ``(B, C, D, D)`` -> ``(B, N, C)`` (masked pixels only)."""
+        y = images_to_pixels(images)
+        return y[:, self.pixel_index] if self.masked else y
 
     def sample(
         self, q: Posterior, rng: torch.Generator | None = None, use_z: bool = True
@@ -106,7 +123,7 @@ class SpatialVAE(nn.Module):
     def canonical(self, z: Tensor) -> Tensor:
         """Generator output at theta = 0, dx = 0 for z ``(B, K)``: ``(B, N, n_out)``."""
         pose = z.new_zeros(z.shape[0], self.transform.n_params)
-        return self.decode(z, pose)
+        return self.decode(z, pose, full=True)
 
 
 def build_encoder(cfg: ModelConfig, n_mean: int, n_logstd: int) -> nn.Module:

@@ -1,0 +1,70 @@
+"""Options every command that reads images shares, and opening the inputs they name."""
+
+from __future__ import annotations
+
+import typer
+
+from emvae.io import ImageStack, input_kind, open_stack
+from emvae.preprocess import NORMALIZE, Preprocess
+
+INPUTS_HELP = (
+    "Images: .mrcs/.mrc, RELION .star, cryoSPARC .cs, .txt list of stacks, .npy, "
+    "file.h5[:/dataset], .fits[EXT], JPEG/PNG files, or a folder of pictures/FITS files. "
+    "Several are concatenated."
+)
+DATADIR = typer.Option(
+    None, "--datadir", help="Folder holding the stacks a STAR/.cs/.txt file names "
+    "(also matched by file name).", show_default=False,
+)
+IND = typer.Option(
+    None, "--ind", help="Keep only these 0-based images (.npy, .txt or cryoDRGN .pkl).",
+    show_default=False,
+)
+APIX = typer.Option(
+    None, "--apix", show_default=False, help="Pixel size in A (overrides header/STAR)."
+)
+SIZE = typer.Option(
+    None, "-D", "--downsample", show_default=False,
+    help="Fourier-downsample to this box size (pictures: 64).",
+)
+CROP = typer.Option(
+    None, "--crop", show_default=False,
+    help="Cut a centred N x N window first (pictures: 207; 0: none).",
+)
+JITTER = typer.Option(
+    None, "--jitter", show_default=False,
+    help="Move each window by up to this many px at random (pictures: 12).",
+)
+INVERT = typer.Option(False, "--invert", help="Invert the contrast (multiply by -1).")
+NORM = typer.Option(
+    "none", "--norm", help=f"Per-image normalisation: {', '.join(NORMALIZE)} "
+    "(background: mean/std outside --bg-radius).",
+)
+BG_RADIUS = typer.Option(
+    None, "--bg-radius", show_default=False,
+    help="Background radius in output px (default 3/4 of the half box).",
+)
+
+
+def open_inputs(
+    specs: list[str],
+    datadir: str | None,
+    ind: str | None,
+    apix: float | None,
+    size: int | None,
+    crop: int | None,
+    jitter: int | None,
+    invert: bool,
+    norm: str,
+    bg_radius: float | None,
+    seed: int,
+) -> tuple[ImageStack, Preprocess]:
+    """Open what the user named and the preprocessing that suits it (pictures default to
+    the Galaxy Zoo window and size)."""
+    kind = input_kind(specs[0]) if specs else "mrc"
+    pre = Preprocess.for_input(
+        kind, size, crop, jitter, seed=seed, invert=invert, normalize=norm, bg_radius=bg_radius
+    )
+    pre.validate()
+    stack = open_stack(specs, datadir, ind, pre.crop, pre.jitter, pre.seed, apix)
+    return stack, pre

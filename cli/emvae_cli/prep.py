@@ -1,0 +1,82 @@
+"""``emvae preprocess`` and ``emvae info``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from emvae.info import describe
+from emvae.preprocess import CHUNK, write_cache
+from emvae.progress import training_progress
+from emvae_cli.common import err_console, user_errors
+from emvae_cli.inputs import (
+    APIX,
+    BG_RADIUS,
+    CROP,
+    DATADIR,
+    IND,
+    INPUTS_HELP,
+    INVERT,
+    JITTER,
+    NORM,
+    SIZE,
+    open_inputs,
+)
+
+
+@user_errors
+def preprocess(
+    stacks: list[str] = typer.Argument(..., help=INPUTS_HELP, show_default=False),
+    out: Path = typer.Option(
+        ..., "-o", "--out", help="Cache to write: .h5 (keeps names and settings) or .mrcs."
+    ),
+    datadir: str | None = DATADIR,
+    ind: str | None = IND,
+    apix: float | None = APIX,
+    size: int | None = SIZE,
+    crop: int | None = CROP,
+    jitter: int | None = JITTER,
+    invert: bool = INVERT,
+    norm: str = NORM,
+    bg_radius: float | None = BG_RADIUS,
+    seed: int = typer.Option(0, "--seed", help="Seed of the window jitter."),
+    chunk: int = typer.Option(CHUNK, "--chunk", help="Images per chunk (bounds memory)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
+) -> None:
+    """Preprocess once, streaming in chunks, into a cache that fit and encode memory-map."""
+    stack, pre = open_inputs(
+        stacks, datadir, ind, apix, size, crop, jitter, invert, norm, bg_radius, seed
+    )
+    for note in stack.notes:
+        err_console.print(f"note: {note}", highlight=False)
+    t0 = time.perf_counter()
+    with training_progress(not quiet) as bar:
+        write_cache(
+            stack, pre, out, force=force, chunk=max(1, chunk),
+            advance=bar.task("preprocessing", len(stack)),
+        )
+    dt = time.perf_counter() - t0
+    err_console.print(
+        f"wrote {out} ({len(stack)} images, {len(stack) / dt:.0f} images/s)", highlight=False
+    )
+
+
+@user_errors
+def info(
+    stacks: list[str] = typer.Argument(..., help=INPUTS_HELP, show_default=False),
+    datadir: str | None = DATADIR,
+    ind: str | None = IND,
+    apix: float | None = APIX,
+) -> None:
+    """What a file is: format, count, size, channels, dtype, pixel size (and its origin),
+    STAR version and optics groups, value range."""
+    stack, _ = open_inputs(stacks, datadir, ind, apix, None, None, None, False, "none", None, 0)
+    console = Console(highlight=False, soft_wrap=True)
+    lines = describe(stack)
+    width = max(len(k) for k, _ in lines)
+    for key, text in lines:
+        console.print(f"{key + ':':<{width + 1}} {text}", markup=False)
