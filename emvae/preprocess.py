@@ -248,7 +248,11 @@ def iter_chunks(stack: ImageStack, prepared: Prepared, chunk: int = CHUNK):
 
 
 def _read(stack: ImageStack, start: int, chunk: int) -> np.ndarray:
-    return np.asarray(stack.images[start : start + chunk])
+    """Images ``start:start+chunk`` as a writable in-memory array (a memory-mapped slice is
+    copied here, in the reading thread)."""
+    x = stack.images[start : start + chunk]
+    return x if isinstance(x, np.ndarray) and x.flags.writeable and not isinstance(
+        x, np.memmap) else np.array(x)
 
 
 def _check_finite(stack: ImageStack, chunk: np.ndarray, start: int) -> None:

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from emvae.errors import InputError
-from emvae.io.stack import ImageStack, as_images, image_shape
+from emvae.io.stack import ImageStack, as_images, image_shape, read_rows
 
 NPY_SUFFIXES = (".npy",)
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -58,9 +58,15 @@ class H5Source:
 
     def __getitem__(self, key) -> np.ndarray:
         with h5py.File(self.path, "r") as f:
-            data = np.asarray(f[self.name][key])
-        return data.reshape((-1, *self.shape[1:]) if isinstance(key, (slice, np.ndarray)) else
-                            self.shape[1:])
+            ds = f[self.name]
+            if isinstance(key, (int, np.integer)):
+                return np.asarray(ds[key]).reshape(self.shape[1:])
+            if isinstance(key, slice):
+                data = np.asarray(ds[key])
+            else:  # h5py wants sorted unique indices
+                rows, inverse = np.unique(np.asarray(key), return_inverse=True)
+                data = read_rows(ds, rows)[inverse]
+        return data.reshape((-1, *self.shape[1:]))
 
 
 def read_hdf5(spec: str | os.PathLike) -> ImageStack:
