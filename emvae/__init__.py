@@ -1,7 +1,8 @@
 """emvae: spatial-VAE for particle stacks and galaxy images.
 
-Public API: :func:`fit`, :func:`encode`, :func:`read_stack`, :func:`load_model`, the config
-dataclasses and :class:`SpatialVAE`.
+Public API: :func:`fit`, :func:`encode`, :func:`read_stack` / :func:`open_stack`,
+:func:`write_cache`, :func:`load_model`, the config dataclasses, :class:`Preprocess` and
+:class:`SpatialVAE`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -15,8 +16,9 @@ from emvae.checkpoint import load_checkpoint, load_model  # noqa: E402
 from emvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from emvae.encode import encode, particle_table  # noqa: E402
 from emvae.errors import EmvaeError, InputError  # noqa: E402
-from emvae.io import read_stack  # noqa: E402
+from emvae.io import open_stack, read_stack  # noqa: E402
 from emvae.models import SpatialVAE  # noqa: E402
+from emvae.preprocess import Preprocess, write_cache  # noqa: E402
 from emvae.train import fit, make_data_config  # noqa: E402
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "EmvaeError",
     "InputError",
     "ModelConfig",
+    "Preprocess",
     "RunConfig",
     "SpatialVAE",
     "TrainConfig",
@@ -34,5 +37,7 @@ __all__ = [
     "load_model",
     "make_data_config",
     "particle_table",
+    "open_stack",
     "read_stack",
+    "write_cache",
 ]

@@ -16,8 +16,10 @@ def describe(stack: ImageStack) -> list[tuple[str, str]]:
         ("source", stack.source),
         ("format", stack.format),
         ("images", f"{n:,}"),
-        ("image size", f"{d} x {d} px" + (f" (from {stack.input_size} px)"
-                                         if stack.input_size else "")),
+        (
+            "image size",
+            f"{d} x {d} px" + (f" (from {stack.input_size} px)" if stack.input_size else ""),
+        ),
         ("channels", str(c)),
         ("dtype", str(np.dtype(stack.images.dtype))),
     ]
@@ -32,11 +34,13 @@ def describe(stack: ImageStack) -> list[tuple[str, str]]:
         lines.append(("STAR version", f"RELION {stack.star_version}"))
     if stack.optics is not None:
         groups = stack.optics
-        cols = [k for k in ("rlnOpticsGroup", "rlnImagePixelSize", "rlnImageSize", "rlnVoltage")
-                if k in groups]
+        cols = [
+            k
+            for k in ("rlnOpticsGroup", "rlnImagePixelSize", "rlnImageSize", "rlnVoltage")
+            if k in groups
+        ]
         rows = "; ".join(
-            ", ".join(f"{k.removeprefix('rln')}={r[k]}" for k in cols) for _, r in
-            groups.iterrows()
+            ", ".join(f"{k.removeprefix('rln')}={r[k]}" for k in cols) for _, r in groups.iterrows()
         )
         lines.append(("optics groups", f"{len(groups)}: {rows}"))
     if stack.metadata is not None:

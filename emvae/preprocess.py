@@ -66,8 +66,12 @@ class Preprocess:
 
     @classmethod
     def for_input(
-        cls, kind: str, size: int | None = None, crop: int | None = None,
-        jitter: int | None = None, **kwargs,
+        cls,
+        kind: str,
+        size: int | None = None,
+        crop: int | None = None,
+        jitter: int | None = None,
+        **kwargs,
     ) -> Preprocess:
         """Settings with the defaults of an input kind (:func:`emvae.io.input_kind`): pictures
         get the Galaxy Zoo window (crop 207, jitter 12 px, -D 64) and clipping; ``crop=0``
@@ -171,8 +175,9 @@ def prepare_for(stack: ImageStack, settings: dict | None) -> Prepared:
 
 def _describe(settings: dict) -> str:
     d = Preprocess.from_dict(settings)
-    parts = [f"{k}={v}" for k, v in d.to_dict().items() if k != "seed" and v != getattr(
-        Preprocess(), k)]
+    parts = [
+        f"{k}={v}" for k, v in d.to_dict().items() if k != "seed" and v != getattr(Preprocess(), k)
+    ]
     return ", ".join(parts) or "no preprocessing"
 
 
@@ -251,8 +256,11 @@ def _read(stack: ImageStack, start: int, chunk: int) -> np.ndarray:
     """Images ``start:start+chunk`` as a writable in-memory array (a memory-mapped slice is
     copied here, in the reading thread)."""
     x = stack.images[start : start + chunk]
-    return x if isinstance(x, np.ndarray) and x.flags.writeable and not isinstance(
-        x, np.memmap) else np.array(x)
+    return (
+        x
+        if isinstance(x, np.ndarray) and x.flags.writeable and not isinstance(x, np.memmap)
+        else np.array(x)
+    )
 
 
 def _check_finite(stack: ImageStack, chunk: np.ndarray, start: int) -> None:

@@ -172,7 +172,13 @@ def fit(
     split = np.full(len(stack), "train", dtype=object)
     split[test_idx] = "test"
     table = particle_table(
-        cfg, enc, stack.names, config.data.apix, split, prepared.scale, prepared.offsets,
+        cfg,
+        enc,
+        stack.names,
+        config.data.apix,
+        split,
+        prepared.scale,
+        prepared.offsets,
         stack.rows,
     )
     write_table(table, out / "particles.csv")

@@ -22,8 +22,14 @@ def _ok(result):
 
 def test_info_says_where_the_pixel_size_came_from(tmp_path):
     write_mrc(tmp_path / "s.mrcs", np.ones((3, 8, 8), np.float32) * np.arange(3)[:, None, None])
-    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [2.5],
-                           "rlnImageSize": [8], "rlnImageDimensionality": [2]})
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnImagePixelSize": [2.5],
+            "rlnImageSize": [8],
+            "rlnImageDimensionality": [2],
+        }
+    )
     particles = pd.DataFrame({"rlnImageName": ["1@s.mrcs", "3@s.mrcs"], "rlnOpticsGroup": [1, 1]})
     starfile.write({"optics": optics, "particles": particles}, tmp_path / "p.star")
     r = _ok(runner.invoke(app, ["info", str(tmp_path / "p.star")]))
@@ -45,13 +51,17 @@ def test_preprocess_fit_on_cache_and_encode_the_original(tiny_stack, tmp_path):
     _ok(runner.invoke(app, ["fit", str(tiny_stack), "-o", str(a), *pre, *SMALL]))
     _ok(runner.invoke(app, ["fit", str(cache), "-o", str(b), *SMALL]))
     ta, tb = read_table(a / "particles.csv"), read_table(b / "particles.csv")
-    assert ta["image"].tolist() == tb["image"].tolist() == [f"{k}@{tiny_stack}" for k in
-                                                            range(1, 61)]
+    assert (
+        ta["image"].tolist() == tb["image"].tolist() == [f"{k}@{tiny_stack}" for k in range(1, 61)]
+    )
     for col in ("theta_deg", "shift_x_px", "shift_y_px", "shift_x_A", "z1"):
         assert np.allclose(ta[col], tb[col], atol=1e-5), col
     enc = tmp_path / "enc.csv"
-    _ok(runner.invoke(app, ["encode", str(a), str(tiny_stack), "-o", str(enc), "-q",
-                            "--device", "cpu"]))
+    _ok(
+        runner.invoke(
+            app, ["encode", str(a), str(tiny_stack), "-o", str(enc), "-q", "--device", "cpu"]
+        )
+    )
     te = read_table(enc)
     assert np.allclose(te["z1"], ta["z1"], atol=1e-5)
     assert np.allclose(te["shift_x_A"], ta["shift_x_A"], atol=1e-4)
@@ -69,8 +79,26 @@ def test_fit_rgb_pictures_with_subset(tmp_path):
         Image.fromarray(a).save(pics / f"g{k:02d}.png")
     (tmp_path / "ind.txt").write_text("\n".join(map(str, range(1, 12))))
     out = tmp_path / "run"
-    _ok(runner.invoke(app, ["fit", str(pics), "-o", str(out), "--crop", "32", "--jitter", "2",
-                            "-D", "16", "--ind", str(tmp_path / "ind.txt"), *SMALL]))
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "fit",
+                str(pics),
+                "-o",
+                str(out),
+                "--crop",
+                "32",
+                "--jitter",
+                "2",
+                "-D",
+                "16",
+                "--ind",
+                str(tmp_path / "ind.txt"),
+                *SMALL,
+            ],
+        )
+    )
     t = read_table(out / "particles.csv")
     assert len(t) == 11 and t["input_row"].tolist() == list(range(1, 12))
     assert t["image"].iloc[0].endswith("g01.png") and np.isfinite(t["elbo"]).all()
@@ -85,13 +113,15 @@ def _bad(tmp_path, kind):
     good = np.random.default_rng(0).normal(size=(4, 8, 8)).astype(np.float32)
     if kind == "star-missing-stack":
         write_mrc(tmp_path / "a.mrcs", good)
-        starfile.write(pd.DataFrame({"rlnImageName": ["1@a.mrcs", "2@gone.mrcs"]}),
-                       tmp_path / "p.star")
+        starfile.write(
+            pd.DataFrame({"rlnImageName": ["1@a.mrcs", "2@gone.mrcs"]}), tmp_path / "p.star"
+        )
         return [tmp_path / "p.star"], "row 2: stack gone.mrcs not found"
     if kind == "star-beyond-end":
         write_mrc(tmp_path / "a.mrcs", good)
-        starfile.write(pd.DataFrame({"rlnImageName": ["1@a.mrcs", "9@a.mrcs"]}),
-                       tmp_path / "p.star")
+        starfile.write(
+            pd.DataFrame({"rlnImageName": ["1@a.mrcs", "9@a.mrcs"]}), tmp_path / "p.star"
+        )
         return [tmp_path / "p.star"], "row 2: image 9 is beyond the end"
     if kind == "mixed-sizes":
         write_mrc(tmp_path / "a.mrcs", good)
@@ -100,7 +130,8 @@ def _bad(tmp_path, kind):
     if kind == "fits-table":
         col = fits.Column(name="x", format="E", array=[1.0])
         fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([col])]).writeto(
-            tmp_path / "cat.fits")
+            tmp_path / "cat.fits"
+        )
         return [tmp_path / "cat.fits"], "holds no image"
     if kind == "truncated-mrc":
         write_mrc(tmp_path / "t.mrcs", good)
@@ -120,8 +151,16 @@ def _bad(tmp_path, kind):
     raise AssertionError(kind)
 
 
-KINDS = ["star-missing-stack", "star-beyond-end", "mixed-sizes", "fits-table", "truncated-mrc",
-         "bad-jpeg", "empty-dir", "unknown-suffix"]
+KINDS = [
+    "star-missing-stack",
+    "star-beyond-end",
+    "mixed-sizes",
+    "fits-table",
+    "truncated-mrc",
+    "bad-jpeg",
+    "empty-dir",
+    "unknown-suffix",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)

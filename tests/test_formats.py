@@ -50,12 +50,21 @@ def test_same_images_from_every_format(tmp_path, images):
     write_mrc(tmp_path / "stacks" / "b.mrcs", images[5:])
     names = [f"{k:06d}@stacks/a.mrcs" for k in range(1, 6)]
     names += [f"{k:06d}@stacks/b.mrcs" for k in range(1, N - 4)]
-    star30 = _star(tmp_path / "p30.star", names, rlnDetectorPixelSize=[5.0] * N,
-                   rlnMagnification=[38168.0] * N)
+    star30 = _star(
+        tmp_path / "p30.star", names, rlnDetectorPixelSize=[5.0] * N, rlnMagnification=[38168.0] * N
+    )
     star31 = _star(tmp_path / "p31.star", names, _optics(), rlnOpticsGroup=[1] * N)
     (tmp_path / "list.txt").write_text("stacks/a.mrcs\n# comment\n\nstacks/b.mrcs\n")
-    cs = np.zeros(N, dtype=[("uid", "<u8"), ("blob/path", "S40"), ("blob/idx", "<u4"),
-                            ("blob/psize_A", "<f4"), ("blob/shape", "<u4", (2,))])
+    cs = np.zeros(
+        N,
+        dtype=[
+            ("uid", "<u8"),
+            ("blob/path", "S40"),
+            ("blob/idx", "<u4"),
+            ("blob/psize_A", "<f4"),
+            ("blob/shape", "<u4", (2,)),
+        ],
+    )
     cs["blob/path"] = [b">J1/imported/all.mrcs"] * N
     cs["blob/idx"] = np.arange(N)
     cs["blob/psize_A"] = 1.5
@@ -64,8 +73,9 @@ def test_same_images_from_every_format(tmp_path, images):
     np.save(tmp_path / "i.npy", images)
     with h5py.File(tmp_path / "i.h5", "w") as f:
         f.create_dataset("contiguous", data=images)
-        f.create_dataset("grp/chunked", data=images[:, None], chunks=(4, 1, D, D),
-                         compression="gzip")
+        f.create_dataset(
+            "grp/chunked", data=images[:, None], chunks=(4, 1, D, D), compression="gzip"
+        )
 
     reads = {
         "mrcs": open_stack(tmp_path / "all.mrcs"),
@@ -95,8 +105,13 @@ def test_same_images_from_every_format(tmp_path, images):
 def test_star_row_order_and_metadata_kept(tmp_path, images):
     write_mrc(tmp_path / "s.mrcs", images)
     order = np.random.default_rng(1).permutation(N)
-    star = _star(tmp_path / "p.star", [f"{k + 1}@s.mrcs" for k in order], _optics(),
-                 rlnOpticsGroup=[1] * N, rlnAnglePsi=order * 10.0)
+    star = _star(
+        tmp_path / "p.star",
+        [f"{k + 1}@s.mrcs" for k in order],
+        _optics(),
+        rlnOpticsGroup=[1] * N,
+        rlnAnglePsi=order * 10.0,
+    )
     s = open_stack(star)
     assert np.array_equal(s.images[:][:, 0], images[order])
     assert s.metadata["rlnAnglePsi"].tolist() == list(order * 10.0)
@@ -142,8 +157,11 @@ def test_datadir_maps_by_file_name(tmp_path, images):
     (tmp_path / "elsewhere").mkdir()
     write_mrc(tmp_path / "elsewhere" / "stack.mrcs", images)
     star = _star(tmp_path / "p.star", [f"{k}@Extract/job1/Mics/stack.mrcs" for k in (2, 1)])
-    with pytest.raises(InputError, match=r"row 1: stack Extract/job1/Mics/stack.mrcs not found"
-                       r".*--datadir"):
+    with pytest.raises(
+        InputError,
+        match=r"row 1: stack Extract/job1/Mics/stack.mrcs not found"
+        r".*--datadir",
+    ):
         open_stack(star)
     s = open_stack(star, datadir=tmp_path / "elsewhere")
     assert np.array_equal(s.images[:][:, 0], images[[1, 0]])
@@ -152,16 +170,18 @@ def test_datadir_maps_by_file_name(tmp_path, images):
 def test_star_errors(tmp_path, images):
     write_mrc(tmp_path / "s.mrcs", images)
     write_mrc(tmp_path / "small.mrcs", images[:, :8, :8])
-    with pytest.raises(InputError, match=rf"row 2: image {N + 1} is beyond the end of .*s.mrcs "
-                       rf"\({N} images\)"):
+    with pytest.raises(
+        InputError,
+        match=rf"row 2: image {N + 1} is beyond the end of .*s.mrcs "
+        rf"\({N} images\)",
+    ):
         open_stack(_star(tmp_path / "a.star", ["1@s.mrcs", f"{N + 1}@s.mrcs"]))
     with pytest.raises(InputError, match="different sizes"):
         open_stack(_star(tmp_path / "b.star", ["1@s.mrcs", "1@small.mrcs"]))
     with pytest.raises(InputError, match="mixed image sizes"):
         open_stack([tmp_path / "s.mrcs", tmp_path / "small.mrcs"])
     with pytest.raises(InputError, match="rlnImageSize"):
-        open_stack(_star(tmp_path / "c.star", ["1@s.mrcs"], _optics(size=64),
-                         rlnOpticsGroup=[1]))
+        open_stack(_star(tmp_path / "c.star", ["1@s.mrcs"], _optics(size=64), rlnOpticsGroup=[1]))
     with pytest.raises(InputError, match="no particle table with an rlnImageName"):
         starfile.write(pd.DataFrame({"rlnAngleRot": [1.0]}), tmp_path / "d.star")
         open_stack(tmp_path / "d.star")
@@ -169,8 +189,9 @@ def test_star_errors(tmp_path, images):
 
 def test_optics_groups_with_different_pixel_sizes(tmp_path, images):
     write_mrc(tmp_path / "s.mrcs", images, apix=9.0)
-    star = _star(tmp_path / "p.star", ["1@s.mrcs", "2@s.mrcs"], _optics((1.0, 1.1)),
-                 rlnOpticsGroup=[1, 2])
+    star = _star(
+        tmp_path / "p.star", ["1@s.mrcs", "2@s.mrcs"], _optics((1.0, 1.1)), rlnOpticsGroup=[1, 2]
+    )
     s = open_stack(star)
     assert s.apix is None or s.apix_from == "MRC header"
     assert any("pixel sizes differ" in n for n in s.notes)

@@ -40,7 +40,7 @@ def test_jittered_window_offsets_point_at_the_window_centre(tmp_path):
     a[21, 13] = 255  # a marked pixel: row 21, column 13 (inside every possible window)
     Image.fromarray(a).save(tmp_path / "p.png")
     s = open_stack(tmp_path / "p.png", crop=20, jitter=4, seed=3)
-    (r, c), = np.argwhere(s.images[0][0] > 0.5)
+    ((r, c),) = np.argwhere(s.images[0][0] > 0.5)
     # the mark relative to the picture's centre (14.5, 19.5), +x right, +y up ...
     mark = np.array([13 - 14.5, -(21 - 19.5)])
     # ... equals its position relative to the window's centre plus the window's offset

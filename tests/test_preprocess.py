@@ -110,8 +110,7 @@ def test_shift_frame_maps_model_pixels_back_to_input_pixels(tmp_path, n, crop, s
     prep = prepare(s, Preprocess(size=size, crop=crop))
     out = prep.apply(s.images[:], np.arange(2))
     for k in range(2):
-        back = prep.scale * _centroid(out[k, 0]) + (0 if prep.offsets is None else
-                                                    prep.offsets[k])
+        back = prep.scale * _centroid(out[k, 0]) + (0 if prep.offsets is None else prep.offsets[k])
         assert np.allclose(back, pos[k], atol=0.02), (back, pos[k])
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from emvae import __version__
-from emvae.checkpoint import load_model
+from emvae.checkpoint import load_checkpoint, load_model
 from emvae.config import ModelConfig, RunConfig, TrainConfig
 from emvae.data import load_images, normalize_, resolve_device
 from emvae.encode import encode as encode_stack
@@ -136,7 +136,9 @@ def fit(
         True, "--normalize/--no-normalize", help="Gaussian: standardise the stack to mean 0, std 1."
     ),
     mask_radius: float | None = typer.Option(
-        None, "--mask-radius", show_default=False,
+        None,
+        "--mask-radius",
+        show_default=False,
         help="Likelihood over pixels within this radius (model px) only.",
     ),
     datadir: str | None = DATADIR,
@@ -172,9 +174,16 @@ def fit(
 
     if example:
         stacks = [str(make_example(out / "example", force=force or resume))]
-    images, pre = open_inputs(
-        stacks, datadir, ind, apix, size, crop, jitter, invert, norm, bg_radius, seed
-    )
+    last = out / "checkpoints" / "last.pt"
+    if resume and last.exists():  # read the inputs the way the run being resumed did
+        stored = RunConfig.from_dict(load_checkpoint(last)["config"])
+        pre = Preprocess.from_dict(stored.data.preprocess)
+        datadir, ind = datadir or stored.data.datadir, ind or stored.data.ind
+        images = open_stack(stacks, datadir, ind, pre.crop, pre.jitter, pre.seed, apix)
+    else:
+        images, pre = open_inputs(
+            stacks, datadir, ind, apix, size, crop, jitter, invert, norm, bg_radius, seed
+        )
     for note in images.notes:
         err_console.print(f"note: {note}", highlight=False)
     likelihood = likelihood or images.likelihood
@@ -262,7 +271,13 @@ def encode(
         normalize_(data, config.data.mean or 0.0, config.data.std or 1.0)
         enc = encode_stack(model, data, dev, batch_size, seed, bar.task("encoding", len(images)))
     table = particle_table(
-        config.model, enc, images.names, images.apix, None, prepared.scale, prepared.offsets,
+        config.model,
+        enc,
+        images.names,
+        images.apix,
+        None,
+        prepared.scale,
+        prepared.offsets,
         images.rows,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,35 +13,50 @@ INPUTS_HELP = (
     "Several are concatenated."
 )
 DATADIR = typer.Option(
-    None, "--datadir", help="Folder holding the stacks a STAR/.cs/.txt file names "
-    "(also matched by file name).", show_default=False,
+    None,
+    "--datadir",
+    help="Folder holding the stacks a STAR/.cs/.txt file names (also matched by file name).",
+    show_default=False,
 )
 IND = typer.Option(
-    None, "--ind", help="Keep only these 0-based images (.npy, .txt or cryoDRGN .pkl).",
+    None,
+    "--ind",
+    help="Keep only these 0-based images (.npy, .txt or cryoDRGN .pkl).",
     show_default=False,
 )
 APIX = typer.Option(
     None, "--apix", show_default=False, help="Pixel size in A (overrides header/STAR)."
 )
 SIZE = typer.Option(
-    None, "-D", "--downsample", show_default=False,
+    None,
+    "-D",
+    "--downsample",
+    show_default=False,
     help="Fourier-downsample to this box size (pictures: 64).",
 )
 CROP = typer.Option(
-    None, "--crop", show_default=False,
+    None,
+    "--crop",
+    show_default=False,
     help="Cut a centred N x N window first (pictures: 207; 0: none).",
 )
 JITTER = typer.Option(
-    None, "--jitter", show_default=False,
+    None,
+    "--jitter",
+    show_default=False,
     help="Move each window by up to this many px at random (pictures: 12).",
 )
 INVERT = typer.Option(False, "--invert", help="Invert the contrast (multiply by -1).")
 NORM = typer.Option(
-    "none", "--norm", help=f"Per-image normalisation: {', '.join(NORMALIZE)} "
+    "none",
+    "--norm",
+    help=f"Per-image normalisation: {', '.join(NORMALIZE)} "
     "(background: mean/std outside --bg-radius).",
 )
 BG_RADIUS = typer.Option(
-    None, "--bg-radius", show_default=False,
+    None,
+    "--bg-radius",
+    show_default=False,
     help="Background radius in output px (default 3/4 of the half box).",
 )
 

@@ -35,3 +35,7 @@ def main(
     ),
 ) -> None:
     """emvae command line."""
+
+
+if __name__ == "__main__":
+    app()

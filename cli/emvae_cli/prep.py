@@ -56,7 +56,11 @@ def preprocess(
     t0 = time.perf_counter()
     with training_progress(not quiet) as bar:
         write_cache(
-            stack, pre, out, force=force, chunk=max(1, chunk),
+            stack,
+            pre,
+            out,
+            force=force,
+            chunk=max(1, chunk),
             advance=bar.task("preprocessing", len(stack)),
         )
     dt = time.perf_counter() - t0

@@ -22,8 +22,14 @@ from emvae.io.tables import read_table, write_table
 
 LIST_SUFFIXES = (".txt",)
 KNOWN = (
-    MRC_SUFFIXES + STAR_SUFFIXES + CS_SUFFIXES + NPY_SUFFIXES + H5_SUFFIXES + FITS_SUFFIXES
-    + PICTURE_SUFFIXES + LIST_SUFFIXES
+    MRC_SUFFIXES
+    + STAR_SUFFIXES
+    + CS_SUFFIXES
+    + NPY_SUFFIXES
+    + H5_SUFFIXES
+    + FITS_SUFFIXES
+    + PICTURE_SUFFIXES
+    + LIST_SUFFIXES
 )
 
 
@@ -61,8 +67,9 @@ def input_kind(spec: str | os.PathLike) -> str:
     if not p.exists() and not any(ch in text for ch in "*?["):
         raise InputError(p, "no such file")
     raise InputError(
-        p, f"unknown suffix {suffix or '(none)'!r}; emvae reads {', '.join(KNOWN)}, "
-        "folders of pictures or FITS files, and file.h5:/dataset"
+        p,
+        f"unknown suffix {suffix or '(none)'!r}; emvae reads {', '.join(KNOWN)}, "
+        "folders of pictures or FITS files, and file.h5:/dataset",
     )
 
 

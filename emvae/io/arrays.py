@@ -148,13 +148,13 @@ def create_cache(
     return f, ds
 
 
-def finish_cache(f: h5py.File, stack: ImageStack, preprocess: dict, prepared, likelihood: str
-                 ) -> None:
+def finish_cache(
+    f: h5py.File, stack: ImageStack, preprocess: dict, prepared, likelihood: str
+) -> None:
     """Write what maps the cached images back to the input (names, rows, offsets, settings);
     ``prepared``: the :class:`emvae.preprocess.Prepared` that made them."""
     offsets = prepared.offsets
-    f.create_dataset("names", data=np.array(stack.names, dtype=object),
-                     dtype=h5py.string_dtype())
+    f.create_dataset("names", data=np.array(stack.names, dtype=object), dtype=h5py.string_dtype())
     f.create_dataset("rows", data=np.asarray(stack.rows, dtype=np.int64))
     if offsets is not None:
         f.create_dataset("offsets", data=np.asarray(offsets, dtype=np.float64))

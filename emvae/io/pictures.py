@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +60,18 @@ def window_starts(
     if crop is None:
         if not (sizes == sizes[0]).all() or sizes[0, 0] != sizes[0, 1]:
             shown = ", ".join(sorted({f"{w}x{h}" for h, w in sizes[:1000]})[:5])
-            raise InputError(what, f"images differ in size or are not square ({shown}); "
-                             "give --crop N to cut a common N x N window")
+            raise InputError(
+                what,
+                f"images differ in size or are not square ({shown}); "
+                "give --crop N to cut a common N x N window",
+            )
         crop = int(sizes[0, 0])
     small = sizes.min(1) < crop
     if small.any():
         i = int(np.argmax(small))
-        raise InputError(what, f"image {i + 1} is {sizes[i, 1]}x{sizes[i, 0]}, smaller than "
-                         f"the {crop}-px crop")
+        raise InputError(
+            what, f"image {i + 1} is {sizes[i, 1]}x{sizes[i, 0]}, smaller than the {crop}-px crop"
+        )
     base = sizes // 2 - crop // 2
     move = np.zeros_like(sizes)
     if jitter > 0:
@@ -94,10 +99,14 @@ class PictureSource:
         idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
         out = np.empty((len(idx), *self.shape[1:]), dtype=np.float32)
         c = self.crop
-        for j, i in enumerate(idx):
-            pixels = decode(self.files[i], self.shape[1])
+
+        def one(j: int) -> None:  # Pillow decodes without holding the GIL
+            i = idx[j]
             r, col = self.starts[i]
-            out[j] = pixels[:, r : r + c, col : col + c]
+            out[j] = decode(self.files[i], self.shape[1])[:, r : r + c, col : col + c]
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            list(pool.map(one, range(len(idx))))
         return out
 
 

@@ -139,8 +139,9 @@ def open_stacks(
         hint = "" if datadir is not None else "; give --datadir DIR (the folder holding it)"
         looked = ", ".join(str(c) for c in found[uniq[k]])
         raise InputError(
-            p, f"{what} {first[k] + 1}: stack {uniq[k]} not found (looked for {looked}){hint}"
-            + (f" ({len(missing)} stacks missing in all)" if len(missing) > 1 else "")
+            p,
+            f"{what} {first[k] + 1}: stack {uniq[k]} not found (looked for {looked}){hint}"
+            + (f" ({len(missing)} stacks missing in all)" if len(missing) > 1 else ""),
         )
     sources = [MrcSource(found[name]) for name in uniq]
     sizes = {s.shape[1:] for s in sources}
