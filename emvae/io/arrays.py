@@ -121,7 +121,7 @@ def read_hdf5(spec: str | os.PathLike) -> ImageStack:
 
 
 def _apply_cache_attrs(stack: ImageStack, f: h5py.File, attrs: dict) -> None:
-    stack.format = "emvae preprocessed cache (HDF5)"
+    stack.format = f"emvae preprocessed cache (HDF5) of {attrs.get('source', '?')}"
     stack.names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
     if "rows" in f:
         stack.rows = f["rows"][()].astype(np.int64)
@@ -134,7 +134,6 @@ def _apply_cache_attrs(stack: ImageStack, f: h5py.File, attrs: dict) -> None:
     stack.input_size = int(attrs["input_size"])
     stack.scale = float(attrs.get("scale", 1.0))
     stack.likelihood = str(attrs.get("likelihood", "gaussian"))
-    stack.source = str(attrs.get("source", stack.source))
 
 
 def create_cache(
