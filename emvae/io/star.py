@@ -64,7 +64,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
         star_version=version,
         notes=notes,
     )
-    if stack.apix is None:  # fall back to the stacks' headers
+    if stack.apix is None and not notes:  # nothing in the STAR: the stacks' headers
         header = {s.apix for s in sources} - {None}
         if len(header) == 1:
             stack.apix, stack.apix_from = header.pop(), "MRC header"
