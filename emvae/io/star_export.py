@@ -1,0 +1,190 @@
+"""Poses to RELION STAR files (3.1 with optics by default, 3.0 on request), and back.
+
+RELION's 2-D pose: ``rlnAnglePsi`` (degrees) rotates the reference into the particle;
+``rlnOriginX/Y`` (pixels; ``...Angst`` in 3.1) shift the particle onto the reference, applied
+before the rotation, about pixel (W//2, H//2). emvae's table gives ``theta_deg`` and the
+canonical centre's position ``s`` from the box centre ((W-1)/2, (H-1)/2), +y up. For odd boxes
+``rlnAnglePsi = theta_deg``, ``rlnOriginX = -s_x``, ``rlnOriginY = s_y`` (SPEC section 2). For
+even boxes the two centres differ by ``e = (-1/2, +1/2)`` px (geometric centre from RELION's,
++y up), and a rotation about one centre is a rotation about the other plus a shift, so the
+canonical centre RELION must be told about is ``s' = s + e - e R(theta)^T``
+(:func:`relion_origin`). The round trip through ``relion_stack_create --apply_transformation``
+is tested in ``tests/test_relion.py``.
+"""
+
+from __future__ import annotations
+
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from emvae.errors import ConfigError
+
+POSE_COLUMNS = ("rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst")
+OWN = {  # emvae table column -> STAR column RELION ignores
+    "theta_std_deg": "emvaeAnglePsiStd",
+    "shift_x_std_px": "emvaeOriginXStdPx",
+    "shift_y_std_px": "emvaeOriginYStdPx",
+    "elbo": "emvaeElbo",
+    "split": "emvaeSplit",
+}
+
+
+@dataclass
+class Optics:
+    """Optics defaults for a STAR written without an input STAR (RELION's usual values for a
+    300 kV microscope); every field is an option of ``emvae export-star``."""
+
+    voltage: float = 300.0  # kV
+    cs: float = 2.7  # mm
+    amplitude_contrast: float = 0.1
+
+
+def _centre_offset(box: int) -> np.ndarray:
+    """Geometric centre ((W-1)/2) from RELION's centre (W//2), px, +x right, +y up."""
+    return np.array([-0.5, 0.5]) if box % 2 == 0 else np.zeros(2)
+
+
+def relion_origin(theta_deg: np.ndarray, shift_px: np.ndarray, box: int) -> np.ndarray:
+    """``(rlnOriginX, rlnOriginY)`` in pixels, ``(N, 2)``, for the table's poses."""
+    theta = -np.radians(np.asarray(theta_deg, dtype=np.float64))  # the model's theta
+    c, s = np.cos(theta), np.sin(theta)
+    e = _centre_offset(box)
+    # e R(theta)^T for row vector e, R = [[c, s], [-s, c]]
+    e_rt = np.stack([e[0] * c + e[1] * s, -e[0] * s + e[1] * c], axis=1)
+    sp = np.asarray(shift_px, dtype=np.float64) + e - e_rt
+    return np.stack([-sp[:, 0], sp[:, 1]], axis=1)
+
+
+def table_pose(theta_deg: np.ndarray, origin_px: np.ndarray, box: int) -> np.ndarray:
+    """Inverse of :func:`relion_origin`: the table's shift ``(N, 2)`` from RELION's origins."""
+    theta = -np.radians(np.asarray(theta_deg, dtype=np.float64))
+    c, s = np.cos(theta), np.sin(theta)
+    e = _centre_offset(box)
+    e_rt = np.stack([e[0] * c + e[1] * s, -e[0] * s + e[1] * c], axis=1)
+    o = np.asarray(origin_px, dtype=np.float64)
+    sp = np.stack([-o[:, 0], o[:, 1]], axis=1)
+    return sp - e + e_rt
+
+
+def star_pose(particles: pd.DataFrame, apix: float | None, box: int) -> tuple:
+    """(theta_deg, shift_px ``(N, 2)``) that a RELION particle table's psi and origins mean."""
+    psi = particles.get("rlnAnglePsi", pd.Series(np.zeros(len(particles)))).to_numpy(float)
+    if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(particles.columns):
+        if not apix:
+            raise ConfigError("the STAR file gives origins in A but no pixel size is known")
+        o = particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(float) / apix
+    elif {"rlnOriginX", "rlnOriginY"} <= set(particles.columns):
+        o = particles[["rlnOriginX", "rlnOriginY"]].to_numpy(float)
+    else:
+        o = np.zeros((len(particles), 2))
+    return psi, table_pose(psi, o, box)
+
+
+def table_to_star(
+    table: pd.DataFrame,
+    box: int,
+    apix: float | None,
+    metadata: pd.DataFrame | None = None,
+    optics: pd.DataFrame | None = None,
+    relion30: bool = False,
+    defaults: Optics | None = None,
+) -> dict[str, pd.DataFrame]:
+    """STAR blocks for an emvae particle table.
+
+    ``metadata`` (the input STAR's particle rows for the table's images, same order) keeps every
+    input column; pose columns are replaced and emvae's own columns (``emvae...``) added.
+    ``optics`` (the input's optics table) is kept; without one, a single group is made from
+    ``box``, ``apix`` and ``defaults``. RELION 3.1 needs the pixel size (origins in A).
+    """
+    n = len(table)
+    if metadata is not None and len(metadata) != n:
+        raise ValueError("metadata rows must match the table")
+    origin = relion_origin(
+        table["theta_deg"].to_numpy(), table[["shift_x_px", "shift_y_px"]].to_numpy(), box
+    )
+    rows = metadata.copy() if metadata is not None else pd.DataFrame(index=range(n))
+    rows = rows.reset_index(drop=True)
+    rows = rows.drop(columns=[c for c in POSE_COLUMNS if c in rows.columns])
+    if "rlnImageName" not in rows:
+        rows.insert(0, "rlnImageName", [_relion_name(x) for x in table["image"]])
+    psi = table["theta_deg"].to_numpy(np.float64)
+    if relion30:
+        rows["rlnAnglePsi"] = psi
+        rows["rlnOriginX"], rows["rlnOriginY"] = origin[:, 0], origin[:, 1]
+        d = defaults or Optics()
+        legacy = {
+            "rlnVoltage": d.voltage,
+            "rlnSphericalAberration": d.cs,
+            "rlnAmplitudeContrast": d.amplitude_contrast,
+        }
+        if apix and not {"rlnDetectorPixelSize", "rlnMagnification"} & set(rows.columns):
+            # RELION 3.0's pixel size: detector pixel [um] * 1e4 / magnification
+            legacy.update(rlnMagnification=10000.0, rlnDetectorPixelSize=apix)
+        for col, value in legacy.items():
+            if col not in rows:
+                rows[col] = value
+    else:
+        if not apix:
+            raise ConfigError(
+                "the pixel size is unknown and RELION 3.1 origins are in A: give --apix "
+                "(or --relion30 for origins in pixels)"
+            )
+        if optics is None:
+            d = defaults or Optics()
+            optics = pd.DataFrame(
+                {
+                    "rlnOpticsGroup": [1],
+                    "rlnOpticsGroupName": ["opticsGroup1"],
+                    "rlnAmplitudeContrast": [d.amplitude_contrast],
+                    "rlnSphericalAberration": [d.cs],
+                    "rlnVoltage": [d.voltage],
+                    "rlnImagePixelSize": [apix],
+                    "rlnImageSize": [box],
+                    "rlnImageDimensionality": [2],
+                }
+            )
+        if "rlnOpticsGroup" not in rows:
+            rows["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
+        rows["rlnAnglePsi"] = psi
+        rows["rlnOriginXAngst"] = origin[:, 0] * apix
+        rows["rlnOriginYAngst"] = origin[:, 1] * apix
+    for col, star_col in OWN.items():
+        if col in table:
+            rows[star_col] = table[col].to_numpy()
+    for col in table.columns:
+        if col.startswith("z") and col[1:].split("_")[0].isdigit():
+            k, std = col[1:].split("_")[0], col.endswith("_std")
+            rows[f"emvaeZ{k}{'Std' if std else ''}"] = table[col].to_numpy()
+    if relion30:
+        return {"": rows}
+    return {"optics": optics.reset_index(drop=True), "particles": rows}
+
+
+def _relion_name(name: str) -> str:
+    """``k@path`` as RELION writes it (index zero-padded to 6 digits)."""
+    k, _, path = str(name).partition("@")
+    return f"{int(k):06d}@{path}" if path and k.isdigit() else str(name)
+
+
+def write_star(blocks: dict[str, pd.DataFrame], path: str | os.PathLike) -> Path:
+    """Write blocks with ``starfile`` (``# version 30001`` header for 3.1, as RELION does)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".partial")
+    starfile.write(blocks, tmp, overwrite=True)
+    if "optics" in blocks:
+        text = tmp.read_text()
+        tmp.write_text(text.replace("data_optics", "# version 30001\n\ndata_optics", 1).replace(
+            "data_particles", "# version 30001\n\ndata_particles", 1))
+    os.replace(tmp, p)
+    return p
+
+
+__all__ = ["Optics", "relion_origin", "star_pose", "table_pose", "table_to_star", "write_star"]
+
