@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
+import mrcfile
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from emvae.errors import ConfigError
 
 
 def align_images(images: Tensor, theta_deg: Tensor, shift_px: Tensor) -> Tensor:
@@ -15,7 +21,8 @@ def align_images(images: Tensor, theta_deg: Tensor, shift_px: Tensor) -> Tensor:
     With the table's pose (``theta_deg``: counter-clockwise rotation of the particle, +y up;
     ``shift_px``: where the canonical centre lies, from the box centre ((W-1)/2, (H-1)/2), +x
     right, +y up), output pixel q (px from the centre) samples the input at ``q R(phi) + s``
-    with ``phi = radians(theta_deg)`` and ``R`` of SPEC section 1 (bilinear, 0 outside).
+    with ``phi = radians(theta_deg)`` and ``R`` of SPEC section 1: bilinear, and 0 where that
+    point lies outside the box, which is what RELION's ``--apply_transformation`` computes.
 
     images: ``(B, C, D, D)``; theta_deg: ``(B,)``; shift_px: ``(B, 2)``. Returns ``(B, C, D, D)``.
     """
@@ -26,4 +33,49 @@ def align_images(images: Tensor, theta_deg: Tensor, shift_px: Tensor) -> Tensor:
     # torch's normalised grid has y pointing down: flip the y rows and columns of the map.
     affine = torch.stack([torch.stack([c, s, sx], -1), torch.stack([-s, c, -sy], -1)], -2)
     grid = F.affine_grid(affine, list(images.shape), align_corners=True)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    # as RELION does: a pixel whose source lies outside the box is 0, not a blend with 0
+    inside = (grid.abs() <= 1 + 1e-6).all(-1, keepdim=True).permute(0, 3, 1, 2)
+    return out * inside
+
+
+def align_stack(
+    stack,
+    theta_deg: np.ndarray,
+    shift_px: np.ndarray,
+    out: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1024,
+    advance=None,
+) -> np.ndarray:
+    """Write ``stack`` aligned by its poses (:func:`align_images`) to ``out`` (float32 MRCS,
+    streamed in batches) and return the average ``(C, D, D)``.
+
+    stack: an :class:`emvae.io.ImageStack` of single-channel images; theta_deg ``(N,)`` and
+    shift_px ``(N, 2)`` in the stack's pixels (the per-particle table's columns).
+    """
+    from emvae.preprocess import Preprocess, iter_chunks, prepare
+
+    if stack.channels != 1:
+        raise ConfigError(f"{stack.source}: MRC output holds one channel, not {stack.channels}")
+    n, d = len(stack), stack.size
+    total = torch.zeros(1, d, d, dtype=torch.float64, device=device)
+    theta = torch.tensor(np.asarray(theta_deg, dtype=np.float64))
+    shift = torch.tensor(np.asarray(shift_px, dtype=np.float64))
+    path = Path(out)
+    tmp = path.with_name(path.name + ".partial")
+    with mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True) as mrc:
+        mrc.set_image_stack()
+        for start, chunk in iter_chunks(stack, prepare(stack, Preprocess()), batch_size):
+            sel = slice(start, start + len(chunk))
+            x = torch.from_numpy(chunk).to(device, torch.float64)
+            a = align_images(x, theta[sel].to(device), shift[sel].to(device))
+            total += a.sum(0)
+            mrc.data[sel] = a[:, 0].float().cpu().numpy()
+            if advance is not None:
+                advance(len(chunk))
+        if stack.apix:
+            mrc.voxel_size = stack.apix
+        mrc.reset_header_stats()
+    os.replace(tmp, path)
+    return (total / n).float().cpu().numpy()

@@ -31,6 +31,7 @@ from emvae.data import (
 from emvae.encode import encode, particle_table
 from emvae.errors import ConfigError, EmvaeError, InputError, OutputExistsError
 from emvae.io.stack import ImageStack
+from emvae.io.star_export import Optics, export_table
 from emvae.io.tables import write_table
 from emvae.models import SpatialVAE
 from emvae.objective import ElboTerms, elbo_terms
@@ -39,7 +40,14 @@ from emvae.progress import TrainingProgress, training_progress
 
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
 METRIC_COLUMNS = ["epoch", *(f"train_{t}" for t in TERMS), *(f"test_{t}" for t in TERMS), "seconds"]
-OUTPUTS = ("config.json", "metrics.csv", "particles.csv", "particles.h5", "checkpoints")
+OUTPUTS = (
+    "config.json",
+    "metrics.csv",
+    "particles.csv",
+    "particles.h5",
+    "particles.star",
+    "checkpoints",
+)
 
 
 @dataclass
@@ -49,6 +57,7 @@ class FitResult:
     out_dir: Path
     table: pd.DataFrame
     history: list[dict[str, float]]
+    star_layout: str = "3.1"  # RELION layout of particles.star
 
 
 def fit(
@@ -65,7 +74,8 @@ def fit(
     Outputs: ``config.json``, ``metrics.csv`` (one row per epoch: train/test ELBO, error
     = -log-likelihood, KL terms, nats per image), ``checkpoints/last.pt`` (every epoch) and
     ``checkpoints/epoch_NNNN.pt`` (every ``checkpoint_every`` epochs), ``particles.csv`` and
-    ``particles.h5`` (see :func:`emvae.encode.particle_table`).
+    ``particles.h5`` (see :func:`emvae.encode.particle_table`), and ``particles.star`` (the
+    same poses for RELION, see :func:`write_particles_star`).
 
     ``resume`` continues from ``checkpoints/last.pt`` with the stored configuration (only the
     number of epochs may change), reproducing the uninterrupted run exactly. Without ``resume``
@@ -183,7 +193,34 @@ def fit(
     )
     write_table(table, out / "particles.csv")
     write_table(table, out / "particles.h5")
-    return FitResult(model, config, out, table, history)
+    star = write_particles_star(table, stack, config.data, out / "particles.star")
+    return FitResult(model, config, out, table, history, star)
+
+
+def write_particles_star(
+    table: pd.DataFrame, stack: ImageStack, data: DataConfig, path: Path
+) -> str:
+    """``particles.star`` next to the table: the input STAR's rows and columns (when the input
+    was one) with emvae's poses; RELION 3.1 layout, or 3.0 (origins in pixels) when the pixel
+    size is unknown. Returns the layout written."""
+    star = stack.star_version is not None
+    return export_table(
+        table,
+        path,
+        data.input_size or int(stack.input_size or stack.size),
+        data.apix,
+        stack.metadata if star else None,
+        stack.optics if star else None,
+        defaults=_cryosparc_optics(stack.metadata) if not star else None,
+    )
+
+
+def _cryosparc_optics(meta: pd.DataFrame | None) -> Optics | None:
+    """Voltage, Cs and amplitude contrast of a cryoSPARC input (``ctf/*`` fields), if any."""
+    fields = ("ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast")
+    if meta is None or not set(fields) <= set(meta.columns) or len(meta) == 0:
+        return None
+    return Optics(*(float(f"{float(meta[f].iloc[0]):.6g}") for f in fields))
 
 
 def _train_epoch(

@@ -18,7 +18,7 @@ from emvae.example import EXAMPLE_OPTIONS, make_example
 from emvae.io import open_stack, write_table
 from emvae.preprocess import Preprocess, prepare, prepare_for
 from emvae.progress import training_progress
-from emvae.train import check_output_dir, make_data_config
+from emvae.train import check_output_dir, make_data_config, write_particles_star
 from emvae.train import fit as fit_model
 from emvae_cli.common import command_line, default, err_console, user_errors
 from emvae_cli.inputs import (
@@ -233,7 +233,9 @@ def fit(
     result = fit_model(images, config, out, resume=resume, force=force, progress=not quiet)
     err_console.print(
         f"wrote {out / 'particles.csv'} ({len(result.table)} particles), "
-        f"{out / 'particles.h5'}, {out / 'metrics.csv'}, {out / 'checkpoints'}",
+        f"{out / 'particles.h5'}, {out / 'particles.star'} (RELION {result.star_layout}"
+        f"{'' if result.star_layout == '3.1' else ': pixel size unknown, origins in px'}), "
+        f"{out / 'metrics.csv'}, {out / 'checkpoints'}",
         highlight=False,
     )
 
@@ -252,10 +254,13 @@ def encode(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:
-    """Poses and latents of every image under a trained model (same table as fit); the
-    preprocessing the model was trained with is applied again."""
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out}: exists; use --force to overwrite")
+    """Poses and latents of every image under a trained model (same table as fit, and the
+    same poses as a STAR file beside it); the model's preprocessing is applied again."""
+    if out.suffix == ".star":
+        raise ConfigError(f"{out}: name the table (.csv or .h5); the .star is written beside it")
+    for path in (out, out.with_suffix(".star")):
+        if path.exists() and not force:
+            raise OutputExistsError(f"{path}: exists; use --force to overwrite")
     dev = resolve_device(device)
     model, config, _ = load_model(checkpoint, dev)
     pre = Preprocess.from_dict(config.data.preprocess)
@@ -282,4 +287,10 @@ def encode(
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_table(table, out)
-    err_console.print(f"wrote {out} ({len(table)} particles)", highlight=False)
+    star = out.with_suffix(".star")
+    config.data.apix = images.apix  # this input's pixel size and box, not the training set's
+    config.data.input_size = images.input_size or images.size
+    layout = write_particles_star(table, images, config.data, star)
+    err_console.print(
+        f"wrote {out} ({len(table)} particles) and {star} (RELION {layout})", highlight=False
+    )

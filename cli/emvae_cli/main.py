@@ -7,6 +7,7 @@ import typer
 from emvae import __version__
 from emvae_cli import fit as fit_cmd
 from emvae_cli import prep as prep_cmd
+from emvae_cli import relion as relion_cmd
 
 app = typer.Typer(
     name="emvae",
@@ -20,6 +21,8 @@ app.command("fit")(fit_cmd.fit)
 app.command("encode")(fit_cmd.encode)
 app.command("preprocess")(prep_cmd.preprocess)
 app.command("info")(prep_cmd.info)
+app.command("export-star")(relion_cmd.export_star)
+app.command("align")(relion_cmd.align)
 
 
 def _version(value: bool) -> None:

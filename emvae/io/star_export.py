@@ -14,7 +14,6 @@ is tested in ``tests/test_relion.py``.
 
 from __future__ import annotations
 
-
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +73,9 @@ def table_pose(theta_deg: np.ndarray, origin_px: np.ndarray, box: int) -> np.nda
 
 def star_pose(particles: pd.DataFrame, apix: float | None, box: int) -> tuple:
     """(theta_deg, shift_px ``(N, 2)``) that a RELION particle table's psi and origins mean."""
-    psi = particles.get("rlnAnglePsi", pd.Series(np.zeros(len(particles)))).to_numpy(float)
+    psi = np.zeros(len(particles))
+    if "rlnAnglePsi" in particles:
+        psi = np.array(particles["rlnAnglePsi"], dtype=np.float64)
     if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(particles.columns):
         if not apix:
             raise ConfigError("the STAR file gives origins in A but no pixel size is known")
@@ -135,20 +136,25 @@ def table_to_star(
                 "the pixel size is unknown and RELION 3.1 origins are in A: give --apix "
                 "(or --relion30 for origins in pixels)"
             )
-        if optics is None:
+        if optics is None:  # one group, from a RELION 3.0 input's rows or the defaults
             d = defaults or Optics()
+
+            def first(col: str, value: float) -> float:
+                return float(rows[col].iloc[0]) if col in rows else value
+
             optics = pd.DataFrame(
                 {
                     "rlnOpticsGroup": [1],
                     "rlnOpticsGroupName": ["opticsGroup1"],
-                    "rlnAmplitudeContrast": [d.amplitude_contrast],
-                    "rlnSphericalAberration": [d.cs],
-                    "rlnVoltage": [d.voltage],
+                    "rlnAmplitudeContrast": [first("rlnAmplitudeContrast", d.amplitude_contrast)],
+                    "rlnSphericalAberration": [first("rlnSphericalAberration", d.cs)],
+                    "rlnVoltage": [first("rlnVoltage", d.voltage)],
                     "rlnImagePixelSize": [apix],
                     "rlnImageSize": [box],
                     "rlnImageDimensionality": [2],
                 }
             )
+            rows = rows.drop(columns=["rlnOpticsGroup"], errors="ignore")
         if "rlnOpticsGroup" not in rows:
             rows["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
         rows["rlnAnglePsi"] = psi
@@ -172,6 +178,40 @@ def _relion_name(name: str) -> str:
     return f"{int(k):06d}@{path}" if path and k.isdigit() else str(name)
 
 
+def export_table(
+    table: pd.DataFrame,
+    path: str | os.PathLike,
+    box: int,
+    apix: float | None,
+    particles: pd.DataFrame | None = None,
+    optics: pd.DataFrame | None = None,
+    relion30: bool | None = None,
+    defaults: Optics | None = None,
+) -> str:
+    """Write ``table`` as a STAR file; returns the layout written ("3.1" or "3.0").
+
+    particles/optics: the input STAR's particle rows *for the table's rows, in order* and its
+    optics table. ``relion30=None`` picks 3.1 when the pixel size is known, else 3.0.
+    """
+    if relion30 is None:
+        relion30 = not apix
+    blocks = table_to_star(table, box, apix, particles, optics, relion30, defaults)
+    write_star(blocks, path)
+    return "3.0" if relion30 else "3.1"
+
+
+def input_star_rows(star: str | os.PathLike, rows: np.ndarray) -> tuple:
+    """(particle rows at 0-based ``rows``, optics or None) of an input STAR file."""
+    from emvae.io.star import particle_block, read_star_blocks
+
+    p = Path(star)
+    particles, optics, _ = particle_block(p, read_star_blocks(p))
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(particles)):
+        raise ConfigError(f"{p}: has {len(particles)} particles; the table names row {rows.max()}")
+    return particles.iloc[rows].reset_index(drop=True), optics
+
+
 def write_star(blocks: dict[str, pd.DataFrame], path: str | os.PathLike) -> Path:
     """Write blocks with ``starfile`` (``# version 30001`` header for 3.1, as RELION does)."""
     p = Path(path)
@@ -180,11 +220,22 @@ def write_star(blocks: dict[str, pd.DataFrame], path: str | os.PathLike) -> Path
     starfile.write(blocks, tmp, overwrite=True)
     if "optics" in blocks:
         text = tmp.read_text()
-        tmp.write_text(text.replace("data_optics", "# version 30001\n\ndata_optics", 1).replace(
-            "data_particles", "# version 30001\n\ndata_particles", 1))
+        tmp.write_text(
+            text.replace("data_optics", "# version 30001\n\ndata_optics", 1).replace(
+                "data_particles", "# version 30001\n\ndata_particles", 1
+            )
+        )
     os.replace(tmp, p)
     return p
 
 
-__all__ = ["Optics", "relion_origin", "star_pose", "table_pose", "table_to_star", "write_star"]
-
+__all__ = [
+    "Optics",
+    "export_table",
+    "input_star_rows",
+    "relion_origin",
+    "star_pose",
+    "table_pose",
+    "table_to_star",
+    "write_star",
+]

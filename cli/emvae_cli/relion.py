@@ -1,0 +1,156 @@
+"""``emvae export-star`` and ``emvae align``: poses out to RELION, or applied here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import typer
+
+from emvae.align import align_stack
+from emvae.config import RunConfig
+from emvae.data import resolve_device
+from emvae.errors import ConfigError, InputError, OutputExistsError
+from emvae.io import open_stack, read_table, write_mrc
+from emvae.io.star_export import Optics, export_table, input_star_rows
+from emvae.progress import training_progress
+from emvae_cli.common import err_console, user_errors
+from emvae_cli.inputs import APIX, DATADIR, IND
+
+SOURCE_HELP = "A run directory (particles.h5 + config.json) or a table (.csv/.h5) from emvae."
+
+
+def load_source(source: Path) -> tuple[pd.DataFrame, RunConfig | None]:
+    """(particle table, the run's config or None) of a run directory or a table file."""
+    if source.is_dir():
+        table_path = next(
+            (source / n for n in ("particles.h5", "particles.csv") if (source / n).exists()), None
+        )
+        if table_path is None:
+            raise InputError(source, "holds no particles.h5 or particles.csv (not an emvae run?)")
+        config = None
+        if (source / "config.json").exists():
+            import json
+
+            config = RunConfig.from_dict(json.loads((source / "config.json").read_text()))
+        return read_table(table_path), config
+    if not source.exists():
+        raise InputError(source, "no such file or directory")
+    return read_table(source), None
+
+
+@user_errors
+def export_star(
+    source: Path = typer.Argument(..., help=SOURCE_HELP),
+    out: Path = typer.Option(..., "-o", "--out", help="STAR file to write."),
+    input_star: Path | None = typer.Option(
+        None,
+        "--input",
+        show_default=False,
+        help="The STAR file the particles came from: its rows and columns are kept (default: "
+        "the run's input when it was a STAR file).",
+    ),
+    apix: float | None = typer.Option(
+        None, "--apix", show_default=False, help="Pixel size in A (default: the run's)."
+    ),
+    box: int | None = typer.Option(
+        None, "--box", show_default=False, help="Box size in px (default: the run's input box)."
+    ),
+    relion30: bool = typer.Option(
+        False, "--relion30", help="RELION 3.0 layout: one block, origins in pixels."
+    ),
+    voltage: float = typer.Option(Optics.voltage, "--voltage", help="kV, for a new optics group."),
+    cs: float = typer.Option(Optics.cs, "--cs", help="Spherical aberration, mm (new group)."),
+    amp_contrast: float = typer.Option(
+        Optics.amplitude_contrast, "--amp-contrast", help="Amplitude contrast (new group)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
+) -> None:
+    """Write an emvae particle table as a RELION STAR file (3.1 with optics by default)."""
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out}: exists; use --force to overwrite")
+    table, config = load_source(source)
+    if config is not None:
+        apix = apix if apix is not None else config.data.apix
+        box = box or config.data.input_size or None
+        first = config.data.paths[0] if config.data.paths else ""
+        if input_star is None and first.lower().endswith(".star"):
+            input_star = Path(first)
+    particles = optics = None
+    if input_star is not None:
+        if "input_row" not in table:
+            raise InputError(source, "has no input_row column to match the input STAR's rows")
+        particles, optics = input_star_rows(input_star, table["input_row"].to_numpy())
+        if box is None and optics is not None and "rlnImageSize" in optics:
+            box = int(optics["rlnImageSize"].iloc[0])
+    if box is None:
+        raise ConfigError("the box size is unknown: give --box (the input images' size in px)")
+    layout = export_table(
+        table, out, box, apix, particles, optics, relion30, Optics(voltage, cs, amp_contrast)
+    )
+    err_console.print(f"wrote {out} ({len(table)} particles, RELION {layout})", highlight=False)
+
+
+@user_errors
+def align(
+    source: Path = typer.Argument(..., help=SOURCE_HELP),
+    stacks: list[str] | None = typer.Argument(
+        None, show_default=False, help="The images the table describes (default: the run's)."
+    ),
+    out: Path = typer.Option(..., "-o", "--out", help="Aligned stack to write (.mrcs)."),
+    datadir: str | None = DATADIR,
+    ind: str | None = IND,
+    apix: float | None = APIX,
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    batch_size: int = typer.Option(1024, "-b", "--batch-size", help="Images per batch."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT and its average."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
+) -> None:
+    """Apply a table's poses to its images: the aligned stack and its average (OUT_avg.mrc),
+    as RELION's relion_stack_create --apply_transformation would make them."""
+    avg_path = out.with_name(out.stem + "_avg.mrc")
+    for path in (out, avg_path):
+        if path.exists() and not force:
+            raise OutputExistsError(f"{path}: exists; use --force to overwrite")
+    table, config = load_source(source)
+    if not stacks:
+        if config is None or not config.data.paths:
+            raise ConfigError("name the images the table describes")
+        stacks = config.data.paths
+        datadir = datadir or config.data.datadir
+        ind = ind or config.data.ind
+    images = open_stack(stacks, datadir, ind, apix=apix)
+    names = table["image"].astype(str).tolist()
+    if len(names) != len(images):
+        raise InputError(
+            images.source, f"holds {len(images)} images but the table has {len(names)} rows"
+        )
+    same = [_same_image(a, b) for a, b in zip(names, images.names, strict=True)]
+    if not all(same):
+        k = same.index(False)
+        raise InputError(
+            images.source, f"image {k + 1} is {images.names[k]} but the table's row says {names[k]}"
+        )
+    with training_progress(not quiet) as bar:
+        avg = align_stack(
+            images,
+            table["theta_deg"].to_numpy(np.float64),
+            table[["shift_x_px", "shift_y_px"]].to_numpy(np.float64),
+            out,
+            resolve_device(device),
+            max(1, batch_size),
+            bar.task("aligning", len(images)),
+        )
+    write_mrc(avg_path, avg, images.apix)
+    err_console.print(f"wrote {out} ({len(images)} images) and {avg_path}", highlight=False)
+
+
+def _same_image(a: str, b: str) -> bool:
+    """``k@path`` names of one image (same index and file name; folders may be spelt apart)."""
+    ka, _, pa = a.partition("@")
+    kb, _, pb = b.partition("@")
+    try:
+        return int(ka) == int(kb) and Path(pa).name == Path(pb).name
+    except ValueError:
+        return a == b
