@@ -20,20 +20,8 @@ from emvae.preprocess import Preprocess, prepare, prepare_for
 from emvae.progress import training_progress
 from emvae.train import check_output_dir, make_data_config, write_particles_star
 from emvae.train import fit as fit_model
+from emvae_cli import inputs as opt
 from emvae_cli.common import command_line, default, err_console, user_errors
-from emvae_cli.inputs import (
-    APIX,
-    BG_RADIUS,
-    CROP,
-    DATADIR,
-    IND,
-    INPUTS_HELP,
-    INVERT,
-    JITTER,
-    NORM,
-    SIZE,
-    open_inputs,
-)
 
 M, T = ModelConfig, TrainConfig
 
@@ -46,7 +34,7 @@ def _h(text: str, cls: type, name: str, example: bool = True) -> str:
 
 @user_errors
 def fit(
-    stacks: list[str] | None = typer.Argument(None, help=INPUTS_HELP, show_default=False),
+    stacks: list[str] | None = typer.Argument(None, help=opt.INPUTS_HELP, show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
     example: bool = typer.Option(
         False,
@@ -141,15 +129,15 @@ def fit(
         show_default=False,
         help="Likelihood over pixels within this radius (model px) only.",
     ),
-    datadir: str | None = DATADIR,
-    ind: str | None = IND,
-    apix: float | None = APIX,
-    size: int | None = SIZE,
-    crop: int | None = CROP,
-    jitter: int | None = JITTER,
-    invert: bool = INVERT,
-    norm: str = NORM,
-    bg_radius: float | None = BG_RADIUS,
+    datadir: str | None = opt.DATADIR,
+    ind: str | None = opt.IND,
+    apix: float | None = opt.APIX,
+    size: int | None = opt.SIZE,
+    crop: int | None = opt.CROP,
+    jitter: int | None = opt.JITTER,
+    invert: bool = opt.INVERT,
+    norm: str = opt.NORM,
+    bg_radius: float | None = opt.BG_RADIUS,
     checkpoint_every: int = typer.Option(
         default(T, "checkpoint_every"),
         "--checkpoint-every",
@@ -181,7 +169,7 @@ def fit(
         datadir, ind = datadir or stored.data.datadir, ind or stored.data.ind
         images = open_stack(stacks, datadir, ind, pre.crop, pre.jitter, pre.seed, apix)
     else:
-        images, pre = open_inputs(
+        images, pre = opt.open_inputs(
             stacks, datadir, ind, apix, size, crop, jitter, invert, norm, bg_radius, seed
         )
     for note in images.notes:
@@ -243,14 +231,14 @@ def fit(
 @user_errors
 def encode(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (.pt) or a run directory."),
-    stacks: list[str] = typer.Argument(..., help=INPUTS_HELP, show_default=False),
+    stacks: list[str] = typer.Argument(..., help=opt.INPUTS_HELP, show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Table to write: .csv or .h5."),
     batch_size: int = typer.Option(256, "-b", "--batch-size", help="Images per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     seed: int = typer.Option(0, "--seed", help="Seed of the per-particle ELBO sample."),
-    datadir: str | None = DATADIR,
-    ind: str | None = IND,
-    apix: float | None = APIX,
+    datadir: str | None = opt.DATADIR,
+    ind: str | None = opt.IND,
+    apix: float | None = opt.APIX,
     force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:

@@ -11,44 +11,32 @@ from rich.console import Console
 from emvae.info import describe
 from emvae.preprocess import CHUNK, write_cache
 from emvae.progress import training_progress
+from emvae_cli import inputs as opt
 from emvae_cli.common import err_console, user_errors
-from emvae_cli.inputs import (
-    APIX,
-    BG_RADIUS,
-    CROP,
-    DATADIR,
-    IND,
-    INPUTS_HELP,
-    INVERT,
-    JITTER,
-    NORM,
-    SIZE,
-    open_inputs,
-)
 
 
 @user_errors
 def preprocess(
-    stacks: list[str] = typer.Argument(..., help=INPUTS_HELP, show_default=False),
+    stacks: list[str] = typer.Argument(..., help=opt.INPUTS_HELP, show_default=False),
     out: Path = typer.Option(
         ..., "-o", "--out", help="Cache to write: .h5 (keeps names and settings) or .mrcs."
     ),
-    datadir: str | None = DATADIR,
-    ind: str | None = IND,
-    apix: float | None = APIX,
-    size: int | None = SIZE,
-    crop: int | None = CROP,
-    jitter: int | None = JITTER,
-    invert: bool = INVERT,
-    norm: str = NORM,
-    bg_radius: float | None = BG_RADIUS,
+    datadir: str | None = opt.DATADIR,
+    ind: str | None = opt.IND,
+    apix: float | None = opt.APIX,
+    size: int | None = opt.SIZE,
+    crop: int | None = opt.CROP,
+    jitter: int | None = opt.JITTER,
+    invert: bool = opt.INVERT,
+    norm: str = opt.NORM,
+    bg_radius: float | None = opt.BG_RADIUS,
     seed: int = typer.Option(0, "--seed", help="Seed of the window jitter."),
     chunk: int = typer.Option(CHUNK, "--chunk", help="Images per chunk (bounds memory)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:
     """Preprocess once, streaming in chunks, into a cache that fit and encode memory-map."""
-    stack, pre = open_inputs(
+    stack, pre = opt.open_inputs(
         stacks, datadir, ind, apix, size, crop, jitter, invert, norm, bg_radius, seed
     )
     for note in stack.notes:
@@ -71,14 +59,14 @@ def preprocess(
 
 @user_errors
 def info(
-    stacks: list[str] = typer.Argument(..., help=INPUTS_HELP, show_default=False),
-    datadir: str | None = DATADIR,
-    ind: str | None = IND,
-    apix: float | None = APIX,
+    stacks: list[str] = typer.Argument(..., help=opt.INPUTS_HELP, show_default=False),
+    datadir: str | None = opt.DATADIR,
+    ind: str | None = opt.IND,
+    apix: float | None = opt.APIX,
 ) -> None:
     """What a file is: format, count, size, channels, dtype, pixel size (and its origin),
     STAR version and optics groups, value range."""
-    stack, _ = open_inputs(stacks, datadir, ind, apix, None, None, None, False, "none", None, 0)
+    stack, _ = opt.open_inputs(stacks, datadir, ind, apix, None, None, None, False, "none", None, 0)
     console = Console(highlight=False, soft_wrap=True)
     lines = describe(stack)
     width = max(len(k) for k, _ in lines)
