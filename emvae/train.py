@@ -358,7 +358,7 @@ def make_data_config(
         pre = Preprocess.from_dict(stack.preprocessed)
     prepared = prepare_for(stack, pre.to_dict())
     return DataConfig(
-        paths=[stack.source],
+        paths=list(stack.inputs) or [stack.source],
         n_images=len(stack),
         apix=apix if apix is not None else stack.apix,
         apix_from="--apix" if apix is not None else stack.apix_from,

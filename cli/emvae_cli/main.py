@@ -8,6 +8,7 @@ from emvae import __version__
 from emvae_cli import fit as fit_cmd
 from emvae_cli import prep as prep_cmd
 from emvae_cli import relion as relion_cmd
+from emvae_cli import report as report_cmd
 
 app = typer.Typer(
     name="emvae",
@@ -23,6 +24,8 @@ app.command("preprocess")(prep_cmd.preprocess)
 app.command("info")(prep_cmd.info)
 app.command("export-star")(relion_cmd.export_star)
 app.command("align")(relion_cmd.align)
+app.command("report")(report_cmd.report)
+app.command("montage")(report_cmd.montage)
 
 
 def _version(value: bool) -> None:

@@ -226,6 +226,7 @@ def open_stack(
     stacks = [read_stack(s, datadir, crop, jitter, seed) for s in specs]
     stack = concat_stacks(stacks, " ".join(str(s) for s in specs))
     stack.windowed = all(s.windowed for s in stacks)
+    stack.inputs = [str(s) for s in specs]
     if ind is not None:
         stack = stack.subset(read_indices(ind, len(stack)))
     if apix is not None:

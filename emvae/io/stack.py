@@ -40,6 +40,7 @@ class ImageStack:
     windowed: True when the reader already cut the images out of larger pictures (crop).
     scale: input pixels per pixel of ``images`` (not 1 only for an emvae cache, whose ``apix``
         is still that of the input pixels).
+    inputs: the inputs as the user named them (several for a concatenation).
     """
 
     images: Any
@@ -59,6 +60,7 @@ class ImageStack:
     likelihood: str = "gaussian"
     windowed: bool = False
     scale: float = 1.0
+    inputs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.rows is None:
@@ -104,6 +106,7 @@ class ImageStack:
             likelihood=self.likelihood,
             windowed=self.windowed,
             scale=self.scale,
+            inputs=list(self.inputs),
         )
 
 

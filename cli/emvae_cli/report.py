@@ -1,0 +1,137 @@
+"""``emvae report`` and ``emvae montage``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from emvae import montage as mt
+from emvae.errors import ConfigError, InputError
+from emvae.report import image_key, load_run, write_report
+from emvae_cli.common import err_console, user_errors
+
+
+@user_errors
+def report(
+    run: Path = typer.Argument(..., help="A run directory (emvae fit -o)."),
+    reference: Path | None = typer.Option(
+        None,
+        "--reference",
+        show_default=False,
+        help="Known poses/factors: a CSV with image (N@file), theta_deg, [shift_x_px, "
+        "shift_y_px, numeric factors], or a STAR file from another program.",
+    ),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", show_default=False, help="Folder for the report (default RUN/report)."
+    ),
+) -> None:
+    """Learning curves, pose and latent histograms, latent scatter; with --reference, circular
+    correlation, angular error, shift and latent correlations. PNGs, report.json, report.html."""
+    result = write_report(run, reference, out)
+    dest = out or run / "report"
+    rot = result.get("rotation")
+    if rot:
+        err_console.print(
+            f"rotation vs reference: circular correlation {rot['circular_correlation']:.3f}, "
+            f"median error {rot['median_error_deg']:.1f} deg "
+            f"({rot['median_error_with_flip_deg']:.1f} allowing a flip), "
+            f"{result['matched']} particles matched",
+            highlight=False,
+        )
+    err_console.print(
+        f"wrote {dest / 'report.html'}, {dest / 'report.json'} and {len(result['figures'])} "
+        "figures",
+        highlight=False,
+    )
+
+
+@user_errors
+def montage(
+    source: Path = typer.Argument(..., help="A run directory or a checkpoint (.pt)."),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", show_default=False, help="Folder (default RUN/montage)."
+    ),
+    pairs: int = typer.Option(4, "--pairs", help="Random pairs of test particles to interpolate."),
+    pair: list[str] | None = typer.Option(
+        None, "--pair", show_default=False, help="A pair of image names 'A,B' (repeatable)."
+    ),
+    steps: int = typer.Option(8, "--steps", help="Interpolation steps (ends included)."),
+    grid: int = typer.Option(10, "--grid", help="Manifold grid size for 1-D / 2-D z."),
+    samples: int = typer.Option(8, "--samples", help="Prior samples: an N x N grid."),
+    seed: int = typer.Option(0, "--seed", help="Seed for pairs and prior samples."),
+    gif: bool = typer.Option(True, "--gif/--no-gif", help="Animated GIF along the first pair."),
+) -> None:
+    """Interpolations between particles, the learned manifold, prior samples, per-dimension
+    traversals and an animated GIF, all at theta = 0, dx = 0 (PNG)."""
+    rm = mt.open_run(source)
+    run = rm.run or (source.parent.parent if source.parent.name == "checkpoints" else None)
+    dest = out or ((run or source.parent) / "montage")
+    dest.mkdir(parents=True, exist_ok=True)
+    model, k = rm.model, rm.config.model.zdim
+    written = []
+    if k == 0:
+        written.append(mt.save_png(mt.prior_samples(model, 1, 1), dest / "canonical.png", 4))
+    else:
+        path_z = _pairs(run, rm, pairs, pair or [], steps, seed, dest, written)
+        if k <= 2:
+            written.append(mt.save_png(mt.manifold(model, grid), dest / "manifold.png"))
+        else:
+            written.append(mt.save_png(mt.traversals(model), dest / "traversals.png"))
+        written.append(
+            mt.save_png(mt.prior_samples(model, samples, samples, seed), dest / "prior_samples.png")
+        )
+        if gif:
+            if path_z is None:  # no particles to walk between: along z1 of the prior
+                path_z = torch.zeros(2, k)
+                path_z[0, 0], path_z[1, 0] = -2.0, 2.0
+            t = torch.cat([torch.linspace(0, 1, 24), torch.linspace(1, 0, 24)[1:-1]])
+            z = path_z[0] + t[:, None] * (path_z[1] - path_z[0])
+            written.append(mt.save_gif(mt.decode_mean(model, z), dest / "latent_motion.gif"))
+    err_console.print(
+        f"wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True
+    )
+
+
+def _pairs(run, rm, n_pairs, named, steps, seed, dest, written):
+    """Write interpolation.png; return the first pair's z ``(2, K)`` (or None)."""
+    if run is None:
+        if named:
+            raise ConfigError("--pair needs the run directory (its particle table)")
+        return None
+    table, _, config = load_run(run)
+    zs = [f"z{i + 1}" for i in range(config.model.zdim)]
+    keys = {image_key(n): i for i, n in enumerate(table["image"])}
+    if named:
+        idx = []
+        for text in named:
+            a, sep, b = text.partition(",")
+            if not sep:
+                raise ConfigError(f"--pair {text!r}: give two image names as 'A,B'")
+            for name in (a, b):
+                if image_key(name) not in keys:
+                    raise InputError(run, f"has no particle {name}")
+            idx.append((keys[image_key(a)], keys[image_key(b)]))
+        idx = np.array(idx)
+    else:
+        pool = np.flatnonzero(table["split"].to_numpy() == "test") if "split" in table else []
+        if len(pool) < 2:
+            pool = np.arange(len(table))
+        rng = np.random.default_rng(seed)
+        idx = np.array([rng.choice(pool, 2, replace=False) for _ in range(n_pairs)])
+    z = torch.tensor(table[zs].to_numpy(np.float32))
+    z_a, z_b = z[idx[:, 0]], z[idx[:, 1]]
+    try:  # table rows are the run's images in order (after --ind)
+        observed = mt.observed_images(config, idx.reshape(-1))
+        observed = observed.reshape(len(idx), 2, *observed.shape[1:])
+    except (InputError, ConfigError) as e:
+        err_console.print(f"note: input images not shown ({e})", highlight=False)
+        observed = None
+    grid = mt.interpolation(rm.model, z_a, z_b, observed, steps)
+    if observed is not None and config.model.likelihood == "bernoulli":
+        grid = grid.clamp(0, 1)
+    ends = (0, -1) if observed is not None else ()
+    written.append(mt.save_png(grid, dest / "interpolation.png", own_contrast=ends))
+    return torch.stack([z_a[0], z_b[0]])

@@ -1,0 +1,193 @@
+"""``emvae montage``: what the generator draws at theta = 0, dx = 0 as z moves.
+
+Interpolations between particles (paper Fig. 6), the learned 1-D / 2-D manifold on an
+inverse-normal-CDF grid (Figs. 3, 4), samples from the prior (Fig. 5), per-dimension traversals
+(for larger K) and an animated GIF of the motion along a path. Grids are arrays
+``(rows, cols, C, D, D)``; :func:`tile` lays them out and :func:`to_uint8` sets the contrast of
+a whole montage from robust percentiles, so panels of one montage are comparable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy.stats import norm
+from torch import Tensor
+
+from emvae.checkpoint import load_model
+from emvae.config import RunConfig
+from emvae.errors import ConfigError, InputError
+from emvae.models import SpatialVAE, pixels_to_images
+from emvae.objective import pixel_mean
+
+
+@torch.no_grad()
+def decode_mean(model: SpatialVAE, z: Tensor) -> Tensor:
+    """Pixel means at theta = 0, dx = 0 for z ``(B, K)``: ``(B, C, D, D)`` (normalised units
+    for a Gaussian model, [0, 1] for a Bernoulli one)."""
+    params = model.canonical(z.to(next(model.parameters()).device))
+    return pixels_to_images(pixel_mean(model.config, params), model.config.image_size).cpu()
+
+
+def interpolation(
+    model: SpatialVAE, z_a: Tensor, z_b: Tensor, observed: Tensor | None, steps: int = 8
+) -> Tensor:
+    """One row per pair: observed A (if given), the generator at ``steps`` equally spaced z
+    from ``z_a`` to ``z_b`` (both included), observed B. ``z_a``, ``z_b``: ``(P, K)``;
+    observed ``(P, 2, C, D, D)``. Returns ``(P, steps [+ 2], C, D, D)``."""
+    t = torch.linspace(0, 1, steps, dtype=z_a.dtype)
+    t = t[None, :, None]
+    z = (1 - t) * z_a[:, None] + t * z_b[:, None]  # exactly z_a and z_b at the ends
+    p, k = z_a.shape
+    dec = decode_mean(model, z.reshape(p * steps, k)).reshape(p, steps, *_image_shape(model))
+    if observed is None:
+        return dec
+    return torch.cat([observed[:, :1], dec, observed[:, 1:]], dim=1)
+
+
+def quantile_grid(n: int) -> np.ndarray:
+    """``n`` values of z at the normal quantiles ``(i + 1/2) / n`` (the paper's manifold grid)."""
+    return norm.ppf((np.arange(n) + 0.5) / n)
+
+
+def manifold(model: SpatialVAE, n: int = 10) -> Tensor:
+    """The learned manifold for K = 1 (one row of ``n``) or K = 2 (``n x n``; z1 along columns,
+    z2 up the rows): ``(rows, n, C, D, D)``."""
+    k = model.config.zdim
+    q = torch.tensor(quantile_grid(n), dtype=torch.float32)
+    if k == 1:
+        return decode_mean(model, q[:, None])[None]
+    if k == 2:
+        z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")  # top row: largest z2
+        z = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1)
+        return decode_mean(model, z).reshape(n, n, *_image_shape(model))
+    raise ConfigError(f"the manifold grid is for 1-D or 2-D z; this model has {k}-D z")
+
+
+def prior_samples(model: SpatialVAE, rows: int = 8, cols: int = 8, seed: int = 0) -> Tensor:
+    """Generator means for z drawn from N(0, I): ``(rows, cols, C, D, D)``."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(rows * cols, model.config.zdim, generator=g)
+    return decode_mean(model, z).reshape(rows, cols, *_image_shape(model))
+
+
+def traversals(
+    model: SpatialVAE, n: int = 9, span: float = 2.5, dims: list[int] | None = None
+) -> Tensor:
+    """One row per latent dimension: that z from ``-span`` to ``span`` (prior std units), the
+    others at 0. Returns ``(len(dims), n, C, D, D)``."""
+    k = model.config.zdim
+    dims = list(range(k)) if dims is None else dims
+    values = torch.linspace(-span, span, n)
+    z = torch.zeros(len(dims), n, k)
+    for row, d in enumerate(dims):
+        z[row, :, d] = values
+    return decode_mean(model, z.reshape(-1, k)).reshape(len(dims), n, *_image_shape(model))
+
+
+def _image_shape(model: SpatialVAE) -> tuple[int, int, int]:
+    d = model.config.image_size
+    return (model.config.channels, d, d)
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def contrast(images: Tensor | np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple:
+    """Display range (lo, hi) from robust percentiles of ``images``."""
+    a = np.asarray(images, dtype=np.float64)
+    lo, hi = np.percentile(a, [low, high])
+    return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
+
+
+def to_uint8(images: Tensor | np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Values in [lo, hi] -> 0..255."""
+    a = (np.asarray(images, dtype=np.float64) - lo) / (hi - lo)
+    return np.clip(np.round(a * 255), 0, 255).astype(np.uint8)
+
+
+def tile(grid: np.ndarray, pad: int = 2, fill: int = 255) -> np.ndarray:
+    """``(rows, cols, C, D, D)`` uint8 -> one picture ``(H, W)`` or ``(H, W, 3)``."""
+    rows, cols, c, d, _ = grid.shape
+    out = np.full((rows * (d + pad) + pad, cols * (d + pad) + pad, c), fill, dtype=np.uint8)
+    for r in range(rows):
+        for k in range(cols):
+            y, x = pad + r * (d + pad), pad + k * (d + pad)
+            out[y : y + d, x : x + d] = np.moveaxis(grid[r, k], 0, -1)
+    return out[..., 0] if c == 1 else out
+
+
+def save_png(
+    grid: Tensor | np.ndarray,
+    path: str | os.PathLike,
+    scale: int = 2,
+    own_contrast: tuple[int, ...] = (),
+) -> Path:
+    """A montage with one robust contrast for its generated panels, each pixel drawn
+    ``scale`` x ``scale``. Columns in ``own_contrast`` (observed particles, much noisier than
+    the generator's means) get a contrast of their own."""
+    grid = np.asarray(grid, dtype=np.float64)
+    cols = [k % grid.shape[1] for k in own_contrast]
+    generated = np.delete(grid, cols, axis=1) if cols else grid
+    lo, hi = contrast(generated)
+    pixels = to_uint8(grid, lo, hi)
+    for k in cols:
+        pixels[:, k] = to_uint8(grid[:, k], *contrast(grid[:, k]))
+    picture = Image.fromarray(tile(pixels))
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture.save(path)
+    return Path(path)
+
+
+def save_gif(
+    frames: Tensor | np.ndarray, path: str | os.PathLike, scale: int = 4, ms: int = 80
+) -> Path:
+    """Frames ``(T, C, D, D)`` as a looping GIF with one contrast for all frames."""
+    lo, hi = contrast(frames)
+    pics = []
+    for f in to_uint8(frames, lo, hi):
+        img = Image.fromarray(f[0] if f.shape[0] == 1 else np.moveaxis(f, 0, -1))
+        pics.append(img.resize((img.width * scale, img.height * scale), Image.BILINEAR))
+    pics[0].save(path, save_all=True, append_images=pics[1:], duration=ms, loop=0)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+@dataclass
+class RunModel:
+    model: SpatialVAE
+    config: RunConfig
+    run: Path | None
+
+
+def open_run(source: str | os.PathLike) -> RunModel:
+    """The model of a run directory or a checkpoint file."""
+    p = Path(source)
+    model, config, _ = load_model(p)
+    return RunModel(model, config, p if p.is_dir() else None)
+
+
+def observed_images(config: RunConfig, indices: np.ndarray) -> Tensor:
+    """The run's input images at 0-based ``indices``, as the model saw them (preprocessed and
+    normalised): ``(n, C, D, D)``."""
+    from emvae.io import open_stack
+    from emvae.preprocess import Preprocess, prepare_for
+
+    d = config.data
+    if not d.paths:
+        raise ConfigError("the run does not record its input images")
+    pre = Preprocess.from_dict(d.preprocess)
+    stack = open_stack(d.paths, d.datadir, d.ind, pre.crop, pre.jitter, pre.seed)
+    if len(stack) != d.n_images:
+        raise InputError(stack.source, f"now holds {len(stack)} images; the run had {d.n_images}")
+    prepared = prepare_for(stack, d.preprocess)
+    idx = np.asarray(indices, dtype=np.int64)
+    x = prepared.apply(stack.images[idx], idx)
+    return (torch.from_numpy(x) - (d.mean or 0.0)) / (d.std or 1.0)

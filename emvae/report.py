@@ -1,0 +1,338 @@
+"""``emvae report``: learning curves, pose and latent distributions, and (with a reference)
+how well poses and latents agree with known angles, shifts and factors.
+
+Writes PNG figures, ``report.json`` and a self-contained ``report.html`` (figures embedded).
+Reference rows are matched to the run's particles by image name (index and file name), never
+by position.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy import stats
+
+from emvae.config import RunConfig
+from emvae.errors import InputError
+from emvae.io.star_export import star_pose
+from emvae.io.tables import read_table
+from emvae.metrics import angular_error_deg, circular_correlation
+
+POSE_REFERENCE_COLUMNS = {"theta_deg", "shift_x_px", "shift_y_px", "image", "input_row"}
+
+
+def image_key(name: str) -> tuple[int, str]:
+    """``"000012@dir/stack.mrcs"`` -> ``(12, "stack.mrcs")``: the same image however its folder
+    or index padding is written."""
+    k, _, path = str(name).partition("@")
+    try:
+        return int(k), Path(path).name
+    except ValueError:
+        return 1, Path(str(name)).name
+
+
+def load_run(run: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | None, RunConfig]:
+    """(particle table, per-epoch metrics or None, config) of a run directory."""
+    d = Path(run)
+    if not (d / "config.json").exists():
+        raise InputError(d, "is not an emvae run directory (no config.json)")
+    config = RunConfig.from_dict(json.loads((d / "config.json").read_text()))
+    table_path = d / "particles.h5" if (d / "particles.h5").exists() else d / "particles.csv"
+    if not table_path.exists():
+        raise InputError(d, "has no particles.h5 or particles.csv (the fit did not finish?)")
+    metrics = pd.read_csv(d / "metrics.csv") if (d / "metrics.csv").exists() else None
+    return read_table(table_path), metrics, config
+
+
+def read_reference(path: str | os.PathLike, box: int, apix: float | None) -> pd.DataFrame:
+    """Reference poses/factors with an ``image`` column: an emvae-style CSV (``image``,
+    ``theta_deg``, optional ``shift_x_px``/``shift_y_px`` and numeric factors, as
+    ``truth.csv`` of a simulation) or a STAR file (``rlnAnglePsi`` and origins, read with
+    RELION's conventions; its other numeric columns become factors)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such file")
+    if p.suffix.lower() == ".star":
+        from emvae.io.star import particle_block, read_star_blocks
+
+        particles, optics, _ = particle_block(p, read_star_blocks(p))
+        if optics is not None and "rlnImagePixelSize" in optics:
+            apix = float(optics["rlnImagePixelSize"].iloc[0])
+        psi, shift = star_pose(particles, apix, box)
+        ref = pd.DataFrame({"image": particles["rlnImageName"].astype(str), "theta_deg": psi})
+        ref["shift_x_px"], ref["shift_y_px"] = shift[:, 0], shift[:, 1]
+        skip = {"rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst"}
+        for col in particles.columns:
+            if col not in skip and pd.api.types.is_numeric_dtype(particles[col]):
+                ref[col] = particles[col].to_numpy()
+        return ref
+    ref = read_table(p)
+    if "image" not in ref:
+        raise InputError(p, "has no 'image' column (N@file names) to match particles by")
+    return ref
+
+
+def match(table: pd.DataFrame, reference: pd.DataFrame, source: str = "reference") -> tuple:
+    """(table rows, reference rows) of the images both name, in the table's order."""
+    keys = [image_key(n) for n in reference["image"]]
+    index = {k: i for i, k in enumerate(keys)}
+    if len(index) < len(keys):
+        raise InputError(source, "names some images twice")
+    pairs = [
+        (i, index[image_key(n)]) for i, n in enumerate(table["image"]) if image_key(n) in index
+    ]
+    if not pairs:
+        raise InputError(source, "names none of the run's images (matched by N@file name)")
+    a, b = np.array(pairs).T
+    return table.iloc[a].reset_index(drop=True), reference.iloc[b].reset_index(drop=True)
+
+
+def compare(table: pd.DataFrame, reference: pd.DataFrame) -> dict:
+    """Agreement of matched rows (same order): rotation, shifts, and latents vs factors."""
+    out: dict = {"matched": len(table)}
+    if "theta_deg" in reference:
+        a, b = table["theta_deg"].to_numpy(float), reference["theta_deg"].to_numpy(float)
+        err, offset = angular_error_deg(a, b)
+        err_flip, offset_flip = angular_error_deg(a, b, allow_flip=True)
+        out["rotation"] = {
+            "circular_correlation": circular_correlation(np.radians(a), np.radians(b)),
+            "median_error_deg": err,
+            "offset_deg": offset,
+            "median_error_with_flip_deg": err_flip,
+            "offset_with_flip_deg": offset_flip,
+            "within_10_deg": float(np.mean(_angle_diff(a, b, offset) < 10.0)),
+        }
+    if {"shift_x_px", "shift_y_px"} <= set(reference.columns):
+        out["shift"] = {
+            f"pearson_{ax}": _pearson(table[f"shift_{ax}_px"], reference[f"shift_{ax}_px"])
+            for ax in ("x", "y")
+        }
+    factors = [
+        c
+        for c in reference.columns
+        if c not in POSE_REFERENCE_COLUMNS
+        and pd.api.types.is_numeric_dtype(reference[c])
+        and reference[c].nunique() > 1
+    ]
+    zs = [c for c in table.columns if c.startswith("z") and c[1:].isdigit()]
+    out["latent"] = {
+        z: {
+            f: {
+                "pearson": _pearson(table[z], reference[f]),
+                "spearman": float(stats.spearmanr(table[z], reference[f]).statistic),
+            }
+            for f in factors
+        }
+        for z in zs
+    }
+    return out
+
+
+def _angle_diff(a: np.ndarray, b: np.ndarray, offset: float) -> np.ndarray:
+    return np.abs(np.mod(a - b - offset + 180.0, 360.0) - 180.0)
+
+
+def _pearson(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figure(ncols: int = 1, nrows: int = 1, size: float = 3.6):
+    fig = Figure(figsize=(size * ncols, size * 0.85 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes.ravel()
+
+
+def plot_learning_curves(metrics: pd.DataFrame, path: Path) -> Path:
+    fig, ax = _figure(3)
+    for k, (term, label) in enumerate(
+        (("elbo", "ELBO (nats)"), ("error", "error = -log p (nats)"), ("kl", "KL (nats)"))
+    ):
+        for split, style in (("train", "-"), ("test", "--")):
+            ax[k].plot(metrics["epoch"], metrics[f"{split}_{term}"], style, label=split)
+        ax[k].set_xlabel("epoch")
+        ax[k].set_ylabel(label)
+    ax[0].legend()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_pose_histograms(table: pd.DataFrame, path: Path) -> Path:
+    fig, ax = _figure(3)
+    ax[0].hist(table["theta_deg"], bins=72, range=(-180, 180), color="C0")
+    ax[0].set_xlabel("theta (deg)")
+    for k, axis in enumerate(("x", "y"), start=1):
+        ax[k].hist(table[f"shift_{axis}_px"], bins=50, color="C1")
+        ax[k].set_xlabel(f"shift {axis} (px)")
+    ax[0].set_ylabel("particles")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_z_histograms(table: pd.DataFrame, path: Path) -> Path | None:
+    zs = [c for c in table.columns if c.startswith("z") and c[1:].isdigit()]
+    if not zs:
+        return None
+    shown = zs[:12]
+    ncols = min(4, len(shown))
+    fig, ax = _figure(ncols, math.ceil(len(shown) / ncols), size=3.0)
+    for k, z in enumerate(shown):
+        ax[k].hist(table[z], bins=50, color="C2")
+        ax[k].set_xlabel(z)
+    for a in ax[len(shown) :]:
+        a.set_visible(False)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def latent_2d(table: pd.DataFrame) -> tuple[np.ndarray, tuple[str, str]] | None:
+    """z1, z2 (K = 2), or the first two principal components of z (K > 2)."""
+    zs = [c for c in table.columns if c.startswith("z") and c[1:].isdigit()]
+    if len(zs) < 2:
+        return None
+    z = table[zs].to_numpy(float)
+    if len(zs) == 2:
+        return z, ("z1", "z2")
+    zc = z - z.mean(0)
+    _, s, vt = np.linalg.svd(zc, full_matrices=False)
+    explained = s**2 / (s**2).sum()
+    labels = (f"PC1 of z ({explained[0]:.0%})", f"PC2 of z ({explained[1]:.0%})")
+    return zc @ vt[:2].T, labels
+
+
+def plot_latent_scatter(table: pd.DataFrame, path: Path, colour=None, label="") -> Path | None:
+    xy = latent_2d(table)
+    if xy is None:
+        return None
+    pts, (lx, ly) = xy
+    fig, ax = _figure(1, size=4.5)
+    if colour is None:
+        ax[0].scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, linewidths=0)
+    else:
+        sc = ax[0].scatter(pts[:, 0], pts[:, 1], s=3, c=colour, cmap="viridis", linewidths=0)
+        fig.colorbar(sc, ax=ax[0], label=label)
+    ax[0].set_xlabel(lx)
+    ax[0].set_ylabel(ly)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_theta_vs_reference(table, reference, offset: float, path: Path) -> Path:
+    fig, ax = _figure(1, size=4.5)
+    ref = reference["theta_deg"].to_numpy(float)
+    ours = np.mod(table["theta_deg"].to_numpy(float) - offset + 180.0, 360.0) - 180.0
+    ax[0].scatter(ref, ours, s=3, alpha=0.5, linewidths=0)
+    ax[0].plot([-180, 180], [-180, 180], "k:", lw=0.8)
+    ax[0].set_xlim(-180, 180)
+    ax[0].set_ylim(-180, 180)
+    ax[0].set_xlabel("reference theta (deg)")
+    ax[0].set_ylabel(f"emvae theta minus the global offset ({offset:+.1f} deg)")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(
+    run: str | os.PathLike,
+    reference: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+) -> dict:
+    """Figures, ``report.json`` and ``report.html`` for a run (into ``out``, default
+    ``RUN/report``). Returns the JSON content."""
+    table, metrics, config = load_run(run)
+    dest = Path(out) if out is not None else Path(run) / "report"
+    dest.mkdir(parents=True, exist_ok=True)
+    result: dict = {"run": str(run), "particles": len(table), "figures": []}
+    if metrics is not None and len(metrics):
+        last = metrics.iloc[-1]
+        result["final_epoch"] = {k: float(v) for k, v in last.items()}
+    figures: list[Path | None] = [
+        plot_learning_curves(metrics, dest / "learning_curves.png")
+        if metrics is not None
+        else None,
+        plot_pose_histograms(table, dest / "pose_histograms.png"),
+        plot_z_histograms(table, dest / "z_histograms.png"),
+    ]
+    colour = label = None
+    if reference is not None:
+        box = config.data.input_size or config.model.image_size
+        ref = read_reference(reference, box, config.data.apix)
+        ours, theirs = match(table, ref, str(reference))
+        result["reference"] = str(reference)
+        result.update(compare(ours, theirs))
+        if "rotation" in result:
+            figures.append(
+                plot_theta_vs_reference(
+                    ours, theirs, result["rotation"]["offset_deg"], dest / "theta_vs_reference.png"
+                )
+            )
+        factors = [f for z in result["latent"].values() for f in z]
+        if factors and len(ours) == len(table):
+            label = factors[0]
+            colour = theirs[label].to_numpy(float)
+    figures.append(plot_latent_scatter(table, dest / "latent_scatter.png", colour, label or ""))
+    result["figures"] = [p.name for p in figures if p is not None]
+    (dest / "report.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
+    (dest / "report.html").write_text(_html(result, dest, config))
+    return result
+
+
+def _json(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    raise TypeError(type(v))
+
+
+def _html(result: dict, dest: Path, config: RunConfig) -> str:
+    def img(name: str) -> str:
+        data = base64.b64encode((dest / name).read_bytes()).decode()
+        src = f"data:image/png;base64,{data}"
+        return f'<figure><img src="{src}"><figcaption>{name}</figcaption></figure>'
+
+    rows = []
+
+    def add(label, value):
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        rows.append(f"<tr><th>{html.escape(label)}</th><td>{html.escape(text)}</td></tr>")
+
+    add("particles", result["particles"])
+    for k, v in result.get("final_epoch", {}).items():
+        if k in ("epoch", "test_elbo", "train_elbo", "test_error", "test_kl"):
+            add(f"last epoch: {k}", v)
+    if "reference" in result:
+        add("reference", result["reference"])
+        add("matched particles", result["matched"])
+        for group in ("rotation", "shift"):
+            for k, v in result.get(group, {}).items():
+                add(f"{group}: {k}", v)
+        for z, factors in result["latent"].items():
+            for f, r in factors.items():
+                add(f"{z} vs {f}", f"Pearson {r['pearson']:.3f}, Spearman {r['spearman']:.3f}")
+    m = config.model
+    add("model", f"{m.generator} generator, z {m.zdim}-D, {m.image_size} px, {m.likelihood}")
+    figures = "\n".join(img(n) for n in result["figures"])
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>emvae report: {html.escape(result["run"])}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}
+th{{text-align:left;padding-right:1em}}figure{{display:inline-block;margin:0.5em}}
+img{{max-width:100%}}</style></head>
+<body><h1>emvae report</h1><p>{html.escape(result["run"])}</p>
+<table>{"".join(rows)}</table>
+{figures}
+</body></html>
+"""

@@ -1,0 +1,166 @@
+"""Reports and montages: layouts, end points, and numbers that match the library."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from emvae_cli.main import app
+from PIL import Image
+from test_cli import runner
+
+from emvae import montage as mt
+from emvae.io import read_table
+from emvae.io import star_export as sx
+from emvae.metrics import angular_error_deg, circular_correlation
+from emvae.report import compare, match, write_report
+from emvae.simulate import write_simulation
+
+FIT = ["--gen-hidden", "16", "--enc-hidden", "16", "-n", "3", "-b", "20", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny trained run (2-D z) on a simulated stack with its truth.csv."""
+    root = tmp_path_factory.mktemp("report")
+    stack = write_simulation(root / "sim", n=60, size=16, snr=5.0, shift_std_px=0.5, seed=2)
+    out = root / "run"
+    r = runner.invoke(app, ["fit", str(stack), "-o", str(out), "--zdim", "2", *FIT, "-q"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _picture(path):
+    """(size, mode, frames) of an image file, closed again."""
+    with Image.open(path) as im:
+        return im.size, im.mode, getattr(im, "n_frames", 1)
+
+
+def test_interpolation_layout_and_end_points(run):
+    rm = mt.open_run(run)
+    z_a, z_b = torch.randn(3, 2), torch.randn(3, 2)
+    observed = torch.randn(3, 2, 1, 16, 16)
+    grid = mt.interpolation(rm.model, z_a, z_b, observed, steps=5)
+    assert grid.shape == (3, 7, 1, 16, 16)
+    assert torch.equal(grid[:, 0], observed[:, 0]) and torch.equal(grid[:, -1], observed[:, 1])
+    assert torch.allclose(grid[:, 1], mt.decode_mean(rm.model, z_a))
+    assert torch.allclose(grid[:, -2], mt.decode_mean(rm.model, z_b))
+    middle = mt.decode_mean(rm.model, (z_a + z_b) / 2)
+    assert torch.allclose(grid[:, 3], middle, atol=1e-6)
+    picture = mt.tile(mt.to_uint8(grid, -1, 1), pad=2)
+    assert picture.shape == (3 * 18 + 2, 7 * 18 + 2)
+
+
+def test_manifold_prior_and_traversals(run):
+    model = mt.open_run(run).model
+    n = 5
+    grid = mt.manifold(model, n)
+    q = mt.quantile_grid(n)
+    assert grid.shape == (n, n, 1, 16, 16)
+    assert np.allclose(q, -q[::-1]) and q[n // 2] == 0.0
+    # column j: z1 = q[j]; row i: z2 = q[n - 1 - i] (largest z2 at the top, as in a plot)
+    z = torch.tensor([[q[3], q[n - 1 - 1]]], dtype=torch.float32)
+    assert torch.allclose(grid[1, 3], mt.decode_mean(model, z)[0], atol=1e-6)
+    trav = mt.traversals(model, n=4, span=2.0)
+    assert trav.shape == (2, 4, 1, 16, 16)
+    assert torch.allclose(trav[1, 0], mt.decode_mean(model, torch.tensor([[0.0, -2.0]]))[0])
+    assert mt.prior_samples(model, 2, 3).shape == (2, 3, 1, 16, 16)
+
+
+def test_montage_command_writes_pictures(run, tmp_path):
+    r = runner.invoke(
+        app, ["montage", str(run), "-o", str(tmp_path), "--pairs", "2", "--grid", "4"]
+    )
+    assert r.exit_code == 0, r.output
+    size, _, _ = _picture(tmp_path / "interpolation.png")
+    assert size == ((10 * 18 + 2) * 2, (2 * 18 + 2) * 2)  # 8 steps + 2 observed, scale 2
+    assert _picture(tmp_path / "manifold.png")[0] == ((4 * 18 + 2) * 2,) * 2
+    assert _picture(tmp_path / "latent_motion.gif")[2] == 46
+    table = read_table(run / "particles.csv")
+    a, b = table["image"].iloc[[0, 5]]
+    r = runner.invoke(
+        app, ["montage", str(run), "-o", str(tmp_path / "named"), "--pair", f"{a},{b}", "--no-gif"]
+    )
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "named" / "latent_motion.gif").exists()
+    r = runner.invoke(app, ["montage", str(run), "-o", str(tmp_path / "x"), "--pair", "99@nope"])
+    assert r.exit_code == 1 and "'A,B'" in r.output
+
+
+def test_report_numbers_match_the_library_and_rows_match_by_name(run, tmp_path):
+    truth = pd.read_csv(run.parent / "sim" / "truth.csv")
+    # the reference in another order, its stack named without the folder: matched by name
+    shuffled = truth.sample(frac=1.0, random_state=0)
+    shuffled.to_csv(tmp_path / "ref.csv", index=False)
+    result = write_report(run, tmp_path / "ref.csv", tmp_path / "rep")
+    for name in (
+        "learning_curves.png",
+        "pose_histograms.png",
+        "z_histograms.png",
+        "theta_vs_reference.png",
+        "latent_scatter.png",
+    ):
+        assert (tmp_path / "rep" / name).exists() and name in result["figures"]
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5  # self-contained
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())
+    table = read_table(run / "particles.h5")  # what the report reads (full precision)
+    assert saved["matched"] == len(table) == 60
+    rho = circular_correlation(np.radians(table["theta_deg"]), np.radians(truth["theta_deg"]))
+    err, offset = angular_error_deg(table["theta_deg"], truth["theta_deg"])
+    assert saved["rotation"]["circular_correlation"] == pytest.approx(rho)
+    assert saved["rotation"]["median_error_deg"] == pytest.approx(err)
+    assert saved["rotation"]["offset_deg"] == pytest.approx(offset)
+    px = np.corrcoef(table["shift_x_px"], truth["shift_x_px"])[0, 1]
+    assert saved["shift"]["pearson_x"] == pytest.approx(px)
+    pz = np.corrcoef(table["z2"], truth["conformation"])[0, 1]
+    assert saved["latent"]["z2"]["conformation"]["pearson"] == pytest.approx(pz)
+    assert set(saved["latent"]["z1"]["conformation"]) == {"pearson", "spearman"}
+
+
+def test_star_reference_reads_like_the_csv(run, tmp_path):
+    """A STAR reference (RELION conventions) gives the same agreement as the CSV it encodes."""
+    truth = pd.read_csv(run.parent / "sim" / "truth.csv")
+    blocks = sx.table_to_star(truth, 16, 1.0)
+    sx.write_star(blocks, tmp_path / "ref.star")
+    table = read_table(run / "particles.csv")
+    from emvae.report import read_reference
+
+    ref = read_reference(tmp_path / "ref.star", 16, None)
+    assert np.allclose(ref["shift_x_px"], truth["shift_x_px"], atol=1e-4)
+    a = compare(*match(table, ref))
+    b = compare(*match(table, truth))
+    assert a["rotation"]["circular_correlation"] == pytest.approx(
+        b["rotation"]["circular_correlation"], abs=1e-5
+    )
+    assert a["shift"]["pearson_y"] == pytest.approx(b["shift"]["pearson_y"], abs=1e-4)
+
+
+def test_report_command_and_bad_reference(run, tmp_path):
+    r = runner.invoke(app, ["report", str(run), "-o", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "rotation" not in json.loads((tmp_path / "r" / "report.json").read_text())
+    (tmp_path / "bad.csv").write_text("image,theta_deg\n1@other.mrcs,3.0\n")
+    r = runner.invoke(app, ["report", str(run), "--reference", str(tmp_path / "bad.csv")])
+    assert r.exit_code == 1 and "names none of the run's images" in r.output
+
+
+def test_rgb_montage(tmp_path):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        a = np.zeros((24, 24, 3), np.uint8)
+        a[6:18, 9:15] = rng.integers(80, 255, size=3)
+        Image.fromarray(a).save(pics / f"g{k}.png")
+    out = tmp_path / "run"
+    args = ["fit", str(pics), "-o", str(out), "--crop", "0", "-D", "12", "--zdim", "2", *FIT]
+    r = runner.invoke(app, [*args, "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["montage", str(out), "--pairs", "1", "--grid", "3"])
+    assert r.exit_code == 0, r.output
+    assert _picture(out / "montage" / "manifold.png")[1] == "RGB"
+    assert _picture(out / "montage" / "interpolation.png")[1] == "RGB"
