@@ -86,6 +86,9 @@ def test_montage_command_writes_pictures(run, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert not (tmp_path / "named" / "latent_motion.gif").exists()
+    ckpt = run / "checkpoints" / "last.pt"  # a checkpoint finds its run's particle table
+    r = runner.invoke(app, ["montage", str(ckpt), "-o", str(tmp_path / "ck"), "--no-gif"])
+    assert r.exit_code == 0 and (tmp_path / "ck" / "interpolation.png").exists(), r.output
     r = runner.invoke(app, ["montage", str(run), "-o", str(tmp_path / "x"), "--pair", "99@nope"])
     assert r.exit_code == 1 and "'A,B'" in r.output
 
