@@ -120,6 +120,36 @@ def simulate_hinge(
     return images.astype(np.float32), truth
 
 
+def electron_wavelength_A(voltage_kv: float) -> float:
+    """Relativistic electron wavelength in Angstrom."""
+    v = voltage_kv * 1e3
+    return 12.2643247 / np.sqrt(v * (1 + 0.978466e-6 * v))
+
+
+def ctf_2d(
+    size: int,
+    apix: float,
+    defocus_um: float,
+    voltage_kv: float = 300.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.1,
+) -> np.ndarray:
+    """Isotropic CTF on the ``(size, size)`` FFT grid (numpy order, zero frequency at [0, 0]),
+    RELION's sign: ``-(sqrt(1 - w^2) sin(chi) + w cos(chi))`` with
+    ``chi = pi lambda df k^2 - pi/2 Cs lambda^3 k^4`` (defocus positive = underfocus)."""
+    lam = electron_wavelength_A(voltage_kv)
+    f = np.fft.fftfreq(size, d=apix)  # 1/A
+    k2 = f[:, None] ** 2 + f[None, :] ** 2
+    chi = np.pi * lam * defocus_um * 1e4 * k2 - 0.5 * np.pi * cs_mm * 1e7 * lam**3 * k2**2
+    w = amplitude_contrast
+    return -(np.sqrt(1 - w**2) * np.sin(chi) + w * np.cos(chi))
+
+
+def apply_ctf(images: np.ndarray, ctf: np.ndarray) -> np.ndarray:
+    """Multiply each image's Fourier transform by ``ctf`` (real, same grid). ``(N, D, D)``."""
+    return np.fft.ifft2(np.fft.fft2(images) * ctf).real.astype(np.float32)
+
+
 def write_simulation(
     out_dir: str | os.PathLike,
     n: int,
@@ -128,13 +158,38 @@ def write_simulation(
     shift_std_px: float = 2.0,
     seed: int = 0,
     apix: float = 1.0,
+    defocus_um: float | None = None,
 ) -> Path:
-    """Write ``particles.mrcs`` and ``truth.csv`` into ``out_dir``; returns the stack's path."""
+    """Write ``particles.mrcs``, ``particles.star`` (RELION 3.1, the true poses) and
+    ``truth.csv`` into ``out_dir``; returns the stack's path.
+
+    With ``defocus_um``, the clean images are multiplied by a CTF (300 kV, Cs 2.7 mm,
+    amplitude contrast 0.1, that defocus) before the noise is added; SNR is measured after it.
+    """
     from emvae.io import write_mrc
+    from emvae.io.star_export import Optics, table_to_star, write_star
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images, truth = simulate_hinge(n, size, snr, shift_std_px, seed)
+    if defocus_um is None:
+        images, truth = simulate_hinge(n, size, snr, shift_std_px, seed)
+    else:
+        clean, truth = simulate_hinge(n, size, float("inf"), shift_std_px, seed)
+        clean = apply_ctf(clean, ctf_2d(size, apix, defocus_um))
+        rng = np.random.default_rng(seed + 1)
+        images = clean + rng.normal(0, np.sqrt(clean.var() / snr), clean.shape).astype(np.float32)
     write_mrc(out / "particles.mrcs", images, apix)
     truth.to_csv(out / "truth.csv", index=False, float_format="%.6f")
+    meta = None
+    if defocus_um is not None:
+        df = defocus_um * 1e4
+        meta = pd.DataFrame(
+            {
+                "rlnImageName": [f"{k:06d}@particles.mrcs" for k in range(1, n + 1)],
+                "rlnDefocusU": df,
+                "rlnDefocusV": df,
+                "rlnDefocusAngle": 0.0,
+            }
+        )
+    write_star(table_to_star(truth, size, apix, meta, defaults=Optics()), out / "particles.star")
     return out / "particles.mrcs"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from emvae import __version__
+from emvae_cli import bench as bench_cmd
 from emvae_cli import fit as fit_cmd
 from emvae_cli import prep as prep_cmd
 from emvae_cli import relion as relion_cmd
@@ -26,6 +27,8 @@ app.command("export-star")(relion_cmd.export_star)
 app.command("align")(relion_cmd.align)
 app.command("report")(report_cmd.report)
 app.command("montage")(report_cmd.montage)
+app.command("simulate")(bench_cmd.simulate)
+app.add_typer(bench_cmd.bench_app, name="bench")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,159 @@
+"""The benchmark suite in miniature (pipelines, not numbers), MNIST reading and transforms,
+and ``emvae simulate``."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+from conftest import SHARED
+from emvae_cli.main import app
+from PIL import Image
+from test_cli import runner
+
+from emvae import bench as bn
+from emvae.errors import InputError
+from emvae.mnist import load_mnist, make_dataset, read_idx, transform_digits
+from emvae.simulate import ctf_2d
+
+TINY = {"epochs": 1, "hidden": 16, "device": "cpu", "progress": False}
+
+
+def _idx(path, data: np.ndarray, gz: bool = True) -> None:
+    header = bytes([0, 0, 0x08, data.ndim]) + np.array(data.shape, dtype=">u4").tobytes()
+    raw = header + data.astype(np.uint8).tobytes()
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(raw)
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    """The standard four-file layout with 300 random 'digits' (a bright bar, random label)."""
+    rng = np.random.default_rng(0)
+    images = np.zeros((300, 28, 28), np.uint8)
+    for k in range(300):
+        r = rng.integers(6, 22)
+        images[k, r - 2 : r + 2, 6:22] = 255
+    labels = rng.integers(0, 10, 300).astype(np.uint8)
+    _idx(tmp_path / "train-images-idx3-ubyte.gz", images[:200])
+    _idx(tmp_path / "train-labels-idx1-ubyte.gz", labels[:200])
+    _idx(tmp_path / "t10k-images-idx3-ubyte", images[200:], gz=False)
+    _idx(tmp_path / "t10k-labels-idx1-ubyte", labels[200:], gz=False)
+    return tmp_path
+
+
+def test_idx_reading_and_errors(mnist_dir, tmp_path):
+    d = load_mnist(mnist_dir)
+    assert d["train_images"].shape == (200, 28, 28) and d["test_labels"].shape == (100,)
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x00\x00\x09\x01" + b"\0" * 8)
+    with pytest.raises(InputError, match="bad magic"):
+        read_idx(bad)
+    short = tmp_path / "short"
+    short.write_bytes(bytes([0, 0, 8, 1]) + np.array([10], ">u4").tobytes() + b"\1" * 5)
+    with pytest.raises(InputError, match="holds 5 values; its header promises 10"):
+        read_idx(short)
+
+
+def test_shared_mnist_is_the_real_thing():
+    if not (SHARED / "mnist").is_dir():
+        pytest.skip("../shared/data is absent")
+    d = load_mnist(SHARED / "mnist")
+    assert d["test_images"].shape == (10000, 28, 28)
+    assert np.bincount(d["test_labels"]).tolist() == [
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]
+    assert d["train_images"].shape == (10000, 28, 28)
+
+
+def test_transform_convention_and_distributions():
+    dot = np.zeros((1, 29, 29), np.float32)
+    dot[0, 14, 20] = 1.0  # 6 px right of the centre
+    up = transform_digits(dot, np.array([90.0]), np.zeros((1, 2)), 29)
+    assert np.unravel_index(up[0].argmax(), (29, 29)) == (8, 14)  # counter-clockwise: now above
+    moved = transform_digits(dot, np.zeros(1), np.array([[0.0, 3.0]]), 29)
+    assert np.unravel_index(moved[0].argmax(), (29, 29)) == (11, 20)  # +y is up
+    digits = np.zeros((4000, 28, 28), np.uint8)
+    _, theta, shift = make_dataset(digits, "rotated", seed=1)
+    assert theta.std() == pytest.approx(45.0, rel=0.05)  # N(0, pi^2/16)
+    assert shift.std() == pytest.approx(1.4, rel=0.05)
+    _, _, far = make_dataset(digits[:500], "rotated_translated", seed=1, canvas=40)
+    assert far.std() == pytest.approx(14.0, rel=0.1)
+    again = make_dataset(digits[:10], "rotated", seed=1)[1]
+    assert np.array_equal(again, theta[:10])
+
+
+def test_mnist_benchmark_in_miniature(mnist_dir, tmp_path):
+    out = tmp_path / "bench"
+    table = bn.run_mnist(mnist_dir, out, ["rotated"], ["vanilla", "fixed", "spatial"], [2], **TINY)
+    assert len(table) == 3 and np.isfinite(table["test_neg_elbo"]).all()
+    assert table["published_neg_elbo"].tolist() == [187.5, 189.7, 161.5]
+    assert ((table["svm_accuracy"] >= 0) & (table["svm_accuracy"] <= 1)).all()
+    for name in ("fig2.png", "fig3_rotated_spatial.png", "mnist_results.md", "mnist_results.csv"):
+        assert (out / name).exists(), name
+    cached = next((out / "data").glob("rotated_*.npz"))
+    stamp = cached.stat().st_mtime_ns
+    bn.run_mnist(mnist_dir, out, ["rotated"], ["vanilla"], [2], **TINY)
+    assert cached.stat().st_mtime_ns == stamp  # generated once, then reused
+
+
+def test_particles_benchmark_in_miniature(tmp_path):
+    table = bn.run_particles(tmp_path, n=60, size=16, snr=5.0, **TINY)
+    assert table["model"].tolist() == ["spatial-VAE", "vanilla VAE", "vanilla VAE"]
+    assert table["zdim"].tolist() == [1, 1, 2]
+    assert 0 <= table["z_vs_conformation_pearson"].iloc[0] <= 1
+    assert np.isfinite(table["theta_circular_correlation"].iloc[0])
+    assert (tmp_path / "particles_results.md").exists()
+
+
+def test_galaxy_benchmark_in_miniature(tmp_path):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(8):
+        a = np.zeros((240, 240, 3), np.uint8)
+        a[100:140, 110:130] = rng.integers(60, 255, size=3)
+        Image.fromarray(a).save(pics / f"g{k}.jpg")
+    summary = bn.run_galaxies(pics, tmp_path / "gz", zdim=2, size=16, enc_hidden=16, **TINY)
+    assert summary["pictures"] == 8 and np.isfinite(summary["test_elbo"])
+    with Image.open(tmp_path / "gz" / "fig5_prior_samples.png") as im:
+        assert im.mode == "RGB"
+
+
+def test_simulate_command_with_ctf(tmp_path):
+    out = tmp_path / "sim"
+    r = runner.invoke(app, ["simulate", str(out), "-n", "20", "--size", "24", "--ctf", "1.2"])
+    assert r.exit_code == 0, r.output
+    truth = pd.read_csv(out / "truth.csv")
+    assert list(truth.columns) == ["image", "theta_deg", "shift_x_px", "shift_y_px", "conformation"]
+    star = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    assert np.allclose(star["rlnAnglePsi"], truth["theta_deg"], atol=1e-5)
+    assert np.allclose(star["rlnDefocusU"], 12000.0)
+    r = runner.invoke(app, ["simulate", str(out), "-n", "20"])
+    assert r.exit_code == 1 and "--force" in r.output
+
+
+def test_ctf_formula():
+    ctf = ctf_2d(64, 1.0, 1.0, amplitude_contrast=0.1)
+    assert ctf[0, 0] == pytest.approx(-0.1)  # pure amplitude contrast at zero frequency
+    assert np.allclose(ctf, ctf.T) and np.abs(ctf).max() <= 1.0
+    # first zero: chi = -atan(w / sqrt(1 - w^2)) ... i.e. pi lambda df k^2 ~ pi - 0.1 for Cs ~ 0
+    no_cs = ctf_2d(512, 0.5, 2.0, cs_mm=0.0)
+    profile = no_cs[0, :256]
+    first = int(np.argmax(np.sign(profile[1:]) != np.sign(profile[:-1])))
+    lam = 0.019687  # 300 kV, A
+    k = np.sqrt((np.pi - np.arctan(0.1 / np.sqrt(0.99))) / (np.pi * lam * 2e4))
+    assert abs(first / (512 * 0.5) - k) < 2 / (512 * 0.5)
