@@ -11,6 +11,7 @@ from torch import Tensor
 
 from emvae.config import ModelConfig
 from emvae.data import gather
+from emvae.distributed import SINGLE, Dist, assemble
 from emvae.geometry import model_to_image_pose, shift_std_to_image
 from emvae.models import SpatialVAE
 from emvae.objective import elbo_terms
@@ -39,23 +40,27 @@ def encode(
     batch_size: int = 256,
     seed: int = 0,
     advance=None,
+    ctx: Dist = SINGLE,
 ) -> Encoding:
     """Posterior means/stds (no augmentation) and a one-sample ELBO for every image.
 
     data: normalised images ``(N, C, D, D)`` on ``device`` or on the host. The ELBO sample is
     drawn from a generator seeded with ``seed``, so the same model and data give the same table.
+    Under torchrun each process encodes its part of every batch and the parts are gathered.
     """
     model.eval()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
-    out: dict[str, list[Tensor]] = {k: [] for k in ("z_mu", "z_std", "pose_mu", "pose_std", "elbo")}
+    keys = ("z_mu", "z_std", "pose_mu", "pose_std", "elbo")
+    out: dict[str, list[Tensor]] = {k: [] for k in keys}
+    mine: list[np.ndarray] = []
     n = data.shape[0]
     for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
-        x = gather(data, idx, device)
-        q = model.encode(x)
-        z, pose = model.sample(q, rng)
-        params = model.decode(z, pose)
+        batch = torch.arange(start, min(start + batch_size, n))
+        part = ctx.part(len(batch))
+        eps = torch.randn(len(batch), model.n_latent, generator=rng, device=device)[part]
+        x = gather(data, batch[part], device)
+        q, params = model(x, None, eps)
         terms = elbo_terms(
             model.config, model.pixels(x), params, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd
         )
@@ -67,9 +72,14 @@ def encode(
             ("elbo", terms.elbo),
         ):
             out[key].append(val.float().cpu())
+        mine.append(batch[part].numpy())
         if advance is not None:
-            advance(len(idx))
-    return Encoding(**{k: torch.cat(v).numpy() for k, v in out.items()})
+            advance(len(batch))
+    arrays = {k: torch.cat(v).numpy() for k, v in out.items()}
+    if ctx.active:
+        parts = ctx.gather((np.concatenate(mine), arrays))
+        arrays = assemble(parts, n)
+    return Encoding(**arrays)
 
 
 def particle_table(

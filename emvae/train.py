@@ -28,6 +28,8 @@ from emvae.data import (
     split_indices,
     tensor_statistics,
 )
+from emvae.distributed import SINGLE, Dist
+from emvae.distributed import from_env as distributed_from_env
 from emvae.encode import encode, particle_table
 from emvae.errors import ConfigError, EmvaeError, InputError, OutputExistsError
 from emvae.io.stack import ImageStack
@@ -82,6 +84,12 @@ def fit(
     an ``out_dir`` holding emvae outputs is refused unless ``force``.
     """
     out = Path(out_dir)
+    device = resolve_device(config.train.device)
+    ctx = distributed_from_env(device.type)
+    if ctx.active and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    progress = progress and ctx.main
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out / "checkpoints" / "last.pt") if _has_last(out) else None
@@ -91,25 +99,25 @@ def fit(
         config = RunConfig.from_dict(ckpt["config"])
         config.train.epochs = max(epochs, ckpt["epoch"])
         _check_same_data(stack, config)
-    else:
+    elif ctx.main:
         _prepare_output(out, force)
+    ctx.barrier()
     config.validate()
     prepared = prepare_for(stack, config.data.preprocess)
     _check_stack(stack, prepared, config)
     cfg, tcfg = config.model, config.train
 
-    device = resolve_device(tcfg.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda" and tcfg.amp
-        else contextlib.nullcontext()
-    )
+    amp = autocast_for(device, tcfg.amp)
 
     torch.manual_seed(tcfg.seed)
     model = SpatialVAE(cfg).to(device)
+    net = model  # what the training step calls: the model, or its DDP wrapper
+    if ctx.active:
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     rng = torch.Generator(device=device)
     rng.manual_seed(tcfg.seed)
@@ -130,7 +138,8 @@ def fit(
         if ckpt is None:
             _measure(stack, data, config.data, cfg.likelihood)
         normalize_(data, config.data.mean, config.data.std)
-        _write_json(out / "config.json", config)
+        if ctx.main:
+            _write_json(out / "config.json", config)
         train_dev = torch.from_numpy(train_idx).to(data.device)
         test_dev = torch.from_numpy(test_idx).to(data.device)
         bar.start(first_epoch, tcfg.epochs)
@@ -138,11 +147,9 @@ def fit(
             t0 = time.perf_counter()
             use_z = epoch > tcfg.z_delay
             train = _train_epoch(
-                model, optimizer, data, train_dev, config, device, rng, use_z, amp, bar, epoch
+                net, optimizer, data, train_dev, config, device, rng, use_z, amp, bar, epoch, ctx
             )
-            test = evaluate(
-                model, data, test_dev, config, device, seed=tcfg.seed + epoch, use_z=use_z
-            )
+            test = evaluate(model, data, test_dev, config, device, tcfg.seed + epoch, use_z, ctx)
             row = {
                 "epoch": epoch,
                 **{f"train_{k}": v for k, v in train.items()},
@@ -150,6 +157,8 @@ def fit(
                 "seconds": time.perf_counter() - t0,
             }
             history.append(row)
+            if not ctx.main:
+                continue
             _write_metrics(out / "metrics.csv", history)
             state = {
                 "model": model.state_dict(),
@@ -178,9 +187,12 @@ def fit(
             batch_size=max(tcfg.batch_size, 256),
             seed=tcfg.seed,
             advance=advance,
+            ctx=ctx,
         )
     split = np.full(len(stack), "train", dtype=object)
     split[test_idx] = "test"
+    if not ctx.main:
+        return FitResult(model, config, out, pd.DataFrame(), history)
     table = particle_table(
         cfg,
         enc,
@@ -195,6 +207,25 @@ def fit(
     write_table(table, out / "particles.h5")
     star = write_particles_star(table, stack, config.data, out / "particles.star")
     return FitResult(model, config, out, table, history, star)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 autocast
+    is slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_for(device: torch.device, enabled: bool = True):
+    """bf16 autocast (float32 master weights) on CUDA, and on CPUs with native bf16; else a
+    no-op context."""
+    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def write_particles_star(
@@ -235,6 +266,7 @@ def _train_epoch(
     amp,
     bar: TrainingProgress,
     epoch: int,
+    ctx: Dist = SINGLE,
 ) -> dict[str, float]:
     cfg, tcfg = config.model, config.train
     model.train()
@@ -246,15 +278,19 @@ def _train_epoch(
     bar.epoch_start(epoch, n_steps)
     for step in range(n_steps):
         idx = train_idx[perm[step * tcfg.batch_size : (step + 1) * tcfg.batch_size]]
-        x = gather(data, idx, device)
-        terms = training_step(model, optimizer, x, rng, use_z=use_z, augment=augment, amp=amp)
+        part = ctx.part(len(idx))
+        x = gather(data, idx[part], device)
+        share = (part, len(idx)) if ctx.active else None
+        terms = training_step(
+            model, optimizer, x, rng, use_z=use_z, augment=augment, amp=amp, share=share
+        )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
             done = min((step + 1) * tcfg.batch_size, n)
             bar.step(f"ELBO {sums[0].item() / done:.1f}")
         else:
             bar.step()
-    means = (sums / n).tolist()
+    means = (ctx.all_sum(sums) / n).tolist()
     if not all(math.isfinite(v) for v in means):
         raise EmvaeError(
             f"training diverged in epoch {epoch} (the ELBO is not finite); try a lower --lr"
@@ -270,47 +306,73 @@ def training_step(
     use_z: bool = True,
     augment: bool = True,
     amp=None,
+    share: tuple[slice, int] | None = None,
 ) -> ElboTerms:
     """One optimiser step on a batch ``x`` ``(B, C, D, D)`` already on the model's device.
 
     With ``augment`` (and rotation inference) the inference network sees each image rotated by
     a random angle in [0, 2 pi). The model runs under ``amp`` (an autocast context, or None);
     the ELBO is computed in float32. Returns the batch's ELBO terms (detached use only).
+
+    ``share = (part, total)``: ``x`` is the ``part`` of a global batch of ``total`` images that
+    this process computes (see :mod:`emvae.distributed`; ``model`` is then wrapped in
+    DistributedDataParallel). Random numbers are drawn for the whole global batch and sliced,
+    and the loss is scaled so that the averaged gradient is the global batch's.
     """
-    cfg = model.config
+    net = model
+    core = getattr(model, "module", model)
+    cfg = core.config
+    part, total = share if share is not None else (slice(0, x.shape[0]), x.shape[0])
     gamma = None
     if augment and cfg.rotation:
-        gamma = torch.rand(x.shape[0], generator=rng, device=x.device) * (2 * math.pi)
+        gamma = (torch.rand(total, generator=rng, device=x.device) * (2 * math.pi))[part]
+    eps = torch.randn(total, core.n_latent, generator=rng, device=x.device)[part]
+    world = 1 if share is None else torch.distributed.get_world_size()
+    weight = world / total
+    n = x.shape[0]
+    if n == 0:  # no share of a tiny last batch: a zero-weight stand-in keeps the all-reduce
+        x, eps, weight = x.new_zeros(1, *x.shape[1:]), eps.new_zeros(1, eps.shape[1]), 0.0
+        gamma = None if gamma is None else gamma.new_zeros(1)
     with amp if amp is not None else contextlib.nullcontext():
-        q = model.encode(x, gamma)
-        z, pose = model.sample(q, rng, use_z=use_z)
-        params = model.decode(z, pose)
+        q, params = net(x, gamma, eps, use_z)
     f32 = [t.float() for t in (params, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd)]
-    terms = elbo_terms(cfg, model.pixels(x), *f32, use_z=use_z)
+    terms = elbo_terms(cfg, core.pixels(x), *f32, use_z=use_z)
     optimizer.zero_grad(set_to_none=True)
-    (-terms.elbo.mean()).backward()
+    (-terms.elbo.sum() * weight).backward()
     optimizer.step()
+    if n == 0:
+        return ElboTerms(terms.log_lik[:0], terms.kl_z[:0], terms.kl_theta[:0], terms.kl_shift[:0])
     return terms
 
 
 @torch.no_grad()
 def evaluate(
-    model: SpatialVAE, data, idx, config: RunConfig, device, seed: int, use_z: bool = True
+    model: SpatialVAE,
+    data,
+    idx,
+    config: RunConfig,
+    device,
+    seed: int,
+    use_z: bool = True,
+    ctx: Dist = SINGLE,
 ) -> dict[str, float]:
-    """Mean ELBO terms (nats per image) over ``data[idx]``, no augmentation, seeded sample."""
+    """Mean ELBO terms (nats per image) over ``data[idx]``, no augmentation, seeded sample
+    (shared across processes, each computing its part of every batch)."""
     model.eval()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
     sums = torch.zeros(len(TERMS), device=device, dtype=torch.float64)
     bs = max(config.train.batch_size, 256)
     for start in range(0, idx.shape[0], bs):
-        x = gather(data, idx[start : start + bs], device)
-        q = model.encode(x)
-        z, pose = model.sample(q, rng, use_z=use_z)
+        batch = idx[start : start + bs]
+        part = ctx.part(len(batch))
+        eps = torch.randn(len(batch), model.n_latent, generator=rng, device=device)[part]
+        x = gather(data, batch[part], device)
+        q, params = model(x, None, eps, use_z)
         terms = elbo_terms(
             config.model,
             model.pixels(x),
-            model.decode(z, pose),
+            params,
             q.z_mu,
             q.z_logstd,
             q.pose_mu,
@@ -318,6 +380,7 @@ def evaluate(
             use_z=use_z,
         )
         sums += _term_sums(terms)
+    ctx.all_sum(sums)
     return dict(zip(TERMS, (sums / idx.shape[0]).tolist(), strict=False))
 
 

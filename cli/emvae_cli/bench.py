@@ -61,9 +61,7 @@ def mnist(
     epochs: int = typer.Option(200, "-n", "--epochs"),
     hidden: int = typer.Option(500, "--hidden", help="Width of both networks."),
     n_train: int | None = typer.Option(None, "--n-train", help="Use the first N training images."),
-    canvas: int | None = typer.Option(
-        None, "--canvas", help="Canvas of rotated+translated MNIST, px (default 28)."
-    ),
+    canvas: int = typer.Option(56, "--canvas", help="Field of rotated+translated MNIST, px."),
     device: str = typer.Option("auto", "--device"),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
@@ -122,3 +120,38 @@ def galaxies(
         f"wrote {out / 'fig5_prior_samples.png'}; test ELBO {summary['test_elbo']:.1f}",
         highlight=False,
     )
+
+
+@bench_app.command("throughput")
+@user_errors
+def throughput(
+    config: str = typer.Option("em,mnist,galaxy", "--config", help="em, mnist, galaxy."),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("fp32,bf16", "--precision", help="fp32 and/or bf16."),
+    batch: str = typer.Option("100,256", "--batch", help="Batch sizes."),
+    steps: int = typer.Option(5, "--steps", help="Timed steps (after 2 warm-up steps)."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+) -> None:
+    """Training-step images/s and the generator's GFLOP/s (formula in emvae/throughput.py);
+    a table, then one JSON line per measurement."""
+    from emvae.data import resolve_device
+    from emvae.throughput import CONFIGS, measure
+
+    dev = resolve_device(device)
+    names = [c for c in config.split(",") if c]
+    unknown = set(names) - set(CONFIGS)
+    if unknown:
+        raise ConfigError(f"unknown --config {sorted(unknown)}; choose from {sorted(CONFIGS)}")
+    rows = []
+    for name in names:
+        for prec in precision.split(","):
+            for b in _ints(batch):
+                m = measure(name, dev, prec, b, steps, compile_model=compile_model)
+                rows.append(m)
+                peak = f"{100 * m.peak_fraction:.0f}%" if m.peak_fraction is not None else "-"
+                typer.echo(
+                    f"{name:7s} {prec:5s} batch {b:4d}: {m.images_per_s:9.1f} images/s, "
+                    f"generator {m.gflop_per_s:9.1f} GFLOP/s, peak {peak}  [{m.device}]"
+                )
+    for m in rows:
+        typer.echo(m.json())

@@ -219,6 +219,8 @@ def fit(
         config.validate()
         config.data = make_data_config(images, likelihood, apix, normalize, pre, datadir, ind)
     result = fit_model(images, config, out, resume=resume, force=force, progress=not quiet)
+    if result.table.empty:  # not rank 0 of a torchrun job: rank 0 reports
+        return
     err_console.print(
         f"wrote {out / 'particles.csv'} ({len(result.table)} particles), "
         f"{out / 'particles.h5'}, {out / 'particles.star'} (RELION {result.star_layout}"

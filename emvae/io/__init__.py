@@ -15,7 +15,7 @@ from emvae.io.arrays import H5_SUFFIXES, NPY_SUFFIXES, read_hdf5, read_npy, spli
 from emvae.io.cryosparc import CS_SUFFIXES, read_cryosparc
 from emvae.io.fits import FITS_SUFFIXES, read_fits, split_fits_path
 from emvae.io.mrc import MRC_SUFFIXES, read_mrc, write_mrc
-from emvae.io.pictures import PICTURE_SUFFIXES, read_pictures
+from emvae.io.pictures import PICTURE_SUFFIXES, file_suffix, read_pictures
 from emvae.io.stack import ImageStack, Rows
 from emvae.io.star import STAR_SUFFIXES, read_star
 from emvae.io.tables import read_table, write_table
@@ -56,7 +56,7 @@ def input_kind(spec: str | os.PathLike) -> str:
             return kind
     p = Path(text)
     if p.is_dir():
-        entries = {_suffix(f) for f in p.iterdir() if f.is_file()}
+        entries = {file_suffix(f) for f in p.iterdir() if f.is_file()}
         has_fits = bool(entries & set(FITS_SUFFIXES))
         has_pictures = bool(entries & set(PICTURE_SUFFIXES))
         if has_fits and has_pictures:
@@ -71,11 +71,6 @@ def input_kind(spec: str | os.PathLike) -> str:
         f"unknown suffix {suffix or '(none)'!r}; emvae reads {', '.join(KNOWN)}, "
         "folders of pictures or FITS files, and file.h5:/dataset",
     )
-
-
-def _suffix(p: Path) -> str:
-    name = p.name.lower()
-    return ".fits" if name.endswith((".fits.gz", ".fit.gz")) else p.suffix.lower()
 
 
 def read_stack(

@@ -136,9 +136,7 @@ def _apply_cache_attrs(stack: ImageStack, f: h5py.File, attrs: dict) -> None:
     stack.likelihood = str(attrs.get("likelihood", "gaussian"))
 
 
-def create_cache(
-    path: Path, n: int, channels: int, size: int, *, chunk_images: int = 256
-) -> tuple[h5py.File, h5py.Dataset]:
+def create_cache(path: Path, n: int, channels: int, size: int) -> tuple[h5py.File, h5py.Dataset]:
     """A new HDF5 cache with a contiguous float32 ``/images`` dataset ``(n, C, D, D)`` to be
     filled in slabs (contiguous so that readers can memory-map it)."""
     f = h5py.File(path, "w")

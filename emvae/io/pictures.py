@@ -34,13 +34,14 @@ def list_files(spec: str | os.PathLike, suffixes: tuple[str, ...]) -> list[Path]
         if not p.exists():
             raise InputError(p, "no such file or directory")
         found = list(p.iterdir()) if p.is_dir() else [p]
-    files = sorted(f for f in found if f.is_file() and _suffix(f) in suffixes)
+    files = sorted(f for f in found if f.is_file() and file_suffix(f) in suffixes)
     if not files:
         raise InputError(text, f"no {'/'.join(s.lstrip('.') for s in suffixes)} files here")
     return files
 
 
-def _suffix(p: Path) -> str:
+def file_suffix(p: Path) -> str:
+    """The suffix that names a format (``.fits`` for ``x.fits.gz``), lower case."""
     name = p.name.lower()
     return ".fits" if name.endswith((".fits.gz", ".fit.gz")) else p.suffix.lower()
 

@@ -102,17 +102,39 @@ class SpatialVAE(nn.Module):
         y = images_to_pixels(images)
         return y[:, self.pixel_index] if self.masked else y
 
+    @property
+    def n_latent(self) -> int:
+        """K + P: the width of the noise :meth:`sample` needs per image."""
+        return self.config.zdim + self.transform.n_params
+
+    def forward(
+        self,
+        images: Tensor,
+        gamma: Tensor | None = None,
+        eps: Tensor | None = None,
+        use_z: bool = True,
+    ) -> tuple[Posterior, Tensor]:
+        """Encode, sample with noise ``eps`` ``(B, K + P)``, decode: (posterior, generator
+        output ``(B, N, n_out)``). The one call DistributedDataParallel wraps."""
+        q = self.encode(images, gamma)
+        z, pose = self.sample(q, use_z=use_z, eps=eps)
+        return q, self.decode(z, pose)
+
     def sample(
-        self, q: Posterior, rng: torch.Generator | None = None, use_z: bool = True
+        self,
+        q: Posterior,
+        rng: torch.Generator | None = None,
+        use_z: bool = True,
+        eps: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """One reparameterised sample (z, pose); z is 0 when ``use_z`` is False (z-delay)."""
-        eps = torch.randn(
-            q.pose_mu.shape[0],
-            q.z_mu.shape[1] + q.pose_mu.shape[1],
-            generator=rng,
-            device=q.pose_mu.device,
-            dtype=q.pose_mu.dtype,
-        )
+        """One reparameterised sample (z, pose); z is 0 when ``use_z`` is False (z-delay).
+
+        ``eps`` ``(B, K + P)`` standard normal noise, drawn here from ``rng`` when not given."""
+        if eps is None:
+            eps = torch.randn(
+                q.pose_mu.shape[0], self.n_latent, generator=rng, device=q.pose_mu.device
+            )
+        eps = eps.to(q.pose_mu.dtype)
         k = q.z_mu.shape[1]
         z = q.z_mu + torch.exp(q.z_logstd) * eps[:, :k]
         if not use_z:

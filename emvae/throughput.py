@@ -1,0 +1,124 @@
+"""Training-step throughput and the generator's achieved FLOP/s (``emvae bench throughput``).
+
+The generator's cost is counted analytically (matrix products only; element-wise work and the
+encoder are not counted). Per image, with P pixels evaluated, H hidden units, L hidden layers,
+K latent dimensions and O outputs per pixel, one forward pass is
+
+    F = P (2*2H + 2(L-1)H^2 + 2HO) + 2KH          (first layer split: 2 -> H per pixel, K -> H
+                                                    once per image; then H -> H, then H -> O)
+
+and a training step costs about 3F (the backward pass does two products per forward one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+
+import torch
+
+from emvae.config import ModelConfig
+from emvae.models import SpatialVAE
+from emvae.train import training_step
+
+CONFIGS = {  # the paper's three settings
+    "em": {"image_size": 40, "channels": 1, "gen_hidden": 1000, "enc_hidden": 1000, "zdim": 2},
+    "mnist": {
+        "image_size": 28,
+        "channels": 1,
+        "gen_hidden": 500,
+        "enc_hidden": 500,
+        "zdim": 2,
+        "likelihood": "bernoulli",
+        "theta_prior": "gaussian",
+        "theta_prior_std_deg": 45.0,
+    },
+    "galaxy": {
+        "image_size": 64,
+        "channels": 3,
+        "gen_hidden": 500,
+        "enc_hidden": 5000,
+        "zdim": 20,
+        "likelihood": "bernoulli",
+        "shift_prior_px": 8.0,
+    },
+}
+# dense bf16 peak (TFLOP/s, without sparsity) of GPUs emvae is run on
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+def generator_flops(cfg: ModelConfig) -> float:
+    """Forward FLOPs of the generator for one image (formula in the module docstring)."""
+    p, h, k, o = cfg.image_size**2, cfg.gen_hidden, cfg.zdim, cfg.n_out
+    if cfg.generator == "vanilla":
+        return 2.0 * (k * h + (cfg.gen_layers - 1) * h * h + h * p * o)
+    return p * (4.0 * h + 2.0 * (cfg.gen_layers - 1) * h * h + 2.0 * h * o) + 2.0 * k * h
+
+
+@dataclass
+class Measurement:
+    config: str
+    device: str
+    precision: str
+    batch: int
+    images_per_s: float
+    gflop_per_s: float
+    peak_fraction: float | None
+
+    def json(self) -> str:
+        return json.dumps(self.__dict__)
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def measure(
+    name: str,
+    dev: torch.device,
+    precision: str = "fp32",
+    batch: int = 100,
+    steps: int = 5,
+    warmup: int = 2,
+    compile_model: bool = False,
+) -> Measurement:
+    """Time full training steps (augmentation, encoder, generator, ELBO, backward, Adam) on
+    random data resident on ``dev``."""
+    cfg = ModelConfig(**CONFIGS[name])
+    model = SpatialVAE(cfg).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.rand(batch, cfg.channels, cfg.image_size, cfg.image_size, device=dev)
+    amp = (
+        torch.autocast(dev.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    net = torch.compile(model) if compile_model else model
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    for _ in range(warmup):
+        training_step(net, opt, x, augment=True, amp=amp)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        training_step(net, opt, x, augment=True, amp=amp)
+    sync()
+    dt = (time.perf_counter() - t0) / steps
+    ips = batch / dt
+    gflops = 3 * generator_flops(cfg) * ips / 1e9
+    peak = None
+    if dev.type == "cuda" and precision == "bf16":
+        name_ = torch.cuda.get_device_name(dev)
+        tf = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name_), None)
+        peak = gflops / (tf * 1e3) if tf else None
+    return Measurement(name, device_name(dev), precision, batch, ips, gflops, peak)
