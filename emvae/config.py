@@ -120,6 +120,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (no effect on CPU)
     checkpoint_every: int = 10  # keep checkpoints/epoch_NNNN.pt every this many epochs
+    stream: str = "auto"  # read batches from disk: on, off, auto (stack > half the RAM)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -134,6 +135,7 @@ class TrainConfig:
             raise ConfigError(f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
         if self.checkpoint_every < 1:
             raise ConfigError("--checkpoint-every must be >= 1")
+        _choice("--stream", self.stream, ("auto", "on", "off"))
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -54,6 +56,20 @@ def load_images(
     return out
 
 
+def stream_statistics(stack: ImageStack, prepared: Prepared) -> tuple[float, float, float, float]:
+    """Mean, standard deviation, minimum and maximum of the preprocessed stack, in one pass
+    over the disk (float64 sums)."""
+    total = total_sq = 0.0
+    lo, hi = float("inf"), float("-inf")
+    count = 0
+    for _, chunk in iter_chunks(stack, prepared):
+        c = chunk.astype(np.float64)
+        total, total_sq, count = total + c.sum(), total_sq + np.square(c).sum(), count + c.size
+        lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
+    mean = total / count
+    return mean, float(np.sqrt(max(total_sq / count - mean**2, 0.0))), lo, hi
+
+
 def tensor_statistics(data: Tensor) -> tuple[float, float, float, float]:
     """Mean, standard deviation, minimum and maximum of every pixel (accumulated in float64)."""
     total = total_sq = 0.0
@@ -78,11 +94,71 @@ def normalize_(data: Tensor, mean: float, std: float) -> Tensor:
     return data
 
 
-def gather(data: Tensor, idx: Tensor, device: torch.device) -> Tensor:
+class StreamedImages:
+    """The stack read from disk batch by batch (preprocessed and normalised as it is read), for
+    stacks larger than memory; an emvae cache is memory-mapped, so this is a page-cache read.
+
+    Stands in for the in-memory tensor: ``shape`` and :func:`gather` work on both.
+    """
+
+    def __init__(self, stack: ImageStack, prepared: Prepared, mean: float = 0.0, std: float = 1.0):
+        self.stack, self.prepared = stack, prepared
+        self.mean, self.std = mean, std
+        self.shape = (len(stack), prepared.channels, prepared.size, prepared.size)
+        self.device = torch.device("cpu")
+        self.pin = torch.cuda.is_available()
+
+    def read(self, idx: np.ndarray) -> Tensor:
+        """Images at ``idx`` (any order) as a float32 tensor, pinned when CUDA is present."""
+        idx = np.asarray(idx, dtype=np.int64)
+        x = self.prepared.apply(self.stack.images[idx], idx)
+        t = (torch.from_numpy(x) - self.mean) / self.std
+        return t.pin_memory() if self.pin else t
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine in bytes (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def should_stream(prepared: Prepared, n: int, mode: str = "auto") -> bool:
+    """``on``/``off``, or ``auto``: stream when the preprocessed stack would take more than
+    half the machine's memory as float32."""
+    if mode != "auto":
+        return mode == "on"
+    need = 4 * n * prepared.channels * prepared.size**2
+    total = memory_bytes()
+    return bool(total) and need > total // 2
+
+
+def gather(data, idx: Tensor, device: torch.device) -> Tensor:
     """Batch ``data[idx]`` on ``device`` (a no-op copy when the data already live there)."""
+    if isinstance(data, StreamedImages):
+        return data.read(idx.cpu().numpy()).to(device, non_blocking=True)
     if data.device == device:
         return data[idx.to(device)]
     return data[idx.to(data.device)].to(device, non_blocking=True)
+
+
+def prefetched(data, batches: list[Tensor], device: torch.device):
+    """Yield ``gather(data, b, device)`` for each index batch; streamed data are read one batch
+    ahead in a thread (disk and preprocessing overlap the training step)."""
+    if not isinstance(data, StreamedImages):
+        for b in batches:
+            yield gather(data, b, device)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(data.read, batches[0].cpu().numpy()) if batches else None
+        for k in range(len(batches)):
+            x = pending.result()
+            if k + 1 < len(batches):
+                pending = pool.submit(data.read, batches[k + 1].cpu().numpy())
+            yield x.to(device, non_blocking=True)
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ import json
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -86,9 +87,11 @@ def measure(
     steps: int = 5,
     warmup: int = 2,
     compile_model: bool = False,
+    stream: bool = False,
 ) -> Measurement:
     """Time full training steps (augmentation, encoder, generator, ELBO, backward, Adam) on
-    random data resident on ``dev``."""
+    random data resident on ``dev``, or (``stream``) read batch by batch from a memory-mapped
+    file with one batch of prefetch, as ``emvae fit --stream on`` does."""
     cfg = ModelConfig(**CONFIGS[name])
     model = SpatialVAE(cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -106,13 +109,14 @@ def measure(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    for _ in range(warmup):
-        training_step(net, opt, x, augment=True, amp=amp)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        training_step(net, opt, x, augment=True, amp=amp)
-    sync()
+    with contextlib.ExitStack() as stack:
+        batches = _batches(x, dev, steps + warmup, stack) if stream else None
+        for k in range(warmup + steps):
+            if k == warmup:
+                sync()
+                t0 = time.perf_counter()
+            training_step(net, opt, next(batches) if stream else x, augment=True, amp=amp)
+        sync()
     dt = (time.perf_counter() - t0) / steps
     ips = batch / dt
     gflops = 3 * generator_flops(cfg) * ips / 1e9
@@ -121,4 +125,26 @@ def measure(
         name_ = torch.cuda.get_device_name(dev)
         tf = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name_), None)
         peak = gflops / (tf * 1e3) if tf else None
-    return Measurement(name, device_name(dev), precision, batch, ips, gflops, peak)
+    label = f"{precision}, streamed" if stream else precision
+    return Measurement(name, device_name(dev), label, batch, ips, gflops, peak)
+
+
+def _batches(x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitStack):
+    """``n`` random batches like ``x`` read from a memory-mapped .npy (deleted afterwards)."""
+    import tempfile
+
+    import numpy as np
+
+    from emvae.data import StreamedImages, prefetched
+    from emvae.io.arrays import read_npy
+    from emvae.preprocess import Preprocess, prepare
+
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    b = x.shape[0]
+    rows = max(4 * b, 4096)
+    np.save(folder / "x.npy", np.random.default_rng(0).random((rows, *x.shape[1:]), np.float32))
+    images = read_npy(folder / "x.npy")
+    data = StreamedImages(images, prepare(images, Preprocess()))
+    rng = np.random.default_rng(1)
+    idx = [torch.from_numpy(rng.choice(rows, b, replace=False)) for _ in range(n)]
+    return prefetched(data, idx, dev)

@@ -21,11 +21,15 @@ import torch
 from emvae.checkpoint import load_checkpoint, save_checkpoint
 from emvae.config import DataConfig, RunConfig
 from emvae.data import (
+    StreamedImages,
     gather,
     load_images,
     normalize_,
+    prefetched,
     resolve_device,
+    should_stream,
     split_indices,
+    stream_statistics,
     tensor_statistics,
 )
 from emvae.distributed import SINGLE, Dist
@@ -134,10 +138,15 @@ def fit(
         history = []
         first_epoch = 0
     with training_progress(progress) as bar:
-        data = load_images(stack, device, prepared, bar.task("reading images", len(stack)))
-        if ckpt is None:
-            _measure(stack, data, config.data, cfg.likelihood)
-        normalize_(data, config.data.mean, config.data.std)
+        if should_stream(prepared, len(stack), tcfg.stream):
+            if ckpt is None:
+                _measure(stack, stream_statistics(stack, prepared), config.data, cfg.likelihood)
+            data = StreamedImages(stack, prepared, config.data.mean, config.data.std)
+        else:
+            data = load_images(stack, device, prepared, bar.task("reading images", len(stack)))
+            if ckpt is None:
+                _measure(stack, tensor_statistics(data), config.data, cfg.likelihood)
+            normalize_(data, config.data.mean, config.data.std)
         if ctx.main:
             _write_json(out / "config.json", config)
         train_dev = torch.from_numpy(train_idx).to(data.device)
@@ -276,10 +285,12 @@ def _train_epoch(
     sums = torch.zeros(len(TERMS), device=device, dtype=torch.float64)
     n_steps = math.ceil(n / tcfg.batch_size)
     bar.epoch_start(epoch, n_steps)
-    for step in range(n_steps):
-        idx = train_idx[perm[step * tcfg.batch_size : (step + 1) * tcfg.batch_size]]
-        part = ctx.part(len(idx))
-        x = gather(data, idx[part], device)
+    batches = [
+        train_idx[perm[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]] for k in range(n_steps)
+    ]
+    parts = [ctx.part(len(b)) for b in batches]
+    images = prefetched(data, [b[p] for b, p in zip(batches, parts, strict=True)], device)
+    for step, (idx, part, x) in enumerate(zip(batches, parts, images, strict=False)):
         share = (part, len(idx)) if ctx.active else None
         terms = training_step(
             model, optimizer, x, rng, use_z=use_z, augment=augment, amp=amp, share=share
@@ -434,9 +445,9 @@ def make_data_config(
     )
 
 
-def _measure(stack: ImageStack, data: torch.Tensor, dc: DataConfig, likelihood: str) -> None:
-    """Fill ``dc.mean``/``dc.std`` from the loaded (preprocessed) images."""
-    mean, std, lo, hi = tensor_statistics(data)
+def _measure(stack: ImageStack, stats: tuple, dc: DataConfig, likelihood: str) -> None:
+    """Fill ``dc.mean``/``dc.std`` from the preprocessed images' (mean, std, min, max)."""
+    mean, std, lo, hi = stats
     if likelihood == "bernoulli":
         if lo < 0 or hi > 1:
             raise InputError(

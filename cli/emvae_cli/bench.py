@@ -131,6 +131,9 @@ def throughput(
     batch: str = typer.Option("100,256", "--batch", help="Batch sizes."),
     steps: int = typer.Option(5, "--steps", help="Timed steps (after 2 warm-up steps)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    stream: bool = typer.Option(
+        False, "--stream", help="Also time batches streamed from a memory-mapped file."
+    ),
 ) -> None:
     """Training-step images/s and the generator's GFLOP/s (formula in emvae/throughput.py);
     a table, then one JSON line per measurement."""
@@ -146,12 +149,16 @@ def throughput(
     for name in names:
         for prec in precision.split(","):
             for b in _ints(batch):
-                m = measure(name, dev, prec, b, steps, compile_model=compile_model)
-                rows.append(m)
-                peak = f"{100 * m.peak_fraction:.0f}%" if m.peak_fraction is not None else "-"
-                typer.echo(
-                    f"{name:7s} {prec:5s} batch {b:4d}: {m.images_per_s:9.1f} images/s, "
-                    f"generator {m.gflop_per_s:9.1f} GFLOP/s, peak {peak}  [{m.device}]"
-                )
+                for streamed in (False, True) if stream else (False,):
+                    m = measure(
+                        name, dev, prec, b, steps, compile_model=compile_model, stream=streamed
+                    )
+                    rows.append(m)
+                    peak = f"{100 * m.peak_fraction:.0f}%" if m.peak_fraction is not None else "-"
+                    typer.echo(
+                        f"{name:7s} {m.precision:14s} batch {b:4d}: {m.images_per_s:9.1f} "
+                        f"images/s, generator {m.gflop_per_s:9.1f} GFLOP/s, peak {peak}  "
+                        f"[{m.device}]"
+                    )
     for m in rows:
         typer.echo(m.json())

@@ -143,7 +143,14 @@ def fit(
         "--checkpoint-every",
         help="Keep a numbered checkpoint every N epochs.",
     ),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast on CUDA."),
+    amp: bool = typer.Option(
+        True, "--amp/--no-amp", help="bf16 autocast on CUDA (and CPUs with native bf16)."
+    ),
+    stream: str = typer.Option(
+        default(T, "stream"),
+        "--stream",
+        help="Read batches from disk: on, off, auto (when the stack exceeds half the RAM).",
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -206,6 +213,7 @@ def fit(
         device=device,
         amp=amp,
         checkpoint_every=checkpoint_every,
+        stream=stream,
     )
     config = RunConfig(
         model=model,
