@@ -86,6 +86,10 @@ def fit(
     ``resume`` continues from ``checkpoints/last.pt`` with the stored configuration (only the
     number of epochs may change), reproducing the uninterrupted run exactly. Without ``resume``
     an ``out_dir`` holding emvae outputs is refused unless ``force``.
+
+    Launched by ``torchrun``, every process trains its share of each global batch
+    (:mod:`emvae.distributed`) and only rank 0 writes. A stack too large for memory is streamed
+    from disk batch by batch (``TrainConfig.stream``).
     """
     out = Path(out_dir)
     device = resolve_device(config.train.device)
