@@ -99,9 +99,12 @@ def _image_shape(model: SpatialVAE) -> tuple[int, int, int]:
 
 
 def contrast(images: Tensor | np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple:
-    """Display range (lo, hi) from robust percentiles of ``images``."""
+    """Display range (lo, hi) from robust percentiles of ``images``. Non-negative images
+    (probabilities, RGB pictures) keep 0 as black, so that scaling leaves their hue alone."""
     a = np.asarray(images, dtype=np.float64)
     lo, hi = np.percentile(a, [low, high])
+    if a.min() >= 0:
+        lo = 0.0
     return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
 
 
