@@ -60,3 +60,17 @@ def write_stack(tmp_path: Path):
         return p
 
     return _write
+
+
+def write_pictures(folder: Path, n: int, size: int, suffix: str = ".png", seed: int = 0) -> Path:
+    """``n`` RGB pictures ``size x size``: a bar of a random colour on black, off centre."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    c, w = size // 2, max(1, size // 8)
+    for k in range(n):
+        a = np.zeros((size, size, 3), np.uint8)
+        a[c - 2 * w : c + 2 * w, c - w + 1 : c + w + 1] = rng.integers(60, 255, size=3)
+        Image.fromarray(a).save(folder / f"g{k:02d}{suffix}")
+    return folder

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
-from conftest import SHARED
+from conftest import SHARED, write_pictures
 from emvae_cli.main import app
 from PIL import Image
 from test_cli import runner
@@ -120,13 +120,7 @@ def test_particles_benchmark_in_miniature(tmp_path):
 
 
 def test_galaxy_benchmark_in_miniature(tmp_path):
-    pics = tmp_path / "pics"
-    pics.mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(8):
-        a = np.zeros((240, 240, 3), np.uint8)
-        a[100:140, 110:130] = rng.integers(60, 255, size=3)
-        Image.fromarray(a).save(pics / f"g{k}.jpg")
+    pics = write_pictures(tmp_path / "pics", 8, 240, ".jpg")
     summary = bn.run_galaxies(pics, tmp_path / "gz", zdim=2, size=16, enc_hidden=16, **TINY)
     assert summary["pictures"] == 8 and np.isfinite(summary["test_elbo"])
     with Image.open(tmp_path / "gz" / "fig5_prior_samples.png") as im:

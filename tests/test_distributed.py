@@ -11,28 +11,12 @@ import pandas as pd
 import pytest
 import torch.distributed
 from emvae_cli.main import app
-from test_cli import runner
+from test_cli import SMALL, runner
 
 from emvae.distributed import Dist, assemble
 from emvae.simulate import write_simulation
 
-ARGS = [
-    "--zdim",
-    "1",
-    "--gen-hidden",
-    "16",
-    "--enc-hidden",
-    "16",
-    "-n",
-    "2",
-    "-b",
-    "20",
-    "--lr",
-    "1e-3",
-    "--device",
-    "cpu",
-    "-q",
-]
+ARGS = SMALL
 
 
 def test_shares_cover_every_item_once():

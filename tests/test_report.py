@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_pictures
 from emvae_cli.main import app
 from PIL import Image
 from test_cli import runner
@@ -152,13 +153,7 @@ def test_report_command_and_bad_reference(run, tmp_path):
 
 
 def test_rgb_montage(tmp_path):
-    pics = tmp_path / "pics"
-    pics.mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(10):
-        a = np.zeros((24, 24, 3), np.uint8)
-        a[6:18, 9:15] = rng.integers(80, 255, size=3)
-        Image.fromarray(a).save(pics / f"g{k}.png")
+    pics = write_pictures(tmp_path / "pics", 10, 24)
     out = tmp_path / "run"
     args = ["fit", str(pics), "-o", str(out), "--crop", "0", "-D", "12", "--zdim", "2", *FIT]
     r = runner.invoke(app, [*args, "-q"])
