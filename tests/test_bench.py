@@ -151,3 +151,42 @@ def test_ctf_formula():
     lam = 0.019687  # 300 kV, A
     k = np.sqrt((np.pi - np.arctan(0.1 / np.sqrt(0.99))) / (np.pi * lam * 2e4))
     assert abs(first / (512 * 0.5) - k) < 2 / (512 * 0.5)
+
+
+def test_throughput_benchmark_prints_json_and_counts_flops():
+    import json
+
+    from emvae.config import ModelConfig
+    from emvae.throughput import generator_flops
+
+    cfg = ModelConfig(image_size=2, zdim=1, gen_hidden=3, gen_layers=2)
+    # P (2*2H + 2(L-1)H^2 + 2H*O) + 2KH with P = 4, H = 3, L = 2, K = 1, O = 1
+    assert generator_flops(cfg) == 4 * (12 + 18 + 6) + 6
+    args = [
+        "bench",
+        "throughput",
+        "--config",
+        "mnist",
+        "--precision",
+        "fp32",
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--stream",
+    ]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
+    assert [m["precision"] for m in rows] == ["fp32", "fp32, streamed"]
+    for m in rows:
+        assert m["config"] == "mnist" and m["batch"] == 4 and m["images_per_s"] > 0
+        assert m["gflop_per_s"] == pytest.approx(
+            3
+            * generator_flops(ModelConfig(image_size=28, gen_hidden=500))
+            * m["images_per_s"]
+            / 1e9,
+            rel=1e-6,
+        )
