@@ -224,13 +224,16 @@ def _outside_circle(size: int, radius: float) -> np.ndarray:
 
 
 def _cut(x: np.ndarray, starts: np.ndarray, c: int) -> np.ndarray:
+    """Windows ``(B, C, c, c)`` of ``x`` ``(B, C, H, W)`` starting at ``starts`` ``(B, 2)``
+    (row, column), gathered in one indexing operation."""
     if (starts == starts[0]).all():
         r, col = starts[0]
         return x[..., r : r + c, col : col + c]
-    out = np.empty((*x.shape[:2], c, c), dtype=x.dtype)
-    for k, (r, col) in enumerate(starts):
-        out[k] = x[k, :, r : r + c, col : col + c]
-    return out
+    span = np.arange(c)
+    rows = (starts[:, 0, None] + span)[:, :, None]  # (B, c, 1)
+    cols = (starts[:, 1, None] + span)[:, None, :]  # (B, 1, c)
+    picked = x[np.arange(len(x))[:, None, None], :, rows, cols]  # (B, c, c, C)
+    return np.moveaxis(picked, -1, 1)
 
 
 def iter_chunks(stack: ImageStack, prepared: Prepared, chunk: int = CHUNK):

@@ -63,6 +63,14 @@ def test_chunked_cache_equals_in_memory_bit_for_bit(tmp_path):
     s = open_stack(tmp_path / "s.mrcs")
     pre = Preprocess(size=14, crop=28, jitter=2, seed=5, normalize="background")
     whole = prepare(s, pre).apply(s.images[:], np.arange(37))
+    # the jittered windows are the slices window_starts names, image by image
+    from emvae.io.pictures import window_starts
+
+    starts, _, _ = window_starts(np.full((37, 2), 30), 28, 2, 5)
+    assert len({tuple(r) for r in starts}) > 1
+    cut = prepare(s, Preprocess(crop=28, jitter=2, seed=5)).apply(s.images[:], np.arange(37))
+    for k, (r, c) in enumerate(starts):
+        assert np.array_equal(cut[k, 0], imgs[k, r : r + 28, c : c + 28])
     for chunk in (5, 37):
         write_cache(s, pre, tmp_path / f"c{chunk}.h5", chunk=chunk)
         cached = open_stack(tmp_path / f"c{chunk}.h5")
