@@ -31,8 +31,10 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT's files."),
 ) -> None:
-    """Simulated particles of a hinged 2-D molecule (one conformational degree of freedom),
-    uniform rotations, Gaussian shifts, noise; truth in emvae's pose conventions."""
+    """Simulated particles with known poses and conformations.
+
+    A hinged 2-D molecule (one conformational degree of freedom), uniform rotations, Gaussian
+    shifts, noise, optional CTF; truth in emvae's pose conventions."""
     if (out / "particles.mrcs").exists() and not force:
         raise OutputExistsError(f"{out}: already holds particles.mrcs; use --force")
     if n < 1 or size < 8 or not snr > 0:
@@ -135,8 +137,10 @@ def throughput(
         False, "--stream", help="Also time batches streamed from a memory-mapped file."
     ),
 ) -> None:
-    """Training-step images/s and the generator's GFLOP/s (formula in emvae/throughput.py);
-    a table, then one JSON line per measurement."""
+    """Training-step images/s and the generator's GFLOP/s.
+
+    FLOPs are counted analytically (formula in emvae/throughput.py); a table, then one JSON
+    line per measurement."""
     from emvae.data import resolve_device
     from emvae.throughput import CONFIGS, measure
 

@@ -252,8 +252,10 @@ def encode(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:
-    """Poses and latents of every image under a trained model (same table as fit, and the
-    same poses as a STAR file beside it); the model's preprocessing is applied again."""
+    """Poses and latents of images under a trained model (table + STAR file).
+
+    The same table as fit writes, and the same poses as a STAR file beside it; the model's
+    preprocessing is applied again."""
     if out.suffix == ".star":
         raise ConfigError(f"{out}: name the table (.csv or .h5); the .star is written beside it")
     for path in (out, out.with_suffix(".star")):

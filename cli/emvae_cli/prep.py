@@ -64,8 +64,10 @@ def info(
     ind: str | None = opt.IND,
     apix: float | None = opt.APIX,
 ) -> None:
-    """What a file is: format, count, size, channels, dtype, pixel size (and its origin),
-    STAR version and optics groups, value range."""
+    """What a file is: format, count, size, pixel size and where it came from.
+
+    Also channels, dtype, STAR version and optics groups, metadata columns, value range and
+    the memory a fit needs."""
     stack, _ = opt.open_inputs(stacks, datadir, ind, apix, None, None, None, False, "none", None, 0)
     console = Console(highlight=False, soft_wrap=True)
     lines = describe(stack)

@@ -107,8 +107,9 @@ def align(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT and its average."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:
-    """Apply a table's poses to its images: the aligned stack and its average (OUT_avg.mrc),
-    as RELION's relion_stack_create --apply_transformation would make them."""
+    """Apply a table's poses: the aligned stack and its average (OUT_avg.mrc).
+
+    What RELION's relion_stack_create --apply_transformation makes of the same poses."""
     avg_path = out.with_name(out.stem + "_avg.mrc")
     for path in (out, avg_path):
         if path.exists() and not force:

@@ -28,8 +28,10 @@ def report(
         None, "-o", "--out", show_default=False, help="Folder for the report (default RUN/report)."
     ),
 ) -> None:
-    """Learning curves, pose and latent histograms, latent scatter; with --reference, circular
-    correlation, angular error, shift and latent correlations. PNGs, report.json, report.html."""
+    """Learning curves, histograms, latent scatter; agreement with a --reference.
+
+    With --reference: circular correlation, angular error, shift and latent correlations.
+    Writes PNGs, report.json and a self-contained report.html."""
     result = write_report(run, reference, out)
     dest = out or run / "report"
     rot = result.get("rotation")
@@ -64,8 +66,9 @@ def montage(
     seed: int = typer.Option(0, "--seed", help="Seed for pairs and prior samples."),
     gif: bool = typer.Option(True, "--gif/--no-gif", help="Animated GIF along the first pair."),
 ) -> None:
-    """Interpolations between particles, the learned manifold, prior samples, per-dimension
-    traversals and an animated GIF, all at theta = 0, dx = 0 (PNG)."""
+    """Interpolations, manifold, prior samples, traversals and a GIF (PNG).
+
+    Everything is the generator's mean at theta = 0, dx = 0."""
     rm = mt.open_run(source)
     run = rm.run or (source.parent.parent if source.parent.name == "checkpoints" else None)
     dest = out or ((run or source.parent) / "montage")
