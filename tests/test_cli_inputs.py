@@ -56,6 +56,9 @@ def test_preprocess_fit_on_cache_and_encode_the_original(tiny_stack, tmp_path):
     )
     for col in ("theta_deg", "shift_x_px", "shift_y_px", "shift_x_A", "z1"):
         assert np.allclose(ta[col], tb[col], atol=1e-5), col
+    # shifts are in input pixels and A uses the input pixel size (1.5 A), not the 16/12 x
+    # larger pixels of the downsampled model box
+    assert np.allclose(ta["shift_x_A"], ta["shift_x_px"] * 1.5, atol=1e-5)
     enc = tmp_path / "enc.csv"
     _ok(
         runner.invoke(
