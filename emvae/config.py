@@ -14,7 +14,7 @@ from typing import Any
 from emvae.errors import ConfigError
 
 GENERATORS = ("spatial", "vanilla")
-ENCODERS = ("mlp",)
+ENCODERS = ("mlp", "conv", "equivariant")
 ACTIVATIONS = ("tanh", "relu", "leaky_relu", "gelu", "silu")
 THETA_PRIORS = ("uniform", "gaussian")
 THETA_PARAMS = ("vector", "linear")
@@ -32,11 +32,14 @@ class ModelConfig:
     channels: int = 1  # C: 1 for EM, 3 for RGB
     zdim: int = 2  # K: unstructured latent dimensions
     generator: str = "spatial"  # "spatial" (coordinate MLP) or "vanilla" (z -> all pixels)
-    encoder: str = "mlp"
+    encoder: str = "mlp"  # "mlp" (the paper's), "conv" (plain CNN), "equivariant" (group conv)
     gen_hidden: int = 500
     gen_layers: int = 2
     enc_hidden: int = 500
     enc_layers: int = 2
+    enc_channels: int = 8  # conv / equivariant: feature maps per layer (per rotation)
+    rotation_bins: int = 8  # equivariant: R, the discrete rotations of the group convolution
+    hypotheses: int = 2  # equivariant: the k most probable bins summed exactly in the ELBO
     activation: str = "tanh"
     rotation: bool = True  # infer an in-plane rotation theta
     translation: bool = True  # infer a shift (dx, dy)
@@ -77,6 +80,23 @@ class ModelConfig:
                 raise ConfigError("the vanilla generator needs --zdim >= 1")
         if self.mask_radius_px is not None and not self.mask_radius_px >= 1:
             raise ConfigError(f"--mask-radius must be >= 1 px, got {self.mask_radius_px}")
+        if self.encoder == "equivariant":
+            if not self.rotation:
+                raise ConfigError(
+                    "the equivariant encoder infers rotation; with --no-rotation use "
+                    "--encoder conv or mlp"
+                )
+            if self.theta_prior != "uniform":
+                raise ConfigError("the equivariant encoder uses the uniform rotation prior only")
+            if self.rotation_bins not in (4, 8, 16):
+                raise ConfigError(f"--rotation-bins must be 4, 8 or 16, got {self.rotation_bins}")
+            if not 2 <= self.hypotheses <= self.rotation_bins:
+                raise ConfigError(
+                    f"--hypotheses must lie in 2..{self.rotation_bins} (the rotation bins), "
+                    f"got {self.hypotheses}"
+                )
+        if self.enc_channels < 1:
+            raise ConfigError(f"--enc-channels must be >= 1, got {self.enc_channels}")
         if self.learn_noise and self.likelihood != "gaussian":
             raise ConfigError("--learn-noise applies to the Gaussian likelihood only")
 

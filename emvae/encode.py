@@ -14,7 +14,7 @@ from emvae.data import gather
 from emvae.distributed import SINGLE, Dist, assemble
 from emvae.geometry import model_to_image_pose, shift_std_to_image
 from emvae.models import SpatialVAE
-from emvae.objective import elbo_terms
+from emvae.objective import posterior_elbo
 
 
 @dataclass
@@ -22,7 +22,8 @@ class Encoding:
     """Posterior of every image (model units), numpy arrays in input order.
 
     z_mu, z_std: ``(N, K)``; pose_mu, pose_std: ``(N, P)`` (theta radians, shifts in coordinate
-    units, layout of :class:`emvae.models.RigidTransform`); elbo: ``(N,)`` nats.
+    units, layout of :class:`emvae.models.RigidTransform`); elbo: ``(N,)`` nats; theta_prob
+    ``(N,)``: posterior probability of the reported rotation bin (equivariant encoder only).
     """
 
     z_mu: np.ndarray
@@ -30,6 +31,7 @@ class Encoding:
     pose_mu: np.ndarray
     pose_std: np.ndarray
     elbo: np.ndarray
+    theta_prob: np.ndarray | None = None
 
 
 @torch.no_grad()
@@ -51,7 +53,7 @@ def encode(
     model.eval()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
-    keys = ("z_mu", "z_std", "pose_mu", "pose_std", "elbo")
+    keys = ("z_mu", "z_std", "pose_mu", "pose_std", "elbo", "theta_prob")
     out: dict[str, list[Tensor]] = {k: [] for k in keys}
     mine: list[np.ndarray] = []
     n = data.shape[0]
@@ -61,15 +63,17 @@ def encode(
         eps = torch.randn(len(batch), model.n_latent, generator=rng, device=device)[part]
         x = gather(data, batch[part], device)
         q, params = model(x, None, eps)
-        terms = elbo_terms(
-            model.config, model.pixels(x), params, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd
-        )
+        terms = posterior_elbo(model.config, model.pixels(x), params, q)
+        prob = q.z_mu.new_full((x.shape[0],), float("nan"))
+        if q.bins is not None:
+            prob = q.bins.concentration(model.config.hypotheses)
         for key, val in (
             ("z_mu", q.z_mu),
             ("z_std", q.z_logstd.exp()),
             ("pose_mu", q.pose_mu),
             ("pose_std", q.pose_logstd.exp()),
             ("elbo", terms.elbo),
+            ("theta_prob", prob),
         ):
             out[key].append(val.float().cpu())
         mine.append(batch[part].numpy())
@@ -79,6 +83,8 @@ def encode(
     if ctx.active:
         parts = ctx.gather((np.concatenate(mine), arrays))
         arrays = assemble(parts, n)
+    if model.config.encoder != "equivariant":
+        arrays["theta_prob"] = None
     return Encoding(**arrays)
 
 
@@ -104,7 +110,9 @@ def particle_table(
     particle relative to the canonical view, +y up; equals RELION's rlnAnglePsi) and
     ``theta_std_deg``, ``shift_x_px``/``shift_y_px`` (where the canonical centre lands, relative
     to the box centre, +x right, +y up) and their stds, ``shift_x_A``/``shift_y_A`` when the pixel
-    size is known, ``z1..zK``, ``z1_std..zK_std``, ``elbo`` (nats), and ``split`` when given.
+    size is known, ``theta_prob`` (the posterior probability of the reported rotation bin, with
+    the equivariant encoder: low values flag unreliable poses), ``z1..zK``, ``z1_std..zK_std``,
+    ``elbo`` (nats), and ``split`` when given.
     Pose variables that were not inferred are reported as 0 with std 0.
     """
     n = len(names)
@@ -133,6 +141,8 @@ def particle_table(
     if apix is not None:
         cols["shift_x_A"] = cols["shift_x_px"] * apix
         cols["shift_y_A"] = cols["shift_y_px"] * apix
+    if enc.theta_prob is not None:
+        cols["theta_prob"] = enc.theta_prob
     for k in range(cfg.zdim):
         cols[f"z{k + 1}"] = enc.z_mu[:, k]
     for k in range(cfg.zdim):

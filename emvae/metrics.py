@@ -14,14 +14,17 @@ def circular_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Jammalamadaka-SenGupta circular correlation of two angle samples (radians).
 
     ``sum sin(a - mean_a) sin(b - mean_b) / sqrt(sum sin^2(a - mean_a) sum sin^2(b - mean_b))``:
-    1 for identical angles, unchanged by a constant offset of either, -1 under a reflection.
+    1 for identical angles, unchanged by a constant offset of either, -1 under a reflection;
+    0 when either sample is (numerically) one constant angle, where it is undefined.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     sa = np.sin(a - circular_mean(a))
     sb = np.sin(b - circular_mean(b))
-    den = np.sqrt((sa**2).sum() * (sb**2).sum())
-    return float((sa * sb).sum() / den) if den > 0 else 0.0
+    va, vb = (sa**2).mean(), (sb**2).mean()
+    if va < 1e-12 or vb < 1e-12:
+        return 0.0
+    return float((sa * sb).mean() / np.sqrt(va * vb))
 
 
 def angular_error_deg(

@@ -171,12 +171,17 @@ def plot_learning_curves(metrics: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_pose_histograms(table: pd.DataFrame, path: Path) -> Path:
-    fig, ax = _figure(3)
+    """θ, shifts, and (equivariant encoder) the probability of each particle's rotation bin."""
+    binned = "theta_prob" in table
+    fig, ax = _figure(3 + binned)
     ax[0].hist(table["theta_deg"], bins=72, range=(-180, 180), color="C0")
     ax[0].set_xlabel("theta (deg)")
     for k, axis in enumerate(("x", "y"), start=1):
         ax[k].hist(table[f"shift_{axis}_px"], bins=50, color="C1")
         ax[k].set_xlabel(f"shift {axis} (px)")
+    if binned:
+        ax[3].hist(table["theta_prob"], bins=50, range=(0, 1), color="C2")
+        ax[3].set_xlabel("probability of the rotation bin")
     ax[0].set_ylabel("particles")
     fig.savefig(path, dpi=110)
     return path
@@ -258,6 +263,12 @@ def write_report(
     dest = Path(out) if out is not None else Path(run) / "report"
     dest.mkdir(parents=True, exist_ok=True)
     result: dict = {"run": str(run), "particles": len(table), "figures": []}
+    if "theta_prob" in table:  # equivariant encoder: how sure each rotation is
+        p = table["theta_prob"].to_numpy(float)
+        result["rotation_bin_probability"] = {
+            "median": float(np.median(p)),
+            "fraction_above_0.9": float(np.mean(p > 0.9)),
+        }
     if metrics is not None and len(metrics):
         last = metrics.iloc[-1]
         result["final_epoch"] = {k: float(v) for k, v in last.items()}

@@ -11,8 +11,10 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,7 +42,7 @@ from emvae.io.stack import ImageStack
 from emvae.io.star_export import Optics, export_table
 from emvae.io.tables import write_table
 from emvae.models import SpatialVAE
-from emvae.objective import ElboTerms, elbo_terms
+from emvae.objective import ElboTerms, posterior_elbo
 from emvae.preprocess import Prepared, Preprocess, prepare_for
 from emvae.progress import TrainingProgress, training_progress
 
@@ -74,6 +76,7 @@ def fit(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    on_epoch: Callable[[int, SpatialVAE, Any], dict[str, float]] | None = None,
 ) -> FitResult:
     """Train (or resume training) and write every output into ``out_dir``.
 
@@ -90,6 +93,10 @@ def fit(
     Launched by ``torchrun``, every process trains its share of each global batch
     (:mod:`emvae.distributed`) and only rank 0 writes. A stack too large for memory is streamed
     from disk batch by batch (``TrainConfig.stream``).
+
+    ``on_epoch(epoch, model, data)``, if given, runs after each epoch's evaluation (``data``:
+    the normalised images in input order) and its figures are added to that epoch's row of
+    ``metrics.csv`` (the encoder benchmark tracks pose recovery this way).
     """
     out = Path(out_dir)
     device = resolve_device(config.train.device)
@@ -169,6 +176,8 @@ def fit(
                 **{f"test_{k}": v for k, v in test.items()},
                 "seconds": time.perf_counter() - t0,
             }
+            if on_epoch is not None:
+                row.update(on_epoch(epoch, model, data))
             history.append(row)
             if not ctx.main:
                 continue
@@ -350,8 +359,7 @@ def training_step(
         gamma = None if gamma is None else gamma.new_zeros(1)
     with amp if amp is not None else contextlib.nullcontext():
         q, params = net(x, gamma, eps, use_z)
-    f32 = [t.float() for t in (params, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd)]
-    terms = elbo_terms(cfg, core.pixels(x), *f32, use_z=use_z)
+    terms = posterior_elbo(cfg, core.pixels(x), params.float(), q.float(), use_z)
     optimizer.zero_grad(set_to_none=True)
     (-terms.elbo.sum() * weight).backward()
     optimizer.step()
@@ -384,16 +392,7 @@ def evaluate(
         eps = torch.randn(len(batch), model.n_latent, generator=rng, device=device)[part]
         x = gather(data, batch[part], device)
         q, params = model(x, None, eps, use_z)
-        terms = elbo_terms(
-            config.model,
-            model.pixels(x),
-            params,
-            q.z_mu,
-            q.z_logstd,
-            q.pose_mu,
-            q.pose_logstd,
-            use_z=use_z,
-        )
+        terms = posterior_elbo(config.model, model.pixels(x), params, q, use_z)
         sums += _term_sums(terms)
     ctx.all_sum(sums)
     return dict(zip(TERMS, (sums / idx.shape[0]).tolist(), strict=False))
@@ -516,7 +515,8 @@ def _write_json(path: Path, config: RunConfig) -> None:
 
 def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        extra = [k for k in history[-1] if k not in METRIC_COLUMNS]  # on_epoch's figures
+        w = csv.DictWriter(f, fieldnames=[*METRIC_COLUMNS, *extra])
         w.writeheader()
         for row in history:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -29,3 +29,10 @@ def test_angular_error_after_offset_and_flip():
     assert flipped > 45.0
     err_flip, _ = angular_error_deg(-deg + 10.0, deg, allow_flip=True)
     assert err_flip < 0.5
+
+
+def test_a_constant_angle_correlates_with_nothing():
+    """A collapsed pose posterior (every particle at one angle) must not score by rounding."""
+    const = np.full_like(A, np.radians(-83.1))
+    assert circular_correlation(const, A) == 0.0
+    assert circular_correlation(A, const) == 0.0

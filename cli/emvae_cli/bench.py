@@ -65,6 +65,10 @@ def mnist(
     n_train: int | None = typer.Option(None, "--n-train", help="Use the first N training images."),
     canvas: int = typer.Option(56, "--canvas", help="Field of rotated+translated MNIST, px."),
     device: str = typer.Option("auto", "--device"),
+    encoders: str = typer.Option(
+        "mlp", "--encoders", help="Inference networks of the spatial model: mlp, conv, equivariant."
+    ),
+    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (the paper's: 1e-4)."),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Paper Fig. 2 / 3: test ELBO per dataset x model x Z-D, manifolds, linear-SVM probe."""
@@ -80,6 +84,8 @@ def mnist(
         canvas,
         device,
         progress=not quiet,
+        encoders=tuple(encoders.split(",")),
+        lr=lr,
     )
     err_console.print(f"wrote {out / 'mnist_results.md'} ({len(table)} fits)", highlight=False)
 
@@ -120,6 +126,39 @@ def galaxies(
     )
     err_console.print(
         f"wrote {out / 'fig5_prior_samples.png'}; test ELBO {summary['test_elbo']:.1f}",
+        highlight=False,
+    )
+
+
+@bench_app.command("encoders")
+@user_errors
+def encoders(
+    out: Path = typer.Option(Path("runs/bench_encoders"), "-o", "--out"),
+    n: int = typer.Option(4000, "-n", "--n", help="Particles per simulated stack."),
+    size: int = typer.Option(40, "--size"),
+    snrs: str = typer.Option("1,0.3", "--snr", help="Comma-separated SNRs."),
+    which: str = typer.Option("equivariant,mlp,conv", "--encoders"),
+    epochs: int = typer.Option(30, "--epochs"),
+    hidden: int = typer.Option(128, "--hidden", help="Generator (and MLP head) width."),
+    rotation_bins: int = typer.Option(8, "--rotation-bins"),
+    hypotheses: int = typer.Option(2, "--hypotheses"),
+    enc_channels: int = typer.Option(8, "--enc-channels"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(50, "-b", "--batch-size"),
+    device: str = typer.Option("auto", "--device"),
+    quiet: bool = typer.Option(False, "-q", "--quiet"),
+) -> None:
+    """Rotation and conformation recovery per epoch for each inference network."""
+    try:
+        levels = tuple(float(v) for v in snrs.split(",") if v)
+    except ValueError:
+        raise ConfigError(f"--snr: expected comma-separated numbers, got {snrs!r}") from None
+    table = bn.run_encoders(
+        out, n, size, levels, tuple(which.split(",")), epochs, hidden, rotation_bins,
+        hypotheses, enc_channels, lr, batch_size, device, progress=not quiet,
+    )  # fmt: skip
+    err_console.print(
+        f"wrote {out / 'encoders_results.md'} and encoders_per_epoch.csv ({len(table)} epochs)",
         highlight=False,
     )
 

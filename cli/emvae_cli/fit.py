@@ -32,6 +32,11 @@ def _h(text: str, cls: type, name: str, example: bool = True) -> str:
     return f"{text} (default {d}{ex})"
 
 
+def default_encoder(rotation: bool, theta_prior: str) -> str:
+    """The equivariant encoder where it applies (rotation inferred, uniform prior), else mlp."""
+    return "equivariant" if rotation and theta_prior == "uniform" else "mlp"
+
+
 @user_errors
 def fit(
     stacks: list[str] | None = typer.Argument(None, help=opt.INPUTS_HELP, show_default=False),
@@ -111,6 +116,33 @@ def fit(
         show_default=False,
         help=_h("Generator hidden layers.", M, "gen_layers"),
     ),
+    encoder: str | None = typer.Option(
+        None,
+        "--encoder",
+        show_default=False,
+        help="Inference network: equivariant (group convolution over rotation bins; default "
+        "with rotation inference and the uniform prior), conv, or mlp (the paper's; default "
+        "otherwise).",
+    ),
+    rotation_bins: int = typer.Option(
+        default(M, "rotation_bins"),
+        "--rotation-bins",
+        help="Equivariant encoder: rotation bins R (4, 8 or 16).",
+    ),
+    hypotheses: int = typer.Option(
+        default(M, "hypotheses"),
+        "--hypotheses",
+        help="Equivariant encoder: most probable bins summed exactly in the ELBO (2..R; "
+        "each costs one generator pass).",
+    ),
+    enc_channels: int | None = typer.Option(
+        None,
+        "--enc-channels",
+        show_default=False,
+        help=_h(
+            "Conv/equivariant encoder: feature maps per layer (per rotation).", M, "enc_channels"
+        ),
+    ),  # fmt: skip
     enc_hidden: int | None = typer.Option(
         None, "--enc-hidden", show_default=False, help=_h("Encoder width.", M, "enc_hidden")
     ),
@@ -190,6 +222,10 @@ def fit(
         generator=generator,
         gen_hidden=pick("gen_hidden", gen_hidden, M),
         gen_layers=pick("gen_layers", gen_layers, M),
+        encoder=encoder or default_encoder(rotation, theta_prior),
+        rotation_bins=rotation_bins,
+        hypotheses=hypotheses,
+        enc_channels=pick("enc_channels", enc_channels, M),
         enc_hidden=pick("enc_hidden", enc_hidden, M),
         enc_layers=pick("enc_layers", enc_layers, M),
         activation=activation,

@@ -27,6 +27,7 @@ from emvae.errors import ConfigError
 POSE_COLUMNS = ("rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst")
 OWN = {  # emvae table column -> STAR column RELION ignores
     "theta_std_deg": "emvaeAnglePsiStd",
+    "theta_prob": "emvaeAnglePsiProb",
     "shift_x_std_px": "emvaeOriginXStdPx",
     "shift_y_std_px": "emvaeOriginYStdPx",
     "elbo": "emvaeElbo",

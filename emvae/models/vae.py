@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from emvae.augment import rotate_images
 from emvae.config import ModelConfig
-from emvae.geometry import coordinate_grid
-from emvae.models.encoder import MLPEncoder
+from emvae.geometry import coordinate_grid, rotation_matrix
+from emvae.models.encoder import ConvEncoder, EquivariantEncoder, MLPEncoder
 from emvae.models.generator import SpatialGenerator, VanillaGenerator
 from emvae.models.transform import RigidTransform
 
@@ -19,13 +19,49 @@ POSE_LOGSTD_OFFSET = math.log(0.1)
 
 
 @dataclass
+class RotationBins:
+    """The equivariant encoder's rotation posterior over R bins (B images).
+
+    ``log_q`` ``(B, R)``: log q(bin | y), normalised over all R bins; ``theta`` ``(B, R)``: the
+    mean model angle (radians, the generator's theta) within each bin; ``logstd`` ``(B, R)``:
+    its log-std. Only the ``k`` most probable bins are used (:meth:`top`): the variational
+    posterior is q restricted to them and renormalised, so the ELBO sums over them exactly.
+    """
+
+    log_q: Tensor
+    theta: Tensor
+    logstd: Tensor
+
+    def top(self, k: int) -> tuple[Tensor, Tensor]:
+        """Indices ``(B, k)`` of the k most probable bins (most probable first) and their log
+        probabilities renormalised over those k, ``(B, k)``."""
+        log_q, idx = self.log_q.topk(k, dim=1)
+        return idx, log_q.log_softmax(1)
+
+    def concentration(self, k: int) -> Tensor:
+        """``(B,)`` the posterior probability of the most probable bin (among the k used)."""
+        return self.top(k)[1][:, 0].exp()
+
+    def float(self) -> RotationBins:
+        return RotationBins(self.log_q.float(), self.theta.float(), self.logstd.float())
+
+
+@dataclass
 class Posterior:
-    """Diagonal Gaussian q(z, pose | y): z ``(B, K)``, pose ``(B, P)`` (means and log-stds)."""
+    """q(z, pose | y): diagonal Gaussian over z ``(B, K)`` and pose ``(B, P)`` (means and
+    log-stds). With the equivariant encoder, ``bins`` holds the rotation posterior and
+    ``pose_mu``/``pose_logstd`` describe its most probable bin (theta) and the shift there."""
 
     z_mu: Tensor
     z_logstd: Tensor
     pose_mu: Tensor
     pose_logstd: Tensor
+    bins: RotationBins | None = None
+
+    def float(self) -> Posterior:
+        """The same posterior in float32 (the ELBO is computed in float32 under autocast)."""
+        f = [t.float() for t in (self.z_mu, self.z_logstd, self.pose_mu, self.pose_logstd)]
+        return Posterior(*f, None if self.bins is None else self.bins.float())
 
 
 class SpatialVAE(nn.Module):
@@ -43,6 +79,7 @@ class SpatialVAE(nn.Module):
         self.transform = RigidTransform(config.rotation, config.translation)
         n_latent = config.zdim + self.transform.n_params
         self.theta_vector = config.rotation and config.theta_param == "vector"
+        self.binned = config.encoder == "equivariant"
         self.encoder = build_encoder(config, n_latent + int(self.theta_vector), n_latent)
         self.generator = build_generator(config)
         self.register_buffer("coords", coordinate_grid(d, d), persistent=False)
@@ -71,6 +108,8 @@ class SpatialVAE(nn.Module):
         """
         if gamma is not None:
             images = rotate_images(images, gamma)
+        if self.binned:
+            return self._encode_bins(images, gamma)
         mu, logstd = self.encoder(images)
         logstd = logstd + self.logstd_offset
         k = self.config.zdim
@@ -84,12 +123,42 @@ class SpatialVAE(nn.Module):
             )
         return Posterior(mu[:, :k], logstd[:, :k], pose_mu, logstd[:, k:])
 
+    def _encode_bins(self, images: Tensor, gamma: Tensor | None) -> Posterior:
+        """Equivariant encoder -> rotation bins; the shift is converted to the template frame
+        at the most probable bin's angle (``dx = -s R(theta)``, see geometry)."""
+        out = self.encoder(images)
+        r = out.logits.shape[1]
+        centres = torch.arange(r, device=images.device, dtype=out.offset.dtype) * (2 * math.pi / r)
+        theta = -(centres + out.offset)  # image-frame counter-clockwise angle -> model theta
+        shift = out.shift
+        if gamma is not None:  # the network saw the image rotated counter-clockwise by gamma
+            g = gamma.to(theta.dtype)
+            theta = theta + g.unsqueeze(1)
+            shift = (shift.unsqueeze(1) @ rotation_matrix(g).transpose(-1, -2)).squeeze(1)
+        logits = out.logits.to(torch.promote_types(out.logits.dtype, torch.float32))
+        bins = RotationBins(logits.log_softmax(1), theta, out.angle_logstd + POSE_LOGSTD_OFFSET)
+        best = bins.log_q.argmax(1, keepdim=True)
+        theta_best = theta.gather(1, best)  # (B, 1)
+        pose_mu, pose_logstd = [theta_best], [bins.logstd.gather(1, best)]
+        if self.config.translation:
+            dx = -(shift.unsqueeze(1) @ rotation_matrix(theta_best[:, 0])).squeeze(1)
+            pose_mu.append(dx.to(theta.dtype))
+            pose_logstd.append((out.shift_logstd + POSE_LOGSTD_OFFSET).expand(-1, 2))
+        return Posterior(
+            out.z_mu, out.z_logstd, torch.cat(pose_mu, 1), torch.cat(pose_logstd, 1), bins
+        )
+
     def decode(self, z: Tensor, pose: Tensor, full: bool = False) -> Tensor:
-        """Generator output ``(B, N, n_out)`` for z ``(B, K)`` and pose ``(B, P)``.
+        """Generator output ``(B, N, n_out)`` for z ``(B, K)`` and pose ``(B, P)``; with
+        several hypotheses per image, pose ``(B, k, P)`` gives ``(B, k, N, n_out)``.
 
         N is every pixel with ``full`` or without a mask, else the masked pixels (the ones
         :meth:`pixels` returns), in row-major order.
         """
+        if pose.dim() == 3:
+            b, k = pose.shape[:2]
+            flat = self.decode(z.repeat_interleave(k, 0), pose.flatten(0, 1), full)
+            return flat.unflatten(0, (b, k))
         part = self.masked and not full
         if self.generator.uses_coordinates:
             grid = self.coords[self.pixel_index] if part else self.coords
@@ -115,7 +184,8 @@ class SpatialVAE(nn.Module):
         use_z: bool = True,
     ) -> tuple[Posterior, Tensor]:
         """Encode, sample with noise ``eps`` ``(B, K + P)``, decode: (posterior, generator
-        output ``(B, N, n_out)``). The one call DistributedDataParallel wraps."""
+        output ``(B, N, n_out)``, or ``(B, k, N, n_out)`` for the k rotation hypotheses of the
+        equivariant encoder). The one call DistributedDataParallel wraps."""
         q = self.encode(images, gamma)
         z, pose = self.sample(q, use_z=use_z, eps=eps)
         return q, self.decode(z, pose)
@@ -129,7 +199,10 @@ class SpatialVAE(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """One reparameterised sample (z, pose); z is 0 when ``use_z`` is False (z-delay).
 
-        ``eps`` ``(B, K + P)`` standard normal noise, drawn here from ``rng`` when not given."""
+        ``eps`` ``(B, K + P)`` standard normal noise, drawn here from ``rng`` when not given.
+        With rotation bins, pose is ``(B, k, P)``: one hypothesis for each of the k most
+        probable bins (the same noise for all; the shift is sampled in the image frame and
+        expressed in each hypothesis's template frame)."""
         if eps is None:
             eps = torch.randn(
                 q.pose_mu.shape[0], self.n_latent, generator=rng, device=q.pose_mu.device
@@ -140,7 +213,15 @@ class SpatialVAE(nn.Module):
         if not use_z:
             z = torch.zeros_like(z)
         pose = q.pose_mu + torch.exp(q.pose_logstd) * eps[:, k:]
-        return z, pose
+        if q.bins is None:
+            return z, pose
+        idx, _ = q.bins.top(self.config.hypotheses)
+        theta = q.bins.theta.gather(1, idx) + q.bins.logstd.gather(1, idx).exp() * eps[:, k : k + 1]
+        parts = [theta.unsqueeze(-1)]
+        if self.config.translation:  # dx_h = dx R(theta_h - theta_best)
+            turn = rotation_matrix(theta - q.pose_mu[:, :1])  # (B, k, 2, 2)
+            parts.append((pose[:, None, None, 1:] @ turn).squeeze(2))
+        return z, torch.cat(parts, -1)
 
     def canonical(self, z: Tensor) -> Tensor:
         """Generator output at theta = 0, dx = 0 for z ``(B, K)``: ``(B, N, n_out)``."""
@@ -152,6 +233,28 @@ def build_encoder(cfg: ModelConfig, n_mean: int, n_logstd: int) -> nn.Module:
     n_in = cfg.channels * cfg.image_size**2
     if cfg.encoder == "mlp":
         return MLPEncoder(n_in, cfg.enc_hidden, cfg.enc_layers, n_mean, n_logstd, cfg.activation)
+    if cfg.encoder == "conv":
+        width = cfg.enc_channels * cfg.rotation_bins
+        return ConvEncoder(
+            cfg.image_size,
+            cfg.channels,
+            width,
+            cfg.enc_hidden,
+            cfg.enc_layers,
+            n_mean,
+            n_logstd,
+            cfg.activation,
+        )
+    if cfg.encoder == "equivariant":
+        return EquivariantEncoder(
+            cfg.image_size,
+            cfg.channels,
+            cfg.enc_channels,
+            cfg.rotation_bins,
+            cfg.enc_hidden,
+            cfg.zdim,
+            cfg.translation,
+        )
     raise ValueError(cfg.encoder)  # unreachable after validate()
 
 
