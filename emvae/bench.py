@@ -418,8 +418,9 @@ ENCODERS = ("mlp", "conv", "equivariant")
 
 
 def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 500) -> dict:
-    """|circular correlation| of the inferred rotation and the best |Pearson| of a z dimension
-    with the conformation, for ``data`` ``(N, 1, D, D)`` (normalised, input order) against a
+    """|circular correlation| of the inferred rotation, the best |Pearson| of a z dimension
+    with the conformation and the mean (signed) Pearson of the x and y shifts (model pixels),
+    for ``data`` ``(N, 1, D, D)`` (normalised, input order) against a
     simulation's ``truth`` (same order). Posterior means, no sampling."""
     from emvae.encode import encode
     from emvae.geometry import model_to_image_pose
@@ -429,7 +430,7 @@ def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 5
     cfg = model.config
     pose = torch.from_numpy(enc.pose_mu).double()
     shift = pose[:, 1:3] if cfg.translation else torch.zeros(len(pose), 2, dtype=torch.float64)
-    theta_deg, _ = model_to_image_pose(pose[:, 0], shift, cfg.image_size)
+    theta_deg, shift_px = model_to_image_pose(pose[:, 0], shift, cfg.image_size)
     true = truth["theta_deg"].to_numpy(float)
     pearson = [
         abs(float(np.corrcoef(enc.z_mu[:, k], truth["conformation"])[0, 1]))
@@ -441,6 +442,15 @@ def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 5
         ),
         "theta_median_error_deg": angular_error_deg(theta_deg.numpy(), true)[0],
         "z_conformation_pearson": max(pearson, default=float("nan")),
+        # signed: the shifts as the table reports them against the true shifts
+        "shift_pearson": float(
+            np.mean(
+                [
+                    np.corrcoef(shift_px[:, k], truth[f"shift_{a}_px"])[0, 1]
+                    for k, a in enumerate("xy")
+                ]
+            )
+        ),  # fmt: skip
     }
     if enc.theta_prob is not None:
         out["theta_prob_median"] = float(np.median(enc.theta_prob))

@@ -53,7 +53,8 @@ def encode(
     model.eval()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
-    keys = ("z_mu", "z_std", "pose_mu", "pose_std", "elbo", "theta_prob")
+    binned = model.config.encoder == "equivariant"
+    keys = ("z_mu", "z_std", "pose_mu", "pose_std", "elbo") + (("theta_prob",) if binned else ())
     out: dict[str, list[Tensor]] = {k: [] for k in keys}
     mine: list[np.ndarray] = []
     n = data.shape[0]
@@ -64,17 +65,16 @@ def encode(
         x = gather(data, batch[part], device)
         q, params = model(x, None, eps)
         terms = posterior_elbo(model.config, model.pixels(x), params, q)
-        prob = q.z_mu.new_full((x.shape[0],), float("nan"))
-        if q.bins is not None:
-            prob = q.bins.concentration(model.config.hypotheses)
-        for key, val in (
-            ("z_mu", q.z_mu),
-            ("z_std", q.z_logstd.exp()),
-            ("pose_mu", q.pose_mu),
-            ("pose_std", q.pose_logstd.exp()),
-            ("elbo", terms.elbo),
-            ("theta_prob", prob),
-        ):
+        values = {
+            "z_mu": q.z_mu,
+            "z_std": q.z_logstd.exp(),
+            "pose_mu": q.pose_mu,
+            "pose_std": q.pose_logstd.exp(),
+            "elbo": terms.elbo,
+        }
+        if binned:
+            values["theta_prob"] = q.bins.concentration(model.config.hypotheses)
+        for key, val in values.items():
             out[key].append(val.float().cpu())
         mine.append(batch[part].numpy())
         if advance is not None:
@@ -83,8 +83,6 @@ def encode(
     if ctx.active:
         parts = ctx.gather((np.concatenate(mine), arrays))
         arrays = assemble(parts, n)
-    if model.config.encoder != "equivariant":
-        arrays["theta_prob"] = None
     return Encoding(**arrays)
 
 

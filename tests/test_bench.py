@@ -156,6 +156,7 @@ def test_equivariant_encoder_finds_rotations_in_a_few_epochs(tmp_path):
     assert last["theta_circ_corr"] > 0.9
     assert last["theta_median_error_deg"] < 15
     assert last["theta_prob_median"] > 0.8  # confident bins
+    assert last["shift_pearson"] > 0.8  # shifts found too, with the table's sign
 
 
 def test_galaxy_benchmark_in_miniature(tmp_path):
