@@ -10,13 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch.distributed
-from emvae_cli.main import app
-from test_cli import SMALL, runner
+from test_cli import SMALL
 
 from emvae.distributed import Dist, assemble
 from emvae.simulate import write_simulation
 
-ARGS = SMALL
+# The MLP encoder: its outputs are smooth in the weights. The equivariant encoder keeps the k
+# most probable rotation bins, so a summation-order difference can flip an ambiguous image's bin.
+ARGS = [*SMALL, "--encoder", "mlp"]
+# Gradients all-reduced over two half batches differ from one full batch by rounding only;
+# two epochs amplify that to ~0.06 deg (measured). Averaging bugs (summed gradients, a lost
+# partial batch) move the poses by degrees.
+TOL = {"theta_deg": 0.5, "shift_x_px": 0.02, "shift_y_px": 0.02, "z1": 0.01, "elbo": 0.05}
 
 
 def test_shares_cover_every_item_once():
@@ -36,8 +41,11 @@ def test_shares_cover_every_item_once():
 def test_two_process_fit_equals_one_process_fit(tmp_path):
     # 90 images: 81 train, batches of 20 end with one image, which one process alone computes
     stack = write_simulation(tmp_path / "sim", n=90, size=16, snr=5.0, shift_std_px=0.5, seed=1)
-    r = runner.invoke(app, ["fit", str(stack), "-o", str(tmp_path / "one"), *ARGS])
-    assert r.exit_code == 0, r.output
+    # both fits in fresh processes: nothing an earlier test set in this one (threads, RNG,
+    # autocast) can make them differ
+    one_cmd = [sys.executable, "-m", "emvae_cli.main", "fit", str(stack), "-o"]
+    r = subprocess.run([*one_cmd, str(tmp_path / "one"), *ARGS], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     cmd = [
         sys.executable,
         "-m",
@@ -59,8 +67,8 @@ def test_two_process_fit_equals_one_process_fit(tmp_path):
     one = pd.read_csv(tmp_path / "one" / "particles.csv")
     two = pd.read_csv(tmp_path / "two" / "particles.csv")
     assert one["image"].tolist() == two["image"].tolist()  # gathered in input order
-    for col in ("theta_deg", "shift_x_px", "shift_y_px", "z1", "elbo"):
-        assert np.allclose(one[col], two[col], atol=1e-3, rtol=1e-4), col
+    for col, tol in TOL.items():
+        assert np.abs(one[col] - two[col]).max() < tol, col
     m1 = pd.read_csv(tmp_path / "one" / "metrics.csv")
     m2 = pd.read_csv(tmp_path / "two" / "metrics.csv")
     assert np.allclose(m1["test_elbo"], m2["test_elbo"], rtol=1e-5)

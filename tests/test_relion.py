@@ -315,3 +315,37 @@ def test_cryosparc_input_gives_its_optics(tmp_path):
     assert (optics["rlnVoltage"], optics["rlnSphericalAberration"]) == (300.0, 2.7)
     assert optics["rlnAmplitudeContrast"] == 0.07 and optics["rlnImageSize"] == 320
     assert optics["rlnImagePixelSize"] == pytest.approx(1.31, abs=1e-3)
+
+
+def test_star_output_is_the_same_bytes_whatever_the_clock(tmp_path, monkeypatch):
+    """starfile writes the time of day into its header; emvae's STAR files must not, so the
+    same poses written at two different times give byte-identical files."""
+    import datetime as dt
+
+    import starfile.writer
+
+    table = pd.DataFrame(
+        {
+            "image": ["1@s.mrcs", "2@s.mrcs"],
+            "theta_deg": [10.0, -35.5],
+            "shift_x_px": [0.5, -1.25],
+            "shift_y_px": [0.0, 2.0],
+        }
+    )
+    blocks = sx.table_to_star(table, 32, 1.5)
+
+    class Clock(dt.datetime):
+        hour = 1
+
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime(2020, 1, 2, cls.hour, 2, 3)
+
+    monkeypatch.setattr(starfile.writer, "datetime", Clock)
+    first = sx.write_star(blocks, tmp_path / "a.star").read_bytes()
+    Clock.hour = 23
+    second = sx.write_star(blocks, tmp_path / "b.star").read_bytes()
+    assert first == second
+    assert b"01:02:03" not in first and b"emvae" in first.split(b"\n")[0]
+    got = starfile.read(tmp_path / "a.star", always_dict=True)
+    assert np.allclose(got["particles"]["rlnAnglePsi"], table["theta_deg"])

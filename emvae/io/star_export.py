@@ -213,19 +213,29 @@ def input_star_rows(star: str | os.PathLike, rows: np.ndarray) -> tuple:
     return particles.iloc[rows].reset_index(drop=True), optics
 
 
+def _version() -> str:
+    from emvae import __version__
+
+    return __version__
+
+
 def write_star(blocks: dict[str, pd.DataFrame], path: str | os.PathLike) -> Path:
     """Write blocks with ``starfile`` (``# version 30001`` header for 3.1, as RELION does)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".partial")
     starfile.write(blocks, tmp, overwrite=True)
+    # starfile stamps the time of day into its first line; emvae's files name emvae instead,
+    # so the same poses always give the same bytes.
+    lines = tmp.read_text().split("\n")
+    if lines and lines[0].startswith("# Created by the starfile"):
+        lines[0] = f"# Created by emvae {_version()}"
+    text = "\n".join(lines)
     if "optics" in blocks:
-        text = tmp.read_text()
-        tmp.write_text(
-            text.replace("data_optics", "# version 30001\n\ndata_optics", 1).replace(
-                "data_particles", "# version 30001\n\ndata_particles", 1
-            )
+        text = text.replace("data_optics", "# version 30001\n\ndata_optics", 1).replace(
+            "data_particles", "# version 30001\n\ndata_particles", 1
         )
+    tmp.write_text(text)
     os.replace(tmp, p)
     return p
 
