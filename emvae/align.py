@@ -9,9 +9,9 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from emvae.augment import align_images as _align
 from emvae.errors import ConfigError
 
 
@@ -26,17 +26,9 @@ def align_images(images: Tensor, theta_deg: Tensor, shift_px: Tensor) -> Tensor:
 
     images: ``(B, C, D, D)``; theta_deg: ``(B,)``; shift_px: ``(B, 2)``. Returns ``(B, C, D, D)``.
     """
-    h = (images.shape[-1] - 1) / 2
-    phi = theta_deg.to(images.dtype) * (math.pi / 180)
-    c, s = torch.cos(phi), torch.sin(phi)
-    sx, sy = shift_px[:, 0].to(images.dtype) / h, shift_px[:, 1].to(images.dtype) / h
-    # torch's normalised grid has y pointing down: flip the y rows and columns of the map.
-    affine = torch.stack([torch.stack([c, s, sx], -1), torch.stack([-s, c, -sy], -1)], -2)
-    grid = F.affine_grid(affine, list(images.shape), align_corners=True)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    # as RELION does: a pixel whose source lies outside the box is 0, not a blend with 0
-    inside = (grid.abs() <= 1 + 1e-6).all(-1, keepdim=True).permute(0, 3, 1, 2)
-    return out * inside
+    h = (images.shape[-1] - 1) / 2  # pixels per coordinate unit
+    angle = theta_deg.to(images.dtype) * (math.pi / 180)
+    return _align(images, angle, shift_px.to(images.dtype) / h, exact_border=True)
 
 
 def align_stack(

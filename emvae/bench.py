@@ -16,6 +16,7 @@ import torch
 from emvae.config import ModelConfig, RunConfig, TrainConfig
 from emvae.data import load_images, normalize_, resolve_device
 from emvae.encode import encode
+from emvae.errors import ConfigError
 from emvae.io.stack import ImageStack
 from emvae.train import fit, make_data_config
 
@@ -417,11 +418,27 @@ def run_galaxies(
 ENCODERS = ("mlp", "conv", "equivariant")
 
 
-def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 500) -> dict:
-    """|circular correlation| of the inferred rotation, the best |Pearson| of a z dimension
-    with the conformation and the mean (signed) Pearson of the x and y shifts (model pixels),
-    for ``data`` ``(N, 1, D, D)`` (normalised, input order) against a
-    simulation's ``truth`` (same order). Posterior means, no sampling."""
+def encoder_options(spec: str) -> dict:
+    """An encoder of the benchmark: ``equivariant``, ``mlp``, ``conv`` (rotation bins), or
+    ``mlp/gaussian``, ``conv/gaussian`` (the paper's Gaussian rotation posterior)."""
+    name, _, posterior = spec.partition("/")
+    if name not in ENCODERS or posterior not in ("", "gaussian", "bins"):
+        raise ConfigError(
+            f"unknown encoder {spec!r}: give equivariant, mlp, conv, mlp/gaussian or conv/gaussian"
+        )
+    return {"encoder": name, "theta_posterior": posterior or "auto"}
+
+
+def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 100) -> dict:
+    """Recovery figures of a model on ``data`` ``(N, 1, D, D)`` (normalised, input order) against
+    a simulation's ``truth`` (same order), from posterior means (no sampling):
+    ``theta_circ_corr`` (|circular correlation| with the consensus-frame rotation),
+    ``theta_median_error_deg`` (after the best global offset) and the same error in the body's
+    frame (``theta_median_error_body_deg``), ``z_conformation_pearson`` (the best |Pearson| of
+    a z dimension with the conformation), ``z_spread_over_std`` (that dimension's spread of
+    posterior means over its median posterior std: below 0.1 it is unused), ``shift_pearson``
+    (mean signed Pearson of the x and y shifts, model pixels), ``theta_prob_median`` (rotation
+    bins only)."""
     from emvae.encode import encode
     from emvae.geometry import model_to_image_pose
     from emvae.metrics import angular_error_deg, circular_correlation
@@ -431,17 +448,20 @@ def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 5
     pose = torch.from_numpy(enc.pose_mu).double()
     shift = pose[:, 1:3] if cfg.translation else torch.zeros(len(pose), 2, dtype=torch.float64)
     theta_deg, shift_px = model_to_image_pose(pose[:, 0], shift, cfg.image_size)
+    theta = theta_deg.numpy()
     true = truth["theta_deg"].to_numpy(float)
     pearson = [
         abs(float(np.corrcoef(enc.z_mu[:, k], truth["conformation"])[0, 1]))
         for k in range(cfg.zdim)
     ]
+    best = int(np.nanargmax(pearson)) if pearson and not np.isnan(pearson).all() else 0
     out = {
-        "theta_circ_corr": abs(
-            circular_correlation(np.radians(theta_deg.numpy()), np.radians(true))
-        ),
-        "theta_median_error_deg": angular_error_deg(theta_deg.numpy(), true)[0],
+        "theta_circ_corr": abs(circular_correlation(np.radians(theta), np.radians(true))),
+        "theta_median_error_deg": angular_error_deg(theta, true)[0],
         "z_conformation_pearson": max(pearson, default=float("nan")),
+        "z_spread_over_std": float(
+            enc.z_mu[:, best].std() / np.median(enc.z_std[:, best]) if cfg.zdim else np.nan
+        ),
         # signed: the shifts as the table reports them against the true shifts
         "shift_pearson": float(
             np.mean(
@@ -452,6 +472,9 @@ def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 5
             )
         ),  # fmt: skip
     }
+    if "theta_body_deg" in truth:
+        body = truth["theta_body_deg"].to_numpy(float)
+        out["theta_median_error_body_deg"] = angular_error_deg(theta, body)[0]
     if enc.theta_prob is not None:
         out["theta_prob_median"] = float(np.median(enc.theta_prob))
     return out
@@ -473,73 +496,98 @@ def run_encoders(
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    objects: tuple[str, ...] = ("hinge",),
+    zdim: int = 1,
+    z_delay: int | None = None,
 ) -> pd.DataFrame:
-    """Issue 8: pose and conformation recovery per epoch for each inference network on
-    ``emvae simulate`` stacks (hinge particles, uniform rotations, N(0, 1 px^2) shifts), same
-    generator (2 x ``hidden`` tanh, z = 1, likelihood within a 19/40-box radius), same epochs.
+    """Pose and conformation recovery per epoch for each inference network (see
+    :func:`encoder_options`) on ``emvae simulate`` stacks of each object (:data:`OBJECTS`;
+    ``random:SEED`` for a random one) and SNR (uniform rotations, N(0, 1 px^2) shifts), with the
+    same generator (2 x ``hidden`` tanh, ``zdim``-D z, likelihood within a 19/40-box radius)
+    and the same epochs.
 
-    Writes ``encoders_per_epoch.csv`` (one row per snr x encoder x epoch) and
-    ``encoders_results.{csv,md}`` (the last epoch, and the first epoch reaching circular
-    correlation 0.95)."""
+    Writes ``encoders_per_epoch.csv`` (one row per object x snr x encoder x epoch) and
+    ``encoders_results.{csv,md}`` (the last epoch, the first epoch reaching circular
+    correlation 0.95 and the first with |r| of z >= 0.9)."""
     from emvae.io import read_stack
-    from emvae.simulate import write_simulation
+    from emvae.simulate import get_object, write_simulation
 
     out = Path(out)
     rows: list[dict] = []
     final: list[dict] = []
-    for snr in snrs:
-        sim = out / f"simulation_snr{snr:g}"
-        if not (sim / "particles.mrcs").exists():
-            write_simulation(sim, n=n, size=size, snr=snr, shift_std_px=1.0, seed=seed, apix=1.0)
-        stack = read_stack(sim / "particles.mrcs")
-        truth = pd.read_csv(sim / "truth.csv")
-        for encoder in encoders:
-            cfg = _config(
-                size,
-                1,
-                1,
-                MODELS["spatial"],
-                epochs,
-                hidden,
-                hidden,
-                device,
-                seed,
-                encoder=encoder,
-                rotation_bins=rotation_bins,
-                hypotheses=hypotheses,
-                enc_channels=enc_channels,
-                lr=lr,
-                batch_size=batch_size,
-                shift_prior_px=2.0,
-                mask_radius_px=size * 19 / 40,
-            )
-            cfg.data = make_data_config(stack, "gaussian")
-            per_epoch: list[dict] = []
+    options = {spec: encoder_options(spec) for spec in encoders}
+    for object_name in objects:
+        name, _, object_seed = object_name.partition(":")
+        particle = get_object(name, int(object_seed or 0))
+        for snr in snrs:
+            sim = out / f"simulation_{object_name.replace(':', '')}_snr{snr:g}"
+            if not (sim / "particles.mrcs").exists():
+                write_simulation(
+                    sim, n=n, size=size, snr=snr, shift_std_px=1.0, seed=seed, apix=1.0,
+                    obj=particle,
+                )  # fmt: skip
+            stack = read_stack(sim / "particles.mrcs")
+            truth = pd.read_csv(sim / "truth.csv")
+            for spec in encoders:
+                label = {"object": object_name, "snr": snr, "encoder": spec}
+                cfg = _config(
+                    size,
+                    1,
+                    zdim,
+                    MODELS["spatial"],
+                    epochs,
+                    hidden,
+                    hidden,
+                    device,
+                    seed,
+                    rotation_bins=rotation_bins,
+                    hypotheses=hypotheses,
+                    enc_channels=enc_channels,
+                    lr=lr,
+                    batch_size=batch_size,
+                    z_delay=z_delay,
+                    shift_prior_px=2.0,
+                    mask_radius_px=size * 19 / 40,
+                    **options[spec],
+                )
+                cfg.data = make_data_config(stack, "gaussian")
+                per_epoch: list[dict] = []
 
-            def track(epoch, model, data, _snr=snr, _enc=encoder, _log=per_epoch, _ref=truth):
-                fig = pose_recovery(model, data, _ref)
-                _log.append({"snr": _snr, "encoder": _enc, "epoch": epoch, **fig})
-                return fig
+                def track(epoch, model, data, _label=label, _log=per_epoch, _ref=truth):
+                    fig = pose_recovery(model, data, _ref)
+                    _log.append({**_label, "epoch": epoch, **fig})
+                    return fig
 
-            t0 = time.perf_counter()
-            result = fit(
-                stack, cfg, out / "runs" / f"snr{snr:g}_{encoder}", force=True,
-                progress=progress, on_epoch=track,
-            )  # fmt: skip
-            seconds = time.perf_counter() - t0
-            for row, hist in zip(per_epoch, result.history, strict=True):
-                row.update(test_elbo=hist["test_elbo"], seconds=hist["seconds"])
-            rows += per_epoch
-            pd.DataFrame(rows).to_csv(out / "encoders_per_epoch.csv", index=False)
-            reached = [r["epoch"] for r in per_epoch if r["theta_circ_corr"] >= 0.95]
-            final.append(
-                {
-                    "snr": snr,
-                    "encoder": encoder,
-                    **{k: v for k, v in per_epoch[-1].items() if k not in ("snr", "encoder")},
-                    "first_epoch_circ_corr_0.95": reached[0] if reached else None,
-                    "total_seconds": seconds,
-                }
-            )
-            _write_results(pd.DataFrame(final), out, "encoders")
+                run = f"{object_name}_snr{snr:g}_{spec}".replace(":", "").replace("/", "-")
+                t0 = time.perf_counter()
+                result = fit(
+                    stack, cfg, out / "runs" / run, force=True, progress=progress,
+                    on_epoch=track,
+                )  # fmt: skip
+                seconds = time.perf_counter() - t0
+                for row, hist in zip(per_epoch, result.history, strict=True):
+                    row.update(test_elbo=hist["test_elbo"], seconds=hist["seconds"])
+                rows += per_epoch
+                pd.DataFrame(rows).to_csv(out / "encoders_per_epoch.csv", index=False)
+                final.append(
+                    {
+                        **label,
+                        **{k: v for k, v in per_epoch[-1].items() if k not in label},
+                        "first_epoch_circ_corr_0.95": _first(per_epoch, "theta_circ_corr", 0.95),
+                        "first_epoch_z_0.9": _first(per_epoch, "z_conformation_pearson", 0.9),
+                        "total_seconds": seconds,
+                    }
+                )
+                _write_results(pd.DataFrame(final), out, "encoders")
     return pd.DataFrame(rows)
+
+
+def _first(rows: list[dict], key: str, threshold: float) -> int | None:
+    """The first epoch whose ``key`` reaches ``threshold`` and stays there to the end."""
+    first = None
+    for row in rows:
+        if row[key] >= threshold:
+            first = first or row["epoch"]
+        else:
+            first = None
+    return first

@@ -14,7 +14,12 @@ import torch
 from emvae.config import RunConfig
 from emvae.errors import InputError
 
-FORMAT = "emvae-checkpoint/1"
+FORMAT = "emvae-checkpoint/2"
+#: Formats this version cannot rebuild, and why.
+OLD_FORMATS = {
+    "emvae-checkpoint/1": "written by emvae 0.1, whose inference network read z from pooled "
+    "features (it collapsed); fit again with this version"
+}
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -46,6 +51,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a foreign or truncated file
         raise InputError(p, f"not a readable emvae checkpoint ({type(e).__name__})") from None
+    if isinstance(ckpt, dict) and ckpt.get("format") in OLD_FORMATS:
+        raise InputError(p, OLD_FORMATS[ckpt["format"]])
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(p, "not an emvae checkpoint")
     return ckpt

@@ -15,6 +15,8 @@ from emvae.errors import ConfigError
 
 GENERATORS = ("spatial", "vanilla")
 ENCODERS = ("mlp", "conv", "equivariant")
+Z_ENCODERS = ("aligned", "shared")
+THETA_POSTERIORS = ("auto", "bins", "gaussian")
 ACTIVATIONS = ("tanh", "relu", "leaky_relu", "gelu", "silu")
 THETA_PRIORS = ("uniform", "gaussian")
 THETA_PARAMS = ("vector", "linear")
@@ -32,14 +34,24 @@ class ModelConfig:
     channels: int = 1  # C: 1 for EM, 3 for RGB
     zdim: int = 2  # K: unstructured latent dimensions
     generator: str = "spatial"  # "spatial" (coordinate MLP) or "vanilla" (z -> all pixels)
-    encoder: str = "mlp"  # "mlp" (the paper's), "conv" (plain CNN), "equivariant" (group conv)
+    encoder: str = "mlp"  # pose network: "mlp" (the paper's), "conv" (plain CNN), "equivariant"
+    # z from a network on the image aligned by the inferred pose ("aligned"), or from the pose
+    # network itself ("shared", the paper's; mlp and conv only)
+    z_encoder: str = "aligned"
+    # rotation posterior: "bins" (R rotation bins, the k most probable summed exactly),
+    # "gaussian" (the paper's), "auto" (bins when rotation is inferred under the uniform prior)
+    theta_posterior: str = "auto"
     gen_hidden: int = 500
     gen_layers: int = 2
+    # spatial generator: random Fourier features of the coordinates (0: the paper's raw
+    # coordinates) and the std of their frequencies in cycles per pixel
+    fourier_features: int = 64
+    fourier_scale: float = 0.125
     enc_hidden: int = 500
     enc_layers: int = 2
     enc_channels: int = 8  # conv / equivariant: feature maps per layer (per rotation)
-    rotation_bins: int = 8  # equivariant: R, the discrete rotations of the group convolution
-    hypotheses: int = 2  # equivariant: the k most probable bins summed exactly in the ELBO
+    rotation_bins: int = 8  # bins: R rotation bins (the group convolution's rotations)
+    hypotheses: int = 2  # bins: the k most probable bins summed exactly in the ELBO
     activation: str = "tanh"
     rotation: bool = True  # infer an in-plane rotation theta
     translation: bool = True  # infer a shift (dx, dy)
@@ -59,6 +71,8 @@ class ModelConfig:
         _choice("theta prior", self.theta_prior, THETA_PRIORS)
         _choice("theta parameterisation", self.theta_param, THETA_PARAMS)
         _choice("likelihood", self.likelihood, LIKELIHOODS)
+        _choice("z encoder", self.z_encoder, Z_ENCODERS)
+        _choice("rotation posterior", self.theta_posterior, THETA_POSTERIORS)
         if self.image_size < 2:
             raise ConfigError(f"image size must be at least 2 pixels, got {self.image_size}")
         if self.channels < 1:
@@ -88,6 +102,21 @@ class ModelConfig:
                 )
             if self.theta_prior != "uniform":
                 raise ConfigError("the equivariant encoder uses the uniform rotation prior only")
+            if self.theta_posterior == "gaussian":
+                raise ConfigError("the equivariant encoder's rotation posterior is binned")
+            if self.z_encoder == "shared":
+                raise ConfigError("--z-encoder shared is for the mlp and conv encoders")
+        if self.z_encoder == "shared" and self.binned:
+            raise ConfigError(
+                "--z-encoder shared goes with the Gaussian rotation posterior "
+                "(--theta-posterior gaussian, or no rotation inference)"
+            )
+        if self.theta_posterior == "bins":
+            if not self.rotation:
+                raise ConfigError("--theta-posterior bins needs rotation inference")
+            if self.theta_prior != "uniform":
+                raise ConfigError("--theta-posterior bins needs the uniform rotation prior")
+        if self.binned:
             if self.rotation_bins not in (4, 8, 16):
                 raise ConfigError(f"--rotation-bins must be 4, 8 or 16, got {self.rotation_bins}")
             if not 2 <= self.hypotheses <= self.rotation_bins:
@@ -95,10 +124,19 @@ class ModelConfig:
                     f"--hypotheses must lie in 2..{self.rotation_bins} (the rotation bins), "
                     f"got {self.hypotheses}"
                 )
+        if self.fourier_features < 0 or not self.fourier_scale > 0:
+            raise ConfigError("--fourier-features must be >= 0 and --fourier-scale > 0")
         if self.enc_channels < 1:
             raise ConfigError(f"--enc-channels must be >= 1, got {self.enc_channels}")
         if self.learn_noise and self.likelihood != "gaussian":
             raise ConfigError("--learn-noise applies to the Gaussian likelihood only")
+
+    @property
+    def binned(self) -> bool:
+        """Whether the rotation posterior is over bins (see ``theta_posterior``)."""
+        if self.theta_posterior == "auto":
+            return self.rotation and self.theta_prior == "uniform"
+        return self.theta_posterior == "bins"
 
     @property
     def n_pose(self) -> int:
@@ -126,15 +164,24 @@ class ModelConfig:
         return self.shift_prior_px * self.pixel_to_unit
 
 
+#: Default z-delay (epochs) per pose network: z is switched on once the poses have settled,
+#: which takes the equivariant encoder about 2 epochs and the mlp/conv networks on rotated
+#: copies about 5 (docs/benchmarks.md); the paper's is 2.
+Z_DELAY = {"equivariant": 2, "mlp": 5, "conv": 5}
+
+
 @dataclass
 class TrainConfig:
-    """Optimisation settings (paper: Adam, lr 1e-4, batch 100)."""
+    """Optimisation settings: Adam, batch 100 (the paper's), learning rate 1e-3 (the paper's
+    1e-4 needs about three times the epochs before the poses settle, and z only starts to
+    carry the conformation after that; docs/benchmarks.md)."""
 
     epochs: int = 50
     batch_size: int = 100
-    lr: float = 1e-4
+    lr: float = 1e-3
     seed: int = 0
-    z_delay: int = 2  # z is held at 0 for this many epochs (paper section 4.3)
+    # z is held at 0 for this many epochs (paper section 4.3); None: Z_DELAY of the encoder
+    z_delay: int | None = None
     augment_rotation: bool = True  # only used when rotation is inferred
     test_fraction: float = 0.1
     device: str = "auto"
@@ -149,7 +196,7 @@ class TrainConfig:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if self.z_delay < 0:
+        if self.z_delay is not None and self.z_delay < 0:
             raise ConfigError(f"--z-delay must be >= 0, got {self.z_delay}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
@@ -195,6 +242,12 @@ class RunConfig:
     def validate(self) -> None:
         self.model.validate()
         self.train.validate()
+
+    def resolve(self) -> None:
+        """Fill settings whose default depends on others (the z-delay of the encoder)."""
+        if self.train.z_delay is None:
+            rotating = self.model.rotation and self.model.binned
+            self.train.z_delay = Z_DELAY[self.model.encoder] if rotating else 2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

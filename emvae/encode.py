@@ -23,7 +23,7 @@ class Encoding:
 
     z_mu, z_std: ``(N, K)``; pose_mu, pose_std: ``(N, P)`` (theta radians, shifts in coordinate
     units, layout of :class:`emvae.models.RigidTransform`); elbo: ``(N,)`` nats; theta_prob
-    ``(N,)``: posterior probability of the reported rotation bin (equivariant encoder only).
+    ``(N,)``: posterior probability of the reported rotation bin (binned rotation posterior only).
     """
 
     z_mu: np.ndarray
@@ -53,7 +53,7 @@ def encode(
     model.eval()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
-    binned = model.config.encoder == "equivariant"
+    binned = model.binned
     keys = ("z_mu", "z_std", "pose_mu", "pose_std", "elbo") + (("theta_prob",) if binned else ())
     out: dict[str, list[Tensor]] = {k: [] for k in keys}
     mine: list[np.ndarray] = []

@@ -50,23 +50,32 @@ def interpolation(
     return torch.cat([observed[:, :1], dec, observed[:, 1:]], dim=1)
 
 
-def quantile_grid(n: int) -> np.ndarray:
-    """``n`` values of z at the normal quantiles ``(i + 1/2) / n`` (the paper's manifold grid)."""
-    return norm.ppf((np.arange(n) + 0.5) / n)
+def quantile_grid(n: int, values: np.ndarray | None = None) -> np.ndarray:
+    """``n`` values of z at the quantiles ``(i + 1/2) / n``: of the prior N(0, 1) (the paper's
+    manifold grid), or of ``values`` ``(N,)`` (a dimension's posterior means: the range the
+    particles actually cover)."""
+    q = (np.arange(n) + 0.5) / n
+    return norm.ppf(q) if values is None else np.quantile(np.asarray(values, np.float64), q)
 
 
-def manifold(model: SpatialVAE, n: int = 10) -> Tensor:
+def manifold(model: SpatialVAE, n: int = 10, z_data: np.ndarray | None = None) -> Tensor:
     """The learned manifold for K = 1 (one row of ``n``) or K = 2 (``n x n``; z1 along columns,
-    z2 up the rows): ``(rows, n, C, D, D)``."""
+    z2 up the rows): ``(rows, n, C, D, D)``. The grid is at quantiles of the prior, or of the
+    particles' posterior means ``z_data`` ``(N, K)`` when given."""
     k = model.config.zdim
-    q = torch.tensor(quantile_grid(n), dtype=torch.float32)
+    if k not in (1, 2):
+        raise ConfigError(f"the manifold grid is for 1-D or 2-D z; this model has {k}-D z")
+    grids = [
+        torch.tensor(
+            quantile_grid(n, None if z_data is None else z_data[:, d]), dtype=torch.float32
+        )
+        for d in range(k)
+    ]
     if k == 1:
-        return decode_mean(model, q[:, None])[None]
-    if k == 2:
-        z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")  # top row: largest z2
-        z = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1)
-        return decode_mean(model, z).reshape(n, n, *_image_shape(model))
-    raise ConfigError(f"the manifold grid is for 1-D or 2-D z; this model has {k}-D z")
+        return decode_mean(model, grids[0][:, None])[None]
+    z2, z1 = torch.meshgrid(grids[1].flip(0), grids[0], indexing="ij")  # top row: largest z2
+    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1)
+    return decode_mean(model, z).reshape(n, n, *_image_shape(model))
 
 
 def prior_samples(model: SpatialVAE, rows: int = 8, cols: int = 8, seed: int = 0) -> Tensor:
@@ -77,17 +86,38 @@ def prior_samples(model: SpatialVAE, rows: int = 8, cols: int = 8, seed: int = 0
 
 
 def traversals(
-    model: SpatialVAE, n: int = 9, span: float = 2.5, dims: list[int] | None = None
+    model: SpatialVAE,
+    n: int = 9,
+    span: float = 2.5,
+    dims: list[int] | None = None,
+    z_data: np.ndarray | None = None,
 ) -> Tensor:
     """One row per latent dimension: that z from ``-span`` to ``span`` (prior std units), the
-    others at 0. Returns ``(len(dims), n, C, D, D)``."""
+    others at 0; or, with the particles' posterior means ``z_data`` ``(N, K)``, from their 2nd
+    to 98th percentile with the others at their medians. Returns ``(len(dims), n, C, D, D)``."""
     k = model.config.zdim
     dims = list(range(k)) if dims is None else dims
-    values = torch.linspace(-span, span, n)
-    z = torch.zeros(len(dims), n, k)
+    if z_data is None:
+        lo, hi, centre = np.full(k, -span), np.full(k, span), np.zeros(k)
+    else:
+        lo, hi = np.quantile(z_data, [0.02, 0.98], axis=0)
+        centre = np.median(z_data, axis=0)
+    z = torch.tensor(np.tile(centre, (len(dims), n, 1)), dtype=torch.float32)
     for row, d in enumerate(dims):
-        z[row, :, d] = values
+        z[row, :, d] = torch.linspace(float(lo[d]), float(hi[d]), n)
     return decode_mean(model, z.reshape(-1, k)).reshape(len(dims), n, *_image_shape(model))
+
+
+def principal_path(z_data: np.ndarray) -> Tensor:
+    """``(2, K)``: the ends of the main axis of the particles' posterior means ``(N, K)`` (their
+    first principal component through their mean, from its 2nd to its 98th percentile), the
+    path along which the particles vary most."""
+    z = np.asarray(z_data, dtype=np.float64)
+    mean = z.mean(0)
+    _, _, vt = np.linalg.svd(z - mean, full_matrices=False)
+    t = (z - mean) @ vt[0]
+    lo, hi = np.quantile(t, [0.02, 0.98])
+    return torch.tensor(np.stack([mean + lo * vt[0], mean + hi * vt[0]]), dtype=torch.float32)
 
 
 def _image_shape(model: SpatialVAE) -> tuple[int, int, int]:

@@ -32,7 +32,13 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 def kl_standard_normal(mu: Tensor, logstd: Tensor) -> Tensor:
     """KL(N(mu, sigma^2) || N(0, 1)) summed over the last dim. ``(B, K)`` -> ``(B,)``."""
-    return (0.5 * (mu**2 + torch.exp(2 * logstd) - 1.0) - logstd).sum(-1)
+    return kl_standard_normal_dims(mu, logstd).sum(-1)
+
+
+def kl_standard_normal_dims(mu: Tensor, logstd: Tensor) -> Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) of each dimension: ``(B, K)`` -> ``(B, K)`` nats. A latent
+    dimension whose KL stays near 0 carries no information about the image (it is unused)."""
+    return 0.5 * (mu**2 + torch.exp(2 * logstd) - 1.0) - logstd
 
 
 def kl_normal(mu: Tensor, logstd: Tensor, prior_std: float) -> Tensor:
@@ -80,12 +86,14 @@ def pixel_mean(cfg: ModelConfig, params: Tensor) -> Tensor:
 
 @dataclass
 class ElboTerms:
-    """Per-image terms of the ELBO, each ``(B,)`` in nats."""
+    """Per-image terms of the ELBO, each ``(B,)`` in nats; ``kl_z_dims`` ``(B, K)``: the z KL
+    of each latent dimension (zeros while z is held at 0)."""
 
     log_lik: Tensor
     kl_z: Tensor
     kl_theta: Tensor
     kl_shift: Tensor
+    kl_z_dims: Tensor | None = None
 
     @property
     def kl(self) -> Tensor:
@@ -114,7 +122,13 @@ def elbo_terms(
     are not inferred have no columns and contribute no KL (eq. 5).
     """
     kl_z, kl_theta, kl_shift = kl_terms(cfg, z_mu, z_logstd, pose_mu, pose_logstd, use_z)
-    return ElboTerms(log_likelihood(cfg, y, params), kl_z, kl_theta, kl_shift)
+    dims = _kl_dims(z_mu, z_logstd, use_z)
+    return ElboTerms(log_likelihood(cfg, y, params), kl_z, kl_theta, kl_shift, dims)
+
+
+def _kl_dims(z_mu: Tensor, z_logstd: Tensor, use_z: bool) -> Tensor:
+    dims = kl_standard_normal_dims(z_mu, z_logstd)
+    return dims if use_z else torch.zeros_like(dims)
 
 
 def kl_terms(
@@ -168,4 +182,5 @@ def posterior_elbo(
     ll = log_likelihood(cfg, y.repeat_interleave(k, 0), params.flatten(0, 1)).view(b, k)
     kl_z, _, kl_shift = kl_terms(cfg, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd, use_z)
     kl_theta = kl_rotation_bins(log_w, q.bins.logstd.gather(1, idx), cfg)
-    return ElboTerms((log_w.exp() * ll).sum(1), kl_z, kl_theta, kl_shift)
+    dims = _kl_dims(q.z_mu, q.z_logstd, use_z)
+    return ElboTerms((log_w.exp() * ll).sum(1), kl_z, kl_theta, kl_shift, dims)

@@ -24,9 +24,17 @@ from emvae.config import RunConfig
 from emvae.errors import InputError
 from emvae.io.star_export import star_pose
 from emvae.io.tables import read_table
+from emvae.latents import KL_UNUSED, latent_columns, latent_usage, unused_warning
 from emvae.metrics import angular_error_deg, circular_correlation
 
 POSE_REFERENCE_COLUMNS = {"theta_deg", "shift_x_px", "shift_y_px", "image", "input_row"}
+#: A simulation's truth also gives the pose in the body's frame (emvae.simulate): compared
+#: separately, never treated as a factor.
+BODY_FRAME = {
+    "theta_deg": "theta_body_deg",
+    "shift_x_px": "shift_body_x_px",
+    "shift_y_px": "shift_body_y_px",
+}
 
 
 def image_key(name: str) -> tuple[int, str]:
@@ -96,8 +104,38 @@ def match(table: pd.DataFrame, reference: pd.DataFrame, source: str = "reference
 
 
 def compare(table: pd.DataFrame, reference: pd.DataFrame) -> dict:
-    """Agreement of matched rows (same order): rotation, shifts, and latents vs factors."""
-    out: dict = {"matched": len(table)}
+    """Agreement of matched rows (same order): rotation, shifts, and latents vs factors; with a
+    simulation's body-frame pose columns, the same pose figures in that frame too
+    (``rotation_body``, ``shift_body``)."""
+    out: dict = {"matched": len(table), **_pose_agreement(table, reference)}
+    if BODY_FRAME["theta_deg"] in reference:
+        present = [k for k, v in BODY_FRAME.items() if v in reference]
+        body = reference.drop(columns=present).rename(columns={v: k for k, v in BODY_FRAME.items()})
+        out.update({f"{k}_body": v for k, v in _pose_agreement(table, body).items()})
+    skip = POSE_REFERENCE_COLUMNS | set(BODY_FRAME.values())
+    factors = [
+        c
+        for c in reference.columns
+        if c not in skip
+        and pd.api.types.is_numeric_dtype(reference[c])
+        and reference[c].nunique() > 1
+    ]
+    zs = latent_columns(table)
+    out["latent"] = {
+        z: {
+            f: {
+                "pearson": _pearson(table[z], reference[f]),
+                "spearman": float(stats.spearmanr(table[z], reference[f]).statistic),
+            }
+            for f in factors
+        }
+        for z in zs
+    }
+    return out
+
+
+def _pose_agreement(table: pd.DataFrame, reference: pd.DataFrame) -> dict:
+    out: dict = {}
     if "theta_deg" in reference:
         a, b = table["theta_deg"].to_numpy(float), reference["theta_deg"].to_numpy(float)
         err, offset = angular_error_deg(a, b)
@@ -115,25 +153,39 @@ def compare(table: pd.DataFrame, reference: pd.DataFrame) -> dict:
             f"pearson_{ax}": _pearson(table[f"shift_{ax}_px"], reference[f"shift_{ax}_px"])
             for ax in ("x", "y")
         }
-    factors = [
-        c
-        for c in reference.columns
-        if c not in POSE_REFERENCE_COLUMNS
-        and pd.api.types.is_numeric_dtype(reference[c])
-        and reference[c].nunique() > 1
-    ]
-    zs = [c for c in table.columns if c.startswith("z") and c[1:].isdigit()]
-    out["latent"] = {
-        z: {
-            f: {
-                "pearson": _pearson(table[z], reference[f]),
-                "spearman": float(stats.spearmanr(table[z], reference[f]).statistic),
-            }
-            for f in factors
-        }
-        for z in zs
-    }
+        if "theta_deg" in reference:
+            out["shift"].update(_shift_after_offset(table, reference))
     return out
+
+
+def _shift_after_offset(table: pd.DataFrame, reference: pd.DataFrame) -> dict:
+    """Shift agreement after the best offset of the canonical view's centre.
+
+    A model can draw its canonical view anywhere in the box if every particle's shift moves
+    with it: centred at u (pixels, in the canonical frame), a particle turned by theta has its
+    shift changed by rot(theta) u. Like the global offset of theta, u is fitted (least squares
+    over the particles, with the reference's angles) and removed. Returns ``offset_x_px``,
+    ``offset_y_px`` (u), ``rms_error_px`` (after it) and ``pearson_{x,y}_after_offset``."""
+    a = np.radians(reference["theta_deg"].to_numpy(float))
+    err = table[["shift_x_px", "shift_y_px"]].to_numpy(float) - reference[
+        ["shift_x_px", "shift_y_px"]
+    ].to_numpy(float)
+    c, s = np.cos(a), np.sin(a)
+    # err ~ rot(theta) u: [c -s; s c] u, stacked over particles
+    design = np.concatenate([np.stack([c, -s], 1), np.stack([s, c], 1)])
+    u = np.linalg.lstsq(design, np.concatenate([err[:, 0], err[:, 1]]), rcond=None)[0]
+    moved = np.stack([c * u[0] - s * u[1], s * u[0] + c * u[1]], 1)
+    fixed = table[["shift_x_px", "shift_y_px"]].to_numpy(float) - moved
+    residual = err - moved
+    return {
+        "offset_x_px": float(u[0]),
+        "offset_y_px": float(u[1]),
+        "rms_error_px": float(np.sqrt((residual**2).sum(1).mean())),
+        **{
+            f"pearson_{ax}_after_offset": _pearson(fixed[:, k], reference[f"shift_{ax}_px"])
+            for k, ax in enumerate("xy")
+        },
+    }
 
 
 def _angle_diff(a: np.ndarray, b: np.ndarray, offset: float) -> np.ndarray:
@@ -188,24 +240,47 @@ def plot_pose_histograms(table: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_z_histograms(table: pd.DataFrame, path: Path) -> Path | None:
-    zs = [c for c in table.columns if c.startswith("z") and c[1:].isdigit()]
+    """Histogram of each z's posterior means; unused dimensions (:mod:`emvae.latents`) are
+    labelled as such."""
+    zs = latent_columns(table)
     if not zs:
         return None
+    unused = {u.name for u in latent_usage(table) if not u.used}
     shown = zs[:12]
     ncols = min(4, len(shown))
     fig, ax = _figure(ncols, math.ceil(len(shown) / ncols), size=3.0)
     for k, z in enumerate(shown):
-        ax[k].hist(table[z], bins=50, color="C2")
-        ax[k].set_xlabel(z)
+        ax[k].hist(table[z], bins=50, color="C3" if z in unused else "C2")
+        ax[k].set_xlabel(f"{z} (unused)" if z in unused else z)
     for a in ax[len(shown) :]:
         a.set_visible(False)
     fig.savefig(path, dpi=110)
     return path
 
 
+def plot_latent_kl(metrics: pd.DataFrame, path: Path) -> Path | None:
+    """Test KL of each latent dimension per epoch (which dimensions carry information), with
+    the threshold below which a dimension counts as unused."""
+    cols = sorted(
+        (c for c in metrics.columns if c.startswith("test_kl_z") and c[9:].isdigit()),
+        key=lambda c: int(c[9:]),
+    )
+    if not cols:
+        return None
+    fig, ax = _figure(1, size=4.5)
+    for c in cols:
+        ax[0].plot(metrics["epoch"], metrics[c], label=c[8:].replace("kl_", ""))
+    ax[0].axhline(KL_UNUSED, color="k", ls=":", lw=0.8, label=f"unused below {KL_UNUSED}")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("test KL of each z (nats per particle)")
+    ax[0].legend()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def latent_2d(table: pd.DataFrame) -> tuple[np.ndarray, tuple[str, str]] | None:
     """z1, z2 (K = 2), or the first two principal components of z (K > 2)."""
-    zs = [c for c in table.columns if c.startswith("z") and c[1:].isdigit()]
+    zs = latent_columns(table)
     if len(zs) < 2:
         return None
     z = table[zs].to_numpy(float)
@@ -262,7 +337,13 @@ def write_report(
     table, metrics, config = load_run(run)
     dest = Path(out) if out is not None else Path(run) / "report"
     dest.mkdir(parents=True, exist_ok=True)
-    result: dict = {"run": str(run), "particles": len(table), "figures": []}
+    result: dict = {"run": str(run), "particles": len(table), "figures": [], "warnings": []}
+    usage = latent_usage(table)
+    if usage:
+        result["latent_usage"] = [u.as_dict() for u in usage]
+        warning = unused_warning(usage)
+        if warning:
+            result["warnings"].append(warning)
     if "theta_prob" in table:  # equivariant encoder: how sure each rotation is
         p = table["theta_prob"].to_numpy(float)
         result["rotation_bin_probability"] = {
@@ -278,6 +359,7 @@ def write_report(
         else None,
         plot_pose_histograms(table, dest / "pose_histograms.png"),
         plot_z_histograms(table, dest / "z_histograms.png"),
+        plot_latent_kl(metrics, dest / "latent_kl.png") if metrics is not None else None,
     ]
     colour = label = None
     if reference is not None:
@@ -325,24 +407,42 @@ def _html(result: dict, dest: Path, config: RunConfig) -> str:
     for k, v in result.get("final_epoch", {}).items():
         if k in ("epoch", "test_elbo", "train_elbo", "test_error", "test_kl"):
             add(f"last epoch: {k}", v)
+    unused = set()
+    for u in result.get("latent_usage", []):
+        state = "used" if u["used"] else "UNUSED"
+        add(
+            f"{u['name']}",
+            f"{state}: KL {u['kl']:.3f} nats, posterior means spread {u['spread']:.3g}, "
+            f"posterior std {u['width']:.3g}",
+        )
+        if not u["used"]:
+            unused.add(u["name"])
     if "reference" in result:
         add("reference", result["reference"])
         add("matched particles", result["matched"])
-        for group in ("rotation", "shift"):
+        for group in ("rotation", "shift", "rotation_body", "shift_body"):
             for k, v in result.get(group, {}).items():
-                add(f"{group}: {k}", v)
+                add(f"{group.replace('_body', ' (body frame)')}: {k}", v)
         for z, factors in result["latent"].items():
+            note = " (z unused: this correlation is noise)" if z in unused else ""
             for f, r in factors.items():
-                add(f"{z} vs {f}", f"Pearson {r['pearson']:.3f}, Spearman {r['spearman']:.3f}")
+                add(
+                    f"{z} vs {f}",
+                    f"Pearson {r['pearson']:.3f}, Spearman {r['spearman']:.3f}{note}",
+                )
     m = config.model
     add("model", f"{m.generator} generator, z {m.zdim}-D, {m.image_size} px, {m.likelihood}")
     figures = "\n".join(img(n) for n in result["figures"])
+    warnings = "\n".join(
+        f'<p style="color:#a00"><b>{html.escape(w)}</b></p>' for w in result.get("warnings", [])
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>emvae report: {html.escape(result["run"])}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}
 th{{text-align:left;padding-right:1em}}figure{{display:inline-block;margin:0.5em}}
 img{{max-width:100%}}</style></head>
 <body><h1>emvae report</h1><p>{html.escape(result["run"])}</p>
+{warnings}
 <table>{"".join(rows)}</table>
 {figures}
 </body></html>

@@ -1,4 +1,6 @@
-"""Synthetic particles with known poses: a 2-D molecule with one hinge degree of freedom.
+"""Synthetic particles with known poses: 2-D molecules of Gaussian blobs, each with one
+conformational degree of freedom (:data:`OBJECTS`: a hinge, a clamp, a slider, and random
+asymmetric objects drawn from a seed).
 
 Used by the embedded example (``emvae fit --example``) and by the tests. Ground truth is given
 in emvae's image-frame conventions (SPEC section 2): ``theta_deg`` is the counter-clockwise
@@ -9,44 +11,160 @@ where the canonical centre lands relative to the box centre.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from emvae.errors import ConfigError
 from emvae.geometry import coordinate_grid, pixels_per_unit
 
-# body: (x, y, sigma, amplitude) in coordinate units of the canonical view: a heavy head on the
-# right and two lighter lobes, so that no rotation maps the molecule onto itself.
-_BODY = np.array(
-    [
-        [0.20, 0.00, 0.16, 1.3],
-        [-0.08, 0.14, 0.10, 0.8],
-        [-0.10, -0.12, 0.09, 0.6],
-    ]
+
+@dataclass(frozen=True)
+class BlobObject:
+    """A 2-D particle of Gaussian blobs with one conformational degree of freedom.
+
+    ``body`` ``(M, 4)`` and ``domain`` ``(L, 4)`` hold blobs as (x, y, sigma, amplitude) in
+    coordinate units of the canonical view (SPEC section 1: +y up, 1 unit = (D - 1) / 2 px).
+    The body is rigid; from conformation 0 to 1 the domain turns counter-clockwise by
+    ``turn_deg`` about ``pivot`` and moves by ``slide`` (both linear in the conformation).
+    """
+
+    name: str
+    body: np.ndarray
+    domain: np.ndarray
+    pivot: tuple[float, float] = (0.0, 0.0)
+    turn_deg: float = 0.0
+    slide: tuple[float, float] = (0.0, 0.0)
+
+    def blobs(self, conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Centres ``(n, M + L, 2)`` (coordinate units), sigmas ``(M + L,)`` and amplitudes
+        ``(M + L,)`` for conformations ``(n,)`` in [0, 1]."""
+        c = np.asarray(conformation, dtype=np.float64)[:, None]  # (n, 1)
+        pivot = np.asarray(self.pivot, dtype=np.float64)
+        a = np.radians(self.turn_deg) * c  # (n, 1)
+        rel = self.domain[None, :, :2] - pivot  # (1, L, 2)
+        cos, sin = np.cos(a), np.sin(a)
+        turned = np.stack(
+            [cos * rel[..., 0] - sin * rel[..., 1], sin * rel[..., 0] + cos * rel[..., 1]], -1
+        )
+        domain = pivot + turned + c[..., None] * np.asarray(self.slide, dtype=np.float64)
+        body = np.broadcast_to(self.body[:, :2], (len(c), len(self.body), 2))
+        centres = np.concatenate([body, domain], axis=1)
+        sigmas = np.concatenate([self.body[:, 2], self.domain[:, 2]])
+        amps = np.concatenate([self.body[:, 3], self.domain[:, 3]])
+        return centres, sigmas, amps
+
+
+def _blobs(*rows: tuple[float, float, float, float]) -> np.ndarray:
+    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+
+
+# hinge: a heavy head on the right and two lighter lobes (no rotation maps the body onto
+# itself); an arm of three blobs on the lower left swings from pointing left (conformation 0)
+# to pointing down (1) about the hinge at (-0.22, -0.14).
+_HINGE = (-0.22, -0.14)
+HINGE = BlobObject(
+    "hinge",
+    body=_blobs((0.20, 0.00, 0.16, 1.3), (-0.08, 0.14, 0.10, 0.8), (-0.10, -0.12, 0.09, 0.6)),
+    domain=_blobs(*((_HINGE[0] - r, _HINGE[1], 0.07, 0.8) for r in (0.12, 0.24, 0.36))),
+    pivot=_HINGE,
+    turn_deg=90.0,
 )
-_HINGE = np.array([-0.22, -0.14])
-_ARM_RADII = np.array([0.12, 0.24, 0.36])
-_ARM_SIGMA, _ARM_AMP = 0.07, 0.8
-_ARM_OPEN_DEG = (180.0, 270.0)  # arm direction at conformation 0 and 1
+# clamp: a C-shaped body of five blobs of unequal weight open to the right, and a lid of two
+# blobs hinged at the upper tip that closes the C by 70 degrees (clockwise).
+CLAMP = BlobObject(
+    "clamp",
+    body=_blobs(
+        (0.10, 0.26, 0.08, 0.9),
+        (-0.12, 0.22, 0.09, 1.0),
+        (-0.26, 0.02, 0.10, 1.2),
+        (-0.14, -0.20, 0.09, 0.9),
+        (0.08, -0.26, 0.08, 0.6),
+    ),
+    domain=_blobs((0.24, 0.38, 0.07, 0.8), (0.38, 0.48, 0.07, 0.7)),
+    pivot=(0.12, 0.28),
+    turn_deg=-70.0,
+)
+# slide: an L-shaped body and a two-blob domain that slides along its long arm.
+SLIDE = BlobObject(
+    "slide",
+    body=_blobs(
+        (-0.30, -0.18, 0.09, 1.1),
+        (-0.08, -0.18, 0.09, 1.0),
+        (0.14, -0.18, 0.09, 0.9),
+        (-0.30, 0.06, 0.08, 0.8),
+    ),
+    domain=_blobs((-0.26, 0.10, 0.07, 0.9), (-0.14, 0.10, 0.07, 0.7)),
+    slide=(0.40, 0.0),
+)
+OBJECTS = ("hinge", "clamp", "slide", "random")
+
+
+def random_object(seed: int = 0) -> BlobObject:
+    """A random asymmetric particle drawn from ``seed``: a body of 3-5 blobs of unequal size
+    and weight, and a chain of 2-3 blobs attached at the body's rim that either swings
+    through 60-120 degrees about its attachment point (two draws in three) or slides 0.2-0.3
+    units. Centred on the mean conformation's centre of mass and kept within radius 0.75."""
+    rng = np.random.default_rng([seed, 2024])
+    m = int(rng.integers(3, 6))
+    radius = rng.uniform(0.08, 0.32, m)
+    angle = rng.uniform(0, 2 * np.pi, m)
+    body = np.stack(
+        [
+            radius * np.cos(angle),
+            radius * np.sin(angle),
+            rng.uniform(0.07, 0.13, m),
+            rng.uniform(0.5, 1.3, m),
+        ],
+        1,
+    )
+    out_angle = rng.uniform(0, 2 * np.pi)
+    direction = np.array([np.cos(out_angle), np.sin(out_angle)])
+    pivot = direction * (np.max(np.hypot(body[:, 0], body[:, 1])) + 0.06)
+    links = int(rng.integers(2, 4))
+    spacing = rng.uniform(0.12, 0.15)
+    chain = pivot + direction * spacing * np.arange(1, links + 1)[:, None]
+    domain = np.column_stack([chain, rng.uniform(0.07, 0.09, links), rng.uniform(0.8, 1.2, links)])
+    if rng.uniform() < 2 / 3:
+        turn = float(rng.uniform(60, 120) * rng.choice([-1, 1]))
+        obj = BlobObject(f"random{seed}", body, domain, tuple(pivot), turn)
+    else:
+        normal = np.array([-direction[1], direction[0]]) * rng.choice([-1, 1])
+        obj = BlobObject(f"random{seed}", body, domain, slide=tuple(normal * rng.uniform(0.2, 0.3)))
+    # centre of mass of the mean conformation at the origin; whole object within radius 0.75
+    centres, sigmas, amps = obj.blobs(np.array([0.0, 0.5, 1.0]))
+    weight = amps * sigmas**2
+    com = (centres[1] * weight[:, None]).sum(0) / weight.sum()
+    extent = np.max(np.hypot(*(centres - com).reshape(-1, 2).T) + 2 * np.tile(sigmas, 3))
+    scale = min(1.0, 0.75 / extent)
+    shifted = BlobObject(
+        obj.name,
+        np.column_stack([(body[:, :2] - com) * scale, body[:, 2:]]),
+        np.column_stack([(domain[:, :2] - com) * scale, domain[:, 2:]]),
+        tuple((np.asarray(obj.pivot) - com) * scale),
+        obj.turn_deg,
+        tuple(np.asarray(obj.slide) * scale),
+    )
+    return shifted
+
+
+def get_object(name: str, seed: int = 0) -> BlobObject:
+    """One of :data:`OBJECTS` by name; ``random`` is drawn from ``seed``."""
+    fixed = {"hinge": HINGE, "clamp": CLAMP, "slide": SLIDE}
+    if name in fixed:
+        return fixed[name]
+    if name == "random":
+        return random_object(seed)
+    raise ConfigError(f"unknown object {name!r}; choose one of {', '.join(OBJECTS)}")
 
 
 def hinge_blobs(conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gaussian blobs of the canonical molecule for each conformation in [0, 1].
-
-    The arm on the lower left swings from pointing left (conformation 0) to down (1).
-    Returns centres ``(n, M, 2)`` (coordinate units), sigmas ``(M,)`` and amplitudes ``(M,)``.
-    """
-    c = np.asarray(conformation, dtype=np.float64)
-    lo, hi = _ARM_OPEN_DEG
-    alpha = np.radians(lo + (hi - lo) * c)[:, None]  # (n, 1)
-    arm = _HINGE + _ARM_RADII[None, :, None] * np.stack([np.cos(alpha), np.sin(alpha)], -1)
-    body = np.broadcast_to(_BODY[:, :2], (len(c), len(_BODY), 2))
-    centres = np.concatenate([body, arm], axis=1)
-    sigmas = np.concatenate([_BODY[:, 2], np.full(len(_ARM_RADII), _ARM_SIGMA)])
-    amps = np.concatenate([_BODY[:, 3], np.full(len(_ARM_RADII), _ARM_AMP)])
-    return centres, sigmas, amps
+    """Blobs of the hinge molecule (:data:`HINGE`) for each conformation in [0, 1]: the arm
+    on the lower left swings from pointing left (conformation 0) to down (1)."""
+    return HINGE.blobs(conformation)
 
 
 def render_blobs(
@@ -83,41 +201,87 @@ def render_blobs(
     return out
 
 
-def simulate_hinge(
+def simulate_particles(
     n: int,
     size: int = 40,
     snr: float = 1.0,
     shift_std_px: float = 2.0,
     seed: int = 0,
     stack_name: str = "particles.mrcs",
+    obj: BlobObject = HINGE,
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """``n`` noisy hinge particles with uniform rotations and Gaussian shifts.
+    """``n`` noisy particles of ``obj`` with uniform conformations in [0, 1], uniform
+    rotations and Gaussian shifts.
 
     SNR is the variance of the clean images (all pixels of the stack) over the noise variance;
     ``snr=inf`` gives clean images. Returns images ``(n, size, size)`` float32 and the truth
-    table (``image``, ``theta_deg``, ``shift_x_px``, ``shift_y_px``, ``conformation``).
+    table: ``image``; ``theta_deg``, ``shift_x_px``, ``shift_y_px``, the pose relative to the
+    consensus view (:func:`consensus_frame`: what an ideal intensity-based aligner reports, and
+    what emvae is compared with); ``conformation``; and ``theta_body_deg``,
+    ``shift_body_x_px``, ``shift_body_y_px``, the pose the particle was drawn with (the body's
+    frame: the rotation and shift of the rigid part, which for a flexible particle no
+    intensity-based method can tell from a conformation-dependent turn; docs/benchmarks.md).
     """
     rng = np.random.default_rng(seed)
     conf = rng.uniform(0.0, 1.0, n)
     theta = rng.uniform(-180.0, 180.0, n)
     shift = rng.normal(0.0, shift_std_px, (n, 2)) if shift_std_px > 0 else np.zeros((n, 2))
-    centres, sigmas, amps = hinge_blobs(conf)
+    centres, sigmas, amps = obj.blobs(conf)
     clean = render_blobs(centres, sigmas, amps, theta, shift, size)
     if np.isfinite(snr):
         noise_std = float(np.sqrt(clean.var() / snr))
         images = clean + rng.normal(0.0, noise_std, clean.shape).astype(np.float32)
     else:
         images = clean
+    theta_c, shift_c = consensus_pose(obj, conf, theta, shift, size)
     truth = pd.DataFrame(
         {
             "image": [f"{k}@{stack_name}" for k in range(1, n + 1)],
-            "theta_deg": theta,
-            "shift_x_px": shift[:, 0],
-            "shift_y_px": shift[:, 1],
+            "theta_deg": theta_c,
+            "shift_x_px": shift_c[:, 0],
+            "shift_y_px": shift_c[:, 1],
             "conformation": conf,
+            "theta_body_deg": theta,
+            "shift_body_x_px": shift[:, 0],
+            "shift_body_y_px": shift[:, 1],
         }
     )
     return images.astype(np.float32), truth
+
+
+def consensus_pose(
+    obj: BlobObject,
+    conformation: np.ndarray,
+    theta_deg: np.ndarray,
+    shift_px: np.ndarray,
+    size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Body-frame poses -> poses relative to the consensus view (:func:`consensus_frame`).
+
+    A particle of conformation c drawn turned by theta and moved to s is the consensus view
+    turned by ``theta + turn(c)`` and moved to ``s + h rot(theta) shift(c)`` (h = (D - 1) / 2
+    px per unit). theta_deg ``(n,)``, shift_px ``(n, 2)``; returns the same shapes, theta
+    wrapped to [-180, 180)."""
+    confs, turn, shift = _consensus_table(obj)
+    c = np.asarray(conformation, dtype=np.float64)
+    a = np.radians(theta_deg)
+    u = np.stack([np.interp(c, confs, shift[:, k]) for k in range(2)], 1) * pixels_per_unit(size)
+    rotated = np.stack(
+        [np.cos(a) * u[:, 0] - np.sin(a) * u[:, 1], np.sin(a) * u[:, 0] + np.cos(a) * u[:, 1]], 1
+    )
+    theta_c = np.mod(theta_deg + np.interp(c, confs, turn) + 180.0, 360.0) - 180.0
+    return theta_c, shift_px + rotated
+
+
+_CONSENSUS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _consensus_table(obj: BlobObject) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`consensus_frame` of ``obj``, computed once per object and process."""
+    key = (obj.name, obj.body.tobytes(), obj.domain.tobytes(), obj.pivot, obj.turn_deg, obj.slide)
+    if key not in _CONSENSUS:
+        _CONSENSUS[key] = consensus_frame(obj)
+    return _CONSENSUS[key]
 
 
 def electron_wavelength_A(voltage_kv: float) -> float:
@@ -159,9 +323,10 @@ def write_simulation(
     seed: int = 0,
     apix: float = 1.0,
     defocus_um: float | None = None,
+    obj: BlobObject = HINGE,
 ) -> Path:
     """Write ``particles.mrcs``, ``particles.star`` (RELION 3.1, the true poses) and
-    ``truth.csv`` into ``out_dir``; returns the stack's path.
+    ``truth.csv`` of ``n`` particles of ``obj`` into ``out_dir``; returns the stack's path.
 
     With ``defocus_um``, the clean images are multiplied by a CTF (300 kV, Cs 2.7 mm,
     amplitude contrast 0.1, that defocus) before the noise is added; SNR is measured after it.
@@ -172,9 +337,9 @@ def write_simulation(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if defocus_um is None:
-        images, truth = simulate_hinge(n, size, snr, shift_std_px, seed)
+        images, truth = simulate_particles(n, size, snr, shift_std_px, seed, obj=obj)
     else:
-        clean, truth = simulate_hinge(n, size, float("inf"), shift_std_px, seed)
+        clean, truth = simulate_particles(n, size, float("inf"), shift_std_px, seed, obj=obj)
         clean = apply_ctf(clean, ctf_2d(size, apix, defocus_um))
         rng = np.random.default_rng(seed + 1)
         images = clean + rng.normal(0, np.sqrt(clean.var() / snr), clean.shape).astype(np.float32)
@@ -193,3 +358,68 @@ def write_simulation(
         )
     write_star(table_to_star(truth, size, apix, meta, defaults=Optics()), out / "particles.star")
     return out / "particles.mrcs"
+
+
+def _place(points: np.ndarray, turn_deg: float, shift: np.ndarray | None = None) -> np.ndarray:
+    """Points ``(M, 2)`` turned counter-clockwise by ``turn_deg`` about the origin, then moved
+    by ``shift``."""
+    a = np.radians(turn_deg)
+    rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])  # row vectors
+    return points @ rot + (0.0 if shift is None else shift)
+
+
+def _misfit(p: np.ndarray, c1, s1, a1, ref_c, ref_s, ref_a) -> float:
+    """Minus the overlap of blobs 1 with the reference turned by ``p[0]`` degrees and moved by
+    ``p[1:]``."""
+    return -blob_overlap(c1, s1, a1, _place(ref_c, p[0], p[1:]), ref_s, ref_a)
+
+
+def blob_overlap(
+    c1: np.ndarray, s1: np.ndarray, a1: np.ndarray, c2: np.ndarray, s2: np.ndarray, a2: np.ndarray
+) -> float:
+    """The integral of the product of two blob images, in closed form.
+
+    Blobs ``a exp(-|x - c|^2 / 2 s^2)``: centres ``(M, 2)``, sigmas ``(M,)``, amplitudes
+    ``(M,)`` for each image. Maximising it over a rotation and shift of one image is the
+    maximum-correlation alignment (the images' norms do not change under the motion)."""
+    v = s1[:, None] ** 2 + s2[None, :] ** 2
+    d2 = ((c1[:, None, :] - c2[None, :, :]) ** 2).sum(-1)
+    w = 2 * np.pi * (s1[:, None] ** 2) * (s2[None, :] ** 2) / v
+    return float((a1[:, None] * a2[None, :] * w * np.exp(-d2 / (2 * v))).sum())
+
+
+def consensus_frame(
+    obj: BlobObject, n: int = 21, rounds: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each conformation sits relative to the consensus view of ``obj``.
+
+    For a flexible particle the in-plane pose is defined only relative to a reference: an
+    aligner that matches intensities (RELION's 2-D classification, emvae) turns each
+    conformation to best match the average particle, not to keep one part of it still. This
+    is that frame, found the way a single-reference refinement converges: align every one of
+    ``n`` conformations (equally spaced in [0, 1]) to the mean of the aligned conformations
+    by maximum correlation (:func:`blob_overlap`, exact), ``rounds`` times; then remove the mean
+    turn and shift so that the frame agrees with the body's on average.
+
+    Returns conformations ``(n,)``, turns ``(n,)`` (degrees, counter-clockwise) and shifts
+    ``(n, 2)`` (coordinate units): conformation c looks like the consensus view turned by
+    ``turn`` about the origin and then moved by ``shift``.
+    """
+    from scipy.optimize import minimize
+
+    confs = np.linspace(0.0, 1.0, n)
+    centres, sigmas, amps = obj.blobs(confs)
+    turn, shift = np.zeros(n), np.zeros((n, 2))
+    for _ in range(rounds):
+        # the reference: every conformation brought into the consensus frame (inverse motion)
+        ref_c = np.concatenate([_place(centres[k] - shift[k], -turn[k]) for k in range(n)])
+        ref_s, ref_a = np.tile(sigmas, n), np.tile(amps, n) / n
+        for k in range(n):
+            # the reference moved by (turn, shift) onto conformation k: minus the overlap
+            args = (centres[k], sigmas, amps, ref_c, ref_s, ref_a)
+            start = np.array([turn[k], *shift[k]])
+            best = minimize(_misfit, start, args, method="Nelder-Mead", options={"xatol": 1e-4})
+            turn[k], shift[k] = best.x[0], best.x[1:]
+        turn -= turn.mean()
+        shift -= shift.mean(0)
+    return confs, turn, shift

@@ -2,12 +2,19 @@
 
 The generator's cost is counted analytically (matrix products only; element-wise work and the
 encoder are not counted). Per image, with P pixels evaluated, H hidden units, L hidden layers,
-K latent dimensions and O outputs per pixel, one forward pass is
+K latent dimensions, O outputs per pixel and F Fourier features (0 for raw coordinates), one
+forward pass is
 
-    F = P (2*2H + 2(L-1)H^2 + 2HO) + 2KH          (first layer split: 2 -> H per pixel, K -> H
-                                                    once per image; then H -> H, then H -> O)
+    G = P (2*2F + 2(2 + 2F)H + 2(L-1)H^2 + 2HO) + 2KH
+        (features 2 -> F per pixel; first layer split: 2 + 2F -> H per pixel, K -> H once per
+         image; then H -> H, then H -> O)
 
-and a training step costs about 3F (the backward pass does two products per forward one).
+and a training step costs about 3G per generator pass (the backward pass does two products per
+forward one): one pass per image with a Gaussian rotation posterior, k (the hypotheses) with
+rotation bins.
+
+The configurations are the paper's models (its MLP encoder with the Gaussian rotation
+posterior and shared z, raw coordinates), so that the figures compare with the paper's code.
 """
 
 from __future__ import annotations
@@ -25,8 +32,16 @@ from emvae.config import ModelConfig
 from emvae.models import SpatialVAE
 from emvae.train import training_step
 
+PAPER = {"theta_posterior": "gaussian", "z_encoder": "shared", "fourier_features": 0}
 CONFIGS = {  # the paper's three settings
-    "em": {"image_size": 40, "channels": 1, "gen_hidden": 1000, "enc_hidden": 1000, "zdim": 2},
+    "em": {
+        "image_size": 40,
+        "channels": 1,
+        "gen_hidden": 1000,
+        "enc_hidden": 1000,
+        "zdim": 2,
+        **PAPER,
+    },
     "mnist": {
         "image_size": 28,
         "channels": 1,
@@ -36,6 +51,7 @@ CONFIGS = {  # the paper's three settings
         "likelihood": "bernoulli",
         "theta_prior": "gaussian",
         "theta_prior_std_deg": 45.0,
+        **PAPER,
     },
     "galaxy": {
         "image_size": 64,
@@ -45,6 +61,7 @@ CONFIGS = {  # the paper's three settings
         "zdim": 20,
         "likelihood": "bernoulli",
         "shift_prior_px": 8.0,
+        **PAPER,
     },
 }
 # dense bf16 peak (TFLOP/s, without sparsity) of GPUs emvae is run on
@@ -52,11 +69,13 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
 
 def generator_flops(cfg: ModelConfig) -> float:
-    """Forward FLOPs of the generator for one image (formula in the module docstring)."""
+    """Forward FLOPs of one generator pass for one image (formula in the module docstring)."""
     p, h, k, o = cfg.image_size**2, cfg.gen_hidden, cfg.zdim, cfg.n_out
     if cfg.generator == "vanilla":
         return 2.0 * (k * h + (cfg.gen_layers - 1) * h * h + h * p * o)
-    return p * (4.0 * h + 2.0 * (cfg.gen_layers - 1) * h * h + 2.0 * h * o) + 2.0 * k * h
+    f = cfg.fourier_features
+    per_pixel = 4.0 * f + 2.0 * (2 + 2 * f) * h + 2.0 * (cfg.gen_layers - 1) * h * h + 2.0 * h * o
+    return p * per_pixel + 2.0 * k * h
 
 
 @dataclass
@@ -119,7 +138,8 @@ def measure(
         sync()
     dt = (time.perf_counter() - t0) / steps
     ips = batch / dt
-    gflops = 3 * generator_flops(cfg) * ips / 1e9
+    passes = cfg.hypotheses if cfg.binned else 1
+    gflops = 3 * passes * generator_flops(cfg) * ips / 1e9
     peak = None
     if dev.type == "cuda" and precision == "bf16":
         name_ = torch.cuda.get_device_name(dev)

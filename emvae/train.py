@@ -47,7 +47,20 @@ from emvae.preprocess import Prepared, Preprocess, prepare_for
 from emvae.progress import TrainingProgress, training_progress
 
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
-METRIC_COLUMNS = ["epoch", *(f"train_{t}" for t in TERMS), *(f"test_{t}" for t in TERMS), "seconds"]
+
+
+def term_names(zdim: int) -> tuple[str, ...]:
+    """The per-epoch terms of metrics.csv: :data:`TERMS`, then the KL of each latent
+    dimension (``kl_z1`` .. ``kl_zK``)."""
+    return (*TERMS, *(f"kl_z{k + 1}" for k in range(zdim)))
+
+
+def metric_columns(zdim: int) -> list[str]:
+    """metrics.csv's columns (before any ``on_epoch`` figures)."""
+    names = term_names(zdim)
+    return ["epoch", *(f"train_{t}" for t in names), *(f"test_{t}" for t in names), "seconds"]
+
+
 OUTPUTS = (
     "config.json",
     "metrics.csv",
@@ -118,6 +131,7 @@ def fit(
         _prepare_output(out, force)
     ctx.barrier()
     config.validate()
+    config.resolve()
     prepared = prepare_for(stack, config.data.preprocess)
     _check_stack(stack, prepared, config)
     cfg, tcfg = config.model, config.train
@@ -132,7 +146,10 @@ def fit(
     net = model  # what the training step calls: the model, or its DDP wrapper
     if ctx.active:
         ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # the content encoder gets no gradient while z is held at 0 (the z-delay)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=model.content is not None
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     rng = torch.Generator(device=device)
     rng.manual_seed(tcfg.seed)
@@ -181,7 +198,7 @@ def fit(
             history.append(row)
             if not ctx.main:
                 continue
-            _write_metrics(out / "metrics.csv", history)
+            _write_metrics(out / "metrics.csv", history, cfg.zdim)
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -295,7 +312,8 @@ def _train_epoch(
     n = train_idx.shape[0]
     perm = torch.randperm(n, generator=rng, device=device).to(train_idx.device)
     augment = cfg.rotation and tcfg.augment_rotation
-    sums = torch.zeros(len(TERMS), device=device, dtype=torch.float64)
+    names = term_names(cfg.zdim)
+    sums = torch.zeros(len(names), device=device, dtype=torch.float64)
     n_steps = math.ceil(n / tcfg.batch_size)
     bar.epoch_start(epoch, n_steps)
     batches = [
@@ -319,7 +337,7 @@ def _train_epoch(
         raise EmvaeError(
             f"training diverged in epoch {epoch} (the ELBO is not finite); try a lower --lr"
         )
-    return dict(zip(TERMS, means, strict=False))
+    return dict(zip(names, means, strict=True))
 
 
 def training_step(
@@ -364,7 +382,13 @@ def training_step(
     (-terms.elbo.sum() * weight).backward()
     optimizer.step()
     if n == 0:
-        return ElboTerms(terms.log_lik[:0], terms.kl_z[:0], terms.kl_theta[:0], terms.kl_shift[:0])
+        return ElboTerms(
+            terms.log_lik[:0],
+            terms.kl_z[:0],
+            terms.kl_theta[:0],
+            terms.kl_shift[:0],
+            terms.kl_z_dims[:0],
+        )
     return terms
 
 
@@ -384,7 +408,8 @@ def evaluate(
     model.eval()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
-    sums = torch.zeros(len(TERMS), device=device, dtype=torch.float64)
+    names = term_names(config.model.zdim)
+    sums = torch.zeros(len(names), device=device, dtype=torch.float64)
     bs = max(config.train.batch_size, 256)
     for start in range(0, idx.shape[0], bs):
         batch = idx[start : start + bs]
@@ -395,12 +420,14 @@ def evaluate(
         terms = posterior_elbo(config.model, model.pixels(x), params, q, use_z)
         sums += _term_sums(terms)
     ctx.all_sum(sums)
-    return dict(zip(TERMS, (sums / idx.shape[0]).tolist(), strict=False))
+    return dict(zip(names, (sums / idx.shape[0]).tolist(), strict=True))
 
 
-def _term_sums(terms) -> torch.Tensor:
+def _term_sums(terms: ElboTerms) -> torch.Tensor:
+    """Batch sums of :func:`term_names`' terms, ``(len(names),)`` float64."""
     parts = (terms.elbo, -terms.log_lik, terms.kl, terms.kl_z, terms.kl_theta, terms.kl_shift)
-    return torch.stack([p.detach().double().sum() for p in parts])
+    sums = torch.stack([p.detach().double().sum() for p in parts])
+    return torch.cat([sums, terms.kl_z_dims.detach().double().sum(0)])
 
 
 def make_data_config(
@@ -513,10 +540,11 @@ def _write_json(path: Path, config: RunConfig) -> None:
     path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
 
-def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+def _write_metrics(path: Path, history: list[dict[str, float]], zdim: int) -> None:
     with open(path, "w", newline="") as f:
-        extra = [k for k in history[-1] if k not in METRIC_COLUMNS]  # on_epoch's figures
-        w = csv.DictWriter(f, fieldnames=[*METRIC_COLUMNS, *extra])
+        columns = metric_columns(zdim)
+        extra = [k for k in history[-1] if k not in columns]  # on_epoch's figures
+        w = csv.DictWriter(f, fieldnames=[*columns, *extra])
         w.writeheader()
         for row in history:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -57,7 +57,7 @@ class OracleEncoder(nn.Module):
         scores = images.flatten(1) @ self.refs.T  # (B, A)
         theta = self.angles[scores.argmax(1)]
         mu = torch.stack([theta.cos(), theta.sin()], 1) if self.vector else theta[:, None]
-        return mu, torch.full_like(theta[:, None], -6.0)
+        return torch.cat([mu, torch.full_like(theta[:, None], -6.0)], 1)  # means, log-std
 
 
 class TemplateGenerator(nn.Module):
@@ -79,6 +79,7 @@ def test_augmented_inference_reconstructs_the_original(gamma_deg, theta_param):
         gen_hidden=8,
         enc_hidden=8,
         theta_param=theta_param,
+        theta_posterior="gaussian",
     )
     model = SpatialVAE(cfg)
     model.encoder = OracleEncoder(vector=theta_param == "vector")

@@ -135,14 +135,19 @@ def test_particles_benchmark_in_miniature(tmp_path):
 def test_encoder_benchmark_command_in_miniature(tmp_path):
     args = ["bench", "encoders", "-o", str(tmp_path), "-n", "40", "--size", "16", "--snr", "5"]
     args += ["--epochs", "2", "--hidden", "16", "--enc-channels", "2", "--device", "cpu", "-q"]
+    args += ["--encoders", "equivariant,conv,mlp/gaussian", "--objects", "hinge,random:1"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     per_epoch = pd.read_csv(tmp_path / "encoders_per_epoch.csv")
-    assert per_epoch["encoder"].unique().tolist() == ["equivariant", "mlp", "conv"]
-    assert per_epoch["epoch"].tolist() == [1, 2] * 3
+    assert per_epoch["encoder"].unique().tolist() == ["equivariant", "conv", "mlp/gaussian"]
+    assert per_epoch["object"].unique().tolist() == ["hinge", "random:1"]
+    assert per_epoch["epoch"].tolist() == [1, 2] * 6
     assert per_epoch["theta_circ_corr"].between(0, 1).all()
-    assert per_epoch["theta_prob_median"].notna().tolist() == [True] * 2 + [False] * 4
+    binned = [True] * 4 + [False] * 2  # rotation bins for equivariant and conv, per object
+    assert per_epoch["theta_prob_median"].notna().tolist() == binned * 2
     assert (tmp_path / "encoders_results.md").exists()
+    bad = runner.invoke(app, [*args[:-4], "--encoders", "mlp/laplace"])
+    assert bad.exit_code == 1 and "unknown encoder 'mlp/laplace'" in bad.output
 
 
 def test_equivariant_encoder_finds_rotations_in_a_few_epochs(tmp_path):
@@ -172,7 +177,10 @@ def test_simulate_command_with_ctf(tmp_path):
     r = runner.invoke(app, ["simulate", str(out), "-n", "20", "--size", "24", "--ctf", "1.2"])
     assert r.exit_code == 0, r.output
     truth = pd.read_csv(out / "truth.csv")
-    assert list(truth.columns) == ["image", "theta_deg", "shift_x_px", "shift_y_px", "conformation"]
+    assert list(truth.columns) == [
+        "image", "theta_deg", "shift_x_px", "shift_y_px", "conformation",
+        "theta_body_deg", "shift_body_x_px", "shift_body_y_px",
+    ]  # fmt: skip
     star = starfile.read(out / "particles.star", always_dict=True)["particles"]
     assert np.allclose(star["rlnAnglePsi"], truth["theta_deg"], atol=1e-5)
     assert np.allclose(star["rlnDefocusU"], 12000.0)
@@ -199,9 +207,12 @@ def test_throughput_benchmark_prints_json_and_counts_flops():
     from emvae.config import ModelConfig
     from emvae.throughput import generator_flops
 
-    cfg = ModelConfig(image_size=2, zdim=1, gen_hidden=3, gen_layers=2)
+    cfg = ModelConfig(image_size=2, zdim=1, gen_hidden=3, gen_layers=2, fourier_features=0)
     # P (2*2H + 2(L-1)H^2 + 2H*O) + 2KH with P = 4, H = 3, L = 2, K = 1, O = 1
     assert generator_flops(cfg) == 4 * (12 + 18 + 6) + 6
+    # with F = 2 Fourier features: + 4F per pixel, and the first layer takes 2 + 2F inputs
+    fourier = ModelConfig(image_size=2, zdim=1, gen_hidden=3, gen_layers=2, fourier_features=2)
+    assert generator_flops(fourier) == 4 * (8 + 2 * 6 * 3 + 18 + 6) + 6
     args = [
         "bench",
         "throughput",
@@ -225,7 +236,7 @@ def test_throughput_benchmark_prints_json_and_counts_flops():
         assert m["config"] == "mnist" and m["batch"] == 4 and m["images_per_s"] > 0
         assert m["gflop_per_s"] == pytest.approx(
             3
-            * generator_flops(ModelConfig(image_size=28, gen_hidden=500))
+            * generator_flops(ModelConfig(image_size=28, gen_hidden=500, fourier_features=0))
             * m["images_per_s"]
             / 1e9,
             rel=1e-6,

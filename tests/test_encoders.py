@@ -202,20 +202,29 @@ def test_equivariant_settings_that_cannot_work_are_refused(kw):
         ModelConfig(image_size=24, encoder="equivariant", **kw).validate()
 
 
-@pytest.mark.parametrize("encoder", ["mlp", "conv", "equivariant"])
-def test_every_encoder_trains_and_reports(encoder, tmp_path):
+@pytest.mark.parametrize(
+    "encoder, posterior",
+    [("mlp", "gaussian"), ("mlp", "bins"), ("conv", "bins"), ("equivariant", "auto")],
+)
+def test_every_encoder_trains_and_reports(encoder, posterior, tmp_path):
     """A few epochs on clean particles: finite ELBO that improves, a full table (with the bin
-    probability for the equivariant encoder)."""
+    probability for rotation bins)."""
     from emvae.bench import array_stack
     from emvae.config import RunConfig, TrainConfig
-    from emvae.simulate import simulate_hinge
+    from emvae.simulate import simulate_particles
     from emvae.train import fit, make_data_config
 
-    images, _ = simulate_hinge(200, 16, snr=10.0, shift_std_px=0.5, seed=0)
+    images, _ = simulate_particles(200, 16, snr=10.0, shift_std_px=0.5, seed=0)
     stack = array_stack(images, "p.mrcs")
     cfg = RunConfig(
         model=ModelConfig(
-            image_size=16, zdim=1, encoder=encoder, gen_hidden=32, enc_hidden=32, enc_channels=4
+            image_size=16,
+            zdim=1,
+            encoder=encoder,
+            theta_posterior=posterior,
+            gen_hidden=32,
+            enc_hidden=32,
+            enc_channels=4,
         ),
         train=TrainConfig(epochs=3, lr=1e-3, device="cpu", z_delay=1),
     )
@@ -223,9 +232,9 @@ def test_every_encoder_trains_and_reports(encoder, tmp_path):
     result = fit(stack, cfg, tmp_path / encoder, progress=False)
     assert np.isfinite(result.table["elbo"]).all()
     assert result.history[-1]["train_elbo"] > result.history[0]["train_elbo"]
-    if encoder == "equivariant":
+    if posterior != "gaussian":
         p = result.table["theta_prob"]
-        assert ((p >= 1 / 4 - 1e-6) & (p <= 1)).all()  # top 4 of 8 bins
+        assert ((p >= 1 / 2 - 1e-6) & (p <= 1)).all()  # the better of the 2 bins used
         assert "emvaeAnglePsiProb" in (tmp_path / encoder / "particles.star").read_text()
     else:
         assert "theta_prob" not in result.table

@@ -26,7 +26,11 @@ def test_bf16_and_fp32_fits_agree(tiny_stack, tmp_path, monkeypatch):
     bf16 = _fit(stack, tmp_path / "bf16", amp=True)
     a, b = fp32.history[-1], bf16.history[-1]
     assert b["test_elbo"] == pytest.approx(a["test_elbo"], rel=0.02)
-    assert np.corrcoef(fp32.table["z1"], bf16.table["z1"])[0, 1] > 0.9
+    # the two posteriors of z agree: their means lie within a small part of a posterior's
+    # width (measured 5 %; after 4 epochs z barely varies between particles yet, so a
+    # correlation of the two fits' z would compare noise)
+    dz = np.abs(fp32.table["z1"] - bf16.table["z1"])
+    assert np.median(dz) < 0.25 * np.median(fp32.table["z1_std"])
     d = np.abs(np.mod(fp32.table["theta_deg"] - bf16.table["theta_deg"] + 180, 360) - 180)
     assert np.median(d) < 10.0
     assert bf16.history[-1]["test_elbo"] != a["test_elbo"]  # bf16 really ran

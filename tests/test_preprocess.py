@@ -123,7 +123,14 @@ def test_shift_frame_maps_model_pixels_back_to_input_pixels(tmp_path, n, crop, s
 
 
 def test_mask_limits_the_likelihood_to_the_circle():
-    cfg = ModelConfig(image_size=12, zdim=1, gen_hidden=16, enc_hidden=16, mask_radius_px=4)
+    cfg = ModelConfig(
+        image_size=12,
+        zdim=1,
+        gen_hidden=16,
+        enc_hidden=16,
+        mask_radius_px=4,
+        theta_posterior="gaussian",
+    )
     model = SpatialVAE(cfg)
     inside = circle(12, 4).ravel()
     assert model.pixel_index.tolist() == np.flatnonzero(inside).tolist()

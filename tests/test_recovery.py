@@ -128,3 +128,34 @@ def _relion_average_matches_the_model(run):
         f"(plain correlation {corr(average, canonical):.3f}; psi negated {control_score:.3f})"
     )
     assert score > 0.7 > control_score
+
+
+def test_conformation_is_recovered(tmp_path):
+    """z learns the molecule's conformation, with the default model, in a miniature (600 hinge
+    particles of 20 px, SNR 10, uniform rotations, 20 epochs; under a minute on 2 CPU cores).
+
+    |Pearson| of z1 with the conformation: 0.94-0.97 after 20 epochs with 1 or 2 threads (z takes
+    off between epochs 8 and 15, when exactly depends on the seed and on the order of floating-
+    point sums, then plateaus); a z that ignores the conformation scores about 0.04 (the
+    standard error of r for 600 particles), and a collapsed z is also caught by latent_usage.
+    The rotation is compared with the truth's consensus frame (emvae.simulate.consensus_frame):
+    circular correlation about 0.997 and median error about 1 degree."""
+    from emvae.bench import array_stack
+    from emvae.latents import latent_usage
+    from emvae.simulate import simulate_particles
+
+    images, truth = simulate_particles(600, 20, snr=10.0, shift_std_px=0.5, seed=0)
+    stack = array_stack(images, "p.mrcs")
+    cfg = RunConfig(
+        model=ModelConfig(image_size=20, zdim=1, gen_hidden=48, enc_hidden=48, enc_channels=4),
+        train=TrainConfig(epochs=20, batch_size=25, lr=1e-3, device="cpu", seed=0),
+    )
+    cfg.data = make_data_config(stack, "gaussian")
+    table = fit(stack, cfg, tmp_path / "run", progress=False).table
+    r = abs(np.corrcoef(table["z1"], truth["conformation"])[0, 1])
+    rho = circular_correlation(np.radians(table["theta_deg"]), np.radians(truth["theta_deg"]))
+    err, _ = angular_error_deg(table["theta_deg"], truth["theta_deg"])
+    print(f"conformation recovery: |r| {r:.3f}; rotation {rho:.3f}, median error {err:.2f} deg")
+    assert r > 0.8
+    assert rho > 0.95 and err < 3.0
+    assert latent_usage(table)[0].used

@@ -107,10 +107,11 @@ def test_report_numbers_match_the_library_and_rows_match_by_name(run, tmp_path):
         "z_histograms.png",
         "theta_vs_reference.png",
         "latent_scatter.png",
+        "latent_kl.png",
     ):
         assert (tmp_path / "rep" / name).exists() and name in result["figures"]
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5  # self-contained
+    assert html.count("data:image/png;base64,") == 6  # self-contained
     saved = json.loads((tmp_path / "rep" / "report.json").read_text())
     table = read_table(run / "particles.h5")  # what the report reads (full precision)
     assert saved["matched"] == len(table) == 60
@@ -163,3 +164,31 @@ def test_rgb_montage(tmp_path):
     assert r.exit_code == 0, r.output
     assert _picture(out / "montage" / "manifold.png")[1] == "RGB"
     assert _picture(out / "montage" / "interpolation.png")[1] == "RGB"
+
+
+def test_shift_agreement_after_the_canonical_centre_offset():
+    """A canonical view centred at u (canonical frame) moves a particle turned by theta by
+    rot(theta) u: the report fits u and removes it, like theta's global offset. With the turn
+    applied the wrong way round the residual stays large."""
+    from emvae.report import compare
+
+    rng = np.random.default_rng(0)
+    n = 500
+    theta = rng.uniform(-180, 180, n)
+    shift = rng.normal(0, 1.0, (n, 2))
+    u = np.array([0.8, -0.3])
+    a = np.radians(theta)
+    moved = np.stack([np.cos(a) * u[0] - np.sin(a) * u[1], np.sin(a) * u[0] + np.cos(a) * u[1]], 1)
+    noise = rng.normal(0, 0.05, (n, 2))
+    names = [f"{k}@p.mrcs" for k in range(1, n + 1)]
+    ref = pd.DataFrame({"image": names, "theta_deg": theta, "shift_x_px": shift[:, 0],
+                        "shift_y_px": shift[:, 1]})  # fmt: skip
+    ours = ref.assign(shift_x_px=shift[:, 0] + moved[:, 0] + noise[:, 0],
+                      shift_y_px=shift[:, 1] + moved[:, 1] + noise[:, 1])  # fmt: skip
+    s = compare(ours, ref)["shift"]
+    assert s["offset_x_px"] == pytest.approx(0.8, abs=0.01)
+    assert s["offset_y_px"] == pytest.approx(-0.3, abs=0.01)
+    assert s["rms_error_px"] == pytest.approx(0.05 * np.sqrt(2), rel=0.1)
+    assert s["pearson_x_after_offset"] > 0.99 > s["pearson_x"]
+    wrong = ref.assign(shift_x_px=shift[:, 0] + moved[:, 0], shift_y_px=shift[:, 1] - moved[:, 1])
+    assert compare(wrong, ref)["shift"]["rms_error_px"] > 0.5

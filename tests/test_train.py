@@ -47,6 +47,9 @@ def test_outputs(run):
         metrics["train_elbo"], -metrics["train_error"] - metrics["train_kl"], rtol=1e-4
     )
     assert metrics["train_kl_z"][0] == 0.0 and metrics["train_kl_z"][1] > 0  # z-delay of 1
+    # the KL of each latent dimension, summing to kl_z (one dimension here)
+    for split in ("train", "test"):
+        assert np.allclose(metrics[f"{split}_kl_z1"], metrics[f"{split}_kl_z"], rtol=1e-4)
     table = read_table(out / "particles.csv")
     assert table["image"].tolist() == [f"{k}@{stack.source}" for k in range(1, 61)]
     assert (table["split"] == "test").sum() == 6
@@ -61,6 +64,7 @@ def test_outputs(run):
         "shift_y_std_px",
         "shift_x_A",
         "shift_y_A",
+        "theta_prob",
         "z1",
         "z1_std",
         "elbo",

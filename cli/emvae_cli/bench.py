@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import typer
 
 from emvae import bench as bn
 from emvae.errors import ConfigError, OutputExistsError
-from emvae.simulate import write_simulation
+from emvae.simulate import OBJECTS, get_object, write_simulation
 from emvae_cli.common import err_console, user_errors
+
+Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)
 
 bench_app = typer.Typer(
     help="Validation benchmarks of the paper (MNIST family, simulated particles, Galaxy Zoo).",
@@ -29,17 +32,28 @@ def simulate(
         None, "--ctf", show_default=False, help="Apply a CTF of this defocus (um; 300 kV)."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    obj: Particle = typer.Option(
+        Particle.hinge,
+        "--object",
+        help="The molecule: hinge (an arm swings 90 degrees), clamp (a lid closes a C), slide "
+        "(a domain slides along an L), random (drawn from --object-seed).",
+    ),
+    object_seed: int = typer.Option(
+        0, "--object-seed", help="Seed of the random object (with --object random)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT's files."),
 ) -> None:
     """Simulated particles with known poses and conformations.
 
-    A hinged 2-D molecule (one conformational degree of freedom), uniform rotations, Gaussian
-    shifts, noise, optional CTF; truth in emvae's pose conventions."""
+    A 2-D molecule with one conformational degree of freedom, uniform rotations, Gaussian
+    shifts, noise, optional CTF; truth in emvae's pose conventions (relative to the consensus
+    view, and in the body's frame)."""
     if (out / "particles.mrcs").exists() and not force:
         raise OutputExistsError(f"{out}: already holds particles.mrcs; use --force")
     if n < 1 or size < 8 or not snr > 0:
         raise ConfigError("need -n >= 1, --size >= 8 and --snr > 0")
-    stack = write_simulation(out, n, size, snr, shift_std, seed, apix, defocus)
+    particle = get_object(obj.value, object_seed)
+    stack = write_simulation(out, n, size, snr, shift_std, seed, apix, defocus, particle)
     err_console.print(
         f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}", highlight=False
     )
@@ -137,9 +151,23 @@ def encoders(
     n: int = typer.Option(4000, "-n", "--n", help="Particles per simulated stack."),
     size: int = typer.Option(40, "--size"),
     snrs: str = typer.Option("1,0.3", "--snr", help="Comma-separated SNRs."),
-    which: str = typer.Option("equivariant,mlp,conv", "--encoders"),
+    which: str = typer.Option(
+        "equivariant,mlp,mlp/gaussian",
+        "--encoders",
+        help="Comma-separated: equivariant, mlp, conv (rotation bins), mlp/gaussian, "
+        "conv/gaussian (the paper's rotation posterior).",
+    ),
+    objects: str = typer.Option(
+        "hinge",
+        "--objects",
+        help="Comma-separated simulated molecules: hinge, clamp, slide, random:SEED.",
+    ),
     epochs: int = typer.Option(30, "--epochs"),
     hidden: int = typer.Option(128, "--hidden", help="Generator (and MLP head) width."),
+    zdim: int = typer.Option(1, "--zdim", help="Latent dimensions."),
+    z_delay: int | None = typer.Option(
+        None, "--z-delay", show_default=False, help="Epochs with z held at 0 (default: fit's)."
+    ),
     rotation_bins: int = typer.Option(8, "--rotation-bins"),
     hypotheses: int = typer.Option(2, "--hypotheses"),
     enc_channels: int = typer.Option(8, "--enc-channels"),
@@ -148,15 +176,26 @@ def encoders(
     device: str = typer.Option("auto", "--device"),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
-    """Rotation and conformation recovery per epoch for each inference network."""
-    try:
-        levels = tuple(float(v) for v in snrs.split(",") if v)
-    except ValueError:
-        raise ConfigError(f"--snr: expected comma-separated numbers, got {snrs!r}") from None
+    """Rotation and conformation recovery per epoch for each inference network and object."""
     table = bn.run_encoders(
-        out, n, size, levels, tuple(which.split(",")), epochs, hidden, rotation_bins,
-        hypotheses, enc_channels, lr, batch_size, device, progress=not quiet,
-    )  # fmt: skip
+        out,
+        n,
+        size,
+        tuple(float(v) for v in snrs.split(",") if v),
+        tuple(e for e in which.split(",") if e),
+        epochs,
+        hidden,
+        rotation_bins,
+        hypotheses,
+        enc_channels,
+        lr,
+        batch_size,
+        device,
+        progress=not quiet,
+        objects=tuple(o for o in objects.split(",") if o),
+        zdim=zdim,
+        z_delay=z_delay,
+    )
     err_console.print(
         f"wrote {out / 'encoders_results.md'} and encoders_per_epoch.csv ({len(table)} epochs)",
         highlight=False,

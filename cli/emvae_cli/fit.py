@@ -16,6 +16,7 @@ from emvae.encode import particle_table
 from emvae.errors import ConfigError, OutputExistsError
 from emvae.example import EXAMPLE_OPTIONS, make_example
 from emvae.io import open_stack, write_table
+from emvae.latents import latent_usage, unused_warning
 from emvae.preprocess import Preprocess, prepare, prepare_for
 from emvae.progress import training_progress
 from emvae.train import check_output_dir, make_data_config, write_particles_star
@@ -91,8 +92,12 @@ def fit(
     learn_noise: bool = typer.Option(
         False, "--learn-noise", help="Gaussian: learn a per-pixel noise std."
     ),
-    z_delay: int = typer.Option(
-        default(T, "z_delay"), "--z-delay", help="Epochs with z held at 0 at the start."
+    z_delay: int | None = typer.Option(
+        None,
+        "--z-delay",
+        show_default=False,
+        help="Epochs with z held at 0 at the start, while the poses settle (default: 2 with "
+        "the equivariant encoder, 5 with mlp/conv rotation bins, 2 otherwise).",
     ),
     augment: bool = typer.Option(
         True,
@@ -116,6 +121,17 @@ def fit(
         show_default=False,
         help=_h("Generator hidden layers.", M, "gen_layers"),
     ),
+    fourier_features: int = typer.Option(
+        default(M, "fourier_features"),
+        "--fourier-features",
+        help="Spatial generator: random Fourier features of the coordinates (0: the paper's "
+        "raw coordinates).",
+    ),
+    fourier_scale: float = typer.Option(
+        default(M, "fourier_scale"),
+        "--fourier-scale",
+        help="Std of the Fourier features' frequencies, cycles per pixel.",
+    ),
     encoder: str | None = typer.Option(
         None,
         "--encoder",
@@ -124,15 +140,29 @@ def fit(
         "with rotation inference and the uniform prior), conv, or mlp (the paper's; default "
         "otherwise).",
     ),
+    z_encoder: str = typer.Option(
+        default(M, "z_encoder"),
+        "--z-encoder",
+        help="aligned (z from a network on the image turned and shifted back by the inferred "
+        "pose: z cannot encode the pose) or shared (the pose network also outputs z: the "
+        "paper's; with --theta-posterior gaussian).",
+    ),
+    theta_posterior: str = typer.Option(
+        default(M, "theta_posterior"),
+        "--theta-posterior",
+        help="Rotation posterior: bins (R rotation bins, the most probable summed exactly; "
+        "mlp/conv encoders run on R rotated copies), gaussian (the paper's), or auto (bins "
+        "with the uniform rotation prior).",
+    ),
     rotation_bins: int = typer.Option(
         default(M, "rotation_bins"),
         "--rotation-bins",
-        help="Equivariant encoder: rotation bins R (4, 8 or 16).",
+        help="Rotation bins R (4, 8 or 16).",
     ),
     hypotheses: int = typer.Option(
         default(M, "hypotheses"),
         "--hypotheses",
-        help="Equivariant encoder: most probable bins summed exactly in the ELBO (2..R; "
+        help="Rotation bins: most probable bins summed exactly in the ELBO (2..R; "
         "each costs one generator pass).",
     ),
     enc_channels: int | None = typer.Option(
@@ -222,7 +252,11 @@ def fit(
         generator=generator,
         gen_hidden=pick("gen_hidden", gen_hidden, M),
         gen_layers=pick("gen_layers", gen_layers, M),
+        fourier_features=fourier_features,
+        fourier_scale=fourier_scale,
         encoder=encoder or default_encoder(rotation, theta_prior),
+        z_encoder=z_encoder,
+        theta_posterior=theta_posterior,
         rotation_bins=rotation_bins,
         hypotheses=hypotheses,
         enc_channels=pick("enc_channels", enc_channels, M),
@@ -265,6 +299,9 @@ def fit(
     result = fit_model(images, config, out, resume=resume, force=force, progress=not quiet)
     if result.table.empty:  # not rank 0 of a torchrun job: rank 0 reports
         return
+    warning = unused_warning(latent_usage(result.table))
+    if warning:
+        err_console.print(warning, highlight=False, style="bold")
     err_console.print(
         f"wrote {out / 'particles.csv'} ({len(result.table)} particles), "
         f"{out / 'particles.h5'}, {out / 'particles.star'} (RELION {result.star_layout}"

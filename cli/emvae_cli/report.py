@@ -10,6 +10,7 @@ import typer
 
 from emvae import montage as mt
 from emvae.errors import ConfigError, InputError
+from emvae.latents import latent_columns
 from emvae.report import image_key, load_run, write_report
 from emvae_cli.common import err_console, user_errors
 
@@ -34,15 +35,35 @@ def report(
     Writes PNGs, report.json and a self-contained report.html."""
     result = write_report(run, reference, out)
     dest = out or run / "report"
-    rot = result.get("rotation")
-    if rot:
+    for key, frame in (("rotation", ""), ("rotation_body", " (body frame)")):
+        rot = result.get(key)
+        if rot:
+            err_console.print(
+                f"rotation vs reference{frame}: circular correlation "
+                f"{rot['circular_correlation']:.3f}, median error {rot['median_error_deg']:.1f} "
+                f"deg ({rot['median_error_with_flip_deg']:.1f} allowing a flip), "
+                f"{result['matched']} particles matched",
+                highlight=False,
+            )
+    shift = result.get("shift")
+    if shift and "rms_error_px" in shift:
         err_console.print(
-            f"rotation vs reference: circular correlation {rot['circular_correlation']:.3f}, "
-            f"median error {rot['median_error_deg']:.1f} deg "
-            f"({rot['median_error_with_flip_deg']:.1f} allowing a flip), "
-            f"{result['matched']} particles matched",
+            f"shift vs reference: Pearson x {shift['pearson_x']:.3f}, y {shift['pearson_y']:.3f}; "
+            f"after removing the centre offset ({shift['offset_x_px']:+.2f}, "
+            f"{shift['offset_y_px']:+.2f}) px: RMS error {shift['rms_error_px']:.2f} px",
             highlight=False,
         )
+    used = {u["name"]: u["used"] for u in result.get("latent_usage", [])}
+    for name, columns in result.get("latent", {}).items():
+        for column, r in columns.items():
+            note = "" if used.get(name, True) else " (z unused: this correlation is noise)"
+            err_console.print(
+                f"{name} vs {column}: Pearson {r['pearson']:+.3f}, Spearman "
+                f"{r['spearman']:+.3f}{note}",
+                highlight=False,
+            )
+    for warning in result["warnings"]:
+        err_console.print(warning, highlight=False, style="bold")
     err_console.print(
         f"wrote {dest / 'report.html'}, {dest / 'report.json'} and {len(result['figures'])} "
         "figures",
@@ -68,7 +89,8 @@ def montage(
 ) -> None:
     """Interpolations, manifold, prior samples, traversals and a GIF (PNG).
 
-    Everything is the generator's mean at theta = 0, dx = 0."""
+    Everything is the generator's mean at theta = 0, dx = 0. Manifold, traversals and the GIF
+    span the range of z the run's particles cover (the prior's, given only a checkpoint)."""
     rm = mt.open_run(source)
     run = rm.run or (source.parent.parent if source.parent.name == "checkpoints" else None)
     dest = out or ((run or source.parent) / "montage")
@@ -79,15 +101,20 @@ def montage(
         written.append(mt.save_png(mt.prior_samples(model, 1, 1), dest / "canonical.png", 4))
     else:
         path_z = _pairs(run, rm, pairs, pair or [], steps, seed, dest, written)
+        z_data = _posterior_means(run)  # grids span what the particles cover, not the prior
         if k <= 2:
-            written.append(mt.save_png(mt.manifold(model, grid), dest / "manifold.png"))
+            written.append(mt.save_png(mt.manifold(model, grid, z_data), dest / "manifold.png"))
         else:
-            written.append(mt.save_png(mt.traversals(model), dest / "traversals.png"))
+            written.append(
+                mt.save_png(mt.traversals(model, z_data=z_data), dest / "traversals.png")
+            )
         written.append(
             mt.save_png(mt.prior_samples(model, samples, samples, seed), dest / "prior_samples.png")
         )
         if gif:
-            if path_z is None:  # no particles to walk between: along z1 of the prior
+            if z_data is not None:  # along the particles' main axis of variation
+                path_z = mt.principal_path(z_data)
+            elif path_z is None:  # no particles to walk between: along z1 of the prior
                 path_z = torch.zeros(2, k)
                 path_z[0, 0], path_z[1, 0] = -2.0, 2.0
             t = torch.cat([torch.linspace(0, 1, 24), torch.linspace(1, 0, 24)[1:-1]])
@@ -96,6 +123,14 @@ def montage(
     err_console.print(
         f"wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True
     )
+
+
+def _posterior_means(run: Path | None) -> np.ndarray | None:
+    """The run's posterior means of z ``(N, K)``, or None without a run directory."""
+    if run is None:
+        return None
+    table, _, _ = load_run(run)
+    return table[latent_columns(table)].to_numpy(np.float64)
 
 
 def _pairs(run, rm, n_pairs, named, steps, seed, dest, written):

@@ -1,9 +1,12 @@
 """Inference networks.
 
-``MLPEncoder`` (the paper's) and ``ConvEncoder`` return ``(means, log-stds)`` of a diagonal
-Gaussian whose layout :meth:`emvae.models.SpatialVAE.encode` decides. ``EquivariantEncoder``
-returns a :class:`BinnedPose`: a categorical posterior over R rotation bins with a Gaussian
-in-bin offset, an image-frame shift and an invariant z.
+Pose networks: ``MLPEncoder`` (the paper's) and ``ConvEncoder`` return one flat output vector,
+read by :meth:`emvae.models.SpatialVAE.encode` as a Gaussian pose (the paper's posterior), or
+run on rotated copies of the image by :class:`RotatedCopies` for a posterior over rotation
+bins; ``EquivariantEncoder`` returns a :class:`BinnedPose` directly: a categorical posterior
+over R rotation bins with a Gaussian in-bin offset and an image-frame shift.
+``AlignedContentEncoder`` infers z from the image turned and shifted back by the inferred pose,
+so z is invariant to the pose by construction.
 """
 
 from __future__ import annotations
@@ -15,29 +18,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emvae.geometry import coordinate_grid
+from emvae.augment import align_images, rotate_images
+from emvae.geometry import coordinate_grid, rotation_matrix
 from emvae.models.generator import mlp
 from emvae.models.groupconv import GroupConv, LiftingConv, symmetric_pool
 
 
 class MLPEncoder(nn.Module):
-    """MLP over the flattened image (the paper's inference network).
+    """MLP over the flattened image (the paper's inference network): ``(B, C, H, W)`` ->
+    ``(B, n_out)``, laid out by :meth:`emvae.models.SpatialVAE.encode`."""
 
-    Outputs ``n_mean`` values that parameterise the posterior means and ``n_logstd`` log-stds
-    (their layout is decided by :meth:`emvae.models.SpatialVAE.encode`).
-    """
-
-    def __init__(
-        self, n_in: int, hidden: int, layers: int, n_mean: int, n_logstd: int, activation: str
-    ) -> None:
+    def __init__(self, n_in: int, hidden: int, layers: int, n_out: int, activation: str) -> None:
         super().__init__()
-        self.n_mean = n_mean
-        self.net = mlp(n_in, hidden, layers, n_mean + n_logstd, activation)
+        self.net = mlp(n_in, hidden, layers, n_out, activation)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """images ``(B, C, H, W)`` -> means ``(B, n_mean)``, log-stds ``(B, n_logstd)``."""
-        out = self.net(images.flatten(1))
-        return out[:, : self.n_mean], out[:, self.n_mean :]
+    def forward(self, images: Tensor) -> Tensor:
+        """images ``(B, C, H, W)`` -> ``(B, n_out)``."""
+        return self.net(images.flatten(1))
 
 
 def n_pools(size: int, smallest: int = 12) -> int:
@@ -53,7 +50,7 @@ def n_pools(size: int, smallest: int = 12) -> int:
 class ConvEncoder(nn.Module):
     """Plain CNN: a 5 x 5 convolution, then (pool, 3 x 3 convolution) until the map is at most
     12 pixels wide (each convolution followed by per-channel normalisation and ReLU, as in the
-    equivariant encoder), then an MLP on the flattened map. Same outputs as :class:`MLPEncoder`.
+    equivariant encoder), then an MLP on the flattened map. Same output as :class:`MLPEncoder`.
 
     ``width`` feature maps per layer (the equivariant encoder's F x R, so both run convolutions
     of the same size).
@@ -66,12 +63,10 @@ class ConvEncoder(nn.Module):
         width: int,
         hidden: int,
         layers: int,
-        n_mean: int,
-        n_logstd: int,
+        n_out: int,
         activation: str,
     ) -> None:
         super().__init__()
-        self.n_mean = n_mean
         mods: list[nn.Module] = [
             nn.Conv2d(channels, width, 5, padding="same"),
             nn.GroupNorm(width, width, affine=False),
@@ -87,12 +82,11 @@ class ConvEncoder(nn.Module):
             ]
             side = (side + 1) // 2
         self.features = nn.Sequential(*mods)
-        self.head = mlp(width * side * side, hidden, layers, n_mean + n_logstd, activation)
+        self.head = mlp(width * side * side, hidden, layers, n_out, activation)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """images ``(B, C, H, W)`` -> means ``(B, n_mean)``, log-stds ``(B, n_logstd)``."""
-        out = self.head(self.features(images).flatten(1))
-        return out[:, : self.n_mean], out[:, self.n_mean :]
+    def forward(self, images: Tensor) -> Tensor:
+        """images ``(B, C, H, W)`` -> ``(B, n_out)``."""
+        return self.head(self.features(images).flatten(1))
 
 
 class _Pool(nn.Module):
@@ -109,17 +103,16 @@ def _norm(h: Tensor) -> Tensor:
 
 @dataclass
 class BinnedPose:
-    """Output of :class:`EquivariantEncoder` for B images and R rotation bins.
+    """A rotation posterior over R bins and a shift, for B images (the output of
+    :class:`EquivariantEncoder` and :class:`RotatedCopies`).
 
-    z_mu, z_logstd ``(B, K)``; logits ``(B, R)`` (unnormalised log q(bin)); offset ``(B, R)``:
+    logits ``(B, R)`` (unnormalised log q(bin)); offset ``(B, R)``:
     the in-bin angle in radians, in (-pi/R, pi/R); angle_logstd ``(B, R)``: log-std of the
     angle within each bin; shift ``(B, 2)``: where the particle's centre lies in the image,
     coordinate units, +x right, +y up; shift_logstd ``(B, 1)`` (isotropic).
     Bin r is the image-frame rotation ``2 pi r / R + offset_r`` counter-clockwise.
     """
 
-    z_mu: Tensor
-    z_logstd: Tensor
     logits: Tensor
     offset: Tensor
     angle_logstd: Tensor
@@ -127,15 +120,83 @@ class BinnedPose:
     shift_logstd: Tensor
 
 
+class RotatedCopies(nn.Module):
+    """A rotation posterior over R bins from any network, equivariant by construction: the
+    network sees the image turned clockwise by each bin's angle ``2 pi r / R`` and returns, for
+    each copy, a logit, an in-bin offset, its log-std, the shift and its log-std (6 values,
+    in the copy's frame). A particle turned counter-clockwise by ``2 pi r / R + delta`` looks
+    upright (turned by delta) in copy r, so copy r scores bin r. Rotating the input by one bin
+    moves every output one bin on, exactly for quarter turns and up to interpolation otherwise.
+
+    ``net``: ``(N, C, D, D)`` -> ``(N, 6)``. Returns a :class:`BinnedPose` (shift: the q-weighted
+    mean of the copies' shifts turned back into the image frame).
+    """
+
+    OUTPUTS = 6
+
+    def __init__(self, net: nn.Module, rotations: int, translation: bool) -> None:
+        super().__init__()
+        self.net, self.rotations, self.translation = net, rotations, translation
+        angles = torch.arange(rotations, dtype=torch.float64) * (2 * math.pi / rotations)
+        self.register_buffer("angles", angles.float(), persistent=False)
+
+    def forward(self, images: Tensor) -> BinnedPose:
+        b, r = images.shape[0], self.rotations
+        turn = (-self.angles).repeat(b)  # copy r of each image turned clockwise by bin r
+        copies = rotate_images(images.repeat_interleave(r, 0), turn.to(images.dtype))
+        out = self.net(copies).view(b, r, self.OUTPUTS)
+        logits = out[..., 0]
+        w = logits.float().softmax(-1).to(out.dtype).unsqueeze(-1)  # (B, R, 1)
+        if self.translation:  # copy frame -> image frame: turn back counter-clockwise
+            back = rotation_matrix(self.angles).to(out.dtype)  # (R, 2, 2), row vectors
+            shift = (w * (out[..., 3:5].unsqueeze(-2) @ back).squeeze(-2)).sum(1)
+        else:
+            shift = images.new_zeros(b, 2)
+        return BinnedPose(
+            logits=logits,
+            offset=(math.pi / r) * torch.tanh(out[..., 1]),
+            angle_logstd=out[..., 2],
+            shift=shift,
+            shift_logstd=(w[..., 0] * out[..., 5]).sum(1, keepdim=True),
+        )
+
+
+class AlignedContentEncoder(nn.Module):
+    """q(z | y): an MLP (one hidden ReLU layer) over the image seen in the particle's own frame.
+
+    The image is turned and shifted back by the pose the pose network inferred
+    (:func:`emvae.augment.align_images`), so z sees the same view of a particle whatever its
+    pose, and cannot encode rotation or translation. The pose is taken as given (no gradient
+    flows through the alignment into the pose network).
+    """
+
+    def __init__(self, size: int, channels: int, hidden: int, zdim: int) -> None:
+        super().__init__()
+        self.zdim = zdim
+        self.net = mlp(channels * size * size, hidden, 1, 2 * zdim, "relu")
+
+    def forward(self, images: Tensor, angle: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+        """images ``(B, C, D, D)``; angle ``(B,)`` radians, counter-clockwise, and shift
+        ``(B, 2)`` coordinate units: where the canonical view lies in each image (image frame).
+        Returns z means and log-stds, ``(B, K)`` each."""
+        out = self.net(self._aligned(images, angle, shift))
+        return out[:, : self.zdim], out[:, self.zdim :]
+
+    def _aligned(self, images: Tensor, angle: Tensor, shift: Tensor) -> Tensor:
+        canonical = align_images(images, angle.detach().float(), shift.detach().float())
+        return canonical.to(images.dtype).flatten(1)
+
+
 class EquivariantEncoder(nn.Module):
     """Rotation-equivariant inference network (after TARGET-VAE, Nasiri & Bepler 2022).
 
     A lifting convolution and group convolutions over R rotations (``(B, F, R, h, w)`` maps)
     give, per orientation, a logit, an in-bin offset and its log-std (one shared head over the
-    orientation axis, so rotating the image by one bin shifts them by one bin). z and the
-    log-stds of z and of the shift come from features pooled over space and orientations
-    (invariant); the shift is the expectation of the pixel coordinates under a spatial softmax
-    of orientation-pooled features (rotates with the image).
+    orientation axis, so rotating the image by one bin shifts them by one bin). The log-std of
+    the shift comes from features pooled over space and orientations (invariant); the shift is
+    the expectation of the pixel coordinates under a spatial softmax of orientation-pooled
+    features (rotates with the image). z is inferred elsewhere
+    (:class:`AlignedContentEncoder`).
     """
 
     def __init__(
@@ -145,11 +206,10 @@ class EquivariantEncoder(nn.Module):
         width: int,
         rotations: int,
         hidden: int,
-        zdim: int,
         translation: bool,
     ) -> None:
         super().__init__()
-        self.rotations, self.zdim, self.translation = rotations, zdim, translation
+        self.rotations, self.translation = rotations, translation
         self.lift = LiftingConv(channels, width, 5, rotations)
         self.convs = nn.ModuleList(
             GroupConv(width, width, 3, rotations) for _ in range(n_pools(size))
@@ -160,7 +220,7 @@ class EquivariantEncoder(nn.Module):
             nn.ReLU(),
             nn.Conv1d(hidden, 3, 1),
         )
-        self.invariant_head = mlp(2 * width, hidden, 1, 2 * zdim + 1, "relu")
+        self.invariant_head = mlp(2 * width, hidden, 1, 1, "relu")
         self.attention = nn.Conv2d(width, 1, 1)
         coords = coordinate_grid(size, size).T.reshape(1, 2, size, size)
         for _ in range(n_pools(size)):
@@ -183,7 +243,6 @@ class EquivariantEncoder(nn.Module):
         half = math.pi / self.rotations
         offset = half * torch.tanh(a[:, 1])
         inv = self.invariant_head(torch.cat([g.amax(-1), g.mean(-1)], 1))
-        k = self.zdim
         if self.translation:
             att = self.attention(h.amax(2)).flatten(1)  # (B, h*w)
             att = att.to(torch.promote_types(att.dtype, torch.float32)).softmax(-1)
@@ -191,11 +250,9 @@ class EquivariantEncoder(nn.Module):
         else:
             shift = images.new_zeros(images.shape[0], 2)
         return BinnedPose(
-            z_mu=inv[:, :k],
-            z_logstd=inv[:, k : 2 * k],
             logits=a[:, 0],
             offset=offset,
             angle_logstd=a[:, 2],
             shift=shift,
-            shift_logstd=inv[:, 2 * k :],
+            shift_logstd=inv,
         )

@@ -7,6 +7,9 @@ so cannot model rotation or translation).
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor, nn
 
 
@@ -31,26 +34,59 @@ def mlp(n_in: int, hidden: int, layers: int, n_out: int, activation: str) -> nn.
     return nn.Sequential(*mods)
 
 
+class FourierFeatures(nn.Module):
+    """Coordinates ``(..., 2)`` -> ``(..., 2 + 2F)``: the coordinates, then ``cos`` and ``sin``
+    of ``2 pi x . f`` for F fixed random frequencies f ~ N(0, ``scale``^2 I) (cycles per
+    coordinate unit; isotropic, so no direction is favoured as the coordinates turn). A
+    coordinate MLP learns fine detail slowly from raw coordinates (its spectral bias); these
+    features let it draw small domains from the start (Tancik et al. 2020; cryoDRGN encodes its
+    decoder's coordinates for the same reason). The frequencies are a buffer saved with the
+    model."""
+
+    def __init__(self, n: int, scale: float, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        freqs = torch.randn(n, 2, generator=g, dtype=torch.float64) * scale
+        self.register_buffer("freqs", freqs.float())
+        self.n_out = 2 + 2 * n
+
+    def forward(self, coords: Tensor) -> Tensor:
+        phase = (2 * math.pi) * (coords @ self.freqs.T.to(coords.dtype))
+        return torch.cat([coords, torch.cos(phase), torch.sin(phase)], -1)
+
+
 class SpatialGenerator(nn.Module):
     """Coordinate MLP ``p_g(y_i | x_i, z)`` with the first layer split (SPEC section 1).
 
-    The first layer is linear in ``[x; z]``, so ``W_x x`` is computed per pixel and ``W_z z``
-    once per image and the two are broadcast-added; the ``(B, N, 2 + K)`` concatenated input is
-    never built. Numerically this equals an MLP on the concatenation (tested).
+    The first layer is linear in ``[x; z]`` (or in ``[features(x); z]`` with
+    :class:`FourierFeatures`), so ``W_x x`` is computed per pixel and ``W_z z`` once per image
+    and the two are broadcast-added; the ``(B, N, 2 + K)`` concatenated input is never built.
+    Numerically this equals an MLP on the concatenation (tested).
     """
 
     uses_coordinates = True
 
-    def __init__(self, zdim: int, hidden: int, layers: int, n_out: int, activation: str) -> None:
+    def __init__(
+        self,
+        zdim: int,
+        hidden: int,
+        layers: int,
+        n_out: int,
+        activation: str,
+        features: FourierFeatures | None = None,
+    ) -> None:
         super().__init__()
         self.zdim = zdim
-        self.coord_linear = nn.Linear(2, hidden)
+        self.features = features
+        self.coord_linear = nn.Linear(2 if features is None else features.n_out, hidden)
         self.latent_linear = nn.Linear(zdim, hidden, bias=False) if zdim > 0 else None
         self.act = make_activation(activation)
         self.body = mlp(hidden, hidden, layers - 1, n_out, activation)
 
     def forward(self, coords: Tensor, z: Tensor) -> Tensor:
         """coords ``(B, N, 2)``, z ``(B, K)`` -> ``(B, N, n_out)``."""
+        if self.features is not None:
+            coords = self.features(coords)  # (B, N, 2 + 2F)
         h = self.coord_linear(coords)  # (B, N, H)
         if self.latent_linear is not None:
             h = h + self.latent_linear(z).unsqueeze(1)  # (B, 1, H) broadcast over pixels

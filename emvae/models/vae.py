@@ -11,8 +11,14 @@ from torch import Tensor, nn
 from emvae.augment import rotate_images
 from emvae.config import ModelConfig
 from emvae.geometry import coordinate_grid, rotation_matrix
-from emvae.models.encoder import ConvEncoder, EquivariantEncoder, MLPEncoder
-from emvae.models.generator import SpatialGenerator, VanillaGenerator
+from emvae.models.encoder import (
+    AlignedContentEncoder,
+    ConvEncoder,
+    EquivariantEncoder,
+    MLPEncoder,
+    RotatedCopies,
+)
+from emvae.models.generator import FourierFeatures, SpatialGenerator, VanillaGenerator
 from emvae.models.transform import RigidTransform
 
 POSE_LOGSTD_OFFSET = math.log(0.1)
@@ -20,7 +26,7 @@ POSE_LOGSTD_OFFSET = math.log(0.1)
 
 @dataclass
 class RotationBins:
-    """The equivariant encoder's rotation posterior over R bins (B images).
+    """A rotation posterior over R bins (B images).
 
     ``log_q`` ``(B, R)``: log q(bin | y), normalised over all R bins; ``theta`` ``(B, R)``: the
     mean model angle (radians, the generator's theta) within each bin; ``logstd`` ``(B, R)``:
@@ -49,8 +55,8 @@ class RotationBins:
 @dataclass
 class Posterior:
     """q(z, pose | y): diagonal Gaussian over z ``(B, K)`` and pose ``(B, P)`` (means and
-    log-stds). With the equivariant encoder, ``bins`` holds the rotation posterior and
-    ``pose_mu``/``pose_logstd`` describe its most probable bin (theta) and the shift there."""
+    log-stds). With a binned rotation posterior, ``bins`` holds it and ``pose_mu``/
+    ``pose_logstd`` describe its most probable bin (theta) and the shift there."""
 
     z_mu: Tensor
     z_logstd: Tensor
@@ -77,10 +83,18 @@ class SpatialVAE(nn.Module):
         self.config = config
         d, c = config.image_size, config.channels
         self.transform = RigidTransform(config.rotation, config.translation)
-        n_latent = config.zdim + self.transform.n_params
-        self.theta_vector = config.rotation and config.theta_param == "vector"
-        self.binned = config.encoder == "equivariant"
-        self.encoder = build_encoder(config, n_latent + int(self.theta_vector), n_latent)
+        self.binned = config.binned
+        self.theta_vector = config.rotation and not self.binned and config.theta_param == "vector"
+        # z from the pose network itself ("shared", the paper's, and whenever no pose is
+        # inferred: then the image is its own aligned view) or from the aligned image
+        shared = config.z_encoder == "shared" or config.n_pose == 0
+        self.shared_z = config.zdim if shared else 0
+        self.encoder = build_encoder(config, self._pose_outputs())
+        self.content = (
+            AlignedContentEncoder(d, c, config.enc_hidden, config.zdim)
+            if config.zdim > 0 and not self.shared_z
+            else None
+        )
         self.generator = build_generator(config)
         self.register_buffer("coords", coordinate_grid(d, d), persistent=False)
         # The likelihood sees only pixels inside the circular mask (all pixels without one);
@@ -90,30 +104,59 @@ class SpatialVAE(nn.Module):
             r = (self.coords / config.pixel_to_unit).square().sum(-1).sqrt()
             inside = torch.nonzero(r <= config.mask_radius_px).squeeze(1)
             self.register_buffer("pixel_index", inside, persistent=False)
-        # Pose posteriors start narrow (sigma ~ 0.1 rad / coordinate units): started near the
-        # prior's width, the sampled rotation is noise, the generator learns the rotational
-        # average and q(theta) collapses onto the prior.
-        offset = torch.zeros(n_latent)
-        offset[config.zdim :] = POSE_LOGSTD_OFFSET
-        self.register_buffer("logstd_offset", offset, persistent=False)
         self.n_pixels = d * d
         self.channels = c
 
-    def encode(self, images: Tensor, gamma: Tensor | None = None) -> Posterior:
+    def _pose_outputs(self) -> int:
+        """Width of the flat output of an MLP or conv pose network: per rotated copy for
+        rotation bins (:class:`RotatedCopies`), else z (when shared) and Gaussian pose means
+        (theta as a 2-vector with ``theta_param="vector"``), then their log-stds."""
+        if self.binned:
+            return RotatedCopies.OUTPUTS
+        return 2 * (self.shared_z + self.transform.n_params) + int(self.theta_vector)
+
+    def encode(
+        self, images: Tensor, gamma: Tensor | None = None, infer_z: bool = True
+    ) -> Posterior:
         """q(z, pose | images). images ``(B, C, D, D)``.
 
-        With ``gamma`` ``(B,)`` (radians), the inference network sees each image rotated
+        With ``gamma`` ``(B,)`` (radians), the pose network sees each image rotated
         counter-clockwise by gamma and gamma is added back to the predicted theta, so the
         posterior still describes the original image (rotation augmentation, paper section 4.3).
+        z is then inferred from the original image turned and shifted back by the posterior
+        mean pose (:class:`AlignedContentEncoder`), unless the pose network shares it. Without
+        ``infer_z`` (z held at 0 during the z-delay) that network does not run: z's posterior is
+        then N(0, 1) placeholders.
         """
-        if gamma is not None:
-            images = rotate_images(images, gamma)
-        if self.binned:
-            return self._encode_bins(images, gamma)
-        mu, logstd = self.encoder(images)
-        logstd = logstd + self.logstd_offset
-        k = self.config.zdim
-        pose_mu = mu[:, k:]
+        seen = images if gamma is None else rotate_images(images, gamma)
+        q = self._encode_bins(seen, gamma) if self.binned else self._encode_gaussian(seen, gamma)
+        if self.content is not None and not infer_z:
+            q.z_mu = q.z_logstd = q.pose_mu.new_zeros(q.pose_mu.shape[0], self.config.zdim)
+        elif self.content is not None:
+            angle, shift = self.image_frame_pose(q.pose_mu)
+            q.z_mu, q.z_logstd = self.content(images, angle, shift)
+        return q
+
+    def image_frame_pose(self, pose: Tensor) -> tuple[Tensor, Tensor]:
+        """Model pose ``(B, P)`` -> (counter-clockwise angle ``(B,)`` radians, image-frame
+        shift ``(B, 2)`` coordinate units): where the canonical view lies in the image, i.e.
+        ``-theta`` and ``-dx R(theta)^T`` (solve ``x R(theta) + dx = 0``; SPEC section 2)."""
+        n = pose.shape[0]
+        theta = pose[:, 0] if self.config.rotation else pose.new_zeros(n)
+        if not self.config.translation:
+            return -theta, pose.new_zeros(n, 2)
+        r = int(self.config.rotation)
+        dx = pose[:, r : r + 2]
+        shift = -(dx.unsqueeze(1) @ rotation_matrix(theta).transpose(-1, -2)).squeeze(1)
+        return -theta, shift
+
+    def _encode_gaussian(self, seen: Tensor, gamma: Tensor | None) -> Posterior:
+        """Gaussian pose posterior from an MLP or conv pose network (the paper's)."""
+        out = self.encoder(seen)
+        k = self.shared_z
+        n_mean = k + self.transform.n_params + int(self.theta_vector)
+        mu, logstd = out[:, :n_mean], out[:, n_mean:]
+        pose_mu, pose_logstd = mu[:, k:], logstd[:, k:] + POSE_LOGSTD_OFFSET
         if self.theta_vector:  # theta = atan2 of two outputs: continuous over the full circle
             theta = torch.atan2(pose_mu[:, 1:2], pose_mu[:, :1])
             pose_mu = torch.cat([theta, pose_mu[:, 2:]], 1)
@@ -121,14 +164,16 @@ class SpatialVAE(nn.Module):
             pose_mu = torch.cat(
                 [pose_mu[:, :1] + gamma.unsqueeze(1).to(mu.dtype), pose_mu[:, 1:]], 1
             )
-        return Posterior(mu[:, :k], logstd[:, :k], pose_mu, logstd[:, k:])
+        return Posterior(mu[:, :k], logstd[:, :k], pose_mu, pose_logstd)
 
-    def _encode_bins(self, images: Tensor, gamma: Tensor | None) -> Posterior:
-        """Equivariant encoder -> rotation bins; the shift is converted to the template frame
-        at the most probable bin's angle (``dx = -s R(theta)``, see geometry)."""
-        out = self.encoder(images)
-        r = out.logits.shape[1]
-        centres = torch.arange(r, device=images.device, dtype=out.offset.dtype) * (2 * math.pi / r)
+    def _encode_bins(self, seen: Tensor, gamma: Tensor | None) -> Posterior:
+        """Rotation bins (:class:`BinnedPose`, from the equivariant encoder or rotated copies);
+        the shift is converted to the template frame at the most probable bin's angle
+        (``dx = -s R(theta)``, see geometry). z is left empty for the content encoder."""
+        r = self.config.rotation_bins
+        out = self.encoder(seen)
+        z_mu = z_logstd = seen.new_zeros(seen.shape[0], 0)
+        centres = torch.arange(r, device=seen.device, dtype=out.offset.dtype) * (2 * math.pi / r)
         theta = -(centres + out.offset)  # image-frame counter-clockwise angle -> model theta
         shift = out.shift
         if gamma is not None:  # the network saw the image rotated counter-clockwise by gamma
@@ -144,9 +189,7 @@ class SpatialVAE(nn.Module):
             dx = -(shift.unsqueeze(1) @ rotation_matrix(theta_best[:, 0])).squeeze(1)
             pose_mu.append(dx.to(theta.dtype))
             pose_logstd.append((out.shift_logstd + POSE_LOGSTD_OFFSET).expand(-1, 2))
-        return Posterior(
-            out.z_mu, out.z_logstd, torch.cat(pose_mu, 1), torch.cat(pose_logstd, 1), bins
-        )
+        return Posterior(z_mu, z_logstd, torch.cat(pose_mu, 1), torch.cat(pose_logstd, 1), bins)
 
     def decode(self, z: Tensor, pose: Tensor, full: bool = False) -> Tensor:
         """Generator output ``(B, N, n_out)`` for z ``(B, K)`` and pose ``(B, P)``; with
@@ -184,9 +227,10 @@ class SpatialVAE(nn.Module):
         use_z: bool = True,
     ) -> tuple[Posterior, Tensor]:
         """Encode, sample with noise ``eps`` ``(B, K + P)``, decode: (posterior, generator
-        output ``(B, N, n_out)``, or ``(B, k, N, n_out)`` for the k rotation hypotheses of the
-        equivariant encoder). The one call DistributedDataParallel wraps."""
-        q = self.encode(images, gamma)
+        output ``(B, N, n_out)``, or ``(B, k, N, n_out)`` for the k hypotheses of a binned
+        rotation posterior). z is held at 0 without ``use_z`` (the z-delay). The one call
+        DistributedDataParallel wraps."""
+        q = self.encode(images, gamma, infer_z=use_z)
         z, pose = self.sample(q, use_z=use_z, eps=eps)
         return q, self.decode(z, pose)
 
@@ -229,22 +273,26 @@ class SpatialVAE(nn.Module):
         return self.decode(z, pose, full=True)
 
 
-def build_encoder(cfg: ModelConfig, n_mean: int, n_logstd: int) -> nn.Module:
+def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
+    """The pose network; ``n_out`` is the flat output width of an MLP or conv network (per
+    rotated copy with rotation bins)."""
     n_in = cfg.channels * cfg.image_size**2
+    net: nn.Module | None = None
     if cfg.encoder == "mlp":
-        return MLPEncoder(n_in, cfg.enc_hidden, cfg.enc_layers, n_mean, n_logstd, cfg.activation)
+        net = MLPEncoder(n_in, cfg.enc_hidden, cfg.enc_layers, n_out, cfg.activation)
     if cfg.encoder == "conv":
         width = cfg.enc_channels * cfg.rotation_bins
-        return ConvEncoder(
+        net = ConvEncoder(
             cfg.image_size,
             cfg.channels,
             width,
             cfg.enc_hidden,
             cfg.enc_layers,
-            n_mean,
-            n_logstd,
+            n_out,
             cfg.activation,
         )
+    if net is not None:
+        return RotatedCopies(net, cfg.rotation_bins, cfg.translation) if cfg.binned else net
     if cfg.encoder == "equivariant":
         return EquivariantEncoder(
             cfg.image_size,
@@ -252,7 +300,6 @@ def build_encoder(cfg: ModelConfig, n_mean: int, n_logstd: int) -> nn.Module:
             cfg.enc_channels,
             cfg.rotation_bins,
             cfg.enc_hidden,
-            cfg.zdim,
             cfg.translation,
         )
     raise ValueError(cfg.encoder)  # unreachable after validate()
@@ -260,7 +307,13 @@ def build_encoder(cfg: ModelConfig, n_mean: int, n_logstd: int) -> nn.Module:
 
 def build_generator(cfg: ModelConfig) -> nn.Module:
     if cfg.generator == "spatial":
-        return SpatialGenerator(cfg.zdim, cfg.gen_hidden, cfg.gen_layers, cfg.n_out, cfg.activation)
+        features = None
+        if cfg.fourier_features:  # cycles per pixel -> cycles per coordinate unit
+            per_unit = cfg.fourier_scale * (cfg.image_size - 1) / 2
+            features = FourierFeatures(cfg.fourier_features, per_unit)
+        return SpatialGenerator(
+            cfg.zdim, cfg.gen_hidden, cfg.gen_layers, cfg.n_out, cfg.activation, features
+        )
     if cfg.generator == "vanilla":
         return VanillaGenerator(
             cfg.zdim, cfg.gen_hidden, cfg.gen_layers, cfg.image_size**2, cfg.n_out, cfg.activation
