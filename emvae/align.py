@@ -13,6 +13,7 @@ from torch import Tensor
 
 from emvae.augment import align_images as _align
 from emvae.errors import ConfigError
+from emvae.safety import atomic_output
 
 
 def align_images(images: Tensor, theta_deg: Tensor, shift_px: Tensor) -> Tensor:
@@ -55,19 +56,18 @@ def align_stack(
     theta = torch.tensor(np.asarray(theta_deg, dtype=np.float64))
     shift = torch.tensor(np.asarray(shift_px, dtype=np.float64))
     path = Path(out)
-    tmp = path.with_name(path.name + ".partial")
-    with mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True) as mrc:
-        mrc.set_image_stack()
-        for start, chunk in iter_chunks(stack, prepare(stack, Preprocess()), batch_size):
-            sel = slice(start, start + len(chunk))
-            x = torch.from_numpy(chunk).to(device, torch.float64)
-            a = align_images(x, theta[sel].to(device), shift[sel].to(device))
-            total += a.sum(0)
-            mrc.data[sel] = a[:, 0].float().cpu().numpy()
-            if advance is not None:
-                advance(len(chunk))
-        if stack.apix:
-            mrc.voxel_size = stack.apix
-        mrc.reset_header_stats()
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        with mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True) as mrc:
+            mrc.set_image_stack()
+            for start, chunk in iter_chunks(stack, prepare(stack, Preprocess()), batch_size):
+                sel = slice(start, start + len(chunk))
+                x = torch.from_numpy(chunk).to(device, torch.float64)
+                a = align_images(x, theta[sel].to(device), shift[sel].to(device))
+                total += a.sum(0)
+                mrc.data[sel] = a[:, 0].float().cpu().numpy()
+                if advance is not None:
+                    advance(len(chunk))
+            if stack.apix:
+                mrc.voxel_size = stack.apix
+            mrc.reset_header_stats()
     return (total / n).float().cpu().numpy()

@@ -13,6 +13,7 @@ import torch
 
 from emvae.config import RunConfig
 from emvae.errors import InputError
+from emvae.safety import atomic_output
 
 FORMAT = "emvae-checkpoint/2"
 #: Formats this version cannot rebuild, and why.
@@ -32,9 +33,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     from emvae import __version__
 
     p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save({"format": FORMAT, "version": __version__, **state}, tmp)
-    os.replace(tmp, p)
+    with atomic_output(p) as tmp:
+        torch.save({"format": FORMAT, "version": __version__, **state}, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -22,3 +22,7 @@ class ConfigError(EmvaeError):
 
 class OutputExistsError(EmvaeError):
     """The output would overwrite something the user already has."""
+
+
+class OutputError(EmvaeError):
+    """An output cannot be written: the folder is read-only, missing or the disk is full."""

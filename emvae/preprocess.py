@@ -19,6 +19,7 @@ import scipy.fft
 from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.io.pictures import GALAXY_CROP, GALAXY_JITTER, GALAXY_SIZE, window_starts
 from emvae.io.stack import ImageStack
+from emvae.safety import atomic_output
 
 NORMALIZE = ("none", "background", "image")
 CHUNK = 1024  # images per preprocessing chunk (memory: about 4 * CHUNK * D_in^2 * 4 bytes)
@@ -303,30 +304,29 @@ def write_cache(
     prepared = prepare(stack, pre)
     n, c, d = len(stack), prepared.channels, prepared.size
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    if suffix in H5_SUFFIXES:
-        f, ds = create_cache(tmp, n, c, d)
-        with f:
-            for start, x in iter_chunks(stack, prepared, chunk):
-                ds[start : start + len(x)] = x
-                if advance:
-                    advance(len(x))
-            finish_cache(f, stack, pre.to_dict(), prepared, stack.likelihood)
-    elif suffix in MRC_SUFFIXES:
-        if c != 1:
-            raise ConfigError(f"{path}: MRC holds one channel; write {c}-channel images to .h5")
-        import mrcfile
+    with atomic_output(path) as tmp:
+        if suffix in H5_SUFFIXES:
+            f, ds = create_cache(tmp, n, c, d)
+            with f:
+                for start, x in iter_chunks(stack, prepared, chunk):
+                    ds[start : start + len(x)] = x
+                    if advance:
+                        advance(len(x))
+                finish_cache(f, stack, pre.to_dict(), prepared, stack.likelihood)
+        elif suffix in MRC_SUFFIXES:
+            if c != 1:
+                raise ConfigError(f"{path}: MRC holds one channel; write {c}-channel images to .h5")
+            import mrcfile
 
-        with mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True) as mrc:
-            mrc.set_image_stack()
-            for start, x in iter_chunks(stack, prepared, chunk):
-                mrc.data[start : start + len(x)] = x[:, 0]
-                if advance:
-                    advance(len(x))
-            if stack.apix:
-                mrc.voxel_size = stack.apix * prepared.scale
-            mrc.reset_header_stats()
-    else:
-        raise ConfigError(f"{path}: write the cache as .h5 or .mrcs")
-    os.replace(tmp, path)
+            with mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True) as mrc:
+                mrc.set_image_stack()
+                for start, x in iter_chunks(stack, prepared, chunk):
+                    mrc.data[start : start + len(x)] = x[:, 0]
+                    if advance:
+                        advance(len(x))
+                if stack.apix:
+                    mrc.voxel_size = stack.apix * prepared.scale
+                mrc.reset_header_stats()
+        else:
+            raise ConfigError(f"{path}: write the cache as .h5 or .mrcs")
     return path

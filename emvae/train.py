@@ -9,6 +9,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from emvae.models import SpatialVAE
 from emvae.objective import ElboTerms, posterior_elbo
 from emvae.preprocess import Prepared, Preprocess, prepare_for
 from emvae.progress import TrainingProgress, training_progress
+from emvae.safety import atomic_output
 
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
 
@@ -69,6 +71,10 @@ OUTPUTS = (
     "particles.star",
     "checkpoints",
 )
+#: Folders of later commands that describe a run; a --force re-run retires them with it.
+DERIVED = ("report", "montage")
+#: Where a --force re-run trains until its outputs are complete (then they replace the old).
+STAGING = ".emvae-replacing"
 
 
 @dataclass
@@ -112,6 +118,7 @@ def fit(
     ``metrics.csv`` (the encoder benchmark tracks pose recovery this way).
     """
     out = Path(out_dir)
+    work = _work_dir(out, force, resume)  # out, or the staging folder of a --force re-run
     device = resolve_device(config.train.device)
     ctx = distributed_from_env(device.type)
     if ctx.active and device.type == "cuda":
@@ -120,7 +127,12 @@ def fit(
     progress = progress and ctx.main
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(out / "checkpoints" / "last.pt") if _has_last(out) else None
+        if work == out and _has_last(out / STAGING):
+            raise EmvaeError(
+                f"{out}: holds an interrupted --force re-run in {out / STAGING}; continue that "
+                f"one with --resume --force, or delete that folder to resume the old run"
+            )
+        ckpt = load_checkpoint(work / "checkpoints" / "last.pt") if _has_last(work) else None
         if ckpt is None:
             raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
         epochs = config.train.epochs
@@ -128,7 +140,7 @@ def fit(
         config.train.epochs = max(epochs, ckpt["epoch"])
         _check_same_data(stack, config)
     elif ctx.main:
-        _prepare_output(out, force)
+        _prepare_output(out, work, force)
     ctx.barrier()
     config.validate()
     config.resolve()
@@ -176,7 +188,7 @@ def fit(
                 _measure(stack, tensor_statistics(data), config.data, cfg.likelihood)
             normalize_(data, config.data.mean, config.data.std)
         if ctx.main:
-            _write_json(out / "config.json", config)
+            _write_json(work / "config.json", config)
         train_dev = torch.from_numpy(train_idx).to(data.device)
         test_dev = torch.from_numpy(test_idx).to(data.device)
         bar.start(first_epoch, tcfg.epochs)
@@ -198,7 +210,7 @@ def fit(
             history.append(row)
             if not ctx.main:
                 continue
-            _write_metrics(out / "metrics.csv", history, cfg.zdim)
+            _write_metrics(work / "metrics.csv", history, cfg.zdim)
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -208,10 +220,11 @@ def fit(
                 "split": torch.from_numpy(test_idx),
                 "history": history,
             }
-            save_checkpoint(out / "checkpoints" / "last.pt", state)
+            save_checkpoint(work / "checkpoints" / "last.pt", state)
             if epoch % tcfg.checkpoint_every == 0:
                 shutil.copyfile(
-                    out / "checkpoints" / "last.pt", out / "checkpoints" / f"epoch_{epoch:04d}.pt"
+                    work / "checkpoints" / "last.pt",
+                    work / "checkpoints" / f"epoch_{epoch:04d}.pt",
                 )
             bar.epoch_end(
                 f"epoch {epoch}: train ELBO {train['elbo']:.2f}, test ELBO "
@@ -242,9 +255,11 @@ def fit(
         prepared.offsets,
         stack.rows,
     )
-    write_table(table, out / "particles.csv")
-    write_table(table, out / "particles.h5")
-    star = write_particles_star(table, stack, config.data, out / "particles.star")
+    write_table(table, work / "particles.csv")
+    write_table(table, work / "particles.h5")
+    star = write_particles_star(table, stack, config.data, work / "particles.star")
+    if work != out:
+        _replace_run(work, out)
     return FitResult(model, config, out, table, history, star)
 
 
@@ -529,19 +544,49 @@ def check_output_dir(out: str | Path, force: bool = False) -> None:
         )
 
 
-def _prepare_output(out: Path, force: bool) -> None:
+def _work_dir(out: Path, force: bool, resume: bool) -> Path:
+    """Where a fit writes while it runs: ``out``, unless ``force`` replaces an existing run,
+    which stays untouched until the new one is complete (:func:`_replace_run`)."""
+    staging = out / STAGING
+    if resume:
+        return staging if force and _has_last(staging) else out
+    if force and out.is_dir() and any((out / n).exists() for n in OUTPUTS):
+        return staging
+    return out
+
+
+def _prepare_output(out: Path, work: Path, force: bool) -> None:
     check_output_dir(out, force)
-    if force and (out / "checkpoints").is_dir():
-        shutil.rmtree(out / "checkpoints")
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if (out / "checkpoints").is_symlink() or (work / "checkpoints").is_symlink():
+        raise OutputExistsError(f"{out}: checkpoints is a link; emvae will not write through it")
+    if work != out and work.exists():
+        shutil.rmtree(work)  # an earlier interrupted --force re-run: emvae's own folder
+    (work / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def _replace_run(work: Path, out: Path) -> None:
+    """Swap a complete --force re-run into ``out``: the old run's outputs (and the reports and
+    montages made from it) are moved aside, the new ones renamed in, then the old deleted."""
+    old = out / ".emvae-replaced"
+    if old.exists():
+        shutil.rmtree(old)
+    old.mkdir()
+    for name in (*OUTPUTS, *DERIVED):
+        if (out / name).exists() or (out / name).is_symlink():
+            os.replace(out / name, old / name)
+        if (work / name).exists():
+            os.replace(work / name, out / name)
+    shutil.rmtree(old)
+    shutil.rmtree(work)
 
 
 def _write_json(path: Path, config: RunConfig) -> None:
-    path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def _write_metrics(path: Path, history: list[dict[str, float]], zdim: int) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         columns = metric_columns(zdim)
         extra = [k for k in history[-1] if k not in columns]  # on_epoch's figures
         w = csv.DictWriter(f, fieldnames=[*columns, *extra])

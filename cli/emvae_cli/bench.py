@@ -10,7 +10,7 @@ import typer
 from emvae import bench as bn
 from emvae.errors import ConfigError, OutputExistsError
 from emvae.simulate import OBJECTS, get_object, write_simulation
-from emvae_cli.common import err_console, user_errors
+from emvae_cli.common import SEED_MAX, err_console, user_errors
 
 Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)
 
@@ -31,7 +31,7 @@ def simulate(
     defocus: float | None = typer.Option(
         None, "--ctf", show_default=False, help="Apply a CTF of this defocus (um; 300 kV)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed."),
     obj: Particle = typer.Option(
         Particle.hinge,
         "--object",

@@ -14,6 +14,8 @@ from rich.console import Console
 from emvae.errors import EmvaeError
 
 err_console = Console(stderr=True)
+#: The largest --seed (NumPy and torch both take it).
+SEED_MAX = 2**63 - 1
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -38,6 +40,12 @@ def user_errors(fn: F) -> F:
                 highlight=False,
             )
             raise typer.Exit(130) from None
+        except OSError as e:  # a full disk, a read-only folder, a vanished file
+            where = f"{e.filename}: " if e.filename else ""
+            err_console.print(
+                f"[bold red]error:[/] {where}{e.strerror or e}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(1) from None
         except MemoryError:
             err_console.print(
                 "[bold red]error:[/] out of memory; use a smaller --batch-size", highlight=False

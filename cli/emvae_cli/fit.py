@@ -19,10 +19,11 @@ from emvae.io import open_stack, write_table
 from emvae.latents import latent_usage, unused_warning
 from emvae.preprocess import Preprocess, prepare, prepare_for
 from emvae.progress import training_progress
-from emvae.train import check_output_dir, make_data_config, write_particles_star
+from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
+from emvae.train import DERIVED, OUTPUTS, check_output_dir, make_data_config, write_particles_star
 from emvae.train import fit as fit_model
 from emvae_cli import inputs as opt
-from emvae_cli.common import command_line, default, err_console, user_errors
+from emvae_cli.common import SEED_MAX, command_line, default, err_console, user_errors
 
 M, T = ModelConfig, TrainConfig
 
@@ -62,7 +63,11 @@ def fit(
         None, "--lr", help=_h("Adam learning rate.", T, "lr"), show_default=False
     ),
     seed: int = typer.Option(
-        default(T, "seed"), "--seed", help="Random seed (initialisation, split, sampling)."
+        default(T, "seed"),
+        "--seed",
+        min=0,
+        max=SEED_MAX,
+        help="Random seed (initialisation, split, sampling).",
     ),
     device: str = typer.Option(default(T, "device"), "--device", help="auto, cpu, cuda, cuda:N."),
     rotation: bool = typer.Option(True, "--rotation/--no-rotation", help="Infer rotation."),
@@ -292,6 +297,9 @@ def fit(
         command=command_line(),
         created=datetime.datetime.now().isoformat(timespec="seconds"),
     )
+    outputs = [out / name for name in (*OUTPUTS, *DERIVED)]
+    refuse_inputs_as_outputs(outputs, input_files(images.inputs, images.names))
+    check_writable(out)
     if not resume:
         check_output_dir(out, force)
         config.validate()
@@ -299,6 +307,15 @@ def fit(
     result = fit_model(images, config, out, resume=resume, force=force, progress=not quiet)
     if result.table.empty:  # not rank 0 of a torchrun job: rank 0 reports
         return
+    t = result.config.train
+    if result.config.model.zdim and t.z_delay >= t.epochs:
+        err_console.print(
+            f"warning: z was held at 0 for all {t.epochs} epochs (--z-delay {t.z_delay}): the "
+            f"latents are untrained; fit longer or give a shorter --z-delay",
+            highlight=False,
+            soft_wrap=True,
+            style="bold",
+        )
     warning = unused_warning(latent_usage(result.table))
     if warning:
         err_console.print(warning, highlight=False, style="bold")
@@ -318,7 +335,9 @@ def encode(
     out: Path = typer.Option(..., "-o", "--out", help="Table to write: .csv or .h5."),
     batch_size: int = typer.Option(256, "-b", "--batch-size", help="Images per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the per-particle ELBO sample."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, max=SEED_MAX, help="Seed of the per-particle ELBO sample."
+    ),
     datadir: str | None = opt.DATADIR,
     ind: str | None = opt.IND,
     apix: float | None = opt.APIX,
@@ -338,6 +357,10 @@ def encode(
     model, config, _ = load_model(checkpoint, dev)
     pre = Preprocess.from_dict(config.data.preprocess)
     images = open_stack(stacks, datadir, ind, pre.crop, pre.jitter, pre.seed, apix)
+    star = out.with_suffix(".star")
+    inputs = [*input_files(images.inputs, images.names), Path(checkpoint)]
+    refuse_inputs_as_outputs([out, star], inputs)
+    check_writable(out.parent)
     prepared = prepare_for(images, config.data.preprocess)
     if prepared.size != config.model.image_size or prepared.channels != config.model.channels:
         raise ConfigError(
@@ -358,9 +381,7 @@ def encode(
         prepared.offsets,
         images.rows,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_table(table, out)
-    star = out.with_suffix(".star")
     config.data.apix = images.apix  # this input's pixel size and box, not the training set's
     config.data.input_size = images.input_size or images.size
     layout = write_particles_star(table, images, config.data, star)

@@ -11,8 +11,9 @@ from rich.console import Console
 from emvae.info import describe
 from emvae.preprocess import CHUNK, write_cache
 from emvae.progress import training_progress
+from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
 from emvae_cli import inputs as opt
-from emvae_cli.common import err_console, user_errors
+from emvae_cli.common import SEED_MAX, err_console, user_errors
 
 
 @user_errors
@@ -30,7 +31,7 @@ def preprocess(
     invert: bool = opt.INVERT,
     norm: str = opt.NORM,
     bg_radius: float | None = opt.BG_RADIUS,
-    seed: int = typer.Option(0, "--seed", help="Seed of the window jitter."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the window jitter."),
     chunk: int = typer.Option(CHUNK, "--chunk", help="Images per chunk (bounds memory)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
@@ -41,6 +42,8 @@ def preprocess(
     )
     for note in stack.notes:
         err_console.print(f"note: {note}", highlight=False)
+    refuse_inputs_as_outputs([out], input_files(stack.inputs, stack.names))
+    check_writable(out.parent)
     t0 = time.perf_counter()
     with training_progress(not quiet) as bar:
         write_cache(

@@ -15,6 +15,7 @@ from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.io import open_stack, read_table, write_mrc
 from emvae.io.star_export import Optics, export_table, input_star_rows
 from emvae.progress import training_progress
+from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
 from emvae_cli.common import err_console, user_errors
 from emvae_cli.inputs import APIX, DATADIR, IND
 
@@ -71,6 +72,8 @@ def export_star(
     if out.exists() and not force:
         raise OutputExistsError(f"{out}: exists; use --force to overwrite")
     table, config = load_source(source)
+    refuse_inputs_as_outputs([out], [source, *([input_star] if input_star else [])])
+    check_writable(out.parent)
     if config is not None:
         apix = apix if apix is not None else config.data.apix
         box = box or config.data.input_size or None
@@ -81,7 +84,9 @@ def export_star(
     if input_star is not None:
         if "input_row" not in table:
             raise InputError(source, "has no input_row column to match the input STAR's rows")
+        refuse_inputs_as_outputs([out], [input_star])
         particles, optics = input_star_rows(input_star, table["input_row"].to_numpy())
+        _check_names(table, particles, input_star)
         if box is None and optics is not None and "rlnImageSize" in optics:
             box = int(optics["rlnImageSize"].iloc[0])
     if box is None:
@@ -122,6 +127,9 @@ def align(
         datadir = datadir or config.data.datadir
         ind = ind or config.data.ind
     images = open_stack(stacks, datadir, ind, apix=apix)
+    inputs = [*input_files(images.inputs, images.names), source]
+    refuse_inputs_as_outputs([out, avg_path], inputs)
+    check_writable(out.parent)
     names = table["image"].astype(str).tolist()
     if len(names) != len(images):
         raise InputError(
@@ -155,3 +163,17 @@ def _same_image(a: str, b: str) -> bool:
         return int(ka) == int(kb) and Path(pa).name == Path(pb).name
     except ValueError:
         return a == b
+
+
+def _check_names(table: pd.DataFrame, particles: pd.DataFrame, star: Path) -> None:
+    """The table's images must be the STAR rows its poses are attached to."""
+    if "image" not in table or "rlnImageName" not in particles:
+        return
+    names = particles["rlnImageName"].astype(str).tolist()
+    for k, (a, b) in enumerate(zip(table["image"].astype(str), names, strict=True)):
+        if not _same_image(a, b):
+            raise InputError(
+                star,
+                f"row {table['input_row'].iloc[k]} is {b} but the table's particle {k + 1} is "
+                f"{a}: this STAR file is not the one the poses came from",
+            )

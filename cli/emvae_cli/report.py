@@ -12,7 +12,7 @@ from emvae import montage as mt
 from emvae.errors import ConfigError, InputError
 from emvae.latents import latent_columns
 from emvae.report import image_key, load_run, write_report
-from emvae_cli.common import err_console, user_errors
+from emvae_cli.common import SEED_MAX, err_console, user_errors
 
 
 @user_errors
@@ -77,14 +77,18 @@ def montage(
     out: Path | None = typer.Option(
         None, "-o", "--out", show_default=False, help="Folder (default RUN/montage)."
     ),
-    pairs: int = typer.Option(4, "--pairs", help="Random pairs of test particles to interpolate."),
+    pairs: int = typer.Option(
+        4, "--pairs", min=1, help="Random pairs of test particles to interpolate."
+    ),
     pair: list[str] | None = typer.Option(
         None, "--pair", show_default=False, help="A pair of image names 'A,B' (repeatable)."
     ),
-    steps: int = typer.Option(8, "--steps", help="Interpolation steps (ends included)."),
-    grid: int = typer.Option(10, "--grid", help="Manifold grid size for 1-D / 2-D z."),
-    samples: int = typer.Option(8, "--samples", help="Prior samples: an N x N grid."),
-    seed: int = typer.Option(0, "--seed", help="Seed for pairs and prior samples."),
+    steps: int = typer.Option(8, "--steps", min=2, help="Interpolation steps (ends included)."),
+    grid: int = typer.Option(10, "--grid", min=1, help="Manifold grid size for 1-D / 2-D z."),
+    samples: int = typer.Option(8, "--samples", min=1, help="Prior samples: an N x N grid."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, max=SEED_MAX, help="Seed for pairs and prior samples."
+    ),
     gif: bool = typer.Option(True, "--gif/--no-gif", help="Animated GIF along the first pair."),
 ) -> None:
     """Interpolations, manifold, prior samples, traversals and a GIF (PNG).

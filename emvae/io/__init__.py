@@ -178,6 +178,10 @@ def read_indices(path: str | os.PathLike, n: int) -> np.ndarray:
         raise InputError(p, f"expected a 1-D list of integers, got {idx.dtype} {idx.shape}")
     if len(idx) == 0:
         raise InputError(p, "selects no images")
+    if len(idx) > n:
+        raise InputError(p, f"lists {len(idx)} indices but the stack holds {n} images")
+    if len(np.unique(idx)) != len(idx):
+        raise InputError(p, "lists an image more than once")
     bad = (idx < 0) | (idx >= n)
     if bad.any():
         raise InputError(

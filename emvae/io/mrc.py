@@ -11,6 +11,7 @@ import numpy as np
 
 from emvae.errors import InputError
 from emvae.io.stack import ImageStack, as_images
+from emvae.safety import atomic_output
 
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".map")
 _REAL_MODES = {0, 1, 2, 6, 12}
@@ -67,12 +68,13 @@ def read_mrc(path: str | os.PathLike) -> ImageStack:
 def write_mrc(path: str | os.PathLike, images: np.ndarray, apix: float | None = None) -> None:
     """Write ``(N, D, D)`` images as a float32 MRCS stack (overwrites ``path``)."""
     data = np.ascontiguousarray(images, dtype=np.float32)
-    with mrcfile.new(path, overwrite=True) as mrc, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # header statistics of data holding NaN
-        mrc.set_data(data)
-        mrc.set_image_stack()
-        if apix:
-            mrc.voxel_size = apix
+    with atomic_output(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # header statistics of data holding NaN
+            mrc.set_data(data)
+            mrc.set_image_stack()
+            if apix:
+                mrc.voxel_size = apix
 
 
 def _open(p: Path):

@@ -36,7 +36,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
         has_at = split[1].notna()
         files = split[1].where(has_at, split[0])
         index = pd.to_numeric(split[0].where(has_at, "1"), errors="coerce")
-        bad = index.isna() | (index < 1)
+        bad = index.isna() | (index < 1) | (index != index.round())  # "7.5@stack" is no image
         if bad.any():
             row = int(np.argmax(bad.to_numpy()))
             raise InputError(

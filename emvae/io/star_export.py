@@ -23,6 +23,7 @@ import pandas as pd
 import starfile
 
 from emvae.errors import ConfigError
+from emvae.safety import atomic_output
 
 POSE_COLUMNS = ("rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst")
 OWN = {  # emvae table column -> STAR column RELION ignores
@@ -132,7 +133,8 @@ def table_to_star(
             if col not in rows:
                 rows[col] = value
     else:
-        if not apix:
+        per_row = _group_pixel_sizes(rows, optics)
+        if not apix and per_row is None:
             raise ConfigError(
                 "the pixel size is unknown and RELION 3.1 origins are in A: give --apix "
                 "(or --relion30 for origins in pixels)"
@@ -159,8 +161,10 @@ def table_to_star(
         if "rlnOpticsGroup" not in rows:
             rows["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
         rows["rlnAnglePsi"] = psi
-        rows["rlnOriginXAngst"] = origin[:, 0] * apix
-        rows["rlnOriginYAngst"] = origin[:, 1] * apix
+        # each particle's origin in its own optics group's pixels (groups may differ)
+        scale = per_row if per_row is not None else np.full(n, float(apix))
+        rows["rlnOriginXAngst"] = origin[:, 0] * scale
+        rows["rlnOriginYAngst"] = origin[:, 1] * scale
     for col, star_col in OWN.items():
         if col in table:
             rows[star_col] = table[col].to_numpy()
@@ -171,6 +175,19 @@ def table_to_star(
     if relion30:
         return {"": rows}
     return {"optics": optics.reset_index(drop=True), "particles": rows}
+
+
+def _group_pixel_sizes(rows: pd.DataFrame, optics: pd.DataFrame | None) -> np.ndarray | None:
+    """``(N,)`` each particle's pixel size from its optics group (Å), or None when the input
+    STAR's optics table does not give every particle's group a pixel size."""
+    if optics is None or "rlnOpticsGroup" not in rows or "rlnOpticsGroup" not in optics:
+        return None
+    col = next((c for c in ("rlnImagePixelSize", "rlnPixelSize") if c in optics), None)
+    if col is None:
+        return None
+    groups = pd.Series(optics[col].to_numpy(np.float64), index=optics["rlnOpticsGroup"].astype(int))
+    per_row = rows["rlnOpticsGroup"].astype(int).map(groups).to_numpy(np.float64)
+    return None if np.isnan(per_row).any() else per_row
 
 
 def _relion_name(name: str) -> str:
@@ -194,8 +211,8 @@ def export_table(
     particles/optics: the input STAR's particle rows *for the table's rows, in order* and its
     optics table. ``relion30=None`` picks 3.1 when the pixel size is known, else 3.0.
     """
-    if relion30 is None:
-        relion30 = not apix
+    if relion30 is None:  # 3.1 needs pixel sizes: the run's, or the input's optics groups'
+        relion30 = not apix and (particles is None or _group_pixel_sizes(particles, optics) is None)
     blocks = table_to_star(table, box, apix, particles, optics, relion30, defaults)
     write_star(blocks, path)
     return "3.0" if relion30 else "3.1"
@@ -223,20 +240,19 @@ def write_star(blocks: dict[str, pd.DataFrame], path: str | os.PathLike) -> Path
     """Write blocks with ``starfile`` (``# version 30001`` header for 3.1, as RELION does)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".partial")
-    starfile.write(blocks, tmp, overwrite=True)
-    # starfile stamps the time of day into its first line; emvae's files name emvae instead,
-    # so the same poses always give the same bytes.
-    lines = tmp.read_text().split("\n")
-    if lines and lines[0].startswith("# Created by the starfile"):
-        lines[0] = f"# Created by emvae {_version()}"
-    text = "\n".join(lines)
-    if "optics" in blocks:
-        text = text.replace("data_optics", "# version 30001\n\ndata_optics", 1).replace(
-            "data_particles", "# version 30001\n\ndata_particles", 1
-        )
-    tmp.write_text(text)
-    os.replace(tmp, p)
+    with atomic_output(p) as tmp:
+        starfile.write(blocks, tmp, overwrite=True)
+        # starfile stamps the time of day into its first line; emvae's files name emvae instead,
+        # so the same poses always give the same bytes.
+        lines = tmp.read_text().split("\n")
+        if lines and lines[0].startswith("# Created by the starfile"):
+            lines[0] = f"# Created by emvae {_version()}"
+        text = "\n".join(lines)
+        if "optics" in blocks:
+            text = text.replace("data_optics", "# version 30001\n\ndata_optics", 1).replace(
+                "data_particles", "# version 30001\n\ndata_particles", 1
+            )
+        tmp.write_text(text)
     return p
 
 

@@ -10,15 +10,17 @@ import numpy as np
 import pandas as pd
 
 from emvae.errors import InputError
+from emvae.safety import atomic_output
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write ``df`` as CSV, or as HDF5 when ``path`` ends in ``.h5``/``.hdf5``."""
     p = Path(path)
-    if p.suffix in (".h5", ".hdf5"):
-        write_table_h5(df, p)
-    else:
-        df.to_csv(p, index=False, float_format="%.7g")
+    with atomic_output(p) as tmp:
+        if p.suffix in (".h5", ".hdf5"):
+            write_table_h5(df, tmp)
+        else:
+            df.to_csv(tmp, index=False, float_format="%.7g")
 
 
 def write_table_h5(df: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -1,0 +1,296 @@
+"""What emvae never does to a user's files (issue 14), one row per case: the input made on
+the fly, the command, and the expected one-line message or behaviour.
+
+Every refusal must name the file and leave the user's files byte for byte as they were."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+from emvae_cli.main import app
+from test_cli import SMALL, runner
+
+from emvae.io import read_table
+from emvae.safety import atomic_output
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative name -> sha256), to prove nothing changed."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def run(tiny_stack, tmp_path):
+    """A finished fit of the tiny stack, with a report folder made from it."""
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(out), *SMALL])
+    assert r.exit_code == 0, r.output
+    (out / "report").mkdir()
+    (out / "report" / "report.json").write_text("{}")
+    return out
+
+
+def _star_input(tiny_stack: Path, folder: Path, name: str = "particles.star") -> Path:
+    n = 60
+    star = folder / name
+    star.parent.mkdir(parents=True, exist_ok=True)
+    particles = pd.DataFrame(
+        {"rlnImageName": [f"{k}@{tiny_stack}" for k in range(1, n + 1)], "rlnDefocusU": 1e4}
+    )
+    starfile.write(particles, star)
+    return star
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. An output that is an input is refused, with or without --force.
+
+
+def _fit_over_input_star(tiny_stack, tmp_path, run):
+    proj = tmp_path / "proj"
+    star = _star_input(tiny_stack, proj)
+    return star, ["fit", str(star), "-o", str(proj), "--force", *SMALL]
+
+
+def _encode_over_input_star(tiny_stack, tmp_path, run):
+    star = _star_input(tiny_stack, tmp_path / "p")
+    return star, ["encode", str(run), str(star), "-o", str(star.with_suffix(".csv")), "--force"]
+
+
+def _preprocess_over_input(tiny_stack, tmp_path, run):
+    return tiny_stack, ["preprocess", str(tiny_stack), "-o", str(tiny_stack), "--force", "-q"]
+
+
+def _align_over_input(tiny_stack, tmp_path, run):
+    return tiny_stack, ["align", str(run), "-o", str(tiny_stack), "--force", "-q"]
+
+
+def _export_over_input(tiny_stack, tmp_path, run):
+    star = _star_input(tiny_stack, tmp_path / "p")
+    return star, ["export-star", str(run), "--input", str(star), "-o", str(star), "--force"]
+
+
+def _export_over_link_to_input(tiny_stack, tmp_path, run):
+    star = _star_input(tiny_stack, tmp_path / "p")
+    link = tmp_path / "link.star"
+    link.symlink_to(star)
+    return star, ["export-star", str(run), "--input", str(star), "-o", str(link), "--force"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        _fit_over_input_star,
+        _encode_over_input_star,
+        _preprocess_over_input,
+        _align_over_input,
+        _export_over_input,
+        _export_over_link_to_input,
+    ],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_an_output_that_is_an_input_is_refused(case, tiny_stack, tmp_path, run):
+    victim, args = case(tiny_stack, tmp_path, run)
+    before = victim.read_bytes()
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert "is an input of this command" in r.output and "Traceback" not in r.output
+    assert victim.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. A --force re-run replaces the old run only once it is complete.
+
+
+def test_an_interrupted_force_rerun_leaves_the_old_run_intact(run, tiny_stack, monkeypatch):
+    import emvae.train
+
+    before = _digest(run)
+    calls = {"n": 0}
+    real = emvae.train._train_epoch
+
+    def dies_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(emvae.train, "_train_epoch", dies_in_epoch_2)
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--force", *SMALL])
+    assert r.exit_code == 130, r.output
+    assert {k: v for k, v in _digest(run).items() if not k.startswith(".emvae")} == before
+    # resuming is explicit: the old run, or the interrupted re-run
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--resume", *SMALL])
+    assert r.exit_code == 1 and "--resume --force" in r.output
+    monkeypatch.setattr(emvae.train, "_train_epoch", real)
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--resume", "--force", *SMALL])
+    assert r.exit_code == 0, r.output
+    assert not (run / ".emvae-replacing").exists() and not (run / "report").exists()
+    assert len(read_table(run / "particles.csv")) == 60
+
+
+def test_a_force_rerun_on_a_bad_input_leaves_the_old_run_intact(run, tmp_path):
+    before = _digest(run)
+    bad = tmp_path / "bad.mrcs"
+    bad.write_bytes(b"not an mrc file at all" * 10)
+    r = runner.invoke(app, ["fit", str(bad), "-o", str(run), "--force", *SMALL])
+    assert r.exit_code == 1 and str(bad) in r.output
+    assert _digest(run) == before
+
+
+def test_a_complete_force_rerun_replaces_outputs_and_retires_reports(run, tiny_stack):
+    old = (run / "particles.csv").read_bytes()
+    r = runner.invoke(
+        app, ["fit", str(tiny_stack), "-o", str(run), "--force", "--seed", "7", *SMALL]
+    )
+    assert r.exit_code == 0, r.output
+    assert (run / "particles.csv").read_bytes() != old
+    assert not (run / "report").exists()  # made from the old run: would mislabel the new
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. A failed write leaves no complete-looking output and no temporary file.
+
+
+def test_a_full_disk_leaves_no_table_and_no_temporary_file(tiny_stack, tmp_path, monkeypatch):
+    def full(self, path, *args, **kwargs):
+        Path(path).write_text("image,theta_deg\n1@x,3.0\n")  # a truncated table
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(out), *SMALL])
+    assert r.exit_code == 1 and "No space left on device" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) <= 3
+    assert not (out / "particles.csv").exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_output_never_follows_a_planted_link(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("months of work")
+    for planted in ("last.pt.tmp", "particles.star.partial"):
+        (tmp_path / planted).symlink_to(target)
+    with atomic_output(tmp_path / "last.pt") as tmp:
+        assert not tmp.is_symlink() and tmp.parent == tmp_path
+        tmp.write_text("checkpoint")
+    assert target.read_text() == "months of work"
+    assert (tmp_path / "last.pt").read_text() == "checkpoint"
+    assert oct((tmp_path / "last.pt").stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_atomic_output_removes_its_temporary_file_on_failure(tmp_path):
+    with pytest.raises(RuntimeError), atomic_output(tmp_path / "t.csv") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Bad inputs and options: one clear line, exit 1 (or Typer's usage error, exit 2).
+
+
+def _write_ind(tmp_path, values):
+    p = tmp_path / "ind.npy"
+    np.save(p, np.asarray(values, dtype=np.int64))
+    return p
+
+
+CASES = [
+    # (id, extra files made on the fly -> args, exit code, words the message must hold)
+    ("ind-duplicates", lambda s, t: ["--ind", str(_write_ind(t, [0, 1, 1]))], 1, "more than once"),
+    ("ind-too-long", lambda s, t: ["--ind", str(_write_ind(t, np.arange(61) % 60))], 1, "61"),
+    ("seed-negative", lambda s, t: ["--seed", "-1"], 2, "--seed"),
+    ("seed-too-large", lambda s, t: ["--seed", str(2**64)], 2, "--seed"),
+    ("out-under-a-file", lambda s, t: ["-o", str(s) + "/run"], 1, "cannot write here"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_fit_options_get_one_line(case, tiny_stack, tmp_path):
+    _, make, code, words = case
+    args = make(tiny_stack, tmp_path)
+    out = [] if "-o" in args else ["-o", str(tmp_path / "run")]
+    r = runner.invoke(app, ["fit", str(tiny_stack), *out, *args, *SMALL])
+    assert r.exit_code == code, r.output
+    assert words in r.output and "Traceback" not in r.output
+
+
+def test_a_fractional_image_index_is_refused(tiny_stack, tmp_path):
+    star = tmp_path / "frac.star"
+    starfile.write(pd.DataFrame({"rlnImageName": [f"7.5@{tiny_stack}", f"2@{tiny_stack}"]}), star)
+    r = runner.invoke(app, ["info", str(star)])
+    assert r.exit_code == 1 and "7.5@" in r.output and "row 1" in r.output
+
+
+@pytest.mark.parametrize("option", ["--steps", "--grid", "--samples", "--pairs"])
+def test_montage_counts_must_be_positive(run, option):
+    r = runner.invoke(app, ["montage", str(run), option, "0"])
+    assert r.exit_code == 2 and option in r.output
+
+
+def test_export_star_refuses_another_stars_rows(run, tiny_stack, tmp_path):
+    other = tmp_path / "other.star"
+    names = [f"{k}@elsewhere.mrcs" for k in range(1, 61)]
+    starfile.write(pd.DataFrame({"rlnImageName": names, "rlnDefocusU": 1e4}), other)
+    r = runner.invoke(app, ["export-star", str(run), "--input", str(other), "-o", "x.star"])
+    assert r.exit_code == 1 and "not the one the poses came from" in r.output
+    assert not os.path.exists("x.star")
+
+
+def test_z_delay_longer_than_the_run_is_reported(tiny_stack, tmp_path):
+    r = runner.invoke(
+        app, ["fit", str(tiny_stack), "-o", str(tmp_path / "r"), "--z-delay", "5", *SMALL]
+    )
+    assert r.exit_code == 0 and "latents are untrained" in r.output
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Metadata: every optics group kept, each particle's origin in its own group's pixels.
+
+
+def test_optics_groups_with_different_pixel_sizes_are_kept(tiny_stack, tmp_path):
+    from emvae.io import star_export as sx
+
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1, 2],
+            "rlnOpticsGroupName": ["a", "b"],
+            "rlnVoltage": [200.0, 300.0],
+            "rlnSphericalAberration": [2.0, 2.7],
+            "rlnAmplitudeContrast": [0.07, 0.1],
+            "rlnImagePixelSize": [1.0, 2.0],
+            "rlnImageSize": [16, 16],
+            "rlnImageDimensionality": [2, 2],
+        }
+    )
+    group = np.repeat([1, 2], 30)
+    particles = pd.DataFrame(
+        {"rlnImageName": [f"{k}@{tiny_stack}" for k in range(1, 61)], "rlnOpticsGroup": group}
+    )
+    star = tmp_path / "two_groups.star"
+    starfile.write({"optics": optics, "particles": particles}, star)
+    r = runner.invoke(app, ["fit", str(star), "-o", str(tmp_path / "run"), *SMALL])
+    assert r.exit_code == 0, r.output
+    got = starfile.read(tmp_path / "run" / "particles.star", always_dict=True)
+    assert got["optics"]["rlnVoltage"].tolist() == [200.0, 300.0]
+    assert got["optics"]["rlnImagePixelSize"].tolist() == [1.0, 2.0]
+    table = read_table(tmp_path / "run" / "particles.csv")
+    origin = sx.relion_origin(
+        table["theta_deg"].to_numpy(), table[["shift_x_px", "shift_y_px"]].to_numpy(), 16
+    )
+    apix = np.where(group == 1, 1.0, 2.0)
+    assert np.allclose(got["particles"]["rlnOriginXAngst"], origin[:, 0] * apix, atol=1e-5)
+    assert np.allclose(got["particles"]["rlnOriginYAngst"], origin[:, 1] * apix, atol=1e-5)
+    assert got["particles"]["rlnOpticsGroup"].tolist() == group.tolist()
