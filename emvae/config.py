@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from emvae.errors import ConfigError
@@ -226,6 +228,7 @@ class DataConfig:
     scale: float = 1.0
     datadir: str | None = None
     ind: str | None = None
+    fingerprint: str = ""  # of the images' names and a few images (emvae.train.fingerprint)
 
 
 @dataclass
@@ -266,6 +269,25 @@ class RunConfig:
             )
         except (KeyError, TypeError) as e:
             raise ConfigError(f"not an emvae configuration ({e})") from None
+
+
+def read_config(path: str | os.PathLike) -> RunConfig:
+    """A run's ``config.json``; one :class:`InputError` line naming it when it is unreadable."""
+    import json
+
+    from emvae.errors import InputError
+
+    p = Path(path)
+    try:
+        return RunConfig.from_dict(json.loads(p.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise InputError(p, f"not a readable emvae config.json ({_short(e)})") from None
+    except ConfigError as e:
+        raise InputError(p, str(e)) from None
+
+
+def _short(e: BaseException) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
-from emvae.config import RunConfig
+from emvae.config import RunConfig, read_config
 from emvae.errors import InputError
 from emvae.io.star_export import star_pose
 from emvae.io.tables import read_table
@@ -52,12 +52,35 @@ def load_run(run: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | None,
     d = Path(run)
     if not (d / "config.json").exists():
         raise InputError(d, "is not an emvae run directory (no config.json)")
-    config = RunConfig.from_dict(json.loads((d / "config.json").read_text()))
+    config = read_config(d / "config.json")
     table_path = d / "particles.h5" if (d / "particles.h5").exists() else d / "particles.csv"
     if not table_path.exists():
         raise InputError(d, "has no particles.h5 or particles.csv (the fit did not finish?)")
-    metrics = pd.read_csv(d / "metrics.csv") if (d / "metrics.csv").exists() else None
-    return read_table(table_path), metrics, config
+    metrics = _read_metrics(d / "metrics.csv") if (d / "metrics.csv").exists() else None
+    table = read_table(table_path)
+    check_run_table(table, config, table_path)
+    return table, metrics, config
+
+
+def check_run_table(table: pd.DataFrame, config: RunConfig, path: Path) -> None:
+    """A run folder's table must describe the fit its config.json describes."""
+    n = config.data.n_images
+    if n and len(table) != n:
+        raise InputError(
+            path,
+            f"has {len(table)} particles but config.json describes a fit of {n}: this folder "
+            f"mixes outputs of two runs",
+        )
+
+
+def _read_metrics(path: Path) -> pd.DataFrame:
+    try:
+        metrics = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not a readable metrics table ({str(e).splitlines()[0]})") from None
+    if "epoch" not in metrics:
+        raise InputError(path, "not an emvae metrics table (no epoch column)")
+    return metrics
 
 
 def read_reference(path: str | os.PathLike, box: int, apix: float | None) -> pd.DataFrame:
@@ -85,6 +108,24 @@ def read_reference(path: str | os.PathLike, box: int, apix: float | None) -> pd.
     ref = read_table(p)
     if "image" not in ref:
         raise InputError(p, "has no 'image' column (N@file names) to match particles by")
+    return _checked_reference(ref, p)
+
+
+def _checked_reference(ref: pd.DataFrame, p: Path) -> pd.DataFrame:
+    """Pose columns must be numbers; rows without a finite value there are left out (and
+    said so) rather than turning every score into NaN."""
+    poses = [c for c in ("theta_deg", "shift_x_px", "shift_y_px") if c in ref]
+    for c in poses:
+        values = pd.to_numeric(ref[c], errors="coerce")
+        bad = values.isna() & ref[c].notna()
+        if bad.any():
+            k = int(np.argmax(bad.to_numpy()))
+            raise InputError(p, f"row {k + 1}: {c} is {ref[c].iloc[k]!r}, not a number")
+        ref[c] = values
+    finite = np.isfinite(ref[poses].to_numpy(np.float64)).all(1) if poses else None
+    if finite is not None and not finite.all():
+        ref = ref[finite].reset_index(drop=True)
+        ref.attrs["note"] = f"{p}: {int((~finite).sum())} rows without a finite pose left out"
     return ref
 
 
@@ -365,6 +406,8 @@ def write_report(
     if reference is not None:
         box = config.data.input_size or config.model.image_size
         ref = read_reference(reference, box, config.data.apix)
+        if ref.attrs.get("note"):
+            result["warnings"].append(f"warning: {ref.attrs['note']}")
         ours, theirs = match(table, ref, str(reference))
         result["reference"] = str(reference)
         result.update(compare(ours, theirs))

@@ -477,6 +477,7 @@ def make_data_config(
         pre = Preprocess.from_dict(stack.preprocessed)
     prepared = prepare_for(stack, pre.to_dict())
     return DataConfig(
+        fingerprint=fingerprint(stack),
         paths=list(stack.inputs) or [stack.source],
         n_images=len(stack),
         apix=apix if apix is not None else stack.apix,
@@ -516,6 +517,18 @@ def _check_stack(stack: ImageStack, prepared: Prepared, config: RunConfig) -> No
         raise InputError(stack.source, f"holds {len(stack)} image; training needs at least 2")
 
 
+def fingerprint(stack: ImageStack) -> str:
+    """A digest of the image names and of the first, middle and last images' pixels: another
+    stack of the same count and size has another fingerprint (``--resume`` compares them)."""
+    import hashlib
+
+    h = hashlib.sha256("\n".join(stack.names).encode("utf-8", "surrogateescape"))
+    n = len(stack)
+    for i in sorted({0, n // 2, n - 1}):
+        h.update(np.ascontiguousarray(stack.images[i : i + 1], dtype=np.float32).tobytes())
+    return h.hexdigest()[:32]
+
+
 def _check_same_data(stack: ImageStack, config: RunConfig) -> None:
     size = stack.input_size or stack.size
     if len(stack) != config.data.n_images or size != config.data.input_size:
@@ -523,6 +536,12 @@ def _check_same_data(stack: ImageStack, config: RunConfig) -> None:
             stack.source,
             f"does not match the run being resumed "
             f"({config.data.n_images} images of {config.data.input_size} px)",
+        )
+    if config.data.fingerprint and fingerprint(stack) != config.data.fingerprint:
+        raise InputError(
+            stack.source,
+            "is not the stack the run being resumed was fitted on (same count and size, "
+            "other images or names)",
         )
 
 

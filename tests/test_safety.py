@@ -294,3 +294,124 @@ def test_optics_groups_with_different_pixel_sizes_are_kept(tiny_stack, tmp_path)
     assert np.allclose(got["particles"]["rlnOriginXAngst"], origin[:, 0] * apix, atol=1e-5)
     assert np.allclose(got["particles"]["rlnOriginYAngst"], origin[:, 1] * apix, atol=1e-5)
     assert got["particles"]["rlnOpticsGroup"].tolist() == group.tolist()
+
+
+def test_resume_refuses_another_stack_of_the_same_shape(run, tmp_path):
+    from emvae.simulate import write_simulation
+
+    other = write_simulation(tmp_path / "other", n=60, size=16, snr=5.0, seed=11, apix=1.5)
+    before = _digest(run)
+    r = runner.invoke(app, ["fit", str(other), "-o", str(run), "--resume", "-n", "3", "-q"])
+    assert r.exit_code == 1 and "is not the stack the run being resumed" in r.output
+    assert _digest(run) == before
+
+
+def _reference(run: Path, tmp_path: Path, theta) -> Path:
+    table = read_table(run / "particles.csv")
+    ref = pd.DataFrame({"image": table["image"], "theta_deg": theta(table["theta_deg"])})
+    ref.to_csv(tmp_path / "ref.csv", index=False)
+    return tmp_path / "ref.csv"
+
+
+def test_a_nan_in_the_reference_drops_one_row_not_every_score(run, tmp_path):
+    def one_nan(theta):
+        theta = theta.copy()
+        theta.iloc[3] = np.nan
+        return theta
+
+    ref = _reference(run, tmp_path, one_nan)
+    r = runner.invoke(app, ["report", str(run), "--reference", str(ref)])
+    assert r.exit_code == 0, r.output
+    assert "1 rows without a finite pose left out" in r.output
+    assert "circular correlation 1.000" in r.output and "59 particles matched" in r.output
+
+
+def test_non_numeric_reference_angles_get_one_line(run, tmp_path):
+    ref = _reference(run, tmp_path, lambda t: t.astype(str).where(t.index != 2, "ninety"))
+    r = runner.invoke(app, ["report", str(run), "--reference", str(ref)])
+    assert r.exit_code == 1 and "row 3: theta_deg is 'ninety'" in r.output
+
+
+def test_datadir_never_lets_a_star_reach_outside_it(tiny_stack, tmp_path):
+    datadir = tmp_path / "dd"
+    datadir.mkdir()
+    star = datadir / "escape.star"
+    rel = os.path.relpath(tiny_stack, datadir)  # ../tiny/particles.mrcs: outside datadir
+    starfile.write(pd.DataFrame({"rlnImageName": [f"{k}@{rel}" for k in (1, 2)]}), star)
+    assert runner.invoke(app, ["info", str(star)]).exit_code == 0  # RELION's relative paths
+    r = runner.invoke(app, ["info", str(star), "--datadir", str(datadir)])
+    assert r.exit_code == 1 and "not found" in r.output and str(datadir) in r.output
+
+
+@pytest.mark.parametrize("other", ["L", "RGB"])
+def test_a_16_bit_picture_among_8_bit_ones_keeps_its_values(tmp_path, other):
+    from PIL import Image
+
+    from emvae.io import read_stack
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(folder / "a16.png")
+    Image.new(other, (8, 8), 100 if other == "L" else (100, 100, 100)).save(folder / "b8.png")
+    images = np.asarray(read_stack(str(folder)).images[0:2])
+    assert np.allclose(images[0], 30000 / 65535, atol=1e-6)  # not saturated to 1
+    assert np.allclose(images[1], 100 / 255, atol=1e-6)
+
+
+def test_a_huge_picture_gets_a_limit_not_a_traceback(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from emvae.io import pictures
+
+    monkeypatch.setattr(pictures, "MAX_PIXELS", 1000)
+    Image.new("L", (100, 100)).save(tmp_path / "big.png")
+    r = runner.invoke(app, ["info", str(tmp_path / "big.png")])
+    assert r.exit_code == 1 and "100x100" in r.output and "EMVAE_MAX_PICTURE_PIXELS" in r.output
+
+
+def _corrupt_config(run):
+    (run / "config.json").write_text("{not json")
+    return run / "config.json", "not a readable emvae config.json"
+
+
+def _empty_metrics(run):
+    (run / "metrics.csv").write_bytes(b"")
+    return run / "metrics.csv", "not a readable metrics table"
+
+
+def _binary_metrics(run):
+    (run / "metrics.csv").write_bytes(bytes(range(256)) * 4)
+    return run / "metrics.csv", "not a readable metrics table"
+
+
+def _mixed_runs(run):
+    table = read_table(run / "particles.csv").iloc[:40]
+    table.to_csv(run / "particles.csv", index=False)
+    (run / "particles.h5").unlink()
+    return run / "particles.csv", "mixes outputs of two runs"
+
+
+DAMAGE = [
+    (command, damage)
+    for damage in (_corrupt_config, _empty_metrics, _binary_metrics, _mixed_runs)
+    for command in ("report", "export-star", "montage")
+    if command == "report" or "metrics" not in damage.__name__  # only report reads metrics
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "damage"), DAMAGE, ids=[f"{c}-{d.__name__.strip('_')}" for c, d in DAMAGE]
+)
+def test_a_damaged_run_folder_gets_one_line(run, tmp_path, command, damage):
+    path, words = damage(run)
+    args = ["-o", str(tmp_path / "x.star")] if command == "export-star" else []
+    r = runner.invoke(app, [command, str(run), *args])
+    assert r.exit_code == 1, r.output
+    assert str(path) in r.output and words in r.output and "Traceback" not in r.output
+
+
+def test_export_star_names_the_missing_columns(tmp_path):
+    pd.DataFrame({"image": ["1@a.mrcs"], "shift_x_px": [0.0]}).to_csv(tmp_path / "t.csv")
+    args = ["export-star", str(tmp_path / "t.csv"), "-o", str(tmp_path / "t.star"), "--box", "8"]
+    r = runner.invoke(app, [*args, "--apix", "1"])
+    assert r.exit_code == 1 and "theta_deg" in r.output and not (tmp_path / "t.star").exists()

@@ -9,12 +9,13 @@ import pandas as pd
 import typer
 
 from emvae.align import align_stack
-from emvae.config import RunConfig
+from emvae.config import RunConfig, read_config
 from emvae.data import resolve_device
 from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.io import open_stack, read_table, write_mrc
 from emvae.io.star_export import Optics, export_table, input_star_rows
 from emvae.progress import training_progress
+from emvae.report import check_run_table
 from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
 from emvae_cli.common import err_console, user_errors
 from emvae_cli.inputs import APIX, DATADIR, IND
@@ -31,11 +32,11 @@ def load_source(source: Path) -> tuple[pd.DataFrame, RunConfig | None]:
         if table_path is None:
             raise InputError(source, "holds no particles.h5 or particles.csv (not an emvae run?)")
         config = None
+        table = read_table(table_path)
         if (source / "config.json").exists():
-            import json
-
-            config = RunConfig.from_dict(json.loads((source / "config.json").read_text()))
-        return read_table(table_path), config
+            config = read_config(source / "config.json")
+            check_run_table(table, config, table_path)
+        return table, config
     if not source.exists():
         raise InputError(source, "no such file or directory")
     return read_table(source), None

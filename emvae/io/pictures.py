@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -111,20 +112,47 @@ class PictureSource:
         return out
 
 
-def decode(path: Path, channels: int) -> np.ndarray:
-    """One picture as ``(C, H, W)`` float32 in [0, 1] (8- or 16-bit), alpha dropped."""
+#: Pictures larger than this many pixels are refused (``EMVAE_MAX_PICTURE_PIXELS`` raises it).
+MAX_PIXELS = int(os.environ.get("EMVAE_MAX_PICTURE_PIXELS", 50_000_000))
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _too_large(path: Path, size: str) -> InputError:
+    return InputError(
+        path,
+        f"{size} is more than the {MAX_PIXELS} pixels a picture may have here (set "
+        f"EMVAE_MAX_PICTURE_PIXELS to raise the limit)",
+    )
+
+
+def _open_picture(path: Path):
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise _too_large(path, "the picture") from None
+    if im.width * im.height > MAX_PIXELS:
+        im.close()
+        raise _too_large(path, f"{im.width}x{im.height}")
+    return im
+
+
+def decode(path: Path, channels: int) -> np.ndarray:
+    """One picture as ``(C, H, W)`` float32 in [0, 1] (8- or 16-bit: each scaled by its own
+    bit depth, also among pictures of the other depth), alpha dropped."""
+    try:
+        with _open_picture(path) as im:
             im.load()
-            if channels == 3:
-                im = im.convert("RGB")
-            elif im.mode not in ("L", "I;16", "I;16B", "I;16L", "I"):
-                im = im.convert("L")
+            if im.mode in _SIXTEEN_BIT:  # grey: never through 8-bit RGB (that saturates)
+                a = np.asarray(im).astype(np.float32) / 65535.0
+                a = np.repeat(a[np.newaxis], channels, 0)
+                return a
+            im = im.convert("RGB" if channels == 3 else "L")
             a = np.asarray(im)
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
         raise InputError(path, f"unreadable image ({e})") from None
-    scale = 255.0 if a.dtype == np.uint8 else 65535.0
-    a = a.astype(np.float32) / scale
+    a = a.astype(np.float32) / 255.0
     return a[np.newaxis] if a.ndim == 2 else np.moveaxis(a, -1, 0)
 
 
@@ -137,7 +165,7 @@ def read_pictures(
     sizes, modes = [], set()
     for f in files:
         try:
-            with Image.open(f) as im:
+            with _open_picture(f) as im:
                 sizes.append((im.height, im.width))
                 modes.add(im.mode)
         except (OSError, UnidentifiedImageError) as e:

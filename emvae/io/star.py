@@ -111,14 +111,16 @@ def resolve_stack(
 ) -> list[Path]:
     """Where a stack named in a metadata file may be, most likely first.
 
-    With ``datadir``: ``datadir/recorded``, then ``datadir/<file name>`` (for paths recorded
-    in another project). Without: ``recorded`` if absolute, else relative to ``base`` (the
-    metadata file's folder), then to the working directory (a RELION project folder).
+    With ``datadir``, only files inside it: ``datadir/recorded`` (a relative path that stays
+    inside), then ``datadir/<file name>`` (for paths recorded in another project, absolute ones
+    included). Without: ``recorded`` if absolute, else relative to ``base`` (the metadata
+    file's folder), then to the working directory (a RELION project folder).
     """
     rec = Path(recorded)
     if datadir is not None:
         d = Path(datadir)
-        return [d / rec, d / rec.name] if not rec.is_absolute() else [rec, d / rec.name]
+        inside = [] if rec.is_absolute() or ".." in rec.parts else [d / rec]
+        return [*inside, d / rec.name]
     if rec.is_absolute():
         return [rec]
     return [base / rec, rec]

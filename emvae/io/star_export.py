@@ -106,6 +106,9 @@ def table_to_star(
     ``box``, ``apix`` and ``defaults``. RELION 3.1 needs the pixel size (origins in A).
     """
     n = len(table)
+    missing = [c for c in ("image", "theta_deg", "shift_x_px", "shift_y_px") if c not in table]
+    if missing:
+        raise ConfigError(f"the table has no {', '.join(missing)} column: not an emvae table?")
     if metadata is not None and len(metadata) != n:
         raise ValueError("metadata rows must match the table")
     origin = relion_origin(
