@@ -591,3 +591,68 @@ def _first(rows: list[dict], key: str, threshold: float) -> int | None:
         else:
             first = None
     return first
+
+
+def generator_steps(
+    images: np.ndarray,
+    truth: pd.DataFrame,
+    config: ModelConfig,
+    steps: int = 1000,
+    batch: int = 50,
+    lr: float = 1e-3,
+    every: int = 10,
+    n_eval: int = 500,
+    seed: int = 0,
+) -> dict:
+    """How many Adam steps a generator alone needs to draw the particles better than their mean
+    image, given the *true* poses and the true conformation as z (so nothing but the generator
+    is learnt).
+
+    images ``(N, 1, D, D)`` or ``(N, D, D)``, standardised as ``fit`` does; truth: the
+    simulation's table (``theta_deg``, ``shift_x_px``, ``shift_y_px`` in the consensus frame,
+    ``conformation``).
+    The squared error per image (sum over pixels) on ``n_eval`` held-out images is recorded
+    every ``every`` steps. Returns ``steps_to_beat_mean`` (None if never), ``mean_image_error``
+    and ``curve`` (list of ``(step, error)``)."""
+    from emvae.geometry import image_to_model_pose
+    from emvae.models import SpatialVAE
+    from emvae.models.vae import images_to_pixels
+
+    torch.manual_seed(seed)
+    x = torch.as_tensor(images, dtype=torch.float32)
+    x = x[:, None] if x.dim() == 3 else x
+    theta, shift = image_to_model_pose(
+        torch.tensor(truth["theta_deg"].to_numpy(np.float64)),
+        torch.tensor(truth[["shift_x_px", "shift_y_px"]].to_numpy(np.float64)),
+        config.image_size,
+    )
+    pose = torch.cat([theta[:, None], shift], 1).float()
+    c = truth["conformation"].to_numpy(np.float64)
+    z = torch.tensor((c - c.mean()) / c.std(), dtype=torch.float32)[:, None]
+    z = z.repeat(1, config.zdim) if config.zdim else z[:, :0]
+    y = images_to_pixels(x)  # (N, D*D, 1)
+    n = len(x)
+    held = torch.arange(n - min(n_eval, n // 2), n)
+    train = torch.arange(0, held[0].item())
+    mean_error = float(((y[held] - y[train].mean(0)) ** 2).sum((1, 2)).mean())
+    model = SpatialVAE(config)
+    opt = torch.optim.Adam(model.generator.parameters(), lr=lr)
+    rng = torch.Generator().manual_seed(seed)
+    curve, first = [], None
+
+    def error() -> float:
+        with torch.no_grad():
+            return float(((model.decode(z[held], pose[held]) - y[held]) ** 2).sum((1, 2)).mean())
+
+    for step in range(1, steps + 1):
+        idx = train[torch.randint(len(train), (batch,), generator=rng)]
+        loss = ((model.decode(z[idx], pose[idx]) - y[idx]) ** 2).sum((1, 2)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % every == 0:
+            e = error()
+            curve.append((step, e))
+            if first is None and e < mean_error:
+                first = step
+    return {"steps_to_beat_mean": first, "mean_image_error": mean_error, "curve": curve}

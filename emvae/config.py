@@ -169,7 +169,7 @@ class ModelConfig:
 #: Default z-delay (epochs) per pose network: z is switched on once the poses have settled,
 #: which takes the equivariant encoder about 2 epochs and the mlp/conv networks on rotated
 #: copies about 5 (docs/benchmarks.md); the paper's is 2.
-Z_DELAY = {"equivariant": 2, "mlp": 5, "conv": 5}
+Z_DELAY = {"equivariant": 0, "mlp": 5, "conv": 5}
 
 
 @dataclass

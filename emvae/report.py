@@ -394,6 +394,12 @@ def write_report(
     if metrics is not None and len(metrics):
         last = metrics.iloc[-1]
         result["final_epoch"] = {k: float(v) for k, v in last.items()}
+        kl = [c for c in metrics.columns if c.startswith("test_kl_z") and c[9:].isdigit()]
+        if kl:  # is each latent dimension used, epoch by epoch (nats per particle, test set)
+            result["kl_per_epoch"] = {
+                "epoch": metrics["epoch"].astype(int).tolist(),
+                **{c[8:]: metrics[c].astype(float).round(5).tolist() for c in kl},
+            }
     figures: list[Path | None] = [
         plot_learning_curves(metrics, dest / "learning_curves.png")
         if metrics is not None

@@ -23,6 +23,7 @@ from emvae.errors import OutputError, OutputExistsError
 __all__ = [
     "atomic_output",
     "check_free_space",
+    "check_names",
     "check_writable",
     "input_files",
     "refuse_inputs_as_outputs",
@@ -105,23 +106,45 @@ def input_files(specs: Iterable[str], names: Iterable[str] = ()) -> list[Path]:
     return files
 
 
-def _same(a: Path, b: Path) -> bool:
+def _identity(p: Path) -> tuple[int, int] | None:
     try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        return False
-    return os.path.abspath(a) == os.path.abspath(b)
+        st = p.stat()  # follows links: a link to an input is that input
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def refuse_inputs_as_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[Path]) -> None:
-    """Raise when an output path is (or links to) one of the input files."""
+    """Raise when an output path is (or links to) one of the input files (one ``stat`` per
+    input, so a STAR file naming thousands of stacks costs milliseconds)."""
     ins = [Path(i) for i in inputs]
+    names = {os.path.abspath(i) for i in ins}
+    ids = {k for k in map(_identity, ins) if k is not None}
     for out in outputs:
         o = Path(out)
-        for i in ins:
-            if _same(o, i):
-                raise OutputExistsError(
-                    f"{o}: is an input of this command; emvae never writes over its inputs "
-                    f"(choose another output)"
-                )
+        if os.path.abspath(o) in names or _identity(o) in ids:
+            raise OutputExistsError(
+                f"{o}: is an input of this command; emvae never writes over its inputs "
+                f"(choose another output)"
+            )
+
+
+def check_names(names: Iterable[str], source: str) -> None:
+    """Image names go into CSV, HDF5 and STAR files: refuse, before any work, file names that
+    are not UTF-8 or hold a line break or tab (they would end a run in a crash, or break the
+    STAR file RELION reads)."""
+    files = {str(n).partition("@")[2] or str(n) for n in names}
+    for f in sorted(files):
+        try:
+            f.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = f.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise OutputError(
+                f"{shown}: the file name is not valid UTF-8 and cannot be written to the "
+                f"tables or STAR file; rename it ({source})"
+            ) from None
+        if any(c in f for c in "\n\r\t"):
+            raise OutputError(
+                f"{f!r}: the file name holds a line break or tab, which a STAR file cannot "
+                f"hold; rename it ({source})"
+            )

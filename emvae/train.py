@@ -46,7 +46,7 @@ from emvae.models import SpatialVAE
 from emvae.objective import ElboTerms, posterior_elbo
 from emvae.preprocess import Prepared, Preprocess, prepare_for
 from emvae.progress import TrainingProgress, training_progress
-from emvae.safety import atomic_output
+from emvae.safety import atomic_output, check_free_space
 
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
 
@@ -177,6 +177,10 @@ def fit(
         train_idx, test_idx = split_indices(len(stack), tcfg.test_fraction, tcfg.seed)
         history = []
         first_epoch = 0
+    if ctx.main:  # room for the checkpoints and tables, before the first epoch
+        weights = 3 * 4 * sum(p.numel() for p in model.parameters())  # + Adam's two moments
+        copies = tcfg.epochs // tcfg.checkpoint_every - first_epoch // tcfg.checkpoint_every
+        check_free_space(work, weights * (copies + 2) + 1000 * len(stack))
     with training_progress(progress) as bar:
         if should_stream(prepared, len(stack), tcfg.stream):
             if ckpt is None:

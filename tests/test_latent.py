@@ -171,6 +171,9 @@ def test_fit_and_report_say_when_z_is_unused(tiny_stack, tmp_path, monkeypatch):
     assert rep.exit_code == 0 and "warning: z1" in rep.output
     saved = json.loads((out / "report" / "report.json").read_text())
     assert saved["latent_usage"][0]["used"] is False and saved["warnings"]
+    per_epoch = saved["kl_per_epoch"]
+    assert per_epoch["epoch"] == metrics["epoch"].tolist()
+    assert np.allclose(per_epoch["z1"], metrics["test_kl_z1"], atol=1e-4)
     assert "warning: z1" in (out / "report" / "report.html").read_text()
 
 

@@ -415,3 +415,50 @@ def test_export_star_names_the_missing_columns(tmp_path):
     args = ["export-star", str(tmp_path / "t.csv"), "-o", str(tmp_path / "t.star"), "--box", "8"]
     r = runner.invoke(app, [*args, "--apix", "1"])
     assert r.exit_code == 1 and "theta_deg" in r.output and not (tmp_path / "t.star").exists()
+
+
+@pytest.mark.parametrize("name", [b"bad\xff.mrcs", b"line\nbreak.mrcs"], ids=["latin1", "newline"])
+def test_unwritable_file_names_are_refused_before_training(tiny_stack, tmp_path, name):
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/" + name))
+    odd.write_bytes(tiny_stack.read_bytes())
+    r = runner.invoke(app, ["fit", str(odd), "-o", str(tmp_path / "run"), *SMALL])
+    assert r.exit_code == 1 and "rename it" in r.output
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_fit_that_cannot_fit_on_the_disk_does_not_start(tiny_stack, tmp_path, monkeypatch):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=10_000))
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(tmp_path / "run"), *SMALL])
+    assert r.exit_code == 1 and "MiB free" in r.output
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def _bad_json(f):
+    f.attrs["preprocess"] = "{bad"
+
+
+def _no_names(f):
+    del f["names"]
+
+
+def _few_names(f):
+    names = f["names"][()][:10]
+    del f["names"]
+    f.create_dataset("names", data=names)
+
+
+@pytest.mark.parametrize("damage", [_bad_json, _no_names, _few_names], ids=lambda d: d.__name__)
+def test_a_damaged_cache_gets_one_line(tiny_stack, tmp_path, damage):
+    import h5py
+
+    cache = tmp_path / "cache.h5"
+    assert (
+        runner.invoke(app, ["preprocess", str(tiny_stack), "-o", str(cache), "-q"]).exit_code == 0
+    )
+    with h5py.File(cache, "a") as f:
+        damage(f)
+    r = runner.invoke(app, ["info", str(cache)])
+    assert r.exit_code == 1 and "a damaged emvae cache" in r.output and str(cache) in r.output

@@ -202,6 +202,50 @@ def encoders(
     )
 
 
+@bench_app.command("generator")
+@user_errors
+def generator(
+    out: Path = typer.Option(Path("runs/bench_generator"), "-o", "--out"),
+    fourier: str = typer.Option(
+        "64,0", "--fourier-features", help="Comma-separated Fourier feature counts (0: raw x, y)."
+    ),
+    seeds: str = typer.Option("0,1", "--seeds", help="Comma-separated initialisation seeds."),
+    steps: int = typer.Option(1000, "--steps", min=1, help="Adam steps per run."),
+    hidden: int = typer.Option(128, "--hidden", min=1, help="Generator width (the example's)."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(50, "-b", "--batch-size", min=1),
+) -> None:
+    """Steps a generator alone needs to beat the mean image on the embedded example, given the
+    true poses and conformation (how fast it can learn what z would tell it)."""
+    import numpy as np
+
+    from emvae.config import ModelConfig
+    from emvae.example import EXAMPLE_STACK
+    from emvae.simulate import simulate_particles
+
+    spec = {k: v for k, v in EXAMPLE_STACK.items() if k != "apix"}
+    images, truth = simulate_particles(**spec)
+    images = (images - images.mean()) / images.std()
+    size = images.shape[-1]
+    print(
+        "| Fourier features | seed | steps to beat the mean image | error at the end / mean image |"
+    )
+    print("|---|---|---|---|")
+    for f in (int(v) for v in fourier.split(",") if v):
+        for seed in (int(v) for v in seeds.split(",") if v):
+            cfg = ModelConfig(image_size=size, zdim=1, gen_hidden=hidden, fourier_features=f)
+            r = bn.generator_steps(images, truth, cfg, steps, batch_size, lr, seed=seed)
+            end = r["curve"][-1][1] / r["mean_image_error"]
+            print(f"| {f} | {seed} | {r['steps_to_beat_mean'] or f'> {steps}'} | {end:.3f} |")
+            np.savetxt(
+                f"generator_f{f}_s{seed}.csv",
+                np.array(r["curve"]),
+                delimiter=",",
+                header="step,error",
+                comments="",
+            )
+
+
 @bench_app.command("throughput")
 @user_errors
 def throughput(

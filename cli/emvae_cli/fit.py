@@ -19,7 +19,7 @@ from emvae.io import open_stack, write_table
 from emvae.latents import latent_usage, unused_warning
 from emvae.preprocess import Preprocess, prepare, prepare_for
 from emvae.progress import training_progress
-from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
+from emvae.safety import check_names, check_writable, input_files, refuse_inputs_as_outputs
 from emvae.train import DERIVED, OUTPUTS, check_output_dir, make_data_config, write_particles_star
 from emvae.train import fit as fit_model
 from emvae_cli import inputs as opt
@@ -101,8 +101,9 @@ def fit(
         None,
         "--z-delay",
         show_default=False,
-        help="Epochs with z held at 0 at the start, while the poses settle (default: 2 with "
-        "the equivariant encoder, 5 with mlp/conv rotation bins, 2 otherwise).",
+        help="Epochs with z held at 0 at the start, while the poses settle (default: 0 with "
+        "the equivariant encoder, whose poses settle in the first epoch; 5 with mlp/conv "
+        "rotation bins; 2 otherwise).",
     ),
     augment: bool = typer.Option(
         True,
@@ -299,6 +300,7 @@ def fit(
     )
     outputs = [out / name for name in (*OUTPUTS, *DERIVED)]
     refuse_inputs_as_outputs(outputs, input_files(images.inputs, images.names))
+    check_names(images.names, images.source)
     check_writable(out)
     if not resume:
         check_output_dir(out, force)
@@ -360,6 +362,7 @@ def encode(
     star = out.with_suffix(".star")
     inputs = [*input_files(images.inputs, images.names), Path(checkpoint)]
     refuse_inputs_as_outputs([out, star], inputs)
+    check_names(images.names, images.source)
     check_writable(out.parent)
     prepared = prepare_for(images, config.data.preprocess)
     if prepared.size != config.model.image_size or prepared.channels != config.model.channels:

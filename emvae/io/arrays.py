@@ -114,7 +114,18 @@ def read_hdf5(spec: str | os.PathLike) -> ImageStack:
             format=f"HDF5 dataset {name} ({ds.dtype})",
         )
         if attrs.get("format") == CACHE_FORMAT:
-            _apply_cache_attrs(stack, f, attrs)
+            try:
+                _apply_cache_attrs(stack, f, attrs)
+            except (KeyError, ValueError, TypeError) as e:
+                raise InputError(
+                    p, f"a damaged emvae cache ({str(e)[:120]}); make it again"
+                ) from None
+            if len(stack.names) != len(stack) or len(stack.rows) != len(stack):
+                raise InputError(
+                    p,
+                    f"a damaged emvae cache: {len(stack.names)} names and {len(stack.rows)} rows "
+                    f"for {len(stack)} images; make it again",
+                )
     if len(stack) == 0:
         raise InputError(p, "contains no images")
     return stack
