@@ -241,6 +241,7 @@ class RunConfig:
     version: str = ""
     command: str = ""
     created: str = ""
+    run_id: str = ""  # set when a fit starts; its tables and checkpoints carry the same id
 
     def validate(self) -> None:
         self.model.validate()
@@ -266,6 +267,7 @@ class RunConfig:
                 version=d.get("version", ""),
                 command=d.get("command", ""),
                 created=d.get("created", ""),
+                run_id=d.get("run_id", ""),
             )
         except (KeyError, TypeError) as e:
             raise ConfigError(f"not an emvae configuration ({e})") from None

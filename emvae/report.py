@@ -64,6 +64,13 @@ def load_run(run: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | None,
 
 def check_run_table(table: pd.DataFrame, config: RunConfig, path: Path) -> None:
     """A run folder's table must describe the fit its config.json describes."""
+    made_by = table.attrs.get("run_id", "")
+    if made_by and config.run_id and made_by != config.run_id:
+        raise InputError(
+            path,
+            f"was written by run {made_by[:8]} but config.json describes run "
+            f"{config.run_id[:8]}: this folder mixes outputs of two runs",
+        )
     n = config.data.n_images
     if n and len(table) != n:
         raise InputError(

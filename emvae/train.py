@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,8 +140,10 @@ def fit(
         config = RunConfig.from_dict(ckpt["config"])
         config.train.epochs = max(epochs, ckpt["epoch"])
         _check_same_data(stack, config)
-    elif ctx.main:
-        _prepare_output(out, work, force)
+    else:
+        config.run_id = config.run_id or uuid.uuid4().hex
+        if ctx.main:
+            _prepare_output(out, work, force)
     ctx.barrier()
     config.validate()
     config.resolve()
@@ -260,7 +263,7 @@ def fit(
         stack.rows,
     )
     write_table(table, work / "particles.csv")
-    write_table(table, work / "particles.h5")
+    write_table(table, work / "particles.h5", config.run_id)
     star = write_particles_star(table, stack, config.data, work / "particles.star")
     if work != out:
         _replace_run(work, out)

@@ -462,3 +462,13 @@ def test_a_damaged_cache_gets_one_line(tiny_stack, tmp_path, damage):
         damage(f)
     r = runner.invoke(app, ["info", str(cache)])
     assert r.exit_code == 1 and "a damaged emvae cache" in r.output and str(cache) in r.output
+
+
+def test_a_table_from_another_run_of_the_same_size_is_refused(run, tiny_stack, tmp_path):
+    other = tmp_path / "other"
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(other), "--seed", "5", *SMALL])
+    assert r.exit_code == 0, r.output
+    (run / "particles.h5").write_bytes((other / "particles.h5").read_bytes())
+    for command in (["report", str(run)], ["export-star", str(run), "-o", str(tmp_path / "x")]):
+        r = runner.invoke(app, command)
+        assert r.exit_code == 1 and "mixes outputs of two runs" in r.output, r.output

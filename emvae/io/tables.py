@@ -13,21 +13,24 @@ from emvae.errors import InputError
 from emvae.safety import atomic_output
 
 
-def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write ``df`` as CSV, or as HDF5 when ``path`` ends in ``.h5``/``.hdf5``."""
+def write_table(df: pd.DataFrame, path: str | os.PathLike, run_id: str = "") -> None:
+    """Write ``df`` as CSV, or as HDF5 when ``path`` ends in ``.h5``/``.hdf5`` (which also keeps
+    the ``run_id`` of the fit that made it)."""
     p = Path(path)
     with atomic_output(p) as tmp:
         if p.suffix in (".h5", ".hdf5"):
-            write_table_h5(df, tmp)
+            write_table_h5(df, tmp, run_id)
         else:
             df.to_csv(tmp, index=False, float_format="%.7g")
 
 
-def write_table_h5(df: pd.DataFrame, path: str | os.PathLike) -> None:
+def write_table_h5(df: pd.DataFrame, path: str | os.PathLike, run_id: str = "") -> None:
     """One dataset per column under ``/particles``, column order in the group's attributes."""
     with h5py.File(path, "w") as f:
         g = f.create_group("particles")
         g.attrs["columns"] = list(df.columns)
+        if run_id:
+            g.attrs["run_id"] = run_id
         for col in df.columns:
             values = df[col].to_numpy()
             if values.dtype == object:
@@ -48,6 +51,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
             with h5py.File(p, "r") as f:
                 g = f["particles"]
                 cols = [str(c) for c in g.attrs["columns"]]
+                run_id = str(g.attrs.get("run_id", ""))
                 data = {}
                 for c in cols:
                     v = g[c][()]
@@ -56,7 +60,9 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
                     data[c] = v
         except (OSError, KeyError) as e:
             raise InputError(p, f"not an emvae particle table ({e})") from None
-        return pd.DataFrame(data)
+        table = pd.DataFrame(data)
+        table.attrs["run_id"] = run_id
+        return table
     try:
         return pd.read_csv(p)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
