@@ -55,7 +55,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(p, OLD_FORMATS[ckpt["format"]])
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(p, "not an emvae checkpoint")
+    if Path(path).is_dir():
+        check_same_run(ckpt, p, Path(path) / "config.json")
     return ckpt
+
+
+def check_same_run(ckpt: dict[str, Any], path: Path, config_json: Path) -> None:
+    """A run folder's last checkpoint must belong to the run its config.json describes."""
+    if not config_json.exists():
+        return
+    from emvae.config import read_config
+
+    made_by = str(ckpt.get("config", {}).get("run_id", ""))
+    described = read_config(config_json).run_id
+    if made_by and described and made_by != described:
+        raise InputError(
+            path,
+            f"was written by run {made_by[:8]} but config.json describes run {described[:8]}: "
+            "this folder mixes outputs of two runs",
+        )
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"):

@@ -25,6 +25,19 @@ THETA_PARAMS = ("vector", "linear")
 LIKELIHOODS = ("gaussian", "bernoulli")
 
 
+#: Images up to this many pixels across get the small networks (SMALL_WIDTH wide).
+SMALL_IMAGE_PX = 32
+SMALL_WIDTH = 128
+WIDTH = 500  # the paper's (SPEC section 1)
+
+
+def default_width(image_size: int) -> int:
+    """Default width of the generator and encoder MLPs for D x D images: 128 up to 32 px,
+    500 above. At 28 px, SNR 1 the 128-wide networks learn poses and conformation within 15
+    epochs at a quarter of the 500-wide ones' time per epoch (docs/benchmarks.md)."""
+    return SMALL_WIDTH if image_size <= SMALL_IMAGE_PX else WIDTH
+
+
 @dataclass
 class ModelConfig:
     """Architecture, priors and likelihood of one spatial-VAE (or baseline).
@@ -43,13 +56,14 @@ class ModelConfig:
     # rotation posterior: "bins" (R rotation bins, the k most probable summed exactly),
     # "gaussian" (the paper's), "auto" (bins when rotation is inferred under the uniform prior)
     theta_posterior: str = "auto"
-    gen_hidden: int = 500
+    # widths: None picks by image size (default_width: 128 up to 32 px, the paper's 500 above)
+    gen_hidden: int | None = None
     gen_layers: int = 2
     # spatial generator: random Fourier features of the coordinates (0: the paper's raw
     # coordinates) and the std of their frequencies in cycles per pixel
     fourier_features: int = 64
     fourier_scale: float = 0.125
-    enc_hidden: int = 500
+    enc_hidden: int | None = None
     enc_layers: int = 2
     enc_channels: int = 8  # conv / equivariant: feature maps per layer (per rotation)
     rotation_bins: int = 8  # bins: R rotation bins (the group convolution's rotations)
@@ -64,6 +78,13 @@ class ModelConfig:
     likelihood: str = "gaussian"
     learn_noise: bool = False  # Gaussian only: the generator also outputs a per-pixel log-std
     mask_radius_px: float | None = None  # likelihood over pixels within this radius only
+
+    def __post_init__(self) -> None:
+        width = default_width(self.image_size)
+        if self.gen_hidden is None:
+            self.gen_hidden = width
+        if self.enc_hidden is None:
+            self.enc_hidden = width
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if options are out of range or contradict each other."""

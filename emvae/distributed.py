@@ -9,6 +9,7 @@ batch, whatever the shares' sizes. Only rank 0 writes outputs.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -69,7 +70,15 @@ def from_env(device_type: str = "cpu") -> Dist:
         return SINGLE
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # a process group left to the interpreter's teardown can abort the process (SIGABRT
+        # from gloo's worker threads, pytorch/pytorch#179291): destroy it while Python lives
+        atexit.register(_destroy)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def assemble(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], n: int) -> dict:

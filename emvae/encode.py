@@ -127,7 +127,7 @@ def particle_table(
     if offsets is not None:
         shift_px = shift_px + torch.from_numpy(np.asarray(offsets, dtype=np.float64))
     cols: dict[str, object] = {
-        "image": names,
+        "image": list(names),
         "input_row": np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64),
         "theta_deg": theta_deg.numpy(),
         "theta_std_deg": np.degrees(theta_std.numpy()),

@@ -267,13 +267,40 @@ def _read(stack: ImageStack, start: int, chunk: int) -> np.ndarray:
     )
 
 
+#: An image whose values stray this many times the typical image's spread from the typical
+#: level is damaged (one such image sets the stack's normalisation and flattens every other).
+OUTLIER_FACTOR = 1e6
+
+
 def _check_finite(stack: ImageStack, chunk: np.ndarray, start: int) -> None:
-    ok = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+    """Refuse NaN/Inf and absurd values (e.g. 3e38 in a stack of unit-scale images), naming
+    the first image that holds them."""
+    flat = chunk.reshape(len(chunk), -1)
+    ok = np.isfinite(flat).all(axis=1)
     if not ok.all():
-        k = start + int(np.argmin(ok))
-        name = stack.names[k]
-        where = "" if name == f"{k + 1}@{stack.source}" else f" ({name})"
-        raise InputError(stack.source, f"image {k + 1} contains NaN or infinite values{where}")
+        raise InputError(
+            stack.source,
+            f"{_which(stack, start + int(np.argmin(ok)))} contains NaN or infinite values",
+        )
+    level = np.median(flat.mean(axis=1, dtype=np.float64))
+    spread = np.median(flat.std(axis=1, dtype=np.float64))
+    if len(flat) > 1 and spread > 0:
+        peak = np.maximum(flat.max(axis=1) - level, level - flat.min(axis=1))
+        bad = peak > OUTLIER_FACTOR * spread
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise InputError(
+                stack.source,
+                f"{_which(stack, start + k)} holds values from {flat[k].min():.3g} to "
+                f"{flat[k].max():.3g}, {peak[k] / spread:.2g} times the spread of a typical "
+                "image: a damaged image? leave it out with --ind",
+            )
+
+
+def _which(stack: ImageStack, k: int) -> str:
+    """'image k' (1-based), with its name when that says more."""
+    name = stack.names[k]
+    return f"image {k + 1}" + ("" if name == f"{k + 1}@{stack.source}" else f" ({name})")
 
 
 def write_cache(

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emvae.checkpoint import load_checkpoint, save_checkpoint
+from emvae.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from emvae.config import DataConfig, RunConfig
 from emvae.data import (
     StreamedImages,
@@ -136,6 +136,7 @@ def fit(
         ckpt = load_checkpoint(work / "checkpoints" / "last.pt") if _has_last(work) else None
         if ckpt is None:
             raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
+        check_same_run(ckpt, work / "checkpoints" / "last.pt", work / "config.json")
         epochs = config.train.epochs
         config = RunConfig.from_dict(ckpt["config"])
         config.train.epochs = max(epochs, ckpt["epoch"])

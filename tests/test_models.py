@@ -66,3 +66,16 @@ def test_vanilla_generator_ignores_coordinates():
 def test_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig(image_size=8, **kwargs).validate()
+
+
+def test_small_images_get_small_networks_by_default():
+    from emvae.config import RunConfig
+
+    assert (ModelConfig(image_size=28).gen_hidden, ModelConfig(image_size=28).enc_hidden) == (
+        128,
+        128,
+    )
+    assert ModelConfig(image_size=33).gen_hidden == 500
+    assert ModelConfig(image_size=28, gen_hidden=64).gen_hidden == 64
+    stored = RunConfig(model=ModelConfig(image_size=64, gen_hidden=300)).to_dict()
+    assert RunConfig.from_dict(stored).model.gen_hidden == 300  # a checkpoint keeps its width

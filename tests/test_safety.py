@@ -18,6 +18,7 @@ from emvae_cli.main import app
 from test_cli import SMALL, runner
 
 from emvae.io import read_table
+from emvae.io.mrc import write_mrc
 from emvae.safety import atomic_output
 
 
@@ -472,3 +473,109 @@ def test_a_table_from_another_run_of_the_same_size_is_refused(run, tiny_stack, t
     for command in (["report", str(run)], ["export-star", str(run), "-o", str(tmp_path / "x")]):
         r = runner.invoke(app, command)
         assert r.exit_code == 1 and "mixes outputs of two runs" in r.output, r.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Files whose headers or values lie.
+
+
+def _mrc(path: Path, images: np.ndarray, **header) -> Path:
+    import mrcfile
+
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(images.astype(np.float32))
+        if images.ndim == 3 and "volume" not in header:
+            m.set_image_stack()
+    with mrcfile.open(path, "r+", permissive=True) as m:
+        for k, v in header.items():
+            if k != "volume":
+                setattr(m.header, k, v)
+    return path
+
+
+def test_a_header_claiming_millions_of_images_allocates_nothing_for_them(tmp_path):
+    import tracemalloc
+
+    from emvae.info import describe
+    from emvae.io import read_stack
+
+    n = 10_000_000  # 4x4 float32 images: a 640 MB sparse file that holds nothing
+    p = _mrc(tmp_path / "sparse.mrcs", np.zeros((1, 4, 4)), nz=n, mz=n)
+    os.truncate(p, 1024 + n * 64)
+    tracemalloc.start()
+    stack = read_stack(p)
+    lines = dict(describe(stack))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert lines["images"] == f"{n:,}" and len(stack.names) == n
+    assert stack.names[n - 1] == f"{n}@{p}" and stack.subset(np.array([2])).names == [f"3@{p}"]
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB allocated for a header's claim"  # names: ~1 GB
+
+
+def test_a_volume_is_read_as_slices_with_a_note(tmp_path):
+    p = _mrc(tmp_path / "map.mrc", np.random.default_rng(0).random((16, 16, 16)), volume=True)
+    r = runner.invoke(app, ["info", str(p)])
+    assert r.exit_code == 0 and "3-D volume (16 x 16 x 16" in r.output, r.output
+
+
+def test_a_negative_width_in_an_mrc_header_gets_one_line(tmp_path):
+    p = _mrc(tmp_path / "neg.mrcs", np.zeros((3, 8, 8)), nx=-8)
+    r = runner.invoke(app, ["info", str(p)])
+    assert r.exit_code == 1 and str(p) in r.output and "Traceback" not in r.output
+
+
+def test_one_image_of_absurd_values_is_refused_by_name(tiny_stack, tmp_path):
+    import mrcfile
+
+    images = mrcfile.read(tiny_stack).copy()
+    images[5] = 3e38
+    p = tmp_path / "damaged.mrcs"
+    write_mrc(p, images)
+    r = runner.invoke(app, ["fit", str(p), "-o", str(tmp_path / "run"), *SMALL])
+    assert r.exit_code == 1 and "image 6 holds values" in r.output and "--ind" in r.output
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_a_cs_file_with_a_path_that_is_not_utf8_gets_one_line(tmp_path):
+    table = np.zeros(2, dtype=[("uid", "<u8"), ("blob/path", "S20"), ("blob/idx", "<u4")])
+    table["blob/path"] = [b"J1/ok.mrcs", b"J1/bad\xff.mrcs"]
+    with open(tmp_path / "p.cs", "wb") as f:
+        np.save(f, table)
+    r = runner.invoke(app, ["info", str(tmp_path / "p.cs")])
+    assert r.exit_code == 1 and "row 2" in r.output and "not UTF-8" in r.output, r.output
+
+
+@pytest.mark.parametrize("values", [np.arange(2_000_000), ["1", "2"], [0.5, 1.0]])
+def test_a_pickled_index_list_must_be_plain_integers_within_the_stack(tiny_stack, tmp_path, values):
+    import pickle
+
+    ind = tmp_path / "ind.pkl"
+    ind.write_bytes(pickle.dumps(np.asarray(values)))
+    r = runner.invoke(app, ["info", str(tiny_stack), "--ind", str(ind)])
+    assert r.exit_code == 1 and str(ind) in r.output and "Traceback" not in r.output, r.output
+
+
+def test_force_over_a_symlinked_checkpoints_folder_is_refused(run, tiny_stack, tmp_path):
+    import shutil
+
+    elsewhere = tmp_path / "scratch"
+    elsewhere.mkdir()
+    (elsewhere / "precious.pt").write_bytes(b"months of work")
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    before = _digest(run)
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--force", *SMALL])
+    assert r.exit_code == 1 and "checkpoints is a link" in r.output, r.output
+    assert [p.name for p in elsewhere.iterdir()] == ["precious.pt"]
+    assert _digest(run) == before
+
+
+def test_a_checkpoint_from_another_run_is_refused(run, tiny_stack, tmp_path):
+    other = tmp_path / "other"
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(other), "--seed", "5", *SMALL])
+    assert r.exit_code == 0, r.output
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes((other / "checkpoints" / "last.pt").read_bytes())
+    for command in (["montage", str(run)], ["fit", str(tiny_stack), "-o", str(run), "--resume"]):
+        r = runner.invoke(app, command)
+        assert r.exit_code == 1 and "mixes outputs of two runs" in r.output, (command, r.output)

@@ -9,7 +9,7 @@ import typer
 
 from emvae import __version__
 from emvae.checkpoint import load_checkpoint, load_model
-from emvae.config import ModelConfig, RunConfig, TrainConfig
+from emvae.config import SMALL_IMAGE_PX, SMALL_WIDTH, WIDTH, ModelConfig, RunConfig, TrainConfig
 from emvae.data import load_images, normalize_, resolve_device
 from emvae.encode import encode as encode_stack
 from emvae.encode import particle_table
@@ -28,8 +28,12 @@ from emvae_cli.common import SEED_MAX, command_line, default, err_console, user_
 M, T = ModelConfig, TrainConfig
 
 
+WIDTH_DEFAULT = f"{SMALL_WIDTH} up to {SMALL_IMAGE_PX} px, {WIDTH} above"
+
+
 def _h(text: str, cls: type, name: str, example: bool = True) -> str:
     d = default(cls, name)
+    d = WIDTH_DEFAULT if d is None and name.endswith("_hidden") else d
     ex = f"; --example: {EXAMPLE_OPTIONS[name]}" if example and name in EXAMPLE_OPTIONS else ""
     return f"{text} (default {d}{ex})"
 

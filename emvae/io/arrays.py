@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from emvae.errors import InputError
-from emvae.io.stack import ImageStack, as_images, image_shape, read_rows
+from emvae.io.stack import ImageStack, StackNames, as_images, image_shape, read_rows
 
 NPY_SUFFIXES = (".npy",)
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -40,7 +40,7 @@ def read_npy(path: str | os.PathLike) -> ImageStack:
     data = as_images(data, p, "the array")
     return ImageStack(
         images=data,
-        names=[f"{k}@{p}" for k in range(1, data.shape[0] + 1)],
+        names=StackNames(p, data.shape[0]),
         apix=None,
         source=str(p),
         format=f"NumPy .npy ({data.dtype})",
@@ -108,7 +108,7 @@ def read_hdf5(spec: str | os.PathLike) -> ImageStack:
         attrs = dict(f.attrs)
         stack = ImageStack(
             images=images,
-            names=[f"{k}@{p}" for k in range(1, full[0] + 1)],
+            names=StackNames(p, full[0]),
             apix=None,
             source=str(spec),
             format=f"HDF5 dataset {name} ({ds.dtype})",

@@ -36,7 +36,7 @@ def read_cryosparc(path: str | os.PathLike, datadir: str | os.PathLike | None = 
         raise InputError(p, f"is not a cryoSPARC particle file (no {', '.join(missing)} field)")
     if len(table) == 0:
         raise InputError(p, "holds no particles")
-    files = np.array([_text(b).lstrip(">") for b in table["blob/path"]])
+    files = np.array([_path(b, p, row).lstrip(">") for row, b in enumerate(table["blob/path"])])
     local = table["blob/idx"].astype(np.int64)
     part, sources = open_stacks(p, files, datadir)
     counts = np.array([len(s) for s in sources])
@@ -66,11 +66,15 @@ def read_cryosparc(path: str | os.PathLike, datadir: str | os.PathLike | None = 
     )
 
 
-def _text(b: bytes | str) -> str:
-    return b.decode() if isinstance(b, bytes) else str(b)
+def _path(b: bytes | str, p: Path, row: int) -> str:
+    try:
+        return b.decode() if isinstance(b, bytes) else str(b)
+    except UnicodeDecodeError:
+        raise InputError(p, f"row {row + 1}: blob/path {b!r} is not UTF-8 text") from None
 
 
 def _column(values: np.ndarray) -> np.ndarray:
+    """Byte-string fields as text (bytes that are not UTF-8 kept as \\x escapes)."""
     if values.dtype.kind == "S":
-        return np.array([_text(v) for v in values], dtype=object)
+        return np.array([v.decode(errors="backslashreplace") for v in values], dtype=object)
     return values

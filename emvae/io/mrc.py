@@ -10,7 +10,7 @@ import mrcfile
 import numpy as np
 
 from emvae.errors import InputError
-from emvae.io.stack import ImageStack, as_images
+from emvae.io.stack import ImageStack, StackNames, as_images
 from emvae.safety import atomic_output
 
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".map")
@@ -38,6 +38,10 @@ class MrcSource:
             self.shape = data.shape
             self.dtype = data.dtype
             self.mode = int(mrc.header.mode)
+            # a cube whose header's space group (1..230) marks a volume, not named .mrcs
+            # (many writers leave stacks at space group 1; RELION names stacks .mrcs)
+            n, _, d, _ = data.shape
+            self.volume = n == d > 1 and bool(mrc.is_volume()) and p.suffix.lower() != ".mrcs"
             apix = float(mrc.voxel_size.x)
         self.apix = apix if apix > 0 else None
 
@@ -56,12 +60,20 @@ def read_mrc(path: str | os.PathLike) -> ImageStack:
     The pixel size is the header's ``voxel_size.x`` (None when the header says 0).
     """
     src = MrcSource(path)
+    notes = []
+    if src.volume:
+        n, _, d, _ = src.shape
+        notes.append(
+            f"{path}: the header marks a 3-D volume ({n} x {d} x {d}, space group 1..230); "
+            f"its {n} z-sections are read as {n} images"
+        )
     return ImageStack(
         images=src,
-        names=[f"{k}@{path}" for k in range(1, len(src) + 1)],
+        names=StackNames(path, len(src)),
         apix=src.apix,
         source=str(path),
-        format=f"MRC (mode {src.mode})",
+        format=f"MRC {'volume' if src.volume else ''} (mode {src.mode})".replace("  ", " "),
+        notes=notes,
     )
 
 

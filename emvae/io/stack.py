@@ -9,6 +9,7 @@ combines several sources (the stacks a STAR file or a list names) and subsets of
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +65,7 @@ class ImageStack:
 
     def __post_init__(self) -> None:
         if self.rows is None:
-            self.rows = np.arange(len(self.names))
+            self.rows = RowNumbers(len(self.names))
         if self.apix is not None and self.apix_from is None:
             self.apix_from = "MRC header"
 
@@ -108,6 +109,56 @@ class ImageStack:
             scale=self.scale,
             inputs=list(self.inputs),
         )
+
+
+class StackNames(Sequence):
+    """The names ``"k@path"`` (k = 1..n) of a stack's images, made when asked for.
+
+    A list would hold n strings from the moment a file is opened, so a header that claims 1e8
+    images (a damaged or sparse file) would cost gigabytes before anything reads the data.
+    """
+
+    def __init__(self, path: str | os.PathLike, n: int) -> None:
+        self.path, self.n = str(path), int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return [self[i] for i in range(*key.indices(self.n))]
+        k = int(key)
+        if not -self.n <= k < self.n:
+            raise IndexError(f"image {k} of {self.n}")
+        return f"{k % self.n + 1}@{self.path}"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"StackNames({self.path!r}, {self.n})"
+
+
+class RowNumbers(Sequence):
+    """``0, 1, ..., n - 1`` as a lazy stand-in for ``np.arange(n)`` (see :class:`StackNames`):
+    indexing with an integer array gives that array back, as ``np.arange(n)[idx]`` would."""
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return np.arange(self.n)[key]
+        idx = np.asarray(key)
+        if idx.size and (idx.min() < -self.n or idx.max() >= self.n):
+            raise IndexError(f"row {int(idx.max())} of {self.n}")
+        return np.where(idx < 0, idx + self.n, idx).astype(np.int64)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.arange(self.n, dtype=dtype or np.int64)
 
 
 class Rows:
