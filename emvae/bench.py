@@ -438,7 +438,8 @@ def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 1
     a z dimension with the conformation), ``z_spread_over_std`` (that dimension's spread of
     posterior means over its median posterior std: below 0.1 it is unused), ``shift_pearson``
     (mean signed Pearson of the x and y shifts, model pixels), ``theta_prob_median`` (rotation
-    bins only)."""
+    bins only); with a ``defocus_um`` column, ``z_defocus_pearson`` (the best |Pearson| of a z
+    dimension with the defocus)."""
     from emvae.encode import encode
     from emvae.geometry import model_to_image_pose
     from emvae.metrics import angular_error_deg, circular_correlation
@@ -455,7 +456,13 @@ def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 1
         for k in range(cfg.zdim)
     ]
     best = int(np.nanargmax(pearson)) if pearson and not np.isnan(pearson).all() else 0
-    out = {
+    out = {}
+    if "defocus_um" in truth and cfg.zdim:  # z should follow the molecule, not the microscope
+        out["z_defocus_pearson"] = max(
+            abs(float(np.corrcoef(enc.z_mu[:, k], truth["defocus_um"])[0, 1]))
+            for k in range(cfg.zdim)
+        )
+    out |= {
         "theta_circ_corr": abs(circular_correlation(np.radians(theta), np.radians(true))),
         "theta_median_error_deg": angular_error_deg(theta, true)[0],
         "z_conformation_pearson": max(pearson, default=float("nan")),

@@ -23,6 +23,7 @@ ACTIVATIONS = ("tanh", "relu", "leaky_relu", "gelu", "silu")
 THETA_PRIORS = ("uniform", "gaussian")
 THETA_PARAMS = ("vector", "linear")
 LIKELIHOODS = ("gaussian", "bernoulli")
+CTF_MODES = ("off", "on", "phase-flip")
 
 
 #: Images up to this many pixels across get the small networks (SMALL_WIDTH wide).
@@ -78,6 +79,10 @@ class ModelConfig:
     likelihood: str = "gaussian"
     learn_noise: bool = False  # Gaussian only: the generator also outputs a per-pixel log-std
     mask_radius_px: float | None = None  # likelihood over pixels within this radius only
+    # the likelihood compares each image with the rendering times its CTF ("on"), or with the
+    # plain rendering ("off"; "phase-flip": the images' phases were flipped once on loading)
+    ctf: str = "off"
+    ctf_pad: int = 1  # zero-pad the rendering to ctf_pad x the box before its FFT
 
     def __post_init__(self) -> None:
         width = default_width(self.image_size)
@@ -151,6 +156,14 @@ class ModelConfig:
             raise ConfigError("--fourier-features must be >= 0 and --fourier-scale > 0")
         if self.enc_channels < 1:
             raise ConfigError(f"--enc-channels must be >= 1, got {self.enc_channels}")
+        _choice("--ctf", self.ctf, CTF_MODES)
+        if self.ctf != "off":
+            if self.likelihood != "gaussian":
+                raise ConfigError("--ctf needs the Gaussian likelihood (cryo-EM images)")
+            if self.mask_radius_px is not None or self.generator != "spatial":
+                raise ConfigError("--ctf goes with the spatial generator and no --mask-radius")
+        if self.ctf_pad not in (1, 2):
+            raise ConfigError(f"--ctf-pad must be 1 or 2, got {self.ctf_pad}")
         if self.learn_noise and self.likelihood != "gaussian":
             raise ConfigError("--learn-noise applies to the Gaussian likelihood only")
 
@@ -250,6 +263,7 @@ class DataConfig:
     datadir: str | None = None
     ind: str | None = None
     fingerprint: str = ""  # of the images' names and a few images (emvae.train.fingerprint)
+    ctf_params: str | None = None  # --ctf-params CSV (else the CTF comes from the STAR/.cs)
 
 
 @dataclass

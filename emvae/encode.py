@@ -43,12 +43,14 @@ def encode(
     seed: int = 0,
     advance=None,
     ctx: Dist = SINGLE,
+    ctf: Tensor | None = None,
 ) -> Encoding:
     """Posterior means/stds (no augmentation) and a one-sample ELBO for every image.
 
     data: normalised images ``(N, C, D, D)`` on ``device`` or on the host. The ELBO sample is
     drawn from a generator seeded with ``seed``, so the same model and data give the same table.
     Under torchrun each process encodes its part of every batch and the parts are gathered.
+    ``ctf`` ``(N, 10)``: the particles' CTF parameters for the ELBO (``--ctf on``), or None.
     """
     model.eval()
     rng = torch.Generator(device=device)
@@ -64,7 +66,8 @@ def encode(
         eps = torch.randn(len(batch), model.n_latent, generator=rng, device=device)[part]
         x = gather(data, batch[part], device)
         q, params = model(x, None, eps)
-        terms = posterior_elbo(model.config, model.pixels(x), params, q)
+        batch_ctf = None if ctf is None else ctf[batch[part].to(ctf.device)]
+        terms = posterior_elbo(model.config, model.pixels(x), params, q, ctf=batch_ctf)
         values = {
             "z_mu": q.z_mu,
             "z_std": q.z_logstd.exp(),

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from emvae.checkpoint import load_model
 from emvae.config import RunConfig
-from emvae.errors import ConfigError, InputError
+from emvae.errors import ConfigError
 from emvae.models import SpatialVAE, pixels_to_images
 from emvae.objective import pixel_mean
 
@@ -210,16 +210,11 @@ def open_run(source: str | os.PathLike) -> RunModel:
 def observed_images(config: RunConfig, indices: np.ndarray) -> Tensor:
     """The run's input images at 0-based ``indices``, as the model saw them (preprocessed and
     normalised): ``(n, C, D, D)``."""
-    from emvae.io import open_stack
-    from emvae.preprocess import Preprocess, prepare_for
+    from emvae.io import open_like
+    from emvae.preprocess import prepare_for
 
     d = config.data
-    if not d.paths:
-        raise ConfigError("the run does not record its input images")
-    pre = Preprocess.from_dict(d.preprocess)
-    stack = open_stack(d.paths, d.datadir, d.ind, pre.crop, pre.jitter, pre.seed)
-    if len(stack) != d.n_images:
-        raise InputError(stack.source, f"now holds {len(stack)} images; the run had {d.n_images}")
+    stack = open_like(d)
     prepared = prepare_for(stack, d.preprocess)
     idx = np.asarray(indices, dtype=np.int64)
     x = prepared.apply(stack.images[idx], idx)

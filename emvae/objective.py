@@ -167,14 +167,39 @@ def kl_rotation_bins(log_w: Tensor, logstd: Tensor, cfg: ModelConfig) -> Tensor:
     return kl_bins + kl_in
 
 
+def with_ctf(cfg: ModelConfig, params: Tensor, ctf: Tensor) -> Tensor:
+    """Generator output with its mean image multiplied, in Fourier space, by each particle's
+    CTF (``ctf`` ``(B, 10)``, :data:`emvae.ctf.COLUMNS`): ``params`` ``(B, N, n_out)`` or
+    ``(B, k, N, n_out)`` (one rendering per rotation hypothesis), N = D^2, same shape out."""
+    from emvae.ctf import apply_ctf
+
+    c, d = cfg.channels, cfg.image_size
+    flat = params.reshape(-1, d * d, params.shape[-1])
+    reps = flat.shape[0] // ctf.shape[0]
+    mean = flat[..., :c].transpose(1, 2).reshape(-1, c, d, d)
+    seen = apply_ctf(mean, ctf.repeat_interleave(reps, 0), cfg.ctf_pad)
+    seen = seen.reshape(-1, c, d * d).transpose(1, 2)
+    return torch.cat([seen, flat[..., c:]], -1).reshape(params.shape)
+
+
 def posterior_elbo(
-    cfg: ModelConfig, y: Tensor, params: Tensor, q: Posterior, use_z: bool = True
+    cfg: ModelConfig,
+    y: Tensor,
+    params: Tensor,
+    q: Posterior,
+    use_z: bool = True,
+    ctf: Tensor | None = None,
 ) -> ElboTerms:
     """ELBO terms for posterior ``q`` and generator output ``params`` (what
     :meth:`emvae.models.SpatialVAE.forward` returns): :func:`elbo_terms` for a Gaussian pose
     posterior; for rotation bins, ``params`` ``(B, k, N, n_out)`` holds one rendering per
     hypothesis and the log-likelihood and angle KL are their q-weighted sums (exact).
+
+    ``ctf`` ``(B, 10)``: the images are compared with the renderings multiplied by each
+    particle's CTF (:func:`with_ctf`); the generator itself stays CTF-free.
     """
+    if ctf is not None:
+        params = with_ctf(cfg, params, ctf)
     if q.bins is None:
         return elbo_terms(cfg, y, params, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd, use_z)
     idx, log_w = q.bins.top(params.shape[1])

@@ -284,12 +284,6 @@ def _consensus_table(obj: BlobObject) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return _CONSENSUS[key]
 
 
-def electron_wavelength_A(voltage_kv: float) -> float:
-    """Relativistic electron wavelength in Angstrom."""
-    v = voltage_kv * 1e3
-    return 12.2643247 / np.sqrt(v * (1 + 0.978466e-6 * v))
-
-
 def ctf_2d(
     size: int,
     apix: float,
@@ -298,15 +292,27 @@ def ctf_2d(
     cs_mm: float = 2.7,
     amplitude_contrast: float = 0.1,
 ) -> np.ndarray:
-    """Isotropic CTF on the ``(size, size)`` FFT grid (numpy order, zero frequency at [0, 0]),
-    RELION's sign: ``-(sqrt(1 - w^2) sin(chi) + w cos(chi))`` with
-    ``chi = pi lambda df k^2 - pi/2 Cs lambda^3 k^4`` (defocus positive = underfocus)."""
-    lam = electron_wavelength_A(voltage_kv)
-    f = np.fft.fftfreq(size, d=apix)  # 1/A
-    k2 = f[:, None] ** 2 + f[None, :] ** 2
-    chi = np.pi * lam * defocus_um * 1e4 * k2 - 0.5 * np.pi * cs_mm * 1e7 * lam**3 * k2**2
-    w = amplitude_contrast
-    return -(np.sqrt(1 - w**2) * np.sin(chi) + w * np.cos(chi))
+    """Isotropic CTF on the ``(size, size)`` FFT grid (numpy order, zero frequency at [0, 0])
+    in RELION's convention (:mod:`emvae.ctf`; +amplitude contrast at zero frequency)."""
+    from emvae.ctf import COLUMNS, ctf_grid
+
+    row = dict.fromkeys(COLUMNS, 0.0)
+    row.update(
+        defocus_u_A=defocus_um * 1e4,
+        defocus_v_A=defocus_um * 1e4,
+        voltage_kV=voltage_kv,
+        cs_mm=cs_mm,
+        amplitude_contrast=amplitude_contrast,
+        scale=1.0,
+        apix_A=apix,
+    )
+    params = torch.tensor([[row[k] for k in COLUMNS]], dtype=torch.float64)
+    half = ctf_grid(params, size)[0].numpy()  # (size, size // 2 + 1): columns 0 .. size / 2
+    full = np.empty((size, size))
+    full[:, : half.shape[1]] = half
+    neg = np.arange(half.shape[1], size)  # negative column frequencies: CTF(-k) = CTF(k)
+    full[:, neg] = half[(-np.arange(size)) % size][:, size - neg]
+    return full
 
 
 def apply_ctf(images: np.ndarray, ctf: np.ndarray) -> np.ndarray:
@@ -322,40 +328,64 @@ def write_simulation(
     shift_std_px: float = 2.0,
     seed: int = 0,
     apix: float = 1.0,
-    defocus_um: float | None = None,
+    defocus_um: float | tuple[float, float] | None = None,
     obj: BlobObject = HINGE,
+    astigmatism_um: float = 0.0,
 ) -> Path:
     """Write ``particles.mrcs``, ``particles.star`` (RELION 3.1, the true poses) and
     ``truth.csv`` of ``n`` particles of ``obj`` into ``out_dir``; returns the stack's path.
 
-    With ``defocus_um``, the clean images are multiplied by a CTF (300 kV, Cs 2.7 mm,
-    amplitude contrast 0.1, that defocus) before the noise is added; SNR is measured after it.
+    With ``defocus_um`` (one value, or a range ``(low, high)`` drawn uniformly per particle),
+    the clean images are multiplied by each particle's CTF (300 kV, Cs 2.7 mm, amplitude
+    contrast 0.1, RELION's convention: :mod:`emvae.ctf`) before the noise is added; SNR is
+    measured after it. ``astigmatism_um`` splits defocus U and V by that much, at a random
+    angle per particle. The STAR file and ``truth.csv`` (``defocus_um``, the mean) carry them.
     """
+    from emvae.ctf import COLUMNS, apply_ctf
     from emvae.io import write_mrc
     from emvae.io.star_export import Optics, table_to_star, write_star
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    meta = None
     if defocus_um is None:
         images, truth = simulate_particles(n, size, snr, shift_std_px, seed, obj=obj)
     else:
         clean, truth = simulate_particles(n, size, float("inf"), shift_std_px, seed, obj=obj)
-        clean = apply_ctf(clean, ctf_2d(size, apix, defocus_um))
         rng = np.random.default_rng(seed + 1)
+        low, high = (defocus_um, defocus_um) if np.isscalar(defocus_um) else defocus_um
+        df = rng.uniform(low, high, n) * 1e4  # A
+        angle = rng.uniform(0.0, 180.0, n) if astigmatism_um else np.zeros(n)
+        half = 0.5 * astigmatism_um * 1e4
+        optics = Optics()
+        rows = dict.fromkeys(COLUMNS, np.zeros(n))
+        rows.update(
+            defocus_u_A=df + half,
+            defocus_v_A=df - half,
+            defocus_angle_deg=angle,
+            voltage_kV=np.full(n, optics.voltage),
+            cs_mm=np.full(n, optics.cs),
+            amplitude_contrast=np.full(n, optics.amplitude_contrast),
+            scale=np.ones(n),
+            apix_A=np.full(n, apix),
+        )
+        params = torch.from_numpy(np.stack([rows[k] for k in COLUMNS], 1).astype(np.float32))
+        x = torch.from_numpy(clean)[:, None]
+        clean = torch.cat(
+            [apply_ctf(x[i : i + 1024], params[i : i + 1024]) for i in range(0, n, 1024)]
+        )[:, 0].numpy()
         images = clean + rng.normal(0, np.sqrt(clean.var() / snr), clean.shape).astype(np.float32)
-    write_mrc(out / "particles.mrcs", images, apix)
-    truth.to_csv(out / "truth.csv", index=False, float_format="%.6f")
-    meta = None
-    if defocus_um is not None:
-        df = defocus_um * 1e4
+        truth["defocus_um"] = df / 1e4
         meta = pd.DataFrame(
             {
                 "rlnImageName": [f"{k:06d}@particles.mrcs" for k in range(1, n + 1)],
-                "rlnDefocusU": df,
-                "rlnDefocusV": df,
-                "rlnDefocusAngle": 0.0,
+                "rlnDefocusU": df + half,
+                "rlnDefocusV": df - half,
+                "rlnDefocusAngle": angle,
             }
         )
+    write_mrc(out / "particles.mrcs", images, apix)
+    truth.to_csv(out / "truth.csv", index=False, float_format="%.6f")
     write_star(table_to_star(truth, size, apix, meta, defaults=Optics()), out / "particles.star")
     return out / "particles.mrcs"
 

@@ -24,6 +24,7 @@ import torch
 
 from emvae.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from emvae.config import DataConfig, RunConfig
+from emvae.ctf import likelihood_ctf
 from emvae.data import (
     StreamedImages,
     gather,
@@ -143,6 +144,8 @@ def fit(
         _check_same_data(stack, config)
     else:
         config.run_id = config.run_id or uuid.uuid4().hex
+        if not config.data.n_images:  # a library call without the data section
+            config.data = make_data_config(stack, config.model.likelihood)
         if ctx.main:
             _prepare_output(out, work, force)
     ctx.barrier()
@@ -195,6 +198,7 @@ def fit(
             if ckpt is None:
                 _measure(stack, tensor_statistics(data), config.data, cfg.likelihood)
             normalize_(data, config.data.mean, config.data.std)
+        ctf = likelihood_ctf(stack, config, prepared.scale, data, device)
         if ctx.main:
             _write_json(work / "config.json", config)
         train_dev = torch.from_numpy(train_idx).to(data.device)
@@ -204,9 +208,23 @@ def fit(
             t0 = time.perf_counter()
             use_z = epoch > tcfg.z_delay
             train = _train_epoch(
-                net, optimizer, data, train_dev, config, device, rng, use_z, amp, bar, epoch, ctx
+                net,
+                optimizer,
+                data,
+                train_dev,
+                config,
+                device,
+                rng,
+                use_z,
+                amp,
+                bar,
+                epoch,
+                ctx,
+                ctf,
             )
-            test = evaluate(model, data, test_dev, config, device, tcfg.seed + epoch, use_z, ctx)
+            test = evaluate(
+                model, data, test_dev, config, device, tcfg.seed + epoch, use_z, ctx, ctf
+            )
             row = {
                 "epoch": epoch,
                 **{f"train_{k}": v for k, v in train.items()},
@@ -248,6 +266,7 @@ def fit(
             seed=tcfg.seed,
             advance=advance,
             ctx=ctx,
+            ctf=ctf,
         )
     split = np.full(len(stack), "train", dtype=object)
     split[test_idx] = "test"
@@ -329,6 +348,7 @@ def _train_epoch(
     bar: TrainingProgress,
     epoch: int,
     ctx: Dist = SINGLE,
+    ctf: torch.Tensor | None = None,
 ) -> dict[str, float]:
     cfg, tcfg = config.model, config.train
     model.train()
@@ -346,8 +366,9 @@ def _train_epoch(
     images = prefetched(data, [b[p] for b, p in zip(batches, parts, strict=True)], device)
     for step, (idx, part, x) in enumerate(zip(batches, parts, images, strict=False)):
         share = (part, len(idx)) if ctx.active else None
+        mine = None if ctf is None else ctf[idx[part].to(ctf.device)]
         terms = training_step(
-            model, optimizer, x, rng, use_z=use_z, augment=augment, amp=amp, share=share
+            model, optimizer, x, rng, use_z=use_z, augment=augment, amp=amp, share=share, ctf=mine
         )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
@@ -372,6 +393,7 @@ def training_step(
     augment: bool = True,
     amp=None,
     share: tuple[slice, int] | None = None,
+    ctf: torch.Tensor | None = None,
 ) -> ElboTerms:
     """One optimiser step on a batch ``x`` ``(B, C, D, D)`` already on the model's device.
 
@@ -383,6 +405,9 @@ def training_step(
     this process computes (see :mod:`emvae.distributed`; ``model`` is then wrapped in
     DistributedDataParallel). Random numbers are drawn for the whole global batch and sliced,
     and the loss is scaled so that the averaged gradient is the global batch's.
+
+    ``ctf`` ``(B, 10)``: each image's CTF parameters (:mod:`emvae.ctf`), applied to its
+    rendering in the likelihood.
     """
     net = model
     core = getattr(model, "module", model)
@@ -398,9 +423,10 @@ def training_step(
     if n == 0:  # no share of a tiny last batch: a zero-weight stand-in keeps the all-reduce
         x, eps, weight = x.new_zeros(1, *x.shape[1:]), eps.new_zeros(1, eps.shape[1]), 0.0
         gamma = None if gamma is None else gamma.new_zeros(1)
+        ctf = None
     with amp if amp is not None else contextlib.nullcontext():
         q, params = net(x, gamma, eps, use_z)
-    terms = posterior_elbo(cfg, core.pixels(x), params.float(), q.float(), use_z)
+    terms = posterior_elbo(cfg, core.pixels(x), params.float(), q.float(), use_z, ctf)
     optimizer.zero_grad(set_to_none=True)
     (-terms.elbo.sum() * weight).backward()
     optimizer.step()
@@ -425,6 +451,7 @@ def evaluate(
     seed: int,
     use_z: bool = True,
     ctx: Dist = SINGLE,
+    ctf: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Mean ELBO terms (nats per image) over ``data[idx]``, no augmentation, seeded sample
     (shared across processes, each computing its part of every batch)."""
@@ -440,7 +467,8 @@ def evaluate(
         eps = torch.randn(len(batch), model.n_latent, generator=rng, device=device)[part]
         x = gather(data, batch[part], device)
         q, params = model(x, None, eps, use_z)
-        terms = posterior_elbo(config.model, model.pixels(x), params, q, use_z)
+        mine = None if ctf is None else ctf[batch[part].to(ctf.device)]
+        terms = posterior_elbo(config.model, model.pixels(x), params, q, use_z, mine)
         sums += _term_sums(terms)
     ctx.all_sum(sums)
     return dict(zip(names, (sums / idx.shape[0]).tolist(), strict=True))
@@ -494,8 +522,8 @@ def make_data_config(
         preprocess=pre.to_dict(),
         input_size=stack.input_size or stack.size,
         scale=prepared.scale,
-        datadir=datadir,
-        ind=ind,
+        datadir=datadir if datadir is not None else stack.datadir,
+        ind=ind if ind is not None else stack.ind,
     )
 
 

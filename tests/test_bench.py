@@ -18,7 +18,6 @@ from test_cli import runner
 from emvae import bench as bn
 from emvae.errors import InputError
 from emvae.mnist import load_mnist, make_dataset, read_idx, transform_digits
-from emvae.simulate import ctf_2d
 
 TINY = {"epochs": 1, "hidden": 16, "device": "cpu", "progress": False}
 
@@ -179,26 +178,28 @@ def test_simulate_command_with_ctf(tmp_path):
     truth = pd.read_csv(out / "truth.csv")
     assert list(truth.columns) == [
         "image", "theta_deg", "shift_x_px", "shift_y_px", "conformation",
-        "theta_body_deg", "shift_body_x_px", "shift_body_y_px",
+        "theta_body_deg", "shift_body_x_px", "shift_body_y_px", "defocus_um",
     ]  # fmt: skip
     star = starfile.read(out / "particles.star", always_dict=True)["particles"]
     assert np.allclose(star["rlnAnglePsi"], truth["theta_deg"], atol=1e-5)
-    assert np.allclose(star["rlnDefocusU"], 12000.0)
+    assert np.allclose(star["rlnDefocusU"], 12000.0) and np.allclose(truth["defocus_um"], 1.2)
     r = runner.invoke(app, ["simulate", str(out), "-n", "20"])
     assert r.exit_code == 1 and "--force" in r.output
 
 
-def test_ctf_formula():
-    ctf = ctf_2d(64, 1.0, 1.0, amplitude_contrast=0.1)
-    assert ctf[0, 0] == pytest.approx(-0.1)  # pure amplitude contrast at zero frequency
-    assert np.allclose(ctf, ctf.T) and np.abs(ctf).max() <= 1.0
-    # first zero: chi = -atan(w / sqrt(1 - w^2)) ... i.e. pi lambda df k^2 ~ pi - 0.1 for Cs ~ 0
-    no_cs = ctf_2d(512, 0.5, 2.0, cs_mm=0.0)
-    profile = no_cs[0, :256]
-    first = int(np.argmax(np.sign(profile[1:]) != np.sign(profile[:-1])))
-    lam = 0.019687  # 300 kV, A
-    k = np.sqrt((np.pi - np.arctan(0.1 / np.sqrt(0.99))) / (np.pi * lam * 2e4))
-    assert abs(first / (512 * 0.5) - k) < 2 / (512 * 0.5)
+def test_simulate_draws_a_defocus_per_particle_with_astigmatism(tmp_path):
+    out = tmp_path / "sim"
+    args = ["simulate", str(out), "-n", "200", "--size", "24", "--ctf", "0.8:2.5"]
+    r = runner.invoke(app, [*args, "--astigmatism", "0.1", "--apix", "3"])
+    assert r.exit_code == 0, r.output
+    truth = pd.read_csv(out / "truth.csv")
+    star = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    assert 0.8 <= truth["defocus_um"].min() < 1.0 and 2.3 < truth["defocus_um"].max() <= 2.5
+    assert np.allclose(star["rlnDefocusU"] - star["rlnDefocusV"], 1000.0, atol=0.01)
+    assert np.allclose((star["rlnDefocusU"] + star["rlnDefocusV"]) / 2e4, truth["defocus_um"])
+    assert star["rlnDefocusAngle"].std() > 30
+    r = runner.invoke(app, ["simulate", str(out), "--ctf", "2:1", "--force"])
+    assert r.exit_code == 1 and "--ctf" in r.output
 
 
 def test_throughput_benchmark_prints_json_and_counts_flops():

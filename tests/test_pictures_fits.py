@@ -49,6 +49,19 @@ def test_jittered_window_offsets_point_at_the_window_centre(tmp_path):
     assert not np.array_equal(starts[0], [10, 5])  # this seed moves the window
 
 
+def test_two_jittered_folders_keep_every_window_offset(tmp_path):
+    """Concatenated inputs keep each image's offset (it corrects the reported shifts)."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for k in range(2):
+            Image.fromarray(_rgb(40, k)).save(tmp_path / folder / f"g{k}.png")
+    one = open_stack(tmp_path / "a", crop=20, jitter=4, seed=3)
+    both = open_stack([tmp_path / "a", tmp_path / "b"], crop=20, jitter=4, seed=3)
+    assert both.offsets is not None and both.offsets.shape == (4, 2)
+    assert np.array_equal(both.offsets[:2], one.offsets) and both.windowed
+    assert list(both.rows) == [0, 1, 2, 3] and both.names[3].endswith("b/g1.png")
+
+
 def test_galaxy_defaults_give_64px_windows(tmp_path):
     for k in range(2):
         Image.fromarray(_rgb(424, k)).save(tmp_path / f"g{k}.jpg")

@@ -118,3 +118,24 @@ def test_force_overwrites(run, tmp_path):
     fit(stack, cfg, tmp_path / "f", progress=False)
     again = fit(stack, _config(stack, epochs=1), tmp_path / "f", force=True, progress=False)
     assert len(again.history) == 1
+
+
+def test_a_library_fit_without_a_data_section_records_its_images_and_resumes(tiny_stack, tmp_path):
+    """fit() fills config.data itself (count, box, inputs, --ind), so the run resumes."""
+    from emvae.config import read_config
+    from emvae.io import open_stack
+
+    ind = tmp_path / "even.txt"
+    np.savetxt(ind, np.arange(0, 60, 2), fmt="%d")
+    model = ModelConfig(image_size=16, zdim=1, gen_hidden=16, enc_hidden=16, encoder="mlp")
+    config = RunConfig(model=model, train=TrainConfig(epochs=1, batch_size=10, device="cpu"))
+    out = tmp_path / "run"
+    fit(open_stack(tiny_stack, ind=ind), config, out, progress=False)
+    saved = read_config(out / "config.json").data
+    assert (saved.n_images, saved.input_size, saved.ind) == (30, 16, str(ind))
+    assert saved.paths == [str(tiny_stack)] and saved.std > 0
+    stored = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+    stored.train.epochs = 2
+    again = fit(open_stack(saved.paths, ind=saved.ind), stored, out, resume=True, progress=False)
+    assert len(again.history) == 2 and len(again.table) == 30
+    assert again.table["image"].iloc[1] == f"3@{tiny_stack}"  # the --ind rows, mapped back

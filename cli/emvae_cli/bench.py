@@ -20,6 +20,17 @@ bench_app = typer.Typer(
 )
 
 
+def _defocus_range(text: str) -> float | tuple[float, float]:
+    """``--ctf 1.5`` or ``--ctf 0.8:2.5`` (um)."""
+    try:
+        values = [float(v) for v in text.split(":")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(v > 0 for v in values) or values[0] > values[-1]:
+        raise ConfigError(f"--ctf {text!r}: give a defocus in um (1.5) or a range (0.8:2.5)")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
 @user_errors
 def simulate(
     out: Path = typer.Argument(..., help="Folder to write particles.mrcs/.star and truth.csv."),
@@ -28,8 +39,15 @@ def simulate(
     snr: float = typer.Option(1.0, "--snr", help="Signal variance / noise variance."),
     shift_std: float = typer.Option(2.0, "--shift-std", help="Shift std, px."),
     apix: float = typer.Option(1.0, "--apix", help="Pixel size, A."),
-    defocus: float | None = typer.Option(
-        None, "--ctf", show_default=False, help="Apply a CTF of this defocus (um; 300 kV)."
+    defocus: str | None = typer.Option(
+        None,
+        "--ctf",
+        show_default=False,
+        help="Apply each particle's CTF: a defocus in um (1.5), or a range drawn per particle "
+        "(0.8:2.5); 300 kV, Cs 2.7 mm, amplitude contrast 0.1.",
+    ),
+    astigmatism: float = typer.Option(
+        0.0, "--astigmatism", min=0, help="With --ctf: defocus U - V in um, at random angles."
     ),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed."),
     obj: Particle = typer.Option(
@@ -53,7 +71,8 @@ def simulate(
     if n < 1 or size < 8 or not snr > 0:
         raise ConfigError("need -n >= 1, --size >= 8 and --snr > 0")
     particle = get_object(obj.value, object_seed)
-    stack = write_simulation(out, n, size, snr, shift_std, seed, apix, defocus, particle)
+    df = None if defocus is None else _defocus_range(defocus)
+    stack = write_simulation(out, n, size, snr, shift_std, seed, apix, df, particle, astigmatism)
     err_console.print(
         f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}", highlight=False
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from pathlib import Path
 
@@ -10,12 +11,14 @@ import typer
 from emvae import __version__
 from emvae.checkpoint import load_checkpoint, load_model
 from emvae.config import SMALL_IMAGE_PX, SMALL_WIDTH, WIDTH, ModelConfig, RunConfig, TrainConfig
+from emvae.ctf import ctf_params as ctf_params_of
+from emvae.ctf import likelihood_ctf, particle_ctf
 from emvae.data import load_images, normalize_, resolve_device
 from emvae.encode import encode as encode_stack
 from emvae.encode import particle_table
-from emvae.errors import ConfigError, OutputExistsError
+from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.example import EXAMPLE_OPTIONS, make_example
-from emvae.io import open_stack, write_table
+from emvae.io import open_like, write_table
 from emvae.latents import latent_usage, unused_warning
 from emvae.preprocess import Preprocess, prepare, prepare_for
 from emvae.progress import training_progress
@@ -36,6 +39,26 @@ def _h(text: str, cls: type, name: str, example: bool = True) -> str:
     d = WIDTH_DEFAULT if d is None and name.endswith("_hidden") else d
     ex = f"; --example: {EXAMPLE_OPTIONS[name]}" if example and name in EXAMPLE_OPTIONS else ""
     return f"{text} (default {d}{ex})"
+
+
+def ctf_mode(choice: str, images, ctf_params: Path | None, apix: float | None) -> str:
+    """``--ctf``: auto is "on" with ``--ctf-params`` or when the input carries complete CTF
+    parameters (and a pixel size), else "off" (with a note when it carries some but not all)."""
+    if choice != "auto":
+        return choice
+    if ctf_params is not None:  # asked for by name: missing fields are errors
+        return "on"
+    meta = images.metadata
+    if meta is None or not ("rlnDefocusU" in meta or "ctf/df1_A" in meta):
+        return "off"
+    try:
+        ctf_params_of(meta, images.optics, apix or images.apix or 1.0, images.source)
+        if not (apix or images.apix):
+            raise InputError(images.source, "no pixel size (give --apix)")
+    except InputError as e:
+        err_console.print(f"note: the CTF is not modelled: {e}", highlight=False)
+        return "off"
+    return "on"
 
 
 def default_encoder(rotation: bool, theta_prior: str) -> str:
@@ -201,6 +224,24 @@ def fit(
         show_default=False,
         help="Likelihood over pixels within this radius (model px) only.",
     ),
+    ctf: str = typer.Option(
+        "auto",
+        "--ctf",
+        help="Model each particle's CTF: on (the likelihood compares each image with the "
+        "rendering times its CTF), phase-flip (flip the images' phases once), off; auto: on "
+        "when the input carries CTF parameters (STAR rlnDefocusU, .cs ctf/df1_A, --ctf-params).",
+    ),
+    ctf_pad: int = typer.Option(
+        default(M, "ctf_pad"), "--ctf-pad", help="Zero-pad renderings to this x the box (1, 2)."
+    ),
+    ctf_params: Path | None = typer.Option(
+        None,
+        "--ctf-params",
+        show_default=False,
+        help="CSV of CTF parameters, one row per image in input order: defocus_u_A, "
+        "defocus_v_A, defocus_angle_deg, voltage_kV, cs_mm, amplitude_contrast "
+        "(phase_shift_deg, bfactor_A2, scale optional).",
+    ),
     datadir: str | None = opt.DATADIR,
     ind: str | None = opt.IND,
     apix: float | None = opt.APIX,
@@ -243,10 +284,10 @@ def fit(
         stacks = [str(make_example(out / "example", force=force or resume))]
     last = out / "checkpoints" / "last.pt"
     if resume and last.exists():  # read the inputs the way the run being resumed did
-        stored = RunConfig.from_dict(load_checkpoint(last)["config"])
-        pre = Preprocess.from_dict(stored.data.preprocess)
-        datadir, ind = datadir or stored.data.datadir, ind or stored.data.ind
-        images = open_stack(stacks, datadir, ind, pre.crop, pre.jitter, pre.seed, apix)
+        stored = RunConfig.from_dict(load_checkpoint(last)["config"]).data
+        datadir, ind = datadir or stored.datadir, ind or stored.ind
+        images = open_like(stored, stacks, datadir, ind, apix)
+        pre = Preprocess.from_dict(stored.preprocess)
     else:
         images, pre = opt.open_inputs(
             stacks, datadir, ind, apix, size, crop, jitter, invert, norm, bg_radius, seed
@@ -281,6 +322,8 @@ def fit(
         likelihood=likelihood,
         learn_noise=learn_noise,
         mask_radius_px=mask_radius,
+        ctf=ctf_mode(ctf, images, ctf_params, apix),
+        ctf_pad=ctf_pad,
     )
     train = TrainConfig(
         epochs=pick("epochs", epochs, T),
@@ -310,6 +353,8 @@ def fit(
         check_output_dir(out, force)
         config.validate()
         config.data = make_data_config(images, likelihood, apix, normalize, pre, datadir, ind)
+        config.data.ctf_params = None if ctf_params is None else str(ctf_params)
+        particle_ctf(images, config, prepared.scale)  # a missing CTF field: one line, now
     result = fit_model(images, config, out, resume=resume, force=force, progress=not quiet)
     if result.table.empty:  # not rank 0 of a torchrun job: rank 0 reports
         return
@@ -361,8 +406,7 @@ def encode(
             raise OutputExistsError(f"{path}: exists; use --force to overwrite")
     dev = resolve_device(device)
     model, config, _ = load_model(checkpoint, dev)
-    pre = Preprocess.from_dict(config.data.preprocess)
-    images = open_stack(stacks, datadir, ind, pre.crop, pre.jitter, pre.seed, apix)
+    images = open_like(config.data, stacks, datadir, ind, apix)
     star = out.with_suffix(".star")
     inputs = [*input_files(images.inputs, images.names), Path(checkpoint)]
     refuse_inputs_as_outputs([out, star], inputs)
@@ -377,7 +421,12 @@ def encode(
     with training_progress(not quiet) as bar:
         data = load_images(images, dev, prepared, bar.task("reading images", len(images)))
         normalize_(data, config.data.mean or 0.0, config.data.std or 1.0)
-        enc = encode_stack(model, data, dev, batch_size, seed, bar.task("encoding", len(images)))
+        own = dataclasses.replace(config.data, apix=images.apix, ctf_params=None)
+        ctf = likelihood_ctf(
+            images, dataclasses.replace(config, data=own), prepared.scale, data, dev
+        )
+        advance = bar.task("encoding", len(images))
+        enc = encode_stack(model, data, dev, batch_size, seed, advance, ctf=ctf)
     table = particle_table(
         config.model,
         enc,

@@ -3,6 +3,7 @@ combines several inputs, ``.txt`` lists and ``--ind`` subsets."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -133,27 +134,39 @@ def read_list(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
 
 
 def concat_stacks(stacks: list[ImageStack], source: str) -> ImageStack:
-    """One stack of several, in order; they must hold images of one size and channel count."""
+    """One stack of several, in order; they must hold images of one size and channel count.
+
+    Per-image fields (names, metadata, window offsets, notes) are joined; the rest comes from
+    the first stack, except what the stacks disagree on (pixel size, preprocessing: None).
+    ``rows`` are positions in the concatenation.
+    """
     if len(stacks) == 1:
         return stacks[0]
     shapes = {s.images.shape[1:] for s in stacks}
     if len(shapes) > 1:
         shown = ", ".join(f"{s.source}: {s.channels}x{s.size}^2" for s in stacks[:4])
         raise InputError(source, f"mixed image sizes across stacks ({shown})")
-    apix = {s.apix for s in stacks}
+    first = stacks[0]
+    same_apix = len({s.apix for s in stacks}) == 1
+    same_prep = all(s.preprocessed == first.preprocessed for s in stacks)
     metas = [s.metadata for s in stacks]
-    return ImageStack(
+    offsets = [s.offsets for s in stacks]
+    return dataclasses.replace(
+        first,
         images=Rows.concat([s.images for s in stacks]),
         names=[n for s in stacks for n in s.names],
-        apix=apix.pop() if len(apix) == 1 else None,
+        apix=first.apix if same_apix else None,
+        apix_from=first.apix_from if same_apix else None,
         source=source,
-        format=stacks[0].format,
-        apix_from=stacks[0].apix_from,
+        rows=None,
         metadata=None if any(m is None for m in metas) else pd.concat(metas, ignore_index=True),
-        optics=stacks[0].optics,
-        star_version=stacks[0].star_version,
+        offsets=None if any(o is None for o in offsets) else np.concatenate(offsets),
+        preprocessed=first.preprocessed if same_prep else None,
+        input_size=first.input_size if same_prep else None,
+        scale=first.scale if same_prep else 1.0,
         notes=[n for s in stacks for n in s.notes],
-        likelihood=stacks[0].likelihood,
+        windowed=all(s.windowed for s in stacks),
+        inputs=[i for s in stacks for i in s.inputs],
     )
 
 
@@ -228,6 +241,8 @@ def open_stack(
     stack.inputs = [str(s) for s in specs]
     if ind is not None:
         stack = stack.subset(read_indices(ind, len(stack)))
+    stack.datadir = None if datadir is None else str(datadir)
+    stack.ind = None if ind is None else str(ind)
     if apix is not None:
         if not apix > 0:
             raise InputError(str(specs[0]), f"--apix must be > 0, got {apix}")
@@ -235,8 +250,35 @@ def open_stack(
     return stack
 
 
+def open_like(
+    data,
+    specs: list[str | os.PathLike] | None = None,
+    datadir: str | os.PathLike | None = None,
+    ind: str | os.PathLike | None = None,
+    apix: float | None = None,
+) -> ImageStack:
+    """Open images the way a run read its own (``data``: its :class:`emvae.config.DataConfig`):
+    the same pictures' windows (crop, jitter, seed). Without ``specs``, the run's own inputs
+    (its ``datadir`` and ``--ind`` too), which must still hold the images it was fitted on."""
+    from emvae.preprocess import Preprocess
+
+    pre = Preprocess.from_dict(data.preprocess)
+    own = specs is None
+    if own:
+        if not data.paths:
+            raise InputError("(run)", "the run does not record its input images")
+        specs, datadir, ind = data.paths, data.datadir, data.ind
+    stack = open_stack(specs, datadir, ind, pre.crop, pre.jitter, pre.seed, apix)
+    if own and data.n_images and len(stack) != data.n_images:
+        raise InputError(
+            stack.source, f"now holds {len(stack)} images; the run had {data.n_images}"
+        )
+    return stack
+
+
 __all__ = [
     "ImageStack",
+    "open_like",
     "input_kind",
     "open_stack",
     "read_indices",

@@ -8,6 +8,7 @@ combines several sources (the stacks a STAR file or a list names) and subsets of
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ class ImageStack:
     windowed: True when the reader already cut the images out of larger pictures (crop).
     scale: input pixels per pixel of ``images`` (not 1 only for an emvae cache, whose ``apix``
         is still that of the input pixels).
-    inputs: the inputs as the user named them (several for a concatenation).
+    inputs: the inputs as the user named them (several for a concatenation); ``datadir`` and
+        ``ind`` as given to :func:`emvae.io.open_stack` (so a run can open the same images).
     """
 
     images: Any
@@ -62,6 +64,8 @@ class ImageStack:
     windowed: bool = False
     scale: float = 1.0
     inputs: list[str] = field(default_factory=list)
+    datadir: str | None = None
+    ind: str | None = None
 
     def __post_init__(self) -> None:
         if self.rows is None:
@@ -89,24 +93,14 @@ class ImageStack:
         """The images at 0-based ``indices`` (in that order), metadata following them."""
         idx = np.asarray(indices, dtype=np.int64)
         meta = None if self.metadata is None else self.metadata.iloc[idx].reset_index(drop=True)
-        return ImageStack(
+        return dataclasses.replace(
+            self,
             images=Rows.select(self.images, idx),
             names=[self.names[i] for i in idx],
-            apix=self.apix,
-            source=self.source,
-            format=self.format,
-            apix_from=self.apix_from,
             rows=self.rows[idx],
             metadata=meta,
-            optics=self.optics,
-            star_version=self.star_version,
             offsets=None if self.offsets is None else self.offsets[idx],
-            preprocessed=self.preprocessed,
-            input_size=self.input_size,
             notes=list(self.notes),
-            likelihood=self.likelihood,
-            windowed=self.windowed,
-            scale=self.scale,
             inputs=list(self.inputs),
         )
 
