@@ -30,6 +30,10 @@ def describe(stack: ImageStack) -> list[tuple[str, str]]:
         lines.append(("pixel size", px))
     else:
         lines.append(("pixel size", "unknown (give --apix)"))
+    files = [str(s.path) for s in getattr(stack.images, "parts", ()) if hasattr(s, "path")]
+    if files:  # the stacks a STAR / .cs / .txt file named, as found (--datadir first)
+        more = f", ... ({len(files)} files)" if len(files) > 3 else ""
+        lines.append(("stacks read", ", ".join(files[:3]) + more))
     if stack.star_version:
         lines.append(("STAR version", f"RELION {stack.star_version}"))
     if stack.optics is not None:

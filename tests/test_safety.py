@@ -344,6 +344,20 @@ def test_datadir_never_lets_a_star_reach_outside_it(tiny_stack, tmp_path):
     assert r.exit_code == 1 and "not found" in r.output and str(datadir) in r.output
 
 
+def test_datadir_comes_before_an_absolute_path_and_info_says_which_file_was_read(
+    tiny_stack, tmp_path
+):
+    datadir = tmp_path / "dd"
+    datadir.mkdir()
+    (datadir / tiny_stack.name).write_bytes(tiny_stack.read_bytes())
+    star = tmp_path / "abs.star"
+    starfile.write(pd.DataFrame({"rlnImageName": [f"{k}@{tiny_stack}" for k in (1, 2)]}), star)
+    r = runner.invoke(app, ["info", str(star), "--datadir", str(datadir)])
+    assert r.exit_code == 0 and f"stacks read:      {datadir / tiny_stack.name}" in r.output, (
+        r.output
+    )
+
+
 @pytest.mark.parametrize("other", ["L", "RGB"])
 def test_a_16_bit_picture_among_8_bit_ones_keeps_its_values(tmp_path, other):
     from PIL import Image
@@ -579,3 +593,26 @@ def test_a_checkpoint_from_another_run_is_refused(run, tiny_stack, tmp_path):
     for command in (["montage", str(run)], ["fit", str(tiny_stack), "-o", str(run), "--resume"]):
         r = runner.invoke(app, command)
         assert r.exit_code == 1 and "mixes outputs of two runs" in r.output, (command, r.output)
+
+
+# Every command whose output folder cannot be written (here: a path under a regular file, which
+# even root cannot create) stops with one line naming it, before its work.
+UNWRITABLE = [
+    ("report", lambda run, stack, bad: ["report", str(run), "-o", str(bad / "rep")]),
+    ("montage", lambda run, stack, bad: ["montage", str(run), "-o", str(bad / "m")]),
+    ("align", lambda run, stack, bad: ["align", str(run), "-o", str(bad / "a.mrcs")]),
+    ("export-star", lambda run, stack, bad: ["export-star", str(run), "-o", str(bad / "x.star")]),
+    ("preprocess", lambda run, stack, bad: ["preprocess", str(stack), "-o", str(bad / "c.h5")]),
+    ("encode", lambda run, stack, bad: ["encode", str(run), str(stack), "-o", str(bad / "e.csv")]),
+    ("simulate", lambda run, stack, bad: ["simulate", str(bad / "sim"), "-n", "10"]),
+]
+
+
+@pytest.mark.parametrize("make", [m for _, m in UNWRITABLE], ids=[c for c, _ in UNWRITABLE])
+def test_an_unwritable_output_gets_one_line(run, tiny_stack, tmp_path, make):
+    bad = tmp_path / "a_file"
+    bad.write_text("not a folder")
+    r = runner.invoke(app, make(run, tiny_stack, bad))
+    assert r.exit_code == 1, r.output
+    assert str(bad) in r.output and "Traceback" not in r.output, r.output
+    assert bad.read_text() == "not a folder"

@@ -102,3 +102,19 @@ def test_fits_and_galaxy_files():
     gal = open_stack(SHARED / "galaxies", crop=207, jitter=12)
     assert gal.images.shape == (545, 3, 207, 207)
     assert 0 <= gal.images[:3].min() and gal.images[:3].max() <= 1
+
+
+def test_ctf_parameters_agree_between_relion_and_cryosparc_exports_of_one_set():
+    """The same 7 EMPIAR-10076 particles as a RELION STAR and a cryoSPARC .cs: the same CTF
+    (defocus in Å, the .cs angle in radians, optics from the STAR's optics group)."""
+    from emvae.ctf import ctf_params
+
+    tables = []
+    for name in ("empiar_10076_7.star", "empiar_10076_7.cs"):
+        s = open_stack(EM / name, datadir=EM)
+        tables.append(ctf_params(s.metadata, s.optics, s.apix, name, required=True))
+    star, cs = tables
+    assert star.shape == (7, 10) and np.allclose(star, cs, rtol=1e-5, atol=1e-3)
+    assert 1e4 < star[:, 0].min() and star[0, 3] == 300.0 and star[0, 4] == pytest.approx(2.7)
+    s = open_stack(EM / "sample_particles_relion30.star", datadir=EM)  # 3.0: optics in the rows
+    assert ctf_params(s.metadata, s.optics, s.apix, "3.0")[0, 3] == 300.0
