@@ -22,7 +22,8 @@ def align_images(images: Tensor, theta_deg: Tensor, shift_px: Tensor) -> Tensor:
     With the table's pose (``theta_deg``: counter-clockwise rotation of the particle, +y up;
     ``shift_px``: where the canonical centre lies, from the box centre ((W-1)/2, (H-1)/2), +x
     right, +y up), output pixel q (px from the centre) samples the input at ``q R(phi) + s``
-    with ``phi = radians(theta_deg)`` and ``R`` of SPEC section 1: bilinear, and 0 where that
+    with ``phi = radians(theta_deg)`` and ``R`` of docs/conventions.md, "The model's pose":
+    bilinear, and 0 where that
     point lies outside the box, which is what RELION's ``--apply_transformation`` computes.
 
     images: ``(B, C, D, D)``; theta_deg: ``(B,)``; shift_px: ``(B, 2)``. Returns ``(B, C, D, D)``.

@@ -10,7 +10,8 @@ from torch import Tensor
 def rotate_images(images: Tensor, angle: Tensor) -> Tensor:
     """Rotate each image counter-clockwise by ``angle`` about the box centre.
 
-    Counter-clockwise is meant with emvae's axes (+y up, row 0 at the top; SPEC section 1):
+    Counter-clockwise is meant with emvae's axes (+y up, row 0 at the top; docs/conventions.md,
+    "Pixel coordinates (internal)"; the augmentation itself: "Rotation augmentation"):
     if ``images`` were rendered by the generator at pose ``(theta, dx)``, the output is (up to
     interpolation and the corners) the same template rendered at ``(theta - angle, dx)``.
     The rotation centre is coordinate 0, i.e. pixel ((W-1)/2, (H-1)/2). Outside the box is 0.

@@ -29,7 +29,7 @@ CTF_MODES = ("off", "on", "phase-flip")
 #: Images up to this many pixels across get the small networks (SMALL_WIDTH wide).
 SMALL_IMAGE_PX = 32
 SMALL_WIDTH = 128
-WIDTH = 500  # the paper's (SPEC section 1)
+WIDTH = 500  # the paper's 2 x 500 tanh MLPs (Bepler et al. 2019, sections 4.2-4.3)
 
 
 def default_width(image_size: int) -> int:
@@ -37,6 +37,14 @@ def default_width(image_size: int) -> int:
     500 above. At 28 px, SNR 1 the 128-wide networks learn poses and conformation within 15
     epochs at a quarter of the 500-wide ones' time per epoch (docs/benchmarks.md)."""
     return SMALL_WIDTH if image_size <= SMALL_IMAGE_PX else WIDTH
+
+
+def default_encoder(m: ModelConfig) -> str:
+    """The equivariant encoder where it applies (rotation inferred over bins under the uniform
+    prior, z from the aligned image), else the paper's mlp. On simulated particles it finds the
+    rotations in the first epoch, the mlp in about five (docs/benchmarks.md)."""
+    binned = m.theta_posterior != "gaussian" and m.z_encoder == "aligned"
+    return "equivariant" if m.rotation and m.theta_prior == "uniform" and binned else "mlp"
 
 
 @dataclass
@@ -50,7 +58,9 @@ class ModelConfig:
     channels: int = 1  # C: 1 for EM, 3 for RGB
     zdim: int = 2  # K: unstructured latent dimensions
     generator: str = "spatial"  # "spatial" (coordinate MLP) or "vanilla" (z -> all pixels)
-    encoder: str = "mlp"  # pose network: "mlp" (the paper's), "conv" (plain CNN), "equivariant"
+    # pose network: "mlp" (the paper's), "conv" (plain CNN), "equivariant" (group convolution
+    # over rotation bins); "auto": default_encoder's choice
+    encoder: str = "auto"
     # z from a network on the image aligned by the inferred pose ("aligned"), or from the pose
     # network itself ("shared", the paper's; mlp and conv only)
     z_encoder: str = "aligned"
@@ -85,6 +95,8 @@ class ModelConfig:
     ctf_pad: int = 1  # zero-pad the rendering to ctf_pad x the box before its FFT
 
     def __post_init__(self) -> None:
+        if self.encoder == "auto":
+            self.encoder = default_encoder(self)
         width = default_width(self.image_size)
         if self.gen_hidden is None:
             self.gen_hidden = width
@@ -160,8 +172,8 @@ class ModelConfig:
         if self.ctf != "off":
             if self.likelihood != "gaussian":
                 raise ConfigError("--ctf needs the Gaussian likelihood (cryo-EM images)")
-            if self.mask_radius_px is not None or self.generator != "spatial":
-                raise ConfigError("--ctf goes with the spatial generator and no --mask-radius")
+            if self.generator != "spatial":
+                raise ConfigError("--ctf goes with the spatial generator")
         if self.ctf_pad not in (1, 2):
             raise ConfigError(f"--ctf-pad must be 1 or 2, got {self.ctf_pad}")
         if self.learn_noise and self.likelihood != "gaussian":
@@ -191,7 +203,8 @@ class ModelConfig:
 
     @property
     def pixel_to_unit(self) -> float:
-        """Size of one pixel in internal coordinate units, 2 / (D - 1) (SPEC section 1)."""
+        """Size of one pixel in internal coordinate units, 2 / (D - 1) (docs/conventions.md,
+        "Pixel coordinates (internal)")."""
         return 2.0 / (self.image_size - 1)
 
     @property
@@ -262,7 +275,7 @@ class DataConfig:
     scale: float = 1.0
     datadir: str | None = None
     ind: str | None = None
-    fingerprint: str = ""  # of the images' names and a few images (emvae.train.fingerprint)
+    fingerprint: str = ""  # of the images' names and a few images (emvae.particles.fingerprint)
     ctf_params: str | None = None  # --ctf-params CSV (else the CTF comes from the STAR/.cs)
 
 

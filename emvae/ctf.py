@@ -173,9 +173,12 @@ def ctf_params(
     return table.astype(np.float32)
 
 
-def read_ctf_table(path: str | os.PathLike, n: int) -> pd.DataFrame:
+def read_ctf_table(path: str | os.PathLike, n: int, rows: np.ndarray | None = None) -> pd.DataFrame:
     """A ``--ctf-params`` CSV: one row per image (input order), columns named as
-    :data:`COLUMNS` (all but ``apix_A``; phase shift, B-factor and scale optional)."""
+    :data:`COLUMNS` (all but ``apix_A``; phase shift, B-factor and scale optional).
+
+    ``rows``: the 0-based input rows of the ``n`` images when ``--ind`` chose some; the CSV
+    may then describe either the whole input (its ``rows`` are taken) or the ``n`` images."""
     p = Path(path)
     try:
         table = pd.read_csv(p)
@@ -184,6 +187,11 @@ def read_ctf_table(path: str | os.PathLike, n: int) -> pd.DataFrame:
     missing = [k for k in COLUMNS[:9] if k not in table and k not in OPTIONAL]
     if missing:
         raise InputError(p, f"has no column {', '.join(missing)}")
+    if rows is not None and len(table) != n:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.max() >= len(table):
+            raise InputError(p, f"has {len(table)} rows; --ind selects input row {rows.max()}")
+        return table.iloc[rows].reset_index(drop=True)
     if len(table) != n:
         raise InputError(p, f"has {len(table)} rows; the stack holds {n} images")
     return table
@@ -203,21 +211,6 @@ def _optics_rows(
     return table.loc[groups.to_numpy()].reset_index(drop=True)
 
 
-def particle_ctf(stack, config, scale: float) -> np.ndarray | None:
-    """The ``(N, 10)`` CTF parameters a run with ``config`` (:class:`emvae.config.RunConfig`)
-    uses for ``stack``, at the model's pixel size (input pixel size x ``scale``, the input
-    pixels per model pixel); None when the run's CTF mode is "off". The parameters come from
-    ``config.data.ctf_params`` (a CSV) when set, else from the stack's STAR / .cs rows."""
-    if config.model.ctf == "off":
-        return None
-    meta = stack.metadata
-    if config.data.ctf_params:
-        meta = read_ctf_table(config.data.ctf_params, len(stack))
-    apix = config.data.apix if config.data.apix is not None else stack.apix
-    apix = None if apix is None else apix * scale
-    return ctf_params(meta, stack.optics, apix, stack.source, required=True)
-
-
 def phase_flip_(data: Tensor, params: np.ndarray, chunk: int = 1024) -> Tensor:
     """Flip the phases of ``data`` ``(N, C, D, D)`` in place, chunk by chunk (``--ctf
     phase-flip``); ``params`` ``(N, 10)``."""
@@ -228,18 +221,17 @@ def phase_flip_(data: Tensor, params: np.ndarray, chunk: int = 1024) -> Tensor:
     return data
 
 
-def likelihood_ctf(stack, config, scale: float, data, device) -> Tensor | None:
-    """Each particle's CTF parameters ``(N, 10)`` on ``device`` for the likelihood (``--ctf
-    on``), or None; with ``--ctf phase-flip`` the images ``data`` (normalised, ``(N, C, D, D)``)
-    have their phases flipped here, once, and None is returned."""
-    from emvae.errors import ConfigError
-
-    params = particle_ctf(stack, config, scale)
+def likelihood_ctf(params: np.ndarray | None, mode: str, data, device) -> Tensor | None:
+    """The CTF parameters ``params`` ``(N, 10)`` (:meth:`emvae.particles.Particles.ctf`) on
+    ``device`` for the likelihood (``--ctf on``), or None; with ``--ctf phase-flip`` the images
+    ``data`` (normalised, ``(N, C, D, D)``) have their phases flipped here, once (streamed
+    images: as each batch is read), and None is returned."""
     if params is None:
         return None
-    if config.model.ctf == "phase-flip":
-        if not isinstance(data, Tensor):
-            raise ConfigError("--ctf phase-flip needs the stack in memory (--stream off)")
-        phase_flip_(data, params)
+    if mode == "phase-flip":
+        if isinstance(data, Tensor):
+            phase_flip_(data, params)
+        else:
+            data.flip = params
         return None
     return torch.from_numpy(params).to(device)

@@ -98,12 +98,15 @@ class StreamedImages:
     """The stack read from disk batch by batch (preprocessed and normalised as it is read), for
     stacks larger than memory; an emvae cache is memory-mapped, so this is a page-cache read.
 
-    Stands in for the in-memory tensor: ``shape`` and :func:`gather` work on both.
+    Stands in for the in-memory tensor: ``shape`` and :func:`gather` work on both. ``flip``
+    ``(N, 10)``: CTF parameters whose phases each image has flipped as it is read (``--ctf
+    phase-flip``, :func:`emvae.ctf.likelihood_ctf`), or None.
     """
 
     def __init__(self, stack: ImageStack, prepared: Prepared, mean: float = 0.0, std: float = 1.0):
         self.stack, self.prepared = stack, prepared
         self.mean, self.std = mean, std
+        self.flip: np.ndarray | None = None
         self.shape = (len(stack), prepared.channels, prepared.size, prepared.size)
         self.device = torch.device("cpu")
         self.pin = torch.cuda.is_available()
@@ -113,6 +116,10 @@ class StreamedImages:
         idx = np.asarray(idx, dtype=np.int64)
         x = self.prepared.apply(self.stack.images[idx], idx)
         t = (torch.from_numpy(x) - self.mean) / self.std
+        if self.flip is not None:
+            from emvae.ctf import phase_flip
+
+            t = phase_flip(t, torch.from_numpy(self.flip[idx])).to(torch.float32)
         return t.pin_memory() if self.pin else t
 
 
@@ -155,6 +162,7 @@ def prefetched(data, batches: list[Tensor], device: torch.device):
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(data.read, batches[0].cpu().numpy()) if batches else None
         for k in range(len(batches)):
+            assert pending is not None  # submitted before the loop when there are batches
             x = pending.result()
             if k + 1 < len(batches):
                 pending = pool.submit(data.read, batches[k + 1].cpu().numpy())

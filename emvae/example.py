@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from emvae.errors import OutputExistsError
 from emvae.simulate import write_simulation
 
 #: The example stack: hinge particles with uniform rotation, 1 px shifts, SNR 5.
-EXAMPLE_STACK = {"n": 1500, "size": 24, "snr": 5.0, "shift_std_px": 1.0, "seed": 0, "apix": 2.0}
+EXAMPLE_STACK: dict[str, Any] = {
+    "n": 1500,
+    "size": 24,
+    "snr": 5.0,
+    "shift_std_px": 1.0,
+    "seed": 0,
+    "apix": 2.0,
+}
 
 #: Settings `emvae fit --example` uses where the user gives none (small enough for a laptop CPU).
 EXAMPLE_OPTIONS = {

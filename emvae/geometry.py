@@ -1,6 +1,7 @@
-"""Pixel coordinates, rotations and the conversion of poses to the image frame (SPEC sections 1-2).
+"""Pixel coordinates, rotations and the conversion of poses to the image frame.
 
-Conventions, pinned by ``tests/test_geometry.py``:
+Conventions (docs/conventions.md, "Pixel coordinates (internal)" to "What the tables report
+(image frame)"), pinned by ``tests/test_geometry.py``:
 
 * Pixel (row i, column j) of an H x W image has coordinate ``x = -1 + 2j/(W-1)``,
   ``y = 1 - 2i/(H-1)``: origin at the image centre, +x right, **+y up** (row 0 at the top).
@@ -70,7 +71,8 @@ def wrap_degrees(deg: Tensor) -> Tensor:
 
 
 def model_to_image_pose(theta: Tensor, shift: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Convert a model pose to the image frame (SPEC section 2).
+    """Convert a model pose to the image frame (docs/conventions.md, "What the tables report
+    (image frame)").
 
     theta: ``(B,)`` radians; shift: ``(B, 2)`` coordinate units; size: box size D.
     Returns ``theta_deg`` ``(B,)`` in [-180, 180) and ``shift_px`` ``(B, 2)``: the position of the

@@ -172,7 +172,9 @@ def save_png(
     for k in cols:
         pixels[:, k] = to_uint8(grid[:, k], *contrast(grid[:, k]))
     picture = Image.fromarray(tile(pixels))
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture = picture.resize(
+        (picture.width * scale, picture.height * scale), Image.Resampling.NEAREST
+    )
     picture.save(path)
     return Path(path)
 
@@ -185,7 +187,7 @@ def save_gif(
     pics = []
     for f in to_uint8(frames, lo, hi):
         img = Image.fromarray(f[0] if f.shape[0] == 1 else np.moveaxis(f, 0, -1))
-        pics.append(img.resize((img.width * scale, img.height * scale), Image.BILINEAR))
+        pics.append(img.resize((img.width * scale, img.height * scale), Image.Resampling.BILINEAR))
     pics[0].save(path, save_all=True, append_images=pics[1:], duration=ms, loop=0)
     return Path(path)
 
@@ -210,12 +212,9 @@ def open_run(source: str | os.PathLike) -> RunModel:
 def observed_images(config: RunConfig, indices: np.ndarray) -> Tensor:
     """The run's input images at 0-based ``indices``, as the model saw them (preprocessed and
     normalised): ``(n, C, D, D)``."""
-    from emvae.io import open_like
-    from emvae.preprocess import prepare_for
+    from emvae.particles import Particles
 
-    d = config.data
-    stack = open_like(d)
-    prepared = prepare_for(stack, d.preprocess)
-    idx = np.asarray(indices, dtype=np.int64)
-    x = prepared.apply(stack.images[idx], idx)
+    particles = Particles.like(config.data)
+    d, idx = particles.data, np.asarray(indices, dtype=np.int64)
+    x = particles.prepared.apply(particles.stack.images[idx], idx)
     return (torch.from_numpy(x) - (d.mean or 0.0)) / (d.std or 1.0)

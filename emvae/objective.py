@@ -93,7 +93,7 @@ class ElboTerms:
     kl_z: Tensor
     kl_theta: Tensor
     kl_shift: Tensor
-    kl_z_dims: Tensor | None = None
+    kl_z_dims: Tensor
 
     @property
     def kl(self) -> Tensor:
@@ -200,6 +200,11 @@ def posterior_elbo(
     """
     if ctf is not None:
         params = with_ctf(cfg, params, ctf)
+        if cfg.mask_radius_px is not None:  # rendered whole for the CTF; compared masked
+            from emvae.models.vae import mask_index
+
+            keep = mask_index(cfg.image_size, cfg.mask_radius_px).to(params.device)
+            params = params.index_select(-2, keep)
     if q.bins is None:
         return elbo_terms(cfg, y, params, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd, use_z)
     idx, log_w = q.bins.top(params.shape[1])

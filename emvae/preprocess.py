@@ -247,6 +247,7 @@ def iter_chunks(stack: ImageStack, prepared: Prepared, chunk: int = CHUNK):
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(_read, stack, 0, chunk) if starts else None
         for k, start in enumerate(starts):
+            assert pending is not None  # submitted before the loop when there are chunks
             raw = pending.result()
             if k + 1 < len(starts):
                 pending = pool.submit(_read, stack, starts[k + 1], chunk)

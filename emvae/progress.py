@@ -10,6 +10,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -21,8 +22,8 @@ class TrainingProgress:
 
     def __init__(self, progress: Progress | None) -> None:
         self._p = progress
-        self._epochs = None
-        self._steps = None
+        self._epochs: TaskID | None = None
+        self._steps: TaskID | None = None
 
     def start(self, first_epoch: int, total_epochs: int) -> None:
         if self._p is not None:
@@ -39,11 +40,13 @@ class TrainingProgress:
 
     def step(self, stats: str = "") -> None:
         if self._p is not None:
+            assert self._steps is not None, "epoch_start() comes first"
             self._p.update(self._steps, advance=1, stats=stats)
 
     def epoch_end(self, line: str) -> None:
         if self._p is None:
             return
+        assert self._epochs is not None, "start() comes first"
         self._p.update(self._epochs, advance=1, stats=line)
         self._p.console.print(line)
 

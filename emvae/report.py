@@ -20,12 +20,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
-from emvae.config import RunConfig, read_config
+from emvae.config import RunConfig
 from emvae.errors import InputError
 from emvae.io.star_export import star_pose
 from emvae.io.tables import read_table
 from emvae.latents import KL_UNUSED, latent_columns, latent_usage, unused_warning
 from emvae.metrics import angular_error_deg, circular_correlation
+from emvae.run import Run
 
 POSE_REFERENCE_COLUMNS = {"theta_deg", "shift_x_px", "shift_y_px", "image", "input_row"}
 #: A simulation's truth also gives the pose in the body's frame (emvae.simulate): compared
@@ -45,49 +46,6 @@ def image_key(name: str) -> tuple[int, str]:
         return int(k), Path(path).name
     except ValueError:
         return 1, Path(str(name)).name
-
-
-def load_run(run: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | None, RunConfig]:
-    """(particle table, per-epoch metrics or None, config) of a run directory."""
-    d = Path(run)
-    if not (d / "config.json").exists():
-        raise InputError(d, "is not an emvae run directory (no config.json)")
-    config = read_config(d / "config.json")
-    table_path = d / "particles.h5" if (d / "particles.h5").exists() else d / "particles.csv"
-    if not table_path.exists():
-        raise InputError(d, "has no particles.h5 or particles.csv (the fit did not finish?)")
-    metrics = _read_metrics(d / "metrics.csv") if (d / "metrics.csv").exists() else None
-    table = read_table(table_path)
-    check_run_table(table, config, table_path)
-    return table, metrics, config
-
-
-def check_run_table(table: pd.DataFrame, config: RunConfig, path: Path) -> None:
-    """A run folder's table must describe the fit its config.json describes."""
-    made_by = table.attrs.get("run_id", "")
-    if made_by and config.run_id and made_by != config.run_id:
-        raise InputError(
-            path,
-            f"was written by run {made_by[:8]} but config.json describes run "
-            f"{config.run_id[:8]}: this folder mixes outputs of two runs",
-        )
-    n = config.data.n_images
-    if n and len(table) != n:
-        raise InputError(
-            path,
-            f"has {len(table)} particles but config.json describes a fit of {n}: this folder "
-            f"mixes outputs of two runs",
-        )
-
-
-def _read_metrics(path: Path) -> pd.DataFrame:
-    try:
-        metrics = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not a readable metrics table ({str(e).splitlines()[0]})") from None
-    if "epoch" not in metrics:
-        raise InputError(path, "not an emvae metrics table (no epoch column)")
-    return metrics
 
 
 def read_reference(path: str | os.PathLike, box: int, apix: float | None) -> pd.DataFrame:
@@ -382,7 +340,8 @@ def write_report(
 ) -> dict:
     """Figures, ``report.json`` and ``report.html`` for a run (into ``out``, default
     ``RUN/report``). Returns the JSON content."""
-    table, metrics, config = load_run(run)
+    r = Run.open(run)
+    table, metrics, config = r.table(), r.metrics(), r.config
     dest = Path(out) if out is not None else Path(run) / "report"
     dest.mkdir(parents=True, exist_ok=True)
     result: dict = {"run": str(run), "particles": len(table), "figures": [], "warnings": []}
@@ -488,6 +447,9 @@ def _html(result: dict, dest: Path, config: RunConfig) -> str:
                 )
     m = config.model
     add("model", f"{m.generator} generator, z {m.zdim}-D, {m.image_size} px, {m.likelihood}")
+    add("pose network", f"{m.encoder}, rotation posterior {'bins' if m.binned else 'gaussian'}")
+    ctf = {"on": "modelled in the likelihood", "phase-flip": "images phase-flipped"}
+    add("CTF", ctf.get(m.ctf, "not modelled") + ("" if m.ctf == "off" else f" (--ctf {m.ctf})"))
     figures = "\n".join(img(n) for n in result["figures"])
     warnings = "\n".join(
         f'<p style="color:#a00"><b>{html.escape(w)}</b></p>' for w in result.get("warnings", [])

@@ -3,7 +3,8 @@ conformational degree of freedom (:data:`OBJECTS`: a hinge, a clamp, a slider, a
 asymmetric objects drawn from a seed).
 
 Used by the embedded example (``emvae fit --example``) and by the tests. Ground truth is given
-in emvae's image-frame conventions (SPEC section 2): ``theta_deg`` is the counter-clockwise
+in emvae's image-frame conventions (docs/conventions.md, "What the tables report (image
+frame)"): ``theta_deg`` is the counter-clockwise
 rotation of the particle relative to the canonical view (+y up), ``shift_x_px``/``shift_y_px``
 where the canonical centre lands relative to the box centre.
 """
@@ -27,7 +28,8 @@ class BlobObject:
     """A 2-D particle of Gaussian blobs with one conformational degree of freedom.
 
     ``body`` ``(M, 4)`` and ``domain`` ``(L, 4)`` hold blobs as (x, y, sigma, amplitude) in
-    coordinate units of the canonical view (SPEC section 1: +y up, 1 unit = (D - 1) / 2 px).
+    coordinate units of the canonical view (+y up, 1 unit = (D - 1) / 2 px; docs/conventions.md,
+    "Pixel coordinates (internal)").
     The body is rigid; from conformation 0 to 1 the domain turns counter-clockwise by
     ``turn_deg`` about ``pivot`` and moves by ``slide`` (both linear in the conformation).
     """
@@ -353,7 +355,10 @@ def write_simulation(
     else:
         clean, truth = simulate_particles(n, size, float("inf"), shift_std_px, seed, obj=obj)
         rng = np.random.default_rng(seed + 1)
-        low, high = (defocus_um, defocus_um) if np.isscalar(defocus_um) else defocus_um
+        if isinstance(defocus_um, (int, float, np.number)):  # one value (np.isscalar)
+            low, high = defocus_um, defocus_um
+        else:
+            low, high = defocus_um
         df = rng.uniform(low, high, n) * 1e4  # A
         angle = rng.uniform(0.0, 180.0, n) if astigmatism_um else np.zeros(n)
         half = 0.5 * astigmatism_um * 1e4

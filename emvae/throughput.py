@@ -25,6 +25,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -32,8 +33,12 @@ from emvae.config import ModelConfig
 from emvae.models import SpatialVAE
 from emvae.train import training_step
 
-PAPER = {"theta_posterior": "gaussian", "z_encoder": "shared", "fourier_features": 0}
-CONFIGS = {  # the paper's three settings
+PAPER: dict[str, Any] = {
+    "theta_posterior": "gaussian",
+    "z_encoder": "shared",
+    "fourier_features": 0,
+}
+CONFIGS: dict[str, dict[str, Any]] = {  # the paper's three settings
     "em": {
         "image_size": 40,
         "channels": 1,
@@ -63,6 +68,8 @@ CONFIGS = {  # the paper's three settings
         "shift_prior_px": 8.0,
         **PAPER,
     },
+    # emvae fit's own defaults on a 64-px cryo-EM stack (equivariant encoder, rotation bins)
+    "fit": {"image_size": 64, "channels": 1},
 }
 # dense bf16 peak (TFLOP/s, without sparsity) of GPUs emvae is run on
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -71,6 +78,7 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 def generator_flops(cfg: ModelConfig) -> float:
     """Forward FLOPs of one generator pass for one image (formula in the module docstring)."""
     p, h, k, o = cfg.image_size**2, cfg.gen_hidden, cfg.zdim, cfg.n_out
+    assert h is not None  # filled in by ModelConfig.__post_init__
     if cfg.generator == "vanilla":
         return 2.0 * (k * h + (cfg.gen_layers - 1) * h * h + h * p * o)
     f = cfg.fourier_features
@@ -107,12 +115,16 @@ def measure(
     warmup: int = 2,
     compile_model: bool = False,
     stream: bool = False,
+    ctf: bool = False,
 ) -> Measurement:
     """Time full training steps (augmentation, encoder, generator, ELBO, backward, Adam) on
     random data resident on ``dev``, or (``stream``) read batch by batch from a memory-mapped
-    file with one batch of prefetch, as ``emvae fit --stream on`` does."""
-    cfg = ModelConfig(**CONFIGS[name])
+    file with one batch of prefetch, as ``emvae fit --stream on`` does; with ``ctf``, each
+    rendering is multiplied by its particle's CTF in the likelihood (``--ctf on``)."""
+    cfg = ModelConfig(**{**CONFIGS[name], **({"ctf": "on"} if ctf else {})})
+    cfg.validate()  # e.g. the CTF needs the Gaussian likelihood
     model = SpatialVAE(cfg).to(dev)
+    params = _ctf_params(batch, dev) if ctf else None
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.rand(batch, cfg.channels, cfg.image_size, cfg.image_size, device=dev)
     amp = (
@@ -120,7 +132,8 @@ def measure(
         if precision == "bf16"
         else contextlib.nullcontext()
     )
-    net = torch.compile(model) if compile_model else model
+    # torch.compile returns an OptimizedModule for a module (its annotation says a callable)
+    net = cast(torch.nn.Module, torch.compile(model)) if compile_model else model
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
 
@@ -134,7 +147,8 @@ def measure(
             if k == warmup:
                 sync()
                 t0 = time.perf_counter()
-            training_step(net, opt, next(batches) if stream else x, augment=True, amp=amp)
+            x_k = next(batches) if batches is not None else x
+            training_step(net, opt, x_k, augment=True, amp=amp, ctf=params)
         sync()
     dt = (time.perf_counter() - t0) / steps
     ips = batch / dt
@@ -145,8 +159,18 @@ def measure(
         name_ = torch.cuda.get_device_name(dev)
         tf = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name_), None)
         peak = gflops / (tf * 1e3) if tf else None
-    label = f"{precision}, streamed" if stream else precision
+    label = precision + (", streamed" if stream else "") + (", CTF" if ctf else "")
     return Measurement(name, device_name(dev), label, batch, ips, gflops, peak)
+
+
+def _ctf_params(batch: int, dev: torch.device) -> torch.Tensor:
+    """``(batch, 10)`` CTF parameters (:data:`emvae.ctf.COLUMNS`): defocus 1-2.5 um,
+    astigmatic, 300 kV, Cs 2.7 mm, amplitude contrast 0.1, 2 A/px."""
+    g = torch.Generator().manual_seed(0)
+    df = 1e4 + 1.5e4 * torch.rand(batch, generator=g, dtype=torch.float64)
+    angle = 180 * torch.rand(batch, generator=g, dtype=torch.float64)
+    fixed = torch.tensor([300.0, 2.7, 0.1, 0.0, 0.0, 1.0, 2.0], dtype=torch.float64)
+    return torch.cat([torch.stack([df, df - 500, angle], 1), fixed.expand(batch, 7)], 1).to(dev)
 
 
 def _batches(x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitStack):

@@ -1,54 +1,41 @@
-"""``fit()``: train a spatial-VAE on a stack, checkpoint every epoch, write the particle table.
+"""``fit()``: train a spatial-VAE on a stack's particles, checkpoint every epoch, write the
+particle table.
 
-No option parsing here: the CLI builds a :class:`RunConfig` and calls :func:`fit`.
+No option parsing here (the CLI builds a :class:`RunConfig` and a :class:`Particles` and calls
+:func:`fit`), no file formats (:mod:`emvae.particles` reads and writes the particles,
+:mod:`emvae.run` the run directory).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import math
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
 
-from emvae.checkpoint import check_same_run, load_checkpoint, save_checkpoint
-from emvae.config import DataConfig, RunConfig
+from emvae import run
+from emvae.config import RunConfig
 from emvae.ctf import likelihood_ctf
-from emvae.data import (
-    StreamedImages,
-    gather,
-    load_images,
-    normalize_,
-    prefetched,
-    resolve_device,
-    should_stream,
-    split_indices,
-    stream_statistics,
-    tensor_statistics,
-)
+from emvae.data import gather, prefetched, resolve_device, split_indices
 from emvae.distributed import SINGLE, Dist
 from emvae.distributed import from_env as distributed_from_env
-from emvae.encode import encode, particle_table
-from emvae.errors import ConfigError, EmvaeError, InputError, OutputExistsError
+from emvae.encode import encode
+from emvae.errors import EmvaeError
 from emvae.io.stack import ImageStack
-from emvae.io.star_export import Optics, export_table
-from emvae.io.tables import write_table
 from emvae.models import SpatialVAE
 from emvae.objective import ElboTerms, posterior_elbo
-from emvae.preprocess import Prepared, Preprocess, prepare_for
+from emvae.particles import Particles, check_same
+from emvae.preprocess import prepare_for
 from emvae.progress import TrainingProgress, training_progress
-from emvae.safety import atomic_output, check_free_space
+from emvae.safety import check_free_space
 
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
 
@@ -65,20 +52,6 @@ def metric_columns(zdim: int) -> list[str]:
     return ["epoch", *(f"train_{t}" for t in names), *(f"test_{t}" for t in names), "seconds"]
 
 
-OUTPUTS = (
-    "config.json",
-    "metrics.csv",
-    "particles.csv",
-    "particles.h5",
-    "particles.star",
-    "checkpoints",
-)
-#: Folders of later commands that describe a run; a --force re-run retires them with it.
-DERIVED = ("report", "montage")
-#: Where a --force re-run trains until its outputs are complete (then they replace the old).
-STAGING = ".emvae-replacing"
-
-
 @dataclass
 class FitResult:
     model: SpatialVAE
@@ -90,7 +63,7 @@ class FitResult:
 
 
 def fit(
-    stack: ImageStack,
+    particles: Particles | ImageStack,
     config: RunConfig,
     out_dir: str | Path,
     *,
@@ -99,13 +72,16 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[int, SpatialVAE, Any], dict[str, float]] | None = None,
 ) -> FitResult:
-    """Train (or resume training) and write every output into ``out_dir``.
+    """Train (or resume training) on ``particles`` and write every output into ``out_dir``.
 
-    Outputs: ``config.json``, ``metrics.csv`` (one row per epoch: train/test ELBO, error
-    = -log-likelihood, KL terms, nats per image), ``checkpoints/last.pt`` (every epoch) and
-    ``checkpoints/epoch_NNNN.pt`` (every ``checkpoint_every`` epochs), ``particles.csv`` and
-    ``particles.h5`` (see :func:`emvae.encode.particle_table`), and ``particles.star`` (the
-    same poses for RELION, see :func:`write_particles_star`).
+    ``particles``: a :class:`Particles` (or an opened stack, taken with its input's defaults
+    unless ``config.data`` already describes it); its data section becomes ``config.data``.
+
+    Outputs (:mod:`emvae.run`): ``config.json``, ``metrics.csv`` (one row per epoch:
+    train/test ELBO, error = -log-likelihood, KL terms, nats per image), ``checkpoints/last.pt``
+    (every epoch) and ``checkpoints/epoch_NNNN.pt`` (every ``checkpoint_every`` epochs),
+    ``particles.csv`` and ``particles.h5`` (:meth:`Particles.table`), and ``particles.star``
+    (the same poses for RELION, :meth:`Particles.write_star`).
 
     ``resume`` continues from ``checkpoints/last.pt`` with the stored configuration (only the
     number of epochs may change), reproducing the uninterrupted run exactly. Without ``resume``
@@ -120,7 +96,7 @@ def fit(
     ``metrics.csv`` (the encoder benchmark tracks pose recovery this way).
     """
     out = Path(out_dir)
-    work = _work_dir(out, force, resume)  # out, or the staging folder of a --force re-run
+    work = run.work_dir(out, force, resume)  # out, or the staging folder of a --force re-run
     device = resolve_device(config.train.device)
     ctx = distributed_from_env(device.type)
     if ctx.active and device.type == "cuda":
@@ -128,31 +104,30 @@ def fit(
         torch.cuda.set_device(device)
     progress = progress and ctx.main
     ckpt = None
+    stack = particles.stack if isinstance(particles, Particles) else particles
     if resume:
-        if work == out and _has_last(out / STAGING):
-            raise EmvaeError(
-                f"{out}: holds an interrupted --force re-run in {out / STAGING}; continue that "
-                f"one with --resume --force, or delete that folder to resume the old run"
-            )
-        ckpt = load_checkpoint(work / "checkpoints" / "last.pt") if _has_last(work) else None
-        if ckpt is None:
-            raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
-        check_same_run(ckpt, work / "checkpoints" / "last.pt", work / "config.json")
+        ckpt = run.resume_point(out, work)
         epochs = config.train.epochs
         config = RunConfig.from_dict(ckpt["config"])
         config.train.epochs = max(epochs, ckpt["epoch"])
-        _check_same_data(stack, config)
+        check_same(stack, config.data)
+        particles = Particles(stack, config.data, prepare_for(stack, config.data.preprocess))
     else:
+        if not isinstance(particles, Particles):
+            d = config.data
+            particles = (
+                Particles(stack, d, prepare_for(stack, d.preprocess))
+                if d.n_images
+                else Particles.of(stack, config.model.likelihood)
+            )
         config.run_id = config.run_id or uuid.uuid4().hex
-        if not config.data.n_images:  # a library call without the data section
-            config.data = make_data_config(stack, config.model.likelihood)
+        config.data = particles.data
         if ctx.main:
-            _prepare_output(out, work, force)
+            run.prepare_output(out, work, force)
     ctx.barrier()
     config.validate()
     config.resolve()
-    prepared = prepare_for(stack, config.data.preprocess)
-    _check_stack(stack, prepared, config)
+    particles.check_model(config.model)
     cfg, tcfg = config.model, config.train
 
     if device.type == "cuda":
@@ -162,7 +137,7 @@ def fit(
 
     torch.manual_seed(tcfg.seed)
     model = SpatialVAE(cfg).to(device)
-    net = model  # what the training step calls: the model, or its DDP wrapper
+    net: torch.nn.Module = model  # what the training step calls: the model, or its DDP wrapper
     if ctx.active:
         ids = [device.index] if device.type == "cuda" else None
         # the content encoder gets no gradient while z is held at 0 (the z-delay)
@@ -172,56 +147,36 @@ def fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     rng = torch.Generator(device=device)
     rng.manual_seed(tcfg.seed)
+    n = len(particles)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         rng.set_state(ckpt["rng"])
         test_idx = ckpt["split"].numpy()
-        train_idx = np.setdiff1d(np.arange(len(stack)), test_idx)
+        train_idx = np.setdiff1d(np.arange(n), test_idx)
         history = list(ckpt["history"])
         first_epoch = int(ckpt["epoch"])
     else:
-        train_idx, test_idx = split_indices(len(stack), tcfg.test_fraction, tcfg.seed)
+        train_idx, test_idx = split_indices(n, tcfg.test_fraction, tcfg.seed)
         history = []
         first_epoch = 0
     if ctx.main:  # room for the checkpoints and tables, before the first epoch
         weights = 3 * 4 * sum(p.numel() for p in model.parameters())  # + Adam's two moments
         copies = tcfg.epochs // tcfg.checkpoint_every - first_epoch // tcfg.checkpoint_every
-        check_free_space(work, weights * (copies + 2) + 1000 * len(stack))
+        check_free_space(work, weights * (copies + 2) + 1000 * n)
     with training_progress(progress) as bar:
-        if should_stream(prepared, len(stack), tcfg.stream):
-            if ckpt is None:
-                _measure(stack, stream_statistics(stack, prepared), config.data, cfg.likelihood)
-            data = StreamedImages(stack, prepared, config.data.mean, config.data.std)
-        else:
-            data = load_images(stack, device, prepared, bar.task("reading images", len(stack)))
-            if ckpt is None:
-                _measure(stack, tensor_statistics(data), config.data, cfg.likelihood)
-            normalize_(data, config.data.mean, config.data.std)
-        ctf = likelihood_ctf(stack, config, prepared.scale, data, device)
+        data = particles.load(device, cfg.likelihood, tcfg.stream, bar)
+        ctf = likelihood_ctf(particles.ctf(cfg.ctf), cfg.ctf, data, device)
         if ctx.main:
-            _write_json(work / "config.json", config)
+            run.write_config(work, config)
         train_dev = torch.from_numpy(train_idx).to(data.device)
         test_dev = torch.from_numpy(test_idx).to(data.device)
         bar.start(first_epoch, tcfg.epochs)
         for epoch in range(first_epoch + 1, tcfg.epochs + 1):
             t0 = time.perf_counter()
-            use_z = epoch > tcfg.z_delay
-            train = _train_epoch(
-                net,
-                optimizer,
-                data,
-                train_dev,
-                config,
-                device,
-                rng,
-                use_z,
-                amp,
-                bar,
-                epoch,
-                ctx,
-                ctf,
-            )
+            use_z = epoch > (tcfg.z_delay or 0)  # RunConfig.resolve set it
+            step = Step(net, optimizer, config, device, rng, use_z, amp, ctx, ctf)
+            train = _train_epoch(step, data, train_dev, bar, epoch)
             test = evaluate(
                 model, data, test_dev, config, device, tcfg.seed + epoch, use_z, ctx, ctf
             )
@@ -236,7 +191,7 @@ def fit(
             history.append(row)
             if not ctx.main:
                 continue
-            _write_metrics(work / "metrics.csv", history, cfg.zdim)
+            run.write_metrics(work, history, metric_columns(cfg.zdim))
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -246,48 +201,24 @@ def fit(
                 "split": torch.from_numpy(test_idx),
                 "history": history,
             }
-            save_checkpoint(work / "checkpoints" / "last.pt", state)
-            if epoch % tcfg.checkpoint_every == 0:
-                shutil.copyfile(
-                    work / "checkpoints" / "last.pt",
-                    work / "checkpoints" / f"epoch_{epoch:04d}.pt",
-                )
+            run.write_checkpoint(work, state, keep=epoch % tcfg.checkpoint_every == 0)
             bar.epoch_end(
                 f"epoch {epoch}: train ELBO {train['elbo']:.2f}, test ELBO "
                 f"{test['elbo']:.2f}, error {test['error']:.2f}, KL {test['kl']:.2f}"
                 + ("" if use_z else " (z held at 0)")
             )
-        advance = bar.task("encoding", len(stack))
-        enc = encode(
-            model,
-            data,
-            device,
-            batch_size=max(tcfg.batch_size, 256),
-            seed=tcfg.seed,
-            advance=advance,
-            ctx=ctx,
-            ctf=ctf,
-        )
-    split = np.full(len(stack), "train", dtype=object)
+        advance = bar.task("encoding", n)
+        batch = max(tcfg.batch_size, 256)
+        enc = encode(model, data, device, batch, tcfg.seed, advance, ctx=ctx, ctf=ctf)
+    split = np.full(n, "train", dtype=object)
     split[test_idx] = "test"
     if not ctx.main:  # wait for rank 0's outputs, so that every process leaves together
         ctx.barrier()
         return FitResult(model, config, out, pd.DataFrame(), history)
-    table = particle_table(
-        cfg,
-        enc,
-        stack.names,
-        config.data.apix,
-        split,
-        prepared.scale,
-        prepared.offsets,
-        stack.rows,
-    )
-    write_table(table, work / "particles.csv")
-    write_table(table, work / "particles.h5", config.run_id)
-    star = write_particles_star(table, stack, config.data, work / "particles.star")
+    table = particles.table(cfg, enc, split)
+    star = run.write_particles(work, table, particles, config.run_id)
     if work != out:
-        _replace_run(work, out)
+        run.replace_run(work, out)
     # the other ranks wait here: a process that exits while its peers still hold the group
     # open can abort in gloo's teardown (test_distributed saw SIGABRT 1 time in 10)
     ctx.barrier()
@@ -313,47 +244,29 @@ def autocast_for(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
-def write_particles_star(
-    table: pd.DataFrame, stack: ImageStack, data: DataConfig, path: Path
-) -> str:
-    """``particles.star`` next to the table: the input STAR's rows and columns (when the input
-    was one) with emvae's poses; RELION 3.1 layout, or 3.0 (origins in pixels) when the pixel
-    size is unknown. Returns the layout written."""
-    star = stack.star_version is not None
-    return export_table(
-        table,
-        path,
-        data.input_size or int(stack.input_size or stack.size),
-        data.apix,
-        stack.metadata if star else None,
-        stack.optics if star else None,
-        defaults=_cryosparc_optics(stack.metadata) if not star else None,
-    )
+@dataclass
+class Step:
+    """What one epoch's optimiser steps share: the network (the model or its DDP wrapper), the
+    optimiser, the run's config, the device and generator, whether z is used, the autocast
+    context, the process group and the particles' CTF parameters ``(N, 10)`` (or None)."""
 
-
-def _cryosparc_optics(meta: pd.DataFrame | None) -> Optics | None:
-    """Voltage, Cs and amplitude contrast of a cryoSPARC input (``ctf/*`` fields), if any."""
-    fields = ("ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast")
-    if meta is None or not set(fields) <= set(meta.columns) or len(meta) == 0:
-        return None
-    return Optics(*(float(f"{float(meta[f].iloc[0]):.6g}") for f in fields))
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    config: RunConfig
+    device: torch.device
+    rng: torch.Generator
+    use_z: bool
+    amp: Any
+    ctx: Dist = SINGLE
+    ctf: torch.Tensor | None = None
 
 
 def _train_epoch(
-    model,
-    optimizer,
-    data,
-    train_idx,
-    config: RunConfig,
-    device,
-    rng,
-    use_z,
-    amp,
-    bar: TrainingProgress,
-    epoch: int,
-    ctx: Dist = SINGLE,
-    ctf: torch.Tensor | None = None,
+    s: Step, data, train_idx: torch.Tensor, bar: TrainingProgress, epoch: int
 ) -> dict[str, float]:
+    """One pass over ``data[train_idx]`` in a random order; mean ELBO terms per image."""
+    model, optimizer, config, device, rng = s.net, s.optimizer, s.config, s.device, s.rng
+    ctx, ctf = s.ctx, s.ctf
     cfg, tcfg = config.model, config.train
     model.train()
     n = train_idx.shape[0]
@@ -372,7 +285,15 @@ def _train_epoch(
         share = (part, len(idx)) if ctx.active else None
         mine = None if ctf is None else ctf[idx[part].to(ctf.device)]
         terms = training_step(
-            model, optimizer, x, rng, use_z=use_z, augment=augment, amp=amp, share=share, ctf=mine
+            model,
+            optimizer,
+            x,
+            rng,
+            use_z=s.use_z,
+            augment=augment,
+            amp=s.amp,
+            share=share,
+            ctf=mine,
         )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
@@ -389,7 +310,7 @@ def _train_epoch(
 
 
 def training_step(
-    model: SpatialVAE,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     rng: torch.Generator | None = None,
@@ -414,7 +335,7 @@ def training_step(
     rendering in the likelihood.
     """
     net = model
-    core = getattr(model, "module", model)
+    core = cast(SpatialVAE, getattr(model, "module", model))  # DDP keeps the model in .module
     cfg = core.config
     part, total = share if share is not None else (slice(0, x.shape[0]), x.shape[0])
     gamma = None
@@ -483,172 +404,3 @@ def _term_sums(terms: ElboTerms) -> torch.Tensor:
     parts = (terms.elbo, -terms.log_lik, terms.kl, terms.kl_z, terms.kl_theta, terms.kl_shift)
     sums = torch.stack([p.detach().double().sum() for p in parts])
     return torch.cat([sums, terms.kl_z_dims.detach().double().sum(0)])
-
-
-def make_data_config(
-    stack: ImageStack,
-    likelihood: str,
-    apix: float | None = None,
-    normalize: bool | None = None,
-    preprocess: Preprocess | None = None,
-    datadir: str | None = None,
-    ind: str | None = None,
-) -> DataConfig:
-    """Describe the stack and how it is prepared (nothing is read; ``fit`` measures the
-    normalisation on the preprocessed images).
-
-    Gaussian likelihood: images are standardised (mean 0, std 1 over the stack) unless
-    ``normalize=False``. Bernoulli: pixels must lie in [0, 1] and are not changed.
-    """
-    if len(stack) < 2:
-        raise InputError(
-            stack.source,
-            f"holds {len(stack)} image; training needs at least 2 (one is held out for testing)",
-        )
-    if normalize is None or likelihood == "bernoulli":
-        normalize = likelihood == "gaussian"
-    pre = preprocess or Preprocess()
-    if stack.preprocessed is not None:
-        if pre.active:
-            raise ConfigError(
-                f"{stack.source} is already preprocessed by emvae preprocess; give the "
-                "preprocessing options there, not here"
-            )
-        pre = Preprocess.from_dict(stack.preprocessed)
-    prepared = prepare_for(stack, pre.to_dict())
-    return DataConfig(
-        fingerprint=fingerprint(stack),
-        paths=list(stack.inputs) or [stack.source],
-        n_images=len(stack),
-        apix=apix if apix is not None else stack.apix,
-        apix_from="--apix" if apix is not None else stack.apix_from,
-        normalize=normalize,
-        preprocess=pre.to_dict(),
-        input_size=stack.input_size or stack.size,
-        scale=prepared.scale,
-        datadir=datadir if datadir is not None else stack.datadir,
-        ind=ind if ind is not None else stack.ind,
-    )
-
-
-def _measure(stack: ImageStack, stats: tuple, dc: DataConfig, likelihood: str) -> None:
-    """Fill ``dc.mean``/``dc.std`` from the preprocessed images' (mean, std, min, max)."""
-    mean, std, lo, hi = stats
-    if likelihood == "bernoulli":
-        if lo < 0 or hi > 1:
-            raise InputError(
-                stack.source,
-                f"pixel values span [{lo:.3g}, {hi:.3g}]; the "
-                "Bernoulli likelihood needs values in [0, 1]",
-            )
-        dc.normalize = False
-    if dc.normalize and not std > 0:
-        raise InputError(stack.source, "every pixel has the same value; nothing to learn")
-    dc.mean, dc.std = (mean, std) if dc.normalize else (0.0, 1.0)
-
-
-def _check_stack(stack: ImageStack, prepared: Prepared, config: RunConfig) -> None:
-    if config.model.image_size != prepared.size or config.model.channels != prepared.channels:
-        raise ConfigError(
-            f"the model is configured for {config.model.channels}x{config.model.image_size}^2 "
-            f"images but {stack.source} gives {prepared.channels}x{prepared.size}^2"
-        )
-    if len(stack) < 2:
-        raise InputError(stack.source, f"holds {len(stack)} image; training needs at least 2")
-
-
-def fingerprint(stack: ImageStack) -> str:
-    """A digest of the image names and of the first, middle and last images' pixels: another
-    stack of the same count and size has another fingerprint (``--resume`` compares them)."""
-    import hashlib
-
-    h = hashlib.sha256("\n".join(stack.names).encode("utf-8", "surrogateescape"))
-    n = len(stack)
-    for i in sorted({0, n // 2, n - 1}):
-        h.update(np.ascontiguousarray(stack.images[i : i + 1], dtype=np.float32).tobytes())
-    return h.hexdigest()[:32]
-
-
-def _check_same_data(stack: ImageStack, config: RunConfig) -> None:
-    size = stack.input_size or stack.size
-    if len(stack) != config.data.n_images or size != config.data.input_size:
-        raise InputError(
-            stack.source,
-            f"does not match the run being resumed "
-            f"({config.data.n_images} images of {config.data.input_size} px)",
-        )
-    if config.data.fingerprint and fingerprint(stack) != config.data.fingerprint:
-        raise InputError(
-            stack.source,
-            "is not the stack the run being resumed was fitted on (same count and size, "
-            "other images or names)",
-        )
-
-
-def _has_last(out: Path) -> bool:
-    return (out / "checkpoints" / "last.pt").exists()
-
-
-def check_output_dir(out: str | Path, force: bool = False) -> None:
-    """Refuse an ``out`` that holds emvae outputs (unless ``force``) before any work is done."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a directory")
-    existing = [name for name in OUTPUTS if (out / name).exists()]
-    if existing and not force:
-        hint = " or --resume to continue it" if _has_last(out) else ""
-        raise OutputExistsError(
-            f"{out}: already holds emvae outputs ({', '.join(existing)}); "
-            f"use --force to overwrite{hint}"
-        )
-
-
-def _work_dir(out: Path, force: bool, resume: bool) -> Path:
-    """Where a fit writes while it runs: ``out``, unless ``force`` replaces an existing run,
-    which stays untouched until the new one is complete (:func:`_replace_run`)."""
-    staging = out / STAGING
-    if resume:
-        return staging if force and _has_last(staging) else out
-    if force and out.is_dir() and any((out / n).exists() for n in OUTPUTS):
-        return staging
-    return out
-
-
-def _prepare_output(out: Path, work: Path, force: bool) -> None:
-    check_output_dir(out, force)
-    if (out / "checkpoints").is_symlink() or (work / "checkpoints").is_symlink():
-        raise OutputExistsError(f"{out}: checkpoints is a link; emvae will not write through it")
-    if work != out and work.exists():
-        shutil.rmtree(work)  # an earlier interrupted --force re-run: emvae's own folder
-    (work / "checkpoints").mkdir(parents=True, exist_ok=True)
-
-
-def _replace_run(work: Path, out: Path) -> None:
-    """Swap a complete --force re-run into ``out``: the old run's outputs (and the reports and
-    montages made from it) are moved aside, the new ones renamed in, then the old deleted."""
-    old = out / ".emvae-replaced"
-    if old.exists():
-        shutil.rmtree(old)
-    old.mkdir()
-    for name in (*OUTPUTS, *DERIVED):
-        if (out / name).exists() or (out / name).is_symlink():
-            os.replace(out / name, old / name)
-        if (work / name).exists():
-            os.replace(work / name, out / name)
-    shutil.rmtree(old)
-    shutil.rmtree(work)
-
-
-def _write_json(path: Path, config: RunConfig) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-
-
-def _write_metrics(path: Path, history: list[dict[str, float]], zdim: int) -> None:
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
-        columns = metric_columns(zdim)
-        extra = [k for k in history[-1] if k not in columns]  # on_epoch's figures
-        w = csv.DictWriter(f, fieldnames=[*columns, *extra])
-        w.writeheader()
-        for row in history:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -5,41 +5,36 @@
 
 prints one row per epoch: theta's circular correlation (consensus frame), its median error,
 the best |Pearson r| of a z dimension with the conformation, that dimension's spread of
-posterior means over its median posterior std, and the KL of each z dimension (metrics.csv).
+posterior means over its median posterior std, the mean Pearson r of the x and y shifts with
+the true shifts, (with a defocus column) the best |Pearson r| of a z dimension with the
+defocus, and the KL of each z dimension (metrics.csv).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pandas as pd
-import torch
 
 from emvae.bench import pose_recovery
 from emvae.checkpoint import load_model
 from emvae.ctf import likelihood_ctf
-from emvae.data import load_images, normalize_
-from emvae.io import open_like
-from emvae.preprocess import prepare_for
+from emvae.run import Run
 
 
 def main(run: str, truth_csv: str) -> None:
-    run_dir = Path(run)
+    run_dir = Run.open(run)
     truth = pd.read_csv(truth_csv)
-    checkpoints = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))
-    _, config, _ = load_model(checkpoints[0])
-    stack = open_like(config.data)
-    prepared = prepare_for(stack, config.data.preprocess)
-    data = load_images(stack, torch.device("cpu"), prepared)
-    normalize_(data, config.data.mean, config.data.std)
-    likelihood_ctf(stack, config, prepared.scale, data, "cpu")  # --ctf phase-flip: as trained
-    metrics = pd.read_csv(run_dir / "metrics.csv").set_index("epoch")
+    particles = run_dir.particles()
+    data = particles.load()
+    mode = run_dir.config.model.ctf
+    likelihood_ctf(particles.ctf(mode), mode, data, "cpu")  # --ctf phase-flip: as trained
+    metrics = run_dir.metrics().set_index("epoch")
     kl = [c for c in metrics.columns if c.startswith("test_kl_z") and c[9:].isdigit()]
     extra = ",z_defocus_abs_r" if "defocus_um" in truth else ""
-    head = "epoch,theta_circ_corr,theta_median_error_deg,z_abs_r,z_spread_over_std"
+    head = "epoch,theta_circ_corr,theta_median_error_deg,z_abs_r,z_spread_over_std,shift_r"
     print(head + extra + "," + ",".join(kl))
-    for path in checkpoints:
+    for path in run_dir.checkpoints():
         model, _, ckpt = load_model(path)
         r = pose_recovery(model, data, truth)
         epoch = int(ckpt["epoch"])
@@ -47,6 +42,7 @@ def main(run: str, truth_csv: str) -> None:
         print(
             f"{epoch},{r['theta_circ_corr']:.4f},{r['theta_median_error_deg']:.2f},"
             f"{r['z_conformation_pearson']:.3f},{r['z_spread_over_std']:.2f},"
+            f"{r['shift_pearson']:.3f},"
             + (f"{r['z_defocus_pearson']:.3f}," if extra else "")
             + kls,
             flush=True,

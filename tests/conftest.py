@@ -1,18 +1,70 @@
-"""Shared helpers: an analytic template, a renderer through the generator's transform."""
+"""Shared helpers: an analytic template, a renderer through the generator's transform, the
+CLI runner and a small training recipe, RELION's aligner, and where the real data files are.
+
+Test modules import these from here (``from conftest import ...``), never from one another."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from emvae.geometry import coordinate_grid, transform_coordinates
 from emvae.io import write_mrc
 from emvae.simulate import hinge_blobs
 
+#: Real files written by other programs (RELION, cryoSPARC, cryoDRGN, telescopes); they stay
+#: outside the repository (their owners' licences; ../shared/data/README.md asks for no copies)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+runner = CliRunner()
+SMALL = [
+    "--zdim",
+    "1",
+    "--gen-hidden",
+    "16",
+    "--enc-hidden",
+    "16",
+    "-n",
+    "2",
+    "-b",
+    "20",
+    "--lr",
+    "1e-3",
+    "--device",
+    "cpu",
+    "-q",
+]
+
+RELION = shutil.which("relion_stack_create")
+
+
+def real_data(*names: str) -> Path:
+    """``../shared/data`` when it holds every one of ``names`` (paths such as
+    ``"em/relion31.mrcs"``); else the test is skipped."""
+    if all((SHARED / name).exists() for name in names):
+        return SHARED
+    where = "../shared/data lacks them" if SHARED.is_dir() else "../shared/data is absent"
+    pytest.skip(f"{', '.join(names)}: {where}")
+
+
+def relion_align(star: Path) -> np.ndarray:
+    """RELION's aligned images ``(N, D, D)`` for a STAR file (run in the STAR's folder)."""
+    out = star.with_name(star.stem + "_relion")
+    r = subprocess.run(
+        [RELION, "--i", star.name, "--o", out.name, "--apply_transformation"],
+        cwd=star.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return mrcfile.read(out.with_suffix(".mrcs")).astype(np.float64)
 
 
 def template(points: torch.Tensor, conformation: float = 0.3) -> torch.Tensor:

@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
-from conftest import SHARED, write_pictures
+from conftest import real_data, runner, write_pictures
 from emvae_cli.main import app
 from PIL import Image
-from test_cli import runner
 
 from emvae import bench as bn
 from emvae.errors import InputError
@@ -60,9 +59,7 @@ def test_idx_reading_and_errors(mnist_dir, tmp_path):
 
 
 def test_shared_mnist_is_the_real_thing():
-    if not (SHARED / "mnist").is_dir():
-        pytest.skip("../shared/data is absent")
-    d = load_mnist(SHARED / "mnist")
+    d = load_mnist(real_data("mnist") / "mnist")  # 3 MB: only in ../shared/data
     assert d["test_images"].shape == (10000, 28, 28)
     assert np.bincount(d["test_labels"]).tolist() == [
         980,
@@ -233,6 +230,12 @@ def test_throughput_benchmark_prints_json_and_counts_flops():
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
     assert [m["precision"] for m in rows] == ["fp32", "fp32, streamed"]
+    ctf = runner.invoke(app, [*args[:3], "em", *args[4:-1], "--ctf"])
+    assert ctf.exit_code == 0, ctf.output
+    timed = [json.loads(line) for line in ctf.output.splitlines() if line.startswith("{")]
+    assert [m["precision"] for m in timed] == ["fp32", "fp32, CTF"]
+    bernoulli = runner.invoke(app, [*args[:-1], "--ctf"])
+    assert bernoulli.exit_code == 1 and "Gaussian likelihood" in bernoulli.output
     for m in rows:
         assert m["config"] == "mnist" and m["batch"] == 4 and m["images_per_s"] > 0
         assert m["gflop_per_s"] == pytest.approx(

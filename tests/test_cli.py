@@ -3,29 +3,10 @@
 import mrcfile
 import numpy as np
 import pytest
+from conftest import SMALL, runner
 from emvae_cli.main import app
-from typer.testing import CliRunner
 
 from emvae.io import read_table
-
-runner = CliRunner()
-SMALL = [
-    "--zdim",
-    "1",
-    "--gen-hidden",
-    "16",
-    "--enc-hidden",
-    "16",
-    "-n",
-    "2",
-    "-b",
-    "20",
-    "--lr",
-    "1e-3",
-    "--device",
-    "cpu",
-    "-q",
-]
 
 
 def _ok(result):

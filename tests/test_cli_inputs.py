@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import starfile
 from astropy.io import fits
+from conftest import SMALL, runner
 from emvae_cli.main import app
 from PIL import Image
-from test_cli import SMALL, runner
 
 from emvae.io import read_table, write_mrc
 

@@ -192,11 +192,36 @@ def test_the_likelihood_compares_each_image_with_its_ctf_times_the_rendering():
         assert torch.allclose(got[:, 0, :, 0], model.pixels(seen)[..., 0], atol=1e-5)
 
 
+def test_with_a_mask_the_ctf_acts_on_the_whole_rendering_then_the_mask_applies():
+    """--ctf on --mask-radius 4: the CTF spreads signal across the mask's edge, so the whole
+    box is rendered, convolved, then compared inside the mask only."""
+    from emvae.config import ModelConfig
+    from emvae.models import SpatialVAE
+    from emvae.objective import gaussian_log_likelihood, posterior_elbo
+
+    kw = dict(image_size=12, zdim=1, gen_hidden=8, enc_hidden=8, encoder="mlp", ctf="on")
+    cfg = ModelConfig(**kw, theta_posterior="gaussian", mask_radius_px=4.0)
+    cfg.validate()
+    model = SpatialVAE(cfg).eval()
+    x = torch.randn(3, 1, 12, 12)
+    p = torch.cat([_params(apix_A=3.0, defocus_u_A=1e4 * (k + 1)) for k in range(3)]).float()
+    with torch.no_grad():
+        q, params = model(x, None, torch.zeros(3, model.n_latent))
+        assert params.shape[1] == 144  # every pixel rendered
+        terms = posterior_elbo(cfg, model.pixels(x), params, q, ctf=p)
+        seen = apply_ctf(params[..., 0].reshape(3, 1, 12, 12), p)
+        inside = model.pixel_index
+        assert 40 < len(inside) < 144
+        expect = gaussian_log_likelihood(model.pixels(x), model.pixels(seen))
+        assert model.pixels(x).shape[1] == len(inside)
+        assert torch.allclose(terms.log_lik, expect, rtol=1e-5)
+
+
 def test_fit_models_the_ctf_of_a_star_input_and_refuses_missing_fields(tmp_path):
     import json
 
+    from conftest import SMALL, runner
     from emvae_cli.main import app
-    from test_cli import SMALL, runner
 
     sim = tmp_path / "sim"
     args = ["simulate", str(sim), "-n", "60", "--size", "16", "--ctf", "1:2", "--apix", "3"]
@@ -212,6 +237,10 @@ def test_fit_models_the_ctf_of_a_star_input_and_refuses_missing_fields(tmp_path)
         assert r.exit_code == 0, r.output
         assert json.loads((out / "config.json").read_text())["model"]["ctf"] == mode
         assert len(pd.read_csv(out / "particles.csv")) == 60
+    r = runner.invoke(app, ["report", str(tmp_path / "run_on")])
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "run_on" / "report" / "report.html").read_text()
+    assert "modelled in the likelihood (--ctf on)" in html
     r = runner.invoke(app, ["fit", str(mrcs), "-o", str(tmp_path / "x"), *SMALL, "--ctf", "on"])
     assert r.exit_code == 1 and "carries no CTF parameters" in r.output, r.output
     csv = tmp_path / "ctf.csv"
@@ -220,3 +249,79 @@ def test_fit_models_the_ctf_of_a_star_input_and_refuses_missing_fields(tmp_path)
         app, ["fit", str(mrcs), "-o", str(tmp_path / "y"), *SMALL, "--ctf-params", str(csv)]
     )
     assert r.exit_code == 1 and "defocus_angle_deg" in r.output and str(csv) in r.output, r.output
+
+
+def test_ctf_params_of_the_whole_input_follow_ind_to_the_selected_rows(tiny_stack, tmp_path):
+    """With --ind, a --ctf-params CSV of every input image gives each selected image its own
+    row (input row 7's defocus for input row 7), and one of just the selected images works."""
+    from emvae.particles import Particles
+
+    n = 60
+    table = pd.DataFrame(
+        {
+            "defocus_u_A": 1e4 + np.arange(n),
+            "defocus_v_A": 1e4 + np.arange(n),
+            "defocus_angle_deg": 0.0,
+            "voltage_kV": 300.0,
+            "cs_mm": 2.7,
+            "amplitude_contrast": 0.1,
+        }
+    )
+    whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
+    table.to_csv(whole, index=False)
+    ind = tmp_path / "ind.txt"
+    np.savetxt(ind, [7, 3, 40], fmt="%d")
+    table.iloc[[7, 3, 40]].to_csv(part, index=False)
+    for csv in (whole, part):
+        p = Particles.open(tiny_stack, ind=ind, apix=2.0, ctf_params=csv)
+        assert np.array_equal(p.ctf("on")[:, 0], [1e4 + 7, 1e4 + 3, 1e4 + 40]), csv
+    short = tmp_path / "short.csv"
+    table.iloc[:20].to_csv(short, index=False)
+    with pytest.raises(InputError, match="selects input row 40"):
+        Particles.open(tiny_stack, ind=ind, apix=2.0, ctf_params=short).ctf("on")
+
+
+def test_streamed_images_are_phase_flipped_as_the_in_memory_ones(tiny_stack, tmp_path):
+    from emvae.ctf import likelihood_ctf
+    from emvae.particles import Particles
+
+    csv = tmp_path / "ctf.csv"
+    pd.DataFrame(
+        {
+            "defocus_u_A": np.linspace(5e3, 2e4, 60),
+            "defocus_v_A": np.linspace(4e3, 1.9e4, 60),
+            "defocus_angle_deg": 30.0,
+            "voltage_kV": 300.0,
+            "cs_mm": 2.7,
+            "amplitude_contrast": 0.1,
+        }
+    ).to_csv(csv, index=False)
+    p = Particles.open(tiny_stack, apix=2.0, ctf_params=csv)
+    params = p.ctf("phase-flip")
+    memory = p.load(stream="off")
+    before = memory.clone()
+    assert likelihood_ctf(params, "phase-flip", memory, "cpu") is None
+    assert not torch.allclose(memory, before, atol=1e-3)  # the phases did flip
+    streamed = p.load(stream="on")
+    assert likelihood_ctf(params, "phase-flip", streamed, "cpu") is None
+    idx = np.array([5, 0, 41])
+    assert torch.allclose(streamed.read(idx), memory[idx], atol=1e-5)
+
+
+def test_montages_show_the_object_without_the_ctf():
+    """The generator's images (montages, prior samples, interpolations) do not depend on the
+    CTF mode: the same weights draw the same object with --ctf on and off."""
+    import dataclasses
+
+    from emvae import montage as mt
+    from emvae.config import ModelConfig
+    from emvae.models import SpatialVAE
+
+    on = ModelConfig(image_size=12, zdim=1, gen_hidden=8, enc_hidden=8, ctf="on", mask_radius_px=4)
+    model_on = SpatialVAE(on).eval()
+    model_off = SpatialVAE(dataclasses.replace(on, ctf="off")).eval()
+    model_off.load_state_dict(model_on.state_dict())
+    z = torch.linspace(-2, 2, 5)[:, None]
+    assert mt.decode_mean(model_on, z).shape == (5, 1, 12, 12)
+    assert torch.equal(mt.decode_mean(model_on, z), mt.decode_mean(model_off, z))
+    assert torch.equal(mt.prior_samples(model_on, 2, 2, 0), mt.prior_samples(model_off, 2, 2, 0))

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch.distributed
-from test_cli import SMALL
+from conftest import SMALL
 
 from emvae.distributed import Dist, assemble
 from emvae.simulate import write_simulation

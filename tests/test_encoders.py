@@ -212,7 +212,7 @@ def test_every_encoder_trains_and_reports(encoder, posterior, tmp_path):
     from emvae.bench import array_stack
     from emvae.config import RunConfig, TrainConfig
     from emvae.simulate import simulate_particles
-    from emvae.train import fit, make_data_config
+    from emvae.train import fit
 
     images, _ = simulate_particles(200, 16, snr=10.0, shift_std_px=0.5, seed=0)
     stack = array_stack(images, "p.mrcs")
@@ -228,7 +228,6 @@ def test_every_encoder_trains_and_reports(encoder, posterior, tmp_path):
         ),
         train=TrainConfig(epochs=3, lr=1e-3, device="cpu", z_delay=1),
     )
-    cfg.data = make_data_config(stack, "gaussian")
     result = fit(stack, cfg, tmp_path / encoder, progress=False)
     assert np.isfinite(result.table["elbo"]).all()
     assert result.history[-1]["train_elbo"] > result.history[0]["train_elbo"]

@@ -1,4 +1,5 @@
-"""Coordinate axes, rotation sign, shift sign and the image-frame pose (SPEC sections 1-2)."""
+"""Coordinate axes, rotation sign, shift sign and the image-frame pose (docs/conventions.md,
+"Pixel coordinates (internal)" to "What the tables report (image frame)")."""
 
 import math
 

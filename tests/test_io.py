@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SHARED
+from conftest import real_data
 
 from emvae.data import load_images, normalize_, tensor_statistics
 from emvae.errors import InputError
@@ -42,10 +42,7 @@ def test_mrc_modes_read_as_float(tmp_path, mode_dtype):
 
 
 def test_real_relion_stack_reads():
-    p = SHARED / "em" / "relion31.mrcs"
-    if not p.exists():
-        pytest.skip("shared data absent")
-    s = read_stack(p)
+    s = read_stack(real_data("em/relion31.mrcs") / "em" / "relion31.mrcs")
     assert s.images.shape == (5, 1, 256, 256) and np.isfinite(s.images[0]).all()
 
 

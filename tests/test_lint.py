@@ -1,7 +1,9 @@
-"""The code base stays ruff clean (ruff comes with the test extras)."""
+"""The code base stays ruff clean and mypy clean (both come with the test extras)."""
 
+import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,4 +22,11 @@ def test_ruff_formatted():
     r = subprocess.run(
         ["ruff", "format", "--check", str(ROOT)], capture_output=True, text=True, cwd=ROOT
     )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed")
+def test_mypy_clean():
+    """mypy as configured in pyproject.toml ([tool.mypy]: the emvae package)."""
+    r = subprocess.run([sys.executable, "-m", "mypy"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr

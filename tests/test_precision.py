@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import emvae.train
-from emvae import RunConfig, fit, make_data_config, read_stack
+from emvae import RunConfig, fit, read_stack
 from emvae.config import ModelConfig, TrainConfig
 
 
@@ -15,7 +15,6 @@ def _fit(stack, out, amp):
         model=ModelConfig(image_size=16, zdim=1, gen_hidden=32, enc_hidden=32),
         train=TrainConfig(epochs=4, batch_size=20, lr=1e-3, device="cpu", amp=amp, z_delay=1),
     )
-    cfg.data = make_data_config(stack, "gaussian")
     return fit(stack, cfg, out, progress=False)
 
 

@@ -7,7 +7,6 @@ The round trips run RELION 3.1.3's own ``relion_stack_create --apply_transformat
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import mrcfile
@@ -16,30 +15,15 @@ import pandas as pd
 import pytest
 import starfile
 import torch
-from conftest import SHARED, corr, render_model
+from conftest import RELION, SMALL, corr, real_data, relion_align, render_model, runner
 from emvae_cli.main import app
-from test_cli import SMALL, runner
 
 from emvae.align import align_images
 from emvae.geometry import model_to_image_pose
 from emvae.io import open_stack, read_table, write_mrc
 from emvae.io import star_export as sx
 
-RELION = shutil.which("relion_stack_create")
 needs_relion = pytest.mark.skipif(RELION is None, reason="RELION is not installed")
-
-
-def relion_align(star: Path) -> np.ndarray:
-    """RELION's aligned images ``(N, D, D)`` for a STAR file (run in the STAR's folder)."""
-    out = star.with_name(star.stem + "_relion")
-    r = subprocess.run(
-        [RELION, "--i", star.name, "--o", out.name, "--apply_transformation"],
-        cwd=star.parent,
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return mrcfile.read(out.with_suffix(".mrcs")).astype(np.float64)
 
 
 def _posed_stack(tmp_path: Path, box: int, n: int = 10):
@@ -95,11 +79,10 @@ def test_even_boxes_need_the_half_pixel_term_and_the_sign_matters(tmp_path, monk
 def test_relion_made_origins_map_shifted_onto_centred():
     """RELION wrote rln_proj_64_shifted (pixel rlnOriginX/Y) from rln_proj_64_centered
     (rlnOriginXAngst = 0): read as emvae poses, both align onto the same images."""
-    em = SHARED / "em"
-    if not em.is_dir():
-        pytest.skip("../shared/data is absent")
+    pair = ("rln_proj_64_centered", "rln_proj_64_shifted")
+    em = real_data(*(f"em/{n}{ext}" for n in pair for ext in (".star", ".mrcs"))) / "em"
     aligned, raw = [], []
-    for name in ("rln_proj_64_centered.star", "rln_proj_64_shifted.star"):
+    for name in (f"{n}.star" for n in pair):
         s = open_stack(em / name)
         psi, shift = sx.star_pose(s.metadata, s.apix, s.size)
         x = torch.from_numpy(np.array(s.images[:], dtype=np.float64))
@@ -123,7 +106,8 @@ def test_export_inverts_import():
     for box in (64, 65):
         origin = sx.relion_origin(theta, shift, box)
         assert np.allclose(sx.table_pose(theta, origin, box), shift)
-    # odd boxes: rlnOriginX = -shift_x, rlnOriginY = shift_y (SPEC section 2)
+    # odd boxes: rlnOriginX = -shift_x, rlnOriginY = shift_y
+    # (docs/conventions.md, "RELION's 2-D pose")
     assert np.allclose(sx.relion_origin(theta, shift, 65), shift * np.array([-1, 1]))
 
 
@@ -301,16 +285,13 @@ def test_fit_star_pixel_size_from_header_option_or_unknown(tiny_stack, tmp_path)
 
 
 def test_cryosparc_input_gives_its_optics(tmp_path):
-    cs = SHARED / "em" / "empiar_10076_7.cs"
-    if not cs.exists():
-        pytest.skip("../shared/data is absent")
-    from emvae.config import DataConfig
-    from emvae.train import write_particles_star
+    # the .cs names its 2.9 MB stack, which is only in ../shared/data
+    cs = real_data("em/empiar_10076_7.cs", "em/empiar_10076_7.mrc") / "em" / "empiar_10076_7.cs"
+    from emvae.particles import Particles
 
     stack = open_stack(cs)
     table = _table(len(stack)).assign(image=stack.names)
-    data = DataConfig(apix=stack.apix, input_size=stack.size)
-    assert write_particles_star(table, stack, data, tmp_path / "p.star") == "3.1"
+    assert Particles.of(stack).write_star(table, tmp_path / "p.star") == "3.1"
     optics = starfile.read(tmp_path / "p.star", always_dict=True)["optics"].iloc[0]
     assert (optics["rlnVoltage"], optics["rlnSphericalAberration"]) == (300.0, 2.7)
     assert optics["rlnAmplitudeContrast"] == 0.07 and optics["rlnImageSize"] == 320
@@ -349,3 +330,68 @@ def test_star_output_is_the_same_bytes_whatever_the_clock(tmp_path, monkeypatch)
     assert b"01:02:03" not in first and b"emvae" in first.split(b"\n")[0]
     got = starfile.read(tmp_path / "a.star", always_dict=True)
     assert np.allclose(got["particles"]["rlnAnglePsi"], table["theta_deg"])
+
+
+@pytest.mark.skipif(shutil.which("relion_project") is None, reason="RELION is not installed")
+def test_our_ctf_is_relions_sign_astigmatism_angle_and_scale(tmp_path):
+    """relion_project --ctf against emvae.ctf.apply_ctf on relion_project's CTF-free
+    projections of one map: astigmatic CTFs at three angles agree to 1e-4 of the image's range;
+    the opposite sign or a mirrored astigmatism angle would not."""
+    import subprocess
+
+    from emvae.ctf import apply_ctf, ctf_params
+
+    d, apix = 32, 3.0
+    g = np.arange(d) - d // 2
+    z, y, x = np.meshgrid(g, g, g, indexing="ij")
+    vol = np.zeros((d, d, d), np.float32)
+    for cx, cy, cz, s, a in [(4, 0, 0, 3, 1), (-5, 3, 2, 2.5, 0.8), (0, -6, -1, 2, 0.6)]:
+        vol += a * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * s * s))
+    with mrcfile.new(tmp_path / "vol.mrc") as m:
+        m.set_data(vol)
+        m.voxel_size = apix
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnOpticsGroupName": ["g1"],
+            "rlnVoltage": [300.0],
+            "rlnSphericalAberration": [2.7],
+            "rlnAmplitudeContrast": [0.1],
+            "rlnImagePixelSize": [apix],
+            "rlnImageSize": [d],
+            "rlnImageDimensionality": [2],
+        }
+    )
+    particles = pd.DataFrame(
+        {
+            **{c: [0.0] * 3 for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")},
+            "rlnOriginXAngst": [0.0] * 3,
+            "rlnOriginYAngst": [0.0] * 3,
+            "rlnDefocusU": [15000.0, 25000.0, 8000.0],
+            "rlnDefocusV": [15000.0, 15000.0, 6000.0],
+            "rlnDefocusAngle": [0.0, 30.0, 120.0],
+            "rlnOpticsGroup": [1] * 3,
+            "rlnImageName": [f"{k}@x.mrcs" for k in (1, 2, 3)],
+        }
+    )
+    starfile.write({"optics": optics, "particles": particles}, tmp_path / "in.star")
+    for name, extra in (("plain", []), ("ctf", ["--ctf"])):
+        args = ["relion_project", "--i", "vol.mrc", "--o", name, "--ang", "in.star"]
+        r = subprocess.run(
+            [*args, "--angpix", str(apix), *extra], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    plain = torch.from_numpy(mrcfile.read(tmp_path / "plain.mrcs").astype(np.float64))[:, None]
+    relion = mrcfile.read(tmp_path / "ctf.mrcs").astype(np.float64)
+    params = torch.from_numpy(ctf_params(particles, optics, apix, "in.star"))
+
+    def error(p: torch.Tensor) -> float:
+        ours = apply_ctf(plain, p)[:, 0].numpy()
+        return float(np.abs(ours - relion).max() / np.ptp(relion))
+
+    assert error(params) < 1e-4
+    flipped = params.clone()
+    flipped[:, 8] = -flipped[:, 8]  # the scale column: the opposite sign
+    mirrored = params.clone()
+    mirrored[:, 2] = -mirrored[:, 2]  # astigmatism angle measured the other way round
+    assert error(flipped) > 0.5 and error(mirrored) > 0.01

@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_pictures
+from conftest import runner, write_pictures
 from emvae_cli.main import app
 from PIL import Image
-from test_cli import runner
 
 from emvae import montage as mt
 from emvae.io import read_table

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from conftest import SMALL, runner
 from emvae_cli.main import app
-from test_cli import SMALL, runner
 
 from emvae.io import read_table
 from emvae.io.mrc import write_mrc

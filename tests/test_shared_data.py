@@ -1,19 +1,17 @@
-"""Real files written by RELION, cryoSPARC, cryoDRGN, ASPIRE and telescopes (../shared/data).
+"""Real files written by RELION, cryoSPARC, cryoDRGN, ASPIRE and telescopes.
 
-Every file in em/ and star/ opens, or is refused with one line naming it. Skipped when the
-shared folder is absent."""
+Every file in em/ and star/ opens, or is refused with one line naming it. They stay in
+../shared/data (their owners' files, not copied into the repository): each test is skipped when
+its files are absent; tests/test_formats.py covers the same formats with files it writes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SHARED
+from conftest import SHARED, real_data
 
 from emvae.errors import InputError
 from emvae.io import open_stack
-
-EM, STAR = SHARED / "em", SHARED / "star"
-pytestmark = pytest.mark.skipif(not EM.is_dir(), reason="../shared/data is absent")
 
 OPENS = {  # file -> (images, box, pixel size or None)
     "empiar_10076_7.mrc": (7, 320, None),
@@ -36,15 +34,16 @@ OPENS = {  # file -> (images, box, pixel size or None)
 
 
 def _all_files():
-    if not EM.is_dir():
-        return []
-    files = [f for f in sorted(EM.rglob("*")) + sorted(STAR.rglob("*")) if f.is_file()]
-    return [f.relative_to(SHARED) for f in files]
+    """Every file under em/ and star/ of ../shared/data, relative to it."""
+    files = set()
+    for sub in ("em", "star"):
+        files.update(f.relative_to(SHARED) for f in (SHARED / sub).rglob("*") if f.is_file())
+    return sorted(files)
 
 
 @pytest.mark.parametrize("rel", _all_files(), ids=str)
 def test_every_file_opens_or_is_refused_clearly(rel):
-    path = SHARED / rel
+    path = real_data(str(rel)) / rel
     try:
         s = open_stack(path)
     except InputError as e:
@@ -61,27 +60,37 @@ def test_every_file_opens_or_is_refused_clearly(rel):
 
 
 def test_metadata_only_files_say_which_stack_is_missing():
+    em = real_data("em/relion31.6opticsgroups.star", "em/cryosparc_J2_particles_exported.cs") / "em"
     with pytest.raises(InputError, match=r"row \d+: stack Polish/.*not found.*--datadir"):
-        open_stack(EM / "relion31.6opticsgroups.star")
+        open_stack(em / "relion31.6opticsgroups.star")
     with pytest.raises(InputError, match=r"stack .*not found"):
-        open_stack(EM / "cryosparc_J2_particles_exported.cs")
+        open_stack(em / "cryosparc_J2_particles_exported.cs")
 
 
 def test_star_and_cs_name_the_same_particles_as_the_stack():
-    mrc = open_stack(EM / "empiar_10076_7.mrc").images[:]
-    assert np.array_equal(open_stack(EM / "empiar_10076_7.star").images[:], mrc)
-    assert np.array_equal(open_stack(EM / "empiar_10076_7.cs").images[:], mrc)
-    rel = open_stack(EM / "relion31.mrcs").images[:]
-    v1, v2 = open_stack(EM / "relion31.star"), open_stack(EM / "relion31.v2.star")
+    names = ("empiar_10076_7.mrc", "empiar_10076_7.star", "empiar_10076_7.cs")  # 2.9 MB stack
+    em = real_data(*(f"em/{n}" for n in names)) / "em"
+    mrc = open_stack(em / "empiar_10076_7.mrc").images[:]
+    assert np.array_equal(open_stack(em / "empiar_10076_7.star").images[:], mrc)
+    assert np.array_equal(open_stack(em / "empiar_10076_7.cs").images[:], mrc)
+
+
+def test_relion31_stars_in_either_block_order_name_the_stack():
+    em = real_data("em/relion31.mrcs", "em/relion31.star", "em/relion31.v2.star") / "em"
+    rel = open_stack(em / "relion31.mrcs").images[:]
+    v1, v2 = open_stack(em / "relion31.star"), open_stack(em / "relion31.v2.star")
     assert np.array_equal(v1.images[:], rel) and np.array_equal(v2.images[:], rel)
     assert v1.star_version == "3.1" and len(v1.optics) == 1
 
 
 def test_datadir_split_stacks_match_the_single_stack():
-    whole = open_stack(EM / "toy_projections.mrcs").images[:]
+    names = ("toy_projections.mrcs", "toy_projections_dir.star")  # 3.6 MB + 3.6 MB of stacks
+    names += ("toy_datadir/toy_images_a.mrcs", "toy_datadir/toy_images_b.mrcs")
+    em = real_data(*(f"em/{n}" for n in names)) / "em"
+    whole = open_stack(em / "toy_projections.mrcs").images[:]
     with pytest.raises(InputError, match=r"row 1: stack toy_images_b.mrcs not found"):
-        open_stack(EM / "toy_projections_dir.star")
-    split = open_stack(EM / "toy_projections_dir.star", datadir=EM / "toy_datadir")
+        open_stack(em / "toy_projections_dir.star")
+    split = open_stack(em / "toy_projections_dir.star", datadir=em / "toy_datadir")
     assert len(split) == 1000
     # the same 1000 projections, each once, whatever the stacks' order
     a = np.sort(whole.reshape(1000, -1).sum(1))
@@ -89,17 +98,23 @@ def test_datadir_split_stacks_match_the_single_stack():
     assert np.allclose(a, b)
 
 
-def test_fits_and_galaxy_files():
-    fits_dir = SHARED / "fits"
+def test_fits_files():
+    names = ("real_galaxy_23.5_500_fits.fits", "147246.0_150.416558_1.998697.g1_0.02.g2_0.00.fits")
+    fits_dir = real_data(*(f"fits/{n}" for n in names)) / "fits"
     with pytest.raises(InputError, match="real_galaxy_23.5_500_fits.fits: holds no image"):
         open_stack(fits_dir / "real_galaxy_23.5_500_fits.fits")
+    one = open_stack(fits_dir / "147246.0_150.416558_1.998697.g1_0.02.g2_0.00.fits")
+    assert one.images.shape == (1, 1, 60, 60) and one.images.dtype == np.float32
+
+
+def test_multi_hdu_fits_and_galaxy_files():
+    root = real_data("fits/real_galaxy_PSF_images.fits", "galaxies")  # 1.7 MB and 46 MB
+    fits_dir = root / "fits"
     with pytest.raises(InputError, match="differ in size"):
         open_stack(fits_dir / "real_galaxy_PSF_images.fits")
     psf = open_stack(fits_dir / "real_galaxy_PSF_images.fits", crop=37)
     assert psf.images.shape == (100, 1, 37, 37)
-    one = open_stack(fits_dir / "147246.0_150.416558_1.998697.g1_0.02.g2_0.00.fits")
-    assert one.images.shape == (1, 1, 60, 60) and one.images.dtype == np.float32
-    gal = open_stack(SHARED / "galaxies", crop=207, jitter=12)
+    gal = open_stack(root / "galaxies", crop=207, jitter=12)
     assert gal.images.shape == (545, 3, 207, 207)
     assert 0 <= gal.images[:3].min() and gal.images[:3].max() <= 1
 
@@ -109,12 +124,15 @@ def test_ctf_parameters_agree_between_relion_and_cryosparc_exports_of_one_set():
     (defocus in Å, the .cs angle in radians, optics from the STAR's optics group)."""
     from emvae.ctf import ctf_params
 
+    names = ("empiar_10076_7.star", "empiar_10076_7.cs", "empiar_10076_7.mrc")
+    names += ("sample_particles_relion30.star", "sample.mrcs")  # 2.9 MB and 2.7 MB stacks
+    em = real_data(*(f"em/{n}" for n in names)) / "em"
     tables = []
     for name in ("empiar_10076_7.star", "empiar_10076_7.cs"):
-        s = open_stack(EM / name, datadir=EM)
+        s = open_stack(em / name, datadir=em)
         tables.append(ctf_params(s.metadata, s.optics, s.apix, name, required=True))
     star, cs = tables
     assert star.shape == (7, 10) and np.allclose(star, cs, rtol=1e-5, atol=1e-3)
     assert 1e4 < star[:, 0].min() and star[0, 3] == 300.0 and star[0, 4] == pytest.approx(2.7)
-    s = open_stack(EM / "sample_particles_relion30.star", datadir=EM)  # 3.0: optics in the rows
+    s = open_stack(em / "sample_particles_relion30.star", datadir=em)  # 3.0: optics in the rows
     assert ctf_params(s.metadata, s.optics, s.apix, "3.0")[0, 3] == 300.0

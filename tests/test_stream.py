@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emvae import Preprocess, RunConfig, fit, make_data_config, open_stack, write_cache
+from emvae import Particles, Preprocess, RunConfig, fit, open_stack, write_cache
 from emvae.config import ModelConfig, TrainConfig
 from emvae.data import StreamedImages, should_stream
 from emvae.preprocess import prepare
@@ -18,8 +18,7 @@ def _fit(stack, out, stream, pre=None):
         ),
         train=TrainConfig(epochs=2, batch_size=20, lr=1e-3, device="cpu", stream=stream),
     )
-    cfg.data = make_data_config(stack, "gaussian", preprocess=pre)
-    return fit(stack, cfg, out, progress=False)
+    return fit(Particles.of(stack, preprocess=pre), cfg, out, progress=False)
 
 
 def test_streamed_fit_equals_in_memory_fit(tiny_stack, tmp_path):

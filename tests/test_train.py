@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from emvae import RunConfig, fit, load_model, make_data_config, read_stack
+from emvae import Particles, RunConfig, fit, load_model, read_stack
 from emvae.config import ModelConfig, TrainConfig
 from emvae.data import load_images, normalize_
-from emvae.encode import encode, particle_table
+from emvae.encode import encode
 from emvae.errors import EmvaeError, OutputExistsError
 from emvae.io import read_table
 
@@ -21,7 +21,6 @@ def _config(stack, epochs=3, **model):
             epochs=epochs, batch_size=16, lr=1e-3, z_delay=1, device="cpu", checkpoint_every=2
         ),
     )
-    cfg.data = make_data_config(stack, cfg.model.likelihood)
     return cfg
 
 
@@ -86,7 +85,7 @@ def test_checkpoint_rebuilds_model_with_identical_encodings(run):
     assert ckpt["epoch"] == 3 and ckpt["version"]
     data = normalize_(load_images(stack, torch.device("cpu")), config.data.mean, config.data.std)
     enc = encode(model, data, torch.device("cpu"), seed=config.train.seed)
-    table = particle_table(config.model, enc, stack.names, stack.apix)
+    table = Particles.of(stack).table(config.model, enc)
     for col in ("theta_deg", "shift_x_px", "z1", "elbo"):
         assert np.array_equal(table[col].to_numpy(), result.table[col].to_numpy()), col
 
@@ -139,3 +138,22 @@ def test_a_library_fit_without_a_data_section_records_its_images_and_resumes(tin
     again = fit(open_stack(saved.paths, ind=saved.ind), stored, out, resume=True, progress=False)
     assert len(again.history) == 2 and len(again.table) == 30
     assert again.table["image"].iloc[1] == f"3@{tiny_stack}"  # the --ind rows, mapped back
+
+
+def test_the_readme_library_example_and_reading_the_run_back(tiny_stack, tmp_path):
+    """Particles.open -> fit -> Run: the run rebuilds its model, table and images."""
+    from emvae import Particles, Run
+
+    particles = Particles.open(tiny_stack)
+    model = ModelConfig(image_size=particles.size, zdim=1, gen_hidden=16, enc_hidden=16)
+    config = RunConfig(model=model, train=TrainConfig(epochs=1, batch_size=20, device="cpu"))
+    result = fit(particles, config, tmp_path / "r", progress=False)
+    run = Run(tmp_path / "r")
+    assert run.config.run_id == result.config.run_id and run.config.data.n_images == 60
+    table = run.table()
+    assert table.attrs["run_id"] == result.config.run_id
+    assert np.array_equal(table["theta_deg"], result.table["theta_deg"])
+    assert len(run.metrics()) == 1 and run.model()[2]["epoch"] == 1
+    again = run.particles()
+    assert again.data == result.config.data
+    assert torch.equal(again.load(), particles.load())  # the same images, normalised the same

@@ -10,7 +10,7 @@ import typer
 from emvae import bench as bn
 from emvae.errors import ConfigError, OutputExistsError
 from emvae.simulate import OBJECTS, get_object, write_simulation
-from emvae_cli.common import SEED_MAX, err_console, user_errors
+from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
 
 Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)
 
@@ -78,6 +78,15 @@ def simulate(
     )
 
 
+def _csv(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def _variants(stream: bool, ctf: bool) -> list[tuple[bool, bool]]:
+    """(streamed, CTF) pairs to time: the plain step, then each option asked for."""
+    return [(False, False)] + [(True, False)] * stream + [(False, True)] * ctf
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v]
@@ -88,20 +97,30 @@ def _ints(text: str) -> list[int]:
 @bench_app.command("mnist")
 @user_errors
 def mnist(
-    data: Path = typer.Option(Path("../shared/data/mnist"), "--data", help="MNIST IDX folder."),
+    data: Path = typer.Option(
+        ..., "--data", help="MNIST IDX folder (train-images-idx3-ubyte etc., .gz or not)."
+    ),
     out: Path = typer.Option(Path("runs/bench_mnist"), "-o", "--out", help="Output folder."),
-    datasets: str = typer.Option("mnist,rotated,rotated_translated", "--datasets"),
-    models: str = typer.Option("vanilla,fixed,spatial", "--models"),
-    zdims: str = typer.Option("2,3,5,10", "--zdims"),
-    epochs: int = typer.Option(200, "-n", "--epochs"),
-    hidden: int = typer.Option(500, "--hidden", help="Width of both networks."),
+    datasets: str = typer.Option(_csv(arg(bn.run_mnist, "datasets")), "--datasets"),
+    models: str = typer.Option(_csv(arg(bn.run_mnist, "models")), "--models"),
+    zdims: str = typer.Option(_csv(arg(bn.run_mnist, "zdims")), "--zdims"),
+    epochs: int = typer.Option(arg(bn.run_mnist, "epochs"), "-n", "--epochs"),
+    hidden: int = typer.Option(
+        arg(bn.run_mnist, "hidden"), "--hidden", help="Width of both networks."
+    ),
     n_train: int | None = typer.Option(None, "--n-train", help="Use the first N training images."),
-    canvas: int = typer.Option(56, "--canvas", help="Field of rotated+translated MNIST, px."),
+    canvas: int = typer.Option(
+        arg(bn.run_mnist, "canvas"), "--canvas", help="Field of rotated+translated MNIST, px."
+    ),
     device: str = typer.Option("auto", "--device"),
     encoders: str = typer.Option(
-        "mlp", "--encoders", help="Inference networks of the spatial model: mlp, conv, equivariant."
+        _csv(arg(bn.run_mnist, "encoders")),
+        "--encoders",
+        help="Inference networks of the spatial model: mlp, conv, equivariant.",
     ),
-    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (the paper's: 1e-4)."),
+    lr: float = typer.Option(
+        arg(bn.run_mnist, "lr"), "--lr", help="Adam learning rate (the paper's: 1e-4)."
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Paper Fig. 2 / 3: test ELBO per dataset x model x Z-D, manifolds, linear-SVM probe."""
@@ -127,11 +146,11 @@ def mnist(
 @user_errors
 def particles(
     out: Path = typer.Option(Path("runs/bench_particles"), "-o", "--out"),
-    n: int = typer.Option(10000, "-n", "--n", help="Simulated particles."),
-    size: int = typer.Option(40, "--size"),
-    snr: float = typer.Option(1.0, "--snr"),
-    epochs: int = typer.Option(100, "--epochs"),
-    hidden: int = typer.Option(500, "--hidden"),
+    n: int = typer.Option(arg(bn.run_particles, "n"), "-n", "--n", help="Simulated particles."),
+    size: int = typer.Option(arg(bn.run_particles, "size"), "--size"),
+    snr: float = typer.Option(arg(bn.run_particles, "snr"), "--snr"),
+    epochs: int = typer.Option(arg(bn.run_particles, "epochs"), "--epochs"),
+    hidden: int = typer.Option(arg(bn.run_particles, "hidden"), "--hidden"),
     device: str = typer.Option("auto", "--device"),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
@@ -143,13 +162,13 @@ def particles(
 @bench_app.command("galaxies")
 @user_errors
 def galaxies(
-    data: Path = typer.Option(Path("../shared/data/galaxies"), "--data"),
+    data: Path = typer.Option(..., "--data", help="Folder of Galaxy Zoo JPEGs."),
     out: Path = typer.Option(Path("runs/bench_galaxies"), "-o", "--out"),
-    zdim: int = typer.Option(20, "--zdim"),
-    size: int = typer.Option(64, "-D", "--size"),
-    epochs: int = typer.Option(300, "--epochs"),
-    hidden: int = typer.Option(500, "--hidden"),
-    enc_hidden: int = typer.Option(5000, "--enc-hidden"),
+    zdim: int = typer.Option(arg(bn.run_galaxies, "zdim"), "--zdim"),
+    size: int = typer.Option(arg(bn.run_galaxies, "size"), "-D", "--size"),
+    epochs: int = typer.Option(arg(bn.run_galaxies, "epochs"), "--epochs"),
+    hidden: int = typer.Option(arg(bn.run_galaxies, "hidden"), "--hidden"),
+    enc_hidden: int = typer.Option(arg(bn.run_galaxies, "enc_hidden"), "--enc-hidden"),
     device: str = typer.Option("auto", "--device"),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
@@ -167,31 +186,37 @@ def galaxies(
 @user_errors
 def encoders(
     out: Path = typer.Option(Path("runs/bench_encoders"), "-o", "--out"),
-    n: int = typer.Option(4000, "-n", "--n", help="Particles per simulated stack."),
-    size: int = typer.Option(40, "--size"),
-    snrs: str = typer.Option("1,0.3", "--snr", help="Comma-separated SNRs."),
+    n: int = typer.Option(
+        arg(bn.run_encoders, "n"), "-n", "--n", help="Particles per simulated stack."
+    ),
+    size: int = typer.Option(arg(bn.run_encoders, "size"), "--size"),
+    snrs: str = typer.Option(
+        _csv(arg(bn.run_encoders, "snrs")), "--snr", help="Comma-separated SNRs."
+    ),
     which: str = typer.Option(
-        "equivariant,mlp,mlp/gaussian",
+        _csv(arg(bn.run_encoders, "encoders")),
         "--encoders",
         help="Comma-separated: equivariant, mlp, conv (rotation bins), mlp/gaussian, "
         "conv/gaussian (the paper's rotation posterior).",
     ),
     objects: str = typer.Option(
-        "hinge",
+        _csv(arg(bn.run_encoders, "objects")),
         "--objects",
         help="Comma-separated simulated molecules: hinge, clamp, slide, random:SEED.",
     ),
-    epochs: int = typer.Option(30, "--epochs"),
-    hidden: int = typer.Option(128, "--hidden", help="Generator (and MLP head) width."),
-    zdim: int = typer.Option(1, "--zdim", help="Latent dimensions."),
+    epochs: int = typer.Option(arg(bn.run_encoders, "epochs"), "--epochs"),
+    hidden: int = typer.Option(
+        arg(bn.run_encoders, "hidden"), "--hidden", help="Generator (and MLP head) width."
+    ),
+    zdim: int = typer.Option(arg(bn.run_encoders, "zdim"), "--zdim", help="Latent dimensions."),
     z_delay: int | None = typer.Option(
         None, "--z-delay", show_default=False, help="Epochs with z held at 0 (default: fit's)."
     ),
-    rotation_bins: int = typer.Option(8, "--rotation-bins"),
-    hypotheses: int = typer.Option(2, "--hypotheses"),
-    enc_channels: int = typer.Option(8, "--enc-channels"),
-    lr: float = typer.Option(1e-3, "--lr"),
-    batch_size: int = typer.Option(50, "-b", "--batch-size"),
+    rotation_bins: int = typer.Option(arg(bn.run_encoders, "rotation_bins"), "--rotation-bins"),
+    hypotheses: int = typer.Option(arg(bn.run_encoders, "hypotheses"), "--hypotheses"),
+    enc_channels: int = typer.Option(arg(bn.run_encoders, "enc_channels"), "--enc-channels"),
+    lr: float = typer.Option(arg(bn.run_encoders, "lr"), "--lr"),
+    batch_size: int = typer.Option(arg(bn.run_encoders, "batch_size"), "-b", "--batch-size"),
     device: str = typer.Option("auto", "--device"),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
@@ -268,7 +293,9 @@ def generator(
 @bench_app.command("throughput")
 @user_errors
 def throughput(
-    config: str = typer.Option("em,mnist,galaxy", "--config", help="em, mnist, galaxy."),
+    config: str = typer.Option(
+        "em,mnist,galaxy", "--config", help="em, mnist, galaxy (the paper's), fit (fit's, 64 px)."
+    ),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("fp32,bf16", "--precision", help="fp32 and/or bf16."),
     batch: str = typer.Option("100,256", "--batch", help="Batch sizes."),
@@ -276,6 +303,9 @@ def throughput(
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     stream: bool = typer.Option(
         False, "--stream", help="Also time batches streamed from a memory-mapped file."
+    ),
+    ctf: bool = typer.Option(
+        False, "--ctf", help="Also time steps with the CTF in the likelihood (--ctf on)."
     ),
 ) -> None:
     """Training-step images/s and the generator's GFLOP/s.
@@ -294,9 +324,16 @@ def throughput(
     for name in names:
         for prec in precision.split(","):
             for b in _ints(batch):
-                for streamed in (False, True) if stream else (False,):
+                for streamed, with_ctf in _variants(stream, ctf):
                     m = measure(
-                        name, dev, prec, b, steps, compile_model=compile_model, stream=streamed
+                        name,
+                        dev,
+                        prec,
+                        b,
+                        steps,
+                        compile_model=compile_model,
+                        stream=streamed,
+                        ctf=with_ctf,
                     )
                     rows.append(m)
                     peak = f"{100 * m.peak_fraction:.0f}%" if m.peak_fraction is not None else "-"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,6 +23,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 def default(cls: type, name: str) -> Any:
     """The default of dataclass field ``name`` (so help texts cannot disagree with config.py)."""
     return {f.name: f.default for f in dataclasses.fields(cls)}[name]
+
+
+def arg(fn: Callable[..., Any], name: str) -> Any:
+    """The default of parameter ``name`` of library function ``fn`` (the CLI repeats none)."""
+    return inspect.signature(fn).parameters[name].default
 
 
 def user_errors(fn: F) -> F:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 from pathlib import Path
 
@@ -10,20 +9,27 @@ import typer
 
 from emvae import __version__
 from emvae.checkpoint import load_checkpoint, load_model
-from emvae.config import SMALL_IMAGE_PX, SMALL_WIDTH, WIDTH, ModelConfig, RunConfig, TrainConfig
+from emvae.config import (
+    SMALL_IMAGE_PX,
+    SMALL_WIDTH,
+    WIDTH,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 from emvae.ctf import ctf_params as ctf_params_of
-from emvae.ctf import likelihood_ctf, particle_ctf
-from emvae.data import load_images, normalize_, resolve_device
+from emvae.ctf import likelihood_ctf
+from emvae.data import resolve_device
 from emvae.encode import encode as encode_stack
-from emvae.encode import particle_table
 from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.example import EXAMPLE_OPTIONS, make_example
-from emvae.io import open_like, write_table
+from emvae.io import write_table
 from emvae.latents import latent_usage, unused_warning
-from emvae.preprocess import Preprocess, prepare, prepare_for
+from emvae.particles import Particles
 from emvae.progress import training_progress
+from emvae.run import DERIVED, OUTPUTS, check_output_dir
 from emvae.safety import check_names, check_writable, input_files, refuse_inputs_as_outputs
-from emvae.train import DERIVED, OUTPUTS, check_output_dir, make_data_config, write_particles_star
 from emvae.train import fit as fit_model
 from emvae_cli import inputs as opt
 from emvae_cli.common import SEED_MAX, command_line, default, err_console, user_errors
@@ -61,11 +67,6 @@ def ctf_mode(choice: str, images, ctf_params: Path | None, apix: float | None) -
     return "on"
 
 
-def default_encoder(rotation: bool, theta_prior: str) -> str:
-    """The equivariant encoder where it applies (rotation inferred, uniform prior), else mlp."""
-    return "equivariant" if rotation and theta_prior == "uniform" else "mlp"
-
-
 @user_errors
 def fit(
     stacks: list[str] | None = typer.Argument(None, help=opt.INPUTS_HELP, show_default=False),
@@ -97,9 +98,11 @@ def fit(
         help="Random seed (initialisation, split, sampling).",
     ),
     device: str = typer.Option(default(T, "device"), "--device", help="auto, cpu, cuda, cuda:N."),
-    rotation: bool = typer.Option(True, "--rotation/--no-rotation", help="Infer rotation."),
+    rotation: bool = typer.Option(
+        default(M, "rotation"), "--rotation/--no-rotation", help="Infer rotation."
+    ),
     translation: bool = typer.Option(
-        True, "--translation/--no-translation", help="Infer translation."
+        default(M, "translation"), "--translation/--no-translation", help="Infer translation."
     ),
     theta_prior: str = typer.Option(
         default(M, "theta_prior"),
@@ -122,7 +125,7 @@ def fit(
         "pictures).",
     ),
     learn_noise: bool = typer.Option(
-        False, "--learn-noise", help="Gaussian: learn a per-pixel noise std."
+        default(M, "learn_noise"), "--learn-noise", help="Gaussian: learn a per-pixel noise std."
     ),
     z_delay: int | None = typer.Option(
         None,
@@ -133,7 +136,7 @@ def fit(
         "rotation bins; 2 otherwise).",
     ),
     augment: bool = typer.Option(
-        True,
+        default(T, "augment_rotation"),
         "--augment/--no-augment",
         help="Random rotation of the inference network's input (only with rotation inference).",
     ),
@@ -165,13 +168,12 @@ def fit(
         "--fourier-scale",
         help="Std of the Fourier features' frequencies, cycles per pixel.",
     ),
-    encoder: str | None = typer.Option(
-        None,
+    encoder: str = typer.Option(
+        default(M, "encoder"),
         "--encoder",
-        show_default=False,
-        help="Inference network: equivariant (group convolution over rotation bins; default "
-        "with rotation inference and the uniform prior), conv, or mlp (the paper's; default "
-        "otherwise).",
+        help="Inference network: equivariant (group convolution over rotation bins), conv, or "
+        "mlp (the paper's); auto: equivariant with rotation bins under the uniform prior, "
+        "else mlp.",
     ),
     z_encoder: str = typer.Option(
         default(M, "z_encoder"),
@@ -216,7 +218,9 @@ def fit(
         default(M, "activation"), "--activation", help="tanh, relu, leaky_relu, gelu or silu."
     ),
     normalize: bool = typer.Option(
-        True, "--normalize/--no-normalize", help="Gaussian: standardise the stack to mean 0, std 1."
+        default(DataConfig, "normalize"),
+        "--normalize/--no-normalize",
+        help="Gaussian: standardise the stack to mean 0, std 1.",
     ),
     mask_radius: float | None = typer.Option(
         None,
@@ -238,7 +242,8 @@ def fit(
         None,
         "--ctf-params",
         show_default=False,
-        help="CSV of CTF parameters, one row per image in input order: defocus_u_A, "
+        help="CSV of CTF parameters, one row per image in input order (with --ind: of the "
+        "whole input, or of the selected images): defocus_u_A, "
         "defocus_v_A, defocus_angle_deg, voltage_kV, cs_mm, amplitude_contrast "
         "(phase_shift_deg, bfactor_A2, scale optional).",
     ),
@@ -257,7 +262,9 @@ def fit(
         help="Keep a numbered checkpoint every N epochs.",
     ),
     amp: bool = typer.Option(
-        True, "--amp/--no-amp", help="bf16 autocast on CUDA (and CPUs with native bf16)."
+        default(T, "amp"),
+        "--amp/--no-amp",
+        help="bf16 autocast on CUDA (and CPUs with native bf16).",
     ),
     stream: str = typer.Option(
         default(T, "stream"),
@@ -286,26 +293,26 @@ def fit(
     if resume and last.exists():  # read the inputs the way the run being resumed did
         stored = RunConfig.from_dict(load_checkpoint(last)["config"]).data
         datadir, ind = datadir or stored.datadir, ind or stored.ind
-        images = open_like(stored, stacks, datadir, ind, apix)
-        pre = Preprocess.from_dict(stored.preprocess)
+        particles = Particles.like(stored, stacks, datadir, ind, apix)
     else:
         images, pre = opt.open_inputs(
             stacks, datadir, ind, apix, size, crop, jitter, invert, norm, bg_radius, seed
         )
+        particles = Particles.of(images, likelihood, normalize, pre, ctf_params)
+    images = particles.stack
     for note in images.notes:
         err_console.print(f"note: {note}", highlight=False)
     likelihood = likelihood or images.likelihood
-    prepared = prepare(images, pre if images.preprocessed is None else Preprocess())
     model = ModelConfig(
-        image_size=prepared.size,
-        channels=prepared.channels,
+        image_size=particles.size,
+        channels=particles.channels,
         zdim=pick("zdim", zdim, M),
         generator=generator,
         gen_hidden=pick("gen_hidden", gen_hidden, M),
         gen_layers=pick("gen_layers", gen_layers, M),
         fourier_features=fourier_features,
         fourier_scale=fourier_scale,
-        encoder=encoder or default_encoder(rotation, theta_prior),
+        encoder=encoder,
         z_encoder=z_encoder,
         theta_posterior=theta_posterior,
         rotation_bins=rotation_bins,
@@ -352,10 +359,8 @@ def fit(
     if not resume:
         check_output_dir(out, force)
         config.validate()
-        config.data = make_data_config(images, likelihood, apix, normalize, pre, datadir, ind)
-        config.data.ctf_params = None if ctf_params is None else str(ctf_params)
-        particle_ctf(images, config, prepared.scale)  # a missing CTF field: one line, now
-    result = fit_model(images, config, out, resume=resume, force=force, progress=not quiet)
+        particles.ctf(config.model.ctf)  # a missing CTF field: one line, now
+    result = fit_model(particles, config, out, resume=resume, force=force, progress=not quiet)
     if result.table.empty:  # not rank 0 of a torchrun job: rank 0 reports
         return
     t = result.config.train
@@ -385,9 +390,13 @@ def encode(
     stacks: list[str] = typer.Argument(..., help=opt.INPUTS_HELP, show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Table to write: .csv or .h5."),
     batch_size: int = typer.Option(256, "-b", "--batch-size", help="Images per batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    device: str = typer.Option(default(T, "device"), "--device", help="auto, cpu, cuda, cuda:N."),
     seed: int = typer.Option(
-        0, "--seed", min=0, max=SEED_MAX, help="Seed of the per-particle ELBO sample."
+        default(T, "seed"),
+        "--seed",
+        min=0,
+        max=SEED_MAX,
+        help="Seed of the per-particle ELBO sample.",
     ),
     datadir: str | None = opt.DATADIR,
     ind: str | None = opt.IND,
@@ -406,41 +415,23 @@ def encode(
             raise OutputExistsError(f"{path}: exists; use --force to overwrite")
     dev = resolve_device(device)
     model, config, _ = load_model(checkpoint, dev)
-    images = open_like(config.data, stacks, datadir, ind, apix)
+    particles = Particles.like(config.data, stacks, datadir, ind, apix)
+    images = particles.stack
     star = out.with_suffix(".star")
     inputs = [*input_files(images.inputs, images.names), Path(checkpoint)]
     refuse_inputs_as_outputs([out, star], inputs)
     check_names(images.names, images.source)
     check_writable(out.parent)
-    prepared = prepare_for(images, config.data.preprocess)
-    if prepared.size != config.model.image_size or prepared.channels != config.model.channels:
-        raise ConfigError(
-            f"{images.source}: images become {prepared.channels}x{prepared.size}^2 but the "
-            f"model was trained on {config.model.channels}x{config.model.image_size}^2"
-        )
+    particles.check_model(config.model)
+    mode = config.model.ctf
     with training_progress(not quiet) as bar:
-        data = load_images(images, dev, prepared, bar.task("reading images", len(images)))
-        normalize_(data, config.data.mean or 0.0, config.data.std or 1.0)
-        own = dataclasses.replace(config.data, apix=images.apix, ctf_params=None)
-        ctf = likelihood_ctf(
-            images, dataclasses.replace(config, data=own), prepared.scale, data, dev
-        )
+        data = particles.load(dev, bar=bar)
+        ctf = likelihood_ctf(particles.ctf(mode), mode, data, dev)  # this input's own CTF
         advance = bar.task("encoding", len(images))
         enc = encode_stack(model, data, dev, batch_size, seed, advance, ctf=ctf)
-    table = particle_table(
-        config.model,
-        enc,
-        images.names,
-        images.apix,
-        None,
-        prepared.scale,
-        prepared.offsets,
-        images.rows,
-    )
+    table = particles.table(config.model, enc)
     write_table(table, out)
-    config.data.apix = images.apix  # this input's pixel size and box, not the training set's
-    config.data.input_size = images.input_size or images.size
-    layout = write_particles_star(table, images, config.data, star)
+    layout = particles.write_star(table, star)
     err_console.print(
         f"wrote {out} ({len(table)} particles) and {star} (RELION {layout})", highlight=False
     )

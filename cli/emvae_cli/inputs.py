@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from emvae.io import ImageStack, input_kind, open_stack
+from emvae.io import ImageStack, input_kind
+from emvae.particles import open_images
 from emvae.preprocess import NORMALIZE, Preprocess
 
 INPUTS_HELP = (
@@ -80,6 +81,4 @@ def open_inputs(
     pre = Preprocess.for_input(
         kind, size, crop, jitter, seed=seed, invert=invert, normalize=norm, bg_radius=bg_radius
     )
-    pre.validate()
-    stack = open_stack(specs, datadir, ind, pre.crop, pre.jitter, pre.seed, apix)
-    return stack, pre
+    return open_images(specs, pre, datadir, ind, apix), pre

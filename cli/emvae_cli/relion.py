@@ -9,13 +9,13 @@ import pandas as pd
 import typer
 
 from emvae.align import align_stack
-from emvae.config import RunConfig, read_config
+from emvae.config import RunConfig
 from emvae.data import resolve_device
 from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.io import open_stack, read_table, write_mrc
 from emvae.io.star_export import Optics, export_table, input_star_rows
 from emvae.progress import training_progress
-from emvae.report import check_run_table
+from emvae.run import Run
 from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
 from emvae_cli.common import err_console, user_errors
 from emvae_cli.inputs import APIX, DATADIR, IND
@@ -26,17 +26,8 @@ SOURCE_HELP = "A run directory (particles.h5 + config.json) or a table (.csv/.h5
 def load_source(source: Path) -> tuple[pd.DataFrame, RunConfig | None]:
     """(particle table, the run's config or None) of a run directory or a table file."""
     if source.is_dir():
-        table_path = next(
-            (source / n for n in ("particles.h5", "particles.csv") if (source / n).exists()), None
-        )
-        if table_path is None:
-            raise InputError(source, "holds no particles.h5 or particles.csv (not an emvae run?)")
-        config = None
-        table = read_table(table_path)
-        if (source / "config.json").exists():
-            config = read_config(source / "config.json")
-            check_run_table(table, config, table_path)
-        return table, config
+        run = Run.open(source)
+        return run.table(), run.config if run.has_config else None
     if not source.exists():
         raise InputError(source, "no such file or directory")
     return read_table(source), None

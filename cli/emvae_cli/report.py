@@ -11,7 +11,8 @@ import typer
 from emvae import montage as mt
 from emvae.errors import ConfigError, InputError
 from emvae.latents import latent_columns
-from emvae.report import image_key, load_run, write_report
+from emvae.report import image_key, write_report
+from emvae.run import Run
 from emvae_cli.common import SEED_MAX, err_console, user_errors
 
 
@@ -133,7 +134,7 @@ def _posterior_means(run: Path | None) -> np.ndarray | None:
     """The run's posterior means of z ``(N, K)``, or None without a run directory."""
     if run is None:
         return None
-    table, _, _ = load_run(run)
+    table = Run.open(run).table()
     return table[latent_columns(table)].to_numpy(np.float64)
 
 
@@ -143,7 +144,8 @@ def _pairs(run, rm, n_pairs, named, steps, seed, dest, written):
         if named:
             raise ConfigError("--pair needs the run directory (its particle table)")
         return None
-    table, _, config = load_run(run)
+    r = Run.open(run)
+    table, config = r.table(), r.config
     zs = [f"z{i + 1}" for i in range(config.model.zdim)]
     keys = {image_key(n): i for i, n in enumerate(table["image"])}
     if named:

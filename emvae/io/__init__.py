@@ -150,7 +150,7 @@ def concat_stacks(stacks: list[ImageStack], source: str) -> ImageStack:
     same_apix = len({s.apix for s in stacks}) == 1
     same_prep = all(s.preprocessed == first.preprocessed for s in stacks)
     metas = [s.metadata for s in stacks]
-    offsets = [s.offsets for s in stacks]
+    offsets = [s.offsets for s in stacks if s.offsets is not None]
     return dataclasses.replace(
         first,
         images=Rows.concat([s.images for s in stacks]),
@@ -160,7 +160,7 @@ def concat_stacks(stacks: list[ImageStack], source: str) -> ImageStack:
         source=source,
         rows=None,
         metadata=None if any(m is None for m in metas) else pd.concat(metas, ignore_index=True),
-        offsets=None if any(o is None for o in offsets) else np.concatenate(offsets),
+        offsets=np.concatenate(offsets) if len(offsets) == len(stacks) else None,
         preprocessed=first.preprocessed if same_prep else None,
         input_size=first.input_size if same_prep else None,
         scale=first.scale if same_prep else 1.0,
@@ -250,35 +250,8 @@ def open_stack(
     return stack
 
 
-def open_like(
-    data,
-    specs: list[str | os.PathLike] | None = None,
-    datadir: str | os.PathLike | None = None,
-    ind: str | os.PathLike | None = None,
-    apix: float | None = None,
-) -> ImageStack:
-    """Open images the way a run read its own (``data``: its :class:`emvae.config.DataConfig`):
-    the same pictures' windows (crop, jitter, seed). Without ``specs``, the run's own inputs
-    (its ``datadir`` and ``--ind`` too), which must still hold the images it was fitted on."""
-    from emvae.preprocess import Preprocess
-
-    pre = Preprocess.from_dict(data.preprocess)
-    own = specs is None
-    if own:
-        if not data.paths:
-            raise InputError("(run)", "the run does not record its input images")
-        specs, datadir, ind = data.paths, data.datadir, data.ind
-    stack = open_stack(specs, datadir, ind, pre.crop, pre.jitter, pre.seed, apix)
-    if own and data.n_images and len(stack) != data.n_images:
-        raise InputError(
-            stack.source, f"now holds {len(stack)} images; the run had {data.n_images}"
-        )
-    return stack
-
-
 __all__ = [
     "ImageStack",
-    "open_like",
     "input_kind",
     "open_stack",
     "read_indices",

@@ -84,15 +84,15 @@ def read_hdf5(spec: str | os.PathLike) -> ImageStack:
         datasets: list[str] = []
         f.visititems(lambda k, v: datasets.append("/" + k) if isinstance(v, h5py.Dataset) else None)
         if name is None:
-            images = [d for d in datasets if f[d].ndim >= 2]
+            arrays = [d for d in datasets if f[d].ndim >= 2]
             if "/images" in datasets:
                 name = "/images"
-            elif len(images) == 1:
-                name = images[0]
+            elif len(arrays) == 1:
+                name = arrays[0]
             else:
                 raise InputError(
                     p,
-                    f"holds {len(images)} array datasets ({', '.join(images[:6]) or 'none'}); "
+                    f"holds {len(arrays)} array datasets ({', '.join(arrays[:6]) or 'none'}); "
                     f"name one as {p}:/dataset",
                 )
         if name not in f or not isinstance(f[name], h5py.Dataset):
@@ -100,6 +100,7 @@ def read_hdf5(spec: str | os.PathLike) -> ImageStack:
         ds = f[name]
         full = image_shape(ds.shape, ds.dtype, p, f"dataset {name}")
         offset = ds.id.get_offset()
+        images: np.ndarray | H5Source
         if ds.chunks is None and ds.compression is None and offset is not None:
             images = np.memmap(p, dtype=ds.dtype, mode="r", offset=offset, shape=ds.shape)
             images = images.reshape(full)
@@ -120,6 +121,7 @@ def read_hdf5(spec: str | os.PathLike) -> ImageStack:
                 raise InputError(
                     p, f"a damaged emvae cache ({str(e)[:120]}); make it again"
                 ) from None
+            assert stack.rows is not None  # filled in by ImageStack.__post_init__
             if len(stack.names) != len(stack) or len(stack.rows) != len(stack):
                 raise InputError(
                     p,

@@ -47,12 +47,12 @@ class ImageStack:
     """
 
     images: Any
-    names: list[str]
+    names: Sequence[str]
     apix: float | None
     source: str
     format: str = "MRC"
     apix_from: str | None = None
-    rows: np.ndarray | None = None
+    rows: np.ndarray | RowNumbers | None = None
     metadata: pd.DataFrame | None = None
     optics: pd.DataFrame | None = None
     star_version: str | None = None
@@ -92,6 +92,7 @@ class ImageStack:
     def subset(self, indices: np.ndarray) -> ImageStack:
         """The images at 0-based ``indices`` (in that order), metadata following them."""
         idx = np.asarray(indices, dtype=np.int64)
+        assert self.rows is not None  # filled in by __post_init__
         meta = None if self.metadata is None else self.metadata.iloc[idx].reset_index(drop=True)
         return dataclasses.replace(
             self,
@@ -105,7 +106,7 @@ class ImageStack:
         )
 
 
-class StackNames(Sequence):
+class StackNames(Sequence[str]):
     """The names ``"k@path"`` (k = 1..n) of a stack's images, made when asked for.
 
     A list would hold n strings from the moment a file is opened, so a header that claims 1e8
@@ -133,7 +134,7 @@ class StackNames(Sequence):
         return f"StackNames({self.path!r}, {self.n})"
 
 
-class RowNumbers(Sequence):
+class RowNumbers(Sequence[int]):
     """``0, 1, ..., n - 1`` as a lazy stand-in for ``np.arange(n)`` (see :class:`StackNames`):
     indexing with an integer array gives that array back, as ``np.arange(n)[idx]`` would."""
 

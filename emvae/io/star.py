@@ -131,15 +131,20 @@ def open_stacks(
 ) -> tuple[np.ndarray, list[MrcSource]]:
     """Open every distinct stack of ``files``: (part index per row, sources)."""
     uniq, first, part = np.unique(files, return_index=True, return_inverse=True)
-    found = {}
+    found: dict[str, Path] = {}  # the stack file of each name
+    tried: dict[str, list[Path]] = {}  # the paths looked at for each name not found
     for name in uniq:
         candidates = list(dict.fromkeys(resolve_stack(str(name), p.parent, datadir)))
-        found[name] = next((c for c in candidates if c.is_file()), None) or candidates
-    missing = [k for k, name in enumerate(uniq) if isinstance(found[name], list)]
+        hit = next((c for c in candidates if c.is_file()), None)
+        if hit is None:
+            tried[name] = candidates
+        else:
+            found[name] = hit
+    missing = [k for k, name in enumerate(uniq) if name in tried]
     if missing:
         k = min(missing, key=lambda k: first[k])
         hint = "" if datadir is not None else "; give --datadir DIR (the folder holding it)"
-        looked = ", ".join(str(c) for c in found[uniq[k]])
+        looked = ", ".join(str(c) for c in tried[uniq[k]])
         raise InputError(
             p,
             f"{what} {first[k] + 1}: stack {uniq[k]} not found (looked for {looked}){hint}"

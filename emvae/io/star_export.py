@@ -4,7 +4,8 @@ RELION's 2-D pose: ``rlnAnglePsi`` (degrees) rotates the reference into the part
 ``rlnOriginX/Y`` (pixels; ``...Angst`` in 3.1) shift the particle onto the reference, applied
 before the rotation, about pixel (W//2, H//2). emvae's table gives ``theta_deg`` and the
 canonical centre's position ``s`` from the box centre ((W-1)/2, (H-1)/2), +y up. For odd boxes
-``rlnAnglePsi = theta_deg``, ``rlnOriginX = -s_x``, ``rlnOriginY = s_y`` (SPEC section 2). For
+``rlnAnglePsi = theta_deg``, ``rlnOriginX = -s_x``, ``rlnOriginY = s_y`` (docs/conventions.md,
+"RELION's 2-D pose"). For
 even boxes the two centres differ by ``e = (-1/2, +1/2)`` px (geometric centre from RELION's,
 +y up), and a rotation about one centre is a rotation about the other plus a shift, so the
 canonical centre RELION must be told about is ``s' = s + e - e R(theta)^T``
@@ -136,8 +137,13 @@ def table_to_star(
             if col not in rows:
                 rows[col] = value
     else:
+        # each particle's origin in its own optics group's pixels (groups may differ)
         per_row = _group_pixel_sizes(rows, optics)
-        if not apix and per_row is None:
+        if per_row is not None:
+            scale = per_row
+        elif apix:
+            scale = np.full(n, float(apix))
+        else:
             raise ConfigError(
                 "the pixel size is unknown and RELION 3.1 origins are in A: give --apix "
                 "(or --relion30 for origins in pixels)"
@@ -164,8 +170,6 @@ def table_to_star(
         if "rlnOpticsGroup" not in rows:
             rows["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
         rows["rlnAnglePsi"] = psi
-        # each particle's origin in its own optics group's pixels (groups may differ)
-        scale = per_row if per_row is not None else np.full(n, float(apix))
         rows["rlnOriginXAngst"] = origin[:, 0] * scale
         rows["rlnOriginYAngst"] = origin[:, 1] * scale
     for col, star_col in OWN.items():
@@ -177,6 +181,7 @@ def table_to_star(
             rows[f"emvaeZ{k}{'Std' if std else ''}"] = table[col].to_numpy()
     if relion30:
         return {"": rows}
+    assert optics is not None  # made above for RELION 3.1 when the input has none
     return {"optics": optics.reset_index(drop=True), "particles": rows}
 
 

@@ -133,6 +133,7 @@ class RotatedCopies(nn.Module):
     """
 
     OUTPUTS = 6
+    angles: Tensor
 
     def __init__(self, net: nn.Module, rotations: int, translation: bool) -> None:
         super().__init__()

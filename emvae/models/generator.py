@@ -43,6 +43,8 @@ class FourierFeatures(nn.Module):
     decoder's coordinates for the same reason). The frequencies are a buffer saved with the
     model."""
 
+    freqs: Tensor
+
     def __init__(self, n: int, scale: float, seed: int = 0) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
@@ -56,7 +58,7 @@ class FourierFeatures(nn.Module):
 
 
 class SpatialGenerator(nn.Module):
-    """Coordinate MLP ``p_g(y_i | x_i, z)`` with the first layer split (SPEC section 1).
+    """Coordinate MLP ``p_g(y_i | x_i, z)`` (Bepler et al. 2019, eq. 2) with the first layer split.
 
     The first layer is linear in ``[x; z]`` (or in ``[features(x); z]`` with
     :class:`FourierFeatures`), so ``W_x x`` is computed per pixel and ``W_z z`` once per image

@@ -53,6 +53,8 @@ def steerable_basis(k: int, angle: float = 0.0, width: float = 0.6) -> Tensor:
 class _RotatedBank(nn.Module):
     """The steerable basis of a k x k filter sampled at each of the R rotations."""
 
+    basis: Tensor
+
     def __init__(self, k: int, rotations: int) -> None:
         super().__init__()
         self.k, self.rotations = k, rotations
@@ -95,6 +97,8 @@ class GroupConv(nn.Module):
 
     The filter of output orientation r is the base filter rotated by r and cyclically shifted by
     r along its input-orientation axis. Filters are weights of :func:`steerable_basis`."""
+
+    shift_index: Tensor
 
     def __init__(self, c_in: int, c_out: int, k: int, rotations: int) -> None:
         super().__init__()

@@ -66,8 +66,18 @@ class Posterior:
 
     def float(self) -> Posterior:
         """The same posterior in float32 (the ELBO is computed in float32 under autocast)."""
-        f = [t.float() for t in (self.z_mu, self.z_logstd, self.pose_mu, self.pose_logstd)]
-        return Posterior(*f, None if self.bins is None else self.bins.float())
+        z_mu, z_logstd, pose_mu, pose_logstd = (
+            t.float() for t in (self.z_mu, self.z_logstd, self.pose_mu, self.pose_logstd)
+        )
+        bins = None if self.bins is None else self.bins.float()
+        return Posterior(z_mu, z_logstd, pose_mu, pose_logstd, bins)
+
+
+def mask_index(size: int, radius_px: float) -> Tensor:
+    """Row-major indices ``(M,)`` of the pixels of a ``size``-px box within ``radius_px`` of its
+    centre (the likelihood's mask)."""
+    coords = coordinate_grid(size, size) * ((size - 1) / 2)  # pixels from the centre
+    return torch.nonzero(coords.square().sum(-1).sqrt() <= radius_px).squeeze(1)
 
 
 class SpatialVAE(nn.Module):
@@ -76,6 +86,9 @@ class SpatialVAE(nn.Module):
     Images are ``(B, C, D, D)``; the generator's output is ``(B, D*D, n_out)`` in row-major
     pixel order (see :func:`emvae.geometry.coordinate_grid`).
     """
+
+    coords: Tensor  # (D*D, 2) pixel coordinates (buffers)
+    pixel_index: Tensor  # (N,) the pixels inside the mask (only with one)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -90,6 +103,7 @@ class SpatialVAE(nn.Module):
         shared = config.z_encoder == "shared" or config.n_pose == 0
         self.shared_z = config.zdim if shared else 0
         self.encoder = build_encoder(config, self._pose_outputs())
+        assert config.enc_hidden is not None  # filled in by ModelConfig.__post_init__
         self.content = (
             AlignedContentEncoder(d, c, config.enc_hidden, config.zdim)
             if config.zdim > 0 and not self.shared_z
@@ -98,11 +112,12 @@ class SpatialVAE(nn.Module):
         self.generator = build_generator(config)
         self.register_buffer("coords", coordinate_grid(d, d), persistent=False)
         # The likelihood sees only pixels inside the circular mask (all pixels without one);
-        # the spatial generator is evaluated on those coordinates alone.
+        # the spatial generator is evaluated on those coordinates alone, unless the CTF (a
+        # convolution) needs the whole rendering first (emvae.objective.with_ctf masks after).
         self.masked = config.mask_radius_px is not None
-        if self.masked:
-            r = (self.coords / config.pixel_to_unit).square().sum(-1).sqrt()
-            inside = torch.nonzero(r <= config.mask_radius_px).squeeze(1)
+        self.render_all = config.ctf == "on"
+        if config.mask_radius_px is not None:
+            inside = mask_index(d, config.mask_radius_px)
             self.register_buffer("pixel_index", inside, persistent=False)
         self.n_pixels = d * d
         self.channels = c
@@ -140,7 +155,8 @@ class SpatialVAE(nn.Module):
     def image_frame_pose(self, pose: Tensor) -> tuple[Tensor, Tensor]:
         """Model pose ``(B, P)`` -> (counter-clockwise angle ``(B,)`` radians, image-frame
         shift ``(B, 2)`` coordinate units): where the canonical view lies in the image, i.e.
-        ``-theta`` and ``-dx R(theta)^T`` (solve ``x R(theta) + dx = 0``; SPEC section 2)."""
+        ``-theta`` and ``-dx R(theta)^T`` (solve ``x R(theta) + dx = 0``; docs/conventions.md, "What
+        the tables report (image frame)")."""
         n = pose.shape[0]
         theta = pose[:, 0] if self.config.rotation else pose.new_zeros(n)
         if not self.config.translation:
@@ -202,7 +218,7 @@ class SpatialVAE(nn.Module):
             b, k = pose.shape[:2]
             flat = self.decode(z.repeat_interleave(k, 0), pose.flatten(0, 1), full)
             return flat.unflatten(0, (b, k))
-        part = self.masked and not full
+        part = self.masked and not full and not self.render_all
         if self.generator.uses_coordinates:
             grid = self.coords[self.pixel_index] if part else self.coords
             return self.generator(self.transform(grid, pose), z)
@@ -277,6 +293,7 @@ def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
     """The pose network; ``n_out`` is the flat output width of an MLP or conv network (per
     rotated copy with rotation bins)."""
     n_in = cfg.channels * cfg.image_size**2
+    assert cfg.enc_hidden is not None  # filled in by ModelConfig.__post_init__
     net: nn.Module | None = None
     if cfg.encoder == "mlp":
         net = MLPEncoder(n_in, cfg.enc_hidden, cfg.enc_layers, n_out, cfg.activation)
@@ -306,6 +323,7 @@ def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
 
 
 def build_generator(cfg: ModelConfig) -> nn.Module:
+    assert cfg.gen_hidden is not None  # filled in by ModelConfig.__post_init__
     if cfg.generator == "spatial":
         features = None
         if cfg.fourier_features:  # cycles per pixel -> cycles per coordinate unit

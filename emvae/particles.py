@@ -1,0 +1,381 @@
+"""The particles of a run: the images the user named, as the model sees them, and the way back.
+
+A :class:`Particles` owns an opened stack, its resolved preprocessing and normalisation (the
+``data`` section of ``config.json``, :class:`emvae.config.DataConfig`) and the mapping back to
+the input rows. It is opened once from the user's inputs (:meth:`Particles.open`) or re-opened
+from a run's config (:meth:`Particles.like`: encode, montage, align, resume, the benchmarks); it
+loads or streams the images, gives each particle's CTF, builds the particle table and writes
+the STAR file beside it.
+
+    particles = Particles.open("particles.star", datadir="Extract/")
+    x = particles.load(device)          # (N, C, D, D) float32, normalised
+    table = particles.table(model_config, encoding)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from emvae.config import DataConfig, ModelConfig
+from emvae.ctf import ctf_params, read_ctf_table
+from emvae.data import (
+    StreamedImages,
+    load_images,
+    normalize_,
+    should_stream,
+    stream_statistics,
+    tensor_statistics,
+)
+from emvae.errors import ConfigError, InputError
+from emvae.geometry import model_to_image_pose, shift_std_to_image
+from emvae.io import input_kind, open_stack
+from emvae.io.stack import ImageStack
+from emvae.io.star_export import Optics, export_table
+from emvae.preprocess import Prepared, Preprocess, prepare_for
+from emvae.progress import TrainingProgress
+
+Specs = list[str | os.PathLike] | str | os.PathLike
+
+
+@dataclass
+class Particles:
+    """``stack``: the opened inputs; ``data``: where they came from and how they are prepared
+    and normalised (``mean``/``std`` None until measured by :meth:`load`); ``prepared``: the
+    preprocessing planned for ``stack`` (nothing is read until :meth:`load`)."""
+
+    stack: ImageStack
+    data: DataConfig
+    prepared: Prepared
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        specs: Specs,
+        *,
+        datadir: str | os.PathLike | None = None,
+        ind: str | os.PathLike | None = None,
+        apix: float | None = None,
+        preprocess: Preprocess | None = None,
+        likelihood: str | None = None,
+        normalize: bool | None = None,
+        ctf_params: str | os.PathLike | None = None,
+    ) -> Particles:
+        """Every input the user named, concatenated, subset by ``ind`` (0-based), with ``apix``
+        (Å) forced when given. ``preprocess`` None: the defaults of the input kind (pictures:
+        the Galaxy Zoo window, see :meth:`Preprocess.for_input`); ``likelihood`` None: the
+        input's (Bernoulli for pictures, else Gaussian)."""
+        first = specs if isinstance(specs, (str, os.PathLike)) else (specs or ["?"])[0]
+        pre = preprocess or Preprocess.for_input(input_kind(first))
+        stack = open_images(specs, pre, datadir, ind, apix)
+        return cls.of(stack, likelihood, normalize, pre, ctf_params)
+
+    @classmethod
+    def of(
+        cls,
+        stack: ImageStack,
+        likelihood: str | None = None,
+        normalize: bool | None = None,
+        preprocess: Preprocess | None = None,
+        ctf_params: str | os.PathLike | None = None,
+    ) -> Particles:
+        """An opened stack, described for a new run (nothing is read; :meth:`load` measures
+        the normalisation on the preprocessed images).
+
+        Gaussian likelihood: images are standardised (mean 0, std 1 over the stack) unless
+        ``normalize=False``. Bernoulli: pixels must lie in [0, 1] and are not changed. An emvae
+        cache is used as it was preprocessed (other preprocessing options are an error).
+        """
+        if len(stack) < 2:
+            raise InputError(
+                stack.source,
+                f"holds {len(stack)} image; training needs at least 2 (one is held out for "
+                "testing)",
+            )
+        likelihood = likelihood or stack.likelihood
+        if normalize is None or likelihood == "bernoulli":
+            normalize = likelihood == "gaussian"
+        pre = preprocess or Preprocess()
+        if stack.preprocessed is not None:
+            if pre.active:
+                raise ConfigError(
+                    f"{stack.source} is already preprocessed by emvae preprocess; give the "
+                    "preprocessing options there, not here"
+                )
+            pre = Preprocess.from_dict(stack.preprocessed)
+        prepared = prepare_for(stack, pre.to_dict())
+        data = DataConfig(
+            fingerprint=fingerprint(stack),
+            paths=list(stack.inputs) or [stack.source],
+            n_images=len(stack),
+            apix=stack.apix,
+            apix_from=stack.apix_from,
+            normalize=normalize,
+            preprocess=pre.to_dict(),
+            input_size=stack.input_size or stack.size,
+            scale=prepared.scale,
+            datadir=stack.datadir,
+            ind=stack.ind,
+            ctf_params=None if ctf_params is None else str(ctf_params),
+        )
+        return cls(stack, data, prepared)
+
+    @classmethod
+    def like(
+        cls,
+        data: DataConfig,
+        specs: Specs | None = None,
+        datadir: str | os.PathLike | None = None,
+        ind: str | os.PathLike | None = None,
+        apix: float | None = None,
+    ) -> Particles:
+        """Images prepared the way a run (``data``: its config's data section) prepared its own:
+        the same pictures' windows (crop, jitter, seed), preprocessing and normalisation.
+
+        Without ``specs``: the run's own inputs (its ``datadir`` and ``--ind`` too), which must
+        still hold the images it was fitted on. With ``specs``: other images (``emvae encode``),
+        described by their own pixel size, box and CTF."""
+        pre = Preprocess.from_dict(data.preprocess)
+        own = specs is None
+        if specs is None:
+            if not data.paths:
+                raise InputError("(run)", "the run does not record its input images")
+            specs, datadir, ind = list(data.paths), data.datadir, data.ind
+        stack = open_images(specs, pre, datadir, ind, apix)
+        if own and data.n_images and len(stack) != data.n_images:
+            raise InputError(
+                stack.source, f"now holds {len(stack)} images; the run had {data.n_images}"
+            )
+        if not own:
+            data = dataclasses.replace(
+                data,
+                paths=list(stack.inputs),
+                n_images=len(stack),
+                apix=stack.apix,
+                apix_from=stack.apix_from,
+                input_size=stack.input_size or stack.size,
+                datadir=stack.datadir,
+                ind=stack.ind,
+                fingerprint="",
+                ctf_params=None,
+            )
+        return cls(stack, data, prepare_for(stack, data.preprocess))
+
+    # ------------------------------------------------------------------ what they are
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    @property
+    def size(self) -> int:
+        """The model's box (px) after preprocessing."""
+        return self.prepared.size
+
+    @property
+    def channels(self) -> int:
+        return self.prepared.channels
+
+    @property
+    def source(self) -> str:
+        return self.stack.source
+
+    def check_model(self, model: ModelConfig) -> None:
+        """The images must have the model's box and channels."""
+        if model.image_size != self.size or model.channels != self.channels:
+            raise ConfigError(
+                f"{self.source}: images become {self.channels}x{self.size}^2 but the model "
+                f"is for {model.channels}x{model.image_size}^2"
+            )
+
+    # ------------------------------------------------------------------ the images
+
+    def load(
+        self,
+        device: torch.device | str = "cpu",
+        likelihood: str = "gaussian",
+        stream: str = "off",
+        bar: TrainingProgress | None = None,
+    ) -> Tensor | StreamedImages:
+        """The preprocessed, normalised images ``(N, C, D, D)`` float32 on ``device`` (or, when
+        ``stream`` says so (on, off, auto), read from disk batch by batch:
+        :class:`StreamedImages`). A new run's normalisation (``data.mean``/``std`` None) is
+        measured here first. ``bar``: shows the reading's progress."""
+        device = torch.device(device)
+        measure = self.data.mean is None
+        if should_stream(self.prepared, len(self), stream):
+            if measure:
+                self._measure(stream_statistics(self.stack, self.prepared), likelihood)
+            mean, std = self.data.mean or 0.0, self.data.std or 1.0
+            return StreamedImages(self.stack, self.prepared, mean, std)
+        progress = None if bar is None else bar.task("reading images", len(self))
+        x = load_images(self.stack, device, self.prepared, progress)
+        if measure:
+            self._measure(tensor_statistics(x), likelihood)
+        return normalize_(x, self.data.mean or 0.0, self.data.std or 1.0)
+
+    def _measure(self, stats: tuple[float, float, float, float], likelihood: str) -> None:
+        """Fill ``data.mean``/``std`` from the preprocessed images' (mean, std, min, max)."""
+        mean, std, lo, hi = stats
+        d = self.data
+        if likelihood == "bernoulli":
+            if lo < 0 or hi > 1:
+                raise InputError(
+                    self.source,
+                    f"pixel values span [{lo:.3g}, {hi:.3g}]; the "
+                    "Bernoulli likelihood needs values in [0, 1]",
+                )
+            d.normalize = False
+        if d.normalize and not std > 0:
+            raise InputError(self.source, "every pixel has the same value; nothing to learn")
+        d.mean, d.std = (mean, std) if d.normalize else (0.0, 1.0)
+
+    def ctf(self, mode: str) -> np.ndarray | None:
+        """Each particle's CTF parameters ``(N, 10)`` (:mod:`emvae.ctf`) at the model's pixel
+        size (the input's × ``prepared.scale``), or None when ``mode`` is "off". From the
+        ``--ctf-params`` CSV when the run has one, else from the STAR / .cs rows; a missing
+        field is one error naming it."""
+        if mode == "off":
+            return None
+        meta = self.stack.metadata
+        if self.data.ctf_params:
+            rows = None if self.stack.ind is None else np.asarray(self.stack.rows)
+            meta = read_ctf_table(self.data.ctf_params, len(self), rows)
+        apix = None if self.data.apix is None else self.data.apix * self.prepared.scale
+        return ctf_params(meta, self.stack.optics, apix, self.source, required=True)
+
+    # ------------------------------------------------------------------ the way back
+
+    def table(self, model: ModelConfig, enc, split: np.ndarray | None = None) -> pd.DataFrame:
+        """The table users read, one row per image in input order, from an
+        :class:`emvae.encode.Encoding` of these images (docs/conventions.md, "What the tables
+        report (image frame)").
+
+        Shifts are in pixels of the *input* images: the model's shifts times
+        ``prepared.scale`` (input pixels per model pixel, after ``-D``), plus
+        ``prepared.offsets`` (where the model box's centre lies in each input image, +x right,
+        +y up; crops and the downsampling grid move it), so they describe the particle in the
+        file the user gave.
+
+        Columns: ``image`` (``k@file``, 1-based), ``input_row`` (0-based row in the input: STAR
+        or .cs row, or position in the stack(s)), ``theta_deg`` (counter-clockwise rotation of
+        the particle relative to the canonical view, +y up; equals RELION's rlnAnglePsi) and
+        ``theta_std_deg``, ``shift_x_px``/``shift_y_px`` (where the canonical centre lands,
+        relative to the box centre, +x right, +y up) and their stds, ``shift_x_A``/
+        ``shift_y_A`` when the pixel size is known, ``theta_prob`` (the posterior probability
+        of the reported rotation bin, with rotation bins: low values flag unreliable poses),
+        ``z1..zK``, ``z1_std..zK_std``, ``elbo`` (nats), and ``split`` when given. Pose
+        variables that were not inferred are reported as 0 with std 0.
+        """
+        n = len(self)
+        zeros = torch.zeros(n, 3, dtype=torch.float64)
+        pose = torch.from_numpy(enc.pose_mu).double()
+        pose_std = torch.from_numpy(enc.pose_std).double()
+        r = int(model.rotation)
+        theta = pose[:, 0] if model.rotation else zeros[:, 0]
+        theta_std = pose_std[:, 0] if model.rotation else zeros[:, 0]
+        shift = pose[:, r : r + 2] if model.translation else zeros[:, :2]
+        sstd = pose_std[:, r : r + 2] if model.translation else zeros[:, :2]
+        scale, offsets = self.prepared.scale, self.prepared.offsets
+        theta_deg, shift_px = model_to_image_pose(theta, shift, model.image_size)
+        shift_std_px = shift_std_to_image(theta, sstd, model.image_size) * scale
+        shift_px = shift_px * scale
+        if offsets is not None:
+            shift_px = shift_px + torch.from_numpy(np.asarray(offsets, dtype=np.float64))
+        rows = self.stack.rows
+        x, y = shift_px[:, 0].numpy(), shift_px[:, 1].numpy()
+        cols: dict[str, object] = {
+            "image": list(self.stack.names),
+            "input_row": np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64),
+            "theta_deg": theta_deg.numpy(),
+            "theta_std_deg": np.degrees(theta_std.numpy()),
+            "shift_x_px": x,
+            "shift_y_px": y,
+            "shift_x_std_px": shift_std_px[:, 0].numpy(),
+            "shift_y_std_px": shift_std_px[:, 1].numpy(),
+        }
+        if self.data.apix is not None:
+            cols["shift_x_A"], cols["shift_y_A"] = x * self.data.apix, y * self.data.apix
+        if enc.theta_prob is not None:
+            cols["theta_prob"] = enc.theta_prob
+        for k in range(model.zdim):
+            cols[f"z{k + 1}"] = enc.z_mu[:, k]
+        for k in range(model.zdim):
+            cols[f"z{k + 1}_std"] = enc.z_std[:, k]
+        cols["elbo"] = enc.elbo
+        if split is not None:
+            cols["split"] = split
+        return pd.DataFrame(cols)
+
+    def write_star(self, table: pd.DataFrame, path: str | os.PathLike) -> str:
+        """``table``'s poses as a STAR file: the input STAR's rows and columns (when the input
+        was one) with emvae's poses; RELION 3.1 layout, or 3.0 (origins in pixels) when the
+        pixel size is unknown. A cryoSPARC input's voltage, Cs and amplitude contrast fill the
+        optics group. Returns the layout written."""
+        stack = self.stack
+        star = stack.star_version is not None
+        return export_table(
+            table,
+            path,
+            self.data.input_size or int(stack.input_size or stack.size),
+            self.data.apix,
+            stack.metadata if star else None,
+            stack.optics if star else None,
+            defaults=None if star else _cryosparc_optics(stack.metadata),
+        )
+
+
+def open_images(
+    specs: Specs,
+    pre: Preprocess,
+    datadir: str | os.PathLike | None = None,
+    ind: str | os.PathLike | None = None,
+    apix: float | None = None,
+) -> ImageStack:
+    """Open ``specs`` for the preprocessing ``pre``: pictures and FITS images are cut to its
+    windows (crop, jitter, seed) as they are read; see :func:`emvae.io.open_stack`."""
+    pre.validate()
+    return open_stack(specs, datadir, ind, pre.crop, pre.jitter, pre.seed, apix)
+
+
+def _cryosparc_optics(meta: pd.DataFrame | None) -> Optics | None:
+    """Voltage, Cs and amplitude contrast of a cryoSPARC input (``ctf/*`` fields), if any."""
+    fields = ("ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast")
+    if meta is None or not set(fields) <= set(meta.columns) or len(meta) == 0:
+        return None
+    return Optics(*(float(f"{float(meta[f].iloc[0]):.6g}") for f in fields))
+
+
+def check_same(stack: ImageStack, data: DataConfig) -> None:
+    """``stack`` must hold the images a run (``data``) was fitted on (``--resume``)."""
+    size = stack.input_size or stack.size
+    if len(stack) != data.n_images or size != data.input_size:
+        raise InputError(
+            stack.source,
+            f"does not match the run being resumed "
+            f"({data.n_images} images of {data.input_size} px)",
+        )
+    if data.fingerprint and fingerprint(stack) != data.fingerprint:
+        raise InputError(
+            stack.source,
+            "is not the stack the run being resumed was fitted on (same count and size, "
+            "other images or names)",
+        )
+
+
+def fingerprint(stack: ImageStack) -> str:
+    """A digest of the image names and of the first, middle and last images' pixels: another
+    stack of the same count and size has another fingerprint (``--resume`` compares them)."""
+    h = hashlib.sha256("\n".join(stack.names).encode("utf-8", "surrogateescape"))
+    n = len(stack)
+    for i in sorted({0, n // 2, n - 1}):
+        h.update(np.ascontiguousarray(stack.images[i : i + 1], dtype=np.float32).tobytes())
+    return h.hexdigest()[:32]

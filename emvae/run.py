@@ -1,0 +1,242 @@
+"""A run directory: the one place that knows its layout.
+
+    RUN/config.json         the RunConfig (model, training, data sections; run id)
+    RUN/metrics.csv         one row per epoch
+    RUN/checkpoints/        last.pt (every epoch) and epoch_NNNN.pt
+    RUN/particles.csv|.h5   the particle table (emvae.particles.Particles.table)
+    RUN/particles.star      the same poses for RELION
+    RUN/report/, montage/   what later commands make of it
+
+:class:`Run` reads a finished (or running) directory for report, montage, align and
+export-star; the functions below it are how :func:`emvae.train.fit` writes one, atomically, and
+how a ``--force`` re-run replaces an old one only once it is complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from emvae.checkpoint import load_model, save_checkpoint
+from emvae.config import RunConfig, read_config
+from emvae.errors import InputError, OutputExistsError
+from emvae.io.tables import read_table, write_table
+from emvae.safety import atomic_output
+
+CONFIG = "config.json"
+METRICS = "metrics.csv"
+CHECKPOINTS = "checkpoints"
+TABLES = ("particles.h5", "particles.csv")  # the first one present is read
+STAR = "particles.star"
+OUTPUTS = (CONFIG, METRICS, "particles.csv", "particles.h5", STAR, CHECKPOINTS)
+#: Folders of later commands that describe a run; a --force re-run retires them with it.
+DERIVED = ("report", "montage")
+#: Where a --force re-run trains until its outputs are complete (then they replace the old).
+STAGING = ".emvae-replacing"
+
+
+@dataclass
+class Run:
+    """An emvae output directory ``path``; its files are read when asked for."""
+
+    path: Path
+    _config: RunConfig | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Run:
+        p = Path(path)
+        if not p.is_dir():
+            raise InputError(p, "no such run directory" if not p.exists() else "not a directory")
+        return cls(p)
+
+    @property
+    def has_config(self) -> bool:
+        return (self.path / CONFIG).exists()
+
+    @property
+    def config(self) -> RunConfig:
+        if self._config is None:
+            if not self.has_config:
+                raise InputError(self.path, f"is not an emvae run directory (no {CONFIG})")
+            self._config = read_config(self.path / CONFIG)
+        return self._config
+
+    @property
+    def last(self) -> Path:
+        return self.path / CHECKPOINTS / "last.pt"
+
+    def checkpoints(self) -> list[Path]:
+        """The numbered checkpoints, oldest first."""
+        return sorted((self.path / CHECKPOINTS).glob("epoch_*.pt"))
+
+    def table(self) -> pd.DataFrame:
+        """The particle table (``particles.h5``, else ``.csv``), checked against config.json
+        when there is one."""
+        path = next((self.path / n for n in TABLES if (self.path / n).exists()), None)
+        if path is None:
+            raise InputError(
+                self.path, "has no particles.h5 or particles.csv (the fit did not finish?)"
+            )
+        table = read_table(path)
+        if self.has_config:
+            check_run_table(table, self.config, path)
+        return table
+
+    def metrics(self) -> pd.DataFrame | None:
+        """metrics.csv, or None before the first epoch ends."""
+        path = self.path / METRICS
+        if not path.exists():
+            return None
+        try:
+            metrics = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            msg = str(e).splitlines()[0]
+            raise InputError(path, f"not a readable metrics table ({msg})") from None
+        if "epoch" not in metrics:
+            raise InputError(path, "not an emvae metrics table (no epoch column)")
+        return metrics
+
+    def model(self, device="cpu"):
+        """``(model in eval mode, RunConfig, checkpoint dict)`` from checkpoints/last.pt."""
+        return load_model(self.path, device)
+
+    def particles(self):
+        """The run's own input images, prepared as it prepared them
+        (:meth:`emvae.particles.Particles.like`)."""
+        from emvae.particles import Particles
+
+        return Particles.like(self.config.data)
+
+
+def check_run_table(table: pd.DataFrame, config: RunConfig, path: Path) -> None:
+    """A run folder's table must describe the fit its config.json describes."""
+    made_by = table.attrs.get("run_id", "")
+    if made_by and config.run_id and made_by != config.run_id:
+        raise InputError(
+            path,
+            f"was written by run {made_by[:8]} but config.json describes run "
+            f"{config.run_id[:8]}: this folder mixes outputs of two runs",
+        )
+    n = config.data.n_images
+    if n and len(table) != n:
+        raise InputError(
+            path,
+            f"has {len(table)} particles but config.json describes a fit of {n}: this folder "
+            f"mixes outputs of two runs",
+        )
+
+
+# ----------------------------------------------------------------------------- writing one
+
+
+def has_last(out: Path) -> bool:
+    return (out / CHECKPOINTS / "last.pt").exists()
+
+
+def check_output_dir(out: str | os.PathLike, force: bool = False) -> None:
+    """Refuse an ``out`` that holds emvae outputs (unless ``force``) before any work is done."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a directory")
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not force:
+        hint = " or --resume to continue it" if has_last(out) else ""
+        raise OutputExistsError(
+            f"{out}: already holds emvae outputs ({', '.join(existing)}); "
+            f"use --force to overwrite{hint}"
+        )
+
+
+def work_dir(out: Path, force: bool, resume: bool) -> Path:
+    """Where a fit writes while it runs: ``out``, unless ``force`` replaces an existing run,
+    which stays untouched until the new one is complete (:func:`replace_run`)."""
+    staging = out / STAGING
+    if resume:
+        return staging if force and has_last(staging) else out
+    if force and out.is_dir() and any((out / n).exists() for n in OUTPUTS):
+        return staging
+    return out
+
+
+def resume_point(out: Path, work: Path) -> dict[str, Any]:
+    """The checkpoint a ``--resume`` continues from (checked against config.json)."""
+    from emvae.checkpoint import check_same_run, load_checkpoint
+    from emvae.errors import EmvaeError
+
+    if work == out and has_last(out / STAGING):
+        raise EmvaeError(
+            f"{out}: holds an interrupted --force re-run in {out / STAGING}; continue that "
+            f"one with --resume --force, or delete that folder to resume the old run"
+        )
+    if not has_last(work):
+        raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
+    last = work / CHECKPOINTS / "last.pt"
+    ckpt = load_checkpoint(last)
+    check_same_run(ckpt, last, work / CONFIG)
+    return ckpt
+
+
+def prepare_output(out: Path, work: Path, force: bool) -> None:
+    check_output_dir(out, force)
+    if (out / CHECKPOINTS).is_symlink() or (work / CHECKPOINTS).is_symlink():
+        raise OutputExistsError(f"{out}: checkpoints is a link; emvae will not write through it")
+    if work != out and work.exists():
+        shutil.rmtree(work)  # an earlier interrupted --force re-run: emvae's own folder
+    (work / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+
+
+def replace_run(work: Path, out: Path) -> None:
+    """Swap a complete --force re-run into ``out``: the old run's outputs (and the reports and
+    montages made from it) are moved aside, the new ones renamed in, then the old deleted."""
+    old = out / ".emvae-replaced"
+    if old.exists():
+        shutil.rmtree(old)
+    old.mkdir()
+    for name in (*OUTPUTS, *DERIVED):
+        if (out / name).exists() or (out / name).is_symlink():
+            os.replace(out / name, old / name)
+        if (work / name).exists():
+            os.replace(work / name, out / name)
+    shutil.rmtree(old)
+    shutil.rmtree(work)
+
+
+def write_config(work: Path, config: RunConfig) -> None:
+    with atomic_output(work / CONFIG) as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def write_metrics(work: Path, history: list[dict[str, float]], columns: list[str]) -> None:
+    """metrics.csv: ``columns``, then any other figures of the last row (``on_epoch``'s)."""
+    with atomic_output(work / METRICS) as tmp, open(tmp, "w", newline="") as f:
+        extra = [k for k in history[-1] if k not in columns]
+        w = csv.DictWriter(f, fieldnames=[*columns, *extra])
+        w.writeheader()
+        for row in history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def write_checkpoint(work: Path, state: dict[str, Any], keep: bool) -> None:
+    """checkpoints/last.pt, and a numbered copy ``epoch_NNNN.pt`` when ``keep``."""
+    last = work / CHECKPOINTS / "last.pt"
+    save_checkpoint(last, state)
+    if keep:
+        shutil.copyfile(last, work / CHECKPOINTS / f"epoch_{state['epoch']:04d}.pt")
+
+
+def write_particles(work: Path, table: pd.DataFrame, particles, run_id: str) -> str:
+    """particles.csv, particles.h5 (stamped with ``run_id``) and particles.star; returns the
+    STAR layout written (see :meth:`emvae.particles.Particles.write_star`)."""
+    write_table(table, work / "particles.csv")
+    write_table(table, work / "particles.h5", run_id)
+    return particles.write_star(table, work / STAR)
