@@ -7,6 +7,7 @@ its files are absent; tests/test_formats.py covers the same formats with files i
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import SHARED, real_data
 
@@ -136,3 +137,22 @@ def test_ctf_parameters_agree_between_relion_and_cryosparc_exports_of_one_set():
     assert 1e4 < star[:, 0].min() and star[0, 3] == 300.0 and star[0, 4] == pytest.approx(2.7)
     s = open_stack(em / "sample_particles_relion30.star", datadir=em)  # 3.0: optics in the rows
     assert ctf_params(s.metadata, s.optics, s.apix, "3.0")[0, 3] == 300.0
+
+
+@pytest.mark.parametrize("name", ["empiar_10076_7.star", "empiar_10076_7.cs"])
+def test_fit_models_the_ctf_of_real_relion_and_cryosparc_exports(name, tmp_path):
+    """--ctf auto turns the CTF on from the files' own columns; the run records it, and its
+    particle table keeps the 320-px input's pixel size."""
+    import json
+
+    from conftest import SMALL, runner
+    from emvae_cli.main import app
+
+    root = real_data(f"em/{name}", "em/empiar_10076_7.mrc") / "em"
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["fit", str(root / name), "-o", str(out), "-D", "32", *SMALL])
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["ctf"] == "on" and config["data"]["apix"] == pytest.approx(1.31, 1e-3)
+    table = pd.read_csv(out / "particles.csv")
+    assert len(table) == 7 and np.allclose(table["shift_x_A"], table["shift_x_px"] * 1.31, 1e-3)
