@@ -237,6 +237,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (no effect on CPU)
     checkpoint_every: int = 10  # keep checkpoints/epoch_NNNN.pt every this many epochs
     stream: str = "auto"  # read batches from disk: on, off, auto (stack > half the RAM)
+    # training steps compare each batch on this random fraction of its pixels (an unbiased
+    # estimate of the whole image's log-likelihood); evaluation and the table use every pixel
+    pixel_fraction: float = 1.0
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -252,6 +255,8 @@ class TrainConfig:
         if self.checkpoint_every < 1:
             raise ConfigError("--checkpoint-every must be >= 1")
         _choice("--stream", self.stream, ("auto", "on", "off"))
+        if not 0 < self.pixel_fraction <= 1:
+            raise ConfigError(f"--pixel-fraction must lie in (0, 1], got {self.pixel_fraction}")
 
 
 @dataclass
@@ -294,6 +299,8 @@ class RunConfig:
     def validate(self) -> None:
         self.model.validate()
         self.train.validate()
+        if self.train.pixel_fraction < 1 and self.model.ctf == "on":
+            raise ConfigError("--pixel-fraction: the CTF needs every pixel of the rendering")
 
     def resolve(self) -> None:
         """Fill settings whose default depends on others (the z-delay of the encoder)."""

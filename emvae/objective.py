@@ -113,17 +113,21 @@ def elbo_terms(
     pose_mu: Tensor,
     pose_logstd: Tensor,
     use_z: bool = True,
+    pixel_weight: float = 1.0,
 ) -> ElboTerms:
     """All ELBO terms for one batch (paper eqs. 4-5).
 
     y: images ``(B, N, C)``; params: generator output ``(B, N, n_out)``; z_mu/z_logstd ``(B, K)``;
     pose_mu/pose_logstd ``(B, P)`` laid out as in :class:`emvae.models.RigidTransform`.
     ``use_z=False`` (the z-delay epochs, when z is held at 0) drops the z KL. Pose variables that
-    are not inferred have no columns and contribute no KL (eq. 5).
+    are not inferred have no columns and contribute no KL (eq. 5). ``pixel_weight``: the
+    log-likelihood's factor when ``y`` holds a random subset of the pixels (all of them over
+    the subset's size: an unbiased estimate of the whole image's).
     """
     kl_z, kl_theta, kl_shift = kl_terms(cfg, z_mu, z_logstd, pose_mu, pose_logstd, use_z)
     dims = _kl_dims(z_mu, z_logstd, use_z)
-    return ElboTerms(log_likelihood(cfg, y, params), kl_z, kl_theta, kl_shift, dims)
+    ll = log_likelihood(cfg, y, params) * pixel_weight
+    return ElboTerms(ll, kl_z, kl_theta, kl_shift, dims)
 
 
 def _kl_dims(z_mu: Tensor, z_logstd: Tensor, use_z: bool) -> Tensor:
@@ -189,6 +193,7 @@ def posterior_elbo(
     q: Posterior,
     use_z: bool = True,
     ctf: Tensor | None = None,
+    pixel_weight: float = 1.0,
 ) -> ElboTerms:
     """ELBO terms for posterior ``q`` and generator output ``params`` (what
     :meth:`emvae.models.SpatialVAE.forward` returns): :func:`elbo_terms` for a Gaussian pose
@@ -196,7 +201,8 @@ def posterior_elbo(
     hypothesis and the log-likelihood and angle KL are their q-weighted sums (exact).
 
     ``ctf`` ``(B, 10)``: the images are compared with the renderings multiplied by each
-    particle's CTF (:func:`with_ctf`); the generator itself stays CTF-free.
+    particle's CTF (:func:`with_ctf`); the generator itself stays CTF-free. ``pixel_weight``:
+    see :func:`elbo_terms` (``--pixel-fraction``).
     """
     if ctf is not None:
         params = with_ctf(cfg, params, ctf)
@@ -206,10 +212,12 @@ def posterior_elbo(
             keep = mask_index(cfg.image_size, cfg.mask_radius_px).to(params.device)
             params = params.index_select(-2, keep)
     if q.bins is None:
-        return elbo_terms(cfg, y, params, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd, use_z)
+        mu, logstd = q.pose_mu, q.pose_logstd
+        return elbo_terms(cfg, y, params, q.z_mu, q.z_logstd, mu, logstd, use_z, pixel_weight)
     idx, log_w = q.bins.top(params.shape[1])
     b, k = idx.shape
     ll = log_likelihood(cfg, y.repeat_interleave(k, 0), params.flatten(0, 1)).view(b, k)
+    ll = ll * pixel_weight
     kl_z, _, kl_shift = kl_terms(cfg, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd, use_z)
     kl_theta = kl_rotation_bins(log_w, q.bins.logstd.gather(1, idx), cfg)
     dims = _kl_dims(q.z_mu, q.z_logstd, use_z)

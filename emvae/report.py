@@ -395,9 +395,68 @@ def write_report(
             colour = theirs[label].to_numpy(float)
     figures.append(plot_latent_scatter(table, dest / "latent_scatter.png", colour, label or ""))
     result["figures"] = [p.name for p in figures if p is not None]
+    analysis = _analysis(Path(run), config, result["warnings"])
+    if analysis is not None:
+        result["analyze"] = analysis
     (dest / "report.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
     (dest / "report.html").write_text(_html(result, dest, config))
     return result
+
+
+def _analysis(run: Path, config: RunConfig, warnings: list[str]) -> dict | None:
+    """``RUN/analyze/analyze.json`` (emvae analyze) with its folder, when it describes this
+    fit; a warning and None when it was made from another fit of the folder."""
+    from emvae.analyze import FOLDER
+
+    path = run / FOLDER / "analyze.json"
+    if not path.exists():
+        return None
+    try:
+        analysis = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        warnings.append(f"warning: {path}: not readable ({e}); latent analysis not shown")
+        return None
+    made_by = analysis.get("run_id") or ""
+    if made_by and config.run_id and made_by != config.run_id:
+        warnings.append(
+            f"warning: {path} was made from another fit of this folder (run {made_by[:8]}); "
+            "run emvae analyze again"
+        )
+        return None
+    analysis["folder"] = str(path.parent)
+    return analysis
+
+
+def _analysis_html(analysis: dict | None) -> str:
+    """The latent-analysis section: cluster sizes, explained variance, its figures."""
+    if analysis is None:
+        return ""
+    folder = Path(analysis["folder"])
+    n = max(1, int(analysis.get("particles", 0)))
+    rows = "".join(
+        f"<tr><td>{c}</td><td>{size}</td><td>{size / n:.1%}</td></tr>"
+        for c, size in enumerate(analysis.get("cluster_sizes", []), start=1)
+    )
+    explained = ", ".join(
+        f"PC{j}: {e:.1%}" for j, e in enumerate(analysis.get("explained_variance_ratio", []), 1)
+    )
+    figures = []
+    for name in analysis.get("figures", []):
+        if (folder / name).exists():
+            data = base64.b64encode((folder / name).read_bytes()).decode()
+            figures.append(
+                f'<figure><img src="data:image/png;base64,{data}">'
+                f"<figcaption>analyze/{html.escape(name)}</figcaption></figure>"
+            )
+    notes = "".join(f"<p>{html.escape(t)}</p>" for t in analysis.get("notes", []))
+    method = html.escape(str(analysis.get("method", "")))
+    return f"""<h2>Latent analysis (emvae analyze)</h2>
+<p>{analysis.get("k")} clusters ({method}, seed {analysis.get("seed")}), numbered by size;
+PCA of z, explained variance {html.escape(explained)}</p>
+<table><tr><th>cluster</th><th>particles</th><th>fraction</th></tr>{rows}</table>
+{notes}
+{"".join(figures)}
+"""
 
 
 def _json(v):
@@ -463,5 +522,6 @@ img{{max-width:100%}}</style></head>
 {warnings}
 <table>{"".join(rows)}</table>
 {figures}
+{_analysis_html(result.get("analyze"))}
 </body></html>
 """

@@ -5,7 +5,7 @@
     RUN/checkpoints/        last.pt (every epoch) and epoch_NNNN.pt
     RUN/particles.csv|.h5   the particle table (emvae.particles.Particles.table)
     RUN/particles.star      the same poses for RELION
-    RUN/report/, montage/   what later commands make of it
+    RUN/report/, montage/, analyze/   what later commands make of it
 
 :class:`Run` reads a finished (or running) directory for report, montage, align and
 export-star; the functions below it are how :func:`emvae.train.fit` writes one, atomically, and
@@ -37,7 +37,7 @@ TABLES = ("particles.h5", "particles.csv")  # the first one present is read
 STAR = "particles.star"
 OUTPUTS = (CONFIG, METRICS, "particles.csv", "particles.h5", STAR, CHECKPOINTS)
 #: Folders of later commands that describe a run; a --force re-run retires them with it.
-DERIVED = ("report", "montage")
+DERIVED = ("report", "montage", "analyze")
 #: Where a --force re-run trains until its outputs are complete (then they replace the old).
 STAGING = ".emvae-replacing"
 

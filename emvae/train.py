@@ -294,6 +294,7 @@ def _train_epoch(
             amp=s.amp,
             share=share,
             ctf=mine,
+            pixel_fraction=config.train.pixel_fraction,
         )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
@@ -319,6 +320,7 @@ def training_step(
     amp=None,
     share: tuple[slice, int] | None = None,
     ctf: torch.Tensor | None = None,
+    pixel_fraction: float = 1.0,
 ) -> ElboTerms:
     """One optimiser step on a batch ``x`` ``(B, C, D, D)`` already on the model's device.
 
@@ -333,6 +335,9 @@ def training_step(
 
     ``ctf`` ``(B, 10)``: each image's CTF parameters (:mod:`emvae.ctf`), applied to its
     rendering in the likelihood.
+
+    ``pixel_fraction`` < 1: the batch is rendered and compared on that random fraction of the
+    pixels (one draw per step), the log-likelihood scaled by all over drawn (unbiased).
     """
     net = model
     core = cast(SpatialVAE, getattr(model, "module", model))  # DDP keeps the model in .module
@@ -349,9 +354,14 @@ def training_step(
         x, eps, weight = x.new_zeros(1, *x.shape[1:]), eps.new_zeros(1, eps.shape[1]), 0.0
         gamma = None if gamma is None else gamma.new_zeros(1)
         ctf = None
+    subset, pixel_weight = None, 1.0
+    if pixel_fraction < 1:
+        subset = core.pixel_sample(pixel_fraction, rng)
+        pixel_weight = (core.pixel_index.numel() if core.masked else core.n_pixels) / len(subset)
     with amp if amp is not None else contextlib.nullcontext():
-        q, params = net(x, gamma, eps, use_z)
-    terms = posterior_elbo(cfg, core.pixels(x), params.float(), q.float(), use_z, ctf)
+        q, params = net(x, gamma, eps, use_z, subset)
+    y = core.pixels(x, subset)
+    terms = posterior_elbo(cfg, y, params.float(), q.float(), use_z, ctf, pixel_weight)
     optimizer.zero_grad(set_to_none=True)
     (-terms.elbo.sum() * weight).backward()
     optimizer.step()

@@ -273,3 +273,16 @@ def test_generator_steps_to_beat_the_mean_image():
         or raw["steps_to_beat_mean"] > fourier["steps_to_beat_mean"]
     )
     assert fourier["curve"][-1][1] < 0.9 * fourier["mean_image_error"]
+
+
+def test_time_to_result_scores_every_epoch_against_the_truth(tmp_path):
+    args = ["bench", "time-to-result", "-o", str(tmp_path), "-n", "60", "--size", "16"]
+    r = runner.invoke(app, [*args, "--epochs", "3", "--encoders", "mlp", "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    per_epoch = pd.read_csv(tmp_path / "time_to_result_per_epoch.csv")
+    assert list(per_epoch["epoch"]) == [1, 2, 3]
+    assert (np.diff(per_epoch["seconds"]) > 0).all()  # wall time since the fit started
+    assert per_epoch["theta_circ_corr"].between(0, 1).all()
+    results = pd.read_csv(tmp_path / "time_to_result_results.csv")
+    assert results["encoder"].tolist() == ["mlp"] and results["particles"].tolist() == [60]
+    assert "θ >= 0.95" in r.output

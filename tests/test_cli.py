@@ -131,3 +131,12 @@ def test_bad_options_are_one_line(tiny_stack, tmp_path):
         app, ["encode", str(tiny_stack), str(tiny_stack), "-o", str(tmp_path / "e.csv")]
     )
     assert r.exit_code == 1 and "not a readable emvae checkpoint" in r.output
+
+
+def test_help_texts_keep_square_brackets_and_show_no_bool_metavars():
+    from emvae_cli.main import app
+
+    report = runner.invoke(app, ["report", "--help"])
+    assert report.exit_code == 0 and "[shift_x_px, shift_y_px" in report.output
+    fit = runner.invoke(app, ["fit", "--help"])
+    assert "--rotation / --no-rotation" in fit.output and "<bool>" not in fit.output

@@ -15,6 +15,7 @@ from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
 Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)
 
 bench_app = typer.Typer(
+    rich_markup_mode=None,  # help as plain text: [brackets] kept, no <bool> metavars
     help="Validation benchmarks of the paper (MNIST family, simulated particles, Galaxy Zoo).",
     no_args_is_help=True,
 )
@@ -121,9 +122,16 @@ def mnist(
     lr: float = typer.Option(
         arg(bn.run_mnist, "lr"), "--lr", help="Adam learning rate (the paper's: 1e-4)."
     ),
+    cluster: bool = typer.Option(
+        arg(bn.run_mnist, "cluster"),
+        "--cluster",
+        help="Also k-means (k = 10) on z vs the digits, after Hungarian matching.",
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
-    """Paper Fig. 2 / 3: test ELBO per dataset x model x Z-D, manifolds, linear-SVM probe."""
+    """Paper Fig. 2 / 3: test ELBO per dataset x model x Z-D, manifolds, linear-SVM probe.
+
+    With --cluster: the accuracy of k-means on z (k = 10, Hungarian-matched to the digits)."""
     table = bn.run_mnist(
         data,
         out,
@@ -138,6 +146,7 @@ def mnist(
         progress=not quiet,
         encoders=tuple(encoders.split(",")),
         lr=lr,
+        cluster=cluster,
     )
     err_console.print(f"wrote {out / 'mnist_results.md'} ({len(table)} fits)", highlight=False)
 
@@ -288,6 +297,55 @@ def generator(
                 header="step,error",
                 comments="",
             )
+
+
+@bench_app.command("time-to-result")
+@user_errors
+def time_to_result(
+    out: Path = typer.Option(Path("runs/bench_time_to_result"), "-o", "--out"),
+    n: int = typer.Option(arg(bn.run_time_to_result, "n"), "-n", "--n", help="Particles."),
+    size: int = typer.Option(arg(bn.run_time_to_result, "size"), "--size", help="Box, px."),
+    snr: float = typer.Option(arg(bn.run_time_to_result, "snr"), "--snr"),
+    epochs: int = typer.Option(arg(bn.run_time_to_result, "epochs"), "--epochs"),
+    encoders: str = typer.Option(
+        _csv(arg(bn.run_time_to_result, "encoders")),
+        "--encoders",
+        help="Comma-separated pose networks: auto (fit's default), equivariant, conv, mlp.",
+    ),
+    obj: str = typer.Option(
+        arg(bn.run_time_to_result, "obj"), "--object", help="hinge, clamp, slide, random:SEED."
+    ),
+    device: str = typer.Option(arg(bn.run_time_to_result, "device"), "--device"),
+    quiet: bool = typer.Option(False, "-q", "--quiet"),
+) -> None:
+    """Wall time until fit's defaults find the poses (θ circ. corr. >= 0.95) and the
+    conformation (|r| of z >= 0.9) on a simulated stack, epoch by epoch."""
+    table = bn.run_time_to_result(
+        out,
+        n,
+        size,
+        snr,
+        epochs,
+        tuple(e for e in encoders.split(",") if e),
+        device,
+        progress=not quiet,
+        obj=obj,
+    )
+    for row in table.to_dict("records"):
+        theta, z = "theta_circ_corr_0.95", "z_conformation_pearson_0.9"
+        typer.echo(
+            f"{row['encoder']}: θ >= 0.95 "
+            f"{_when(row[f'first_epoch_{theta}'], row[f'minutes_to_{theta}'])}, z >= 0.9 "
+            f"{_when(row[f'first_epoch_{z}'], row[f'minutes_to_{z}'])}"
+        )
+    err_console.print(f"wrote {out / 'time_to_result_results.md'}", highlight=False)
+
+
+def _when(epoch, minutes) -> str:
+    """'from epoch 4 (2.1 min)', or 'not reached'."""
+    if epoch is None or epoch != epoch:
+        return "not reached"
+    return f"from epoch {int(epoch)} ({minutes:.1f} min)"
 
 
 @bench_app.command("throughput")

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from emvae.errors import EmvaeError
 
@@ -38,7 +39,9 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except EmvaeError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print(

@@ -266,6 +266,13 @@ def fit(
         "--amp/--no-amp",
         help="bf16 autocast on CUDA (and CPUs with native bf16).",
     ),
+    pixel_fraction: float = typer.Option(
+        default(T, "pixel_fraction"),
+        "--pixel-fraction",
+        help="Training steps compare each batch on this random fraction of the pixels (an "
+        "unbiased estimate of the likelihood, cheaper per step); evaluation and the table use "
+        "every pixel.",
+    ),
     stream: str = typer.Option(
         default(T, "stream"),
         "--stream",
@@ -344,6 +351,7 @@ def fit(
         amp=amp,
         checkpoint_every=checkpoint_every,
         stream=stream,
+        pixel_fraction=pixel_fraction,
     )
     config = RunConfig(
         model=model,

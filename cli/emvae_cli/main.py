@@ -5,13 +5,16 @@ from __future__ import annotations
 import typer
 
 from emvae import __version__
+from emvae_cli import analyze as analyze_cmd
 from emvae_cli import bench as bench_cmd
 from emvae_cli import fit as fit_cmd
 from emvae_cli import prep as prep_cmd
 from emvae_cli import relion as relion_cmd
 from emvae_cli import report as report_cmd
+from emvae_cli import select as select_cmd
 
 app = typer.Typer(
+    rich_markup_mode=None,  # help as plain text: [brackets] kept, no <bool> metavars
     name="emvae",
     help="Spatial-VAE for particle stacks and galaxy images: content disentangled from "
     "in-plane rotation and translation.",
@@ -25,8 +28,10 @@ app.command("preprocess")(prep_cmd.preprocess)
 app.command("info")(prep_cmd.info)
 app.command("export-star")(relion_cmd.export_star)
 app.command("align")(relion_cmd.align)
+app.command("select")(select_cmd.select)
 app.command("report")(report_cmd.report)
 app.command("montage")(report_cmd.montage)
+app.command("analyze")(analyze_cmd.analyze)
 app.command("simulate")(bench_cmd.simulate)
 app.add_typer(bench_cmd.bench_app, name="bench")
 

@@ -16,6 +16,7 @@ is tested in ``tests/test_relion.py``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,12 +245,17 @@ def _version() -> str:
     return __version__
 
 
-def write_star(blocks: dict[str, pd.DataFrame], path: str | os.PathLike) -> Path:
-    """Write blocks with ``starfile`` (``# version 30001`` header for 3.1, as RELION does)."""
+def write_star(
+    blocks: dict[str, pd.DataFrame],
+    path: str | os.PathLike,
+    float_format: str | Callable[[float], str] = "%.6f",
+) -> Path:
+    """Write blocks with ``starfile`` (``# version 30001`` header for 3.1, as RELION does);
+    ``float_format`` as pandas' ``to_csv`` takes it."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(p) as tmp:
-        starfile.write(blocks, tmp, overwrite=True)
+        starfile.write(blocks, tmp, overwrite=True, float_format=float_format)
         # starfile stamps the time of day into its first line; emvae's files name emvae instead,
         # so the same poses always give the same bytes.
         lines = tmp.read_text().split("\n")

@@ -207,28 +207,43 @@ class SpatialVAE(nn.Module):
             pose_logstd.append((out.shift_logstd + POSE_LOGSTD_OFFSET).expand(-1, 2))
         return Posterior(z_mu, z_logstd, torch.cat(pose_mu, 1), torch.cat(pose_logstd, 1), bins)
 
-    def decode(self, z: Tensor, pose: Tensor, full: bool = False) -> Tensor:
+    def decode(
+        self, z: Tensor, pose: Tensor, full: bool = False, pixels: Tensor | None = None
+    ) -> Tensor:
         """Generator output ``(B, N, n_out)`` for z ``(B, K)`` and pose ``(B, P)``; with
         several hypotheses per image, pose ``(B, k, P)`` gives ``(B, k, N, n_out)``.
 
         N is every pixel with ``full`` or without a mask, else the masked pixels (the ones
-        :meth:`pixels` returns), in row-major order.
+        :meth:`pixels` returns), in row-major order; ``pixels`` ``(N,)``: these row-major
+        indices only (the likelihood's random subset, ``--pixel-fraction``).
         """
         if pose.dim() == 3:
             b, k = pose.shape[:2]
-            flat = self.decode(z.repeat_interleave(k, 0), pose.flatten(0, 1), full)
+            flat = self.decode(z.repeat_interleave(k, 0), pose.flatten(0, 1), full, pixels)
             return flat.unflatten(0, (b, k))
         part = self.masked and not full and not self.render_all
+        index = pixels if pixels is not None else (self.pixel_index if part else None)
         if self.generator.uses_coordinates:
-            grid = self.coords[self.pixel_index] if part else self.coords
+            grid = self.coords if index is None else self.coords[index]
             return self.generator(self.transform(grid, pose), z)
         out = self.generator(None, z)
-        return out[:, self.pixel_index] if part else out
+        return out if index is None else out[:, index]
 
-    def pixels(self, images: Tensor) -> Tensor:
-        """The likelihood's targets: ``(B, C, D, D)`` -> ``(B, N, C)`` (masked pixels only)."""
+    def pixels(self, images: Tensor, subset: Tensor | None = None) -> Tensor:
+        """The likelihood's targets: ``(B, C, D, D)`` -> ``(B, N, C)`` (masked pixels only, or
+        the row-major indices ``subset``)."""
         y = images_to_pixels(images)
+        if subset is not None:
+            return y[:, subset]
         return y[:, self.pixel_index] if self.masked else y
+
+    def pixel_sample(self, fraction: float, rng: torch.Generator | None) -> Tensor:
+        """A random ``fraction`` of the likelihood's pixels (the masked ones, or all), as
+        row-major indices ``(M,)`` on the model's device, drawn without replacement."""
+        dev = self.coords.device
+        universe = self.pixel_index if self.masked else torch.arange(self.n_pixels, device=dev)
+        m = max(1, math.ceil(fraction * len(universe)))
+        return universe[torch.randperm(len(universe), generator=rng, device=dev)[:m]]
 
     @property
     def n_latent(self) -> int:
@@ -241,14 +256,16 @@ class SpatialVAE(nn.Module):
         gamma: Tensor | None = None,
         eps: Tensor | None = None,
         use_z: bool = True,
+        pixels: Tensor | None = None,
     ) -> tuple[Posterior, Tensor]:
         """Encode, sample with noise ``eps`` ``(B, K + P)``, decode: (posterior, generator
         output ``(B, N, n_out)``, or ``(B, k, N, n_out)`` for the k hypotheses of a binned
-        rotation posterior). z is held at 0 without ``use_z`` (the z-delay). The one call
+        rotation posterior). z is held at 0 without ``use_z`` (the z-delay). ``pixels``: render
+        only these row-major pixel indices (N of them; see :meth:`decode`). The one call
         DistributedDataParallel wraps."""
         q = self.encode(images, gamma, infer_z=use_z)
         z, pose = self.sample(q, use_z=use_z, eps=eps)
-        return q, self.decode(z, pose)
+        return q, self.decode(z, pose, pixels=pixels)
 
     def sample(
         self,

@@ -1,0 +1,444 @@
+"""``emvae analyze``: the particles' latent space as a RELION user reads a 2-D classification.
+
+PCA of the posterior means z, an optional UMAP, clusters in z (k-means or a Gaussian mixture)
+numbered from 1 by size (cluster 1 the largest, like ``rlnClassNumber``), for each cluster the
+generator's image at its centre (theta = 0, dx = 0: the "class average" of the model) and the
+aligned average of its real particles, scatter plots coloured by cluster and by density, and
+a walk along each principal component. Writes into ``RUN/analyze/``:
+
+    clusters.csv        image, input_row, cluster, PC1..PCK[, UMAP1, UMAP2]: one row per
+                        particle, in the run table's order
+    analyze.json        k, method, seed, cluster sizes, explained variance, figures, notes
+    *.png               the figures (docs/reports.md, "Latent analysis")
+
+The functions above :func:`analyze_run` are pure (arrays in, arrays out).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from emvae.errors import ConfigError, EmvaeError, InputError
+from emvae.latents import latent_columns
+
+#: The folder of a run that :func:`analyze_run` writes (``RUN/analyze``).
+FOLDER = "analyze"
+METHODS = ("kmeans", "gmm")
+#: The one line printed when ``--umap`` is asked for without umap-learn.
+UMAP_HINT = "install umap-learn (pip install 'emvae[umap]')"
+SKLEARN_HINT = "install scikit-learn (pip install 'emvae[analyze]')"
+#: Every file analyze_run may write; a re-run removes those it does not write again.
+FILES = (
+    "clusters.csv",
+    "analyze.json",
+    "class_generator.png",
+    "class_averages.png",
+    "z_scatter.png",
+    "pca_scatter.png",
+    "umap_scatter.png",
+    "pc_trajectories.png",
+)
+#: Principal components walked in pc_trajectories.png, and steps along each.
+MAX_TRAJECTORIES = 8
+TRAJECTORY_STEPS = 9
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def pca(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Principal components of ``z`` ``(N, K)`` (centred on its mean, by SVD).
+
+    Returns ``scores`` ``(N, K)`` (coordinates of each row along each component, in z units),
+    ``components`` ``(K, K)`` (row j: unit vector of component j in z, signed so that its
+    largest-magnitude entry is positive; for K = 1 it is ``[1]``, so PC1 = z1 - mean) and
+    ``explained`` ``(K,)`` (fraction of the total variance along each component, summing to 1;
+    zeros when z does not vary). ``z = mean + scores @ components``."""
+    x = np.asarray(z, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 1 or len(x) < 1:
+        raise ConfigError(f"PCA needs z of shape (N, K >= 1), not {x.shape}")
+    xc = x - x.mean(0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    k = x.shape[1]
+    if vt.shape[0] < k:  # fewer rows than dimensions: pad with zero-variance directions
+        full = np.linalg.svd(xc, full_matrices=True)[2]
+        vt, s = full, np.concatenate([s, np.zeros(k - len(s))])
+    sign = np.sign(vt[np.arange(k), np.argmax(np.abs(vt), axis=1)])
+    vt = vt * np.where(sign == 0, 1.0, sign)[:, None]
+    var = s**2
+    explained = var / var.sum() if var.sum() > 0 else np.zeros(k)
+    return xc @ vt.T, vt, explained
+
+
+def number_by_size(labels: np.ndarray) -> np.ndarray:
+    """Renumber cluster labels ``(N,)`` (any hashable values) 1, 2, ... by decreasing size;
+    clusters of equal size keep the order in which their first member appears."""
+    lab = np.asarray(labels)
+    values, first, counts = np.unique(lab, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))  # by size, then first appearance
+    new = np.empty(len(values), dtype=np.int64)
+    new[order] = np.arange(1, len(values) + 1)
+    return new[np.searchsorted(values, lab)]
+
+
+def cluster(z: np.ndarray, k: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:
+    """Cluster the rows of ``z`` ``(N, K)`` into ``k`` groups: ``kmeans`` (scikit-learn
+    KMeans, 10 initialisations) or ``gmm`` (GaussianMixture, full covariances, 5
+    initialisations), seeded by ``seed``. Returns labels ``(N,)`` int64 in 1..k, numbered by
+    size (:func:`number_by_size`); the same inputs give the same labels."""
+    x = np.asarray(z, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if method not in METHODS:
+        raise ConfigError(f"unknown clustering method {method!r}; choose from {METHODS}")
+    if not 1 <= k <= len(x):
+        raise ConfigError(f"-k {k}: need 1 <= k <= the number of particles ({len(x)})")
+    try:
+        from sklearn.cluster import KMeans
+        from sklearn.mixture import GaussianMixture
+    except ImportError:
+        raise ConfigError(SKLEARN_HINT) from None
+    if method == "kmeans":
+        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
+    else:
+        gmm = GaussianMixture(n_components=k, n_init=5, random_state=seed, reg_covar=1e-5)
+        labels = gmm.fit(x).predict(x)
+    return number_by_size(labels)
+
+
+def hungarian_accuracy(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
+    """Fraction of items whose predicted cluster maps to their true label under the best
+    one-to-one matching of cluster names to label names (Hungarian algorithm,
+    scipy.optimize.linear_sum_assignment on the contingency table). 1.0 for any renaming of
+    the true labelling; clusters left unmatched (more clusters than labels) count as wrong."""
+    from scipy.optimize import linear_sum_assignment
+
+    t, p = np.asarray(labels_true), np.asarray(labels_pred)
+    if t.shape != p.shape or t.ndim != 1:
+        raise ValueError(f"labels of shapes {t.shape} and {p.shape}: need two equal 1-D arrays")
+    if len(t) == 0:
+        return float("nan")
+    tv, ti = np.unique(t, return_inverse=True)
+    pv, pi = np.unique(p, return_inverse=True)
+    table = np.zeros((len(pv), len(tv)), dtype=np.int64)
+    np.add.at(table, (pi, ti), 1)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, cols].sum() / len(t))
+
+
+def umap_embedding(z: np.ndarray, seed: int = 0) -> np.ndarray:
+    """UMAP of ``z`` ``(N, K)`` into 2-D ``(N, 2)`` (umap-learn, 15 neighbours or fewer for
+    small N, seeded); :data:`UMAP_HINT` as a ConfigError when umap-learn is missing."""
+    try:
+        import umap
+    except ImportError:
+        raise ConfigError(UMAP_HINT) from None
+    x = np.asarray(z, dtype=np.float64)
+    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, len(x) - 1)), random_state=seed)
+    return np.asarray(reducer.fit_transform(x), dtype=np.float64)
+
+
+def pc_path(
+    z: np.ndarray, n_pcs: int | None = None, steps: int = TRAJECTORY_STEPS, span: float = 2.0
+) -> np.ndarray:
+    """z along each principal component of ``z`` ``(N, K)``: ``(P, steps, K)``, row j from
+    ``-span`` to ``+span`` standard deviations of the PC-j scores about the mean of z (the
+    other components at 0), mapped back to z; P = ``min(K, n_pcs)``."""
+    x = np.asarray(z, dtype=np.float64)
+    scores, components, _ = pca(x)
+    p = x.shape[1] if n_pcs is None else min(n_pcs, x.shape[1])
+    t = np.linspace(-span, span, steps)
+    std = scores[:, :p].std(0)
+    return x.mean(0) + (t[None, :, None] * std[:, None, None]) * components[:p, None, :]
+
+
+def density(points: np.ndarray, bins: int | None = None) -> np.ndarray:
+    """Local density of 2-D ``points`` ``(N, 2)``: the count of points in each point's cell of
+    a ``bins`` x ``bins`` histogram over their range ``(N,)`` (cheap for millions of points;
+    default ``sqrt(N) / 2`` bins, 8 to 100)."""
+    x = np.asarray(points, dtype=np.float64)
+    if bins is None:
+        bins = int(np.clip(np.sqrt(len(x)) / 2, 8, 100))
+    counts, ex, ey = np.histogram2d(x[:, 0], x[:, 1], bins=bins)
+    ix = np.clip(np.searchsorted(ex, x[:, 0], side="right") - 1, 0, bins - 1)
+    iy = np.clip(np.searchsorted(ey, x[:, 1], side="right") - 1, 0, bins - 1)
+    return counts[ix, iy]
+
+
+def cluster_averages(
+    stack, theta_deg: np.ndarray, shift_px: np.ndarray, labels: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The aligned average of each cluster's real particles: each image of ``stack`` (an
+    :class:`emvae.io.ImageStack`, unprocessed, in the table's order) brought onto the
+    canonical view by its pose (:func:`emvae.align.align_images`; ``theta_deg`` ``(N,)``,
+    ``shift_px`` ``(N, 2)`` in the stack's pixels) and averaged over the particles of each
+    cluster ``labels`` ``(N,)`` in 1..k. Returns ``(k, C, D, D)`` (the stack's units) and the
+    counts ``(k,)``."""
+    from emvae.align import align_images
+    from emvae.preprocess import Preprocess, iter_chunks, prepare
+
+    d, c = stack.size, stack.channels
+    sums = torch.zeros(k, c, d, d, dtype=torch.float64)
+    theta = torch.tensor(np.array(theta_deg, dtype=np.float64))
+    shift = torch.tensor(np.array(shift_px, dtype=np.float64))
+    lab = torch.tensor(np.array(labels, dtype=np.int64) - 1)
+    for start, chunk in iter_chunks(stack, prepare(stack, Preprocess()), 1024):
+        sel = slice(start, start + len(chunk))
+        x = torch.tensor(np.asarray(chunk, dtype=np.float64))
+        sums.index_add_(0, lab[sel], align_images(x, theta[sel], shift[sel]))
+    counts = torch.bincount(lab, minlength=k).to(torch.float64)
+    return (sums / counts.clamp(min=1)[:, None, None, None]).numpy(), counts.numpy()
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figure(ncols: int, size: float = 4.2):
+    fig = Figure(figsize=(size * ncols, size * 0.85), layout="constrained")
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def plot_embedding(
+    points: np.ndarray, labels: np.ndarray, names: tuple[str, str], path: Path
+) -> Path:
+    """Two panels of 2-D ``points`` ``(N, 2)``: coloured by cluster (1..k, legend) and by
+    local density (:func:`density`, log colour scale)."""
+    from matplotlib.colors import LogNorm
+
+    fig, ax = _figure(2)
+    k = int(labels.max())
+    cmap = "tab10" if k <= 10 else "tab20"
+    size = max(1.0, min(12.0, 4000 / max(len(points), 1)))
+    for c in range(1, k + 1):
+        m = labels == c
+        ax[0].scatter(
+            points[m, 0],
+            points[m, 1],
+            s=size,
+            linewidths=0,
+            label=f"{c} ({int(m.sum())})",
+            color=_colour(cmap, c),
+        )
+    ax[0].legend(title="cluster", fontsize=7, markerscale=max(1.0, 6 / size), loc="best")
+    dens = density(points)
+    order = np.argsort(dens)  # dense points on top
+    sc = ax[1].scatter(
+        points[order, 0],
+        points[order, 1],
+        s=size,
+        c=dens[order],
+        cmap="viridis",
+        norm=LogNorm(vmin=1, vmax=max(2.0, float(dens.max()))),
+        linewidths=0,
+    )
+    fig.colorbar(sc, ax=ax[1], label="particles per cell")
+    for a, title in zip(ax, ("by cluster", "by density"), strict=True):
+        a.set_xlabel(names[0])
+        a.set_ylabel(names[1])
+        a.set_title(title)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_histogram_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) -> Path:
+    """1-D z ``(N,)``: each particle's z against its rank, coloured by cluster, beside the
+    histogram of z stacked by cluster (the density)."""
+    fig, ax = _figure(2)
+    k = int(labels.max())
+    cmap = "tab10" if k <= 10 else "tab20"
+    rank = np.argsort(np.argsort(z))
+    bins = np.histogram_bin_edges(z, bins=50)
+    for c in range(1, k + 1):
+        m = labels == c
+        ax[0].scatter(rank[m], z[m], s=3, linewidths=0, color=_colour(cmap, c), label=str(c))
+    ax[1].hist(
+        [z[labels == c] for c in range(1, k + 1)],
+        bins=bins,
+        stacked=True,
+        color=[_colour(cmap, c) for c in range(1, k + 1)],
+        label=[str(c) for c in range(1, k + 1)],
+    )
+    ax[0].set_xlabel("particle (ranked by z)")
+    ax[0].set_ylabel(name)
+    ax[0].legend(title="cluster", fontsize=7)
+    ax[1].set_xlabel(name)
+    ax[1].set_ylabel("particles")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _colour(cmap: str, c: int):
+    from matplotlib import colormaps
+
+    cm = colormaps[cmap]
+    return cm((c - 1) % cm.N)
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+def analyze_run(
+    run,
+    out: str | os.PathLike | None = None,
+    k: int = 4,
+    method: str = "kmeans",
+    umap: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Analyse the latent space of ``run`` (a run directory or :class:`emvae.run.Run`) into
+    ``out`` (default ``RUN/analyze``): the files of the module docstring. Every file is
+    written into a temporary folder beside ``out`` and moved in once all are complete,
+    ``analyze.json`` last; files of an earlier analysis that this one does not write again
+    are removed. Returns the content of ``analyze.json``.
+
+    Raises ConfigError for a run without latent dimensions (zdim 0), for ``k`` outside
+    1..N, and (``umap``) without umap-learn (:data:`UMAP_HINT`)."""
+    from emvae import montage as mt
+    from emvae.run import Run
+
+    r = run if isinstance(run, Run) else Run.open(run)
+    config = r.config
+    zdim = config.model.zdim
+    if zdim == 0:
+        raise ConfigError(
+            f"{r.path}: the run has no latent dimensions (--zdim 0): nothing to analyse; "
+            "fit with --zdim 1 or more"
+        )
+    if method not in METHODS:
+        raise ConfigError(f"unknown --method {method!r}; choose from {', '.join(METHODS)}")
+    if umap and zdim < 2:
+        raise ConfigError("--umap needs at least 2 latent dimensions (this run has 1)")
+    if umap:
+        try:
+            import umap as _umap  # noqa: F401
+        except ImportError:
+            raise ConfigError(UMAP_HINT) from None
+    table = r.table()
+    zs = latent_columns(table)
+    if len(zs) != zdim:
+        raise InputError(r.path, f"particle table has {len(zs)} z columns; the run has {zdim}")
+    z = table[zs].to_numpy(np.float64)
+    if not 1 <= k <= len(z):
+        raise ConfigError(f"-k {k}: need 1 <= k <= the number of particles ({len(z)})")
+    dest = Path(out) if out is not None else r.path / FOLDER
+    dest.mkdir(parents=True, exist_ok=True)
+    model, _, _ = r.model("cpu")
+
+    scores, components, explained = pca(z)
+    labels = cluster(z, k, method, seed)
+    notes: list[str] = []
+    if int(labels.max()) < k:  # a mixture component that no particle prefers
+        notes.append(f"note: only {int(labels.max())} of the {k} clusters hold particles")
+        k = int(labels.max())
+    sizes = np.bincount(labels, minlength=k + 1)[1:]
+    centres = np.stack([z[labels == c].mean(0) for c in range(1, k + 1)])
+    result: dict = {
+        "run": str(r.path),
+        "run_id": config.run_id,
+        "particles": len(z),
+        "zdim": zdim,
+        "k": k,
+        "method": method,
+        "seed": seed,
+        "cluster_sizes": [int(s) for s in sizes],
+        "cluster_fractions": [float(s / len(z)) for s in sizes],
+        "cluster_centres_z": centres.round(6).tolist(),
+        "explained_variance_ratio": [float(e) for e in explained],
+        "pca_components": components.round(6).tolist(),
+        "umap": False,
+        "figures": [],
+        "notes": notes,
+    }
+    pcs = {f"PC{j + 1}": scores[:, j] for j in range(zdim)}
+    columns = {
+        "image": table["image"].astype(str).to_numpy(),
+        "input_row": table["input_row"].to_numpy(),
+        "cluster": labels,
+        **pcs,
+    }
+    embedding = None
+    if umap:
+        embedding = umap_embedding(z, seed)
+        columns["UMAP1"], columns["UMAP2"] = embedding[:, 0], embedding[:, 1]
+        result["umap"] = True
+
+    staging = Path(tempfile.mkdtemp(prefix=".emvae-analyze.", dir=dest))
+    try:
+        figures = []
+        pd.DataFrame(columns).to_csv(staging / "clusters.csv", index=False, float_format="%.6g")
+        decoded = mt.decode_mean(model, torch.tensor(centres, dtype=torch.float32))
+        if config.model.likelihood == "bernoulli":
+            decoded = decoded.clamp(0, 1)
+        figures.append(mt.save_png(decoded[None], staging / "class_generator.png", scale=3))
+        averages = _real_averages(r, table, labels, k, result["notes"])
+        if averages is not None:
+            figures.append(mt.save_png(averages[None], staging / "class_averages.png", scale=3))
+        if zdim == 1:
+            figures.append(plot_histogram_1d(z[:, 0], labels, "z1", staging / "z_scatter.png"))
+        else:
+            figures.append(
+                plot_embedding(z[:, :2], labels, ("z1", "z2"), staging / "z_scatter.png")
+            )
+            names = (
+                f"PC1 ({explained[0]:.0%} of the variance)",
+                f"PC2 ({explained[1]:.0%})",
+            )
+            figures.append(
+                plot_embedding(scores[:, :2], labels, names, staging / "pca_scatter.png")
+            )
+        if embedding is not None:
+            figures.append(
+                plot_embedding(embedding, labels, ("UMAP1", "UMAP2"), staging / "umap_scatter.png")
+            )
+        path = pc_path(z, MAX_TRAJECTORIES)
+        p, n = path.shape[:2]
+        frames = mt.decode_mean(model, torch.tensor(path.reshape(p * n, zdim), dtype=torch.float32))
+        grid = frames.reshape(p, n, *frames.shape[1:])
+        if config.model.likelihood == "bernoulli":
+            grid = grid.clamp(0, 1)
+        figures.append(mt.save_png(grid, staging / "pc_trajectories.png", scale=3))
+        result["figures"] = [f.name for f in figures]
+        (staging / "analyze.json").write_text(json.dumps(result, indent=2) + "\n")
+        written = {f.name for f in staging.iterdir()}
+        (dest / "analyze.json").unlink(missing_ok=True)  # incomplete until it is back
+        for name in FILES:
+            if name not in written:
+                (dest / name).unlink(missing_ok=True)
+        for name in sorted(written - {"analyze.json"}):
+            os.replace(staging / name, dest / name)
+        os.replace(staging / "analyze.json", dest / "analyze.json")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _real_averages(run, table: pd.DataFrame, labels: np.ndarray, k: int, notes: list[str]):
+    """The per-cluster aligned averages of the run's own images
+    ``(k, C, D, D)``, or None with a note in ``notes`` when they cannot be read."""
+    from emvae.report import image_key
+
+    try:
+        stack = run.particles().stack
+        names = [image_key(n) for n in stack.names]
+        if len(names) != len(table) or names != [image_key(n) for n in table["image"]]:
+            raise InputError(stack.source, "its images are no longer the run table's")
+        averages, _ = cluster_averages(
+            stack,
+            table["theta_deg"].to_numpy(np.float64),
+            table[["shift_x_px", "shift_y_px"]].to_numpy(np.float64),
+            labels,
+            k,
+        )
+    except (EmvaeError, OSError, ValueError) as e:
+        notes.append(f"note: aligned averages of the particles skipped ({e})")
+        return None
+    return averages

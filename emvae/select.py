@@ -1,0 +1,369 @@
+"""Subsets of a run's particles, written back in the input's own format (``emvae select``).
+
+A selection is made on the run's particle table (``particles.csv``: one row per fitted image)
+by cluster (``RUN/analyze/clusters.csv`` from ``emvae analyze``), by a condition on the table's
+columns (``DataFrame.query`` syntax) or by a list of input rows. What is written names the
+selected particles by their ``input_row`` (0-based row of the run's input file: STAR or .cs
+row, or position in the stack), so it applies to the input the run was fitted on:
+
+* ``OUT.txt`` and ``OUT.npy``: the input rows, ascending (``emvae fit --ind``, cryoDRGN's
+  ``--ind``);
+* ``OUT.star`` (a RELION STAR input): the input's particle rows at those rows, every column,
+  in the input's order, every other block (the optics table) as it was;
+* ``OUT.cs`` (a cryoSPARC input): the input's structured array at those rows, same dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from emvae.config import RunConfig
+from emvae.errors import ConfigError, InputError, OutputExistsError
+from emvae.safety import atomic_output
+
+#: Where ``emvae analyze`` writes its per-particle clusters and embeddings.
+CLUSTERS = Path("analyze") / "clusters.csv"
+#: Output suffixes; a given OUT ending in one of them is taken as its stem.
+SUFFIXES = (".txt", ".npy", ".star", ".cs")
+
+__all__ = [
+    "CLUSTERS",
+    "InputRows",
+    "check_outputs",
+    "output_paths",
+    "parse_clusters",
+    "query_frame",
+    "read_clusters",
+    "read_input_rows",
+    "select_rows",
+    "selected_input_rows",
+    "write_selection",
+]
+
+
+# ----------------------------------------------------------------------------- selecting
+
+
+def parse_clusters(text: str) -> list[int]:
+    """``"1,3"`` -> ``[1, 3]`` (cluster numbers, 1-based as RELION's rlnClassNumber)."""
+    try:
+        numbers = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise ConfigError(
+            f"--cluster {text!r}: expected cluster numbers separated by commas (1,3)"
+        ) from None
+    if not numbers:
+        raise ConfigError("--cluster: name at least one cluster number")
+    return sorted(set(numbers))
+
+
+def read_clusters(run: str | os.PathLike) -> pd.DataFrame | None:
+    """``RUN/analyze/clusters.csv`` (columns ``image``, ``input_row``, ``cluster``, ``PC1``..,
+    ``UMAP1``..), or None when ``emvae analyze`` has not written it."""
+    path = Path(run) / CLUSTERS
+    if not path.exists():
+        return None
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(path, f"not a readable clusters table ({msg})") from None
+    if "image" not in table:
+        raise InputError(path, "has no image column to match the run's particles")
+    if table["image"].duplicated().any():
+        name = table["image"][table["image"].duplicated()].iloc[0]
+        raise InputError(path, f"names particle {name} twice")
+    return table
+
+
+def query_frame(table: pd.DataFrame, clusters: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The particle table with the columns of ``clusters`` (matched by ``image`` name, not by
+    position) added; the table's own columns win where both have one. One row per table row,
+    in the table's order."""
+    frame = table.reset_index(drop=True)
+    if clusters is None:
+        return frame
+    extra = [c for c in clusters.columns if c not in frame.columns]
+    indexed = clusters.set_index(clusters["image"].astype(str))
+    names = frame["image"].astype(str)
+    missing = ~names.isin(indexed.index)
+    if missing.any():
+        raise InputError(
+            CLUSTERS,
+            f"has no row for {int(missing.sum())} of the run's {len(frame)} particles (first: "
+            f"{names[missing].iloc[0]}); it was made from another fit: run emvae analyze again",
+        )
+    if not extra:
+        return frame
+    added = indexed.loc[names.to_numpy(), extra].reset_index(drop=True)
+    return pd.concat([frame, added], axis=1)
+
+
+def _query_mask(frame: pd.DataFrame, query: str) -> np.ndarray:
+    """The boolean mask ``frame.query(query)`` would keep, each failure one clear line."""
+    where = f"--query {query!r}"
+    if not query.strip():
+        raise ConfigError(f"{where}: an empty condition")
+    try:
+        result = frame.eval(query)  # what DataFrame.query evaluates before indexing
+    except pd.errors.UndefinedVariableError as e:
+        m = re.search(r"name '(.+?)' is not defined", str(e))
+        name = m.group(1) if m else str(e)
+        raise ConfigError(
+            f"{where}: no column {name!r} (columns: {', '.join(map(str, frame.columns))})"
+        ) from None
+    except SyntaxError as e:
+        raise ConfigError(f"{where}: not a valid condition ({e.msg})") from None
+    except Exception as e:  # pandas raises assorted errors for expressions it cannot evaluate
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"{where}: cannot be evaluated ({type(e).__name__}: {msg})") from None
+    if not isinstance(result, pd.Series) or len(result) != len(frame):
+        raise ConfigError(f"{where}: is not a condition on each particle's columns")
+    if result.dtype.kind != "b" and str(result.dtype) != "boolean":
+        raise ConfigError(
+            f"{where}: gives {result.dtype} values, not true/false for each particle "
+            "(compare a column: 'z1 > 0.5')"
+        )
+    return result.fillna(False).to_numpy(dtype=bool)
+
+
+def select_rows(
+    table: pd.DataFrame,
+    *,
+    clusters: list[int] | None = None,
+    query: str | None = None,
+    indices: np.ndarray | None = None,
+    invert: bool = False,
+    cluster_table: pd.DataFrame | None = None,
+) -> np.ndarray:
+    """Sorted 0-based positions into ``table`` (a run's particle table) of the particles that
+    exactly one criterion selects:
+
+    * ``clusters``: cluster numbers (1-based) of ``cluster_table`` (``analyze/clusters.csv``,
+      rows matched to the table by ``image`` name);
+    * ``query``: a condition in ``DataFrame.query`` syntax on the table's columns (``image``,
+      ``input_row``, ``theta_deg``, ``shift_x_px``, ..., ``theta_prob``, ``z1``.., ``elbo``,
+      ``split``) and, given ``cluster_table``, its columns (``cluster``, ``PC1``.., ...);
+    * ``indices``: 0-based input rows, i.e. values of the table's ``input_row`` column.
+
+    ``invert`` selects the run's other particles. Selecting none is an error.
+    """
+    given = [name for name, v in (("--cluster", clusters), ("--query", query)) if v is not None]
+    given += ["--indices"] if indices is not None else []
+    if len(given) != 1:
+        raise ConfigError(
+            "give exactly one of --cluster, --query, --indices"
+            + (f" (got {', '.join(given)})" if given else "")
+        )
+    n = len(table)
+    if clusters is not None:
+        if cluster_table is None:
+            raise ConfigError("--cluster needs the run's clusters: run emvae analyze RUN first")
+        if "cluster" not in cluster_table:
+            raise InputError(CLUSTERS, "has no cluster column")
+        frame = query_frame(table[["image"]], cluster_table[["image", "cluster"]])
+        have = sorted({int(c) for c in frame["cluster"].dropna()})
+        unknown = [c for c in clusters if c not in have]
+        if unknown:
+            raise ConfigError(
+                f"--cluster: no cluster {', '.join(map(str, unknown))} in {CLUSTERS} "
+                f"(it has {', '.join(map(str, have)) or 'none'})"
+            )
+        mask = frame["cluster"].isin(clusters).to_numpy(dtype=bool)
+        what = f"--cluster {','.join(map(str, clusters))}"
+    elif query is not None:
+        mask = _query_mask(query_frame(table, cluster_table), query)
+        what = f"--query {query!r}"
+    else:
+        if "input_row" not in table:
+            raise InputError("(table)", "has no input_row column to match --indices against")
+        rows = table["input_row"].to_numpy(np.int64)
+        wanted = np.asarray(indices, dtype=np.int64)
+        absent = wanted[~np.isin(wanted, rows)]
+        if len(absent):
+            raise ConfigError(
+                f"--indices: input row {int(absent[0])} is not one of the run's {n} particles"
+                + (f" ({len(absent)} such rows)" if len(absent) > 1 else "")
+            )
+        mask = np.isin(rows, wanted)
+        what = "--indices"
+    if invert:
+        mask = ~mask
+        what += " --invert"
+    if not mask.any():
+        raise ConfigError(f"{what} selects none of the run's {n} particles")
+    return np.flatnonzero(mask)
+
+
+def selected_input_rows(table: pd.DataFrame, positions: np.ndarray) -> np.ndarray:
+    """The ``input_row`` values (0-based rows of the run's input) of the table rows at
+    ``positions``, ascending: input order, as ``--ind`` lists are written."""
+    if "input_row" not in table:
+        raise InputError("(table)", "has no input_row column: not an emvae particle table?")
+    return np.sort(table["input_row"].to_numpy(np.int64)[np.asarray(positions)])
+
+
+# ----------------------------------------------------------------------------- the input
+
+
+@dataclass
+class InputRows:
+    """The run's input file, read for writing a subset of it: ``kind`` "star" (``blocks``,
+    with ``key`` the particle block) or "cs" (``array``), or "none" (index lists only)."""
+
+    kind: str
+    path: Path | None = None
+    blocks: dict = field(default_factory=dict)
+    key: str = ""
+    version: str = ""
+    array: np.ndarray | None = None
+    note: str = ""
+
+    @property
+    def suffix(self) -> str | None:
+        return {"star": ".star", "cs": ".cs"}.get(self.kind)
+
+
+def _same_image(a: str, b: str) -> bool:
+    """``k@path`` names of one image (same index and file name; folders may be spelt apart)."""
+    ka, _, pa = str(a).partition("@")
+    kb, _, pb = str(b).partition("@")
+    try:
+        return int(ka) == int(kb) and Path(pa).name == Path(pb).name
+    except ValueError:
+        return a == b
+
+
+def _text(b: bytes | str) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else str(b)
+
+
+def _check_rows(
+    path: Path, names: list[str], table: pd.DataFrame, n_run: int, ind: str | None
+) -> None:
+    """The input must still hold the rows the run was fitted on, named as the table names
+    them."""
+    n = len(names)
+    rows = table["input_row"].to_numpy(np.int64)
+    if ind is None and n_run and n != n_run:
+        raise InputError(
+            path, f"now holds {n} particles but the run was fitted on {n_run}: it has changed"
+        )
+    if len(rows) and rows.max() >= n:
+        raise InputError(
+            path,
+            f"holds {n} particles but the run's table names input row {int(rows.max())} "
+            "(0-based): it has changed",
+        )
+    images = table["image"].astype(str).to_numpy()
+    now = np.asarray(names, dtype=object)[rows]
+    for k in np.flatnonzero(images != now):  # spelt alike, or the same image spelt apart?
+        row, image = int(rows[k]), images[k]
+        if not _same_image(image, names[row]):
+            raise InputError(
+                path,
+                f"row {row} is now {names[row]} but the run's particle {k + 1} was {image}: "
+                "the file has changed since the fit",
+            )
+
+
+def read_input_rows(config: RunConfig, table: pd.DataFrame) -> InputRows:
+    """The run's input (``config``: its RunConfig; ``table``: its particle table) when it was
+    one RELION STAR or cryoSPARC .cs file, checked to still hold the fitted rows; otherwise
+    ``kind="none"``."""
+    paths = list(config.data.paths)
+    if not paths:
+        return InputRows("none", note="the run does not record its input")
+    first = Path(paths[0])
+    suffix = first.suffix.lower()
+    if suffix not in (".star", ".cs"):
+        return InputRows("none")
+    if len(paths) > 1:
+        return InputRows("none", note=f"the run read {len(paths)} inputs: index lists only")
+    if not first.exists():
+        raise InputError(first, "no such file (the run's input; is this the folder it ran in?)")
+    n_run, ind = config.data.n_images, config.data.ind
+    if suffix == ".star":
+        from emvae.io.star import particle_block, read_star_blocks
+
+        blocks = read_star_blocks(first)
+        particles, _, version = particle_block(first, blocks)
+        key = next(k for k, v in blocks.items() if v is particles)
+        names = particles["rlnImageName"].astype(str).tolist()
+        _check_rows(first, names, table, n_run, ind)
+        return InputRows("star", first, blocks=blocks, key=key, version=version)
+    try:
+        array = np.load(first, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(first, f"not a readable cryoSPARC .cs file ({e})") from None
+    fields = getattr(array.dtype, "names", None) or ()
+    if array.ndim != 1 or not {"blob/path", "blob/idx"} <= set(fields):
+        raise InputError(first, "is not a cryoSPARC particle file (no blob/path, blob/idx)")
+    names = [
+        f"{int(i) + 1}@{_text(p).lstrip('>')}"
+        for i, p in zip(array["blob/idx"], array["blob/path"], strict=True)
+    ]
+    _check_rows(first, names, table, n_run, ind)
+    return InputRows("cs", first, array=array)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def output_paths(out: str | os.PathLike, suffix: str | None) -> list[Path]:
+    """``OUT.txt``, ``OUT.npy`` and ``OUT`` + ``suffix`` (".star"/".cs"/None) for the stem
+    ``OUT`` (a given ``OUT.txt``, ``.npy``, ``.star``, ``.cs`` is taken as its stem)."""
+    p = Path(out)
+    if p.suffix.lower() in SUFFIXES:
+        p = p.with_suffix("")
+    exts = [".txt", ".npy", *([suffix] if suffix else [])]
+    return [p.with_name(p.name + e) for e in exts]
+
+
+def check_outputs(paths: list[Path], force: bool = False) -> None:
+    """Refuse outputs that exist, unless ``force``."""
+    existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
+    if existing and not force:
+        raise OutputExistsError(f"{', '.join(existing)}: exists; use --force to overwrite")
+
+
+def _float(v: float) -> str:
+    """RELION's 6 decimals where they are exact, else the shortest text that reads back the
+    same float: a subset keeps every input value."""
+    s = f"{v:.6f}"
+    return s if float(s) == v else repr(float(v))
+
+
+def write_selection(
+    rows: np.ndarray, out: str | os.PathLike, source: InputRows, force: bool = False
+) -> list[Path]:
+    """Write the selection of 0-based input ``rows`` (ascending) under the stem ``out``: the
+    index lists and, for a STAR or .cs input, its subset. Every file is written atomically and
+    only once all are complete are they renamed into place; existing files are refused
+    unless ``force``. Returns the paths written."""
+    paths = output_paths(out, source.suffix)
+    check_outputs(paths, force)
+    rows = np.asarray(rows, dtype=np.int64)
+    with contextlib.ExitStack() as stack:
+        tmp = [stack.enter_context(atomic_output(p)) for p in paths]
+        tmp[0].write_text("".join(f"{r}\n" for r in rows))
+        with open(tmp[1], "wb") as f:
+            np.save(f, rows)
+        if source.kind == "star":
+            from emvae.io.star_export import write_star
+
+            blocks = dict(source.blocks)
+            blocks[source.key] = blocks[source.key].iloc[rows].reset_index(drop=True)
+            write_star(blocks, tmp[2], float_format=_float)
+        elif source.kind == "cs":
+            assert source.array is not None
+            with open(tmp[2], "wb") as f:  # np.save(path) would append .npy
+                np.save(f, source.array[rows])
+    return paths
