@@ -363,3 +363,25 @@ def test_mrcs_gets_index_lists_clusters_and_clear_errors(tiny_stack, tmp_path):
     # and the list refits the same stack on those images
     refit = _fit([str(tiny_stack)], tmp_path / "sub", "--ind", str(tmp_path / "c.txt"))
     assert refit["input_row"].tolist() == want.tolist()
+
+
+def test_analyze_then_select_a_cluster_of_a_star_fit(tmp_path):
+    """emvae analyze on a fit of a RELION STAR input, then select --cluster: the subset's STAR
+    rows are the input rows of that cluster's particles."""
+    sim = tmp_path / "sim"
+    r = runner.invoke(app, ["simulate", str(sim), "-n", "60", "--size", "16", "--snr", "5"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "run"
+    _fit([str(sim / "particles.star")], run)
+    r = runner.invoke(app, ["analyze", str(run), "-k", "2"])
+    assert r.exit_code == 0, r.output
+    clusters = pd.read_csv(run / "analyze" / "clusters.csv")
+    r = _select(run, tmp_path / "c1", "--cluster", "1")
+    assert r.exit_code == 0, r.output
+    want = np.sort(clusters.loc[clusters["cluster"] == 1, "input_row"].to_numpy())
+    assert np.load(tmp_path / "c1.npy").tolist() == want.tolist()
+    star = starfile.read(sim / "particles.star", always_dict=True)
+    sub = starfile.read(tmp_path / "c1.star", always_dict=True)
+    expect = star["particles"].iloc[want].reset_index(drop=True)
+    pd.testing.assert_frame_equal(sub["particles"], expect)
+    pd.testing.assert_frame_equal(sub["optics"], star["optics"])
