@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -52,6 +53,24 @@ def real_data(*names: str) -> Path:
         return SHARED
     where = "../shared/data lacks them" if SHARED.is_dir() else "../shared/data is absent"
     pytest.skip(f"{', '.join(names)}: {where}")
+
+
+def optics_table(
+    apix: float = 1.5, size: int = 16, voltage: float = 200.0, cs: float = 2.0, ac: float = 0.07
+) -> pd.DataFrame:
+    """A RELION 3.1 data_optics block of one group (pixel size in A, box in px, kV, mm)."""
+    return pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnOpticsGroupName": ["g1"],
+            "rlnVoltage": [voltage],
+            "rlnSphericalAberration": [cs],
+            "rlnAmplitudeContrast": [ac],
+            "rlnImagePixelSize": [apix],
+            "rlnImageSize": [size],
+            "rlnImageDimensionality": [2],
+        }
+    )
 
 
 def relion_align(star: Path) -> np.ndarray:

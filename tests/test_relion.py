@@ -15,7 +15,16 @@ import pandas as pd
 import pytest
 import starfile
 import torch
-from conftest import RELION, SMALL, corr, real_data, relion_align, render_model, runner
+from conftest import (
+    RELION,
+    SMALL,
+    corr,
+    optics_table,
+    real_data,
+    relion_align,
+    render_model,
+    runner,
+)
 from emvae_cli.main import app
 
 from emvae.align import align_images
@@ -172,18 +181,7 @@ def test_fit_writes_star_keeping_input_rows_in_a_shuffled_subset(tiny_stack, tmp
     """A STAR input with its own columns, fitted on a shuffled subset: particles.star has
     those rows, in that order, every input column, and only the pose columns replaced."""
     n = 60
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroup": [1],
-            "rlnOpticsGroupName": ["g1"],
-            "rlnVoltage": [200.0],
-            "rlnSphericalAberration": [2.0],
-            "rlnAmplitudeContrast": [0.07],
-            "rlnImagePixelSize": [1.5],
-            "rlnImageSize": [16],
-            "rlnImageDimensionality": [2],
-        }
-    )
+    optics = optics_table()
     particles = pd.DataFrame(
         {
             "rlnImageName": [f"{k:06d}@{tiny_stack.name}" for k in range(1, n + 1)],
@@ -350,18 +348,7 @@ def test_our_ctf_is_relions_sign_astigmatism_angle_and_scale(tmp_path):
     with mrcfile.new(tmp_path / "vol.mrc") as m:
         m.set_data(vol)
         m.voxel_size = apix
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroup": [1],
-            "rlnOpticsGroupName": ["g1"],
-            "rlnVoltage": [300.0],
-            "rlnSphericalAberration": [2.7],
-            "rlnAmplitudeContrast": [0.1],
-            "rlnImagePixelSize": [apix],
-            "rlnImageSize": [d],
-            "rlnImageDimensionality": [2],
-        }
-    )
+    optics = optics_table(apix, d, voltage=300.0, cs=2.7, ac=0.1)
     particles = pd.DataFrame(
         {
             **{c: [0.0] * 3 for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")},

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
-from conftest import SMALL, runner
+from conftest import SMALL, optics_table, runner
 from emvae_cli.main import app
 
 from emvae.errors import ConfigError, InputError
@@ -61,18 +61,7 @@ def _particles(stack: Path, n: int = N) -> pd.DataFrame:
 
 
 def _optics() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "rlnOpticsGroup": [1],
-            "rlnOpticsGroupName": ["g1"],
-            "rlnVoltage": [200.0],
-            "rlnSphericalAberration": [2.0],
-            "rlnAmplitudeContrast": [0.07],
-            "rlnImagePixelSize": [1.5],
-            "rlnImageSize": [16],
-            "rlnImageDimensionality": [2],
-        }
-    )
+    return optics_table()
 
 
 def _star31(stack: Path) -> Path:
