@@ -421,7 +421,7 @@ def run_galaxies(
     result = fit(particles, cfg, out / "run", force=True, progress=progress)
     model = result.model.cpu()
     mt.save_png(mt.prior_samples(model, 8, 8, seed), out / "fig5_prior_samples.png")
-    observed = mt.observed_images(result.config, np.arange(min(64, len(stack))))
+    observed = particles.images(np.arange(min(64, len(stack))))
     grid = observed[: (len(observed) // 8) * 8].reshape(-1, 8, *observed.shape[1:])
     mt.save_png(grid, out / "fig5_training_pictures.png")
     summary = {

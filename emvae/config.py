@@ -11,19 +11,38 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from emvae.errors import ConfigError
 
-GENERATORS = ("spatial", "vanilla")
-ENCODERS = ("mlp", "conv", "equivariant")
-Z_ENCODERS = ("aligned", "shared")
-THETA_POSTERIORS = ("auto", "bins", "gaussian")
-ACTIVATIONS = ("tanh", "relu", "leaky_relu", "gelu", "silu")
-THETA_PRIORS = ("uniform", "gaussian")
-THETA_PARAMS = ("vector", "linear")
-LIKELIHOODS = ("gaussian", "bernoulli")
-CTF_MODES = ("off", "on", "phase-flip")
+# The values of the settings with a fixed set of them: the command line's options take these
+# types (so --help lists them and a wrong value is refused with the list); the config fields
+# stay plain strings and ints.
+Generator = Literal["spatial", "vanilla"]
+Encoder = Literal["mlp", "conv", "equivariant"]
+ZEncoder = Literal["aligned", "shared"]
+ThetaPosterior = Literal["auto", "bins", "gaussian"]
+Activation = Literal["tanh", "relu", "leaky_relu", "gelu", "silu"]
+ThetaPrior = Literal["uniform", "gaussian"]
+ThetaParam = Literal["vector", "linear"]
+Likelihood = Literal["gaussian", "bernoulli"]
+CtfMode = Literal["off", "on", "phase-flip"]
+Stream = Literal["auto", "on", "off"]
+RotationBins = Literal[4, 8, 16]
+CtfPad = Literal[1, 2]
+
+GENERATORS: tuple[str, ...] = get_args(Generator)
+ENCODERS: tuple[str, ...] = get_args(Encoder)
+Z_ENCODERS: tuple[str, ...] = get_args(ZEncoder)
+THETA_POSTERIORS: tuple[str, ...] = get_args(ThetaPosterior)
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+THETA_PRIORS: tuple[str, ...] = get_args(ThetaPrior)
+THETA_PARAMS: tuple[str, ...] = get_args(ThetaParam)
+LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
+CTF_MODES: tuple[str, ...] = get_args(CtfMode)
+STREAM_MODES: tuple[str, ...] = get_args(Stream)
+ROTATION_BINS: tuple[int, ...] = get_args(RotationBins)
+CTF_PADS: tuple[int, ...] = get_args(CtfPad)
 
 
 #: Images up to this many pixels across get the small networks (SMALL_WIDTH wide).
@@ -157,7 +176,7 @@ class ModelConfig:
             if self.theta_prior != "uniform":
                 raise ConfigError("--theta-posterior bins needs the uniform rotation prior")
         if self.binned:
-            if self.rotation_bins not in (4, 8, 16):
+            if self.rotation_bins not in ROTATION_BINS:
                 raise ConfigError(f"--rotation-bins must be 4, 8 or 16, got {self.rotation_bins}")
             if not 2 <= self.hypotheses <= self.rotation_bins:
                 raise ConfigError(
@@ -174,7 +193,7 @@ class ModelConfig:
                 raise ConfigError("--ctf needs the Gaussian likelihood (cryo-EM images)")
             if self.generator != "spatial":
                 raise ConfigError("--ctf goes with the spatial generator")
-        if self.ctf_pad not in (1, 2):
+        if self.ctf_pad not in CTF_PADS:
             raise ConfigError(f"--ctf-pad must be 1 or 2, got {self.ctf_pad}")
         if self.learn_noise and self.likelihood != "gaussian":
             raise ConfigError("--learn-noise applies to the Gaussian likelihood only")
@@ -254,7 +273,7 @@ class TrainConfig:
             raise ConfigError(f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
         if self.checkpoint_every < 1:
             raise ConfigError("--checkpoint-every must be >= 1")
-        _choice("--stream", self.stream, ("auto", "on", "off"))
+        _choice("--stream", self.stream, STREAM_MODES)
         if not 0 < self.pixel_fraction <= 1:
             raise ConfigError(f"--pixel-fraction must lie in (0, 1], got {self.pixel_fraction}")
 
@@ -272,6 +291,7 @@ class DataConfig:
     n_images: int = 0
     apix: float | None = None  # pixel size of the input images in Angstrom, None when unknown
     apix_from: str | None = None  # where it came from (see ImageStack.apix_from)
+    arcsec_per_px: float | None = None  # sky images (FITS WCS): input pixel scale in arcsec
     normalize: bool = True  # subtract `mean`, divide by `std` (Gaussian likelihood)
     mean: float | None = None
     std: float | None = None

@@ -26,6 +26,34 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Make this process keep the memory torch frees on the CPU for reuse (glibc only).
+
+    A training step on the CPU allocates and frees activations of hundreds of MB (batch x
+    pixels x hidden units, float32). glibc serves blocks that large with ``mmap`` and returns
+    them to the system when freed, so every step page-faults and zeroes them again: that cost
+    more than a third of the paper's 40-px step on 2 cores (docs/benchmarks.md). With ``mmap``
+    off and the heap never trimmed, freed blocks are reused; the peak memory is the same.
+    ``EMVAE_MALLOC=system`` leaves the allocator as it is. Returns whether it was changed.
+    """
+    if os.environ.get("EMVAE_MALLOC", "") == "system":
+        return False
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows)
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def load_images(
     stack: ImageStack,
     device: torch.device,

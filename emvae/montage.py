@@ -10,7 +10,6 @@ a whole montage from robust percentiles, so panels of one montage are comparable
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,6 @@ from PIL import Image
 from scipy.stats import norm
 from torch import Tensor
 
-from emvae.checkpoint import load_model
-from emvae.config import RunConfig
 from emvae.errors import ConfigError
 from emvae.models import SpatialVAE, pixels_to_images
 from emvae.objective import pixel_mean
@@ -190,31 +187,3 @@ def save_gif(
         pics.append(img.resize((img.width * scale, img.height * scale), Image.Resampling.BILINEAR))
     pics[0].save(path, save_all=True, append_images=pics[1:], duration=ms, loop=0)
     return Path(path)
-
-
-# ----------------------------------------------------------------------------- a run
-
-
-@dataclass
-class RunModel:
-    model: SpatialVAE
-    config: RunConfig
-    run: Path | None
-
-
-def open_run(source: str | os.PathLike) -> RunModel:
-    """The model of a run directory or a checkpoint file."""
-    p = Path(source)
-    model, config, _ = load_model(p)
-    return RunModel(model, config, p if p.is_dir() else None)
-
-
-def observed_images(config: RunConfig, indices: np.ndarray) -> Tensor:
-    """The run's input images at 0-based ``indices``, as the model saw them (preprocessed and
-    normalised): ``(n, C, D, D)``."""
-    from emvae.particles import Particles
-
-    particles = Particles.like(config.data)
-    d, idx = particles.data, np.asarray(indices, dtype=np.int64)
-    x = particles.prepared.apply(particles.stack.images[idx], idx)
-    return (torch.from_numpy(x) - (d.mean or 0.0)) / (d.std or 1.0)

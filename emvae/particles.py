@@ -89,18 +89,13 @@ class Particles:
         ctf_params: str | os.PathLike | None = None,
     ) -> Particles:
         """An opened stack, described for a new run (nothing is read; :meth:`load` measures
-        the normalisation on the preprocessed images).
+        the normalisation on the preprocessed images, :meth:`check_trainable` the
+        fingerprint).
 
         Gaussian likelihood: images are standardised (mean 0, std 1 over the stack) unless
         ``normalize=False``. Bernoulli: pixels must lie in [0, 1] and are not changed. An emvae
         cache is used as it was preprocessed (other preprocessing options are an error).
         """
-        if len(stack) < 2:
-            raise InputError(
-                stack.source,
-                f"holds {len(stack)} image; training needs at least 2 (one is held out for "
-                "testing)",
-            )
         likelihood = likelihood or stack.likelihood
         if normalize is None or likelihood == "bernoulli":
             normalize = likelihood == "gaussian"
@@ -114,11 +109,11 @@ class Particles:
             pre = Preprocess.from_dict(stack.preprocessed)
         prepared = prepare_for(stack, pre.to_dict())
         data = DataConfig(
-            fingerprint=fingerprint(stack),
             paths=list(stack.inputs) or [stack.source],
             n_images=len(stack),
             apix=stack.apix,
             apix_from=stack.apix_from,
+            arcsec_per_px=stack.arcsec_per_px,
             normalize=normalize,
             preprocess=pre.to_dict(),
             input_size=stack.input_size or stack.size,
@@ -162,6 +157,7 @@ class Particles:
                 n_images=len(stack),
                 apix=stack.apix,
                 apix_from=stack.apix_from,
+                arcsec_per_px=stack.arcsec_per_px,
                 input_size=stack.input_size or stack.size,
                 datadir=stack.datadir,
                 ind=stack.ind,
@@ -171,6 +167,16 @@ class Particles:
         return cls(stack, data, prepare_for(stack, data.preprocess))
 
     # ------------------------------------------------------------------ what they are
+
+    def check_trainable(self) -> None:
+        """A new run needs two images (one is held out) and records the stack's fingerprint
+        (what ``--resume`` checks)."""
+        if len(self) < 2:
+            raise InputError(
+                self.source,
+                f"holds {len(self)} image; training needs at least 2 (one is held out for testing)",
+            )
+        self.data.fingerprint = self.data.fingerprint or fingerprint(self.stack)
 
     def __len__(self) -> int:
         return len(self.stack)
@@ -187,6 +193,61 @@ class Particles:
     @property
     def source(self) -> str:
         return self.stack.source
+
+    def describe(self) -> list[tuple[str, str]]:
+        """``(label, text)`` lines for ``emvae info``: format, count, box, pixel size and its
+        origin, the stacks read, STAR optics and metadata, the value range (from at most
+        :data:`DESCRIBE_SAMPLE` images spread over the stack), the memory a fit needs."""
+        st, n = self.stack, len(self.stack)
+        size = f"{st.size} x {st.size} px" + (
+            f" (from {st.input_size} px)" if st.input_size else ""
+        )
+        lines = [
+            ("source", st.source),
+            ("format", st.format),
+            ("images", f"{n:,}"),
+            ("image size", size),
+            ("channels", str(st.channels)),
+            ("dtype", str(np.dtype(st.images.dtype))),
+        ]
+        if st.apix:
+            px = f"{st.apix:.4g} A/px (from the {st.apix_from})"
+            if st.scale != 1:
+                px += f"; {st.apix * st.scale:.4g} A/px after preprocessing"
+            lines.append(("pixel size", px))
+        elif st.arcsec_per_px:
+            px = f"{st.arcsec_per_px:.6g} arcsec/px (from the {st.arcsec_from})"
+            if st.scale != 1:
+                px += f"; {st.arcsec_per_px * st.scale:.6g} arcsec/px after preprocessing"
+            lines.append(("pixel scale", px))
+        else:
+            lines.append(("pixel size", "unknown (give --apix)"))
+        files = [str(s.path) for s in getattr(st.images, "parts", ()) if hasattr(s, "path")]
+        if files:  # the stacks a STAR / .cs / .txt file named, as found (--datadir first)
+            more = f", ... ({len(files)} files)" if len(files) > 3 else ""
+            lines.append(("stacks read", ", ".join(files[:3]) + more))
+        if st.star_version:
+            lines.append(("STAR version", f"RELION {st.star_version}"))
+        if st.optics is not None:
+            keys = ("rlnOpticsGroup", "rlnImagePixelSize", "rlnImageSize", "rlnVoltage")
+            cols = [k for k in keys if k in st.optics]
+            rows = "; ".join(
+                ", ".join(f"{k.removeprefix('rln')}={r[k]}" for k in cols)
+                for _, r in st.optics.iterrows()
+            )
+            lines.append(("optics groups", f"{len(st.optics)}: {rows}"))
+        if st.metadata is not None:
+            cols = list(map(str, st.metadata.columns))
+            more = f" ... ({len(cols)} in all)" if len(cols) > 10 else ""
+            lines.append(("metadata columns", ", ".join(cols[:10]) + more))
+        if st.preprocessed is not None:
+            done = {k: v for k, v in st.preprocessed.items() if v not in (None, False, 0, "none")}
+            lines.append(("preprocessed", ", ".join(f"{k}={v}" for k, v in done.items()) or "-"))
+        lines.append(("values", _value_range(st)))
+        gib = st.nbytes_float32() / 2**30
+        lines.append(("memory (float32)", f"{gib:.3g} GiB for the whole stack at this size"))
+        lines += [("note", note) for note in st.notes]
+        return lines
 
     def check_model(self, model: ModelConfig) -> None:
         """The images must have the model's box and channels."""
@@ -221,6 +282,14 @@ class Particles:
         if measure:
             self._measure(tensor_statistics(x), likelihood)
         return normalize_(x, self.data.mean or 0.0, self.data.std or 1.0)
+
+    def images(self, indices: np.ndarray) -> Tensor:
+        """The images at 0-based ``indices`` as the model sees them (preprocessed and
+        normalised, on the CPU): ``(n, C, D, D)`` float32. Needs the normalisation measured
+        (a run's particles, :meth:`like`) or ``data.normalize`` off."""
+        idx = np.asarray(indices, dtype=np.int64)
+        x = torch.from_numpy(self.prepared.apply(self.stack.images[idx], idx))
+        return (x - (self.data.mean or 0.0)) / (self.data.std or 1.0)
 
     def _measure(self, stats: tuple[float, float, float, float], likelihood: str) -> None:
         """Fill ``data.mean``/``std`` from the preprocessed images' (mean, std, min, max)."""
@@ -270,8 +339,10 @@ class Particles:
         the particle relative to the canonical view, +y up; equals RELION's rlnAnglePsi) and
         ``theta_std_deg``, ``shift_x_px``/``shift_y_px`` (where the canonical centre lands,
         relative to the box centre, +x right, +y up) and their stds, ``shift_x_A``/
-        ``shift_y_A`` when the pixel size is known, ``theta_prob`` (the posterior probability
-        of the reported rotation bin, with rotation bins: low values flag unreliable poses),
+        ``shift_y_A`` when the pixel size is known (``shift_x_arcsec``/``shift_y_arcsec``, along
+        the pixel axes, for FITS images whose WCS gives the pixel scale on the sky),
+        ``theta_prob`` (the posterior probability of the reported rotation bin, with rotation
+        bins: low values flag unreliable poses),
         ``z1..zK``, ``z1_std..zK_std``, ``elbo`` (nats), and ``split`` when given. Pose
         variables that were not inferred are reported as 0 with std 0.
         """
@@ -304,6 +375,9 @@ class Particles:
         }
         if self.data.apix is not None:
             cols["shift_x_A"], cols["shift_y_A"] = x * self.data.apix, y * self.data.apix
+        elif self.data.arcsec_per_px is not None:  # sky images: along the pixel axes
+            sky = self.data.arcsec_per_px
+            cols["shift_x_arcsec"], cols["shift_y_arcsec"] = x * sky, y * sky
         if enc.theta_prob is not None:
             cols["theta_prob"] = enc.theta_prob
         for k in range(model.zdim):
@@ -331,6 +405,25 @@ class Particles:
             stack.optics if star else None,
             defaults=None if star else _cryosparc_optics(stack.metadata),
         )
+
+
+DESCRIBE_SAMPLE = 2000  # emvae info's value range: from at most this many images, spread out
+
+
+def _value_range(stack: ImageStack) -> str:
+    n = len(stack)
+    idx = np.unique(np.linspace(0, n - 1, min(n, DESCRIBE_SAMPLE)).astype(np.int64))
+    values = np.asarray(stack.images[idx], dtype=np.float64)
+    finite = np.isfinite(values)
+    shown = "all images" if len(idx) == n else f"{len(idx)} images spread over the stack"
+    if finite.any():
+        v = values[finite]
+        text = f"{v.min():.4g} to {v.max():.4g}, mean {v.mean():.4g}, std {v.std():.4g} ({shown})"
+    else:
+        text = "no finite values"
+    if not finite.all():
+        text += f"; {int((~finite).sum())} NaN/infinite pixels"
+    return text
 
 
 def open_images(

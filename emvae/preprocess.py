@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import scipy.fft
@@ -21,7 +22,9 @@ from emvae.io.pictures import GALAXY_CROP, GALAXY_JITTER, GALAXY_SIZE, window_st
 from emvae.io.stack import ImageStack
 from emvae.safety import atomic_output
 
-NORMALIZE = ("none", "background", "image")
+#: Per-image normalisations (--norm).
+Normalize = Literal["none", "background", "image"]
+NORMALIZE: tuple[str, ...] = get_args(Normalize)
 CHUNK = 1024  # images per preprocessing chunk (memory: about 4 * CHUNK * D_in^2 * 4 bytes)
 
 

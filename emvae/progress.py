@@ -1,9 +1,21 @@
-"""Rich progress display for long loops (epochs with ETA, batches within an epoch)."""
+"""Progress of long loops: epochs with an ETA, the batches of an epoch, one-off loops.
+
+On a terminal, Rich bars that redraw in place. Elsewhere (a cluster job's log, ``> log``),
+plain lines: one per epoch with a timestamp, and a start and an end line for each one-off loop
+(reading, encoding, preprocessing), never a redrawn frame. ``EMVAE_PROGRESS`` chooses:
+``auto`` (the default: bars when the console is a terminal), ``live`` (bars always) or
+``plain`` (lines always). Rich's own ``TTY_COMPATIBLE`` and ``FORCE_COLOR`` decide what counts
+as a terminal.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import datetime
+import os
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.progress import (
@@ -16,54 +28,177 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from emvae.errors import ConfigError
+
+#: The environment variable that overrides the choice between bars and lines.
+PROGRESS_ENV = "EMVAE_PROGRESS"
+PROGRESS_MODES = ("auto", "live", "plain")
+
+Advance = Callable[..., None]
+
 
 class TrainingProgress:
-    """Two bars: epochs (overall ETA) and batches of the current epoch."""
+    """The progress of a fit: no display at all (``--quiet``); :class:`LiveProgress` and
+    :class:`PlainProgress` show it."""
 
-    def __init__(self, progress: Progress | None) -> None:
+    def start(self, first_epoch: int, total_epochs: int) -> None:
+        """Epochs ``first_epoch + 1 .. total_epochs`` are about to run."""
+
+    def epoch_start(self, epoch: int, n_steps: int) -> None:
+        """Epoch ``epoch`` begins; it takes ``n_steps`` optimiser steps."""
+
+    def step(self, stats: str = "") -> None:
+        """One step of the current epoch is done (``stats``: the running figures)."""
+
+    def epoch_end(self, epoch: int, stats: str) -> None:
+        """Epoch ``epoch`` is done; ``stats`` sums it up in one line."""
+
+    def task(self, description: str, total: int) -> Advance:
+        """A one-off loop of ``total`` items (e.g. encoding); returns a callable that advances
+        it by ``n`` items (default 1)."""
+        return lambda n=1: None
+
+    def close(self) -> None:
+        """The display ends normally (not called after an error)."""
+
+
+class LiveProgress(TrainingProgress):
+    """Rich bars: the epochs (overall ETA) and the batches of the current epoch."""
+
+    def __init__(self, progress: Progress) -> None:
         self._p = progress
         self._epochs: TaskID | None = None
         self._steps: TaskID | None = None
 
     def start(self, first_epoch: int, total_epochs: int) -> None:
-        if self._p is not None:
-            self._epochs = self._p.add_task(
-                "epochs", total=total_epochs, completed=first_epoch, stats=""
-            )
+        self._epochs = self._p.add_task(
+            "epochs", total=total_epochs, completed=first_epoch, stats=""
+        )
 
     def epoch_start(self, epoch: int, n_steps: int) -> None:
-        if self._p is None:
-            return
         if self._steps is not None:
             self._p.remove_task(self._steps)
         self._steps = self._p.add_task(f"epoch {epoch}", total=n_steps, stats="")
 
     def step(self, stats: str = "") -> None:
-        if self._p is not None:
-            assert self._steps is not None, "epoch_start() comes first"
-            self._p.update(self._steps, advance=1, stats=stats)
+        assert self._steps is not None, "epoch_start() comes first"
+        self._p.update(self._steps, advance=1, stats=stats)
 
-    def epoch_end(self, line: str) -> None:
-        if self._p is None:
-            return
+    def epoch_end(self, epoch: int, stats: str) -> None:
         assert self._epochs is not None, "start() comes first"
+        line = f"epoch {epoch}: {stats}"
         self._p.update(self._epochs, advance=1, stats=line)
         self._p.console.print(line)
 
-    def task(self, description: str, total: int):
-        """A bar for a one-off loop (e.g. encoding); returns a callable advancing it."""
-        if self._p is None:
-            return lambda n=1: None
+    def task(self, description: str, total: int) -> Advance:
         tid = self._p.add_task(description, total=total, stats="")
         return lambda n=1: self._p.update(tid, advance=n)
+
+
+@dataclass
+class _Loop:
+    """A one-off loop under way: what it is, its size, the items done, when it began."""
+
+    description: str
+    total: int
+    done: int
+    t0: float
+
+
+class PlainProgress(TrainingProgress):
+    """Lines for a log file: ``2026-12-01 17:52:03  epoch 3/20  <stats>  (12.3 s, ETA
+    0:03:05)`` per epoch; ``<what>: N to do`` and ``<what>: N done in T s (R/s)`` around a
+    one-off loop. No carriage returns, no escape codes, no wrapping."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._clock = time.perf_counter
+        self._total = 0
+        self._first = 0
+        self._t_start = 0.0
+        self._t_epoch = 0.0
+        self._loop: _Loop | None = None
+
+    def _print(self, text: str) -> None:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        self._console.print(
+            f"{stamp}  {text}", markup=False, highlight=False, emoji=False, soft_wrap=True
+        )
+
+    def start(self, first_epoch: int, total_epochs: int) -> None:
+        self._end_loop()
+        self._first, self._total = first_epoch, total_epochs
+        self._t_start = self._t_epoch = self._clock()
+
+    def epoch_start(self, epoch: int, n_steps: int) -> None:
+        self._end_loop()
+        self._t_epoch = self._clock()
+
+    def epoch_end(self, epoch: int, stats: str) -> None:
+        now = self._clock()
+        timing = f"{now - self._t_epoch:.1f} s"
+        left = self._total - epoch
+        if left > 0 and epoch > self._first:
+            eta = (now - self._t_start) / (epoch - self._first) * left
+            timing += f", ETA {datetime.timedelta(seconds=round(eta))}"
+        self._print(f"epoch {epoch}/{self._total}  {stats}  ({timing})")
+
+    def task(self, description: str, total: int) -> Advance:
+        self._end_loop()
+        loop = self._loop = _Loop(description, total, 0, self._clock())
+        self._print(f"{description}: {total} to do")
+
+        def advance(n: int = 1) -> None:
+            loop.done += n
+            if loop is self._loop and loop.done >= loop.total:
+                self._end_loop()
+
+        if total <= 0:
+            self._end_loop()
+        return advance
+
+    def _end_loop(self) -> None:
+        """The end line of the one-off loop under way, if any."""
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        dt = self._clock() - loop.t0
+        if loop.done >= loop.total:
+            rate = f" ({loop.done / dt:.0f}/s)" if dt > 0 and loop.done else ""
+            self._print(f"{loop.description}: {loop.done} done in {dt:.1f} s{rate}")
+        else:
+            done = f"{loop.done}/{loop.total}"
+            self._print(f"{loop.description}: stopped at {done} after {dt:.1f} s")
+
+    def close(self) -> None:
+        self._end_loop()
+
+
+def progress_mode(console: Console) -> str:
+    """The display for ``console``: "live" (Rich bars) or "plain" (lines); ``EMVAE_PROGRESS``
+    decides, else whether ``console`` writes to a terminal."""
+    mode = os.environ.get(PROGRESS_ENV, "").strip().lower() or "auto"
+    if mode not in PROGRESS_MODES:
+        raise ConfigError(f"{PROGRESS_ENV}={mode!r}: choose one of {', '.join(PROGRESS_MODES)}")
+    if mode == "auto":
+        return "live" if console.is_terminal else "plain"
+    return mode
 
 
 @contextmanager
 def training_progress(
     enabled: bool = True, console: Console | None = None
 ) -> Iterator[TrainingProgress]:
+    """The progress display (on stderr unless ``console`` says otherwise); ``enabled=False``:
+    none."""
     if not enabled:
-        yield TrainingProgress(None)
+        yield TrainingProgress()
+        return
+    console = console or Console(stderr=True)
+    if progress_mode(console) == "plain":
+        plain = PlainProgress(console)
+        yield plain
+        plain.close()
         return
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -73,7 +208,9 @@ def training_progress(
         TextColumn("ETA"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[stats]}"),
-        console=console or Console(stderr=True),
+        console=console,
     )
     with progress:
-        yield TrainingProgress(progress)
+        live = LiveProgress(progress)
+        yield live
+        live.close()

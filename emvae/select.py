@@ -299,10 +299,9 @@ def read_input_rows(config: RunConfig, table: pd.DataFrame) -> InputRows:
         names = particles["rlnImageName"].astype(str).tolist()
         _check_rows(first, names, table, n_run, ind)
         return InputRows("star", first, blocks=blocks, key=key, version=version)
-    try:
-        array = np.load(first, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(first, f"not a readable cryoSPARC .cs file ({e})") from None
+    from emvae.io.cryosparc import load_cs_table
+
+    array = load_cs_table(first)  # NumPy or CSDAT layout; a subset is written as NumPy
     fields = getattr(array.dtype, "names", None) or ()
     if array.ndim != 1 or not {"blob/path", "blob/idx"} <= set(fields):
         raise InputError(first, "is not a cryoSPARC particle file (no blob/path, blob/idx)")

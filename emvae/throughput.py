@@ -30,6 +30,7 @@ from typing import Any, cast
 import torch
 
 from emvae.config import ModelConfig
+from emvae.data import keep_freed_memory
 from emvae.models import SpatialVAE
 from emvae.train import training_step
 
@@ -123,6 +124,8 @@ def measure(
     rendering is multiplied by its particle's CTF in the likelihood (``--ctf on``)."""
     cfg = ModelConfig(**{**CONFIGS[name], **({"ctf": "on"} if ctf else {})})
     cfg.validate()  # e.g. the CTF needs the Gaussian likelihood
+    if dev.type == "cpu":
+        keep_freed_memory()  # as fit does
     model = SpatialVAE(cfg).to(dev)
     params = _ctf_params(batch, dev) if ctf else None
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)

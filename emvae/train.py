@@ -24,7 +24,7 @@ import torch
 from emvae import run
 from emvae.config import RunConfig
 from emvae.ctf import likelihood_ctf
-from emvae.data import gather, prefetched, resolve_device, split_indices
+from emvae.data import gather, keep_freed_memory, prefetched, resolve_device, split_indices
 from emvae.distributed import SINGLE, Dist
 from emvae.distributed import from_env as distributed_from_env
 from emvae.encode import encode
@@ -98,6 +98,8 @@ def fit(
     out = Path(out_dir)
     work = run.work_dir(out, force, resume)  # out, or the staging folder of a --force re-run
     device = resolve_device(config.train.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     ctx = distributed_from_env(device.type)
     if ctx.active and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
@@ -120,6 +122,7 @@ def fit(
                 if d.n_images
                 else Particles.of(stack, config.model.likelihood)
             )
+        particles.check_trainable()
         config.run_id = config.run_id or uuid.uuid4().hex
         config.data = particles.data
         if ctx.main:
@@ -203,9 +206,10 @@ def fit(
             }
             run.write_checkpoint(work, state, keep=epoch % tcfg.checkpoint_every == 0)
             bar.epoch_end(
-                f"epoch {epoch}: train ELBO {train['elbo']:.2f}, test ELBO "
+                epoch,
+                f"train ELBO {train['elbo']:.2f}, test ELBO "
                 f"{test['elbo']:.2f}, error {test['error']:.2f}, KL {test['kl']:.2f}"
-                + ("" if use_z else " (z held at 0)")
+                + ("" if use_z else " (z held at 0)"),
             )
         advance = bar.task("encoding", n)
         batch = max(tcfg.batch_size, 256)

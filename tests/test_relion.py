@@ -177,6 +177,35 @@ def test_pixel_size_needed_for_angstrom_origins(tmp_path):
     assert np.allclose(p["rlnOriginXAngst"], -_table()["shift_x_px"] * 2.0)
 
 
+@pytest.mark.parametrize(
+    "layout, columns",
+    [
+        ("3.1", {}),  # the optics group's rlnImagePixelSize (rows without rlnOpticsGroup)
+        ("3.0", {"rlnImagePixelSize": 2.0}),
+        ("3.0", {"rlnDetectorPixelSize": 5.0, "rlnMagnification": 25000.0}),  # 5 um / 25000
+    ],
+)
+def test_export_star_takes_the_pixel_size_the_input_star_states(tmp_path, layout, columns):
+    """No --apix needed when the --input STAR states the pixel size; the table's rows are the
+    STAR's in reverse order (input_row)."""
+    n = 6
+    table = _table(n).assign(input_row=np.arange(n)[::-1])
+    table.to_csv(tmp_path / "t.csv", index=False)
+    rows = pd.DataFrame({"rlnImageName": [f"{k:06d}@s.mrcs" for k in range(n, 0, -1)]})
+    rows = rows.assign(**columns)
+    star = tmp_path / "in.star"
+    blocks = {"optics": optics_table(apix=2.0, size=33), "particles": rows}
+    starfile.write(blocks if layout == "3.1" else rows, star)
+    out = tmp_path / "o.star"
+    args = ["export-star", str(tmp_path / "t.csv"), "--input", str(star), "-o", str(out)]
+    r = runner.invoke(app, args if layout == "3.1" else [*args, "--box", "33"])  # 3.1: its box
+    assert r.exit_code == 0, r.output
+    assert "RELION 3.1" in r.output
+    p = starfile.read(out, always_dict=True)["particles"]
+    assert p["rlnImageName"].tolist() == rows["rlnImageName"].iloc[::-1].tolist()
+    assert np.allclose(p["rlnOriginXAngst"], -table["shift_x_px"] * 2.0)  # odd box 33
+
+
 def test_fit_writes_star_keeping_input_rows_in_a_shuffled_subset(tiny_stack, tmp_path):
     """A STAR input with its own columns, fitted on a shuffled subset: particles.star has
     those rows, in that order, every input column, and only the pose columns replaced."""

@@ -17,6 +17,7 @@ from emvae.io import read_table
 from emvae.io import star_export as sx
 from emvae.metrics import angular_error_deg, circular_correlation
 from emvae.report import compare, match, write_report
+from emvae.run import Run
 from emvae.simulate import write_simulation
 
 FIT = ["--gen-hidden", "16", "--enc-hidden", "16", "-n", "3", "-b", "20", "--lr", "1e-3"]
@@ -41,22 +42,22 @@ def _picture(path):
 
 
 def test_interpolation_layout_and_end_points(run):
-    rm = mt.open_run(run)
+    model = Run.open(run).model()[0]
     z_a, z_b = torch.randn(3, 2), torch.randn(3, 2)
     observed = torch.randn(3, 2, 1, 16, 16)
-    grid = mt.interpolation(rm.model, z_a, z_b, observed, steps=5)
+    grid = mt.interpolation(model, z_a, z_b, observed, steps=5)
     assert grid.shape == (3, 7, 1, 16, 16)
     assert torch.equal(grid[:, 0], observed[:, 0]) and torch.equal(grid[:, -1], observed[:, 1])
-    assert torch.allclose(grid[:, 1], mt.decode_mean(rm.model, z_a), atol=1e-6)
-    assert torch.allclose(grid[:, -2], mt.decode_mean(rm.model, z_b), atol=1e-6)
-    middle = mt.decode_mean(rm.model, (z_a + z_b) / 2)
+    assert torch.allclose(grid[:, 1], mt.decode_mean(model, z_a), atol=1e-6)
+    assert torch.allclose(grid[:, -2], mt.decode_mean(model, z_b), atol=1e-6)
+    middle = mt.decode_mean(model, (z_a + z_b) / 2)
     assert torch.allclose(grid[:, 3], middle, atol=1e-6)
     picture = mt.tile(mt.to_uint8(grid, -1, 1), pad=2)
     assert picture.shape == (3 * 18 + 2, 7 * 18 + 2)
 
 
 def test_manifold_prior_and_traversals(run):
-    model = mt.open_run(run).model
+    model = Run.open(run).model()[0]
     n = 5
     grid = mt.manifold(model, n)
     q = mt.quantile_grid(n)

@@ -510,15 +510,15 @@ def _mrc(path: Path, images: np.ndarray, **header) -> Path:
 def test_a_header_claiming_millions_of_images_allocates_nothing_for_them(tmp_path):
     import tracemalloc
 
-    from emvae.info import describe
     from emvae.io import read_stack
+    from emvae.particles import Particles
 
     n = 10_000_000  # 4x4 float32 images: a 640 MB sparse file that holds nothing
     p = _mrc(tmp_path / "sparse.mrcs", np.zeros((1, 4, 4)), nz=n, mz=n)
     os.truncate(p, 1024 + n * 64)
     tracemalloc.start()
     stack = read_stack(p)
-    lines = dict(describe(stack))
+    lines = dict(Particles.of(stack).describe())
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert lines["images"] == f"{n:,}" and len(stack.names) == n

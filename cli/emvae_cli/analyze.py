@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from emvae.analyze import FOLDER, analyze_run
 from emvae_cli.common import SEED_MAX, err_console, user_errors
 
-
-class Method(str, enum.Enum):
-    kmeans = "kmeans"
-    gmm = "gmm"
+Method = Literal["kmeans", "gmm"]
 
 
 @user_errors
@@ -21,7 +18,7 @@ def analyze(
     run: Path = typer.Argument(..., help="A run directory (emvae fit -o)."),
     k: int = typer.Option(4, "-k", "--clusters", min=1, help="Number of clusters."),
     method: Method = typer.Option(
-        Method.kmeans, "--method", help="kmeans (scikit-learn KMeans) or gmm (Gaussian mixture)."
+        "kmeans", "--method", help="kmeans (scikit-learn KMeans) or gmm (Gaussian mixture)."
     ),
     umap: bool = typer.Option(
         False, "--umap", help="Also a 2-D UMAP of z (needs the umap-learn package)."
@@ -37,7 +34,7 @@ def analyze(
     generator's image at each cluster centre, each cluster's aligned average, scatter plots
     by cluster and density, and a walk along each principal component. An earlier analysis in
     the folder is replaced."""
-    result = analyze_run(run, out, k, method.value, umap, seed)
+    result = analyze_run(run, out, k, method, umap, seed)
     dest = out or run / FOLDER
     for note in result["notes"]:
         err_console.print(note, highlight=False, markup=False)

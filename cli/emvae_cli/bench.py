@@ -8,9 +8,11 @@ from pathlib import Path
 import typer
 
 from emvae import bench as bn
+from emvae.config import RotationBins
 from emvae.errors import ConfigError, OutputExistsError
+from emvae.mnist import DATASETS
 from emvae.simulate import OBJECTS, get_object, write_simulation
-from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
+from emvae_cli.common import DEVICE_HELP, SEED_MAX, arg, err_console, user_errors
 
 Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)
 
@@ -102,8 +104,16 @@ def mnist(
         ..., "--data", help="MNIST IDX folder (train-images-idx3-ubyte etc., .gz or not)."
     ),
     out: Path = typer.Option(Path("runs/bench_mnist"), "-o", "--out", help="Output folder."),
-    datasets: str = typer.Option(_csv(arg(bn.run_mnist, "datasets")), "--datasets"),
-    models: str = typer.Option(_csv(arg(bn.run_mnist, "models")), "--models"),
+    datasets: str = typer.Option(
+        _csv(arg(bn.run_mnist, "datasets")),
+        "--datasets",
+        help=f"Comma-separated MNIST variants: {', '.join(DATASETS)}.",
+    ),
+    models: str = typer.Option(
+        _csv(arg(bn.run_mnist, "models")),
+        "--models",
+        help=f"Comma-separated models: {', '.join(bn.MODELS)} (the paper's three).",
+    ),
     zdims: str = typer.Option(_csv(arg(bn.run_mnist, "zdims")), "--zdims"),
     epochs: int = typer.Option(arg(bn.run_mnist, "epochs"), "-n", "--epochs"),
     hidden: int = typer.Option(
@@ -113,7 +123,7 @@ def mnist(
     canvas: int = typer.Option(
         arg(bn.run_mnist, "canvas"), "--canvas", help="Field of rotated+translated MNIST, px."
     ),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     encoders: str = typer.Option(
         _csv(arg(bn.run_mnist, "encoders")),
         "--encoders",
@@ -160,7 +170,7 @@ def particles(
     snr: float = typer.Option(arg(bn.run_particles, "snr"), "--snr"),
     epochs: int = typer.Option(arg(bn.run_particles, "epochs"), "--epochs"),
     hidden: int = typer.Option(arg(bn.run_particles, "hidden"), "--hidden"),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Paper Table 1: spatial-VAE (1-D z) vs vanilla VAEs (1-D, 2-D z) on simulated particles."""
@@ -178,7 +188,7 @@ def galaxies(
     epochs: int = typer.Option(arg(bn.run_galaxies, "epochs"), "--epochs"),
     hidden: int = typer.Option(arg(bn.run_galaxies, "hidden"), "--hidden"),
     enc_hidden: int = typer.Option(arg(bn.run_galaxies, "enc_hidden"), "--enc-hidden"),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Paper Fig. 5: RGB spatial-VAE on Galaxy Zoo pictures; prior samples."""
@@ -221,12 +231,14 @@ def encoders(
     z_delay: int | None = typer.Option(
         None, "--z-delay", show_default=False, help="Epochs with z held at 0 (default: fit's)."
     ),
-    rotation_bins: int = typer.Option(arg(bn.run_encoders, "rotation_bins"), "--rotation-bins"),
+    rotation_bins: RotationBins = typer.Option(
+        arg(bn.run_encoders, "rotation_bins"), "--rotation-bins"
+    ),
     hypotheses: int = typer.Option(arg(bn.run_encoders, "hypotheses"), "--hypotheses"),
     enc_channels: int = typer.Option(arg(bn.run_encoders, "enc_channels"), "--enc-channels"),
     lr: float = typer.Option(arg(bn.run_encoders, "lr"), "--lr"),
     batch_size: int = typer.Option(arg(bn.run_encoders, "batch_size"), "-b", "--batch-size"),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Rotation and conformation recovery per epoch for each inference network and object."""
@@ -315,7 +327,7 @@ def time_to_result(
     obj: str = typer.Option(
         arg(bn.run_time_to_result, "obj"), "--object", help="hinge, clamp, slide, random:SEED."
     ),
-    device: str = typer.Option(arg(bn.run_time_to_result, "device"), "--device"),
+    device: str = typer.Option(arg(bn.run_time_to_result, "device"), "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Wall time until fit's defaults find the poses (θ circ. corr. >= 0.95) and the

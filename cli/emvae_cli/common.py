@@ -18,6 +18,8 @@ from emvae.errors import EmvaeError
 err_console = Console(stderr=True)
 #: The largest --seed (NumPy and torch both take it).
 SEED_MAX = 2**63 - 1
+#: --device's help: the kinds of device (not a fixed set: cuda:N names a GPU).
+DEVICE_HELP = "auto (cuda when present, else cpu), cpu, cuda or cuda:N (the N-th GPU)."
 F = TypeVar("F", bound=Callable[..., Any])
 
 

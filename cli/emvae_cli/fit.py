@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -13,10 +14,21 @@ from emvae.config import (
     SMALL_IMAGE_PX,
     SMALL_WIDTH,
     WIDTH,
+    Activation,
+    CtfMode,
+    CtfPad,
     DataConfig,
+    Encoder,
+    Generator,
+    Likelihood,
     ModelConfig,
+    RotationBins,
     RunConfig,
+    Stream,
+    ThetaPosterior,
+    ThetaPrior,
     TrainConfig,
+    ZEncoder,
 )
 from emvae.ctf import ctf_params as ctf_params_of
 from emvae.ctf import likelihood_ctf
@@ -27,14 +39,24 @@ from emvae.example import EXAMPLE_OPTIONS, make_example
 from emvae.io import write_table
 from emvae.latents import latent_usage, unused_warning
 from emvae.particles import Particles
+from emvae.preprocess import Normalize
 from emvae.progress import training_progress
 from emvae.run import DERIVED, OUTPUTS, check_output_dir
 from emvae.safety import check_names, check_writable, input_files, refuse_inputs_as_outputs
 from emvae.train import fit as fit_model
 from emvae_cli import inputs as opt
-from emvae_cli.common import SEED_MAX, command_line, default, err_console, user_errors
+from emvae_cli.common import (
+    DEVICE_HELP,
+    SEED_MAX,
+    command_line,
+    default,
+    err_console,
+    user_errors,
+)
 
 M, T = ModelConfig, TrainConfig
+EncoderChoice = Literal["auto", Encoder]
+CtfChoice = Literal["auto", CtfMode]
 
 
 WIDTH_DEFAULT = f"{SMALL_WIDTH} up to {SMALL_IMAGE_PX} px, {WIDTH} above"
@@ -97,14 +119,14 @@ def fit(
         max=SEED_MAX,
         help="Random seed (initialisation, split, sampling).",
     ),
-    device: str = typer.Option(default(T, "device"), "--device", help="auto, cpu, cuda, cuda:N."),
+    device: str = typer.Option(default(T, "device"), "--device", help=DEVICE_HELP),
     rotation: bool = typer.Option(
         default(M, "rotation"), "--rotation/--no-rotation", help="Infer rotation."
     ),
     translation: bool = typer.Option(
         default(M, "translation"), "--translation/--no-translation", help="Infer translation."
     ),
-    theta_prior: str = typer.Option(
+    theta_prior: ThetaPrior = typer.Option(
         default(M, "theta_prior"),
         "--theta-prior",
         help="uniform (paper eq. 3, mean not penalised) or gaussian.",
@@ -117,7 +139,7 @@ def fit(
     shift_prior_px: float = typer.Option(
         default(M, "shift_prior_px"), "--shift-prior-px", help="Translation prior std, pixels."
     ),
-    likelihood: str | None = typer.Option(
+    likelihood: Likelihood | None = typer.Option(
         None,
         "--likelihood",
         show_default=False,
@@ -143,7 +165,7 @@ def fit(
     test_fraction: float = typer.Option(
         default(T, "test_fraction"), "--test-fraction", help="Held-out fraction for the test ELBO."
     ),
-    generator: str = typer.Option(
+    generator: Generator = typer.Option(
         default(M, "generator"),
         "--generator",
         help="spatial (coordinate MLP) or vanilla (baseline VAE).",
@@ -168,31 +190,31 @@ def fit(
         "--fourier-scale",
         help="Std of the Fourier features' frequencies, cycles per pixel.",
     ),
-    encoder: str = typer.Option(
+    encoder: EncoderChoice = typer.Option(
         default(M, "encoder"),
         "--encoder",
         help="Inference network: equivariant (group convolution over rotation bins), conv, or "
         "mlp (the paper's); auto: equivariant with rotation bins under the uniform prior, "
         "else mlp.",
     ),
-    z_encoder: str = typer.Option(
+    z_encoder: ZEncoder = typer.Option(
         default(M, "z_encoder"),
         "--z-encoder",
         help="aligned (z from a network on the image turned and shifted back by the inferred "
         "pose: z cannot encode the pose) or shared (the pose network also outputs z: the "
         "paper's; with --theta-posterior gaussian).",
     ),
-    theta_posterior: str = typer.Option(
+    theta_posterior: ThetaPosterior = typer.Option(
         default(M, "theta_posterior"),
         "--theta-posterior",
         help="Rotation posterior: bins (R rotation bins, the most probable summed exactly; "
         "mlp/conv encoders run on R rotated copies), gaussian (the paper's), or auto (bins "
         "with the uniform rotation prior).",
     ),
-    rotation_bins: int = typer.Option(
+    rotation_bins: RotationBins = typer.Option(
         default(M, "rotation_bins"),
         "--rotation-bins",
-        help="Rotation bins R (4, 8 or 16).",
+        help="Rotation bins R (the equivariant encoder's rotations).",
     ),
     hypotheses: int = typer.Option(
         default(M, "hypotheses"),
@@ -214,8 +236,8 @@ def fit(
     enc_layers: int | None = typer.Option(
         None, "--enc-layers", show_default=False, help=_h("Encoder hidden layers.", M, "enc_layers")
     ),
-    activation: str = typer.Option(
-        default(M, "activation"), "--activation", help="tanh, relu, leaky_relu, gelu or silu."
+    activation: Activation = typer.Option(
+        default(M, "activation"), "--activation", help="Nonlinearity of the hidden layers."
     ),
     normalize: bool = typer.Option(
         default(DataConfig, "normalize"),
@@ -228,15 +250,15 @@ def fit(
         show_default=False,
         help="Likelihood over pixels within this radius (model px) only.",
     ),
-    ctf: str = typer.Option(
+    ctf: CtfChoice = typer.Option(
         "auto",
         "--ctf",
         help="Model each particle's CTF: on (the likelihood compares each image with the "
         "rendering times its CTF), phase-flip (flip the images' phases once), off; auto: on "
         "when the input carries CTF parameters (STAR rlnDefocusU, .cs ctf/df1_A, --ctf-params).",
     ),
-    ctf_pad: int = typer.Option(
-        default(M, "ctf_pad"), "--ctf-pad", help="Zero-pad renderings to this x the box (1, 2)."
+    ctf_pad: CtfPad = typer.Option(
+        default(M, "ctf_pad"), "--ctf-pad", help="Zero-pad renderings to this x the box."
     ),
     ctf_params: Path | None = typer.Option(
         None,
@@ -254,7 +276,7 @@ def fit(
     crop: int | None = opt.CROP,
     jitter: int | None = opt.JITTER,
     invert: bool = opt.INVERT,
-    norm: str = opt.NORM,
+    norm: Normalize = opt.NORM,
     bg_radius: float | None = opt.BG_RADIUS,
     checkpoint_every: int = typer.Option(
         default(T, "checkpoint_every"),
@@ -273,10 +295,10 @@ def fit(
         "unbiased estimate of the likelihood, cheaper per step); evaluation and the table use "
         "every pixel.",
     ),
-    stream: str = typer.Option(
+    stream: Stream = typer.Option(
         default(T, "stream"),
         "--stream",
-        help="Read batches from disk: on, off, auto (when the stack exceeds half the RAM).",
+        help="Read batches from disk: on, off, or auto (when the stack exceeds half the RAM).",
     ),
     resume: bool = typer.Option(
         False,
@@ -398,7 +420,7 @@ def encode(
     stacks: list[str] = typer.Argument(..., help=opt.INPUTS_HELP, show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Table to write: .csv or .h5."),
     batch_size: int = typer.Option(256, "-b", "--batch-size", help="Images per batch."),
-    device: str = typer.Option(default(T, "device"), "--device", help="auto, cpu, cuda, cuda:N."),
+    device: str = typer.Option(default(T, "device"), "--device", help=DEVICE_HELP),
     seed: int = typer.Option(
         default(T, "seed"),
         "--seed",

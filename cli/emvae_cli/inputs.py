@@ -6,7 +6,7 @@ import typer
 
 from emvae.io import ImageStack, input_kind
 from emvae.particles import open_images
-from emvae.preprocess import NORMALIZE, Preprocess
+from emvae.preprocess import Preprocess
 
 INPUTS_HELP = (
     "Images: .mrcs/.mrc, RELION .star, cryoSPARC .cs, .txt list of stacks, .npy, "
@@ -51,8 +51,8 @@ INVERT = typer.Option(False, "--invert", help="Invert the contrast (multiply by 
 NORM = typer.Option(
     "none",
     "--norm",
-    help=f"Per-image normalisation: {', '.join(NORMALIZE)} "
-    "(background: mean/std outside --bg-radius).",
+    help="Per-image normalisation to mean 0, std 1 (background: by the pixels outside "
+    "--bg-radius; image: by all of them).",
 )
 BG_RADIUS = typer.Option(
     None,

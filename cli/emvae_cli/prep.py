@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from emvae.info import describe
-from emvae.preprocess import CHUNK, write_cache
+from emvae.particles import Particles
+from emvae.preprocess import CHUNK, Normalize, write_cache
 from emvae.progress import training_progress
 from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
 from emvae_cli import inputs as opt
@@ -29,7 +29,7 @@ def preprocess(
     crop: int | None = opt.CROP,
     jitter: int | None = opt.JITTER,
     invert: bool = opt.INVERT,
-    norm: str = opt.NORM,
+    norm: Normalize = opt.NORM,
     bg_radius: float | None = opt.BG_RADIUS,
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the window jitter."),
     chunk: int = typer.Option(CHUNK, "--chunk", help="Images per chunk (bounds memory)."),
@@ -71,9 +71,8 @@ def info(
 
     Also channels, dtype, STAR version and optics groups, metadata columns, value range and
     the memory a fit needs."""
-    stack, _ = opt.open_inputs(stacks, datadir, ind, apix, None, None, None, False, "none", None, 0)
+    lines = Particles.open(stacks, datadir=datadir, ind=ind, apix=apix).describe()
     console = Console(highlight=False, soft_wrap=True)
-    lines = describe(stack)
     width = max(len(k) for k, _ in lines)
     for key, text in lines:
         console.print(f"{key + ':':<{width + 1}} {text}", markup=False)

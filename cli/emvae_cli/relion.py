@@ -13,11 +13,12 @@ from emvae.config import RunConfig
 from emvae.data import resolve_device
 from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.io import open_stack, read_table, write_mrc
+from emvae.io.star import _pixel_size as star_pixel_size
 from emvae.io.star_export import Optics, export_table, input_star_rows
 from emvae.progress import training_progress
 from emvae.run import Run
 from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
-from emvae_cli.common import err_console, user_errors
+from emvae_cli.common import DEVICE_HELP, err_console, user_errors
 from emvae_cli.inputs import APIX, DATADIR, IND
 
 SOURCE_HELP = "A run directory (particles.h5 + config.json) or a table (.csv/.h5) from emvae."
@@ -45,7 +46,10 @@ def export_star(
         "the run's input when it was a STAR file).",
     ),
     apix: float | None = typer.Option(
-        None, "--apix", show_default=False, help="Pixel size in A (default: the run's)."
+        None,
+        "--apix",
+        show_default=False,
+        help="Pixel size in A (default: the run's, else the --input STAR's).",
     ),
     box: int | None = typer.Option(
         None, "--box", show_default=False, help="Box size in px (default: the run's input box)."
@@ -79,6 +83,10 @@ def export_star(
         refuse_inputs_as_outputs([out], [input_star])
         particles, optics = input_star_rows(input_star, table["input_row"].to_numpy())
         _check_names(table, particles, input_star)
+        if apix is None:  # what the STAR states: its optics groups' or its rows' pixel size
+            apix, notes = star_pixel_size(particles, optics)
+            for note in notes:
+                err_console.print(f"note: {input_star}: {note}", highlight=False)
         if box is None and optics is not None and "rlnImageSize" in optics:
             box = int(optics["rlnImageSize"].iloc[0])
     if box is None:
@@ -99,7 +107,7 @@ def align(
     datadir: str | None = DATADIR,
     ind: str | None = IND,
     apix: float | None = APIX,
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(1024, "-b", "--batch-size", help="Images per batch."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT and its average."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),

@@ -9,6 +9,7 @@ import torch
 import typer
 
 from emvae import montage as mt
+from emvae.checkpoint import load_model
 from emvae.errors import ConfigError, InputError
 from emvae.latents import latent_columns
 from emvae.report import image_key, write_report
@@ -96,16 +97,17 @@ def montage(
 
     Everything is the generator's mean at theta = 0, dx = 0. Manifold, traversals and the GIF
     span the range of z the run's particles cover (the prior's, given only a checkpoint)."""
-    rm = mt.open_run(source)
-    run = rm.run or (source.parent.parent if source.parent.name == "checkpoints" else None)
+    model, config, _ = load_model(source)
+    run = source if source.is_dir() else None
+    run = run or (source.parent.parent if source.parent.name == "checkpoints" else None)
     dest = out or ((run or source.parent) / "montage")
     dest.mkdir(parents=True, exist_ok=True)
-    model, k = rm.model, rm.config.model.zdim
+    k = config.model.zdim
     written = []
     if k == 0:
         written.append(mt.save_png(mt.prior_samples(model, 1, 1), dest / "canonical.png", 4))
     else:
-        path_z = _pairs(run, rm, pairs, pair or [], steps, seed, dest, written)
+        path_z = _pairs(run, model, pairs, pair or [], steps, seed, dest, written)
         z_data = _posterior_means(run)  # grids span what the particles cover, not the prior
         if k <= 2:
             written.append(mt.save_png(mt.manifold(model, grid, z_data), dest / "manifold.png"))
@@ -138,7 +140,7 @@ def _posterior_means(run: Path | None) -> np.ndarray | None:
     return table[latent_columns(table)].to_numpy(np.float64)
 
 
-def _pairs(run, rm, n_pairs, named, steps, seed, dest, written):
+def _pairs(run, model, n_pairs, named, steps, seed, dest, written):
     """Write interpolation.png; return the first pair's z ``(2, K)`` (or None)."""
     if run is None:
         if named:
@@ -168,12 +170,12 @@ def _pairs(run, rm, n_pairs, named, steps, seed, dest, written):
     z = torch.tensor(table[zs].to_numpy(np.float32))
     z_a, z_b = z[idx[:, 0]], z[idx[:, 1]]
     try:  # table rows are the run's images in order (after --ind)
-        observed = mt.observed_images(config, idx.reshape(-1))
+        observed = r.particles().images(idx.reshape(-1))
         observed = observed.reshape(len(idx), 2, *observed.shape[1:])
     except (InputError, ConfigError) as e:
         err_console.print(f"note: input images not shown ({e})", highlight=False)
         observed = None
-    grid = mt.interpolation(rm.model, z_a, z_b, observed, steps)
+    grid = mt.interpolation(model, z_a, z_b, observed, steps)
     if observed is not None and config.model.likelihood == "bernoulli":
         grid = grid.clamp(0, 1)
     ends = (0, -1) if observed is not None else ()

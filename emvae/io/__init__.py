@@ -14,7 +14,7 @@ import pandas as pd
 from emvae.errors import InputError
 from emvae.io.arrays import H5_SUFFIXES, NPY_SUFFIXES, read_hdf5, read_npy, split_h5_path
 from emvae.io.cryosparc import CS_SUFFIXES, read_cryosparc
-from emvae.io.fits import FITS_SUFFIXES, read_fits, split_fits_path
+from emvae.io.fits import FITS_SUFFIXES, PACKED_FITS_SUFFIXES, read_fits, split_fits_path
 from emvae.io.mrc import MRC_SUFFIXES, read_mrc, write_mrc
 from emvae.io.pictures import PICTURE_SUFFIXES, file_suffix, read_pictures
 from emvae.io.stack import ImageStack, Rows
@@ -29,6 +29,7 @@ KNOWN = (
     + NPY_SUFFIXES
     + H5_SUFFIXES
     + FITS_SUFFIXES
+    + (".fits.fz", ".fits.gz")
     + PICTURE_SUFFIXES
     + LIST_SUFFIXES
 )
@@ -42,7 +43,7 @@ def input_kind(spec: str | os.PathLike) -> str:
         return "hdf5"
     name, _ = split_fits_path(text)
     lower = name.lower()
-    if lower.endswith((".fits.gz", ".fit.gz")) or Path(lower).suffix in FITS_SUFFIXES:
+    if lower.endswith(PACKED_FITS_SUFFIXES) or Path(lower).suffix in FITS_SUFFIXES:
         return "fits"
     suffix = Path(lower).suffix
     for kind, suffixes in (
@@ -148,6 +149,7 @@ def concat_stacks(stacks: list[ImageStack], source: str) -> ImageStack:
         raise InputError(source, f"mixed image sizes across stacks ({shown})")
     first = stacks[0]
     same_apix = len({s.apix for s in stacks}) == 1
+    same_arcsec = len({s.arcsec_per_px for s in stacks}) == 1
     same_prep = all(s.preprocessed == first.preprocessed for s in stacks)
     metas = [s.metadata for s in stacks]
     offsets = [s.offsets for s in stacks if s.offsets is not None]
@@ -157,6 +159,8 @@ def concat_stacks(stacks: list[ImageStack], source: str) -> ImageStack:
         names=[n for s in stacks for n in s.names],
         apix=first.apix if same_apix else None,
         apix_from=first.apix_from if same_apix else None,
+        arcsec_per_px=first.arcsec_per_px if same_arcsec else None,
+        arcsec_from=first.arcsec_from if same_arcsec else None,
         source=source,
         rows=None,
         metadata=None if any(m is None for m in metas) else pd.concat(metas, ignore_index=True),
@@ -247,6 +251,7 @@ def open_stack(
         if not apix > 0:
             raise InputError(str(specs[0]), f"--apix must be > 0, got {apix}")
         stack.apix, stack.apix_from = float(apix), "--apix"
+        stack.arcsec_per_px = stack.arcsec_from = None  # the pixels are in Angstrom, then
     return stack
 
 

@@ -143,6 +143,9 @@ def _apply_cache_attrs(stack: ImageStack, f: h5py.File, attrs: dict) -> None:
     apix = float(attrs.get("apix", 0.0))
     stack.apix = apix if apix > 0 else None
     stack.apix_from = "emvae cache" if stack.apix else None
+    arcsec = float(attrs.get("arcsec_per_px", 0.0))  # absent in caches made before it was kept
+    stack.arcsec_per_px = arcsec if arcsec > 0 else None
+    stack.arcsec_from = "emvae cache" if stack.arcsec_per_px else None
     stack.preprocessed = json.loads(attrs["preprocess"])
     stack.input_size = int(attrs["input_size"])
     stack.scale = float(attrs.get("scale", 1.0))
@@ -169,6 +172,7 @@ def finish_cache(
     if offsets is not None:
         f.create_dataset("offsets", data=np.asarray(offsets, dtype=np.float64))
     f.attrs["apix"] = float(stack.apix or 0.0)  # of the input pixels
+    f.attrs["arcsec_per_px"] = float(stack.arcsec_per_px or 0.0)  # sky images, input pixels
     f.attrs["scale"] = float(prepared.scale)  # input pixels per cached pixel
     f.attrs["preprocess"] = json.dumps(preprocess)
     f.attrs["input_size"] = stack.input_size or stack.size

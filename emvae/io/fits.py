@@ -5,6 +5,14 @@ HDU holding an image. A 2-D HDU is one image; a 3-D HDU ``(bands, H, W)`` is one
 bands are channels. BSCALE/BZERO are applied by astropy. NaN pixels are replaced by the median
 of the image's finite pixels and a note says how many. Arrays are used as stored: row 0 is the
 first row in the file (the bottom one in ds9), as for MRC.
+
+Tile-compressed images (``fpack``'s ``.fits.fz``: a ``CompImageHDU`` after an empty primary
+HDU) and gzipped files (``.fits.gz``) are read the same way; astropy decompresses them.
+
+Pixel scale: when an image HDU's header holds a celestial WCS whose axes are the image's x and
+y axes, the scale on the sky (``astropy.wcs`` projection-plane scales, which take CDELT, PC or a
+rotated CD matrix into account) is recorded as ``ImageStack.arcsec_per_px``. It is left unset,
+with a note, when the two axes' scales differ (non-square pixels) or the images disagree.
 """
 
 from __future__ import annotations
@@ -13,16 +21,31 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+from astropy import units as u
 from astropy.io import fits
+from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_scales
 
 from emvae.errors import InputError
-from emvae.io.pictures import list_files, window_starts
+from emvae.io.pictures import PACKED_FITS_SUFFIXES, list_files, window_starts
 from emvae.io.stack import ImageStack
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
+__all__ = ["FITS_SUFFIXES", "PACKED_FITS_SUFFIXES", "read_fits", "sky_pixel_scale"]
 _EXT = re.compile(r"^(?P<file>.+?)\[(?P<ext>[^\]]+)\]$")
+# Two pixel scales agree (square pixels; images of one survey) within this relative difference.
+_SCALE_RTOL = 1e-3
+
+
+class _Image(NamedTuple):
+    label: str
+    data: np.ndarray  # (bands, H, W) float32
+    arcsec: float | None  # sky pixel scale from the HDU's WCS
+    why_not: str | None  # why a celestial WCS gave no scale
+    compressed: bool
 
 
 def split_fits_path(spec: str) -> tuple[str, str | None]:
@@ -41,17 +64,16 @@ def read_fits(
     path = Path(name)
     if path.is_dir() or any(ch in name for ch in "*?"):
         files = list_files(name, FITS_SUFFIXES)
-        arrays, names = [], []
+        hdus, names = [], []
         for f in files:
-            hdus = _image_hdus(f, None)
-            arrays.append(hdus[0][1])
+            hdus.append(_image_hdus(f, None)[0])
             names.append(f"1@{f}")
     else:
         if not path.exists():
             raise InputError(path, "no such file")
         hdus = _image_hdus(path, ext)
-        arrays = [a for _, a in hdus]
-        names = [f"{k + 1}@{path}[{label}]" for k, (label, _) in enumerate(hdus)]
+        names = [f"{k + 1}@{path}[{h.label}]" for k, h in enumerate(hdus)]
+    arrays = [h.data for h in hdus]
     bands = {a.shape[0] for a in arrays}
     if len(bands) > 1:
         raise InputError(text, f"images have different numbers of bands {sorted(bands)}")
@@ -61,19 +83,73 @@ def read_fits(
     for k, (a, (r, col)) in enumerate(zip(arrays, starts, strict=True)):
         images[k] = a[:, r : r + c, col : col + c]
     notes = _fill_nan(images, text)
+    arcsec, why_not = _common_scale(hdus, names)
+    if why_not:
+        notes.append(f"{text}: no pixel scale on the sky ({why_not}); shifts in pixels only")
+    packed = ", tile-compressed" if any(h.compressed for h in hdus) else ""
     return ImageStack(
         images=images,
         names=names,
         apix=None,
         source=text,
-        format=f"FITS ({len(arrays)} image{'s' if len(arrays) > 1 else ''})",
+        format=f"FITS ({len(arrays)} image{'s' if len(arrays) > 1 else ''}{packed})",
+        arcsec_per_px=arcsec,
+        arcsec_from="FITS WCS" if arcsec is not None else None,
         offsets=offsets if (np.abs(offsets) > 0).any() else None,
         notes=notes,
     )
 
 
-def _image_hdus(path: Path, ext: str | None) -> list[tuple[str, np.ndarray]]:
-    """(label, ``(bands, H, W)`` float32 array) of the chosen HDU or of every image HDU."""
+def sky_pixel_scale(header: fits.Header) -> tuple[float | None, str | None]:
+    """The pixel scale in arcsec per pixel that ``header``'s celestial WCS gives.
+
+    Returns ``(scale, None)``; ``(None, None)`` when the header has no celestial WCS (a plain
+    image: nothing to say); ``(None, why)`` when it has one that gives no single scale for the
+    image's pixels (unreadable, celestial axes not the image's x/y, non-square pixels). The
+    scale is the length of a pixel's side on the projection plane at the reference point, so a
+    rotated CD matrix gives the same number as the CDELT it rotates; it is rounded to 12
+    significant digits (0.36, not 0.36000000000000004).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FITSFixedWarning and friends: the header is as it is
+        try:
+            wcs = WCS(header)
+            if not wcs.has_celestial:
+                return None, None
+            if sorted((wcs.wcs.lng, wcs.wcs.lat)) != [0, 1]:
+                return None, "its celestial WCS axes are not the image's x and y axes"
+            cel = wcs.celestial  # wcslib states celestial axes in degrees
+            units = [u.Unit(str(c) or "deg") for c in cel.wcs.cunit]
+            sx, sy = (
+                float((v * unit).to_value(u.arcsec))
+                for v, unit in zip(proj_plane_pixel_scales(cel), units, strict=True)
+            )
+        except Exception as e:  # any failure of a WCS costs the scale only, not the images
+            first = (str(e).strip().splitlines() or [""])[0]
+            return None, f"its WCS could not be read: {type(e).__name__}: {first}"
+    if not (np.isfinite([sx, sy]).all() and sx > 0 and sy > 0):
+        return None, f"its WCS gives pixel scales {sx:.6g} x {sy:.6g} arcsec"
+    if abs(sx - sy) > _SCALE_RTOL * max(sx, sy):
+        return None, f"its pixels are not square on the sky ({sx:.6g} x {sy:.6g} arcsec)"
+    return float(f"{(sx + sy) / 2:.12g}"), None
+
+
+def _common_scale(hdus: list[_Image], names: list[str]) -> tuple[float | None, str | None]:
+    """The images' one pixel scale, or (None, why) when some have none or they disagree."""
+    if all(h.arcsec is None and h.why_not is None for h in hdus):
+        return None, None  # no WCS anywhere: FITS read as before, without a word
+    for h, name in zip(hdus, names, strict=True):
+        if h.arcsec is None:
+            return None, f"{name}: {h.why_not or 'no celestial WCS'}"
+    scales = np.array([h.arcsec for h in hdus], dtype=np.float64)
+    if scales.max() - scales.min() > _SCALE_RTOL * scales.max():
+        lo, hi = scales.min(), scales.max()
+        return None, f"the images' scales differ, {lo:.6g} to {hi:.6g} arcsec/px"
+    return float(scales[0]), None
+
+
+def _image_hdus(path: Path, ext: str | None) -> list[_Image]:
+    """The chosen HDU, or every image HDU: label, ``(bands, H, W)`` float32 array, scale."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -89,7 +165,7 @@ def _image_hdus(path: Path, ext: str | None) -> list[tuple[str, np.ndarray]]:
                 raise InputError(path, f"has no HDU {ext!r} ({_describe(hdul)})") from None
         else:
             chosen = [
-                (h.name if h.name and h.name != "PRIMARY" else str(i), h)
+                (_label(h, i), h)
                 for i, h in enumerate(hdul)
                 if h.is_image and h.header.get("NAXIS", 0) > 0
             ]
@@ -104,8 +180,15 @@ def _image_hdus(path: Path, ext: str | None) -> list[tuple[str, np.ndarray]]:
                 a = a[np.newaxis]
             if a.ndim != 3:
                 raise InputError(path, f"HDU {label} has {a.ndim} axes; expected 2 or 3")
-            out.append((label, a))
+            arcsec, why_not = sky_pixel_scale(h.header)
+            out.append(_Image(label, a, arcsec, why_not, isinstance(h, fits.CompImageHDU)))
     return out
+
+
+def _label(hdu, index: int) -> str:
+    """How an image names its HDU: its EXTNAME, else its number (the primary HDU, and
+    astropy's default name for a tile-compressed HDU without one, are numbers)."""
+    return hdu.name if hdu.name not in ("", "PRIMARY", "COMPRESSED_IMAGE") else str(index)
 
 
 def _describe(hdul) -> str:

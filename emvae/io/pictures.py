@@ -19,6 +19,16 @@ from emvae.errors import InputError
 from emvae.io.stack import ImageStack
 
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# FITS files under a compression suffix: gzipped, or tile-compressed by fpack (".fz").
+PACKED_FITS_SUFFIXES = (
+    ".fits.gz",
+    ".fit.gz",
+    ".fts.gz",
+    ".fits.fz",
+    ".fit.fz",
+    ".fts.fz",
+    ".fz",
+)
 # Galaxy Zoo defaults: the 207-px centre crop of Dieleman et al. 2015 (ref. 28 of the paper),
 # moved by up to +-12 px (their +-4 px after a 3x reduction), then reduced to 64 x 64.
 GALAXY_CROP, GALAXY_JITTER, GALAXY_SIZE = 207, 12, 64
@@ -42,9 +52,10 @@ def list_files(spec: str | os.PathLike, suffixes: tuple[str, ...]) -> list[Path]
 
 
 def file_suffix(p: Path) -> str:
-    """The suffix that names a format (``.fits`` for ``x.fits.gz``), lower case."""
+    """The suffix that names a format (``.fits`` for ``x.fits.gz`` and ``x.fits.fz``), lower
+    case."""
     name = p.name.lower()
-    return ".fits" if name.endswith((".fits.gz", ".fit.gz")) else p.suffix.lower()
+    return ".fits" if name.endswith(PACKED_FITS_SUFFIXES) else p.suffix.lower()
 
 
 def window_starts(

@@ -28,6 +28,10 @@ class ImageStack:
     apix: pixel size in Angstrom, or None when nothing says; ``apix_from`` says who said it
         ("MRC header", "STAR optics table", "STAR rows", "cryoSPARC blob/psize_A", "--apix",
         "emvae cache").
+    arcsec_per_px: the pixel scale on the sky in arcsec per pixel (FITS images with a
+        celestial WCS), or None; ``arcsec_from`` says who said it ("FITS WCS", "emvae cache").
+        Never set together with ``apix``: :attr:`pixel_unit` tells which one describes the
+        pixels.
     source: the file(s) the user named; ``format``: a short description of the format.
     rows: 0-based row of each image in the input (STAR/.cs row, or position in the stack list);
         differs from ``arange(N)`` after ``--ind``.
@@ -52,6 +56,8 @@ class ImageStack:
     source: str
     format: str = "MRC"
     apix_from: str | None = None
+    arcsec_per_px: float | None = None
+    arcsec_from: str | None = None
     rows: np.ndarray | RowNumbers | None = None
     metadata: pd.DataFrame | None = None
     optics: pd.DataFrame | None = None
@@ -75,6 +81,19 @@ class ImageStack:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def pixel_unit(self) -> str:
+        """What one pixel is known in: "A" (``apix``), "arcsec" (``arcsec_per_px``) or "px"
+        (nothing says)."""
+        if self.apix is not None:
+            return "A"
+        return "arcsec" if self.arcsec_per_px is not None else "px"
+
+    @property
+    def pixel_scale(self) -> float | None:
+        """Size of one input pixel in :attr:`pixel_unit` (None when that is "px")."""
+        return self.apix if self.apix is not None else self.arcsec_per_px
 
     @property
     def size(self) -> int:
