@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -509,31 +510,40 @@ def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 1
     return out
 
 
+@dataclass
+class EncoderRuns:
+    """What every fit of the encoder benchmark shares: the epochs, the generator's (and MLP
+    heads') width, z's dimensions, the rotation bins and hypotheses, the group convolutions'
+    channels, Adam's rate, the batch and the epochs with z held at 0 (None: fit's)."""
+
+    epochs: int = 30
+    hidden: int = 128
+    zdim: int = 1
+    rotation_bins: int = 8
+    hypotheses: int = 2
+    enc_channels: int = 8
+    lr: float = 1e-3
+    batch_size: int = 50
+    z_delay: int | None = None
+
+
 def run_encoders(
     out: str | Path,
     n: int = 4000,
     size: int = 40,
     snrs: tuple[float, ...] = (1.0, 0.3),
     encoders: tuple[str, ...] = ("equivariant", "mlp", "mlp/gaussian"),
-    epochs: int = 30,
-    hidden: int = 128,
-    rotation_bins: int = 8,
-    hypotheses: int = 2,
-    enc_channels: int = 8,
-    lr: float = 1e-3,
-    batch_size: int = 50,
+    objects: tuple[str, ...] = ("hinge",),
+    runs: EncoderRuns | None = None,
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
-    objects: tuple[str, ...] = ("hinge",),
-    zdim: int = 1,
-    z_delay: int | None = None,
 ) -> pd.DataFrame:
     """Pose and conformation recovery per epoch for each inference network (see
     :func:`encoder_options`) on ``emvae simulate`` stacks of each object (:data:`OBJECTS`;
     ``random:SEED`` for a random one) and SNR (uniform rotations, N(0, 1 px^2) shifts), with the
-    same generator (2 x ``hidden`` tanh, ``zdim``-D z, likelihood within a 19/40-box radius)
-    and the same epochs.
+    same generator (2 x ``runs.hidden`` tanh, ``runs.zdim``-D z, likelihood within a 19/40-box
+    radius) and the same epochs.
 
     Writes ``encoders_per_epoch.csv`` (one row per object x snr x encoder x epoch) and
     ``encoders_results.{csv,md}`` (the last epoch, the first epoch reaching circular
@@ -541,7 +551,7 @@ def run_encoders(
     from emvae.io import read_stack
     from emvae.simulate import get_object, write_simulation
 
-    out = Path(out)
+    out, runs = Path(out), runs or EncoderRuns()
     rows: list[dict] = []
     final: list[dict] = []
     options = {spec: encoder_options(spec) for spec in encoders}
@@ -559,22 +569,23 @@ def run_encoders(
             truth = pd.read_csv(sim / "truth.csv")
             for spec in encoders:
                 label = {"object": object_name, "snr": snr, "encoder": spec}
+                r = runs
                 cfg = _config(
                     size,
                     1,
-                    zdim,
+                    r.zdim,
                     MODELS["spatial"],
-                    epochs,
-                    hidden,
-                    hidden,
+                    r.epochs,
+                    r.hidden,
+                    r.hidden,
                     device,
                     seed,
-                    rotation_bins=rotation_bins,
-                    hypotheses=hypotheses,
-                    enc_channels=enc_channels,
-                    lr=lr,
-                    batch_size=batch_size,
-                    z_delay=z_delay,
+                    rotation_bins=r.rotation_bins,
+                    hypotheses=r.hypotheses,
+                    enc_channels=r.enc_channels,
+                    lr=r.lr,
+                    batch_size=r.batch_size,
+                    z_delay=r.z_delay,
                     shift_prior_px=2.0,
                     mask_radius_px=size * 19 / 40,
                     **options[spec],

@@ -259,6 +259,14 @@ class TrainConfig:
     # training steps compare each batch on this random fraction of its pixels (an unbiased
     # estimate of the whole image's log-likelihood); evaluation and the table use every pixel
     pixel_fraction: float = 1.0
+    # the weights of the KL of z and of the pose's KL in the objective (beta-VAE; 1: the ELBO);
+    # metrics.csv reports the ELBO and, when either differs from 1, the weighted objective
+    beta: float = 1.0
+    pose_beta: float = 1.0
+
+    @property
+    def weighted(self) -> bool:
+        return self.beta != 1.0 or self.pose_beta != 1.0
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -276,6 +284,9 @@ class TrainConfig:
         _choice("--stream", self.stream, STREAM_MODES)
         if not 0 < self.pixel_fraction <= 1:
             raise ConfigError(f"--pixel-fraction must lie in (0, 1], got {self.pixel_fraction}")
+        for flag, value in (("--beta", self.beta), ("--pose-beta", self.pose_beta)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
 
 
 @dataclass

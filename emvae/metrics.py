@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+from astropy.stats import circcorrcoef, circmean
 
 
 def circular_mean(a: np.ndarray) -> float:
-    """Mean direction of angles ``a`` (radians)."""
-    return float(np.angle(np.exp(1j * np.asarray(a, dtype=np.float64)).mean()))
+    """Mean direction of angles ``a`` (radians, in (-pi, pi]; astropy's ``circmean``)."""
+    return float(np.angle(np.exp(1j * float(circmean(np.asarray(a, dtype=np.float64))))))
 
 
 def circular_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Jammalamadaka-SenGupta circular correlation of two angle samples (radians).
+    """Jammalamadaka-SenGupta circular correlation of two angle samples (radians; astropy's
+    ``circcorrcoef``).
 
     ``sum sin(a - mean_a) sin(b - mean_b) / sqrt(sum sin^2(a - mean_a) sum sin^2(b - mean_b))``:
     1 for identical angles, unchanged by a constant offset of either, -1 under a reflection;
@@ -19,12 +21,10 @@ def circular_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    sa = np.sin(a - circular_mean(a))
-    sb = np.sin(b - circular_mean(b))
-    va, vb = (sa**2).mean(), (sb**2).mean()
-    if va < 1e-12 or vb < 1e-12:
+    spread = [(np.sin(v - circular_mean(v)) ** 2).mean() for v in (a, b)]
+    if min(spread) < 1e-12:
         return 0.0
-    return float((sa * sb).mean() / np.sqrt(va * vb))
+    return float(circcorrcoef(a, b))
 
 
 def angular_error_deg(

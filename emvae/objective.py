@@ -103,6 +103,17 @@ class ElboTerms:
     def elbo(self) -> Tensor:
         return self.log_lik - self.kl
 
+    def objective(self, beta: float = 1.0, pose_beta: float = 1.0) -> Tensor:
+        """What training maximises: :func:`weighted_elbo` of these terms, ``(B,)``."""
+        return weighted_elbo(self.elbo, self.kl_z, self.kl_theta + self.kl_shift, beta, pose_beta)
+
+
+def weighted_elbo(elbo, kl_z, kl_pose, beta: float = 1.0, pose_beta: float = 1.0):
+    """The beta-VAE objective (Higgins et al. 2017): ``log p - beta KL_z - pose_beta
+    (KL_theta + KL_dx)``, written from the ELBO and the KLs (tensors or per-epoch means; it is
+    linear in them); the ELBO itself at ``beta = pose_beta = 1``."""
+    return elbo - (beta - 1.0) * kl_z - (pose_beta - 1.0) * kl_pose
+
 
 def elbo_terms(
     cfg: ModelConfig,

@@ -117,12 +117,21 @@ def measure(
     compile_model: bool = False,
     stream: bool = False,
     ctf: bool = False,
+    hidden: int | None = None,
+    zdim: int | None = None,
+    pixel_fraction: float = 1.0,
 ) -> Measurement:
     """Time full training steps (augmentation, encoder, generator, ELBO, backward, Adam) on
     random data resident on ``dev``, or (``stream``) read batch by batch from a memory-mapped
     file with one batch of prefetch, as ``emvae fit --stream on`` does; with ``ctf``, each
-    rendering is multiplied by its particle's CTF in the likelihood (``--ctf on``)."""
-    cfg = ModelConfig(**{**CONFIGS[name], **({"ctf": "on"} if ctf else {})})
+    rendering is multiplied by its particle's CTF in the likelihood (``--ctf on``). ``hidden``
+    (both networks' width) and ``zdim`` replace the configuration's, e.g. to time the same work
+    as another program (``../shared/tools/ref_step_time.py --hidden --zdim``);
+    ``pixel_fraction`` < 1: the likelihood on that random fraction of the pixels
+    (``fit --pixel-fraction``)."""
+    sizes = {"gen_hidden": hidden, "enc_hidden": hidden, "zdim": zdim}
+    sizes = {k: v for k, v in sizes.items() if v is not None}
+    cfg = ModelConfig(**{**CONFIGS[name], **sizes, **({"ctf": "on"} if ctf else {})})
     cfg.validate()  # e.g. the CTF needs the Gaussian likelihood
     if dev.type == "cpu":
         keep_freed_memory()  # as fit does
@@ -151,18 +160,21 @@ def measure(
                 sync()
                 t0 = time.perf_counter()
             x_k = next(batches) if batches is not None else x
-            training_step(net, opt, x_k, augment=True, amp=amp, ctf=params)
+            training_step(
+                net, opt, x_k, augment=True, amp=amp, ctf=params, pixel_fraction=pixel_fraction
+            )
         sync()
     dt = (time.perf_counter() - t0) / steps
     ips = batch / dt
     passes = cfg.hypotheses if cfg.binned else 1
-    gflops = 3 * passes * generator_flops(cfg) * ips / 1e9
+    gflops = 3 * passes * generator_flops(cfg) * pixel_fraction * ips / 1e9  # pixels drawn
     peak = None
     if dev.type == "cuda" and precision == "bf16":
         name_ = torch.cuda.get_device_name(dev)
         tf = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name_), None)
         peak = gflops / (tf * 1e3) if tf else None
     label = precision + (", streamed" if stream else "") + (", CTF" if ctf else "")
+    label += f", {pixel_fraction:g} px" if pixel_fraction < 1 else ""
     return Measurement(name, device_name(dev), label, batch, ips, gflops, peak)
 
 

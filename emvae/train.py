@@ -31,7 +31,7 @@ from emvae.encode import encode
 from emvae.errors import EmvaeError
 from emvae.io.stack import ImageStack
 from emvae.models import SpatialVAE
-from emvae.objective import ElboTerms, posterior_elbo
+from emvae.objective import ElboTerms, posterior_elbo, weighted_elbo
 from emvae.particles import Particles, check_same
 from emvae.preprocess import prepare_for
 from emvae.progress import TrainingProgress, training_progress
@@ -189,6 +189,12 @@ def fit(
                 **{f"test_{k}": v for k, v in test.items()},
                 "seconds": time.perf_counter() - t0,
             }
+            if tcfg.weighted:  # what was maximised, beside the true ELBO
+                for part, t in (("train", train), ("test", test)):
+                    row[f"{part}_objective"] = weighted_elbo(
+                        t["elbo"], t["kl_z"], t["kl_theta"] + t["kl_shift"], tcfg.beta,
+                        tcfg.pose_beta,
+                    )  # fmt: skip
             if on_epoch is not None:
                 row.update(on_epoch(epoch, model, data))
             history.append(row)
@@ -230,19 +236,21 @@ def fit(
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 autocast
-    is slower than float32."""
+    """Whether bf16 autocast pays on this CPU: it needs AMX tiles. Without bf16 instructions it
+    is emulated (11x slower than float32 on an AVX2 EPYC); with AVX-512 BF16 but no AMX it was
+    still slower than float32 at the paper's 40-px network (12.1 against 17.3 images/s on a
+    2-core Xeon) and only even at fit's 64-px one (docs/benchmarks.md)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "amx_bf16" in flags
 
 
 def autocast_for(device: torch.device, enabled: bool = True):
-    """bf16 autocast (float32 master weights) on CUDA, and on CPUs with native bf16; else a
-    no-op context."""
+    """bf16 autocast (float32 master weights) on CUDA, and on CPUs where it pays
+    (:func:`cpu_has_bf16`); else a no-op context."""
     if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -298,7 +306,9 @@ def _train_epoch(
             amp=s.amp,
             share=share,
             ctf=mine,
-            pixel_fraction=config.train.pixel_fraction,
+            pixel_fraction=tcfg.pixel_fraction,
+            beta=tcfg.beta,
+            pose_beta=tcfg.pose_beta,
         )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
@@ -325,6 +335,8 @@ def training_step(
     share: tuple[slice, int] | None = None,
     ctf: torch.Tensor | None = None,
     pixel_fraction: float = 1.0,
+    beta: float = 1.0,
+    pose_beta: float = 1.0,
 ) -> ElboTerms:
     """One optimiser step on a batch ``x`` ``(B, C, D, D)`` already on the model's device.
 
@@ -342,6 +354,9 @@ def training_step(
 
     ``pixel_fraction`` < 1: the batch is rendered and compared on that random fraction of the
     pixels (one draw per step), the log-likelihood scaled by all over drawn (unbiased).
+
+    ``beta``, ``pose_beta``: the weights of the z and pose KLs in the maximised objective
+    (:func:`emvae.objective.weighted_elbo`); the returned terms are the ELBO's.
     """
     net = model
     core = cast(SpatialVAE, getattr(model, "module", model))  # DDP keeps the model in .module
@@ -367,7 +382,7 @@ def training_step(
     y = core.pixels(x, subset)
     terms = posterior_elbo(cfg, y, params.float(), q.float(), use_z, ctf, pixel_weight)
     optimizer.zero_grad(set_to_none=True)
-    (-terms.elbo.sum() * weight).backward()
+    (-terms.objective(beta, pose_beta).sum() * weight).backward()
     optimizer.step()
     if n == 0:
         return ElboTerms(

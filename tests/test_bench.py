@@ -150,8 +150,9 @@ def test_equivariant_encoder_finds_rotations_in_a_few_epochs(tmp_path):
     """The point of the equivariant encoder: on 1,000 small particles (SNR 5) it recovers the
     in-plane rotation within 8 epochs (the MLP encoder needs hundreds; docs/benchmarks.md)."""
     table = bn.run_encoders(
-        tmp_path, n=1000, size=24, snrs=(5.0,), encoders=("equivariant",), epochs=8,
-        hidden=64, enc_channels=4, batch_size=25, device="cpu", progress=False,
+        tmp_path, n=1000, size=24, snrs=(5.0,), encoders=("equivariant",),
+        runs=bn.EncoderRuns(epochs=8, hidden=64, enc_channels=4, batch_size=25), device="cpu",
+        progress=False,
     )  # fmt: skip
     last = table.iloc[-1]
     assert last["theta_circ_corr"] > 0.9

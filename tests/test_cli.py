@@ -199,9 +199,8 @@ def test_every_help_lists_allowed_values_and_keeps_square_brackets():
                 flag = max(info.param_decls, key=len)
                 assert f"{flag} <{'|'.join(choices)}>" in text, (words, flag, choices)
                 seen += 1
-        # --device takes a pattern (cuda:N), so its help names the kinds; bench throughput's
-        # options are being reworked elsewhere
-        if "--device <str>" in text and words != ("bench", "throughput"):
+        # --device takes a pattern (cuda:N), so its help names the kinds
+        if "--device <str>" in text:
             assert "auto" in text and "cuda:N" in text, words
     assert seen >= 15  # fit alone has 12
     fit = helps[("fit",)]

@@ -135,3 +135,14 @@ def test_the_pixel_subsample_likelihood_is_unbiased():
                 draws.append(posterior_elbo(cfg, y, p, q, pixel_weight=n / len(subset)).log_lik)
         mean = torch.stack(draws).mean(0)
         assert torch.allclose(mean, full, rtol=2e-3), (mean, full)
+
+
+def test_the_weighted_objective_is_the_beta_vae_sum_and_the_elbo_at_one():
+    from emvae.objective import ElboTerms
+
+    g = torch.Generator().manual_seed(0)
+    ll, kz, kt, ks = (torch.rand(5, generator=g) * 10 for _ in range(4))
+    t = ElboTerms(ll, kz, kt, ks, kz[:, None])
+    torch.testing.assert_close(t.objective(), t.elbo)
+    torch.testing.assert_close(t.objective(4.0, 0.5), ll - 4.0 * kz - 0.5 * (kt + ks))
+    torch.testing.assert_close(t.objective(0.0, 0.0), ll)

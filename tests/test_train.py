@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -10,7 +11,7 @@ from emvae import Particles, RunConfig, fit, load_model, read_stack
 from emvae.config import ModelConfig, TrainConfig
 from emvae.data import load_images, normalize_
 from emvae.encode import encode
-from emvae.errors import EmvaeError, OutputExistsError
+from emvae.errors import ConfigError, EmvaeError, OutputExistsError
 from emvae.io import read_table
 
 
@@ -179,3 +180,31 @@ def test_pixel_subsampled_training_is_stored_and_resumes_exactly(tiny_stack, tmp
         assert torch.equal(v, whole.model.state_dict()[k]), k
     plain = fit(stack, _config(stack, epochs=2), tmp_path / "c", progress=False)
     assert not np.allclose(plain.table["elbo"], whole.table["elbo"])  # another objective
+
+
+def test_beta_weights_the_kls_and_metrics_keep_the_true_elbo(tiny_stack, tmp_path):
+    """--beta 4 --pose-beta 0.5: config.json records them, metrics.csv's ELBO columns are the
+    ELBO (elbo = -error - kl, unweighted) and the objective columns are the weighted sum, and
+    the weights change what is learnt (beta = 1 is the plain ELBO: no objective column)."""
+    from emvae.config import read_config
+
+    stack = read_stack(tiny_stack)
+    cfg = _config(stack, epochs=2)
+    cfg.train.beta, cfg.train.pose_beta = 4.0, 0.5
+    weighted = fit(stack, cfg, tmp_path / "w", progress=False)
+    back = read_config(tmp_path / "w" / "config.json").train
+    assert (back.beta, back.pose_beta) == (4.0, 0.5)
+    m = pd.read_csv(tmp_path / "w" / "metrics.csv")
+    for split in ("train", "test"):
+        kl_pose = m[f"{split}_kl_theta"] + m[f"{split}_kl_shift"]
+        np.testing.assert_allclose(
+            m[f"{split}_elbo"], -m[f"{split}_error"] - m[f"{split}_kl"], rtol=1e-4
+        )
+        expected = m[f"{split}_elbo"] - 3.0 * m[f"{split}_kl_z"] + 0.5 * kl_pose
+        np.testing.assert_allclose(m[f"{split}_objective"], expected, rtol=1e-4, atol=1e-3)
+    plain = fit(stack, _config(stack, epochs=2), tmp_path / "p", progress=False)
+    assert "train_objective" not in pd.read_csv(tmp_path / "p" / "metrics.csv")
+    assert not np.allclose(plain.table["elbo"], weighted.table["elbo"])
+    cfg.train.beta = -1.0
+    with pytest.raises(ConfigError, match="--beta must be a finite number >= 0"):
+        cfg.train.validate()

@@ -12,7 +12,7 @@ from emvae.config import RotationBins
 from emvae.errors import ConfigError, OutputExistsError
 from emvae.mnist import DATASETS
 from emvae.simulate import OBJECTS, get_object, write_simulation
-from emvae_cli.common import DEVICE_HELP, SEED_MAX, arg, err_console, user_errors
+from emvae_cli.common import DEVICE_HELP, SEED_MAX, arg, default, err_console, user_errors
 
 Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)
 
@@ -223,43 +223,38 @@ def encoders(
         "--objects",
         help="Comma-separated simulated molecules: hinge, clamp, slide, random:SEED.",
     ),
-    epochs: int = typer.Option(arg(bn.run_encoders, "epochs"), "--epochs"),
+    epochs: int = typer.Option(default(bn.EncoderRuns, "epochs"), "--epochs"),
     hidden: int = typer.Option(
-        arg(bn.run_encoders, "hidden"), "--hidden", help="Generator (and MLP head) width."
+        default(bn.EncoderRuns, "hidden"), "--hidden", help="Generator (and MLP head) width."
     ),
-    zdim: int = typer.Option(arg(bn.run_encoders, "zdim"), "--zdim", help="Latent dimensions."),
+    zdim: int = typer.Option(default(bn.EncoderRuns, "zdim"), "--zdim", help="Latent dimensions."),
     z_delay: int | None = typer.Option(
         None, "--z-delay", show_default=False, help="Epochs with z held at 0 (default: fit's)."
     ),
     rotation_bins: RotationBins = typer.Option(
-        arg(bn.run_encoders, "rotation_bins"), "--rotation-bins"
+        default(bn.EncoderRuns, "rotation_bins"), "--rotation-bins"
     ),
-    hypotheses: int = typer.Option(arg(bn.run_encoders, "hypotheses"), "--hypotheses"),
-    enc_channels: int = typer.Option(arg(bn.run_encoders, "enc_channels"), "--enc-channels"),
-    lr: float = typer.Option(arg(bn.run_encoders, "lr"), "--lr"),
-    batch_size: int = typer.Option(arg(bn.run_encoders, "batch_size"), "-b", "--batch-size"),
+    hypotheses: int = typer.Option(default(bn.EncoderRuns, "hypotheses"), "--hypotheses"),
+    enc_channels: int = typer.Option(default(bn.EncoderRuns, "enc_channels"), "--enc-channels"),
+    lr: float = typer.Option(default(bn.EncoderRuns, "lr"), "--lr"),
+    batch_size: int = typer.Option(default(bn.EncoderRuns, "batch_size"), "-b", "--batch-size"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Rotation and conformation recovery per epoch for each inference network and object."""
+    runs = bn.EncoderRuns(
+        epochs, hidden, zdim, rotation_bins, hypotheses, enc_channels, lr, batch_size, z_delay
+    )
     table = bn.run_encoders(
         out,
         n,
         size,
         tuple(float(v) for v in snrs.split(",") if v),
         tuple(e for e in which.split(",") if e),
-        epochs,
-        hidden,
-        rotation_bins,
-        hypotheses,
-        enc_channels,
-        lr,
-        batch_size,
+        tuple(o for o in objects.split(",") if o),
+        runs,
         device,
         progress=not quiet,
-        objects=tuple(o for o in objects.split(",") if o),
-        zdim=zdim,
-        z_delay=z_delay,
     )
     err_console.print(
         f"wrote {out / 'encoders_results.md'} and encoders_per_epoch.csv ({len(table)} epochs)",
@@ -366,7 +361,7 @@ def throughput(
     config: str = typer.Option(
         "em,mnist,galaxy", "--config", help="em, mnist, galaxy (the paper's), fit (fit's, 64 px)."
     ),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: str = typer.Option("fp32,bf16", "--precision", help="fp32 and/or bf16."),
     batch: str = typer.Option("100,256", "--batch", help="Batch sizes."),
     steps: int = typer.Option(5, "--steps", help="Timed steps (after 2 warm-up steps)."),
@@ -376,6 +371,15 @@ def throughput(
     ),
     ctf: bool = typer.Option(
         False, "--ctf", help="Also time steps with the CTF in the likelihood (--ctf on)."
+    ),
+    hidden: int | None = typer.Option(
+        None, "--hidden", min=1, help="Hidden width of both networks (default: the config's)."
+    ),
+    zdim: int | None = typer.Option(
+        None, "--zdim", min=0, help="Latent dimensions (default: the config's)."
+    ),
+    pixel_fraction: float = typer.Option(
+        1.0, "--pixel-fraction", help="Likelihood on this random fraction of the pixels."
     ),
 ) -> None:
     """Training-step images/s and the generator's GFLOP/s.
@@ -404,6 +408,9 @@ def throughput(
                         compile_model=compile_model,
                         stream=streamed,
                         ctf=with_ctf,
+                        hidden=hidden,
+                        zdim=zdim,
+                        pixel_fraction=pixel_fraction,
                     )
                     rows.append(m)
                     peak = f"{100 * m.peak_fraction:.0f}%" if m.peak_fraction is not None else "-"

@@ -286,7 +286,7 @@ def fit(
     amp: bool = typer.Option(
         default(T, "amp"),
         "--amp/--no-amp",
-        help="bf16 autocast on CUDA (and CPUs with native bf16).",
+        help="bf16 autocast on CUDA (and CPUs with AMX, where it pays).",
     ),
     pixel_fraction: float = typer.Option(
         default(T, "pixel_fraction"),
@@ -294,6 +294,17 @@ def fit(
         help="Training steps compare each batch on this random fraction of the pixels (an "
         "unbiased estimate of the likelihood, cheaper per step); evaluation and the table use "
         "every pixel.",
+    ),
+    beta: float = typer.Option(
+        default(T, "beta"),
+        "--beta",
+        help="Weight of z's KL in the objective (beta-VAE; 1: the ELBO). metrics.csv keeps the "
+        "true ELBO and adds the weighted objective.",
+    ),
+    pose_beta: float = typer.Option(
+        default(T, "pose_beta"),
+        "--pose-beta",
+        help="Weight of the rotation and translation KLs in the objective (1: the ELBO).",
     ),
     stream: Stream = typer.Option(
         default(T, "stream"),
@@ -374,6 +385,8 @@ def fit(
         checkpoint_every=checkpoint_every,
         stream=stream,
         pixel_fraction=pixel_fraction,
+        beta=beta,
+        pose_beta=pose_beta,
     )
     config = RunConfig(
         model=model,
