@@ -1,9 +1,12 @@
 """``emvae report``: learning curves, pose and latent distributions, and (with a reference)
 how well poses and latents agree with known angles, shifts and factors.
 
-Writes PNG figures, ``report.json`` and a self-contained ``report.html`` (figures embedded).
-Reference rows are matched to the run's particles by image name (index and file name), never
-by position.
+Writes PNG figures, ``report.json`` and a self-contained ``report.html`` (figures embedded),
+laid out like a paper's supplementary figures: sections, numbered figures with a caption that
+gives the units, a summary table in words, example particles beside their reconstructions,
+the run's montages (``emvae montage``) and latent analysis (``emvae analyze``) when they exist,
+and the emvae version and command line that made the run. Reference rows are matched to the
+run's particles by image name (index and file name), never by position.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ import html
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
 from emvae.config import RunConfig
-from emvae.errors import InputError
+from emvae.errors import ConfigError, InputError
 from emvae.io.star_export import star_pose
 from emvae.io.tables import read_table
 from emvae.latents import KL_UNUSED, latent_columns, latent_usage, unused_warning
@@ -207,42 +213,84 @@ def _pearson(a, b) -> float:
 
 # ----------------------------------------------------------------------------- figures
 
+#: Figures are drawn to be read at the page's width (about 1,000 px): 100 dpi, and text sizes
+#: (points) that stay legible there.
+DPI = 100
+STYLE: Any = {  # matplotlib rcParams (typed Any: its stubs list every key)
+    "font.size": 12,
+    "axes.labelsize": 13,
+    "axes.titlesize": 13,
+    "xtick.labelsize": 11,
+    "ytick.labelsize": 11,
+    "legend.fontsize": 11,
+    "figure.dpi": DPI,
+}
+#: Example particles shown beside their reconstructions.
+EXAMPLES = 8
+
 
 def _figure(ncols: int = 1, nrows: int = 1, size: float = 3.6):
-    fig = Figure(figsize=(size * ncols, size * 0.85 * nrows), layout="constrained")
+    fig = Figure(figsize=(size * ncols, size * 0.8 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes.ravel()
 
 
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
 def plot_learning_curves(metrics: pd.DataFrame, path: Path) -> Path:
-    fig, ax = _figure(3)
-    for k, (term, label) in enumerate(
-        (("elbo", "ELBO (nats)"), ("error", "error = -log p (nats)"), ("kl", "KL (nats)"))
-    ):
-        for split, style in (("train", "-"), ("test", "--")):
-            ax[k].plot(metrics["epoch"], metrics[f"{split}_{term}"], style, label=split)
-        ax[k].set_xlabel("epoch")
-        ax[k].set_ylabel(label)
-    ax[0].legend()
-    fig.savefig(path, dpi=110)
-    return path
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(3, size=3.4)
+        for k, (term, label) in enumerate(
+            (("elbo", "ELBO"), ("error", "reconstruction error −log p"), ("kl", "KL divergence"))
+        ):
+            for split, style in (("train", "-"), ("test", "--")):
+                ax[k].plot(metrics["epoch"], metrics[f"{split}_{term}"], style, label=split)
+            ax[k].set_title(label)
+            ax[k].set_xlabel("epoch")
+            ax[k].set_ylabel("nats per particle")
+        ax[0].legend()
+        return _save(fig, path)
 
 
-def plot_pose_histograms(table: pd.DataFrame, path: Path) -> Path:
-    """θ, shifts, and (equivariant encoder) the probability of each particle's rotation bin."""
+def _secondary_shift_axis(ax, per_px: float | None, unit: str) -> None:
+    """A top axis in physical units (Å, arcsec) over a histogram of shifts in pixels."""
+    if per_px:
+        top = ax.secondary_xaxis("top", functions=(lambda v: v * per_px, lambda v: v / per_px))
+        top.set_xlabel(unit)
+
+
+def plot_pose_histograms(
+    table: pd.DataFrame,
+    path: Path,
+    apix: float | None = None,
+    arcsec_per_px: float | None = None,
+) -> Path:
+    """θ, shifts (pixels of the input; Å or arcsec on a second axis when the pixel size is
+    known), and (rotation bins) the probability of each particle's rotation bin: a 2 x 2 grid."""
     binned = "theta_prob" in table
-    fig, ax = _figure(3 + binned)
-    ax[0].hist(table["theta_deg"], bins=72, range=(-180, 180), color="C0")
-    ax[0].set_xlabel("theta (deg)")
-    for k, axis in enumerate(("x", "y"), start=1):
-        ax[k].hist(table[f"shift_{axis}_px"], bins=50, color="C1")
-        ax[k].set_xlabel(f"shift {axis} (px)")
-    if binned:
-        ax[3].hist(table["theta_prob"], bins=50, range=(0, 1), color="C2")
-        ax[3].set_xlabel("probability of the rotation bin")
-    ax[0].set_ylabel("particles")
-    fig.savefig(path, dpi=110)
-    return path
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(2, 2, size=5.0)
+        ax[0].hist(table["theta_deg"], bins=72, range=(-180, 180), color="C0")
+        ax[0].set_xlabel("θ (degrees, counter-clockwise)")
+        ax[0].set_xticks(range(-180, 181, 90))
+        for k, axis in zip((2, 3), ("x", "y"), strict=True):
+            ax[k].hist(table[f"shift_{axis}_px"], bins=50, color="C1")
+            ax[k].set_xlabel(f"shift {axis} (px, input pixels)")
+            if apix:
+                _secondary_shift_axis(ax[k], apix, f"shift {axis} (Å)")
+            else:
+                _secondary_shift_axis(ax[k], arcsec_per_px, f"shift {axis} (arcsec)")
+        if binned:
+            ax[1].hist(table["theta_prob"], bins=50, range=(0, 1), color="C2")
+            ax[1].set_xlabel("probability of the rotation bin (1: certain)")
+        else:
+            ax[1].set_visible(False)
+        for a in ax:
+            a.set_ylabel("particles")
+        return _save(fig, path)
 
 
 def plot_z_histograms(table: pd.DataFrame, path: Path) -> Path | None:
@@ -253,15 +301,16 @@ def plot_z_histograms(table: pd.DataFrame, path: Path) -> Path | None:
         return None
     unused = {u.name for u in latent_usage(table) if not u.used}
     shown = zs[:12]
-    ncols = min(4, len(shown))
-    fig, ax = _figure(ncols, math.ceil(len(shown) / ncols), size=3.0)
-    for k, z in enumerate(shown):
-        ax[k].hist(table[z], bins=50, color="C3" if z in unused else "C2")
-        ax[k].set_xlabel(f"{z} (unused)" if z in unused else z)
-    for a in ax[len(shown) :]:
-        a.set_visible(False)
-    fig.savefig(path, dpi=110)
-    return path
+    ncols = min(3, len(shown))
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(ncols, math.ceil(len(shown) / ncols), size=10.0 / max(2, ncols))
+        for k, z in enumerate(shown):
+            ax[k].hist(table[z], bins=50, color="C3" if z in unused else "C2")
+            ax[k].set_xlabel(f"{z} (prior std units){' UNUSED' if z in unused else ''}")
+            ax[k].set_ylabel("particles")
+        for a in ax[len(shown) :]:
+            a.set_visible(False)
+        return _save(fig, path)
 
 
 def plot_latent_kl(metrics: pd.DataFrame, path: Path) -> Path | None:
@@ -273,15 +322,15 @@ def plot_latent_kl(metrics: pd.DataFrame, path: Path) -> Path | None:
     )
     if not cols:
         return None
-    fig, ax = _figure(1, size=4.5)
-    for c in cols:
-        ax[0].plot(metrics["epoch"], metrics[c], label=c[8:].replace("kl_", ""))
-    ax[0].axhline(KL_UNUSED, color="k", ls=":", lw=0.8, label=f"unused below {KL_UNUSED}")
-    ax[0].set_xlabel("epoch")
-    ax[0].set_ylabel("test KL of each z (nats per particle)")
-    ax[0].legend()
-    fig.savefig(path, dpi=110)
-    return path
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(1, size=6.0)
+        for c in cols:
+            ax[0].plot(metrics["epoch"], metrics[c], label=c[8:].replace("kl_", ""))
+        ax[0].axhline(KL_UNUSED, color="k", ls=":", lw=0.8, label=f"unused below {KL_UNUSED}")
+        ax[0].set_xlabel("epoch")
+        ax[0].set_ylabel("test KL of each z (nats per particle)")
+        ax[0].legend()
+        return _save(fig, path)
 
 
 def latent_2d(table: pd.DataFrame) -> tuple[np.ndarray, tuple[str, str]] | None:
@@ -304,30 +353,117 @@ def plot_latent_scatter(table: pd.DataFrame, path: Path, colour=None, label="") 
     if xy is None:
         return None
     pts, (lx, ly) = xy
-    fig, ax = _figure(1, size=4.5)
-    if colour is None:
-        ax[0].scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, linewidths=0)
-    else:
-        sc = ax[0].scatter(pts[:, 0], pts[:, 1], s=3, c=colour, cmap="viridis", linewidths=0)
-        fig.colorbar(sc, ax=ax[0], label=label)
-    ax[0].set_xlabel(lx)
-    ax[0].set_ylabel(ly)
-    fig.savefig(path, dpi=110)
-    return path
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(1, size=6.0)
+        if colour is None:
+            ax[0].scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5, linewidths=0)
+        else:
+            sc = ax[0].scatter(pts[:, 0], pts[:, 1], s=4, c=colour, cmap="viridis", linewidths=0)
+            fig.colorbar(sc, ax=ax[0], label=f"reference {label}")
+        ax[0].set_xlabel(f"{lx} (prior std units)")
+        ax[0].set_ylabel(f"{ly} (prior std units)")
+        return _save(fig, path)
 
 
 def plot_theta_vs_reference(table, reference, offset: float, path: Path) -> Path:
-    fig, ax = _figure(1, size=4.5)
-    ref = reference["theta_deg"].to_numpy(float)
-    ours = np.mod(table["theta_deg"].to_numpy(float) - offset + 180.0, 360.0) - 180.0
-    ax[0].scatter(ref, ours, s=3, alpha=0.5, linewidths=0)
-    ax[0].plot([-180, 180], [-180, 180], "k:", lw=0.8)
-    ax[0].set_xlim(-180, 180)
-    ax[0].set_ylim(-180, 180)
-    ax[0].set_xlabel("reference theta (deg)")
-    ax[0].set_ylabel(f"emvae theta minus the global offset ({offset:+.1f} deg)")
-    fig.savefig(path, dpi=110)
-    return path
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(1, size=6.0)
+        ref = reference["theta_deg"].to_numpy(float)
+        ours = np.mod(table["theta_deg"].to_numpy(float) - offset + 180.0, 360.0) - 180.0
+        ax[0].scatter(ref, ours, s=4, alpha=0.5, linewidths=0)
+        ax[0].plot([-180, 180], [-180, 180], "k:", lw=0.8)
+        ax[0].set_xlim(-180, 180)
+        ax[0].set_ylim(-180, 180)
+        ax[0].set_xticks(range(-180, 181, 90))
+        ax[0].set_yticks(range(-180, 181, 90))
+        ax[0].set_xlabel("reference θ (degrees)")
+        ax[0].set_ylabel(f"emvae θ − global offset ({offset:+.1f}°) (degrees)")
+        return _save(fig, path)
+
+
+def best_factors(latent: dict) -> list[tuple[str, str, float]]:
+    """For each z of ``compare``'s ``latent``: (z, the reference factor it correlates with
+    best by |Pearson r|, r); dimensions without a finite correlation are left out."""
+    out = []
+    for z, factors in latent.items():
+        finite = {f: r["pearson"] for f, r in factors.items() if np.isfinite(r["pearson"])}
+        if finite:
+            best = max(finite, key=lambda f: abs(finite[f]))
+            out.append((z, best, float(finite[best])))
+    return out
+
+
+def plot_z_vs_reference(
+    table: pd.DataFrame, reference: pd.DataFrame, latent: dict, unused: set, path: Path
+) -> Path | None:
+    """Each z (up to 4) against the reference factor it follows best (:func:`best_factors`),
+    one panel each; None without a factor."""
+    pairs = best_factors(latent)[:4]
+    if not pairs:
+        return None
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(len(pairs), size=10.0 / max(2, len(pairs)))
+        for a, (z, f, r) in zip(ax, pairs, strict=True):
+            a.scatter(reference[f], table[z], s=4, alpha=0.5, linewidths=0)
+            a.set_xlabel(f"reference {f}")
+            a.set_ylabel(f"{z} (prior std units)")
+            a.set_title(f"{z} vs {f}: r = {r:+.2f}" + (" (z unused)" if z in unused else ""))
+        return _save(fig, path)
+
+
+def example_indices(table: pd.DataFrame, n: int = EXAMPLES) -> np.ndarray:
+    """``n`` table rows to show: held-out (test split) particles when there are enough, spread
+    evenly over the range of the first used z (over the table's order without z)."""
+    pool = np.flatnonzero(table["split"].to_numpy() == "test") if "split" in table else None
+    if pool is None or len(pool) < n:
+        pool = np.arange(len(table))
+    used = [u.name for u in latent_usage(table) if u.used] or latent_columns(table)
+    if used:
+        pool = pool[np.argsort(table[used[0]].to_numpy(float)[pool], kind="stable")]
+    at = np.unique(np.round(np.linspace(0, len(pool) - 1, min(n, len(pool)))).astype(int))
+    return pool[at]
+
+
+def plot_reconstructions(
+    run: Run, table: pd.DataFrame, path: Path, n: int = EXAMPLES
+) -> tuple[Path | None, str | None]:
+    """Example particles (:func:`example_indices`) above the generator's rendering of them at
+    their inferred z and pose (:func:`emvae.montage.reconstruct`) and, below, the same z at
+    θ = 0, Δx = 0. Returns (the figure, None), or (None, why not) when the run's input images
+    can no longer be read."""
+    from emvae import montage as mt
+
+    idx = example_indices(table, n)
+    model, config, _ = run.model()
+    try:
+        images = run.particles().images(idx)
+    except (InputError, ConfigError, OSError) as e:
+        return None, f"example particles not shown: the run's input images are not readable ({e})"
+    rendered, z, _ = mt.reconstruct(model, images)
+    canonical = mt.decode_mean(model, z)
+    observed = images.numpy()
+    if config.model.likelihood == "bernoulli":
+        observed = np.clip(observed, 0, 1)
+    model_rows = np.stack([rendered.numpy(), canonical.numpy()])
+    pixels = np.concatenate(
+        [
+            mt.to_uint8(observed, *mt.contrast(observed))[None],
+            mt.to_uint8(model_rows, *mt.contrast(model_rows)),
+        ]
+    )
+    rows = table.iloc[idx]
+    labels = mt.Labels(
+        columns=[f"{image_key(name)[0]}@" for name in rows["image"]],
+        rows=["input", "model", "θ = 0"],
+        tiles=[
+            [[f"θ {t:+.0f}°"] for t in rows["theta_deg"].astype(float)],
+            [mt.z_lines(v, most=2) for v in z.numpy()],
+            [[] for _ in idx],
+        ],
+    )
+    scale = max(1, math.ceil(72 / config.model.image_size))
+    mt.render(pixels, scale, labels).save(path)
+    return path, None
 
 
 # ----------------------------------------------------------------------------- report
@@ -337,9 +473,11 @@ def write_report(
     run: str | os.PathLike,
     reference: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
+    examples: int = EXAMPLES,
 ) -> dict:
     """Figures, ``report.json`` and ``report.html`` for a run (into ``out``, default
-    ``RUN/report``). Returns the JSON content."""
+    ``RUN/report``). ``examples``: particles shown beside their reconstructions (0: none).
+    Returns the JSON content."""
     r = Run.open(run)
     table, metrics, config = r.table(), r.metrics(), r.config
     dest = Path(out) if out is not None else Path(run) / "report"
@@ -351,6 +489,7 @@ def write_report(
         warning = unused_warning(usage)
         if warning:
             result["warnings"].append(warning)
+    unused = {u.name for u in usage if not u.used}
     if "theta_prob" in table:  # equivariant encoder: how sure each rotation is
         p = table["theta_prob"].to_numpy(float)
         result["rotation_bin_probability"] = {
@@ -366,13 +505,14 @@ def write_report(
                 "epoch": metrics["epoch"].astype(int).tolist(),
                 **{c[8:]: metrics[c].astype(float).round(5).tolist() for c in kl},
             }
+    data = config.data
     figures: list[Path | None] = [
         plot_learning_curves(metrics, dest / "learning_curves.png")
         if metrics is not None
         else None,
-        plot_pose_histograms(table, dest / "pose_histograms.png"),
-        plot_z_histograms(table, dest / "z_histograms.png"),
         plot_latent_kl(metrics, dest / "latent_kl.png") if metrics is not None else None,
+        plot_pose_histograms(table, dest / "pose_histograms.png", data.apix, data.arcsec_per_px),
+        plot_z_histograms(table, dest / "z_histograms.png"),
     ]
     colour = label = None
     if reference is not None:
@@ -389,17 +529,25 @@ def write_report(
                     ours, theirs, result["rotation"]["offset_deg"], dest / "theta_vs_reference.png"
                 )
             )
+        figures.append(
+            plot_z_vs_reference(ours, theirs, result["latent"], unused, dest / "z_vs_reference.png")
+        )
         factors = [f for z in result["latent"].values() for f in z]
         if factors and len(ours) == len(table):
             label = factors[0]
             colour = theirs[label].to_numpy(float)
     figures.append(plot_latent_scatter(table, dest / "latent_scatter.png", colour, label or ""))
+    if examples > 0:
+        recon, note = plot_reconstructions(r, table, dest / "reconstructions.png", examples)
+        figures.append(recon)
+        if note:
+            result["warnings"].append(f"note: {note}")
     result["figures"] = [p.name for p in figures if p is not None]
     analysis = _analysis(Path(run), config, result["warnings"])
     if analysis is not None:
         result["analyze"] = analysis
     (dest / "report.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
-    (dest / "report.html").write_text(_html(result, dest, config))
+    (dest / "report.html").write_text(_html(result, dest, config, r))
     return result
 
 
@@ -427,101 +575,436 @@ def _analysis(run: Path, config: RunConfig, warnings: list[str]) -> dict | None:
     return analysis
 
 
-def _analysis_html(analysis: dict | None) -> str:
-    """The latent-analysis section: cluster sizes, explained variance, its figures."""
-    if analysis is None:
-        return ""
-    folder = Path(analysis["folder"])
-    n = max(1, int(analysis.get("particles", 0)))
-    rows = "".join(
-        f"<tr><td>{c}</td><td>{size}</td><td>{size / n:.1%}</td></tr>"
-        for c, size in enumerate(analysis.get("cluster_sizes", []), start=1)
-    )
-    explained = ", ".join(
-        f"PC{j}: {e:.1%}" for j, e in enumerate(analysis.get("explained_variance_ratio", []), 1)
-    )
-    figures = []
-    for name in analysis.get("figures", []):
-        if (folder / name).exists():
-            data = base64.b64encode((folder / name).read_bytes()).decode()
-            figures.append(
-                f'<figure><img src="data:image/png;base64,{data}">'
-                f"<figcaption>analyze/{html.escape(name)}</figcaption></figure>"
-            )
-    notes = "".join(f"<p>{html.escape(t)}</p>" for t in analysis.get("notes", []))
-    method = html.escape(str(analysis.get("method", "")))
-    return f"""<h2>Latent analysis (emvae analyze)</h2>
-<p>{analysis.get("k")} clusters ({method}, seed {analysis.get("seed")}), numbered by size;
-PCA of z, explained variance {html.escape(explained)}</p>
-<table><tr><th>cluster</th><th>particles</th><th>fraction</th></tr>{rows}</table>
-{notes}
-{"".join(figures)}
-"""
-
-
 def _json(v):
     if isinstance(v, (np.floating, np.integer)):
         return v.item()
     raise TypeError(type(v))
 
 
-def _html(result: dict, dest: Path, config: RunConfig) -> str:
-    def img(name: str) -> str:
-        data = base64.b64encode((dest / name).read_bytes()).decode()
-        src = f"data:image/png;base64,{data}"
-        return f'<figure><img src="{src}"><figcaption>{name}</figcaption></figure>'
+# ----------------------------------------------------------------------------- the page
 
-    rows = []
+#: The page's sections, in order, and the figures each holds (by file name; montages from
+#: RUN/montage, the latent analysis's from RUN/analyze).
+SECTIONS = (
+    ("Training", ("learning_curves.png", "latent_kl.png")),
+    ("Poses", ("pose_histograms.png", "theta_vs_reference.png")),
+    ("Latent space", ("z_histograms.png", "latent_scatter.png", "z_vs_reference.png")),
+    ("Example particles", ("reconstructions.png",)),
+)
+#: What ``emvae montage`` writes, in the order the page shows it.
+MONTAGES = (
+    "interpolation.png",
+    "manifold.png",
+    "traversals.png",
+    "prior_samples.png",
+    "latent_motion.gif",
+    "canonical.png",
+)
 
-    def add(label, value):
-        text = f"{value:.4g}" if isinstance(value, float) else str(value)
-        rows.append(f"<tr><th>{html.escape(label)}</th><td>{html.escape(text)}</td></tr>")
 
-    add("particles", result["particles"])
-    for k, v in result.get("final_epoch", {}).items():
-        if k in ("epoch", "test_elbo", "train_elbo", "test_error", "test_kl"):
-            add(f"last epoch: {k}", v)
+@dataclass
+class Shown:
+    """One figure of the page: its file, title and caption (HTML)."""
+
+    path: Path
+    title: str
+    caption: str
+    folder: str = ""  # where the file lies relative to the run ("montage/", "analyze/")
+
+
+def _caption(name: str, result: dict, config: RunConfig) -> tuple[str, str]:
+    """(title, one-line caption with units) of a report figure or montage."""
+    esc = html.escape
+    k = config.model.zdim
+    rot = result.get("rotation", {})
+    unit = "Å" if config.data.apix else ("arcsec" if config.data.arcsec_per_px else "")
+    colour = next((f for z in result.get("latent", {}).values() for f in z), None)
+    bins = "rotation_bin_probability" in result
+    captions = {
+        "learning_curves.png": (
+            "Learning curves",
+            "Per epoch, on the training particles (solid) and the held-out test particles "
+            "(dashed): the ELBO (higher is better), the reconstruction error −log p(image | z, "
+            "pose) and the KL divergence of the posterior from the prior, in nats per particle.",
+        ),
+        "latent_kl.png": (
+            "Information carried by each latent dimension",
+            f"Test KL divergence of each z from its prior per epoch, nats per particle; below "
+            f"the dotted line ({KL_UNUSED} nats) a dimension counts as unused.",
+        ),
+        "pose_histograms.png": (
+            "Inferred poses",
+            "Distribution over the particles of the rotation θ (degrees, counter-clockwise, "
+            "relative to the canonical view) and of the shifts x and y (pixels of the input "
+            f"images{f'; {unit} on the top axis' if unit else ''})"
+            + (
+                ", and of the posterior probability of each particle's rotation bin (1: certain)."
+                if bins
+                else "."
+            ),
+        ),
+        "theta_vs_reference.png": (
+            "Rotation against the reference",
+            f"Each particle's θ minus the best global offset ({rot.get('offset_deg', 0):+.1f}°) "
+            f"against the reference angle, degrees; on the dotted diagonal where they agree "
+            f"(median error {rot.get('median_error_deg', float('nan')):.1f}°).",
+        ),
+        "z_histograms.png": (
+            "Latent values",
+            "Distribution of the particles' posterior means of each z, in units of the prior's "
+            "standard deviation; unused dimensions in red.",
+        ),
+        "latent_scatter.png": (
+            "Latent space",
+            ("z1 against z2" if k == 2 else "The first two principal components of z")
+            + ", one point per particle, prior standard-deviation units"
+            + (f"; colour: the reference's {esc(colour)}." if colour else "."),
+        ),
+        "z_vs_reference.png": (
+            "Latent against the reference",
+            "Each particle's posterior mean of z (prior standard-deviation units) against the "
+            "reference factor that z follows best (in the reference's units); r: Pearson "
+            "correlation over the matched particles.",
+        ),
+        "reconstructions.png": (
+            "Example particles and their reconstructions",
+            "Held-out particles spread over the range of z. Top: the particle as the model sees "
+            "it (preprocessed, normalised), with its image number and inferred θ (degrees); "
+            "middle: the generator's mean at the particle's inferred z and pose, its "
+            "reconstruction; bottom: the same z at θ = 0, Δx = 0, the canonical view"
+            + (
+                " (the renderings are CTF-free; the particles carry their CTFs)."
+                if config.model.ctf == "on"
+                else "."
+            ),
+        ),
+        "interpolation.png": (
+            "Interpolation between particles",
+            "Each row: two held-out particles at the ends (as observed, with θ in degrees) and "
+            "the generator at θ = 0, Δx = 0 for z equally spaced between their posterior means "
+            "(t: the fraction of the way from the left particle to the right one).",
+        ),
+        "manifold.png": (
+            "The learned manifold",
+            "The generator at θ = 0, Δx = 0 for z on quantiles of the particles' posterior "
+            "means: z1 along the columns" + (", z2 up the rows." if k == 2 else "."),
+        ),
+        "traversals.png": (
+            "Latent traversals",
+            "One row per z, from the particles' 2nd to 98th percentile (values under the "
+            "tiles), the other dimensions at their medians; θ = 0, Δx = 0.",
+        ),
+        "prior_samples.png": (
+            "Samples from the prior",
+            "The generator at θ = 0, Δx = 0 for z drawn from N(0, I); each tile's z under it.",
+        ),
+        "latent_motion.gif": (
+            "Motion along the main axis of z",
+            "Animation: the generator at θ = 0, Δx = 0 along the first principal component of "
+            "the particles' posterior means (2nd to 98th percentile) and back; the marker under "
+            "the image shows the position along the path.",
+        ),
+        "canonical.png": ("The canonical view", "The generator at θ = 0, Δx = 0 (no latent)."),
+        "class_generator.png": (
+            "Generator at each cluster's centre",
+            "The generator's mean at θ = 0, Δx = 0 at each cluster's mean z, cluster 1 (the "
+            "largest) on the left.",
+        ),
+        "class_averages.png": (
+            "Cluster averages",
+            "The aligned average of each cluster's particles (input pixels), cluster 1 on the "
+            "left.",
+        ),
+        "z_scatter.png": (
+            "Clusters in z",
+            "Particles' posterior means coloured by cluster and "
+            "by density (particles per cell, log scale).",
+        ),
+        "pca_scatter.png": (
+            "Principal components of z",
+            "PC1 against PC2, by cluster and by density.",
+        ),
+        "umap_scatter.png": ("UMAP of z", "UMAP1 against UMAP2, by cluster and by density."),
+        "pc_trajectories.png": (
+            "Principal-component trajectories",
+            "The generator at θ = 0, Δx = 0 from −2 to +2 standard deviations along each "
+            "principal component of z.",
+        ),
+    }
+    return captions.get(name, (name, ""))
+
+
+#: Width of the page's figures (px); pictures of pixels (montages, example particles)
+#: narrower than half of it are shown enlarged, up to twice, with their pixels kept sharp.
+PAGE_PX = 1000
+PIXEL_PICTURES = (*MONTAGES, "reconstructions.png", "class_generator.png", "class_averages.png",
+                  "pc_trajectories.png")  # fmt: skip
+
+
+def _zoom(shown: Shown) -> str:
+    """The ``style`` attribute that enlarges a small picture of pixels on the page."""
+    if shown.path.name not in PIXEL_PICTURES:
+        return ""
+    from PIL import Image
+
+    with Image.open(shown.path) as im:
+        width = im.width
+    zoom = min(2.0, PAGE_PX / width)
+    if zoom < 1.25:
+        return ""
+    return f' class="pixels" style="width:{round(width * zoom)}px"'
+
+
+def _embed(path: Path) -> str:
+    kind = "gif" if path.suffix.lower() == ".gif" else "png"
+    return f"data:image/{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _summary_rows(result: dict, config: RunConfig) -> list[tuple[str, str]]:
+    """The summary table in words: (quantity, value with its unit)."""
+    m, d = config.model, config.data
+    rows: list[tuple[str, str]] = [("Particles", f"{result['particles']:,}")]
+    size = f"{m.image_size} × {m.image_size} px as the model sees them"
+    if d.input_size and d.input_size != m.image_size:
+        size += f" (input {d.input_size} px)"
+    if d.apix:
+        size += f"; input pixel size {d.apix:.3g} Å"
+    elif d.arcsec_per_px:
+        size += f"; input pixel scale {d.arcsec_per_px:.3g} arcsec"
+    rows.append(("Images", size))
+    gen = "coordinate-MLP (spatial)" if m.generator == "spatial" else "vanilla (pixels)"
+    rows.append(
+        (
+            "Model",
+            f"{gen} generator, {m.zdim} latent dimension{'s' if m.zdim != 1 else ''}, "
+            f"{m.likelihood.capitalize()} likelihood",
+        )
+    )
+    posterior = f"{m.rotation_bins} rotation bins" if m.binned else "Gaussian rotation posterior"
+    rows.append(("Pose network", f"{m.encoder}, {posterior}"))
+    ctf = {"on": "modelled in the likelihood", "phase-flip": "images phase-flipped"}
+    rows.append(
+        ("CTF", ctf.get(m.ctf, "not modelled") + ("" if m.ctf == "off" else f" (--ctf {m.ctf})"))
+    )
+    last = result.get("final_epoch")
+    if last:
+        rows.append(("Epochs trained", f"{int(last.get('epoch', 0))}"))
+        for key, what in (
+            ("test_elbo", "Final test ELBO"),
+            ("test_error", "Final test reconstruction error −log p"),
+            ("test_kl", "Final test KL divergence"),
+        ):
+            if key in last:
+                rows.append((what, f"{last[key]:.2f} nats per particle"))
+    bins = result.get("rotation_bin_probability")
+    if bins:
+        rows.append(
+            (
+                "Rotation certainty",
+                f"median probability of a particle's rotation bin {bins['median']:.2f}; "
+                f"{bins['fraction_above_0.9']:.0%} of the particles above 0.9",
+            )
+        )
     unused = set()
     for u in result.get("latent_usage", []):
-        state = "used" if u["used"] else "UNUSED"
-        add(
-            f"{u['name']}",
-            f"{state}: KL {u['kl']:.3f} nats, posterior means spread {u['spread']:.3g}, "
-            f"posterior std {u['width']:.3g}",
+        state = "used" if u["used"] else "UNUSED (every particle gets the same z)"
+        rows.append(
+            (
+                f"Latent {u['name']}",
+                f"{state}: KL {u['kl']:.3f} nats; spread of the posterior means {u['spread']:.3g} "
+                f"vs a posterior std of {u['width']:.3g} (prior std units)",
+            )
         )
         if not u["used"]:
             unused.add(u["name"])
     if "reference" in result:
-        add("reference", result["reference"])
-        add("matched particles", result["matched"])
-        for group in ("rotation", "shift", "rotation_body", "shift_body"):
-            for k, v in result.get(group, {}).items():
-                add(f"{group.replace('_body', ' (body frame)')}: {k}", v)
-        for z, factors in result["latent"].items():
+        rows.append(
+            (
+                "Reference",
+                f"{result['reference']} ({result['matched']:,} particles matched by image name)",
+            )
+        )
+        for key, frame in (("rotation", ""), ("rotation_body", " (body frame)")):
+            rot = result.get(key)
+            if rot:
+                rows.append(
+                    (
+                        f"Rotation vs reference{frame}",
+                        f"circular correlation {rot['circular_correlation']:.3f}; median error "
+                        f"{rot['median_error_deg']:.1f}° after a global offset of "
+                        f"{rot['offset_deg']:+.1f}° ({rot['median_error_with_flip_deg']:.1f}° if a "
+                        f"reflection is allowed); {rot['within_10_deg']:.0%} of the particles "
+                        f"within 10°",
+                    )
+                )
+        for key, frame in (("shift", ""), ("shift_body", " (body frame)")):
+            sh = result.get(key)
+            if sh:
+                text = f"Pearson r {sh['pearson_x']:.3f} (x), {sh['pearson_y']:.3f} (y)"
+                if "rms_error_px" in sh:
+                    rms = f"{sh['rms_error_px']:.2f} px"
+                    if d.apix:
+                        rms += f" ({sh['rms_error_px'] * d.apix:.2f} Å)"
+                    text += (
+                        f"; after removing the canonical centre's offset "
+                        f"({sh['offset_x_px']:+.2f}, {sh['offset_y_px']:+.2f}) px: RMS error "
+                        f"{rms}, r {sh['pearson_x_after_offset']:.3f} (x), "
+                        f"{sh['pearson_y_after_offset']:.3f} (y)"
+                    )
+                rows.append((f"Shift vs reference{frame}", text))
+        for z, factors in result.get("latent", {}).items():
             note = " (z unused: this correlation is noise)" if z in unused else ""
             for f, r in factors.items():
-                add(
-                    f"{z} vs {f}",
-                    f"Pearson {r['pearson']:.3f}, Spearman {r['spearman']:.3f}{note}",
+                rows.append(
+                    (
+                        f"{z} vs {f}",
+                        f"Pearson r {r['pearson']:+.3f}, Spearman ρ {r['spearman']:+.3f}{note}",
+                    )
                 )
-    m = config.model
-    add("model", f"{m.generator} generator, z {m.zdim}-D, {m.image_size} px, {m.likelihood}")
-    add("pose network", f"{m.encoder}, rotation posterior {'bins' if m.binned else 'gaussian'}")
-    ctf = {"on": "modelled in the likelihood", "phase-flip": "images phase-flipped"}
-    add("CTF", ctf.get(m.ctf, "not modelled") + ("" if m.ctf == "off" else f" (--ctf {m.ctf})"))
-    figures = "\n".join(img(n) for n in result["figures"])
-    warnings = "\n".join(
-        f'<p style="color:#a00"><b>{html.escape(w)}</b></p>' for w in result.get("warnings", [])
+    return rows
+
+
+def _provenance(result: dict, config: RunConfig) -> list[tuple[str, str]]:
+    """Who made the run and how: (label, HTML)."""
+    from emvae import __version__
+
+    esc = html.escape
+    command = (
+        f"<code>{esc(config.command)}</code>"
+        if config.command
+        else "unknown (not recorded in config.json: a fit through the library, emvae.fit, or "
+        "by an emvae that did not record it)"
     )
+    return [
+        (
+            "Run",
+            f"<code>{esc(result['run'])}</code>"
+            + (f" (run id {esc(config.run_id[:8])})" if config.run_id else ""),
+        ),
+        (
+            "Fitted with",
+            f"emvae {esc(config.version or 'unknown')}"
+            + (f", {esc(config.created.replace('T', ' '))}" if config.created else ""),
+        ),
+        ("Command line", command),
+        ("Report made by", f"emvae {esc(__version__)}"),
+    ]
+
+
+def _montages(run: Path, result: dict, config: RunConfig) -> list[Shown]:
+    """The montages ``emvae montage`` wrote into RUN/montage, as figures of the page; each one
+    older than the run's last checkpoint says so (made from an earlier state of the fit)."""
+    folder = run / "montage"
+    last = run / "checkpoints" / "last.pt"
+    shown = []
+    for name in MONTAGES:
+        path = folder / name
+        if not path.exists():
+            continue
+        title, caption = _caption(name, result, config)
+        if last.exists() and path.stat().st_mtime < last.stat().st_mtime:
+            caption += " <b>Made before the run's last checkpoint: run emvae montage again.</b>"
+        shown.append(Shown(path, title, caption, "montage/"))
+    return shown
+
+
+def _analysis_part(
+    analysis: dict | None, result: dict, config: RunConfig
+) -> tuple[str, list[Shown]]:
+    """The latent-analysis section's text (cluster sizes, explained variance) and figures."""
+    if analysis is None:
+        return "", []
+    folder = Path(analysis["folder"])
+    n = max(1, int(analysis.get("particles", 0)))
+    rows = "".join(
+        f"<tr><td>{c}</td><td>{size:,}</td><td>{size / n:.1%}</td></tr>"
+        for c, size in enumerate(analysis.get("cluster_sizes", []), start=1)
+    )
+    explained = ", ".join(
+        f"PC{j}: {e:.1%}" for j, e in enumerate(analysis.get("explained_variance_ratio", []), 1)
+    )
+    notes = "".join(f"<p>{html.escape(t)}</p>" for t in analysis.get("notes", []))
+    method = html.escape(str(analysis.get("method", "")))
+    text = f"""<p>{analysis.get("k")} clusters of z ({method}, seed {analysis.get("seed")}),
+numbered by size; PCA of z, explained variance {html.escape(explained)}.</p>
+<table class="summary"><tr><th>cluster</th><th>particles</th><th>fraction</th></tr>{rows}</table>
+{notes}"""
+    shown = []
+    for name in analysis.get("figures", []):
+        if (folder / name).exists():
+            shown.append(Shown(folder / name, *_caption(name, result, config), "analyze/"))
+    return text, shown
+
+
+CSS = """body{font-family:Helvetica,Arial,sans-serif;max-width:1040px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:0.2em}h2{font-size:1.25em;border-bottom:1px solid #ccc;
+padding-bottom:0.2em;margin-top:1.8em}
+table.summary{border-collapse:collapse;margin:0.5em 0;font-size:0.95em}
+table.summary th,table.summary td{text-align:left;vertical-align:top;padding:0.25em 0.8em;
+border-bottom:1px solid #eee}table.summary th{font-weight:600;white-space:nowrap}
+figure{margin:1.2em 0}figure img{max-width:100%;height:auto;display:block}
+img.pixels{image-rendering:pixelated}
+figcaption{font-size:0.95em;margin-top:0.4em;max-width:900px}
+.warning{color:#a00;font-weight:bold}.missing{color:#666;font-style:italic}
+code{font-size:0.9em;background:#f4f4f4;padding:0 0.2em}"""
+
+
+def _html(result: dict, dest: Path, config: RunConfig, run: Run) -> str:
+    esc = html.escape
+    counter = [0]
+
+    def figure(shown: Shown) -> str:
+        counter[0] += 1
+        return (
+            f'<figure id="figure-{counter[0]}"><img src="{_embed(shown.path)}"{_zoom(shown)} '
+            f'alt="Figure {counter[0]}: {esc(shown.title)}">'
+            f"<figcaption><b>Figure {counter[0]}. {esc(shown.title)}.</b> {shown.caption} "
+            f'<span class="missing">({esc(shown.folder + shown.path.name)})</span>'
+            "</figcaption></figure>"
+        )
+
+    def table(rows: list[tuple[str, str]], escape: bool = True) -> str:
+        cells = "".join(
+            f"<tr><th>{esc(a)}</th><td>{esc(b) if escape else b}</td></tr>" for a, b in rows
+        )
+        return f'<table class="summary">{cells}</table>'
+
+    parts = [
+        f"<h1>emvae report</h1><p>{esc(Path(result['run']).name or result['run'])}: "
+        "spatial-VAE fit of a particle stack; the numbers behind this page are in "
+        "<code>report.json</code>.</p>",
+        "".join(f'<p class="warning">{esc(w)}</p>' for w in result.get("warnings", [])),
+        "<h2>The run</h2>",
+        table(_provenance(result, config), escape=False),
+        "<h2>Summary</h2>",
+        table(_summary_rows(result, config)),
+    ]
+    made = set(result["figures"])
+    for title, names in SECTIONS:
+        shown = [Shown(dest / n, *_caption(n, result, config)) for n in names if n in made]
+        if shown:
+            parts.append(f"<h2>{esc(title)}</h2>")
+            parts.extend(figure(s) for s in shown)
+    montages = _montages(run.path, result, config)
+    parts.append("<h2>What the generator draws (emvae montage)</h2>")
+    if montages:
+        parts.extend(figure(s) for s in montages)
+    else:
+        parts.append(
+            f'<p class="missing">No montages yet: <code>emvae montage {esc(result["run"])}</code> '
+            "draws interpolations, the manifold and prior samples, and the report shows them.</p>"
+        )
+    text, shown = _analysis_part(result.get("analyze"), result, config)
+    if text:
+        parts.append("<h2>Latent analysis (emvae analyze)</h2>")
+        parts.append(text)
+        parts.extend(figure(s) for s in shown)
+    body = "\n".join(p for p in parts if p)
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>emvae report: {html.escape(result["run"])}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}
-th{{text-align:left;padding-right:1em}}figure{{display:inline-block;margin:0.5em}}
-img{{max-width:100%}}</style></head>
-<body><h1>emvae report</h1><p>{html.escape(result["run"])}</p>
-{warnings}
-<table>{"".join(rows)}</table>
-{figures}
-{_analysis_html(result.get("analyze"))}
+<html><head><meta charset="utf-8"><title>emvae report: {esc(result["run"])}</title>
+<style>{CSS}</style></head>
+<body>
+{body}
 </body></html>
 """

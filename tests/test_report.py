@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,11 @@ from emvae_cli.main import app
 from PIL import Image
 
 from emvae import montage as mt
+from emvae.geometry import model_to_image_pose
 from emvae.io import read_table
 from emvae.io import star_export as sx
 from emvae.metrics import angular_error_deg, circular_correlation
-from emvae.report import compare, match, write_report
+from emvae.report import best_factors, compare, match, write_report
 from emvae.run import Run
 from emvae.simulate import write_simulation
 
@@ -73,14 +75,13 @@ def test_manifold_prior_and_traversals(run):
 
 
 def test_montage_command_writes_pictures(run, tmp_path):
-    r = runner.invoke(
-        app, ["montage", str(run), "-o", str(tmp_path), "--pairs", "2", "--grid", "4"]
-    )
+    args = ["montage", str(run), "-o", str(tmp_path), "--pairs", "2", "--grid", "4"]
+    r = runner.invoke(app, [*args, "--no-labels"])
     assert r.exit_code == 0, r.output
     size, _, _ = _picture(tmp_path / "interpolation.png")
     assert size == ((10 * 18 + 2) * 2, (2 * 18 + 2) * 2)  # 8 steps + 2 observed, scale 2
     assert _picture(tmp_path / "manifold.png")[0] == ((4 * 18 + 2) * 2,) * 2
-    assert _picture(tmp_path / "latent_motion.gif")[2] == 46
+    assert _picture(tmp_path / "latent_motion.gif")[2] == 46  # 24 steps there, 22 back
     table = read_table(run / "particles.csv")
     a, b = table["image"].iloc[[0, 5]]
     r = runner.invoke(
@@ -111,7 +112,10 @@ def test_report_numbers_match_the_library_and_rows_match_by_name(run, tmp_path):
     ):
         assert (tmp_path / "rep" / name).exists() and name in result["figures"]
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 6  # self-contained
+    # self-contained: the 6 figures above, z against the reference and the reconstructions
+    assert {"z_vs_reference.png", "reconstructions.png"} <= set(result["figures"])
+    assert len(result["figures"]) == 8
+    assert html.count("data:image/png;base64,") == 8
     saved = json.loads((tmp_path / "rep" / "report.json").read_text())
     table = read_table(run / "particles.h5")  # what the report reads (full precision)
     assert saved["matched"] == len(table) == 60
@@ -192,3 +196,200 @@ def test_shift_agreement_after_the_canonical_centre_offset():
     assert s["pearson_x_after_offset"] > 0.99 > s["pearson_x"]
     wrong = ref.assign(shift_x_px=shift[:, 0] + moved[:, 0], shift_y_px=shift[:, 1] - moved[:, 1])
     assert compare(wrong, ref)["shift"]["rms_error_px"] > 0.5
+
+
+def test_gif_has_one_frame_per_step_even_when_frames_repeat(tmp_path):
+    """Pillow writes identical consecutive frames as one; the position marker under each
+    frame keeps every step (here a path along which the picture does not change at all)."""
+    frames = np.tile(np.linspace(-1, 1, 16 * 16).reshape(1, 1, 16, 16), (10, 1, 1, 1))
+    plain = [Image.fromarray(mt.to_uint8(f[0], -1, 1)) for f in frames]
+    plain[0].save(tmp_path / "plain.gif", save_all=True, append_images=plain[1:], duration=80)
+    assert _picture(tmp_path / "plain.gif")[2] == 1  # what Pillow does without the marker
+    mt.save_gif(frames, tmp_path / "kept.gif", ms=80)
+    (w, h), _, n = _picture(tmp_path / "kept.gif")
+    assert n == 10 and (w, h) == (64, 64 + mt.TRACK_PX)
+    with Image.open(tmp_path / "kept.gif") as im:
+        durations = []
+        for k in range(im.n_frames):
+            im.seek(k)
+            durations.append(im.info["duration"])
+    assert durations == [80] * 10
+    # there and back (positions repeat, never consecutively), with a caption line per frame
+    t = np.concatenate([np.linspace(0, 1, 6), np.linspace(1, 0, 6)[1:-1]])
+    captions = [mt.z_lines([v]) for v in t]
+    mt.save_gif(frames[:10], tmp_path / "captioned.gif", positions=t, captions=captions)
+    (w, h), _, n = _picture(tmp_path / "captioned.gif")
+    assert n == 10 and h == 64 + mt.TRACK_PX + mt.LINE_PX
+    # 40 frames of 8 px: enlarged until the marker moves at least 1 px per frame
+    small = np.zeros((40, 1, 8, 8))
+    mt.save_gif(small, tmp_path / "small.gif")
+    (w, _), _, n = _picture(tmp_path / "small.gif")
+    assert n == 40 and w == 8 * mt.gif_scale(40, 8) and w - mt.MARKER_PX >= 39
+
+
+def test_montage_gif_frames_follow_gif_steps(run, tmp_path):
+    r = runner.invoke(
+        app, ["montage", str(run), "-o", str(tmp_path), "--pairs", "1", "--gif-steps", "7"]
+    )
+    assert r.exit_code == 0, r.output
+    (w, h), _, n = _picture(tmp_path / "latent_motion.gif")
+    assert n == 2 * 7 - 2  # 7 steps there, 5 back
+    assert (w, h) == (16 * 4, 16 * 4 + mt.TRACK_PX + 2 * mt.LINE_PX)  # z1, z2 under the image
+
+
+def test_labels_add_margins_of_the_expected_size(run, tmp_path):
+    """Labelled montages: the tiles are the unlabelled ones, moved by the margins; the margins
+    are one text line per header and caption line (monospaced text: width = length x
+    advance)."""
+    model = Run.open(run).model()[0]
+    table = read_table(run / "particles.h5")
+    z_data = table[["z1", "z2"]].to_numpy(np.float64)
+    grid = mt.manifold(model, 4, z_data)
+    labels = mt.manifold_labels(2, 4, z_data)
+    assert len(labels.columns) == len(labels.rows) == 4
+    q = mt.quantile_grid(4, z_data[:, 0])
+    assert labels.columns == [f"z1 {v:+.2f}" for v in q]
+    assert labels.rows[0] == f"z2 {mt.quantile_grid(4, z_data[:, 1])[-1]:+.2f}"  # top: largest
+    mt.save_png(grid, tmp_path / "plain.png")
+    mt.save_png(grid, tmp_path / "labelled.png", labels=labels)
+    advance = mt.label_font().getlength("0")
+
+    def width(texts):  # monospaced: every character one advance
+        return max(math.ceil(len(t) * advance) for t in texts)
+
+    assert all(mt.text_width(t) == width([t]) for t in [*labels.columns, *labels.rows])
+    with Image.open(tmp_path / "plain.png") as a, Image.open(tmp_path / "labelled.png") as b:
+        plain, labelled = np.asarray(a), np.asarray(b)
+    tile, pad = 16 * 2, 2 * 2
+    assert plain.shape == (4 * (tile + pad) + pad,) * 2
+    left = width(labels.rows) + 2 * mt.GAP_PX
+    top = mt.LINE_PX + mt.GAP_PX
+    col_w = max(tile + pad, width(labels.columns) + 2 * mt.GAP_PX)
+    assert labelled.shape == (top + 4 * (tile + pad) + pad, left + 4 * col_w + pad)
+    # tile (r, c): same pixels, centred in its column
+    for r, c in ((0, 0), (3, 2)):
+        x = left + pad + c * col_w + (col_w - pad) // 2 - tile // 2
+        y = top + pad + r * (tile + pad)
+        want = plain[pad + r * (tile + pad) :][:tile, pad + c * (tile + pad) :][:, :tile]
+        assert np.array_equal(labelled[y : y + tile, x : x + tile], want)
+    assert (labelled[:top] < 128).sum() > 0 and (labelled[:, :left] < 128).sum() > 0  # text
+    # captions under tiles: the row grows by LINE_PX per line
+    z = torch.tensor([[0.5, -1.0], [1.5, 2.0]])
+    tags = mt.interpolation_labels(z[:1], z[1:], 3)
+    assert tags.columns == ["t 0.00", "t 0.50", "t 1.00"]
+    assert tags.tiles[0][1] == ["z1 +1.00", "z2 +0.50"] and tags.lines(0) == 2
+    g = tags.geometry(1, 3, tile, pad)
+    assert g["row_h"] == [tile + pad + 2 * mt.LINE_PX] and g["top"] == top
+    assert g["size"] == (3 * g["col_w"] + pad, top + tile + pad + 2 * mt.LINE_PX + pad)
+    assert mt.z_lines([0.1, 0.2, 0.3, 0.4]) == ["z1 +0.10", "z2 +0.20", "+2 more"]
+
+
+def test_montage_command_labels(run, tmp_path):
+    args = ["montage", str(run), "--pairs", "2", "--grid", "4", "--no-gif"]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    (w, h), _, _ = _picture(tmp_path / "a" / "interpolation.png")
+    tile, pad, top = 16 * 2, 2 * 2, mt.LINE_PX + mt.GAP_PX
+    # 2 rows, each with 2 caption lines (observed: image number and theta; generated: z1, z2)
+    assert h == top + 2 * (tile + pad + 2 * mt.LINE_PX) + pad
+    assert (w - pad) % 10 == 0 and (w - pad) // 10 >= tile + pad
+    (w, h), _, _ = _picture(tmp_path / "a" / "prior_samples.png")  # 8 x 8, z1 and z2 under each
+    assert h == 8 * (tile + pad + 2 * mt.LINE_PX) + pad
+
+
+def test_report_page_reads_like_supplementary_figures(run, tmp_path):
+    """Sections, numbered figures with units, provenance, example reconstructions and the
+    run's montages, all in the one HTML file."""
+    import base64
+    import re
+    import shutil
+    from html import escape
+
+    from emvae import __version__
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    r = runner.invoke(app, ["montage", str(copy), "--pairs", "2", "--grid", "4"])
+    assert r.exit_code == 0, r.output
+    truth = run.parent / "sim" / "truth.csv"
+    r = runner.invoke(app, ["report", str(copy), "--reference", str(truth), "--examples", "5"])
+    assert r.exit_code == 0, r.output
+    dest = copy / "report"
+    html = (dest / "report.html").read_text()
+    saved = json.loads((dest / "report.json").read_text())
+    numbers = [int(n) for n in re.findall(r"<b>Figure (\d+)\. ", html)]
+    montages = ["interpolation.png", "manifold.png", "prior_samples.png", "latent_motion.gif"]
+    assert numbers == list(range(1, len(saved["figures"]) + len(montages) + 1))
+    for title in (
+        "Figure 1. Learning curves.",
+        "Inferred poses.",
+        "Rotation against the reference.",
+        "Latent against the reference.",
+        "Example particles and their reconstructions.",
+        "Interpolation between particles.",
+        "The learned manifold.",
+        "Samples from the prior.",
+        "Motion along the main axis of z.",
+    ):
+        assert html.count(title) == 1, title
+    for section in ("The run", "Summary", "Training", "Poses", "Latent space", "Example particles"):
+        assert f"<h2>{section}</h2>" in html
+    for unit in ("nats per particle", "degrees", "px", "Å", "prior standard-deviation units"):
+        assert unit in html, unit
+    assert "test_elbo" not in html and "circular_correlation" not in html  # words, not keys
+    rot = saved["rotation"]
+    assert f"circular correlation {rot['circular_correlation']:.3f}" in html
+    assert f"median error {rot['median_error_deg']:.1f}°" in html
+    config = json.loads((copy / "config.json").read_text())
+    assert config["command"].startswith("emvae ") and f"emvae {__version__}" in html
+    assert f"<code>{escape(config['command'])}</code>" in html  # as config.json records it
+    # the reconstructions and montages are embedded byte for byte
+    for path in (dest / "reconstructions.png", copy / "montage" / "interpolation.png"):
+        assert base64.b64encode(path.read_bytes()).decode() in html
+    assert html.count("data:image/gif;base64,") == 1
+    # 5 examples: columns of input / reconstruction / canonical view
+    (w, h), _, _ = _picture(dest / "reconstructions.png")
+    tile = 16 * math.ceil(72 / 16)
+    assert h == mt.LINE_PX + mt.GAP_PX + 3 * (tile + 2 * 5) + 2 * 5 + 3 * mt.LINE_PX
+    # z against the reference: one panel per z, the factor each follows best
+    best = {z: (f, r) for z, f, r in best_factors(saved["latent"])}
+    assert set(best) == {"z1", "z2"} and best["z1"][0] == "conformation"
+    assert best["z1"][1] == pytest.approx(saved["latent"]["z1"]["conformation"]["pearson"])
+    assert f"{best['z1'][1]:+.3f}" in html  # the summary's Pearson r of z1
+
+
+def test_reconstruction_renders_each_particle_at_its_posterior(run):
+    """mt.reconstruct re-encodes the images the table describes: the same z, and at the
+    particle's own pose; at pose 0 it is decode_mean."""
+    r = Run.open(run)
+    model = r.model()[0]
+    table = r.table()
+    idx = np.array([0, 7, 33])
+    images = r.particles().images(idx)
+    rendered, z, pose = mt.reconstruct(model, images)
+    assert rendered.shape == (3, 1, 16, 16)
+    assert np.allclose(z.numpy(), table[["z1", "z2"]].to_numpy()[idx], atol=1e-4)
+    theta, shift = model_to_image_pose(pose[:, 0].double(), pose[:, 1:3].double(), 16)
+    diff = (theta.numpy() - table["theta_deg"].to_numpy()[idx] + 180) % 360 - 180
+    assert np.abs(diff).max() < 0.01  # the table's theta_deg, degrees
+    assert np.allclose(shift[:, 0].numpy(), table["shift_x_px"].to_numpy()[idx], atol=1e-3)
+    # at pose 0 the rendering is decode_mean; at the particle's pose it is not
+    at_zero = mt.decode_mean(model, z)
+    params = model.decode(z, torch.zeros_like(pose), full=True)
+    assert torch.allclose(params[..., 0].reshape(3, 1, 16, 16), at_zero, atol=1e-6)
+    assert not torch.allclose(rendered, at_zero, atol=1e-3)
+
+
+def test_report_of_an_old_run_says_the_command_is_unknown(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["command"] = ""
+    (copy / "config.json").write_text(json.dumps(config))
+    write_report(copy, examples=0)
+    html = (copy / "report" / "report.html").read_text()
+    assert "Command line</th><td>unknown" in html
+    assert "Example particles and their reconstructions" not in html
+    assert "No montages yet" in html

@@ -7,6 +7,7 @@ import typer
 from emvae import __version__
 from emvae_cli import analyze as analyze_cmd
 from emvae_cli import bench as bench_cmd
+from emvae_cli import explore as explore_cmd
 from emvae_cli import fit as fit_cmd
 from emvae_cli import prep as prep_cmd
 from emvae_cli import relion as relion_cmd
@@ -32,6 +33,8 @@ app.command("select")(select_cmd.select)
 app.command("report")(report_cmd.report)
 app.command("montage")(report_cmd.montage)
 app.command("analyze")(analyze_cmd.analyze)
+app.command("explore")(explore_cmd.explore)
+app.command("export-onnx")(explore_cmd.export_onnx)
 app.command("simulate")(bench_cmd.simulate)
 app.add_typer(bench_cmd.bench_app, name="bench")
 

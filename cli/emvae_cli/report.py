@@ -30,12 +30,19 @@ def report(
     out: Path | None = typer.Option(
         None, "-o", "--out", show_default=False, help="Folder for the report (default RUN/report)."
     ),
+    examples: int = typer.Option(
+        8,
+        "--examples",
+        min=0,
+        help="Held-out particles shown beside their reconstructions (0: none).",
+    ),
 ) -> None:
     """Learning curves, histograms, latent scatter; agreement with a --reference.
 
     With --reference: circular correlation, angular error, shift and latent correlations.
-    Writes PNGs, report.json and a self-contained report.html."""
-    result = write_report(run, reference, out)
+    Writes PNGs, report.json and a self-contained report.html (numbered figures with units,
+    example particles and their reconstructions, the run's montages, how the run was made)."""
+    result = write_report(run, reference, out, examples)
     dest = out or run / "report"
     for key, frame in (("rotation", ""), ("rotation_body", " (body frame)")):
         rot = result.get(key)
@@ -91,7 +98,22 @@ def montage(
     seed: int = typer.Option(
         0, "--seed", min=0, max=SEED_MAX, help="Seed for pairs and prior samples."
     ),
-    gif: bool = typer.Option(True, "--gif/--no-gif", help="Animated GIF along the first pair."),
+    gif: bool = typer.Option(
+        True, "--gif/--no-gif", help="Animated GIF along the particles' main axis of z."
+    ),
+    gif_steps: int = typer.Option(
+        24,
+        "--gif-steps",
+        min=2,
+        help="GIF: steps along the path, ends included; it goes there and back, so the GIF "
+        "has 2 x steps - 2 frames.",
+    ),
+    labels: bool = typer.Option(
+        True,
+        "--labels/--no-labels",
+        help="Write each tile's z (and an observed particle's name and theta) beside it; "
+        "--no-labels: the tiles alone.",
+    ),
 ) -> None:
     """Interpolations, manifold, prior samples, traversals and a GIF (PNG).
 
@@ -107,16 +129,30 @@ def montage(
     if k == 0:
         written.append(mt.save_png(mt.prior_samples(model, 1, 1), dest / "canonical.png", 4))
     else:
-        path_z = _pairs(run, model, pairs, pair or [], steps, seed, dest, written)
+        path_z = _pairs(run, model, pairs, pair or [], steps, seed, dest, written, labels)
         z_data = _posterior_means(run)  # grids span what the particles cover, not the prior
         if k <= 2:
-            written.append(mt.save_png(mt.manifold(model, grid, z_data), dest / "manifold.png"))
+            written.append(
+                mt.save_png(
+                    mt.manifold(model, grid, z_data),
+                    dest / "manifold.png",
+                    labels=mt.manifold_labels(k, grid, z_data) if labels else None,
+                )
+            )
         else:
             written.append(
-                mt.save_png(mt.traversals(model, z_data=z_data), dest / "traversals.png")
+                mt.save_png(
+                    mt.traversals(model, z_data=z_data),
+                    dest / "traversals.png",
+                    labels=mt.traversal_labels(k, z_data=z_data) if labels else None,
+                )
             )
         written.append(
-            mt.save_png(mt.prior_samples(model, samples, samples, seed), dest / "prior_samples.png")
+            mt.save_png(
+                mt.prior_samples(model, samples, samples, seed),
+                dest / "prior_samples.png",
+                labels=mt.prior_labels(k, samples, samples, seed) if labels else None,
+            )
         )
         if gif:
             if z_data is not None:  # along the particles' main axis of variation
@@ -124,9 +160,18 @@ def montage(
             elif path_z is None:  # no particles to walk between: along z1 of the prior
                 path_z = torch.zeros(2, k)
                 path_z[0, 0], path_z[1, 0] = -2.0, 2.0
-            t = torch.cat([torch.linspace(0, 1, 24), torch.linspace(1, 0, 24)[1:-1]])
+            n = gif_steps
+            t = torch.cat([torch.linspace(0, 1, n), torch.linspace(1, 0, n)[1:-1]])
             z = path_z[0] + t[:, None] * (path_z[1] - path_z[0])
-            written.append(mt.save_gif(mt.decode_mean(model, z), dest / "latent_motion.gif"))
+            captions = [mt.z_lines(v, most=2) for v in z.tolist()] if labels else None
+            written.append(
+                mt.save_gif(
+                    mt.decode_mean(model, z),
+                    dest / "latent_motion.gif",
+                    positions=t.numpy(),
+                    captions=captions,
+                )
+            )
     err_console.print(
         f"wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True
     )
@@ -140,7 +185,7 @@ def _posterior_means(run: Path | None) -> np.ndarray | None:
     return table[latent_columns(table)].to_numpy(np.float64)
 
 
-def _pairs(run, model, n_pairs, named, steps, seed, dest, written):
+def _pairs(run, model, n_pairs, named, steps, seed, dest, written, labels=True):
     """Write interpolation.png; return the first pair's z ``(2, K)`` (or None)."""
     if run is None:
         if named:
@@ -179,5 +224,15 @@ def _pairs(run, model, n_pairs, named, steps, seed, dest, written):
     if observed is not None and config.model.likelihood == "bernoulli":
         grid = grid.clamp(0, 1)
     ends = (0, -1) if observed is not None else ()
-    written.append(mt.save_png(grid, dest / "interpolation.png", own_contrast=ends))
+    names = None
+    if labels and observed is not None:  # each observed end: its image index and theta
+        names = [[_particle_lines(table.iloc[int(i)]) for i in (a, b)] for a, b in idx.tolist()]
+    tags = mt.interpolation_labels(z_a, z_b, steps, names or ()) if labels else None
+    written.append(mt.save_png(grid, dest / "interpolation.png", own_contrast=ends, labels=tags))
     return torch.stack([z_a[0], z_b[0]])
+
+
+def _particle_lines(row) -> list[str]:
+    """Caption of an observed particle: ``17@`` (its image number in its stack) and its θ."""
+    k, _ = image_key(row["image"])
+    return [f"{k}@", f"θ {float(row['theta_deg']):+.0f}°"]

@@ -1,0 +1,694 @@
+"""``emvae explore``: a run's latent space in the browser.
+
+:class:`Explorer` is one run loaded for exploring (model on its device, table, the analysis'
+clusters and embeddings when ``emvae analyze`` wrote them); it knows nothing of the web. It
+
+* lists the scatter's axes and colours (:meth:`Explorer.points`): any numeric column of the
+  particle table and of ``analyze/clusters.csv`` (z, PCA, UMAP, cluster, theta, ELBO, ...);
+* renders the generator at any (z, theta, shift) (:meth:`Explorer.render`, through
+  :class:`emvae.render.PosedGenerator`), requests arriving together run as one batch
+  (:class:`Batcher`) under ``torch.no_grad`` on the run's device;
+* shows one particle (:meth:`Explorer.particle`): the image as the model saw it, its
+  reconstruction under its inferred pose and the generator at its z without the pose;
+* writes a selection of particles (:meth:`Explorer.save_selection`) as ``emvae select``
+  writes one: ``NAME.txt`` and ``NAME.npy`` of 0-based input rows (``emvae fit --ind``,
+  ``emvae select --indices``), and the input's STAR / .cs rows when it was one.
+
+:func:`make_app` puts one or several runs behind a FastAPI app (``pip install
+'emvae[explore]'``): ``/`` is the page (``emvae/explore.html``: a canvas scatter and vanilla
+JavaScript, nothing fetched from the internet), ``/api/...`` its JSON interface. A bad request
+(an unknown run, a z of the wrong length, an index beyond the stack) is answered with a 4xx
+status and a one-line ``detail``; nothing a request sends stops the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from emvae.errors import EmvaeError, InputError
+from emvae.latents import latent_columns
+from emvae.render import PosedGenerator
+from emvae.run import CONFIG, Run
+
+#: The one line printed when the web framework is missing.
+EXPLORE_HINT = "install the explorer's web framework (pip install 'emvae[explore]')"
+#: Where selections are written, inside the run (unless make_app is given another folder).
+FOLDER = "explore"
+#: The most images one /generate request may ask for.
+MAX_BATCH = 1024
+#: Particles whose z set the generator's display range.
+CONTRAST_SAMPLE = 256
+#: A column with at most this many distinct integer values is coloured by category.
+MAX_CATEGORIES = 24
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+STATIC = ("explore.html", "explore.js")
+
+
+class RequestError(EmvaeError):
+    """A request the explorer cannot answer: ``status`` is its HTTP status (4xx)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+@dataclass
+class _Job:
+    inputs: tuple[torch.Tensor, ...]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: torch.Tensor | None = None
+    error: BaseException | None = None
+
+
+class Batcher:
+    """Runs ``fn`` on the concatenation of the inputs of calls that arrive together.
+
+    ``fn`` takes tensors whose first axis is the batch and returns one tensor with the same
+    first axis. A call queues its inputs; whichever caller gets the run lock waits ``wait_s``
+    for others to join, then runs everything queued (at most ``max_batch`` rows at a time) and
+    hands each caller its rows. One batch runs at a time (the model is not re-entrant)."""
+
+    def __init__(
+        self,
+        fn: Callable[..., torch.Tensor],
+        lock: threading.Lock | None = None,
+        max_batch: int = MAX_BATCH,
+        wait_s: float = 0.002,
+    ) -> None:
+        self.fn = fn
+        self.lock = lock or threading.Lock()
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self._queue: list[_Job] = []
+        self._queue_lock = threading.Lock()
+        #: sizes of the batches run so far (for tests and curiosity)
+        self.batches: list[int] = []
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        job = _Job(inputs)
+        with self._queue_lock:
+            self._queue.append(job)
+        while not job.done.is_set():
+            if self.lock.acquire(timeout=0.005):
+                try:
+                    if not job.done.is_set():
+                        time.sleep(self.wait_s)
+                        self._run_queued()
+                finally:
+                    self.lock.release()
+            else:
+                job.done.wait(0.005)
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _run_queued(self) -> None:
+        with self._queue_lock:
+            jobs: list[_Job] = []
+            rows = 0
+            while self._queue and (
+                not jobs or rows + len(self._queue[0].inputs[0]) <= self.max_batch
+            ):
+                job = self._queue.pop(0)
+                jobs.append(job)
+                rows += len(job.inputs[0])
+        if not jobs:
+            return
+        try:
+            parts = [torch.cat(a) for a in zip(*(j.inputs for j in jobs), strict=True)]
+            out = self.fn(*parts)
+            self.batches.append(rows)
+            start = 0
+            for job in jobs:
+                n = len(job.inputs[0])
+                job.result = out[start : start + n]
+                start += n
+        except Exception as e:  # every caller of this batch gets the error
+            for job in jobs:
+                job.error = e
+        finally:
+            for job in jobs:
+                job.done.set()
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def display_range(images: np.ndarray, bernoulli: bool) -> tuple[float, float]:
+    """The generator's display range: [0, 1] for pixel probabilities, else robust
+    percentiles of ``images`` (emvae.montage's contrast)."""
+    if bernoulli:
+        return 0.0, 1.0
+    from emvae.montage import contrast
+
+    return contrast(images)
+
+
+def to_pixels(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(C, D, D)`` float -> ``(D, D)`` or ``(D, D, 3)`` uint8 over [lo, hi]."""
+    from emvae.montage import to_uint8
+
+    a = to_uint8(image, lo, hi)
+    return a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+
+
+def png_data_url(image: np.ndarray, lo: float, hi: float) -> str:
+    """One image ``(C, D, D)`` as a ``data:image/png;base64,...`` URL over [lo, hi]."""
+    buf = io.BytesIO()
+    Image.fromarray(to_pixels(image, lo, hi)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _json_value(v: Any) -> Any:
+    """A table value for JSON: numbers as float/int (NaN and inf as None), the rest as str."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
+def _floats(values: np.ndarray) -> list[float | None]:
+    a = np.asarray(values, dtype=np.float64)
+    return [float(v) if math.isfinite(v) else None for v in a]
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+class Explorer:
+    """One run, loaded for exploring (module docstring). ``out_dir``: where selections go
+    (``RUN/explore`` by default)."""
+
+    def __init__(
+        self,
+        run: Run,
+        device: torch.device | str = "cpu",
+        out_dir: str | Path | None = None,
+    ) -> None:
+        from emvae.select import query_frame, read_clusters
+
+        self.run = run
+        self.name = run.path.resolve().name
+        self.device = torch.device(device)
+        self.model, self.config, _ = run.model(self.device)
+        self.cfg = self.model.config
+        self.table = run.table()
+        self.notes: list[str] = []
+        try:
+            clusters = read_clusters(run.path)
+            self.frame = query_frame(self.table, clusters)
+        except EmvaeError as e:  # an analysis of another fit: left out, with a note
+            self.frame = self.table.reset_index(drop=True)
+            self.notes.append(f"analyze/clusters.csv left out: {e}")
+        self.zcols = latent_columns(self.table)
+        self.zdim = self.cfg.zdim
+        self.size = self.cfg.image_size
+        self.channels = self.cfg.channels
+        self.out_dir = Path(out_dir) if out_dir is not None else run.path / FOLDER
+        self.lock = threading.Lock()  # one forward pass at a time on the model
+        self.generator = PosedGenerator(self.model).to(self.device).eval()
+        self.batcher = Batcher(self._render_batch, self.lock)
+        self._particles: Any = None
+        self._particles_error: str | None = None
+        self._ctf: torch.Tensor | None = None
+        self._source: Any = None
+        self.zrange = self._zranges()
+        self.contrast = self._contrast()
+
+    # ------------------------------------------------------------------ what it shows
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _zranges(self) -> list[dict[str, float]]:
+        """Each z slider: from the particles' 0.5th to 99.5th percentile, widened by a tenth
+        (a dimension every particle shares: its value +- 3), starting at the median."""
+        out = []
+        for col in self.zcols[: self.zdim]:
+            z = self.table[col].to_numpy(np.float64)
+            z = z[np.isfinite(z)]
+            if not len(z):
+                out.append({"min": -3.0, "max": 3.0, "value": 0.0})
+                continue
+            lo, mid, hi = (float(v) for v in np.quantile(z, [0.005, 0.5, 0.995]))
+            pad = 0.1 * (hi - lo)
+            if hi - lo < 1e-6:
+                lo, hi, pad = mid - 3.0, mid + 3.0, 0.0
+            out.append({"min": lo - pad, "max": hi + pad, "value": mid})
+        return out
+
+    def _contrast(self) -> tuple[float, float]:
+        """The generator's display range, from its images at (up to) 256 particles' z."""
+        n = len(self.table)
+        rows = np.unique(np.linspace(0, n - 1, min(n, CONTRAST_SAMPLE)).round().astype(int))
+        z = self.particle_z(rows) if n else np.zeros((1, self.zdim), np.float32)
+        images = self.render(z, np.zeros(len(z)), np.zeros((len(z), 2)))
+        return display_range(images, self.cfg.likelihood == "bernoulli")
+
+    def particle_z(self, rows: np.ndarray) -> np.ndarray:
+        """``(n, K)`` posterior means of the particles at table positions ``rows``."""
+        if not self.zdim:
+            return np.zeros((len(rows), 0), np.float32)
+        return self.table[self.zcols[: self.zdim]].to_numpy(np.float32)[rows]
+
+    def numeric_columns(self) -> list[str]:
+        return [
+            str(c)
+            for c in self.frame.columns
+            if pd.api.types.is_numeric_dtype(self.frame[c])
+            and not pd.api.types.is_bool_dtype(self.frame[c])
+        ]
+
+    def colour_columns(self) -> list[str]:
+        """Numeric columns, and the text columns with few values (``split``)."""
+        out = self.numeric_columns()
+        for c in self.frame.columns:
+            s = self.frame[c]
+            if str(c) not in out and str(c) != "image" and s.nunique() <= MAX_CATEGORIES:
+                out.append(str(c))
+        return out
+
+    def views(self) -> list[dict[str, str]]:
+        """The scatter's preset axes: z (or z1 against theta for 1-D z), PCA, UMAP."""
+        have = set(self.numeric_columns())
+        out = []
+        if self.zdim >= 2:
+            out.append({"name": "z1 / z2", "x": "z1", "y": "z2"})
+        elif self.zdim == 1:
+            out.append({"name": "z1 / theta", "x": "z1", "y": "theta_deg"})
+        for a, b, name in (("PC1", "PC2", "PCA"), ("UMAP1", "UMAP2", "UMAP")):
+            if {a, b} <= have:
+                out.append({"name": name, "x": a, "y": b})
+        if not out and {"theta_deg", "elbo"} <= have:
+            out.append({"name": "theta / ELBO", "x": "theta_deg", "y": "elbo"})
+        return out or [{"name": "input row / ELBO", "x": "input_row", "y": "elbo"}]
+
+    def meta(self) -> dict[str, Any]:
+        """What the page needs to draw its controls."""
+        colours = self.colour_columns()
+        default_colour = next((c for c in ("cluster", "elbo") if c in colours), colours[0])
+        shift_max = max(1.0, round(self.size / 4))
+        return {
+            "name": self.name,
+            "path": str(self.run.path),
+            "particles": len(self),
+            "zdim": self.zdim,
+            "size": self.size,
+            "channels": self.channels,
+            "kind": "rgb" if self.channels == 3 else "grey" if self.channels == 1 else "multi",
+            "likelihood": self.cfg.likelihood,
+            "ctf": self.cfg.ctf,
+            "posed": self.generator.posed,
+            "device": str(self.device),
+            "views": self.views(),
+            "numeric": self.numeric_columns(),
+            "colours": colours,
+            "default_colour": default_colour,
+            "z": [{"name": c, **r} for c, r in zip(self.zcols, self.zrange, strict=False)],
+            "theta": {"min": -180.0, "max": 180.0, "value": 0.0},
+            "shift": {"min": -shift_max, "max": shift_max, "value": 0.0},
+            "contrast": list(self.contrast),
+            "selections": str(self.out_dir),
+            "notes": self.notes,
+        }
+
+    def points(self, x: str, y: str, colour: str | None = None) -> dict[str, Any]:
+        """The scatter: ``x``, ``y`` (numeric columns) and the colour of each particle, in table
+        order (None where a value is missing). A categorical colour comes as ``codes`` into
+        ``labels``, a continuous one as ``values`` with its ``range``."""
+        numeric = self.numeric_columns()
+        for axis, col in (("x", x), ("y", y)):
+            if col not in numeric:
+                raise RequestError(
+                    404, f"{axis}={col!r}: no such numeric column (have {', '.join(numeric)})"
+                )
+        out: dict[str, Any] = {
+            "x": _floats(self.frame[x].to_numpy()),
+            "y": _floats(self.frame[y].to_numpy()),
+            "xlabel": x,
+            "ylabel": y,
+        }
+        if colour:
+            out["colour"] = self.colours(colour)
+        return out
+
+    def colours(self, column: str) -> dict[str, Any]:
+        allowed = self.colour_columns()
+        if column not in allowed:
+            raise RequestError(
+                404, f"colour={column!r}: no such column (have {', '.join(allowed)})"
+            )
+        s = self.frame[column]
+        numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+        integral = numeric and np.all(np.mod(s.dropna().to_numpy(np.float64), 1) == 0)
+        if not numeric or column == "cluster" or (integral and s.nunique() <= MAX_CATEGORIES):
+            values = s.to_numpy()
+            known = pd.notna(values)
+            labels = sorted(
+                {_json_value(v) for v in values[known]}, key=lambda v: (str(type(v)), v)
+            )
+            index = {label: k for k, label in enumerate(labels)}
+            codes = [
+                index[_json_value(v)] if ok else None for v, ok in zip(values, known, strict=True)
+            ]
+            return {"name": column, "kind": "category", "labels": labels, "codes": codes}
+        v = s.to_numpy(np.float64)
+        finite = v[np.isfinite(v)]
+        lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+        return {"name": column, "kind": "continuous", "values": _floats(v), "range": [lo, hi]}
+
+    # ------------------------------------------------------------------ the generator
+
+    @torch.no_grad()
+    def _render_batch(self, *inputs: torch.Tensor) -> torch.Tensor:
+        args = [a.to(self.device) for a in inputs]
+        return self.generator(*args).float().cpu()
+
+    def render(self, z, theta_deg, shift_px) -> np.ndarray:
+        """The generator's images ``(B, C, D, D)`` (pixel means) at z ``(B, K)``, ``theta_deg``
+        ``(B,)`` and ``shift_px`` ``(B, 2)`` (model pixels, image frame; see
+        :mod:`emvae.render`), batched with any other requests in flight."""
+        return self.batcher(*self.check_pose(z, theta_deg, shift_px)).numpy()
+
+    def generate(self, z, theta_deg, shift_px, raw: bool = False) -> dict[str, Any]:
+        """:meth:`render` as the page shows it: one PNG data URL per image on the generator's
+        display range (``contrast``), and with ``raw`` the pixel values themselves."""
+        images = self.render(z, theta_deg, shift_px)
+        lo, hi = self.contrast
+        out: dict[str, Any] = {
+            "images": [png_data_url(im, lo, hi) for im in images],
+            "contrast": [lo, hi],
+        }
+        if raw:
+            out["values"] = images.tolist()
+        return out
+
+    def check_pose(self, z, theta_deg, shift_px) -> tuple[torch.Tensor, ...]:
+        """Validate and shape a request: z ``(B, K)`` (or one ``(K,)``), theta ``(B,)`` or one
+        value, shift ``(B, 2)`` or one pair; every value finite, B <= :data:`MAX_BATCH`."""
+        k = self.zdim
+        z = np.asarray(z if z is not None else np.zeros((1, k)), dtype=np.float64)
+        if z.ndim == 1:
+            z = z[None] if len(z) or k == 0 else np.zeros((1, 0))
+        if z.ndim != 2 or z.shape[1] != k:
+            got = z.shape[-1] if z.ndim >= 1 else 0
+            raise RequestError(
+                400, f"z has {got} values per image but this model's z has {k} dimensions"
+            )
+        theta = np.atleast_1d(np.asarray(theta_deg, dtype=np.float64))
+        shift = np.asarray(shift_px, dtype=np.float64)
+        shift = shift[None] if shift.ndim == 1 else shift
+        if theta.ndim != 1:
+            raise RequestError(400, "theta_deg: one angle per image (degrees)")
+        if shift.ndim != 2 or shift.shape[1] != 2:
+            raise RequestError(400, "shift_px: one (x, y) pair per image (model pixels)")
+        b = max(len(z), len(theta), len(shift))
+        for name, a in (("z", z), ("theta_deg", theta), ("shift_px", shift)):
+            if len(a) not in (1, b):
+                raise RequestError(400, f"{name} has {len(a)} rows; the others have {b}")
+            if not np.all(np.isfinite(a)):
+                raise RequestError(400, f"{name}: every value must be a finite number")
+        if b > MAX_BATCH:
+            raise RequestError(400, f"{b} images in one request; at most {MAX_BATCH}")
+        if b == 0:
+            raise RequestError(400, "no images asked for")
+
+        def rows(a: np.ndarray) -> torch.Tensor:
+            a = np.broadcast_to(a, (b, *a.shape[1:])) if len(a) == 1 else a
+            return torch.tensor(np.ascontiguousarray(a), dtype=torch.float32)
+
+        return rows(z), rows(theta), rows(shift)
+
+    # ------------------------------------------------------------------ one particle
+
+    def particles(self):
+        """The run's input images (:meth:`emvae.run.Run.particles`), opened once; a 409 when
+        they cannot be read (moved, changed, or a run made elsewhere)."""
+        if self._particles is None and self._particles_error is None:
+            try:
+                self._particles = self.run.particles()
+            except (EmvaeError, OSError) as e:
+                self._particles_error = str(e)
+        if self._particles is None:
+            raise RequestError(
+                409,
+                f"the run's input images cannot be read ({self._particles_error}); run "
+                "emvae explore in the folder the fit ran in",
+            )
+        return self._particles
+
+    def check_index(self, index: int) -> int:
+        n = len(self)
+        if not 0 <= index < n:
+            raise RequestError(
+                404, f"particle {index} is beyond the stack: it holds {n} (0-based: 0..{n - 1})"
+            )
+        return int(index)
+
+    @torch.no_grad()
+    def particle_images(self, index: int) -> dict[str, np.ndarray]:
+        """Particle ``index`` (table position, 0-based) as the model saw it, its reconstruction
+        under the pose and z the model infers from it (its CTF applied with ``--ctf on``), and
+        the generator at its z with no pose: each ``(C, D, D)``; and the inferred pose
+        (``theta_deg``, ``shift_px`` in model pixels) and ``z``."""
+        from emvae.geometry import model_to_image_pose
+        from emvae.models import pixels_to_images
+        from emvae.objective import pixel_mean, with_ctf
+
+        index = self.check_index(index)
+        particles = self.particles()
+        x = particles.images(np.array([index])).to(self.device)
+        mode = self.cfg.ctf
+        ctf = None
+        if mode != "off":
+            try:
+                params = particles.ctf(mode)
+            except (EmvaeError, OSError):
+                params = None
+            if params is not None:
+                ctf = torch.from_numpy(np.asarray(params[index : index + 1])).to(self.device)
+                if mode == "phase-flip":
+                    from emvae.ctf import phase_flip_
+
+                    phase_flip_(x, params[index : index + 1])
+                    ctf = None
+        with self.lock:
+            self.model.eval()
+            q = self.model.encode(x)
+            params_out = self.model.decode(q.z_mu, q.pose_mu, full=True)
+            if ctf is not None:
+                params_out = with_ctf(self.cfg, params_out, ctf.to(params_out.dtype))
+            recon = pixels_to_images(pixel_mean(self.cfg, params_out), self.size)
+        p = self.cfg
+        pose = q.pose_mu.float()
+        theta = pose[:, 0] if p.rotation else pose.new_zeros(1)
+        shift = pose[:, int(p.rotation) :] if p.translation else pose.new_zeros(1, 2)
+        theta_deg, shift_px = model_to_image_pose(theta, shift, self.size)
+        z = q.z_mu.float().cpu().numpy()
+        canonical = self.render(z, np.zeros(1), np.zeros((1, 2)))
+        return {
+            "observed": x[0].float().cpu().numpy(),
+            "reconstruction": recon[0].float().cpu().numpy(),
+            "generator": canonical[0],
+            "theta_deg": theta_deg.cpu().numpy(),
+            "shift_px": shift_px.cpu().numpy(),
+            "z": z,
+        }
+
+    def particle(self, index: int) -> dict[str, Any]:
+        """:meth:`particle_images` as the page shows it: PNG data URLs (the observed image on
+        its own contrast, the two renderings on the generator's), the particle's table row and
+        its pose and z."""
+        from emvae.montage import contrast
+
+        images = self.particle_images(index)
+        lo, hi = self.contrast
+        obs = images["observed"]
+        own = (0.0, 1.0) if self.cfg.likelihood == "bernoulli" else contrast(obs)
+        recon_range = contrast(images["reconstruction"]) if self.cfg.ctf == "on" else (lo, hi)
+        row = self.frame.iloc[index]
+        return {
+            "index": int(index),
+            "row": {str(k): _json_value(v) for k, v in row.items()},
+            "theta_deg": float(images["theta_deg"][0]),
+            "shift_px": [float(v) for v in images["shift_px"][0]],
+            "z": [float(v) for v in images["z"][0]],
+            "observed": png_data_url(obs, *own),
+            "reconstruction": png_data_url(images["reconstruction"], *recon_range),
+            "generator": png_data_url(images["generator"], lo, hi),
+            "ranges": {"observed": list(own), "reconstruction": list(recon_range)},
+        }
+
+    # ------------------------------------------------------------------ selections
+
+    def next_name(self) -> str:
+        k = 1
+        while any(self.out_dir.glob(f"selection_{k:03d}.*")):
+            k += 1
+        return f"selection_{k:03d}"
+
+    def _input_rows(self):
+        """The run's input for the STAR / .cs subset (read once); index lists only when it
+        cannot be read."""
+        from emvae.select import InputRows, read_input_rows
+
+        if self._source is None:
+            try:
+                self._source = read_input_rows(self.config, self.table)
+            except (EmvaeError, OSError) as e:
+                self._source = InputRows("none", note=f"index lists only: {e}")
+        return self._source
+
+    def save_selection(self, positions: Sequence[float], name: str | None = None) -> dict[str, Any]:
+        """Write the particles at table ``positions`` under ``out_dir/NAME`` as ``emvae
+        select`` does (``NAME.txt``, ``NAME.npy``: their 0-based input rows, ascending; and the
+        input's STAR / .cs rows). An existing NAME is refused (409)."""
+        from emvae.errors import OutputExistsError
+        from emvae.select import selected_input_rows, write_selection
+
+        name = self.next_name() if not name else name
+        if not NAME.fullmatch(name) or name.lower().endswith((".txt", ".npy", ".star", ".cs")):
+            raise RequestError(
+                400,
+                f"name {name!r}: letters, digits, '_', '-' and '.' only (up to 64), "
+                "without a suffix",
+            )
+        idx = np.asarray(list(positions), dtype=np.float64)
+        if idx.ndim != 1 or not len(idx):
+            raise RequestError(400, "select at least one particle")
+        if not np.all(np.mod(idx, 1) == 0):
+            raise RequestError(400, "indices: whole numbers (table positions, 0-based)")
+        pos = np.unique(idx.astype(np.int64))
+        bad = pos[(pos < 0) | (pos >= len(self))]
+        if len(bad):
+            self.check_index(int(bad[0]))
+        source = self._input_rows()
+        rows = selected_input_rows(self.table, pos)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stem = self.out_dir / name
+        try:
+            paths = write_selection(rows, stem, source)
+        except OutputExistsError as e:
+            raise RequestError(409, f"{e} (choose another name)") from None
+        return {
+            "count": int(len(rows)),
+            "total": len(self),
+            "paths": [str(p) for p in paths],
+            "input_rows": [int(r) for r in rows],
+            "note": source.note,
+            "next_name": self.next_name(),
+        }
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def find_runs(path: str | Path) -> dict[str, Path]:
+    """``path`` itself when it is a run (it has config.json), else the runs directly inside
+    it, by folder name. None found is an error."""
+    p = Path(path)
+    if not p.is_dir():
+        raise InputError(p, "no such run directory" if not p.exists() else "not a directory")
+    if (p / CONFIG).exists():
+        return {p.resolve().name: p}
+    runs = {c.name: c for c in sorted(p.iterdir()) if c.is_dir() and (c / CONFIG).exists()}
+    if not runs:
+        raise InputError(p, f"is not an emvae run directory (no {CONFIG}) and holds none")
+    return runs
+
+
+class Runs:
+    """The runs one app serves, each loaded (:class:`Explorer`) when first asked for."""
+
+    def __init__(self, path: str | Path, device: torch.device, out_dir: str | Path | None):
+        self.paths = find_runs(path)
+        self.device = device
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self._loaded: dict[str, Explorer] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return list(self.paths)
+
+    def get(self, name: str) -> Explorer:
+        if name not in self.paths:
+            raise RequestError(
+                404, f"no run named {name!r} here (runs: {', '.join(self.paths) or 'none'})"
+            )
+        with self._lock:
+            if name not in self._loaded:
+                out = None
+                if self.out_dir is not None:
+                    out = self.out_dir if len(self.paths) == 1 else self.out_dir / name
+                try:
+                    self._loaded[name] = Explorer(Run.open(self.paths[name]), self.device, out)
+                except EmvaeError as e:
+                    raise RequestError(409, f"run {name!r} cannot be loaded: {e}") from None
+            return self._loaded[name]
+
+
+# ----------------------------------------------------------------------------- the web app
+
+
+def static_file(name: str) -> str:
+    return resources.files("emvae").joinpath(name).read_text(encoding="utf-8")
+
+
+def make_app(
+    run_path: str | Path,
+    device: torch.device | str = "cpu",
+    out_dir: str | Path | None = None,
+    preload: bool = True,
+):
+    """The FastAPI app serving the run at ``run_path`` (or the runs inside that folder).
+
+    ``device``: where the models run ("auto", "cpu", "cuda:N"); ``out_dir``: where selections
+    are written (default ``RUN/explore``); ``preload``: load a single run now (so that a broken
+    run is an error here, not at the first request). Test it with
+    ``fastapi.testclient.TestClient(make_app(...))``; the routes are in
+    :mod:`emvae.explore_app`."""
+    try:
+        from emvae import explore_app
+    except ImportError:
+        raise EmvaeError(EXPLORE_HINT) from None
+    from emvae.data import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    runs = Runs(run_path, dev, out_dir)
+    if preload and len(runs.paths) == 1:
+        try:
+            runs.get(runs.names()[0])
+        except RequestError as e:
+            raise EmvaeError(str(e)) from None
+    return explore_app.build(runs)
+
+
+def serve(app, host: str = "127.0.0.1", port: int = 8050) -> None:
+    """Run ``app`` with uvicorn until interrupted."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise EmvaeError(EXPLORE_HINT) from None
+    uvicorn.run(app, host=host, port=port, log_level="warning")
