@@ -18,7 +18,8 @@ from emvae.errors import ConfigError
 # The values of the settings with a fixed set of them: the command line's options take these
 # types (so --help lists them and a wrong value is refused with the list); the config fields
 # stay plain strings and ints.
-Generator = Literal["spatial", "vanilla"]
+Generator = Literal["spatial", "vanilla", "broadcast"]
+Prior = Literal["standard", "hyperprior"]
 Encoder = Literal["mlp", "conv", "equivariant"]
 ZEncoder = Literal["aligned", "shared"]
 ThetaPosterior = Literal["auto", "bins", "gaussian"]
@@ -32,6 +33,7 @@ RotationBins = Literal[4, 8, 16]
 CtfPad = Literal[1, 2]
 
 GENERATORS: tuple[str, ...] = get_args(Generator)
+PRIORS: tuple[str, ...] = get_args(Prior)
 ENCODERS: tuple[str, ...] = get_args(Encoder)
 Z_ENCODERS: tuple[str, ...] = get_args(ZEncoder)
 THETA_POSTERIORS: tuple[str, ...] = get_args(ThetaPosterior)
@@ -49,6 +51,11 @@ CTF_PADS: tuple[int, ...] = get_args(CtfPad)
 SMALL_IMAGE_PX = 32
 SMALL_WIDTH = 128
 WIDTH = 500  # the paper's 2 x 500 tanh MLPs (Bepler et al. 2019, sections 4.2-4.3)
+#: The Spatial Broadcast decoder's default channels and 3 x 3 conv layers (seed 001's layout:
+#: four unstrided 3 x 3 convolutions of 64 channels, ReLU, then a 1 x 1 conv to the outputs)
+BROADCAST_WIDTH = 64
+BROADCAST_LAYERS = 4
+MLP_LAYERS = 2
 
 
 def default_width(image_size: int) -> int:
@@ -76,7 +83,14 @@ class ModelConfig:
     image_size: int  # D: images are D x D pixels
     channels: int = 1  # C: 1 for EM, 3 for RGB
     zdim: int = 2  # K: unstructured latent dimensions
-    generator: str = "spatial"  # "spatial" (coordinate MLP) or "vanilla" (z -> all pixels)
+    # "spatial" (coordinate MLP), "vanilla" (z -> all pixels) or "broadcast" (Spatial Broadcast
+    # decoder: z tiled over the transformed coordinate grid, then a CNN)
+    generator: str = "spatial"
+    # prior on z: "standard" N(0, I), or "hyperprior": N(0, diag(s^2)) with s learned per
+    # dimension under an inverse-gamma hyperprior on s^2 (emvae.objective, docs/usage.md)
+    prior: str = "standard"
+    hyper_shape: float = 1.0  # a of the hyperprior InvGamma(a, b) on s_k^2
+    hyper_scale: float = 2.0  # b (the mode b / (a + 1) = 1: the standard prior's variance)
     # pose network: "mlp" (the paper's), "conv" (plain CNN), "equivariant" (group convolution
     # over rotation bins); "auto": default_encoder's choice
     encoder: str = "auto"
@@ -86,9 +100,11 @@ class ModelConfig:
     # rotation posterior: "bins" (R rotation bins, the k most probable summed exactly),
     # "gaussian" (the paper's), "auto" (bins when rotation is inferred under the uniform prior)
     theta_posterior: str = "auto"
-    # widths: None picks by image size (default_width: 128 up to 32 px, the paper's 500 above)
+    # widths: None picks by image size (default_width: 128 up to 32 px, the paper's 500 above;
+    # the broadcast decoder: BROADCAST_WIDTH channels)
     gen_hidden: int | None = None
-    gen_layers: int = 2
+    # hidden layers (broadcast: 3 x 3 conv layers); None: MLP_LAYERS, or BROADCAST_LAYERS
+    gen_layers: int | None = None
     # spatial generator: random Fourier features of the coordinates (0: the paper's raw
     # coordinates) and the std of their frequencies in cycles per pixel
     fourier_features: int = 64
@@ -117,14 +133,22 @@ class ModelConfig:
         if self.encoder == "auto":
             self.encoder = default_encoder(self)
         width = default_width(self.image_size)
+        broadcast = self.generator == "broadcast"
         if self.gen_hidden is None:
-            self.gen_hidden = width
+            self.gen_hidden = BROADCAST_WIDTH if broadcast else width
+        if self.gen_layers is None:
+            self.gen_layers = BROADCAST_LAYERS if broadcast else MLP_LAYERS
         if self.enc_hidden is None:
             self.enc_hidden = width
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if options are out of range or contradict each other."""
         _choice("generator", self.generator, GENERATORS)
+        _choice("prior", self.prior, PRIORS)
+        if not (self.hyper_shape > 0 and self.hyper_scale > 0):
+            raise ConfigError("the hyperprior's shape and scale must be > 0")
+        if self.prior == "hyperprior" and self.zdim < 1:
+            raise ConfigError("--prior hyperprior is a prior on z: it needs --zdim >= 1")
         _choice("encoder", self.encoder, ENCODERS)
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("theta prior", self.theta_prior, THETA_PRIORS)
@@ -191,8 +215,8 @@ class ModelConfig:
         if self.ctf != "off":
             if self.likelihood != "gaussian":
                 raise ConfigError("--ctf needs the Gaussian likelihood (cryo-EM images)")
-            if self.generator != "spatial":
-                raise ConfigError("--ctf goes with the spatial generator")
+            if self.generator == "vanilla":
+                raise ConfigError("--ctf goes with the spatial or broadcast generator")
         if self.ctf_pad not in CTF_PADS:
             raise ConfigError(f"--ctf-pad must be 1 or 2, got {self.ctf_pad}")
         if self.learn_noise and self.likelihood != "gaussian":

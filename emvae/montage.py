@@ -165,6 +165,92 @@ def principal_path(z_data: np.ndarray) -> Tensor:
     return torch.tensor(np.stack([mean + lo * vt[0], mean + hi * vt[0]]), dtype=torch.float32)
 
 
+# ----------------------------------------------------------------------------- local metric
+
+
+def _flat_mean(model: SpatialVAE, z: Tensor) -> Tensor:
+    """Pixel means at theta = 0, dx = 0, flattened: z ``(B, K)`` -> ``(B, C * D * D)`` (the
+    units of :func:`decode_mean`), differentiable in z."""
+    mean = pixel_mean(model.config, model.canonical(z))
+    return pixels_to_images(mean, model.config.image_size).flatten(1)
+
+
+def canonical_jacobian(model: SpatialVAE, z: Tensor, batch: int = 64) -> Tensor:
+    """The Jacobian of the pose-free image (the generator's pixel means at theta = 0,
+    dx = 0, :func:`decode_mean`) with respect to z, at each z ``(n, K)``: ``(n, P, K)``,
+    P = C * D * D pixel values, in (pixel-value units) per unit z (normalised units for a
+    Gaussian model, probability for a Bernoulli one; z in prior standard-deviation units).
+
+    Exact (automatic differentiation, no finite steps): one Jacobian-vector product per
+    latent dimension over a batch of ``batch`` points at a time (each image depends on its
+    own z only, so the product along e_k gives column k of every point's Jacobian); no loop
+    over points. Computed on the model's device and dtype, returned on the CPU."""
+    param = next(model.parameters())
+    z = z.to(param.device, param.dtype)
+    n, k = z.shape
+    if k == 0:
+        raise ConfigError("a model without latent dimensions has no Jacobian in z")
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, n, batch):
+            zb = z[start : start + batch]
+            cols = []
+            for d in range(k):
+                e = torch.zeros_like(zb)
+                e[:, d] = 1.0
+                cols.append(_jvp(functools.partial(_flat_mean, model), zb, e))
+            out.append(torch.stack(cols, -1).detach().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def _jvp(f, x: Tensor, v: Tensor) -> Tensor:
+    """``J_f(x) v`` for a batched ``f``, by the double-backward trick
+    (:func:`torch.autograd.functional.jvp`: any layer with a backward rule; torch.func's
+    forward mode would first script its decompositions with the deprecated torch.jit)."""
+    with torch.enable_grad():
+        return torch.autograd.functional.jvp(f, x, v)[1]
+
+
+def singular_values(model: SpatialVAE, z: Tensor, batch: int = 64) -> Tensor:
+    """The singular values of :func:`canonical_jacobian` at each z ``(n, K)``: ``(n, K)``,
+    largest first: how far the image moves per unit step of z along the fastest and the
+    slowest direction, (pixel-value units) per unit z (root of the summed squared change of
+    every pixel, i.e. the Euclidean norm of the image's change)."""
+    j = canonical_jacobian(model, z, batch).double()
+    return torch.linalg.svdvals(j).to(torch.float32)
+
+
+def local_metric(model: SpatialVAE, z: Tensor, batch: int = 64) -> Tensor:
+    """The magnification factor ``sqrt(det(J^T J))`` of the decoder at each z ``(n, K)``:
+    ``(n,)``, J ``(P, K)`` = :func:`canonical_jacobian`. The volume of image space swept per
+    unit volume of z: the product of the K singular values (:func:`singular_values`), so
+    ((pixel-value units) per unit z)^K; for K = 1 the image's speed along z. 0 where the
+    image does not depend on z."""
+    return singular_values(model, z, batch).double().prod(-1).to(torch.float32)
+
+
+def metric_grid(
+    model: SpatialVAE, n: int = 10, z_data: np.ndarray | None = None, batch: int = 64
+) -> tuple[Tensor, Tensor]:
+    """The local metric over the grid of :func:`manifold` (K = 2: cell ``(r, c)`` is tile
+    ``(r, c)``, z1 along the columns, z2 up the rows; K = 1: one row): ``(magnification
+    (rows, n), singular values (rows, n, K))`` (:func:`local_metric`,
+    :func:`singular_values`)."""
+    k = model.config.zdim
+    grids = manifold_grids(k, n, z_data)
+    if k == 1:
+        z, rows = grids[0][:, None], 1
+    else:
+        z2, z1 = torch.meshgrid(grids[1].flip(0), grids[0], indexing="ij")
+        z, rows = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1), n
+    s = singular_values(model, z, batch)
+    return s.double().prod(-1).float().reshape(rows, n), s.reshape(rows, n, k)
+
+
 def _image_shape(model: SpatialVAE) -> tuple[int, int, int]:
     d = model.config.image_size
     return (model.config.channels, d, d)

@@ -10,6 +10,11 @@ the bin (``s_theta / R``), so a confident posterior costs about as much as under
 The expectation over the k bins is computed exactly (one generator pass per bin, the same
 Gaussian noise in each): ``sum_b q(b) [log p(y | theta_b, ...) - KL_in(b)] - KL(q(b) || 1/R)``
 (see :func:`posterior_elbo`).
+
+With ``--prior hyperprior`` z's prior is N(0, diag(s^2)) with log s learned per dimension
+(:func:`kl_normal_dims`), and s^2 has an inverse-gamma hyperprior (:func:`log_hyperprior`),
+added to the training objective once per data set (docs/usage.md, "Other decoders and priors
+on z").
 """
 
 from __future__ import annotations
@@ -45,6 +50,23 @@ def kl_normal(mu: Tensor, logstd: Tensor, prior_std: float) -> Tensor:
     """KL(N(mu, sigma^2) || N(0, s^2)) summed over the last dim. ``(B, K)`` -> ``(B,)``."""
     s2 = prior_std**2
     return (math.log(prior_std) - logstd + (torch.exp(2 * logstd) + mu**2) / (2 * s2) - 0.5).sum(-1)
+
+
+def kl_normal_dims(mu: Tensor, logstd: Tensor, prior_logstd: Tensor) -> Tensor:
+    """KL(N(mu, sigma^2) || N(0, s^2)) of each dimension, with a learned log s ``(K,)``:
+    ``log s - log sigma + (sigma^2 + mu^2) / (2 s^2) - 1/2``; ``(B, K)`` -> ``(B, K)`` nats."""
+    ls = prior_logstd.to(mu.dtype)
+    return ls - logstd + (torch.exp(2 * logstd) + mu**2) * torch.exp(-2 * ls) / 2 - 0.5
+
+
+def log_hyperprior(prior_logstd: Tensor, shape: float, scale: float) -> Tensor:
+    """log p(s^2) of the hyperprior on the learned prior variances (``--prior hyperprior``):
+    ``sum_k log InvGamma(s_k^2; a, b)``, ``a log b - lgamma(a) - (a + 1) log s_k^2 - b / s_k^2``
+    (density on the variance v = s^2, in nats; a scalar). Its mode is at ``b / (a + 1)``."""
+    log_v = 2 * prior_logstd
+    a, b = shape, scale
+    per = a * math.log(b) - math.lgamma(a) - (a + 1) * log_v - b * torch.exp(-log_v)
+    return per.sum()
 
 
 def kl_uniform_rotation(logstd: Tensor, prior_std: float = math.pi) -> Tensor:
@@ -125,6 +147,7 @@ def elbo_terms(
     pose_logstd: Tensor,
     use_z: bool = True,
     pixel_weight: float = 1.0,
+    z_prior_logstd: Tensor | None = None,
 ) -> ElboTerms:
     """All ELBO terms for one batch (paper eqs. 4-5).
 
@@ -133,16 +156,24 @@ def elbo_terms(
     ``use_z=False`` (the z-delay epochs, when z is held at 0) drops the z KL. Pose variables that
     are not inferred have no columns and contribute no KL (eq. 5). ``pixel_weight``: the
     log-likelihood's factor when ``y`` holds a random subset of the pixels (all of them over
-    the subset's size: an unbiased estimate of the whole image's).
+    the subset's size: an unbiased estimate of the whole image's). ``z_prior_logstd`` ``(K,)``:
+    z's prior is N(0, diag(s^2)) with these log s (``--prior hyperprior``), else N(0, I).
     """
-    kl_z, kl_theta, kl_shift = kl_terms(cfg, z_mu, z_logstd, pose_mu, pose_logstd, use_z)
-    dims = _kl_dims(z_mu, z_logstd, use_z)
+    kl_z, kl_theta, kl_shift = kl_terms(
+        cfg, z_mu, z_logstd, pose_mu, pose_logstd, use_z, z_prior_logstd
+    )
+    dims = _kl_dims(z_mu, z_logstd, use_z, z_prior_logstd)
     ll = log_likelihood(cfg, y, params) * pixel_weight
     return ElboTerms(ll, kl_z, kl_theta, kl_shift, dims)
 
 
-def _kl_dims(z_mu: Tensor, z_logstd: Tensor, use_z: bool) -> Tensor:
-    dims = kl_standard_normal_dims(z_mu, z_logstd)
+def _kl_dims(
+    z_mu: Tensor, z_logstd: Tensor, use_z: bool, z_prior_logstd: Tensor | None = None
+) -> Tensor:
+    if z_prior_logstd is None:
+        dims = kl_standard_normal_dims(z_mu, z_logstd)
+    else:
+        dims = kl_normal_dims(z_mu, z_logstd, z_prior_logstd)
     return dims if use_z else torch.zeros_like(dims)
 
 
@@ -153,10 +184,13 @@ def kl_terms(
     pose_mu: Tensor,
     pose_logstd: Tensor,
     use_z: bool = True,
+    z_prior_logstd: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(KL_z, KL_theta, KL_dx), each ``(B,)``, for the Gaussian posterior (see elbo_terms)."""
     zero = pose_mu.new_zeros(pose_mu.shape[0])
-    kl_z = kl_standard_normal(z_mu, z_logstd) if (use_z and cfg.zdim > 0) else zero
+    kl_z = zero
+    if use_z and cfg.zdim > 0:
+        kl_z = _kl_dims(z_mu, z_logstd, True, z_prior_logstd).sum(-1)
     kl_theta = kl_shift = zero
     if cfg.rotation:
         if cfg.theta_prior == "uniform":
@@ -223,13 +257,16 @@ def posterior_elbo(
             keep = mask_index(cfg.image_size, cfg.mask_radius_px).to(params.device)
             params = params.index_select(-2, keep)
     if q.bins is None:
-        mu, logstd = q.pose_mu, q.pose_logstd
-        return elbo_terms(cfg, y, params, q.z_mu, q.z_logstd, mu, logstd, use_z, pixel_weight)
+        mu, logstd, prior = q.pose_mu, q.pose_logstd, q.z_prior_logstd
+        return elbo_terms(
+            cfg, y, params, q.z_mu, q.z_logstd, mu, logstd, use_z, pixel_weight, prior
+        )
     idx, log_w = q.bins.top(params.shape[1])
     b, k = idx.shape
     ll = log_likelihood(cfg, y.repeat_interleave(k, 0), params.flatten(0, 1)).view(b, k)
     ll = ll * pixel_weight
-    kl_z, _, kl_shift = kl_terms(cfg, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd, use_z)
+    prior = q.z_prior_logstd
+    kl_z, _, kl_shift = kl_terms(cfg, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd, use_z, prior)
     kl_theta = kl_rotation_bins(log_w, q.bins.logstd.gather(1, idx), cfg)
-    dims = _kl_dims(q.z_mu, q.z_logstd, use_z)
+    dims = _kl_dims(q.z_mu, q.z_logstd, use_z, prior)
     return ElboTerms((log_w.exp() * ll).sum(1), kl_z, kl_theta, kl_shift, dims)

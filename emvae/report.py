@@ -466,6 +466,79 @@ def plot_reconstructions(
     return path, None
 
 
+#: The z grid of the local-metric figure (n x n, as ``emvae montage``'s manifold).
+METRIC_GRID = 10
+
+
+def plot_traversals(model, table: pd.DataFrame, path: Path) -> Path | None:
+    """One row per latent dimension (:func:`emvae.montage.traversals`): that z from the
+    particles' 2nd to 98th percentile, the others at their medians, θ = 0, Δx = 0, each
+    tile's value under it. None without latent dimensions."""
+    from emvae import montage as mt
+
+    zs = latent_columns(table)
+    k = model.config.zdim
+    if k < 1 or len(zs) != k:
+        return None
+    z_data = table[zs].to_numpy(np.float64)
+    grid = mt.traversals(model, z_data=z_data)
+    labels = mt.traversal_labels(k, z_data=z_data)
+    mt.save_png(grid, path, scale=max(1, math.ceil(48 / model.config.image_size)), labels=labels)
+    return path
+
+
+def plot_local_metric(model, table: pd.DataFrame, path: Path, n: int = METRIC_GRID) -> tuple:
+    """For 2-D z: the decoded grid (:func:`emvae.montage.manifold` at quantiles of the
+    particles' posterior means) beside heat maps over the same grid, cell for cell, of the
+    generator's local metric (:func:`emvae.montage.metric_grid`): the magnification factor
+    sqrt(det JᵀJ) and the two singular values of J. Returns (the figure, the numbers for
+    ``report.json``), or (None, None) unless z is 2-D."""
+    from emvae import montage as mt
+
+    zs = latent_columns(table)
+    if model.config.zdim != 2 or len(zs) != 2:
+        return None, None
+    z_data = table[zs].to_numpy(np.float64)
+    decoded = np.asarray(mt.manifold(model, n, z_data), dtype=np.float64)
+    magnification, sv = mt.metric_grid(model, n, z_data)
+    z1, z2 = (g.numpy() for g in mt.manifold_grids(2, n, z_data))
+    z2_rows = z2[::-1]  # top row: largest z2, as in the manifold
+    pad, d = 2, model.config.image_size
+    picture = mt.tile(mt.to_uint8(decoded, *mt.contrast(decoded)), pad)
+    ticks = np.arange(0, n, max(1, n // 5))
+    unit = "pixel-value units per unit z"
+    maps = (
+        (magnification, r"magnification $\sqrt{\det J^{T}J} = \sigma_1\sigma_2$" f"\n({unit})$^2$"),
+        (sv[..., 0], r"$\sigma_1$, fastest direction" f"\n({unit})"),
+        (sv[..., 1], r"$\sigma_2$, slowest direction" f"\n({unit})"),
+    )
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(2, 2, size=5.0)
+        centres = pad + ticks * (d + pad) + d / 2
+        ax[0].imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
+        ax[0].set_title("decoded grid (θ = 0, Δx = 0)")
+        ax[0].set_xticks(centres, [f"{z1[t]:+.2f}" for t in ticks])
+        ax[0].set_yticks(centres, [f"{z2_rows[t]:+.2f}" for t in ticks])
+        for a, (values, label) in zip(ax[1:], maps, strict=True):
+            im = a.imshow(values.numpy(), cmap="viridis", interpolation="nearest")
+            fig.colorbar(im, ax=a, label=label, shrink=0.9)
+            a.set_xticks(ticks, [f"{z1[t]:+.2f}" for t in ticks])
+            a.set_yticks(ticks, [f"{z2_rows[t]:+.2f}" for t in ticks])
+        for a in ax:
+            a.set_xlabel("z1 (prior std units)")
+            a.set_ylabel("z2 (prior std units)")
+        _save(fig, path)
+    numbers = {
+        "grid": n,
+        "z1": z1.round(5).tolist(),
+        "z2_top_to_bottom": z2_rows.round(5).tolist(),
+        "magnification": magnification.double().numpy().round(6).tolist(),
+        "singular_values": sv.double().numpy().round(6).tolist(),
+        "median_magnification": float(magnification.median()),
+    }
+    return path, numbers
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -537,6 +610,13 @@ def write_report(
             label = factors[0]
             colour = theirs[label].to_numpy(float)
     figures.append(plot_latent_scatter(table, dest / "latent_scatter.png", colour, label or ""))
+    if config.model.zdim >= 1 and latent_columns(table):
+        model = r.model()[0]
+        figures.append(plot_traversals(model, table, dest / "latent_traversals.png"))
+        metric_path, metric = plot_local_metric(model, table, dest / "latent_metric.png")
+        figures.append(metric_path)
+        if metric is not None:
+            result["latent_metric"] = metric
     if examples > 0:
         recon, note = plot_reconstructions(r, table, dest / "reconstructions.png", examples)
         figures.append(recon)
@@ -588,7 +668,16 @@ def _json(v):
 SECTIONS = (
     ("Training", ("learning_curves.png", "latent_kl.png")),
     ("Poses", ("pose_histograms.png", "theta_vs_reference.png")),
-    ("Latent space", ("z_histograms.png", "latent_scatter.png", "z_vs_reference.png")),
+    (
+        "Latent space",
+        (
+            "z_histograms.png",
+            "latent_scatter.png",
+            "z_vs_reference.png",
+            "latent_traversals.png",
+            "latent_metric.png",
+        ),
+    ),
     ("Example particles", ("reconstructions.png",)),
 )
 #: What ``emvae montage`` writes, in the order the page shows it.
@@ -665,6 +754,28 @@ def _caption(name: str, result: dict, config: RunConfig) -> tuple[str, str]:
             "Each particle's posterior mean of z (prior standard-deviation units) against the "
             "reference factor that z follows best (in the reference's units); r: Pearson "
             "correlation over the matched particles.",
+        ),
+        "latent_traversals.png": (
+            "Per-dimension traversals",
+            "One row per z: the generator at θ = 0, Δx = 0 with that z from the particles' 2nd "
+            "to 98th percentile (prior standard-deviation units, under the tiles) and the "
+            "other dimensions at their medians; a row that does not change is an unused "
+            "dimension.",
+        ),
+        "latent_metric.png": (
+            "Decoded grid with the local metric",
+            "Top left: the generator at θ = 0, Δx = 0 on a grid of z at quantiles of the "
+            "particles' posterior means (z1 along the columns, z2 up the rows; prior "
+            "standard-deviation units). The heat maps cover the same grid, cell for cell: how "
+            "far the pose-free image moves per unit of z, from the generator's Jacobian J "
+            "(pixels × 2) of that image with respect to z. σ₁ ≥ σ₂, the singular values of J: "
+            "the change of the image (Euclidean norm over all pixels) per unit step of z along "
+            "the fastest and the slowest direction, in (pixel-value units) per unit z ("
+            + ("probability" if config.model.likelihood == "bernoulli" else "normalised units")
+            + " per prior standard deviation of z); the magnification factor √det(JᵀJ) = "
+            "σ₁σ₂, the area of image space swept per unit area of z, in (pixel-value units "
+            "per unit z)². Where it is small the generator hardly changes with z; where it is "
+            "large a small step of z changes the image much.",
         ),
         "reconstructions.png": (
             "Example particles and their reconstructions",
@@ -772,7 +883,10 @@ def _summary_rows(result: dict, config: RunConfig) -> list[tuple[str, str]]:
     elif d.arcsec_per_px:
         size += f"; input pixel scale {d.arcsec_per_px:.3g} arcsec"
     rows.append(("Images", size))
-    gen = "coordinate-MLP (spatial)" if m.generator == "spatial" else "vanilla (pixels)"
+    gen = {
+        "spatial": "coordinate-MLP (spatial)",
+        "broadcast": "spatial broadcast (CNN on the transformed coordinates)",
+    }.get(m.generator, "vanilla (pixels)")
     rows.append(
         (
             "Model",

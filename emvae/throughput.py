@@ -79,11 +79,14 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 def generator_flops(cfg: ModelConfig) -> float:
     """Forward FLOPs of one generator pass for one image (formula in the module docstring)."""
     p, h, k, o = cfg.image_size**2, cfg.gen_hidden, cfg.zdim, cfg.n_out
-    assert h is not None  # filled in by ModelConfig.__post_init__
+    n_layers = cfg.gen_layers
+    assert h is not None and n_layers is not None  # filled in by ModelConfig.__post_init__
     if cfg.generator == "vanilla":
-        return 2.0 * (k * h + (cfg.gen_layers - 1) * h * h + h * p * o)
+        return 2.0 * (k * h + (n_layers - 1) * h * h + h * p * o)
+    if cfg.generator == "broadcast":  # 3 x 3 convs over the grid, then a 1 x 1 conv
+        return p * (18.0 * (2 + k) * h + 18.0 * (n_layers - 1) * h * h + 2.0 * h * o)
     f = cfg.fourier_features
-    per_pixel = 4.0 * f + 2.0 * (2 + 2 * f) * h + 2.0 * (cfg.gen_layers - 1) * h * h + 2.0 * h * o
+    per_pixel = 4.0 * f + 2.0 * (2 + 2 * f) * h + 2.0 * (n_layers - 1) * h * h + 2.0 * h * o
     return p * per_pixel + 2.0 * k * h
 
 

@@ -31,7 +31,7 @@ from emvae.encode import encode
 from emvae.errors import EmvaeError
 from emvae.io.stack import ImageStack
 from emvae.models import SpatialVAE
-from emvae.objective import ElboTerms, posterior_elbo, weighted_elbo
+from emvae.objective import ElboTerms, log_hyperprior, posterior_elbo, weighted_elbo
 from emvae.particles import Particles, check_same
 from emvae.preprocess import prepare_for
 from emvae.progress import TrainingProgress, training_progress
@@ -195,6 +195,7 @@ def fit(
                         t["elbo"], t["kl_z"], t["kl_theta"] + t["kl_shift"], tcfg.beta,
                         tcfg.pose_beta,
                     )  # fmt: skip
+            row.update(prior_columns(model))
             if on_epoch is not None:
                 row.update(on_epoch(epoch, model, data))
             history.append(row)
@@ -309,6 +310,7 @@ def _train_epoch(
             pixel_fraction=tcfg.pixel_fraction,
             beta=tcfg.beta,
             pose_beta=tcfg.pose_beta,
+            hyper_weight=1.0 / n,
         )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
@@ -337,6 +339,7 @@ def training_step(
     pixel_fraction: float = 1.0,
     beta: float = 1.0,
     pose_beta: float = 1.0,
+    hyper_weight: float = 0.0,
 ) -> ElboTerms:
     """One optimiser step on a batch ``x`` ``(B, C, D, D)`` already on the model's device.
 
@@ -357,6 +360,11 @@ def training_step(
 
     ``beta``, ``pose_beta``: the weights of the z and pose KLs in the maximised objective
     (:func:`emvae.objective.weighted_elbo`); the returned terms are the ELBO's.
+
+    ``hyper_weight``: with ``--prior hyperprior``, the objective per image also gains
+    ``hyper_weight * log p(s^2)`` (:func:`emvae.objective.log_hyperprior`); with 1 / N (N
+    training images) each step estimates (the data set's ELBO + log p(s^2)) / N without bias
+    (s is a MAP estimate).
     """
     net = model
     core = cast(SpatialVAE, getattr(model, "module", model))  # DDP keeps the model in .module
@@ -382,7 +390,12 @@ def training_step(
     y = core.pixels(x, subset)
     terms = posterior_elbo(cfg, y, params.float(), q.float(), use_z, ctf, pixel_weight)
     optimizer.zero_grad(set_to_none=True)
-    (-terms.objective(beta, pose_beta).sum() * weight).backward()
+    loss = -terms.objective(beta, pose_beta).sum() * weight
+    if core.z_prior_logstd is not None and hyper_weight:
+        loss = loss - hyper_weight * log_hyperprior(
+            core.z_prior_logstd, cfg.hyper_shape, cfg.hyper_scale
+        )
+    loss.backward()
     optimizer.step()
     if n == 0:
         return ElboTerms(
@@ -393,6 +406,20 @@ def training_step(
             terms.kl_z_dims[:0],
         )
     return terms
+
+
+@torch.no_grad()
+def prior_columns(model) -> dict[str, float]:
+    """metrics.csv's columns of the learned prior (``--prior hyperprior``; none otherwise):
+    ``log_hyperprior`` (log p(s^2), nats, once per data set) and ``prior_std_z1..K`` (s_k)."""
+    core = getattr(model, "module", model)
+    ls = getattr(core, "z_prior_logstd", None)
+    if ls is None:
+        return {}
+    cfg = core.config
+    row = {"log_hyperprior": log_hyperprior(ls, cfg.hyper_shape, cfg.hyper_scale).item()}
+    row.update({f"prior_std_z{k + 1}": v for k, v in enumerate(ls.exp().tolist())})
+    return row
 
 
 @torch.no_grad()

@@ -23,6 +23,9 @@ from emvae.simulate import hinge_blobs
 #: Real files written by other programs (RELION, cryoSPARC, cryoDRGN, telescopes); they stay
 #: outside the repository (their owners' licences; ../shared/data/README.md asks for no copies)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: Small files of the same formats that this project made with RELION, cryosparc-tools and
+#: astropy (tests/data/README.md says how; tests/data/make.py remakes them): in every checkout
+DATA = Path(__file__).resolve().parent / "data"
 
 runner = CliRunner()
 SMALL = [

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import real_data
+from conftest import DATA, real_data
 
 from emvae.data import load_images, normalize_, tensor_statistics
 from emvae.errors import InputError
@@ -39,6 +39,17 @@ def test_mrc_modes_read_as_float(tmp_path, mode_dtype):
         m.set_data(data)
     s = read_stack(p)
     assert np.array_equal(np.asarray(s.images[:, 0], dtype=np.float32), data.astype(np.float32))
+
+
+def test_relion_written_stack_reads_with_its_voxel_size():
+    """relion_project's stack in tests/data: 8 float32 images and RELION's 2.5 A voxel size."""
+    s = read_stack(DATA / "blobs31.mrcs")
+    assert s.images.shape == (8, 1, 32, 32) and s.apix == 2.5
+    with open(DATA / "blobs31.mrcs", "rb") as f:  # mode 2 (float32) after the 1024-byte header
+        f.seek(1024)
+        raw = np.frombuffer(f.read(), dtype="<f4").reshape(8, 32, 32)
+    assert np.array_equal(s.images[:][:, 0], raw) and np.array_equal(s.images[5][0], raw[5])
+    assert s.names[2] == f"3@{DATA / 'blobs31.mrcs'}"
 
 
 def test_real_relion_stack_reads():

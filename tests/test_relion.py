@@ -16,6 +16,7 @@ import pytest
 import starfile
 import torch
 from conftest import (
+    DATA,
     RELION,
     SMALL,
     corr,
@@ -85,11 +86,21 @@ def test_even_boxes_need_the_half_pixel_term_and_the_sign_matters(tmp_path, monk
     assert min(corr(a, ref) for a in relion_align(tmp_path / "naive.star")) < 0.99
 
 
-def test_relion_made_origins_map_shifted_onto_centred():
-    """RELION wrote rln_proj_64_shifted (pixel rlnOriginX/Y) from rln_proj_64_centered
-    (rlnOriginXAngst = 0): read as emvae poses, both align onto the same images."""
-    pair = ("rln_proj_64_centered", "rln_proj_64_shifted")
-    em = real_data(*(f"em/{n}{ext}" for n in pair for ext in (".star", ".mrcs"))) / "em"
+ORIGIN_PAIRS = [  # (root, centred, shifted, most that raw shifted and centred images correlate)
+    ("data", "blobs31_centered", "blobs31", 0.8),  # tests/data: relion_project, origins in A
+    ("shared", "em/rln_proj_64_centered", "em/rln_proj_64_shifted", 0.5),  # ASPIRE's, pixels
+]
+
+
+@pytest.mark.parametrize(("where", "centred", "shifted", "raw_most"), ORIGIN_PAIRS)
+def test_relion_made_origins_map_shifted_onto_centred(where, centred, shifted, raw_most):
+    """RELION projected the same particles with and without origins (rlnOriginXAngst or
+    pixel rlnOriginX/Y): read as emvae poses, both align onto the same images."""
+    pair = (centred, shifted)
+    if where == "data":
+        em = DATA
+    else:
+        em = real_data(*(f"{n}{ext}" for n in pair for ext in (".star", ".mrcs")))
     aligned, raw = [], []
     for name in (f"{n}.star" for n in pair):
         s = open_stack(em / name)
@@ -98,8 +109,8 @@ def test_relion_made_origins_map_shifted_onto_centred():
         aligned.append(align_images(x, torch.from_numpy(psi), torch.from_numpy(shift))[:, 0])
         raw.append(x[:, 0])
     assert min(corr(a, b) for a, b in zip(*aligned, strict=True)) > 0.98
-    assert max(corr(a, b) for a, b in zip(*raw, strict=True)) < 0.5  # the shifts are real
-    s = open_stack(em / "rln_proj_64_shifted.star")
+    assert max(corr(a, b) for a, b in zip(*raw, strict=True)) < raw_most  # the shifts are real
+    s = open_stack(em / f"{shifted}.star")
     psi, shift = sx.star_pose(s.metadata, s.apix, s.size)
     wrong = align_images(
         torch.from_numpy(np.array(s.images[:], dtype=np.float64)),
@@ -309,6 +320,39 @@ def test_fit_star_pixel_size_from_header_option_or_unknown(tiny_stack, tmp_path)
     assert r.exit_code == 0, r.output
     again = starfile.read(tmp_path / "enc.star", always_dict=True)["particles"]
     assert np.allclose(again["rlnAnglePsi"], runs["option"]["particles"]["rlnAnglePsi"], atol=1e-3)
+
+
+def test_relion30_pixel_origins_are_the_31_origins_in_angstrom():
+    """blobs30.star (RELION 3.0: rlnOriginX/Y in px, pixel size from detector/magnification) and
+    blobs31.star (rlnOriginXAngst, optics block) give the same poses; origins are not zero."""
+    poses = []
+    for name in ("blobs31.star", "blobs30.star"):
+        s = open_stack(DATA / name)
+        poses.append(sx.star_pose(s.metadata, s.apix, s.size))
+        assert s.apix == 2.5
+    (psi31, shift31), (psi30, shift30) = poses
+    assert np.array_equal(psi31, psi30) and np.allclose(shift31, shift30, atol=1e-9)
+    centred = open_stack(DATA / "blobs31_centered.star")
+    _, zero = sx.star_pose(centred.metadata, centred.apix, centred.size)
+    # the shift the origins add is the origin turned by psi: as long as the origin in pixels
+    origins = s.metadata[["rlnOriginX", "rlnOriginY"]].to_numpy(float)
+    assert np.allclose(np.linalg.norm(shift31 - zero, axis=1), np.linalg.norm(origins, axis=1))
+    assert 1.0 < np.linalg.norm(origins, axis=1).max() <= 4 * np.sqrt(2)
+
+
+def test_cryosparc_file_made_by_cryosparc_tools_gives_its_optics(tmp_path):
+    from emvae.particles import Particles
+
+    stack = open_stack(DATA / "blobs.cs")
+    table = _table(len(stack)).assign(image=stack.names)
+    assert Particles.of(stack).write_star(table, tmp_path / "p.star") == "3.1"
+    blocks = starfile.read(tmp_path / "p.star", always_dict=True)
+    optics = blocks["optics"].iloc[0]
+    assert optics["rlnVoltage"] == 300.0 and optics["rlnImageSize"] == 32
+    assert optics["rlnSphericalAberration"] == pytest.approx(2.7, abs=1e-6)
+    assert optics["rlnAmplitudeContrast"] == pytest.approx(0.1, abs=1e-6)
+    assert optics["rlnImagePixelSize"] == pytest.approx(2.5, abs=1e-6)
+    assert blocks["particles"]["rlnAnglePsi"].tolist() == pytest.approx(table["theta_deg"])
 
 
 def test_cryosparc_input_gives_its_optics(tmp_path):

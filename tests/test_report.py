@@ -112,10 +112,12 @@ def test_report_numbers_match_the_library_and_rows_match_by_name(run, tmp_path):
     ):
         assert (tmp_path / "rep" / name).exists() and name in result["figures"]
     html = (tmp_path / "rep" / "report.html").read_text()
-    # self-contained: the 6 figures above, z against the reference and the reconstructions
+    # self-contained: the 6 figures above, z against the reference, the reconstructions, the
+    # traversals and (2-D z) the decoded grid with the local metric
     assert {"z_vs_reference.png", "reconstructions.png"} <= set(result["figures"])
-    assert len(result["figures"]) == 8
-    assert html.count("data:image/png;base64,") == 8
+    assert {"latent_traversals.png", "latent_metric.png"} <= set(result["figures"])
+    assert len(result["figures"]) == 10
+    assert html.count("data:image/png;base64,") == 10
     saved = json.loads((tmp_path / "rep" / "report.json").read_text())
     table = read_table(run / "particles.h5")  # what the report reads (full precision)
     assert saved["matched"] == len(table) == 60
@@ -393,3 +395,129 @@ def test_report_of_an_old_run_says_the_command_is_unknown(run, tmp_path):
     assert "Command line</th><td>unknown" in html
     assert "Example particles and their reconstructions" not in html
     assert "No montages yet" in html
+
+
+# ----------------------------------------------------------------------------- latent geometry
+
+
+@pytest.fixture(scope="module")
+def run_1d(run):
+    """A tiny trained run with 1-D z on the same simulated stack as ``run``."""
+    out = run.parent / "run_1d"
+    stack = run.parent / "sim" / "particles.mrcs"
+    r = runner.invoke(app, ["fit", str(stack), "-o", str(out), "--zdim", "1", *FIT, "-q"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _finite_difference_jacobian(model, z, h=1e-4):
+    """Central differences of decode_mean in float64: ``(n, P, K)``."""
+    import copy
+
+    double = copy.deepcopy(model).double()
+    z = z.double()
+    cols = []
+    for d in range(z.shape[1]):
+        step = torch.zeros_like(z)
+        step[:, d] = h
+        diff = mt.decode_mean(double, z + step) - mt.decode_mean(double, z - step)
+        cols.append(diff.flatten(1) / (2 * h))
+    return torch.stack(cols, -1)
+
+
+def test_local_metric_matches_finite_differences(run):
+    """The exact (forward-mode) Jacobian of the pose-free image, its singular values and the
+    magnification sqrt(det(JᵀJ)) agree with central differences at a few z."""
+    model = Run.open(run).model()[0]
+    z = torch.tensor([[0.0, 0.0], [1.2, -0.7], [-2.0, 0.5], [0.3, 1.9]])
+    jac = mt.canonical_jacobian(model, z, batch=3)  # two batches
+    assert jac.shape == (4, 16 * 16, 2)
+    fd = _finite_difference_jacobian(model, z)
+    assert torch.linalg.norm(jac.double() - fd) / torch.linalg.norm(fd) < 1e-3
+    metric = mt.local_metric(model, z).double()
+    want = torch.sqrt(torch.linalg.det(fd.transpose(1, 2) @ fd))
+    assert metric.shape == (4,) and (want > 0).all()
+    assert ((metric - want).abs() / want).max() < 1e-2
+    sv = mt.singular_values(model, z).double()
+    want_sv = torch.linalg.svdvals(fd)
+    assert sv.shape == (4, 2) and (sv[:, 0] >= sv[:, 1]).all()
+    assert ((sv - want_sv).abs() / want_sv).max() < 1e-2
+    # the grid version: cell (r, c) is the manifold's tile (r, c)
+    table = read_table(run / "particles.h5")
+    z_data = table[["z1", "z2"]].to_numpy(np.float64)
+    mag, sv_grid = mt.metric_grid(model, 3, z_data)
+    assert mag.shape == (3, 3) and sv_grid.shape == (3, 3, 2)
+    g1, g2 = mt.manifold_grids(2, 3, z_data)
+    at = torch.tensor([[g1[2], g2.flip(0)[0]]])  # top right: largest z1, largest z2
+    assert mag[0, 2] == pytest.approx(float(mt.local_metric(model, at)[0]), rel=1e-5)
+
+
+def test_local_metric_is_zero_without_z_and_scales_with_the_output_layer(run):
+    """A generator that ignores z has metric 0; scaling the output layer's weights by c
+    scales the Jacobian, so each singular value, by c and the 2-D magnification by c²."""
+    import copy
+
+    model = Run.open(run).model()[0]
+    z = torch.tensor([[0.0, 0.0], [1.0, -1.0], [-0.5, 1.5]])
+    base_sv, base = mt.singular_values(model, z), mt.local_metric(model, z)
+    assert (base > 0).all()
+    blind = copy.deepcopy(model)
+    with torch.no_grad():
+        blind.generator.latent_linear.weight.zero_()
+    assert torch.equal(mt.local_metric(blind, z), torch.zeros(3))
+    assert torch.equal(mt.singular_values(blind, z), torch.zeros(3, 2))
+    for c in (2.0, 3.0):
+        scaled = copy.deepcopy(model)
+        out = scaled.generator.body[-1]
+        assert isinstance(out, torch.nn.Linear)
+        with torch.no_grad():
+            out.weight.mul_(c)  # the bias does not depend on z
+        assert torch.allclose(mt.singular_values(scaled, z), c * base_sv, rtol=1e-5, atol=0)
+        assert torch.allclose(mt.local_metric(scaled, z), c**2 * base, rtol=1e-5, atol=0)
+
+
+def test_report_shows_the_local_metric_for_2d_z(run, tmp_path):
+    """A 2-D run's report embeds the decoded grid with the local metric and the traversals
+    as numbered figures with their units; report.json holds the metric of the grid."""
+    import re
+
+    result = write_report(run, out=tmp_path / "rep", examples=0)
+    for name in ("latent_metric.png", "latent_traversals.png", "latent_kl.png"):
+        assert name in result["figures"] and (tmp_path / "rep" / name).exists()
+    html = (tmp_path / "rep" / "report.html").read_text()
+    titles = re.findall(r"<b>Figure (\d+)\. ([^<]*?)\.</b>", html)
+    numbers = [int(n) for n, _ in titles]
+    assert numbers == list(range(1, len(numbers) + 1))
+    by_title = {t: int(n) for n, t in titles}
+    assert "Decoded grid with the local metric" in by_title
+    assert "Per-dimension traversals" in by_title
+    assert "Information carried by each latent dimension" in by_title
+    figure = html[
+        html.index(f'<figure id="figure-{by_title["Decoded grid with the local metric"]}"') :
+    ]
+    caption = figure[: figure.index("</figure>")]
+    assert "(pixel-value units) per unit z" in caption and "√det(JᵀJ)" in caption
+    assert "(latent_metric.png)" in caption
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())
+    model = Run.open(run).model()[0]
+    table = read_table(run / "particles.h5")
+    mag, _ = mt.metric_grid(model, 10, table[["z1", "z2"]].to_numpy(np.float64))
+    assert np.allclose(saved["latent_metric"]["magnification"], mag.numpy(), rtol=1e-4)
+    (w, h), _, _ = _picture(tmp_path / "rep" / "latent_metric.png")
+    assert (w, h) == (1000, 800)  # 2 x 2 panels of 5 x 4 in at 100 dpi
+
+
+def test_report_of_a_1d_run_has_traversals_but_no_local_metric(run_1d, tmp_path):
+    result = write_report(run_1d, out=tmp_path / "rep", examples=0)
+    assert "latent_metric.png" not in result["figures"] and "latent_metric" not in result
+    assert not (tmp_path / "rep" / "latent_metric.png").exists()
+    assert {"latent_traversals.png", "latent_kl.png"} <= set(result["figures"])
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "Decoded grid with the local metric" not in html
+    assert html.count("Per-dimension traversals.") == 1
+    (w, h), _, _ = _picture(tmp_path / "rep" / "latent_traversals.png")
+    assert h < 2 * (16 * 3 + 6) + 3 * mt.LINE_PX  # one row of tiles
+    model = Run.open(run_1d).model()[0]
+    assert mt.local_metric(model, torch.zeros(2, 1)).shape == (2,)  # K = 1: the speed
+    sv = mt.singular_values(model, torch.zeros(2, 1))
+    assert torch.allclose(mt.local_metric(model, torch.zeros(2, 1)), sv[:, 0])

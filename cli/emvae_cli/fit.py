@@ -22,6 +22,7 @@ from emvae.config import (
     Generator,
     Likelihood,
     ModelConfig,
+    Prior,
     RotationBins,
     RunConfig,
     Stream,
@@ -168,16 +169,26 @@ def fit(
     generator: Generator = typer.Option(
         default(M, "generator"),
         "--generator",
-        help="spatial (coordinate MLP) or vanilla (baseline VAE).",
+        help="spatial (coordinate MLP), vanilla (baseline VAE), or broadcast (Spatial "
+        "Broadcast decoder: z tiled over the rotated, shifted coordinate grid, then a CNN).",
+    ),
+    prior: Prior = typer.Option(
+        default(M, "prior"),
+        "--prior",
+        help="Prior on z: standard N(0, I), or hyperprior (N(0, diag(s^2)) with s learned per "
+        "dimension under an inverse-gamma hyperprior on s^2; docs/usage.md).",
     ),
     gen_hidden: int | None = typer.Option(
-        None, "--gen-hidden", show_default=False, help=_h("Generator width.", M, "gen_hidden")
+        None,
+        "--gen-hidden",
+        show_default=False,
+        help=_h("Generator width (broadcast: conv channels, 64).", M, "gen_hidden"),
     ),
     gen_layers: int | None = typer.Option(
         None,
         "--gen-layers",
         show_default=False,
-        help=_h("Generator hidden layers.", M, "gen_layers"),
+        help="Generator hidden layers (broadcast: 3x3 conv layers; default 2, broadcast 4).",
     ),
     fourier_features: int = typer.Option(
         default(M, "fourier_features"),
@@ -348,6 +359,7 @@ def fit(
         channels=particles.channels,
         zdim=pick("zdim", zdim, M),
         generator=generator,
+        prior=prior,
         gen_hidden=pick("gen_hidden", gen_hidden, M),
         gen_layers=pick("gen_layers", gen_layers, M),
         fourier_features=fourier_features,

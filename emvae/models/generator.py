@@ -2,7 +2,8 @@
 
 Every generator takes transformed coordinates ``(B, N, 2)`` and latents ``(B, K)`` and returns
 ``(B, N, n_out)``. A generator whose ``uses_coordinates`` is False ignores the coordinates (and
-so cannot model rotation or translation).
+so cannot model rotation or translation); one whose ``full_grid`` is True (the broadcast
+CNN) takes only the whole D x D grid in row-major order, N = D*D.
 """
 
 from __future__ import annotations
@@ -111,3 +112,58 @@ class VanillaGenerator(nn.Module):
     def forward(self, coords: Tensor | None, z: Tensor) -> Tensor:
         """z ``(B, K)`` -> ``(B, N, n_out)``; coords are ignored."""
         return self.net(z).view(z.shape[0], self.n_pixels, self.n_out)
+
+
+class BroadcastGenerator(nn.Module):
+    """Spatial Broadcast decoder (Watters et al. 2019; seeds 001-002) on transformed coordinates.
+
+    z ``(B, K)`` is tiled over the D x D pixel grid and concatenated with the two coordinate
+    channels at each pixel, ``[x R(theta) + dx; z]`` (the coordinates the spatial generator
+    sees, so rotation and translation inference work unchanged), then an unstrided CNN:
+    ``layers`` 3 x 3 convolutions (zero padding 1, ``hidden`` channels, ReLU by default) and a
+    1 x 1 convolution to ``n_out``. Unlike the coordinate MLP, each output pixel depends on the
+    coordinates and z of its 3 x 3 neighbourhood per layer, so the decoder needs the whole
+    grid: coordinates ``(B, D*D, 2)`` in the row-major order of
+    :func:`emvae.geometry.coordinate_grid` (``SpatialVAE.decode`` renders every pixel and
+    then selects the masked or sampled ones). ``kernel=1`` makes every convolution 1 x 1: a
+    per-pixel MLP on ``[x'; z]`` (no neighbourhood), used by the tests.
+    """
+
+    uses_coordinates = True
+    full_grid = True  # evaluates the whole D x D grid only (no pixel subsets)
+
+    def __init__(
+        self,
+        zdim: int,
+        size: int,
+        hidden: int,
+        layers: int,
+        n_out: int,
+        activation: str = "relu",
+        kernel: int = 3,
+    ) -> None:
+        super().__init__()
+        self.zdim = zdim
+        self.size = size
+        mods: list[nn.Module] = []
+        width = 2 + zdim
+        for _ in range(layers):
+            mods += [
+                nn.Conv2d(width, hidden, kernel, padding=kernel // 2),
+                make_activation(activation),
+            ]
+            width = hidden
+        mods.append(nn.Conv2d(width, n_out, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, coords: Tensor, z: Tensor) -> Tensor:
+        """coords ``(B, D*D, 2)`` (row-major pixel grid), z ``(B, K)`` -> ``(B, D*D, n_out)``."""
+        b, n, _ = coords.shape
+        d = self.size
+        if n != d * d:
+            raise ValueError(f"the broadcast decoder renders the whole {d} x {d} grid, got {n} px")
+        grid = coords.transpose(1, 2).reshape(b, 2, d, d)  # row i = image row i (y down the rows)
+        if self.zdim > 0:
+            tiled = z.to(grid.dtype)[:, :, None, None].expand(b, self.zdim, d, d)
+            grid = torch.cat([grid, tiled], 1)
+        return self.net(grid).flatten(2).transpose(1, 2)

@@ -18,7 +18,12 @@ from emvae.models.encoder import (
     MLPEncoder,
     RotatedCopies,
 )
-from emvae.models.generator import FourierFeatures, SpatialGenerator, VanillaGenerator
+from emvae.models.generator import (
+    BroadcastGenerator,
+    FourierFeatures,
+    SpatialGenerator,
+    VanillaGenerator,
+)
 from emvae.models.transform import RigidTransform
 
 POSE_LOGSTD_OFFSET = math.log(0.1)
@@ -63,6 +68,9 @@ class Posterior:
     pose_mu: Tensor
     pose_logstd: Tensor
     bins: RotationBins | None = None
+    # the learned prior p(z | s) = N(0, diag(s^2)): log s ``(K,)`` (``--prior hyperprior``),
+    # None for the standard N(0, I)
+    z_prior_logstd: Tensor | None = None
 
     def float(self) -> Posterior:
         """The same posterior in float32 (the ELBO is computed in float32 under autocast)."""
@@ -70,7 +78,8 @@ class Posterior:
             t.float() for t in (self.z_mu, self.z_logstd, self.pose_mu, self.pose_logstd)
         )
         bins = None if self.bins is None else self.bins.float()
-        return Posterior(z_mu, z_logstd, pose_mu, pose_logstd, bins)
+        prior = None if self.z_prior_logstd is None else self.z_prior_logstd.float()
+        return Posterior(z_mu, z_logstd, pose_mu, pose_logstd, bins, prior)
 
 
 def mask_index(size: int, radius_px: float) -> Tensor:
@@ -110,6 +119,10 @@ class SpatialVAE(nn.Module):
             else None
         )
         self.generator = build_generator(config)
+        # --prior hyperprior: log s of p(z | s) = N(0, diag(s^2)), learned (s = 1 at the start)
+        self.z_prior_logstd = (
+            nn.Parameter(torch.zeros(config.zdim)) if config.prior == "hyperprior" else None
+        )
         self.register_buffer("coords", coordinate_grid(d, d), persistent=False)
         # The likelihood sees only pixels inside the circular mask (all pixels without one);
         # the spatial generator is evaluated on those coordinates alone, unless the CTF (a
@@ -150,6 +163,7 @@ class SpatialVAE(nn.Module):
         elif self.content is not None:
             angle, shift = self.image_frame_pose(q.pose_mu)
             q.z_mu, q.z_logstd = self.content(images, angle, shift)
+        q.z_prior_logstd = self.z_prior_logstd
         return q
 
     def image_frame_pose(self, pose: Tensor) -> tuple[Tensor, Tensor]:
@@ -223,10 +237,13 @@ class SpatialVAE(nn.Module):
             return flat.unflatten(0, (b, k))
         part = self.masked and not full and not self.render_all
         index = pixels if pixels is not None else (self.pixel_index if part else None)
-        if self.generator.uses_coordinates:
+        if not self.generator.uses_coordinates:
+            out = self.generator(None, z)
+        elif getattr(self.generator, "full_grid", False):  # the broadcast CNN: every pixel
+            out = self.generator(self.transform(self.coords, pose), z)
+        else:
             grid = self.coords if index is None else self.coords[index]
             return self.generator(self.transform(grid, pose), z)
-        out = self.generator(None, z)
         return out if index is None else out[:, index]
 
     def pixels(self, images: Tensor, subset: Tensor | None = None) -> Tensor:
@@ -340,7 +357,8 @@ def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
 
 
 def build_generator(cfg: ModelConfig) -> nn.Module:
-    assert cfg.gen_hidden is not None  # filled in by ModelConfig.__post_init__
+    # filled in by ModelConfig.__post_init__
+    assert cfg.gen_hidden is not None and cfg.gen_layers is not None
     if cfg.generator == "spatial":
         features = None
         if cfg.fourier_features:  # cycles per pixel -> cycles per coordinate unit
@@ -352,6 +370,10 @@ def build_generator(cfg: ModelConfig) -> nn.Module:
     if cfg.generator == "vanilla":
         return VanillaGenerator(
             cfg.zdim, cfg.gen_hidden, cfg.gen_layers, cfg.image_size**2, cfg.n_out, cfg.activation
+        )
+    if cfg.generator == "broadcast":
+        return BroadcastGenerator(
+            cfg.zdim, cfg.image_size, cfg.gen_hidden, cfg.gen_layers, cfg.n_out, "relu"
         )
     raise ValueError(cfg.generator)  # unreachable after validate()
 
