@@ -119,6 +119,24 @@ def test_mnist_benchmark_compares_encoders(mnist_dir, tmp_path):
     assert cfg["model"]["encoder"] == "equivariant" and cfg["model"]["theta_prior"] == "uniform"
 
 
+def test_mnist_benchmark_rows_for_the_broadcast_decoder_and_beta(mnist_dir, tmp_path):
+    """--models spatial,broadcast --betas 1,4: a row each, beta stored in each run's config,
+    and each row's per-dimension KLs are those of its own model on the test digits."""
+    table = bn.run_mnist(
+        mnist_dir, tmp_path, ["rotated"], ["spatial", "broadcast"], [2], betas=(1.0, 4.0),
+        **TINY,
+    )  # fmt: skip
+    labels = ["spatial", "spatial/beta4", "broadcast", "broadcast/beta4"]
+    assert table["model"].tolist() == labels
+    for label, beta in zip(labels, (1, 4, 1, 4), strict=True):
+        run = tmp_path / "runs" / f"rotated_{label.replace('/', '_')}_z2"
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["train"]["beta"] == beta
+        assert cfg["model"]["generator"] == label.split("/")[0]
+    assert (table[["kl_z1", "kl_z2"]] >= 0).all().all()
+    assert np.isfinite(table["test_neg_elbo"]).all()
+
+
 def test_particles_benchmark_in_miniature(tmp_path):
     table = bn.run_particles(tmp_path, n=60, size=16, snr=5.0, **TINY)
     assert table["model"].tolist() == ["spatial-VAE", "vanilla VAE", "vanilla VAE"]

@@ -112,7 +112,8 @@ def mnist(
     models: str = typer.Option(
         _csv(arg(bn.run_mnist, "models")),
         "--models",
-        help=f"Comma-separated models: {', '.join(bn.MODELS)} (the paper's three).",
+        help=f"Comma-separated models: {', '.join(bn.MODELS)} (the first three: the paper's; "
+        "broadcast: the Spatial Broadcast decoder with the same pose inference).",
     ),
     zdims: str = typer.Option(_csv(arg(bn.run_mnist, "zdims")), "--zdims"),
     epochs: int = typer.Option(arg(bn.run_mnist, "epochs"), "-n", "--epochs"),
@@ -137,6 +138,11 @@ def mnist(
         "--cluster",
         help="Also k-means (k = 10) on z vs the digits, after Hungarian matching.",
     ),
+    betas: str = typer.Option(
+        _csv(arg(bn.run_mnist, "betas")),
+        "--betas",
+        help="Comma-separated weights of z's KL (fit --beta); a row each.",
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Paper Fig. 2 / 3: test ELBO per dataset x model x Z-D, manifolds, linear-SVM probe.
@@ -157,6 +163,7 @@ def mnist(
         encoders=tuple(encoders.split(",")),
         lr=lr,
         cluster=cluster,
+        betas=tuple(float(b) for b in betas.split(",") if b),
     )
     err_console.print(f"wrote {out / 'mnist_results.md'} ({len(table)} fits)", highlight=False)
 
