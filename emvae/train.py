@@ -236,17 +236,18 @@ def fit(
     return FitResult(model, config, out, table, history, star)
 
 
-def cpu_has_bf16() -> bool:
+def cpu_has_bf16(flags: str | None = None) -> bool:
     """Whether bf16 autocast pays on this CPU: it needs AMX tiles. Without bf16 instructions it
     is emulated (11x slower than float32 on an AVX2 EPYC); with AVX-512 BF16 but no AMX it was
     still slower than float32 at the paper's 40-px network (12.1 against 17.3 images/s on a
     2-core Xeon) and only even at fit's 64-px one (docs/benchmarks.md)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
+    if flags is None:  # ``flags``: the text of /proc/cpuinfo (read when not given)
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        except OSError:
+            return False
+    return "amx_bf16" in flags.split()
 
 
 def autocast_for(device: torch.device, enabled: bool = True):

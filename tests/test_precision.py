@@ -33,3 +33,20 @@ def test_bf16_and_fp32_fits_agree(tiny_stack, tmp_path, monkeypatch):
     d = np.abs(np.mod(fp32.table["theta_deg"] - bf16.table["theta_deg"] + 180, 360) - 180)
     assert np.median(d) < 10.0
     assert bf16.history[-1]["test_elbo"] != a["test_elbo"]  # bf16 really ran
+
+
+def test_bf16_on_a_cpu_only_with_amx():
+    """AVX-512 BF16 alone ran bf16 autocast slower than float32 (docs/benchmarks.md)."""
+    from emvae.train import cpu_has_bf16
+
+    base = "flags : fpu sse avx2 avx512f"
+    assert not cpu_has_bf16(base)
+    assert not cpu_has_bf16(base + " avx512_bf16")
+    assert cpu_has_bf16(base + " avx512_bf16 amx_bf16 amx_tile")
+
+
+def test_the_allocator_setting_can_be_left_alone(monkeypatch):
+    from emvae.data import keep_freed_memory
+
+    monkeypatch.setenv("EMVAE_MALLOC", "system")
+    assert keep_freed_memory() is False
