@@ -343,7 +343,10 @@ def test_report_page_reads_like_supplementary_figures(run, tmp_path):
     assert f"circular correlation {rot['circular_correlation']:.3f}" in html
     assert f"median error {rot['median_error_deg']:.1f}°" in html
     config = json.loads((copy / "config.json").read_text())
-    assert config["command"].startswith("emvae ") and f"emvae {__version__}" in html
+    assert config["command"].startswith(f"emvae fit {run.parent / 'sim'}")
+    assert f" --out {run} --zdim 2 --epochs 3 " in config["command"]  # not pytest's argv
+    assert config["command"].endswith(" --quiet")
+    assert f"emvae {__version__}" in html
     assert f"<code>{escape(config['command'])}</code>" in html  # as config.json records it
     # the reconstructions and montages are embedded byte for byte
     for path in (dest / "reconstructions.png", copy / "montage" / "interpolation.png"):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import inspect
-import sys
+import shlex
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -66,5 +67,29 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def command_line() -> str:
-    return " ".join(["emvae", *sys.argv[1:]])
+def command_line(ctx: typer.Context) -> str:
+    """The running command as a shell line, for config.json and the report.
+
+    Rebuilt from what was parsed (only the options given on the command line, arguments
+    first), so it is the same whether emvae runs from its entry point, ``python -m`` or a
+    test's CliRunner, whose ``sys.argv`` is the test runner's.
+    """
+    words = ["emvae", *ctx.command_path.split()[1:]]
+    options: list[str] = []
+    for param in ctx.command.params:
+        name = param.name
+        source = ctx.get_parameter_source(name) if name else None
+        if name is None or source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[name]
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if param.param_type_name == "argument":
+            words += [str(v) for v in values]
+        elif getattr(param, "is_flag", False) and isinstance(value, bool):
+            flags = (param.opts if value else param.secondary_opts) or param.opts
+            options.append(max(flags, key=len))
+        else:
+            flag = max(param.opts, key=len)
+            for v in values:
+                options += [flag, str(v.value if isinstance(v, enum.Enum) else v)]
+    return shlex.join(words + options)

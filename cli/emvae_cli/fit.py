@@ -92,6 +92,7 @@ def ctf_mode(choice: str, images, ctf_params: Path | None, apix: float | None) -
 
 @user_errors
 def fit(
+    ctx: typer.Context,
     stacks: list[str] | None = typer.Argument(None, help=opt.INPUTS_HELP, show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
     example: bool = typer.Option(
@@ -404,7 +405,7 @@ def fit(
         model=model,
         train=train,
         version=__version__,
-        command=command_line(),
+        command=command_line(ctx),
         created=datetime.datetime.now().isoformat(timespec="seconds"),
     )
     outputs = [out / name for name in (*OUTPUTS, *DERIVED)]
