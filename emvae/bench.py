@@ -729,6 +729,10 @@ def run_time_to_result(
     seed: int = 0,
     progress: bool = True,
     obj: str = "hinge",
+    hidden: int | None = None,
+    pixel_fraction: float = 1.0,
+    generator: str = "spatial",
+    beta: float = 1.0,
 ) -> pd.DataFrame:
     """Wall time until ``emvae fit``'s defaults give the right answer on an ``emvae simulate``
     stack (``n`` particles of ``size`` px at ``snr``; uniform rotations, N(0, 2^2 px^2) shifts,
@@ -737,7 +741,10 @@ def run_time_to_result(
     correlation and the best |Pearson r| of a z dimension with the conformation, for each pose
     network in ``encoders`` ("auto": fit's default). Writes ``time_to_result_per_epoch.csv``
     and ``time_to_result_results.{csv,md}`` (the first epoch, and minute, from which θ ≥ 0.95
-    and z ≥ 0.9 hold to the end)."""
+    and z ≥ 0.9 hold to the end). Levers: ``hidden`` sets both networks' width (fit's
+    ``--gen-hidden``/``--enc-hidden``; None: fit's choice for the box), ``pixel_fraction``
+    fit's ``--pixel-fraction``; ``generator`` and ``beta`` compare decoders and the β-VAE
+    weight on the same stack (fit's ``--generator``, ``--beta``)."""
     from emvae.config import ModelConfig, RunConfig, TrainConfig
     from emvae.io import read_stack
     from emvae.simulate import get_object, write_simulation
@@ -753,8 +760,16 @@ def run_time_to_result(
     final: list[dict] = []
     for encoder in encoders:
         config = RunConfig(
-            model=ModelConfig(image_size=size, encoder=encoder),
-            train=TrainConfig(epochs=epochs, device=device, seed=seed),
+            model=ModelConfig(
+                image_size=size,
+                encoder=encoder,
+                gen_hidden=hidden,
+                enc_hidden=hidden,
+                generator=generator,
+            ),
+            train=TrainConfig(
+                epochs=epochs, device=device, seed=seed, pixel_fraction=pixel_fraction, beta=beta
+            ),
         )
         label = {"encoder": config.model.encoder + (" (default)" if encoder == "auto" else "")}
         per_epoch: list[dict] = []

@@ -280,6 +280,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (no effect on CPU)
     checkpoint_every: int = 10  # keep checkpoints/epoch_NNNN.pt every this many epochs
     stream: str = "auto"  # read batches from disk: on, off, auto (stack > half the RAM)
+    # processes reading a streamed stack; None: 1 on a CPU, up to 4 with CUDA (data.reader_count)
+    readers: int | None = None
     # training steps compare each batch on this random fraction of its pixels (an unbiased
     # estimate of the whole image's log-likelihood); evaluation and the table use every pixel
     pixel_fraction: float = 1.0
@@ -306,6 +308,8 @@ class TrainConfig:
         if self.checkpoint_every < 1:
             raise ConfigError("--checkpoint-every must be >= 1")
         _choice("--stream", self.stream, STREAM_MODES)
+        if self.readers is not None and self.readers < 0:
+            raise ConfigError(f"--readers must be >= 0, got {self.readers}")
         if not 0 < self.pixel_fraction <= 1:
             raise ConfigError(f"--pixel-fraction must lie in (0, 1], got {self.pixel_fraction}")
         for flag, value in (("--beta", self.beta), ("--pose-beta", self.pose_beta)):

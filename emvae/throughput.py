@@ -126,7 +126,7 @@ def measure(
 ) -> Measurement:
     """Time full training steps (augmentation, encoder, generator, ELBO, backward, Adam) on
     random data resident on ``dev``, or (``stream``) read batch by batch from a memory-mapped
-    file with one batch of prefetch, as ``emvae fit --stream on`` does; with ``ctf``, each
+    file by fit's streaming reader (``emvae fit --stream on``); with ``ctf``, each
     rendering is multiplied by its particle's CTF in the likelihood (``--ctf on``). ``hidden``
     (both networks' width) and ``zdim`` replace the configuration's, e.g. to time the same work
     as another program (``../shared/tools/ref_step_time.py --hidden --zdim``);
@@ -210,3 +210,73 @@ def _batches(x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitS
     rng = np.random.default_rng(1)
     idx = [torch.from_numpy(rng.choice(rows, b, replace=False)) for _ in range(n)]
     return prefetched(data, idx, dev)
+
+
+def _thread_reader(data: Any, batches: list, device: torch.device):
+    """The reader fit used until 2026-12 (one batch read ahead in a thread), kept as the
+    baseline of :func:`loader_rates`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(data.read, batches[0])
+        for k in range(len(batches)):
+            x = pending.result()
+            if k + 1 < len(batches):
+                pending = pool.submit(data.read, batches[k + 1])
+            yield x.to(device, non_blocking=True)
+
+
+def loader_rates(
+    stack: Any,
+    prepared: Any,
+    batch: int = 256,
+    n_batches: int = 20,
+    workers: tuple[int, ...] = (0, 1, 2),
+    train: bool = False,
+    seed: int = 0,
+) -> list[tuple[str, float]]:
+    """Images/s of streaming ``stack`` (preprocessed as ``prepared`` plans) in random batches:
+    a reading thread one batch ahead (the reader fit had before) against fit's
+    :func:`emvae.data.prefetched`, a ``torch.utils.data.DataLoader`` with each number of
+    ``workers`` (forked processes; 0 reads in the loop), two batches ahead per worker.
+
+    ``train``: each batch also goes through a training step of fit's default model at the
+    prepared size (CPU), so the figure includes how loading and training share the cores;
+    without it, loading alone (a GPU's case, where the step is short). One untimed batch first.
+    """
+    import numpy as np
+
+    from emvae.data import StreamedImages, prefetched
+
+    dev = torch.device("cpu")
+    rng = np.random.default_rng(seed)
+    n = len(stack)
+    idx = [np.sort(rng.choice(n, min(batch, n), replace=False)) for _ in range(n_batches + 1)]
+    step = None
+    if train:
+        model = SpatialVAE(ModelConfig(image_size=prepared.size, channels=prepared.channels))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step(x: torch.Tensor) -> None:
+            training_step(model, opt, x, augment=True, amp=contextlib.nullcontext())
+
+    def timed(batches) -> float:
+        it = iter(batches)
+        first = next(it)
+        if step is not None:
+            step(first)
+        t0 = time.perf_counter()
+        count = 0
+        for x in it:
+            count += x.shape[0]
+            if step is not None:
+                step(x)
+        return count / (time.perf_counter() - t0)
+
+    data = StreamedImages(stack, prepared)
+    rows = [("thread, 1 batch ahead", timed(_thread_reader(data, idx, dev)))]
+    tensors = [torch.from_numpy(i) for i in idx]
+    for w in workers:
+        name = f"DataLoader, {w} worker{'s' if w != 1 else ''}"
+        rows.append((name, timed(prefetched(data, tensors, dev, readers=w))))
+    return rows

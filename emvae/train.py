@@ -24,7 +24,14 @@ import torch
 from emvae import run
 from emvae.config import RunConfig
 from emvae.ctf import likelihood_ctf
-from emvae.data import gather, keep_freed_memory, prefetched, resolve_device, split_indices
+from emvae.data import (
+    gather,
+    keep_freed_memory,
+    prefetched,
+    reader_count,
+    resolve_device,
+    split_indices,
+)
 from emvae.distributed import SINGLE, Dist
 from emvae.distributed import from_env as distributed_from_env
 from emvae.encode import encode
@@ -294,7 +301,8 @@ def _train_epoch(
         train_idx[perm[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]] for k in range(n_steps)
     ]
     parts = [ctx.part(len(b)) for b in batches]
-    images = prefetched(data, [b[p] for b, p in zip(batches, parts, strict=True)], device)
+    mine_idx = [b[p] for b, p in zip(batches, parts, strict=True)]
+    images = prefetched(data, mine_idx, device, reader_count(tcfg.readers, device))
     for step, (idx, part, x) in enumerate(zip(batches, parts, images, strict=False)):
         share = (part, len(idx)) if ctx.active else None
         mine = None if ctf is None else ctf[idx[part].to(ctf.device)]

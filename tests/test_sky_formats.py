@@ -17,7 +17,7 @@ from emvae.encode import Encoding
 from emvae.errors import InputError
 from emvae.io import input_kind, open_stack, write_mrc
 from emvae.io.cryosparc import load_cs_table
-from emvae.io.fits import sky_pixel_scale
+from emvae.io.fits import cutout_slices, sky_pixel_scale
 from emvae.particles import Particles
 
 
@@ -190,6 +190,40 @@ def test_real_hst_and_sdss_stamps_have_their_survey_scales():
 
 
 # ----------------------------------------------------------------------------- .fits.fz
+
+
+@pytest.mark.parametrize(("shape", "size"), [((10, 12), 4), ((11, 9), 5), ((8, 8), 8)])
+def test_cutout_windows_are_astropys_and_start_where_asked(shape, size):
+    """Every window start of every size gives astropy Cutout2D's slices for that start; a
+    window that leaves the image is refused (strict), not padded."""
+    from astropy.nddata import Cutout2D
+    from astropy.nddata.utils import PartialOverlapError
+
+    image = _pixels(shape)
+    for r in range(shape[0] - size + 1):
+        for c in range(shape[1] - size + 1):
+            rows, cols = cutout_slices(shape, np.array([r, c]), size)
+            assert (rows, cols) == (slice(r, r + size), slice(c, c + size))
+            centre = (c + (size - 1) / 2, r + (size - 1) / 2)
+            assert np.array_equal(image[rows, cols], Cutout2D(image, centre, size).data)
+    with pytest.raises(PartialOverlapError):
+        cutout_slices(shape, np.array([shape[0] - size + 1, 0]), size)
+
+
+def test_jittered_fits_windows_match_the_recorded_offsets(tmp_path):
+    """A cube cut to a 9-px window moved by up to 3 px: each image's pixels are the file's
+    pixels at the window, and ``offsets`` says where the window centre moved (+x right, +y up:
+    one row down is y - 1)."""
+    data = _pixels((6, 2, 21, 19), seed=4)
+    fits.HDUList([fits.PrimaryHDU()] + [fits.ImageHDU(d) for d in data]).writeto(
+        tmp_path / "c.fits"
+    )
+    s = open_stack(tmp_path / "c.fits", crop=9, jitter=3, seed=1)
+    assert s.images.shape == (6, 2, 9, 9) and s.offsets is not None
+    for k in range(6):
+        dx, dy = np.asarray(s.offsets[k]).round().astype(int)
+        r0, c0 = 21 // 2 - 4 - dy, 19 // 2 - 4 + dx
+        assert np.array_equal(s.images[k], data[k][:, r0 : r0 + 9, c0 : c0 + 9])
 
 
 def test_tile_compressed_image_is_read_losslessly_with_its_scale(tmp_path):

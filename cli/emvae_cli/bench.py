@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from emvae import bench as bn
-from emvae.config import RotationBins
+from emvae.config import Generator, RotationBins
 from emvae.errors import ConfigError, OutputExistsError
 from emvae.mnist import DATASETS
 from emvae.simulate import OBJECTS, get_object, write_simulation
@@ -330,6 +330,14 @@ def time_to_result(
         arg(bn.run_time_to_result, "obj"), "--object", help="hinge, clamp, slide, random:SEED."
     ),
     device: str = typer.Option(arg(bn.run_time_to_result, "device"), "--device", help=DEVICE_HELP),
+    hidden: int | None = typer.Option(
+        None, "--hidden", min=1, help="Both networks' width (default: fit's choice for the box)."
+    ),
+    pixel_fraction: float = typer.Option(
+        1.0, "--pixel-fraction", help="fit's --pixel-fraction (likelihood on this fraction)."
+    ),
+    generator: Generator = typer.Option("spatial", "--generator", help="fit's --generator."),
+    beta: float = typer.Option(1.0, "--beta", help="fit's --beta (weight of z's KL)."),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Wall time until fit's defaults find the poses (θ circ. corr. >= 0.95) and the
@@ -344,6 +352,10 @@ def time_to_result(
         device,
         progress=not quiet,
         obj=obj,
+        hidden=hidden,
+        pixel_fraction=pixel_fraction,
+        generator=generator,
+        beta=beta,
     )
     for row in table.to_dict("records"):
         theta, z = "theta_circ_corr_0.95", "z_conformation_pearson_0.9"
@@ -428,3 +440,32 @@ def throughput(
                     )
     for m in rows:
         typer.echo(m.json())
+
+
+@bench_app.command("loader")
+@user_errors
+def loader(
+    stack: str = typer.Argument(..., help="A particle stack (any input fit reads)."),
+    downsample: int | None = typer.Option(
+        None, "-D", "--downsample", help="Fourier-downsample to this box, px (as fit -D)."
+    ),
+    batch: int = typer.Option(256, "--batch", min=1, help="Images per batch."),
+    batches: int = typer.Option(20, "--batches", min=1, help="Timed batches per reader."),
+    workers: str = typer.Option("0,1,2", "--workers", help="DataLoader worker counts to time."),
+    train: bool = typer.Option(
+        False, "--train", help="Also run a CPU training step per batch (fit's 64-px model)."
+    ),
+) -> None:
+    """Streaming read rate, images/s: fit's one-ahead thread reader against PyTorch's
+    DataLoader with worker processes, on random batches of STACK preprocessed as fit would."""
+    from emvae.io import open_stack
+    from emvae.preprocess import Preprocess, prepare
+    from emvae.throughput import loader_rates
+
+    images = open_stack(stack)
+    prepared = prepare(images, Preprocess(size=downsample))
+    rows = loader_rates(images, prepared, batch, batches, tuple(_ints(workers)), train)
+    what = "with a training step" if train else "loading alone"
+    typer.echo(f"{len(images)} images {images.size} px -> {prepared.size} px, {what}:")
+    for name, rate in rows:
+        typer.echo(f"  {name:32s} {rate:9.1f} images/s")

@@ -323,6 +323,14 @@ def fit(
         "--stream",
         help="Read batches from disk: on, off, or auto (when the stack exceeds half the RAM).",
     ),
+    readers: int | None = typer.Option(
+        default(T, "readers"),
+        "--readers",
+        min=0,
+        help="Processes reading a streamed stack (default: 1 on a CPU, up to 4 with CUDA; "
+        "0 reads in the training loop).",
+        show_default=False,
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -397,6 +405,7 @@ def fit(
         amp=amp,
         checkpoint_every=checkpoint_every,
         stream=stream,
+        readers=readers,
         pixel_fraction=pixel_fraction,
         beta=beta,
         pose_beta=pose_beta,

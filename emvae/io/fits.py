@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
+from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
@@ -34,7 +35,13 @@ from emvae.io.pictures import PACKED_FITS_SUFFIXES, list_files, window_starts
 from emvae.io.stack import ImageStack
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
-__all__ = ["FITS_SUFFIXES", "PACKED_FITS_SUFFIXES", "read_fits", "sky_pixel_scale"]
+__all__ = [
+    "FITS_SUFFIXES",
+    "PACKED_FITS_SUFFIXES",
+    "cutout_slices",
+    "read_fits",
+    "sky_pixel_scale",
+]
 _EXT = re.compile(r"^(?P<file>.+?)\[(?P<ext>[^\]]+)\]$")
 # Two pixel scales agree (square pixels; images of one survey) within this relative difference.
 _SCALE_RTOL = 1e-3
@@ -80,8 +87,9 @@ def read_fits(
     sizes = np.array([a.shape[1:] for a in arrays])
     starts, offsets, c = window_starts(sizes, crop, jitter, seed, text)
     images = np.empty((len(arrays), bands.pop(), c, c), dtype=np.float32)
-    for k, (a, (r, col)) in enumerate(zip(arrays, starts, strict=True)):
-        images[k] = a[:, r : r + c, col : col + c]
+    for k, (a, start) in enumerate(zip(arrays, starts, strict=True)):
+        rows, cols = cutout_slices(a.shape[1:], start, c)
+        images[k] = a[:, rows, cols]
     notes = _fill_nan(images, text)
     arcsec, why_not = _common_scale(hdus, names)
     if why_not:
@@ -98,6 +106,20 @@ def read_fits(
         offsets=offsets if (np.abs(offsets) > 0).any() else None,
         notes=notes,
     )
+
+
+def cutout_slices(shape: tuple[int, ...], start: np.ndarray, size: int) -> tuple[slice, slice]:
+    """The ``(rows, columns)`` slices of the ``size x size`` window whose first pixel is
+    ``start = (row, column)`` in an image of ``shape = (H, W)``, as astropy's ``Cutout2D``
+    cuts it (``mode="strict"``: a window that leaves the image is an error, not padding).
+
+    Cutout2D takes the window's centre in (x, y) pixel coordinates and starts the window at
+    ``ceil(centre - size / 2)``, so the centre ``start + (size - 1) / 2`` gives ``start`` back
+    for odd and even sizes alike (pinned by a test).
+    """
+    centre = (float(start[1]) + (size - 1) / 2, float(start[0]) + (size - 1) / 2)  # (x, y)
+    cut = Cutout2D(np.broadcast_to(np.float32(0), shape), centre, size, mode="strict", copy=False)
+    return cut.slices_original
 
 
 def sky_pixel_scale(header: fits.Header) -> tuple[float | None, str | None]:
