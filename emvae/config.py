@@ -48,7 +48,7 @@ CTF_PADS: tuple[int, ...] = get_args(CtfPad)
 
 
 #: Images up to this many pixels across get the small networks (SMALL_WIDTH wide).
-SMALL_IMAGE_PX = 32
+SMALL_IMAGE_PX = 48
 SMALL_WIDTH = 128
 WIDTH = 500  # the paper's 2 x 500 tanh MLPs (Bepler et al. 2019, sections 4.2-4.3)
 #: The Spatial Broadcast decoder's default channels and 3 x 3 conv layers (seed 001's layout:
@@ -59,9 +59,11 @@ MLP_LAYERS = 2
 
 
 def default_width(image_size: int) -> int:
-    """Default width of the generator and encoder MLPs for D x D images: 128 up to 32 px,
+    """Default width of the generator and encoder MLPs for D x D images: 128 up to 48 px,
     500 above. At 28 px, SNR 1 the 128-wide networks learn poses and conformation within 15
-    epochs at a quarter of the 500-wide ones' time per epoch (docs/benchmarks.md)."""
+    epochs at a quarter of the 500-wide ones' time per epoch; at 40 px, SNR 0.3 they find the
+    conformation in 10 minutes on 2 CPU cores, where the 500-wide ones had not in 17, at a
+    fifth of their time per epoch (docs/benchmarks.md, "Time to a right answer")."""
     return SMALL_WIDTH if image_size <= SMALL_IMAGE_PX else WIDTH
 
 
@@ -100,7 +102,7 @@ class ModelConfig:
     # rotation posterior: "bins" (R rotation bins, the k most probable summed exactly),
     # "gaussian" (the paper's), "auto" (bins when rotation is inferred under the uniform prior)
     theta_posterior: str = "auto"
-    # widths: None picks by image size (default_width: 128 up to 32 px, the paper's 500 above;
+    # widths: None picks by image size (default_width: 128 up to 48 px, the paper's 500 above;
     # the broadcast decoder: BROADCAST_WIDTH channels)
     gen_hidden: int | None = None
     # hidden layers (broadcast: 3 x 3 conv layers); None: MLP_LAYERS, or BROADCAST_LAYERS

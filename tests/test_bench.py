@@ -305,3 +305,16 @@ def test_time_to_result_scores_every_epoch_against_the_truth(tmp_path):
     results = pd.read_csv(tmp_path / "time_to_result_results.csv")
     assert results["encoder"].tolist() == ["mlp"] and results["particles"].tolist() == [60]
     assert "θ >= 0.95" in r.output
+
+
+def test_time_to_result_levers_reach_the_fit(tmp_path):
+    """--hidden, --pixel-fraction, --generator and --beta are the fit's settings."""
+    args = ["bench", "time-to-result", "-o", str(tmp_path), "-n", "40", "--size", "12"]
+    args += ["--epochs", "1", "--encoders", "mlp", "--device", "cpu", "-q", "--hidden", "8"]
+    args += ["--pixel-fraction", "0.5", "--generator", "broadcast", "--beta", "4"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "runs" / "mlp" / "config.json").read_text())
+    assert config["model"]["gen_hidden"] == 8 and config["model"]["enc_hidden"] == 8
+    assert config["model"]["generator"] == "broadcast"
+    assert config["train"]["pixel_fraction"] == 0.5 and config["train"]["beta"] == 4.0

@@ -75,7 +75,8 @@ def test_small_images_get_small_networks_by_default():
         128,
         128,
     )
-    assert ModelConfig(image_size=33).gen_hidden == 500
+    assert ModelConfig(image_size=40).gen_hidden == 128  # the paper's EM box (benchmarks.md)
+    assert ModelConfig(image_size=49).gen_hidden == 500
     assert ModelConfig(image_size=28, gen_hidden=64).gen_hidden == 64
     stored = RunConfig(model=ModelConfig(image_size=64, gen_hidden=300)).to_dict()
     assert RunConfig.from_dict(stored).model.gen_hidden == 300  # a checkpoint keeps its width
