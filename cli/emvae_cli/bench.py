@@ -453,11 +453,12 @@ def loader(
     batches: int = typer.Option(20, "--batches", min=1, help="Timed batches per reader."),
     workers: str = typer.Option("0,1,2", "--workers", help="DataLoader worker counts to time."),
     train: bool = typer.Option(
-        False, "--train", help="Also run a CPU training step per batch (fit's 64-px model)."
+        False, "--train", help="Also run a CPU training step per batch (fit's default model)."
     ),
 ) -> None:
-    """Streaming read rate, images/s: fit's one-ahead thread reader against PyTorch's
-    DataLoader with worker processes, on random batches of STACK preprocessed as fit would."""
+    """Streaming read rate, images/s: a thread reading one batch ahead (fit's former reader)
+    against fit's DataLoader with 0, 1, 2… worker processes, on random batches of STACK
+    preprocessed as fit would."""
     from emvae.io import open_stack
     from emvae.preprocess import Preprocess, prepare
     from emvae.throughput import loader_rates
