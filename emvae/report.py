@@ -685,6 +685,7 @@ MONTAGES = (
     "interpolation.png",
     "manifold.png",
     "traversals.png",
+    "pose_traversals.png",
     "prior_samples.png",
     "latent_motion.gif",
     "canonical.png",
@@ -804,6 +805,15 @@ def _caption(name: str, result: dict, config: RunConfig) -> tuple[str, str]:
             "Latent traversals",
             "One row per z, from the particles' 2nd to 98th percentile (values under the "
             "tiles), the other dimensions at their medians; θ = 0, Δx = 0.",
+        ),
+        "pose_traversals.png": (
+            "Pose traversals",
+            "One row per pose parameter (--pose " + esc(config.model.pose) + "), the others at "
+            "the identity and z at the particles' medians: θ over a full turn (degrees), each "
+            "shift over ±2 prior standard deviations (pixels), log s_x, log s_y and the shear "
+            "over the fitted prior's mean ± 2 of its standard deviations, each spline control "
+            "point's x and y displacement over ±2 prior standard deviations (pixels; control "
+            "points numbered row by row from the top left). Values under the tiles.",
         ),
         "prior_samples.png": (
             "Samples from the prior",

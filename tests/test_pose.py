@@ -216,3 +216,59 @@ def test_equivariant_extras_do_not_turn_with_the_image():
     r = cfg.n_pose
     assert torch.allclose(q1.pose_mu[:, r:], q0.pose_mu[:, r:], atol=1e-9)
     assert q0.pose_mu[:, r:].std() > 1e-4
+
+
+@pytest.mark.parametrize(
+    "pose, encoder",
+    [("affine", "equivariant"), ("affine", "mlp"), ("tps", "conv"), ("affine-tps", "mlp")],
+)
+def test_cli_pose_end_to_end(pose, encoder, tiny_stack, tmp_path):
+    """fit --pose, then encode, montage, report and export-star: the table has the extra
+    columns, the STAR file the rigid pose only."""
+    import numpy as np
+    from conftest import SMALL, runner
+    from emvae_cli.main import app
+
+    from emvae.io import read_table
+    from emvae.io.star import read_star_blocks
+
+    out = tmp_path / "run"
+    flags = ["--pose", pose, "--encoder", encoder, "--tps-grid", "2", "--enc-channels", "2"]
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(out), *SMALL, *flags])
+    assert r.exit_code == 0, r.output
+    cfg = RunConfig.from_dict(__import__("json").loads((out / "config.json").read_text()))
+    assert (cfg.model.pose, cfg.model.tps_grid) == (pose, 2)
+    table = read_table(out / "particles.csv")
+    metrics = np.genfromtxt(out / "metrics.csv", delimiter=",", names=True)
+    assert np.isfinite(metrics["test_kl_deform"]).all() and (metrics["test_kl_deform"] > 0).all()
+    affine_cols = ["scale_x", "scale_y", "shear", "log_scale_x_std", "log_scale_y_std", "shear_std"]
+    tps_cols = ["tps_max_px", "tps_rms_px"]
+    for c in affine_cols:
+        assert (c in table) == cfg.model.affine
+    for c in tps_cols:
+        assert (c in table) == cfg.model.tps
+    if cfg.model.affine:
+        assert (table["scale_x"] > 0).all() and (table["log_scale_x_std"] > 0).all()
+    if cfg.model.tps:
+        assert (table["tps_max_px"] >= table["tps_rms_px"] - 1e-9).all()
+    enc = tmp_path / "enc.csv"
+    r = runner.invoke(
+        app, ["encode", str(out), str(tiny_stack), "-o", str(enc), "--device", "cpu", "-q"]
+    )
+    assert r.exit_code == 0, r.output
+    again = read_table(enc)
+    for c in ["theta_deg", "shift_x_px"] + (affine_cols if cfg.model.affine else tps_cols):
+        assert np.allclose(again[c], table[c], atol=1e-4), c
+    r = runner.invoke(app, ["montage", str(out), "--no-gif"])
+    assert r.exit_code == 0, r.output
+    assert (out / "montage" / "pose_traversals.png").exists()
+    r = runner.invoke(app, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "Pose traversals" in (out / "report" / "report.html").read_text()
+    star = tmp_path / "p.star"
+    r = runner.invoke(app, ["export-star", str(out), "-o", str(star)])
+    assert r.exit_code == 0, r.output
+    blocks = read_star_blocks(star)
+    rows = blocks["particles"]
+    assert np.allclose(rows["rlnAnglePsi"].astype(float), table["theta_deg"], atol=1e-3)
+    assert not any("scale" in c.lower() or "shear" in c.lower() for c in rows.columns)
