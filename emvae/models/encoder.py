@@ -193,13 +193,24 @@ class AlignedContentEncoder(nn.Module):
         self.net = mlp(channels * size * size, hidden, 1, 2 * zdim, "relu")
 
     def forward(
-        self, images: Tensor, angle: Tensor, shift: Tensor, deform: Tensor | None = None
+        self,
+        images: Tensor,
+        angle: Tensor,
+        shift: Tensor,
+        deform: Tensor | None = None,
+        aligned: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """images ``(B, C, D, D)``; angle ``(B,)`` radians, counter-clockwise, and shift
         ``(B, 2)`` coordinate units: where the canonical view lies in each image (image frame);
         deform ``(B, 2, 2)``: the object's own affine deformation (``--pose affine``), undone
-        as well, or None. Returns z means and log-stds, ``(B, K)`` each."""
-        out = self.net(self._aligned(images, angle, shift, deform))
+        as well, or None; ``aligned`` ``(B, C, D, D)``: the images already brought to the
+        canonical frame (the spline's unwarping, :meth:`emvae.models.SpatialVAE.unwarp`), used
+        instead. Returns z means and log-stds, ``(B, K)`` each."""
+        if aligned is not None:
+            x = aligned.detach().to(images.dtype).flatten(1)
+        else:
+            x = self._aligned(images, angle, shift, deform)
+        out = self.net(x)
         return out[:, : self.zdim], out[:, self.zdim :]
 
     def _aligned(

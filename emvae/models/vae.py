@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emvae.augment import rotate_images
@@ -184,13 +185,42 @@ class SpatialVAE(nn.Module):
             q.z_mu = q.z_logstd = q.pose_mu.new_zeros(q.pose_mu.shape[0], self.config.zdim)
         elif self.content is not None:
             angle, shift = self.image_frame_pose(q.pose_mu)
+            aligned = self.unwarp(images, q.pose_mu) if self.config.tps else None
             q.z_mu, q.z_logstd = self.content(
-                images, angle, shift, self.image_frame_deform(q.pose_mu)
+                images, angle, shift, self.image_frame_deform(q.pose_mu), aligned
             )
         q.z_prior_logstd = self.z_prior_logstd
         if self.affine_prior_mean is not None and self.affine_prior_logstd is not None:
             q.affine_prior = (self.affine_prior_mean, self.affine_prior_logstd)
         return q
+
+    @torch.no_grad()
+    def unwarp(self, images: Tensor, pose: Tensor) -> Tensor:
+        """The images ``(B, C, D, D)`` brought back to the canonical frame by the whole pose
+        ``(B, P)``, spline included: output pixel v samples the image (bilinearly, 0 outside)
+        at the x the generator maps onto v, with the spline inverted to first order
+        (``u = v - f(v)``), then the affine and rigid parts exactly (``x = (u M - dx)
+        R(theta)^T``). z's network sees this with ``--pose tps``."""
+        b, d = pose.shape[0], self.config.image_size
+        pose = pose.float()
+        v = self.coords.float().expand(b, -1, -1)
+        t = self.transform
+        assert isinstance(t, DeformTransform) and t.tps is not None
+        affine, disp = t.deform_parts(pose)
+        assert disp is not None
+        w = v - t.tps(v, disp)
+        if affine is not None:
+            w = w @ affine_forward(affine)
+        theta, shift = t.split(pose)
+        if shift is not None:
+            w = w - shift.unsqueeze(1)
+        if theta is not None:
+            w = w @ rotation_matrix(theta).transpose(-1, -2)
+        grid = torch.stack([w[..., 0], -w[..., 1]], -1).reshape(b, d, d, 2)  # torch: y down
+        out = F.grid_sample(
+            images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+        return out.to(images.dtype)
 
     def image_frame_deform(self, pose: Tensor) -> Tensor | None:
         """The object's own affine deformation ``M`` ``(B, 2, 2)`` (row vectors, canonical
