@@ -262,9 +262,19 @@ def test_cli_pose_end_to_end(pose, encoder, tiny_stack, tmp_path):
     r = runner.invoke(app, ["montage", str(out), "--no-gif"])
     assert r.exit_code == 0, r.output
     assert (out / "montage" / "pose_traversals.png").exists()
-    r = runner.invoke(app, ["report", str(out)])
+    truth = read_table(tiny_stack.parent / "truth.csv")
+    truth["scale_x"] = np.exp(np.linspace(-0.2, 0.2, len(truth)))
+    truth["scale_y"] = 1.0 / truth["scale_x"]
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    r = runner.invoke(app, ["report", str(out), "--reference", str(tmp_path / "truth.csv")])
     assert r.exit_code == 0, r.output
-    assert "Pose traversals" in (out / "report" / "report.html").read_text()
+    html = (out / "report" / "report.html").read_text()
+    assert "Pose traversals" in html and "deform_histograms.png" in html
+    report = __import__("json").loads((out / "report" / "report.json").read_text())
+    if cfg.model.affine:
+        assert np.isfinite(report["scale"]["scale_x"]["pearson_log"])
+    else:
+        assert "scale" not in report
     star = tmp_path / "p.star"
     r = runner.invoke(app, ["export-star", str(out), "-o", str(star)])
     assert r.exit_code == 0, r.output
