@@ -383,3 +383,48 @@ def test_unwarp_brings_a_spline_posed_image_back_to_the_canonical_view():
     a0, s0 = model.image_frame_pose(flat)
     ref = align_images(posed0, a0, s0, deform=model.image_frame_deform(flat))
     assert torch.allclose(model.unwarp(posed0, flat), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"pose": "similarity"}, "unknown pose"),
+        (
+            {"pose": "affine", "generator": "vanilla", "rotation": False, "translation": False},
+            "coordinates",
+        ),
+        ({"pose": "tps", "tps_grid": 1}, "--tps-grid"),
+        ({"pose": "affine", "affine_prior_std": 0.0}, "must be > 0"),
+    ],
+)
+def test_pose_settings_that_cannot_work_are_refused(kw, message):
+    from emvae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(image_size=16, zdim=1, **kw).validate()
+
+
+def test_cli_pose_without_z_still_gets_its_pose_traversals(tiny_stack, tmp_path):
+    from conftest import SMALL, runner
+    from emvae_cli.main import app
+
+    out = tmp_path / "run0"
+    args = [
+        "fit",
+        str(tiny_stack),
+        "-o",
+        str(out),
+        *SMALL,
+        "--zdim",
+        "0",
+        "--pose",
+        "affine",
+        "-n",
+        "1",
+    ]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["montage", str(out), "--no-gif"])
+    assert r.exit_code == 0, r.output
+    assert (out / "montage" / "pose_traversals.png").exists()
+    assert (out / "montage" / "canonical.png").exists()

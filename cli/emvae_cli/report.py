@@ -129,6 +129,14 @@ def montage(
     written = []
     if k == 0:
         written.append(mt.save_png(mt.prior_samples(model, 1, 1), dest / "canonical.png", 4))
+        if config.model.pose != "rigid":
+            written.append(
+                mt.save_png(
+                    mt.pose_traversals(model),
+                    dest / "pose_traversals.png",
+                    labels=mt.pose_traversal_labels(model) if labels else None,
+                )
+            )
     else:
         path_z = _pairs(run, model, pairs, pair or [], steps, seed, dest, written, labels)
         z_data = _posterior_means(run)  # grids span what the particles cover, not the prior
