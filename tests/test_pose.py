@@ -428,6 +428,10 @@ def test_cli_pose_without_z_still_gets_its_pose_traversals(tiny_stack, tmp_path)
     assert r.exit_code == 0, r.output
     assert (out / "montage" / "pose_traversals.png").exists()
     assert (out / "montage" / "canonical.png").exists()
+    # resumes (the fitted prior and the extra outputs are in the checkpoint)
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(out), "--resume", "-n", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "pose" in (out / "config.json").read_text()
 
 
 def test_the_model_recovers_a_known_scale_through_its_own_generator():
