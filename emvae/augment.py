@@ -28,7 +28,11 @@ def rotate_images(images: Tensor, angle: Tensor) -> Tensor:
 
 
 def align_images(
-    images: Tensor, angle: Tensor, shift: Tensor, exact_border: bool = False
+    images: Tensor,
+    angle: Tensor,
+    shift: Tensor,
+    exact_border: bool = False,
+    deform: Tensor | None = None,
 ) -> Tensor:
     """The particle in each image seen in its own frame: the inverse of posing a template.
 
@@ -39,12 +43,22 @@ def align_images(
     output blends with 0, or with ``exact_border`` is 0 (as RELION's
     ``--apply_transformation``).
 
+    ``deform`` ``(B, 2, 2)``: the template was first deformed about its centre by ``v -> v M``
+    (row vectors, the affine pose's :func:`emvae.models.transform.affine_forward`); u then
+    samples the input at ``rot(angle) (u M) + shift``, undoing that too.
+
     images: ``(B, C, H, W)``. Returns ``(B, C, H, W)``.
     """
     c, s = torch.cos(angle), torch.sin(angle)
     # torch's grid has y pointing down: flip y on the way in and out of the rotation
-    row_x = torch.stack([c, s, shift[:, 0]], -1)
-    row_y = torch.stack([-s, c, -shift[:, 1]], -1)
+    if deform is None:
+        row_x = torch.stack([c, s, shift[:, 0]], -1)
+        row_y = torch.stack([-s, c, -shift[:, 1]], -1)
+    else:  # column form p = rot(angle) M^T u + shift, conjugated by the y flip
+        lin = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+        lin = lin @ deform.transpose(-1, -2).to(lin.dtype)
+        row_x = torch.stack([lin[:, 0, 0], -lin[:, 0, 1], shift[:, 0]], -1)
+        row_y = torch.stack([-lin[:, 1, 0], lin[:, 1, 1], -shift[:, 1]], -1)
     affine = torch.stack([row_x, row_y], -2).to(images.dtype)
     grid = F.affine_grid(affine, list(images.shape), align_corners=True)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)

@@ -20,6 +20,7 @@ from emvae.errors import ConfigError
 # stay plain strings and ints.
 Generator = Literal["spatial", "vanilla", "broadcast"]
 Prior = Literal["standard", "hyperprior"]
+Pose = Literal["rigid", "affine", "tps", "affine-tps"]
 Encoder = Literal["mlp", "conv", "equivariant"]
 ZEncoder = Literal["aligned", "shared"]
 ThetaPosterior = Literal["auto", "bins", "gaussian"]
@@ -34,6 +35,7 @@ CtfPad = Literal[1, 2]
 
 GENERATORS: tuple[str, ...] = get_args(Generator)
 PRIORS: tuple[str, ...] = get_args(Prior)
+POSES: tuple[str, ...] = get_args(Pose)
 ENCODERS: tuple[str, ...] = get_args(Encoder)
 Z_ENCODERS: tuple[str, ...] = get_args(ZEncoder)
 THETA_POSTERIORS: tuple[str, ...] = get_args(ThetaPosterior)
@@ -93,6 +95,15 @@ class ModelConfig:
     prior: str = "standard"
     hyper_shape: float = 1.0  # a of the hyperprior InvGamma(a, b) on s_k^2
     hyper_scale: float = 2.0  # b (the mode b / (a + 1) = 1: the standard prior's variance)
+    # pose latents: "rigid" (rotation and shift, the paper's), "affine" (plus log-scales along
+    # the object's axes and a shear), "tps" (rigid plus a thin-plate spline on a tps_grid^2
+    # grid of control points), "affine-tps" (both); emvae.models.transform, docs/usage.md
+    pose: str = "rigid"
+    # affine: initial std of the prior on (log s_x, log s_y, shear); its mean and stds are then
+    # fitted (seed 004's prior), starting from 0 and this value
+    affine_prior_std: float = 0.2
+    tps_grid: int = 3  # tps: g x g control points
+    tps_prior_px: float = 1.0  # tps: prior std of each control point's displacement, pixels
     # pose network: "mlp" (the paper's), "conv" (plain CNN), "equivariant" (group convolution
     # over rotation bins); "auto": default_encoder's choice
     encoder: str = "auto"
@@ -147,6 +158,16 @@ class ModelConfig:
         """Raise :class:`ConfigError` if options are out of range or contradict each other."""
         _choice("generator", self.generator, GENERATORS)
         _choice("prior", self.prior, PRIORS)
+        _choice("pose", self.pose, POSES)
+        if self.pose != "rigid":
+            if self.generator == "vanilla":
+                raise ConfigError(
+                    "--pose affine/tps needs coordinates: the spatial or broadcast generator"
+                )
+            if not (self.affine_prior_std > 0 and self.tps_prior_px > 0):
+                raise ConfigError("--affine-prior-std and --tps-prior-px must be > 0")
+            if self.tps and not 2 <= self.tps_grid <= 8:
+                raise ConfigError(f"--tps-grid must lie in 2..8, got {self.tps_grid}")
         if not (self.hyper_shape > 0 and self.hyper_scale > 0):
             raise ConfigError("the hyperprior's shape and scale must be > 0")
         if self.prior == "hyperprior" and self.zdim < 1:
@@ -233,8 +254,29 @@ class ModelConfig:
 
     @property
     def n_pose(self) -> int:
-        """Number of pose latents: 1 for theta, 2 for (dx, dy)."""
+        """Number of rigid pose latents: 1 for theta, 2 for (dx, dy) (the affine and spline
+        parameters follow them: :attr:`n_deform`)."""
         return int(self.rotation) + 2 * int(self.translation)
+
+    @property
+    def affine(self) -> bool:
+        """Whether the pose has the affine part (log s_x, log s_y, shear)."""
+        return self.pose in ("affine", "affine-tps")
+
+    @property
+    def tps(self) -> bool:
+        """Whether the pose has the thin-plate spline."""
+        return self.pose in ("tps", "affine-tps")
+
+    @property
+    def n_deform(self) -> int:
+        """Pose latents beyond the rigid ones: 3 affine, 2 per control point of the spline."""
+        return 3 * int(self.affine) + 2 * self.tps_grid**2 * int(self.tps)
+
+    @property
+    def tps_prior_std(self) -> float:
+        """The spline's displacement prior std in internal coordinate units."""
+        return self.tps_prior_px * self.pixel_to_unit
 
     @property
     def n_out(self) -> int:

@@ -504,7 +504,8 @@ class Explorer:
         p = self.cfg
         pose = q.pose_mu.float()
         theta = pose[:, 0] if p.rotation else pose.new_zeros(1)
-        shift = pose[:, int(p.rotation) :] if p.translation else pose.new_zeros(1, 2)
+        r = int(p.rotation)  # the rigid part (affine / spline parameters follow it)
+        shift = pose[:, r : r + 2] if p.translation else pose.new_zeros(1, 2)
         theta_deg, shift_px = model_to_image_pose(theta, shift, self.size)
         z = q.z_mu.float().cpu().numpy()
         canonical = self.render(z, np.zeros(1), np.zeros((1, 2)))

@@ -516,3 +516,74 @@ def prior_labels(k: int, rows: int = 8, cols: int = 8, seed: int = 0) -> Labels:
     """Labels of :func:`prior_samples`: each sample's z under it."""
     z = prior_z(k, rows, cols, seed).reshape(rows, cols, k)
     return Labels(tiles=[[z_lines(z[r, c]) for c in range(cols)] for r in range(rows)])
+
+
+@dataclass
+class PoseTraversal:
+    """The poses of :func:`pose_traversals`: ``pose`` ``(rows, n, P)`` (model units, the layout
+    of :class:`emvae.models.transform.DeformTransform`), each row's parameter name and each
+    tile's value in user units (degrees, pixels, log-scale, shear)."""
+
+    pose: Tensor
+    names: list[str]
+    values: list[list[str]]
+
+
+def pose_traversal(model: SpatialVAE, n: int = 9, span: float = 2.0) -> PoseTraversal:
+    """One row per pose parameter, the others at the identity: theta over a full turn; each
+    shift over +-``span`` prior stds (pixels); log s_x, log s_y and the shear over the fitted
+    prior's mean +- ``span`` of its stds; each spline control point's x and y displacement
+    over +-``span`` prior stds (pixels)."""
+    cfg = model.config
+    h = (cfg.image_size - 1) / 2
+    rows: list[tuple[str, int, np.ndarray, np.ndarray]] = []  # name, column, model, shown
+    col = 0
+    if cfg.rotation:
+        deg = np.linspace(-180.0, 180.0, n, endpoint=False)
+        rows.append(("theta", col, np.radians(-deg), deg))  # theta_deg = -theta
+        col += 1
+    if cfg.translation:
+        px = np.linspace(-span, span, n) * cfg.shift_prior_px
+        rows += [("dx px", col, px / h, px), ("dy px", col + 1, px / h, px)]
+        col += 2
+    if cfg.affine and model.affine_prior_mean is not None and model.affine_prior_logstd is not None:
+        nu = model.affine_prior_mean.detach().cpu().double().numpy()
+        tau = model.affine_prior_logstd.detach().cpu().double().exp().numpy()
+        for j, name in enumerate(("log sx", "log sy", "shear")):
+            v = nu[j] + np.linspace(-span, span, n) * tau[j]
+            rows.append((name, col + j, v, v))
+        col += 3
+    if cfg.tps:
+        px = np.linspace(-span, span, n) * cfg.tps_prior_px
+        for k in range(cfg.tps_grid**2):
+            for a, axis in enumerate("xy"):
+                rows.append((f"d{k + 1}{axis} px", col + 2 * k + a, px / h, px))
+    pose = torch.zeros(len(rows), n, model.transform.n_params)
+    for r, (_, c, v, _) in enumerate(rows):
+        pose[r, :, c] = torch.as_tensor(v, dtype=torch.float32)
+    shown = [[f"{x:+.2f}" for x in row[3]] for row in rows]
+    return PoseTraversal(pose, [row[0] for row in rows], shown)
+
+
+@torch.no_grad()
+def pose_traversals(
+    model: SpatialVAE, n: int = 9, span: float = 2.0, z: Tensor | None = None
+) -> Tensor:
+    """The generator's mean along each pose parameter (:func:`pose_traversal`) at one z
+    ``(K,)`` (0 when not given; e.g. the particles' median): ``(rows, n, C, D, D)``."""
+    t = pose_traversal(model, n, span)
+    rows = t.pose.shape[0]
+    dev = next(model.parameters()).device
+    k = model.config.zdim
+    zz = torch.zeros(k) if z is None else torch.as_tensor(z, dtype=torch.float32)
+    zs = zz.expand(rows * n, k).to(dev)
+    params = model.decode(zs, t.pose.reshape(rows * n, -1).to(dev), full=True)
+    mean = pixels_to_images(pixel_mean(model.config, params), model.config.image_size).cpu()
+    return mean.reshape(rows, n, *_image_shape(model))
+
+
+def pose_traversal_labels(model: SpatialVAE, n: int = 9, span: float = 2.0) -> Labels:
+    """Labels of :func:`pose_traversals`: the parameter left of each row, its value under
+    each tile (degrees, pixels, log-scale or shear)."""
+    t = pose_traversal(model, n, span)
+    return Labels(rows=t.names, tiles=[[[v] for v in row] for row in t.values])

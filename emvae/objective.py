@@ -116,10 +116,20 @@ class ElboTerms:
     kl_theta: Tensor
     kl_shift: Tensor
     kl_z_dims: Tensor
+    # the affine / spline parameters' KL (``--pose``; :func:`kl_deform`), None for rigid poses
+    kl_deform: Tensor | None = None
+
+    @property
+    def kl_pose(self) -> Tensor:
+        """KL of all pose latents, ``(B,)``."""
+        kl = self.kl_theta + self.kl_shift
+        return kl if self.kl_deform is None else kl + self.kl_deform
 
     @property
     def kl(self) -> Tensor:
-        return self.kl_z + self.kl_theta + self.kl_shift
+        if self.kl_deform is None:
+            return self.kl_z + self.kl_theta + self.kl_shift
+        return self.kl_z + self.kl_theta + self.kl_shift + self.kl_deform
 
     @property
     def elbo(self) -> Tensor:
@@ -127,7 +137,7 @@ class ElboTerms:
 
     def objective(self, beta: float = 1.0, pose_beta: float = 1.0) -> Tensor:
         """What training maximises: :func:`weighted_elbo` of these terms, ``(B,)``."""
-        return weighted_elbo(self.elbo, self.kl_z, self.kl_theta + self.kl_shift, beta, pose_beta)
+        return weighted_elbo(self.elbo, self.kl_z, self.kl_pose, beta, pose_beta)
 
 
 def weighted_elbo(elbo, kl_z, kl_pose, beta: float = 1.0, pose_beta: float = 1.0):
@@ -148,6 +158,7 @@ def elbo_terms(
     use_z: bool = True,
     pixel_weight: float = 1.0,
     z_prior_logstd: Tensor | None = None,
+    affine_prior: tuple[Tensor, Tensor] | None = None,
 ) -> ElboTerms:
     """All ELBO terms for one batch (paper eqs. 4-5).
 
@@ -158,13 +169,16 @@ def elbo_terms(
     log-likelihood's factor when ``y`` holds a random subset of the pixels (all of them over
     the subset's size: an unbiased estimate of the whole image's). ``z_prior_logstd`` ``(K,)``:
     z's prior is N(0, diag(s^2)) with these log s (``--prior hyperprior``), else N(0, I).
+    ``affine_prior``: the fitted (mean, log-std) of the affine parameters' prior (``--pose
+    affine``; :func:`kl_deform`).
     """
     kl_z, kl_theta, kl_shift = kl_terms(
         cfg, z_mu, z_logstd, pose_mu, pose_logstd, use_z, z_prior_logstd
     )
     dims = _kl_dims(z_mu, z_logstd, use_z, z_prior_logstd)
     ll = log_likelihood(cfg, y, params) * pixel_weight
-    return ElboTerms(ll, kl_z, kl_theta, kl_shift, dims)
+    extra = kl_deform(cfg, pose_mu, pose_logstd, affine_prior)
+    return ElboTerms(ll, kl_z, kl_theta, kl_shift, dims, extra)
 
 
 def _kl_dims(
@@ -199,8 +213,39 @@ def kl_terms(
             kl_theta = kl_normal(pose_mu[:, :1], pose_logstd[:, :1], cfg.theta_prior_std)
     if cfg.translation:
         r = int(cfg.rotation)
-        kl_shift = kl_normal(pose_mu[:, r:], pose_logstd[:, r:], cfg.shift_prior_std)
+        s = slice(r, r + 2)
+        kl_shift = kl_normal(pose_mu[:, s], pose_logstd[:, s], cfg.shift_prior_std)
     return kl_z, kl_theta, kl_shift
+
+
+def kl_deform(
+    cfg: ModelConfig,
+    pose_mu: Tensor,
+    pose_logstd: Tensor,
+    affine_prior: tuple[Tensor, Tensor] | None,
+) -> Tensor | None:
+    """KL of the pose's affine and spline parameters (``--pose``), ``(B,)`` nats; None for the
+    rigid pose. pose_mu/pose_logstd ``(B, P)`` in the layout of
+    :class:`emvae.models.transform.DeformTransform`.
+
+    Affine (log s_x, log s_y, shear): seed 004's prior N(nu, diag(tau^2)) with nu and log tau
+    fitted (``affine_prior`` = (nu ``(3,)``, log tau ``(3,)``)): ``sum KL(N(mu, sigma^2) ||
+    N(nu, tau^2))``. Spline displacements: N(0, s^2) per coordinate, s = ``--tps-prior-px``.
+    """
+    if cfg.pose == "rigid":
+        return None
+    r = cfg.n_pose
+    kl = pose_mu.new_zeros(pose_mu.shape[0])
+    if cfg.affine:
+        if affine_prior is None:
+            raise ValueError("the affine pose's KL needs its fitted prior (mean, log-std)")
+        nu, log_tau = (t.to(pose_mu.dtype) for t in affine_prior)
+        mu, ls = pose_mu[:, r : r + 3], pose_logstd[:, r : r + 3]
+        kl = kl + kl_normal_dims(mu - nu, ls, log_tau).sum(-1)
+        r += 3
+    if cfg.tps:
+        kl = kl + kl_normal(pose_mu[:, r:], pose_logstd[:, r:], cfg.tps_prior_std)
+    return kl
 
 
 def kl_rotation_bins(log_w: Tensor, logstd: Tensor, cfg: ModelConfig) -> Tensor:
@@ -259,8 +304,9 @@ def posterior_elbo(
     if q.bins is None:
         mu, logstd, prior = q.pose_mu, q.pose_logstd, q.z_prior_logstd
         return elbo_terms(
-            cfg, y, params, q.z_mu, q.z_logstd, mu, logstd, use_z, pixel_weight, prior
-        )
+            cfg, y, params, q.z_mu, q.z_logstd, mu, logstd, use_z, pixel_weight, prior,
+            q.affine_prior,
+        )  # fmt: skip
     idx, log_w = q.bins.top(params.shape[1])
     b, k = idx.shape
     ll = log_likelihood(cfg, y.repeat_interleave(k, 0), params.flatten(0, 1)).view(b, k)
@@ -269,4 +315,5 @@ def posterior_elbo(
     kl_z, _, kl_shift = kl_terms(cfg, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd, use_z, prior)
     kl_theta = kl_rotation_bins(log_w, q.bins.logstd.gather(1, idx), cfg)
     dims = _kl_dims(q.z_mu, q.z_logstd, use_z, prior)
-    return ElboTerms((log_w.exp() * ll).sum(1), kl_z, kl_theta, kl_shift, dims)
+    extra = kl_deform(cfg, q.pose_mu, q.pose_logstd, q.affine_prior)
+    return ElboTerms((log_w.exp() * ll).sum(1), kl_z, kl_theta, kl_shift, dims, extra)

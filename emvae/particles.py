@@ -35,7 +35,7 @@ from emvae.data import (
     tensor_statistics,
 )
 from emvae.errors import ConfigError, InputError
-from emvae.geometry import model_to_image_pose, shift_std_to_image
+from emvae.geometry import model_to_image_pose, pixels_per_unit, shift_std_to_image
 from emvae.io import input_kind, open_stack
 from emvae.io.stack import ImageStack
 from emvae.io.star_export import Optics, export_table
@@ -344,7 +344,12 @@ class Particles:
         ``theta_prob`` (the posterior probability of the reported rotation bin, with rotation
         bins: low values flag unreliable poses),
         ``z1..zK``, ``z1_std..zK_std``, ``elbo`` (nats), and ``split`` when given. Pose
-        variables that were not inferred are reported as 0 with std 0.
+        variables that were not inferred are reported as 0 with std 0. With ``--pose affine``:
+        ``scale_x``, ``scale_y`` (the particle's size along the canonical view's own x and y
+        axes relative to it, factors) and ``shear`` (dimensionless), with ``log_scale_x_std``,
+        ``log_scale_y_std`` and ``shear_std`` (posterior stds of log s and of the shear); with
+        ``--pose tps``: ``tps_max_px`` and ``tps_rms_px``, the largest and the root-mean-square
+        displacement of the spline's control points (canonical frame, input pixels).
         """
         n = len(self)
         zeros = torch.zeros(n, 3, dtype=torch.float64)
@@ -373,6 +378,7 @@ class Particles:
             "shift_x_std_px": shift_std_px[:, 0].numpy(),
             "shift_y_std_px": shift_std_px[:, 1].numpy(),
         }
+        cols.update(deform_columns(model, pose, pose_std, scale))
         if self.data.apix is not None:
             cols["shift_x_A"], cols["shift_y_A"] = x * self.data.apix, y * self.data.apix
         elif self.data.arcsec_per_px is not None:  # sky images: along the pixel axes
@@ -405,6 +411,33 @@ class Particles:
             stack.optics if star else None,
             defaults=None if star else _cryosparc_optics(stack.metadata),
         )
+
+
+def deform_columns(
+    model: ModelConfig, pose: torch.Tensor, pose_std: torch.Tensor, scale: float = 1.0
+) -> dict[str, np.ndarray]:
+    """The particle table's affine and spline columns (see :meth:`Particles.table`) from the
+    posterior means and stds ``(N, P)`` (layout of
+    :class:`emvae.models.transform.DeformTransform`); ``scale``: input pixels per model pixel.
+    Empty for the rigid pose."""
+    cols: dict[str, np.ndarray] = {}
+    r = model.n_pose
+    if model.affine:
+        mu, sd = pose[:, r : r + 3].numpy(), pose_std[:, r : r + 3].numpy()
+        cols["scale_x"], cols["scale_y"], cols["shear"] = (
+            np.exp(mu[:, 0]),
+            np.exp(mu[:, 1]),
+            mu[:, 2],
+        )
+        cols["log_scale_x_std"], cols["log_scale_y_std"] = sd[:, 0], sd[:, 1]
+        cols["shear_std"] = sd[:, 2]
+        r += 3
+    if model.tps:
+        disp = pose[:, r:].unflatten(1, (-1, 2)).norm(dim=-1)  # (N, g^2) coordinate units
+        px = disp * (pixels_per_unit(model.image_size) * scale)
+        cols["tps_max_px"] = px.amax(1).numpy()
+        cols["tps_rms_px"] = px.square().mean(1).sqrt().numpy()
+    return cols
 
 
 DESCRIBE_SAMPLE = 2000  # emvae info's value range: from at most this many images, spread out

@@ -13,6 +13,8 @@ particle table reports it (docs/conventions.md, "What the tables report (image f
 It returns the pixel means ``(B, C, D, D)``: normalised units for a Gaussian model, pixel
 probabilities for a Bernoulli one, before any CTF and over the whole box (no mask). At
 ``theta_deg = 0`` and ``shift_px = 0`` it equals :func:`emvae.montage.decode_mean`.
+With ``--pose affine|tps`` the rendering is at the identity deformation (scales 1, no shear, no
+spline displacement): the canonical object under the rigid pose.
 ``emvae explore`` renders with it and ``emvae export-onnx`` writes it as an ONNX graph
 (:func:`export_onnx`).
 """

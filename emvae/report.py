@@ -132,6 +132,12 @@ def compare(table: pd.DataFrame, reference: pd.DataFrame) -> dict:
         and pd.api.types.is_numeric_dtype(reference[c])
         and reference[c].nunique() > 1
     ]
+    scales = [c for c in ("scale_x", "scale_y") if c in table and c in reference]
+    if scales:  # --pose affine against a simulation's (or any reference's) magnifications
+        out["scale"] = {
+            c: {"pearson_log": _pearson(np.log(table[c]), np.log(reference[c].astype(float)))}
+            for c in scales
+        }
     zs = latent_columns(table)
     out["latent"] = {
         z: {
@@ -289,6 +295,30 @@ def plot_pose_histograms(
         else:
             ax[1].set_visible(False)
         for a in ax:
+            a.set_ylabel("particles")
+        return _save(fig, path)
+
+
+#: the particle table's affine / spline columns (``--pose``) and their axis labels
+DEFORM_COLUMNS = {
+    "scale_x": "scale along the canonical x axis (factor)",
+    "scale_y": "scale along the canonical y axis (factor)",
+    "shear": "shear γ (dimensionless)",
+    "tps_max_px": "largest control-point displacement (px)",
+}
+
+
+def plot_deform_histograms(table: pd.DataFrame, path: Path) -> Path | None:
+    """``--pose affine|tps``: histograms of scale_x, scale_y, shear and the spline's largest
+    control-point displacement over the particles; None for a rigid pose."""
+    shown = [c for c in DEFORM_COLUMNS if c in table]
+    if not shown:
+        return None
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(len(shown), 1, size=3.6)
+        for a, c in zip(ax, shown, strict=False):
+            a.hist(table[c], bins=50, color="C3")
+            a.set_xlabel(DEFORM_COLUMNS[c])
             a.set_ylabel("particles")
         return _save(fig, path)
 
@@ -585,6 +615,7 @@ def write_report(
         else None,
         plot_latent_kl(metrics, dest / "latent_kl.png") if metrics is not None else None,
         plot_pose_histograms(table, dest / "pose_histograms.png", data.apix, data.arcsec_per_px),
+        plot_deform_histograms(table, dest / "deform_histograms.png"),
         plot_z_histograms(table, dest / "z_histograms.png"),
     ]
     colour = label = None
@@ -667,7 +698,7 @@ def _json(v):
 #: RUN/montage, the latent analysis's from RUN/analyze).
 SECTIONS = (
     ("Training", ("learning_curves.png", "latent_kl.png")),
-    ("Poses", ("pose_histograms.png", "theta_vs_reference.png")),
+    ("Poses", ("pose_histograms.png", "deform_histograms.png", "theta_vs_reference.png")),
     (
         "Latent space",
         (
@@ -685,6 +716,7 @@ MONTAGES = (
     "interpolation.png",
     "manifold.png",
     "traversals.png",
+    "pose_traversals.png",
     "prior_samples.png",
     "latent_motion.gif",
     "canonical.png",
@@ -720,6 +752,20 @@ def _caption(name: str, result: dict, config: RunConfig) -> tuple[str, str]:
             "Information carried by each latent dimension",
             f"Test KL divergence of each z from its prior per epoch, nats per particle; below "
             f"the dotted line ({KL_UNUSED} nats) a dimension counts as unused.",
+        ),
+        "deform_histograms.png": (
+            "Inferred scales, shear and bending",
+            "--pose " + esc(config.model.pose) + ": distribution over the particles of the "
+            "posterior means of the scale factors along the canonical view's own x and y axes "
+            "(1: the canonical size), of the shear γ (dimensionless), and of the largest "
+            "displacement of the thin-plate spline's control points (input pixels), as present"
+            + (
+                "; log-scale correlation with the reference: "
+                + ", ".join(f"{c} r = {v['pearson_log']:.2f}" for c, v in result["scale"].items())
+                + "."
+                if "scale" in result
+                else "."
+            ),
         ),
         "pose_histograms.png": (
             "Inferred poses",
@@ -804,6 +850,15 @@ def _caption(name: str, result: dict, config: RunConfig) -> tuple[str, str]:
             "Latent traversals",
             "One row per z, from the particles' 2nd to 98th percentile (values under the "
             "tiles), the other dimensions at their medians; θ = 0, Δx = 0.",
+        ),
+        "pose_traversals.png": (
+            "Pose traversals",
+            "One row per pose parameter (--pose " + esc(config.model.pose) + "), the others at "
+            "the identity and z at the particles' medians: θ over a full turn (degrees), each "
+            "shift over ±2 prior standard deviations (pixels), log s_x, log s_y and the shear "
+            "over the fitted prior's mean ± 2 of its standard deviations, each spline control "
+            "point's x and y displacement over ±2 prior standard deviations (pixels; control "
+            "points numbered row by row from the top left). Values under the tiles.",
         ),
         "prior_samples.png": (
             "Samples from the prior",

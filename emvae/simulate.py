@@ -177,11 +177,14 @@ def render_blobs(
     shift_px: np.ndarray,
     size: int,
     chunk: int = 512,
+    stretch: np.ndarray | None = None,
 ) -> np.ndarray:
     """Render blob molecules posed in the image frame.
 
     centres ``(n, M, 2)`` in the canonical frame; the particle is rotated counter-clockwise by
     ``theta_deg`` ``(n,)`` about the box centre and its centre moved to ``shift_px`` ``(n, 2)``.
+    ``stretch`` ``(n, 2)``: before that, the whole molecule (blobs included) is magnified by
+    these factors along its own x and y axes about its centre (the affine pose's s_x, s_y).
     Returns float32 images ``(n, size, size)``, row 0 at the top.
     """
     grid = coordinate_grid(size, size, dtype=torch.float64)  # (N, 2)
@@ -189,6 +192,8 @@ def render_blobs(
     out = np.empty((len(centres), size, size), dtype=np.float32)
     sig = torch.as_tensor(sigmas)
     amp = torch.as_tensor(amps)
+    if stretch is not None:
+        return _render_stretched(centres, sig, amp, theta_deg, shift_px, size, chunk, stretch)
     for s in range(0, len(centres), chunk):
         c = torch.as_tensor(np.ascontiguousarray(centres[s : s + chunk]))
         t = torch.deg2rad(torch.as_tensor(theta_deg[s : s + chunk], dtype=torch.float64))
@@ -203,6 +208,40 @@ def render_blobs(
     return out
 
 
+def _render_stretched(centres, sig, amp, theta_deg, shift_px, size, chunk, stretch) -> np.ndarray:
+    """:func:`render_blobs` with a stretch: every pixel is taken back to the canonical frame
+    (shift, then the turn, then the stretch undone) and the blobs are evaluated there."""
+    grid = coordinate_grid(size, size, dtype=torch.float64)
+    h = pixels_per_unit(size)
+    out = np.empty((len(centres), size, size), dtype=np.float32)
+    for s in range(0, len(centres), chunk):
+        c = torch.as_tensor(np.ascontiguousarray(centres[s : s + chunk]))
+        t = torch.deg2rad(torch.as_tensor(theta_deg[s : s + chunk], dtype=torch.float64))
+        cos, sin = torch.cos(t)[:, None], torch.sin(t)[:, None]
+        p = grid[None] - torch.as_tensor(shift_px[s : s + chunk])[:, None, :] / h  # (b, N, 2)
+        back = torch.stack(
+            [cos * p[..., 0] + sin * p[..., 1], -sin * p[..., 0] + cos * p[..., 1]], -1
+        )
+        v = back / torch.as_tensor(stretch[s : s + chunk])[:, None, :]
+        d2 = ((v[:, :, None, :] - c[:, None, :, :]) ** 2).sum(-1)  # (b, N, M)
+        img = (amp * torch.exp(-d2 / (2 * sig**2))).sum(-1)
+        out[s : s + chunk] = img.reshape(-1, size, size).numpy()
+    return out
+
+
+def draw_stretch(n: int, scale_std: float, stretch_std: float, seed: int) -> np.ndarray | None:
+    """Per-particle magnifications ``(n, 2)`` along the molecule's own x and y axes:
+    ``exp(m) * (exp(t), exp(-t))`` with ``m ~ N(0, scale_std^2)`` (overall size) and
+    ``t ~ N(0, stretch_std^2)`` (axis ratio); None when both are 0. Drawn from their own
+    generator, so the poses, conformations and noise stay those of the same seed without."""
+    if scale_std <= 0 and stretch_std <= 0:
+        return None
+    rng = np.random.default_rng([seed, 22])
+    m = rng.normal(0.0, scale_std, n) if scale_std > 0 else np.zeros(n)
+    t = rng.normal(0.0, stretch_std, n) if stretch_std > 0 else np.zeros(n)
+    return np.exp(np.stack([m + t, m - t], 1))
+
+
 def simulate_particles(
     n: int,
     size: int = 40,
@@ -211,6 +250,8 @@ def simulate_particles(
     seed: int = 0,
     stack_name: str = "particles.mrcs",
     obj: BlobObject = HINGE,
+    scale_std: float = 0.0,
+    stretch_std: float = 0.0,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """``n`` noisy particles of ``obj`` with uniform conformations in [0, 1], uniform
     rotations and Gaussian shifts.
@@ -223,19 +264,25 @@ def simulate_particles(
     ``shift_body_x_px``, ``shift_body_y_px``, the pose the particle was drawn with (the body's
     frame: the rotation and shift of the rigid part, which for a flexible particle no
     intensity-based method can tell from a conformation-dependent turn; docs/benchmarks.md).
+
+    ``scale_std``, ``stretch_std``: each molecule is also magnified about its centre, along its
+    own axes, by :func:`draw_stretch`'s factors; ``truth`` then has ``scale_x``, ``scale_y``
+    (what ``--pose affine`` reports; the consensus shift is moved with the stretch, the
+    consensus turn is the unstretched molecule's).
     """
     rng = np.random.default_rng(seed)
     conf = rng.uniform(0.0, 1.0, n)
     theta = rng.uniform(-180.0, 180.0, n)
     shift = rng.normal(0.0, shift_std_px, (n, 2)) if shift_std_px > 0 else np.zeros((n, 2))
     centres, sigmas, amps = obj.blobs(conf)
-    clean = render_blobs(centres, sigmas, amps, theta, shift, size)
+    stretch = draw_stretch(n, scale_std, stretch_std, seed)
+    clean = render_blobs(centres, sigmas, amps, theta, shift, size, stretch=stretch)
     if np.isfinite(snr):
         noise_std = float(np.sqrt(clean.var() / snr))
         images = clean + rng.normal(0.0, noise_std, clean.shape).astype(np.float32)
     else:
         images = clean
-    theta_c, shift_c = consensus_pose(obj, conf, theta, shift, size)
+    theta_c, shift_c = consensus_pose(obj, conf, theta, shift, size, stretch)
     truth = pd.DataFrame(
         {
             "image": [f"{k}@{stack_name}" for k in range(1, n + 1)],
@@ -248,6 +295,8 @@ def simulate_particles(
             "shift_body_y_px": shift[:, 1],
         }
     )
+    if stretch is not None:
+        truth["scale_x"], truth["scale_y"] = stretch[:, 0], stretch[:, 1]
     return images.astype(np.float32), truth
 
 
@@ -257,17 +306,21 @@ def consensus_pose(
     theta_deg: np.ndarray,
     shift_px: np.ndarray,
     size: int,
+    stretch: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Body-frame poses -> poses relative to the consensus view (:func:`consensus_frame`).
 
     A particle of conformation c drawn turned by theta and moved to s is the consensus view
     turned by ``theta + turn(c)`` and moved to ``s + h rot(theta) shift(c)`` (h = (D - 1) / 2
     px per unit). theta_deg ``(n,)``, shift_px ``(n, 2)``; returns the same shapes, theta
-    wrapped to [-180, 180)."""
+    wrapped to [-180, 180). ``stretch`` ``(n, 2)``: the molecules were magnified along their
+    own axes (:func:`render_blobs`), which moves the consensus centre with them."""
     confs, turn, shift = _consensus_table(obj)
     c = np.asarray(conformation, dtype=np.float64)
     a = np.radians(theta_deg)
     u = np.stack([np.interp(c, confs, shift[:, k]) for k in range(2)], 1) * pixels_per_unit(size)
+    if stretch is not None:
+        u = u * stretch
     rotated = np.stack(
         [np.cos(a) * u[:, 0] - np.sin(a) * u[:, 1], np.sin(a) * u[:, 0] + np.cos(a) * u[:, 1]], 1
     )
@@ -333,6 +386,8 @@ def write_simulation(
     defocus_um: float | tuple[float, float] | None = None,
     obj: BlobObject = HINGE,
     astigmatism_um: float = 0.0,
+    scale_std: float = 0.0,
+    stretch_std: float = 0.0,
 ) -> Path:
     """Write ``particles.mrcs``, ``particles.star`` (RELION 3.1, the true poses) and
     ``truth.csv`` of ``n`` particles of ``obj`` into ``out_dir``; returns the stack's path.
@@ -342,6 +397,8 @@ def write_simulation(
     contrast 0.1, RELION's convention: :mod:`emvae.ctf`) before the noise is added; SNR is
     measured after it. ``astigmatism_um`` splits defocus U and V by that much, at a random
     angle per particle. The STAR file and ``truth.csv`` (``defocus_um``, the mean) carry them.
+    ``scale_std``, ``stretch_std``: see :func:`simulate_particles` (``truth.csv`` gets
+    ``scale_x``, ``scale_y``; the STAR file keeps the rigid poses).
     """
     from emvae.ctf import COLUMNS, apply_ctf
     from emvae.io import write_mrc
@@ -351,9 +408,14 @@ def write_simulation(
     out.mkdir(parents=True, exist_ok=True)
     meta = None
     if defocus_um is None:
-        images, truth = simulate_particles(n, size, snr, shift_std_px, seed, obj=obj)
+        images, truth = simulate_particles(
+            n, size, snr, shift_std_px, seed, obj=obj, scale_std=scale_std, stretch_std=stretch_std
+        )
     else:
-        clean, truth = simulate_particles(n, size, float("inf"), shift_std_px, seed, obj=obj)
+        clean, truth = simulate_particles(
+            n, size, float("inf"), shift_std_px, seed, obj=obj, scale_std=scale_std,
+            stretch_std=stretch_std,
+        )  # fmt: skip
         rng = np.random.default_rng(seed + 1)
         if isinstance(defocus_um, (int, float, np.number)):  # one value (np.isscalar)
             low, high = defocus_um, defocus_um

@@ -47,15 +47,16 @@ from emvae.safety import check_free_space
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
 
 
-def term_names(zdim: int) -> tuple[str, ...]:
-    """The per-epoch terms of metrics.csv: :data:`TERMS`, then the KL of each latent
+def term_names(zdim: int, deform: bool = False) -> tuple[str, ...]:
+    """The per-epoch terms of metrics.csv: :data:`TERMS`, ``kl_deform`` (the affine / spline
+    parameters' KL, with ``deform``: ``--pose`` other than rigid), then the KL of each latent
     dimension (``kl_z1`` .. ``kl_zK``)."""
-    return (*TERMS, *(f"kl_z{k + 1}" for k in range(zdim)))
+    return (*TERMS, *(("kl_deform",) if deform else ()), *(f"kl_z{k + 1}" for k in range(zdim)))
 
 
-def metric_columns(zdim: int) -> list[str]:
+def metric_columns(zdim: int, deform: bool = False) -> list[str]:
     """metrics.csv's columns (before any ``on_epoch`` figures)."""
-    names = term_names(zdim)
+    names = term_names(zdim, deform)
     return ["epoch", *(f"train_{t}" for t in names), *(f"test_{t}" for t in names), "seconds"]
 
 
@@ -198,17 +199,17 @@ def fit(
             }
             if tcfg.weighted:  # what was maximised, beside the true ELBO
                 for part, t in (("train", train), ("test", test)):
+                    kl_pose = t["kl_theta"] + t["kl_shift"] + t.get("kl_deform", 0.0)
                     row[f"{part}_objective"] = weighted_elbo(
-                        t["elbo"], t["kl_z"], t["kl_theta"] + t["kl_shift"], tcfg.beta,
-                        tcfg.pose_beta,
-                    )  # fmt: skip
+                        t["elbo"], t["kl_z"], kl_pose, tcfg.beta, tcfg.pose_beta
+                    )
             row.update(prior_columns(model))
             if on_epoch is not None:
                 row.update(on_epoch(epoch, model, data))
             history.append(row)
             if not ctx.main:
                 continue
-            run.write_metrics(work, history, metric_columns(cfg.zdim))
+            run.write_metrics(work, history, metric_columns(cfg.zdim, cfg.pose != "rigid"))
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -293,7 +294,7 @@ def _train_epoch(
     n = train_idx.shape[0]
     perm = torch.randperm(n, generator=rng, device=device).to(train_idx.device)
     augment = cfg.rotation and tcfg.augment_rotation
-    names = term_names(cfg.zdim)
+    names = term_names(cfg.zdim, cfg.pose != "rigid")
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
     n_steps = math.ceil(n / tcfg.batch_size)
     bar.epoch_start(epoch, n_steps)
@@ -413,6 +414,7 @@ def training_step(
             terms.kl_theta[:0],
             terms.kl_shift[:0],
             terms.kl_z_dims[:0],
+            None if terms.kl_deform is None else terms.kl_deform[:0],
         )
     return terms
 
@@ -448,7 +450,7 @@ def evaluate(
     model.eval()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
-    names = term_names(config.model.zdim)
+    names = term_names(config.model.zdim, config.model.pose != "rigid")
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
     bs = max(config.train.batch_size, 256)
     for start in range(0, idx.shape[0], bs):
@@ -466,6 +468,8 @@ def evaluate(
 
 def _term_sums(terms: ElboTerms) -> torch.Tensor:
     """Batch sums of :func:`term_names`' terms, ``(len(names),)`` float64."""
-    parts = (terms.elbo, -terms.log_lik, terms.kl, terms.kl_z, terms.kl_theta, terms.kl_shift)
+    parts = [terms.elbo, -terms.log_lik, terms.kl, terms.kl_z, terms.kl_theta, terms.kl_shift]
+    if terms.kl_deform is not None:
+        parts.append(terms.kl_deform)
     sums = torch.stack([p.detach().double().sum() for p in parts])
     return torch.cat([sums, terms.kl_z_dims.detach().double().sum(0)])

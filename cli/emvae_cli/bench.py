@@ -62,6 +62,20 @@ def simulate(
     object_seed: int = typer.Option(
         0, "--object-seed", help="Seed of the random object (with --object random)."
     ),
+    scale_std: float = typer.Option(
+        0.0,
+        "--scale-std",
+        min=0,
+        help="Each particle magnified by exp(N(0, S^2)) (std of the log-scale; truth.csv gets "
+        "scale_x, scale_y).",
+    ),
+    stretch_std: float = typer.Option(
+        0.0,
+        "--stretch-std",
+        min=0,
+        help="Each particle stretched along its own x and y axes by exp(+t), exp(-t), "
+        "t ~ N(0, T^2).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT's files."),
 ) -> None:
     """Simulated particles with known poses and conformations.
@@ -75,7 +89,9 @@ def simulate(
         raise ConfigError("need -n >= 1, --size >= 8 and --snr > 0")
     particle = get_object(obj.value, object_seed)
     df = None if defocus is None else _defocus_range(defocus)
-    stack = write_simulation(out, n, size, snr, shift_std, seed, apix, df, particle, astigmatism)
+    stack = write_simulation(
+        out, n, size, snr, shift_std, seed, apix, df, particle, astigmatism, scale_std, stretch_std
+    )
     err_console.print(
         f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}", highlight=False
     )

@@ -22,6 +22,7 @@ from emvae.config import (
     Generator,
     Likelihood,
     ModelConfig,
+    Pose,
     Prior,
     RotationBins,
     RunConfig,
@@ -178,6 +179,28 @@ def fit(
         "--prior",
         help="Prior on z: standard N(0, I), or hyperprior (N(0, diag(s^2)) with s learned per "
         "dimension under an inverse-gamma hyperprior on s^2; docs/usage.md).",
+    ),
+    pose: Pose = typer.Option(
+        default(M, "pose"),
+        "--pose",
+        help="Pose latents: rigid (rotation, shift), affine (plus log-scales along the "
+        "object's axes and a shear, under a fitted Gaussian prior), tps (rigid plus a "
+        "thin-plate spline on a --tps-grid grid of control points), affine-tps (both); "
+        "docs/usage.md.",
+    ),
+    affine_prior_std: float = typer.Option(
+        default(M, "affine_prior_std"),
+        "--affine-prior-std",
+        help="--pose affine: initial std of the prior on log s_x, log s_y and the shear "
+        "(dimensionless; the prior's mean and stds are then fitted).",
+    ),
+    tps_grid: int = typer.Option(
+        default(M, "tps_grid"), "--tps-grid", help="--pose tps: g x g control points."
+    ),
+    tps_prior_px: float = typer.Option(
+        default(M, "tps_prior_px"),
+        "--tps-prior-px",
+        help="--pose tps: prior std of each control point's displacement, pixels.",
     ),
     gen_hidden: int | None = typer.Option(
         None,
@@ -369,6 +392,10 @@ def fit(
         zdim=pick("zdim", zdim, M),
         generator=generator,
         prior=prior,
+        pose=pose,
+        affine_prior_std=affine_prior_std,
+        tps_grid=tps_grid,
+        tps_prior_px=tps_prior_px,
         gen_hidden=pick("gen_hidden", gen_hidden, M),
         gen_layers=pick("gen_layers", gen_layers, M),
         fourier_features=fourier_features,

@@ -115,7 +115,8 @@ def montage(
         "--no-labels: the tiles alone.",
     ),
 ) -> None:
-    """Interpolations, manifold, prior samples, traversals and a GIF (PNG).
+    """Interpolations, manifold, prior samples, traversals and a GIF (PNG); with --pose
+    affine/tps also a traversal of each pose parameter.
 
     Everything is the generator's mean at theta = 0, dx = 0. Manifold, traversals and the GIF
     span the range of z the run's particles cover (the prior's, given only a checkpoint)."""
@@ -128,6 +129,14 @@ def montage(
     written = []
     if k == 0:
         written.append(mt.save_png(mt.prior_samples(model, 1, 1), dest / "canonical.png", 4))
+        if config.model.pose != "rigid":
+            written.append(
+                mt.save_png(
+                    mt.pose_traversals(model),
+                    dest / "pose_traversals.png",
+                    labels=mt.pose_traversal_labels(model) if labels else None,
+                )
+            )
     else:
         path_z = _pairs(run, model, pairs, pair or [], steps, seed, dest, written, labels)
         z_data = _posterior_means(run)  # grids span what the particles cover, not the prior
@@ -145,6 +154,15 @@ def montage(
                     mt.traversals(model, z_data=z_data),
                     dest / "traversals.png",
                     labels=mt.traversal_labels(k, z_data=z_data) if labels else None,
+                )
+            )
+        if config.model.pose != "rigid":  # each pose parameter, next to z's traversals
+            z_mid = None if z_data is None else torch.from_numpy(np.median(z_data, 0)).float()
+            written.append(
+                mt.save_png(
+                    mt.pose_traversals(model, z=z_mid),
+                    dest / "pose_traversals.png",
+                    labels=mt.pose_traversal_labels(model) if labels else None,
                 )
             )
         written.append(

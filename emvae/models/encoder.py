@@ -111,6 +111,9 @@ class BinnedPose:
     angle within each bin; shift ``(B, 2)``: where the particle's centre lies in the image,
     coordinate units, +x right, +y up; shift_logstd ``(B, 1)`` (isotropic).
     Bin r is the image-frame rotation ``2 pi r / R + offset_r`` counter-clockwise.
+    extra, extra_logstd ``(B, E)``: the affine / spline parameters (``--pose``; the layout after
+    the rigid part in :class:`emvae.models.transform.DeformTransform`), which live in the
+    canonical frame and do not turn with the image; None for the rigid pose.
     """
 
     logits: Tensor
@@ -118,6 +121,8 @@ class BinnedPose:
     angle_logstd: Tensor
     shift: Tensor
     shift_logstd: Tensor
+    extra: Tensor | None = None
+    extra_logstd: Tensor | None = None
 
 
 class RotatedCopies(nn.Module):
@@ -128,16 +133,20 @@ class RotatedCopies(nn.Module):
     upright (turned by delta) in copy r, so copy r scores bin r. Rotating the input by one bin
     moves every output one bin on, exactly for quarter turns and up to interpolation otherwise.
 
-    ``net``: ``(N, C, D, D)`` -> ``(N, 6)``. Returns a :class:`BinnedPose` (shift: the q-weighted
-    mean of the copies' shifts turned back into the image frame).
+    ``net``: ``(N, C, D, D)`` -> ``(N, 6 + 2 E)``. Returns a :class:`BinnedPose` (shift: the
+    q-weighted mean of the copies' shifts turned back into the image frame). With ``n_extra``
+    = E affine / spline parameters, each copy also gives their means and log-stds (outputs 6..
+    6 + 2E); copy r sees the particle upright, so these are in the canonical frame as they are,
+    and the q-weighted means over the copies are returned.
     """
 
     OUTPUTS = 6
     angles: Tensor
 
-    def __init__(self, net: nn.Module, rotations: int, translation: bool) -> None:
+    def __init__(self, net: nn.Module, rotations: int, translation: bool, n_extra: int = 0) -> None:
         super().__init__()
         self.net, self.rotations, self.translation = net, rotations, translation
+        self.n_extra = n_extra
         angles = torch.arange(rotations, dtype=torch.float64) * (2 * math.pi / rotations)
         self.register_buffer("angles", angles.float(), persistent=False)
 
@@ -145,7 +154,8 @@ class RotatedCopies(nn.Module):
         b, r = images.shape[0], self.rotations
         turn = (-self.angles).repeat(b)  # copy r of each image turned clockwise by bin r
         copies = rotate_images(images.repeat_interleave(r, 0), turn.to(images.dtype))
-        out = self.net(copies).view(b, r, self.OUTPUTS)
+        e = self.n_extra
+        out = self.net(copies).view(b, r, self.OUTPUTS + 2 * e)
         logits = out[..., 0]
         w = logits.float().softmax(-1).to(out.dtype).unsqueeze(-1)  # (B, R, 1)
         if self.translation:  # copy frame -> image frame: turn back counter-clockwise
@@ -153,12 +163,18 @@ class RotatedCopies(nn.Module):
             shift = (w * (out[..., 3:5].unsqueeze(-2) @ back).squeeze(-2)).sum(1)
         else:
             shift = images.new_zeros(b, 2)
+        extra = extra_logstd = None
+        if e:
+            extra = (w * out[..., 6 : 6 + e]).sum(1)
+            extra_logstd = (w * out[..., 6 + e :]).sum(1)
         return BinnedPose(
             logits=logits,
             offset=(math.pi / r) * torch.tanh(out[..., 1]),
             angle_logstd=out[..., 2],
             shift=shift,
             shift_logstd=(w[..., 0] * out[..., 5]).sum(1, keepdim=True),
+            extra=extra,
+            extra_logstd=extra_logstd,
         )
 
 
@@ -176,15 +192,32 @@ class AlignedContentEncoder(nn.Module):
         self.zdim = zdim
         self.net = mlp(channels * size * size, hidden, 1, 2 * zdim, "relu")
 
-    def forward(self, images: Tensor, angle: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        images: Tensor,
+        angle: Tensor,
+        shift: Tensor,
+        deform: Tensor | None = None,
+        aligned: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """images ``(B, C, D, D)``; angle ``(B,)`` radians, counter-clockwise, and shift
-        ``(B, 2)`` coordinate units: where the canonical view lies in each image (image frame).
-        Returns z means and log-stds, ``(B, K)`` each."""
-        out = self.net(self._aligned(images, angle, shift))
+        ``(B, 2)`` coordinate units: where the canonical view lies in each image (image frame);
+        deform ``(B, 2, 2)``: the object's own affine deformation (``--pose affine``), undone
+        as well, or None; ``aligned`` ``(B, C, D, D)``: the images already brought to the
+        canonical frame (the spline's unwarping, :meth:`emvae.models.SpatialVAE.unwarp`), used
+        instead. Returns z means and log-stds, ``(B, K)`` each."""
+        if aligned is not None:
+            x = aligned.detach().to(images.dtype).flatten(1)
+        else:
+            x = self._aligned(images, angle, shift, deform)
+        out = self.net(x)
         return out[:, : self.zdim], out[:, self.zdim :]
 
-    def _aligned(self, images: Tensor, angle: Tensor, shift: Tensor) -> Tensor:
-        canonical = align_images(images, angle.detach().float(), shift.detach().float())
+    def _aligned(
+        self, images: Tensor, angle: Tensor, shift: Tensor, deform: Tensor | None = None
+    ) -> Tensor:
+        m = None if deform is None else deform.detach().float()
+        canonical = align_images(images, angle.detach().float(), shift.detach().float(), deform=m)
         return canonical.to(images.dtype).flatten(1)
 
 
@@ -208,6 +241,7 @@ class EquivariantEncoder(nn.Module):
         rotations: int,
         hidden: int,
         translation: bool,
+        n_extra: int = 0,
     ) -> None:
         super().__init__()
         self.rotations, self.translation = rotations, translation
@@ -227,6 +261,10 @@ class EquivariantEncoder(nn.Module):
         for _ in range(n_pools(size)):
             coords = symmetric_pool(coords)  # pooled cells keep their exact centres
         self.register_buffer("cell_coords", coords.flatten(2)[0].T.contiguous(), persistent=False)
+        # affine / spline parameters (canonical frame, invariant under rotation of the image):
+        # regressed from the invariant pooled features, like the shift's log-std
+        self.n_extra = n_extra
+        self.extra_head = mlp(2 * width, hidden, 1, 2 * n_extra, "relu") if n_extra else None
 
     def forward(self, images: Tensor) -> BinnedPose:
         """images ``(B, C, D, D)`` -> :class:`BinnedPose`."""
@@ -250,10 +288,16 @@ class EquivariantEncoder(nn.Module):
             shift = att @ self.cell_coords.to(att.dtype)
         else:
             shift = images.new_zeros(images.shape[0], 2)
+        extra = extra_logstd = None
+        if self.extra_head is not None:
+            ex = self.extra_head(torch.cat([g.amax(-1), g.mean(-1)], 1))
+            extra, extra_logstd = ex[:, : self.n_extra], ex[:, self.n_extra :]
         return BinnedPose(
             logits=a[:, 0],
             offset=offset,
             angle_logstd=a[:, 2],
             shift=shift,
             shift_logstd=inv,
+            extra=extra,
+            extra_logstd=extra_logstd,
         )

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emvae.augment import rotate_images
@@ -24,7 +25,7 @@ from emvae.models.generator import (
     SpatialGenerator,
     VanillaGenerator,
 )
-from emvae.models.transform import RigidTransform
+from emvae.models.transform import DeformTransform, RigidTransform, affine_forward
 
 POSE_LOGSTD_OFFSET = math.log(0.1)
 
@@ -68,6 +69,9 @@ class Posterior:
     pose_mu: Tensor
     pose_logstd: Tensor
     bins: RotationBins | None = None
+    # --pose affine: the fitted prior N(nu, diag(tau^2)) on (log s_x, log s_y, shear) as
+    # (nu ``(3,)``, log tau ``(3,)``); None otherwise
+    affine_prior: tuple[Tensor, Tensor] | None = None
     # the learned prior p(z | s) = N(0, diag(s^2)): log s ``(K,)`` (``--prior hyperprior``),
     # None for the standard N(0, I)
     z_prior_logstd: Tensor | None = None
@@ -79,7 +83,10 @@ class Posterior:
         )
         bins = None if self.bins is None else self.bins.float()
         prior = None if self.z_prior_logstd is None else self.z_prior_logstd.float()
-        return Posterior(z_mu, z_logstd, pose_mu, pose_logstd, bins, prior)
+        affine = None
+        if self.affine_prior is not None:
+            affine = (self.affine_prior[0].float(), self.affine_prior[1].float())
+        return Posterior(z_mu, z_logstd, pose_mu, pose_logstd, bins, affine, prior)
 
 
 def mask_index(size: int, radius_px: float) -> Tensor:
@@ -104,7 +111,16 @@ class SpatialVAE(nn.Module):
         config.validate()
         self.config = config
         d, c = config.image_size, config.channels
-        self.transform = RigidTransform(config.rotation, config.translation)
+        self.transform: RigidTransform = (
+            RigidTransform(config.rotation, config.translation)
+            if config.pose == "rigid"
+            else DeformTransform(
+                config.rotation,
+                config.translation,
+                config.affine,
+                config.tps_grid if config.tps else 0,
+            )
+        )
         self.binned = config.binned
         self.theta_vector = config.rotation and not self.binned and config.theta_param == "vector"
         # z from the pose network itself ("shared", the paper's, and whenever no pose is
@@ -123,6 +139,13 @@ class SpatialVAE(nn.Module):
         self.z_prior_logstd = (
             nn.Parameter(torch.zeros(config.zdim)) if config.prior == "hyperprior" else None
         )
+        # --pose affine: seed 004's prior on (log s_x, log s_y, shear), mean and log-std fitted
+        self.affine_prior_mean: nn.Parameter | None = None
+        self.affine_prior_logstd: nn.Parameter | None = None
+        if config.affine:
+            self.affine_prior_mean = nn.Parameter(torch.zeros(3))
+            init = math.log(config.affine_prior_std)
+            self.affine_prior_logstd = nn.Parameter(torch.full((3,), init))
         self.register_buffer("coords", coordinate_grid(d, d), persistent=False)
         # The likelihood sees only pixels inside the circular mask (all pixels without one);
         # the spatial generator is evaluated on those coordinates alone, unless the CTF (a
@@ -140,7 +163,7 @@ class SpatialVAE(nn.Module):
         rotation bins (:class:`RotatedCopies`), else z (when shared) and Gaussian pose means
         (theta as a 2-vector with ``theta_param="vector"``), then their log-stds."""
         if self.binned:
-            return RotatedCopies.OUTPUTS
+            return RotatedCopies.OUTPUTS + 2 * self.config.n_deform
         return 2 * (self.shared_z + self.transform.n_params) + int(self.theta_vector)
 
     def encode(
@@ -162,9 +185,51 @@ class SpatialVAE(nn.Module):
             q.z_mu = q.z_logstd = q.pose_mu.new_zeros(q.pose_mu.shape[0], self.config.zdim)
         elif self.content is not None:
             angle, shift = self.image_frame_pose(q.pose_mu)
-            q.z_mu, q.z_logstd = self.content(images, angle, shift)
+            aligned = self.unwarp(images, q.pose_mu) if self.config.tps else None
+            q.z_mu, q.z_logstd = self.content(
+                images, angle, shift, self.image_frame_deform(q.pose_mu), aligned
+            )
         q.z_prior_logstd = self.z_prior_logstd
+        if self.affine_prior_mean is not None and self.affine_prior_logstd is not None:
+            q.affine_prior = (self.affine_prior_mean, self.affine_prior_logstd)
         return q
+
+    @torch.no_grad()
+    def unwarp(self, images: Tensor, pose: Tensor) -> Tensor:
+        """The images ``(B, C, D, D)`` brought back to the canonical frame by the whole pose
+        ``(B, P)``, spline included: output pixel v samples the image (bilinearly, 0 outside)
+        at the x the generator maps onto v, with the spline inverted to first order
+        (``u = v - f(v)``), then the affine and rigid parts exactly (``x = (u M - dx)
+        R(theta)^T``). z's network sees this with ``--pose tps``."""
+        b, d = pose.shape[0], self.config.image_size
+        pose = pose.float()
+        v = self.coords.float().expand(b, -1, -1)
+        t = self.transform
+        assert isinstance(t, DeformTransform) and t.tps is not None
+        affine, disp = t.deform_parts(pose)
+        assert disp is not None
+        w = v - t.tps(v, disp)
+        if affine is not None:
+            w = w @ affine_forward(affine)
+        theta, shift = t.split(pose)
+        if shift is not None:
+            w = w - shift.unsqueeze(1)
+        if theta is not None:
+            w = w @ rotation_matrix(theta).transpose(-1, -2)
+        grid = torch.stack([w[..., 0], -w[..., 1]], -1).reshape(b, d, d, 2)  # torch: y down
+        out = F.grid_sample(
+            images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+        return out.to(images.dtype)
+
+    def image_frame_deform(self, pose: Tensor) -> Tensor | None:
+        """The object's own affine deformation ``M`` ``(B, 2, 2)`` (row vectors, canonical
+        frame; :func:`emvae.models.transform.affine_forward`) at pose ``(B, P)``, or None
+        without the affine part. The spline is not undone."""
+        if not self.config.affine:
+            return None
+        r = self.config.n_pose
+        return affine_forward(pose[:, r : r + 3])
 
     def image_frame_pose(self, pose: Tensor) -> tuple[Tensor, Tensor]:
         """Model pose ``(B, P)`` -> (counter-clockwise angle ``(B,)`` radians, image-frame
@@ -219,6 +284,9 @@ class SpatialVAE(nn.Module):
             dx = -(shift.unsqueeze(1) @ rotation_matrix(theta_best[:, 0])).squeeze(1)
             pose_mu.append(dx.to(theta.dtype))
             pose_logstd.append((out.shift_logstd + POSE_LOGSTD_OFFSET).expand(-1, 2))
+        if out.extra is not None and out.extra_logstd is not None:  # canonical frame: as seen
+            pose_mu.append(out.extra.to(theta.dtype))
+            pose_logstd.append((out.extra_logstd + POSE_LOGSTD_OFFSET).to(theta.dtype))
         return Posterior(z_mu, z_logstd, torch.cat(pose_mu, 1), torch.cat(pose_logstd, 1), bins)
 
     def decode(
@@ -314,7 +382,10 @@ class SpatialVAE(nn.Module):
         parts = [theta.unsqueeze(-1)]
         if self.config.translation:  # dx_h = dx R(theta_h - theta_best)
             turn = rotation_matrix(theta - q.pose_mu[:, :1])  # (B, k, 2, 2)
-            parts.append((pose[:, None, None, 1:] @ turn).squeeze(2))
+            parts.append((pose[:, None, None, 1:3] @ turn).squeeze(2))
+        r = self.config.n_pose
+        if pose.shape[1] > r:  # affine / spline parameters: the same in every hypothesis
+            parts.append(pose[:, None, r:].expand(-1, theta.shape[1], -1))
         return z, torch.cat(parts, -1)
 
     def canonical(self, z: Tensor) -> Tensor:
@@ -343,7 +414,9 @@ def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
             cfg.activation,
         )
     if net is not None:
-        return RotatedCopies(net, cfg.rotation_bins, cfg.translation) if cfg.binned else net
+        if cfg.binned:
+            return RotatedCopies(net, cfg.rotation_bins, cfg.translation, cfg.n_deform)
+        return net
     if cfg.encoder == "equivariant":
         return EquivariantEncoder(
             cfg.image_size,
@@ -352,6 +425,7 @@ def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
             cfg.rotation_bins,
             cfg.enc_hidden,
             cfg.translation,
+            cfg.n_deform,
         )
     raise ValueError(cfg.encoder)  # unreachable after validate()
 
