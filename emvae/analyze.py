@@ -30,8 +30,6 @@ from matplotlib.figure import Figure
 from emvae.errors import ConfigError, EmvaeError, InputError
 from emvae.latents import latent_columns
 
-#: The folder of a run that :func:`analyze_run` writes (``RUN/analyze``).
-FOLDER = "analyze"
 METHODS = ("kmeans", "gmm")
 #: The one line printed when ``--umap`` is asked for without umap-learn.
 UMAP_HINT = "install umap-learn (pip install 'emvae[umap]')"
@@ -303,7 +301,7 @@ def analyze_run(
     Raises ConfigError for a run without latent dimensions (zdim 0), for ``k`` outside
     1..N, and (``umap``) without umap-learn (:data:`UMAP_HINT`)."""
     from emvae import montage as mt
-    from emvae.run import Run
+    from emvae.run import ANALYZE, Run
 
     r = run if isinstance(run, Run) else Run.open(run)
     config = r.config
@@ -329,7 +327,7 @@ def analyze_run(
     z = table[zs].to_numpy(np.float64)
     if not 1 <= k <= len(z):
         raise ConfigError(f"-k {k}: need 1 <= k <= the number of particles ({len(z)})")
-    dest = Path(out) if out is not None else r.path / FOLDER
+    dest = Path(out) if out is not None else r.path / ANALYZE
     dest.mkdir(parents=True, exist_ok=True)
     model, _, _ = r.model("cpu")
 

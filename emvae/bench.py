@@ -121,6 +121,17 @@ def _config(
     )
 
 
+def simulated(sim: Path, **options) -> tuple[ImageStack, pd.DataFrame]:
+    """The stack and ``truth.csv`` of the ``emvae simulate`` folder ``sim``, simulated first
+    (``options``: :func:`emvae.simulate.write_simulation`'s) when it is not there yet."""
+    from emvae.io import read_stack
+    from emvae.simulate import write_simulation
+
+    if not (sim / "particles.mrcs").exists():
+        write_simulation(sim, **options)
+    return read_stack(sim / "particles.mrcs"), pd.read_csv(sim / "truth.csv")
+
+
 @torch.no_grad()
 def heldout_encoding(model, images: np.ndarray, device: str, seed: int = 0):
     """Per-image one-sample ELBO and z means of held-out images."""
@@ -348,16 +359,11 @@ def run_particles(
     """Paper section 4.3 / Table 1: spatial-VAE (1-D z, rotation + translation, uniform
     rotation prior) vs vanilla VAEs with 1-D and 2-D z on simulated hinge particles; Pearson of
     z with the conformation and circular correlation of theta with the true rotation."""
-    from emvae.io import read_stack
     from emvae.report import compare, match
-    from emvae.simulate import write_simulation
 
     out = Path(out)
-    sim = out / "simulation"
-    if not (sim / "particles.mrcs").exists():
-        write_simulation(sim, n=n, size=size, snr=snr, shift_std_px=2.0, seed=seed, apix=1.0)
-    stack = read_stack(sim / "particles.mrcs")
-    truth = pd.read_csv(sim / "truth.csv")
+    options = {"n": n, "size": size, "snr": snr, "shift_std_px": 2.0, "seed": seed, "apix": 1.0}
+    stack, truth = simulated(out / "simulation", **options)
     rows = []
     for label, model, zdim in (
         ("spatial-VAE", "spatial", 1),
@@ -569,8 +575,7 @@ def run_encoders(
     Writes ``encoders_per_epoch.csv`` (one row per object x snr x encoder x epoch) and
     ``encoders_results.{csv,md}`` (the last epoch, the first epoch reaching circular
     correlation 0.95 and the first with |r| of z >= 0.9)."""
-    from emvae.io import read_stack
-    from emvae.simulate import get_object, write_simulation
+    from emvae.simulate import get_object
 
     out, runs = Path(out), runs or EncoderRuns()
     rows: list[dict] = []
@@ -581,13 +586,9 @@ def run_encoders(
         particle = get_object(name, int(object_seed or 0))
         for snr in snrs:
             sim = out / f"simulation_{object_name.replace(':', '')}_snr{snr:g}"
-            if not (sim / "particles.mrcs").exists():
-                write_simulation(
-                    sim, n=n, size=size, snr=snr, shift_std_px=1.0, seed=seed, apix=1.0,
-                    obj=particle,
-                )  # fmt: skip
-            stack = read_stack(sim / "particles.mrcs")
-            truth = pd.read_csv(sim / "truth.csv")
+            stack, truth = simulated(
+                sim, n=n, size=size, snr=snr, shift_std_px=1.0, seed=seed, apix=1.0, obj=particle
+            )
             for spec in encoders:
                 label = {"object": object_name, "snr": snr, "encoder": spec}
                 r = runs
@@ -746,16 +747,13 @@ def run_time_to_result(
     fit's ``--pixel-fraction``; ``generator`` and ``beta`` compare decoders and the β-VAE
     weight on the same stack (fit's ``--generator``, ``--beta``)."""
     from emvae.config import ModelConfig, RunConfig, TrainConfig
-    from emvae.io import read_stack
-    from emvae.simulate import get_object, write_simulation
+    from emvae.simulate import get_object
 
     out = Path(out)
     name, _, object_seed = obj.partition(":")
     sim = out / f"simulation_{obj.replace(':', '')}_{n}_{size}px_snr{snr:g}"
-    if not (sim / "particles.mrcs").exists():
-        particle = get_object(name, int(object_seed or 0))
-        write_simulation(sim, n=n, size=size, snr=snr, seed=seed, obj=particle)
-    truth = pd.read_csv(sim / "truth.csv")
+    particle = get_object(name, int(object_seed or 0))
+    stack, truth = simulated(sim, n=n, size=size, snr=snr, seed=seed, obj=particle)
     rows: list[dict] = []
     final: list[dict] = []
     for encoder in encoders:
@@ -784,7 +782,7 @@ def run_time_to_result(
             _spent[0] += time.perf_counter() - s0
             return {}
 
-        particles = Particles.of(read_stack(sim / "particles.mrcs"))
+        particles = Particles.of(stack)
         run_dir = out / "runs" / label["encoder"].split()[0]
         fit(particles, config, run_dir, force=True, progress=progress, on_epoch=track)
         rows += per_epoch

@@ -39,14 +39,15 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint onto the CPU, refusing anything that is not an emvae checkpoint."""
+    from emvae.run import CONFIG, LAST
+
     p = Path(path)
     if not p.exists():
         raise InputError(p, "no such checkpoint")
     if p.is_dir():
-        last = p / "checkpoints" / "last.pt"
-        if not last.exists():
-            raise InputError(p, "is a directory without checkpoints/last.pt")
-        p = last
+        if not (p / LAST).exists():
+            raise InputError(p, f"is a directory without {LAST}")
+        p = p / LAST
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a foreign or truncated file
@@ -56,7 +57,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(p, "not an emvae checkpoint")
     if Path(path).is_dir():
-        check_same_run(ckpt, p, Path(path) / "config.json")
+        check_same_run(ckpt, p, Path(path) / CONFIG)
     return ckpt
 
 

@@ -361,6 +361,12 @@ class TrainConfig:
                 raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
 
 
+def fields_of(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``options`` that name fields of the config dataclass ``cls``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in options.items() if k in names}
+
+
 @dataclass
 class DataConfig:
     """Where the images came from, how they were preprocessed and normalised for training.

@@ -43,12 +43,10 @@ from PIL import Image
 from emvae.errors import EmvaeError, InputError
 from emvae.latents import latent_columns
 from emvae.render import PosedGenerator
-from emvae.run import CONFIG, Run
+from emvae.run import CONFIG, EXPLORE, Run
 
 #: The one line printed when the web framework is missing.
 EXPLORE_HINT = "install the explorer's web framework (pip install 'emvae[explore]')"
-#: Where selections are written, inside the run (unless make_app is given another folder).
-FOLDER = "explore"
 #: The most images one /generate request may ask for.
 MAX_BATCH = 1024
 #: Particles whose z set the generator's display range.
@@ -226,7 +224,7 @@ class Explorer:
         self.zdim = self.cfg.zdim
         self.size = self.cfg.image_size
         self.channels = self.cfg.channels
-        self.out_dir = Path(out_dir) if out_dir is not None else run.path / FOLDER
+        self.out_dir = Path(out_dir) if out_dir is not None else run.path / EXPLORE
         self.lock = threading.Lock()  # one forward pass at a time on the model
         self.generator = PosedGenerator(self.model).to(self.device).eval()
         self.batcher = Batcher(self._render_batch, self.lock)

@@ -1,7 +1,7 @@
 """MNIST from IDX files, and the paper's rotated / rotated + translated variants (section 4.2).
 
-Reads the standard four-file layout (``train-images-idx3-ubyte.gz`` ...) or the 10k training
-subset of ``../shared/data/mnist`` (``train10k-*``), gzip or not. Nothing here downloads.
+Reads the standard four-file layout (``train-images-idx3-ubyte.gz`` ...) or a 10k training
+subset in the same format (``train10k-*``), gzip or not. Nothing here downloads.
 """
 
 from __future__ import annotations

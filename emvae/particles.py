@@ -36,7 +36,7 @@ from emvae.data import (
 )
 from emvae.errors import ConfigError, InputError
 from emvae.geometry import model_to_image_pose, pixels_per_unit, shift_std_to_image
-from emvae.io import input_kind, open_stack
+from emvae.io import open_stack
 from emvae.io.stack import ImageStack
 from emvae.io.star_export import Optics, export_table
 from emvae.preprocess import Prepared, Preprocess, prepare_for
@@ -74,8 +74,7 @@ class Particles:
         (Å) forced when given. ``preprocess`` None: the defaults of the input kind (pictures:
         the Galaxy Zoo window, see :meth:`Preprocess.for_input`); ``likelihood`` None: the
         input's (Bernoulli for pictures, else Gaussian)."""
-        first = specs if isinstance(specs, (str, os.PathLike)) else (specs or ["?"])[0]
-        pre = preprocess or Preprocess.for_input(input_kind(first))
+        pre = preprocess or Preprocess.for_inputs(specs)
         stack = open_images(specs, pre, datadir, ind, apix)
         return cls.of(stack, likelihood, normalize, pre, ctf_params)
 
@@ -125,6 +124,11 @@ class Particles:
         return cls(stack, data, prepared)
 
     @classmethod
+    def described(cls, stack: ImageStack, data: DataConfig) -> Particles:
+        """``stack`` prepared as a run's data section ``data`` describes (``--resume``)."""
+        return cls(stack, data, prepare_for(stack, data.preprocess))
+
+    @classmethod
     def like(
         cls,
         data: DataConfig,
@@ -164,7 +168,7 @@ class Particles:
                 fingerprint="",
                 ctf_params=None,
             )
-        return cls(stack, data, prepare_for(stack, data.preprocess))
+        return cls.described(stack, data)
 
     # ------------------------------------------------------------------ what they are
 
@@ -306,6 +310,25 @@ class Particles:
         if d.normalize and not std > 0:
             raise InputError(self.source, "every pixel has the same value; nothing to learn")
         d.mean, d.std = (mean, std) if d.normalize else (0.0, 1.0)
+
+    def ctf_mode(self, choice: str = "auto") -> tuple[str, str | None]:
+        """What ``--ctf`` ``choice`` means for these particles, and why an "auto" is "off"
+        when the input carries some CTF fields (None otherwise). "auto" is "on" with
+        ``--ctf-params`` or when the input carries complete CTF parameters and a pixel size."""
+        if choice != "auto":
+            return choice, None
+        if self.data.ctf_params:  # asked for by name: missing fields are errors
+            return "on", None
+        st = self.stack
+        if st.metadata is None or not ("rlnDefocusU" in st.metadata or "ctf/df1_A" in st.metadata):
+            return "off", None
+        try:
+            ctf_params(st.metadata, st.optics, st.apix or 1.0, st.source)
+            if not st.apix:
+                raise InputError(st.source, "no pixel size (give --apix)")
+        except InputError as e:
+            return "off", str(e)
+        return "on", None
 
     def ctf(self, mode: str) -> np.ndarray | None:
         """Each particle's CTF parameters ``(N, 10)`` (:mod:`emvae.ctf`) at the model's pixel

@@ -87,6 +87,14 @@ class Preprocess:
             kwargs.setdefault("clip", True)
         return cls(size=size, crop=crop or None, jitter=jitter or 0, **kwargs)
 
+    @classmethod
+    def for_inputs(cls, specs: list[str | os.PathLike] | str | os.PathLike, **options):
+        """:meth:`for_input` for the kind of the first of ``specs`` (as the readers take them)."""
+        from emvae.io import input_kind
+
+        first = specs if isinstance(specs, (str, os.PathLike)) else (list(specs) or ["?"])[0]
+        return cls.for_input(input_kind(first), **options)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

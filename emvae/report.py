@@ -32,7 +32,7 @@ from emvae.io.star_export import star_pose
 from emvae.io.tables import read_table
 from emvae.latents import KL_UNUSED, latent_columns, latent_usage, unused_warning
 from emvae.metrics import angular_error_deg, circular_correlation
-from emvae.run import Run
+from emvae.run import ANALYZE, MONTAGE, REPORT, Run
 
 POSE_REFERENCE_COLUMNS = {"theta_deg", "shift_x_px", "shift_y_px", "image", "input_row"}
 #: A simulation's truth also gives the pose in the body's frame (emvae.simulate): compared
@@ -583,7 +583,7 @@ def write_report(
     Returns the JSON content."""
     r = Run.open(run)
     table, metrics, config = r.table(), r.metrics(), r.config
-    dest = Path(out) if out is not None else Path(run) / "report"
+    dest = Path(out) if out is not None else r.path / REPORT
     dest.mkdir(parents=True, exist_ok=True)
     result: dict = {"run": str(run), "particles": len(table), "figures": [], "warnings": []}
     usage = latent_usage(table)
@@ -665,9 +665,7 @@ def write_report(
 def _analysis(run: Path, config: RunConfig, warnings: list[str]) -> dict | None:
     """``RUN/analyze/analyze.json`` (emvae analyze) with its folder, when it describes this
     fit; a warning and None when it was made from another fit of the folder."""
-    from emvae.analyze import FOLDER
-
-    path = run / FOLDER / "analyze.json"
+    path = run / ANALYZE / "analyze.json"
     if not path.exists():
         return None
     try:
@@ -1063,8 +1061,7 @@ def _provenance(result: dict, config: RunConfig) -> list[tuple[str, str]]:
 def _montages(run: Path, result: dict, config: RunConfig) -> list[Shown]:
     """The montages ``emvae montage`` wrote into RUN/montage, as figures of the page; each one
     older than the run's last checkpoint says so (made from an earlier state of the fit)."""
-    folder = run / "montage"
-    last = run / "checkpoints" / "last.pt"
+    folder, last = run / MONTAGE, Run(run).last
     shown = []
     for name in MONTAGES:
         path = folder / name

@@ -5,7 +5,7 @@
     RUN/checkpoints/        last.pt (every epoch) and epoch_NNNN.pt
     RUN/particles.csv|.h5   the particle table (emvae.particles.Particles.table)
     RUN/particles.star      the same poses for RELION
-    RUN/report/, montage/, analyze/   what later commands make of it
+    RUN/report/, montage/, analyze/, explore/   what later commands make of it
 
 :class:`Run` reads a finished (or running) directory for report, montage, align and
 export-star; the functions below it are how :func:`emvae.train.fit` writes one, atomically, and
@@ -35,9 +35,11 @@ METRICS = "metrics.csv"
 CHECKPOINTS = "checkpoints"
 TABLES = ("particles.h5", "particles.csv")  # the first one present is read
 STAR = "particles.star"
+LAST = Path(CHECKPOINTS) / "last.pt"
 OUTPUTS = (CONFIG, METRICS, "particles.csv", "particles.h5", STAR, CHECKPOINTS)
+REPORT, MONTAGE, ANALYZE, EXPLORE = "report", "montage", "analyze", "explore"
 #: Folders of later commands that describe a run; a --force re-run retires them with it.
-DERIVED = ("report", "montage", "analyze")
+DERIVED = (REPORT, MONTAGE, ANALYZE, EXPLORE)
 #: Where a --force re-run trains until its outputs are complete (then they replace the old).
 STAGING = ".emvae-replacing"
 
@@ -71,9 +73,18 @@ class Run:
             self._config = read_config(self.path / CONFIG)
         return self._config
 
+    @classmethod
+    def of(cls, source: str | os.PathLike) -> Run | None:
+        """The run a checkpoint or run directory belongs to (None for a checkpoint file kept
+        elsewhere)."""
+        p = Path(source)
+        if p.is_dir():
+            return cls(p)
+        return cls(p.parent.parent) if p.parent.name == CHECKPOINTS else None
+
     @property
     def last(self) -> Path:
-        return self.path / CHECKPOINTS / "last.pt"
+        return self.path / LAST
 
     def checkpoints(self) -> list[Path]:
         """The numbered checkpoints, oldest first."""
@@ -140,7 +151,7 @@ def check_run_table(table: pd.DataFrame, config: RunConfig, path: Path) -> None:
 
 
 def has_last(out: Path) -> bool:
-    return (out / CHECKPOINTS / "last.pt").exists()
+    return (out / LAST).exists()
 
 
 def check_output_dir(out: str | os.PathLike, force: bool = False) -> None:
@@ -180,7 +191,7 @@ def resume_point(out: Path, work: Path) -> dict[str, Any]:
         )
     if not has_last(work):
         raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
-    last = work / CHECKPOINTS / "last.pt"
+    last = work / LAST
     ckpt = load_checkpoint(last)
     check_same_run(ckpt, last, work / CONFIG)
     return ckpt
@@ -228,7 +239,7 @@ def write_metrics(work: Path, history: list[dict[str, float]], columns: list[str
 
 def write_checkpoint(work: Path, state: dict[str, Any], keep: bool) -> None:
     """checkpoints/last.pt, and a numbered copy ``epoch_NNNN.pt`` when ``keep``."""
-    last = work / CHECKPOINTS / "last.pt"
+    last = work / LAST
     save_checkpoint(last, state)
     if keep:
         shutil.copyfile(last, work / CHECKPOINTS / f"epoch_{state['epoch']:04d}.pt")

@@ -26,10 +26,11 @@ import pandas as pd
 
 from emvae.config import RunConfig
 from emvae.errors import ConfigError, InputError, OutputExistsError
+from emvae.run import ANALYZE
 from emvae.safety import atomic_output
 
 #: Where ``emvae analyze`` writes its per-particle clusters and embeddings.
-CLUSTERS = Path("analyze") / "clusters.csv"
+CLUSTERS = Path(ANALYZE) / "clusters.csv"
 #: Output suffixes; a given OUT ending in one of them is taken as its stem.
 SUFFIXES = (".txt", ".npy", ".star", ".cs")
 

@@ -40,7 +40,6 @@ from emvae.io.stack import ImageStack
 from emvae.models import SpatialVAE
 from emvae.objective import ElboTerms, log_hyperprior, posterior_elbo, weighted_elbo
 from emvae.particles import Particles, check_same
-from emvae.preprocess import prepare_for
 from emvae.progress import TrainingProgress, training_progress
 from emvae.safety import check_free_space
 
@@ -121,15 +120,12 @@ def fit(
         config = RunConfig.from_dict(ckpt["config"])
         config.train.epochs = max(epochs, ckpt["epoch"])
         check_same(stack, config.data)
-        particles = Particles(stack, config.data, prepare_for(stack, config.data.preprocess))
+        particles = Particles.described(stack, config.data)
     else:
-        if not isinstance(particles, Particles):
-            d = config.data
-            particles = (
-                Particles(stack, d, prepare_for(stack, d.preprocess))
-                if d.n_images
-                else Particles.of(stack, config.model.likelihood)
-            )
+        if not isinstance(particles, Particles) and config.data.n_images:
+            particles = Particles.described(stack, config.data)
+        elif not isinstance(particles, Particles):
+            particles = Particles.of(stack, config.model.likelihood)
         particles.check_trainable()
         config.run_id = config.run_id or uuid.uuid4().hex
         config.data = particles.data

@@ -7,8 +7,9 @@ from typing import Literal
 
 import typer
 
-from emvae.analyze import FOLDER, analyze_run
-from emvae_cli.common import SEED_MAX, err_console, user_errors
+from emvae.analyze import analyze_run
+from emvae.run import ANALYZE
+from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
 
 Method = Literal["kmeans", "gmm"]
 
@@ -16,16 +17,22 @@ Method = Literal["kmeans", "gmm"]
 @user_errors
 def analyze(
     run: Path = typer.Argument(..., help="A run directory (emvae fit -o)."),
-    k: int = typer.Option(4, "-k", "--clusters", min=1, help="Number of clusters."),
+    k: int = typer.Option(
+        arg(analyze_run, "k"), "-k", "--clusters", min=1, help="Number of clusters."
+    ),
     method: Method = typer.Option(
-        "kmeans", "--method", help="kmeans (scikit-learn KMeans) or gmm (Gaussian mixture)."
+        arg(analyze_run, "method"),
+        "--method",
+        help="kmeans (scikit-learn KMeans) or gmm (Gaussian mixture).",
     ),
     umap: bool = typer.Option(
         False, "--umap", help="Also a 2-D UMAP of z (needs the umap-learn package)."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the clustering."),
+    seed: int = typer.Option(
+        arg(analyze_run, "seed"), "--seed", min=0, max=SEED_MAX, help="Seed of the clustering."
+    ),
     out: Path | None = typer.Option(
-        None, "-o", "--out", show_default=False, help=f"Folder (default RUN/{FOLDER})."
+        None, "-o", "--out", show_default=False, help=f"Folder (default RUN/{ANALYZE})."
     ),
 ) -> None:
     """Clusters of the particles in z (numbered by size, like RELION's classes) and PCA.
@@ -35,7 +42,7 @@ def analyze(
     by cluster and density, and a walk along each principal component. An earlier analysis in
     the folder is replaced."""
     result = analyze_run(run, out, k, method, umap, seed)
-    dest = out or run / FOLDER
+    dest = out or run / ANALYZE
     for note in result["notes"]:
         err_console.print(note, highlight=False, markup=False)
     sizes = ", ".join(f"{c}: {n}" for c, n in enumerate(result["cluster_sizes"], start=1))

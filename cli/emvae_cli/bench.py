@@ -8,11 +8,11 @@ from pathlib import Path
 import typer
 
 from emvae import bench as bn
-from emvae.config import Generator, RotationBins
+from emvae.config import Generator, ModelConfig, RotationBins, TrainConfig
 from emvae.errors import ConfigError, OutputExistsError
 from emvae.mnist import DATASETS
 from emvae.simulate import OBJECTS, get_object, write_simulation
-from emvae_cli.common import DEVICE_HELP, SEED_MAX, arg, default, err_console, user_errors
+from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, default, err_console, user_errors
 
 Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)
 
@@ -140,7 +140,7 @@ def mnist(
     canvas: int = typer.Option(
         arg(bn.run_mnist, "canvas"), "--canvas", help="Field of rotated+translated MNIST, px."
     ),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     encoders: str = typer.Option(
         _csv(arg(bn.run_mnist, "encoders")),
         "--encoders",
@@ -193,7 +193,7 @@ def particles(
     snr: float = typer.Option(arg(bn.run_particles, "snr"), "--snr"),
     epochs: int = typer.Option(arg(bn.run_particles, "epochs"), "--epochs"),
     hidden: int = typer.Option(arg(bn.run_particles, "hidden"), "--hidden"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Paper Table 1: spatial-VAE (1-D z) vs vanilla VAEs (1-D, 2-D z) on simulated particles."""
@@ -211,7 +211,7 @@ def galaxies(
     epochs: int = typer.Option(arg(bn.run_galaxies, "epochs"), "--epochs"),
     hidden: int = typer.Option(arg(bn.run_galaxies, "hidden"), "--hidden"),
     enc_hidden: int = typer.Option(arg(bn.run_galaxies, "enc_hidden"), "--enc-hidden"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Paper Fig. 5: RGB spatial-VAE on Galaxy Zoo pictures; prior samples."""
@@ -261,7 +261,7 @@ def encoders(
     enc_channels: int = typer.Option(default(bn.EncoderRuns, "enc_channels"), "--enc-channels"),
     lr: float = typer.Option(default(bn.EncoderRuns, "lr"), "--lr"),
     batch_size: int = typer.Option(default(bn.EncoderRuns, "batch_size"), "-b", "--batch-size"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Rotation and conformation recovery per epoch for each inference network and object."""
@@ -350,10 +350,16 @@ def time_to_result(
         None, "--hidden", min=1, help="Both networks' width (default: fit's choice for the box)."
     ),
     pixel_fraction: float = typer.Option(
-        1.0, "--pixel-fraction", help="fit's --pixel-fraction (likelihood on this fraction)."
+        default(TrainConfig, "pixel_fraction"),
+        "--pixel-fraction",
+        help="fit's --pixel-fraction (likelihood on this fraction).",
     ),
-    generator: Generator = typer.Option("spatial", "--generator", help="fit's --generator."),
-    beta: float = typer.Option(1.0, "--beta", help="fit's --beta (weight of z's KL)."),
+    generator: Generator = typer.Option(
+        default(ModelConfig, "generator"), "--generator", help="fit's --generator."
+    ),
+    beta: float = typer.Option(
+        default(TrainConfig, "beta"), "--beta", help="fit's --beta (weight of z's KL)."
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Wall time until fit's defaults find the poses (θ circ. corr. >= 0.95) and the
@@ -396,7 +402,7 @@ def throughput(
     config: str = typer.Option(
         "em,mnist,galaxy", "--config", help="em, mnist, galaxy (the paper's), fit (fit's, 64 px)."
     ),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     precision: str = typer.Option("fp32,bf16", "--precision", help="fp32 and/or bf16."),
     batch: str = typer.Option("100,256", "--batch", help="Batch sizes."),
     steps: int = typer.Option(5, "--steps", help="Timed steps (after 2 warm-up steps)."),
@@ -414,7 +420,9 @@ def throughput(
         None, "--zdim", min=0, help="Latent dimensions (default: the config's)."
     ),
     pixel_fraction: float = typer.Option(
-        1.0, "--pixel-fraction", help="Likelihood on this random fraction of the pixels."
+        default(TrainConfig, "pixel_fraction"),
+        "--pixel-fraction",
+        help="Likelihood on this random fraction of the pixels.",
     ),
 ) -> None:
     """Training-step images/s and the generator's GFLOP/s.

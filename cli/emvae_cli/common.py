@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from emvae.config import TrainConfig
 from emvae.errors import EmvaeError
 
 err_console = Console(stderr=True)
@@ -27,6 +28,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def default(cls: type, name: str) -> Any:
     """The default of dataclass field ``name`` (so help texts cannot disagree with config.py)."""
     return {f.name: f.default for f in dataclasses.fields(cls)}[name]
+
+
+#: --device's default (the training config's).
+DEVICE = default(TrainConfig, "device")
 
 
 def arg(fn: Callable[..., Any], name: str) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from emvae.errors import EmvaeError
-from emvae_cli.common import DEVICE_HELP, err_console, user_errors
+from emvae_cli.common import DEVICE, DEVICE_HELP, err_console, user_errors
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -39,7 +39,7 @@ def explore(
         help="Address to listen on; the default is this machine only (0.0.0.0: every "
         "network interface, without any password).",
     ),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     out: Path | None = typer.Option(
         None,
         "-o",
@@ -85,9 +85,10 @@ def export_onnx(
     from emvae.checkpoint import load_model
     from emvae.errors import OutputExistsError
     from emvae.render import check_onnx, export_onnx, require_onnx
+    from emvae.run import CONFIG, LAST
     from emvae.safety import refuse_inputs_as_outputs
 
-    inputs = [run] if run.is_file() else [run / "checkpoints" / "last.pt", run / "config.json"]
+    inputs = [run] if run.is_file() else [run / LAST, run / CONFIG]
     refuse_inputs_as_outputs([out], inputs)
     if out.exists() and not force:
         raise OutputExistsError(f"{out}: exists; use --force to overwrite")

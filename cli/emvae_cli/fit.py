@@ -31,23 +31,24 @@ from emvae.config import (
     ThetaPrior,
     TrainConfig,
     ZEncoder,
+    fields_of,
 )
-from emvae.ctf import ctf_params as ctf_params_of
 from emvae.ctf import likelihood_ctf
 from emvae.data import resolve_device
 from emvae.encode import encode as encode_stack
-from emvae.errors import ConfigError, InputError, OutputExistsError
+from emvae.errors import ConfigError, OutputExistsError
 from emvae.example import EXAMPLE_OPTIONS, make_example
 from emvae.io import write_table
 from emvae.latents import latent_usage, unused_warning
 from emvae.particles import Particles
-from emvae.preprocess import Normalize
+from emvae.preprocess import Normalize, Preprocess
 from emvae.progress import training_progress
-from emvae.run import DERIVED, OUTPUTS, check_output_dir
+from emvae.run import CHECKPOINTS, DERIVED, METRICS, OUTPUTS, Run, check_output_dir
 from emvae.safety import check_names, check_writable, input_files, refuse_inputs_as_outputs
 from emvae.train import fit as fit_model
 from emvae_cli import inputs as opt
 from emvae_cli.common import (
+    DEVICE,
     DEVICE_HELP,
     SEED_MAX,
     command_line,
@@ -69,26 +70,6 @@ def _h(text: str, cls: type, name: str, example: bool = True) -> str:
     d = WIDTH_DEFAULT if d is None and name.endswith("_hidden") else d
     ex = f"; --example: {EXAMPLE_OPTIONS[name]}" if example and name in EXAMPLE_OPTIONS else ""
     return f"{text} (default {d}{ex})"
-
-
-def ctf_mode(choice: str, images, ctf_params: Path | None, apix: float | None) -> str:
-    """``--ctf``: auto is "on" with ``--ctf-params`` or when the input carries complete CTF
-    parameters (and a pixel size), else "off" (with a note when it carries some but not all)."""
-    if choice != "auto":
-        return choice
-    if ctf_params is not None:  # asked for by name: missing fields are errors
-        return "on"
-    meta = images.metadata
-    if meta is None or not ("rlnDefocusU" in meta or "ctf/df1_A" in meta):
-        return "off"
-    try:
-        ctf_params_of(meta, images.optics, apix or images.apix or 1.0, images.source)
-        if not (apix or images.apix):
-            raise InputError(images.source, "no pixel size (give --apix)")
-    except InputError as e:
-        err_console.print(f"note: the CTF is not modelled: {e}", highlight=False)
-        return "off"
-    return "on"
 
 
 @user_errors
@@ -122,7 +103,7 @@ def fit(
         max=SEED_MAX,
         help="Random seed (initialisation, split, sampling).",
     ),
-    device: str = typer.Option(default(T, "device"), "--device", help=DEVICE_HELP),
+    device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     rotation: bool = typer.Option(
         default(M, "rotation"), "--rotation/--no-rotation", help="Infer rotation."
     ),
@@ -134,7 +115,7 @@ def fit(
         "--theta-prior",
         help="uniform (paper eq. 3, mean not penalised) or gaussian.",
     ),
-    theta_prior_std: float = typer.Option(
+    theta_prior_std_deg: float = typer.Option(
         default(M, "theta_prior_std_deg"),
         "--theta-prior-std",
         help="Rotation prior width s_theta, degrees.",
@@ -160,7 +141,7 @@ def fit(
         "the equivariant encoder, whose poses settle in the first epoch; 5 with mlp/conv "
         "rotation bins; 2 otherwise).",
     ),
-    augment: bool = typer.Option(
+    augment_rotation: bool = typer.Option(
         default(T, "augment_rotation"),
         "--augment/--no-augment",
         help="Random rotation of the inference network's input (only with rotation inference).",
@@ -279,7 +260,7 @@ def fit(
         "--normalize/--no-normalize",
         help="Gaussian: standardise the stack to mean 0, std 1.",
     ),
-    mask_radius: float | None = typer.Option(
+    mask_radius_px: float | None = typer.Option(
         None,
         "--mask-radius",
         show_default=False,
@@ -366,77 +347,35 @@ def fit(
     if example == bool(stacks):
         raise ConfigError("give input images or --example (not both)")
     preset = EXAMPLE_OPTIONS if example else {}
-
-    def pick(name: str, value, cls: type):
-        return value if value is not None else preset.get(name, default(cls, name))
-
     if example:
         stacks = [str(make_example(out / "example", force=force or resume))]
-    last = out / "checkpoints" / "last.pt"
+    last = Run(out).last
     if resume and last.exists():  # read the inputs the way the run being resumed did
         stored = RunConfig.from_dict(load_checkpoint(last)["config"]).data
         datadir, ind = datadir or stored.datadir, ind or stored.ind
         particles = Particles.like(stored, stacks, datadir, ind, apix)
     else:
-        images, pre = opt.open_inputs(
-            stacks, datadir, ind, apix, size, crop, jitter, invert, norm, bg_radius, seed
-        )
-        particles = Particles.of(images, likelihood, normalize, pre, ctf_params)
+        pre = Preprocess.for_inputs(
+            stacks, size=size, crop=crop, jitter=jitter, seed=seed, invert=invert,
+            normalize=norm, bg_radius=bg_radius,
+        )  # fmt: skip
+        particles = Particles.open(
+            stacks, datadir=datadir, ind=ind, apix=apix, preprocess=pre, likelihood=likelihood,
+            normalize=normalize, ctf_params=ctf_params,
+        )  # fmt: skip
     images = particles.stack
     for note in images.notes:
         err_console.print(f"note: {note}", highlight=False)
-    likelihood = likelihood or images.likelihood
-    model = ModelConfig(
-        image_size=particles.size,
-        channels=particles.channels,
-        zdim=pick("zdim", zdim, M),
-        generator=generator,
-        prior=prior,
-        pose=pose,
-        affine_prior_std=affine_prior_std,
-        tps_grid=tps_grid,
-        tps_prior_px=tps_prior_px,
-        gen_hidden=pick("gen_hidden", gen_hidden, M),
-        gen_layers=pick("gen_layers", gen_layers, M),
-        fourier_features=fourier_features,
-        fourier_scale=fourier_scale,
-        encoder=encoder,
-        z_encoder=z_encoder,
-        theta_posterior=theta_posterior,
-        rotation_bins=rotation_bins,
-        hypotheses=hypotheses,
-        enc_channels=pick("enc_channels", enc_channels, M),
-        enc_hidden=pick("enc_hidden", enc_hidden, M),
-        enc_layers=pick("enc_layers", enc_layers, M),
-        activation=activation,
-        rotation=rotation,
-        translation=translation,
-        theta_prior=theta_prior,
-        theta_prior_std_deg=theta_prior_std,
-        shift_prior_px=shift_prior_px,
-        likelihood=likelihood,
-        learn_noise=learn_noise,
-        mask_radius_px=mask_radius,
-        ctf=ctf_mode(ctf, images, ctf_params, apix),
-        ctf_pad=ctf_pad,
-    )
-    train = TrainConfig(
-        epochs=pick("epochs", epochs, T),
-        batch_size=pick("batch_size", batch_size, T),
-        lr=pick("lr", lr, T),
-        seed=seed,
-        z_delay=z_delay,
-        augment_rotation=augment,
-        test_fraction=test_fraction,
-        device=device,
-        amp=amp,
-        checkpoint_every=checkpoint_every,
-        stream=stream,
-        readers=readers,
-        pixel_fraction=pixel_fraction,
-        beta=beta,
-        pose_beta=pose_beta,
-    )
+    ctf_choice, why = particles.ctf_mode(ctf)
+    if why:
+        err_console.print(f"note: the CTF is not modelled: {why}", highlight=False)
+    options = {**preset, **{k: v for k, v in ctx.params.items() if v is not None}}
+    options.update(
+        image_size=particles.size, channels=particles.channels, ctf=ctf_choice,
+        likelihood=likelihood or images.likelihood,
+    )  # fmt: skip
+    model = ModelConfig(**fields_of(ModelConfig, options))
+    train = TrainConfig(**fields_of(TrainConfig, options))
     config = RunConfig(
         model=model,
         train=train,
@@ -471,7 +410,7 @@ def fit(
         f"wrote {out / 'particles.csv'} ({len(result.table)} particles), "
         f"{out / 'particles.h5'}, {out / 'particles.star'} (RELION {result.star_layout}"
         f"{'' if result.star_layout == '3.1' else ': pixel size unknown, origins in px'}), "
-        f"{out / 'metrics.csv'}, {out / 'checkpoints'}",
+        f"{out / METRICS}, {out / CHECKPOINTS}",
         highlight=False,
     )
 
@@ -482,7 +421,7 @@ def encode(
     stacks: list[str] = typer.Argument(..., help=opt.INPUTS_HELP, show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Table to write: .csv or .h5."),
     batch_size: int = typer.Option(256, "-b", "--batch-size", help="Images per batch."),
-    device: str = typer.Option(default(T, "device"), "--device", help=DEVICE_HELP),
+    device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     seed: int = typer.Option(
         default(T, "seed"),
         "--seed",

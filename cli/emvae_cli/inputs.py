@@ -1,12 +1,8 @@
-"""Options every command that reads images shares, and opening the inputs they name."""
+"""Options every command that reads images shares."""
 
 from __future__ import annotations
 
 import typer
-
-from emvae.io import ImageStack, input_kind
-from emvae.particles import open_images
-from emvae.preprocess import Preprocess
 
 INPUTS_HELP = (
     "Images: .mrcs/.mrc, RELION .star, cryoSPARC .cs, .txt list of stacks, .npy, "
@@ -60,25 +56,3 @@ BG_RADIUS = typer.Option(
     show_default=False,
     help="Background radius in output px (default 3/4 of the half box).",
 )
-
-
-def open_inputs(
-    specs: list[str],
-    datadir: str | None,
-    ind: str | None,
-    apix: float | None,
-    size: int | None,
-    crop: int | None,
-    jitter: int | None,
-    invert: bool,
-    norm: str,
-    bg_radius: float | None,
-    seed: int,
-) -> tuple[ImageStack, Preprocess]:
-    """Open what the user named and the preprocessing that suits it (pictures default to
-    the Galaxy Zoo window and size)."""
-    kind = input_kind(specs[0]) if specs else "mrc"
-    pre = Preprocess.for_input(
-        kind, size, crop, jitter, seed=seed, invert=invert, normalize=norm, bg_radius=bg_radius
-    )
-    return open_images(specs, pre, datadir, ind, apix), pre

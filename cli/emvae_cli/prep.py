@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from emvae.particles import Particles
-from emvae.preprocess import CHUNK, Normalize, write_cache
+from emvae.particles import Particles, open_images
+from emvae.preprocess import CHUNK, Normalize, Preprocess, write_cache
 from emvae.progress import training_progress
 from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
 from emvae_cli import inputs as opt
@@ -37,9 +37,11 @@ def preprocess(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:
     """Preprocess once, streaming in chunks, into a cache that fit and encode memory-map."""
-    stack, pre = opt.open_inputs(
-        stacks, datadir, ind, apix, size, crop, jitter, invert, norm, bg_radius, seed
-    )
+    pre = Preprocess.for_inputs(
+        stacks, size=size, crop=crop, jitter=jitter, seed=seed, invert=invert,
+        normalize=norm, bg_radius=bg_radius,
+    )  # fmt: skip
+    stack = open_images(stacks, pre, datadir, ind, apix)
     for note in stack.notes:
         err_console.print(f"note: {note}", highlight=False)
     refuse_inputs_as_outputs([out], input_files(stack.inputs, stack.names))

@@ -18,7 +18,7 @@ from emvae.io.star_export import Optics, export_table, input_star_rows
 from emvae.progress import training_progress
 from emvae.run import Run
 from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
-from emvae_cli.common import DEVICE_HELP, err_console, user_errors
+from emvae_cli.common import DEVICE, DEVICE_HELP, err_console, user_errors
 from emvae_cli.inputs import APIX, DATADIR, IND
 
 SOURCE_HELP = "A run directory (particles.h5 + config.json) or a table (.csv/.h5) from emvae."
@@ -107,7 +107,7 @@ def align(
     datadir: str | None = DATADIR,
     ind: str | None = IND,
     apix: float | None = APIX,
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(1024, "-b", "--batch-size", help="Images per batch."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT and its average."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),

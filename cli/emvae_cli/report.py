@@ -13,8 +13,8 @@ from emvae.checkpoint import load_model
 from emvae.errors import ConfigError, InputError
 from emvae.latents import latent_columns
 from emvae.report import image_key, write_report
-from emvae.run import Run
-from emvae_cli.common import SEED_MAX, err_console, user_errors
+from emvae.run import MONTAGE, REPORT, Run
+from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
 
 
 @user_errors
@@ -31,7 +31,7 @@ def report(
         None, "-o", "--out", show_default=False, help="Folder for the report (default RUN/report)."
     ),
     examples: int = typer.Option(
-        8,
+        arg(write_report, "examples"),
         "--examples",
         min=0,
         help="Held-out particles shown beside their reconstructions (0: none).",
@@ -43,7 +43,7 @@ def report(
     Writes PNGs, report.json and a self-contained report.html (numbered figures with units,
     example particles and their reconstructions, the run's montages, how the run was made)."""
     result = write_report(run, reference, out, examples)
-    dest = out or run / "report"
+    dest = out or run / REPORT
     for key, frame in (("rotation", ""), ("rotation_body", " (body frame)")):
         rot = result.get(key)
         if rot:
@@ -92,11 +92,24 @@ def montage(
     pair: list[str] | None = typer.Option(
         None, "--pair", show_default=False, help="A pair of image names 'A,B' (repeatable)."
     ),
-    steps: int = typer.Option(8, "--steps", min=2, help="Interpolation steps (ends included)."),
-    grid: int = typer.Option(10, "--grid", min=1, help="Manifold grid size for 1-D / 2-D z."),
-    samples: int = typer.Option(8, "--samples", min=1, help="Prior samples: an N x N grid."),
+    steps: int = typer.Option(
+        arg(mt.interpolation, "steps"),
+        "--steps",
+        min=2,
+        help="Interpolation steps (ends included).",
+    ),
+    grid: int = typer.Option(
+        arg(mt.manifold, "n"), "--grid", min=1, help="Manifold grid size for 1-D / 2-D z."
+    ),
+    samples: int = typer.Option(
+        arg(mt.prior_samples, "rows"), "--samples", min=1, help="Prior samples: an N x N grid."
+    ),
     seed: int = typer.Option(
-        0, "--seed", min=0, max=SEED_MAX, help="Seed for pairs and prior samples."
+        arg(mt.prior_samples, "seed"),
+        "--seed",
+        min=0,
+        max=SEED_MAX,
+        help="Seed for pairs and prior samples.",
     ),
     gif: bool = typer.Option(
         True, "--gif/--no-gif", help="Animated GIF along the particles' main axis of z."
@@ -121,9 +134,9 @@ def montage(
     Everything is the generator's mean at theta = 0, dx = 0. Manifold, traversals and the GIF
     span the range of z the run's particles cover (the prior's, given only a checkpoint)."""
     model, config, _ = load_model(source)
-    run = source if source.is_dir() else None
-    run = run or (source.parent.parent if source.parent.name == "checkpoints" else None)
-    dest = out or ((run or source.parent) / "montage")
+    owner = Run.of(source)
+    run = None if owner is None else owner.path
+    dest = out or ((run or source.parent) / MONTAGE)
     dest.mkdir(parents=True, exist_ok=True)
     k = config.model.zdim
     written = []
