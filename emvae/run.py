@@ -38,8 +38,9 @@ STAR = "particles.star"
 LAST = Path(CHECKPOINTS) / "last.pt"
 OUTPUTS = (CONFIG, METRICS, "particles.csv", "particles.h5", STAR, CHECKPOINTS)
 REPORT, MONTAGE, ANALYZE, EXPLORE = "report", "montage", "analyze", "explore"
-#: Folders of later commands that describe a run; a --force re-run retires them with it.
-DERIVED = (REPORT, MONTAGE, ANALYZE, EXPLORE)
+#: Folders of later commands that describe a run; a --force re-run retires them with it. The
+#: explorer's selections (EXPLORE) are the user's picks of input rows: they stay.
+DERIVED = (REPORT, MONTAGE, ANALYZE)
 #: Where a --force re-run trains until its outputs are complete (then they replace the old).
 STAGING = ".emvae-replacing"
 

@@ -1,5 +1,6 @@
 """The command line through Typer's test runner: a real fit, encode, one-line errors, help."""
 
+import dataclasses
 import enum
 import inspect
 import json
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 import typer
 from conftest import SMALL, runner
+from emvae_cli.fit import fit as fit_command
 from emvae_cli.main import app
 
+from emvae.config import ModelConfig, TrainConfig
 from emvae.io import read_table
 
 
@@ -156,6 +159,26 @@ def test_options_with_choices_store_plain_values(tiny_stack, tmp_path):
     assert model["encoder"] == "equivariant" and train["stream"] == "off"
     assert config["data"]["preprocess"]["normalize"] == "image"
     _ok(runner.invoke(app, ["encode", str(out), str(tiny_stack), "-o", str(tmp_path / "e.csv")]))
+
+
+def test_every_fit_option_reaches_config_json_by_its_field_name(tiny_stack, tmp_path):
+    """fit builds ModelConfig/TrainConfig from its options by field name: an option whose name
+    is a field defaults to that field's default, and a value given reaches config.json."""
+    fields = {f.name: f.default for c in (ModelConfig, TrainConfig) for f in dataclasses.fields(c)}
+    params = inspect.signature(fit_command).parameters
+    named = {k: p.default.default for k, p in params.items() if k in fields}
+    assert len(named) > 40 and "theta_prior_std_deg" in named and "augment_rotation" in named
+    for name, value in named.items():  # --ctf auto is resolved from the input
+        assert value is None or value == fields[name] or (name, value) == ("ctf", "auto"), name
+    out = tmp_path / "run"
+    given = [*SMALL, "--theta-prior-std", "30", "--mask-radius", "5", "--no-augment"]
+    given += ["--checkpoint-every", "7", "--fourier-scale", "0.25", "--shift-prior-px", "1.5"]
+    _ok(runner.invoke(app, ["fit", str(tiny_stack), "-o", str(out), *given]))
+    config = json.loads((out / "config.json").read_text())
+    model, train = config["model"], config["train"]
+    assert (model["theta_prior_std_deg"], model["mask_radius_px"]) == (30, 5)
+    assert (model["fourier_scale"], model["shift_prior_px"]) == (0.25, 1.5)
+    assert train["augment_rotation"] is False and train["checkpoint_every"] == 7
 
 
 def _commands(typer_app, path=()):

@@ -96,6 +96,15 @@ def test_montage_command_writes_pictures(run, tmp_path):
     assert r.exit_code == 1 and "'A,B'" in r.output
 
 
+def test_a_checkpoint_knows_its_run(run, tmp_path):
+    """Run.of: a run directory is its own run, checkpoints/*.pt belong to the folder above, a
+    checkpoint copied elsewhere to none."""
+    assert Run.of(run).path == run and Run.of(run / "checkpoints" / "last.pt").path == run
+    copy = tmp_path / "last.pt"
+    copy.write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+    assert Run.of(copy) is None and Run(run).last == run / "checkpoints" / "last.pt"
+
+
 def test_report_numbers_match_the_library_and_rows_match_by_name(run, tmp_path):
     truth = pd.read_csv(run.parent / "sim" / "truth.csv")
     # the reference in another order, its stack named without the folder: matched by name

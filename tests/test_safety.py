@@ -151,12 +151,17 @@ def test_a_force_rerun_on_a_bad_input_leaves_the_old_run_intact(run, tmp_path):
 
 def test_a_complete_force_rerun_replaces_outputs_and_retires_reports(run, tiny_stack):
     old = (run / "particles.csv").read_bytes()
+    for name in ("montage", "analyze", "explore"):
+        (run / name).mkdir(exist_ok=True)
+    (run / "explore" / "picked.txt").write_text("3\n")  # the user's selection: it stays
     r = runner.invoke(
         app, ["fit", str(tiny_stack), "-o", str(run), "--force", "--seed", "7", *SMALL]
     )
     assert r.exit_code == 0, r.output
     assert (run / "particles.csv").read_bytes() != old
-    assert not (run / "report").exists()  # made from the old run: would mislabel the new
+    for name in ("report", "montage", "analyze"):  # made from the old run: would mislabel it
+        assert not (run / name).exists()
+    assert (run / "explore" / "picked.txt").read_text() == "3\n"
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
 
 

@@ -140,44 +140,29 @@ def montage(
     dest.mkdir(parents=True, exist_ok=True)
     k = config.model.zdim
     written = []
+    path_z = z_data = None
     if k == 0:
         written.append(mt.save_png(mt.prior_samples(model, 1, 1), dest / "canonical.png", 4))
-        if config.model.pose != "rigid":
-            written.append(
-                mt.save_png(
-                    mt.pose_traversals(model),
-                    dest / "pose_traversals.png",
-                    labels=mt.pose_traversal_labels(model) if labels else None,
-                )
-            )
     else:
         path_z = _pairs(run, model, pairs, pair or [], steps, seed, dest, written, labels)
         z_data = _posterior_means(run)  # grids span what the particles cover, not the prior
         if k <= 2:
-            written.append(
-                mt.save_png(
-                    mt.manifold(model, grid, z_data),
-                    dest / "manifold.png",
-                    labels=mt.manifold_labels(k, grid, z_data) if labels else None,
-                )
-            )
+            name, tiles = "manifold.png", mt.manifold(model, grid, z_data)
+            tags = mt.manifold_labels(k, grid, z_data)
         else:
-            written.append(
-                mt.save_png(
-                    mt.traversals(model, z_data=z_data),
-                    dest / "traversals.png",
-                    labels=mt.traversal_labels(k, z_data=z_data) if labels else None,
-                )
+            name, tiles = "traversals.png", mt.traversals(model, z_data=z_data)
+            tags = mt.traversal_labels(k, z_data=z_data)
+        written.append(mt.save_png(tiles, dest / name, labels=tags if labels else None))
+    if config.model.pose != "rigid":  # each pose parameter, next to z's traversals
+        z_mid = None if z_data is None else torch.from_numpy(np.median(z_data, 0)).float()
+        written.append(
+            mt.save_png(
+                mt.pose_traversals(model, z=z_mid),
+                dest / "pose_traversals.png",
+                labels=mt.pose_traversal_labels(model) if labels else None,
             )
-        if config.model.pose != "rigid":  # each pose parameter, next to z's traversals
-            z_mid = None if z_data is None else torch.from_numpy(np.median(z_data, 0)).float()
-            written.append(
-                mt.save_png(
-                    mt.pose_traversals(model, z=z_mid),
-                    dest / "pose_traversals.png",
-                    labels=mt.pose_traversal_labels(model) if labels else None,
-                )
-            )
+        )
+    if k:
         written.append(
             mt.save_png(
                 mt.prior_samples(model, samples, samples, seed),
