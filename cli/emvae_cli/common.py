@@ -30,6 +30,13 @@ def default(cls: type, name: str) -> Any:
     return {f.name: f.default for f in dataclasses.fields(cls)}[name]
 
 
+def field_option(cls: type, name: str, text: str, *flags: str, **options: Any) -> Any:
+    """A Typer option for field ``name`` of the config dataclass ``cls``: the field's default,
+    the flag ``--name-with-dashes`` unless ``flags`` are given, help ``text``."""
+    flags = flags or ("--" + name.replace("_", "-"),)
+    return typer.Option(default(cls, name), *flags, help=text, **options)
+
+
 #: --device's default (the training config's).
 DEVICE = default(TrainConfig, "device")
 

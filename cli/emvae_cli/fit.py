@@ -54,6 +54,7 @@ from emvae_cli.common import (
     command_line,
     default,
     err_console,
+    field_option,
     user_errors,
 )
 
@@ -96,33 +97,21 @@ def fit(
     lr: float | None = typer.Option(
         None, "--lr", help=_h("Adam learning rate.", T, "lr"), show_default=False
     ),
-    seed: int = typer.Option(
-        default(T, "seed"),
-        "--seed",
-        min=0,
-        max=SEED_MAX,
-        help="Random seed (initialisation, split, sampling).",
+    seed: int = field_option(
+        T, "seed", "Random seed (initialisation, split, sampling).", min=0, max=SEED_MAX
     ),
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
-    rotation: bool = typer.Option(
-        default(M, "rotation"), "--rotation/--no-rotation", help="Infer rotation."
+    rotation: bool = field_option(M, "rotation", "Infer rotation.", "--rotation/--no-rotation"),
+    translation: bool = field_option(
+        M, "translation", "Infer translation.", "--translation/--no-translation"
     ),
-    translation: bool = typer.Option(
-        default(M, "translation"), "--translation/--no-translation", help="Infer translation."
+    theta_prior: ThetaPrior = field_option(
+        M, "theta_prior", "uniform (paper eq. 3, mean not penalised) or gaussian."
     ),
-    theta_prior: ThetaPrior = typer.Option(
-        default(M, "theta_prior"),
-        "--theta-prior",
-        help="uniform (paper eq. 3, mean not penalised) or gaussian.",
+    theta_prior_std_deg: float = field_option(
+        M, "theta_prior_std_deg", "Rotation prior width s_theta, degrees.", "--theta-prior-std"
     ),
-    theta_prior_std_deg: float = typer.Option(
-        default(M, "theta_prior_std_deg"),
-        "--theta-prior-std",
-        help="Rotation prior width s_theta, degrees.",
-    ),
-    shift_prior_px: float = typer.Option(
-        default(M, "shift_prior_px"), "--shift-prior-px", help="Translation prior std, pixels."
-    ),
+    shift_prior_px: float = field_option(M, "shift_prior_px", "Translation prior std, pixels."),
     likelihood: Likelihood | None = typer.Option(
         None,
         "--likelihood",
@@ -130,9 +119,7 @@ def fit(
         help="gaussian (normalised images; default) or bernoulli ([0,1] pixels; default for "
         "pictures).",
     ),
-    learn_noise: bool = typer.Option(
-        default(M, "learn_noise"), "--learn-noise", help="Gaussian: learn a per-pixel noise std."
-    ),
+    learn_noise: bool = field_option(M, "learn_noise", "Gaussian: learn a per-pixel noise std."),
     z_delay: int | None = typer.Option(
         None,
         "--z-delay",
@@ -141,47 +128,42 @@ def fit(
         "the equivariant encoder, whose poses settle in the first epoch; 5 with mlp/conv "
         "rotation bins; 2 otherwise).",
     ),
-    augment_rotation: bool = typer.Option(
-        default(T, "augment_rotation"),
+    augment_rotation: bool = field_option(
+        T,
+        "augment_rotation",
+        "Random rotation of the inference network's input (only with rotation inference).",
         "--augment/--no-augment",
-        help="Random rotation of the inference network's input (only with rotation inference).",
     ),
-    test_fraction: float = typer.Option(
-        default(T, "test_fraction"), "--test-fraction", help="Held-out fraction for the test ELBO."
-    ),
-    generator: Generator = typer.Option(
-        default(M, "generator"),
-        "--generator",
-        help="spatial (coordinate MLP), vanilla (baseline VAE), or broadcast (Spatial "
+    test_fraction: float = field_option(T, "test_fraction", "Held-out fraction for the test ELBO."),
+    generator: Generator = field_option(
+        M,
+        "generator",
+        "spatial (coordinate MLP), vanilla (baseline VAE), or broadcast (Spatial "
         "Broadcast decoder: z tiled over the rotated, shifted coordinate grid, then a CNN).",
     ),
-    prior: Prior = typer.Option(
-        default(M, "prior"),
-        "--prior",
-        help="Prior on z: standard N(0, I), or hyperprior (N(0, diag(s^2)) with s learned per "
+    prior: Prior = field_option(
+        M,
+        "prior",
+        "Prior on z: standard N(0, I), or hyperprior (N(0, diag(s^2)) with s learned per "
         "dimension under an inverse-gamma hyperprior on s^2; docs/usage.md).",
     ),
-    pose: Pose = typer.Option(
-        default(M, "pose"),
-        "--pose",
-        help="Pose latents: rigid (rotation, shift), affine (plus log-scales along the "
+    pose: Pose = field_option(
+        M,
+        "pose",
+        "Pose latents: rigid (rotation, shift), affine (plus log-scales along the "
         "object's axes and a shear, under a fitted Gaussian prior), tps (rigid plus a "
         "thin-plate spline on a --tps-grid grid of control points), affine-tps (both); "
         "docs/usage.md.",
     ),
-    affine_prior_std: float = typer.Option(
-        default(M, "affine_prior_std"),
-        "--affine-prior-std",
-        help="--pose affine: initial std of the prior on log s_x, log s_y and the shear "
+    affine_prior_std: float = field_option(
+        M,
+        "affine_prior_std",
+        "--pose affine: initial std of the prior on log s_x, log s_y and the shear "
         "(dimensionless; the prior's mean and stds are then fitted).",
     ),
-    tps_grid: int = typer.Option(
-        default(M, "tps_grid"), "--tps-grid", help="--pose tps: g x g control points."
-    ),
-    tps_prior_px: float = typer.Option(
-        default(M, "tps_prior_px"),
-        "--tps-prior-px",
-        help="--pose tps: prior std of each control point's displacement, pixels.",
+    tps_grid: int = field_option(M, "tps_grid", "--pose tps: g x g control points."),
+    tps_prior_px: float = field_option(
+        M, "tps_prior_px", "--pose tps: prior std of each control point's displacement, pixels."
     ),
     gen_hidden: int | None = typer.Option(
         None,
@@ -195,47 +177,43 @@ def fit(
         show_default=False,
         help="Generator hidden layers (broadcast: 3x3 conv layers; default 2, broadcast 4).",
     ),
-    fourier_features: int = typer.Option(
-        default(M, "fourier_features"),
-        "--fourier-features",
-        help="Spatial generator: random Fourier features of the coordinates (0: the paper's "
+    fourier_features: int = field_option(
+        M,
+        "fourier_features",
+        "Spatial generator: random Fourier features of the coordinates (0: the paper's "
         "raw coordinates).",
     ),
-    fourier_scale: float = typer.Option(
-        default(M, "fourier_scale"),
-        "--fourier-scale",
-        help="Std of the Fourier features' frequencies, cycles per pixel.",
+    fourier_scale: float = field_option(
+        M, "fourier_scale", "Std of the Fourier features' frequencies, cycles per pixel."
     ),
-    encoder: EncoderChoice = typer.Option(
-        default(M, "encoder"),
-        "--encoder",
-        help="Inference network: equivariant (group convolution over rotation bins), conv, or "
+    encoder: EncoderChoice = field_option(
+        M,
+        "encoder",
+        "Inference network: equivariant (group convolution over rotation bins), conv, or "
         "mlp (the paper's); auto: equivariant with rotation bins under the uniform prior, "
         "else mlp.",
     ),
-    z_encoder: ZEncoder = typer.Option(
-        default(M, "z_encoder"),
-        "--z-encoder",
-        help="aligned (z from a network on the image turned and shifted back by the inferred "
+    z_encoder: ZEncoder = field_option(
+        M,
+        "z_encoder",
+        "aligned (z from a network on the image turned and shifted back by the inferred "
         "pose: z cannot encode the pose) or shared (the pose network also outputs z: the "
         "paper's; with --theta-posterior gaussian).",
     ),
-    theta_posterior: ThetaPosterior = typer.Option(
-        default(M, "theta_posterior"),
-        "--theta-posterior",
-        help="Rotation posterior: bins (R rotation bins, the most probable summed exactly; "
+    theta_posterior: ThetaPosterior = field_option(
+        M,
+        "theta_posterior",
+        "Rotation posterior: bins (R rotation bins, the most probable summed exactly; "
         "mlp/conv encoders run on R rotated copies), gaussian (the paper's), or auto (bins "
         "with the uniform rotation prior).",
     ),
-    rotation_bins: RotationBins = typer.Option(
-        default(M, "rotation_bins"),
-        "--rotation-bins",
-        help="Rotation bins R (the equivariant encoder's rotations).",
+    rotation_bins: RotationBins = field_option(
+        M, "rotation_bins", "Rotation bins R (the equivariant encoder's rotations)."
     ),
-    hypotheses: int = typer.Option(
-        default(M, "hypotheses"),
-        "--hypotheses",
-        help="Rotation bins: most probable bins summed exactly in the ELBO (2..R; "
+    hypotheses: int = field_option(
+        M,
+        "hypotheses",
+        "Rotation bins: most probable bins summed exactly in the ELBO (2..R; "
         "each costs one generator pass).",
     ),
     enc_channels: int | None = typer.Option(
@@ -252,13 +230,12 @@ def fit(
     enc_layers: int | None = typer.Option(
         None, "--enc-layers", show_default=False, help=_h("Encoder hidden layers.", M, "enc_layers")
     ),
-    activation: Activation = typer.Option(
-        default(M, "activation"), "--activation", help="Nonlinearity of the hidden layers."
-    ),
-    normalize: bool = typer.Option(
-        default(DataConfig, "normalize"),
+    activation: Activation = field_option(M, "activation", "Nonlinearity of the hidden layers."),
+    normalize: bool = field_option(
+        DataConfig,
+        "normalize",
+        "Gaussian: standardise the stack to mean 0, std 1.",
         "--normalize/--no-normalize",
-        help="Gaussian: standardise the stack to mean 0, std 1.",
     ),
     mask_radius_px: float | None = typer.Option(
         None,
@@ -273,9 +250,7 @@ def fit(
         "rendering times its CTF), phase-flip (flip the images' phases once), off; auto: on "
         "when the input carries CTF parameters (STAR rlnDefocusU, .cs ctf/df1_A, --ctf-params).",
     ),
-    ctf_pad: CtfPad = typer.Option(
-        default(M, "ctf_pad"), "--ctf-pad", help="Zero-pad renderings to this x the box."
-    ),
+    ctf_pad: CtfPad = field_option(M, "ctf_pad", "Zero-pad renderings to this x the box."),
     ctf_params: Path | None = typer.Option(
         None,
         "--ctf-params",
@@ -294,45 +269,39 @@ def fit(
     invert: bool = opt.INVERT,
     norm: Normalize = opt.NORM,
     bg_radius: float | None = opt.BG_RADIUS,
-    checkpoint_every: int = typer.Option(
-        default(T, "checkpoint_every"),
-        "--checkpoint-every",
-        help="Keep a numbered checkpoint every N epochs.",
+    checkpoint_every: int = field_option(
+        T, "checkpoint_every", "Keep a numbered checkpoint every N epochs."
     ),
-    amp: bool = typer.Option(
-        default(T, "amp"),
-        "--amp/--no-amp",
-        help="bf16 autocast on CUDA (and CPUs with AMX, where it pays).",
+    amp: bool = field_option(
+        T, "amp", "bf16 autocast on CUDA (and CPUs with AMX, where it pays).", "--amp/--no-amp"
     ),
-    pixel_fraction: float = typer.Option(
-        default(T, "pixel_fraction"),
-        "--pixel-fraction",
-        help="Training steps compare each batch on this random fraction of the pixels (an "
+    pixel_fraction: float = field_option(
+        T,
+        "pixel_fraction",
+        "Training steps compare each batch on this random fraction of the pixels (an "
         "unbiased estimate of the likelihood, cheaper per step); evaluation and the table use "
         "every pixel.",
     ),
-    beta: float = typer.Option(
-        default(T, "beta"),
-        "--beta",
-        help="Weight of z's KL in the objective (beta-VAE; 1: the ELBO). metrics.csv keeps the "
+    beta: float = field_option(
+        T,
+        "beta",
+        "Weight of z's KL in the objective (beta-VAE; 1: the ELBO). metrics.csv keeps the "
         "true ELBO and adds the weighted objective.",
     ),
-    pose_beta: float = typer.Option(
-        default(T, "pose_beta"),
-        "--pose-beta",
-        help="Weight of the rotation and translation KLs in the objective (1: the ELBO).",
+    pose_beta: float = field_option(
+        T, "pose_beta", "Weight of the rotation and translation KLs in the objective (1: the ELBO)."
     ),
-    stream: Stream = typer.Option(
-        default(T, "stream"),
-        "--stream",
-        help="Read batches from disk: on, off, or auto (when the stack exceeds half the RAM).",
+    stream: Stream = field_option(
+        T,
+        "stream",
+        "Read batches from disk: on, off, or auto (when the stack exceeds half the RAM).",
     ),
-    readers: int | None = typer.Option(
-        default(T, "readers"),
-        "--readers",
-        min=0,
-        help="Processes reading a streamed stack (default: 1 on a CPU, up to 4 with CUDA; "
+    readers: int | None = field_option(
+        T,
+        "readers",
+        "Processes reading a streamed stack (default: 1 on a CPU, up to 4 with CUDA; "
         "0 reads in the training loop).",
+        min=0,
         show_default=False,
     ),
     resume: bool = typer.Option(
@@ -422,12 +391,8 @@ def encode(
     out: Path = typer.Option(..., "-o", "--out", help="Table to write: .csv or .h5."),
     batch_size: int = typer.Option(256, "-b", "--batch-size", help="Images per batch."),
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
-    seed: int = typer.Option(
-        default(T, "seed"),
-        "--seed",
-        min=0,
-        max=SEED_MAX,
-        help="Seed of the per-particle ELBO sample.",
+    seed: int = field_option(
+        T, "seed", "Seed of the per-particle ELBO sample.", min=0, max=SEED_MAX
     ),
     datadir: str | None = opt.DATADIR,
     ind: str | None = opt.IND,
