@@ -304,6 +304,9 @@ class ModelConfig:
 #: which takes the equivariant encoder about 2 epochs and the mlp/conv networks on rotated
 #: copies about 5 (docs/benchmarks.md); the paper's is 2.
 Z_DELAY = {"equivariant": 0, "mlp": 5, "conv": 5}
+#: The least z-delay with an affine pose: without it z learns the particles' size before the
+#: pose's scales do and keeps it (docs/benchmarks.md, "Affine pose").
+AFFINE_Z_DELAY = 5
 
 
 @dataclass
@@ -412,10 +415,12 @@ class RunConfig:
             raise ConfigError("--pixel-fraction: the CTF needs every pixel of the rendering")
 
     def resolve(self) -> None:
-        """Fill settings whose default depends on others (the z-delay of the encoder)."""
+        """Fill settings whose default depends on others (the z-delay of the encoder and the
+        pose)."""
         if self.train.z_delay is None:
             rotating = self.model.rotation and self.model.binned
-            self.train.z_delay = Z_DELAY[self.model.encoder] if rotating else 2
+            delay = Z_DELAY[self.model.encoder] if rotating else 2
+            self.train.z_delay = max(delay, AFFINE_Z_DELAY) if self.model.affine else delay
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

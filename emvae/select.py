@@ -26,6 +26,7 @@ import pandas as pd
 
 from emvae.config import RunConfig
 from emvae.errors import ConfigError, InputError, OutputExistsError
+from emvae.io.stack import same_image
 from emvae.run import ANALYZE
 from emvae.safety import atomic_output
 
@@ -232,16 +233,6 @@ class InputRows:
         return {"star": ".star", "cs": ".cs"}.get(self.kind)
 
 
-def _same_image(a: str, b: str) -> bool:
-    """``k@path`` names of one image (same index and file name; folders may be spelt apart)."""
-    ka, _, pa = str(a).partition("@")
-    kb, _, pb = str(b).partition("@")
-    try:
-        return int(ka) == int(kb) and Path(pa).name == Path(pb).name
-    except ValueError:
-        return a == b
-
-
 def _text(b: bytes | str) -> str:
     return b.decode(errors="replace") if isinstance(b, bytes) else str(b)
 
@@ -267,7 +258,7 @@ def _check_rows(
     now = np.asarray(names, dtype=object)[rows]
     for k in np.flatnonzero(images != now):  # spelt alike, or the same image spelt apart?
         row, image = int(rows[k]), images[k]
-        if not _same_image(image, names[row]):
+        if not same_image(image, names[row]):
             raise InputError(
                 path,
                 f"row {row} is now {names[row]} but the run's particle {k + 1} was {image}: "

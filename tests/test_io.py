@@ -10,6 +10,7 @@ from conftest import DATA, real_data
 from emvae.data import load_images, normalize_, tensor_statistics
 from emvae.errors import InputError
 from emvae.io import read_stack, read_table, write_table
+from emvae.io.stack import same_image
 
 
 def test_mrc_stack_is_memory_mapped_with_1_based_names(write_stack):
@@ -59,6 +60,12 @@ def test_real_relion_stack_reads():
 
 def _msg(excinfo):
     return str(excinfo.value)
+
+
+def test_same_image_ignores_folders_and_index_padding_only():
+    assert same_image("000012@Extract/job7/a.mrcs", "12@/data/a.mrcs")
+    assert not same_image("12@a.mrcs", "13@a.mrcs") and not same_image("12@a.mrcs", "12@b.mrcs")
+    assert same_image("pics/g1.png", "pics/g1.png") and not same_image("a/g1.png", "b/g1.png")
 
 
 def test_missing_file(tmp_path):

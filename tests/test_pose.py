@@ -157,6 +157,26 @@ def test_deform_kl_matches_torch_distributions():
     assert kl_deform(ModelConfig(image_size=21), mu[:, :3], ls[:, :3], None) is None
 
 
+@pytest.mark.parametrize(
+    "encoder, pose, given, expected",
+    [
+        ("equivariant", "rigid", None, 0),
+        ("mlp", "rigid", None, 5),
+        ("equivariant", "affine", None, 5),
+        ("equivariant", "affine-tps", None, 5),
+        ("equivariant", "tps", None, 0),
+        ("equivariant", "affine", 1, 1),
+    ],
+)
+def test_affine_poses_default_to_a_z_delay_of_five(encoder, pose, given, expected):
+    """z would learn the size before the affine pose does (docs/benchmarks.md, "Affine
+    pose"); an explicit --z-delay still wins."""
+    cfg = RunConfig(ModelConfig(image_size=16, encoder=encoder, pose=pose))
+    cfg.train.z_delay = given
+    cfg.resolve()
+    assert cfg.train.z_delay == expected
+
+
 def test_old_configs_load_as_rigid_and_the_rigid_model_is_unchanged():
     d = RunConfig(ModelConfig(image_size=16)).to_dict()
     for key in ("pose", "affine_prior_std", "tps_grid", "tps_prior_px"):

@@ -126,7 +126,7 @@ def fit(
         show_default=False,
         help="Epochs with z held at 0 at the start, while the poses settle (default: 0 with "
         "the equivariant encoder, whose poses settle in the first epoch; 5 with mlp/conv "
-        "rotation bins; 2 otherwise).",
+        "rotation bins; 2 otherwise; at least 5 with --pose affine or affine-tps).",
     ),
     augment_rotation: bool = field_option(
         T,

@@ -13,6 +13,7 @@ from emvae.config import RunConfig
 from emvae.data import resolve_device
 from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.io import open_stack, read_table, write_mrc
+from emvae.io.stack import same_image
 from emvae.io.star import _pixel_size as star_pixel_size
 from emvae.io.star_export import Optics, export_table, input_star_rows
 from emvae.progress import training_progress
@@ -135,7 +136,7 @@ def align(
         raise InputError(
             images.source, f"holds {len(images)} images but the table has {len(names)} rows"
         )
-    same = [_same_image(a, b) for a, b in zip(names, images.names, strict=True)]
+    same = [same_image(a, b) for a, b in zip(names, images.names, strict=True)]
     if not all(same):
         k = same.index(False)
         raise InputError(
@@ -155,23 +156,13 @@ def align(
     err_console.print(f"wrote {out} ({len(images)} images) and {avg_path}", highlight=False)
 
 
-def _same_image(a: str, b: str) -> bool:
-    """``k@path`` names of one image (same index and file name; folders may be spelt apart)."""
-    ka, _, pa = a.partition("@")
-    kb, _, pb = b.partition("@")
-    try:
-        return int(ka) == int(kb) and Path(pa).name == Path(pb).name
-    except ValueError:
-        return a == b
-
-
 def _check_names(table: pd.DataFrame, particles: pd.DataFrame, star: Path) -> None:
     """The table's images must be the STAR rows its poses are attached to."""
     if "image" not in table or "rlnImageName" not in particles:
         return
     names = particles["rlnImageName"].astype(str).tolist()
     for k, (a, b) in enumerate(zip(table["image"].astype(str), names, strict=True)):
-        if not _same_image(a, b):
+        if not same_image(a, b):
             raise InputError(
                 star,
                 f"row {table['input_row'].iloc[k]} is {b} but the table's particle {k + 1} is "

@@ -12,6 +12,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,17 @@ class ImageStack:
             notes=list(self.notes),
             inputs=list(self.inputs),
         )
+
+
+def same_image(a: str, b: str) -> bool:
+    """Whether two ``k@path`` names are one image: the same 1-based index and file name (the
+    folders may be spelt apart). Names without an index must be equal."""
+    ka, _, pa = str(a).partition("@")
+    kb, _, pb = str(b).partition("@")
+    try:
+        return int(ka) == int(kb) and Path(pa).name == Path(pb).name
+    except ValueError:
+        return a == b
 
 
 class StackNames(Sequence[str]):
