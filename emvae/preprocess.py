@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import scipy.fft
@@ -88,7 +88,9 @@ class Preprocess:
         return cls(size=size, crop=crop or None, jitter=jitter or 0, **kwargs)
 
     @classmethod
-    def for_inputs(cls, specs: list[str | os.PathLike] | str | os.PathLike, **options):
+    def for_inputs(
+        cls, specs: list[str | os.PathLike] | str | os.PathLike, **options: Any
+    ) -> Preprocess:
         """:meth:`for_input` for the kind of the first of ``specs`` (as the readers take them)."""
         from emvae.io import input_kind
 

@@ -178,6 +178,7 @@ def render_blobs(
     size: int,
     chunk: int = 512,
     stretch: np.ndarray | None = None,
+    bend: np.ndarray | None = None,
 ) -> np.ndarray:
     """Render blob molecules posed in the image frame.
 
@@ -185,6 +186,9 @@ def render_blobs(
     ``theta_deg`` ``(n,)`` about the box centre and its centre moved to ``shift_px`` ``(n, 2)``.
     ``stretch`` ``(n, 2)``: before that, the whole molecule (blobs included) is magnified by
     these factors along its own x and y axes about its centre (the affine pose's s_x, s_y).
+    ``bend`` ``(n,)``: before the stretch, each point u of the molecule (coordinate units) is
+    moved to ``u + (0, bend * u_x^2)``: a bend b lifts both ends by ``b * x^2`` (b > 0: up in
+    the canonical frame), a warp no affine pose can take and a thin-plate spline can.
     Returns float32 images ``(n, size, size)``, row 0 at the top.
     """
     grid = coordinate_grid(size, size, dtype=torch.float64)  # (N, 2)
@@ -192,8 +196,8 @@ def render_blobs(
     out = np.empty((len(centres), size, size), dtype=np.float32)
     sig = torch.as_tensor(sigmas)
     amp = torch.as_tensor(amps)
-    if stretch is not None:
-        return _render_stretched(centres, sig, amp, theta_deg, shift_px, size, chunk, stretch)
+    if stretch is not None or bend is not None:
+        return _render_deformed(centres, sig, amp, theta_deg, shift_px, size, chunk, stretch, bend)
     for s in range(0, len(centres), chunk):
         c = torch.as_tensor(np.ascontiguousarray(centres[s : s + chunk]))
         t = torch.deg2rad(torch.as_tensor(theta_deg[s : s + chunk], dtype=torch.float64))
@@ -208,9 +212,10 @@ def render_blobs(
     return out
 
 
-def _render_stretched(centres, sig, amp, theta_deg, shift_px, size, chunk, stretch) -> np.ndarray:
-    """:func:`render_blobs` with a stretch: every pixel is taken back to the canonical frame
-    (shift, then the turn, then the stretch undone) and the blobs are evaluated there."""
+def _render_deformed(centres, sig, amp, theta_deg, shift_px, size, chunk, stretch, bend):
+    """:func:`render_blobs` with a stretch and/or a bend: every pixel is taken back to the
+    canonical frame (shift, then the turn, the stretch and the bend undone; the bend's inverse
+    is exact, since it keeps x) and the blobs are evaluated there."""
     grid = coordinate_grid(size, size, dtype=torch.float64)
     h = pixels_per_unit(size)
     out = np.empty((len(centres), size, size), dtype=np.float32)
@@ -222,7 +227,10 @@ def _render_stretched(centres, sig, amp, theta_deg, shift_px, size, chunk, stret
         back = torch.stack(
             [cos * p[..., 0] + sin * p[..., 1], -sin * p[..., 0] + cos * p[..., 1]], -1
         )
-        v = back / torch.as_tensor(stretch[s : s + chunk])[:, None, :]
+        v = back if stretch is None else back / torch.as_tensor(stretch[s : s + chunk])[:, None, :]
+        if bend is not None:
+            b = torch.as_tensor(bend[s : s + chunk], dtype=torch.float64)[:, None]
+            v = torch.stack([v[..., 0], v[..., 1] - b * v[..., 0] ** 2], -1)
         d2 = ((v[:, :, None, :] - c[:, None, :, :]) ** 2).sum(-1)  # (b, N, M)
         img = (amp * torch.exp(-d2 / (2 * sig**2))).sum(-1)
         out[s : s + chunk] = img.reshape(-1, size, size).numpy()
@@ -252,6 +260,7 @@ def simulate_particles(
     obj: BlobObject = HINGE,
     scale_std: float = 0.0,
     stretch_std: float = 0.0,
+    bend_std: float = 0.0,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """``n`` noisy particles of ``obj`` with uniform conformations in [0, 1], uniform
     rotations and Gaussian shifts.
@@ -268,7 +277,9 @@ def simulate_particles(
     ``scale_std``, ``stretch_std``: each molecule is also magnified about its centre, along its
     own axes, by :func:`draw_stretch`'s factors; ``truth`` then has ``scale_x``, ``scale_y``
     (what ``--pose affine`` reports; the consensus shift is moved with the stretch, the
-    consensus turn is the unstretched molecule's).
+    consensus turn is the unstretched molecule's). ``bend_std``: each molecule is also bent
+    (:func:`render_blobs`' ``bend``, b ~ N(0, bend_std^2), drawn from its own generator);
+    ``truth`` then has ``bend`` (the consensus pose is the unbent molecule's).
     """
     rng = np.random.default_rng(seed)
     conf = rng.uniform(0.0, 1.0, n)
@@ -276,7 +287,8 @@ def simulate_particles(
     shift = rng.normal(0.0, shift_std_px, (n, 2)) if shift_std_px > 0 else np.zeros((n, 2))
     centres, sigmas, amps = obj.blobs(conf)
     stretch = draw_stretch(n, scale_std, stretch_std, seed)
-    clean = render_blobs(centres, sigmas, amps, theta, shift, size, stretch=stretch)
+    bend = np.random.default_rng([seed, 23]).normal(0.0, bend_std, n) if bend_std > 0 else None
+    clean = render_blobs(centres, sigmas, amps, theta, shift, size, stretch=stretch, bend=bend)
     if np.isfinite(snr):
         noise_std = float(np.sqrt(clean.var() / snr))
         images = clean + rng.normal(0.0, noise_std, clean.shape).astype(np.float32)
@@ -297,6 +309,8 @@ def simulate_particles(
     )
     if stretch is not None:
         truth["scale_x"], truth["scale_y"] = stretch[:, 0], stretch[:, 1]
+    if bend is not None:
+        truth["bend"] = bend
     return images.astype(np.float32), truth
 
 
@@ -388,6 +402,7 @@ def write_simulation(
     astigmatism_um: float = 0.0,
     scale_std: float = 0.0,
     stretch_std: float = 0.0,
+    bend_std: float = 0.0,
 ) -> Path:
     """Write ``particles.mrcs``, ``particles.star`` (RELION 3.1, the true poses) and
     ``truth.csv`` of ``n`` particles of ``obj`` into ``out_dir``; returns the stack's path.
@@ -398,7 +413,7 @@ def write_simulation(
     measured after it. ``astigmatism_um`` splits defocus U and V by that much, at a random
     angle per particle. The STAR file and ``truth.csv`` (``defocus_um``, the mean) carry them.
     ``scale_std``, ``stretch_std``: see :func:`simulate_particles` (``truth.csv`` gets
-    ``scale_x``, ``scale_y``; the STAR file keeps the rigid poses).
+    ``scale_x``, ``scale_y``; the STAR file keeps the rigid poses), ``bend_std`` (``bend``).
     """
     from emvae.ctf import COLUMNS, apply_ctf
     from emvae.io import write_mrc
@@ -409,12 +424,13 @@ def write_simulation(
     meta = None
     if defocus_um is None:
         images, truth = simulate_particles(
-            n, size, snr, shift_std_px, seed, obj=obj, scale_std=scale_std, stretch_std=stretch_std
-        )
+            n, size, snr, shift_std_px, seed, obj=obj, scale_std=scale_std,
+            stretch_std=stretch_std, bend_std=bend_std,
+        )  # fmt: skip
     else:
         clean, truth = simulate_particles(
             n, size, float("inf"), shift_std_px, seed, obj=obj, scale_std=scale_std,
-            stretch_std=stretch_std,
+            stretch_std=stretch_std, bend_std=bend_std,
         )  # fmt: skip
         rng = np.random.default_rng(seed + 1)
         if isinstance(defocus_um, (int, float, np.number)):  # one value (np.isscalar)

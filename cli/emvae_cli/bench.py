@@ -76,6 +76,13 @@ def simulate(
         help="Each particle stretched along its own x and y axes by exp(+t), exp(-t), "
         "t ~ N(0, T^2).",
     ),
+    bend_std: float = typer.Option(
+        0.0,
+        "--bend-std",
+        min=0,
+        help="Each particle bent: the point (x, y) of the molecule moves to (x, y + b x^2), "
+        "coordinates in half-boxes, b ~ N(0, B^2) (truth.csv gets bend; --pose tps models it).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT's files."),
 ) -> None:
     """Simulated particles with known poses and conformations.
@@ -90,8 +97,9 @@ def simulate(
     particle = get_object(obj.value, object_seed)
     df = None if defocus is None else _defocus_range(defocus)
     stack = write_simulation(
-        out, n, size, snr, shift_std, seed, apix, df, particle, astigmatism, scale_std, stretch_std
-    )
+        out, n, size, snr, shift_std, seed, apix, df, particle, astigmatism, scale_std, stretch_std,
+        bend_std,
+    )  # fmt: skip
     err_console.print(
         f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}", highlight=False
     )
