@@ -31,7 +31,7 @@ def main(run_dir: str, sim: str) -> dict:
     out: dict = {"run": run_dir}
     for factor in ("conformation", "bend"):
         out[f"z_vs_{factor}_abs_r"] = max(
-            abs(np.corrcoef(table[z], truth[factor])[0, 1]) for z in zs
+            (abs(np.corrcoef(table[z], truth[factor])[0, 1]) for z in zs), default=None
         )
     fitted, body = np.radians(table["theta_deg"]), np.radians(truth["theta_body_deg"])
     phi = float(np.angle(np.mean(np.exp(1j * (fitted - body)))))

@@ -81,7 +81,7 @@ def simulate(
         "--bend-std",
         min=0,
         help="Each particle bent: the point (x, y) of the molecule moves to (x, y + b x^2), "
-        "coordinates in half-boxes, b ~ N(0, B^2) (truth.csv gets bend; --pose tps models it).",
+        "coordinates in half-boxes, b ~ N(0, B^2) (truth.csv gets bend; test data for --pose tps).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT's files."),
 ) -> None:
