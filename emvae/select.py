@@ -2,7 +2,8 @@
 
 A selection is made on the run's particle table (``particles.csv``: one row per fitted image)
 by cluster (``RUN/analyze/clusters.csv`` from ``emvae analyze``), by a condition on the table's
-columns (``DataFrame.query`` syntax) or by a list of input rows. What is written names the
+columns (:mod:`emvae.query`: comparisons, and/or/not, arithmetic, a few functions; never
+evaluated as Python) or by a list of input rows. What is written names the
 selected particles by their ``input_row`` (0-based row of the run's input file: STAR or .cs
 row, or position in the stack), so it applies to the input the run was fitted on:
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import pandas as pd
 from emvae.config import RunConfig
 from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.io.stack import same_image
+from emvae.query import condition_mask
 from emvae.run import ANALYZE
 from emvae.safety import atomic_output
 
@@ -108,34 +109,6 @@ def query_frame(table: pd.DataFrame, clusters: pd.DataFrame | None = None) -> pd
     return pd.concat([frame, added], axis=1)
 
 
-def _query_mask(frame: pd.DataFrame, query: str) -> np.ndarray:
-    """The boolean mask ``frame.query(query)`` would keep, each failure one clear line."""
-    where = f"--query {query!r}"
-    if not query.strip():
-        raise ConfigError(f"{where}: an empty condition")
-    try:
-        result = frame.eval(query)  # what DataFrame.query evaluates before indexing
-    except pd.errors.UndefinedVariableError as e:
-        m = re.search(r"name '(.+?)' is not defined", str(e))
-        name = m.group(1) if m else str(e)
-        raise ConfigError(
-            f"{where}: no column {name!r} (columns: {', '.join(map(str, frame.columns))})"
-        ) from None
-    except SyntaxError as e:
-        raise ConfigError(f"{where}: not a valid condition ({e.msg})") from None
-    except Exception as e:  # pandas raises assorted errors for expressions it cannot evaluate
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise ConfigError(f"{where}: cannot be evaluated ({type(e).__name__}: {msg})") from None
-    if not isinstance(result, pd.Series) or len(result) != len(frame):
-        raise ConfigError(f"{where}: is not a condition on each particle's columns")
-    if result.dtype.kind != "b" and str(result.dtype) != "boolean":
-        raise ConfigError(
-            f"{where}: gives {result.dtype} values, not true/false for each particle "
-            "(compare a column: 'z1 > 0.5')"
-        )
-    return result.fillna(False).to_numpy(dtype=bool)
-
-
 def select_rows(
     table: pd.DataFrame,
     *,
@@ -150,7 +123,7 @@ def select_rows(
 
     * ``clusters``: cluster numbers (1-based) of ``cluster_table`` (``analyze/clusters.csv``,
       rows matched to the table by ``image`` name);
-    * ``query``: a condition in ``DataFrame.query`` syntax on the table's columns (``image``,
+    * ``query``: a condition (:func:`emvae.query.condition_mask`) on the table's columns (``image``,
       ``input_row``, ``theta_deg``, ``shift_x_px``, ..., ``theta_prob``, ``z1``.., ``elbo``,
       ``split``) and, given ``cluster_table``, its columns (``cluster``, ``PC1``.., ...);
     * ``indices``: 0-based input rows, i.e. values of the table's ``input_row`` column.
@@ -181,7 +154,7 @@ def select_rows(
         mask = frame["cluster"].isin(clusters).to_numpy(dtype=bool)
         what = f"--cluster {','.join(map(str, clusters))}"
     elif query is not None:
-        mask = _query_mask(query_frame(table, cluster_table), query)
+        mask = condition_mask(query_frame(table, cluster_table), query)
         what = f"--query {query!r}"
     else:
         if "input_row" not in table:

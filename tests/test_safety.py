@@ -621,3 +621,99 @@ def test_an_unwritable_output_gets_one_line(run, tiny_stack, tmp_path, make):
     assert r.exit_code == 1, r.output
     assert str(bad) in r.output and "Traceback" not in r.output, r.output
     assert bad.read_text() == "not a folder"
+
+
+# ---------------------------------------------------------------------------------------------
+# Code from user input: a --query condition never reaches Python (issue 38).
+
+HOSTILE_QUERIES = [
+    "@os.system('touch pwned') == 0",
+    "z1 > @pd.io.common.os.system('id > x')",
+    "@frame.to_csv('x.csv')",
+    "@np.save('x',1)",
+    "@pd.read_csv('/etc/passwd')",
+    "@frame.__class__.__init__.__globals__['os']",
+    "z1.__class__.__init__.__globals__ == 1",
+    "__import__('os').system('touch pwned') == 0",
+    "open('x.csv', 'w') == 1",
+    "(lambda: 1)() == 1",
+    "z1[0] > 1",
+    "[z for z in z1] == 1",
+    "z1.to_csv('x.csv') == 1",
+    "f'{z1}' == 'a'",
+    "abs(z1, key=print) > 1",
+    "image * 10**12 == 'a'",
+    "'a' * 10**12 == image",
+    "(((2.0 ** 64) ** 64) ** 64) ** 64 > 1",
+    "z1 > 0 and " * 120 + "z1 > 0",
+]
+
+
+@pytest.mark.parametrize("query", HOSTILE_QUERIES)
+def test_a_condition_is_never_evaluated_as_python(query, monkeypatch, tmp_path):
+    """Each hostile condition is refused with one ConfigError line, calls nothing and writes
+    nothing; pandas' DataFrame.eval (which resolves @names in the caller's scope) is never
+    used."""
+    from emvae.errors import ConfigError
+    from emvae.query import condition_mask
+
+    monkeypatch.chdir(tmp_path)
+    called = []
+    monkeypatch.setattr(os, "system", lambda *a: called.append(a) or 0)
+    monkeypatch.setattr(pd.DataFrame, "eval", lambda *a, **k: called.append(a))
+    frame = pd.DataFrame({"z1": [0.5, -0.5], "image": ["1@a.mrcs", "2@a.mrcs"]})
+    with pytest.raises(ConfigError) as e:
+        condition_mask(frame, query)
+    assert str(e.value).startswith("--query ") and "\n" not in str(e.value)
+    assert called == [] and list(tmp_path.iterdir()) == []
+
+
+def test_select_refuses_hostile_queries_and_creates_nothing(run, tmp_path, monkeypatch):
+    """The command as the hostile user ran it: one line each, no output, no file anywhere."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = _digest(tmp_path)
+    for query in HOSTILE_QUERIES[:6]:
+        r = runner.invoke(app, ["select", str(run), "-o", "s", "--query", query])
+        assert r.exit_code == 1, (query, r.output)
+        assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+        assert "python variables" in r.output.lower(), r.output
+    assert list(work.iterdir()) == [] and _digest(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("query", "rows"),
+    [
+        ("z1 > 0", [0, 2]),
+        ("z1 > 0 and z2 < 3", [0]),
+        ("z1 > 0 & z2 < 3", [0]),  # pandas' & with pandas' precedence
+        ("z1 > 0 | z2 == 4", [0, 2, 3]),
+        ("not z1 > 0", [1, 3]),
+        ("~(z1 > 0)", [1, 3]),
+        ("-1 < z1 < 1", [0, 1]),
+        ("cluster in [1, 3]", [0, 2, 3]),
+        ("cluster not in (1,)", [1, 2]),
+        ("abs(z1) < 1", [0, 1]),
+        ("sqrt(z2) >= 2", [3]),
+        ("z2 % 2 == 0 and z2 ** 2 > 4", [3]),
+        ("split == 'test'", [1]),
+        ("`odd name` >= 3", [2, 3]),
+        ("z1 == z1", [0, 1, 2]),  # a missing value fails every comparison
+        ("isnan(z1)", [3]),
+    ],
+)
+def test_conditions_select_what_they_say(query, rows):
+    from emvae.query import condition_mask
+
+    frame = pd.DataFrame(
+        {
+            "z1": [0.1, -0.6, 2.0, np.nan],
+            "z2": [1, 2, 3, 4],
+            "cluster": [1, 2, 3, 1],
+            "split": ["train", "test", "train", "train"],
+            "odd name": [1, 2, 3, 4],
+        }
+    )
+    assert np.flatnonzero(condition_mask(frame, query)).tolist() == rows
+

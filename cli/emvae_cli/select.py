@@ -45,8 +45,9 @@ def select(
         None,
         "--query",
         show_default=False,
-        help="A condition on the particle table's columns, pandas DataFrame.query syntax "
-        "('z1 > 0.5 and theta_prob > 0.9'); analyze/clusters.csv's columns too when present.",
+        help="A condition on the particle table's columns ('z1 > 0.5 and theta_prob > 0.9', "
+        "'cluster in [1, 3]', 'abs(z2) < 1'); analyze/clusters.csv's columns too when present. "
+        "Comparisons, and/or/not, arithmetic and a few functions; never run as Python.",
     ),
     indices: Path | None = typer.Option(
         None,
