@@ -33,6 +33,8 @@ from emvae.errors import ConfigError
 #: The environment variable that overrides the choice between bars and lines.
 PROGRESS_ENV = "EMVAE_PROGRESS"
 PROGRESS_MODES = ("auto", "live", "plain")
+#: Within an epoch, plain lines report the images done at least this often (seconds).
+REPORT_EVERY_S = 60.0
 
 Advance = Callable[..., None]
 
@@ -44,8 +46,9 @@ class TrainingProgress:
     def start(self, first_epoch: int, total_epochs: int) -> None:
         """Epochs ``first_epoch + 1 .. total_epochs`` are about to run."""
 
-    def epoch_start(self, epoch: int, n_steps: int) -> None:
-        """Epoch ``epoch`` begins; it takes ``n_steps`` optimiser steps."""
+    def epoch_start(self, epoch: int, n_steps: int, n_images: int = 0) -> None:
+        """Epoch ``epoch`` begins; it takes ``n_steps`` optimiser steps over ``n_images``
+        images (0: not said)."""
 
     def step(self, stats: str = "") -> None:
         """One step of the current epoch is done (``stats``: the running figures)."""
@@ -75,13 +78,18 @@ class LiveProgress(TrainingProgress):
             "epochs", total=total_epochs, completed=first_epoch, stats=""
         )
 
-    def epoch_start(self, epoch: int, n_steps: int) -> None:
+    def epoch_start(self, epoch: int, n_steps: int, n_images: int = 0) -> None:
         if self._steps is not None:
             self._p.remove_task(self._steps)
         self._steps = self._p.add_task(f"epoch {epoch}", total=n_steps, stats="")
+        self._per_step = n_images / n_steps if n_steps and n_images else 0.0
 
     def step(self, stats: str = "") -> None:
         assert self._steps is not None, "epoch_start() comes first"
+        task = self._p.tasks[self._p.task_ids.index(self._steps)]
+        speed = task.speed  # steps/s, Rich's running estimate
+        if speed and self._per_step:
+            stats = f"{speed * self._per_step:.0f} images/s  {stats}".rstrip()
         self._p.update(self._steps, advance=1, stats=stats)
 
     def epoch_end(self, epoch: int, stats: str) -> None:
@@ -107,8 +115,10 @@ class _Loop:
 
 class PlainProgress(TrainingProgress):
     """Lines for a log file: ``2026-12-01 17:52:03  epoch 3/20  <stats>  (12.3 s, ETA
-    0:03:05)`` per epoch; ``<what>: N to do`` and ``<what>: N done in T s (R/s)`` around a
-    one-off loop. No carriage returns, no escape codes, no wrapping."""
+    0:03:05)`` per epoch; within a long epoch, at least every :data:`REPORT_EVERY_S` seconds,
+    ``epoch 3/20: 4000/18000 images, 55 images/s, epoch ETA 0:04:15, run ETA 1:02:00``;
+    ``<what>: N to do`` and ``<what>: N done in T s (R/s)`` around a one-off loop. No carriage
+    returns, no escape codes, no wrapping."""
 
     def __init__(self, console: Console) -> None:
         self._console = console
@@ -118,6 +128,10 @@ class PlainProgress(TrainingProgress):
         self._t_start = 0.0
         self._t_epoch = 0.0
         self._loop: _Loop | None = None
+        self._epoch = 0
+        self._steps = (0, 0)  # (done, total) steps of the current epoch
+        self._images = 0
+        self._t_said = 0.0
 
     def _print(self, text: str) -> None:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -130,9 +144,31 @@ class PlainProgress(TrainingProgress):
         self._first, self._total = first_epoch, total_epochs
         self._t_start = self._t_epoch = self._clock()
 
-    def epoch_start(self, epoch: int, n_steps: int) -> None:
+    def epoch_start(self, epoch: int, n_steps: int, n_images: int = 0) -> None:
         self._end_loop()
-        self._t_epoch = self._clock()
+        self._t_epoch = self._t_said = self._clock()
+        self._epoch, self._steps, self._images = epoch, (0, n_steps), n_images
+
+    def step(self, stats: str = "") -> None:
+        done, total = self._steps[0] + 1, self._steps[1]
+        self._steps = (done, total)
+        now = self._clock()
+        if now - self._t_said < REPORT_EVERY_S or done >= total or total <= 0:
+            return
+        self._t_said = now
+        spent = now - self._t_epoch
+        epoch_left = spent * (total - done) / done
+        run_left = epoch_left + (spent + epoch_left) * (self._total - self._epoch)
+        if self._images:
+            images = round(self._images * done / total)
+            what = f"{images}/{self._images} images, {images / spent:.0f} images/s"
+        else:
+            what = f"{done}/{total} steps, {done / spent:.2f} steps/s"
+        self._print(
+            f"epoch {self._epoch}/{self._total}: {what}, epoch ETA "
+            f"{datetime.timedelta(seconds=round(epoch_left))}, run ETA "
+            f"{datetime.timedelta(seconds=round(run_left))}"
+        )
 
     def epoch_end(self, epoch: int, stats: str) -> None:
         now = self._clock()
@@ -194,7 +230,7 @@ def training_progress(
     if not enabled:
         yield TrainingProgress()
         return
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     if progress_mode(console) == "plain":
         plain = PlainProgress(console)
         yield plain

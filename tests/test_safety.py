@@ -717,3 +717,18 @@ def test_conditions_select_what_they_say(query, rows):
     )
     assert np.flatnonzero(condition_mask(frame, query)).tolist() == rows
 
+
+def test_messages_to_a_pipe_are_never_hard_wrapped(tiny_stack, tmp_path):
+    """A long path in a message stays on one line whatever the folder depth or COLUMNS (the
+    CLI's output is not a terminal here): rich used to cut it at 80 columns, so file names in
+    users' logs were broken and a test's expected text could straddle a line break."""
+    deep = tmp_path.joinpath(*(["a_rather_long_folder_name"] * 8))
+    deep.mkdir(parents=True)
+    out = deep / "cache.mrcs"
+    r = runner.invoke(app, ["preprocess", str(tiny_stack), "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {out} (" in r.output, r.output
+    missing = deep / "no_such_particles.mrcs"
+    r = runner.invoke(app, ["info", str(missing)], env={"COLUMNS": "40"})
+    assert r.exit_code == 1, r.output
+    assert len(r.output.strip().splitlines()) == 1 and str(missing) in r.output, r.output

@@ -17,7 +17,7 @@ from rich.markup import escape
 from emvae.config import TrainConfig
 from emvae.errors import EmvaeError
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # a pipe or log gets whole lines
 #: The largest --seed (NumPy and torch both take it).
 SEED_MAX = 2**63 - 1
 #: --device's help: the kinds of device (not a fixed set: cuda:N names a GPU).
