@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,12 @@ class BlobObject:
     turn_deg: float = 0.0
     slide: tuple[float, float] = (0.0, 0.0)
 
+    @property
+    def key(self) -> tuple:
+        """What identifies the molecule (the consensus frame is cached under it)."""
+        return (self.name, self.body.tobytes(), self.domain.tobytes(), self.pivot, self.turn_deg,
+                self.slide)  # fmt: skip
+
     def blobs(self, conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Centres ``(n, M + L, 2)`` (coordinate units), sigmas ``(M + L,)`` and amplitudes
         ``(M + L,)`` for conformations ``(n,)`` in [0, 1]."""
@@ -58,6 +65,16 @@ class BlobObject:
         sigmas = np.concatenate([self.body[:, 2], self.domain[:, 2]])
         amps = np.concatenate([self.body[:, 3], self.domain[:, 3]])
         return centres, sigmas, amps
+
+
+class Blobs(Protocol):
+    """What the consensus frame needs of a molecule (:class:`BlobObject`, and the projected
+    atomic models of :mod:`emvae.structure`)."""
+
+    @property
+    def key(self) -> tuple: ...
+
+    def blobs(self, conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 def _blobs(*rows: tuple[float, float, float, float]) -> np.ndarray:
@@ -315,12 +332,13 @@ def simulate_particles(
 
 
 def consensus_pose(
-    obj: BlobObject,
+    obj: Blobs,
     conformation: np.ndarray,
     theta_deg: np.ndarray,
     shift_px: np.ndarray,
     size: int,
     stretch: np.ndarray | None = None,
+    frame: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Body-frame poses -> poses relative to the consensus view (:func:`consensus_frame`).
 
@@ -328,8 +346,9 @@ def consensus_pose(
     turned by ``theta + turn(c)`` and moved to ``s + h rot(theta) shift(c)`` (h = (D - 1) / 2
     px per unit). theta_deg ``(n,)``, shift_px ``(n, 2)``; returns the same shapes, theta
     wrapped to [-180, 180). ``stretch`` ``(n, 2)``: the molecules were magnified along their
-    own axes (:func:`render_blobs`), which moves the consensus centre with them."""
-    confs, turn, shift = _consensus_table(obj)
+    own axes (:func:`render_blobs`), which moves the consensus centre with them. ``frame``:
+    :func:`consensus_frame`'s result to use (default: computed once per object and process)."""
+    confs, turn, shift = _consensus_table(obj) if frame is None else frame
     c = np.asarray(conformation, dtype=np.float64)
     a = np.radians(theta_deg)
     u = np.stack([np.interp(c, confs, shift[:, k]) for k in range(2)], 1) * pixels_per_unit(size)
@@ -345,9 +364,9 @@ def consensus_pose(
 _CONSENSUS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
-def _consensus_table(obj: BlobObject) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _consensus_table(obj: Blobs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`consensus_frame` of ``obj``, computed once per object and process."""
-    key = (obj.name, obj.body.tobytes(), obj.domain.tobytes(), obj.pivot, obj.turn_deg, obj.slide)
+    key = obj.key
     if key not in _CONSENSUS:
         _CONSENSUS[key] = consensus_frame(obj)
     return _CONSENSUS[key]
@@ -389,6 +408,55 @@ def apply_ctf(images: np.ndarray, ctf: np.ndarray) -> np.ndarray:
     return np.fft.ifft2(np.fft.fft2(images) * ctf).real.astype(np.float32)
 
 
+def draw_ctf(
+    n: int,
+    seed: int,
+    defocus_um: float | tuple[float, float],
+    apix: float,
+    astigmatism_um: float = 0.0,
+) -> tuple[torch.Tensor, pd.DataFrame, np.random.Generator]:
+    """Each of ``n`` particles' CTF (:func:`write_simulation`): defocus ``defocus_um`` (one
+    value, or ``(low, high)`` drawn uniformly), U - V = ``astigmatism_um`` at a uniform angle,
+    300 kV, Cs 2.7 mm, amplitude contrast 0.1. Returns the parameters ``(n, len(COLUMNS))``
+    float32 for :func:`emvae.ctf.apply_ctf`, their STAR columns (``rlnImageName``,
+    ``rlnDefocusU/V`` in A, ``rlnDefocusAngle``, and ``defocus_um``, the mean, for the truth
+    table) and the generator (seeded ``seed + 1``) the noise is drawn from next."""
+    from emvae.ctf import COLUMNS
+    from emvae.io.star_export import Optics
+
+    rng = np.random.default_rng(seed + 1)
+    if isinstance(defocus_um, (int, float, np.number)):  # one value (np.isscalar)
+        low, high = defocus_um, defocus_um
+    else:
+        low, high = defocus_um
+    df = rng.uniform(low, high, n) * 1e4  # A
+    angle = rng.uniform(0.0, 180.0, n) if astigmatism_um else np.zeros(n)
+    half = 0.5 * astigmatism_um * 1e4
+    optics = Optics()
+    rows = dict.fromkeys(COLUMNS, np.zeros(n))
+    rows.update(
+        defocus_u_A=df + half,
+        defocus_v_A=df - half,
+        defocus_angle_deg=angle,
+        voltage_kV=np.full(n, optics.voltage),
+        cs_mm=np.full(n, optics.cs),
+        amplitude_contrast=np.full(n, optics.amplitude_contrast),
+        scale=np.ones(n),
+        apix_A=np.full(n, apix),
+    )
+    params = torch.from_numpy(np.stack([rows[k] for k in COLUMNS], 1).astype(np.float32))
+    meta = pd.DataFrame(
+        {
+            "rlnImageName": [f"{k:06d}@particles.mrcs" for k in range(1, n + 1)],
+            "rlnDefocusU": df + half,
+            "rlnDefocusV": df - half,
+            "rlnDefocusAngle": angle,
+            "defocus_um": df / 1e4,
+        }
+    )
+    return params, meta, rng
+
+
 def write_simulation(
     out_dir: str | os.PathLike,
     n: int,
@@ -415,7 +483,7 @@ def write_simulation(
     ``scale_std``, ``stretch_std``: see :func:`simulate_particles` (``truth.csv`` gets
     ``scale_x``, ``scale_y``; the STAR file keeps the rigid poses), ``bend_std`` (``bend``).
     """
-    from emvae.ctf import COLUMNS, apply_ctf
+    from emvae.ctf import apply_ctf
     from emvae.io import write_mrc
     from emvae.io.star_export import Optics, table_to_star, write_star
 
@@ -432,41 +500,13 @@ def write_simulation(
             n, size, float("inf"), shift_std_px, seed, obj=obj, scale_std=scale_std,
             stretch_std=stretch_std, bend_std=bend_std,
         )  # fmt: skip
-        rng = np.random.default_rng(seed + 1)
-        if isinstance(defocus_um, (int, float, np.number)):  # one value (np.isscalar)
-            low, high = defocus_um, defocus_um
-        else:
-            low, high = defocus_um
-        df = rng.uniform(low, high, n) * 1e4  # A
-        angle = rng.uniform(0.0, 180.0, n) if astigmatism_um else np.zeros(n)
-        half = 0.5 * astigmatism_um * 1e4
-        optics = Optics()
-        rows = dict.fromkeys(COLUMNS, np.zeros(n))
-        rows.update(
-            defocus_u_A=df + half,
-            defocus_v_A=df - half,
-            defocus_angle_deg=angle,
-            voltage_kV=np.full(n, optics.voltage),
-            cs_mm=np.full(n, optics.cs),
-            amplitude_contrast=np.full(n, optics.amplitude_contrast),
-            scale=np.ones(n),
-            apix_A=np.full(n, apix),
-        )
-        params = torch.from_numpy(np.stack([rows[k] for k in COLUMNS], 1).astype(np.float32))
+        params, meta, rng = draw_ctf(n, seed, defocus_um, apix, astigmatism_um)
         x = torch.from_numpy(clean)[:, None]
         clean = torch.cat(
             [apply_ctf(x[i : i + 1024], params[i : i + 1024]) for i in range(0, n, 1024)]
         )[:, 0].numpy()
         images = clean + rng.normal(0, np.sqrt(clean.var() / snr), clean.shape).astype(np.float32)
-        truth["defocus_um"] = df / 1e4
-        meta = pd.DataFrame(
-            {
-                "rlnImageName": [f"{k:06d}@particles.mrcs" for k in range(1, n + 1)],
-                "rlnDefocusU": df + half,
-                "rlnDefocusV": df - half,
-                "rlnDefocusAngle": angle,
-            }
-        )
+        truth["defocus_um"] = meta.pop("defocus_um").to_numpy()
     write_mrc(out / "particles.mrcs", images, apix)
     truth.to_csv(out / "truth.csv", index=False, float_format="%.6f")
     write_star(table_to_star(truth, size, apix, meta, defaults=Optics()), out / "particles.star")
@@ -502,7 +542,7 @@ def blob_overlap(
 
 
 def consensus_frame(
-    obj: BlobObject, n: int = 21, rounds: int = 4
+    obj: Blobs, n: int = 21, rounds: int = 4
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Where each conformation sits relative to the consensus view of ``obj``.
 

@@ -83,25 +83,96 @@ def simulate(
         help="Each particle bent: the point (x, y) of the molecule moves to (x, y + b x^2), "
         "coordinates in half-boxes, b ~ N(0, B^2) (truth.csv gets bend; test data for --pose tps).",
     ),
+    structure: Path | None = typer.Option(
+        None,
+        "--structure",
+        show_default=False,
+        help="Project an atomic model instead (PDB or mmCIF, through gemmi): its protein and "
+        "nucleic-acid atoms as Gaussians weighted by atomic number. --object is then ignored.",
+    ),
+    structure2: Path | None = typer.Option(
+        None,
+        "--structure2",
+        show_default=False,
+        help="With --structure: a second model of the same molecule; the conformation morphs "
+        "linearly from the first (0) to this one (1), superposed on the first.",
+    ),
+    domain: list[str] | None = typer.Option(
+        None,
+        "--domain",
+        show_default=False,
+        help="With --structure: residues CHAIN:FIRST-LAST that turn about a hinge as the "
+        "conformation goes from 0 to 1 (repeat for a domain of several ranges).",
+    ),
+    hinge_deg: float = typer.Option(
+        30.0, "--hinge-deg", help="With --domain: the turn at conformation 1, degrees (> 0 closes)."
+    ),
+    view: str = typer.Option(
+        "auto",
+        "--view",
+        help="With --structure: ROT,TILT,PSI in degrees (RELION's ZYZ Euler angles), or auto "
+        "(the view in which the motion shows most).",
+    ),
+    tilt_deg: float = typer.Option(
+        0.0,
+        "--tilt-deg",
+        min=0,
+        help="With --structure: each particle's view tilted out of plane by N(0, T^2) degrees "
+        "about a random in-plane axis (truth.csv gets tilt_deg, tilt_axis_deg).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT's files."),
 ) -> None:
     """Simulated particles with known poses and conformations.
 
-    A 2-D molecule with one conformational degree of freedom, uniform rotations, Gaussian
-    shifts, noise, optional CTF; truth in emvae's pose conventions (relative to the consensus
-    view, and in the body's frame)."""
+    A 2-D molecule with one conformational degree of freedom (or, with --structure, the
+    projection of an atomic model whose domain turns or which morphs into a second model),
+    uniform rotations, Gaussian shifts, noise, optional CTF; truth in emvae's pose conventions
+    (relative to the consensus view, and in the body's frame)."""
     if (out / "particles.mrcs").exists() and not force:
         raise OutputExistsError(f"{out}: already holds particles.mrcs; use --force")
-    if n < 1 or size < 8 or not snr > 0:
-        raise ConfigError("need -n >= 1, --size >= 8 and --snr > 0")
-    particle = get_object(obj.value, object_seed)
+    if n < 1 or size < 8 or not snr > 0 or not apix > 0:
+        raise ConfigError("need -n >= 1, --size >= 8, --snr > 0 and --apix > 0")
     df = None if defocus is None else _defocus_range(defocus)
+    if structure is not None:
+        _simulate_structure(
+            out, structure, structure2, domain or [], hinge_deg, view, tilt_deg, n, size, snr,
+            shift_std, apix, df, astigmatism, seed, scale_std + stretch_std + bend_std > 0,
+        )  # fmt: skip
+        return
+    if structure2 is not None or domain or tilt_deg > 0:
+        raise ConfigError("--structure2, --domain and --tilt-deg need --structure")
+    particle = get_object(obj.value, object_seed)
     stack = write_simulation(
         out, n, size, snr, shift_std, seed, apix, df, particle, astigmatism, scale_std, stretch_std,
         bend_std,
     )  # fmt: skip
     err_console.print(
         f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}", highlight=False
+    )
+
+
+def _simulate_structure(
+    out, structure, structure2, domains, hinge_deg, view, tilt_deg, n, size, snr, shift_std,
+    apix, df, astigmatism, seed, deformed,
+) -> None:  # fmt: skip
+    """``emvae simulate --structure``: :mod:`emvae.structure`."""
+    from emvae import structure as st
+
+    if deformed:
+        raise ConfigError("--scale-std, --stretch-std and --bend-std are for --object, not "
+                          "--structure")  # fmt: skip
+    obj = st.structure_object(
+        structure, size, apix, structure2, domains, hinge_deg, st.parse_view(view)
+    )
+    stack = st.write_structure_simulation(
+        out, obj, n, snr, shift_std, seed, df, astigmatism, tilt_deg
+    )
+    rot, tilt, psi = obj.view
+    err_console.print(
+        f"{obj.name}: {len(obj.z)} atoms, view rot {rot:.1f} tilt {tilt:.1f} psi {psi:.1f} deg"
+        f"{' (auto)' if view.strip().lower() == 'auto' else ''}; wrote {stack}, "
+        f"{out / 'particles.star'}, {out / 'truth.csv'}",
+        highlight=False,
     )
 
 
