@@ -494,7 +494,7 @@ def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 1
     from emvae.geometry import model_to_image_pose
     from emvae.metrics import angular_error_deg, circular_correlation
 
-    enc = encode(model, data, next(model.parameters()).device, batch_size=batch)
+    enc = encode(model, data, next(model.parameters()).device, batch_size=batch, elbo=False)
     cfg = model.config
     pose = torch.from_numpy(enc.pose_mu).double()
     shift = pose[:, 1:3] if cfg.translation else torch.zeros(len(pose), 2, dtype=torch.float64)
@@ -532,9 +532,35 @@ def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 1
     if "theta_body_deg" in truth:
         body = truth["theta_body_deg"].to_numpy(float)
         out["theta_median_error_body_deg"] = angular_error_deg(theta, body)[0]
+    if "conformation" in truth:
+        out["theta_median_error_frames_deg"] = error_in_frames(
+            theta, true, truth["conformation"].to_numpy(float)
+        )
     if enc.theta_prob is not None:
         out["theta_prob_median"] = float(np.median(enc.theta_prob))
     return out
+
+
+def error_in_frames(
+    theta_deg: np.ndarray, true_deg: np.ndarray, conformation: np.ndarray, bins: int = 5
+) -> float:
+    """Median angular error (degrees) in each conformation's own frame: the particles split
+    into ``bins`` equal-count conformation bins, each bin's errors taken after its own best
+    offset (a flexible molecule's in-plane frame is a gauge each conformation sets for itself),
+    then the median over all particles."""
+    from emvae.metrics import angular_error_deg
+
+    edges = np.quantile(conformation, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, conformation, side="right") - 1, 0, bins - 1)
+    errors = []
+    for b in range(bins):
+        pick = which == b
+        if pick.sum() < 2:
+            continue
+        offset = angular_error_deg(theta_deg[pick], true_deg[pick])[1]
+        d = np.radians(theta_deg[pick] - true_deg[pick] - offset)
+        errors.append(np.degrees(np.abs(np.angle(np.exp(1j * d)))))
+    return float(np.median(np.concatenate(errors))) if errors else float("nan")
 
 
 @dataclass

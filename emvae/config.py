@@ -61,12 +61,25 @@ MLP_LAYERS = 2
 
 
 def default_width(image_size: int) -> int:
-    """Default width of the generator and encoder MLPs for D x D images: 128 up to 48 px,
-    500 above. At 28 px, SNR 1 the 128-wide networks learn poses and conformation within 15
+    """Default width of the generator and encoder MLPs when the inference networks see D x D
+    images (``ModelConfig.encoder_px``: the image up to 48 px, a 32-px copy above): 128 up to
+    48 px, 500 above. At 28 px, SNR 1 the 128-wide networks learn poses and conformation within 15
     epochs at a quarter of the 500-wide ones' time per epoch; at 40 px, SNR 0.3 they find the
     conformation in 10 minutes on 2 CPU cores, where the 500-wide ones had not in 17, at a
     fifth of their time per epoch (docs/benchmarks.md, "Time to a right answer")."""
     return SMALL_WIDTH if image_size <= SMALL_IMAGE_PX else WIDTH
+
+
+def default_encoder_size(m: ModelConfig) -> int:
+    """The inference networks' view (px): the image itself up to 48 px; above, a
+    :data:`emvae.stages.COARSE_PX`-px copy for the spatial generator's rigid and affine poses
+    (coarse-to-fine, :mod:`emvae.stages`), so that the networks measured at small sizes are
+    the ones used (docs/benchmarks.md, "Users' sizes")."""
+    from emvae.stages import COARSE_PX
+
+    if m.image_size <= SMALL_IMAGE_PX or not m.coarse_to_fine:
+        return m.image_size
+    return COARSE_PX
 
 
 def default_encoder(m: ModelConfig) -> str:
@@ -141,11 +154,16 @@ class ModelConfig:
     # plain rendering ("off"; "phase-flip": the images' phases were flipped once on loading)
     ctf: str = "off"
     ctf_pad: int = 1  # zero-pad the rendering to ctf_pad x the box before its FFT
+    # the pose and z networks see a copy of each image of this many pixels (emvae.stages:
+    # the same copy at every stage of a coarse-to-fine fit); None: default_encoder_size
+    encoder_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.encoder == "auto":
             self.encoder = default_encoder(self)
-        width = default_width(self.image_size)
+        if self.encoder_size is None:
+            self.encoder_size = default_encoder_size(self)
+        width = default_width(self.encoder_size)
         broadcast = self.generator == "broadcast"
         if self.gen_hidden is None:
             self.gen_hidden = BROADCAST_WIDTH if broadcast else width
@@ -244,6 +262,28 @@ class ModelConfig:
             raise ConfigError(f"--ctf-pad must be 1 or 2, got {self.ctf_pad}")
         if self.learn_noise and self.likelihood != "gaussian":
             raise ConfigError("--learn-noise applies to the Gaussian likelihood only")
+        if self.encoder_px != self.image_size:
+            if not 8 <= self.encoder_px < self.image_size:
+                raise ConfigError(
+                    f"--encoder-size must lie in 8..{self.image_size} px (the box), "
+                    f"got {self.encoder_px}"
+                )
+            if not self.coarse_to_fine:
+                raise ConfigError(
+                    "--encoder-size smaller than the box goes with the spatial generator and "
+                    "the rigid or affine pose"
+                )
+
+    @property
+    def coarse_to_fine(self) -> bool:
+        """Whether this model can be trained on smaller copies of its images (:mod:`emvae.stages`):
+        the spatial generator renders any grid; the spline's unwarping needs the full one."""
+        return self.generator == "spatial" and not self.tps
+
+    @property
+    def encoder_px(self) -> int:
+        """The box (px) the pose and z networks see."""
+        return self.encoder_size or self.image_size
 
     @property
     def binned(self) -> bool:
@@ -300,6 +340,10 @@ class ModelConfig:
         return self.shift_prior_px * self.pixel_to_unit
 
 
+#: Generator activations one forward/backward pass may hold (MB): a batch whose rendering
+#: needs more is split into passes whose gradients are summed (SpatialVAE.images_per_pass).
+PASS_MEMORY_MB = 1024
+
 #: Default z-delay (epochs) per pose network: z is switched on once the poses have settled,
 #: which takes the equivariant encoder about 2 epochs and the mlp/conv networks on rotated
 #: copies about 5 (docs/benchmarks.md); the paper's is 2.
@@ -336,6 +380,12 @@ class TrainConfig:
     # metrics.csv reports the ELBO and, when either differs from 1, the weighted objective
     beta: float = 1.0
     pose_beta: float = 1.0
+    # coarse-to-fine: "SIZE:EPOCHS,..." trained on Fourier-cropped copies before the rest of
+    # the run at full size (emvae.stages), "off"; None: emvae.stages.auto_stages
+    stages: str | None = None
+    # memory for the generator's activations in one pass (MB): larger batches are rendered in
+    # several passes, their gradients summed (the same step, bounded memory)
+    pass_memory_mb: int = PASS_MEMORY_MB
 
     @property
     def weighted(self) -> bool:
@@ -355,6 +405,8 @@ class TrainConfig:
         if self.checkpoint_every < 1:
             raise ConfigError("--checkpoint-every must be >= 1")
         _choice("--stream", self.stream, STREAM_MODES)
+        if self.pass_memory_mb < 1:
+            raise ConfigError(f"--pass-memory must be >= 1 MB, got {self.pass_memory_mb}")
         if self.readers is not None and self.readers < 0:
             raise ConfigError(f"--readers must be >= 0, got {self.readers}")
         if not 0 < self.pixel_fraction <= 1:
@@ -416,7 +468,20 @@ class RunConfig:
 
     def resolve(self) -> None:
         """Fill settings whose default depends on others (the z-delay of the encoder and the
-        pose)."""
+        pose, the coarse-to-fine schedule) and check the schedule against the box."""
+        from emvae.stages import auto_stages, parse_stages
+
+        m = self.model
+        if self.train.stages is None:
+            auto = m.coarse_to_fine and m.likelihood == "gaussian"
+            self.train.stages = auto_stages(m.image_size, self.train.epochs) if auto else "off"
+        if parse_stages(self.train.stages, m.image_size):
+            if not m.coarse_to_fine:
+                raise ConfigError(
+                    "--stages goes with the spatial generator and the rigid or affine pose"
+                )
+            if m.likelihood != "gaussian":
+                raise ConfigError("--stages: coarse-to-fine needs the Gaussian likelihood")
         if self.train.z_delay is None:
             rotating = self.model.rotation and self.model.binned
             delay = Z_DELAY[self.model.encoder] if rotating else 2
@@ -429,9 +494,13 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Rebuild from :meth:`to_dict` output; unknown keys (from newer versions) are refused."""
         try:
+            model, train = dict(d["model"]), dict(d.get("train", {}))
+            # configs written before coarse-to-fine: the networks saw the whole image
+            model.setdefault("encoder_size", model.get("image_size"))
+            train.setdefault("stages", "off")
             return cls(
-                model=ModelConfig(**d["model"]),
-                train=TrainConfig(**d.get("train", {})),
+                model=ModelConfig(**model),
+                train=TrainConfig(**train),
                 data=DataConfig(**d.get("data", {})),
                 version=d.get("version", ""),
                 command=d.get("command", ""),

@@ -160,12 +160,22 @@ def memory_bytes() -> int:
         return 0
 
 
-def should_stream(prepared: Prepared, n: int, mode: str = "auto") -> bool:
+#: A CPU fit reads a stack into memory up to this size (float32 bytes; 20,000 x 128^2 is
+#: 1.3 GB) and streams a larger one, so that its memory stays bounded whatever the count.
+IN_MEMORY_BYTES = 2 * 2**30
+
+
+def should_stream(
+    prepared: Prepared, n: int, mode: str = "auto", device: torch.device | str = "cpu"
+) -> bool:
     """``on``/``off``, or ``auto``: stream when the preprocessed stack would take more than
-    half the machine's memory as float32."""
+    half the machine's memory as float32, or, training on a CPU, more than
+    :data:`IN_MEMORY_BYTES`."""
     if mode != "auto":
         return mode == "on"
     need = 4 * n * prepared.channels * prepared.size**2
+    if torch.device(device).type == "cpu" and need > IN_MEMORY_BYTES:
+        return True
     total = memory_bytes()
     return bool(total) and need > total // 2
 

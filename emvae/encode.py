@@ -42,6 +42,7 @@ def encode(
     advance=None,
     ctx: Dist = SINGLE,
     ctf: Tensor | None = None,
+    elbo: bool = True,
 ) -> Encoding:
     """Posterior means/stds (no augmentation) and a one-sample ELBO for every image.
 
@@ -49,6 +50,8 @@ def encode(
     drawn from a generator seeded with ``seed``, so the same model and data give the same table.
     Under torchrun each process encodes its part of every batch and the parts are gathered.
     ``ctf`` ``(N, 10)``: the particles' CTF parameters for the ELBO (``--ctf on``), or None.
+    Without ``elbo`` the generator does not run (the ELBO column is NaN): the posteriors alone,
+    at the inference networks' cost.
     """
     model.eval()
     rng = torch.Generator(device=device)
@@ -58,23 +61,36 @@ def encode(
     out: dict[str, list[Tensor]] = {k: [] for k in keys}
     mine: list[np.ndarray] = []
     n = data.shape[0]
+    step = model.images_per_pass(training=False) if elbo else batch_size
+    stage = model.stage
     for start in range(0, n, batch_size):
         batch = torch.arange(start, min(start + batch_size, n))
         part = ctx.part(len(batch))
         eps = torch.randn(len(batch), model.n_latent, generator=rng, device=device)[part]
         x = gather(data, batch[part], device)
-        q, params = model(x, None, eps)
         batch_ctf = None if ctf is None else ctf[batch[part].to(ctf.device)]
-        terms = posterior_elbo(model.config, model.pixels(x), params, q, ctf=batch_ctf)
-        values = {
-            "z_mu": q.z_mu,
-            "z_std": q.z_logstd.exp(),
-            "pose_mu": q.pose_mu,
-            "pose_std": q.pose_logstd.exp(),
-            "elbo": terms.elbo,
-        }
-        if binned:
-            values["theta_prob"] = q.bins.concentration(model.config.hypotheses)
+        pieces = []
+        for a in range(0, max(x.shape[0], 1), step):  # passes small enough for memory
+            s = slice(a, a + step)
+            if elbo:
+                q, params = model(x[s], None, eps[s])
+                c = None if batch_ctf is None else batch_ctf[s]
+                y = model.pixels(x[s])
+                value = posterior_elbo(model.config, y, params, q, ctf=c, stage=stage).elbo
+            else:
+                q = model.encode(x[s])
+                value = torch.full((x[s].shape[0],), float("nan"), device=x.device)
+            piece = {
+                "z_mu": q.z_mu,
+                "z_std": q.z_logstd.exp(),
+                "pose_mu": q.pose_mu,
+                "pose_std": q.pose_logstd.exp(),
+                "elbo": value,
+            }
+            if binned:
+                piece["theta_prob"] = q.bins.concentration(model.config.hypotheses)
+            pieces.append(piece)
+        values = {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
         for key, val in values.items():
             out[key].append(val.float().cpu())
         mine.append(batch[part].numpy())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -92,12 +92,19 @@ def bernoulli_log_likelihood(y: Tensor, logits: Tensor) -> Tensor:
     return -F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum((1, 2))
 
 
-def log_likelihood(cfg: ModelConfig, y: Tensor, params: Tensor) -> Tensor:
-    """Log-likelihood of images ``y`` ``(B, N, C)`` under generator output ``(B, N, n_out)``."""
+def log_likelihood(
+    cfg: ModelConfig, y: Tensor, params: Tensor, noise_logstd: float | None = None
+) -> Tensor:
+    """Log-likelihood of images ``y`` ``(B, N, C)`` under generator output ``(B, N, n_out)``.
+    ``noise_logstd``: the Gaussian's log-std when it is neither 0 (unit variance) nor learned
+    (a coarse-to-fine stage, :class:`Stage`)."""
     c = cfg.channels
     if cfg.likelihood == "bernoulli":
         return bernoulli_log_likelihood(y, params[..., :c])
-    return gaussian_log_likelihood(y, params[..., :c], params[..., c:] if cfg.learn_noise else None)
+    logstd = params[..., c:] if cfg.learn_noise else None
+    if logstd is None and noise_logstd is not None:
+        logstd = params.new_full((1,), noise_logstd)
+    return gaussian_log_likelihood(y, params[..., :c], logstd)
 
 
 def pixel_mean(cfg: ModelConfig, params: Tensor) -> Tensor:
@@ -139,6 +146,35 @@ class ElboTerms:
         """What training maximises: :func:`weighted_elbo` of these terms, ``(B,)``."""
         return weighted_elbo(self.elbo, self.kl_z, self.kl_pose, beta, pose_beta)
 
+    def detached(self) -> ElboTerms:
+        """The same terms cut from the autograd graph."""
+        deform = None if self.kl_deform is None else self.kl_deform.detach()
+        return ElboTerms(
+            self.log_lik.detach(),
+            self.kl_z.detach(),
+            self.kl_theta.detach(),
+            self.kl_shift.detach(),
+            self.kl_z_dims.detach(),
+            deform,
+        )
+
+    @staticmethod
+    def cat(parts: list[ElboTerms]) -> ElboTerms:
+        """The terms of consecutive parts of a batch, joined in order."""
+        if len(parts) == 1:
+            return parts[0]
+        deform = None
+        if parts[0].kl_deform is not None:
+            deform = torch.cat([p.kl_deform for p in parts if p.kl_deform is not None])
+        return ElboTerms(
+            torch.cat([p.log_lik for p in parts]),
+            torch.cat([p.kl_z for p in parts]),
+            torch.cat([p.kl_theta for p in parts]),
+            torch.cat([p.kl_shift for p in parts]),
+            torch.cat([p.kl_z_dims for p in parts]),
+            deform,
+        )
+
 
 def weighted_elbo(elbo, kl_z, kl_pose, beta: float = 1.0, pose_beta: float = 1.0):
     """The beta-VAE objective (Higgins et al. 2017): ``log p - beta KL_z - pose_beta
@@ -159,6 +195,7 @@ def elbo_terms(
     pixel_weight: float = 1.0,
     z_prior_logstd: Tensor | None = None,
     affine_prior: tuple[Tensor, Tensor] | None = None,
+    noise_logstd: float | None = None,
 ) -> ElboTerms:
     """All ELBO terms for one batch (paper eqs. 4-5).
 
@@ -170,13 +207,13 @@ def elbo_terms(
     the subset's size: an unbiased estimate of the whole image's). ``z_prior_logstd`` ``(K,)``:
     z's prior is N(0, diag(s^2)) with these log s (``--prior hyperprior``), else N(0, I).
     ``affine_prior``: the fitted (mean, log-std) of the affine parameters' prior (``--pose
-    affine``; :func:`kl_deform`).
+    affine``; :func:`kl_deform`). ``noise_logstd``: see :func:`log_likelihood`.
     """
     kl_z, kl_theta, kl_shift = kl_terms(
         cfg, z_mu, z_logstd, pose_mu, pose_logstd, use_z, z_prior_logstd
     )
     dims = _kl_dims(z_mu, z_logstd, use_z, z_prior_logstd)
-    ll = log_likelihood(cfg, y, params) * pixel_weight
+    ll = log_likelihood(cfg, y, params, noise_logstd) * pixel_weight
     extra = kl_deform(cfg, pose_mu, pose_logstd, affine_prior)
     return ElboTerms(ll, kl_z, kl_theta, kl_shift, dims, extra)
 
@@ -261,13 +298,24 @@ def kl_rotation_bins(log_w: Tensor, logstd: Tensor, cfg: ModelConfig) -> Tensor:
     return kl_bins + kl_in
 
 
-def with_ctf(cfg: ModelConfig, params: Tensor, ctf: Tensor) -> Tensor:
+class Stage(NamedTuple):
+    """The render size of a coarse-to-fine stage (:mod:`emvae.stages`) as the likelihood sees
+    it: ``size`` px, the masked pixels ``keep`` ``(M,)`` (row-major indices of the stage's grid;
+    None without a mask) and the noise's log-std relative to the full box (None at full size)."""
+
+    size: int
+    keep: Tensor | None = None
+    noise_logstd: float | None = None
+
+
+def with_ctf(cfg: ModelConfig, params: Tensor, ctf: Tensor, size: int | None = None) -> Tensor:
     """Generator output with its mean image multiplied, in Fourier space, by each particle's
     CTF (``ctf`` ``(B, 10)``, :data:`emvae.ctf.COLUMNS`): ``params`` ``(B, N, n_out)`` or
-    ``(B, k, N, n_out)`` (one rendering per rotation hypothesis), N = D^2, same shape out."""
+    ``(B, k, N, n_out)`` (one rendering per rotation hypothesis), N = d^2 with d = ``size``
+    (default: the box), same shape out."""
     from emvae.ctf import apply_ctf
 
-    c, d = cfg.channels, cfg.image_size
+    c, d = cfg.channels, size or cfg.image_size
     flat = params.reshape(-1, d * d, params.shape[-1])
     reps = flat.shape[0] // ctf.shape[0]
     mean = flat[..., :c].transpose(1, 2).reshape(-1, c, d, d)
@@ -284,6 +332,7 @@ def posterior_elbo(
     use_z: bool = True,
     ctf: Tensor | None = None,
     pixel_weight: float = 1.0,
+    stage: Stage | None = None,
 ) -> ElboTerms:
     """ELBO terms for posterior ``q`` and generator output ``params`` (what
     :meth:`emvae.models.SpatialVAE.forward` returns): :func:`elbo_terms` for a Gaussian pose
@@ -292,24 +341,34 @@ def posterior_elbo(
 
     ``ctf`` ``(B, 10)``: the images are compared with the renderings multiplied by each
     particle's CTF (:func:`with_ctf`); the generator itself stays CTF-free. ``pixel_weight``:
-    see :func:`elbo_terms` (``--pixel-fraction``).
+    see :func:`elbo_terms` (``--pixel-fraction``). ``stage``: the render size of a
+    coarse-to-fine stage (``y`` and ``params`` on its grid; the CTF parameters given for it:
+    :func:`emvae.stages.stage_ctf`); None: the full box.
     """
-    if ctf is not None:
-        params = with_ctf(cfg, params, ctf)
-        if cfg.mask_radius_px is not None:  # rendered whole for the CTF; compared masked
-            from emvae.models.vae import mask_index
+    if stage is not None and stage.size != cfg.image_size:
+        from emvae.stages import stage_ctf
 
-            keep = mask_index(cfg.image_size, cfg.mask_radius_px).to(params.device)
+        ctf = stage_ctf(ctf, cfg.image_size, stage.size)
+    noise = None if stage is None else stage.noise_logstd
+    if ctf is not None:
+        params = with_ctf(cfg, params, ctf, None if stage is None else stage.size)
+        if cfg.mask_radius_px is not None:  # rendered whole for the CTF; compared masked
+            if stage is not None and stage.keep is not None:
+                keep = stage.keep.to(params.device)
+            else:
+                from emvae.models.vae import mask_index
+
+                keep = mask_index(cfg.image_size, cfg.mask_radius_px).to(params.device)
             params = params.index_select(-2, keep)
     if q.bins is None:
         mu, logstd, prior = q.pose_mu, q.pose_logstd, q.z_prior_logstd
         return elbo_terms(
             cfg, y, params, q.z_mu, q.z_logstd, mu, logstd, use_z, pixel_weight, prior,
-            q.affine_prior,
+            q.affine_prior, noise,
         )  # fmt: skip
     idx, log_w = q.bins.top(params.shape[1])
     b, k = idx.shape
-    ll = log_likelihood(cfg, y.repeat_interleave(k, 0), params.flatten(0, 1)).view(b, k)
+    ll = log_likelihood(cfg, y.repeat_interleave(k, 0), params.flatten(0, 1), noise).view(b, k)
     ll = ll * pixel_weight
     prior = q.z_prior_logstd
     kl_z, _, kl_shift = kl_terms(cfg, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd, use_z, prior)

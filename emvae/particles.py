@@ -276,7 +276,7 @@ class Particles:
         measured here first. ``bar``: shows the reading's progress."""
         device = torch.device(device)
         measure = self.data.mean is None
-        if should_stream(self.prepared, len(self), stream):
+        if should_stream(self.prepared, len(self), stream, device):
             if measure:
                 self._measure(stream_statistics(self.stack, self.prepared), likelihood)
             mean, std = self.data.mean or 0.0, self.data.std or 1.0

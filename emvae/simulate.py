@@ -312,23 +312,37 @@ def simulate_particles(
     else:
         images = clean
     theta_c, shift_c = consensus_pose(obj, conf, theta, shift, size, stretch)
-    truth = pd.DataFrame(
-        {
-            "image": [f"{k}@{stack_name}" for k in range(1, n + 1)],
-            "theta_deg": theta_c,
-            "shift_x_px": shift_c[:, 0],
-            "shift_y_px": shift_c[:, 1],
-            "conformation": conf,
-            "theta_body_deg": theta,
-            "shift_body_x_px": shift[:, 0],
-            "shift_body_y_px": shift[:, 1],
-        }
-    )
+    truth = truth_table(stack_name, theta_c, shift_c, conf, theta, shift)
     if stretch is not None:
         truth["scale_x"], truth["scale_y"] = stretch[:, 0], stretch[:, 1]
     if bend is not None:
         truth["bend"] = bend
     return images.astype(np.float32), truth
+
+
+def truth_table(
+    stack_name: str,
+    theta_deg: np.ndarray,
+    shift_px: np.ndarray,
+    conformation: np.ndarray,
+    theta_body_deg: np.ndarray,
+    shift_body_px: np.ndarray,
+) -> pd.DataFrame:
+    """truth.csv's common columns, one row per image ``k@stack_name`` (k from 1): the
+    consensus-frame pose (``theta_deg`` ``(n,)``, ``shift_px`` ``(n, 2)``), the conformation
+    and the body-frame pose it was drawn with."""
+    return pd.DataFrame(
+        {
+            "image": [f"{k}@{stack_name}" for k in range(1, len(theta_deg) + 1)],
+            "theta_deg": theta_deg,
+            "shift_x_px": shift_px[:, 0],
+            "shift_y_px": shift_px[:, 1],
+            "conformation": conformation,
+            "theta_body_deg": theta_body_deg,
+            "shift_body_x_px": shift_body_px[:, 0],
+            "shift_body_y_px": shift_body_px[:, 1],
+        }
+    )
 
 
 def consensus_pose(

@@ -612,7 +612,7 @@ def truth_table(
     """The truth as :func:`emvae.simulate.simulate_particles` writes it (poses relative to the
     consensus view of the coarse molecule in the untilted view, and the body's), plus
     ``tilt_deg`` and ``tilt_axis_deg`` when tilted. A rigid molecule has conformation 0."""
-    from emvae.simulate import consensus_pose
+    from emvae.simulate import consensus_pose, truth_table
 
     if obj.motion.rigid:
         conf = np.zeros_like(conf)
@@ -622,18 +622,7 @@ def truth_table(
         theta_c, shift_c = consensus_pose(
             obj.coarse, conf, theta, shift, obj.size, frame=obj.consensus
         )
-    truth = pd.DataFrame(
-        {
-            "image": [f"{k}@{stack_name}" for k in range(1, len(conf) + 1)],
-            "theta_deg": theta_c,
-            "shift_x_px": shift_c[:, 0],
-            "shift_y_px": shift_c[:, 1],
-            "conformation": conf,
-            "theta_body_deg": theta,
-            "shift_body_x_px": shift[:, 0],
-            "shift_body_y_px": shift[:, 1],
-        }
-    )
+    truth = truth_table(stack_name, theta_c, shift_c, conf, theta, shift)
     if tilt_deg is not None and tilt_axis_deg is not None:
         truth["tilt_deg"], truth["tilt_axis_deg"] = tilt_deg, tilt_axis_deg
     return truth

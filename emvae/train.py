@@ -42,6 +42,7 @@ from emvae.objective import ElboTerms, log_hyperprior, posterior_elbo, weighted_
 from emvae.particles import Particles, check_same
 from emvae.progress import TrainingProgress, training_progress
 from emvae.safety import check_free_space
+from emvae.stages import parse_stages, size_at
 
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
 
@@ -144,6 +145,7 @@ def fit(
 
     torch.manual_seed(tcfg.seed)
     model = SpatialVAE(cfg).to(device)
+    model.pass_memory_mb = tcfg.pass_memory_mb
     net: torch.nn.Module = model  # what the training step calls: the model, or its DDP wrapper
     if ctx.active:
         ids = [device.index] if device.type == "cuda" else None
@@ -179,8 +181,12 @@ def fit(
         train_dev = torch.from_numpy(train_idx).to(data.device)
         test_dev = torch.from_numpy(test_idx).to(data.device)
         bar.start(first_epoch, tcfg.epochs)
+        stages = parse_stages(tcfg.stages or "off", cfg.image_size)
         for epoch in range(first_epoch + 1, tcfg.epochs + 1):
             t0 = time.perf_counter()
+            size = size_at(stages, cfg.image_size, epoch)
+            if size != model.render_size:
+                model.set_render_size(size)
             use_z = epoch > (tcfg.z_delay or 0)  # RunConfig.resolve set it
             step = Step(net, optimizer, config, device, rng, use_z, amp, ctx, ctf)
             train = _train_epoch(step, data, train_dev, bar, epoch)
@@ -193,6 +199,8 @@ def fit(
                 **{f"test_{k}": v for k, v in test.items()},
                 "seconds": time.perf_counter() - t0,
             }
+            if stages:  # the box of the epoch's coarse-to-fine stage; the ELBO is per that box
+                row["stage_px"] = size
             if tcfg.weighted:  # what was maximised, beside the true ELBO
                 for part, t in (("train", train), ("test", test)):
                     kl_pose = t["kl_theta"] + t["kl_shift"] + t.get("kl_deform", 0.0)
@@ -222,6 +230,8 @@ def fit(
                 f"{test['elbo']:.2f}, error {test['error']:.2f}, KL {test['kl']:.2f}"
                 + ("" if use_z else " (z held at 0)"),
             )
+        if model.render_size != cfg.image_size:  # the table's ELBO: the full box
+            model.set_render_size(cfg.image_size)
         advance = bar.task("encoding", n)
         batch = max(tcfg.batch_size, 256)
         enc = encode(model, data, device, batch, tcfg.seed, advance, ctx=ctx, ctf=ctf)
@@ -293,7 +303,7 @@ def _train_epoch(
     names = term_names(cfg.zdim, cfg.pose != "rigid")
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
     n_steps = math.ceil(n / tcfg.batch_size)
-    bar.epoch_start(epoch, n_steps)
+    bar.epoch_start(epoch, n_steps, n)
     batches = [
         train_idx[perm[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]] for k in range(n_steps)
     ]
@@ -391,18 +401,35 @@ def training_step(
     if pixel_fraction < 1:
         subset = core.pixel_sample(pixel_fraction, rng)
         pixel_weight = (core.pixel_index.numel() if core.masked else core.n_pixels) / len(subset)
-    with amp if amp is not None else contextlib.nullcontext():
-        q, params = net(x, gamma, eps, use_z, subset)
-    y = core.pixels(x, subset)
-    terms = posterior_elbo(cfg, y, params.float(), q.float(), use_z, ctf, pixel_weight)
     optimizer.zero_grad(set_to_none=True)
-    loss = -terms.objective(beta, pose_beta).sum() * weight
-    if core.z_prior_logstd is not None and hyper_weight:
-        loss = loss - hyper_weight * log_hyperprior(
-            core.z_prior_logstd, cfg.hyper_shape, cfg.hyper_scale
-        )
-    loss.backward()
+    # the batch in passes small enough for memory (the generator's activations grow with the
+    # pixels): gradients summed over the passes are the whole batch's
+    step = core.images_per_pass(True, None if subset is None else len(subset))
+    parts: list[ElboTerms] = []
+    for start in range(0, x.shape[0], step):
+        piece = slice(start, start + step)
+        last = start + step >= x.shape[0]
+        sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if isinstance(net, torch.nn.parallel.DistributedDataParallel) and not last:
+            sync = net.no_sync()  # all-reduce the gradients once, after the last pass
+        with sync:
+            with amp if amp is not None else contextlib.nullcontext():
+                g = None if gamma is None else gamma[piece]
+                q, params = net(x[piece], g, eps[piece], use_z, subset)
+            y = core.pixels(x[piece], subset)
+            c = None if ctf is None else ctf[piece]
+            terms = posterior_elbo(
+                cfg, y, params.float(), q.float(), use_z, c, pixel_weight, core.stage
+            )
+            loss = -terms.objective(beta, pose_beta).sum() * weight
+            if last and core.z_prior_logstd is not None and hyper_weight:
+                loss = loss - hyper_weight * log_hyperprior(
+                    core.z_prior_logstd, cfg.hyper_shape, cfg.hyper_scale
+                )
+            loss.backward()
+        parts.append(terms.detached())
     optimizer.step()
+    terms = ElboTerms.cat(parts)
     if n == 0:
         return ElboTerms(
             terms.log_lik[:0],
@@ -446,18 +473,24 @@ def evaluate(
     model.eval()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
+    stage = model.stage
     names = term_names(config.model.zdim, config.model.pose != "rigid")
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
     bs = max(config.train.batch_size, 256)
+    step = model.images_per_pass(training=False)
     for start in range(0, idx.shape[0], bs):
         batch = idx[start : start + bs]
         part = ctx.part(len(batch))
         eps = torch.randn(len(batch), model.n_latent, generator=rng, device=device)[part]
         x = gather(data, batch[part], device)
-        q, params = model(x, None, eps, use_z)
         mine = None if ctf is None else ctf[batch[part].to(ctf.device)]
-        terms = posterior_elbo(config.model, model.pixels(x), params, q, use_z, mine)
-        sums += _term_sums(terms)
+        for a in range(0, max(x.shape[0], 1), step):
+            piece = slice(a, a + step)
+            q, params = model(x[piece], None, eps[piece], use_z)
+            c = None if mine is None else mine[piece]
+            y = model.pixels(x[piece])
+            terms = posterior_elbo(config.model, y, params, q, use_z, c, 1.0, stage)
+            sums += _term_sums(terms)
     ctx.all_sum(sums)
     return dict(zip(names, (sums / idx.shape[0]).tolist(), strict=True))
 

@@ -76,7 +76,11 @@ def test_small_images_get_small_networks_by_default():
         128,
     )
     assert ModelConfig(image_size=40).gen_hidden == 128  # the paper's EM box (benchmarks.md)
-    assert ModelConfig(image_size=49).gen_hidden == 500
+    # above 48 px the networks see a 32-px copy (coarse-to-fine): the small widths again;
+    # the paper's 500 when they see the whole box
+    assert ModelConfig(image_size=49).gen_hidden == 128
+    assert ModelConfig(image_size=49, encoder_size=49).gen_hidden == 500
+    assert ModelConfig(image_size=64, pose="tps").gen_hidden == 500
     assert ModelConfig(image_size=28, gen_hidden=64).gen_hidden == 64
     stored = RunConfig(model=ModelConfig(image_size=64, gen_hidden=300)).to_dict()
     assert RunConfig.from_dict(stored).model.gen_hidden == 300  # a checkpoint keeps its width

@@ -93,3 +93,28 @@ def test_fit_into_a_log_writes_plain_lines(tiny_stack, tmp_path, monkeypatch):
         assert any(re.fullmatch(done, line) for line in lines), lines
     progress = [line for line in lines if "epoch" in line or " to do" in line or " done" in line]
     assert progress and all(re.match(STAMP, line) for line in progress)
+
+
+def test_a_long_epoch_reports_images_and_etas_at_least_once_a_minute():
+    """In a log, an epoch of an hour is not an hour of silence: a line at least every
+    REPORT_EVERY_S seconds with the images done, the rate and both ETAs (a fake clock)."""
+    from emvae.progress import REPORT_EVERY_S
+
+    buf = io.StringIO()
+    bar = PlainProgress(Console(file=buf, width=40))
+    now = [0.0]
+    bar._clock = lambda: now[0]
+    bar.start(0, 3)
+    bar.epoch_start(1, 200, 20_000)  # 200 steps of 100 images, 2 s per step
+    for _ in range(200):
+        now[0] += 2.0
+        bar.step()
+    bar.epoch_end(1, "train ELBO -1.0")
+    lines = [re.sub(STAMP, "", line, count=1) for line in buf.getvalue().splitlines()]
+    inside = [line for line in lines if re.match(r"epoch 1/3: ", line)]
+    assert len(inside) == int(400 / REPORT_EVERY_S)  # 400 s: at 60, 120, ..., 360 s
+    first = inside[0]
+    # 60 s: 30 steps = 3000 images at 50/s; 170 steps (340 s) left, then 2 epochs of 400 s
+    assert first == (
+        "epoch 1/3: 3000/20000 images, 50 images/s, epoch ETA 0:05:40, run ETA 0:19:00"
+    ), first

@@ -42,6 +42,15 @@ def test_streaming_from_a_cache_and_the_auto_rule(tiny_stack, tmp_path):
     assert not should_stream(prepared, len(cache))  # 60 tiny images fit in memory
     assert should_stream(prepared, 10**12)  # a trillion do not
     assert should_stream(prepared, 1, "on") and not should_stream(prepared, 10**12, "off")
+    # a CPU fit keeps a stack in memory up to IN_MEMORY_BYTES, whatever the machine's RAM
+    from emvae.data import IN_MEMORY_BYTES, memory_bytes
+
+    per_image = 4 * prepared.channels * prepared.size**2
+    many = IN_MEMORY_BYTES // per_image + 1
+    assert should_stream(prepared, many)
+    if memory_bytes() > 2 * IN_MEMORY_BYTES:  # (else half the RAM is the smaller bound)
+        assert not should_stream(prepared, many - 1)
+    assert not should_stream(prepared, many, device="cuda") or memory_bytes() < 2 * many * per_image
 
 
 @pytest.mark.parametrize("readers", [0, 1, 2])

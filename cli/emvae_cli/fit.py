@@ -291,6 +291,29 @@ def fit(
     pose_beta: float = field_option(
         T, "pose_beta", "Weight of the rotation and translation KLs in the objective (1: the ELBO)."
     ),
+    stages: str | None = field_option(
+        T,
+        "stages",
+        "Coarse-to-fine: SIZE:EPOCHS pairs trained on Fourier-cropped copies before the rest of "
+        "the run at full size (32:40,64:5), or off. Default: off up to 48 px; above, 32 px for "
+        "about 80% of the epochs, then half the box (from 96 px), then the full box.",
+        show_default=False,
+    ),
+    encoder_size: int | None = field_option(
+        M,
+        "encoder_size",
+        "The pose and z networks see a copy of each image of this many px (the same at every "
+        "stage). Default: the box up to 48 px, 32 above.",
+        show_default=False,
+    ),
+    pass_memory_mb: int = field_option(
+        T,
+        "pass_memory_mb",
+        "Memory for the generator's activations in one pass, MB: a batch that needs more is "
+        "rendered in several passes whose gradients are summed (the same step).",
+        "--pass-memory",
+        min=1,
+    ),
     stream: Stream = field_option(
         T,
         "stream",

@@ -52,10 +52,24 @@ class FourierFeatures(nn.Module):
         freqs = torch.randn(n, 2, generator=g, dtype=torch.float64) * scale
         self.register_buffer("freqs", freqs.float())
         self.n_out = 2 + 2 * n
+        self.band: Tensor | None = None  # (F,) 1 below the band limit, 0 above; None: all
+
+    def limit(self, cycles_per_unit: float | None) -> None:
+        """Switch off the features above ``cycles_per_unit`` (a coarse stage's Nyquist
+        frequency, :mod:`emvae.stages`: what its grid cannot represent would alias); None:
+        every feature. The switched-off features' weights get no gradient and are kept."""
+        if cycles_per_unit is None:
+            self.band = None
+            return
+        self.band = (self.freqs.norm(dim=1) <= cycles_per_unit).float()
 
     def forward(self, coords: Tensor) -> Tensor:
         phase = (2 * math.pi) * (coords @ self.freqs.T.to(coords.dtype))
-        return torch.cat([coords, torch.cos(phase), torch.sin(phase)], -1)
+        cos, sin = torch.cos(phase), torch.sin(phase)
+        if self.band is not None:
+            band = self.band.to(device=cos.device, dtype=cos.dtype)
+            cos, sin = cos * band, sin * band
+        return torch.cat([coords, cos, sin], -1)
 
 
 class SpatialGenerator(nn.Module):

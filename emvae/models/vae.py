@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emvae.augment import rotate_images
-from emvae.config import ModelConfig
+from emvae.config import PASS_MEMORY_MB, ModelConfig
 from emvae.geometry import coordinate_grid, rotation_matrix
 from emvae.models.encoder import (
     AlignedContentEncoder,
@@ -26,6 +26,8 @@ from emvae.models.generator import (
     VanillaGenerator,
 )
 from emvae.models.transform import DeformTransform, RigidTransform, affine_forward
+from emvae.objective import Stage
+from emvae.stages import encoder_view, fourier_crop
 
 POSE_LOGSTD_OFFSET = math.log(0.1)
 
@@ -96,6 +98,14 @@ def mask_index(size: int, radius_px: float) -> Tensor:
     return torch.nonzero(coords.square().sum(-1).sqrt() <= radius_px).squeeze(1)
 
 
+#: Bytes of generator activations per rendered pixel, hypothesis and hidden unit in a
+#: training pass (the values kept for the backward pass; measured: 2.9 KB per pixel and
+#: hypothesis for the 2 x 128 generator on a CPU, i.e. about 8 per unit of its 3 layers), and
+#: the share of it an inference pass holds.
+PASS_BYTES_PER_UNIT = 12
+INFERENCE_SHARE = 0.25
+
+
 class SpatialVAE(nn.Module):
     """Model of paper section 2, rebuilt from a :class:`ModelConfig` alone.
 
@@ -130,7 +140,7 @@ class SpatialVAE(nn.Module):
         self.encoder = build_encoder(config, self._pose_outputs())
         assert config.enc_hidden is not None  # filled in by ModelConfig.__post_init__
         self.content = (
-            AlignedContentEncoder(d, c, config.enc_hidden, config.zdim)
+            AlignedContentEncoder(config.encoder_px, c, config.enc_hidden, config.zdim)
             if config.zdim > 0 and not self.shared_z
             else None
         )
@@ -157,6 +167,48 @@ class SpatialVAE(nn.Module):
             self.register_buffer("pixel_index", inside, persistent=False)
         self.n_pixels = d * d
         self.channels = c
+        self.render_size = d  # the box the generator renders and the likelihood compares
+        # memory a pass of the generator may use (SpatialVAE.images_per_pass); fit sets it
+        self.pass_memory_mb = PASS_MEMORY_MB
+
+    def set_render_size(self, size: int) -> None:
+        """Render and compare at ``size`` px (a coarse-to-fine stage, :mod:`emvae.stages`): the
+        generator is evaluated at the pixels of the images' Fourier crop to that size (in the
+        full box's units, so poses keep their meaning), the mask keeps its radius in full-box
+        pixels, and the Fourier features above the stage's Nyquist frequency are switched off
+        (their weights set to 0, so that they join the rendering smoothly at a finer stage).
+        ``size`` = the config's image size restores the full box."""
+        from emvae.stages import stage_grid
+
+        d = self.config.image_size
+        dev = self.coords.device
+        self.coords = (coordinate_grid(d, d) if size == d else stage_grid(d, size)).to(dev)
+        if self.masked and self.config.mask_radius_px is not None:
+            radius = self.coords.double().square().sum(-1).sqrt() * ((d - 1) / 2)
+            inside = torch.nonzero(radius <= self.config.mask_radius_px).squeeze(1)
+            self.pixel_index = inside.to(dev)
+        self.n_pixels = size * size
+        self.render_size = size
+        features = getattr(self.generator, "features", None)
+        if features is not None:
+            nyquist = 0.5 * size / d * ((d - 1) / 2)  # cycles per coordinate unit
+            features.limit(None if size == d else nyquist)
+            if features.band is not None:  # a feature switched off starts from 0 when it comes
+                off = torch.nonzero(features.band == 0).squeeze(1) + 2  # after x, y: cos, sin
+                columns = torch.cat([off, off + len(features.band)])
+                first = self.generator.coord_linear
+                assert isinstance(first, nn.Linear)
+                with torch.no_grad():
+                    first.weight[:, columns] = 0.0
+
+    @property
+    def stage(self) -> Stage:
+        """What the likelihood needs of the current render size (:class:`Stage`)."""
+        from emvae.stages import noise_logstd
+
+        d, size = self.config.image_size, self.render_size
+        keep = self.pixel_index if self.masked else None
+        return Stage(size, keep, noise_logstd(d, size) if size != d else None)
 
     def _pose_outputs(self) -> int:
         """Width of the flat output of an MLP or conv pose network: per rotated copy for
@@ -169,7 +221,8 @@ class SpatialVAE(nn.Module):
     def encode(
         self, images: Tensor, gamma: Tensor | None = None, infer_z: bool = True
     ) -> Posterior:
-        """q(z, pose | images). images ``(B, C, D, D)``.
+        """q(z, pose | images). images ``(B, C, D, D)``; the networks see their
+        ``encoder_px`` copy (:func:`emvae.stages.encoder_view`).
 
         With ``gamma`` ``(B,)`` (radians), the pose network sees each image rotated
         counter-clockwise by gamma and gamma is added back to the predicted theta, so the
@@ -179,6 +232,7 @@ class SpatialVAE(nn.Module):
         ``infer_z`` (z held at 0 during the z-delay) that network does not run: z's posterior is
         then N(0, 1) placeholders.
         """
+        images = encoder_view(images, self.config.encoder_px)
         seen = images if gamma is None else rotate_images(images, gamma)
         q = self._encode_bins(seen, gamma) if self.binned else self._encode_gaussian(seen, gamma)
         if self.content is not None and not infer_z:
@@ -316,8 +370,9 @@ class SpatialVAE(nn.Module):
 
     def pixels(self, images: Tensor, subset: Tensor | None = None) -> Tensor:
         """The likelihood's targets: ``(B, C, D, D)`` -> ``(B, N, C)`` (masked pixels only, or
-        the row-major indices ``subset``)."""
-        y = images_to_pixels(images)
+        the row-major indices ``subset``); images of the full box are first cut to the render
+        size (:func:`emvae.stages.fourier_crop`)."""
+        y = images_to_pixels(fourier_crop(images, self.render_size))
         if subset is not None:
             return y[:, subset]
         return y[:, self.pixel_index] if self.masked else y
@@ -329,6 +384,21 @@ class SpatialVAE(nn.Module):
         universe = self.pixel_index if self.masked else torch.arange(self.n_pixels, device=dev)
         m = max(1, math.ceil(fraction * len(universe)))
         return universe[torch.randperm(len(universe), generator=rng, device=dev)[:m]]
+
+    def images_per_pass(self, training: bool = True, pixels: int | None = None) -> int:
+        """How many images one forward (and backward) pass may render so that the
+        generator's activations stay within :attr:`pass_memory_mb`: a batch is split into
+        passes of this many images. ``pixels``: the pixels rendered per image (default: the
+        render size's, all of them with the CTF, else the masked ones)."""
+        cfg = self.config
+        p = pixels or (
+            self.n_pixels if self.render_all or not self.masked else len(self.pixel_index)
+        )
+        k = cfg.hypotheses if self.binned else 1
+        width = (cfg.gen_hidden or 1) * ((cfg.gen_layers or 1) + 1)
+        share = 1.0 if training else INFERENCE_SHARE
+        per_image = PASS_BYTES_PER_UNIT * p * k * width * share
+        return max(1, int(self.pass_memory_mb * 2**20 // per_image))
 
     @property
     def n_latent(self) -> int:
@@ -395,9 +465,9 @@ class SpatialVAE(nn.Module):
 
 
 def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
-    """The pose network; ``n_out`` is the flat output width of an MLP or conv network (per
-    rotated copy with rotation bins)."""
-    n_in = cfg.channels * cfg.image_size**2
+    """The pose network on ``cfg.encoder_px``-px images; ``n_out`` is the flat output width of
+    an MLP or conv network (per rotated copy with rotation bins)."""
+    n_in = cfg.channels * cfg.encoder_px**2
     assert cfg.enc_hidden is not None  # filled in by ModelConfig.__post_init__
     net: nn.Module | None = None
     if cfg.encoder == "mlp":
@@ -405,7 +475,7 @@ def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
     if cfg.encoder == "conv":
         width = cfg.enc_channels * cfg.rotation_bins
         net = ConvEncoder(
-            cfg.image_size,
+            cfg.encoder_px,
             cfg.channels,
             width,
             cfg.enc_hidden,
@@ -419,7 +489,7 @@ def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
         return net
     if cfg.encoder == "equivariant":
         return EquivariantEncoder(
-            cfg.image_size,
+            cfg.encoder_px,
             cfg.channels,
             cfg.enc_channels,
             cfg.rotation_bins,

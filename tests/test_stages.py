@@ -1,0 +1,227 @@
+"""Coarse-to-fine (emvae.stages): each stage's grid, crop, noise and CTF mean what the full
+box's do, the schedule is parsed and resolved as documented, and a fit resumed mid-schedule
+is the uninterrupted fit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import SMALL, runner
+from emvae_cli.main import app
+
+from emvae.config import ModelConfig, RunConfig, TrainConfig
+from emvae.ctf import COLUMNS, apply_ctf
+from emvae.errors import ConfigError
+from emvae.geometry import coordinate_grid
+from emvae.models import SpatialVAE
+from emvae.stages import (
+    auto_stages,
+    encoder_view,
+    fourier_crop,
+    noise_logstd,
+    parse_stages,
+    size_at,
+    stage_ctf,
+    stage_grid,
+)
+
+
+def _blob(grid: torch.Tensor, centre=(0.3, -0.2), sigma=0.05) -> torch.Tensor:
+    """A Gaussian blob evaluated at coordinates ``grid`` ``(N, 2)`` (units)."""
+    c = torch.tensor(centre, dtype=grid.dtype)
+    return torch.exp(-((grid - c) ** 2).sum(1) / (2 * sigma**2))
+
+
+def test_the_full_size_grid_is_the_coordinate_grid_bit_for_bit():
+    for d in (24, 25, 64):
+        assert torch.equal(stage_grid(d, d), coordinate_grid(d, d))
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_a_crop_holds_the_object_where_the_stage_grid_says(size):
+    """The Fourier crop of a smooth object equals the object evaluated on the stage's grid:
+    the grid's offset and scale are the crop's (a half-pixel slip or a flipped axis fails)."""
+    d = 128
+    full = _blob(coordinate_grid(d, d, dtype=torch.float64), sigma=0.08).reshape(1, 1, d, d)
+    crop = fourier_crop(full, size).reshape(-1)
+    on_grid = _blob(stage_grid(d, size, torch.float64), sigma=0.08)
+    assert (crop - on_grid).abs().max().item() < 1e-3  # half a stage pixel off: > 0.1
+    # and the brightest pixel sits right of and below the centre, as the blob does (+x, -y)
+    x, y = stage_grid(d, size)[int(crop.argmax())].tolist()
+    assert x > 0.25 and y < -0.15
+
+
+def test_a_crop_keeps_intensities_and_scales_white_noise_by_size():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(64, 1, 64, 64, generator=g, dtype=torch.float64)
+    crop = fourier_crop(noise + 3.0, 16)
+    assert crop.mean().item() == pytest.approx(3.0, abs=1e-3)
+    assert crop.std().item() == pytest.approx(math.exp(noise_logstd(64, 16)), rel=0.01)
+    assert math.exp(noise_logstd(64, 16)) == pytest.approx(0.25 * 0.9693, rel=1e-3)
+    assert fourier_crop(noise, 64) is noise
+
+
+def _centroid(values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    w = values.clamp(min=0) ** 4
+    return (grid * w[:, None]).sum(0) / w.sum()
+
+
+def test_the_encoder_view_keeps_the_full_box_coordinates():
+    """A blob keeps its place (+x right, +y up) on the small copy's coordinate grid (the
+    copy's corners are the box's corners), with about its intensity times D / size."""
+    d, e = 96, 32
+    small = coordinate_grid(e, e, dtype=torch.float64)
+    for centre in ((0.3, -0.2), (-0.5, 0.6)):
+        blob = _blob(coordinate_grid(d, d, dtype=torch.float64), centre, 0.1)
+        seen = encoder_view(blob.reshape(1, 1, d, d), e).reshape(-1) * (e / d)
+        assert seen.max().item() == pytest.approx(1.0, abs=0.15)
+        at = _centroid(seen, small)
+        assert torch.allclose(at, torch.tensor(centre, dtype=at.dtype), atol=0.004), at
+        # read on the crop's own grid, the place would be off by about a third of a pixel
+        off = _centroid(seen, stage_grid(d, e, torch.float64))
+        assert (off - at).abs().max().item() > 0.01
+
+
+def test_the_stage_ctf_is_the_full_ctf_at_the_stage_pixel_size():
+    """Rendering on the stage's grid and applying the stage's CTF gives the crop of the
+    full-size CTF-applied image: the pixel size is converted (unconverted, it fails)."""
+    d, size = 128, 64
+    row = dict.fromkeys(COLUMNS, 0.0)
+    row.update(defocus_u_A=12000.0, defocus_v_A=12000.0, voltage_kV=300.0, cs_mm=2.7)
+    row.update(amplitude_contrast=0.1, scale=1.0, apix_A=1.5)
+    params = torch.tensor([[row[k] for k in COLUMNS]])
+    full = _blob(coordinate_grid(d, d, dtype=torch.float64), sigma=0.1).float()
+    seen = fourier_crop(apply_ctf(full.reshape(1, 1, d, d), params), size)
+    coarse = _blob(stage_grid(d, size, torch.float64), sigma=0.1).float().reshape(1, 1, size, size)
+    staged = apply_ctf(coarse, stage_ctf(params, d, size))
+    assert stage_ctf(params, d, size)[0, COLUMNS.index("apix_A")].item() == pytest.approx(3.0)
+    err = (staged - seen).abs().max().item() / seen.abs().max().item()
+    assert err < 0.02
+    wrong = apply_ctf(coarse, params)  # the full box's pixel size: a different CTF
+    assert (wrong - seen).abs().max().item() / seen.abs().max().item() > 0.1
+
+
+def test_schedules_parse_resolve_and_refuse():
+    assert parse_stages("32:20, 64:5", 128) == [(32, 20), (64, 5)]
+    assert parse_stages("off", 128) == [] and parse_stages("", 64) == []
+    stages = [(32, 2), (64, 3)]
+    assert [size_at(stages, 128, e) for e in range(1, 8)] == [32, 32, 64, 64, 64, 128, 128]
+    for bad in ("32", "32:0", "64:2,32:2", "128:2", "33:2", "4:1", "a:b"):
+        with pytest.raises(ConfigError, match="--stages"):
+            parse_stages(bad, 128)
+    assert auto_stages(48, 50) == "off" and auto_stages(40, 50) == "off"
+    assert auto_stages(64, 50) == "32:40"
+    assert auto_stages(128, 50) == "32:40,64:5"
+    assert auto_stages(128, 3) == "32:2"
+
+
+def test_fit_defaults_above_48_px_are_coarse_to_fine_and_old_configs_are_not():
+    small = RunConfig(ModelConfig(image_size=40))
+    small.resolve()
+    assert small.model.encoder_size == 40 and small.train.stages == "off"
+    big = RunConfig(ModelConfig(image_size=128), TrainConfig(epochs=20))
+    big.resolve()
+    assert big.model.encoder_size == 32 and big.model.gen_hidden == 128
+    assert big.train.stages == "32:16,64:2"
+    tps = RunConfig(ModelConfig(image_size=128, pose="tps"))
+    tps.resolve()
+    assert tps.model.encoder_size == 128 and tps.train.stages == "off"
+    # a config.json written before coarse-to-fine: the networks saw the whole box
+    old = big.to_dict()
+    del old["model"]["encoder_size"], old["train"]["stages"]
+    old["model"]["gen_hidden"] = old["model"]["enc_hidden"] = 500
+    back = RunConfig.from_dict(old)
+    assert back.model.encoder_size == 128 and back.train.stages == "off"
+    assert back.model.gen_hidden == 500
+    with pytest.raises(ConfigError, match="--stages"):
+        bad = RunConfig(ModelConfig(image_size=64, generator="broadcast"), TrainConfig())
+        bad.train.stages = "32:2"
+        bad.resolve()
+
+
+def test_the_model_renders_a_stage_on_its_grid_and_back():
+    cfg = ModelConfig(image_size=48, encoder_size=24, zdim=1, mask_radius_px=20.0)
+    model = SpatialVAE(cfg)
+    full_coords, full_mask = model.coords.clone(), model.pixel_index.clone()
+    model.set_render_size(24)
+    assert torch.equal(model.coords, stage_grid(48, 24))
+    assert model.stage.size == 24 and model.stage.noise_logstd == noise_logstd(48, 24)
+    radius = model.coords[model.pixel_index].square().sum(-1).sqrt() * 23.5
+    assert radius.max().item() <= 20.0 and len(model.pixel_index) > 0.5 * 24 * 24
+    features = model.generator.features
+    assert features is not None and features.band is not None
+    kept = features.freqs.norm(dim=1) <= 0.25 * 23.5  # the stage's Nyquist, cycles per unit
+    assert torch.equal(features.band.bool(), kept) and 0 < int(kept.sum()) < 64
+    w = model.generator.coord_linear.weight  # (hidden, 2 + 2F): x, y, cos, sin
+    cos, sin = w[:, 2:66], w[:, 66:]
+    assert (cos[:, ~kept] == 0).all() and (sin[:, ~kept] == 0).all()
+    assert (cos[:, kept] != 0).all()  # the kept ones are untouched
+    x = torch.randn(3, 1, 48, 48)
+    assert model.pixels(x).shape[1] == len(model.pixel_index)
+    q = model.encode(x)  # the networks take the full images (they see their 24-px copy)
+    assert q.pose_mu.shape[0] == 3
+    model.set_render_size(48)
+    assert torch.equal(model.coords, full_coords) and torch.equal(model.pixel_index, full_mask)
+    assert features.band is None and model.stage.noise_logstd is None
+
+
+def test_a_fit_resumed_mid_schedule_is_the_uninterrupted_fit(tmp_path):
+    """Stages switch by epoch, so resuming after the coarse stage gives the same table; the
+    metrics say each epoch's box."""
+    sim = tmp_path / "sim"
+    r = runner.invoke(app, ["simulate", str(sim), "-n", "60", "--size", "24", "--seed", "2"])
+    assert r.exit_code == 0, r.output
+    stack = str(sim / "particles.mrcs")
+    opts = [*SMALL, "--stages", "12:1", "--encoder-size", "16"]
+    one = tmp_path / "one"
+    r = runner.invoke(app, ["fit", stack, "-o", str(one), *opts, "-n", "3"])
+    assert r.exit_code == 0, r.output
+    two = tmp_path / "two"
+    r = runner.invoke(app, ["fit", stack, "-o", str(two), *opts, "-n", "1"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["fit", stack, "-o", str(two), "--resume", "-n", "3", "--quiet"])
+    assert r.exit_code == 0, r.output
+    a, b = (pd.read_csv(p / "particles.csv") for p in (one, two))
+    numbers = [t.select_dtypes("number").to_numpy() for t in (a, b)]
+    assert np.array_equal(*numbers)
+    metrics = pd.read_csv(one / "metrics.csv")
+    assert metrics["stage_px"].tolist() == [12, 24, 24]
+
+
+def test_a_batch_split_into_passes_takes_the_same_step():
+    """Memory: a batch rendered in passes of one image (pass_memory_mb tiny) sums to the
+    gradient of the whole batch; the step's terms and the new weights agree."""
+    from emvae.train import training_step
+
+    cfg = ModelConfig(image_size=20, zdim=1, gen_hidden=16, enc_hidden=16)
+    x = torch.randn(6, 1, 20, 20, generator=torch.Generator().manual_seed(1))
+    results = []
+    for memory in (1024, 0.001):
+        torch.manual_seed(0)
+        model = SpatialVAE(cfg)
+        model.pass_memory_mb = memory
+        assert (model.images_per_pass() == 1) == (memory < 1)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)  # Adam would amplify rounding
+        rng = torch.Generator().manual_seed(3)
+        terms = training_step(model, opt, x, rng)
+        weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+        results.append((terms.elbo, weights))
+    (e1, w1), (e2, w2) = results
+    assert torch.allclose(e1, e2, atol=1e-4)
+    assert torch.allclose(w1, w2, atol=1e-5)
+    assert not torch.equal(w1, torch.cat([p.flatten() for p in SpatialVAE(cfg).parameters()]))
+
+
+def test_passes_fit_the_memory_given():
+    """The number of images per pass follows the generator's size and the render size: a
+    128-px box at 2 x 128 with 2 hypotheses fits 1 GB in about 5 images per training pass."""
+    model = SpatialVAE(ModelConfig(image_size=128, zdim=1))
+    assert model.config.gen_hidden == 128 and model.config.hypotheses == 2
+    assert model.images_per_pass() == 1024 * 2**20 // (12 * 128 * 128 * 2 * 384)  # 6
+    model.set_render_size(32)
+    assert model.images_per_pass() == 1024 * 2**20 // (12 * 32 * 32 * 2 * 384)  # 113
+    assert model.images_per_pass(training=False) == 1024 * 2**20 // (3 * 32 * 32 * 2 * 384)
