@@ -349,6 +349,22 @@ def test_datadir_never_lets_a_star_reach_outside_it(tiny_stack, tmp_path):
     assert r.exit_code == 1 and "not found" in r.output and str(datadir) in r.output
 
 
+@pytest.mark.parametrize("entry", ["../outside/secret.mrcs", "ABS"], ids=["dotdot", "absolute"])
+def test_datadir_never_lets_a_txt_list_reach_outside_it(tiny_stack, tmp_path, entry):
+    """A .txt list of stacks is confined to --datadir like STAR and .cs (issue 38)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.mrcs"
+    secret.write_bytes(tiny_stack.read_bytes())
+    datadir = tmp_path / "dd"
+    datadir.mkdir()
+    listing = datadir / "list.txt"
+    listing.write_text("# stacks\n\n" + (str(secret) if entry == "ABS" else entry) + "\n")
+    r = runner.invoke(app, ["info", str(listing), "--datadir", str(datadir)])
+    assert r.exit_code == 1 and "line 3" in r.output and "not found" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
 def test_datadir_comes_before_an_absolute_path_and_info_says_which_file_was_read(
     tiny_stack, tmp_path
 ):
