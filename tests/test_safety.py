@@ -19,7 +19,7 @@ from emvae_cli.main import app
 
 from emvae.io import read_table
 from emvae.io.mrc import write_mrc
-from emvae.safety import atomic_output
+from emvae.safety import MANIFEST, atomic_output, record_outputs
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -39,6 +39,7 @@ def run(tiny_stack, tmp_path):
     assert r.exit_code == 0, r.output
     (out / "report").mkdir()
     (out / "report" / "report.json").write_text("{}")
+    record_outputs(out / "report", ["report.json"])  # as `emvae report` records what it wrote
     return out
 
 
@@ -129,7 +130,7 @@ def test_an_interrupted_force_rerun_leaves_the_old_run_intact(run, tiny_stack, m
     monkeypatch.setattr(emvae.train, "_train_epoch", dies_in_epoch_2)
     r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--force", *SMALL])
     assert r.exit_code == 130, r.output
-    assert {k: v for k, v in _digest(run).items() if not k.startswith(".emvae")} == before
+    assert {k: v for k, v in _digest(run).items() if not k.startswith(".emvae-r")} == before
     # resuming is explicit: the old run, or the interrupted re-run
     r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--resume", *SMALL])
     assert r.exit_code == 1 and "--resume --force" in r.output
@@ -162,7 +163,75 @@ def test_a_complete_force_rerun_replaces_outputs_and_retires_reports(run, tiny_s
     for name in ("report", "montage", "analyze"):  # made from the old run: would mislabel it
         assert not (run / name).exists()
     assert (run / "explore" / "picked.txt").read_text() == "3\n"
-    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [MANIFEST]
+
+
+def _users_star(tmp_path, tiny_stack, run):
+    folder = tmp_path / "rdata"
+    (folder / "p.mrcs").parent.mkdir()
+    (folder / "p.mrcs").write_bytes(tiny_stack.read_bytes())
+    star = _star_input(folder / "p.mrcs", folder)  # the user's own RELION STAR
+    return star, ["fit", str(folder / "p.mrcs"), "-o", str(folder), *SMALL]
+
+
+def _users_csv_in_a_run(tmp_path, tiny_stack, run):
+    (run / "particles.csv").write_text("image,theta_deg\n1@mine.mrcs,3\n")  # edited by hand
+    return run / "particles.csv", ["fit", str(tiny_stack), "-o", str(run), *SMALL]
+
+
+def _users_file_in_checkpoints(tmp_path, tiny_stack, run):
+    notes = run / "checkpoints" / "notes.txt"
+    notes.write_text("which epoch looked best")
+    return notes, ["fit", str(tiny_stack), "-o", str(run), *SMALL]
+
+
+def _users_file_in_report(tmp_path, tiny_stack, run):
+    mine = run / "report" / "figure_for_the_paper.png"
+    mine.write_bytes(b"PNG")
+    return mine, ["fit", str(tiny_stack), "-o", str(run), *SMALL]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [_users_star, _users_csv_in_a_run, _users_file_in_checkpoints, _users_file_in_report],
+    ids=lambda f: f.__name__.strip("_"),
+)
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_a_fit_never_replaces_a_file_emvae_did_not_write(case, force, tiny_stack, tmp_path, run):
+    """Only files emvae wrote (recorded in the folder's manifest, same content) are replaced,
+    and only with --force; any other file a fit would write over or retire is refused by name,
+    with or without --force (issue 38)."""
+    victim, args = case(tmp_path, tiny_stack, run)
+    folder = Path(args[args.index("-o") + 1])
+    before = _digest(folder)
+    r = runner.invoke(app, [*args, *(["--force"] if force else [])])
+    assert r.exit_code == 1, r.output
+    said = " ".join(r.output.split())
+    assert "emvae did not write" in said and victim.name in said and "Traceback" not in said
+    assert _digest(folder) == before
+
+
+def test_a_second_fit_into_a_locked_run_refuses_naming_the_first(run, tiny_stack):
+    """Two fits into one folder would mix their outputs: the second refuses in one line,
+    naming the process that holds the folder (issue 38)."""
+    import fcntl
+
+    from emvae.safety import LOCK
+
+    before = _digest(run)
+    with open(run / LOCK, "w") as f:
+        f.write("4242\n")
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        for extra in (["--force"], ["--resume", "-n", "3"]):
+            r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), *extra, *SMALL])
+            assert r.exit_code == 1, r.output
+            said = " ".join(r.output.split())
+            assert "process 4242" in said and len(r.output.strip().splitlines()) == 1, said
+    assert {k: v for k, v in _digest(run).items() if k != LOCK} == before
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--force", *SMALL])
+    assert r.exit_code == 0, r.output  # the lock went with its holder
+    assert not (run / LOCK).exists()
 
 
 # ---------------------------------------------------------------------------------------------
