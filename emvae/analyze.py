@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from emvae.errors import ConfigError, EmvaeError, InputError
 from emvae.latents import latent_columns
+from emvae.safety import claim_outputs, record_outputs
 
 METHODS = ("kmeans", "gmm")
 #: The one line printed when ``--umap`` is asked for without umap-learn.
@@ -291,12 +292,15 @@ def analyze_run(
     method: str = "kmeans",
     umap: bool = False,
     seed: int = 0,
+    force: bool = False,
 ) -> dict:
     """Analyse the latent space of ``run`` (a run directory or :class:`emvae.run.Run`) into
     ``out`` (default ``RUN/analyze``): the files of the module docstring. Every file is
     written into a temporary folder beside ``out`` and moved in once all are complete,
     ``analyze.json`` last; files of an earlier analysis that this one does not write again
-    are removed. Returns the content of ``analyze.json``.
+    are removed. Returns the content of ``analyze.json``. Files of those names that emvae did
+    not write are refused; an earlier analysis is replaced in ``RUN/analyze``, and in ``out``
+    only with ``force``.
 
     Raises ConfigError for a run without latent dimensions (zdim 0), for ``k`` outside
     1..N, and (``umap``) without umap-learn (:data:`UMAP_HINT`)."""
@@ -328,6 +332,7 @@ def analyze_run(
     if not 1 <= k <= len(z):
         raise ConfigError(f"-k {k}: need 1 <= k <= the number of particles ({len(z)})")
     dest = Path(out) if out is not None else r.path / ANALYZE
+    claim_outputs(dest, FILES, force or out is None, "analysis files")
     dest.mkdir(parents=True, exist_ok=True)
     model, _, _ = r.model("cpu")
 
@@ -414,6 +419,7 @@ def analyze_run(
         for name in sorted(written - {"analyze.json"}):
             os.replace(staging / name, dest / name)
         os.replace(staging / "analyze.json", dest / "analyze.json")
+        record_outputs(dest, sorted(written), config.run_id)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result

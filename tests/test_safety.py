@@ -234,6 +234,30 @@ def test_a_second_fit_into_a_locked_run_refuses_naming_the_first(run, tiny_stack
     assert not (run / LOCK).exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [("report", "report.html"), ("montage", "manifold.png"), ("analyze", "clusters.csv")],
+)
+def test_report_montage_analyze_never_replace_a_users_file(run, tmp_path, command, name):
+    """report, montage and analyze -o DIR refuse a file of the user's by name, with or without
+    --force; emvae's own earlier outputs there are replaced only with --force (issue 38)."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / name).write_text("the user's own")
+    for extra in ([], ["--force"]):
+        r = runner.invoke(app, [command, str(run), "-o", str(folder), *extra])
+        assert r.exit_code == 1, r.output
+        said = " ".join(r.output.split())
+        assert "emvae did not write" in said and name in said and "Traceback" not in said
+    assert [p.name for p in folder.iterdir()] == [name]
+    (folder / name).unlink()
+    assert runner.invoke(app, [command, str(run), "-o", str(folder)]).exit_code == 0
+    r = runner.invoke(app, [command, str(run), "-o", str(folder)])
+    assert r.exit_code == 1 and "--force" in r.output, r.output
+    r = runner.invoke(app, [command, str(run), "-o", str(folder), "--force"])
+    assert r.exit_code == 0, r.output
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. A failed write leaves no complete-looking output and no temporary file.
 
