@@ -20,7 +20,7 @@ import scipy.fft
 from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.io.pictures import GALAXY_CROP, GALAXY_JITTER, GALAXY_SIZE, window_starts
 from emvae.io.stack import ImageStack
-from emvae.safety import atomic_output
+from emvae.safety import atomic_output, check_free_space
 
 #: Per-image normalisations (--norm).
 Normalize = Literal["none", "background", "image"]
@@ -347,6 +347,7 @@ def write_cache(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         if suffix in H5_SUFFIXES:
+            check_free_space(path.parent, n * c * d * d * 4)
             f, ds = create_cache(tmp, n, c, d)
             with f:
                 for start, x in iter_chunks(stack, prepared, chunk):
@@ -357,10 +358,9 @@ def write_cache(
         elif suffix in MRC_SUFFIXES:
             if c != 1:
                 raise ConfigError(f"{path}: MRC holds one channel; write {c}-channel images to .h5")
-            import mrcfile
+            from emvae.io.mrc import new_stack_mmap
 
-            with mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True) as mrc:
-                mrc.set_image_stack()
+            with new_stack_mmap(tmp, path, n, d) as mrc:
                 for start, x in iter_chunks(stack, prepared, chunk):
                     mrc.data[start : start + len(x)] = x[:, 0]
                     if advance:

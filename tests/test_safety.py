@@ -276,6 +276,34 @@ def test_a_full_disk_leaves_no_table_and_no_temporary_file(tiny_stack, tmp_path,
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("command", ["preprocess", "align"])
+@pytest.mark.parametrize("full", ["disk_usage", "fallocate"])
+def test_a_full_disk_stops_a_memory_mapped_write_in_one_line(
+    run, tiny_stack, tmp_path, monkeypatch, command, full
+):
+    """A memory-mapped MRCS write on a full disk died by SIGBUS and left a .tmp: the space is
+    checked and reserved first; one line, no temporary file (issue 38)."""
+    import shutil
+
+    if full == "disk_usage":
+        usage = shutil.disk_usage(tmp_path)
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=10_000))
+    else:
+
+        def no_space(fd, offset, length):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "posix_fallocate", no_space)
+    folder = tmp_path / "full"
+    folder.mkdir()
+    source = [str(tiny_stack)] if command == "preprocess" else [str(run)]
+    out = folder / "c.mrcs"
+    r = runner.invoke(app, [command, *source, "-o", str(out), "-q"])
+    assert r.exit_code == 1, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert "MiB" in r.output and list(folder.iterdir()) == []
+
+
 def test_atomic_output_never_follows_a_planted_link(tmp_path):
     target = tmp_path / "precious.txt"
     target.write_text("months of work")
