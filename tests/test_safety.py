@@ -486,6 +486,47 @@ def test_datadir_never_lets_a_txt_list_reach_outside_it(tiny_stack, tmp_path, en
     assert "Traceback" not in r.output
 
 
+def _star_without_indices(stack: Path, folder: Path) -> tuple[Path, str]:
+    star = folder / "whole.star"
+    starfile.write(pd.DataFrame({"rlnImageName": [str(stack)] * 60}), star)
+    return star, "has no N@ but"
+
+
+def _star_with_two_name_columns(stack: Path, folder: Path) -> tuple[Path, str]:
+    star = folder / "twice.star"
+    rows = "".join(f"{k}@{stack} {k}@{stack}\n" for k in (1, 2))
+    star.write_text(f"data_\nloop_\n_rlnImageName #1\n_rlnImageName #2\n{rows}")
+    return star, "rlnImageName appears more than once"
+
+
+def _star_cut_mid_row(stack: Path, folder: Path) -> tuple[Path, str]:
+    star = folder / "cut.star"
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [1.0]})
+    particles = pd.DataFrame(
+        {"rlnImageName": [f"{k}@{stack}" for k in (1, 2, 3)], "rlnDefocusU": 1e4}
+    )
+    particles["rlnOpticsGroup"] = 1
+    starfile.write({"optics": optics, "particles": particles}, star)
+    text = star.read_text().rstrip()
+    star.write_text(text[: max(text.rindex(" "), text.rindex("\t"))] + "\n")  # cut its group
+    return star, f"truncated at line {len(star.read_text().splitlines())}"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_star_without_indices, _star_with_two_name_columns, _star_cut_mid_row],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_a_star_file_that_misleads_gets_one_line(tiny_stack, tmp_path, make):
+    """Rows naming a whole stack (read as 60 copies of image 1), a doubled column (a
+    traceback) and a file cut mid-row ("optics groups [nan]") each get one line (issue 38)."""
+    star, words = make(tiny_stack, tmp_path)
+    r = runner.invoke(app, ["info", str(star)])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and words in said and str(star) in said, said
+    assert "Traceback" not in said
+
+
 def test_datadir_comes_before_an_absolute_path_and_info_says_which_file_was_read(
     tiny_stack, tmp_path
 ):

@@ -32,6 +32,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
     if split.shape[1] == 1:  # no row has an "@": each row is a whole single-image file
         index = pd.Series(np.ones(len(names), dtype=np.int64))
         files = split[0]
+        has_at = pd.Series(np.zeros(len(names), dtype=bool))
     else:
         has_at = split[1].notna()
         files = split[1].where(has_at, split[0])
@@ -43,6 +44,16 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
                 p, f"row {row + 1}: image name {names[row]!r} is not N@stack with N >= 1"
             )
     part, local, sources = _locate(p, files.to_numpy(), index.to_numpy(np.int64) - 1, datadir)
+    counts = np.array([len(s) for s in sources])
+    whole = ~has_at.to_numpy() & (counts[part] > 1)  # "p.mrcs": which of its images?
+    if whole.any():
+        row = int(np.argmax(whole))
+        raise InputError(
+            p,
+            f"row {row + 1}: image name {names[row]!r} has no N@ but "
+            f"{sources[part[row]].path} holds {counts[part[row]]} images; name each image "
+            f"as N@{names[row]} (N from 1)",
+        )
     if optics is not None and "rlnImageSize" in optics:
         sizes = set(optics["rlnImageSize"].astype(int))
         if sources[0].shape[-1] not in sizes:
@@ -97,6 +108,11 @@ def particle_block(p: Path, blocks: dict) -> tuple[pd.DataFrame, pd.DataFrame | 
         )
     if len(particles) == 0:
         raise InputError(p, "the particle table has no rows")
+    for table in (particles, optics):
+        twice = [] if table is None else sorted(set(table.columns[table.columns.duplicated()]))
+        if twice:
+            raise InputError(p, f"the column {twice[0]} appears more than once in a table")
+    _check_complete(p, particles)
     if optics is None:
         return particles, None, "3.0"
     if "rlnOpticsGroup" in particles.columns and "rlnOpticsGroup" in optics.columns:
@@ -104,6 +120,24 @@ def particle_block(p: Path, blocks: dict) -> tuple[pd.DataFrame, pd.DataFrame | 
         if missing:
             raise InputError(p, f"particles refer to optics groups {sorted(missing)} not defined")
     return particles, optics, "3.1"
+
+
+def _check_complete(p: Path, particles: pd.DataFrame) -> None:
+    """A file cut in the middle of its last row parses with that row's last fields missing:
+    say the file is truncated rather than let the missing values mislead later."""
+    last = particles.iloc[-1].isna()
+    if not last.any():
+        return
+    before = particles.iloc[:-1][last.index[last.to_numpy()]]
+    if len(before) and before.isna().any().any():
+        return  # the column holds missing values elsewhere too: not a cut
+    with open(p, "rb") as f:
+        lines = sum(1 for _ in f)
+    raise InputError(
+        p,
+        f"the file is truncated at line {lines}: its last particle row has "
+        f"{int((~last).sum())} of {len(last)} fields (an interrupted copy or write?)",
+    )
 
 
 def resolve_stack(
