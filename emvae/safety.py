@@ -26,12 +26,13 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from emvae.errors import OutputError, OutputExistsError
+from emvae.errors import ConfigError, OutputError, OutputExistsError
 
 __all__ = [
     "MANIFEST",
     "atomic_output",
     "check_free_space",
+    "check_memory",
     "check_names",
     "check_writable",
     "claim_outputs",
@@ -101,6 +102,29 @@ def check_free_space(folder: str | os.PathLike, need_bytes: int) -> None:
         raise OutputError(
             f"{folder}: only {free / 2**20:.1f} MiB free; this needs about "
             f"{need_bytes / 2**20:.1f} MiB"
+        )
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (``MemAvailable``; all of it where
+    /proc/meminfo is missing)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(need_bytes: int, what: str) -> None:
+    """Refuse, in one line, work that would allocate more than the memory available."""
+    free = available_memory()
+    if need_bytes > free:
+        raise ConfigError(
+            f"{what} needs about {need_bytes / 2**30:.1f} GiB of memory; "
+            f"{free / 2**30:.1f} GiB are available: ask for less"
         )
 
 

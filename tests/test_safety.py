@@ -354,6 +354,66 @@ def test_bad_fit_options_get_one_line(case, tiny_stack, tmp_path):
     assert words in r.output and "Traceback" not in r.output
 
 
+def _negative_optics_apix(stack: Path, tmp: Path) -> list[str]:
+    star = tmp / "neg.star"
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [-1.5]})
+    names = [f"{k}@{stack}" for k in range(1, 61)]
+    starfile.write({"optics": optics, "particles": pd.DataFrame({"rlnImageName": names})}, star)
+    return ["fit", str(star), "-o", str(tmp / "r"), *SMALL]
+
+
+def _negative_width(stack: Path, tmp: Path, command: str = "info") -> list[str]:
+    p = _mrc(tmp / "neg.mrcs", np.zeros((60, 20, 20)), nx=-20)
+    return [command, str(p), *(["-o", str(tmp / "r"), *SMALL] if command == "fit" else [])]
+
+
+# (id, args made on the fly from the tiny stack, a run and tmp_path, words the line must hold)
+BAD_VALUES = [
+    *[
+        (f"fit-apix-{v}", lambda s, r, t, v=v: ["fit", str(s), "-o", str(t / "r"), "--apix", v],
+         "--apix must be a finite number > 0")
+        for v in ("inf", "nan", "-1", "0")
+    ],
+    *[
+        (f"export-apix-{v}", lambda s, r, t, v=v: ["export-star", str(r), "-o", str(t / "x.star"),
+                                                   "--apix", v], "--apix must be a finite")
+        for v in ("-1", "nan")
+    ],
+    ("export-voltage", lambda s, r, t: ["export-star", str(r), "-o", str(t / "x.star"),
+                                        "--voltage", "-300"], "--voltage must be a finite"),
+    ("optics-apix", lambda s, r, t: _negative_optics_apix(s, t), "rlnImagePixelSize is -1.5"),
+    ("mrc-nx-info", lambda s, r, t: _negative_width(s, t), "neg.mrcs"),
+    ("mrc-nx-fit", lambda s, r, t: _negative_width(s, t, "fit"), "neg.mrcs"),
+    ("encode-batch-0", lambda s, r, t: ["encode", str(r), str(s), "-o", str(t / "e.csv"),
+                                        "-b", "0"], "--batch-size"),
+    ("simulate-huge", lambda s, r, t: ["simulate", str(t / "sim"), "-n", "1000000", "--size",
+                                       "100000"], "GiB of memory"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_VALUES, ids=[c[0] for c in BAD_VALUES])
+def test_bad_values_get_one_line_and_write_nothing(case, run, tiny_stack, tmp_path):
+    """Non-physical values, headers that lie and sizes beyond memory: one line, no traceback,
+    nothing written (issue 38)."""
+    _, make, words = case
+    args = make(tiny_stack, run, tmp_path)
+    r = runner.invoke(app, args)
+    said = " ".join(r.output.split())
+    assert r.exit_code in (1, 2) and words in said and "Traceback" not in said, said
+    assert not (tmp_path / "r" / "particles.star").exists() and not (tmp_path / "x.star").exists()
+    assert not (tmp_path / "sim").exists() and not (tmp_path / "e.csv").exists()
+
+
+def test_a_montage_beyond_memory_is_refused(run, monkeypatch):
+    import emvae.safety
+
+    monkeypatch.setattr(emvae.safety, "available_memory", lambda: 100 * 2**20)
+    r = runner.invoke(app, ["montage", str(run), "--grid", "100000"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "montage --grid 100000 needs about" in said, said
+    assert not (run / "montage").exists()
+
+
 def test_a_fractional_image_index_is_refused(tiny_stack, tmp_path):
     star = tmp_path / "frac.star"
     starfile.write(pd.DataFrame({"rlnImageName": [f"7.5@{tiny_stack}", f"2@{tiny_stack}"]}), star)

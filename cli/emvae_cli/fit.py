@@ -389,7 +389,7 @@ def encode(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (.pt) or a run directory."),
     stacks: list[str] = typer.Argument(..., help=opt.INPUTS_HELP, show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Table to write: .csv or .h5."),
-    batch_size: int = typer.Option(256, "-b", "--batch-size", help="Images per batch."),
+    batch_size: int = typer.Option(256, "-b", "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     seed: int = field_option(
         T, "seed", "Seed of the per-particle ELBO sample.", min=0, max=SEED_MAX

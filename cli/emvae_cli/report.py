@@ -14,7 +14,7 @@ from emvae.errors import ConfigError, InputError
 from emvae.latents import latent_columns
 from emvae.report import MONTAGES, image_key, write_report
 from emvae.run import MONTAGE, REPORT, Run
-from emvae.safety import claim_outputs, record_outputs
+from emvae.safety import check_memory, claim_outputs, record_outputs
 from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
 
 
@@ -144,6 +144,11 @@ def montage(
     owner = Run.of(source)
     run = None if owner is None else owner.path
     dest = out or ((run or source.parent) / MONTAGE)
+    k, d = config.model.zdim, config.model.image_size
+    for flag, tiles in (("--grid", grid ** min(k, 2)), ("--samples", samples**2)):
+        # each tile as float64, and the picture drawn 2x2 per pixel (RGB), twice over
+        need = 2 * tiles * (8 * config.model.channels * d * d + 3 * (2 * d + 4) ** 2)
+        check_memory(need, f"montage {flag} {grid if flag == '--grid' else samples}")
     claim_outputs(dest, MONTAGES, force or out is None, "montages")
     dest.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emvae.config import physical
 from emvae.errors import InputError
 from emvae.io.arrays import H5_SUFFIXES, NPY_SUFFIXES, read_hdf5, read_npy, split_h5_path
 from emvae.io.cryosparc import CS_SUFFIXES, read_cryosparc
@@ -248,9 +249,7 @@ def open_stack(
     stack.datadir = None if datadir is None else str(datadir)
     stack.ind = None if ind is None else str(ind)
     if apix is not None:
-        if not apix > 0:
-            raise InputError(str(specs[0]), f"--apix must be > 0, got {apix}")
-        stack.apix, stack.apix_from = float(apix), "--apix"
+        stack.apix, stack.apix_from = physical("--apix", apix), "--apix"
         stack.arcsec_per_px = stack.arcsec_from = None  # the pixels are in Angstrom, then
     return stack
 

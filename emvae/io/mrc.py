@@ -120,7 +120,7 @@ def _open(p: Path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mrc = mrcfile.mmap(p, mode="r")
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, OverflowError) as e:  # OverflowError: nx < 0
         strict_error = _first_line(e)
         mrc = None
     if mrc is None:
@@ -128,7 +128,7 @@ def _open(p: Path):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mrc = mrcfile.mmap(p, mode="r", permissive=True)
-        except (ValueError, OSError, EOFError):
+        except (ValueError, OSError, EOFError, OverflowError):
             mrc = None
         if mrc is None or mrc.data is None or mrc.data.size == 0:
             if mrc is not None:

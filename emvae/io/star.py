@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from emvae.config import physical
 from emvae.errors import InputError
 from emvae.io.mrc import MrcSource
 from emvae.io.stack import ImageStack, Rows
@@ -62,7 +63,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
                 f"the optics table says rlnImageSize {sorted(sizes)} but "
                 f"{sources[0].path} holds {sources[0].shape[-1]}-px images",
             )
-    apix, notes = _pixel_size(particles, optics)
+    apix, notes = _pixel_size(particles, optics, p)
     stack = ImageStack(
         images=Rows(sources, part, local),
         names=names.tolist(),
@@ -207,7 +208,7 @@ def _locate(p: Path, files: np.ndarray, local: np.ndarray, datadir) -> tuple:
     return part, local, sources
 
 
-def _pixel_size(particles: pd.DataFrame, optics: pd.DataFrame | None) -> tuple:
+def _pixel_size(particles: pd.DataFrame, optics: pd.DataFrame | None, path: Path) -> tuple:
     values = None
     if optics is not None:
         col = next((c for c in ("rlnImagePixelSize", "rlnPixelSize") if c in optics), None)
@@ -227,8 +228,23 @@ def _pixel_size(particles: pd.DataFrame, optics: pd.DataFrame | None) -> tuple:
                 * 1e4
                 / particles["rlnMagnification"].to_numpy(np.float64)
             )
-    if values is None or not np.isfinite(values).all() or (values <= 0).any():
+    if values is None:
         return None, []
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():  # RELION's value, not a number to replace silently by the MRC header's
+        row = int(np.argmax(bad))
+        if optics is None:
+            where = f"row {row + 1}"
+        elif "rlnOpticsGroup" in particles:
+            where = f"optics group {particles['rlnOpticsGroup'].iloc[row]}"
+        else:
+            where = "the optics table"
+        name = col or "rlnDetectorPixelSize * 1e4 / rlnMagnification"
+        physical(f"{where}: the pixel size {name}", values[row], path)
+    return _one_pixel_size(values)
+
+
+def _one_pixel_size(values: np.ndarray) -> tuple:
     lo, hi = float(values.min()), float(values.max())
     if hi - lo > 1e-4 * hi:
         return None, [
