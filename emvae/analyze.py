@@ -334,7 +334,7 @@ def analyze_run(
     dest = Path(out) if out is not None else r.path / ANALYZE
     claim_outputs(dest, FILES, force or out is None, "analysis files")
     dest.mkdir(parents=True, exist_ok=True)
-    model, _, _ = r.model("cpu")
+    model, _, ckpt = r.model("cpu")
 
     scores, components, explained = pca(z)
     labels = cluster(z, k, method, seed)
@@ -347,6 +347,7 @@ def analyze_run(
     result: dict = {
         "run": str(r.path),
         "run_id": config.run_id,
+        "epoch": int(ckpt["epoch"]),  # the checkpoint the clusters were made from
         "particles": len(z),
         "zdim": zdim,
         "k": k,
@@ -423,6 +424,33 @@ def analyze_run(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def check_clusters(run: str | os.PathLike, path: Path) -> None:
+    """Refuse a ``clusters.csv`` that ``emvae analyze`` did not write for ``run`` as it is now:
+    from another run, edited, or made before the run was trained further (``fit --resume``).
+    The folder's manifest holds the run id and digest of the file analyze wrote, and its
+    ``analyze.json`` the checkpoint epoch it was made from."""
+    from emvae.checkpoint import load_checkpoint
+    from emvae.run import Run
+    from emvae.safety import foreign_outputs
+
+    r = Run(Path(run))
+    again = f"run emvae analyze {run} again"
+    if foreign_outputs(path.parent, [path.name, "analyze.json"]):
+        raise InputError(path, f"is not the table emvae analyze wrote for this run; {again}")
+    made = json.loads((path.parent / "analyze.json").read_text())
+    if made.get("run_id") != r.config.run_id:
+        raise InputError(
+            path, f"was made from another run ({made.get('run_id', '?')[:8]}); {again}"
+        )
+    epoch = int(load_checkpoint(r.last)["epoch"]) if r.last.exists() else None
+    if made.get("epoch") != epoch:
+        raise InputError(
+            path,
+            f"was made from the checkpoint of epoch {made.get('epoch', '?')}, but the run is "
+            f"now at epoch {epoch}: its clusters are stale; {again}",
+        )
 
 
 def _real_averages(run, table: pd.DataFrame, labels: np.ndarray, k: int, notes: list[str]):

@@ -414,6 +414,61 @@ def test_a_montage_beyond_memory_is_refused(run, monkeypatch):
     assert not (run / "montage").exists()
 
 
+def test_resume_without_epochs_continues_to_the_stored_number(run, tiny_stack):
+    """--resume without -n trained an 8-epoch run to the default 50 (issue 38)."""
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--resume", "-q"])
+    assert r.exit_code == 0, r.output
+    assert read_table(run / "particles.csv").shape[0] == 60
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2]
+
+
+def _clusters_stale(run, tiny_stack, tmp_path):
+    args = ["fit", str(tiny_stack), "-o", str(run), "--resume", "-n", "3", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    return "stale"
+
+
+def _clusters_of_another_run(run, tiny_stack, tmp_path):
+    other = tmp_path / "other"
+    args = ["fit", str(tiny_stack), "-o", str(other), "--seed", "5", *SMALL]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, ["analyze", str(other), "-k", "2"]).exit_code == 0
+    for name in ("clusters.csv", "analyze.json", MANIFEST):  # the whole folder copied in
+        (run / "analyze" / name).write_bytes((other / "analyze" / name).read_bytes())
+    return "another run"
+
+
+def _clusters_edited(run, tiny_stack, tmp_path):
+    path = run / "analyze" / "clusters.csv"
+    path.write_text(path.read_text().replace(",1,", ",xyz,", 1))
+    return "not the table emvae analyze wrote"
+
+
+def _clusters_not_numbers(run, tiny_stack, tmp_path):
+    path = run / "analyze" / "clusters.csv"
+    table = pd.read_csv(path).astype({"cluster": object})
+    table.loc[0, "cluster"] = "xyz"
+    table.to_csv(path, index=False)
+    record_outputs(run / "analyze", ["clusters.csv"])  # as if emvae had written it
+    return "cluster 'xyz' is not a cluster number"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_clusters_stale, _clusters_of_another_run, _clusters_edited, _clusters_not_numbers],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_select_refuses_clusters_that_do_not_describe_the_run(run, tiny_stack, tmp_path, damage):
+    """analyze, then fit --resume -n 12, then select --cluster 1 used the stale clusters;
+    another run's clusters.csv was accepted; 'xyz' as a cluster was a traceback (issue 38)."""
+    assert runner.invoke(app, ["analyze", str(run), "-k", "2"]).exit_code == 0
+    words = damage(run, tiny_stack, tmp_path)
+    r = runner.invoke(app, ["select", str(run), "-o", str(tmp_path / "s"), "--cluster", "1"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and words in said and "Traceback" not in said, said
+    assert not list(tmp_path.glob("s.*"))
+
+
 def test_a_fractional_image_index_is_refused(tiny_stack, tmp_path):
     star = tmp_path / "frac.star"
     starfile.write(pd.DataFrame({"rlnImageName": [f"7.5@{tiny_stack}", f"2@{tiny_stack}"]}), star)
