@@ -27,7 +27,7 @@ import pandas as pd
 from emvae.checkpoint import load_model, save_checkpoint
 from emvae.config import RunConfig, read_config
 from emvae.errors import InputError, OutputExistsError
-from emvae.io.tables import read_table, write_table
+from emvae.io.tables import check_complete, read_table, write_table
 from emvae.safety import MANIFEST, atomic_output, claim_outputs, record_outputs
 
 CONFIG = "config.json"
@@ -116,6 +116,7 @@ class Run:
             raise InputError(path, f"not a readable metrics table ({msg})") from None
         if "epoch" not in metrics:
             raise InputError(path, "not an emvae metrics table (no epoch column)")
+        check_complete(path, metrics, ours=True)
         return metrics
 
     def model(self, device="cpu"):

@@ -568,6 +568,43 @@ def test_a_nan_in_the_reference_drops_one_row_not_every_score(run, tmp_path):
     assert "circular correlation 1.000" in r.output and "59 particles matched" in r.output
 
 
+def test_a_reference_naming_some_of_the_particles_needs_partial(run, tmp_path):
+    """A reference matching 36 of the 60 particles was compared without a word (issue 38)."""
+    ref = _reference(run, tmp_path, lambda t: t)
+    pd.read_csv(ref).iloc[:36].to_csv(ref, index=False)
+    r = runner.invoke(app, ["report", str(run), "--reference", str(ref)])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "names 36 of the run's 60 particles" in said, said
+    assert "--partial" in said
+    r = runner.invoke(app, ["report", str(run), "--reference", str(ref), "--partial"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and "36 particles matched" in said and "names 36 of" in said, said
+
+
+def _cut_table(run, tmp_path):
+    text = (run / "particles.csv").read_text()
+    cut = tmp_path / "cut.csv"
+    cut.write_text(text[: len(text) // 2])  # ends in the middle of a row
+    return ["export-star", str(cut), "-o", str(tmp_path / "x.star"), "--box", "16"], cut
+
+
+def _cut_metrics(run, tmp_path):
+    text = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(text[: len(text) - 7])
+    return ["report", str(run)], run / "metrics.csv"
+
+
+@pytest.mark.parametrize("cut", [_cut_table, _cut_metrics], ids=lambda f: f.__name__.strip("_"))
+def test_a_truncated_table_is_named_as_such(run, tmp_path, cut):
+    """export-star of a cut table wrote <NA> fields; a cut metrics.csv was reported without a
+    word (issue 38)."""
+    args, path = cut(run, tmp_path)
+    r = runner.invoke(app, args)
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and f"{path}: the file is truncated at line" in said, said
+    assert not (tmp_path / "x.star").exists()
+
+
 def test_non_numeric_reference_angles_get_one_line(run, tmp_path):
     ref = _reference(run, tmp_path, lambda t: t.astype(str).where(t.index != 2, "ninety"))
     r = runner.invoke(app, ["report", str(run), "--reference", str(ref)])

@@ -40,13 +40,16 @@ def report(
     force: bool = typer.Option(
         False, "--force", help="Replace an earlier report in -o (never files emvae did not write)."
     ),
+    partial: bool = typer.Option(
+        False, "--partial", help="Accept a --reference naming only some of the run's particles."
+    ),
 ) -> None:
     """Learning curves, histograms, latent scatter; agreement with a --reference.
 
     With --reference: circular correlation, angular error, shift and latent correlations.
     Writes PNGs, report.json and a self-contained report.html (numbered figures with units,
     example particles and their reconstructions, the run's montages, how the run was made)."""
-    result = write_report(run, reference, out, examples, force)
+    result = write_report(run, reference, out, examples, force, partial)
     dest = out or run / REPORT
     for key, frame in (("rotation", ""), ("rotation_body", " (body frame)")):
         rot = result.get(key)

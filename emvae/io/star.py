@@ -13,6 +13,7 @@ from emvae.config import physical
 from emvae.errors import InputError
 from emvae.io.mrc import MrcSource
 from emvae.io.stack import ImageStack, Rows
+from emvae.io.tables import check_complete
 
 STAR_SUFFIXES = (".star",)
 
@@ -113,7 +114,7 @@ def particle_block(p: Path, blocks: dict) -> tuple[pd.DataFrame, pd.DataFrame | 
         twice = [] if table is None else sorted(set(table.columns[table.columns.duplicated()]))
         if twice:
             raise InputError(p, f"the column {twice[0]} appears more than once in a table")
-    _check_complete(p, particles)
+    check_complete(p, particles, star=True)  # a file cut in its last row: not 'optics groups [nan]'
     if optics is None:
         return particles, None, "3.0"
     if "rlnOpticsGroup" in particles.columns and "rlnOpticsGroup" in optics.columns:
@@ -121,24 +122,6 @@ def particle_block(p: Path, blocks: dict) -> tuple[pd.DataFrame, pd.DataFrame | 
         if missing:
             raise InputError(p, f"particles refer to optics groups {sorted(missing)} not defined")
     return particles, optics, "3.1"
-
-
-def _check_complete(p: Path, particles: pd.DataFrame) -> None:
-    """A file cut in the middle of its last row parses with that row's last fields missing:
-    say the file is truncated rather than let the missing values mislead later."""
-    last = particles.iloc[-1].isna()
-    if not last.any():
-        return
-    before = particles.iloc[:-1][last.index[last.to_numpy()]]
-    if len(before) and before.isna().any().any():
-        return  # the column holds missing values elsewhere too: not a cut
-    with open(p, "rb") as f:
-        lines = sum(1 for _ in f)
-    raise InputError(
-        p,
-        f"the file is truncated at line {lines}: its last particle row has "
-        f"{int((~last).sum())} of {len(last)} fields (an interrupted copy or write?)",
-    )
 
 
 def resolve_stack(
