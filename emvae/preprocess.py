@@ -307,14 +307,17 @@ def _check_finite(stack: ImageStack, chunk: np.ndarray, start: int) -> None:
                 stack.source,
                 f"{_which(stack, start + k)} holds values from {flat[k].min():.3g} to "
                 f"{flat[k].max():.3g}, {peak[k] / spread:.2g} times the spread of a typical "
-                "image: a damaged image? leave it out with --ind",
+                "image: a damaged image? leave it out with --ind (a list of the indices to keep)",
             )
 
 
 def _which(stack: ImageStack, k: int) -> str:
-    """'image k' (1-based), with its name when that says more."""
+    """'image k (index i)': 1-based, and the 0-based index in the input that ``--ind`` takes,
+    with its name when that says more."""
     name = stack.names[k]
-    return f"image {k + 1}" + ("" if name == f"{k + 1}@{stack.source}" else f" ({name})")
+    index = int(stack.rows[k]) if stack.rows is not None else k
+    named = "" if name == f"{k + 1}@{stack.source}" else f", {name}"
+    return f"image {k + 1} (index {index}{named})"
 
 
 def write_cache(

@@ -156,6 +156,12 @@ def has_last(out: Path) -> bool:
     return (out / LAST).exists()
 
 
+def _holds(path: Path) -> bool:
+    """Whether ``path`` is an output: a file, or a folder with something in it (a fit that
+    stopped on a bad input leaves an empty checkpoints folder, nothing to protect)."""
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
 def check_output_dir(out: str | os.PathLike, force: bool = False) -> None:
     """Refuse, before any work is done, an ``out`` holding files of the names a fit writes (or
     retires) that emvae did not write, with or without ``force``; and one holding emvae
@@ -166,7 +172,7 @@ def check_output_dir(out: str | os.PathLike, force: bool = False) -> None:
     if (out / CHECKPOINTS).is_symlink():
         raise OutputExistsError(f"{out}: checkpoints is a link; emvae will not write through it")
     claim_outputs(out, (*OUTPUTS, *DERIVED), force=True)  # the user's files: never replaced
-    existing = [name for name in OUTPUTS if (out / name).exists()]
+    existing = [name for name in OUTPUTS if _holds(out / name)]
     if existing and not force:
         hint = " or --resume to continue it" if has_last(out) else ""
         raise OutputExistsError(
@@ -181,7 +187,7 @@ def work_dir(out: Path, force: bool, resume: bool) -> Path:
     staging = out / STAGING
     if resume:
         return staging if force and has_last(staging) else out
-    if force and out.is_dir() and any((out / n).exists() for n in OUTPUTS):
+    if force and out.is_dir() and any(_holds(out / n) for n in OUTPUTS):
         return staging
     return out
 

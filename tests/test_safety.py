@@ -881,8 +881,13 @@ def test_one_image_of_absurd_values_is_refused_by_name(tiny_stack, tmp_path):
     p = tmp_path / "damaged.mrcs"
     write_mrc(p, images)
     r = runner.invoke(app, ["fit", str(p), "-o", str(tmp_path / "run"), *SMALL])
-    assert r.exit_code == 1 and "image 6 holds values" in r.output and "--ind" in r.output
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "image 6 (index 5) holds values" in said and "--ind" in said
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    # the fix it names works: --ind without index 5 (issue 38: it named the 1-based number)
+    keep = _write_ind(tmp_path, [k for k in range(60) if k != 5])
+    r = runner.invoke(app, ["fit", str(p), "-o", str(tmp_path / "run"), "--ind", str(keep), *SMALL])
+    assert r.exit_code == 0, r.output
 
 
 def test_a_cs_file_with_a_path_that_is_not_utf8_gets_one_line(tmp_path):
