@@ -26,7 +26,7 @@ import pandas as pd
 
 from emvae.checkpoint import load_model, save_checkpoint
 from emvae.config import RunConfig, read_config
-from emvae.errors import InputError, OutputExistsError
+from emvae.errors import EmvaeError, InputError, OutputExistsError
 from emvae.io.tables import check_complete, read_table, write_table
 from emvae.safety import MANIFEST, atomic_output, claim_outputs, record_outputs
 
@@ -156,6 +156,21 @@ def has_last(out: Path) -> bool:
     return (out / LAST).exists()
 
 
+def adopt_legacy_run(out: Path) -> None:
+    """A run written before emvae kept manifests (no ``.emvae-outputs.json``) whose
+    config.json and particles.h5 carry the same run id is emvae's: its outputs are recorded
+    as such, so that --force and --resume work on it as on a new run."""
+    if (out / MANIFEST).exists() or not (out / CONFIG).is_file() or not (out / TABLES[0]).is_file():
+        return
+    try:
+        run_id = read_config(out / CONFIG).run_id
+        made_by = read_table(out / TABLES[0]).attrs.get("run_id", "")
+    except EmvaeError:
+        return
+    if run_id and made_by == run_id:
+        record_outputs(out, [n for n in OUTPUTS if (out / n).is_file()], run_id)
+
+
 def _holds(path: Path) -> bool:
     """Whether ``path`` is an output: a file, or a folder with something in it (a fit that
     stopped on a bad input leaves an empty checkpoints folder, nothing to protect)."""
@@ -171,6 +186,7 @@ def check_output_dir(out: str | os.PathLike, force: bool = False) -> None:
         raise OutputExistsError(f"{out}: exists and is not a directory")
     if (out / CHECKPOINTS).is_symlink():
         raise OutputExistsError(f"{out}: checkpoints is a link; emvae will not write through it")
+    adopt_legacy_run(out)
     claim_outputs(out, (*OUTPUTS, *DERIVED), force=True)  # the user's files: never replaced
     existing = [name for name in OUTPUTS if _holds(out / name)]
     if existing and not force:
@@ -204,6 +220,7 @@ def resume_point(out: Path, work: Path) -> dict[str, Any]:
         )
     if not has_last(work):
         raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
+    adopt_legacy_run(work)
     claim_outputs(work, TABLES + (STAR,), force=True)  # the user's files: never replaced
     last = work / LAST
     ckpt = load_checkpoint(last)

@@ -211,6 +211,17 @@ def test_a_fit_never_replaces_a_file_emvae_did_not_write(case, force, tiny_stack
     assert _digest(folder) == before
 
 
+def test_a_run_from_before_manifests_is_still_emvaes(run, tiny_stack):
+    """A run written before emvae kept manifests: config.json and particles.h5 carry one run
+    id, so --resume and --force treat its outputs as emvae's."""
+    (run / MANIFEST).unlink()
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--resume", "-n", "3", "-q"])
+    assert r.exit_code == 0, r.output
+    (run / MANIFEST).unlink()
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--force", *SMALL])
+    assert r.exit_code == 0, r.output
+
+
 def test_a_second_fit_into_a_locked_run_refuses_naming_the_first(run, tiny_stack):
     """Two fits into one folder would mix their outputs: the second refuses in one line,
     naming the process that holds the folder (issue 38)."""
