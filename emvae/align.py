@@ -6,13 +6,13 @@ import math
 import os
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import torch
 from torch import Tensor
 
 from emvae.augment import align_images as _align
 from emvae.errors import ConfigError
+from emvae.io.mrc import new_stack_mmap
 from emvae.safety import atomic_output
 
 
@@ -58,8 +58,7 @@ def align_stack(
     shift = torch.tensor(np.asarray(shift_px, dtype=np.float64))
     path = Path(out)
     with atomic_output(path) as tmp:
-        with mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True) as mrc:
-            mrc.set_image_stack()
+        with new_stack_mmap(tmp, path, n, d) as mrc:
             for start, chunk in iter_chunks(stack, prepare(stack, Preprocess()), batch_size):
                 sel = slice(start, start + len(chunk))
                 x = torch.from_numpy(chunk).to(device, torch.float64)

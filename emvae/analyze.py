@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from emvae.errors import ConfigError, EmvaeError, InputError
 from emvae.latents import latent_columns
+from emvae.safety import claim_outputs, record_outputs
 
 METHODS = ("kmeans", "gmm")
 #: The one line printed when ``--umap`` is asked for without umap-learn.
@@ -291,12 +292,15 @@ def analyze_run(
     method: str = "kmeans",
     umap: bool = False,
     seed: int = 0,
+    force: bool = False,
 ) -> dict:
     """Analyse the latent space of ``run`` (a run directory or :class:`emvae.run.Run`) into
     ``out`` (default ``RUN/analyze``): the files of the module docstring. Every file is
     written into a temporary folder beside ``out`` and moved in once all are complete,
     ``analyze.json`` last; files of an earlier analysis that this one does not write again
-    are removed. Returns the content of ``analyze.json``.
+    are removed. Returns the content of ``analyze.json``. Files of those names that emvae did
+    not write are refused; an earlier analysis is replaced in ``RUN/analyze``, and in ``out``
+    only with ``force``.
 
     Raises ConfigError for a run without latent dimensions (zdim 0), for ``k`` outside
     1..N, and (``umap``) without umap-learn (:data:`UMAP_HINT`)."""
@@ -328,8 +332,9 @@ def analyze_run(
     if not 1 <= k <= len(z):
         raise ConfigError(f"-k {k}: need 1 <= k <= the number of particles ({len(z)})")
     dest = Path(out) if out is not None else r.path / ANALYZE
+    claim_outputs(dest, FILES, force or out is None, "analysis files")
     dest.mkdir(parents=True, exist_ok=True)
-    model, _, _ = r.model("cpu")
+    model, _, ckpt = r.model("cpu")
 
     scores, components, explained = pca(z)
     labels = cluster(z, k, method, seed)
@@ -342,6 +347,7 @@ def analyze_run(
     result: dict = {
         "run": str(r.path),
         "run_id": config.run_id,
+        "epoch": int(ckpt["epoch"]),  # the checkpoint the clusters were made from
         "particles": len(z),
         "zdim": zdim,
         "k": k,
@@ -414,9 +420,37 @@ def analyze_run(
         for name in sorted(written - {"analyze.json"}):
             os.replace(staging / name, dest / name)
         os.replace(staging / "analyze.json", dest / "analyze.json")
+        record_outputs(dest, sorted(written), config.run_id)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def check_clusters(run: str | os.PathLike, path: Path) -> None:
+    """Refuse a ``clusters.csv`` that ``emvae analyze`` did not write for ``run`` as it is now:
+    from another run, edited, or made before the run was trained further (``fit --resume``).
+    The folder's manifest holds the run id and digest of the file analyze wrote, and its
+    ``analyze.json`` the checkpoint epoch it was made from."""
+    from emvae.checkpoint import load_checkpoint
+    from emvae.run import Run
+    from emvae.safety import foreign_outputs
+
+    r = Run(Path(run))
+    again = f"run emvae analyze {run} again"
+    if foreign_outputs(path.parent, [path.name, "analyze.json"]):
+        raise InputError(path, f"is not the table emvae analyze wrote for this run; {again}")
+    made = json.loads((path.parent / "analyze.json").read_text())
+    if made.get("run_id") != r.config.run_id:
+        raise InputError(
+            path, f"was made from another run ({made.get('run_id', '?')[:8]}); {again}"
+        )
+    epoch = int(load_checkpoint(r.last)["epoch"]) if r.last.exists() else None
+    if made.get("epoch") != epoch:
+        raise InputError(
+            path,
+            f"was made from the checkpoint of epoch {made.get('epoch', '?')}, but the run is "
+            f"now at epoch {epoch}: its clusters are stale; {again}",
+        )
 
 
 def _real_averages(run, table: pd.DataFrame, labels: np.ndarray, k: int, notes: list[str]):

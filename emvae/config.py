@@ -416,6 +416,21 @@ class TrainConfig:
                 raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
 
 
+def physical(what: str, value: float, path: object = None, zero_ok: bool = False) -> float:
+    """A physical value (pixel size, voltage, Cs, ...) as given, once checked: a finite number
+    above 0 (``zero_ok``: or 0). Every such value emvae reads or is given passes here; one
+    line naming ``what`` (and the file ``path`` it came from, when given) otherwise."""
+    v = float(value)
+    if math.isfinite(v) and (v > 0 or (zero_ok and v == 0)):
+        return v
+    need = "a finite number >= 0" if zero_ok else "a finite number > 0"
+    if path is not None:
+        from emvae.errors import InputError
+
+        raise InputError(path, f"{what} is {value}; it must be {need}")
+    raise ConfigError(f"{what} must be {need}, got {value}")
+
+
 def fields_of(cls: type, options: dict[str, Any]) -> dict[str, Any]:
     """The entries of ``options`` that name fields of the config dataclass ``cls``."""
     names = {f.name for f in dataclasses.fields(cls)}

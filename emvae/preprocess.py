@@ -20,7 +20,7 @@ import scipy.fft
 from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.io.pictures import GALAXY_CROP, GALAXY_JITTER, GALAXY_SIZE, window_starts
 from emvae.io.stack import ImageStack
-from emvae.safety import atomic_output
+from emvae.safety import atomic_output, check_free_space
 
 #: Per-image normalisations (--norm).
 Normalize = Literal["none", "background", "image"]
@@ -307,14 +307,17 @@ def _check_finite(stack: ImageStack, chunk: np.ndarray, start: int) -> None:
                 stack.source,
                 f"{_which(stack, start + k)} holds values from {flat[k].min():.3g} to "
                 f"{flat[k].max():.3g}, {peak[k] / spread:.2g} times the spread of a typical "
-                "image: a damaged image? leave it out with --ind",
+                "image: a damaged image? leave it out with --ind (a list of the indices to keep)",
             )
 
 
 def _which(stack: ImageStack, k: int) -> str:
-    """'image k' (1-based), with its name when that says more."""
+    """'image k (index i)': 1-based, and the 0-based index in the input that ``--ind`` takes,
+    with its name when that says more."""
     name = stack.names[k]
-    return f"image {k + 1}" + ("" if name == f"{k + 1}@{stack.source}" else f" ({name})")
+    index = int(stack.rows[k]) if stack.rows is not None else k
+    named = "" if name == f"{k + 1}@{stack.source}" else f", {name}"
+    return f"image {k + 1} (index {index}{named})"
 
 
 def write_cache(
@@ -347,6 +350,7 @@ def write_cache(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         if suffix in H5_SUFFIXES:
+            check_free_space(path.parent, n * c * d * d * 4)
             f, ds = create_cache(tmp, n, c, d)
             with f:
                 for start, x in iter_chunks(stack, prepared, chunk):
@@ -357,10 +361,9 @@ def write_cache(
         elif suffix in MRC_SUFFIXES:
             if c != 1:
                 raise ConfigError(f"{path}: MRC holds one channel; write {c}-channel images to .h5")
-            import mrcfile
+            from emvae.io.mrc import new_stack_mmap
 
-            with mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True) as mrc:
-                mrc.set_image_stack()
+            with new_stack_mmap(tmp, path, n, d) as mrc:
                 for start, x in iter_chunks(stack, prepared, chunk):
                     mrc.data[start : start + len(x)] = x[:, 0]
                     if advance:

@@ -33,6 +33,7 @@ from emvae.io.tables import read_table
 from emvae.latents import KL_UNUSED, latent_columns, latent_usage, unused_warning
 from emvae.metrics import angular_error_deg, circular_correlation
 from emvae.run import ANALYZE, MONTAGE, REPORT, Run
+from emvae.safety import claim_outputs, record_outputs
 
 POSE_REFERENCE_COLUMNS = {"theta_deg", "shift_x_px", "shift_y_px", "image", "input_row"}
 #: A simulation's truth also gives the pose in the body's frame (emvae.simulate): compared
@@ -95,7 +96,9 @@ def _checked_reference(ref: pd.DataFrame, p: Path) -> pd.DataFrame:
         ref[c] = values
     finite = np.isfinite(ref[poses].to_numpy(np.float64)).all(1) if poses else None
     if finite is not None and not finite.all():
+        left_out = ref["image"][~finite].astype(str).tolist()
         ref = ref[finite].reset_index(drop=True)
+        ref.attrs["left_out"] = left_out  # named, but not compared
         ref.attrs["note"] = f"{p}: {int((~finite).sum())} rows without a finite pose left out"
     return ref
 
@@ -577,14 +580,40 @@ def write_report(
     reference: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     examples: int = EXAMPLES,
+    force: bool = False,
+    partial: bool = False,
 ) -> dict:
     """Figures, ``report.json`` and ``report.html`` for a run (into ``out``, default
     ``RUN/report``). ``examples``: particles shown beside their reconstructions (0: none).
-    Returns the JSON content."""
+    A ``reference`` that names only some of the run's particles is refused unless
+    ``partial`` (then the warnings say how many were compared).
+    Returns the JSON content.
+
+    Files of those names that emvae did not write are refused (:func:`claim_outputs`); an
+    earlier report is replaced in ``RUN/report``, and in ``out`` only with ``force``."""
     r = Run.open(run)
     table, metrics, config = r.table(), r.metrics(), r.config
     dest = Path(out) if out is not None else r.path / REPORT
+    claim_outputs(dest, REPORT_FILES, force or out is None, "report files")
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_report(run, r, table, metrics, dest, reference, examples, partial)
+    finally:  # claim_outputs found no other files of these names: all are emvae's now
+        record_outputs(dest, REPORT_FILES, config.run_id)
+
+
+def _write_report(
+    run: str | os.PathLike,
+    r: Run,
+    table: pd.DataFrame,
+    metrics: pd.DataFrame | None,
+    dest: Path,
+    reference: str | os.PathLike | None,
+    examples: int,
+    partial: bool = False,
+) -> dict:
+    """:func:`write_report`'s work, once ``dest`` is known to be emvae's to write."""
+    config = r.config
     result: dict = {"run": str(run), "particles": len(table), "figures": [], "warnings": []}
     usage = latent_usage(table)
     if usage:
@@ -625,6 +654,19 @@ def write_report(
         if ref.attrs.get("note"):
             result["warnings"].append(f"warning: {ref.attrs['note']}")
         ours, theirs = match(table, ref, str(reference))
+        keys = {image_key(n) for n in table["image"]}
+        named = len(ours) + sum(image_key(n) in keys for n in ref.attrs.get("left_out", []))
+        if named < len(table) and not partial:
+            raise InputError(
+                reference,
+                f"names {named} of the run's {len(table)} particles (matched by N@file name); "
+                f"give --partial to compare those {named}",
+            )
+        if named < len(table):
+            result["warnings"].append(
+                f"note: {reference} names {named} of the run's {len(table)} particles; "
+                f"only those are compared (--partial)"
+            )
         result["reference"] = str(reference)
         result.update(compare(ours, theirs))
         if "rotation" in result:
@@ -709,6 +751,8 @@ SECTIONS = (
     ),
     ("Example particles", ("reconstructions.png",)),
 )
+#: Every file ``emvae report`` may write.
+REPORT_FILES = ("report.json", "report.html", *(f for _, names in SECTIONS for f in names))
 #: What ``emvae montage`` writes, in the order the page shows it.
 MONTAGES = (
     "interpolation.png",

@@ -26,9 +26,9 @@ import pandas as pd
 
 from emvae.checkpoint import load_model, save_checkpoint
 from emvae.config import RunConfig, read_config
-from emvae.errors import InputError, OutputExistsError
-from emvae.io.tables import read_table, write_table
-from emvae.safety import atomic_output
+from emvae.errors import EmvaeError, InputError, OutputExistsError
+from emvae.io.tables import check_complete, read_table, write_table
+from emvae.safety import MANIFEST, atomic_output, claim_outputs, record_outputs
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -116,6 +116,7 @@ class Run:
             raise InputError(path, f"not a readable metrics table ({msg})") from None
         if "epoch" not in metrics:
             raise InputError(path, "not an emvae metrics table (no epoch column)")
+        check_complete(path, metrics, ours=True)
         return metrics
 
     def model(self, device="cpu"):
@@ -155,12 +156,39 @@ def has_last(out: Path) -> bool:
     return (out / LAST).exists()
 
 
+def adopt_legacy_run(out: Path) -> None:
+    """A run written before emvae kept manifests (no ``.emvae-outputs.json``) whose
+    config.json and particles.h5 carry the same run id is emvae's: its outputs are recorded
+    as such, so that --force and --resume work on it as on a new run."""
+    if (out / MANIFEST).exists() or not (out / CONFIG).is_file() or not (out / TABLES[0]).is_file():
+        return
+    try:
+        run_id = read_config(out / CONFIG).run_id
+        made_by = read_table(out / TABLES[0]).attrs.get("run_id", "")
+    except EmvaeError:
+        return
+    if run_id and made_by == run_id:
+        record_outputs(out, [n for n in OUTPUTS if (out / n).is_file()], run_id)
+
+
+def _holds(path: Path) -> bool:
+    """Whether ``path`` is an output: a file, or a folder with something in it (a fit that
+    stopped on a bad input leaves an empty checkpoints folder, nothing to protect)."""
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
 def check_output_dir(out: str | os.PathLike, force: bool = False) -> None:
-    """Refuse an ``out`` that holds emvae outputs (unless ``force``) before any work is done."""
+    """Refuse, before any work is done, an ``out`` holding files of the names a fit writes (or
+    retires) that emvae did not write, with or without ``force``; and one holding emvae
+    outputs unless ``force``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a directory")
-    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if (out / CHECKPOINTS).is_symlink():
+        raise OutputExistsError(f"{out}: checkpoints is a link; emvae will not write through it")
+    adopt_legacy_run(out)
+    claim_outputs(out, (*OUTPUTS, *DERIVED), force=True)  # the user's files: never replaced
+    existing = [name for name in OUTPUTS if _holds(out / name)]
     if existing and not force:
         hint = " or --resume to continue it" if has_last(out) else ""
         raise OutputExistsError(
@@ -175,7 +203,7 @@ def work_dir(out: Path, force: bool, resume: bool) -> Path:
     staging = out / STAGING
     if resume:
         return staging if force and has_last(staging) else out
-    if force and out.is_dir() and any((out / n).exists() for n in OUTPUTS):
+    if force and out.is_dir() and any(_holds(out / n) for n in OUTPUTS):
         return staging
     return out
 
@@ -192,6 +220,8 @@ def resume_point(out: Path, work: Path) -> dict[str, Any]:
         )
     if not has_last(work):
         raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
+    adopt_legacy_run(work)
+    claim_outputs(work, TABLES + (STAR,), force=True)  # the user's files: never replaced
     last = work / LAST
     ckpt = load_checkpoint(last)
     check_same_run(ckpt, last, work / CONFIG)
@@ -214,7 +244,7 @@ def replace_run(work: Path, out: Path) -> None:
     if old.exists():
         shutil.rmtree(old)
     old.mkdir()
-    for name in (*OUTPUTS, *DERIVED):
+    for name in (*OUTPUTS, *DERIVED, MANIFEST):
         if (out / name).exists() or (out / name).is_symlink():
             os.replace(out / name, old / name)
         if (work / name).exists():
@@ -224,11 +254,15 @@ def replace_run(work: Path, out: Path) -> None:
 
 
 def write_config(work: Path, config: RunConfig) -> None:
+    """config.json (recorded as emvae's, like every file below)."""
     with atomic_output(work / CONFIG) as tmp:
         tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    record_outputs(work, [CONFIG], config.run_id)
 
 
-def write_metrics(work: Path, history: list[dict[str, float]], columns: list[str]) -> None:
+def write_metrics(
+    work: Path, history: list[dict[str, float]], columns: list[str], run_id: str = ""
+) -> None:
     """metrics.csv: ``columns``, then any other figures of the last row (``on_epoch``'s)."""
     with atomic_output(work / METRICS) as tmp, open(tmp, "w", newline="") as f:
         extra = [k for k in history[-1] if k not in columns]
@@ -236,6 +270,7 @@ def write_metrics(work: Path, history: list[dict[str, float]], columns: list[str
         w.writeheader()
         for row in history:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    record_outputs(work, [METRICS], run_id)
 
 
 def write_checkpoint(work: Path, state: dict[str, Any], keep: bool) -> None:
@@ -251,4 +286,6 @@ def write_particles(work: Path, table: pd.DataFrame, particles, run_id: str) -> 
     STAR layout written (see :meth:`emvae.particles.Particles.write_star`)."""
     write_table(table, work / "particles.csv")
     write_table(table, work / "particles.h5", run_id)
-    return particles.write_star(table, work / STAR)
+    layout = particles.write_star(table, work / STAR)
+    record_outputs(work, ["particles.csv", "particles.h5", STAR], run_id)
+    return layout

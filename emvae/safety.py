@@ -7,27 +7,48 @@ that looks complete, or follow a link planted where it writes a temporary file.
 - :func:`refuse_inputs_as_outputs` stops a command before any work when one of its outputs is
   one of its inputs (``--force`` never overrides that).
 - :func:`check_writable` and :func:`check_free_space` fail before the work, not after it.
+- :func:`record_outputs` lists in each output folder's :data:`MANIFEST` the files emvae wrote
+  there (with their run id and content digest); :func:`claim_outputs` refuses, by name and
+  with or without ``--force``, to write over any other file: only emvae's own are replaced.
+- :func:`run_lock` holds an exclusive lock on a run folder for a whole fit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from emvae.errors import OutputError, OutputExistsError
+from emvae.errors import ConfigError, OutputError, OutputExistsError
 
 __all__ = [
+    "MANIFEST",
     "atomic_output",
     "check_free_space",
+    "check_memory",
     "check_names",
     "check_writable",
+    "claim_outputs",
+    "foreign_outputs",
     "input_files",
+    "record_outputs",
     "refuse_inputs_as_outputs",
+    "run_lock",
 ]
+
+#: In each folder emvae writes: the files it wrote there (relative name -> run id, sha256).
+MANIFEST = ".emvae-outputs.json"
+#: Checkpoint names emvae gives (a checkpoints folder holding only these is emvae's).
+CHECKPOINT_NAME = re.compile(r"(last|epoch_\d+)\.pt")
+#: The lock file a fit holds in its run folder (:func:`run_lock`).
+LOCK = ".emvae-lock"
 
 
 def _umask() -> int:
@@ -81,6 +102,29 @@ def check_free_space(folder: str | os.PathLike, need_bytes: int) -> None:
         raise OutputError(
             f"{folder}: only {free / 2**20:.1f} MiB free; this needs about "
             f"{need_bytes / 2**20:.1f} MiB"
+        )
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (``MemAvailable``; all of it where
+    /proc/meminfo is missing)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(need_bytes: int, what: str) -> None:
+    """Refuse, in one line, work that would allocate more than the memory available."""
+    free = available_memory()
+    if need_bytes > free:
+        raise ConfigError(
+            f"{what} needs about {need_bytes / 2**30:.1f} GiB of memory; "
+            f"{free / 2**30:.1f} GiB are available: ask for less"
         )
 
 
@@ -148,3 +192,128 @@ def check_names(names: Iterable[str], source: str) -> None:
                 f"{f!r}: the file name holds a line break or tab, which a STAR file cannot "
                 f"hold; rename it ({source})"
             )
+
+
+# ----------------------------------------------------------------------- which files are ours
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, dict[str, str]]:
+    """``folder``'s manifest ({} when there is none or it is unreadable: nothing is ours)."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def record_outputs(folder: str | os.PathLike, names: Iterable[str], run_id: str = "") -> None:
+    """Record the files ``names`` (relative to ``folder``) as emvae's: their content digest and
+    ``run_id`` go into ``folder``'s :data:`MANIFEST` (written atomically)."""
+    d = Path(folder)
+    files = _manifest(d)
+    for name in names:
+        if (d / name).is_file():
+            files[str(name)] = {"run_id": run_id, "sha256": _digest(d / name)}
+    with atomic_output(d / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
+
+
+def _foreign(folder: Path, name: str, files: dict[str, dict[str, str]]) -> list[str]:
+    """``name`` (or, for a folder, the files under it) unless emvae wrote it: in the folder's
+    manifest with the same content; for a folder, its own manifest's (or, in checkpoints,
+    the checkpoint names emvae gives)."""
+    p = folder / name
+    if p.is_dir() and not p.is_symlink():
+        inner = _manifest(p)
+        found = []
+        for f in sorted(p.rglob("*")):
+            rel = str(f.relative_to(p))
+            if f.is_dir() and not f.is_symlink():
+                continue
+            if rel == MANIFEST or (name == "checkpoints" and CHECKPOINT_NAME.fullmatch(rel)):
+                continue
+            found += [f"{name}/{x}" for x in _foreign(p, rel, inner)]
+        return found
+    entry = files.get(name)
+    try:
+        ours = not p.is_symlink() and isinstance(entry, dict) and entry["sha256"] == _digest(p)
+    except (OSError, KeyError):
+        ours = False
+    return [] if ours else [name]
+
+
+def foreign_outputs(folder: str | os.PathLike, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` (or of the files under them) that exist in ``folder`` and that
+    emvae did not write (not in its manifest with the same content: the user's own, or
+    changed since)."""
+    d = Path(folder)
+    files = _manifest(d)
+    present = [n for n in names if (d / n).exists() or (d / n).is_symlink()]
+    return [x for n in present for x in _foreign(d, n, files)]
+
+
+def claim_outputs(
+    folder: str | os.PathLike, names: Iterable[str], force: bool, what: str = "outputs"
+) -> None:
+    """Refuse to write ``names`` into ``folder`` over files emvae did not write (always, by
+    name), and over emvae's own ``what`` unless ``force``."""
+    d = Path(folder)
+    names = list(names)
+    foreign = foreign_outputs(d, names)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise OutputExistsError(
+            f"{d}: holds {shown}, which emvae did not write (or which changed "
+            f"since); emvae never replaces such files, with or without --force: move them "
+            f"or choose another output folder"
+        )
+    existing = [n for n in names if (d / n).exists()]
+    if existing and not force:
+        raise OutputExistsError(
+            f"{d}: already holds emvae {what} ({', '.join(existing)}); use --force to replace them"
+        )
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the run ``folder`` (a :data:`LOCK` file holding this
+    process's id) until the block ends; another process holding it: one line naming its id."""
+    d = Path(folder)
+    path = d / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise OutputError(f"{d}: cannot write here ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputExistsError(
+                f"{d}: another emvae fit (process {pid}) is writing this run; wait for it to "
+                f"end, or choose another output folder"
+            ) from None
+        try:  # the file a finishing fit removed between our open and flock: try again
+            same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)

@@ -73,6 +73,9 @@ def read_clusters(run: str | os.PathLike) -> pd.DataFrame | None:
     path = Path(run) / CLUSTERS
     if not path.exists():
         return None
+    from emvae.analyze import check_clusters
+
+    check_clusters(run, path)
     try:
         table = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -83,6 +86,16 @@ def read_clusters(run: str | os.PathLike) -> pd.DataFrame | None:
     if table["image"].duplicated().any():
         name = table["image"][table["image"].duplicated()].iloc[0]
         raise InputError(path, f"names particle {name} twice")
+    if "cluster" in table:
+        number = pd.to_numeric(table["cluster"], errors="coerce")
+        bad = ~(number.notna() & (number >= 1) & (number == number.round()))
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise InputError(
+                path,
+                f"line {row + 2}: cluster {table['cluster'].iloc[row]!r} is not a cluster "
+                f"number (1, 2, ...)",
+            )
     return table
 
 

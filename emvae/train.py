@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from emvae.models import SpatialVAE
 from emvae.objective import ElboTerms, log_hyperprior, posterior_elbo, weighted_elbo
 from emvae.particles import Particles, check_same
 from emvae.progress import TrainingProgress, training_progress
-from emvae.safety import check_free_space
+from emvae.safety import check_free_space, check_writable, run_lock
 from emvae.stages import parse_stages, size_at
 
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
@@ -104,6 +105,23 @@ def fit(
     ``metrics.csv`` (the encoder benchmark tracks pose recovery this way).
     """
     out = Path(out_dir)
+    if int(os.environ.get("RANK", "0")):  # torchrun: only rank 0 writes (and locks)
+        return _fit(particles, config, out, resume, force, progress, on_epoch)
+    check_writable(out)
+    with run_lock(out):  # a second fit into the same folder refuses, naming this process
+        return _fit(particles, config, out, resume, force, progress, on_epoch)
+
+
+def _fit(
+    particles: Particles | ImageStack,
+    config: RunConfig,
+    out: Path,
+    resume: bool,
+    force: bool,
+    progress: bool,
+    on_epoch: Callable[[int, SpatialVAE, Any], dict[str, float]] | None,
+) -> FitResult:
+    """:func:`fit`, once the run folder is locked."""
     work = run.work_dir(out, force, resume)  # out, or the staging folder of a --force re-run
     device = resolve_device(config.train.device)
     if device.type == "cpu":
@@ -213,7 +231,8 @@ def fit(
             history.append(row)
             if not ctx.main:
                 continue
-            run.write_metrics(work, history, metric_columns(cfg.zdim, cfg.pose != "rigid"))
+            columns = metric_columns(cfg.zdim, cfg.pose != "rigid")
+            run.write_metrics(work, history, columns, config.run_id)
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),

@@ -148,3 +148,20 @@ def write_pictures(folder: Path, n: int, size: int, suffix: str = ".png", seed: 
         a[c - 2 * w : c + 2 * w, c - w + 1 : c + w + 1] = rng.integers(60, 255, size=3)
         Image.fromarray(a).save(folder / f"g{k:02d}{suffix}")
     return folder
+
+
+def stamp_analysis(run: Path) -> None:
+    """Stamp a hand-made analyze/clusters.csv as emvae analyze does: analyze.json with the run
+    id and checkpoint epoch, both recorded in the folder's manifest (select checks them)."""
+    import json
+
+    from emvae.checkpoint import load_checkpoint
+    from emvae.config import read_config
+    from emvae.safety import record_outputs
+
+    made = {
+        "run_id": read_config(run / "config.json").run_id,
+        "epoch": int(load_checkpoint(run / "checkpoints" / "last.pt")["epoch"]),
+    }
+    (run / "analyze" / "analyze.json").write_text(json.dumps(made))
+    record_outputs(run / "analyze", ["clusters.csv", "analyze.json"])

@@ -117,7 +117,7 @@ def _bad(tmp_path, kind):
         ("empty", "contains no images"),
         ("one-image", "at least 2"),
         ("non-square", "square"),
-        ("nan", "image 3 contains NaN"),
+        ("nan", "image 3 (index 2) contains NaN"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, kind, message):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import runner, write_pictures
+from conftest import runner, stamp_analysis, write_pictures
 from emvae_cli.main import app as cli
 from PIL import Image
 
@@ -415,6 +415,7 @@ def test_analysis_columns_give_views_and_colours(grey_run, tmp_path):
         }
     )
     clusters.to_csv(copy / "analyze" / "clusters.csv", index=False)
+    stamp_analysis(copy)
     ex = Explorer(Run.open(copy), "cpu")
     meta = ex.meta()
     assert [v["name"] for v in meta["views"]] == ["z1 / z2", "PCA"]

@@ -113,7 +113,7 @@ def test_nan_is_reported_with_image_number(write_stack):
     imgs = np.random.default_rng(0).normal(size=(5, 8, 8)).astype(np.float32)
     imgs[3, 2, 2] = np.nan
     s = read_stack(write_stack(imgs))
-    with pytest.raises(InputError, match="image 4 contains NaN"):
+    with pytest.raises(InputError, match=r"image 4 \(index 3\) contains NaN"):
         load_images(s, torch.device("cpu"))
 
 

@@ -19,7 +19,7 @@ from emvae_cli.main import app
 
 from emvae.io import read_table
 from emvae.io.mrc import write_mrc
-from emvae.safety import atomic_output
+from emvae.safety import MANIFEST, atomic_output, record_outputs
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -39,6 +39,7 @@ def run(tiny_stack, tmp_path):
     assert r.exit_code == 0, r.output
     (out / "report").mkdir()
     (out / "report" / "report.json").write_text("{}")
+    record_outputs(out / "report", ["report.json"])  # as `emvae report` records what it wrote
     return out
 
 
@@ -129,7 +130,7 @@ def test_an_interrupted_force_rerun_leaves_the_old_run_intact(run, tiny_stack, m
     monkeypatch.setattr(emvae.train, "_train_epoch", dies_in_epoch_2)
     r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--force", *SMALL])
     assert r.exit_code == 130, r.output
-    assert {k: v for k, v in _digest(run).items() if not k.startswith(".emvae")} == before
+    assert {k: v for k, v in _digest(run).items() if not k.startswith(".emvae-r")} == before
     # resuming is explicit: the old run, or the interrupted re-run
     r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--resume", *SMALL])
     assert r.exit_code == 1 and "--resume --force" in r.output
@@ -162,7 +163,110 @@ def test_a_complete_force_rerun_replaces_outputs_and_retires_reports(run, tiny_s
     for name in ("report", "montage", "analyze"):  # made from the old run: would mislabel it
         assert not (run / name).exists()
     assert (run / "explore" / "picked.txt").read_text() == "3\n"
-    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [MANIFEST]
+
+
+def _users_star(tmp_path, tiny_stack, run):
+    folder = tmp_path / "rdata"
+    (folder / "p.mrcs").parent.mkdir()
+    (folder / "p.mrcs").write_bytes(tiny_stack.read_bytes())
+    star = _star_input(folder / "p.mrcs", folder)  # the user's own RELION STAR
+    return star, ["fit", str(folder / "p.mrcs"), "-o", str(folder), *SMALL]
+
+
+def _users_csv_in_a_run(tmp_path, tiny_stack, run):
+    (run / "particles.csv").write_text("image,theta_deg\n1@mine.mrcs,3\n")  # edited by hand
+    return run / "particles.csv", ["fit", str(tiny_stack), "-o", str(run), *SMALL]
+
+
+def _users_file_in_checkpoints(tmp_path, tiny_stack, run):
+    notes = run / "checkpoints" / "notes.txt"
+    notes.write_text("which epoch looked best")
+    return notes, ["fit", str(tiny_stack), "-o", str(run), *SMALL]
+
+
+def _users_file_in_report(tmp_path, tiny_stack, run):
+    mine = run / "report" / "figure_for_the_paper.png"
+    mine.write_bytes(b"PNG")
+    return mine, ["fit", str(tiny_stack), "-o", str(run), *SMALL]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [_users_star, _users_csv_in_a_run, _users_file_in_checkpoints, _users_file_in_report],
+    ids=lambda f: f.__name__.strip("_"),
+)
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_a_fit_never_replaces_a_file_emvae_did_not_write(case, force, tiny_stack, tmp_path, run):
+    """Only files emvae wrote (recorded in the folder's manifest, same content) are replaced,
+    and only with --force; any other file a fit would write over or retire is refused by name,
+    with or without --force (issue 38)."""
+    victim, args = case(tmp_path, tiny_stack, run)
+    folder = Path(args[args.index("-o") + 1])
+    before = _digest(folder)
+    r = runner.invoke(app, [*args, *(["--force"] if force else [])])
+    assert r.exit_code == 1, r.output
+    said = " ".join(r.output.split())
+    assert "emvae did not write" in said and victim.name in said and "Traceback" not in said
+    assert _digest(folder) == before
+
+
+def test_a_run_from_before_manifests_is_still_emvaes(run, tiny_stack):
+    """A run written before emvae kept manifests: config.json and particles.h5 carry one run
+    id, so --resume and --force treat its outputs as emvae's."""
+    (run / MANIFEST).unlink()
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--resume", "-n", "3", "-q"])
+    assert r.exit_code == 0, r.output
+    (run / MANIFEST).unlink()
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--force", *SMALL])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_second_fit_into_a_locked_run_refuses_naming_the_first(run, tiny_stack):
+    """Two fits into one folder would mix their outputs: the second refuses in one line,
+    naming the process that holds the folder (issue 38)."""
+    import fcntl
+
+    from emvae.safety import LOCK
+
+    before = _digest(run)
+    with open(run / LOCK, "w") as f:
+        f.write("4242\n")
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        for extra in (["--force"], ["--resume", "-n", "3"]):
+            r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), *extra, *SMALL])
+            assert r.exit_code == 1, r.output
+            said = " ".join(r.output.split())
+            assert "process 4242" in said and len(r.output.strip().splitlines()) == 1, said
+    assert {k: v for k, v in _digest(run).items() if k != LOCK} == before
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--force", *SMALL])
+    assert r.exit_code == 0, r.output  # the lock went with its holder
+    assert not (run / LOCK).exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [("report", "report.html"), ("montage", "manifold.png"), ("analyze", "clusters.csv")],
+)
+def test_report_montage_analyze_never_replace_a_users_file(run, tmp_path, command, name):
+    """report, montage and analyze -o DIR refuse a file of the user's by name, with or without
+    --force; emvae's own earlier outputs there are replaced only with --force (issue 38)."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / name).write_text("the user's own")
+    for extra in ([], ["--force"]):
+        r = runner.invoke(app, [command, str(run), "-o", str(folder), *extra])
+        assert r.exit_code == 1, r.output
+        said = " ".join(r.output.split())
+        assert "emvae did not write" in said and name in said and "Traceback" not in said
+    assert [p.name for p in folder.iterdir()] == [name]
+    (folder / name).unlink()
+    assert runner.invoke(app, [command, str(run), "-o", str(folder)]).exit_code == 0
+    r = runner.invoke(app, [command, str(run), "-o", str(folder)])
+    assert r.exit_code == 1 and "--force" in r.output, r.output
+    r = runner.invoke(app, [command, str(run), "-o", str(folder), "--force"])
+    assert r.exit_code == 0, r.output
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +285,34 @@ def test_a_full_disk_leaves_no_table_and_no_temporary_file(tiny_stack, tmp_path,
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) <= 3
     assert not (out / "particles.csv").exists()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("command", ["preprocess", "align"])
+@pytest.mark.parametrize("full", ["disk_usage", "fallocate"])
+def test_a_full_disk_stops_a_memory_mapped_write_in_one_line(
+    run, tiny_stack, tmp_path, monkeypatch, command, full
+):
+    """A memory-mapped MRCS write on a full disk died by SIGBUS and left a .tmp: the space is
+    checked and reserved first; one line, no temporary file (issue 38)."""
+    import shutil
+
+    if full == "disk_usage":
+        usage = shutil.disk_usage(tmp_path)
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=10_000))
+    else:
+
+        def no_space(fd, offset, length):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "posix_fallocate", no_space)
+    folder = tmp_path / "full"
+    folder.mkdir()
+    source = [str(tiny_stack)] if command == "preprocess" else [str(run)]
+    out = folder / "c.mrcs"
+    r = runner.invoke(app, [command, *source, "-o", str(out), "-q"])
+    assert r.exit_code == 1, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert "MiB" in r.output and list(folder.iterdir()) == []
 
 
 def test_atomic_output_never_follows_a_planted_link(tmp_path):
@@ -231,6 +363,121 @@ def test_bad_fit_options_get_one_line(case, tiny_stack, tmp_path):
     r = runner.invoke(app, ["fit", str(tiny_stack), *out, *args, *SMALL])
     assert r.exit_code == code, r.output
     assert words in r.output and "Traceback" not in r.output
+
+
+def _negative_optics_apix(stack: Path, tmp: Path) -> list[str]:
+    star = tmp / "neg.star"
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [-1.5]})
+    names = [f"{k}@{stack}" for k in range(1, 61)]
+    starfile.write({"optics": optics, "particles": pd.DataFrame({"rlnImageName": names})}, star)
+    return ["fit", str(star), "-o", str(tmp / "r"), *SMALL]
+
+
+def _negative_width(stack: Path, tmp: Path, command: str = "info") -> list[str]:
+    p = _mrc(tmp / "neg.mrcs", np.zeros((60, 20, 20)), nx=-20)
+    return [command, str(p), *(["-o", str(tmp / "r"), *SMALL] if command == "fit" else [])]
+
+
+# (id, args made on the fly from the tiny stack, a run and tmp_path, words the line must hold)
+BAD_VALUES = [
+    *[
+        (f"fit-apix-{v}", lambda s, r, t, v=v: ["fit", str(s), "-o", str(t / "r"), "--apix", v],
+         "--apix must be a finite number > 0")
+        for v in ("inf", "nan", "-1", "0")
+    ],
+    *[
+        (f"export-apix-{v}", lambda s, r, t, v=v: ["export-star", str(r), "-o", str(t / "x.star"),
+                                                   "--apix", v], "--apix must be a finite")
+        for v in ("-1", "nan")
+    ],
+    ("export-voltage", lambda s, r, t: ["export-star", str(r), "-o", str(t / "x.star"),
+                                        "--voltage", "-300"], "--voltage must be a finite"),
+    ("optics-apix", lambda s, r, t: _negative_optics_apix(s, t), "rlnImagePixelSize is -1.5"),
+    ("mrc-nx-info", lambda s, r, t: _negative_width(s, t), "neg.mrcs"),
+    ("mrc-nx-fit", lambda s, r, t: _negative_width(s, t, "fit"), "neg.mrcs"),
+    ("encode-batch-0", lambda s, r, t: ["encode", str(r), str(s), "-o", str(t / "e.csv"),
+                                        "-b", "0"], "--batch-size"),
+    ("simulate-huge", lambda s, r, t: ["simulate", str(t / "sim"), "-n", "1000000", "--size",
+                                       "100000"], "GiB of memory"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_VALUES, ids=[c[0] for c in BAD_VALUES])
+def test_bad_values_get_one_line_and_write_nothing(case, run, tiny_stack, tmp_path):
+    """Non-physical values, headers that lie and sizes beyond memory: one line, no traceback,
+    nothing written (issue 38)."""
+    _, make, words = case
+    args = make(tiny_stack, run, tmp_path)
+    r = runner.invoke(app, args)
+    said = " ".join(r.output.split())
+    assert r.exit_code in (1, 2) and words in said and "Traceback" not in said, said
+    assert not (tmp_path / "r" / "particles.star").exists() and not (tmp_path / "x.star").exists()
+    assert not (tmp_path / "sim").exists() and not (tmp_path / "e.csv").exists()
+
+
+def test_a_montage_beyond_memory_is_refused(run, monkeypatch):
+    import emvae.safety
+
+    monkeypatch.setattr(emvae.safety, "available_memory", lambda: 100 * 2**20)
+    r = runner.invoke(app, ["montage", str(run), "--grid", "100000"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "montage --grid 100000 needs about" in said, said
+    assert not (run / "montage").exists()
+
+
+def test_resume_without_epochs_continues_to_the_stored_number(run, tiny_stack):
+    """--resume without -n trained an 8-epoch run to the default 50 (issue 38)."""
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(run), "--resume", "-q"])
+    assert r.exit_code == 0, r.output
+    assert read_table(run / "particles.csv").shape[0] == 60
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2]
+
+
+def _clusters_stale(run, tiny_stack, tmp_path):
+    args = ["fit", str(tiny_stack), "-o", str(run), "--resume", "-n", "3", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    return "stale"
+
+
+def _clusters_of_another_run(run, tiny_stack, tmp_path):
+    other = tmp_path / "other"
+    args = ["fit", str(tiny_stack), "-o", str(other), "--seed", "5", *SMALL]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, ["analyze", str(other), "-k", "2"]).exit_code == 0
+    for name in ("clusters.csv", "analyze.json", MANIFEST):  # the whole folder copied in
+        (run / "analyze" / name).write_bytes((other / "analyze" / name).read_bytes())
+    return "another run"
+
+
+def _clusters_edited(run, tiny_stack, tmp_path):
+    path = run / "analyze" / "clusters.csv"
+    path.write_text(path.read_text().replace(",1,", ",xyz,", 1))
+    return "not the table emvae analyze wrote"
+
+
+def _clusters_not_numbers(run, tiny_stack, tmp_path):
+    path = run / "analyze" / "clusters.csv"
+    table = pd.read_csv(path).astype({"cluster": object})
+    table.loc[0, "cluster"] = "xyz"
+    table.to_csv(path, index=False)
+    record_outputs(run / "analyze", ["clusters.csv"])  # as if emvae had written it
+    return "cluster 'xyz' is not a cluster number"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_clusters_stale, _clusters_of_another_run, _clusters_edited, _clusters_not_numbers],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_select_refuses_clusters_that_do_not_describe_the_run(run, tiny_stack, tmp_path, damage):
+    """analyze, then fit --resume -n 12, then select --cluster 1 used the stale clusters;
+    another run's clusters.csv was accepted; 'xyz' as a cluster was a traceback (issue 38)."""
+    assert runner.invoke(app, ["analyze", str(run), "-k", "2"]).exit_code == 0
+    words = damage(run, tiny_stack, tmp_path)
+    r = runner.invoke(app, ["select", str(run), "-o", str(tmp_path / "s"), "--cluster", "1"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and words in said and "Traceback" not in said, said
+    assert not list(tmp_path.glob("s.*"))
 
 
 def test_a_fractional_image_index_is_refused(tiny_stack, tmp_path):
@@ -332,6 +579,43 @@ def test_a_nan_in_the_reference_drops_one_row_not_every_score(run, tmp_path):
     assert "circular correlation 1.000" in r.output and "59 particles matched" in r.output
 
 
+def test_a_reference_naming_some_of_the_particles_needs_partial(run, tmp_path):
+    """A reference matching 36 of the 60 particles was compared without a word (issue 38)."""
+    ref = _reference(run, tmp_path, lambda t: t)
+    pd.read_csv(ref).iloc[:36].to_csv(ref, index=False)
+    r = runner.invoke(app, ["report", str(run), "--reference", str(ref)])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "names 36 of the run's 60 particles" in said, said
+    assert "--partial" in said
+    r = runner.invoke(app, ["report", str(run), "--reference", str(ref), "--partial"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and "36 particles matched" in said and "names 36 of" in said, said
+
+
+def _cut_table(run, tmp_path):
+    text = (run / "particles.csv").read_text()
+    cut = tmp_path / "cut.csv"
+    cut.write_text(text[: len(text) // 2])  # ends in the middle of a row
+    return ["export-star", str(cut), "-o", str(tmp_path / "x.star"), "--box", "16"], cut
+
+
+def _cut_metrics(run, tmp_path):
+    text = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(text[: len(text) - 7])
+    return ["report", str(run)], run / "metrics.csv"
+
+
+@pytest.mark.parametrize("cut", [_cut_table, _cut_metrics], ids=lambda f: f.__name__.strip("_"))
+def test_a_truncated_table_is_named_as_such(run, tmp_path, cut):
+    """export-star of a cut table wrote <NA> fields; a cut metrics.csv was reported without a
+    word (issue 38)."""
+    args, path = cut(run, tmp_path)
+    r = runner.invoke(app, args)
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and f"{path}: the file is truncated at line" in said, said
+    assert not (tmp_path / "x.star").exists()
+
+
 def test_non_numeric_reference_angles_get_one_line(run, tmp_path):
     ref = _reference(run, tmp_path, lambda t: t.astype(str).where(t.index != 2, "ninety"))
     r = runner.invoke(app, ["report", str(run), "--reference", str(ref)])
@@ -347,6 +631,63 @@ def test_datadir_never_lets_a_star_reach_outside_it(tiny_stack, tmp_path):
     assert runner.invoke(app, ["info", str(star)]).exit_code == 0  # RELION's relative paths
     r = runner.invoke(app, ["info", str(star), "--datadir", str(datadir)])
     assert r.exit_code == 1 and "not found" in r.output and str(datadir) in r.output
+
+
+@pytest.mark.parametrize("entry", ["../outside/secret.mrcs", "ABS"], ids=["dotdot", "absolute"])
+def test_datadir_never_lets_a_txt_list_reach_outside_it(tiny_stack, tmp_path, entry):
+    """A .txt list of stacks is confined to --datadir like STAR and .cs (issue 38)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.mrcs"
+    secret.write_bytes(tiny_stack.read_bytes())
+    datadir = tmp_path / "dd"
+    datadir.mkdir()
+    listing = datadir / "list.txt"
+    listing.write_text("# stacks\n\n" + (str(secret) if entry == "ABS" else entry) + "\n")
+    r = runner.invoke(app, ["info", str(listing), "--datadir", str(datadir)])
+    assert r.exit_code == 1 and "line 3" in r.output and "not found" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def _star_without_indices(stack: Path, folder: Path) -> tuple[Path, str]:
+    star = folder / "whole.star"
+    starfile.write(pd.DataFrame({"rlnImageName": [str(stack)] * 60}), star)
+    return star, "has no N@ but"
+
+
+def _star_with_two_name_columns(stack: Path, folder: Path) -> tuple[Path, str]:
+    star = folder / "twice.star"
+    rows = "".join(f"{k}@{stack} {k}@{stack}\n" for k in (1, 2))
+    star.write_text(f"data_\nloop_\n_rlnImageName #1\n_rlnImageName #2\n{rows}")
+    return star, "rlnImageName appears more than once"
+
+
+def _star_cut_mid_row(stack: Path, folder: Path) -> tuple[Path, str]:
+    star = folder / "cut.star"
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [1.0]})
+    particles = pd.DataFrame(
+        {"rlnImageName": [f"{k}@{stack}" for k in (1, 2, 3)], "rlnDefocusU": 1e4}
+    )
+    particles["rlnOpticsGroup"] = 1
+    starfile.write({"optics": optics, "particles": particles}, star)
+    text = star.read_text().rstrip()
+    star.write_text(text[: max(text.rindex(" "), text.rindex("\t"))] + "\n")  # cut its group
+    return star, f"truncated at line {len(star.read_text().splitlines())}"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_star_without_indices, _star_with_two_name_columns, _star_cut_mid_row],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_a_star_file_that_misleads_gets_one_line(tiny_stack, tmp_path, make):
+    """Rows naming a whole stack (read as 60 copies of image 1), a doubled column (a
+    traceback) and a file cut mid-row ("optics groups [nan]") each get one line (issue 38)."""
+    star, words = make(tiny_stack, tmp_path)
+    r = runner.invoke(app, ["info", str(star)])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and words in said and str(star) in said, said
+    assert "Traceback" not in said
 
 
 def test_datadir_comes_before_an_absolute_path_and_info_says_which_file_was_read(
@@ -551,8 +892,13 @@ def test_one_image_of_absurd_values_is_refused_by_name(tiny_stack, tmp_path):
     p = tmp_path / "damaged.mrcs"
     write_mrc(p, images)
     r = runner.invoke(app, ["fit", str(p), "-o", str(tmp_path / "run"), *SMALL])
-    assert r.exit_code == 1 and "image 6 holds values" in r.output and "--ind" in r.output
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "image 6 (index 5) holds values" in said and "--ind" in said
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    # the fix it names works: --ind without index 5 (issue 38: it named the 1-based number)
+    keep = _write_ind(tmp_path, [k for k in range(60) if k != 5])
+    r = runner.invoke(app, ["fit", str(p), "-o", str(tmp_path / "run"), "--ind", str(keep), *SMALL])
+    assert r.exit_code == 0, r.output
 
 
 def test_a_cs_file_with_a_path_that_is_not_utf8_gets_one_line(tmp_path):

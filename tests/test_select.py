@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
-from conftest import SMALL, optics_table, runner
+from conftest import SMALL, optics_table, runner, stamp_analysis
 from emvae_cli.main import app
 
 from emvae.errors import ConfigError, InputError
@@ -335,6 +335,7 @@ def test_mrcs_gets_index_lists_clusters_and_clear_errors(tiny_stack, tmp_path):
     ).iloc[np.random.default_rng(0).permutation(N)]
     (run / "analyze").mkdir()
     clusters.to_csv(run / "analyze" / "clusters.csv", index=False)
+    stamp_analysis(run)
     r = _select(run, tmp_path / "c", "--cluster", "1,3")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in tmp_path.glob("c.*")) == ["c.npy", "c.txt"]

@@ -34,14 +34,19 @@ def analyze(
     out: Path | None = typer.Option(
         None, "-o", "--out", show_default=False, help=f"Folder (default RUN/{ANALYZE})."
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace an earlier analysis in -o (not files emvae did not write).",
+    ),
 ) -> None:
     """Clusters of the particles in z (numbered by size, like RELION's classes) and PCA.
 
     Writes clusters.csv (image, input_row, cluster, PC1.., UMAP1, UMAP2), analyze.json, the
     generator's image at each cluster centre, each cluster's aligned average, scatter plots
     by cluster and density, and a walk along each principal component. An earlier analysis in
-    the folder is replaced."""
-    result = analyze_run(run, out, k, method, umap, seed)
+    RUN/analyze is replaced (in -o DIR with --force)."""
+    result = analyze_run(run, out, k, method, umap, seed, force)
     dest = out or run / ANALYZE
     for note in result["notes"]:
         err_console.print(note, highlight=False, markup=False)

@@ -8,9 +8,10 @@ from pathlib import Path
 import typer
 
 from emvae import bench as bn
-from emvae.config import Generator, ModelConfig, RotationBins, TrainConfig
+from emvae.config import Generator, ModelConfig, RotationBins, TrainConfig, physical
 from emvae.errors import ConfigError, OutputExistsError
 from emvae.mnist import DATASETS
+from emvae.safety import check_memory
 from emvae.simulate import OBJECTS, get_object, write_simulation
 from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, default, err_console, user_errors
 
@@ -130,8 +131,10 @@ def simulate(
     (relative to the consensus view, and in the body's frame)."""
     if (out / "particles.mrcs").exists() and not force:
         raise OutputExistsError(f"{out}: already holds particles.mrcs; use --force")
-    if n < 1 or size < 8 or not snr > 0 or not apix > 0:
-        raise ConfigError("need -n >= 1, --size >= 8, --snr > 0 and --apix > 0")
+    if n < 1 or size < 8 or not snr > 0:
+        raise ConfigError("need -n >= 1, --size >= 8 and --snr > 0")
+    physical("--apix", apix)
+    check_memory(4 * n * size * size * 4, f"simulate -n {n} --size {size}")  # ~4 copies
     df = None if defocus is None else _defocus_range(defocus)
     if structure is not None:
         _simulate_structure(

@@ -330,7 +330,8 @@ def fit(
     resume: bool = typer.Option(
         False,
         "--resume",
-        help="Continue OUT from its last checkpoint (stored settings; only --epochs may change).",
+        help="Continue OUT from its last checkpoint to its stored number of epochs (stored "
+        "settings; only --epochs may change).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite emvae outputs in OUT."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
@@ -342,8 +343,10 @@ def fit(
     if example:
         stacks = [str(make_example(out / "example", force=force or resume))]
     last = Run(out).last
+    stored_epochs = None
     if resume and last.exists():  # read the inputs the way the run being resumed did
-        stored = RunConfig.from_dict(load_checkpoint(last)["config"]).data
+        stored_config = RunConfig.from_dict(load_checkpoint(last)["config"])
+        stored, stored_epochs = stored_config.data, stored_config.train.epochs
         datadir, ind = datadir or stored.datadir, ind or stored.ind
         particles = Particles.like(stored, stacks, datadir, ind, apix)
     else:
@@ -362,6 +365,8 @@ def fit(
     if why:
         err_console.print(f"note: the CTF is not modelled: {why}", highlight=False)
     options = {**preset, **{k: v for k, v in ctx.params.items() if v is not None}}
+    if epochs is None and stored_epochs is not None:  # --resume without -n: the run's own
+        options["epochs"] = stored_epochs
     options.update(
         image_size=particles.size, channels=particles.channels, ctf=ctf_choice,
         likelihood=likelihood or images.likelihood,
@@ -412,7 +417,7 @@ def encode(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (.pt) or a run directory."),
     stacks: list[str] = typer.Argument(..., help=opt.INPUTS_HELP, show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Table to write: .csv or .h5."),
-    batch_size: int = typer.Option(256, "-b", "--batch-size", help="Images per batch."),
+    batch_size: int = typer.Option(256, "-b", "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     seed: int = field_option(
         T, "seed", "Seed of the per-particle ELBO sample.", min=0, max=SEED_MAX

@@ -9,7 +9,7 @@ import pandas as pd
 import typer
 
 from emvae.align import align_stack
-from emvae.config import RunConfig
+from emvae.config import RunConfig, physical
 from emvae.data import resolve_device
 from emvae.errors import ConfigError, InputError, OutputExistsError
 from emvae.io import open_stack, read_table, write_mrc
@@ -68,6 +68,12 @@ def export_star(
     """Write an emvae particle table as a RELION STAR file (3.1 with optics by default)."""
     if out.exists() and not force:
         raise OutputExistsError(f"{out}: exists; use --force to overwrite")
+    apix = None if apix is None else physical("--apix", apix)
+    optics_given = Optics(
+        physical("--voltage", voltage), physical("--cs", cs, zero_ok=True), amp_contrast
+    )
+    if not 0 <= amp_contrast < 1:
+        raise ConfigError(f"--amp-contrast must lie in [0, 1), got {amp_contrast}")
     table, config = load_source(source)
     refuse_inputs_as_outputs([out], [source, *([input_star] if input_star else [])])
     check_writable(out.parent)
@@ -85,16 +91,14 @@ def export_star(
         particles, optics = input_star_rows(input_star, table["input_row"].to_numpy())
         _check_names(table, particles, input_star)
         if apix is None:  # what the STAR states: its optics groups' or its rows' pixel size
-            apix, notes = star_pixel_size(particles, optics)
+            apix, notes = star_pixel_size(particles, optics, input_star)
             for note in notes:
                 err_console.print(f"note: {input_star}: {note}", highlight=False)
         if box is None and optics is not None and "rlnImageSize" in optics:
             box = int(optics["rlnImageSize"].iloc[0])
     if box is None:
         raise ConfigError("the box size is unknown: give --box (the input images' size in px)")
-    layout = export_table(
-        table, out, box, apix, particles, optics, relion30, Optics(voltage, cs, amp_contrast)
-    )
+    layout = export_table(table, out, box, apix, particles, optics, relion30, optics_given)
     err_console.print(f"wrote {out} ({len(table)} particles, RELION {layout})", highlight=False)
 
 
@@ -109,7 +113,7 @@ def align(
     ind: str | None = IND,
     apix: float | None = APIX,
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
-    batch_size: int = typer.Option(1024, "-b", "--batch-size", help="Images per batch."),
+    batch_size: int = typer.Option(1024, "-b", "--batch-size", min=1, help="Images per batch."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT and its average."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:

@@ -12,8 +12,9 @@ from emvae import montage as mt
 from emvae.checkpoint import load_model
 from emvae.errors import ConfigError, InputError
 from emvae.latents import latent_columns
-from emvae.report import image_key, write_report
+from emvae.report import MONTAGES, image_key, write_report
 from emvae.run import MONTAGE, REPORT, Run
+from emvae.safety import check_memory, claim_outputs, record_outputs
 from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
 
 
@@ -36,13 +37,19 @@ def report(
         min=0,
         help="Held-out particles shown beside their reconstructions (0: none).",
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an earlier report in -o (never files emvae did not write)."
+    ),
+    partial: bool = typer.Option(
+        False, "--partial", help="Accept a --reference naming only some of the run's particles."
+    ),
 ) -> None:
     """Learning curves, histograms, latent scatter; agreement with a --reference.
 
     With --reference: circular correlation, angular error, shift and latent correlations.
     Writes PNGs, report.json and a self-contained report.html (numbered figures with units,
     example particles and their reconstructions, the run's montages, how the run was made)."""
-    result = write_report(run, reference, out, examples)
+    result = write_report(run, reference, out, examples, force, partial)
     dest = out or run / REPORT
     for key, frame in (("rotation", ""), ("rotation_body", " (body frame)")):
         rot = result.get(key)
@@ -127,6 +134,9 @@ def montage(
         help="Write each tile's z (and an observed particle's name and theta) beside it; "
         "--no-labels: the tiles alone.",
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace earlier montages in -o (never files emvae did not write)."
+    ),
 ) -> None:
     """Interpolations, manifold, prior samples, traversals and a GIF (PNG); with --pose
     affine/tps also a traversal of each pose parameter.
@@ -137,9 +147,56 @@ def montage(
     owner = Run.of(source)
     run = None if owner is None else owner.path
     dest = out or ((run or source.parent) / MONTAGE)
+    k, d = config.model.zdim, config.model.image_size
+    for flag, tiles in (("--grid", grid ** min(k, 2)), ("--samples", samples**2)):
+        # each tile as float64, and the picture drawn 2x2 per pixel (RGB), twice over
+        need = 2 * tiles * (8 * config.model.channels * d * d + 3 * (2 * d + 4) ** 2)
+        check_memory(need, f"montage {flag} {grid if flag == '--grid' else samples}")
+    claim_outputs(dest, MONTAGES, force or out is None, "montages")
     dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        _montages(
+            model,
+            config,
+            run,
+            dest,
+            written,
+            pairs,
+            pair,
+            steps,
+            grid,
+            samples,
+            seed,
+            gif,
+            gif_steps,
+            labels,
+        )
+    finally:  # claim_outputs found no other files of these names: all are emvae's now
+        record_outputs(dest, MONTAGES, config.run_id)
+    err_console.print(
+        f"wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True
+    )
+
+
+def _montages(
+    model,
+    config,
+    run,
+    dest,
+    written,
+    pairs,
+    pair,
+    steps,
+    grid,
+    samples,
+    seed,
+    gif,
+    gif_steps,
+    labels,
+) -> None:
+    """montage's figures, into ``dest`` (each path appended to ``written``)."""
     k = config.model.zdim
-    written = []
     path_z = z_data = None
     if k == 0:
         written.append(mt.save_png(mt.prior_samples(model, 1, 1), dest / "canonical.png", 4))
@@ -188,9 +245,6 @@ def montage(
                     captions=captions,
                 )
             )
-    err_console.print(
-        f"wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True
-    )
 
 
 def _posterior_means(run: Path | None) -> np.ndarray | None:

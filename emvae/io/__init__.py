@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emvae.config import physical
 from emvae.errors import InputError
 from emvae.io.arrays import H5_SUFFIXES, NPY_SUFFIXES, read_hdf5, read_npy, split_h5_path
 from emvae.io.cryosparc import CS_SUFFIXES, read_cryosparc
@@ -18,7 +19,7 @@ from emvae.io.fits import FITS_SUFFIXES, PACKED_FITS_SUFFIXES, read_fits, split_
 from emvae.io.mrc import MRC_SUFFIXES, read_mrc, write_mrc
 from emvae.io.pictures import PICTURE_SUFFIXES, file_suffix, read_pictures
 from emvae.io.stack import ImageStack, Rows
-from emvae.io.star import STAR_SUFFIXES, read_star
+from emvae.io.star import STAR_SUFFIXES, read_star, resolve_stack
 from emvae.io.tables import read_table, write_table
 
 LIST_SUFFIXES = (".txt",)
@@ -116,18 +117,18 @@ def read_list(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
     if not p.exists():
         raise InputError(p, "no such file")
     lines = [ln.split("#", 1)[0].strip() for ln in p.read_text().splitlines()]
-    entries = [ln for ln in lines if ln]
+    entries = [(k + 1, ln) for k, ln in enumerate(lines) if ln]
     if not entries:
         raise InputError(p, "lists no stacks")
     stacks = []
-    for k, entry in enumerate(entries):
-        candidates = [Path(datadir) / entry, Path(datadir) / Path(entry).name] if datadir else []
-        candidates += [Path(entry)] if Path(entry).is_absolute() else [p.parent / entry]
+    for line, entry in entries:
+        candidates = resolve_stack(entry, p.parent, datadir)  # confined to datadir, as STAR
         found = next((c for c in candidates if c.exists()), None)
         if found is None:
-            raise InputError(p, f"line {k + 1}: stack {entry} not found")
+            looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+            raise InputError(p, f"line {line}: stack {entry} not found (looked for {looked})")
         if input_kind(found) == "list":
-            raise InputError(p, f"line {k + 1}: lists of lists are not read")
+            raise InputError(p, f"line {line}: lists of lists are not read")
         stacks.append(read_stack(found, datadir))
     stack = concat_stacks(stacks, str(p))
     stack.format = f"list of {len(stacks)} stack(s): {stacks[0].format}"
@@ -248,9 +249,7 @@ def open_stack(
     stack.datadir = None if datadir is None else str(datadir)
     stack.ind = None if ind is None else str(ind)
     if apix is not None:
-        if not apix > 0:
-            raise InputError(str(specs[0]), f"--apix must be > 0, got {apix}")
-        stack.apix, stack.apix_from = float(apix), "--apix"
+        stack.apix, stack.apix_from = physical("--apix", apix), "--apix"
         stack.arcsec_per_px = stack.arcsec_from = None  # the pixels are in Angstrom, then
     return stack
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 
-from emvae.errors import InputError
+from emvae.errors import InputError, OutputError
 from emvae.io.stack import ImageStack, StackNames, as_images
-from emvae.safety import atomic_output
+from emvae.safety import atomic_output, check_free_space
 
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".map")
 _REAL_MODES = {0, 1, 2, 6, 12}
@@ -89,6 +91,28 @@ def write_mrc(path: str | os.PathLike, images: np.ndarray, apix: float | None = 
                 mrc.voxel_size = apix
 
 
+@contextlib.contextmanager
+def new_stack_mmap(tmp: Path, out: Path, n: int, d: int) -> Iterator[mrcfile.mrcmmap.MrcMemmap]:
+    """A new float32 MRC stack of ``n`` ``d`` x ``d`` images at ``tmp`` (the temporary file of
+    the output ``out``), memory-mapped for writing. Its disk blocks are reserved first: a full
+    disk is one :class:`OutputError` now, not a SIGBUS in the middle of the write."""
+    check_free_space(out.parent, n * d * d * 4 + 1024)
+    with mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True) as mrc:
+        try:
+            fd = os.open(tmp, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise OutputError(
+                f"{out}: cannot reserve {n * d * d * 4 / 2**20:.1f} MiB for it "
+                f"({e.strerror or e}); free some space or write it elsewhere"
+            ) from None
+        mrc.set_image_stack()
+        yield mrc
+
+
 def _open(p: Path):
     """Open strictly; fall back to mrcfile's permissive mode for files that only lack the
     'MAP ' ID or a machine stamp (common in RELION-era stacks) but whose data block is intact."""
@@ -96,7 +120,7 @@ def _open(p: Path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mrc = mrcfile.mmap(p, mode="r")
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, OverflowError) as e:  # OverflowError: nx < 0
         strict_error = _first_line(e)
         mrc = None
     if mrc is None:
@@ -104,7 +128,7 @@ def _open(p: Path):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mrc = mrcfile.mmap(p, mode="r", permissive=True)
-        except (ValueError, OSError, EOFError):
+        except (ValueError, OSError, EOFError, OverflowError):
             mrc = None
         if mrc is None or mrc.data is None or mrc.data.size == 0:
             if mrc is not None:

@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from emvae.config import physical
 from emvae.errors import InputError
 from emvae.io.mrc import MrcSource
 from emvae.io.stack import ImageStack, Rows
+from emvae.io.tables import check_complete
 
 STAR_SUFFIXES = (".star",)
 
@@ -32,6 +34,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
     if split.shape[1] == 1:  # no row has an "@": each row is a whole single-image file
         index = pd.Series(np.ones(len(names), dtype=np.int64))
         files = split[0]
+        has_at = pd.Series(np.zeros(len(names), dtype=bool))
     else:
         has_at = split[1].notna()
         files = split[1].where(has_at, split[0])
@@ -43,6 +46,16 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
                 p, f"row {row + 1}: image name {names[row]!r} is not N@stack with N >= 1"
             )
     part, local, sources = _locate(p, files.to_numpy(), index.to_numpy(np.int64) - 1, datadir)
+    counts = np.array([len(s) for s in sources])
+    whole = ~has_at.to_numpy() & (counts[part] > 1)  # "p.mrcs": which of its images?
+    if whole.any():
+        row = int(np.argmax(whole))
+        raise InputError(
+            p,
+            f"row {row + 1}: image name {names[row]!r} has no N@ but "
+            f"{sources[part[row]].path} holds {counts[part[row]]} images; name each image "
+            f"as N@{names[row]} (N from 1)",
+        )
     if optics is not None and "rlnImageSize" in optics:
         sizes = set(optics["rlnImageSize"].astype(int))
         if sources[0].shape[-1] not in sizes:
@@ -51,7 +64,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
                 f"the optics table says rlnImageSize {sorted(sizes)} but "
                 f"{sources[0].path} holds {sources[0].shape[-1]}-px images",
             )
-    apix, notes = _pixel_size(particles, optics)
+    apix, notes = _pixel_size(particles, optics, p)
     stack = ImageStack(
         images=Rows(sources, part, local),
         names=names.tolist(),
@@ -97,6 +110,11 @@ def particle_block(p: Path, blocks: dict) -> tuple[pd.DataFrame, pd.DataFrame | 
         )
     if len(particles) == 0:
         raise InputError(p, "the particle table has no rows")
+    for table in (particles, optics):
+        twice = [] if table is None else sorted(set(table.columns[table.columns.duplicated()]))
+        if twice:
+            raise InputError(p, f"the column {twice[0]} appears more than once in a table")
+    check_complete(p, particles, star=True)  # a file cut in its last row: not 'optics groups [nan]'
     if optics is None:
         return particles, None, "3.0"
     if "rlnOpticsGroup" in particles.columns and "rlnOpticsGroup" in optics.columns:
@@ -173,7 +191,7 @@ def _locate(p: Path, files: np.ndarray, local: np.ndarray, datadir) -> tuple:
     return part, local, sources
 
 
-def _pixel_size(particles: pd.DataFrame, optics: pd.DataFrame | None) -> tuple:
+def _pixel_size(particles: pd.DataFrame, optics: pd.DataFrame | None, path: Path) -> tuple:
     values = None
     if optics is not None:
         col = next((c for c in ("rlnImagePixelSize", "rlnPixelSize") if c in optics), None)
@@ -193,8 +211,23 @@ def _pixel_size(particles: pd.DataFrame, optics: pd.DataFrame | None) -> tuple:
                 * 1e4
                 / particles["rlnMagnification"].to_numpy(np.float64)
             )
-    if values is None or not np.isfinite(values).all() or (values <= 0).any():
+    if values is None:
         return None, []
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():  # RELION's value, not a number to replace silently by the MRC header's
+        row = int(np.argmax(bad))
+        if optics is None:
+            where = f"row {row + 1}"
+        elif "rlnOpticsGroup" in particles:
+            where = f"optics group {particles['rlnOpticsGroup'].iloc[row]}"
+        else:
+            where = "the optics table"
+        name = col or "rlnDetectorPixelSize * 1e4 / rlnMagnification"
+        physical(f"{where}: the pixel size {name}", values[row], path)
+    return _one_pixel_size(values)
+
+
+def _one_pixel_size(values: np.ndarray) -> tuple:
     lo, hi = float(values.min()), float(values.max())
     if hi - lo > 1e-4 * hi:
         return None, [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -41,6 +42,39 @@ def write_table_h5(df: pd.DataFrame, path: str | os.PathLike, run_id: str = "") 
                 g.create_dataset(col, data=values)
 
 
+def _last_line(p: Path) -> bytes:
+    """The file's last line, its line break included when it has one."""
+    with open(p, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+    return tail[tail.rstrip(b"\n").rfind(b"\n") + 1 :]
+
+
+def check_complete(p: Path, table: pd.DataFrame, star: bool = False, ours: bool = False) -> None:
+    """Refuse a text table cut short (an interrupted copy or write). CSV: its last line holds
+    fewer fields than the header (or, ``ours``: a file emvae writes, does not end: emvae ends
+    every line). STAR (whitespace-separated): its last row lacks fields every other row has."""
+    if len(table) == 0:
+        return
+    if star:
+        last = table.iloc[-1].isna()
+        before = table.iloc[:-1][last.index[last.to_numpy()]]
+        cut, have = bool(last.any()) and not before.isna().any().any(), int((~last).sum())
+    else:
+        line = _last_line(p)
+        have = len(next(csv.reader([line.decode("utf-8", "replace").rstrip("\r\n")]), []))
+        cut = have < table.shape[1] or (ours and not line.endswith(b"\n"))
+    if cut:
+        with open(p, "rb") as f:
+            lines = sum(1 for _ in f)
+        raise InputError(
+            p,
+            f"the file is truncated at line {lines}: its last row has {have} of "
+            f"{table.shape[1]} fields (an interrupted copy or write?)",
+        )
+
+
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a table written by :func:`write_table` (CSV or HDF5)."""
     p = Path(path)
@@ -64,6 +98,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         table.attrs["run_id"] = run_id
         return table
     try:
-        return pd.read_csv(p)
+        table = pd.read_csv(p)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise InputError(p, f"not a readable CSV table ({e})") from None
+    check_complete(p, table)
+    return table
