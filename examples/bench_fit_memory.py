@@ -25,7 +25,8 @@ from pathlib import Path
 # processes on its last line (the stack's writer runs in another child: its memory-mapped
 # pages must not count).
 MEASURE = """
-import resource, sys
+import resource, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with it off
 from emvae_cli.main import app
 try:
     app(sys.argv[1:], standalone_mode=False)
