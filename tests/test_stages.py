@@ -225,3 +225,19 @@ def test_passes_fit_the_memory_given():
     model.set_render_size(32)
     assert model.images_per_pass() == 1024 * 2**20 // (12 * 32 * 32 * 2 * 384)  # 113
     assert model.images_per_pass(training=False) == 1024 * 2**20 // (3 * 32 * 32 * 2 * 384)
+
+
+def test_a_stage_likelihood_uses_the_crop_noise():
+    """At a coarse stage the Gaussian's std is the crop's noise std (exp(noise_logstd)), not
+    1: the log-likelihood equals N(y; mean, s^2) summed over the stage's pixels."""
+    from emvae.objective import log_likelihood
+
+    cfg = ModelConfig(image_size=64, zdim=1)
+    g = torch.Generator().manual_seed(2)
+    y, mean = torch.randn(3, 32 * 32, 1, generator=g), torch.randn(3, 32 * 32, 1, generator=g)
+    ls = noise_logstd(64, 32)
+    got = log_likelihood(cfg, y, mean, ls)
+    want = torch.distributions.Normal(mean, math.exp(ls)).log_prob(y).sum((1, 2))
+    assert torch.allclose(got, want, rtol=1e-5)
+    unit = torch.distributions.Normal(mean, 1.0).log_prob(y).sum((1, 2))
+    assert torch.allclose(log_likelihood(cfg, y, mean), unit, rtol=1e-5)
