@@ -1,7 +1,9 @@
 """Score every ``checkpoints/epoch_NNNN.pt`` of a fit against a simulation's truth.
 
     emvae fit --example -o ex --checkpoint-every 1
-    python examples/score_checkpoints.py ex ex/example/truth.csv
+    python examples/score_checkpoints.py ex ex/example/truth.csv [N]
+
+(N: score the first N particles only, for large sets)
 
 prints one row per epoch: theta's circular correlation (consensus frame), its median error,
 its median error in each conformation's own frame (5 conformation bins, each with its own
@@ -24,11 +26,13 @@ from emvae.ctf import likelihood_ctf
 from emvae.run import Run
 
 
-def main(run: str, truth_csv: str) -> None:
+def main(run: str, truth_csv: str, first: str | None = None) -> None:
     run_dir = Run.open(run)
     truth = pd.read_csv(truth_csv)
     particles = run_dir.particles()
     data = particles.load()
+    if first is not None:
+        data, truth = data[: int(first)], truth.iloc[: int(first)].reset_index(drop=True)
     mode = run_dir.config.model.ctf
     likelihood_ctf(particles.ctf(mode), mode, data, "cpu")  # --ctf phase-flip: as trained
     metrics = run_dir.metrics().set_index("epoch")
@@ -63,4 +67,4 @@ def main(run: str, truth_csv: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
