@@ -133,3 +133,27 @@ def test_the_command_refuses_unknown_sections_and_runs_one(tmp_path):
     )
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / JSONL).read_text().splitlines()[0])["section"] == "env"
+
+
+def test_emvae_ddp_gives_one_torchrun_process_a_group(monkeypatch):
+    """What the torchrun section compares: with EMVAE_DDP=1 a single process under torchrun
+    starts its process group and counts as distributed (fit then wraps the model in DDP);
+    without it, or outside torchrun, it stays a plain single process."""
+    import torch.distributed as dist
+
+    from emvae.distributed import SINGLE, from_env
+
+    assert from_env("cpu") is SINGLE  # no torchrun variables
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    env["MASTER_PORT"] = "29531"
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert from_env("cpu") is SINGLE  # torchrun, one process, not asked
+    monkeypatch.setenv("EMVAE_DDP", "1")
+    try:
+        ctx = from_env("cpu")
+        assert ctx.active and ctx.grouped and ctx.world == 1 and ctx.main
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
