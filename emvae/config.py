@@ -30,6 +30,9 @@ ThetaParam = Literal["vector", "linear"]
 Likelihood = Literal["gaussian", "bernoulli"]
 CtfMode = Literal["off", "on", "phase-flip"]
 Stream = Literal["auto", "on", "off"]
+# torch.compile of the model: off, a mode of the default (inductor) backend, or aot_eager
+# (tracing and the autograd graphs without code generation: a check, no faster)
+Compile = Literal["off", "default", "reduce-overhead", "max-autotune", "aot_eager"]
 RotationBins = Literal[4, 8, 16]
 CtfPad = Literal[1, 2]
 
@@ -45,6 +48,7 @@ THETA_PARAMS: tuple[str, ...] = get_args(ThetaParam)
 LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
 CTF_MODES: tuple[str, ...] = get_args(CtfMode)
 STREAM_MODES: tuple[str, ...] = get_args(Stream)
+COMPILE_MODES: tuple[str, ...] = get_args(Compile)
 ROTATION_BINS: tuple[int, ...] = get_args(RotationBins)
 CTF_PADS: tuple[int, ...] = get_args(CtfPad)
 
@@ -386,6 +390,9 @@ class TrainConfig:
     # memory for the generator's activations in one pass (MB): larger batches are rendered in
     # several passes, their gradients summed (the same step, bounded memory)
     pass_memory_mb: int = PASS_MEMORY_MB
+    # torch.compile the model (emvae.train.compiled): off, default, reduce-overhead (CUDA
+    # graphs), max-autotune, aot_eager; the same step, to rounding
+    compile: str = "off"
 
     @property
     def weighted(self) -> bool:
@@ -405,6 +412,7 @@ class TrainConfig:
         if self.checkpoint_every < 1:
             raise ConfigError("--checkpoint-every must be >= 1")
         _choice("--stream", self.stream, STREAM_MODES)
+        _choice("--compile", self.compile, COMPILE_MODES)
         if self.pass_memory_mb < 1:
             raise ConfigError(f"--pass-memory must be >= 1 MB, got {self.pass_memory_mb}")
         if self.readers is not None and self.readers < 0:

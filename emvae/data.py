@@ -180,13 +180,30 @@ def should_stream(
     return bool(total) and need > total // 2
 
 
+def pins(device: torch.device) -> bool:
+    """Whether batches bound for ``device`` are staged in pinned (page-locked) host memory: on
+    CUDA, so that their copy is asynchronous (``non_blocking``) and overlaps the step; never
+    for a CPU, where pinning buys nothing (and needs CUDA)."""
+    return torch.device(device).type == "cuda"
+
+
+def to_device(batch: Tensor, device: torch.device) -> Tensor:
+    """A host batch on ``device``: pinned first when :func:`pins` says so (unless it already
+    is), then copied without making the host wait. A no-op for a batch already there."""
+    if batch.device == device:
+        return batch
+    if pins(device) and batch.device.type == "cpu" and not batch.is_pinned():
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
+
+
 def gather(data, idx: Tensor, device: torch.device) -> Tensor:
     """Batch ``data[idx]`` on ``device`` (a no-op copy when the data already live there)."""
     if isinstance(data, StreamedImages):
-        return data.read(idx.cpu().numpy()).to(device, non_blocking=True)
+        return to_device(data.read(idx.cpu().numpy()), device)
     if data.device == device:
         return data[idx.to(device)]
-    return data[idx.to(data.device)].to(device, non_blocking=True)
+    return to_device(data[idx.to(data.device)], device)
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -233,17 +250,27 @@ def prefetched(data, batches: list[Tensor], device: torch.device, readers: int =
     pin, data.pin = data.pin, False  # the loader pins in the main process
     loader = torch.utils.data.DataLoader(
         _Batches(data, [b.cpu().numpy() for b in batches]),
-        batch_size=None,
-        num_workers=readers,
-        pin_memory=pin and device.type == "cuda",
-        prefetch_factor=2 if readers else None,
-        multiprocessing_context="fork" if readers else None,
+        **loader_options(readers, device, pin),
     )
     try:
         for x in loader:
-            yield x.to(device, non_blocking=True)
+            yield to_device(x, device)
     finally:
         data.pin = pin
+
+
+def loader_options(readers: int, device: torch.device, pin: bool = True) -> dict:
+    """The ``torch.utils.data.DataLoader`` settings of :func:`prefetched`: whole batches
+    (``batch_size=None``), ``readers`` forked workers two batches ahead each, and pinned
+    memory (the loader's pinning thread) when the batches go to CUDA (:func:`pins`) and
+    ``pin`` allows."""
+    return {
+        "batch_size": None,
+        "num_workers": readers,
+        "pin_memory": pin and pins(device),
+        "prefetch_factor": 2 if readers else None,
+        "multiprocessing_context": "fork" if readers else None,
+    }
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

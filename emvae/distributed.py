@@ -25,6 +25,8 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    # a process group and DDP even for one process (EMVAE_DDP=1: what DDP costs, measured)
+    grouped: bool = False
 
     @property
     def main(self) -> bool:
@@ -32,7 +34,7 @@ class Dist:
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.grouped
 
     def part(self, n: int) -> slice:
         """This rank's contiguous share of ``n`` items (sizes differ by at most one)."""
@@ -66,14 +68,17 @@ def from_env(device_type: str = "cpu") -> Dist:
     """The torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), initialising the
     process group once (NCCL for CUDA, gloo otherwise); a single process without one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    # EMVAE_DDP=1 under torchrun: a group (and DDP) for a single process too
+    forced = os.environ.get("EMVAE_DDP") == "1" and "RANK" in os.environ
+    if world <= 1 and not forced:
         return SINGLE
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
         # a process group left to the interpreter's teardown can abort the process (SIGABRT
         # from gloo's worker threads, pytorch/pytorch#179291): destroy it while Python lives
         atexit.register(_destroy)
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return Dist(dist.get_rank(), dist.get_world_size(), local, grouped=forced)
 
 
 def _destroy() -> None:

@@ -23,6 +23,7 @@ resolution schedules do. Two copies of each image are made on the device, batch 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -142,17 +143,24 @@ def encoder_view(images: Tensor, size: int) -> Tensor:
     if size == d:
         return images
     crop = fourier_crop(images.float(), size)
+    grid = _view_grid(d, size, images.device).expand(images.shape[0], size, size, 2)
+    out = F.grid_sample(crop, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return (out * (d / size)).to(images.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _view_grid(full: int, size: int, device: torch.device) -> Tensor:
+    """The sampling grid ``(1, size, size, 2)`` (``grid_sample``'s units, align_corners=True)
+    that :func:`encoder_view` resamples a ``size``-px Fourier crop of a ``full``-px image with,
+    made once per device: the training step then moves nothing from the host."""
     # crop pixel j lies at x = a + b j (units); the grid wants x_i = -1 + 2 i / (size - 1)
-    at = stage_grid(d, size, torch.float64)[:size, 0]
+    at = stage_grid(full, size, torch.float64)[:size, 0]
     a, b = at[0].item(), (at[1] - at[0]).item()
     want = -1.0 + 2.0 * torch.arange(size, dtype=torch.float64) / (size - 1)
     u = ((want - a) / b) * (2.0 / (size - 1)) - 1.0  # grid_sample's align_corners=True units
-    u = u.to(device=images.device, dtype=torch.float32)
+    u = u.to(device=device, dtype=torch.float32)
     gx = u[None, :].expand(size, size)
-    grid = torch.stack([gx, gx.T], -1)  # (size, size, 2): x along columns, y down the rows
-    grid = grid.expand(images.shape[0], size, size, 2)
-    out = F.grid_sample(crop, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return (out * (d / size)).to(images.dtype)
+    return torch.stack([gx, gx.T], -1)[None]  # x along columns, y down the rows
 
 
 def stage_ctf(ctf: Tensor | None, full: int, size: int) -> Tensor | None:

@@ -76,9 +76,11 @@ CONFIGS: dict[str, dict[str, Any]] = {  # the paper's three settings
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
 
-def generator_flops(cfg: ModelConfig) -> float:
-    """Forward FLOPs of one generator pass for one image (formula in the module docstring)."""
-    p, h, k, o = cfg.image_size**2, cfg.gen_hidden, cfg.zdim, cfg.n_out
+def generator_flops(cfg: ModelConfig, pixels: int | None = None) -> float:
+    """Forward FLOPs of one generator pass for one image (formula in the module docstring),
+    at ``pixels`` rendered pixels (default: the whole box, ``image_size**2``; a coarse stage
+    or a mask renders fewer)."""
+    p, h, k, o = pixels or cfg.image_size**2, cfg.gen_hidden, cfg.zdim, cfg.n_out
     n_layers = cfg.gen_layers
     assert h is not None and n_layers is not None  # filled in by ModelConfig.__post_init__
     if cfg.generator == "vanilla":

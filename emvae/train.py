@@ -171,6 +171,7 @@ def _fit(
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=ids, find_unused_parameters=model.content is not None
         )
+    net = compiled(net, tcfg.compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     rng = torch.Generator(device=device)
     rng.manual_seed(tcfg.seed)
@@ -329,9 +330,10 @@ def _train_epoch(
     parts = [ctx.part(len(b)) for b in batches]
     mine_idx = [b[p] for b, p in zip(batches, parts, strict=True)]
     images = prefetched(data, mine_idx, device, reader_count(tcfg.readers, device))
+    running = RunningElbo(device)
     for step, (idx, part, x) in enumerate(zip(batches, parts, images, strict=False)):
         share = (part, len(idx)) if ctx.active else None
-        mine = None if ctf is None else ctf[idx[part].to(ctf.device)]
+        mine = None if ctf is None else ctf[idx[part].to(ctf.device, non_blocking=True)]
         terms = training_step(
             model,
             optimizer,
@@ -350,7 +352,7 @@ def _train_epoch(
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
             done = min((step + 1) * tcfg.batch_size, n)
-            bar.step(f"ELBO {sums[0].item() / done:.1f}")
+            bar.step(running.read(sums[0], done))
         else:
             bar.step()
     means = (ctx.all_sum(sums) / n).tolist()
@@ -359,6 +361,57 @@ def _train_epoch(
             f"training diverged in epoch {epoch} (the ELBO is not finite); try a lower --lr"
         )
     return dict(zip(names, means, strict=True))
+
+
+def compiled(net: torch.nn.Module, mode: str = "off") -> torch.nn.Module:
+    """``net`` under ``torch.compile`` (``TrainConfig.compile``): ``off`` returns it as it is;
+    ``default``, ``reduce-overhead`` (CUDA graphs of the compiled graphs) and ``max-autotune``
+    are the inductor backend's modes; ``aot_eager`` traces the forward and backward graphs
+    without generating code (a check that the model compiles, fast to build). The model's
+    forward (encode, sample, render) is compiled; the ELBO and the optimiser step run eagerly.
+    A new render size (coarse-to-fine) or a short last batch compiles once more."""
+    if mode == "off":
+        return net
+    if mode == "aot_eager":
+        return cast(torch.nn.Module, torch.compile(net, backend="aot_eager"))
+    return cast(torch.nn.Module, torch.compile(net, mode=mode))
+
+
+def unwrapped(net: torch.nn.Module, ddp: bool = True) -> Any:
+    """The module inside ``torch.compile``'s wrapper (``_orig_mod``) and, with ``ddp``,
+    DistributedDataParallel's (``module``): the :class:`SpatialVAE` itself."""
+    net = getattr(net, "_orig_mod", net)
+    return getattr(net, "module", net) if ddp else net
+
+
+class RunningElbo:
+    """The running mean ELBO of the progress display, read without stalling a GPU.
+
+    On CUDA the running sum is copied to pinned host memory without waiting and shown once the
+    copy has landed (a few steps late), so the host never waits for the device within an
+    epoch; on a CPU it is read at once (no device to wait for)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.text = ""
+        self.pending: int | None = None  # images done when the copy in flight was started
+        if self.cuda:
+            self.host = torch.zeros((), dtype=torch.float64).pin_memory()
+            self.event = torch.cuda.Event()
+
+    def read(self, total: torch.Tensor, done: int) -> str:
+        """``"ELBO x"``: the per-image mean of ``total`` (a 0-d tensor, nats summed over
+        ``done`` images), or on CUDA the latest such figure already on the host."""
+        if not self.cuda:
+            return f"ELBO {total.item() / done:.1f}"
+        if self.pending is not None and self.event.query():
+            self.text = f"ELBO {self.host.item() / self.pending:.1f}"
+            self.pending = None
+        if self.pending is None:
+            self.host.copy_(total, non_blocking=True)
+            self.event.record()
+            self.pending = done
+        return self.text
 
 
 def training_step(
@@ -402,7 +455,8 @@ def training_step(
     (s is a MAP estimate).
     """
     net = model
-    core = cast(SpatialVAE, getattr(model, "module", model))  # DDP keeps the model in .module
+    core = unwrapped(model)
+    ddp = unwrapped(model, ddp=False)  # the DDP wrapper (if any) under torch.compile's
     cfg = core.config
     part, total = share if share is not None else (slice(0, x.shape[0]), x.shape[0])
     gamma = None
@@ -429,8 +483,8 @@ def training_step(
         piece = slice(start, start + step)
         last = start + step >= x.shape[0]
         sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if isinstance(net, torch.nn.parallel.DistributedDataParallel) and not last:
-            sync = net.no_sync()  # all-reduce the gradients once, after the last pass
+        if isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and not last:
+            sync = ddp.no_sync()  # all-reduce the gradients once, after the last pass
         with sync:
             with amp if amp is not None else contextlib.nullcontext():
                 g = None if gamma is None else gamma[piece]

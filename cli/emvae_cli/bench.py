@@ -10,6 +10,7 @@ import typer
 from emvae import bench as bn
 from emvae.config import Generator, ModelConfig, RotationBins, TrainConfig, physical
 from emvae.errors import ConfigError, OutputExistsError
+from emvae.gpucheck import SECTIONS
 from emvae.mnist import DATASETS
 from emvae.safety import check_memory
 from emvae.simulate import OBJECTS, get_object, write_simulation
@@ -576,3 +577,38 @@ def loader(
     typer.echo(f"{len(images)} images {images.size} px -> {prepared.size} px, {what}:")
     for name, rate in rows:
         typer.echo(f"  {name:32s} {rate:9.1f} images/s")
+
+
+@bench_app.command("gpu")
+@user_errors
+def gpu(
+    out: Path = typer.Option(..., "-o", "--out", help="Folder for gpu_check.jsonl and .md."),
+    device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
+    tiny: bool = typer.Option(
+        False,
+        "--tiny",
+        help="Tiny sizes, a few steps: a smoke run in seconds (figures mean nothing).",
+    ),
+    sections: str = typer.Option(
+        ",".join(SECTIONS), "--sections", help="Which sections to run, in this order."
+    ),
+    work: Path | None = typer.Option(
+        None,
+        "--work",
+        help="Folder for the simulated stack (0.8 GB) and the fits' runs (default: OUT).",
+        show_default=False,
+    ),
+) -> None:
+    """The prepared check for a lent GPU: step images/s (fit at 64 and 128 px, the paper's em;
+    fp32, TF32, bf16; batch 100 and the largest that fits), the generator's TFLOP/s against a
+    bf16 matrix product measured in the same run, the streaming reader, time to result on
+    50,000 x 64 px, torchrun against a plain fit. Each section has its own time budget; every
+    result is written as it comes (docs/benchmarks.md, "GPU")."""
+    from emvae.gpucheck import run_gpu_check
+
+    names = tuple(s for s in sections.split(",") if s)
+    unknown = set(names) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown --sections {sorted(unknown)}; choose from {list(SECTIONS)}")
+    run_gpu_check(out, device, tiny, names, log=typer.echo, work=work)
+    typer.echo(f"wrote {out / 'gpu_check.md'} and {out / 'gpu_check.jsonl'}")

@@ -15,6 +15,7 @@ from emvae.config import (
     SMALL_WIDTH,
     WIDTH,
     Activation,
+    Compile,
     CtfMode,
     CtfPad,
     DataConfig,
@@ -313,6 +314,13 @@ def fit(
         "rendered in several passes whose gradients are summed (the same step).",
         "--pass-memory",
         min=1,
+    ),
+    compile: Compile = field_option(
+        T,
+        "compile",
+        "torch.compile the model: off, default, reduce-overhead (CUDA graphs), max-autotune "
+        "(inductor's modes; the first steps of each size compile), or aot_eager (a tracing "
+        "check, no faster).",
     ),
     stream: Stream = field_option(
         T,

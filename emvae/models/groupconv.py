@@ -99,6 +99,7 @@ class GroupConv(nn.Module):
     r along its input-orientation axis. Filters are weights of :func:`steerable_basis`."""
 
     shift_index: Tensor
+    out_index: Tensor
 
     def __init__(self, c_in: int, c_out: int, k: int, rotations: int) -> None:
         super().__init__()
@@ -111,11 +112,14 @@ class GroupConv(nn.Module):
         self.c_out, self.rotations = c_out, rotations
         idx = (torch.arange(rotations)[None, :] - torch.arange(rotations)[:, None]) % rotations
         self.register_buffer("shift_index", idx, persistent=False)  # [r, s] = (s - r) mod R
+        # the output orientations as a buffer: an index made on the host would be copied to
+        # the device (and the host made to wait) in every forward pass
+        self.register_buffer("out_index", torch.arange(rotations)[:, None], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         r = self.rotations
         w = self.bank.rotate(self.weight)  # (R, F_out, F_in, R_in, k, k), spatially rotated
-        w = w[torch.arange(r)[:, None], :, :, self.shift_index]  # (R, R_in, F_out, F_in, k, k)
+        w = w[self.out_index, :, :, self.shift_index]  # (R, R_in, F_out, F_in, k, k)
         w = w.permute(2, 0, 3, 1, 4, 5).flatten(2, 3).flatten(0, 1)  # (F_out*R, F_in*R_in, k, k)
         y = F.conv2d(
             x.flatten(1, 2),

@@ -1,0 +1,773 @@
+"""``emvae bench gpu``: the one prepared check a session lent a GPU runs first.
+
+Sections, each with its own time budget (a slow one cannot eat the others' time), each
+result appended to ``gpu_check.jsonl`` as soon as it exists and ``gpu_check.md`` rewritten
+from it, so that a run killed at any point leaves what it finished:
+
+``env``
+    the device, PyTorch, CUDA, the peak memory the process may use.
+``matmul``
+    one large bf16 matrix product (n x n x n, 2 n^3 FLOPs): the dense bf16 rate measured on
+    this device in this run, the denominator of the generator's fraction.
+``steps``
+    training-step images/s (augmentation, encoder, generator, ELBO, backward, Adam: emvae's
+    own :func:`emvae.train.training_step`) for fit's defaults at 64 and 128 px, at the
+    full-size stage and at the 32-px coarse stage (the encoder sees its 32-px copy in both),
+    and for the paper's ``em`` configuration (40 px, 2 x 1000); in fp32, TF32 and bf16
+    autocast; at batch 100 with fit's pass memory (``TrainConfig.pass_memory_mb``), and in
+    one pass at the largest batch that fits (doubling from 100 until CUDA runs out of
+    memory). The generator's FLOPs are counted analytically
+    (:func:`emvae.throughput.generator_flops` for the pixels rendered), 3 x forward per
+    rendering and k renderings per image with rotation hypotheses; peak GPU memory is
+    ``torch.cuda.max_memory_allocated``.
+``loader``
+    the streaming reader's images/s (fit's DataLoader with 0..4 workers, on the simulated
+    64-px stack) against the images/s the 64-px steps consume.
+``time_to_result``
+    fit's defaults on a simulated 50,000 x 64 px set: per epoch, wall seconds since the start
+    (scoring excluded), the circular correlation and median error of theta, and the best
+    |Pearson r| of a z dimension with the conformation.
+``torchrun``
+    the same short fit launched plainly and by ``torchrun --nproc_per_node 1`` (NCCL on CUDA,
+    gloo on a CPU; ``EMVAE_DDP=1`` makes the single process wrap the model in DDP), wall
+    seconds each.
+
+``tiny`` shrinks every size (narrow networks, batches of a few images, a few hundred
+particles) so that the whole check runs in seconds on a CPU: a smoke test of the pipeline
+whose figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emvae.config import ModelConfig
+from emvae.hostsync import HostSyncCounter, optimizer_counters
+from emvae.models import SpatialVAE
+from emvae.throughput import CONFIGS, generator_flops
+from emvae.train import training_step
+
+SECTIONS = ("env", "matmul", "steps", "loader", "time_to_result", "torchrun")
+JSONL, MARKDOWN = "gpu_check.jsonl", "gpu_check.md"
+
+
+@dataclass
+class Plan:
+    """What the check measures and the seconds each section may take."""
+
+    tiny: bool = False
+    # (label, ModelConfig options, render px: None for the full box)
+    configs: list[tuple[str, dict, int | None]] = field(default_factory=list)
+    precisions: tuple[str, ...] = ("fp32", "tf32", "bf16")
+    batch: int = 100
+    max_batch: int = 2**16  # the doubling stops here
+    steps: int = 10
+    warmup: int = 3
+    matmul_n: int = 8192
+    ttr_n: int = 50_000
+    ttr_size: int = 64
+    ttr_epochs: int = 20
+    loader_batch: int = 256
+    loader_batches: int = 20
+    loader_workers: tuple[int, ...] = (0, 1, 2, 4)
+    torchrun_epochs: int = 1
+    torchrun_n: int = 10_000
+    budgets: dict[str, float] = field(
+        default_factory=lambda: {
+            "env": 20.0,
+            "matmul": 20.0,
+            "steps": 160.0,
+            "loader": 40.0,
+            "time_to_result": 130.0,
+            "torchrun": 70.0,
+        }
+    )
+
+    @classmethod
+    def make(cls, tiny: bool = False) -> Plan:
+        """The plan for one H100 in about 7.5 minutes, or (``tiny``) a CPU smoke run."""
+        em = {k: v for k, v in CONFIGS["em"].items()}
+        if not tiny:
+            configs = [
+                ("fit 64 px", {"image_size": 64}, None),
+                ("fit 64 px, 32-px stage", {"image_size": 64}, 32),
+                ("fit 128 px", {"image_size": 128}, None),
+                ("fit 128 px, 32-px stage", {"image_size": 128}, 32),
+                ("paper em (40 px, 2 x 1000)", em, None),
+            ]
+        else:  # the same kinds of model, small enough for seconds on a CPU
+            narrow = {"gen_hidden": 16, "enc_hidden": 16, "enc_channels": 4}
+            configs = [
+                ("tiny fit 24 px", {"image_size": 24, **narrow}, None),
+                (
+                    "tiny fit 48 px, 16-px stage",
+                    {"image_size": 48, "encoder_size": 16, **narrow},
+                    16,
+                ),
+                ("tiny paper em (16 px)", {**em, "image_size": 16, **narrow}, None),
+            ]
+        if not tiny:
+            return cls(configs=configs)
+        return cls(
+            tiny=True,
+            configs=configs,
+            batch=4,
+            max_batch=8,
+            steps=2,
+            warmup=1,
+            matmul_n=128,
+            ttr_n=120,
+            ttr_size=24,
+            ttr_epochs=2,
+            loader_batch=16,
+            loader_batches=3,
+            loader_workers=(0, 1),
+            torchrun_epochs=1,
+            torchrun_n=60,
+            # no time limits: a smoke run (and the test suite) must not depend on the clock
+            budgets={s: math.inf for s in SECTIONS},
+        )
+
+
+class OutOfTime(Exception):
+    """A section's budget ran out (raised between measurements, or between epochs)."""
+
+
+class Results:
+    """``gpu_check.jsonl`` (appended line by line, flushed) and ``gpu_check.md`` (rewritten
+    from all lines after each one) in ``out``."""
+
+    def __init__(self, out: Path, work: Path | None = None) -> None:
+        self.out = out
+        self.work = work or out  # the simulated stack and the fits' run folders
+        out.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = []
+        (out / JSONL).write_text("")
+
+    def add(self, row: dict) -> dict:
+        self.rows.append(row)
+        with open(self.out / JSONL, "a") as f:
+            f.write(json.dumps(row, default=_plain) + "\n")
+        (self.out / MARKDOWN).write_text(markdown(self.rows))
+        return row
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return str(v)
+
+
+def run_gpu_check(
+    out: str | Path,
+    device: str = "auto",
+    tiny: bool = False,
+    sections: tuple[str, ...] = SECTIONS,
+    plan: Plan | None = None,
+    log: Callable[[str], None] = print,
+    work: str | Path | None = None,
+) -> list[dict]:
+    """Run the ``sections`` of the check (module docstring) on ``device`` and write
+    ``gpu_check.jsonl`` and ``gpu_check.md`` into ``out``; returns the rows. A section that
+    fails is recorded (``{"section": ..., "error": ...}``) and the next one runs. ``work``:
+    where the simulated stack (about 0.8 GB at 50,000 x 64 px) and the fits' run folders go
+    (default: ``out``)."""
+    from emvae.data import resolve_device
+
+    out = Path(out)
+    dev = resolve_device(device)
+    plan = plan or Plan.make(tiny)
+    results = Results(out, None if work is None else Path(work))
+    state: dict[str, Any] = {}
+    needs_stack = {"loader", "time_to_result", "torchrun"} & set(sections)
+    simulation = _start_simulation(results.work, plan, dev) if needs_stack else None
+    runners = {
+        "env": _env,
+        "matmul": _matmul,
+        "steps": _steps,
+        "loader": _loader,
+        "time_to_result": _time_to_result,
+        "torchrun": _torchrun,
+    }
+    try:
+        for name in sections:
+            deadline = time.perf_counter() + plan.budgets[name]
+            t0 = time.perf_counter()
+            log(f"[{name}] up to {plan.budgets[name]:.0f} s")
+            try:
+                runners[name](results, dev, plan, deadline, state | {"simulation": simulation})
+                status = "done"
+            except OutOfTime:
+                status = "out of time"
+            except Exception as e:  # recorded; the other sections still run
+                results.add({"section": name, "error": f"{type(e).__name__}: {e}"})
+                status = "failed"
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            seconds = time.perf_counter() - t0
+            results.add({"section": name, "status": status, "seconds": seconds})
+            log(f"[{name}] {status} in {seconds:.1f} s")
+    finally:
+        if simulation is not None and simulation.poll() is None:
+            simulation.kill()
+    return results.rows
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+
+def _env(results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict) -> None:
+    row: dict[str, Any] = {
+        "section": "env",
+        "device": _device_name(dev),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "tiny": plan.tiny,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
+    if dev.type == "cuda":
+        p = torch.cuda.get_device_properties(dev)
+        row.update(
+            cuda=torch.version.cuda,
+            capability=f"{p.major}.{p.minor}",
+            multiprocessors=p.multi_processor_count,
+            memory_gb=p.total_memory / 1e9,
+        )
+    results.add(row)
+
+
+def _matmul(results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict) -> None:
+    """Dense bf16 rate: mean of timed n x n x n products of random matrices."""
+    n = plan.matmul_n
+    g = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=g)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=g)
+    for _ in range(3):
+        a @ b
+    reps = 10 if dev.type == "cuda" else 2
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        c = a @ b
+    _sync(dev)
+    seconds = (time.perf_counter() - t0) / reps
+    assert torch.isfinite(c).all()
+    tflops = 2 * n**3 / seconds / 1e12
+    results.add(
+        {"section": "matmul", "n": n, "dtype": "bf16", "seconds": seconds, "tflop_per_s": tflops}
+    )
+
+
+def _peak_tflops(results: Results) -> float | None:
+    rates = (r["tflop_per_s"] for r in results.rows if "tflop_per_s" in r)
+    return next(rates, None)
+
+
+def _steps(results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict) -> None:
+    """Every configuration and precision at ``plan.batch`` first (fit's pass memory), then
+    the largest batch of each in one pass, so that a short budget loses the searches first."""
+    peak = _peak_tflops(results)
+    for label, options, render in plan.configs:
+        for precision in plan.precisions:
+            _check_time(deadline)
+            row = measure_step(label, options, render, precision, plan.batch, dev, plan)
+            row["fraction_of_bf16_peak"] = _fraction(row, peak)
+            if precision == "fp32":
+                row["host_syncs_in_step"] = count_step_syncs(options, render, dev)
+            results.add(row)
+    for label, options, render in plan.configs:
+        for precision in plan.precisions:
+            _check_time(deadline)
+            best = largest_batch(label, options, render, precision, dev, plan, deadline)
+            if best is not None:
+                best["fraction_of_bf16_peak"] = _fraction(best, peak)
+                results.add(best)
+
+
+def largest_batch(
+    label: str,
+    options: dict,
+    render: int | None,
+    precision: str,
+    dev: torch.device,
+    plan: Plan,
+    deadline: float,
+) -> dict | None:
+    """The step at the largest batch that fits in one pass: doubling from ``plan.batch`` until
+    CUDA runs out of memory, ``plan.max_batch`` or the deadline; None if none above
+    ``plan.batch`` fitted."""
+    best = None
+    b = plan.batch
+    while b * 2 <= plan.max_batch and time.perf_counter() < deadline:
+        b *= 2
+        stop = None
+        try:
+            row = measure_step(
+                label, options, render, precision, b, dev, plan, one_pass=True, steps=3
+            )
+        except RuntimeError as e:  # CUDA's out-of-memory error, or a library's (cuBLAS,
+            # cuFFT) allocation failure, or a kernel's 32-bit index limit: it does not fit
+            stop = f"batch {b}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        if stop is not None:
+            if best is not None:
+                best["stopped_by"] = stop
+            break
+        best = row
+    if best is not None:
+        best["largest_batch"] = True
+    return best
+
+
+def _fraction(row: dict, peak: float | None) -> float | None:
+    return row["generator_tflop_per_s"] / peak if peak else None
+
+
+def _check_time(deadline: float) -> None:
+    if time.perf_counter() > deadline:
+        raise OutOfTime
+
+
+def rendered_pixels(model: SpatialVAE) -> int:
+    """Pixels the generator renders per image and hypothesis at the current render size: all
+    of them with the CTF or without a mask, else those inside the mask."""
+    if model.render_all or not model.masked:
+        return model.n_pixels
+    return len(model.pixel_index)
+
+
+def step_flops(model: SpatialVAE) -> float:
+    """Analytic generator FLOPs of one training step per image: 3 x (forward + backward's
+    two products) x the k hypotheses' renderings x :func:`generator_flops` at the pixels
+    rendered."""
+    cfg = model.config
+    k = cfg.hypotheses if model.binned else 1
+    return 3.0 * k * generator_flops(cfg, rendered_pixels(model))
+
+
+def measure_step(
+    label: str,
+    options: dict,
+    render: int | None,
+    precision: str,
+    batch: int,
+    dev: torch.device,
+    plan: Plan,
+    one_pass: bool = False,
+    steps: int | None = None,
+) -> dict:
+    """Time ``steps`` training steps (after ``plan.warmup``) of the model ``options`` rendering
+    at ``render`` px, on random images resident on ``dev``; ``one_pass``: the whole batch in
+    one generator pass (pass memory unbounded), else fit's default pass memory. Returns one
+    row of the ``steps`` section."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**options)
+    model = SpatialVAE(cfg).to(dev)
+    if render is not None:
+        model.set_render_size(render)
+    if one_pass:
+        model.pass_memory_mb = 2**40
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(batch, cfg.channels, cfg.image_size, cfg.image_size, device=dev)
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else None
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+        torch.backends.cudnn.allow_tf32 = precision != "fp32"
+        torch.cuda.reset_peak_memory_stats(dev)
+    steps = steps or plan.steps
+    for k in range(plan.warmup + steps):
+        if k == plan.warmup:
+            _sync(dev)
+            t0 = time.perf_counter()
+        terms = training_step(model, opt, x, rng, amp=amp)
+    _sync(dev)
+    seconds = (time.perf_counter() - t0) / steps
+    finite = bool(torch.isfinite(terms.elbo).all())
+    ips = batch / seconds
+    flop = step_flops(model)
+    passes = math.ceil(batch / model.images_per_pass(True))
+    row = {
+        "section": "steps",
+        "config": label,
+        "image_px": cfg.image_size,
+        "stage_px": model.render_size,
+        "encoder_px": cfg.encoder_px,
+        "precision": precision,
+        "batch": batch,
+        "passes": passes,
+        "step_ms": 1e3 * seconds,
+        "images_per_s": ips,
+        "generator_flop_per_image": flop,
+        "generator_tflop_per_s": flop * ips / 1e12,
+        "finite": finite,
+    }
+    if dev.type == "cuda":
+        row["peak_gpu_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
+    del model, opt, x
+    return row
+
+
+def count_step_syncs(options: dict, render: int | None, dev: torch.device) -> int:
+    """Host synchronisations in one training step of the model ``options`` (fp32, 4 images):
+    on CUDA the warnings of ``torch.cuda.set_sync_debug_mode("warn")``, elsewhere
+    :class:`emvae.hostsync.HostSyncCounter`'s count."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**options)
+    model = SpatialVAE(cfg).to(dev)
+    if render is not None:
+        model.set_render_size(render)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(4, cfg.channels, cfg.image_size, cfg.image_size, device=dev)
+    training_step(model, opt, x, rng)
+    if dev.type == "cuda":
+        return cuda_sync_warnings(lambda: training_step(model, opt, x, rng))
+    with HostSyncCounter(optimizer_counters(opt)) as counter:
+        training_step(model, opt, x, rng)
+    return counter.total
+
+
+def cuda_sync_warnings(fn: Callable[[], Any]) -> int:
+    """The number of synchronising CUDA calls PyTorch warns of while ``fn`` runs."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def _simulation_dir(out: Path, plan: Plan) -> Path:
+    return out / f"simulation_{plan.ttr_n}_{plan.ttr_size}px"
+
+
+def _start_simulation(out: Path, plan: Plan, dev: torch.device) -> subprocess.Popen | None:
+    """Simulate the time-to-result set in a background process (on the CPU, half its cores)
+    while the GPU sections run; None when it is already there."""
+    sim = _simulation_dir(out, plan)
+    if (sim / "particles.mrcs").exists() and (sim / "truth.csv").exists():
+        return None
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    code = (
+        "import sys; from emvae.simulate import write_simulation; "
+        "write_simulation(sys.argv[1], n=int(sys.argv[2]), size=int(sys.argv[3]), snr=1.0, "
+        "seed=0)"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": _pythonpath()}
+    args = [sys.executable, "-c", code, str(sim), str(plan.ttr_n), str(plan.ttr_size)]
+    if plan.tiny:  # a few hundred images: at once, in this process
+        from emvae.simulate import write_simulation
+
+        write_simulation(sim, n=plan.ttr_n, size=plan.ttr_size, snr=1.0, seed=0)
+        return None
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+
+
+def _pythonpath() -> str:
+    """This process's import path for child processes (emvae and emvae_cli as imported here)."""
+    import emvae_cli
+
+    import emvae
+
+    roots = [str(Path(str(m.__file__)).resolve().parents[1]) for m in (emvae, emvae_cli)]
+    return os.pathsep.join([*dict.fromkeys(roots), os.environ.get("PYTHONPATH", "")])
+
+
+def _wait_simulation(out: Path, plan: Plan, state: dict, deadline: float) -> Path:
+    sim = _simulation_dir(out, plan)
+    proc = state.get("simulation")
+    while proc is not None and proc.poll() is None:
+        _check_time(deadline)
+        time.sleep(0.5)
+    if proc is not None and proc.returncode:
+        raise RuntimeError(f"the simulation failed (exit code {proc.returncode})")
+    return sim
+
+
+def _loader(results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict) -> None:
+    from emvae.io import read_stack
+    from emvae.preprocess import Preprocess, prepare
+    from emvae.throughput import loader_rates
+
+    sim = _wait_simulation(results.work, plan, state, deadline)
+    stack = read_stack(sim / "particles.mrcs")
+    prepared = prepare(stack, Preprocess())
+    consumed = {
+        r["config"]: r["images_per_s"]
+        for r in results.rows
+        if r.get("section") == "steps"
+        and r.get("precision") == "bf16"
+        and r.get("batch") == plan.batch
+        and r.get("image_px") == plan.ttr_size
+    }
+    for workers in plan.loader_workers:
+        _check_time(deadline)
+        rows = loader_rates(stack, prepared, plan.loader_batch, plan.loader_batches, (workers,))
+        name, rate = rows[-1]
+        results.add(
+            {
+                "section": "loader",
+                "reader": name,
+                "image_px": prepared.size,
+                "batch": plan.loader_batch,
+                "images_per_s": rate,
+                "step_consumes_images_per_s": consumed,
+            }
+        )
+
+
+def _time_to_result(
+    results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict
+) -> None:
+    import pandas as pd
+
+    from emvae.bench import pose_recovery
+    from emvae.config import RunConfig, TrainConfig
+    from emvae.io import read_stack
+    from emvae.particles import Particles
+    from emvae.train import fit
+
+    sim = _wait_simulation(results.work, plan, state, deadline)
+    stack, truth = read_stack(sim / "particles.mrcs"), pd.read_csv(sim / "truth.csv")
+    narrow: dict[str, Any] = {}
+    if plan.tiny:
+        narrow = {"gen_hidden": 16, "enc_hidden": 16, "enc_channels": 4}
+    config = RunConfig(
+        model=ModelConfig(image_size=plan.ttr_size, **narrow),
+        train=TrainConfig(epochs=plan.ttr_epochs, device=str(dev), seed=0),
+    )
+    t0 = time.perf_counter()
+    scoring = [0.0]
+
+    def track(epoch: int, model, data) -> dict:
+        s0 = time.perf_counter()
+        fig = pose_recovery(model, data, truth)
+        wall = s0 - t0 - scoring[0]
+        row = {
+            "section": "time_to_result",
+            "particles": len(stack),
+            "image_px": plan.ttr_size,
+            "epoch": epoch,
+            "stage_px": model.render_size,
+            "seconds": wall,
+            "theta_circ_corr": fig["theta_circ_corr"],
+            "theta_median_error_deg": fig["theta_median_error_deg"],
+            "z_conformation_pearson": fig["z_conformation_pearson"],
+        }
+        if dev.type == "cuda":
+            row["peak_gpu_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
+        results.add(row)
+        scoring[0] += time.perf_counter() - s0
+        _check_time(deadline)
+        return {}
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    fit(
+        Particles.of(stack),
+        config,
+        results.work / "runs" / "time_to_result",
+        force=True,
+        progress=False,
+        on_epoch=track,
+    )
+
+
+def _torchrun(
+    results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict
+) -> None:
+    from emvae.io import read_stack
+
+    sim = _wait_simulation(results.work, plan, state, deadline)
+    stack = results.work / f"torchrun_{plan.torchrun_n}.npy"  # the first N particles
+    if not stack.exists():
+        images = read_stack(sim / "particles.mrcs").images
+        np.save(stack, np.asarray(images[: plan.torchrun_n], dtype=np.float32))
+    narrow = ["--gen-hidden", "16", "--enc-hidden", "16"] if plan.tiny else []
+    fit_args = [
+        "fit", str(stack), "--epochs", str(plan.torchrun_epochs), "--device", dev.type,
+        "--stages", "off", "--force", "--quiet", *narrow,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": _pythonpath(), "EMVAE_DDP": "1"}
+    launchers = {
+        "plain": [sys.executable, "-m", "emvae_cli.main"],
+        "torchrun --nproc_per_node 1": [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "1",
+            "-m",
+            "emvae_cli.main",
+        ],  # fmt: skip
+    }
+    for name, launcher in launchers.items():
+        remaining = deadline - time.perf_counter()
+        if remaining < 1:
+            raise OutOfTime
+        run_dir = results.work / "runs" / f"torchrun_{name.split()[0]}"
+        t0 = time.perf_counter()
+        try:
+            done = subprocess.run(
+                [*launcher, *fit_args, "-o", str(run_dir)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=remaining,
+            )
+        except subprocess.TimeoutExpired:
+            raise OutOfTime from None
+        row: dict[str, Any] = {
+            "section": "torchrun",
+            "launcher": name,
+            "backend": "-" if name == "plain" else ("nccl" if dev.type == "cuda" else "gloo"),
+            "epochs": plan.torchrun_epochs,
+            "wall_seconds": time.perf_counter() - t0,
+            "exit_code": done.returncode,
+        }
+        metrics = run_dir / "metrics.csv"
+        if done.returncode == 0 and metrics.exists():
+            import pandas as pd
+
+            m = pd.read_csv(metrics, comment="#")
+            row["epoch_seconds"] = float(m["seconds"].median())
+            row["particles"] = int(len(pd.read_csv(run_dir / "particles.csv", comment="#")))
+        else:
+            row["error"] = done.stderr[-2000:]
+        results.add(row)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def markdown(rows: list[dict]) -> str:
+    """The check's tables (one per section) from its rows."""
+    env = next((r for r in rows if r.get("section") == "env"), {})
+    lines = [f"# emvae GPU check: {env.get('device', '?')}", ""]
+    if env:
+        lines += [
+            f"torch {env.get('torch')}, CUDA {env.get('cuda', '-')}, {env.get('date_utc')} UTC"
+            + (" — TINY SMOKE RUN: sizes shrunk, figures meaningless" if env.get("tiny") else ""),
+            "",
+        ]
+    mm = next((r for r in rows if r.get("section") == "matmul" and "n" in r), None)
+    if mm:
+        lines += [
+            f"Dense bf16 matrix product {mm['n']}^3: **{mm['tflop_per_s']:.1f} TFLOP/s** "
+            "(the peak the generator is compared with).",
+            "",
+        ]
+    steps = [r for r in rows if r.get("section") == "steps" and "images_per_s" in r]
+    if steps:
+        lines += [
+            "## Training step",
+            "",
+            "| config | stage px | precision | batch | passes | images/s | step ms | "
+            "generator TFLOP/s | of bf16 peak | peak GPU GB | host syncs |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in steps:
+            frac = r.get("fraction_of_bf16_peak")
+            batch = f"{r['batch']} (largest)" if r.get("largest_batch") else str(r["batch"])
+            lines.append(
+                f"| {r['config']} | {r['stage_px']} | {r['precision']} | {batch} | "
+                f"{r['passes']} | {_fmt(r['images_per_s'])} | {_fmt(r['step_ms'], 2)} | "
+                f"{_fmt(r['generator_tflop_per_s'], 3)} | "
+                f"{'-' if frac is None else f'{100 * frac:.1f}%'} | "
+                f"{_fmt(r.get('peak_gpu_gb'), 2)} | {_fmt(r.get('host_syncs_in_step'))} |"
+            )
+        lines.append("")
+    loader = [r for r in rows if r.get("section") == "loader" and "reader" in r]
+    if loader:
+        lines += ["## Streaming reader", "", "| reader | images/s | the step consumes |"]
+        lines += ["|---|---|---|"]
+        for r in loader:
+            use = ", ".join(f"{k}: {v:,.0f}" for k, v in r["step_consumes_images_per_s"].items())
+            lines.append(f"| {r['reader']} | {_fmt(r['images_per_s'])} | {use or '-'} |")
+        lines.append("")
+    ttr = [r for r in rows if r.get("section") == "time_to_result" and "epoch" in r]
+    if ttr:
+        lines += [
+            f"## Time to result ({ttr[0]['particles']:,} x {ttr[0]['image_px']} px)",
+            "",
+            "| epoch | stage px | wall s | theta circ. corr. | theta median error deg | z abs(r) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in ttr:
+            lines.append(
+                f"| {r['epoch']} | {r['stage_px']} | {_fmt(r['seconds'])} | "
+                f"{_fmt(r['theta_circ_corr'], 3)} | {_fmt(r['theta_median_error_deg'])} | "
+                f"{_fmt(r['z_conformation_pearson'], 3)} |"
+            )
+        lines.append("")
+    tr = [r for r in rows if r.get("section") == "torchrun" and "launcher" in r]
+    if tr:
+        lines += ["## torchrun", "", "| launcher | backend | wall s | epoch s | exit |"]
+        lines += ["|---|---|---|---|---|"]
+        for r in tr:
+            lines.append(
+                f"| {r['launcher']} | {r['backend']} | {_fmt(r['wall_seconds'])} | "
+                f"{_fmt(r.get('epoch_seconds'), 2)} | {r['exit_code']} |"
+            )
+        lines.append("")
+    status = [r for r in rows if "status" in r or "error" in r]
+    if status:
+        lines += ["## Sections", "", "| section | status | seconds |", "|---|---|---|"]
+        for r in status:
+            what = r.get("status") or f"error: {r['error'][:120]}"
+            lines.append(f"| {r['section']} | {what} | {_fmt(r.get('seconds'))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "SECTIONS",
+    "Plan",
+    "count_step_syncs",
+    "markdown",
+    "measure_step",
+    "run_gpu_check",
+    "step_flops",
+]
