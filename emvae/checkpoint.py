@@ -82,6 +82,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"):
 
     Returns ``(model in eval mode on device, RunConfig, checkpoint dict)``.
     """
+    from emvae.data import default_pass_memory_mb
     from emvae.models import SpatialVAE
 
     ckpt = load_checkpoint(path)
@@ -89,4 +90,5 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"):
     model = SpatialVAE(config.model)
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
+    model.pass_memory_mb = default_pass_memory_mb(device)  # this device's, not the fit's
     return model, config, ckpt

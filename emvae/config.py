@@ -389,7 +389,9 @@ class TrainConfig:
     stages: str | None = None
     # memory for the generator's activations in one pass (MB): larger batches are rendered in
     # several passes, their gradients summed (the same step, bounded memory)
-    pass_memory_mb: int = PASS_MEMORY_MB
+    # None: the device's (emvae.data.default_pass_memory_mb: PASS_MEMORY_MB on a CPU, a
+    # quarter of a GPU's memory)
+    pass_memory_mb: int | None = None
     # torch.compile the model (emvae.train.compiled): off, default, reduce-overhead (CUDA
     # graphs), max-autotune, aot_eager; the same step, to rounding
     compile: str = "off"
@@ -413,7 +415,7 @@ class TrainConfig:
             raise ConfigError("--checkpoint-every must be >= 1")
         _choice("--stream", self.stream, STREAM_MODES)
         _choice("--compile", self.compile, COMPILE_MODES)
-        if self.pass_memory_mb < 1:
+        if self.pass_memory_mb is not None and self.pass_memory_mb < 1:
             raise ConfigError(f"--pass-memory must be >= 1 MB, got {self.pass_memory_mb}")
         if self.readers is not None and self.readers < 0:
             raise ConfigError(f"--readers must be >= 0, got {self.readers}")

@@ -14,6 +14,20 @@ from emvae.io.stack import ImageStack
 from emvae.preprocess import Prepared, Preprocess, iter_chunks, prepare
 
 
+def default_pass_memory_mb(device: torch.device | str) -> int:
+    """The generator's memory per pass (``TrainConfig.pass_memory_mb``) when none is given:
+    :data:`emvae.config.PASS_MEMORY_MB` on a CPU (measured there: docs/benchmarks.md), a
+    quarter of the GPU's memory on CUDA (a batch of 100 at 128 px then renders in one pass on
+    a 40 GB card, rather than in 15)."""
+    from emvae.config import PASS_MEMORY_MB
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return PASS_MEMORY_MB
+    total = torch.cuda.get_device_properties(dev).total_memory
+    return max(PASS_MEMORY_MB, int(total // 4 // 2**20))
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` is CUDA when present, else CPU."""
     if name == "auto":

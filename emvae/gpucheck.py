@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from emvae.config import ModelConfig
+from emvae.data import default_pass_memory_mb
 from emvae.hostsync import HostSyncCounter, optimizer_counters
 from emvae.models import SpatialVAE
 from emvae.throughput import CONFIGS, generator_flops
@@ -383,8 +384,7 @@ def measure_step(
     model = SpatialVAE(cfg).to(dev)
     if render is not None:
         model.set_render_size(render)
-    if one_pass:
-        model.pass_memory_mb = 2**40
+    model.pass_memory_mb = 2**40 if one_pass else default_pass_memory_mb(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(batch, cfg.channels, cfg.image_size, cfg.image_size, device=dev)

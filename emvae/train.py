@@ -26,6 +26,7 @@ from emvae import run
 from emvae.config import RunConfig
 from emvae.ctf import likelihood_ctf
 from emvae.data import (
+    default_pass_memory_mb,
     gather,
     keep_freed_memory,
     prefetched,
@@ -163,6 +164,8 @@ def _fit(
 
     torch.manual_seed(tcfg.seed)
     model = SpatialVAE(cfg).to(device)
+    if tcfg.pass_memory_mb is None:  # stored in config.json: a resume keeps it
+        tcfg.pass_memory_mb = default_pass_memory_mb(device)
     model.pass_memory_mb = tcfg.pass_memory_mb
     net: torch.nn.Module = model  # what the training step calls: the model, or its DDP wrapper
     if ctx.active:

@@ -227,6 +227,29 @@ def test_passes_fit_the_memory_given():
     assert model.images_per_pass(training=False) == 1024 * 2**20 // (3 * 32 * 32 * 2 * 384)
 
 
+def test_the_pass_memory_defaults_to_the_devices(monkeypatch, tmp_path):
+    """1024 MB on a CPU (stored in config.json, so a resume keeps it); a quarter of a GPU's
+    memory on CUDA; a model loaded for encoding takes its own device's default."""
+    from types import SimpleNamespace
+
+    from emvae.checkpoint import load_model
+    from emvae.data import default_pass_memory_mb
+
+    assert default_pass_memory_mb("cpu") == 1024
+    card = SimpleNamespace(total_memory=80 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: card)
+    assert default_pass_memory_mb("cuda:0") == 20 * 1024
+    assert TrainConfig().pass_memory_mb is None
+    sim = tmp_path / "sim"
+    r = runner.invoke(app, ["simulate", str(sim), "-n", "30", "--size", "16", "--seed", "2"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["fit", str(sim / "particles.mrcs"), "-o", str(out), *SMALL, "-n", "1"])
+    assert r.exit_code == 0, r.output
+    model, config, _ = load_model(out)
+    assert config.train.pass_memory_mb == 1024 and model.pass_memory_mb == 1024
+
+
 def test_a_stage_likelihood_uses_the_crop_noise():
     """At a coarse stage the Gaussian's std is the crop's noise std (exp(noise_logstd)), not
     1: the log-likelihood equals N(y; mean, s^2) summed over the stage's pixels."""

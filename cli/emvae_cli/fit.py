@@ -307,13 +307,15 @@ def fit(
         "stage). Default: the box up to 48 px, 32 above.",
         show_default=False,
     ),
-    pass_memory_mb: int = field_option(
+    pass_memory_mb: int | None = field_option(
         T,
         "pass_memory_mb",
         "Memory for the generator's activations in one pass, MB: a batch that needs more is "
-        "rendered in several passes whose gradients are summed (the same step).",
+        "rendered in several passes whose gradients are summed (the same step). Default: 1024 "
+        "on a CPU, a quarter of the GPU's memory on CUDA.",
         "--pass-memory",
         min=1,
+        show_default=False,
     ),
     compile: Compile = field_option(
         T,
