@@ -34,7 +34,10 @@ from emvae.safety import claim_outputs, record_outputs
 METHODS = ("kmeans", "gmm")
 #: The one line printed when ``--umap`` is asked for without umap-learn.
 UMAP_HINT = "install umap-learn (pip install 'emvae[umap]')"
-SKLEARN_HINT = "install scikit-learn (pip install 'emvae[analyze]')"
+#: scikit-learn is a dependency of emvae: missing, the installation is broken.
+SKLEARN_HINT = (
+    "scikit-learn is missing: reinstall emvae (pip install emvae) or pip install scikit-learn"
+)
 #: Every file analyze_run may write; a re-run removes those it does not write again.
 FILES = (
     "clusters.csv",
