@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from emvae.convergence import checkpoint_of
 from emvae.errors import ConfigError, EmvaeError, InputError
 from emvae.latents import latent_columns
 from emvae.safety import claim_outputs, record_outputs
@@ -296,9 +297,12 @@ def analyze_run(
     umap: bool = False,
     seed: int = 0,
     force: bool = False,
+    epoch: int | None = None,
 ) -> dict:
     """Analyse the latent space of ``run`` (a run directory or :class:`emvae.run.Run`) into
-    ``out`` (default ``RUN/analyze``): the files of the module docstring. Every file is
+    ``out`` (default ``RUN/analyze``): the files of the module docstring. ``epoch``: of the
+    checkpoint kept at that epoch instead of the run's final table (every particle encoded
+    again under it, on the CPU; default folder ``RUN/analyze/epoch_NNNN``). Every file is
     written into a temporary folder beside ``out`` and moved in once all are complete,
     ``analyze.json`` last; files of an earlier analysis that this one does not write again
     are removed. Returns the content of ``analyze.json``. Files of those names that emvae did
@@ -327,17 +331,26 @@ def analyze_run(
             import umap as _umap  # noqa: F401
         except ImportError:
             raise ConfigError(UMAP_HINT) from None
-    table = r.table()
+    if epoch is None:
+        table = r.table()
+        n = len(table)
+        dest = Path(out) if out is not None else r.path / ANALYZE
+    else:
+        checkpoint = checkpoint_of(r, epoch)  # a kept epoch, or one line naming them
+        n = config.data.n_images
+        dest = Path(out) if out is not None else r.path / ANALYZE / f"epoch_{epoch:04d}"
+    if not 1 <= k <= n:
+        raise ConfigError(f"-k {k}: need 1 <= k <= the number of particles ({n})")
+    claim_outputs(dest, FILES, force or out is None, "analysis files")
+    dest.mkdir(parents=True, exist_ok=True)
+    if epoch is None:
+        model, _, ckpt = r.model("cpu")
+    else:
+        model, table, ckpt = _epoch_table(r, checkpoint)
     zs = latent_columns(table)
     if len(zs) != zdim:
         raise InputError(r.path, f"particle table has {len(zs)} z columns; the run has {zdim}")
     z = table[zs].to_numpy(np.float64)
-    if not 1 <= k <= len(z):
-        raise ConfigError(f"-k {k}: need 1 <= k <= the number of particles ({len(z)})")
-    dest = Path(out) if out is not None else r.path / ANALYZE
-    claim_outputs(dest, FILES, force or out is None, "analysis files")
-    dest.mkdir(parents=True, exist_ok=True)
-    model, _, ckpt = r.model("cpu")
 
     scores, components, explained = pca(z)
     labels = cluster(z, k, method, seed)
@@ -427,6 +440,22 @@ def analyze_run(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _epoch_table(run, checkpoint: Path):
+    """``(model, table, checkpoint dict)``: the particle table of the run's images under the
+    checkpoint ``checkpoint`` (posteriors only: its ``elbo`` column is NaN)."""
+    from emvae.checkpoint import load_model
+    from emvae.encode import encode
+
+    model, config, ckpt = load_model(checkpoint, "cpu")
+    if config.run_id != run.config.run_id:
+        raise InputError(checkpoint, "was written by another run than this folder's config.json")
+    particles = run.particles()
+    data = particles.load("cpu", config.model.likelihood, config.train.stream)
+    device = torch.device("cpu")
+    enc = encode(model, data, device, 256, config.train.seed, elbo=False)
+    return model, particles.table(config.model, enc), ckpt
 
 
 def check_clusters(run: str | os.PathLike, path: Path) -> None:

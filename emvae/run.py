@@ -7,7 +7,7 @@
     RUN/checkpoints/        last.pt (every epoch) and epoch_NNNN.pt
     RUN/particles.csv|.h5   the particle table (emvae.particles.Particles.table)
     RUN/particles.star      the same poses for RELION
-    RUN/report/, montage/, analyze/, explore/   what later commands make of it
+    RUN/report/, montage/, analyze/, convergence/, explore/   what later commands make of it
 
 :class:`Run` reads a finished (or running) directory for report, montage, align and
 export-star; the functions below it are how :func:`emvae.train.fit` writes one, atomically, and
@@ -41,9 +41,10 @@ STAR = "particles.star"
 LAST = Path(CHECKPOINTS) / "last.pt"
 OUTPUTS = (CONFIG, METRICS, LOG, "particles.csv", "particles.h5", STAR, CHECKPOINTS)
 REPORT, MONTAGE, ANALYZE, EXPLORE = "report", "montage", "analyze", "explore"
+CONVERGENCE = "convergence"
 #: Folders of later commands that describe a run; a --force re-run retires them with it. The
 #: explorer's selections (EXPLORE) are the user's picks of input rows: they stay.
-DERIVED = (REPORT, MONTAGE, ANALYZE)
+DERIVED = (REPORT, MONTAGE, ANALYZE, CONVERGENCE)
 #: Where a --force re-run trains until its outputs are complete (then they replace the old).
 STAGING = ".emvae-replacing"
 

@@ -242,16 +242,15 @@ def record_outputs(
 
 def _foreign(folder: Path, name: str, files: dict[str, dict[str, str]]) -> list[str]:
     """``name`` (or, for a folder, the files under it) unless emvae wrote it: in the folder's
-    manifest with the same content; for a folder, its own manifest's (or, in checkpoints,
-    the checkpoint names emvae gives)."""
+    manifest with the same content; for a folder, each file in the manifest of the folder
+    that holds it (``analyze/epoch_0010/`` has its own), or, in checkpoints, of the
+    checkpoint names emvae gives."""
     p = folder / name
-    if p.is_dir() and not p.is_symlink():
+    if p.is_dir() and not p.is_symlink():  # each folder inside has its own manifest
         inner = _manifest(p)
         found = []
-        for f in sorted(p.rglob("*")):
-            rel = str(f.relative_to(p))
-            if f.is_dir() and not f.is_symlink():
-                continue
+        for f in sorted(p.iterdir()):
+            rel = f.name
             if rel == MANIFEST or (name == "checkpoints" and CHECKPOINT_NAME.fullmatch(rel)):
                 continue
             found += [f"{name}/{x}" for x in _foreign(p, rel, inner)]
