@@ -6,8 +6,11 @@ generator's image at its centre (theta = 0, dx = 0: the "class average" of the m
 aligned average of its real particles, scatter plots coloured by cluster and by density, and
 a walk along each principal component. Writes into ``RUN/analyze/``:
 
-    clusters.csv        image, input_row, cluster, PC1..PCK[, UMAP1, UMAP2]: one row per
-                        particle, in the run table's order
+    clusters.csv        image, input_row, cluster[, cluster_prob (gmm)], PC1..PCK[, UMAP1,
+                        UMAP2]: one row per particle, in the run table's order
+    classes.mrcs        the generator at each cluster's centre, one image per cluster
+    class_averages.mrcs each cluster's aligned average of its particles
+    classes.star        the classes as RELION's run_model.star lists them (model_classes)
     analyze.json        k, method, seed, cluster sizes, explained variance, figures, notes
     *.png               the figures (docs/reports.md, "Latent analysis")
 
@@ -27,6 +30,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from emvae.convergence import checkpoint_of
 from emvae.errors import ConfigError, EmvaeError, InputError
 from emvae.latents import latent_columns
 from emvae.safety import claim_outputs, record_outputs
@@ -34,7 +38,10 @@ from emvae.safety import claim_outputs, record_outputs
 METHODS = ("kmeans", "gmm")
 #: The one line printed when ``--umap`` is asked for without umap-learn.
 UMAP_HINT = "install umap-learn (pip install 'emvae[umap]')"
-SKLEARN_HINT = "install scikit-learn (pip install 'emvae[analyze]')"
+#: scikit-learn is a dependency of emvae: missing, the installation is broken.
+SKLEARN_HINT = (
+    "scikit-learn is missing: reinstall emvae (pip install emvae) or pip install scikit-learn"
+)
 #: Every file analyze_run may write; a re-run removes those it does not write again.
 FILES = (
     "clusters.csv",
@@ -45,6 +52,9 @@ FILES = (
     "pca_scatter.png",
     "umap_scatter.png",
     "pc_trajectories.png",
+    "classes.mrcs",
+    "class_averages.mrcs",
+    "classes.star",
 )
 #: Principal components walked in pc_trajectories.png, and steps along each.
 MAX_TRAJECTORIES = 8
@@ -94,6 +104,15 @@ def cluster(z: np.ndarray, k: int, method: str = "kmeans", seed: int = 0) -> np.
     KMeans, 10 initialisations) or ``gmm`` (GaussianMixture, full covariances, 5
     initialisations), seeded by ``seed``. Returns labels ``(N,)`` int64 in 1..k, numbered by
     size (:func:`number_by_size`); the same inputs give the same labels."""
+    return cluster_posterior(z, k, method, seed)[0]
+
+
+def cluster_posterior(
+    z: np.ndarray, k: int, method: str = "kmeans", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`cluster`'s labels ``(N,)`` and, for ``gmm``, each particle's posterior
+    probability of the cluster it is given ``(N,)`` (the mixture's responsibility; None for
+    k-means, whose assignment is hard)."""
     x = np.asarray(z, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
@@ -108,10 +127,11 @@ def cluster(z: np.ndarray, k: int, method: str = "kmeans", seed: int = 0) -> np.
         raise ConfigError(SKLEARN_HINT) from None
     if method == "kmeans":
         labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
-    else:
-        gmm = GaussianMixture(n_components=k, n_init=5, random_state=seed, reg_covar=1e-5)
-        labels = gmm.fit(x).predict(x)
-    return number_by_size(labels)
+        return number_by_size(labels), None
+    gmm = GaussianMixture(n_components=k, n_init=5, random_state=seed, reg_covar=1e-5)
+    resp = gmm.fit(x).predict_proba(x)
+    labels = resp.argmax(1)  # GaussianMixture.predict
+    return number_by_size(labels), resp[np.arange(len(x)), labels]
 
 
 def hungarian_accuracy(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
@@ -293,9 +313,12 @@ def analyze_run(
     umap: bool = False,
     seed: int = 0,
     force: bool = False,
+    epoch: int | None = None,
 ) -> dict:
     """Analyse the latent space of ``run`` (a run directory or :class:`emvae.run.Run`) into
-    ``out`` (default ``RUN/analyze``): the files of the module docstring. Every file is
+    ``out`` (default ``RUN/analyze``): the files of the module docstring. ``epoch``: of the
+    checkpoint kept at that epoch instead of the run's final table (every particle encoded
+    again under it, on the CPU; default folder ``RUN/analyze/epoch_NNNN``). Every file is
     written into a temporary folder beside ``out`` and moved in once all are complete,
     ``analyze.json`` last; files of an earlier analysis that this one does not write again
     are removed. Returns the content of ``analyze.json``. Files of those names that emvae did
@@ -324,20 +347,29 @@ def analyze_run(
             import umap as _umap  # noqa: F401
         except ImportError:
             raise ConfigError(UMAP_HINT) from None
-    table = r.table()
+    if epoch is None:
+        table = r.table()
+        n = len(table)
+        dest = Path(out) if out is not None else r.path / ANALYZE
+    else:
+        checkpoint = checkpoint_of(r, epoch)  # a kept epoch, or one line naming them
+        n = config.data.n_images
+        dest = Path(out) if out is not None else r.path / ANALYZE / f"epoch_{epoch:04d}"
+    if not 1 <= k <= n:
+        raise ConfigError(f"-k {k}: need 1 <= k <= the number of particles ({n})")
+    claim_outputs(dest, FILES, force or out is None, "analysis files")
+    dest.mkdir(parents=True, exist_ok=True)
+    if epoch is None:
+        model, _, ckpt = r.model("cpu")
+    else:
+        model, table, ckpt = _epoch_table(r, checkpoint)
     zs = latent_columns(table)
     if len(zs) != zdim:
         raise InputError(r.path, f"particle table has {len(zs)} z columns; the run has {zdim}")
     z = table[zs].to_numpy(np.float64)
-    if not 1 <= k <= len(z):
-        raise ConfigError(f"-k {k}: need 1 <= k <= the number of particles ({len(z)})")
-    dest = Path(out) if out is not None else r.path / ANALYZE
-    claim_outputs(dest, FILES, force or out is None, "analysis files")
-    dest.mkdir(parents=True, exist_ok=True)
-    model, _, ckpt = r.model("cpu")
 
     scores, components, explained = pca(z)
-    labels = cluster(z, k, method, seed)
+    labels, prob = cluster_posterior(z, k, method, seed)
     notes: list[str] = []
     if int(labels.max()) < k:  # a mixture component that no particle prefers
         notes.append(f"note: only {int(labels.max())} of the {k} clusters hold particles")
@@ -367,6 +399,7 @@ def analyze_run(
         "image": table["image"].astype(str).to_numpy(),
         "input_row": table["input_row"].to_numpy(),
         "cluster": labels,
+        **({} if prob is None else {"cluster_prob": prob}),
         **pcs,
     }
     embedding = None
@@ -382,10 +415,18 @@ def analyze_run(
         decoded = mt.decode_mean(model, torch.tensor(centres, dtype=torch.float32))
         if config.model.likelihood == "bernoulli":
             decoded = decoded.clamp(0, 1)
-        figures.append(mt.save_png(decoded[None], staging / "class_generator.png", scale=3))
+        strip = class_labels(sizes)
+        figures.append(
+            mt.save_png(decoded[None], staging / "class_generator.png", scale=3, labels=strip)
+        )
         averages = _real_averages(r, table, labels, k, result["notes"])
         if averages is not None:
-            figures.append(mt.save_png(averages[None], staging / "class_averages.png", scale=3))
+            figures.append(
+                mt.save_png(averages[None], staging / "class_averages.png", scale=3, labels=strip)
+            )
+        result["class_files"] = write_classes(
+            staging, decoded.numpy(), averages, sizes, centres, config, result["notes"]
+        )
         if zdim == 1:
             figures.append(plot_histogram_1d(z[:, 0], labels, "z1", staging / "z_scatter.png"))
         else:
@@ -424,6 +465,89 @@ def analyze_run(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _epoch_table(run, checkpoint: Path):
+    """``(model, table, checkpoint dict)``: the particle table of the run's images under the
+    checkpoint ``checkpoint`` (posteriors only: its ``elbo`` column is NaN)."""
+    from emvae.checkpoint import load_model
+    from emvae.encode import encode
+
+    model, config, ckpt = load_model(checkpoint, "cpu")
+    if config.run_id != run.config.run_id:
+        raise InputError(checkpoint, "was written by another run than this folder's config.json")
+    particles = run.particles()
+    data = particles.load("cpu", config.model.likelihood, config.train.stream)
+    device = torch.device("cpu")
+    enc = encode(model, data, device, 256, config.train.seed, elbo=False)
+    return model, particles.table(config.model, enc), ckpt
+
+
+def class_labels(sizes: np.ndarray):
+    """The text of a strip of class images: each cluster's number above it, its size and
+    fraction under it (:class:`emvae.montage.Labels`)."""
+    from emvae.montage import Labels
+
+    n = max(1, int(np.sum(sizes)))
+    columns = [str(c) for c in range(1, len(sizes) + 1)]
+    return Labels(columns=columns, tiles=[[[f"{int(s)} ({s / n:.0%})"] for s in sizes]])
+
+
+def write_classes(
+    folder: Path,
+    decoded: np.ndarray,
+    averages: np.ndarray | None,
+    sizes: np.ndarray,
+    centres: np.ndarray,
+    config,
+    notes: list[str],
+) -> list[str]:
+    """The classes as RELION writes a 2-D classification's: ``classes.mrcs`` (the generator
+    at each cluster's centre, ``(k, D, D)``, model pixels), ``class_averages.mrcs`` (each
+    cluster's aligned average, input pixels) with their pixel sizes when known, and
+    ``classes.star`` (``data_model_general`` and ``data_model_classes`` in the spirit of
+    RELION's ``run_model.star``: ``rlnReferenceImage`` ``k@classes.mrcs``,
+    ``rlnClassDistribution``, and emvae's ``emvaeClassSize``, ``emvaeAverageImage``,
+    ``emvaeMeanZ1..K``; no resolution). Colour images get no MRC stacks (a note says so).
+    Returns the names written."""
+    import starfile
+
+    from emvae.io import write_mrc
+
+    if decoded.shape[1] != 1:
+        notes.append("note: classes.mrcs and classes.star are written for grey images only")
+        return []
+    k = len(sizes)
+    data = config.data
+    model_apix = None if data.apix is None else data.apix * data.scale
+    write_mrc(folder / "classes.mrcs", decoded[:, 0], model_apix)
+    names = ["classes.mrcs"]
+    classes = pd.DataFrame(
+        {
+            "rlnReferenceImage": [f"{c:06d}@classes.mrcs" for c in range(1, k + 1)],
+            "rlnClassDistribution": np.asarray(sizes, dtype=np.float64) / max(1, sizes.sum()),
+            "emvaeClassSize": np.asarray(sizes, dtype=np.int64),
+        }
+    )
+    if averages is not None:
+        write_mrc(folder / "class_averages.mrcs", averages[:, 0], data.apix)
+        names.append("class_averages.mrcs")
+        classes["emvaeAverageImage"] = [f"{c:06d}@class_averages.mrcs" for c in range(1, k + 1)]
+    for j in range(centres.shape[1]):
+        classes[f"emvaeMeanZ{j + 1}"] = centres[:, j]
+    general = pd.DataFrame(
+        {
+            "rlnNrClasses": [k],
+            "rlnOriginalImageSize": [decoded.shape[-1]],
+            "rlnPixelSize": [model_apix if model_apix is not None else -1.0],
+        }
+    )
+    starfile.write(
+        {"model_general": general, "model_classes": classes},
+        folder / "classes.star",
+        float_format="%.6g",
+    )
+    return [*names, "classes.star"]
 
 
 def check_clusters(run: str | os.PathLike, path: Path) -> None:

@@ -14,8 +14,8 @@ clusters and embeddings when ``emvae analyze`` wrote them); it knows nothing of 
   writes one: ``NAME.txt`` and ``NAME.npy`` of 0-based input rows (``emvae fit --ind``,
   ``emvae select --indices``), and the input's STAR / .cs rows when it was one.
 
-:func:`make_app` puts one or several runs behind a FastAPI app (``pip install
-'emvae[explore]'``): ``/`` is the page (``emvae/explore.html``: a canvas scatter and vanilla
+:func:`make_app` puts one or several runs behind a FastAPI app (FastAPI and uvicorn are
+dependencies of emvae): ``/`` is the page (``emvae/explore.html``: a canvas scatter and vanilla
 JavaScript, nothing fetched from the internet), ``/api/...`` its JSON interface. A bad request
 (an unknown run, a z of the wrong length, an index beyond the stack) is answered with a 4xx
 status and a one-line ``detail``; nothing a request sends stops the server.
@@ -46,7 +46,11 @@ from emvae.render import PosedGenerator
 from emvae.run import CONFIG, EXPLORE, Run
 
 #: The one line printed when the web framework is missing.
-EXPLORE_HINT = "install the explorer's web framework (pip install 'emvae[explore]')"
+#: FastAPI and uvicorn are dependencies of emvae: missing, the installation is broken.
+EXPLORE_HINT = (
+    "the explorer's web framework is missing: reinstall emvae (pip install emvae) or "
+    "pip install fastapi uvicorn"
+)
 #: The most images one /generate request may ask for.
 MAX_BATCH = 1024
 #: Particles whose z set the generator's display range.

@@ -61,8 +61,51 @@ class TrainingProgress:
         it by ``n`` items (default 1)."""
         return lambda n=1: None
 
+    def line(self, text: str) -> None:
+        """A line of its own (a note, a warning), shown with the progress."""
+
     def close(self) -> None:
         """The display ends normally (not called after an error)."""
+
+
+class TeeProgress(TrainingProgress):
+    """Every call goes to each of ``targets`` in turn (the display and the run's log)."""
+
+    def __init__(self, *targets: TrainingProgress) -> None:
+        self._targets = targets
+
+    def start(self, first_epoch: int, total_epochs: int) -> None:
+        for t in self._targets:
+            t.start(first_epoch, total_epochs)
+
+    def epoch_start(self, epoch: int, n_steps: int, n_images: int = 0) -> None:
+        for t in self._targets:
+            t.epoch_start(epoch, n_steps, n_images)
+
+    def step(self, stats: str = "") -> None:
+        for t in self._targets:
+            t.step(stats)
+
+    def epoch_end(self, epoch: int, stats: str) -> None:
+        for t in self._targets:
+            t.epoch_end(epoch, stats)
+
+    def task(self, description: str, total: int) -> Advance:
+        advances = [t.task(description, total) for t in self._targets]
+
+        def advance(n: int = 1) -> None:
+            for a in advances:
+                a(n)
+
+        return advance
+
+    def line(self, text: str) -> None:
+        for t in self._targets:
+            t.line(text)
+
+    def close(self) -> None:
+        for t in self._targets:
+            t.close()
 
 
 class LiveProgress(TrainingProgress):
@@ -102,6 +145,9 @@ class LiveProgress(TrainingProgress):
         tid = self._p.add_task(description, total=total, stats="")
         return lambda n=1: self._p.update(tid, advance=n)
 
+    def line(self, text: str) -> None:
+        self._p.console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
 
 @dataclass
 class _Loop:
@@ -132,6 +178,9 @@ class PlainProgress(TrainingProgress):
         self._steps = (0, 0)  # (done, total) steps of the current epoch
         self._images = 0
         self._t_said = 0.0
+
+    def line(self, text: str) -> None:
+        self._print(text)
 
     def _print(self, text: str) -> None:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")

@@ -775,6 +775,13 @@ class Shown:
     folder: str = ""  # where the file lies relative to the run ("montage/", "analyze/")
 
 
+#: The 1-D z figure of emvae analyze (emvae.analyze.plot_histogram_1d) draws no density map.
+_z_scatter_1d = (
+    "Left: each particle's posterior mean z1 against its rank (particles sorted by z1), "
+    "coloured by cluster; right: the histogram of z1 (particles per bin), stacked by cluster."
+)
+
+
 def _caption(name: str, result: dict, config: RunConfig) -> tuple[str, str]:
     """(title, one-line caption with units) of a report figure or montage."""
     esc = html.escape
@@ -916,17 +923,23 @@ def _caption(name: str, result: dict, config: RunConfig) -> tuple[str, str]:
         "class_generator.png": (
             "Generator at each cluster's centre",
             "The generator's mean at θ = 0, Δx = 0 at each cluster's mean z, cluster 1 (the "
-            "largest) on the left.",
+            "largest) on the left; each tile's cluster number above it, its particles (and "
+            "their fraction) under it.",
         ),
         "class_averages.png": (
             "Cluster averages",
             "The aligned average of each cluster's particles (input pixels), cluster 1 on the "
-            "left.",
+            "left; each tile's cluster number above it, its particles (and their fraction) "
+            "under it.",
         ),
         "z_scatter.png": (
-            "Clusters in z",
-            "Particles' posterior means coloured by cluster and "
-            "by density (particles per cell, log scale).",
+            ("Clusters in z", _z_scatter_1d)
+            if k == 1
+            else (
+                "Clusters in z",
+                "Particles' posterior means z1 against z2 coloured by cluster and by density "
+                "(particles per cell, log scale).",
+            )
         ),
         "pca_scatter.png": (
             "Principal components of z",

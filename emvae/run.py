@@ -2,10 +2,12 @@
 
     RUN/config.json         the RunConfig (model, training, data sections; run id)
     RUN/metrics.csv         one row per epoch
+    RUN/run.log             every line the fit printed, timestamped (emvae.runlog); appended
+                            by --resume
     RUN/checkpoints/        last.pt (every epoch) and epoch_NNNN.pt
     RUN/particles.csv|.h5   the particle table (emvae.particles.Particles.table)
     RUN/particles.star      the same poses for RELION
-    RUN/report/, montage/, analyze/, explore/   what later commands make of it
+    RUN/report/, montage/, analyze/, convergence/, explore/   what later commands make of it
 
 :class:`Run` reads a finished (or running) directory for report, montage, align and
 export-star; the functions below it are how :func:`emvae.train.fit` writes one, atomically, and
@@ -28,6 +30,7 @@ from emvae.checkpoint import load_model, save_checkpoint
 from emvae.config import RunConfig, read_config
 from emvae.errors import EmvaeError, InputError, OutputExistsError
 from emvae.io.tables import check_complete, read_table, write_table
+from emvae.runlog import LOG
 from emvae.safety import MANIFEST, atomic_output, claim_outputs, record_outputs
 
 CONFIG = "config.json"
@@ -36,11 +39,12 @@ CHECKPOINTS = "checkpoints"
 TABLES = ("particles.h5", "particles.csv")  # the first one present is read
 STAR = "particles.star"
 LAST = Path(CHECKPOINTS) / "last.pt"
-OUTPUTS = (CONFIG, METRICS, "particles.csv", "particles.h5", STAR, CHECKPOINTS)
+OUTPUTS = (CONFIG, METRICS, LOG, "particles.csv", "particles.h5", STAR, CHECKPOINTS)
 REPORT, MONTAGE, ANALYZE, EXPLORE = "report", "montage", "analyze", "explore"
+CONVERGENCE = "convergence"
 #: Folders of later commands that describe a run; a --force re-run retires them with it. The
 #: explorer's selections (EXPLORE) are the user's picks of input rows: they stay.
-DERIVED = (REPORT, MONTAGE, ANALYZE)
+DERIVED = (REPORT, MONTAGE, ANALYZE, CONVERGENCE)
 #: Where a --force re-run trains until its outputs are complete (then they replace the old).
 STAGING = ".emvae-replacing"
 
@@ -82,6 +86,11 @@ class Run:
         if p.is_dir():
             return cls(p)
         return cls(p.parent.parent) if p.parent.name == CHECKPOINTS else None
+
+    @property
+    def log(self) -> Path:
+        """run.log: every line the fit printed (:mod:`emvae.runlog`)."""
+        return self.path / LOG
 
     @property
     def last(self) -> Path:
@@ -188,7 +197,8 @@ def check_output_dir(out: str | os.PathLike, force: bool = False) -> None:
         raise OutputExistsError(f"{out}: checkpoints is a link; emvae will not write through it")
     adopt_legacy_run(out)
     claim_outputs(out, (*OUTPUTS, *DERIVED), force=True)  # the user's files: never replaced
-    existing = [name for name in OUTPUTS if _holds(out / name)]
+    # a log alone (a fit that stopped on a bad input) is appended to, not protected
+    existing = [name for name in OUTPUTS if name != LOG and _holds(out / name)]
     if existing and not force:
         hint = " or --resume to continue it" if has_last(out) else ""
         raise OutputExistsError(
@@ -221,7 +231,7 @@ def resume_point(out: Path, work: Path) -> dict[str, Any]:
     if not has_last(work):
         raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
     adopt_legacy_run(work)
-    claim_outputs(work, TABLES + (STAR,), force=True)  # the user's files: never replaced
+    claim_outputs(work, (*TABLES, STAR, LOG), force=True)  # the user's files: never replaced
     last = work / LAST
     ckpt = load_checkpoint(last)
     check_same_run(ckpt, last, work / CONFIG)

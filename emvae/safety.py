@@ -197,11 +197,17 @@ def check_names(names: Iterable[str], source: str) -> None:
 # ----------------------------------------------------------------------- which files are ours
 
 
-def _digest(path: Path) -> str:
+def _digest(path: Path, size: int | None = None) -> str:
+    """sha256 of ``path``'s content (of its first ``size`` bytes when given)."""
     h = hashlib.sha256()
+    left = -1 if size is None else size
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        while left:
+            block = f.read(1 << 20 if left < 0 else min(left, 1 << 20))
+            if not block:
+                break
             h.update(block)
+            left = left - len(block) if left > 0 else left
     return h.hexdigest()
 
 
@@ -214,38 +220,51 @@ def _manifest(folder: Path) -> dict[str, dict[str, str]]:
     return files if isinstance(files, dict) else {}
 
 
-def record_outputs(folder: str | os.PathLike, names: Iterable[str], run_id: str = "") -> None:
+def record_outputs(
+    folder: str | os.PathLike, names: Iterable[str], run_id: str = "", *, growing: bool = False
+) -> None:
     """Record the files ``names`` (relative to ``folder``) as emvae's: their content digest and
-    ``run_id`` go into ``folder``'s :data:`MANIFEST` (written atomically)."""
+    ``run_id`` go into ``folder``'s :data:`MANIFEST` (written atomically). ``growing``: files
+    emvae only ever appends to (``run.log``): their size is recorded too, and such a file
+    stays emvae's while it begins with the content recorded (lines appended after the last
+    record, by a fit that was then interrupted, do not make it foreign)."""
     d = Path(folder)
     files = _manifest(d)
     for name in names:
         if (d / name).is_file():
-            files[str(name)] = {"run_id": run_id, "sha256": _digest(d / name)}
+            entry = {"run_id": run_id, "sha256": _digest(d / name)}
+            if growing:
+                entry["size"] = str((d / name).stat().st_size)
+            files[str(name)] = entry
     with atomic_output(d / MANIFEST) as tmp:
         tmp.write_text(json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
 
 
 def _foreign(folder: Path, name: str, files: dict[str, dict[str, str]]) -> list[str]:
     """``name`` (or, for a folder, the files under it) unless emvae wrote it: in the folder's
-    manifest with the same content; for a folder, its own manifest's (or, in checkpoints,
-    the checkpoint names emvae gives)."""
+    manifest with the same content; for a folder, each file in the manifest of the folder
+    that holds it (``analyze/epoch_0010/`` has its own), or, in checkpoints, of the
+    checkpoint names emvae gives."""
     p = folder / name
-    if p.is_dir() and not p.is_symlink():
+    if p.is_dir() and not p.is_symlink():  # each folder inside has its own manifest
         inner = _manifest(p)
         found = []
-        for f in sorted(p.rglob("*")):
-            rel = str(f.relative_to(p))
-            if f.is_dir() and not f.is_symlink():
-                continue
+        for f in sorted(p.iterdir()):
+            rel = f.name
             if rel == MANIFEST or (name == "checkpoints" and CHECKPOINT_NAME.fullmatch(rel)):
                 continue
             found += [f"{name}/{x}" for x in _foreign(p, rel, inner)]
         return found
     entry = files.get(name)
     try:
-        ours = not p.is_symlink() and isinstance(entry, dict) and entry["sha256"] == _digest(p)
-    except (OSError, KeyError):
+        size = int(entry["size"]) if isinstance(entry, dict) and "size" in entry else None
+        ours = (
+            not p.is_symlink()
+            and isinstance(entry, dict)
+            and (size is None or p.stat().st_size >= size)
+            and entry["sha256"] == _digest(p, size)
+        )
+    except (OSError, KeyError, ValueError):
         ours = False
     return [] if ours else [name]
 

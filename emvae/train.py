@@ -13,7 +13,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -42,7 +42,8 @@ from emvae.io.stack import ImageStack
 from emvae.models import SpatialVAE
 from emvae.objective import ElboTerms, log_hyperprior, posterior_elbo, weighted_elbo
 from emvae.particles import Particles, check_same
-from emvae.progress import TrainingProgress, training_progress
+from emvae.progress import TeeProgress, TrainingProgress, training_progress
+from emvae.runlog import RunLog, run_log
 from emvae.safety import check_free_space, check_writable, run_lock
 from emvae.stages import parse_stages, size_at
 
@@ -81,6 +82,7 @@ def fit(
     force: bool = False,
     progress: bool = True,
     on_epoch: Callable[[int, SpatialVAE, Any], dict[str, float]] | None = None,
+    notes: Sequence[str] = (),
 ) -> FitResult:
     """Train (or resume training) on ``particles`` and write every output into ``out_dir``.
 
@@ -90,8 +92,10 @@ def fit(
     Outputs (:mod:`emvae.run`): ``config.json``, ``metrics.csv`` (one row per epoch:
     train/test ELBO, error = -log-likelihood, KL terms, nats per image), ``checkpoints/last.pt``
     (every epoch) and ``checkpoints/epoch_NNNN.pt`` (every ``checkpoint_every`` epochs),
-    ``particles.csv`` and ``particles.h5`` (:meth:`Particles.table`), and ``particles.star``
-    (the same poses for RELION, :meth:`Particles.write_star`).
+    ``particles.csv`` and ``particles.h5`` (:meth:`Particles.table`), ``particles.star``
+    (the same poses for RELION, :meth:`Particles.write_star`), and ``run.log``
+    (:mod:`emvae.runlog`: the command, ``notes`` (lines the caller printed about the input),
+    and every progress line, timestamped; appended to by a resume).
 
     ``resume`` continues from ``checkpoints/last.pt`` with the stored configuration (only the
     number of epochs may change), reproducing the uninterrupted run exactly. Without ``resume``
@@ -107,10 +111,10 @@ def fit(
     """
     out = Path(out_dir)
     if int(os.environ.get("RANK", "0")):  # torchrun: only rank 0 writes (and locks)
-        return _fit(particles, config, out, resume, force, progress, on_epoch)
+        return _fit(particles, config, out, resume, force, progress, on_epoch, notes)
     check_writable(out)
     with run_lock(out):  # a second fit into the same folder refuses, naming this process
-        return _fit(particles, config, out, resume, force, progress, on_epoch)
+        return _fit(particles, config, out, resume, force, progress, on_epoch, notes)
 
 
 def _fit(
@@ -121,6 +125,7 @@ def _fit(
     force: bool,
     progress: bool,
     on_epoch: Callable[[int, SpatialVAE, Any], dict[str, float]] | None,
+    notes: Sequence[str] = (),
 ) -> FitResult:
     """:func:`fit`, once the run folder is locked."""
     work = run.work_dir(out, force, resume)  # out, or the staging folder of a --force re-run
@@ -134,6 +139,7 @@ def _fit(
     progress = progress and ctx.main
     ckpt = None
     stack = particles.stack if isinstance(particles, Particles) else particles
+    command = config.command  # this call's (a resume takes the stored config's)
     if resume:
         ckpt = run.resume_point(out, work)
         epochs = config.train.epochs
@@ -152,125 +158,151 @@ def _fit(
         if ctx.main:
             run.prepare_output(out, work, force)
     ctx.barrier()
-    config.validate()
-    config.resolve()
-    particles.check_model(config.model)
-    cfg, tcfg = config.model, config.train
+    with run_log(work, config.run_id, enabled=ctx.main) as log:
+        if log is not None:
+            _log_start(log, config, command, ckpt, notes, device)
+        config.validate()
+        config.resolve()
+        particles.check_model(config.model)
+        cfg, tcfg = config.model, config.train
 
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    amp = autocast_for(device, tcfg.amp)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        amp = autocast_for(device, tcfg.amp)
 
-    torch.manual_seed(tcfg.seed)
-    model = SpatialVAE(cfg).to(device)
-    if tcfg.pass_memory_mb is None:  # stored in config.json: a resume keeps it
-        tcfg.pass_memory_mb = default_pass_memory_mb(device)
-    model.pass_memory_mb = tcfg.pass_memory_mb
-    net: torch.nn.Module = model  # what the training step calls: the model, or its DDP wrapper
-    if ctx.active:
-        ids = [device.index] if device.type == "cuda" else None
-        # the content encoder gets no gradient while z is held at 0 (the z-delay)
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=ids, find_unused_parameters=model.content is not None
-        )
-    net = compiled(net, tcfg.compile)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-    rng = torch.Generator(device=device)
-    rng.manual_seed(tcfg.seed)
-    n = len(particles)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        rng.set_state(ckpt["rng"])
-        test_idx = ckpt["split"].numpy()
-        train_idx = np.setdiff1d(np.arange(n), test_idx)
-        history = list(ckpt["history"])
-        first_epoch = int(ckpt["epoch"])
-    else:
-        train_idx, test_idx = split_indices(n, tcfg.test_fraction, tcfg.seed)
-        history = []
-        first_epoch = 0
-    if ctx.main:  # room for the checkpoints and tables, before the first epoch
-        weights = 3 * 4 * sum(p.numel() for p in model.parameters())  # + Adam's two moments
-        copies = tcfg.epochs // tcfg.checkpoint_every - first_epoch // tcfg.checkpoint_every
-        check_free_space(work, weights * (copies + 2) + 1000 * n)
-    with training_progress(progress) as bar:
-        data = particles.load(device, cfg.likelihood, tcfg.stream, bar)
-        ctf = likelihood_ctf(particles.ctf(cfg.ctf), cfg.ctf, data, device)
-        if ctx.main:
-            run.write_config(work, config)
-        train_dev = torch.from_numpy(train_idx).to(data.device)
-        test_dev = torch.from_numpy(test_idx).to(data.device)
-        bar.start(first_epoch, tcfg.epochs)
-        stages = parse_stages(tcfg.stages or "off", cfg.image_size)
-        for epoch in range(first_epoch + 1, tcfg.epochs + 1):
-            t0 = time.perf_counter()
-            size = size_at(stages, cfg.image_size, epoch)
-            if size != model.render_size:
-                model.set_render_size(size)
-            use_z = epoch > (tcfg.z_delay or 0)  # RunConfig.resolve set it
-            step = Step(net, optimizer, config, device, rng, use_z, amp, ctx, ctf)
-            train = _train_epoch(step, data, train_dev, bar, epoch)
-            test = evaluate(
-                model, data, test_dev, config, device, tcfg.seed + epoch, use_z, ctx, ctf
+        torch.manual_seed(tcfg.seed)
+        model = SpatialVAE(cfg).to(device)
+        if tcfg.pass_memory_mb is None:  # stored in config.json: a resume keeps it
+            tcfg.pass_memory_mb = default_pass_memory_mb(device)
+        model.pass_memory_mb = tcfg.pass_memory_mb
+        net: torch.nn.Module = model  # what the training step calls: the model, or its DDP wrapper
+        if ctx.active:
+            ids = [device.index] if device.type == "cuda" else None
+            # the content encoder gets no gradient while z is held at 0 (the z-delay)
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=model.content is not None
             )
-            row = {
-                "epoch": epoch,
-                **{f"train_{k}": v for k, v in train.items()},
-                **{f"test_{k}": v for k, v in test.items()},
-                "seconds": time.perf_counter() - t0,
-            }
-            if stages:  # the box of the epoch's coarse-to-fine stage; the ELBO is per that box
-                row["stage_px"] = size
-            if tcfg.weighted:  # what was maximised, beside the true ELBO
-                for part, t in (("train", train), ("test", test)):
-                    kl_pose = t["kl_theta"] + t["kl_shift"] + t.get("kl_deform", 0.0)
-                    row[f"{part}_objective"] = weighted_elbo(
-                        t["elbo"], t["kl_z"], kl_pose, tcfg.beta, tcfg.pose_beta
-                    )
-            row.update(prior_columns(model))
-            if on_epoch is not None:
-                row.update(on_epoch(epoch, model, data))
-            history.append(row)
-            if not ctx.main:
-                continue
-            columns = metric_columns(cfg.zdim, cfg.pose != "rigid")
-            run.write_metrics(work, history, columns, config.run_id)
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "config": config.to_dict(),
-                "epoch": epoch,
-                "rng": rng.get_state(),
-                "split": torch.from_numpy(test_idx),
-                "history": history,
-            }
-            run.write_checkpoint(work, state, keep=epoch % tcfg.checkpoint_every == 0)
-            bar.epoch_end(
-                epoch,
-                f"train ELBO {train['elbo']:.2f}, test ELBO "
-                f"{test['elbo']:.2f}, error {test['error']:.2f}, KL {test['kl']:.2f}"
-                + ("" if use_z else " (z held at 0)"),
-            )
-        if model.render_size != cfg.image_size:  # the table's ELBO: the full box
-            model.set_render_size(cfg.image_size)
-        advance = bar.task("encoding", n)
-        batch = max(tcfg.batch_size, 256)
-        enc = encode(model, data, device, batch, tcfg.seed, advance, ctx=ctx, ctf=ctf)
-    split = np.full(n, "train", dtype=object)
-    split[test_idx] = "test"
-    if not ctx.main:  # wait for rank 0's outputs, so that every process leaves together
-        ctx.barrier()
-        return FitResult(model, config, out, pd.DataFrame(), history)
-    table = particles.table(cfg, enc, split)
-    star = run.write_particles(work, table, particles, config.run_id)
+        net = compiled(net, tcfg.compile)
+        optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+        rng = torch.Generator(device=device)
+        rng.manual_seed(tcfg.seed)
+        n = len(particles)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            rng.set_state(ckpt["rng"])
+            test_idx = ckpt["split"].numpy()
+            train_idx = np.setdiff1d(np.arange(n), test_idx)
+            history = list(ckpt["history"])
+            first_epoch = int(ckpt["epoch"])
+        else:
+            train_idx, test_idx = split_indices(n, tcfg.test_fraction, tcfg.seed)
+            history = []
+            first_epoch = 0
+        if ctx.main:  # room for the checkpoints and tables, before the first epoch
+            weights = 3 * 4 * sum(p.numel() for p in model.parameters())  # + Adam's two moments
+            copies = tcfg.epochs // tcfg.checkpoint_every - first_epoch // tcfg.checkpoint_every
+            check_free_space(work, weights * (copies + 2) + 1000 * n)
+        with training_progress(progress) as display:
+            bar = display if log is None else TeeProgress(display, log.progress)
+            data = particles.load(device, cfg.likelihood, tcfg.stream, bar)
+            ctf = likelihood_ctf(particles.ctf(cfg.ctf), cfg.ctf, data, device)
+            if ctx.main:
+                run.write_config(work, config)
+            train_dev = torch.from_numpy(train_idx).to(data.device)
+            test_dev = torch.from_numpy(test_idx).to(data.device)
+            bar.start(first_epoch, tcfg.epochs)
+            stages = parse_stages(tcfg.stages or "off", cfg.image_size)
+            for epoch in range(first_epoch + 1, tcfg.epochs + 1):
+                t0 = time.perf_counter()
+                size = size_at(stages, cfg.image_size, epoch)
+                if size != model.render_size:
+                    model.set_render_size(size)
+                use_z = epoch > (tcfg.z_delay or 0)  # RunConfig.resolve set it
+                step = Step(net, optimizer, config, device, rng, use_z, amp, ctx, ctf)
+                train = _train_epoch(step, data, train_dev, bar, epoch)
+                test = evaluate(
+                    model, data, test_dev, config, device, tcfg.seed + epoch, use_z, ctx, ctf
+                )
+                row = {
+                    "epoch": epoch,
+                    **{f"train_{k}": v for k, v in train.items()},
+                    **{f"test_{k}": v for k, v in test.items()},
+                    "seconds": time.perf_counter() - t0,
+                }
+                if stages:  # the box of the epoch's coarse-to-fine stage; the ELBO is per that box
+                    row["stage_px"] = size
+                if tcfg.weighted:  # what was maximised, beside the true ELBO
+                    for part, t in (("train", train), ("test", test)):
+                        kl_pose = t["kl_theta"] + t["kl_shift"] + t.get("kl_deform", 0.0)
+                        row[f"{part}_objective"] = weighted_elbo(
+                            t["elbo"], t["kl_z"], kl_pose, tcfg.beta, tcfg.pose_beta
+                        )
+                row.update(prior_columns(model))
+                if on_epoch is not None:
+                    row.update(on_epoch(epoch, model, data))
+                history.append(row)
+                if not ctx.main:
+                    continue
+                columns = metric_columns(cfg.zdim, cfg.pose != "rigid")
+                run.write_metrics(work, history, columns, config.run_id)
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "config": config.to_dict(),
+                    "epoch": epoch,
+                    "rng": rng.get_state(),
+                    "split": torch.from_numpy(test_idx),
+                    "history": history,
+                }
+                run.write_checkpoint(work, state, keep=epoch % tcfg.checkpoint_every == 0)
+                bar.epoch_end(
+                    epoch,
+                    f"train ELBO {train['elbo']:.2f}, test ELBO "
+                    f"{test['elbo']:.2f}, error {test['error']:.2f}, KL {test['kl']:.2f}"
+                    + ("" if use_z else " (z held at 0)"),
+                )
+            if model.render_size != cfg.image_size:  # the table's ELBO: the full box
+                model.set_render_size(cfg.image_size)
+            advance = bar.task("encoding", n)
+            batch = max(tcfg.batch_size, 256)
+            enc = encode(model, data, device, batch, tcfg.seed, advance, ctx=ctx, ctf=ctf)
+        split = np.full(n, "train", dtype=object)
+        split[test_idx] = "test"
+        if not ctx.main:  # wait for rank 0's outputs, so that every process leaves together
+            ctx.barrier()
+            return FitResult(model, config, out, pd.DataFrame(), history)
+        table = particles.table(cfg, enc, split)
+        star = run.write_particles(work, table, particles, config.run_id)
     if work != out:
         run.replace_run(work, out)
     # the other ranks wait here: a process that exits while its peers still hold the group
     # open can abort in gloo's teardown (test_distributed saw SIGABRT 1 time in 10)
     ctx.barrier()
     return FitResult(model, config, out, table, history, star)
+
+
+def _log_start(
+    log: RunLog,
+    config: RunConfig,
+    command: str,
+    ckpt: dict[str, Any] | None,
+    notes: Sequence[str],
+    device: torch.device,
+) -> None:
+    """run.log's first lines for this call: how it was started, what it fits, the notes."""
+    from emvae import __version__
+
+    how = "fit" if ckpt is None else f"fit --resume from epoch {int(ckpt['epoch'])}"
+    log.line(f"emvae {__version__} {how}: {command or '(emvae.fit called from Python)'}")
+    data = config.data
+    log.line(
+        f"run {config.run_id[:8]}: {data.n_images} images of {config.model.image_size} px, "
+        f"zdim {config.model.zdim}, {config.train.epochs} epochs, device {device}"
+    )
+    for note in notes:
+        log.line(note)
 
 
 def cpu_has_bf16(flags: str | None = None) -> bool:

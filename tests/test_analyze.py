@@ -127,7 +127,8 @@ def test_analyze_command_writes_clusters_matching_the_table_and_the_report_shows
         assert (dest / name).exists() and name in info["figures"], name
     clusters = pd.read_csv(dest / "clusters.csv")
     table = read_table(run2 / "particles.csv")
-    assert list(clusters.columns) == ["image", "input_row", "cluster", "PC1", "PC2"]
+    assert list(clusters.columns) == ["image", "input_row", "cluster", "cluster_prob", "PC1", "PC2"]
+    assert clusters["cluster_prob"].between(1 / 3 - 1e-9, 1).all()  # the largest of 3
     assert clusters["image"].tolist() == table["image"].tolist()
     assert clusters["input_row"].tolist() == table["input_row"].tolist()
     assert sorted(set(clusters["cluster"])) == [1, 2, 3]
@@ -146,7 +147,47 @@ def test_analyze_command_writes_clusters_matching_the_table_and_the_report_shows
     # a second analysis replaces the first (k-means, 2 clusters)
     r = runner.invoke(app, ["analyze", str(run2), "-k", "2"])
     assert r.exit_code == 0, r.output
-    assert sorted(set(pd.read_csv(dest / "clusters.csv")["cluster"])) == [1, 2]
+    again = pd.read_csv(dest / "clusters.csv")
+    assert sorted(set(again["cluster"])) == [1, 2] and "cluster_prob" not in again  # hard
+
+
+def test_classes_as_relion_writes_them(run2, tmp_path):
+    """classes.mrcs (the generator at each centre), class_averages.mrcs and classes.star
+    (model_classes: reference images, distribution, sizes, mean z); numbered, sized strips."""
+    import mrcfile
+    import starfile
+    import torch
+    from PIL import Image
+
+    from emvae import montage as mt
+    from emvae.run import Run
+
+    dest = tmp_path / "a"
+    r = runner.invoke(app, ["analyze", str(run2), "-k", "3", "-o", str(dest)])
+    assert r.exit_code == 0, r.output
+    info = json.loads((dest / "analyze.json").read_text())
+    assert info["class_files"] == ["classes.mrcs", "class_averages.mrcs", "classes.star"]
+    model, _, _ = Run(run2).model()
+    centres = torch.tensor(info["cluster_centres_z"], dtype=torch.float32)
+    with mrcfile.open(dest / "classes.mrcs") as m:
+        assert m.data.shape == (3, 16, 16)
+        assert np.allclose(m.data, mt.decode_mean(model, centres)[:, 0].numpy(), atol=1e-4)
+    with mrcfile.open(dest / "class_averages.mrcs") as m:
+        assert m.data.shape == (3, 16, 16) and np.isfinite(m.data).all()
+    star = starfile.read(dest / "classes.star", always_dict=True)
+    classes = star["model_classes"]
+    assert classes["rlnReferenceImage"].tolist() == [f"{c:06d}@classes.mrcs" for c in (1, 2, 3)]
+    assert classes["emvaeClassSize"].tolist() == info["cluster_sizes"]
+    assert np.allclose(classes["rlnClassDistribution"], np.array(info["cluster_sizes"]) / 40)
+    assert np.allclose(
+        classes[["emvaeMeanZ1", "emvaeMeanZ2"]], info["cluster_centres_z"], atol=1e-5
+    )
+    assert classes["emvaeAverageImage"].iloc[1] == "000002@class_averages.mrcs"
+    assert int(star["model_general"]["rlnNrClasses"].iloc[0]) == 3
+    # the strips carry a header line and a size line: taller than the bare tiles (3 x 16 px)
+    for name in ("class_generator.png", "class_averages.png"):
+        with Image.open(dest / name) as im:
+            assert im.height > 3 * 16 + 2 * 8, name
 
 
 def _has_umap() -> bool:
@@ -176,6 +217,13 @@ def test_one_and_zero_latent_dimensions(tmp_path):
         len(info["notes"]) == 1 and "aligned averages of the particles skipped" in info["notes"][0]
     )
     assert "pca_scatter.png" not in info["figures"] and "z_scatter.png" in info["figures"]
+    assert info["class_files"] == ["classes.mrcs", "classes.star"]  # no averages to write
+    # the report's caption says what the 1-D figure draws: z1 by rank and its histogram
+    from emvae.report import _caption
+    from emvae.run import Run
+
+    title, caption = _caption("z_scatter.png", {}, Run(run1).config)
+    assert "rank" in caption and "histogram" in caption and "density" not in caption
     clusters = pd.read_csv(run1 / "analyze" / "clusters.csv")
     z1 = read_table(run1 / "particles.csv")["z1"].to_numpy(float)
     assert np.allclose(clusters["PC1"], z1 - z1.mean(), atol=1e-5)

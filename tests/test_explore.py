@@ -37,7 +37,7 @@ FIT = ["--gen-hidden", "16", "--enc-hidden", "16", "-n", "2", "-b", "20", "--lr"
 FIT += ["--encoder", "mlp", "--device", "cpu", "-q"]
 web = pytest.mark.skipif(
     importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None,
-    reason="emvae explore needs fastapi and uvicorn (pip install 'emvae[explore]')",
+    reason="emvae explore needs fastapi and uvicorn (dependencies of emvae: reinstall it)",
 )
 
 

@@ -1,4 +1,5 @@
-"""``emvae analyze``: PCA, UMAP and clusters of a run's latent space."""
+"""``emvae analyze`` (PCA, UMAP and clusters of a run's latent space) and ``emvae
+convergence`` (poses, latents and clusters compared between kept checkpoints)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Literal
 import typer
 
 from emvae.analyze import analyze_run
-from emvae.run import ANALYZE
-from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
+from emvae.convergence import convergence_run, kept_checkpoints
+from emvae.progress import training_progress
+from emvae.run import ANALYZE, CONVERGENCE, Run
+from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, err_console, user_errors
 
 Method = Literal["kmeans", "gmm"]
 
@@ -31,6 +34,15 @@ def analyze(
     seed: int = typer.Option(
         arg(analyze_run, "seed"), "--seed", min=0, max=SEED_MAX, help="Seed of the clustering."
     ),
+    epoch: int | None = typer.Option(
+        None,
+        "--epoch",
+        min=0,
+        show_default=False,
+        help="Analyse the checkpoint kept at this epoch (fit --checkpoint-every) instead of "
+        f"the final table; every particle is encoded again (default -o RUN/{ANALYZE}/"
+        "epoch_NNNN).",
+    ),
     out: Path | None = typer.Option(
         None, "-o", "--out", show_default=False, help=f"Folder (default RUN/{ANALYZE})."
     ),
@@ -46,8 +58,8 @@ def analyze(
     generator's image at each cluster centre, each cluster's aligned average, scatter plots
     by cluster and density, and a walk along each principal component. An earlier analysis in
     RUN/analyze is replaced (in -o DIR with --force)."""
-    result = analyze_run(run, out, k, method, umap, seed, force)
-    dest = out or run / ANALYZE
+    result = analyze_run(run, out, k, method, umap, seed, force, epoch)
+    dest = out or run / ANALYZE / ("" if epoch is None else f"epoch_{epoch:04d}")
     for note in result["notes"]:
         err_console.print(note, highlight=False, markup=False)
     sizes = ", ".join(f"{c}: {n}" for c, n in enumerate(result["cluster_sizes"], start=1))
@@ -60,5 +72,71 @@ def analyze(
     err_console.print(
         f"wrote {dest / 'clusters.csv'}, {dest / 'analyze.json'} and "
         f"{len(result['figures'])} figures",
+        highlight=False,
+    )
+
+
+@user_errors
+def convergence(
+    run: Path = typer.Argument(..., help="A run directory (emvae fit -o)."),
+    max_particles: int = typer.Option(
+        arg(convergence_run, "max_particles"),
+        "--max-particles",
+        min=0,
+        help="Particles encoded per checkpoint, drawn once with --seed (0: all).",
+    ),
+    k: int = typer.Option(
+        arg(convergence_run, "k"), "-k", "--clusters", min=1, help="Clusters of z per epoch."
+    ),
+    method: Method = typer.Option(
+        arg(convergence_run, "method"),
+        "--method",
+        help="kmeans (scikit-learn KMeans) or gmm (Gaussian mixture).",
+    ),
+    seed: int = typer.Option(
+        arg(convergence_run, "seed"),
+        "--seed",
+        min=0,
+        max=SEED_MAX,
+        help="Seed of the particles drawn and of the clustering.",
+    ),
+    device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", show_default=False, help=f"Folder (default RUN/{CONVERGENCE})."
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace an earlier comparison in -o (not files emvae did not write).",
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
+) -> None:
+    """Has the fit converged? Compare the checkpoints the fit kept (fit --checkpoint-every),
+    each with the one before: the agreement of z (R^2 of an affine fit, z being defined up to
+    sign and axes), the median difference of theta after the best global offset, the adjusted
+    Rand index of k clusters of z, and the ELBO. Writes convergence.csv (one row per pair),
+    convergence.png and convergence.json."""
+    with training_progress(not quiet) as bar:
+        n = len(kept_checkpoints(Run.open(run)))
+        advance = bar.task("encoding checkpoints", n)
+        result = convergence_run(
+            run, out, max_particles, seed, k, method, device, force, advance=advance
+        )
+    dest = out or run / CONVERGENCE
+    table = result["table"]
+    if len(table):
+        last = table.iloc[-1]
+        err_console.print(
+            f"{len(result['epochs'])} checkpoints (epochs {', '.join(map(str, result['epochs']))}) "
+            f"on {result['particles']} of {result['of_particles']} particles; last pair "
+            f"{int(last['epoch_a'])} -> {int(last['epoch_b'])}: z R^2 {last['z_r2']:.3f}, theta "
+            f"median difference {last['theta_diff_deg']:.2f} deg, cluster ARI "
+            f"{last['cluster_ari']:.3f}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    err_console.print(
+        f"wrote {dest / 'convergence.csv'}, {dest / 'convergence.png'}, "
+        f"{dest / 'convergence.json'}",
         highlight=False,
     )

@@ -45,6 +45,7 @@ from emvae.particles import Particles
 from emvae.preprocess import Normalize, Preprocess
 from emvae.progress import training_progress
 from emvae.run import CHECKPOINTS, DERIVED, METRICS, OUTPUTS, Run, check_output_dir
+from emvae.runlog import LOG, append_log
 from emvae.safety import check_names, check_writable, input_files, refuse_inputs_as_outputs
 from emvae.train import fit as fit_model
 from emvae_cli import inputs as opt
@@ -369,11 +370,12 @@ def fit(
             normalize=normalize, ctf_params=ctf_params,
         )  # fmt: skip
     images = particles.stack
-    for note in images.notes:
-        err_console.print(f"note: {note}", highlight=False)
+    notes = [f"note: {note}" for note in images.notes]
     ctf_choice, why = particles.ctf_mode(ctf)
     if why:
-        err_console.print(f"note: the CTF is not modelled: {why}", highlight=False)
+        notes.append(f"note: the CTF is not modelled: {why}")
+    for note in notes:
+        err_console.print(note, highlight=False)
     options = {**preset, **{k: v for k, v in ctx.params.items() if v is not None}}
     if epochs is None and stored_epochs is not None:  # --resume without -n: the run's own
         options["epochs"] = stored_epochs
@@ -398,28 +400,31 @@ def fit(
         check_output_dir(out, force)
         config.validate()
         particles.ctf(config.model.ctf)  # a missing CTF field: one line, now
-    result = fit_model(particles, config, out, resume=resume, force=force, progress=not quiet)
+    result = fit_model(
+        particles, config, out, resume=resume, force=force, progress=not quiet, notes=notes
+    )
     if result.table.empty:  # not rank 0 of a torchrun job: rank 0 reports
         return
     t = result.config.train
+    warnings = []
     if result.config.model.zdim and t.z_delay >= t.epochs:
-        err_console.print(
+        warnings.append(
             f"warning: z was held at 0 for all {t.epochs} epochs (--z-delay {t.z_delay}): the "
-            f"latents are untrained; fit longer or give a shorter --z-delay",
-            highlight=False,
-            soft_wrap=True,
-            style="bold",
+            f"latents are untrained; fit longer or give a shorter --z-delay"
         )
     warning = unused_warning(latent_usage(result.table))
     if warning:
-        err_console.print(warning, highlight=False, style="bold")
-    err_console.print(
+        warnings.append(warning)
+    for line in warnings:
+        err_console.print(line, highlight=False, soft_wrap=True, style="bold")
+    wrote = (
         f"wrote {out / 'particles.csv'} ({len(result.table)} particles), "
         f"{out / 'particles.h5'}, {out / 'particles.star'} (RELION {result.star_layout}"
         f"{'' if result.star_layout == '3.1' else ': pixel size unknown, origins in px'}), "
-        f"{out / METRICS}, {out / CHECKPOINTS}",
-        highlight=False,
+        f"{out / METRICS}, {out / CHECKPOINTS}, {out / LOG}"
     )
+    err_console.print(wrote, highlight=False)
+    append_log(out, [*warnings, wrote], result.config.run_id)  # run.log: what was printed
 
 
 @user_errors

@@ -1,0 +1,339 @@
+"""``emvae convergence``: has the fit converged? Poses, latents and clusters compared between
+the checkpoints a fit kept (``--checkpoint-every``), after cryoDRGN's analyze_convergence.
+
+Every kept checkpoint (``checkpoints/epoch_NNNN.pt``, and ``last.pt`` when its epoch was not
+kept) encodes the same particles (all of them, or ``max_particles`` drawn once with a fixed
+seed: one pass of the inference networks each, no generator); each pair of consecutive
+checkpoints is then compared:
+
+* ``z_r2``: how well each epoch's z predicts the other's by an affine map (least squares;
+  the mean of the R^2 of both directions). z is defined up to sign, order and any invertible
+  linear change of axes, none of which changes it; 1 when the latents agree, ``z_corr`` its
+  square root (for 1-D z the absolute Pearson correlation).
+* ``theta_diff_deg``: the median angular difference between the epochs' theta after the best
+  global offset (``theta_offset_deg``; the canonical view may turn as a whole):
+  :func:`emvae.metrics.angular_error_deg`. 0 when the poses agree.
+* ``cluster_ari``: the adjusted Rand index between the epochs' clusterings of z (k-means or a
+  Gaussian mixture, :func:`emvae.analyze.cluster`): 1 for the same partition.
+* ``train_elbo``, ``test_elbo``: metrics.csv's ELBO at the later epoch (nats per image).
+
+Writes into ``RUN/convergence/``: ``convergence.csv`` (one row per consecutive pair),
+``convergence.png`` (the four figures against the epoch, the ELBO of every epoch with the kept
+ones marked) and ``convergence.json`` (the settings, the epochs, the particles compared).
+The functions above :func:`convergence_run` are pure (arrays in, numbers out).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emvae.errors import ConfigError, InputError
+from emvae.safety import atomic_output, claim_outputs, record_outputs
+
+#: What :func:`convergence_run` writes (convergence.json last: complete when it is there).
+FILES = ("convergence.csv", "convergence.png", "convergence.json")
+#: convergence.csv's columns.
+COLUMNS = (
+    "epoch_a",
+    "epoch_b",
+    "z_r2",
+    "z_corr",
+    "theta_diff_deg",
+    "theta_offset_deg",
+    "cluster_ari",
+    "train_elbo",
+    "test_elbo",
+)
+#: Particles encoded per checkpoint unless told otherwise.
+MAX_PARTICLES = 5000
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def _r2(x: np.ndarray, y: np.ndarray) -> float:
+    """R^2 of the least-squares affine prediction of ``y`` ``(N, K)`` from ``x`` ``(N, J)``
+    (1 - residual / total sum of squares, over all of y's columns); 1 when y is constant and
+    predicted exactly, 0 when it is not predicted."""
+    a = np.column_stack([x, np.ones(len(x))])
+    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+    residual = float(((y - a @ coef) ** 2).sum())
+    total = float(((y - y.mean(0)) ** 2).sum())
+    if total <= 1e-12 * max(1.0, float((y**2).sum())):
+        return 1.0 if residual <= 1e-12 * max(1.0, float((y**2).sum())) else 0.0
+    return float(np.clip(1.0 - residual / total, 0.0, 1.0))
+
+
+def z_agreement(z_a: np.ndarray, z_b: np.ndarray) -> float:
+    """How much two epochs' latents ``(N, K)`` agree, up to an invertible affine change of
+    axes (sign, order, scale, rotation): the mean of the R^2 of predicting each from the other
+    by least squares, in [0, 1]. For K = 1 it is the squared Pearson correlation."""
+    a = np.asarray(z_a, dtype=np.float64)
+    b = np.asarray(z_b, dtype=np.float64)
+    a, b = (v[:, None] if v.ndim == 1 else v for v in (a, b))
+    if a.shape[0] != b.shape[0] or a.shape[0] < 2:
+        raise ValueError(f"z of shapes {a.shape} and {b.shape}: need the same N >= 2 rows")
+    return 0.5 * (_r2(a, b) + _r2(b, a))
+
+
+def theta_agreement(theta_a_deg: np.ndarray, theta_b_deg: np.ndarray) -> tuple[float, float]:
+    """``(median angular difference, global offset)`` in degrees between two epochs' rotations
+    ``(N,)``, after the offset that best brings b onto a
+    (:func:`emvae.metrics.angular_error_deg`)."""
+    from emvae.metrics import angular_error_deg
+
+    return angular_error_deg(theta_a_deg, theta_b_deg)
+
+
+def cluster_agreement(labels_a: np.ndarray, labels_b: np.ndarray) -> float:
+    """Adjusted Rand index between two clusterings ``(N,)`` of the same particles: 1 for the
+    same partition whatever the cluster names, about 0 for unrelated ones."""
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(np.asarray(labels_a), np.asarray(labels_b)))
+
+
+@dataclass
+class Snapshot:
+    """One checkpoint's view of the particles compared: its epoch, z ``(N, K)`` (K may be 0)
+    and theta ``(N,)`` in degrees (the particle table's convention)."""
+
+    epoch: int
+    z: np.ndarray
+    theta_deg: np.ndarray
+
+
+def convergence_table(
+    snapshots: list[Snapshot],
+    metrics: pd.DataFrame | None = None,
+    k: int = 4,
+    method: str = "kmeans",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per consecutive pair of ``snapshots`` (in epoch order), the columns of
+    :data:`COLUMNS`: z and theta agreement, the adjusted Rand index of ``k`` clusters of z
+    (``method``, ``seed``; NaN without z or with fewer than ``k`` particles), and the ELBO of
+    the later epoch from ``metrics`` (metrics.csv; NaN where absent)."""
+    from emvae.analyze import cluster
+
+    snaps = sorted(snapshots, key=lambda s: s.epoch)
+    labels: list[np.ndarray | None] = []
+    for s in snaps:
+        usable = s.z.ndim == 2 and s.z.shape[1] > 0 and 1 <= k <= len(s.z)
+        labels.append(cluster(s.z, k, method, seed) if usable else None)
+    by_epoch = metrics.set_index("epoch") if metrics is not None else None
+    rows = []
+    for i in range(1, len(snaps)):
+        a, b, la, lb = snaps[i - 1], snaps[i], labels[i - 1], labels[i]
+        has_z = a.z.ndim == 2 and a.z.shape[1] > 0
+        r2 = z_agreement(a.z, b.z) if has_z else float("nan")
+        diff, offset = theta_agreement(a.theta_deg, b.theta_deg)
+        row = {
+            "epoch_a": a.epoch,
+            "epoch_b": b.epoch,
+            "z_r2": r2,
+            "z_corr": float(np.sqrt(r2)) if has_z else float("nan"),
+            "theta_diff_deg": diff,
+            "theta_offset_deg": offset,
+            "cluster_ari": float("nan") if la is None or lb is None else cluster_agreement(la, lb),
+        }
+        for name in ("train_elbo", "test_elbo"):
+            row[name] = float("nan")
+            if by_epoch is not None and name in by_epoch and b.epoch in by_epoch.index:
+                row[name] = float(by_epoch.loc[b.epoch, name])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def subsample(n: int, max_particles: int | None, seed: int = 0) -> np.ndarray:
+    """The rows compared: all ``n`` (``max_particles`` None or 0, or at least n), else
+    ``max_particles`` of them drawn without replacement by a generator seeded with ``seed``
+    (the same rows for every checkpoint and every call), in increasing order."""
+    if not max_particles or max_particles >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=max_particles, replace=False))
+
+
+# ----------------------------------------------------------------------------- figure
+
+
+def plot_convergence(table: pd.DataFrame, metrics: pd.DataFrame | None, path: Path) -> Path:
+    """Four panels against the epoch: z agreement (R^2), theta's median difference, the
+    clusters' adjusted Rand index (each at the later epoch of its pair), and the ELBO of every
+    epoch from metrics.csv with the compared checkpoints marked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(14, 3.4), layout="constrained")
+    ax = fig.subplots(1, 4)
+    x = table["epoch_b"].to_numpy()
+    panels = (
+        ("z_r2", "z agreement (R², 1 = same)", (0, 1.05)),
+        ("theta_diff_deg", "θ median difference (°)", None),
+        ("cluster_ari", "cluster agreement (ARI)", (-0.05, 1.05)),
+    )
+    for a, (column, title, ylim) in zip(ax[:3], panels, strict=True):
+        y = table[column].to_numpy(np.float64)
+        if np.isfinite(y).any():
+            a.plot(x, y, "o-", color="C0")
+        else:
+            a.text(0.5, 0.5, "no latent dimensions", ha="center", transform=a.transAxes)
+        a.set_title(title, fontsize=10)
+        a.set_xlabel("epoch (vs the previous checkpoint)")
+        if ylim is not None:
+            a.set_ylim(*ylim)
+    ax[1].set_ylim(bottom=0)
+    if metrics is not None and len(metrics):
+        for name, colour in (("train_elbo", "C0"), ("test_elbo", "C1")):
+            if name in metrics:
+                ax[3].plot(metrics["epoch"], metrics[name], color=colour, label=name[:-5])
+        kept = metrics[metrics["epoch"].isin(np.concatenate([table["epoch_a"], x]))]
+        if "test_elbo" in kept:
+            ax[3].plot(kept["epoch"], kept["test_elbo"], "o", color="C1", label="checkpoints")
+        ax[3].legend(fontsize=8)
+    ax[3].set_title("ELBO (nats per image)", fontsize=10)
+    ax[3].set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    for a in ax:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.savefig(path, dpi=110, format="png")
+    return path
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+def kept_checkpoints(run) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every checkpoint ``run`` (a :class:`emvae.run.Run`) kept, oldest
+    first: the numbered ones, and ``last.pt`` when its epoch is not among them."""
+    from emvae.checkpoint import load_checkpoint
+
+    found = {}
+    for path in run.checkpoints():
+        try:
+            found[int(path.stem.split("_")[1])] = path
+        except (IndexError, ValueError):
+            continue
+    if run.last.exists():
+        epoch = int(load_checkpoint(run.last)["epoch"])
+        found.setdefault(epoch, run.last)
+    return sorted(found.items())
+
+
+def checkpoint_of(run, epoch: int) -> Path:
+    """The kept checkpoint of ``epoch``; a ConfigError naming the kept epochs when there is
+    none."""
+    kept = dict(kept_checkpoints(run))
+    if epoch not in kept:
+        shown = ", ".join(map(str, kept)) or "none"
+        raise ConfigError(
+            f"{run.path}: no checkpoint of epoch {epoch} was kept (kept: {shown}); fit with "
+            f"--checkpoint-every to keep more"
+        )
+    return kept[epoch]
+
+
+def encode_checkpoint(path: Path, data, rows: np.ndarray, device, batch_size: int = 256):
+    """``(model, config, epoch, Encoding)``: the checkpoint ``path`` over the normalised images
+    ``data`` (the run's own, all of them) at ``rows``; posteriors only (no ELBO)."""
+    from emvae.checkpoint import load_model
+    from emvae.data import gather
+    from emvae.encode import encode
+
+    model, config, ckpt = load_model(path, device)
+    if len(rows) < data.shape[0]:
+        data = gather(data, torch.from_numpy(rows), device)
+    enc = encode(model, data, device, batch_size, config.train.seed, elbo=False)
+    return model, config, int(ckpt["epoch"]), enc
+
+
+def snapshot(config, epoch: int, enc) -> Snapshot:
+    """The z and theta (degrees, the table's convention) of an :class:`Encoding`."""
+    from emvae.geometry import model_to_image_pose
+
+    model = config.model
+    pose = torch.from_numpy(enc.pose_mu).double()
+    theta = pose[:, 0] if model.rotation else torch.zeros(len(pose), dtype=torch.float64)
+    theta_deg, _ = model_to_image_pose(theta, torch.zeros(len(pose), 2).double(), model.image_size)
+    return Snapshot(epoch, np.asarray(enc.z_mu, np.float64), theta_deg.numpy())
+
+
+def convergence_run(
+    run,
+    out: str | os.PathLike | None = None,
+    max_particles: int | None = MAX_PARTICLES,
+    seed: int = 0,
+    k: int = 4,
+    method: str = "kmeans",
+    device: str = "cpu",
+    force: bool = False,
+    advance: Callable[[int], None] | None = None,
+) -> dict:
+    """Compare the kept checkpoints of ``run`` (a run directory or :class:`emvae.run.Run`)
+    into ``out`` (default ``RUN/convergence``): the files of the module docstring. Returns
+    the content of convergence.json (with ``table``, the DataFrame written). ``advance(1)``
+    is called after each checkpoint is encoded. Files of those names that emvae did not write
+    are refused; an earlier comparison is replaced in ``RUN/convergence``, and in ``out`` only
+    with ``force``. Raises ConfigError for fewer than two kept checkpoints."""
+    from emvae.analyze import METHODS
+    from emvae.data import resolve_device
+    from emvae.run import CONVERGENCE, Run
+
+    r = run if isinstance(run, Run) else Run.open(run)
+    config = r.config
+    if method not in METHODS:
+        raise ConfigError(f"unknown --method {method!r}; choose from {', '.join(METHODS)}")
+    if max_particles is not None and max_particles < 0:
+        raise ConfigError(f"--max-particles {max_particles}: give 0 (all) or more")
+    kept = kept_checkpoints(r)
+    if len(kept) < 2:
+        raise ConfigError(
+            f"{r.path}: {len(kept)} checkpoint(s) kept; a comparison needs two or more (fit "
+            f"with --checkpoint-every N to keep one every N epochs)"
+        )
+    dest = Path(out) if out is not None else r.path / CONVERGENCE
+    claim_outputs(dest, FILES, force or out is None, "convergence files")
+    dest.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    particles = r.particles()
+    data = particles.load(dev, config.model.likelihood, config.train.stream)
+    rows = subsample(len(particles), max_particles, seed)
+    snaps = []
+    for _, path in kept:
+        _, ckpt_config, got, enc = encode_checkpoint(path, data, rows, dev)
+        if ckpt_config.run_id != config.run_id:
+            raise InputError(path, f"was written by another run than {r.path / 'config.json'}")
+        snaps.append(snapshot(ckpt_config, got, enc))
+        if advance is not None:
+            advance(1)
+    metrics = r.metrics()
+    table = convergence_table(snaps, metrics, min(k, len(rows)), method, seed)
+    result = {
+        "run": str(r.path),
+        "run_id": config.run_id,
+        "epochs": [s.epoch for s in snaps],
+        "particles": int(len(rows)),
+        "of_particles": int(len(particles)),
+        "max_particles": max_particles,
+        "seed": seed,
+        "k": k,
+        "method": method,
+        "files": list(FILES),
+    }
+    with atomic_output(dest / "convergence.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_output(dest / "convergence.png") as tmp:
+        plot_convergence(table, metrics, tmp)
+    with atomic_output(dest / "convergence.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    record_outputs(dest, FILES, config.run_id)
+    return {**result, "table": table}
