@@ -636,7 +636,7 @@ def _torchrun(
                 env=env,
                 capture_output=True,
                 text=True,
-                timeout=remaining,
+                timeout=remaining if math.isfinite(remaining) else None,  # --tiny: no limit
             )
         except subprocess.TimeoutExpired:
             raise OutOfTime from None

@@ -16,7 +16,7 @@ from emvae import gpucheck
 from emvae.config import ModelConfig
 from emvae.gpucheck import JSONL, MARKDOWN, SECTIONS, Plan, run_gpu_check
 
-# torchrun launches two fits in fresh interpreters (about 20 s here): run by hand, not here
+# torchrun launches two fits in fresh interpreters (about 20 s): its own test, below
 QUICK = tuple(s for s in SECTIONS if s != "torchrun")
 
 
@@ -157,3 +157,16 @@ def test_emvae_ddp_gives_one_torchrun_process_a_group(monkeypatch):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_the_torchrun_section_runs_both_launchers(tmp_path):
+    """A plain fit and ``torchrun --nproc_per_node 1`` (gloo on a CPU) both finish and write
+    a table of every particle; with --tiny no section has a time limit (an infinite budget
+    once broke the launch)."""
+    rows = run_gpu_check(tmp_path, "cpu", tiny=True, sections=("torchrun",), log=lambda s: None)
+    runs = [r for r in rows if r["section"] == "torchrun" and "launcher" in r]
+    assert [r["launcher"] for r in runs] == ["plain", "torchrun --nproc_per_node 1"]
+    plan = Plan.make(tiny=True)
+    for r in runs:
+        assert r["exit_code"] == 0, r.get("error")
+        assert r["particles"] == plan.torchrun_n and r["epoch_seconds"] > 0
