@@ -44,6 +44,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", type=int, default=21, help="conformations evaluated in [0, 1]")
     p.add_argument("--crops", default="32", help="comma-separated coarse sizes to score too")
+    near_help = ("or marginalise over turns within this many degrees of the truth and of its "
+                 "180-degree flip, 1 degree apart (where the likelihood is)")  # fmt: skip
+    p.add_argument("--theta-near", type=float, default=0.0, help=near_help)
     p.add_argument("--crops-only", action="store_true", help="score the crops, not the box")
     p.add_argument("-n", type=int, default=None, help="first n particles only")
     p.add_argument("--theta-bins", type=int, default=0,
@@ -79,15 +82,19 @@ def main() -> None:
     true_clean = clean(conf[:n])
     sigma = {s: float((ys[s] - fourier_crop(true_clean, s).double()).std()) for s in sizes}
     turns = torch.arange(max(a.theta_bins, 1)) * (2 * np.pi / max(a.theta_bins, 1))
+    if a.theta_near > 0:
+        near = torch.arange(-a.theta_near, a.theta_near + 0.5, 1.0, dtype=torch.float64)
+        turns = torch.deg2rad(torch.cat([near, near + 180.0])).float()
+    turning = a.theta_bins > 0 or a.theta_near > 0
     sse = {s: np.empty((n, len(grid), len(turns))) for s in sizes}
     for j, c in enumerate(grid):
         x = clean(np.full(n, c))
         for t, turn in enumerate(turns):
-            xt = x if not a.theta_bins else rotate_images(x[:, None], turn.expand(n))[:, 0]
+            xt = x if not turning else rotate_images(x[:, None], turn.expand(n))[:, 0]
             for s in sizes:
                 d = ys[s] - fourier_crop(xt, s).double()
                 sse[s][:, j, t] = (d**2).sum((1, 2)).numpy()
-    how = f"theta marginalised over {a.theta_bins} turns" if a.theta_bins else "true poses"
+    how = f"theta marginalised over {len(turns)} turns" if turning else "true poses"
     for s in sizes:
         logp = -sse[s] / (2 * sigma[s] ** 2)
         logp -= logp.max((1, 2), keepdims=True)
