@@ -224,7 +224,8 @@ def test_passes_fit_the_memory_given():
     assert model.images_per_pass() == 1024 * 2**20 // (12 * 128 * 128 * 2 * 384)  # 6
     model.set_render_size(32)
     assert model.images_per_pass() == 1024 * 2**20 // (12 * 32 * 32 * 2 * 384)  # 113
-    assert model.images_per_pass(training=False) == 1024 * 2**20 // (3 * 32 * 32 * 2 * 384)
+    # an inference pass holds 0.6 of a training pass's bytes (measured at 128 px): 189 images
+    assert model.images_per_pass(training=False) == int(1024 * 2**20 // (7.2 * 32 * 32 * 2 * 384))
 
 
 def test_the_pass_memory_defaults_to_the_devices(monkeypatch, tmp_path):

@@ -101,9 +101,11 @@ def mask_index(size: int, radius_px: float) -> Tensor:
 #: Bytes of generator activations per rendered pixel, hypothesis and hidden unit in a
 #: training pass (the values kept for the backward pass; measured: 2.9 KB per pixel and
 #: hypothesis for the 2 x 128 generator on a CPU, i.e. about 8 per unit of its 3 layers), and
-#: the share of it an inference pass holds.
+#: the share of it an inference pass holds (measured: encoding 512 images of 128 px with a
+#: 1024-MB pass memory peaked 2.4 GB above the model at a share of 0.25, with or without the
+#: CTF: 0.58 per image; docs/benchmarks.md).
 PASS_BYTES_PER_UNIT = 12
-INFERENCE_SHARE = 0.25
+INFERENCE_SHARE = 0.6
 
 
 class SpatialVAE(nn.Module):
