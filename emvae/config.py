@@ -33,6 +33,7 @@ Stream = Literal["auto", "on", "off"]
 # torch.compile of the model: off, a mode of the default (inductor) backend, or aot_eager
 # (tracing and the autograd graphs without code generation: a check, no faster)
 Compile = Literal["off", "default", "reduce-overhead", "max-autotune", "aot_eager"]
+FineTrain = Literal["generator", "all"]
 RotationBins = Literal[4, 8, 16]
 CtfPad = Literal[1, 2]
 
@@ -49,6 +50,7 @@ LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
 CTF_MODES: tuple[str, ...] = get_args(CtfMode)
 STREAM_MODES: tuple[str, ...] = get_args(Stream)
 COMPILE_MODES: tuple[str, ...] = get_args(Compile)
+FINE_TRAIN: tuple[str, ...] = get_args(FineTrain)
 ROTATION_BINS: tuple[int, ...] = get_args(RotationBins)
 CTF_PADS: tuple[int, ...] = get_args(CtfPad)
 
@@ -357,13 +359,19 @@ Z_DELAY = {"equivariant": 0, "mlp": 5, "conv": 5}
 AFFINE_Z_DELAY = 5
 
 
+#: fit's number of epochs, unless the schedule above 48 px chooses it (RunConfig.resolve)
+DEFAULT_EPOCHS = 50
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings: Adam, batch 100 (the paper's), learning rate 1e-3 (the paper's
     1e-4 needs about three times the epochs before the poses settle, and z only starts to
     carry the conformation after that; docs/benchmarks.md)."""
 
-    epochs: int = 50
+    # None: DEFAULT_EPOCHS, or above 48 px with the default schedule one chosen by the
+    # particle count (emvae.stages.default_schedule); RunConfig.resolve fills it in
+    epochs: int | None = None
     batch_size: int = 100
     lr: float = 1e-3
     seed: int = 0
@@ -387,6 +395,13 @@ class TrainConfig:
     # coarse-to-fine: "SIZE:EPOCHS,..." trained on Fourier-cropped copies before the rest of
     # the run at full size (emvae.stages), "off"; None: emvae.stages.auto_stages
     stages: str | None = None
+    # full-size epochs of a coarse-to-fine run train on at most this many images (a random
+    # subset of the training set each epoch; 0: all of them); None: emvae.stages.FINE_IMAGES
+    # with the schedule fit chose itself, else 0
+    fine_images: int | None = None
+    # what the stages after the first train: "generator" (the pose and z networks, which see
+    # the same small copy at every stage, keep what the first stage taught them), or "all"
+    fine_train: str = "generator"
     # memory for the generator's activations in one pass (MB): larger batches are rendered in
     # several passes, their gradients summed (the same step, bounded memory)
     # None: the device's (emvae.data.default_pass_memory_mb: PASS_MEMORY_MB on a CPU, a
@@ -401,8 +416,10 @@ class TrainConfig:
         return self.beta != 1.0 or self.pose_beta != 1.0
 
     def validate(self) -> None:
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.fine_images is not None and self.fine_images < 0:
+            raise ConfigError(f"--fine-images must be >= 0, got {self.fine_images}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
@@ -415,6 +432,7 @@ class TrainConfig:
             raise ConfigError("--checkpoint-every must be >= 1")
         _choice("--stream", self.stream, STREAM_MODES)
         _choice("--compile", self.compile, COMPILE_MODES)
+        _choice("--fine-train", self.fine_train, FINE_TRAIN)
         if self.pass_memory_mb is not None and self.pass_memory_mb < 1:
             raise ConfigError(f"--pass-memory must be >= 1 MB, got {self.pass_memory_mb}")
         if self.readers is not None and self.readers < 0:
@@ -492,15 +510,24 @@ class RunConfig:
             raise ConfigError("--pixel-fraction: the CTF needs every pixel of the rendering")
 
     def resolve(self) -> None:
-        """Fill settings whose default depends on others (the z-delay of the encoder and the
-        pose, the coarse-to-fine schedule) and check the schedule against the box."""
-        from emvae.stages import auto_stages, parse_stages
+        """Fill settings whose default depends on others (the epochs and the coarse-to-fine
+        schedule: by the box and the particle count ``data.n_images``; the z-delay of the
+        encoder and the pose) and check the schedule against the box."""
+        from emvae.stages import FINE_IMAGES, auto_stages, default_schedule, parse_stages
 
-        m = self.model
-        if self.train.stages is None:
-            auto = m.coarse_to_fine and m.likelihood == "gaussian"
-            self.train.stages = auto_stages(m.image_size, self.train.epochs) if auto else "off"
-        if parse_stages(self.train.stages, m.image_size):
+        m, t = self.model, self.train
+        auto = m.coarse_to_fine and m.likelihood == "gaussian"
+        if t.epochs is None and t.stages is None and auto and m.image_size > 48:
+            n_train = self.data.n_images - round(self.data.n_images * t.test_fraction)
+            t.epochs, t.stages = default_schedule(n_train)
+            t.fine_images = FINE_IMAGES if t.fine_images is None else t.fine_images
+        if t.epochs is None:
+            t.epochs = DEFAULT_EPOCHS
+        if t.fine_images is None:
+            t.fine_images = 0
+        if t.stages is None:
+            t.stages = auto_stages(m.image_size, t.epochs) if auto else "off"
+        if parse_stages(t.stages, m.image_size):
             if not m.coarse_to_fine:
                 raise ConfigError(
                     "--stages goes with the spatial generator and the rigid or affine pose"
@@ -523,6 +550,8 @@ class RunConfig:
             # configs written before coarse-to-fine: the networks saw the whole image
             model.setdefault("encoder_size", model.get("image_size"))
             train.setdefault("stages", "off")
+            train.setdefault("fine_images", 0)
+            train.setdefault("fine_train", "all")
             return cls(
                 model=ModelConfig(**model),
                 train=TrainConfig(**train),

@@ -3,7 +3,9 @@ users read is :meth:`emvae.particles.Particles.table`)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +14,8 @@ from torch import Tensor
 from emvae.data import StreamedImages, gather
 from emvae.distributed import SINGLE, Dist, assemble
 from emvae.models import SpatialVAE
-from emvae.objective import posterior_elbo
+from emvae.models.vae import Posterior
+from emvae.objective import ElboTerms, posterior_elbo
 
 
 @dataclass
@@ -32,6 +35,26 @@ class Encoding:
     theta_prob: np.ndarray | None = None
 
 
+def elbo_pass(
+    model: SpatialVAE,
+    x: Tensor,
+    eps: Tensor,
+    ctf: Tensor | None = None,
+    use_z: bool = True,
+    amp: Any = None,
+) -> tuple[Posterior, ElboTerms]:
+    """The posterior of images ``x`` ``(B, C, D, D)`` and their ELBO terms at the model's render
+    size, with the sample ``eps`` ``(B, K + P)`` and each image's CTF ``(B, 10)`` (or None).
+    The inference networks run in float32; the generator's rendering runs under ``amp`` (the
+    autocast context training used, or None), and the ELBO is computed in float32."""
+    q = model.encode(x, infer_z=use_z)
+    with amp if amp is not None else contextlib.nullcontext():
+        z, pose = model.sample(q, use_z=use_z, eps=eps)
+        params = model.decode(z, pose)
+    y = model.pixels(x)
+    return q, posterior_elbo(model.config, y, params.float(), q, use_z, ctf, 1.0, model.stage)
+
+
 @torch.no_grad()
 def encode(
     model: SpatialVAE,
@@ -43,6 +66,7 @@ def encode(
     ctx: Dist = SINGLE,
     ctf: Tensor | None = None,
     elbo: bool = True,
+    amp: Any = None,
 ) -> Encoding:
     """Posterior means/stds (no augmentation) and a one-sample ELBO for every image.
 
@@ -51,7 +75,8 @@ def encode(
     Under torchrun each process encodes its part of every batch and the parts are gathered.
     ``ctf`` ``(N, 10)``: the particles' CTF parameters for the ELBO (``--ctf on``), or None.
     Without ``elbo`` the generator does not run (the ELBO column is NaN): the posteriors alone,
-    at the inference networks' cost.
+    at the inference networks' cost. ``amp``: the autocast context the generator renders under
+    for the ELBO (:func:`elbo_pass`; fit passes its training's), or None (float32).
     """
     model.eval()
     rng = torch.Generator(device=device)
@@ -62,7 +87,6 @@ def encode(
     mine: list[np.ndarray] = []
     n = data.shape[0]
     step = model.images_per_pass(training=False) if elbo else batch_size
-    stage = model.stage
     for start in range(0, n, batch_size):
         batch = torch.arange(start, min(start + batch_size, n))
         part = ctx.part(len(batch))
@@ -73,10 +97,9 @@ def encode(
         for a in range(0, max(x.shape[0], 1), step):  # passes small enough for memory
             s = slice(a, a + step)
             if elbo:
-                q, params = model(x[s], None, eps[s])
                 c = None if batch_ctf is None else batch_ctf[s]
-                y = model.pixels(x[s])
-                value = posterior_elbo(model.config, y, params, q, ctf=c, stage=stage).elbo
+                q, terms = elbo_pass(model, x[s], eps[s], c, amp=amp)
+                value = terms.elbo
             else:
                 q = model.encode(x[s])
                 value = torch.full((x[s].shape[0],), float("nan"), device=x.device)
@@ -87,7 +110,7 @@ def encode(
                 "pose_std": q.pose_logstd.exp(),
                 "elbo": value,
             }
-            if binned:
+            if q.bins is not None:
                 piece["theta_prob"] = q.bins.concentration(model.config.hypotheses)
             pieces.append(piece)
         values = {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}

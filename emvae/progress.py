@@ -157,13 +157,15 @@ class _Loop:
     total: int
     done: int
     t0: float
+    said: float = 0.0  # when its last progress line was printed
 
 
 class PlainProgress(TrainingProgress):
     """Lines for a log file: ``2026-12-01 17:52:03  epoch 3/20  <stats>  (12.3 s, ETA
     0:03:05)`` per epoch; within a long epoch, at least every :data:`REPORT_EVERY_S` seconds,
     ``epoch 3/20: 4000/18000 images, 55 images/s, epoch ETA 0:04:15, run ETA 1:02:00``;
-    ``<what>: N to do`` and ``<what>: N done in T s (R/s)`` around a one-off loop. No carriage
+    ``<what>: N to do`` and ``<what>: N done in T s (R/s)`` around a one-off loop (and
+    ``<what>: K/N, R/s, ETA 0:02:10`` within it as often). No carriage
     returns, no escape codes, no wrapping."""
 
     def __init__(self, console: Console) -> None:
@@ -230,13 +232,23 @@ class PlainProgress(TrainingProgress):
 
     def task(self, description: str, total: int) -> Advance:
         self._end_loop()
-        loop = self._loop = _Loop(description, total, 0, self._clock())
+        t0 = self._clock()
+        loop = self._loop = _Loop(description, total, 0, t0, t0)
         self._print(f"{description}: {total} to do")
 
         def advance(n: int = 1) -> None:
             loop.done += n
-            if loop is self._loop and loop.done >= loop.total:
+            if loop is not self._loop:
+                return
+            if loop.done >= loop.total:
                 self._end_loop()
+                return
+            now = self._clock()
+            if now - loop.said >= REPORT_EVERY_S and loop.done > 0:
+                loop.said = now
+                rate = loop.done / (now - loop.t0)
+                left = datetime.timedelta(seconds=round((loop.total - loop.done) / rate))
+                self._print(f"{description}: {loop.done}/{loop.total}, {rate:.0f}/s, ETA {left}")
 
         if total <= 0:
             self._end_loop()

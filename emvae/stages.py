@@ -35,6 +35,7 @@ from emvae.errors import ConfigError
 __all__ = [
     "COARSE_PX",
     "auto_stages",
+    "default_schedule",
     "encoder_view",
     "fourier_crop",
     "noise_logstd",
@@ -47,6 +48,17 @@ __all__ = [
 #: The first stage's box and the inference networks' view above 48 px (the size at which the
 #: 128-wide networks were measured to find poses and z in minutes: docs/benchmarks.md).
 COARSE_PX = 32
+
+#: fit's default schedule above 48 px when ``--epochs`` is not given (:func:`default_schedule`):
+#: the coarse stage trains on about this many images (epochs x training images; 20,000
+#: particles of 64 or 128 px had their poses and most of z after 5 epochs of 18,000,
+#: docs/benchmarks.md), in at least 3 and at most 40 epochs ...
+COARSE_IMAGES = 90_000
+COARSE_EPOCHS = (3, 40)
+#: ... then one epoch at full size on at most this many training images (a random subset each
+#: full-size epoch, ``TrainConfig.fine_images``): it refines the generator's detail, while the
+#: poses and z come from the networks' fixed small view, trained on every stage
+FINE_IMAGES = 5_000
 
 
 def parse_stages(text: str, full: int) -> list[tuple[int, int]]:
@@ -91,6 +103,15 @@ def auto_stages(full: int, epochs: int) -> str:
     if middle > COARSE_PX and rest >= 2:
         stages.append((middle, rest // 2))
     return ",".join(f"{s}:{e}" for s, e in stages)
+
+
+def default_schedule(n_train: int) -> tuple[int, str]:
+    """fit's epochs and stages above 48 px when the number of epochs is not given, for
+    ``n_train`` training images: :data:`COARSE_PX` px for ``COARSE_IMAGES / n_train`` epochs
+    (within :data:`COARSE_EPOCHS`), then one epoch at full size. ``(epochs, stages)``."""
+    low, high = COARSE_EPOCHS
+    coarse = min(high, max(low, math.ceil(COARSE_IMAGES / max(n_train, 1))))
+    return coarse + 1, f"{COARSE_PX}:{coarse}"
 
 
 def size_at(stages: list[tuple[int, int]], full: int, epoch: int) -> int:

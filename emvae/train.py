@@ -36,7 +36,7 @@ from emvae.data import (
 )
 from emvae.distributed import SINGLE, Dist
 from emvae.distributed import from_env as distributed_from_env
-from emvae.encode import encode
+from emvae.encode import elbo_pass, encode
 from emvae.errors import EmvaeError
 from emvae.io.stack import ImageStack
 from emvae.models import SpatialVAE
@@ -144,7 +144,7 @@ def _fit(
         ckpt = run.resume_point(out, work)
         epochs = config.train.epochs
         config = RunConfig.from_dict(ckpt["config"])
-        config.train.epochs = max(epochs, ckpt["epoch"])
+        config.train.epochs = max(epochs or config.train.epochs or 0, ckpt["epoch"])
         check_same(stack, config.data)
         particles = Particles.described(stack, config.data)
     else:
@@ -159,12 +159,14 @@ def _fit(
             run.prepare_output(out, work, force)
     ctx.barrier()
     with run_log(work, config.run_id, enabled=ctx.main) as log:
-        if log is not None:
-            _log_start(log, config, command, ckpt, notes, device)
         config.validate()
         config.resolve()
+        if log is not None:
+            _log_start(log, config, command, ckpt, notes, device)
         particles.check_model(config.model)
         cfg, tcfg = config.model, config.train
+        n_epochs = tcfg.epochs
+        assert n_epochs is not None  # resolved
 
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -179,9 +181,11 @@ def _fit(
         net: torch.nn.Module = model  # what the training step calls: the model, or its DDP wrapper
         if ctx.active:
             ids = [device.index] if device.type == "cuda" else None
-            # the content encoder gets no gradient while z is held at 0 (the z-delay)
+            # the content encoder gets no gradient while z is held at 0 (the z-delay), nor the
+            # pose and z networks in the stages after the first (--fine-train generator)
+            unused = model.content is not None or tcfg.stages not in (None, "", "off")
             net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=ids, find_unused_parameters=model.content is not None
+                model, device_ids=ids, find_unused_parameters=unused
             )
         net = compiled(net, tcfg.compile)
         optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
@@ -202,7 +206,7 @@ def _fit(
             first_epoch = 0
         if ctx.main:  # room for the checkpoints and tables, before the first epoch
             weights = 3 * 4 * sum(p.numel() for p in model.parameters())  # + Adam's two moments
-            copies = tcfg.epochs // tcfg.checkpoint_every - first_epoch // tcfg.checkpoint_every
+            copies = n_epochs // tcfg.checkpoint_every - first_epoch // tcfg.checkpoint_every
             check_free_space(work, weights * (copies + 2) + 1000 * n)
         with training_progress(progress) as display:
             bar = display if log is None else TeeProgress(display, log.progress)
@@ -212,18 +216,24 @@ def _fit(
                 run.write_config(work, config)
             train_dev = torch.from_numpy(train_idx).to(data.device)
             test_dev = torch.from_numpy(test_idx).to(data.device)
-            bar.start(first_epoch, tcfg.epochs)
+            bar.start(first_epoch, n_epochs)
             stages = parse_stages(tcfg.stages or "off", cfg.image_size)
-            for epoch in range(first_epoch + 1, tcfg.epochs + 1):
+            for epoch in range(first_epoch + 1, n_epochs + 1):
                 t0 = time.perf_counter()
                 size = size_at(stages, cfg.image_size, epoch)
                 if size != model.render_size:
                     model.set_render_size(size)
+                # after the first stage the pose and z networks may keep what it taught them
+                later = bool(stages) and size != stages[0][0]
+                model.inference_frozen = later and tcfg.fine_train == "generator"
                 use_z = epoch > (tcfg.z_delay or 0)  # RunConfig.resolve set it
                 step = Step(net, optimizer, config, device, rng, use_z, amp, ctx, ctf)
-                train = _train_epoch(step, data, train_dev, bar, epoch)
+                # a full-size epoch after coarse stages may train on a subset (--fine-images)
+                fine = bool(stages) and size == cfg.image_size and bool(tcfg.fine_images)
+                limit = tcfg.fine_images if fine else None
+                train = _train_epoch(step, data, train_dev, bar, epoch, limit)
                 test = evaluate(
-                    model, data, test_dev, config, device, tcfg.seed + epoch, use_z, ctx, ctf
+                    model, data, test_dev, config, device, tcfg.seed + epoch, use_z, ctx, ctf, amp
                 )
                 row = {
                     "epoch": epoch,
@@ -267,7 +277,7 @@ def _fit(
                 model.set_render_size(cfg.image_size)
             advance = bar.task("encoding", n)
             batch = max(tcfg.batch_size, 256)
-            enc = encode(model, data, device, batch, tcfg.seed, advance, ctx=ctx, ctf=ctf)
+            enc = encode(model, data, device, batch, tcfg.seed, advance, ctx=ctx, ctf=ctf, amp=amp)
         split = np.full(n, "train", dtype=object)
         split[test_idx] = "test"
         if not ctx.main:  # wait for rank 0's outputs, so that every process leaves together
@@ -301,6 +311,13 @@ def _log_start(
         f"run {config.run_id[:8]}: {data.n_images} images of {config.model.image_size} px, "
         f"zdim {config.model.zdim}, {config.train.epochs} epochs, device {device}"
     )
+    t = config.train
+    if t.stages and t.stages != "off":
+        subset = f" on {t.fine_images} images an epoch" if t.fine_images else ""
+        log.line(
+            f"schedule: {t.stages} (px:epochs) on Fourier-cropped copies, then "
+            f"{config.model.image_size} px{subset}"
+        )
     for note in notes:
         log.line(note)
 
@@ -345,15 +362,24 @@ class Step:
 
 
 def _train_epoch(
-    s: Step, data, train_idx: torch.Tensor, bar: TrainingProgress, epoch: int
+    s: Step,
+    data,
+    train_idx: torch.Tensor,
+    bar: TrainingProgress,
+    epoch: int,
+    limit: int | None = None,
 ) -> dict[str, float]:
-    """One pass over ``data[train_idx]`` in a random order; mean ELBO terms per image."""
+    """One pass over ``data[train_idx]`` in a random order, or over the first ``limit`` images
+    of that order (a random subset); mean ELBO terms per image."""
     model, optimizer, config, device, rng = s.net, s.optimizer, s.config, s.device, s.rng
     ctx, ctf = s.ctx, s.ctf
     cfg, tcfg = config.model, config.train
     model.train()
-    n = train_idx.shape[0]
-    perm = torch.randperm(n, generator=rng, device=device).to(train_idx.device)
+    n_all = train_idx.shape[0]
+    perm = torch.randperm(n_all, generator=rng, device=device).to(train_idx.device)
+    if limit is not None and limit < n_all:
+        perm = perm[:limit]
+    n = perm.shape[0]
     augment = cfg.rotation and tcfg.augment_rotation
     names = term_names(cfg.zdim, cfg.pose != "rigid")
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
@@ -382,7 +408,7 @@ def _train_epoch(
             pixel_fraction=tcfg.pixel_fraction,
             beta=tcfg.beta,
             pose_beta=tcfg.pose_beta,
-            hyper_weight=1.0 / n,
+            hyper_weight=1.0 / n_all,  # the data set's hyperprior share per image
         )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
@@ -575,13 +601,14 @@ def evaluate(
     use_z: bool = True,
     ctx: Dist = SINGLE,
     ctf: torch.Tensor | None = None,
+    amp=None,
 ) -> dict[str, float]:
     """Mean ELBO terms (nats per image) over ``data[idx]``, no augmentation, seeded sample
-    (shared across processes, each computing its part of every batch)."""
+    (shared across processes, each computing its part of every batch); the generator renders
+    under ``amp`` (:func:`emvae.encode.elbo_pass`)."""
     model.eval()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
-    stage = model.stage
     names = term_names(config.model.zdim, config.model.pose != "rigid")
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
     bs = max(config.train.batch_size, 256)
@@ -594,10 +621,8 @@ def evaluate(
         mine = None if ctf is None else ctf[batch[part].to(ctf.device)]
         for a in range(0, max(x.shape[0], 1), step):
             piece = slice(a, a + step)
-            q, params = model(x[piece], None, eps[piece], use_z)
             c = None if mine is None else mine[piece]
-            y = model.pixels(x[piece])
-            terms = posterior_elbo(config.model, y, params, q, use_z, c, 1.0, stage)
+            _, terms = elbo_pass(model, x[piece], eps[piece], c, use_z, amp)
             sums += _term_sums(terms)
     ctx.all_sum(sums)
     return dict(zip(names, (sums / idx.shape[0]).tolist(), strict=True))

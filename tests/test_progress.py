@@ -118,3 +118,24 @@ def test_a_long_epoch_reports_images_and_etas_at_least_once_a_minute():
     assert first == (
         "epoch 1/3: 3000/20000 images, 50 images/s, epoch ETA 0:05:40, run ETA 0:19:00"
     ), first
+
+
+def test_a_long_encoding_reports_at_least_once_a_minute():
+    """The final table of 20,000 particles at 128 px takes minutes: its loop says how far it
+    is, as often as an epoch does (a fake clock)."""
+    from emvae.progress import REPORT_EVERY_S
+
+    buf = io.StringIO()
+    bar = PlainProgress(Console(file=buf, width=40))
+    now = [0.0]
+    bar._clock = lambda: now[0]
+    advance = bar.task("encoding", 20_000)
+    for i in range(79):  # 256 images every 8 s (32/s), 32 in the last batch
+        now[0] += 8.0
+        advance(256 if i < 78 else 20_000 - 78 * 256)
+    lines = [re.sub(STAMP, "", line, count=1) for line in buf.getvalue().splitlines()]
+    inside = [line for line in lines if re.match(r"encoding: \d+/", line)]
+    assert REPORT_EVERY_S == 60.0
+    assert len(inside) == 9  # at 64, 128, ..., 576 s (every 8th batch); 632 s is the end
+    assert inside[0] == "encoding: 2048/20000, 32/s, ETA 0:09:21"  # 17,952 left at 32/s
+    assert lines[-1] == "encoding: 20000 done in 632.0 s (32/s)"

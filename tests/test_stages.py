@@ -143,6 +143,91 @@ def test_fit_defaults_above_48_px_are_coarse_to_fine_and_old_configs_are_not():
         bad.resolve()
 
 
+def test_without_epochs_fit_chooses_the_schedule_by_the_particle_count_above_48_px():
+    """About 90,000 coarse images (3 to 40 epochs of the training set), then one full-size
+    epoch on 5,000 images; -n given, or a box up to 48 px: the schedule as before."""
+    from emvae.config import DataConfig
+
+    for n, epochs, stages in [(20_000, 6, "32:5"), (4000, 26, "32:25"), (200, 41, "32:40")]:
+        cfg = RunConfig(ModelConfig(image_size=64), data=DataConfig(n_images=n))
+        cfg.resolve()
+        assert (cfg.train.epochs, cfg.train.stages) == (epochs, stages)
+        assert cfg.train.fine_images == 5000
+    huge = RunConfig(ModelConfig(image_size=128), data=DataConfig(n_images=1_000_000))
+    huge.resolve()
+    assert (huge.train.epochs, huge.train.stages) == (4, "32:3")
+    given = RunConfig(ModelConfig(image_size=64), TrainConfig(epochs=50), DataConfig(n_images=200))
+    given.resolve()
+    assert (given.train.stages, given.train.fine_images) == ("32:40", 0)
+    small = RunConfig(ModelConfig(image_size=48), data=DataConfig(n_images=20_000))
+    small.resolve()
+    assert (small.train.epochs, small.train.stages, small.train.fine_images) == (50, "off", 0)
+    old = given.to_dict()
+    del old["train"]["fine_images"], old["train"]["fine_train"]  # a config.json from before:
+    back = RunConfig.from_dict(old)  # every epoch a full pass, every network trained
+    assert (back.train.fine_images, back.train.fine_train) == (0, "all")
+
+
+def test_a_full_size_epoch_trains_on_the_fine_images_only(tmp_path, monkeypatch):
+    """--fine-images 10: the coarse epoch sees the whole training set, the full-size epoch a
+    random 10 of it (and the hyperprior's weight stays per image of the whole set)."""
+    import emvae.train
+    from emvae import fit, read_stack
+
+    sim = tmp_path / "sim"
+    r = runner.invoke(app, ["simulate", str(sim), "-n", "60", "--size", "24", "--seed", "2"])
+    assert r.exit_code == 0, r.output
+    seen: list[tuple[int, float]] = []
+    step = emvae.train.training_step
+
+    def counting(model, optimizer, x, *args, **kwargs):
+        seen.append((x.shape[0], kwargs["hyper_weight"]))
+        return step(model, optimizer, x, *args, **kwargs)
+
+    monkeypatch.setattr(emvae.train, "training_step", counting)
+    cfg = RunConfig(
+        ModelConfig(image_size=24, zdim=1, gen_hidden=16, enc_hidden=16, encoder_size=16),
+        TrainConfig(epochs=2, batch_size=8, stages="12:1", fine_images=10, device="cpu"),
+    )
+    fit(read_stack(sim / "particles.mrcs"), cfg, tmp_path / "run", progress=False)
+    sizes = [b for b, _ in seen]
+    assert sum(sizes) == 54 + 10  # 60 images, 6 held out for the test ELBO
+    assert sizes[-2:] == [8, 2]  # the full-size epoch: 10 images in batches of 8
+    assert {w for _, w in seen} == {1 / 54}
+
+
+@pytest.mark.parametrize("fine_train", ["generator", "all"])
+def test_later_stages_train_the_generator_only_by_default(fine_train, tmp_path):
+    """--fine-train generator: after the first stage the pose and z networks keep their
+    weights (the table's poses and z are the first stage's) while the generator goes on
+    learning; "all" trains everything, as before."""
+    from emvae import fit, read_stack
+    from emvae.checkpoint import load_checkpoint
+
+    sim = tmp_path / "sim"
+    r = runner.invoke(app, ["simulate", str(sim), "-n", "40", "--size", "24", "--seed", "2"])
+    assert r.exit_code == 0, r.output
+    cfg = RunConfig(
+        ModelConfig(image_size=24, zdim=1, gen_hidden=16, enc_hidden=16, encoder_size=16),
+        TrainConfig(
+            epochs=3, batch_size=8, stages="12:1,16:1", device="cpu", checkpoint_every=1,
+            fine_train=fine_train,
+        ),
+    )  # fmt: skip
+    fit(read_stack(sim / "particles.mrcs"), cfg, tmp_path / "run", progress=False)
+    states = [
+        load_checkpoint(tmp_path / "run" / "checkpoints" / f"epoch_{e:04d}.pt")["model"]
+        for e in (1, 2, 3)
+    ]
+    inference = [k for k in states[0] if k.startswith(("encoder.", "content."))]
+    generator = [k for k in states[0] if k.startswith("generator.")]
+    assert inference and generator
+    for a, b in zip(states, states[1:], strict=False):  # 12 -> 16 px, 16 -> 24 px
+        assert not all(torch.equal(a[k], b[k]) for k in generator)
+        kept = all(torch.equal(a[k], b[k]) for k in inference)
+        assert kept == (fine_train == "generator")
+
+
 def test_the_model_renders_a_stage_on_its_grid_and_back():
     cfg = ModelConfig(image_size=48, encoder_size=24, zdim=1, mask_radius_px=20.0)
     model = SpatialVAE(cfg)
@@ -176,7 +261,7 @@ def test_a_fit_resumed_mid_schedule_is_the_uninterrupted_fit(tmp_path):
     r = runner.invoke(app, ["simulate", str(sim), "-n", "60", "--size", "24", "--seed", "2"])
     assert r.exit_code == 0, r.output
     stack = str(sim / "particles.mrcs")
-    opts = [*SMALL, "--stages", "12:1", "--encoder-size", "16"]
+    opts = [*SMALL, "--stages", "12:1", "--encoder-size", "16", "--fine-images", "20"]
     one = tmp_path / "one"
     r = runner.invoke(app, ["fit", stack, "-o", str(one), *opts, "-n", "3"])
     assert r.exit_code == 0, r.output

@@ -47,6 +47,7 @@ from emvae.progress import training_progress
 from emvae.run import CHECKPOINTS, DERIVED, METRICS, OUTPUTS, Run, check_output_dir
 from emvae.runlog import LOG, append_log
 from emvae.safety import check_names, check_writable, input_files, refuse_inputs_as_outputs
+from emvae.train import autocast_for
 from emvae.train import fit as fit_model
 from emvae_cli import inputs as opt
 from emvae_cli.common import (
@@ -297,9 +298,23 @@ def fit(
         T,
         "stages",
         "Coarse-to-fine: SIZE:EPOCHS pairs trained on Fourier-cropped copies before the rest of "
-        "the run at full size (32:40,64:5), or off. Default: off up to 48 px; above, 32 px for "
-        "about 80% of the epochs, then half the box (from 96 px), then the full box.",
+        "the run at full size (32:40,64:5), or off. Default: off up to 48 px; above, without "
+        "-n, 32 px for about 90,000 images (3-40 epochs) then one epoch at full size; with -n, "
+        "32 px for about 80% of the epochs, then half the box (from 96 px), then the full box.",
         show_default=False,
+    ),
+    fine_images: int | None = field_option(
+        T,
+        "fine_images",
+        "Full-size epochs after coarse stages train on at most N images (a random subset each "
+        "epoch; 0: all). Default: 5000 when fit chooses the schedule (no -n), else 0.",
+        show_default=False,
+    ),
+    fine_train: str = field_option(
+        T,
+        "fine_train",
+        "What the stages after the first train: generator (the pose and z networks keep what "
+        "the first stage taught them) or all.",
     ),
     encoder_size: int | None = field_option(
         M,
@@ -467,7 +482,8 @@ def encode(
         data = particles.load(dev, bar=bar)
         ctf = likelihood_ctf(particles.ctf(mode), mode, data, dev)  # this input's own CTF
         advance = bar.task("encoding", len(images))
-        enc = encode_stack(model, data, dev, batch_size, seed, advance, ctf=ctf)
+        amp = autocast_for(dev, config.train.amp)  # the ELBO rendered as in training
+        enc = encode_stack(model, data, dev, batch_size, seed, advance, ctf=ctf, amp=amp)
     table = particles.table(config.model, enc)
     write_table(table, out)
     layout = particles.write_star(table, star)

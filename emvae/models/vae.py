@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -172,6 +173,9 @@ class SpatialVAE(nn.Module):
         self.render_size = d  # the box the generator renders and the likelihood compares
         # memory a pass of the generator may use (SpatialVAE.images_per_pass); fit sets it
         self.pass_memory_mb = PASS_MEMORY_MB
+        # True: training passes run the pose and z networks without gradients (a stage after
+        # the first, TrainConfig.fine_train "generator"); fit sets it per epoch
+        self.inference_frozen = False
 
     def set_render_size(self, size: int) -> None:
         """Render and compare at ``size`` px (a coarse-to-fine stage, :mod:`emvae.stages`): the
@@ -420,7 +424,8 @@ class SpatialVAE(nn.Module):
         rotation posterior). z is held at 0 without ``use_z`` (the z-delay). ``pixels``: render
         only these row-major pixel indices (N of them; see :meth:`decode`). The one call
         DistributedDataParallel wraps."""
-        q = self.encode(images, gamma, infer_z=use_z)
+        with torch.no_grad() if self.inference_frozen else contextlib.nullcontext():
+            q = self.encode(images, gamma, infer_z=use_z)
         z, pose = self.sample(q, use_z=use_z, eps=eps)
         return q, self.decode(z, pose, pixels=pixels)
 
