@@ -47,8 +47,8 @@ from astropy.table import Table
 from astropy.wcs.utils import wcs_to_celestial_frame
 
 from emvae.errors import ConfigError, InputError, OutputExistsError
+from emvae.io import input_kind
 from emvae.io.fits import celestial_wcs, image_headers
-from emvae.io.pictures import PACKED_FITS_SUFFIXES
 from emvae.safety import atomic_output
 
 __all__ = [
@@ -120,11 +120,12 @@ def catalog_format(path: str | os.PathLike) -> str:
 
 
 def _is_fits_name(name: str) -> bool:
-    file = name.partition("@")[2]
-    if file.endswith("]") and "[" in file:
-        file = file[: file.rindex("[")]
-    lower = file.lower()
-    return lower.endswith(PACKED_FITS_SUFFIXES) or Path(lower).suffix in (".fits", ".fit", ".fts")
+    """Whether an image name ``k@file[HDU]`` names a FITS file (by suffix, as inputs are
+    told apart)."""
+    try:
+        return input_kind(name.partition("@")[2]) == "fits"
+    except InputError:
+        return False
 
 
 def sky_catalog(table: pd.DataFrame, source: str = "the run") -> Table:

@@ -296,9 +296,13 @@ def test_export_catalog_refusals_are_one_line(sky_run, tmp_path):
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     r = runner.invoke(app, ["export-catalog", str(sky_run), "-o", str(sky_run / "particles.h5")])
     assert r.exit_code == 1
-    # the same images, written again without their WCS
+    # the run's own input is a .fits file too: never written over, --force or not
     source = sky_run.parent / "sky.fits"
     kept = source.read_bytes()
+    r = runner.invoke(app, ["export-catalog", str(sky_run), "-o", str(source), "--force"])
+    assert r.exit_code == 1 and "is an input of this command" in r.output
+    assert source.read_bytes() == kept
+    # the same images, written again without their WCS
     try:
         with fits.open(source) as hdul:
             plain = [fits.PrimaryHDU()] + [fits.ImageHDU(h.data) for h in hdul[1:]]
