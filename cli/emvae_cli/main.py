@@ -7,6 +7,7 @@ import typer
 from emvae import __version__
 from emvae_cli import analyze as analyze_cmd
 from emvae_cli import bench as bench_cmd
+from emvae_cli import catalog as catalog_cmd
 from emvae_cli import explore as explore_cmd
 from emvae_cli import fit as fit_cmd
 from emvae_cli import prep as prep_cmd
@@ -28,6 +29,7 @@ app.command("encode")(fit_cmd.encode)
 app.command("preprocess")(prep_cmd.preprocess)
 app.command("info")(prep_cmd.info)
 app.command("export-star")(relion_cmd.export_star)
+app.command("export-catalog")(catalog_cmd.export_catalog)
 app.command("align")(relion_cmd.align)
 app.command("select")(select_cmd.select)
 app.command("report")(report_cmd.report)

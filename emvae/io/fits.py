@@ -20,8 +20,9 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from astropy import units as u
@@ -38,7 +39,10 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts")
 __all__ = [
     "FITS_SUFFIXES",
     "PACKED_FITS_SUFFIXES",
+    "ImageHeader",
+    "celestial_wcs",
     "cutout_slices",
+    "image_headers",
     "read_fits",
     "sky_pixel_scale",
 ]
@@ -122,6 +126,34 @@ def cutout_slices(shape: tuple[int, ...], start: np.ndarray, size: int) -> tuple
     return cut.slices_original
 
 
+def celestial_wcs(header: fits.Header) -> tuple[WCS | None, str | None]:
+    """The celestial WCS of an image HDU's ``header``, on the image's x and y pixel axes.
+
+    Returns ``(wcs, None)`` with ``wcs`` the 2-axis celestial part (``WCS.celestial``: SIP and
+    other distortions kept; pixel coordinates 0-based, x the column and y the row of the
+    array as stored, as astropy counts them); ``(None, None)`` when the header has no
+    celestial WCS (a plain image); ``(None, why)`` when it has one that cannot serve (not on
+    the image's x/y axes, or unreadable). The one reader of image WCSs in emvae: the pixel
+    scale (:func:`sky_pixel_scale`) and the sky catalogue (:mod:`emvae.catalog`) both use it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FITSFixedWarning and friends: the header is as it is
+        try:
+            wcs = WCS(header)
+            if not wcs.has_celestial:
+                return None, None
+            if sorted((wcs.wcs.lng, wcs.wcs.lat)) != [0, 1]:
+                return None, "its celestial WCS axes are not the image's x and y axes"
+            return wcs.celestial, None
+        except Exception as e:  # any failure of a WCS costs what needs it, not the images
+            return None, _wcs_failure(e)
+
+
+def _wcs_failure(e: Exception) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"its WCS could not be read: {type(e).__name__}: {first}"
+
+
 def sky_pixel_scale(header: fits.Header) -> tuple[float | None, str | None]:
     """The pixel scale in arcsec per pixel that ``header``'s celestial WCS gives.
 
@@ -132,28 +164,64 @@ def sky_pixel_scale(header: fits.Header) -> tuple[float | None, str | None]:
     rotated CD matrix gives the same number as the CDELT it rotates; it is rounded to 12
     significant digits (0.36, not 0.36000000000000004).
     """
+    cel, why = celestial_wcs(header)
+    if cel is None:
+        return None, why
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # FITSFixedWarning and friends: the header is as it is
+        warnings.simplefilter("ignore")
         try:
-            wcs = WCS(header)
-            if not wcs.has_celestial:
-                return None, None
-            if sorted((wcs.wcs.lng, wcs.wcs.lat)) != [0, 1]:
-                return None, "its celestial WCS axes are not the image's x and y axes"
-            cel = wcs.celestial  # wcslib states celestial axes in degrees
-            units = [u.Unit(str(c) or "deg") for c in cel.wcs.cunit]
+            units = [u.Unit(str(c) or "deg") for c in cel.wcs.cunit]  # wcslib states degrees
             sx, sy = (
                 float((v * unit).to_value(u.arcsec))
                 for v, unit in zip(proj_plane_pixel_scales(cel), units, strict=True)
             )
         except Exception as e:  # any failure of a WCS costs the scale only, not the images
-            first = (str(e).strip().splitlines() or [""])[0]
-            return None, f"its WCS could not be read: {type(e).__name__}: {first}"
+            return None, _wcs_failure(e)
     if not (np.isfinite([sx, sy]).all() and sx > 0 and sy > 0):
         return None, f"its WCS gives pixel scales {sx:.6g} x {sy:.6g} arcsec"
     if abs(sx - sy) > _SCALE_RTOL * max(sx, sy):
         return None, f"its pixels are not square on the sky ({sx:.6g} x {sy:.6g} arcsec)"
     return float(f"{(sx + sy) / 2:.12g}"), None
+
+
+class ImageHeader(NamedTuple):
+    """Where an image of a particle table came from in its FITS file."""
+
+    path: Path
+    label: str  # the HDU, as the image's name gives it
+    header: fits.Header
+    shape: tuple[int, int]  # (H, W) of the whole image in the file, before any crop
+
+
+def image_headers(names: Iterable[str]) -> list[ImageHeader]:
+    """The FITS header and size of each image a particle table names, as :func:`read_fits`
+    names them: ``k@file[HDU]`` (the k-th image of a file, in HDU ``HDU``: an EXTNAME or a
+    number; also what ``file.fits[HDU]`` gave) or ``1@file`` (the first image HDU of a file of a
+    folder or glob). Each file is opened once and only headers are read. Raises
+    :class:`InputError` naming the file when it is gone or no longer holds that image."""
+    parsed = []
+    for name in names:
+        k_text, at, spec = str(name).partition("@")
+        if not at or not k_text.isdigit():
+            raise InputError(name, "is not the name of an image of a FITS file (k@file[HDU])")
+        file, ext = split_fits_path(spec)
+        parsed.append((int(k_text), Path(file), ext))
+    found: dict[tuple[int, Path, str | None], ImageHeader] = {}
+    for path in dict.fromkeys(p for _, p, _ in parsed):
+        if not path.is_file():
+            raise InputError(path, "no such file (the run's input; is this the folder it ran in?)")
+        with _open(path) as hdul:
+            chosen = _choose(hdul, None, path)
+            for k, ext in dict.fromkeys((k, e) for k, p, e in parsed if p == path):
+                if ext is None or (0 < k <= len(chosen) and chosen[k - 1][0] == ext):
+                    if not 0 < k <= len(chosen):
+                        raise InputError(path, f"holds {len(chosen)} images, not an image {k}")
+                    label, hdu = chosen[k - 1]
+                else:  # read as file.fits[EXT]: the one HDU named
+                    label, hdu = _choose(hdul, ext, path)[0]
+                h, w = (int(n) for n in hdu.shape[-2:])
+                found[(k, path, ext)] = ImageHeader(path, label, hdu.header.copy(), (h, w))
+    return [found[key] for key in parsed]
 
 
 def _common_scale(hdus: list[_Image], names: list[str]) -> tuple[float | None, str | None]:
@@ -170,31 +238,36 @@ def _common_scale(hdus: list[_Image], names: list[str]) -> tuple[float | None, s
     return float(scales[0]), None
 
 
-def _image_hdus(path: Path, ext: str | None) -> list[_Image]:
-    """The chosen HDU, or every image HDU: label, ``(bands, H, W)`` float32 array, scale."""
+def _open(path: Path) -> fits.HDUList:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hdul = fits.open(path, memmap=False)
+            return fits.open(path, memmap=False)
     except (OSError, ValueError, TypeError) as e:
         raise InputError(path, f"not a readable FITS file ({e})") from None
-    with hdul:
-        if ext is not None:
-            key: int | str = int(ext) if ext.lstrip("-").isdigit() else ext
-            try:
-                chosen = [(ext, hdul[key])]
-            except (KeyError, IndexError):
-                raise InputError(path, f"has no HDU {ext!r} ({_describe(hdul)})") from None
-        else:
-            chosen = [
-                (_label(h, i), h)
-                for i, h in enumerate(hdul)
-                if h.is_image and h.header.get("NAXIS", 0) > 0
-            ]
-            if not chosen:
-                raise InputError(path, f"holds no image, only {_describe(hdul)}")
+
+
+def _choose(hdul: fits.HDUList, ext: str | None, path: Path) -> list[tuple[str, Any]]:
+    """``(label, HDU)`` of the HDU named ``ext``, or of every image HDU, in file order."""
+    if ext is not None:
+        key: int | str = int(ext) if ext.lstrip("-").isdigit() else ext
+        try:
+            return [(ext, hdul[key])]
+        except (KeyError, IndexError):
+            raise InputError(path, f"has no HDU {ext!r} ({_describe(hdul)})") from None
+    chosen = [
+        (_label(h, i), h) for i, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS", 0) > 0
+    ]
+    if not chosen:
+        raise InputError(path, f"holds no image, only {_describe(hdul)}")
+    return chosen
+
+
+def _image_hdus(path: Path, ext: str | None) -> list[_Image]:
+    """The chosen HDU, or every image HDU: label, ``(bands, H, W)`` float32 array, scale."""
+    with _open(path) as hdul:
         out = []
-        for label, h in chosen:
+        for label, h in _choose(hdul, ext, path):
             if not h.is_image or h.data is None:
                 raise InputError(path, f"HDU {label} is not an image ({_describe(hdul)})")
             a = np.asarray(h.data, dtype=np.float32)
