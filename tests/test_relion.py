@@ -455,3 +455,26 @@ def test_our_ctf_is_relions_sign_astigmatism_angle_and_scale(tmp_path):
     mirrored = params.clone()
     mirrored[:, 2] = -mirrored[:, 2]  # astigmatism angle measured the other way round
     assert error(flipped) > 0.5 and error(mirrored) > 0.01
+
+
+@needs_relion
+def test_relion_keeps_emvaes_own_columns_through_a_selection(tmp_path):
+    """RELION 3.1 reads a STAR that emvae wrote, extra ``emvae*`` columns and all: it keeps
+    (and ignores) them when it selects particles, so a subset chosen in RELION still carries
+    each particle's z, stds, ELBO and split."""
+    import subprocess
+
+    t = _table(8)
+    sx.write_star(sx.table_to_star(t, 33, 1.25), tmp_path / "a.star")
+    handler = Path(RELION).with_name("relion_star_handler")
+    r = subprocess.run(
+        [str(handler), "--i", "a.star", "--o", "sel.star", "--select", "rlnAnglePsi",
+         "--minval", "0", "--maxval", "180"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    p = starfile.read(tmp_path / "sel.star", always_dict=True)["particles"]
+    keep = t["theta_deg"].between(0, 180)
+    assert len(p) == int(keep.sum()) == 4
+    assert np.allclose(p["emvaeZ1"], t.loc[keep, "z1"]) and (p["emvaeElbo"] == -100.0).all()
+    assert np.allclose(p["emvaeAnglePsiStd"], 2.0) and p["emvaeSplit"].tolist()[-1] == "test"
