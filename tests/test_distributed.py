@@ -3,6 +3,7 @@ same global batch."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -66,6 +67,10 @@ def test_two_process_fit_equals_one_process_fit(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stderr.count("wrote ") == 1  # only rank 0 reports and writes
+    # config.json's command names emvae, not "python -m emvae_cli.main" (nor torchrun)
+    for name in ("one", "two"):
+        command = json.loads((tmp_path / name / "config.json").read_text())["command"]
+        assert command.startswith(f"emvae fit {stack} --out {tmp_path / name} "), command
     one = pd.read_csv(tmp_path / "one" / "particles.csv")
     two = pd.read_csv(tmp_path / "two" / "particles.csv")
     assert one["image"].tolist() == two["image"].tolist()  # gathered in input order

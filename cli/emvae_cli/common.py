@@ -86,7 +86,11 @@ def command_line(ctx: typer.Context) -> str:
     first), so it is the same whether emvae runs from its entry point, ``python -m`` or a
     test's CliRunner, whose ``sys.argv`` is the test runner's.
     """
-    words = ["emvae", *ctx.command_path.split()[1:]]
+    chain, c = [], ctx  # the subcommands' names (the program's own name varies: emvae,
+    while c.parent is not None:  # "python -m emvae_cli.main", a test's runner)
+        chain.append(c.info_name or "")
+        c = c.parent
+    words = ["emvae", *reversed(chain)]
     options: list[str] = []
     for param in ctx.command.params:
         name = param.name
