@@ -32,7 +32,7 @@ from emvae.io.star_export import star_pose
 from emvae.io.tables import read_table
 from emvae.latents import KL_UNUSED, latent_columns, latent_usage, unused_warning
 from emvae.metrics import angular_error_deg, circular_correlation
-from emvae.run import ANALYZE, MONTAGE, REPORT, Run
+from emvae.run import ANALYZE, CONVERGENCE, MONTAGE, REPORT, Run
 from emvae.safety import claim_outputs, record_outputs
 
 POSE_REFERENCE_COLUMNS = {"theta_deg", "shift_x_px", "shift_y_px", "image", "input_row"}
@@ -699,6 +699,9 @@ def _write_report(
     analysis = _analysis(Path(run), config, result["warnings"])
     if analysis is not None:
         result["analyze"] = analysis
+    agreement = _convergence(Path(run), config, result["warnings"])
+    if agreement is not None:
+        result["convergence"] = agreement
     (dest / "report.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
     (dest / "report.html").write_text(_html(result, dest, config, r))
     return result
@@ -724,6 +727,32 @@ def _analysis(run: Path, config: RunConfig, warnings: list[str]) -> dict | None:
         return None
     analysis["folder"] = str(path.parent)
     return analysis
+
+
+def _convergence(run: Path, config: RunConfig, warnings: list[str]) -> dict | None:
+    """``RUN/convergence`` (emvae convergence) when it describes this fit: its settings
+    (convergence.json), the agreement of each pair of consecutive kept checkpoints
+    (convergence.csv) and the folder; a warning and None when it was made from another fit."""
+    folder = run / CONVERGENCE
+    path = folder / "convergence.json"
+    if not path.exists():
+        return None
+    try:
+        made = json.loads(path.read_text())
+        pairs = pd.read_csv(folder / "convergence.csv")
+    except (ValueError, OSError) as e:
+        warnings.append(f"warning: {folder}: not readable ({e}); convergence not shown")
+        return None
+    made_by = made.get("run_id") or ""
+    if made_by and config.run_id and made_by != config.run_id:
+        warnings.append(
+            f"warning: {path} was made from another fit of this folder (run {made_by[:8]}); "
+            "run emvae convergence again"
+        )
+        return None
+    made["pairs"] = json.loads(pairs.to_json(orient="records"))
+    made["folder"] = str(folder)
+    return made
 
 
 def _json(v):
@@ -791,6 +820,14 @@ def _caption(name: str, result: dict, config: RunConfig) -> tuple[str, str]:
     colour = next((f for z in result.get("latent", {}).values() for f in z), None)
     bins = "rotation_bin_probability" in result
     captions = {
+        "convergence.png": (
+            "Convergence across checkpoints",
+            "For each pair of consecutive kept checkpoints, against the later epoch: how well "
+            "one epoch's z predicts the other's (r of an affine fit: 1 = the same latents), "
+            "the median difference of θ after the best global turn (degrees) and the adjusted "
+            "Rand index of their clusters of z (1 = the same partition); and the ELBO of every "
+            "epoch (nats per particle), the compared checkpoints marked.",
+        ),
         "learning_curves.png": (
             "Learning curves",
             "Per epoch, on the training particles (solid) and the held-out test particles "
@@ -1131,6 +1168,42 @@ def _montages(run: Path, result: dict, config: RunConfig) -> list[Shown]:
     return shown
 
 
+def _convergence_part(
+    made: dict | None, result: dict, config: RunConfig
+) -> tuple[str, list[Shown]]:
+    """The convergence section: the last pair of kept checkpoints in numbers, and the figure;
+    a pointer to the command when there is none."""
+    esc = html.escape
+    if made is None:
+        return (
+            f'<p class="missing">Not measured yet: <code>emvae convergence {esc(result["run"])}'
+            "</code> compares the poses, z and clusters of consecutive kept checkpoints.</p>",
+            [],
+        )
+    rows = []
+    for pair in made.get("pairs", [])[-3:]:  # the last pairs: has it settled?
+
+        def num(key: str, fmt: str, pair: dict = pair) -> str:
+            v = pair.get(key)
+            return "–" if v is None or v != v else format(v, fmt)
+
+        rows.append(
+            f"<tr><td>{pair['epoch_a']} → {pair['epoch_b']}</td><td>{num('z_corr', '.3f')}</td>"
+            f"<td>{num('theta_diff_deg', '.2f')}°</td><td>{num('cluster_ari', '.3f')}</td>"
+            f"<td>{num('test_elbo', '.2f')}</td></tr>"
+        )
+    text = (
+        f"<p>{made.get('particles', '')} particles compared between consecutive kept "
+        "checkpoints (the last pairs below; all of them in <code>convergence.csv</code>).</p>"
+        '<table class="summary"><tr><th>epochs</th><th>z agreement (r)</th>'
+        "<th>θ difference (median)</th><th>clusters (ARI)</th><th>test ELBO</th></tr>"
+        f"{''.join(rows)}</table>"
+    )
+    path = Path(made["folder"]) / "convergence.png"
+    shown = [Shown(path, *_caption(path.name, result, config), "convergence/")]
+    return text, shown if path.exists() else []
+
+
 def _analysis_part(
     analysis: dict | None, result: dict, config: RunConfig
 ) -> tuple[str, list[Shown]]:
@@ -1218,6 +1291,10 @@ def _html(result: dict, dest: Path, config: RunConfig, run: Run) -> str:
             f'<p class="missing">No montages yet: <code>emvae montage {esc(result["run"])}</code> '
             "draws interpolations, the manifold and prior samples, and the report shows them.</p>"
         )
+    parts.append("<h2>Convergence (emvae convergence)</h2>")
+    text, shown = _convergence_part(result.get("convergence"), result, config)
+    parts.append(text)
+    parts.extend(figure(s) for s in shown)
     text, shown = _analysis_part(result.get("analyze"), result, config)
     if text:
         parts.append("<h2>Latent analysis (emvae analyze)</h2>")

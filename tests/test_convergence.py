@@ -156,3 +156,29 @@ def test_one_checkpoint_is_no_comparison(tmp_path):
     assert (
         r.exit_code == 1 and "1 checkpoint(s) kept" in r.output and "--checkpoint-every" in r.output
     )
+
+
+def test_the_report_shows_convergence_once_measured(run3, tmp_path):
+    """report.html points to emvae convergence until it has run, then shows its figure and
+    the last pairs' numbers (the same as convergence.csv); report.json carries every pair."""
+    import shutil
+
+    from emvae.report import write_report
+
+    run3 = shutil.copytree(run3, tmp_path / "run", ignore=shutil.ignore_patterns("convergence"))
+    before = write_report(run3, out=tmp_path / "before", examples=0)
+    assert "convergence" not in before
+    page = (tmp_path / "before" / "report.html").read_text()
+    assert "Not measured yet: <code>emvae convergence" in page
+    r = runner.invoke(app, ["convergence", str(run3), "--max-particles", "30", "-k", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    after = write_report(run3, out=tmp_path / "after", examples=0)
+    table = pd.read_csv(run3 / "convergence" / "convergence.csv")
+    pairs = after["convergence"]["pairs"]
+    assert [(p["epoch_a"], p["epoch_b"]) for p in pairs] == [(1, 2), (2, 3)]
+    assert np.allclose([p["z_corr"] for p in pairs], table["z_corr"])
+    page = (tmp_path / "after" / "report.html").read_text()
+    assert "Convergence across checkpoints" in page and "Not measured yet" not in page
+    last = table.iloc[-1]
+    assert f"<td>2 → 3</td><td>{last['z_corr']:.3f}</td>" in page
+    assert f"<td>{last['theta_diff_deg']:.2f}°</td><td>{last['cluster_ari']:.3f}</td>" in page
