@@ -245,6 +245,7 @@ function densityPass(paint) {
     }
   }
   if (paint) {
+    S.inView = inView; S.countedView = viewKey();
     const cv = $("density"), g = cv.getContext("2d");
     let top = 1;
     for (let b = 0; b < counts.length; b++) if (counts[b] > top) top = counts[b];
@@ -270,6 +271,24 @@ function densityPass(paint) {
   return inView;
 }
 
+function viewKey() { return `${S.xScale.domain()}|${S.yScale.domain()}`; }
+
+// How many points are in view: over the points drawn when they cover the view, else all.
+function countInView() {
+  const [x0, x1] = S.xScale.domain(), [y0, y1] = S.yScale.domain(), r = S.region;
+  let n = 0;
+  if (S.want && r && x0 >= r.x0 && x1 <= r.x1 && y0 >= r.y0 && y1 <= r.y1) {
+    for (const k of S.want) {
+      const i = S.idx[k];
+      if (S.x[i] >= x0 && S.x[i] <= x1 && S.y[i] >= y0 && S.y[i] <= y1) n++;
+    }
+  } else {
+    n = densityPass(false);
+  }
+  S.countedView = viewKey();
+  return n;
+}
+
 function clearDensity() {
   const cv = $("density");
   cv.getContext("2d").clearRect(0, 0, cv.width, cv.height);
@@ -280,24 +299,32 @@ function clearDensity() {
 function updateDrawn(force) {
   if (!S.sp) return;
   const mode = $("display").value, m = S.idx.length;
-  const inView = densityPass(false);
+  const inView = viewKey() === S.countedView ? S.inView : countInView();
   S.inView = inView;
   const density = mode === "density" || (mode === "auto" && inView > DENSITY_MIN);
   S.display = density ? "density" : "points";
   let want = null;  // null: all points
   if (density) {
+    if (!force && S.drawn === "density") { paintDensity(); return; }
     want = [];
     if (S.nsel <= MAX_DRAWN_SELECTED) for (let k = 0; k < m; k++) if (S.sel[S.idx[k]]) want.push(k);
+    S.region = null;
   } else if (m > DENSITY_MIN) {
-    const [x0, x1] = S.xScale.domain(), [y0, y1] = S.yScale.domain();
-    const mx = (x1 - x0) * 0.5, my = (y1 - y0) * 0.5;  // a margin: a short pan shows points
+    const [x0, x1] = S.xScale.domain(), [y0, y1] = S.yScale.domain(), r = S.region;
+    // the points drawn still cover the view, at about this zoom: nothing to hand over again
+    if (!force && r && S.display === r.display && x0 >= r.x0 && x1 <= r.x1 && y0 >= r.y0 &&
+        y1 <= r.y1 && x1 - x0 > r.span / 2) { paintDensity(); return; }
+    const mx = (x1 - x0) * 0.25, my = (y1 - y0) * 0.25;  // a margin: a short pan shows points
+    S.region = { x0: x0 - mx, x1: x1 + mx, y0: y0 - my, y1: y1 + my, span: x1 - x0, display: S.display };
+    const g = S.region;
     want = [];
     for (let k = 0; k < m; k++) {
       const i = S.idx[k], xv = S.x[i], yv = S.y[i];
-      if (xv >= x0 - mx && xv <= x1 + mx && yv >= y0 - my && yv <= y1 + my) want.push(k);
+      if (xv >= g.x0 && xv <= g.x1 && yv >= g.y0 && yv <= g.y1) want.push(k);
     }
   }
-  const key = want === null ? "all" : `${want.length}:${want[0]}:${want[want.length - 1]}:${S.display}:${S.nsel}`;
+  S.want = density ? null : want;
+  const key = density ? "density" : want === null ? "all" : `${want.length}:${want[0]}:${want[want.length - 1]}`;
   if (!force && key === S.drawn) { paintDensity(); return; }
   S.drawn = key;
   if (want === null) S.sp.unfilter({ preventEvent: true });
@@ -632,7 +659,7 @@ async function drawPoints() {
   createScatter();
   const v = pointValues();
   S.sp.set({ pointColor: v.colours, colorBy: v.by });
-  S.drawn = null;
+  S.drawn = null; S.region = null; S.want = null; S.countedView = null;
   await S.sp.draw({ x: S.nx, y: S.ny, valueA: v.a, valueB: v.b }, { zDataType: "categorical", wDataType: "continuous" });
   updateDrawn(true);
   drawAxes();
