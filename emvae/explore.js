@@ -27,6 +27,7 @@ const S = {
   display: "points", inView: 0, shift: false, hist: null, cache: new Map(),
   gen: { z: [], theta: 0, shift: [0, 0] }, inflight: false, pending: false,
   rendered: null, renders: 0, timings: {}, drawn: null, settle: null, frameQueued: false,
+  press: null, lastDrag: -1e9,
 };
 
 function showError(msg) { $("error").textContent = msg || ""; }
@@ -380,19 +381,13 @@ function toNormal([px, py]) {
   ];
 }
 
-// The lasso's polygon -> every particle inside it, over all points (drawn or not). The polygon
-// is the mouse's path from where it was pressed to where it was released (regl-scatterplot's
-// lasso starts at the first move), in the points' normalised space; a box is the rectangle
-// between those two places.
-function lassoSelect(libraryPolygon) {
-  const press = S.press;
-  let coordinates = libraryPolygon || [];
-  if (press && press.up) {
-    const [a, b] = [toNormal(press.down), toNormal(press.up)];
-    coordinates = press.box
-      ? [a, [b[0], a[1]], b, [a[0], b[1]]]
-      : [a, ...coordinates, b];
-  }
+// A polygon in the points' normalised space -> every particle inside it, over all points
+// (drawn or not). A drag on the scatter gives the mouse's own path from where it was pressed to
+// where it was released (a box: the rectangle between the two), recorded here rather than taken
+// from regl-scatterplot's lasso, which starts at the first move and, on a busy machine, can
+// miss a quick drag; the library's polygon is used for its programmatic lassoSelect.
+function lassoSelect(coordinates) {
+  coordinates = coordinates || [];
   if (coordinates.length < 3) { applySelection(); return; }
   let bx0 = Infinity, bx1 = -Infinity, by0 = Infinity, by1 = -Infinity;
   for (const [px, py] of coordinates) {
@@ -590,7 +585,10 @@ function createScatter() {
     actionKeyMap: { merge: "shift" }, pointScaleMode: "constant",
   });
   sp.subscribe("view", viewChanged);
-  sp.subscribe("lassoEnd", ({ coordinates }) => { lassoSelect(coordinates); S.press = null; });
+  sp.subscribe("lassoEnd", ({ coordinates }) => {
+    if (performance.now() - S.lastDrag < 1000) return;  // a drag: selected on pointerup
+    lassoSelect(coordinates);
+  });
   // clicks and the library's own picks must not change the selection: it is ours
   sp.subscribe("select", () => setTimeout(applySelection, 0));
   sp.subscribe("deselect", () => setTimeout(applySelection, 0));
@@ -601,14 +599,23 @@ function createScatter() {
   cv.addEventListener("pointerdown", (ev) => {
     down = [ev.clientX, ev.clientY]; S.shift = ev.shiftKey;
     const mode = document.querySelector("input[name=mode]:checked").value;
-    S.press = { down: at(ev), up: null, box: mode === "box" };
+    S.press = mode === "pan" ? null : { path: [at(ev)], box: mode === "box" };
   });
+  window.addEventListener("pointermove", (ev) => { if (down && S.press) S.press.path.push(at(ev)); });
   window.addEventListener("pointerup", (ev) => {
     if (!down) return;
     const moved = Math.abs(ev.clientX - down[0]) + Math.abs(ev.clientY - down[1]);
-    down = null;
-    if (S.press) S.press.up = at(ev);
-    if (moved > 4 || ev.target !== cv) return;
+    const press = S.press;
+    down = null; S.press = null;
+    if (moved > 4) {
+      if (!press) return;  // a pan
+      press.path.push(at(ev));
+      const path = press.path.map(toNormal), a = path[0], b = path[path.length - 1];
+      S.lastDrag = performance.now();
+      lassoSelect(press.box ? [a, [b[0], a[1]], b, [a[0], b[1]]] : path);
+      return;
+    }
+    if (ev.target !== cv) return;
     const [px, py] = at(ev), i = nearest(px, py, 10);
     if (i !== null) showParticle(i);
   });
