@@ -755,3 +755,72 @@ def test_page_in_a_real_browser(live, grey, grey_run, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "explore.png").stat().st_size > 10_000
+
+
+@web
+def test_histogram_of_1d_z_in_a_real_browser(tmp_path):
+    """A 1-D z run: the page shows z1's histogram; a drag over it selects the particles whose
+    z1 lies in the dragged range (computed here from the table), a click sets the z1 slider."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium (apt-get install chromium; .ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    uvicorn = pytest.importorskip("uvicorn", reason="the browser test needs uvicorn")
+    stack = write_simulation(tmp_path / "sim", n=60, size=16, snr=5.0, shift_std_px=0.5, seed=4)
+    run = tmp_path / "one"
+    r = runner.invoke(cli, ["fit", str(stack), "-o", str(run), "--zdim", "1", *FIT])
+    assert r.exit_code == 0, r.output
+    app = make_app(run, "cpu", out_dir=tmp_path / "selections")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="off", http="h11")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    z = Run.open(run).table()["z1"].to_numpy(np.float32).astype(np.float64)
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=chromium, headless=True, args=["--enable-unsafe-swiftshader"]
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}/")
+            page.wait_for_function("() => window.explorer.ready", timeout=60000)
+            hist = page.locator("#histogram")
+            assert hist.is_visible()
+            hist.scroll_into_view_if_needed()
+            box = hist.bounding_box()
+            assert box is not None
+            meta = page.evaluate("explorer.state.meta.z[0]")
+            left, right = 56, box["width"] - 12
+
+            def z_at(px: float) -> float:
+                return meta["min"] + (px - left) / (right - left) * (meta["max"] - meta["min"])
+
+            # drag ends clear of every particle's z1 (no rounding decides)
+            xs = [
+                float(px)
+                for px in np.arange(left + 5, right - 5)
+                if np.abs(z - z_at(px)).min() > 0.01 * (meta["max"] - meta["min"])
+            ]
+            a = next(px for px in xs if (z < z_at(px)).sum() >= 10)
+            b = next(px for px in reversed(xs) if (z > z_at(px)).sum() >= 10)
+            want = np.flatnonzero((z >= z_at(a)) & (z <= z_at(b))).tolist()
+            assert 0 < len(want) < 60
+            page.mouse.move(box["x"] + a, box["y"] + 60)
+            page.mouse.down()
+            page.mouse.move(box["x"] + b, box["y"] + 60, steps=4)
+            page.mouse.up()
+            assert page.evaluate("explorer.selected()") == want
+            # a click: the z1 slider goes to that z
+            page.mouse.click(box["x"] + a, box["y"] + 60)
+            page.wait_for_function("() => window.explorer.idle()", timeout=15000)
+            step = (meta["max"] - meta["min"]) / 1000
+            assert float(page.input_value("#z1-slider")) == pytest.approx(z_at(a), abs=step)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
