@@ -1,24 +1,25 @@
-"""``emvae explore``: a run's latent space in the browser.
+"""``emvae explore``: a run's latent space in the browser -- the library half.
 
 :class:`Explorer` is one run loaded for exploring (model on its device, table, the analysis'
 clusters and embeddings when ``emvae analyze`` wrote them); it knows nothing of the web. It
 
-* lists the scatter's axes and colours (:meth:`Explorer.points`): any numeric column of the
-  particle table and of ``analyze/clusters.csv`` (z, PCA, UMAP, cluster, theta, ELBO, ...);
+* lists the scatter's axes and colours (:meth:`Explorer.points`, :meth:`Explorer.colours`): any
+  numeric column of the particle table and of ``analyze/clusters.csv`` (z, PCA, UMAP, cluster,
+  theta, ELBO, ...), and hands any of them over as one float32 array
+  (:meth:`Explorer.array`: what the page draws a million points from);
 * renders the generator at any (z, theta, shift) (:meth:`Explorer.render`, through
   :class:`emvae.render.PosedGenerator`), requests arriving together run as one batch
   (:class:`Batcher`) under ``torch.no_grad`` on the run's device;
 * shows one particle (:meth:`Explorer.particle`): the image as the model saw it, its
   reconstruction under its inferred pose and the generator at its z without the pose;
-* writes a selection of particles (:meth:`Explorer.save_selection`) as ``emvae select``
-  writes one: ``NAME.txt`` and ``NAME.npy`` of 0-based input rows (``emvae fit --ind``,
-  ``emvae select --indices``), and the input's STAR / .cs rows when it was one.
+* writes a selection of particles, or the rest of them (:meth:`Explorer.save_selection`), as
+  ``emvae select`` writes one: ``NAME.txt`` and ``NAME.npy`` of 0-based input rows (``emvae fit
+  --ind``, ``emvae select --indices``), and the input's STAR / .cs rows when it was one.
 
-:func:`make_app` puts one or several runs behind a FastAPI app (FastAPI and uvicorn are
-dependencies of emvae): ``/`` is the page (``emvae/explore.html``: a canvas scatter and vanilla
-JavaScript, nothing fetched from the internet), ``/api/...`` its JSON interface. A bad request
-(an unknown run, a z of the wrong length, an index beyond the stack) is answered with a 4xx
-status and a one-line ``detail``; nothing a request sends stops the server.
+The web half is :mod:`emvae.explore_app` (FastAPI routes, the page, the server); it imports this
+module and this module imports nothing of it (one way). A bad request (an unknown run, a z of
+the wrong length, an index beyond the stack) raises :class:`RequestError` with a 4xx status and
+a one-line message; nothing a request sends stops the server.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ EXPLORE_HINT = (
     "the explorer's web framework is missing: reinstall emvae (pip install emvae) or "
     "pip install fastapi uvicorn"
 )
+#: A saved selection's answer lists its input rows up to this many (None beyond).
+MAX_LISTED = 100_000
 #: The most images one /generate request may ask for.
 MAX_BATCH = 1024
 #: Particles whose z set the generator's display range.
@@ -58,7 +60,6 @@ CONTRAST_SAMPLE = 256
 #: A column with at most this many distinct integer values is coloured by category.
 MAX_CATEGORIES = 24
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-STATIC = ("explore.html", "explore.js")
 
 
 class RequestError(EmvaeError):
@@ -236,6 +237,8 @@ class Explorer:
         self._particles_error: str | None = None
         self._ctf: torch.Tensor | None = None
         self._source: Any = None
+        self._numeric = self._numeric_columns()
+        self._colours = self._colour_columns()
         self.zrange = self._zranges()
         self.contrast = self._contrast()
 
@@ -276,6 +279,13 @@ class Explorer:
         return self.table[self.zcols[: self.zdim]].to_numpy(np.float32)[rows]
 
     def numeric_columns(self) -> list[str]:
+        return list(self._numeric)
+
+    def colour_columns(self) -> list[str]:
+        """Numeric columns, and the text columns with few values (``split``)."""
+        return list(self._colours)
+
+    def _numeric_columns(self) -> list[str]:
         return [
             str(c)
             for c in self.frame.columns
@@ -283,8 +293,7 @@ class Explorer:
             and not pd.api.types.is_bool_dtype(self.frame[c])
         ]
 
-    def colour_columns(self) -> list[str]:
-        """Numeric columns, and the text columns with few values (``split``)."""
+    def _colour_columns(self) -> list[str]:
         out = self.numeric_columns()
         for c in self.frame.columns:
             s = self.frame[c]
@@ -333,6 +342,8 @@ class Explorer:
             "shift": {"min": -shift_max, "max": shift_max, "value": 0.0},
             "contrast": list(self.contrast),
             "selections": str(self.out_dir),
+            "next_selection": self.next_name(),
+            "next_rest": self.next_name("rest"),
             "notes": self.notes,
         }
 
@@ -356,30 +367,77 @@ class Explorer:
             out["colour"] = self.colours(colour)
         return out
 
-    def colours(self, column: str) -> dict[str, Any]:
+    def _check_colour(self, column: str) -> pd.Series:
         allowed = self.colour_columns()
         if column not in allowed:
             raise RequestError(
                 404, f"colour={column!r}: no such column (have {', '.join(allowed)})"
             )
-        s = self.frame[column]
+        return self.frame[column]
+
+    def _categories(self, column: str) -> tuple[list[Any], np.ndarray] | None:
+        """``(labels, codes)`` when ``column`` colours by category (text, ``cluster``, or
+        integers with few values): labels sorted, codes ``(n,)`` int64 into them, -1 missing.
+        None for a continuous column."""
+        s = self._check_colour(column)
         numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
         integral = numeric and np.all(np.mod(s.dropna().to_numpy(np.float64), 1) == 0)
-        if not numeric or column == "cluster" or (integral and s.nunique() <= MAX_CATEGORIES):
-            values = s.to_numpy()
-            known = pd.notna(values)
-            labels = sorted(
-                {_json_value(v) for v in values[known]}, key=lambda v: (str(type(v)), v)
-            )
-            index = {label: k for k, label in enumerate(labels)}
-            codes = [
-                index[_json_value(v)] if ok else None for v, ok in zip(values, known, strict=True)
-            ]
-            return {"name": column, "kind": "category", "labels": labels, "codes": codes}
+        if numeric and column != "cluster" and not (integral and s.nunique() <= MAX_CATEGORIES):
+            return None
+        values = s.to_numpy()
+        known = pd.notna(values)
+        inverse, uniques = pd.factorize(values[known])
+        names = [_json_value(u) for u in uniques]
+        labels = sorted(set(names), key=lambda v: (str(type(v)), v))
+        index = {label: k for k, label in enumerate(labels)}
+        lookup = np.array([index[n] for n in names] or [0], np.int64)
+        codes = np.full(len(values), -1, np.int64)
+        codes[known] = lookup[inverse]
+        return labels, codes
+
+    def colours(self, column: str, values: bool = True) -> dict[str, Any]:
+        """One colouring: a categorical column as ``codes`` into ``labels`` (with each label's
+        ``counts``), a continuous one as ``values`` with its ``range``; without ``values`` the
+        per-particle lists are left out (the page reads them from :meth:`array`)."""
+        s = self._check_colour(column)
+        cats = self._categories(column)
+        if cats is not None:
+            labels, codes = cats
+            counts = np.bincount(codes[codes >= 0], minlength=len(labels))
+            out: dict[str, Any] = {
+                "name": column,
+                "kind": "category",
+                "labels": labels,
+                "counts": [int(c) for c in counts],
+            }
+            if values:
+                out["codes"] = [int(c) if c >= 0 else None for c in codes]
+            return out
         v = s.to_numpy(np.float64)
         finite = v[np.isfinite(v)]
         lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
-        return {"name": column, "kind": "continuous", "values": _floats(v), "range": [lo, hi]}
+        out = {"name": column, "kind": "continuous", "range": [lo, hi]}
+        if values:
+            out["values"] = _floats(v)
+        return out
+
+    def array(self, column: str, codes: bool = False) -> np.ndarray:
+        """One column for every particle in table order as float32 (NaN where missing): a
+        numeric column's values, or with ``codes`` (and always for a text column) a
+        colouring's category codes into :meth:`colours`' ``labels`` (NaN missing)."""
+        numeric = self.numeric_columns()
+        if column in numeric and not codes:
+            return self.frame[column].to_numpy(np.float64).astype(np.float32)
+        cats = self._categories(column) if column in self.colour_columns() else None
+        if cats is None:
+            if column in numeric:  # a continuous colour asked for as codes: its values
+                return self.frame[column].to_numpy(np.float64).astype(np.float32)
+            raise RequestError(
+                404, f"{column!r}: no such column (have {', '.join(self.colour_columns())})"
+            )
+        out = cats[1].astype(np.float32)
+        out[cats[1] < 0] = np.nan
+        return out
 
     # ------------------------------------------------------------------ the generator
 
@@ -546,11 +604,13 @@ class Explorer:
 
     # ------------------------------------------------------------------ selections
 
-    def next_name(self) -> str:
+    def next_name(self, prefix: str = "selection") -> str:
+        """The first ``PREFIX_NNN`` (``selection_001``, ``rest_001``, ...) with no file in
+        ``out_dir``."""
         k = 1
-        while any(self.out_dir.glob(f"selection_{k:03d}.*")):
+        while any(self.out_dir.glob(f"{prefix}_{k:03d}.*")):
             k += 1
-        return f"selection_{k:03d}"
+        return f"{prefix}_{k:03d}"
 
     def _input_rows(self):
         """The run's input for the STAR / .cs subset (read once); index lists only when it
@@ -564,14 +624,18 @@ class Explorer:
                 self._source = InputRows("none", note=f"index lists only: {e}")
         return self._source
 
-    def save_selection(self, positions: Sequence[float], name: str | None = None) -> dict[str, Any]:
-        """Write the particles at table ``positions`` under ``out_dir/NAME`` as ``emvae
-        select`` does (``NAME.txt``, ``NAME.npy``: their 0-based input rows, ascending; and the
-        input's STAR / .cs rows). An existing NAME is refused (409)."""
+    def save_selection(
+        self, positions: Sequence[float], name: str | None = None, rest: bool = False
+    ) -> dict[str, Any]:
+        """Write the particles at table ``positions`` -- or with ``rest`` every particle *not*
+        at them -- under ``out_dir/NAME`` as ``emvae select`` does (``NAME.txt``, ``NAME.npy``:
+        their 0-based input rows, ascending; and the input's STAR / .cs rows). NAME is letters,
+        digits, ``_ - .`` (no folder, no suffix), ``selection_NNN`` / ``rest_NNN`` when empty;
+        an existing NAME is refused (409), nothing is overwritten."""
         from emvae.errors import OutputExistsError
         from emvae.select import selected_input_rows, write_selection
 
-        name = self.next_name() if not name else name
+        name = self.next_name("rest" if rest else "selection") if not name else name
         if not NAME.fullmatch(name) or name.lower().endswith((".txt", ".npy", ".star", ".cs")):
             raise RequestError(
                 400,
@@ -579,7 +643,7 @@ class Explorer:
                 "without a suffix",
             )
         idx = np.asarray(list(positions), dtype=np.float64)
-        if idx.ndim != 1 or not len(idx):
+        if idx.ndim != 1 or (not len(idx) and not rest):
             raise RequestError(400, "select at least one particle")
         if not np.all(np.mod(idx, 1) == 0):
             raise RequestError(400, "indices: whole numbers (table positions, 0-based)")
@@ -587,6 +651,12 @@ class Explorer:
         bad = pos[(pos < 0) | (pos >= len(self))]
         if len(bad):
             self.check_index(int(bad[0]))
+        if rest:
+            keep = np.ones(len(self), bool)
+            keep[pos] = False
+            pos = np.flatnonzero(keep)
+            if not len(pos):
+                raise RequestError(400, "every particle is selected: the rest is empty")
         source = self._input_rows()
         rows = selected_input_rows(self.table, pos)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -598,10 +668,12 @@ class Explorer:
         return {
             "count": int(len(rows)),
             "total": len(self),
+            "rest": bool(rest),
             "paths": [str(p) for p in paths],
-            "input_rows": [int(r) for r in rows],
+            "input_rows": [int(r) for r in rows] if len(rows) <= MAX_LISTED else None,
             "note": source.note,
             "next_name": self.next_name(),
+            "next_rest": self.next_name("rest"),
         }
 
 
@@ -650,48 +722,3 @@ class Runs:
                 except EmvaeError as e:
                     raise RequestError(409, f"run {name!r} cannot be loaded: {e}") from None
             return self._loaded[name]
-
-
-# ----------------------------------------------------------------------------- the web app
-
-
-def static_file(name: str) -> str:
-    return resources.files("emvae").joinpath(name).read_text(encoding="utf-8")
-
-
-def make_app(
-    run_path: str | Path,
-    device: torch.device | str = "cpu",
-    out_dir: str | Path | None = None,
-    preload: bool = True,
-):
-    """The FastAPI app serving the run at ``run_path`` (or the runs inside that folder).
-
-    ``device``: where the models run ("auto", "cpu", "cuda:N"); ``out_dir``: where selections
-    are written (default ``RUN/explore``); ``preload``: load a single run now (so that a broken
-    run is an error here, not at the first request). Test it with
-    ``fastapi.testclient.TestClient(make_app(...))``; the routes are in
-    :mod:`emvae.explore_app`."""
-    try:
-        from emvae import explore_app
-    except ImportError:
-        raise EmvaeError(EXPLORE_HINT) from None
-    from emvae.data import resolve_device
-
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    runs = Runs(run_path, dev, out_dir)
-    if preload and len(runs.paths) == 1:
-        try:
-            runs.get(runs.names()[0])
-        except RequestError as e:
-            raise EmvaeError(str(e)) from None
-    return explore_app.build(runs)
-
-
-def serve(app, host: str = "127.0.0.1", port: int = 8050) -> None:
-    """Run ``app`` with uvicorn until interrupted."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise EmvaeError(EXPLORE_HINT) from None
-    uvicorn.run(app, host=host, port=port, log_level="warning")

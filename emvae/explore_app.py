@@ -1,13 +1,18 @@
-"""The routes of ``emvae explore`` (FastAPI; :func:`emvae.explore.make_app` builds the app).
+"""``emvae explore`` -- the web half: the FastAPI app over :mod:`emvae.explore`, and its server.
+
+This module imports :mod:`emvae.explore` (the library: :class:`~emvae.explore.Explorer`, the
+runs served, the request errors) and nothing imports it back (no import circle).
 
     GET  /                                  the page (emvae/explore.html, explore.js)
+    GET  /vendor/{file}                     the scatter's library (emvae/vendor/: regl-scatterplot)
     GET  /api/runs                          the runs served
     GET  /api/runs/{run}                    one run's controls (Explorer.meta)
-    GET  /api/runs/{run}/points?x=&y=&colour=   the scatter (Explorer.points)
-    GET  /api/runs/{run}/colours/{column}   one colouring (Explorer.colours)
+    GET  /api/runs/{run}/points?x=&y=&colour=   the scatter as JSON lists (Explorer.points)
+    GET  /api/runs/{run}/arrays/{column}[?codes=1]  one column as float32 (Explorer.array)
+    GET  /api/runs/{run}/colours/{column}[?values=0]  one colouring (Explorer.colours)
     GET  /api/runs/{run}/particles/{index}  one particle's images (Explorer.particle)
     POST /api/runs/{run}/generate           {z, theta_deg, shift_px, raw}: generator images
-    POST /api/runs/{run}/selections         {indices, name}: write a selection
+    POST /api/runs/{run}/selections         {indices, name, rest}: write a selection (or the rest)
 
 Errors come back as ``{"detail": "..."}`` with a 4xx status (:class:`emvae.explore.RequestError`
 carries its own; other emvae errors are 400, a malformed body FastAPI's 422).
@@ -15,14 +20,26 @@ carries its own; other emvae errors are 400, a malformed body FastAPI's 422).
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from emvae.errors import EmvaeError
-from emvae.explore import RequestError, Runs, static_file
+from emvae.explore import EXPLORE_HINT, RequestError, Runs
+
+#: The page's own files (emvae/), and the vendored library's (emvae/vendor/, see its NOTICE).
+STATIC = ("explore.html", "explore.js")
+VENDOR = {
+    "regl.min.js": "text/javascript",
+    "pub-sub-es.js": "text/javascript",
+    "regl-scatterplot.esm.js": "text/javascript",
+    "regl-shim.js": "text/javascript",
+}
 
 
 class Generate(BaseModel):
@@ -36,11 +53,18 @@ class Generate(BaseModel):
 
 
 class Selection(BaseModel):
-    """Table positions (0-based) of the selected particles, and the name to save them as
-    (``selection_NNN`` when empty)."""
+    """Table positions (0-based) of the selected particles, the name to save them as
+    (``selection_NNN`` / ``rest_NNN`` when empty), and ``rest``: write every particle *not*
+    listed instead."""
 
     indices: list[float]
     name: str | None = None
+    rest: bool = False
+
+
+def static_file(name: str) -> str:
+    """One of the page's files (``explore.html``, ``explore.js``) or ``vendor/NAME``."""
+    return resources.files("emvae").joinpath(name).read_text(encoding="utf-8")
 
 
 async def _request_error(request: Request, exc: Exception) -> JSONResponse:
@@ -53,6 +77,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def build(runs: Runs) -> FastAPI:
+    """The app serving ``runs`` (:func:`make_app` opens them)."""
     app = FastAPI(title="emvae explore", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runs = runs
     app.add_exception_handler(EmvaeError, _request_error)
@@ -65,6 +90,16 @@ def build(runs: Runs) -> FastAPI:
     @app.get("/explore.js")
     def script() -> Response:
         return Response(static_file("explore.js"), media_type="text/javascript")
+
+    @app.get("/vendor/{name}")
+    def vendor(name: str) -> Response:
+        if name not in VENDOR:  # a fixed list: nothing else of the disk is reachable
+            raise RequestError(404, f"no file {name!r} here")
+        return Response(
+            static_file(f"vendor/{name}"),
+            media_type=VENDOR[name],
+            headers={"Cache-Control": "max-age=86400"},
+        )
 
     @app.get("/favicon.ico")
     def favicon() -> Response:
@@ -82,9 +117,16 @@ def build(runs: Runs) -> FastAPI:
     def points(run: str, x: str, y: str, colour: str | None = None) -> dict[str, Any]:
         return runs.get(run).points(x, y, colour)
 
+    @app.get("/api/runs/{run}/arrays/{column}")
+    def array(run: str, column: str, codes: bool = False) -> Response:
+        a = runs.get(run).array(column, codes)
+        data = a.astype("<f4", copy=False).tobytes()
+        headers = {"X-Count": str(len(a)), "Cache-Control": "no-store"}
+        return Response(data, media_type="application/octet-stream", headers=headers)
+
     @app.get("/api/runs/{run}/colours/{column}")
-    def colours(run: str, column: str) -> dict[str, Any]:
-        return runs.get(run).colours(column)
+    def colours(run: str, column: str, values: bool = True) -> dict[str, Any]:
+        return runs.get(run).colours(column, values)
 
     @app.get("/api/runs/{run}/particles/{index}")
     def particle(run: str, index: int) -> dict[str, Any]:
@@ -96,6 +138,39 @@ def build(runs: Runs) -> FastAPI:
 
     @app.post("/api/runs/{run}/selections")
     def save(run: str, body: Selection) -> dict[str, Any]:
-        return runs.get(run).save_selection(body.indices, body.name)
+        return runs.get(run).save_selection(body.indices, body.name, body.rest)
 
     return app
+
+
+def make_app(
+    run_path: str | Path,
+    device: torch.device | str = "cpu",
+    out_dir: str | Path | None = None,
+    preload: bool = True,
+) -> FastAPI:
+    """The FastAPI app serving the run at ``run_path`` (or the runs inside that folder).
+
+    ``device``: where the models run ("auto", "cpu", "cuda:N"); ``out_dir``: where selections
+    are written (default ``RUN/explore``); ``preload``: load a single run now (so that a broken
+    run is an error here, not at the first request). Test it with
+    ``fastapi.testclient.TestClient(make_app(...))``."""
+    from emvae.data import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    runs = Runs(run_path, dev, out_dir)
+    if preload and len(runs.paths) == 1:
+        try:
+            runs.get(runs.names()[0])
+        except RequestError as e:
+            raise EmvaeError(str(e)) from None
+    return build(runs)
+
+
+def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8050) -> None:
+    """Run ``app`` with uvicorn until interrupted."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise EmvaeError(EXPLORE_HINT) from None
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -23,7 +23,8 @@ from PIL import Image
 
 from emvae.config import ModelConfig
 from emvae.errors import EmvaeError
-from emvae.explore import Batcher, Explorer, make_app, to_pixels
+from emvae.explore import Batcher, Explorer, to_pixels
+from emvae.explore_app import make_app
 from emvae.geometry import image_to_model_pose
 from emvae.io import read_indices
 from emvae.models import SpatialVAE, pixels_to_images
@@ -382,6 +383,118 @@ def test_selection_is_read_by_select_and_fit_ind(grey, grey_run, tmp_path):
 
 
 @web
+def test_arrays_are_the_columns_as_float32(grey, grey_run, tmp_path):
+    """The page reads each column once, as little-endian float32 in table order (4 bytes a
+    particle: a million points are 4 MB, not a JSON list)."""
+    client = _client(grey_run, tmp_path)
+    name = grey_run.name
+    for col in ("z1", "z2", "elbo", "theta_deg", "input_row"):
+        r = client.get(f"/api/runs/{name}/arrays/{col}")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+        a = np.frombuffer(r.content, dtype="<f4")
+        assert int(r.headers["x-count"]) == len(a) == 60
+        assert np.array_equal(a, grey.table[col].to_numpy(np.float32))
+    # a text colouring: codes into the labels the colouring lists (and their counts)
+    meta = client.get(f"/api/runs/{name}/colours/split", params={"values": False}).json()
+    assert "codes" not in meta and meta["labels"] == ["test", "train"]
+    codes = np.frombuffer(client.get(f"/api/runs/{name}/arrays/split").content, "<f4")
+    labels = np.array(meta["labels"])[codes.astype(int)]
+    assert labels.tolist() == grey.table["split"].tolist()
+    assert meta["counts"] == [int((grey.table["split"] == s).sum()) for s in meta["labels"]]
+    meta = client.get(f"/api/runs/{name}/colours/elbo?values=false").json()
+    assert meta["kind"] == "continuous" and "values" not in meta
+    assert meta["range"] == [grey.table["elbo"].min(), grey.table["elbo"].max()]
+    r = client.get(f"/api/runs/{name}/arrays/nope")
+    assert r.status_code == 404 and "nope" in r.json()["detail"]
+    assert client.get(f"/api/runs/{name}/arrays/image").status_code == 404  # not a number
+
+
+@web
+def test_save_the_rest_writes_the_complement(grey, grey_run, tmp_path):
+    client = _client(grey_run, tmp_path)
+    url = f"/api/runs/{grey_run.name}/selections"
+    picked = [40, 3, 17, 3, 58]
+    r = client.post(url, json={"indices": picked, "rest": True})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    rest = sorted(set(range(60)) - set(picked))
+    rows = np.sort(grey.table["input_row"].to_numpy()[rest])
+    assert out["rest"] and out["count"] == 56 and out["input_rows"] == rows.tolist()
+    txt, npy = (Path(p) for p in out["paths"][:2])
+    assert txt == tmp_path / "selections" / "rest_001.txt"  # its own default name
+    assert np.array_equal(read_indices(txt, 60), rows) and np.array_equal(np.load(npy), rows)
+    assert out["next_rest"] == "rest_002" and out["next_name"] == "selection_001"
+    # the selection and the rest split the particles
+    sel = client.post(url, json={"indices": picked, "name": "picked"}).json()
+    both = np.concatenate([np.load(sel["paths"][1]), np.load(npy)])
+    assert sorted(both.tolist()) == sorted(grey.table["input_row"].tolist())
+    # nothing selected: the rest is every particle; everything selected: nothing to write
+    assert client.post(url, json={"indices": [], "rest": True}).json()["count"] == 60
+    r = client.post(url, json={"indices": list(range(60)), "rest": True})
+    assert r.status_code == 400 and "the rest is empty" in r.json()["detail"]
+    # the same rules as a selection: no overwriting, no name that leaves the folder
+    r = client.post(url, json={"indices": [1], "name": "picked", "rest": True})
+    assert r.status_code == 409
+    for bad in ("../x", "/tmp/x", "a/b", ".hidden", "x.star", "a\\b", "", "é"):
+        r = client.post(url, json={"indices": [1], "name": bad or "..", "rest": True})
+        assert r.status_code == 400, (bad, r.text)
+    stems = {p.name.split(".")[0] for p in (tmp_path / "selections").iterdir()}
+    assert stems == {"picked", "rest_001", "rest_002"}
+
+
+@web
+def test_vendored_scatter_library_is_served_from_the_package(grey_run, tmp_path):
+    """regl-scatterplot and its two imports ship in emvae/vendor (their licence and the npm
+    versions in LICENSE / NOTICE, checksums checked here); the page loads nothing else."""
+    import hashlib
+    import re
+
+    from emvae.explore_app import VENDOR
+
+    client = _client(grey_run, tmp_path)
+    vendor = Path(__file__).resolve().parents[1] / "emvae" / "vendor"
+    notice = (vendor / "NOTICE").read_text()
+    for name in VENDOR:
+        r = client.get(f"/vendor/{name}")
+        assert r.status_code == 200 and "javascript" in r.headers["content-type"], name
+        assert r.content == (vendor / name).read_bytes()
+        if name != "regl-shim.js":
+            digest = hashlib.sha256(r.content).hexdigest()
+            assert f"{digest}  {name}" in notice, name
+    assert "regl-scatterplot  1.16.0   MIT" in notice
+    assert "Permission is hereby granted" in (vendor / "LICENSE").read_text()
+    for bad in ("../explore.py", "..%2Fexplore.py", "LICENSE", "nope.js"):
+        assert client.get(f"/vendor/{bad}").status_code == 404, bad
+    page = client.get("/").text
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page) + re.findall(r'": "([^"]+)"', page)
+    assert sources and all(not s.startswith(("http", "//")) for s in sources), sources
+    data = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"vendor/*"' in data  # in the wheel
+
+
+def test_the_explorer_modules_import_one_way():
+    """emvae.explore (the library) never imports emvae.explore_app (the web app): no circle."""
+    import ast
+
+    import emvae.explore
+    import emvae.explore_app
+
+    def imported(module) -> set[str]:
+        tree = ast.parse(Path(module.__file__).read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        return names
+
+    assert not any("explore_app" in n for n in imported(emvae.explore))
+    assert "fastapi" not in {n.split(".")[0] for n in imported(emvae.explore)}
+    assert "emvae.explore" in imported(emvae.explore_app)
+
+
+@web
 def test_rgb_run_and_a_folder_of_runs(grey_run, rgb_run, tmp_path):
     shutil.copytree(grey_run, tmp_path / "runs" / "grey")
     shutil.copytree(rgb_run, tmp_path / "runs" / "rgb")
@@ -428,10 +541,10 @@ def test_analysis_columns_give_views_and_colours(grey_run, tmp_path):
 
 @web
 def test_explore_command_prints_its_url(grey_run, tmp_path, monkeypatch):
-    import emvae.explore as explore
+    import emvae.explore_app as explore_app
 
     served = {}
-    monkeypatch.setattr(explore, "serve", lambda app, host, port: served.update(h=host, p=port))
+    monkeypatch.setattr(explore_app, "serve", lambda app, host, port: served.update(h=host, p=port))
     port = _free_port()
     r = runner.invoke(cli, ["explore", str(grey_run), "--port", str(port), "--device", "cpu"])
     assert r.exit_code == 0, r.output
@@ -482,6 +595,38 @@ def live(grey_run, tmp_path):
     sock.close()
 
 
+def _edge_distance(pts: np.ndarray, poly: np.ndarray) -> float:
+    """The smallest distance from any of ``pts`` (n, 2) to an edge of the closed ``poly``."""
+    best = np.inf
+    for p, q in zip(poly, np.roll(poly, -1, axis=0), strict=True):
+        d = q - p
+        t = np.clip(((pts - p) @ d) / max(float(d @ d), 1e-12), 0, 1)
+        best = min(best, float(np.linalg.norm(pts - (p + t[:, None] * d), axis=1).min()))
+    return best
+
+
+def _polygon_clear_of_points(pts: np.ndarray, centre: np.ndarray, shape: np.ndarray):
+    """``shape`` (vertices around 0) scaled about ``centre`` until every point is more than 2
+    px from its edges (so that no rounding decides whether a point is inside), rounded to whole
+    pixels; and the points inside it, by matplotlib's own test (independent of the page's)."""
+    from matplotlib.path import Path as Polygon
+
+    for size in range(90, 220, 3):
+        poly = np.round(centre + shape * size)
+        if _edge_distance(pts, poly) > 2:
+            break
+    inside = np.flatnonzero(Polygon(poly).contains_points(pts)).tolist()
+    return poly, inside
+
+
+def _drag(page, box, path, steps=3):
+    page.mouse.move(box["x"] + path[0][0], box["y"] + path[0][1])
+    page.mouse.down()
+    for cx, cy in path[1:]:
+        page.mouse.move(box["x"] + cx, box["y"] + cy, steps=steps)
+    page.mouse.up()
+
+
 @web
 def test_page_in_a_real_browser(live, grey, grey_run, tmp_path):
     chromium = _chromium()
@@ -489,15 +634,20 @@ def test_page_in_a_real_browser(live, grey, grey_run, tmp_path):
         pytest.skip("no Chromium (apt-get install chromium; .ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     url, app = live
+    # WebGL without a GPU: Chromium's SwiftShader (the flag keeps it allowed in newer builds)
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True)
+        browser = pw.chromium.launch(
+            executable_path=chromium, headless=True, args=["--enable-unsafe-swiftshader"]
+        )
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors: list[str] = []
+            requests: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
             page.goto(url)
             ready = "() => window.explorer.ready && window.explorer.idle()"
-            page.wait_for_function(ready, timeout=15000)
+            page.wait_for_function(ready, timeout=60000)
             before = np.array(page.evaluate("explorer.pixels('gen-img')"))
 
             # move z1 with the keyboard: the image is re-rendered, and is the generator's
@@ -514,14 +664,20 @@ def test_page_in_a_real_browser(live, grey, grey_run, tmp_path):
             rgba = after.reshape(16, 16, 4)
             assert np.abs(rgba[..., 0].astype(int) - to_pixels(want, *grey.contrast)).max() <= 1
 
-            # click the particle farthest from any other: its image is shown
+            # the scatter draws every particle where its two columns put it
+            page.locator("#scatter-panel").scroll_into_view_if_needed()
             pts = np.array(page.evaluate("explorer.screenPoints()"), dtype=float)
+            box = page.locator("#scatter").bounding_box()
+            assert box is not None and pts.shape == (60, 2)
+            assert page.evaluate("explorer.display()") == "points"  # 60 points: no density
+            z1, z2 = grey.table["z1"].to_numpy(), grey.table["z2"].to_numpy()
+            assert np.corrcoef(pts[:, 0], z1)[0, 1] > 0.999  # x right, y up
+            assert np.corrcoef(pts[:, 1], z2)[0, 1] < -0.999
+
+            # click the particle farthest from any other: its image is shown
             gaps = np.linalg.norm(pts[:, None] - pts[None], axis=-1) + np.eye(len(pts)) * 1e9
             k = int(gaps.min(1).argmax())
-            box = page.locator("#scatter").bounding_box()
-            assert box is not None
-            scale = box["width"] / 520
-            page.mouse.click(box["x"] + pts[k, 0] * scale, box["y"] + pts[k, 1] * scale)
+            page.mouse.click(box["x"] + pts[k, 0], box["y"] + pts[k, 1])
             page.wait_for_selector(f"#particle-panel[data-index='{k}']", timeout=15000)
             assert grey.table["image"][k] in page.inner_text("#particle-name")
             shown = np.array(page.evaluate("explorer.pixels('observed-img')")).reshape(16, 16, 4)
@@ -530,43 +686,141 @@ def test_page_in_a_real_browser(live, grey, grey_run, tmp_path):
 
             # a box around the middle of the cloud selects the points inside it
             centre = np.median(pts, axis=0)
-            for half in range(90, 200, 3):  # edges clear of every point: no rounding at play
-                a, b = np.round(centre - half), np.round(centre + half)
-                if np.abs(np.concatenate([pts - a, pts - b])).min() > 2:
-                    break
-            inside = np.flatnonzero(np.all((pts >= a) & (pts <= b), axis=1)).tolist()
+            square = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
+            corners, inside = _polygon_clear_of_points(pts, centre, square)
             assert inside
-            page.mouse.move(box["x"] + a[0] * scale, box["y"] + a[1] * scale)
-            page.mouse.down()
-            page.mouse.move(box["x"] + centre[0] * scale, box["y"] + b[1] * scale, steps=4)
-            page.mouse.move(box["x"] + b[0] * scale, box["y"] + b[1] * scale, steps=4)
-            page.mouse.up()
+            _drag(page, box, [corners[0], (centre[0], corners[2][1]), corners[2]], steps=4)
             assert page.evaluate("explorer.selected()") == inside
             assert page.inner_text("#selected-count") == f"{len(inside)} of 60 selected"
 
-            # the same region with the lasso
+            # a lasso: a pentagon, the points inside it computed here (matplotlib)
             page.check("input[name=mode][value=lasso]")
-            corners = [a, (b[0], a[1]), b, (a[0], b[1]), a]
-            page.mouse.move(box["x"] + a[0] * scale, box["y"] + a[1] * scale)
-            page.mouse.down()
-            for cx, cy in corners[1:]:
-                page.mouse.move(box["x"] + cx * scale, box["y"] + cy * scale, steps=3)
-            page.mouse.up()
-            assert page.evaluate("explorer.selected()") == inside
+            turn = np.linspace(0, 2 * np.pi, 6)[:-1] + 0.3
+            pentagon = np.stack([np.cos(turn), np.sin(turn)], 1) * 0.8
+            poly, in_lasso = _polygon_clear_of_points(pts, centre + [6, -4], pentagon)
+            assert in_lasso and in_lasso != list(range(60))
+            _drag(page, box, [*poly, poly[0]], steps=5)
+            assert page.evaluate("explorer.selected()") == in_lasso
+            # the density view (drawn for many points; asked for here) selects the same
+            page.select_option("#display", "density")
+            page.wait_for_function("() => explorer.display() === 'density'", timeout=5000)
+            _drag(page, box, [*poly, poly[0]], steps=5)
+            assert page.evaluate("explorer.selected()") == in_lasso
+            page.select_option("#display", "auto")
 
+            # "save selection" and "save the rest": the two files split the particles
             page.fill("#selection-name", "middle")
             page.click("#save-selection")
-            page.wait_for_selector("#selection-status[data-count]", timeout=15000)
-            assert page.get_attribute("#selection-status", "data-count") == str(len(inside))
+            page.wait_for_selector("#selection-status[data-saved='1']", timeout=15000)
+            assert page.get_attribute("#selection-status", "data-count") == str(len(in_lasso))
+            page.fill("#selection-name", "others")
+            page.click("#save-rest")
+            page.wait_for_selector("#selection-status[data-saved='2']", timeout=15000)
+            assert page.get_attribute("#selection-status", "data-count") == str(60 - len(in_lasso))
+
+            # the wheel zooms in: the axes follow, and a lasso still selects what it encloses
+            page.check("input[name=mode][value=pan]")
+            page.mouse.move(box["x"] + centre[0], box["y"] + centre[1])
+            page.mouse.wheel(0, -300)
+            page.wait_for_timeout(500)
+            page.check("input[name=mode][value=lasso]")
+            zoomed = np.array(page.evaluate("explorer.screenPoints()"), dtype=float)
+            spread = np.ptp(zoomed[in_lasso], axis=0).max() / np.ptp(pts[in_lasso], axis=0).max()
+            assert spread > 1.2, spread  # zoomed in
+            visible = np.all((zoomed > 0) & (zoomed < [box["width"], box["height"]]), axis=1)
+            middle = np.median(zoomed[visible], axis=0)
+            poly, in_zoomed = _polygon_clear_of_points(zoomed, middle, pentagon * 0.6)
+            _drag(page, box, [*poly, poly[0]], steps=5)
+            assert page.evaluate("explorer.selected()") == in_zoomed
+
+            # hovering a point names it
+            gaps = np.linalg.norm(zoomed[:, None] - zoomed[None], axis=-1) + np.eye(60) * 1e9
+            j = int(np.where(visible, gaps.min(1), -1).argmax())
+            page.mouse.move(box["x"] + zoomed[j, 0] + 1, box["y"] + zoomed[j, 1])
+            page.mouse.move(box["x"] + zoomed[j, 0], box["y"] + zoomed[j, 1])
+            page.wait_for_selector(f"#tooltip[data-index='{j}']", timeout=5000)
+            assert page.inner_text("#tooltip").startswith(f"#{j}: z1 ")
             page.screenshot(path=str(tmp_path / "explore.png"), full_page=True)
             assert not errors, errors
+            origin = url.rstrip("/")
+            assert all(r.startswith(origin) for r in requests), requests  # nothing from outside
         finally:
             browser.close()
-    written = tmp_path / "selections" / "middle.txt"
-    rows = np.sort(grey.table["input_row"].to_numpy()[inside])
-    assert np.array_equal(read_indices(written, 60), rows)
+    for name, rows in (("middle", in_lasso), ("others", sorted(set(range(60)) - set(in_lasso)))):
+        written = tmp_path / "selections" / f"{name}.txt"
+        want = np.sort(grey.table["input_row"].to_numpy()[rows])
+        assert np.array_equal(read_indices(written, 60), want)
     r = runner.invoke(
         cli, ["select", str(grey_run), "--indices", str(written), "-o", str(tmp_path / "s")]
     )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "explore.png").stat().st_size > 10_000
+
+
+@web
+def test_histogram_of_1d_z_in_a_real_browser(tmp_path):
+    """A 1-D z run: the page shows z1's histogram; a drag over it selects the particles whose
+    z1 lies in the dragged range (computed here from the table), a click sets the z1 slider."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium (apt-get install chromium; .ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    uvicorn = pytest.importorskip("uvicorn", reason="the browser test needs uvicorn")
+    stack = write_simulation(tmp_path / "sim", n=60, size=16, snr=5.0, shift_std_px=0.5, seed=4)
+    run = tmp_path / "one"
+    r = runner.invoke(cli, ["fit", str(stack), "-o", str(run), "--zdim", "1", *FIT])
+    assert r.exit_code == 0, r.output
+    app = make_app(run, "cpu", out_dir=tmp_path / "selections")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="off", http="h11")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    z = Run.open(run).table()["z1"].to_numpy(np.float32).astype(np.float64)
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=chromium, headless=True, args=["--enable-unsafe-swiftshader"]
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}/")
+            page.wait_for_function("() => window.explorer.ready", timeout=60000)
+            hist = page.locator("#histogram")
+            assert hist.is_visible()
+            hist.scroll_into_view_if_needed()
+            box = hist.bounding_box()
+            assert box is not None
+            meta = page.evaluate("explorer.state.meta.z[0]")
+            left, right = 56, box["width"] - 12
+
+            def z_at(px: float) -> float:
+                return meta["min"] + (px - left) / (right - left) * (meta["max"] - meta["min"])
+
+            # drag ends clear of every particle's z1 (no rounding decides)
+            xs = [
+                float(px)
+                for px in np.arange(left + 5, right - 5)
+                if np.abs(z - z_at(px)).min() > 0.01 * (meta["max"] - meta["min"])
+            ]
+            a = next(px for px in xs if (z < z_at(px)).sum() >= 10)
+            b = next(px for px in reversed(xs) if (z > z_at(px)).sum() >= 10)
+            want = np.flatnonzero((z >= z_at(a)) & (z <= z_at(b))).tolist()
+            assert 0 < len(want) < 60
+            page.mouse.move(box["x"] + a, box["y"] + 60)
+            page.mouse.down()
+            page.mouse.move(box["x"] + b, box["y"] + 60, steps=4)
+            page.mouse.up()
+            assert page.evaluate("explorer.selected()") == want
+            # a click: the z1 slider goes to that z
+            page.mouse.click(box["x"] + a, box["y"] + 60)
+            page.wait_for_function("() => window.explorer.idle()", timeout=15000)
+            step = (meta["max"] - meta["min"]) / 1000
+            assert float(page.input_value("#z1-slider")) == pytest.approx(z_at(a), abs=step)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

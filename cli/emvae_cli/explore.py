@@ -52,7 +52,12 @@ def explore(
     image, reconstruction and pose-free rendering on a click, sliders that move the
     generator through z, theta and the shift, and selections saved as index lists for
     emvae select --indices and emvae fit --ind. Stops with Ctrl+C."""
-    from emvae.explore import make_app, serve
+    try:
+        from emvae.explore_app import make_app, serve
+    except ImportError:
+        from emvae.explore import EXPLORE_HINT
+
+        raise EmvaeError(EXPLORE_HINT) from None
 
     _check_port(host, port)
     app = make_app(run, device, out)
