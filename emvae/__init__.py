@@ -6,23 +6,16 @@ Public API: :class:`Particles` (a stack as a run sees it), :func:`fit`, :func:`e
 :class:`SpatialVAE`.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("emvae")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
-
-from emvae.checkpoint import load_checkpoint, load_model  # noqa: E402
-from emvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from emvae.encode import encode  # noqa: E402
-from emvae.errors import EmvaeError, InputError  # noqa: E402
-from emvae.io import open_stack, read_stack  # noqa: E402
-from emvae.models import SpatialVAE  # noqa: E402
-from emvae.particles import Particles  # noqa: E402
-from emvae.preprocess import Preprocess, write_cache  # noqa: E402
-from emvae.run import Run  # noqa: E402
-from emvae.train import fit  # noqa: E402
+from emvae._version import __version__
+from emvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from emvae.encode import encode
+from emvae.errors import EmvaeError, InputError
+from emvae.io import open_stack, read_stack
+from emvae.models import SpatialVAE
+from emvae.particles import Particles
+from emvae.preprocess import Preprocess, write_cache
+from emvae.run import Run, load_checkpoint, load_model
+from emvae.train import fit
 
 __all__ = [
     "DataConfig",

@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 
-from emvae.convergence import checkpoint_of
 from emvae.errors import ConfigError, EmvaeError, InputError
 from emvae.latents import latent_columns
+from emvae.plotstyle import SUMMARY_DPI, figure, save
 from emvae.safety import claim_outputs, record_outputs
 
 METHODS = ("kmeans", "gmm")
@@ -222,8 +221,7 @@ def cluster_averages(
 
 
 def _figure(ncols: int, size: float = 4.2):
-    fig = Figure(figsize=(size * ncols, size * 0.85), layout="constrained")
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+    return figure(size * ncols, size * 0.85, 1, ncols)
 
 
 def plot_embedding(
@@ -264,8 +262,7 @@ def plot_embedding(
         a.set_xlabel(names[0])
         a.set_ylabel(names[1])
         a.set_title(title)
-    fig.savefig(path, dpi=110)
-    return path
+    return save(fig, path, SUMMARY_DPI)
 
 
 def plot_histogram_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) -> Path:
@@ -291,8 +288,7 @@ def plot_histogram_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) 
     ax[0].legend(title="cluster", fontsize=7)
     ax[1].set_xlabel(name)
     ax[1].set_ylabel("particles")
-    fig.savefig(path, dpi=110)
-    return path
+    return save(fig, path, SUMMARY_DPI)
 
 
 def _colour(cmap: str, c: int):
@@ -328,7 +324,7 @@ def analyze_run(
     Raises ConfigError for a run without latent dimensions (zdim 0), for ``k`` outside
     1..N, and (``umap``) without umap-learn (:data:`UMAP_HINT`)."""
     from emvae import montage as mt
-    from emvae.run import ANALYZE, Run
+    from emvae.run import ANALYZE, Run, checkpoint_of
 
     r = run if isinstance(run, Run) else Run.open(run)
     config = r.config
@@ -470,12 +466,11 @@ def analyze_run(
 def _epoch_table(run, checkpoint: Path):
     """``(model, table, checkpoint dict)``: the particle table of the run's images under the
     checkpoint ``checkpoint`` (posteriors only: its ``elbo`` column is NaN)."""
-    from emvae.checkpoint import load_model
     from emvae.encode import encode
+    from emvae.run import check_same_run, load_model
 
     model, config, ckpt = load_model(checkpoint, "cpu")
-    if config.run_id != run.config.run_id:
-        raise InputError(checkpoint, "was written by another run than this folder's config.json")
+    check_same_run(checkpoint, config.run_id, run.config.run_id)
     particles = run.particles()
     data = particles.load("cpu", config.model.likelihood, config.train.stream)
     device = torch.device("cpu")
@@ -580,7 +575,7 @@ def check_clusters(run: str | os.PathLike, path: Path) -> None:
 def _real_averages(run, table: pd.DataFrame, labels: np.ndarray, k: int, notes: list[str]):
     """The per-cluster aligned averages of the run's own images
     ``(k, C, D, D)``, or None with a note in ``notes`` when they cannot be read."""
-    from emvae.report import image_key
+    from emvae.io.stack import image_key
 
     try:
         stack = run.particles().stack

@@ -14,12 +14,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emvae.config import ModelConfig, RunConfig, TrainConfig
+from emvae.config import (
+    GALAXY_ENC_WIDTH,
+    GALAXY_SIZE,
+    SMALL_WIDTH,
+    WIDTH,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 from emvae.data import load_images, normalize_, resolve_device
 from emvae.encode import encode
 from emvae.errors import ConfigError
-from emvae.io.stack import ImageStack
+from emvae.io.stack import ImageStack, image_name
 from emvae.particles import Particles
+from emvae.plotstyle import SUMMARY_DPI, figure, save
 from emvae.train import fit
 
 # the three models of paper Fig. 2
@@ -54,7 +63,7 @@ def array_stack(images: np.ndarray, name: str) -> ImageStack:
     x = images[:, None] if images.ndim == 3 else images
     return ImageStack(
         images=x,
-        names=[f"{k}@{name}" for k in range(1, len(x) + 1)],
+        names=[image_name(k, name) for k in range(1, len(x) + 1)],
         apix=None,
         source=name,
         format="array",
@@ -178,7 +187,7 @@ def run_mnist(
     models=("vanilla", "fixed", "spatial"),
     zdims=(2, 3, 5, 10),
     epochs: int = 200,
-    hidden: int = 500,
+    hidden: int = WIDTH,
     n_train: int | None = None,
     canvas: int = 56,
     device: str = "auto",
@@ -305,11 +314,8 @@ def _kl_per_dimension(enc) -> dict[str, float]:
 
 def plot_fig2(table: pd.DataFrame, path: Path) -> Path:
     """Test -ELBO against Z-D, one panel per dataset, one line per model (paper Fig. 2)."""
-    from matplotlib.figure import Figure
-
     names = list(dict.fromkeys(table["dataset"]))
-    fig = Figure(figsize=(4 * len(names), 3.4), layout="constrained")
-    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    fig, axes = figure(4 * len(names), 3.4, 1, len(names))
     for ax, name in zip(axes, names, strict=True):
         part = table[table["dataset"] == name]
         for model_name, g in part.groupby("model", sort=False):
@@ -318,8 +324,7 @@ def plot_fig2(table: pd.DataFrame, path: Path) -> Path:
         ax.set_xlabel("Z-D")
         ax.set_ylabel("test -ELBO (nats)")
     axes[0].legend()
-    fig.savefig(path, dpi=110)
-    return path
+    return save(fig, path, SUMMARY_DPI)
 
 
 def _write_results(table: pd.DataFrame, out: Path, name: str) -> None:
@@ -351,7 +356,7 @@ def run_particles(
     size: int = 40,
     snr: float = 1.0,
     epochs: int = 100,
-    hidden: int = 500,
+    hidden: int = WIDTH,
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
@@ -414,10 +419,10 @@ def run_galaxies(
     pictures: str | Path,
     out: str | Path,
     zdim: int = 20,
-    size: int = 64,
+    size: int = GALAXY_SIZE,
     epochs: int = 300,
-    hidden: int = 500,
-    enc_hidden: int = 5000,
+    hidden: int = WIDTH,
+    enc_hidden: int = GALAXY_ENC_WIDTH,
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
@@ -570,11 +575,11 @@ class EncoderRuns:
     channels, Adam's rate, the batch and the epochs with z held at 0 (None: fit's)."""
 
     epochs: int = 30
-    hidden: int = 128
+    hidden: int = SMALL_WIDTH
     zdim: int = 1
     rotation_bins: int = 8
     hypotheses: int = 2
-    enc_channels: int = 8
+    enc_channels: int = ModelConfig.enc_channels
     lr: float = 1e-3
     batch_size: int = 50
     z_delay: int | None = None

@@ -288,9 +288,10 @@ def export_catalog(run: str | os.PathLike, out: str | os.PathLike, force: bool =
     the emvae version in its header. Everything is checked before anything is written: the
     format, an existing ``out`` (refused unless ``force``; never one of the run's inputs or
     outputs), the images' WCSs."""
-    from emvae import __version__
+    from emvae._version import __version__
+    from emvae.io import input_files
     from emvae.run import OUTPUTS, Run
-    from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
+    from emvae.safety import check_writable, refuse_inputs_as_outputs
 
     out = Path(out)
     catalog_format(out)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from emvae._version import __version__
 from emvae.config import RunConfig
 from emvae.errors import InputError
 from emvae.safety import atomic_output
@@ -30,24 +31,17 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     (``RunConfig.to_dict()``), ``epoch`` (completed epochs), ``rng`` (ByteTensor), ``split``
     (0-based test indices, LongTensor), ``history`` (list of per-epoch metric dicts).
     """
-    from emvae import __version__
-
     p = Path(path)
     with atomic_output(p) as tmp:
         torch.save({"format": FORMAT, "version": __version__, **state}, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU, refusing anything that is not an emvae checkpoint."""
-    from emvae.run import CONFIG, LAST
-
+    """Read a checkpoint file onto the CPU, refusing anything that is not an emvae checkpoint
+    (a run folder's last checkpoint, checked against the run: :func:`emvae.run.load_checkpoint`)."""
     p = Path(path)
     if not p.exists():
         raise InputError(p, "no such checkpoint")
-    if p.is_dir():
-        if not (p / LAST).exists():
-            raise InputError(p, f"is a directory without {LAST}")
-        p = p / LAST
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a foreign or truncated file
@@ -56,36 +50,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(p, OLD_FORMATS[ckpt["format"]])
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(p, "not an emvae checkpoint")
-    if Path(path).is_dir():
-        check_same_run(ckpt, p, Path(path) / CONFIG)
     return ckpt
 
 
-def check_same_run(ckpt: dict[str, Any], path: Path, config_json: Path) -> None:
-    """A run folder's last checkpoint must belong to the run its config.json describes."""
-    if not config_json.exists():
-        return
-    from emvae.config import read_config
-
-    made_by = str(ckpt.get("config", {}).get("run_id", ""))
-    described = read_config(config_json).run_id
-    if made_by and described and made_by != described:
-        raise InputError(
-            path,
-            f"was written by run {made_by[:8]} but config.json describes run {described[:8]}: "
-            "this folder mixes outputs of two runs",
-        )
-
-
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"):
-    """Rebuild the model from a checkpoint (a file, or a run directory).
-
-    Returns ``(model in eval mode on device, RunConfig, checkpoint dict)``.
-    """
+def build_model(ckpt: dict[str, Any], device: torch.device | str = "cpu"):
+    """Rebuild the model of a checkpoint dict: ``(model in eval mode on device, RunConfig,
+    ckpt)``."""
     from emvae.data import default_pass_memory_mb
     from emvae.models import SpatialVAE
 
-    ckpt = load_checkpoint(path)
     config = RunConfig.from_dict(ckpt["config"])
     model = SpatialVAE(config.model)
     model.load_state_dict(ckpt["model"])

@@ -59,6 +59,11 @@ CTF_PADS: tuple[int, ...] = get_args(CtfPad)
 SMALL_IMAGE_PX = 48
 SMALL_WIDTH = 128
 WIDTH = 500  # the paper's 2 x 500 tanh MLPs (Bepler et al. 2019, sections 4.2-4.3)
+EM_WIDTH = 1000  # the paper's networks for its EM data sets (2 x 1000)
+GALAXY_ENC_WIDTH = 5000  # the paper's inference network for the galaxies
+# Galaxy Zoo pictures: the 207-px centre crop of Dieleman et al. 2015 (ref. 28 of the paper),
+# moved by up to +-12 px (their +-4 px after a 3x reduction), then reduced to 64 x 64.
+GALAXY_CROP, GALAXY_JITTER, GALAXY_SIZE = 207, 12, 64
 #: The Spatial Broadcast decoder's default channels and 3 x 3 conv layers (seed 001's layout:
 #: four unstrided 3 x 3 convolutions of 64 channels, ReLU, then a 1 x 1 conv to the outputs)
 BROADCAST_WIDTH = 64

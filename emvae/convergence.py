@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emvae.errors import ConfigError, InputError
+from emvae.errors import ConfigError
+from emvae.plotstyle import SUMMARY_DPI, figure, save
 from emvae.safety import atomic_output, claim_outputs, record_outputs
 
 #: What :func:`convergence_run` writes (convergence.json last: complete when it is there).
@@ -170,10 +171,7 @@ def plot_convergence(table: pd.DataFrame, metrics: pd.DataFrame | None, path: Pa
     """Four panels against the epoch: z agreement (R^2), theta's median difference, the
     clusters' adjusted Rand index (each at the later epoch of its pair), and the ELBO of every
     epoch from metrics.csv with the compared checkpoints marked."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(14, 3.4), layout="constrained")
-    ax = fig.subplots(1, 4)
+    fig, ax = figure(14, 3.4, 1, 4)
     x = table["epoch_b"].to_numpy()
     panels = (
         ("z_r2", "z agreement (R², 1 = same)", (0, 1.05)),
@@ -205,49 +203,18 @@ def plot_convergence(table: pd.DataFrame, metrics: pd.DataFrame | None, path: Pa
 
     for a in ax:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.savefig(path, dpi=110, format="png")
-    return path
+    return save(fig, path, SUMMARY_DPI)
 
 
 # ----------------------------------------------------------------------------- a run
 
 
-def kept_checkpoints(run) -> list[tuple[int, Path]]:
-    """``(epoch, path)`` of every checkpoint ``run`` (a :class:`emvae.run.Run`) kept, oldest
-    first: the numbered ones, and ``last.pt`` when its epoch is not among them."""
-    from emvae.checkpoint import load_checkpoint
-
-    found = {}
-    for path in run.checkpoints():
-        try:
-            found[int(path.stem.split("_")[1])] = path
-        except (IndexError, ValueError):
-            continue
-    if run.last.exists():
-        epoch = int(load_checkpoint(run.last)["epoch"])
-        found.setdefault(epoch, run.last)
-    return sorted(found.items())
-
-
-def checkpoint_of(run, epoch: int) -> Path:
-    """The kept checkpoint of ``epoch``; a ConfigError naming the kept epochs when there is
-    none."""
-    kept = dict(kept_checkpoints(run))
-    if epoch not in kept:
-        shown = ", ".join(map(str, kept)) or "none"
-        raise ConfigError(
-            f"{run.path}: no checkpoint of epoch {epoch} was kept (kept: {shown}); fit with "
-            f"--checkpoint-every to keep more"
-        )
-    return kept[epoch]
-
-
 def encode_checkpoint(path: Path, data, rows: np.ndarray, device, batch_size: int = 256):
     """``(model, config, epoch, Encoding)``: the checkpoint ``path`` over the normalised images
     ``data`` (the run's own, all of them) at ``rows``; posteriors only (no ELBO)."""
-    from emvae.checkpoint import load_model
     from emvae.data import gather
     from emvae.encode import encode
+    from emvae.run import load_model
 
     model, config, ckpt = load_model(path, device)
     if len(rows) < data.shape[0]:
@@ -286,7 +253,7 @@ def convergence_run(
     with ``force``. Raises ConfigError for fewer than two kept checkpoints."""
     from emvae.analyze import METHODS
     from emvae.data import resolve_device
-    from emvae.run import CONVERGENCE, Run
+    from emvae.run import CONVERGENCE, Run, check_same_run, kept_checkpoints
 
     r = run if isinstance(run, Run) else Run.open(run)
     config = r.config
@@ -310,8 +277,7 @@ def convergence_run(
     snaps = []
     for _, path in kept:
         _, ckpt_config, got, enc = encode_checkpoint(path, data, rows, dev)
-        if ckpt_config.run_id != config.run_id:
-            raise InputError(path, f"was written by another run than {r.path / 'config.json'}")
+        check_same_run(path, ckpt_config.run_id, config.run_id)
         snaps.append(snapshot(ckpt_config, got, enc))
         if advance is not None:
             advance(1)

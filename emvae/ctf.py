@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -211,27 +212,29 @@ def _optics_rows(
     return table.loc[groups.to_numpy()].reset_index(drop=True)
 
 
-def phase_flip_(data: Tensor, params: np.ndarray, chunk: int = 1024) -> Tensor:
-    """Flip the phases of ``data`` ``(N, C, D, D)`` in place, chunk by chunk (``--ctf
-    phase-flip``); ``params`` ``(N, 10)``."""
-    table = torch.from_numpy(params)
+def phase_flipped(data: Tensor, params: np.ndarray, chunk: int = 1024) -> Tensor:
+    """A copy of ``data`` ``(N, C, D, D)`` with its phases flipped (:func:`phase_flip`, chunk by
+    chunk, in ``data``'s dtype and on its device); ``params`` ``(N, 10)``."""
+    table = torch.from_numpy(np.asarray(params))
+    out = torch.empty_like(data)
     for start in range(0, data.shape[0], chunk):
         part = table[start : start + chunk].to(data.device)
-        data[start : start + chunk] = phase_flip(data[start : start + chunk], part).to(data.dtype)
-    return data
+        out[start : start + chunk] = phase_flip(data[start : start + chunk], part).to(data.dtype)
+    return out
 
 
-def likelihood_ctf(params: np.ndarray | None, mode: str, data, device) -> Tensor | None:
-    """The CTF parameters ``params`` ``(N, 10)`` (:meth:`emvae.particles.Particles.ctf`) on
-    ``device`` for the likelihood (``--ctf on``), or None; with ``--ctf phase-flip`` the images
-    ``data`` (normalised, ``(N, C, D, D)``) have their phases flipped here, once (streamed
-    images: as each batch is read), and None is returned."""
+def likelihood_ctf(
+    params: np.ndarray | None, mode: str, data: Any, device
+) -> tuple[Any, Tensor | None]:
+    """``(images, ctf)``: the images ``data`` (normalised, ``(N, C, D, D)``, in memory or
+    :class:`emvae.data.StreamedImages`) to use, and the CTF parameters ``params`` ``(N, 10)``
+    (:meth:`emvae.particles.Particles.ctf`) on ``device`` for the likelihood (``--ctf on``) or
+    None. With ``--ctf phase-flip`` the images come back with their phases flipped, once
+    (streamed images: as each batch is read), and the CTF is None; ``data`` is not changed."""
     if params is None:
-        return None
+        return data, None
     if mode == "phase-flip":
         if isinstance(data, Tensor):
-            phase_flip_(data, params)
-        else:
-            data.flip = params
-        return None
-    return torch.from_numpy(params).to(device)
+            return phase_flipped(data, params), None
+        return data.flipped(params), None
+    return data, torch.from_numpy(params).to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import os
 
@@ -153,6 +154,13 @@ class StreamedImages:
         self.shape = (len(stack), prepared.channels, prepared.size, prepared.size)
         self.device = torch.device("cpu")
         self.pin = torch.cuda.is_available()
+
+    def flipped(self, params: np.ndarray) -> StreamedImages:
+        """The same stack, with each image's phases flipped by its CTF ``params`` ``(N, 10)``
+        as it is read."""
+        out = copy.copy(self)
+        out.flip = params
+        return out
 
     def read(self, idx: np.ndarray) -> Tensor:
         """Images at ``idx`` (any order) as a float32 tensor, pinned when CUDA is present."""

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from emvae.errors import OutputExistsError
+from emvae.safety import use_force
 from emvae.simulate import write_simulation
 
 #: The example stack: hinge particles with uniform rotation, 1 px shifts, SNR 5.
@@ -41,5 +41,5 @@ def make_example(directory: str | os.PathLike, force: bool = False) -> Path:
     if stack.exists():
         if force:
             return stack
-        raise OutputExistsError(f"{d}: the example already exists; use --force to overwrite")
+        raise use_force(f"{d}: the example already exists")
     return write_simulation(d, **EXAMPLE_STACK)

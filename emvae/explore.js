@@ -27,7 +27,7 @@ const S = {
   display: "points", inView: 0, shift: false, hist: null, cache: new Map(),
   gen: { z: [], theta: 0, shift: [0, 0] }, inflight: false, pending: false,
   rendered: null, renders: 0, timings: {}, drawn: null, settle: null, frameQueued: false,
-  press: null, lastDrag: -1e9,
+  press: null,
 };
 
 function showError(msg) { $("error").textContent = msg || ""; }
@@ -385,7 +385,7 @@ function toNormal([px, py]) {
 // (drawn or not). A drag on the scatter gives the mouse's own path from where it was pressed to
 // where it was released (a box: the rectangle between the two), recorded here rather than taken
 // from regl-scatterplot's lasso, which starts at the first move and, on a busy machine, can
-// miss a quick drag; the library's polygon is used for its programmatic lassoSelect.
+// miss a quick drag.
 function lassoSelect(coordinates) {
   coordinates = coordinates || [];
   if (coordinates.length < 3) { applySelection(); return; }
@@ -585,33 +585,36 @@ function createScatter() {
     actionKeyMap: { merge: "shift" }, pointScaleMode: "constant",
   });
   sp.subscribe("view", viewChanged);
-  sp.subscribe("lassoEnd", ({ coordinates }) => {
-    if (performance.now() - S.lastDrag < 1000) return;  // a drag: selected on pointerup
-    lassoSelect(coordinates);
-  });
+  // boxes and lassos are selected from the pointer's own path on pointerup (below), never
+  // from the library's lasso: its path starts at the first move and its end event can come
+  // after ours on a busy machine, replacing the selection with a different one
   // clicks and the library's own picks must not change the selection: it is ours
   sp.subscribe("select", () => setTimeout(applySelection, 0));
   sp.subscribe("deselect", () => setTimeout(applySelection, 0));
   sp.subscribe("pointover", (k) => showTooltip(S.idx[k]));
   sp.subscribe("pointout", () => { $("tooltip").style.display = "none"; });
-  let down = null;
+  let down = null, moved = 0;  // where the pointer was pressed; how far it has been since
   const at = (ev) => { const r = cv.getBoundingClientRect(); return [ev.clientX - r.left, ev.clientY - r.top]; };
   cv.addEventListener("pointerdown", (ev) => {
-    down = [ev.clientX, ev.clientY]; S.shift = ev.shiftKey;
+    down = [ev.clientX, ev.clientY]; moved = 0; S.shift = ev.shiftKey;
     const mode = document.querySelector("input[name=mode]:checked").value;
     S.press = mode === "pan" ? null : { path: [at(ev)], box: mode === "box" };
   });
-  window.addEventListener("pointermove", (ev) => { if (down && S.press) S.press.path.push(at(ev)); });
+  window.addEventListener("pointermove", (ev) => {
+    if (!down) return;
+    // the farthest from the press: a lasso that closes where it began is still a drag
+    moved = Math.max(moved, Math.abs(ev.clientX - down[0]) + Math.abs(ev.clientY - down[1]));
+    if (S.press) S.press.path.push(at(ev));
+  });
   window.addEventListener("pointerup", (ev) => {
     if (!down) return;
-    const moved = Math.abs(ev.clientX - down[0]) + Math.abs(ev.clientY - down[1]);
+    moved = Math.max(moved, Math.abs(ev.clientX - down[0]) + Math.abs(ev.clientY - down[1]));
     const press = S.press;
     down = null; S.press = null;
     if (moved > 4) {
       if (!press) return;  // a pan
       press.path.push(at(ev));
       const path = press.path.map(toNormal), a = path[0], b = path[path.length - 1];
-      S.lastDrag = performance.now();
       lassoSelect(press.box ? [a, [b[0], a[1]], b, [a[0], b[1]]] : path);
       return;
     }

@@ -550,9 +550,9 @@ class Explorer:
             if params is not None:
                 ctf = torch.from_numpy(np.asarray(params[index : index + 1])).to(self.device)
                 if mode == "phase-flip":
-                    from emvae.ctf import phase_flip_
+                    from emvae.ctf import phase_flipped
 
-                    phase_flip_(x, params[index : index + 1])
+                    x = phase_flipped(x, params[index : index + 1])
                     ctf = None
         with self.lock:
             self.model.eval()

@@ -16,8 +16,13 @@ Conventions (docs/conventions.md, "Pixel coordinates (internal)" to "What the ta
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import numpy as np
 import torch
 from torch import Tensor
+
+AngleT = TypeVar("AngleT", Tensor, np.ndarray, float)
 
 
 def coordinate_grid(
@@ -65,9 +70,18 @@ def pixels_per_unit(size: int) -> float:
     return (size - 1) / 2.0
 
 
-def wrap_degrees(deg: Tensor) -> Tensor:
-    """Wrap angles in degrees to [-180, 180)."""
-    return torch.remainder(deg + 180.0, 360.0) - 180.0
+def mask_index(size: int, radius_px: float) -> Tensor:
+    """Row-major indices ``(M,)`` of the pixels of a ``size``-px box within ``radius_px`` of its
+    centre (the likelihood's mask)."""
+    coords = coordinate_grid(size, size) * ((size - 1) / 2)  # pixels from the centre
+    return torch.nonzero(coords.square().sum(-1).sqrt() <= radius_px).squeeze(1)
+
+
+def wrap_degrees(deg: AngleT) -> AngleT:
+    """Wrap angles in degrees to [-180, 180): a tensor, or a NumPy array (or float)."""
+    if isinstance(deg, Tensor):
+        return torch.remainder(deg + 180.0, 360.0) - 180.0
+    return np.mod(deg + 180.0, 360.0) - 180.0
 
 
 def model_to_image_pose(theta: Tensor, shift: Tensor, size: int) -> tuple[Tensor, Tensor]:

@@ -40,6 +40,7 @@ whose figures mean nothing.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -486,12 +487,11 @@ def _start_simulation(out: Path, plan: Plan, dev: torch.device) -> subprocess.Po
 
 
 def _pythonpath() -> str:
-    """This process's import path for child processes (emvae and emvae_cli as imported here)."""
-    import emvae_cli
-
-    import emvae
-
-    roots = [str(Path(str(m.__file__)).resolve().parents[1]) for m in (emvae, emvae_cli)]
+    """This process's import path for child processes (emvae and emvae_cli as found here; the
+    library does not import the command line)."""
+    cli = importlib.util.find_spec("emvae_cli")
+    files = [Path(__file__), *([Path(cli.origin)] if cli and cli.origin else [])]
+    roots = [str(f.resolve().parents[1]) for f in files]
     return os.pathsep.join([*dict.fromkeys(roots), os.environ.get("PYTHONPATH", "")])
 
 

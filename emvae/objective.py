@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from emvae.config import ModelConfig
+from emvae.geometry import mask_index
 
 if TYPE_CHECKING:
     from emvae.models.vae import Posterior
@@ -356,8 +357,6 @@ def posterior_elbo(
             if stage is not None and stage.keep is not None:
                 keep = stage.keep.to(params.device)
             else:
-                from emvae.models.vae import mask_index
-
                 keep = mask_index(cfg.image_size, cfg.mask_radius_px).to(params.device)
             params = params.index_select(-2, keep)
     if q.bins is None:

@@ -17,10 +17,11 @@ from typing import Any, Literal, get_args
 import numpy as np
 import scipy.fft
 
-from emvae.errors import ConfigError, InputError, OutputExistsError
-from emvae.io.pictures import GALAXY_CROP, GALAXY_JITTER, GALAXY_SIZE, window_starts
-from emvae.io.stack import ImageStack
-from emvae.safety import atomic_output, check_free_space
+from emvae.config import GALAXY_CROP, GALAXY_JITTER, GALAXY_SIZE
+from emvae.errors import ConfigError, InputError
+from emvae.io.pictures import window_starts
+from emvae.io.stack import ImageStack, image_name
+from emvae.safety import atomic_output, check_free_space, refuse_existing
 
 #: Per-image normalisations (--norm).
 Normalize = Literal["none", "background", "image"]
@@ -316,7 +317,7 @@ def _which(stack: ImageStack, k: int) -> str:
     with its name when that says more."""
     name = stack.names[k]
     index = int(stack.rows[k]) if stack.rows is not None else k
-    named = "" if name == f"{k + 1}@{stack.source}" else f", {name}"
+    named = "" if name == image_name(k + 1, stack.source) else f", {name}"
     return f"image {k + 1} (index {index}{named})"
 
 
@@ -340,8 +341,7 @@ def write_cache(
     from emvae.io.mrc import MRC_SUFFIXES
 
     path = Path(out)
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path}: exists; use --force to overwrite")
+    refuse_existing(path, force)
     suffix = path.suffix.lower()
     if stack.preprocessed is not None:
         raise ConfigError(f"{stack.source} is already an emvae cache")

@@ -18,20 +18,22 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from scipy import stats
 
+from emvae._version import __version__
 from emvae.config import RunConfig
 from emvae.errors import ConfigError, InputError
+from emvae.geometry import wrap_degrees
+from emvae.io.stack import image_key
 from emvae.io.star_export import star_pose
 from emvae.io.tables import read_table
 from emvae.latents import KL_UNUSED, latent_columns, latent_usage, unused_warning
 from emvae.metrics import angular_error_deg, circular_correlation
+from emvae.plotstyle import STYLE, figure, save
 from emvae.run import ANALYZE, CONVERGENCE, MONTAGE, REPORT, Run
 from emvae.safety import claim_outputs, record_outputs
 
@@ -43,16 +45,6 @@ BODY_FRAME = {
     "shift_x_px": "shift_body_x_px",
     "shift_y_px": "shift_body_y_px",
 }
-
-
-def image_key(name: str) -> tuple[int, str]:
-    """``"000012@dir/stack.mrcs"`` -> ``(12, "stack.mrcs")``: the same image however its folder
-    or index padding is written."""
-    k, _, path = str(name).partition("@")
-    try:
-        return int(k), Path(path).name
-    except ValueError:
-        return 1, Path(str(name)).name
 
 
 def read_reference(path: str | os.PathLike, box: int, apix: float | None) -> pd.DataFrame:
@@ -210,7 +202,7 @@ def _shift_after_offset(table: pd.DataFrame, reference: pd.DataFrame) -> dict:
 
 
 def _angle_diff(a: np.ndarray, b: np.ndarray, offset: float) -> np.ndarray:
-    return np.abs(np.mod(a - b - offset + 180.0, 360.0) - 180.0)
+    return np.abs(wrap_degrees(a - b - offset))
 
 
 def _pearson(a, b) -> float:
@@ -222,31 +214,12 @@ def _pearson(a, b) -> float:
 
 # ----------------------------------------------------------------------------- figures
 
-#: Figures are drawn to be read at the page's width (about 1,000 px): 100 dpi, and text sizes
-#: (points) that stay legible there.
-DPI = 100
-STYLE: Any = {  # matplotlib rcParams (typed Any: its stubs list every key)
-    "font.size": 12,
-    "axes.labelsize": 13,
-    "axes.titlesize": 13,
-    "xtick.labelsize": 11,
-    "ytick.labelsize": 11,
-    "legend.fontsize": 11,
-    "figure.dpi": DPI,
-}
 #: Example particles shown beside their reconstructions.
 EXAMPLES = 8
 
 
 def _figure(ncols: int = 1, nrows: int = 1, size: float = 3.6):
-    fig = Figure(figsize=(size * ncols, size * 0.8 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes.ravel()
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
-    return path
+    return figure(size * ncols, size * 0.8 * nrows, nrows, ncols)
 
 
 def plot_learning_curves(metrics: pd.DataFrame, path: Path) -> Path:
@@ -261,7 +234,7 @@ def plot_learning_curves(metrics: pd.DataFrame, path: Path) -> Path:
             ax[k].set_xlabel("epoch")
             ax[k].set_ylabel("nats per particle")
         ax[0].legend()
-        return _save(fig, path)
+        return save(fig, path)
 
 
 def _secondary_shift_axis(ax, per_px: float | None, unit: str) -> None:
@@ -299,7 +272,7 @@ def plot_pose_histograms(
             ax[1].set_visible(False)
         for a in ax:
             a.set_ylabel("particles")
-        return _save(fig, path)
+        return save(fig, path)
 
 
 #: the particle table's affine / spline columns (``--pose``) and their axis labels
@@ -323,7 +296,7 @@ def plot_deform_histograms(table: pd.DataFrame, path: Path) -> Path | None:
             a.hist(table[c], bins=50, color="C3")
             a.set_xlabel(DEFORM_COLUMNS[c])
             a.set_ylabel("particles")
-        return _save(fig, path)
+        return save(fig, path)
 
 
 def plot_z_histograms(table: pd.DataFrame, path: Path) -> Path | None:
@@ -343,7 +316,7 @@ def plot_z_histograms(table: pd.DataFrame, path: Path) -> Path | None:
             ax[k].set_ylabel("particles")
         for a in ax[len(shown) :]:
             a.set_visible(False)
-        return _save(fig, path)
+        return save(fig, path)
 
 
 def plot_latent_kl(metrics: pd.DataFrame, path: Path) -> Path | None:
@@ -363,7 +336,7 @@ def plot_latent_kl(metrics: pd.DataFrame, path: Path) -> Path | None:
         ax[0].set_xlabel("epoch")
         ax[0].set_ylabel("test KL of each z (nats per particle)")
         ax[0].legend()
-        return _save(fig, path)
+        return save(fig, path)
 
 
 def latent_2d(table: pd.DataFrame) -> tuple[np.ndarray, tuple[str, str]] | None:
@@ -395,14 +368,14 @@ def plot_latent_scatter(table: pd.DataFrame, path: Path, colour=None, label="") 
             fig.colorbar(sc, ax=ax[0], label=f"reference {label}")
         ax[0].set_xlabel(f"{lx} (prior std units)")
         ax[0].set_ylabel(f"{ly} (prior std units)")
-        return _save(fig, path)
+        return save(fig, path)
 
 
 def plot_theta_vs_reference(table, reference, offset: float, path: Path) -> Path:
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure(1, size=6.0)
         ref = reference["theta_deg"].to_numpy(float)
-        ours = np.mod(table["theta_deg"].to_numpy(float) - offset + 180.0, 360.0) - 180.0
+        ours = wrap_degrees(table["theta_deg"].to_numpy(float) - offset)
         ax[0].scatter(ref, ours, s=4, alpha=0.5, linewidths=0)
         ax[0].plot([-180, 180], [-180, 180], "k:", lw=0.8)
         ax[0].set_xlim(-180, 180)
@@ -411,7 +384,7 @@ def plot_theta_vs_reference(table, reference, offset: float, path: Path) -> Path
         ax[0].set_yticks(range(-180, 181, 90))
         ax[0].set_xlabel("reference θ (degrees)")
         ax[0].set_ylabel(f"emvae θ − global offset ({offset:+.1f}°) (degrees)")
-        return _save(fig, path)
+        return save(fig, path)
 
 
 def best_factors(latent: dict) -> list[tuple[str, str, float]]:
@@ -441,7 +414,7 @@ def plot_z_vs_reference(
             a.set_xlabel(f"reference {f}")
             a.set_ylabel(f"{z} (prior std units)")
             a.set_title(f"{z} vs {f}: r = {r:+.2f}" + (" (z unused)" if z in unused else ""))
-        return _save(fig, path)
+        return save(fig, path)
 
 
 def example_indices(table: pd.DataFrame, n: int = EXAMPLES) -> np.ndarray:
@@ -560,7 +533,7 @@ def plot_local_metric(model, table: pd.DataFrame, path: Path, n: int = METRIC_GR
         for a in ax:
             a.set_xlabel("z1 (prior std units)")
             a.set_ylabel("z2 (prior std units)")
-        _save(fig, path)
+        save(fig, path)
     numbers = {
         "grid": n,
         "z1": z1.round(5).tolist(),
@@ -1127,8 +1100,6 @@ def _summary_rows(result: dict, config: RunConfig) -> list[tuple[str, str]]:
 
 def _provenance(result: dict, config: RunConfig) -> list[tuple[str, str]]:
     """Who made the run and how: (label, HTML)."""
-    from emvae import __version__
-
     esc = html.escape
     command = (
         f"<code>{esc(config.command)}</code>"

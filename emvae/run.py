@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
-from emvae.checkpoint import load_model, save_checkpoint
+from emvae import checkpoint
 from emvae.config import RunConfig, read_config
-from emvae.errors import EmvaeError, InputError, OutputExistsError
+from emvae.errors import ConfigError, EmvaeError, InputError, OutputExistsError
 from emvae.io.tables import check_complete, read_table, write_table
 from emvae.runlog import LOG
-from emvae.safety import MANIFEST, atomic_output, claim_outputs, record_outputs
+from emvae.safety import MANIFEST, atomic_output, claim_outputs, record_outputs, use_force
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -130,7 +131,7 @@ class Run:
 
     def model(self, device="cpu"):
         """``(model in eval mode, RunConfig, checkpoint dict)`` from checkpoints/last.pt."""
-        return load_model(self.path, device)
+        return checkpoint.build_model(load_checkpoint(self.path), device)
 
     def particles(self):
         """The run's own input images, prepared as it prepared them
@@ -140,15 +141,69 @@ class Run:
         return Particles.like(self.config.data)
 
 
-def check_run_table(table: pd.DataFrame, config: RunConfig, path: Path) -> None:
-    """A run folder's table must describe the fit its config.json describes."""
-    made_by = table.attrs.get("run_id", "")
-    if made_by and config.run_id and made_by != config.run_id:
+def check_same_run(path: Path, made_by: str, described: str) -> None:
+    """A file of a run folder (its table, its last checkpoint), written by the run ``made_by``,
+    must belong to the run ``described`` by the folder's config.json (either may be unknown)."""
+    if made_by and described and made_by != described:
         raise InputError(
             path,
-            f"was written by run {made_by[:8]} but config.json describes run "
-            f"{config.run_id[:8]}: this folder mixes outputs of two runs",
+            f"was written by run {made_by[:8]} but config.json describes run {described[:8]}: "
+            "this folder mixes outputs of two runs",
         )
+
+
+def load_checkpoint(source: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint file, or a run folder's last checkpoint (checked against its config.json),
+    read onto the CPU."""
+    p = Path(source)
+    if not p.is_dir():
+        return checkpoint.load_checkpoint(p)
+    if not (p / LAST).exists():
+        raise InputError(p, f"is a directory without {LAST}")
+    ckpt = checkpoint.load_checkpoint(p / LAST)
+    if (p / CONFIG).exists():
+        made_by = str(ckpt.get("config", {}).get("run_id", ""))
+        check_same_run(p / LAST, made_by, read_config(p / CONFIG).run_id)
+    return ckpt
+
+
+def load_model(source: str | os.PathLike, device: torch.device | str = "cpu"):
+    """Rebuild the model from a checkpoint file or a run folder (:func:`load_checkpoint`):
+    ``(model in eval mode on device, RunConfig, checkpoint dict)``."""
+    return checkpoint.build_model(load_checkpoint(source), device)
+
+
+def kept_checkpoints(run) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every checkpoint ``run`` (a :class:`Run`) kept, oldest
+    first: the numbered ones, and ``last.pt`` when its epoch is not among them."""
+    found = {}
+    for path in run.checkpoints():
+        try:
+            found[int(path.stem.split("_")[1])] = path
+        except (IndexError, ValueError):
+            continue
+    if run.last.exists():
+        epoch = int(load_checkpoint(run.last)["epoch"])
+        found.setdefault(epoch, run.last)
+    return sorted(found.items())
+
+
+def checkpoint_of(run, epoch: int) -> Path:
+    """The kept checkpoint of ``epoch``; a ConfigError naming the kept epochs when there is
+    none."""
+    kept = dict(kept_checkpoints(run))
+    if epoch not in kept:
+        shown = ", ".join(map(str, kept)) or "none"
+        raise ConfigError(
+            f"{run.path}: no checkpoint of epoch {epoch} was kept (kept: {shown}); fit with "
+            f"--checkpoint-every to keep more"
+        )
+    return kept[epoch]
+
+
+def check_run_table(table: pd.DataFrame, config: RunConfig, path: Path) -> None:
+    """A run folder's table must describe the fit its config.json describes."""
+    check_same_run(path, table.attrs.get("run_id", ""), config.run_id)
     n = config.data.n_images
     if n and len(table) != n:
         raise InputError(
@@ -201,9 +256,8 @@ def check_output_dir(out: str | os.PathLike, force: bool = False) -> None:
     existing = [name for name in OUTPUTS if name != LOG and _holds(out / name)]
     if existing and not force:
         hint = " or --resume to continue it" if has_last(out) else ""
-        raise OutputExistsError(
-            f"{out}: already holds emvae outputs ({', '.join(existing)}); "
-            f"use --force to overwrite{hint}"
+        raise use_force(
+            f"{out}: already holds emvae outputs ({', '.join(existing)})", f"overwrite{hint}"
         )
 
 
@@ -220,9 +274,6 @@ def work_dir(out: Path, force: bool, resume: bool) -> Path:
 
 def resume_point(out: Path, work: Path) -> dict[str, Any]:
     """The checkpoint a ``--resume`` continues from (checked against config.json)."""
-    from emvae.checkpoint import check_same_run, load_checkpoint
-    from emvae.errors import EmvaeError
-
     if work == out and has_last(out / STAGING):
         raise EmvaeError(
             f"{out}: holds an interrupted --force re-run in {out / STAGING}; continue that "
@@ -232,10 +283,7 @@ def resume_point(out: Path, work: Path) -> dict[str, Any]:
         raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
     adopt_legacy_run(work)
     claim_outputs(work, (*TABLES, STAR, LOG), force=True)  # the user's files: never replaced
-    last = work / LAST
-    ckpt = load_checkpoint(last)
-    check_same_run(ckpt, last, work / CONFIG)
-    return ckpt
+    return load_checkpoint(work)
 
 
 def prepare_output(out: Path, work: Path, force: bool) -> None:
@@ -286,7 +334,7 @@ def write_metrics(
 def write_checkpoint(work: Path, state: dict[str, Any], keep: bool) -> None:
     """checkpoints/last.pt, and a numbered copy ``epoch_NNNN.pt`` when ``keep``."""
     last = work / LAST
-    save_checkpoint(last, state)
+    checkpoint.save_checkpoint(last, state)
     if keep:
         shutil.copyfile(last, work / CHECKPOINTS / f"epoch_{state['epoch']:04d}.pt")
 

@@ -5,7 +5,7 @@ that looks complete, or follow a link planted where it writes a temporary file.
   (``mkstemp``: never an existing path or a symlink) in the target's folder and renamed over
   the target only once complete; on any failure the temporary file is removed.
 - :func:`refuse_inputs_as_outputs` stops a command before any work when one of its outputs is
-  one of its inputs (``--force`` never overrides that).
+  one of its inputs (:func:`emvae.io.input_files`; ``--force`` never overrides that).
 - :func:`check_writable` and :func:`check_free_space` fail before the work, not after it.
 - :func:`record_outputs` lists in each output folder's :data:`MANIFEST` the files emvae wrote
   there (with their run id and content digest); :func:`claim_outputs` refuses, by name and
@@ -37,10 +37,11 @@ __all__ = [
     "check_writable",
     "claim_outputs",
     "foreign_outputs",
-    "input_files",
     "record_outputs",
+    "refuse_existing",
     "refuse_inputs_as_outputs",
     "run_lock",
+    "use_force",
 ]
 
 #: In each folder emvae writes: the files it wrote there (relative name -> run id, sha256).
@@ -126,28 +127,6 @@ def check_memory(need_bytes: int, what: str) -> None:
             f"{what} needs about {need_bytes / 2**30:.1f} GiB of memory; "
             f"{free / 2**30:.1f} GiB are available: ask for less"
         )
-
-
-def _spec_file(spec: str) -> Path:
-    """The file of an input spec: ``file.h5:/dataset`` and ``file.fits[EXT]`` name a file."""
-    s = str(spec)
-    if s.endswith("]") and "[" in s:
-        s = s[: s.rindex("[")]
-    head, sep, tail = s.rpartition(":")
-    if sep and tail.startswith("/") and head:
-        s = head
-    return Path(s)
-
-
-def input_files(specs: Iterable[str], names: Iterable[str] = ()) -> list[Path]:
-    """Every file a command reads: the inputs as named, and the stacks that ``k@path`` image
-    names point at (resolved beside each input and from the working directory)."""
-    named = [_spec_file(s) for s in specs]
-    files = list(named)
-    for s in {n.partition("@")[2] for n in names if "@" in n}:
-        files.append(Path(s))
-        files.extend(f.parent / s for f in named)
-    return files
 
 
 def _identity(p: Path) -> tuple[int, int] | None:
@@ -279,6 +258,24 @@ def foreign_outputs(folder: str | os.PathLike, names: Iterable[str]) -> list[str
     return [x for n in present for x in _foreign(d, n, files)]
 
 
+def use_force(what: str, to: str = "overwrite") -> OutputExistsError:
+    """The refusal of outputs that exist: ``what`` (where, and what is there), then the one
+    hint every command gives."""
+    return OutputExistsError(f"{what}; use --force to {to}")
+
+
+def refuse_existing(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], force: bool = False
+) -> None:
+    """Refuse outputs that exist (or are links), unless ``force``: one error naming them."""
+    if force:
+        return
+    many = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    existing = [str(p) for p in map(Path, many) if p.exists() or p.is_symlink()]
+    if existing:
+        raise use_force(f"{', '.join(existing)}: exists")
+
+
 def claim_outputs(
     folder: str | os.PathLike, names: Iterable[str], force: bool, what: str = "outputs"
 ) -> None:
@@ -296,9 +293,7 @@ def claim_outputs(
         )
     existing = [n for n in names if (d / n).exists()]
     if existing and not force:
-        raise OutputExistsError(
-            f"{d}: already holds emvae {what} ({', '.join(existing)}); use --force to replace them"
-        )
+        raise use_force(f"{d}: already holds emvae {what} ({', '.join(existing)})", "replace them")
 
 
 @contextlib.contextmanager

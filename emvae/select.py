@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 
 from emvae.config import RunConfig
-from emvae.errors import ConfigError, InputError, OutputExistsError
-from emvae.io.stack import same_image
+from emvae.errors import ConfigError, InputError
+from emvae.io import kind_by_suffix
+from emvae.io.stack import image_name, same_image
 from emvae.query import condition_mask
 from emvae.run import ANALYZE
-from emvae.safety import atomic_output
+from emvae.safety import atomic_output, refuse_existing
 
 #: Where ``emvae analyze`` writes its per-particle clusters and embeddings.
 CLUSTERS = Path(ANALYZE) / "clusters.csv"
@@ -39,7 +40,6 @@ SUFFIXES = (".txt", ".npy", ".star", ".cs")
 __all__ = [
     "CLUSTERS",
     "InputRows",
-    "check_outputs",
     "output_paths",
     "parse_clusters",
     "query_frame",
@@ -260,15 +260,15 @@ def read_input_rows(config: RunConfig, table: pd.DataFrame) -> InputRows:
     if not paths:
         return InputRows("none", note="the run does not record its input")
     first = Path(paths[0])
-    suffix = first.suffix.lower()
-    if suffix not in (".star", ".cs"):
+    kind = kind_by_suffix(first)
+    if kind not in ("star", "cs"):
         return InputRows("none")
     if len(paths) > 1:
         return InputRows("none", note=f"the run read {len(paths)} inputs: index lists only")
     if not first.exists():
         raise InputError(first, "no such file (the run's input; is this the folder it ran in?)")
     n_run, ind = config.data.n_images, config.data.ind
-    if suffix == ".star":
+    if kind == "star":
         from emvae.io.star import particle_block, read_star_blocks
 
         blocks = read_star_blocks(first)
@@ -284,7 +284,7 @@ def read_input_rows(config: RunConfig, table: pd.DataFrame) -> InputRows:
     if array.ndim != 1 or not {"blob/path", "blob/idx"} <= set(fields):
         raise InputError(first, "is not a cryoSPARC particle file (no blob/path, blob/idx)")
     names = [
-        f"{int(i) + 1}@{_text(p).lstrip('>')}"
+        image_name(int(i) + 1, _text(p).lstrip(">"))
         for i, p in zip(array["blob/idx"], array["blob/path"], strict=True)
     ]
     _check_rows(first, names, table, n_run, ind)
@@ -304,13 +304,6 @@ def output_paths(out: str | os.PathLike, suffix: str | None) -> list[Path]:
     return [p.with_name(p.name + e) for e in exts]
 
 
-def check_outputs(paths: list[Path], force: bool = False) -> None:
-    """Refuse outputs that exist, unless ``force``."""
-    existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
-    if existing and not force:
-        raise OutputExistsError(f"{', '.join(existing)}: exists; use --force to overwrite")
-
-
 def _float(v: float) -> str:
     """RELION's 6 decimals where they are exact, else the shortest text that reads back the
     same float: a subset keeps every input value."""
@@ -326,7 +319,7 @@ def write_selection(
     only once all are complete are they renamed into place; existing files are refused
     unless ``force``. Returns the paths written."""
     paths = output_paths(out, source.suffix)
-    check_outputs(paths, force)
+    refuse_existing(paths, force)
     rows = np.asarray(rows, dtype=np.int64)
     with contextlib.ExitStack() as stack:
         tmp = [stack.enter_context(atomic_output(p)) for p in paths]

@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from emvae.errors import ConfigError
-from emvae.geometry import coordinate_grid, pixels_per_unit
+from emvae.geometry import coordinate_grid, pixels_per_unit, wrap_degrees
+from emvae.io.stack import image_name
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,7 @@ def truth_table(
     and the body-frame pose it was drawn with."""
     return pd.DataFrame(
         {
-            "image": [f"{k}@{stack_name}" for k in range(1, len(theta_deg) + 1)],
+            "image": [image_name(k, stack_name) for k in range(1, len(theta_deg) + 1)],
             "theta_deg": theta_deg,
             "shift_x_px": shift_px[:, 0],
             "shift_y_px": shift_px[:, 1],
@@ -371,7 +372,7 @@ def consensus_pose(
     rotated = np.stack(
         [np.cos(a) * u[:, 0] - np.sin(a) * u[:, 1], np.sin(a) * u[:, 0] + np.cos(a) * u[:, 1]], 1
     )
-    theta_c = np.mod(theta_deg + np.interp(c, confs, turn) + 180.0, 360.0) - 180.0
+    theta_c = wrap_degrees(theta_deg + np.interp(c, confs, turn))
     return theta_c, shift_px + rotated
 
 

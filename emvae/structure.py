@@ -49,7 +49,7 @@ import pandas as pd
 import torch
 
 from emvae.errors import ConfigError, InputError
-from emvae.geometry import pixels_per_unit
+from emvae.geometry import pixels_per_unit, wrap_degrees
 
 #: Blobs of the coarse molecule the consensus frame is computed on.
 COARSE_GROUPS = 48
@@ -616,7 +616,7 @@ def truth_table(
 
     if obj.motion.rigid:
         conf = np.zeros_like(conf)
-        theta_c = np.mod(theta + 180.0, 360.0) - 180.0
+        theta_c = wrap_degrees(theta)
         shift_c = shift
     else:
         theta_c, shift_c = consensus_pose(

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import torch
 
-from emvae.config import ModelConfig
+from emvae.config import EM_WIDTH, GALAXY_ENC_WIDTH, WIDTH, ModelConfig
 from emvae.data import keep_freed_memory
 from emvae.models import SpatialVAE
 from emvae.train import training_step
@@ -43,16 +43,16 @@ CONFIGS: dict[str, dict[str, Any]] = {  # the paper's three settings
     "em": {
         "image_size": 40,
         "channels": 1,
-        "gen_hidden": 1000,
-        "enc_hidden": 1000,
+        "gen_hidden": EM_WIDTH,
+        "enc_hidden": EM_WIDTH,
         "zdim": 2,
         **PAPER,
     },
     "mnist": {
         "image_size": 28,
         "channels": 1,
-        "gen_hidden": 500,
-        "enc_hidden": 500,
+        "gen_hidden": WIDTH,
+        "enc_hidden": WIDTH,
         "zdim": 2,
         "likelihood": "bernoulli",
         "theta_prior": "gaussian",
@@ -62,8 +62,8 @@ CONFIGS: dict[str, dict[str, Any]] = {  # the paper's three settings
     "galaxy": {
         "image_size": 64,
         "channels": 3,
-        "gen_hidden": 500,
-        "enc_hidden": 5000,
+        "gen_hidden": WIDTH,
+        "enc_hidden": GALAXY_ENC_WIDTH,
         "zdim": 20,
         "likelihood": "bernoulli",
         "shift_prior_px": 8.0,

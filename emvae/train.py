@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from emvae import run
+from emvae._version import __version__
 from emvae.config import RunConfig
 from emvae.ctf import likelihood_ctf
 from emvae.data import (
@@ -211,7 +212,7 @@ def _fit(
         with training_progress(progress) as display:
             bar = display if log is None else TeeProgress(display, log.progress)
             data = particles.load(device, cfg.likelihood, tcfg.stream, bar)
-            ctf = likelihood_ctf(particles.ctf(cfg.ctf), cfg.ctf, data, device)
+            data, ctf = likelihood_ctf(particles.ctf(cfg.ctf), cfg.ctf, data, device)
             if ctx.main:
                 run.write_config(work, config)
             train_dev = torch.from_numpy(train_idx).to(data.device)
@@ -302,8 +303,6 @@ def _log_start(
     device: torch.device,
 ) -> None:
     """run.log's first lines for this call: how it was started, what it fits, the notes."""
-    from emvae import __version__
-
     how = "fit" if ckpt is None else f"fit --resume from epoch {int(ckpt['epoch'])}"
     log.line(f"emvae {__version__} {how}: {command or '(emvae.fit called from Python)'}")
     data = config.data

@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emvae.checkpoint import load_model
 from emvae.ctf import likelihood_ctf
 from emvae.objective import posterior_elbo
-from emvae.run import Run
+from emvae.run import Run, load_model
 
 
 @torch.no_grad()
@@ -52,7 +51,7 @@ def main(run: str, truth_csv: str, first: str, *checkpoints: str) -> None:
     parts = r.particles()
     data = parts.load()[:n]
     mode = r.config.model.ctf
-    ctf = likelihood_ctf(parts.ctf(mode), mode, data, "cpu")  # --ctf phase-flip: as trained
+    data, ctf = likelihood_ctf(parts.ctf(mode), mode, data, "cpu")  # --ctf phase-flip: as trained
     metrics = r.metrics().set_index("epoch")
     grid = torch.linspace(-3, 3, 49)
     for path in checkpoints:

@@ -21,9 +21,8 @@ import sys
 import pandas as pd
 
 from emvae.bench import pose_recovery
-from emvae.checkpoint import load_model
 from emvae.ctf import likelihood_ctf
-from emvae.run import Run
+from emvae.run import Run, load_model
 
 
 def main(run: str, truth_csv: str, first: str | None = None) -> None:
@@ -34,7 +33,7 @@ def main(run: str, truth_csv: str, first: str | None = None) -> None:
     if first is not None:
         data, truth = data[: int(first)], truth.iloc[: int(first)].reset_index(drop=True)
     mode = run_dir.config.model.ctf
-    likelihood_ctf(particles.ctf(mode), mode, data, "cpu")  # --ctf phase-flip: as trained
+    data, _ = likelihood_ctf(particles.ctf(mode), mode, data, "cpu")  # phase-flip: as trained
     metrics = run_dir.metrics().set_index("epoch")
     kl = [c for c in metrics.columns if c.startswith("test_kl_z") and c[9:].isdigit()]
     extra = ",z_defocus_abs_r" if "defocus_um" in truth else ""

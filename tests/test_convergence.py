@@ -12,7 +12,7 @@ from conftest import SMALL, runner
 from emvae_cli.main import app
 
 from emvae import convergence as cv
-from emvae.run import Run
+from emvae.run import Run, kept_checkpoints
 from emvae.safety import foreign_outputs
 from emvae.simulate import write_simulation
 
@@ -121,7 +121,7 @@ def test_a_checkpoint_compared_with_itself_agrees_exactly(run3):
     particles = run.particles()
     data = particles.load("cpu", run.config.model.likelihood)
     rows = cv.subsample(len(particles), 25, seed=0)
-    path = dict(cv.kept_checkpoints(run))[2]
+    path = dict(kept_checkpoints(run))[2]
     snaps = []
     for _ in range(2):
         _, config, epoch, enc = cv.encode_checkpoint(path, data, rows, "cpu")

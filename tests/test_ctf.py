@@ -300,12 +300,15 @@ def test_streamed_images_are_phase_flipped_as_the_in_memory_ones(tiny_stack, tmp
     params = p.ctf("phase-flip")
     memory = p.load(stream="off")
     before = memory.clone()
-    assert likelihood_ctf(params, "phase-flip", memory, "cpu") is None
-    assert not torch.allclose(memory, before, atol=1e-3)  # the phases did flip
+    flipped, ctf = likelihood_ctf(params, "phase-flip", memory, "cpu")
+    assert ctf is None
+    assert torch.equal(memory, before)  # the argument is left alone
+    assert not torch.allclose(flipped, before, atol=1e-3)  # the phases did flip
     streamed = p.load(stream="on")
-    assert likelihood_ctf(params, "phase-flip", streamed, "cpu") is None
+    flipped_streamed, ctf = likelihood_ctf(params, "phase-flip", streamed, "cpu")
+    assert ctf is None and streamed.flip is None
     idx = np.array([5, 0, 41])
-    assert torch.allclose(streamed.read(idx), memory[idx], atol=1e-5)
+    assert torch.allclose(flipped_streamed.read(idx), flipped[idx], atol=1e-5)
 
 
 def test_montages_show_the_object_without_the_ctf():

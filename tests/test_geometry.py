@@ -14,6 +14,7 @@ from emvae.geometry import (
     model_to_image_pose,
     rotation_matrix,
     transform_coordinates,
+    wrap_degrees,
 )
 from emvae.simulate import hinge_blobs, render_blobs
 
@@ -123,3 +124,11 @@ def test_shift_std_follows_the_rotation_into_pixels():
     )
     turned = shift_std_to_image(torch.tensor([-math.pi / 2], dtype=torch.float64), std, 41)
     assert turned[0].tolist() == pytest.approx([1.0, 4.0])
+
+
+def test_wrap_degrees_is_one_function_for_tensors_and_arrays():
+    deg = np.array([-540.0, -180.0, -179.5, 0.0, 179.5, 180.0, 359.0, 725.0])
+    want = [-180.0, -180.0, -179.5, 0.0, 179.5, -180.0, -1.0, 5.0]
+    assert wrap_degrees(deg).tolist() == want
+    assert wrap_degrees(torch.from_numpy(deg)).tolist() == want
+    assert wrap_degrees(540.0) == -180.0

@@ -10,7 +10,7 @@ from conftest import DATA, real_data
 from emvae.data import load_images, normalize_, tensor_statistics
 from emvae.errors import InputError
 from emvae.io import read_stack, read_table, write_table
-from emvae.io.stack import same_image
+from emvae.io.stack import image_key, image_name, same_image, split_image_name
 
 
 def test_mrc_stack_is_memory_mapped_with_1_based_names(write_stack):
@@ -66,6 +66,15 @@ def test_same_image_ignores_folders_and_index_padding_only():
     assert same_image("000012@Extract/job7/a.mrcs", "12@/data/a.mrcs")
     assert not same_image("12@a.mrcs", "13@a.mrcs") and not same_image("12@a.mrcs", "12@b.mrcs")
     assert same_image("pics/g1.png", "pics/g1.png") and not same_image("a/g1.png", "b/g1.png")
+
+
+def test_image_names_are_made_and_read_by_one_pair_of_functions():
+    assert image_name(12, "Extract/a.mrcs") == "12@Extract/a.mrcs"
+    assert image_name(12, "a.mrcs", digits=6) == "000012@a.mrcs"
+    assert split_image_name("000012@Extract/a.mrcs") == (12, "Extract/a.mrcs")
+    assert split_image_name("pics/g1.png") is None
+    assert image_key("000012@Extract/a.mrcs") == image_key("12@/data/a.mrcs") == (12, "a.mrcs")
+    assert image_key("pics/g1.png") == (1, "g1.png")
 
 
 def test_missing_file(tmp_path):

@@ -17,9 +17,10 @@ import starfile
 from conftest import SMALL, runner
 from emvae_cli.main import app
 
+from emvae.errors import OutputExistsError
 from emvae.io import read_table
 from emvae.io.mrc import write_mrc
-from emvae.safety import MANIFEST, atomic_output, record_outputs
+from emvae.safety import MANIFEST, atomic_output, record_outputs, refuse_existing
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -1078,3 +1079,14 @@ def test_messages_to_a_pipe_are_never_hard_wrapped(tiny_stack, tmp_path):
     r = runner.invoke(app, ["info", str(missing)], env={"COLUMNS": "40"})
     assert r.exit_code == 1, r.output
     assert len(r.output.strip().splitlines()) == 1 and str(missing) in r.output, r.output
+
+
+def test_refuse_existing_names_every_existing_output_and_the_one_hint(tmp_path):
+    a, b, c = tmp_path / "a.txt", tmp_path / "b.npy", tmp_path / "c.star"
+    a.write_text("x")
+    b.symlink_to(tmp_path / "nowhere")  # a dangling link is refused too
+    refuse_existing(c)
+    refuse_existing([a, b, c], force=True)
+    with pytest.raises(OutputExistsError) as e:
+        refuse_existing([a, b, c])
+    assert str(e.value) == f"{a}, {b}: exists; use --force to overwrite"

@@ -318,8 +318,8 @@ def test_the_pass_memory_defaults_to_the_devices(monkeypatch, tmp_path):
     memory on CUDA; a model loaded for encoding takes its own device's default."""
     from types import SimpleNamespace
 
-    from emvae.checkpoint import load_model
     from emvae.data import default_pass_memory_mb
+    from emvae.run import load_model
 
     assert default_pass_memory_mb("cpu") == 1024
     card = SimpleNamespace(total_memory=80 * 2**30)

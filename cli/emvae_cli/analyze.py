@@ -9,9 +9,9 @@ from typing import Literal
 import typer
 
 from emvae.analyze import analyze_run
-from emvae.convergence import convergence_run, kept_checkpoints
+from emvae.convergence import convergence_run
 from emvae.progress import training_progress
-from emvae.run import ANALYZE, CONVERGENCE, Run
+from emvae.run import ANALYZE, CONVERGENCE, Run, kept_checkpoints
 from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, err_console, user_errors
 
 Method = Literal["kmeans", "gmm"]

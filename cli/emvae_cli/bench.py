@@ -9,10 +9,10 @@ import typer
 
 from emvae import bench as bn
 from emvae.config import Generator, ModelConfig, RotationBins, TrainConfig, physical
-from emvae.errors import ConfigError, OutputExistsError
+from emvae.errors import ConfigError
 from emvae.gpucheck import SECTIONS
 from emvae.mnist import DATASETS
-from emvae.safety import check_memory
+from emvae.safety import check_memory, refuse_existing
 from emvae.simulate import OBJECTS, get_object, write_simulation
 from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, default, err_console, user_errors
 
@@ -130,8 +130,7 @@ def simulate(
     projection of an atomic model whose domain turns or which morphs into a second model),
     uniform rotations, Gaussian shifts, noise, optional CTF; truth in emvae's pose conventions
     (relative to the consensus view, and in the body's frame)."""
-    if (out / "particles.mrcs").exists() and not force:
-        raise OutputExistsError(f"{out}: already holds particles.mrcs; use --force")
+    refuse_existing(out / "particles.mrcs", force)
     if n < 1 or size < 8 or not snr > 0:
         raise ConfigError("need -n >= 1, --size >= 8 and --snr > 0")
     physical("--apix", apix)

@@ -87,10 +87,9 @@ def export_onnx(
     view counter-clockwise (the particle table's theta_deg); shift_px moves its centre, in
     model pixels, +x right, +y up; the image is the generator's pixel mean (normalised units,
     or probabilities for a Bernoulli model), without CTF."""
-    from emvae.checkpoint import load_model
     from emvae.errors import OutputExistsError
     from emvae.render import check_onnx, export_onnx, require_onnx
-    from emvae.run import CONFIG, LAST
+    from emvae.run import CONFIG, LAST, load_model
     from emvae.safety import refuse_inputs_as_outputs
 
     inputs = [run] if run.is_file() else [run / LAST, run / CONFIG]

@@ -9,7 +9,6 @@ from typing import Literal
 import typer
 
 from emvae import __version__
-from emvae.checkpoint import load_checkpoint, load_model
 from emvae.config import (
     SMALL_IMAGE_PX,
     SMALL_WIDTH,
@@ -37,16 +36,25 @@ from emvae.config import (
 from emvae.ctf import likelihood_ctf
 from emvae.data import resolve_device
 from emvae.encode import encode as encode_stack
-from emvae.errors import ConfigError, OutputExistsError
+from emvae.errors import ConfigError
 from emvae.example import EXAMPLE_OPTIONS, make_example
-from emvae.io import write_table
+from emvae.io import input_files, write_table
 from emvae.latents import latent_usage, unused_warning
 from emvae.particles import Particles
 from emvae.preprocess import Normalize, Preprocess
 from emvae.progress import training_progress
-from emvae.run import CHECKPOINTS, DERIVED, METRICS, OUTPUTS, Run, check_output_dir
+from emvae.run import (
+    CHECKPOINTS,
+    DERIVED,
+    METRICS,
+    OUTPUTS,
+    Run,
+    check_output_dir,
+    load_checkpoint,
+    load_model,
+)
 from emvae.runlog import LOG, append_log
-from emvae.safety import check_names, check_writable, input_files, refuse_inputs_as_outputs
+from emvae.safety import check_names, check_writable, refuse_existing, refuse_inputs_as_outputs
 from emvae.train import autocast_for
 from emvae.train import fit as fit_model
 from emvae_cli import inputs as opt
@@ -464,9 +472,7 @@ def encode(
     preprocessing is applied again."""
     if out.suffix == ".star":
         raise ConfigError(f"{out}: name the table (.csv or .h5); the .star is written beside it")
-    for path in (out, out.with_suffix(".star")):
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path}: exists; use --force to overwrite")
+    refuse_existing([out, out.with_suffix(".star")], force)
     dev = resolve_device(device)
     model, config, _ = load_model(checkpoint, dev)
     particles = Particles.like(config.data, stacks, datadir, ind, apix)
@@ -480,7 +486,7 @@ def encode(
     mode = config.model.ctf
     with training_progress(not quiet) as bar:
         data = particles.load(dev, bar=bar)
-        ctf = likelihood_ctf(particles.ctf(mode), mode, data, dev)  # this input's own CTF
+        data, ctf = likelihood_ctf(particles.ctf(mode), mode, data, dev)  # this input's own CTF
         advance = bar.task("encoding", len(images))
         amp = autocast_for(dev, config.train.amp)  # the ELBO rendered as in training
         enc = encode_stack(model, data, dev, batch_size, seed, advance, ctf=ctf, amp=amp)

@@ -8,10 +8,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from emvae.io import input_files
 from emvae.particles import Particles, open_images
 from emvae.preprocess import CHUNK, Normalize, Preprocess, write_cache
 from emvae.progress import training_progress
-from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
+from emvae.safety import check_writable, refuse_inputs_as_outputs
 from emvae_cli import inputs as opt
 from emvae_cli.common import SEED_MAX, err_console, user_errors
 

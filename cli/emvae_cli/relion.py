@@ -11,14 +11,14 @@ import typer
 from emvae.align import align_stack
 from emvae.config import RunConfig, physical
 from emvae.data import resolve_device
-from emvae.errors import ConfigError, InputError, OutputExistsError
-from emvae.io import open_stack, read_table, write_mrc
+from emvae.errors import ConfigError, InputError
+from emvae.io import input_files, open_stack, read_table, write_mrc
 from emvae.io.stack import same_image
 from emvae.io.star import _pixel_size as star_pixel_size
 from emvae.io.star_export import Optics, export_table, input_star_rows
 from emvae.progress import training_progress
 from emvae.run import Run
-from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
+from emvae.safety import check_writable, refuse_existing, refuse_inputs_as_outputs
 from emvae_cli.common import DEVICE, DEVICE_HELP, err_console, user_errors
 from emvae_cli.inputs import APIX, DATADIR, IND
 
@@ -66,8 +66,7 @@ def export_star(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
 ) -> None:
     """Write an emvae particle table as a RELION STAR file (3.1 with optics by default)."""
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out}: exists; use --force to overwrite")
+    refuse_existing(out, force)
     apix = None if apix is None else physical("--apix", apix)
     optics_given = Optics(
         physical("--voltage", voltage), physical("--cs", cs, zero_ok=True), amp_contrast
@@ -121,9 +120,7 @@ def align(
 
     What RELION's relion_stack_create --apply_transformation makes of the same poses."""
     avg_path = out.with_name(out.stem + "_avg.mrc")
-    for path in (out, avg_path):
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path}: exists; use --force to overwrite")
+    refuse_existing([out, avg_path], force)
     table, config = load_source(source)
     if not stacks:
         if config is None or not config.data.paths:

@@ -9,11 +9,11 @@ import torch
 import typer
 
 from emvae import montage as mt
-from emvae.checkpoint import load_model
 from emvae.errors import ConfigError, InputError
+from emvae.io.stack import image_key
 from emvae.latents import latent_columns
-from emvae.report import MONTAGES, image_key, write_report
-from emvae.run import MONTAGE, REPORT, Run
+from emvae.report import MONTAGES, write_report
+from emvae.run import MONTAGE, REPORT, Run, load_model
 from emvae.safety import check_memory, claim_outputs, record_outputs
 from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
 

@@ -7,12 +7,11 @@ from pathlib import Path
 import typer
 
 from emvae.errors import ConfigError
-from emvae.io import read_indices
+from emvae.io import input_files, read_indices
 from emvae.run import OUTPUTS, Run
-from emvae.safety import check_writable, input_files, refuse_inputs_as_outputs
+from emvae.safety import check_writable, refuse_existing, refuse_inputs_as_outputs
 from emvae.select import (
     CLUSTERS,
-    check_outputs,
     output_paths,
     parse_clusters,
     read_clusters,
@@ -78,7 +77,7 @@ def select(
         *([indices] if indices is not None else []),
     ]
     refuse_inputs_as_outputs(paths, inputs)
-    check_outputs(paths, force)
+    refuse_existing(paths, force)
     check_writable(paths[0].parent)
     clusters = read_clusters(run.path)
     if cluster is not None and clusters is None:

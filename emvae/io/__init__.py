@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,8 @@ KNOWN = (
 )
 
 
-def input_kind(spec: str | os.PathLike) -> str:
-    """``mrc``, ``star``, ``cs``, ``npy``, ``hdf5``, ``fits``, ``pictures`` or ``list``."""
+def kind_by_suffix(spec: str | os.PathLike) -> str | None:
+    """What :func:`input_kind` makes of ``spec``'s suffix alone (None: no reader's suffix)."""
     text = str(spec)
     h5, _ = split_h5_path(text)
     if h5.suffix.lower() in H5_SUFFIXES:
@@ -57,6 +58,17 @@ def input_kind(spec: str | os.PathLike) -> str:
     ):
         if suffix in suffixes:
             return kind
+    return None
+
+
+def input_kind(spec: str | os.PathLike) -> str:
+    """``mrc``, ``star``, ``cs``, ``npy``, ``hdf5``, ``fits``, ``pictures`` or ``list``: by
+    suffix, else a folder's files."""
+    kind = kind_by_suffix(spec)
+    if kind is not None:
+        return kind
+    text = str(spec)
+    suffix = Path(split_fits_path(text)[0].lower()).suffix
     p = Path(text)
     if p.is_dir():
         entries = {file_suffix(f) for f in p.iterdir() if f.is_file()}
@@ -74,6 +86,25 @@ def input_kind(spec: str | os.PathLike) -> str:
         f"unknown suffix {suffix or '(none)'!r}; emvae reads {', '.join(KNOWN)}, "
         "folders of pictures or FITS files, and file.h5:/dataset",
     )
+
+
+def spec_file(spec: str | os.PathLike) -> Path:
+    """The file an input spec names: ``file.h5:/dataset`` and ``file.fits[EXT]`` name a file."""
+    h5, _ = split_h5_path(str(spec))
+    if h5.suffix.lower() in H5_SUFFIXES:
+        return h5
+    return Path(split_fits_path(str(spec))[0])
+
+
+def input_files(specs: Iterable[str | os.PathLike], names: Iterable[str] = ()) -> list[Path]:
+    """Every file a command reads: the inputs as named, and the stacks that ``k@path`` image
+    names point at (resolved beside each input and from the working directory)."""
+    named = [spec_file(s) for s in specs]
+    files = list(named)
+    for s in {n.partition("@")[2] for n in names if "@" in n}:
+        files.append(Path(s))
+        files.extend(f.parent / s for f in named)
+    return files
 
 
 def read_stack(
@@ -256,12 +287,14 @@ def open_stack(
 
 __all__ = [
     "ImageStack",
+    "input_files",
     "input_kind",
     "open_stack",
     "read_indices",
     "read_mrc",
     "read_stack",
     "read_table",
+    "spec_file",
     "write_mrc",
     "write_table",
 ]

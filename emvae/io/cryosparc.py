@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from emvae.errors import InputError
-from emvae.io.stack import ImageStack, Rows
+from emvae.io.stack import ImageStack, Rows, image_name
 from emvae.io.star import open_stacks
 
 CS_SUFFIXES = (".cs",)
@@ -126,7 +126,7 @@ def read_cryosparc(path: str | os.PathLike, datadir: str | os.PathLike | None = 
     meta = pd.DataFrame({f: _column(table[f]) for f in scalar})
     return ImageStack(
         images=Rows(sources, part, local),
-        names=[f"{i + 1}@{f}" for i, f in zip(local, files, strict=True)],
+        names=[image_name(i + 1, f) for i, f in zip(local, files, strict=True)],
         apix=apix,
         source=str(p),
         format="cryoSPARC .cs" + (" (CSDAT)" if _is_csdat(p) else ""),

@@ -33,7 +33,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 
 from emvae.errors import InputError
 from emvae.io.pictures import PACKED_FITS_SUFFIXES, list_files, window_starts
-from emvae.io.stack import ImageStack
+from emvae.io.stack import ImageStack, image_name
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 __all__ = [
@@ -78,12 +78,12 @@ def read_fits(
         hdus, names = [], []
         for f in files:
             hdus.append(_image_hdus(f, None)[0])
-            names.append(f"1@{f}")
+            names.append(image_name(1, f))
     else:
         if not path.exists():
             raise InputError(path, "no such file")
         hdus = _image_hdus(path, ext)
-        names = [f"{k + 1}@{path}[{h.label}]" for k, h in enumerate(hdus)]
+        names = [image_name(k + 1, f"{path}[{h.label}]") for k, h in enumerate(hdus)]
     arrays = [h.data for h in hdus]
     bands = {a.shape[0] for a in arrays}
     if len(bands) > 1:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from emvae.errors import InputError
-from emvae.io.stack import ImageStack
+from emvae.io.stack import ImageStack, image_name
 
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # FITS files under a compression suffix: gzipped, or tile-compressed by fpack (".fz").
@@ -29,9 +29,6 @@ PACKED_FITS_SUFFIXES = (
     ".fts.fz",
     ".fz",
 )
-# Galaxy Zoo defaults: the 207-px centre crop of Dieleman et al. 2015 (ref. 28 of the paper),
-# moved by up to +-12 px (their +-4 px after a 3x reduction), then reduced to 64 x 64.
-GALAXY_CROP, GALAXY_JITTER, GALAXY_SIZE = 207, 12, 64
 _GREY = {"1", "L", "I", "I;16", "I;16B", "I;16L", "F", "LA"}
 
 
@@ -186,7 +183,7 @@ def read_pictures(
     moved = crop is not None and (np.abs(offsets) > 0).any()
     return ImageStack(
         images=PictureSource(files, channels, starts, c),
-        names=[f"1@{f}" for f in files],
+        names=[image_name(1, f) for f in files],
         apix=None,
         source=str(spec),
         format=f"{len(files)} JPEG/PNG pictures ({'RGB' if channels == 3 else 'grey'})",

@@ -126,15 +126,38 @@ class ImageStack:
         )
 
 
-def same_image(a: str, b: str) -> bool:
-    """Whether two ``k@path`` names are one image: the same 1-based index and file name (the
-    folders may be spelt apart). Names without an index must be equal."""
-    ka, _, pa = str(a).partition("@")
-    kb, _, pb = str(b).partition("@")
+# ----------------------------------------------------------------------------- image names
+
+
+def image_name(k: int, path: str | os.PathLike, digits: int = 0) -> str:
+    """The name ``"k@path"`` of the ``k``-th image (1-based, RELION's) of the stack ``path``,
+    ``k`` zero-padded to ``digits`` (RELION writes 6)."""
+    return f"{k:0{digits}d}@{path}"
+
+
+def split_image_name(name: str) -> tuple[int, str] | None:
+    """``"000012@dir/stack.mrcs"`` -> ``(12, "dir/stack.mrcs")``; None for a name without an
+    index."""
+    k, _, path = str(name).partition("@")
     try:
-        return int(ka) == int(kb) and Path(pa).name == Path(pb).name
+        return int(k), path
     except ValueError:
+        return None
+
+
+def image_key(name: str) -> tuple[int, str]:
+    """``"000012@dir/stack.mrcs"`` -> ``(12, "stack.mrcs")``: the same image however its folder
+    or index padding is written (a name without an index: image 1 of that file)."""
+    split = split_image_name(name)
+    return (split[0], Path(split[1]).name) if split else (1, Path(str(name)).name)
+
+
+def same_image(a: str, b: str) -> bool:
+    """Whether two ``k@path`` names are one image: the same :func:`image_key` (the folders and
+    index padding may be spelt apart). Names without an index must be equal."""
+    if split_image_name(a) is None or split_image_name(b) is None:
         return a == b
+    return image_key(a) == image_key(b)
 
 
 class StackNames(Sequence[str]):
@@ -156,7 +179,7 @@ class StackNames(Sequence[str]):
         k = int(key)
         if not -self.n <= k < self.n:
             raise IndexError(f"image {k} of {self.n}")
-        return f"{k % self.n + 1}@{self.path}"
+        return image_name(k % self.n + 1, self.path)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)

@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from emvae._version import __version__
 from emvae.errors import ConfigError
+from emvae.io.stack import image_name, split_image_name
 from emvae.safety import atomic_output
 
 POSE_COLUMNS = ("rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst")
@@ -201,8 +203,8 @@ def _group_pixel_sizes(rows: pd.DataFrame, optics: pd.DataFrame | None) -> np.nd
 
 def _relion_name(name: str) -> str:
     """``k@path`` as RELION writes it (index zero-padded to 6 digits)."""
-    k, _, path = str(name).partition("@")
-    return f"{int(k):06d}@{path}" if path and k.isdigit() else str(name)
+    split = split_image_name(name)
+    return image_name(split[0], split[1], digits=6) if split and split[1] else str(name)
 
 
 def export_table(
@@ -239,12 +241,6 @@ def input_star_rows(star: str | os.PathLike, rows: np.ndarray) -> tuple:
     return particles.iloc[rows].reset_index(drop=True), optics
 
 
-def _version() -> str:
-    from emvae import __version__
-
-    return __version__
-
-
 def write_star(
     blocks: dict[str, pd.DataFrame],
     path: str | os.PathLike,
@@ -260,7 +256,7 @@ def write_star(
         # so the same poses always give the same bytes.
         lines = tmp.read_text().split("\n")
         if lines and lines[0].startswith("# Created by the starfile"):
-            lines[0] = f"# Created by emvae {_version()}"
+            lines[0] = f"# Created by emvae {__version__}"
         text = "\n".join(lines)
         if "optics" in blocks:
             text = text.replace("data_optics", "# version 30001\n\ndata_optics", 1).replace(

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from emvae.augment import rotate_images
 from emvae.config import PASS_MEMORY_MB, ModelConfig
-from emvae.geometry import coordinate_grid, rotation_matrix
+from emvae.geometry import coordinate_grid, mask_index, rotation_matrix
 from emvae.models.encoder import (
     AlignedContentEncoder,
     ConvEncoder,
@@ -90,13 +90,6 @@ class Posterior:
         if self.affine_prior is not None:
             affine = (self.affine_prior[0].float(), self.affine_prior[1].float())
         return Posterior(z_mu, z_logstd, pose_mu, pose_logstd, bins, affine, prior)
-
-
-def mask_index(size: int, radius_px: float) -> Tensor:
-    """Row-major indices ``(M,)`` of the pixels of a ``size``-px box within ``radius_px`` of its
-    centre (the likelihood's mask)."""
-    coords = coordinate_grid(size, size) * ((size - 1) / 2)  # pixels from the centre
-    return torch.nonzero(coords.square().sum(-1).sqrt() <= radius_px).squeeze(1)
 
 
 #: Bytes of generator activations per rendered pixel, hypothesis and hidden unit in a
