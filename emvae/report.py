@@ -691,15 +691,25 @@ def _analysis(run: Path, config: RunConfig, warnings: list[str]) -> dict | None:
     except (ValueError, OSError) as e:
         warnings.append(f"warning: {path}: not readable ({e}); latent analysis not shown")
         return None
-    made_by = analysis.get("run_id") or ""
-    if made_by and config.run_id and made_by != config.run_id:
-        warnings.append(
-            f"warning: {path} was made from another fit of this folder (run {made_by[:8]}); "
-            "run emvae analyze again"
-        )
+    if not _of_this_fit(path, analysis, config, "analyze", warnings):
         return None
     analysis["folder"] = str(path.parent)
     return analysis
+
+
+def _of_this_fit(
+    path: Path, made: dict, config: RunConfig, command: str, warnings: list[str]
+) -> bool:
+    """Whether the output ``path`` (its JSON ``made``) of ``emvae COMMAND`` describes this fit
+    (its run id); if not, a warning saying to run the command again."""
+    made_by = made.get("run_id") or ""
+    if made_by and config.run_id and made_by != config.run_id:
+        warnings.append(
+            f"warning: {path} was made from another fit of this folder (run {made_by[:8]}); "
+            f"run emvae {command} again"
+        )
+        return False
+    return True
 
 
 def _convergence(run: Path, config: RunConfig, warnings: list[str]) -> dict | None:
@@ -716,12 +726,7 @@ def _convergence(run: Path, config: RunConfig, warnings: list[str]) -> dict | No
     except (ValueError, OSError) as e:
         warnings.append(f"warning: {folder}: not readable ({e}); convergence not shown")
         return None
-    made_by = made.get("run_id") or ""
-    if made_by and config.run_id and made_by != config.run_id:
-        warnings.append(
-            f"warning: {path} was made from another fit of this folder (run {made_by[:8]}); "
-            "run emvae convergence again"
-        )
+    if not _of_this_fit(path, made, config, "convergence", warnings):
         return None
     made["pairs"] = json.loads(pairs.to_json(orient="records"))
     made["folder"] = str(folder)
