@@ -274,6 +274,7 @@ def _fit(
                     f"{test['elbo']:.2f}, error {test['error']:.2f}, KL {test['kl']:.2f}"
                     + ("" if use_z else " (z held at 0)"),
                 )
+            model.inference_frozen = False  # the model fit returns trains as a whole
             if model.render_size != cfg.image_size:  # the table's ELBO: the full box
                 model.set_render_size(cfg.image_size)
             advance = bar.task("encoding", n)

@@ -214,7 +214,8 @@ def test_later_stages_train_the_generator_only_by_default(fine_train, tmp_path):
             fine_train=fine_train,
         ),
     )  # fmt: skip
-    fit(read_stack(sim / "particles.mrcs"), cfg, tmp_path / "run", progress=False)
+    result = fit(read_stack(sim / "particles.mrcs"), cfg, tmp_path / "run", progress=False)
+    assert not result.model.inference_frozen  # only during the fit's later stages
     states = [
         load_checkpoint(tmp_path / "run" / "checkpoints" / f"epoch_{e:04d}.pt")["model"]
         for e in (1, 2, 3)
