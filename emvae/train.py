@@ -173,6 +173,9 @@ def _fit(
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         amp = autocast_for(device, tcfg.amp)
+        # the test ELBO and the table's: bf16 on a GPU; on a CPU float32, which renders the
+        # generator's cache-sized chunks faster there (bf16 tanh is slow on CPUs)
+        eval_amp = amp if device.type == "cuda" else None
 
         torch.manual_seed(tcfg.seed)
         model = SpatialVAE(cfg).to(device)
@@ -234,8 +237,9 @@ def _fit(
                 limit = tcfg.fine_images if fine else None
                 train = _train_epoch(step, data, train_dev, bar, epoch, limit)
                 test = evaluate(
-                    model, data, test_dev, config, device, tcfg.seed + epoch, use_z, ctx, ctf, amp
-                )
+                    model, data, test_dev, config, device, tcfg.seed + epoch, use_z, ctx, ctf,
+                    eval_amp,
+                )  # fmt: skip
                 row = {
                     "epoch": epoch,
                     **{f"train_{k}": v for k, v in train.items()},
@@ -279,7 +283,9 @@ def _fit(
                 model.set_render_size(cfg.image_size)
             advance = bar.task("encoding", n)
             batch = max(tcfg.batch_size, 256)
-            enc = encode(model, data, device, batch, tcfg.seed, advance, ctx=ctx, ctf=ctf, amp=amp)
+            enc = encode(
+                model, data, device, batch, tcfg.seed, advance, ctx=ctx, ctf=ctf, amp=eval_amp
+            )
         split = np.full(n, "train", dtype=object)
         split[test_idx] = "test"
         if not ctx.main:  # wait for rank 0's outputs, so that every process leaves together

@@ -27,6 +27,27 @@ def test_split_first_layer_equals_concatenated_mlp(zdim):
     assert torch.allclose(gen(coords, z), naive(inputs), atol=1e-12)
 
 
+def test_a_cpu_rendering_without_autograd_goes_in_chunks_and_gives_the_same_pixels(monkeypatch):
+    """Above CPU_CHUNK_ROWS rows (images x pixels) a no-grad CPU rendering runs the network over
+    chunks of pixels: every image's every pixel comes out as from one pass, in order."""
+    import emvae.models.generator as generator
+    from emvae.models.generator import FourierFeatures
+
+    torch.manual_seed(0)
+    gen = SpatialGenerator(2, 16, 2, 1, "tanh", FourierFeatures(8, 2.0)).double()
+    coords = torch.rand(3, 1000, 2, dtype=torch.float64) * 2 - 1
+    z = torch.randn(3, 2, dtype=torch.float64)
+    whole = gen(coords, z)  # autograd on: one pass
+    calls = []
+    render = gen._render
+    monkeypatch.setattr(gen, "_render", lambda c, zz: calls.append(c.shape) or render(c, zz))
+    monkeypatch.setattr(generator, "CPU_CHUNK_ROWS", 600)  # 200 pixels of 3 images a chunk
+    with torch.no_grad():
+        chunked = gen(coords, z)
+    assert calls == [torch.Size([3, 200, 2])] * 5
+    assert torch.allclose(chunked, whole, rtol=0, atol=1e-12)
+
+
 def test_pose_layout_and_canonical_decode():
     cfg = ModelConfig(image_size=12, zdim=3, gen_hidden=16, enc_hidden=16)
     model = SpatialVAE(cfg)

@@ -80,3 +80,27 @@ def test_the_tables_elbo_renders_as_training_did_and_the_posteriors_stay_float32
         assert np.array_equal(getattr(a, key), getattr(b, key)), key
     assert not np.array_equal(a.elbo, b.elbo)  # the rendering really ran in bf16
     assert np.abs(a.elbo - b.elbo).max() < 0.01 * np.abs(a.elbo).max()
+
+
+def test_on_a_cpu_fit_renders_its_test_and_table_elbo_in_float32(tiny_stack, tmp_path, monkeypatch):
+    """Training may run under bf16 autocast on the CPU, the evaluation does not: the test ELBO
+    and the table's ELBO render in float32 (bf16 tanh is slow on CPUs; docs/benchmarks.md)."""
+    seen = []
+    for name in ("encode", "evaluate"):
+        real = getattr(emvae.train, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen.append((_name, kwargs.get("amp", args[-1] if _name == "evaluate" else None)))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(emvae.train, name, spy)
+    monkeypatch.setattr(emvae.train, "cpu_has_bf16", lambda: True)  # bf16 training on any CPU
+    steps = []
+    real_step = emvae.train.training_step
+    monkeypatch.setattr(
+        emvae.train, "training_step", lambda *a, **k: steps.append(k["amp"]) or real_step(*a, **k)
+    )
+    _fit(read_stack(tiny_stack), tmp_path / "bf16", amp=True)
+    assert all(amp is not None for amp in steps)  # training: bf16
+    assert {name for name, _ in seen} == {"encode", "evaluate"}
+    assert all(amp is None for _, amp in seen), seen

@@ -72,6 +72,10 @@ class FourierFeatures(nn.Module):
         return torch.cat([coords, cos, sin], -1)
 
 
+# rows (pixels x images) per chunk of a CPU rendering without autograd (SpatialGenerator)
+CPU_CHUNK_ROWS = 4096
+
+
 class SpatialGenerator(nn.Module):
     """Coordinate MLP ``p_g(y_i | x_i, z)`` (Bepler et al. 2019, eq. 2) with the first layer split.
 
@@ -79,6 +83,12 @@ class SpatialGenerator(nn.Module):
     :class:`FourierFeatures`), so ``W_x x`` is computed per pixel and ``W_z z`` once per image
     and the two are broadcast-added; the ``(B, N, 2 + K)`` concatenated input is never built.
     Numerically this equals an MLP on the concatenation (tested).
+
+    Without autograd on the CPU (the final table's ELBO, montages) the pixels go through the
+    network in chunks of about :data:`CPU_CHUNK_ROWS` rows, so that each layer's activations stay
+    in the cache: whole (B, N, H) activations are memory-bound there (tanh, the features' sin and
+    cos, their concatenation), and chunks render about 2.5 times as many pixels a second at
+    64-128 px (docs/benchmarks.md, "Users' sizes").
     """
 
     uses_coordinates = True
@@ -102,6 +112,13 @@ class SpatialGenerator(nn.Module):
 
     def forward(self, coords: Tensor, z: Tensor) -> Tensor:
         """coords ``(B, N, 2)``, z ``(B, K)`` -> ``(B, N, n_out)``."""
+        b, n = coords.shape[:2]
+        if coords.device.type != "cpu" or torch.is_grad_enabled() or b * n <= CPU_CHUNK_ROWS:
+            return self._render(coords, z)
+        rows = max(1, CPU_CHUNK_ROWS // b)  # pixels per image in a chunk
+        return torch.cat([self._render(coords[:, a : a + rows], z) for a in range(0, n, rows)], 1)
+
+    def _render(self, coords: Tensor, z: Tensor) -> Tensor:
         if self.features is not None:
             coords = self.features(coords)  # (B, N, 2 + 2F)
         h = self.coord_linear(coords)  # (B, N, H)
