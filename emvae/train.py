@@ -173,9 +173,7 @@ def _fit(
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         amp = autocast_for(device, tcfg.amp)
-        # the test ELBO and the table's: bf16 on a GPU; on a CPU float32, which renders the
-        # generator's cache-sized chunks faster there (bf16 tanh is slow on CPUs)
-        eval_amp = amp if device.type == "cuda" else None
+        eval_amp = evaluation_autocast(device, tcfg.amp)
 
         torch.manual_seed(tcfg.seed)
         model = SpatialVAE(cfg).to(device)
@@ -282,7 +280,7 @@ def _fit(
             if model.render_size != cfg.image_size:  # the table's ELBO: the full box
                 model.set_render_size(cfg.image_size)
             advance = bar.task("encoding", n)
-            batch = max(tcfg.batch_size, 256)
+            batch = max(tcfg.batch, 256)
             enc = encode(
                 model, data, device, batch, tcfg.seed, advance, ctx=ctx, ctf=ctf, amp=eval_amp
             )
@@ -350,6 +348,13 @@ def autocast_for(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+def evaluation_autocast(device: torch.device, enabled: bool = True):
+    """The autocast of fit's test ELBO and table ELBO: training's on a GPU (bf16); None on a
+    CPU, where float32 renders the generator's cache-sized chunks faster (bf16 tanh is slow on
+    CPUs: docs/benchmarks.md, "Users' sizes")."""
+    return autocast_for(device, enabled) if device.type == "cuda" else None
+
+
 @dataclass
 class Step:
     """What one epoch's optimiser steps share: the network (the model or its DDP wrapper), the
@@ -389,11 +394,9 @@ def _train_epoch(
     augment = cfg.rotation and tcfg.augment_rotation
     names = term_names(cfg.zdim, cfg.pose != "rigid")
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
-    n_steps = math.ceil(n / tcfg.batch_size)
+    n_steps = math.ceil(n / tcfg.batch)
     bar.epoch_start(epoch, n_steps, n)
-    batches = [
-        train_idx[perm[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]] for k in range(n_steps)
-    ]
+    batches = [train_idx[perm[k * tcfg.batch : (k + 1) * tcfg.batch]] for k in range(n_steps)]
     parts = [ctx.part(len(b)) for b in batches]
     mine_idx = [b[p] for b, p in zip(batches, parts, strict=True)]
     images = prefetched(data, mine_idx, device, reader_count(tcfg.readers, device))
@@ -418,7 +421,7 @@ def _train_epoch(
         )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
-            done = min((step + 1) * tcfg.batch_size, n)
+            done = min((step + 1) * tcfg.batch, n)
             bar.step(running.read(sums[0], done))
         else:
             bar.step()
@@ -617,7 +620,7 @@ def evaluate(
     rng.manual_seed(seed)
     names = term_names(config.model.zdim, config.model.pose != "rigid")
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
-    bs = max(config.train.batch_size, 256)
+    bs = max(config.train.batch, 256)
     step = model.images_per_pass(training=False)
     for start in range(0, idx.shape[0], bs):
         batch = idx[start : start + bs]

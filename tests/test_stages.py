@@ -168,6 +168,20 @@ def test_without_epochs_fit_chooses_the_schedule_by_the_particle_count_above_48_
     assert (back.train.fine_images, back.train.fine_train) == (0, "all")
 
 
+def test_the_default_batch_is_100_up_to_48_px_and_32_above_and_b_wins():
+    from emvae.config import DataConfig
+
+    for size, batch in [(28, 100), (48, 100), (56, 32), (128, 32)]:
+        cfg = RunConfig(ModelConfig(image_size=size), data=DataConfig(n_images=1000))
+        cfg.resolve()
+        assert cfg.train.batch_size == batch
+    given = RunConfig(ModelConfig(image_size=128), TrainConfig(batch_size=64))
+    given.resolve()
+    assert given.train.batch_size == 64
+    back = RunConfig.from_dict(given.to_dict())  # config.json and checkpoints keep it
+    assert back.train.batch_size == 64
+
+
 def test_a_full_size_epoch_trains_on_the_fine_images_only(tmp_path, monkeypatch):
     """--fine-images 10: the coarse epoch sees the whole training set, the full-size epoch a
     random 10 of it (and the hyperprior's weight stays per image of the whole set)."""

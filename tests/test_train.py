@@ -13,7 +13,7 @@ from emvae.data import load_images, normalize_
 from emvae.encode import encode
 from emvae.errors import ConfigError, EmvaeError, OutputExistsError
 from emvae.io import read_table
-from emvae.train import autocast_for
+from emvae.train import evaluation_autocast
 
 
 def _config(stack, epochs=3, **model):
@@ -86,7 +86,7 @@ def test_checkpoint_rebuilds_model_with_identical_encodings(run):
     model, config, ckpt = load_model(result.out_dir)
     assert ckpt["epoch"] == 3 and ckpt["version"]
     data = normalize_(load_images(stack, torch.device("cpu")), config.data.mean, config.data.std)
-    amp = autocast_for(torch.device("cpu"), config.train.amp)  # the ELBO as fit rendered it
+    amp = evaluation_autocast(torch.device("cpu"), config.train.amp)  # the ELBO as fit renders it
     enc = encode(model, data, torch.device("cpu"), seed=config.train.seed, amp=amp)
     table = Particles.of(stack).table(config.model, enc)
     for col in ("theta_deg", "shift_x_px", "z1", "elbo"):

@@ -113,7 +113,10 @@ class SpatialGenerator(nn.Module):
     def forward(self, coords: Tensor, z: Tensor) -> Tensor:
         """coords ``(B, N, 2)``, z ``(B, K)`` -> ``(B, N, n_out)``."""
         b, n = coords.shape[:2]
-        if coords.device.type != "cpu" or torch.is_grad_enabled() or b * n <= CPU_CHUNK_ROWS:
+        traced = torch.jit.is_tracing() or torch.compiler.is_compiling()  # export, compile
+        if traced or coords.device.type != "cpu" or torch.is_grad_enabled():
+            return self._render(coords, z)
+        if b * n <= CPU_CHUNK_ROWS:  # (after the checks above: export's batch is symbolic)
             return self._render(coords, z)
         rows = max(1, CPU_CHUNK_ROWS // b)  # pixels per image in a chunk
         return torch.cat([self._render(coords[:, a : a + rows], z) for a in range(0, n, rows)], 1)
