@@ -13,7 +13,14 @@ from emvae.errors import ConfigError
 from emvae.gpucheck import SECTIONS
 from emvae.mnist import DATASETS
 from emvae.safety import check_memory, refuse_existing
-from emvae.simulate import OBJECTS, get_object, write_simulation
+from emvae.simulate import (
+    JUNK_KINDS,
+    OBJECTS,
+    class_objects,
+    parse_junk_kinds,
+    parse_weights,
+    write_simulation,
+)
 from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, default, err_console, user_errors
 
 Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)
@@ -122,6 +129,35 @@ def simulate(
         help="With --structure: each particle's view tilted out of plane by N(0, T^2) degrees "
         "about a random in-plane axis (truth.csv gets tilt_deg, tilt_axis_deg).",
     ),
+    classes: int = typer.Option(
+        1,
+        "--classes",
+        min=1,
+        help="A mixture of K molecules: --object and the next ones of its family (hinge, "
+        "clamp, slide, then random from --object-seed on); with --structure, K views of one "
+        "model (or give --structure once per class). truth.csv gets class (0..K-1), junk, "
+        "junk_kind.",
+    ),
+    class_weights: str | None = typer.Option(
+        None,
+        "--class-weights",
+        show_default=False,
+        help="With --classes: the classes' shares, comma-separated (0.5,0.3,0.2; default equal).",
+    ),
+    junk: float = typer.Option(
+        0.0,
+        "--junk",
+        min=0,
+        max=0.99,
+        help="Fraction of junk images (exact count, random places), split equally between "
+        "--junk-kinds; same CTF and noise as the particles.",
+    ),
+    junk_kinds: str = typer.Option(
+        ",".join(JUNK_KINDS),
+        "--junk-kinds",
+        help="Junk: noise (no signal), ice (broad blobs), fragment (part of a particle), "
+        "neighbour (a second particle overlapping the box).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT's files."),
 ) -> None:
     """Simulated particles with known poses and conformations.
@@ -144,11 +180,18 @@ def simulate(
         return
     if structure2 is not None or domain or tilt_deg > 0:
         raise ConfigError("--structure2, --domain and --tilt-deg need --structure")
-    particle = get_object(obj.value, object_seed)
+    kinds, weights = parse_junk_kinds(junk_kinds), parse_weights(class_weights, classes)
+    particles = class_objects(obj.value, object_seed, classes)
     stack = write_simulation(
-        out, n, size, snr, shift_std, seed, apix, df, particle, astigmatism, scale_std, stretch_std,
-        bend_std,
+        out, n, size, snr, shift_std, seed, apix, df, particles if classes > 1 else particles[0],
+        astigmatism, scale_std, stretch_std, bend_std, junk, kinds, weights,
     )  # fmt: skip
+    if classes > 1 or junk > 0:
+        err_console.print(
+            f"{n} images: classes {', '.join(p.name for p in particles)}, "
+            f"{round(junk * n)} junk ({', '.join(kinds)})",
+            highlight=False,
+        )
     err_console.print(
         f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}", highlight=False
     )
