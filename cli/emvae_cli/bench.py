@@ -92,12 +92,13 @@ def simulate(
         help="Each particle bent: the point (x, y) of the molecule moves to (x, y + b x^2), "
         "coordinates in half-boxes, b ~ N(0, B^2) (truth.csv gets bend; test data for --pose tps).",
     ),
-    structure: Path | None = typer.Option(
+    structure: list[Path] | None = typer.Option(
         None,
         "--structure",
         show_default=False,
         help="Project an atomic model instead (PDB or mmCIF, through gemmi): its protein and "
-        "nucleic-acid atoms as Gaussians weighted by atomic number. --object is then ignored.",
+        "nucleic-acid atoms as Gaussians weighted by atomic number. --object is then ignored. "
+        "Repeat for a mixture: one class per model.",
     ),
     structure2: Path | None = typer.Option(
         None,
@@ -172,15 +173,18 @@ def simulate(
     physical("--apix", apix)
     check_memory(4 * n * size * size * 4, f"simulate -n {n} --size {size}")  # ~4 copies
     df = None if defocus is None else _defocus_range(defocus)
-    if structure is not None:
+    kinds = parse_junk_kinds(junk_kinds)
+    if structure:
+        k = len(structure) if len(structure) > 1 else classes
         _simulate_structure(
             out, structure, structure2, domain or [], hinge_deg, view, tilt_deg, n, size, snr,
             shift_std, apix, df, astigmatism, seed, scale_std + stretch_std + bend_std > 0,
+            classes, parse_weights(class_weights, k), junk, kinds,
         )  # fmt: skip
         return
     if structure2 is not None or domain or tilt_deg > 0:
         raise ConfigError("--structure2, --domain and --tilt-deg need --structure")
-    kinds, weights = parse_junk_kinds(junk_kinds), parse_weights(class_weights, classes)
+    weights = parse_weights(class_weights, classes)
     particles = class_objects(obj.value, object_seed, classes)
     stack = write_simulation(
         out, n, size, snr, shift_std, seed, apix, df, particles if classes > 1 else particles[0],
@@ -199,7 +203,7 @@ def simulate(
 
 def _simulate_structure(
     out, structure, structure2, domains, hinge_deg, view, tilt_deg, n, size, snr, shift_std,
-    apix, df, astigmatism, seed, deformed,
+    apix, df, astigmatism, seed, deformed, classes, weights, junk, kinds,
 ) -> None:  # fmt: skip
     """``emvae simulate --structure``: :mod:`emvae.structure`."""
     from emvae import structure as st
@@ -207,18 +211,32 @@ def _simulate_structure(
     if deformed:
         raise ConfigError("--scale-std, --stretch-std and --bend-std are for --object, not "
                           "--structure")  # fmt: skip
-    obj = st.structure_object(
-        structure, size, apix, structure2, domains, hinge_deg, st.parse_view(view)
+    objs = st.structure_objects(
+        structure, size, apix, structure2, domains, hinge_deg, st.parse_view(view), classes
     )
     stack = st.write_structure_simulation(
-        out, obj, n, snr, shift_std, seed, df, astigmatism, tilt_deg
-    )
-    rot, tilt, psi = obj.view
+        out, objs if len(objs) > 1 else objs[0], n, snr, shift_std, seed, df, astigmatism,
+        tilt_deg, junk=junk, junk_kinds=kinds, class_weights=weights,
+    )  # fmt: skip
+    auto = " (auto)" if view.strip().lower() == "auto" else ""
+    wrote = f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}"
+    if len(objs) == 1 and junk == 0:
+        rot, tilt, psi = objs[0].view
+        err_console.print(
+            f"{objs[0].name}: {len(objs[0].z)} atoms, view rot {rot:.1f} tilt {tilt:.1f} psi "
+            f"{psi:.1f} deg{auto}; {wrote}",
+            highlight=False,
+        )
+        return
+    for k, obj in enumerate(objs):
+        rot, tilt, psi = obj.view
+        err_console.print(
+            f"class {k}: {obj.name}: {len(obj.z)} atoms, view rot {rot:.1f} tilt {tilt:.1f} "
+            f"psi {psi:.1f} deg{auto if k == 0 else ''}",
+            highlight=False,
+        )
     err_console.print(
-        f"{obj.name}: {len(obj.z)} atoms, view rot {rot:.1f} tilt {tilt:.1f} psi {psi:.1f} deg"
-        f"{' (auto)' if view.strip().lower() == 'auto' else ''}; wrote {stack}, "
-        f"{out / 'particles.star'}, {out / 'truth.csv'}",
-        highlight=False,
+        f"{n} images, {round(junk * n)} junk ({', '.join(kinds)}); {wrote}", highlight=False
     )
 
 
