@@ -45,7 +45,7 @@ class BlobObject:
     slide: tuple[float, float] = (0.0, 0.0)
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[object, ...]:
         """What identifies the molecule (the consensus frame is cached under it)."""
         return (self.name, self.body.tobytes(), self.domain.tobytes(), self.pivot, self.turn_deg,
                 self.slide)  # fmt: skip
@@ -74,7 +74,7 @@ class Blobs(Protocol):
     atomic models of :mod:`emvae.structure`)."""
 
     @property
-    def key(self) -> tuple: ...
+    def key(self) -> tuple[object, ...]: ...
 
     def blobs(self, conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -231,7 +231,17 @@ def render_blobs(
     return out
 
 
-def _render_deformed(centres, sig, amp, theta_deg, shift_px, size, chunk, stretch, bend):
+def _render_deformed(
+    centres: np.ndarray,
+    sig: torch.Tensor,
+    amp: torch.Tensor,
+    theta_deg: np.ndarray,
+    shift_px: np.ndarray,
+    size: int,
+    chunk: int,
+    stretch: np.ndarray | None,
+    bend: np.ndarray | None,
+) -> np.ndarray:
     """:func:`render_blobs` with a stretch and/or a bend: every pixel is taken back to the
     canonical frame (shift, then the turn, the stretch and the bend undone; the bend's inverse
     is exact, since it keeps x) and the blobs are evaluated there."""
@@ -710,7 +720,7 @@ def consensus_pose(
     return theta_c, shift_px + rotated
 
 
-_CONSENSUS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_CONSENSUS: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
 def _consensus_table(obj: Blobs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -807,7 +817,7 @@ def draw_ctf(
 
 
 def write_simulation(
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
     n: int,
     size: int = 40,
     snr: float = 1.0,
@@ -890,10 +900,18 @@ def _place(points: np.ndarray, turn_deg: float, shift: np.ndarray | None = None)
     by ``shift``."""
     a = np.radians(turn_deg)
     rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])  # row vectors
-    return points @ rot + (0.0 if shift is None else shift)
+    return np.asarray(points @ rot + (0.0 if shift is None else shift))
 
 
-def _misfit(p: np.ndarray, c1, s1, a1, ref_c, ref_s, ref_a) -> float:
+def _misfit(
+    p: np.ndarray,
+    c1: np.ndarray,
+    s1: np.ndarray,
+    a1: np.ndarray,
+    ref_c: np.ndarray,
+    ref_s: np.ndarray,
+    ref_a: np.ndarray,
+) -> float:
     """Minus the overlap of blobs 1 with the reference turned by ``p[0]`` degrees and moved by
     ``p[1:]``."""
     return -blob_overlap(c1, s1, a1, _place(ref_c, p[0], p[1:]), ref_s, ref_a)

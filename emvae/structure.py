@@ -87,7 +87,7 @@ class Molecule:
         )
 
 
-def read_structure(path: str | os.PathLike) -> Molecule:
+def read_structure(path: str | os.PathLike[str]) -> Molecule:
     """The protein and nucleic-acid atoms of the first model in a PDB or mmCIF file (gemmi
     picks the format from the suffix; ``.gz`` is read too). One line (:class:`InputError`) for
     a missing file, one gemmi cannot read, or one without such atoms."""
@@ -140,7 +140,7 @@ def rotation_about(axis: np.ndarray, angle_rad: np.ndarray) -> np.ndarray:
     n = axis / np.linalg.norm(axis)
     k = np.array([[0, -n[2], n[1]], [n[2], 0, -n[0]], [-n[1], n[0], 0]])
     a = np.asarray(angle_rad, dtype=np.float64)[:, None, None]
-    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
+    return np.asarray(np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k))
 
 
 def euler_matrix(rot_deg: float, tilt_deg: float, psi_deg: float) -> np.ndarray:
@@ -179,6 +179,12 @@ def euler_angles(matrix: np.ndarray) -> tuple[float, float, float]:
     return rot, tilt, psi
 
 
+def _tidy(angles: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Angles rounded to 1e-9 degrees, without -0 (so 90, not 90.0000000000001 or -0.0)."""
+    a, b, c = (float(np.round(v, 9)) + 0.0 for v in angles)
+    return a, b, c
+
+
 def class_views(view: tuple[float, float, float], classes: int) -> list[tuple[float, float, float]]:
     """``classes`` views of one model for ``emvae simulate --structure --classes K``: class k
     sees the model in ``view`` turned out of plane by ``k * 180 / K`` degrees about the
@@ -187,7 +193,7 @@ def class_views(view: tuple[float, float, float], classes: int) -> list[tuple[fl
     out = [tuple(float(v) for v in view)]
     for k in range(1, classes):
         turn = rotation_about(np.array([1.0, 0.0, 0.0]), np.radians([180.0 * k / classes]))[0]
-        out.append(euler_angles(turn @ a))
+        out.append(_tidy(euler_angles(turn @ a)))
     return out  # type: ignore[return-value]
 
 
@@ -199,7 +205,7 @@ def kabsch(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
     u, _, vt = np.linalg.svd(h)
     d = np.sign(np.linalg.det(u @ vt))
     rot = u @ np.diag([1.0, 1.0, d]) @ vt  # row vectors: x -> x rot
-    return (moving - mc) @ rot + fc
+    return np.asarray((moving - mc) @ rot + fc)
 
 
 @dataclass(frozen=True)
@@ -226,7 +232,7 @@ class Motion:
         """``(n, K, 3)`` A for conformations ``(n,)``."""
         c = np.asarray(conformation, dtype=np.float64)
         if self.end is not None:
-            return self.start + c[:, None, None] * (self.end - self.start)
+            return np.asarray(self.start + c[:, None, None] * (self.end - self.start))
         out = np.repeat(self.start[None], len(c), axis=0)
         if self.mask is not None and self.point is not None and self.axis is not None:
             rot = rotation_about(self.axis, np.radians(self.degrees) * c)  # (n, 3, 3)
@@ -350,7 +356,7 @@ def auto_view(motion: Motion) -> tuple[float, float, float]:
 def atom_sigma_A(b_iso: np.ndarray, apix: float) -> np.ndarray:
     """Each atom's Gaussian width, A: ``sqrt(B / (8 pi^2) + max(1 A, apix / 2)^2)``."""
     floor = max(SIGMA_FLOOR_A, 0.5 * apix)
-    return np.sqrt(np.clip(b_iso, 0.0, None) / (8 * np.pi**2) + floor**2)
+    return np.asarray(np.sqrt(np.clip(b_iso, 0.0, None) / (8 * np.pi**2) + floor**2))
 
 
 @dataclass(eq=False)
@@ -390,7 +396,7 @@ class StructureObject:
         return self.z / (2 * np.pi * (self.sigma_A / self.apix) ** 2)
 
     @cached_property
-    def key(self) -> tuple:
+    def key(self) -> tuple[object, ...]:
         digest = hashlib.sha1()
         for a in (self.motion.start, self.motion.end, self.motion.mask, self.motion.point,
                   self.motion.axis, self.z, self.sigma_A, self.residue):  # fmt: skip
@@ -464,7 +470,7 @@ class _Coarse:
         self.amps = self.weight / (2 * np.pi * var)
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[object, ...]:
         return ("coarse", *self.obj.key)
 
     def _centres(self, conformation: np.ndarray) -> np.ndarray:
@@ -482,10 +488,10 @@ class _Coarse:
 
 
 def structure_object(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     size: int,
     apix: float,
-    structure2: str | os.PathLike | None = None,
+    structure2: str | os.PathLike[str] | None = None,
     domains: list[str] | None = None,
     hinge_deg: float = 30.0,
     view: tuple[float, float, float] | None = None,

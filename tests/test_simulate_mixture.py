@@ -296,3 +296,73 @@ def test_command_writes_a_mixture_with_ctf_and_refuses_bad_options(tmp_path):
     ):
         r = runner.invoke(app, [*args, "--force", *bad])
         assert r.exit_code != 0 and message in r.output, r.output
+
+
+def test_euler_angles_invert_the_matrix_and_views_turn_about_x():
+    from emvae.structure import class_views, euler_angles, euler_matrix, rotation_about
+
+    rng = np.random.default_rng(0)
+    for rot, tilt, psi in [*rng.uniform([-180, 0, -180], [180, 180, 180], (20, 3)),
+                           (30.0, 0.0, 20.0), (0.0, 180.0, 70.0)]:  # fmt: skip
+        a = euler_matrix(rot, tilt, psi)
+        assert np.allclose(euler_matrix(*euler_angles(a)), a, atol=1e-9)
+    views = class_views((10.0, 80.0, -30.0), 4)
+    assert views[0] == (10.0, 80.0, -30.0) and len(views) == 4
+    for k, v in enumerate(views):
+        turn = rotation_about(np.array([1.0, 0.0, 0.0]), np.radians([45.0 * k]))[0]
+        assert np.allclose(euler_matrix(*v), turn @ euler_matrix(10.0, 80.0, -30.0), atol=1e-9)
+
+
+def test_structure_mixture_views_and_models(tmp_path):
+    """--structure with --classes K: K views of one model, each class's particles the model
+    rendered in its view at the truth's pose; --structure twice: one class per model."""
+    from test_simulate_structure import TRYPSIN, _two
+
+    from emvae.structure import structure_object
+
+    size, out = 48, tmp_path / "views"
+    args = ["simulate", str(out), "--structure", str(TRYPSIN), "--classes", "2", "-n", "24",
+            "--size", str(size), "--apix", "1.5", "--view", "0,90,0", "--snr", "inf",
+            "--junk", "0.25", "--junk-kinds", "noise,fragment", "--seed", "3"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "class 1: 1gbt_trypsin: 1629 atoms, view rot 90.0 tilt 90.0 psi 0.0" in r.output
+    images = mrcfile.read(out / "particles.mrcs")
+    truth = pd.read_csv(out / "truth.csv")
+    assert truth["junk"].sum() == 6 and sorted(truth["junk_kind"].unique()) == [
+        "fragment", "noise", "none",
+    ]  # fmt: skip
+    assert np.bincount(truth.loc[truth["junk"] == 0, "class"]).tolist() == [9, 9]
+    views = [(0.0, 90.0, 0.0), (90.0, 90.0, 0.0)]
+    for k, view in enumerate(views):
+        obj = structure_object(TRYPSIN, size, 1.5, view=view)
+        rows = truth[(truth["class"] == k) & (truth["junk"] == 0)]
+        expect = obj.render(
+            np.zeros(len(rows)),
+            rows["theta_deg"].to_numpy(copy=True),
+            rows[["shift_x_px", "shift_y_px"]].to_numpy(copy=True),
+        )
+        assert np.abs(images[rows.index] - expect).max() < 1e-4 * expect.max()
+        frag = truth[(truth["class"] == k) & (truth["junk_kind"] == "fragment")]
+        if len(frag):
+            full = obj.render(
+                np.zeros(len(frag)),
+                frag["theta_deg"].to_numpy(copy=True),
+                frag[["shift_x_px", "shift_y_px"]].to_numpy(copy=True),
+            )
+            assert (images[frag.index] <= full + 1e-4 * full.max()).all()
+            assert (images[frag.index].sum((1, 2)) < 0.8 * full.sum((1, 2))).all()
+    assert np.abs(images[truth["junk_kind"] == "noise"]).max() == 0
+    two = tmp_path / "two"
+    models = [
+        str(_two(tmp_path, (6.0, 0.0, 0.0), "a.pdb")),
+        str(_two(tmp_path, (0, 5.0, 2.0), "b.pdb")),
+    ]
+    args = ["simulate", str(two), "--structure", models[0], "--structure", models[1], "-n", "10",
+            "--size", "33", "--view", "0,0,0", "--class-weights", "4,1"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "class 0: a: " in r.output and "class 1: b: " in r.output
+    assert pd.read_csv(two / "truth.csv")["class"].tolist().count(0) == 8
+    r = runner.invoke(app, [*args, "--force", "--classes", "3"])
+    assert r.exit_code == 1 and "--classes 3 with 2 --structure" in r.output
