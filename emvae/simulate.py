@@ -12,6 +12,7 @@ where the canonical centre lands relative to the box centre.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -44,7 +45,7 @@ class BlobObject:
     slide: tuple[float, float] = (0.0, 0.0)
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[object, ...]:
         """What identifies the molecule (the consensus frame is cached under it)."""
         return (self.name, self.body.tobytes(), self.domain.tobytes(), self.pivot, self.turn_deg,
                 self.slide)  # fmt: skip
@@ -73,7 +74,7 @@ class Blobs(Protocol):
     atomic models of :mod:`emvae.structure`)."""
 
     @property
-    def key(self) -> tuple: ...
+    def key(self) -> tuple[object, ...]: ...
 
     def blobs(self, conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -230,7 +231,17 @@ def render_blobs(
     return out
 
 
-def _render_deformed(centres, sig, amp, theta_deg, shift_px, size, chunk, stretch, bend):
+def _render_deformed(
+    centres: np.ndarray,
+    sig: torch.Tensor,
+    amp: torch.Tensor,
+    theta_deg: np.ndarray,
+    shift_px: np.ndarray,
+    size: int,
+    chunk: int,
+    stretch: np.ndarray | None,
+    bend: np.ndarray | None,
+) -> np.ndarray:
     """:func:`render_blobs` with a stretch and/or a bend: every pixel is taken back to the
     canonical frame (shift, then the turn, the stretch and the bend undone; the bend's inverse
     is exact, since it keeps x) and the blobs are evaluated there."""
@@ -268,6 +279,293 @@ def draw_stretch(n: int, scale_std: float, stretch_std: float, seed: int) -> np.
     return np.exp(np.stack([m + t, m - t], 1))
 
 
+# --- mixtures: several classes and junk (``emvae simulate --classes/--junk``) ---------------
+
+#: The kinds of junk :func:`draw_mixture` draws (``emvae simulate --junk-kinds``): a box of
+#: noise only, broad Gaussian blobs of ice, a particle cut in two (a fragment), and a particle
+#: with a second one overlapping the box (a neighbour).
+JUNK_KINDS = ("noise", "ice", "fragment", "neighbour")
+#: Blobs of ice per image (at most; each present with its own draw).
+ICE_BLOBS = 3
+#: Where the blobs a fragment loses are moved (coordinate units): far enough that they add 0.
+_GONE = 1.0e4
+
+Render = Callable[
+    [int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None"],
+    np.ndarray,
+]
+Centres = Callable[
+    [int, np.ndarray, "np.ndarray | None"], tuple[np.ndarray, np.ndarray, np.ndarray]
+]
+
+
+def parse_junk_kinds(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"noise,ice"`` (or a sequence of names) -> ``("noise", "ice")``, each one of
+    :data:`JUNK_KINDS` (``neighbor`` is read as ``neighbour``), duplicates dropped; one line
+    (:class:`ConfigError`) for an unknown or empty list."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = [s.strip().lower().replace("neighbor", "neighbour") for s in items if s.strip()]
+    bad = [s for s in names if s not in JUNK_KINDS]
+    if bad or not names:
+        raise ConfigError(
+            f"--junk-kinds {','.join(items)!r}: give one or more of {','.join(JUNK_KINDS)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def parse_weights(text: str | None, classes: int) -> tuple[float, ...] | None:
+    """``--class-weights "0.5,0.3,0.2"`` -> the ``classes`` shares (normalised later); None
+    stays None (equal shares). One line (:class:`ConfigError`) for a wrong count, a negative
+    share or shares that sum to 0."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != classes or not all(v >= 0 for v in values) or not sum(values) > 0:
+        raise ConfigError(
+            f"--class-weights {text!r}: give {classes} non-negative shares (one per class), "
+            "comma-separated"
+        )
+    return values
+
+
+def class_objects(name: str, seed: int, classes: int) -> list[BlobObject]:
+    """The molecules of ``classes`` classes of 2-D blob molecules, class 0 being ``name``
+    (:func:`get_object`): for a fixed molecule the other fixed ones follow in
+    :data:`OBJECTS` order (hinge, clamp, slide), then random molecules drawn from ``seed``,
+    ``seed + 1``, ...; for ``random``, random molecules from ``seed``, ``seed + 1``, ..."""
+    if classes < 1:
+        raise ConfigError(f"--classes {classes}: need at least 1")
+    first = get_object(name, seed)
+    fixed = [get_object(k) for k in OBJECTS[:-1] if k != name] if name != "random" else []
+    out = [first, *fixed][:classes]
+    start = seed + 1 if name == "random" else seed
+    out += [random_object(start + i) for i in range(classes - len(out))]
+    return out
+
+
+@dataclass(frozen=True)
+class MixtureDraws:
+    """What each of ``n`` images of a mixture holds (:func:`draw_mixture`).
+
+    ``label`` ``(n,)`` int: the class (0 .. K - 1) of the molecule centred in the box, -1
+    where there is none (noise, ice). ``kind`` ``(n,)`` str: ``""`` for a particle, else the
+    junk kind (:data:`JUNK_KINDS`). Fragments: ``cut_normal`` ``(n, 2)`` unit vectors in the
+    molecule's canonical frame and ``cut_fraction`` ``(n,)`` in (0, 1): the molecule loses
+    that share of its blobs (atoms), those lying furthest along ``-cut_normal`` (a straight
+    cut). Neighbours: the second particle's class ``neighbour_label`` ``(n,)``, conformation
+    ``neighbour_conf`` ``(n,)``, turn ``neighbour_theta`` ``(n,)`` degrees and centre
+    ``neighbour_shift`` ``(n, 2)`` px from the box centre (+y up). Ice: ``ice_centres``
+    ``(n, ICE_BLOBS, 2)`` and ``ice_sigmas`` ``(n, ICE_BLOBS)`` coordinate units,
+    ``ice_amps`` ``(n, ICE_BLOBS)`` relative to the particles' typical peak (0 for an absent
+    blob). Entries an image's kind does not use are drawn anyway (and ignored). ``kinds``: the
+    junk kinds asked for (empty without junk)."""
+
+    label: np.ndarray
+    kind: np.ndarray
+    cut_normal: np.ndarray
+    cut_fraction: np.ndarray
+    neighbour_label: np.ndarray
+    neighbour_conf: np.ndarray
+    neighbour_theta: np.ndarray
+    neighbour_shift: np.ndarray
+    ice_centres: np.ndarray
+    ice_sigmas: np.ndarray
+    ice_amps: np.ndarray
+    kinds: tuple[str, ...] = ()
+
+    @property
+    def real(self) -> np.ndarray:
+        """``(n,)`` bool: the image is a particle (not junk)."""
+        return np.asarray(self.kind == "")
+
+
+def _split(total: int, parts: int) -> np.ndarray:
+    """``total`` split into ``parts`` counts as equal as possible (the first ones larger)."""
+    return np.full(parts, total // parts) + (np.arange(parts) < total % parts)
+
+
+def draw_mixture(
+    n: int,
+    classes: int,
+    junk: float,
+    kinds: Sequence[str],
+    seed: int,
+    size: int,
+    weights: Sequence[float] | None = None,
+) -> MixtureDraws:
+    """Which of ``n`` images holds which class or junk, and each junk image's parameters.
+
+    Exact counts in a random order: ``round(junk * n)`` junk images (at most n - 1), split
+    equally between ``kinds``, and the others split between the ``classes`` by ``weights``
+    (equal by default; largest remainders for the rounding). Fragments and neighbours are cut
+    from or centred on a particle of a class drawn uniformly. Neighbours: the second
+    particle's centre lies 0.6-0.9 half-boxes from the box centre in a uniform direction, so it
+    overlaps the box's edge and the centred particle. Ice: 1-3 blobs (each present with
+    probability 2/3, at least one), centres uniform within 0.8 half-boxes, widths 0.15-0.4
+    half-boxes, heights 0.3-1 of the particles' typical peak. Drawn from their own generator
+    (seeded ``[seed, 26]``), so the particles' poses, conformations and noise are those of the
+    same seed without a mixture. ``size`` (px) converts the neighbours' positions to pixels."""
+    if classes < 1:
+        raise ConfigError(f"--classes {classes}: need at least 1")
+    if not 0.0 <= junk < 1.0:
+        raise ConfigError(f"--junk {junk:g}: give the junk fraction in [0, 1)")
+    kinds = parse_junk_kinds(list(kinds)) if junk > 0 else ()
+    rng = np.random.default_rng([seed, 26])
+    n_junk = min(int(round(junk * n)), n - 1) if junk > 0 else 0
+    w = np.ones(classes) if weights is None else np.asarray(weights, dtype=np.float64)
+    if len(w) != classes or not (w >= 0).all() or not w.sum() > 0:
+        raise ConfigError(f"need {classes} non-negative class weights, got {list(w)}")
+    quota = (n - n_junk) * w / w.sum()
+    counts = np.floor(quota).astype(np.int64)
+    extra = np.argsort(-(quota - counts), kind="stable")[: (n - n_junk) - counts.sum()]
+    counts[extra] += 1
+    label = np.repeat(np.arange(classes), counts)
+    kind = np.array([""] * (n - n_junk), dtype=object)
+    if n_junk:
+        per_kind = _split(n_junk, len(kinds))
+        kind = np.concatenate([kind, np.repeat(np.array(kinds, dtype=object), per_kind)])
+        label = np.concatenate([label, np.full(n_junk, -1)])
+    order = rng.permutation(n)
+    label, kind = label[order], kind[order]
+    carried = (kind == "fragment") | (kind == "neighbour")
+    label[carried] = rng.integers(0, classes, int(carried.sum()))
+    angle = rng.uniform(0.0, 2 * np.pi, n)
+    where = rng.uniform(0.0, 2 * np.pi, n)
+    ice_on = rng.uniform(size=(n, ICE_BLOBS)) < 2 / 3
+    ice_on[np.arange(n), rng.integers(0, ICE_BLOBS, n)] = True
+    return MixtureDraws(
+        label=label.astype(np.int64),
+        kind=kind,
+        cut_normal=np.stack([np.cos(angle), np.sin(angle)], 1),
+        cut_fraction=rng.uniform(0.3, 0.7, n),
+        neighbour_label=rng.integers(0, classes, n),
+        neighbour_conf=rng.uniform(0.0, 1.0, n),
+        neighbour_theta=rng.uniform(-180.0, 180.0, n),
+        neighbour_shift=np.stack([np.cos(where), np.sin(where)], 1)
+        * rng.uniform(0.6, 0.9, n)[:, None]
+        * pixels_per_unit(size),
+        ice_centres=rng.uniform(-0.8, 0.8, (n, ICE_BLOBS, 2)),
+        ice_sigmas=rng.uniform(0.15, 0.4, (n, ICE_BLOBS)),
+        ice_amps=rng.uniform(0.3, 1.0, (n, ICE_BLOBS)) * ice_on,
+        kinds=kinds if n_junk else (),
+    )
+
+
+def cut_blobs(centres: np.ndarray, normal: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+    """Fragments: of each molecule's blobs ``centres`` ``(m, M, 2)`` (canonical frame,
+    coordinate units), the ``fraction`` ``(m,)`` (at least one, never all) lying furthest along
+    ``-normal`` ``(m, 2)`` are removed (moved far out of the box, where they add nothing):
+    the molecule cut by a straight line across ``normal``. Returns a copy."""
+    m, count = centres.shape[:2]
+    along = np.einsum("mkd,md->mk", centres, normal)  # (m, M)
+    rank = np.argsort(np.argsort(along, axis=1, kind="stable"), axis=1, kind="stable")
+    lose = np.clip(np.round(fraction * count), 1, max(1, count - 1)).astype(np.int64)
+    out = np.array(centres, dtype=np.float64, copy=True)
+    out[rank < lose[:, None]] = _GONE
+    return out
+
+
+def render_gaussians(
+    centres: np.ndarray, sigmas: np.ndarray, amps: np.ndarray, size: int, chunk: int = 512
+) -> np.ndarray:
+    """Images ``(n, size, size)`` float32 (row 0 at the top) of isotropic Gaussians, each
+    image its own: centres ``(n, M, 2)``, widths ``(n, M)`` (coordinate units, +y up) and
+    peak heights ``(n, M)``."""
+    grid = coordinate_grid(size, size, dtype=torch.float64)  # (N, 2)
+    out = np.empty((len(centres), size, size), dtype=np.float32)
+    for s in range(0, len(centres), chunk):
+        c = torch.as_tensor(np.ascontiguousarray(centres[s : s + chunk]), dtype=torch.float64)
+        sig = torch.as_tensor(sigmas[s : s + chunk], dtype=torch.float64)[:, None, :]
+        amp = torch.as_tensor(amps[s : s + chunk], dtype=torch.float64)[:, None, :]
+        d2 = ((grid[None, :, None, :] - c[:, None, :, :]) ** 2).sum(-1)  # (b, N, M)
+        img = (amp * torch.exp(-d2 / (2 * sig**2))).sum(-1)
+        out[s : s + chunk] = img.reshape(-1, size, size).numpy()
+    return out
+
+
+def render_mixture(
+    classes: int,
+    draws: MixtureDraws,
+    index: np.ndarray,
+    conformation: np.ndarray,
+    theta_deg: np.ndarray,
+    shift_px: np.ndarray,
+    size: int,
+    centres_of: Centres,
+    render: Render,
+) -> np.ndarray:
+    """Clean images ``(len(index), size, size)`` float32 of the mixture's images ``index``
+    ``(m,)`` (rows of ``draws``; batched per class, no loop over images).
+
+    Image i holds class ``label[i]``'s molecule at conformation ``conformation[i]``, turned
+    by ``theta_deg[i]`` and centred at ``shift_px[i]`` (all ``(n,)``/``(n, 2)`` over the whole
+    stack), cut for a fragment; a neighbour adds the second particle; ice is
+    :func:`render_gaussians` scaled by the particles' typical peak (the mean over classes of
+    the brightest pixel of conformation 0.5 unturned); noise is 0.
+    ``centres_of(k, conformation (m,), rows (m,) | None)`` gives class k's blobs
+    (:meth:`BlobObject.blobs`; ``rows``: the images, for per-image extras such as a tilt, None
+    for neighbours); ``render(k, centres, sigmas, amps, theta (m,), shift (m, 2), rows | None)``
+    draws them (:func:`render_blobs`, :func:`emvae.structure.render_separable`)."""
+    index = np.asarray(index, dtype=np.int64)
+    out = np.zeros((len(index), size, size), dtype=np.float32)
+    label, kind = draws.label[index], draws.kind[index]
+    for k in range(classes):
+        sel = np.flatnonzero(label == k)
+        if len(sel) == 0:
+            continue
+        rows = index[sel]
+        c, s, a = centres_of(k, conformation[rows], rows)
+        frag = kind[sel] == "fragment"
+        if frag.any():
+            c = np.array(c, dtype=np.float64, copy=True)
+            c[frag] = cut_blobs(c[frag], draws.cut_normal[rows[frag]],
+                                draws.cut_fraction[rows[frag]])  # fmt: skip
+        out[sel] = render(k, c, s, a, theta_deg[rows], shift_px[rows], rows)
+    for k in range(classes):
+        sel = np.flatnonzero((kind == "neighbour") & (draws.neighbour_label[index] == k))
+        if len(sel) == 0:
+            continue
+        rows = index[sel]
+        c, s, a = centres_of(k, draws.neighbour_conf[rows], None)
+        out[sel] += render(k, c, s, a, draws.neighbour_theta[rows],
+                           draws.neighbour_shift[rows], None)  # fmt: skip
+    ice = np.flatnonzero(kind == "ice")
+    if len(ice):
+        one, zero = np.array([0.5]), np.zeros(1)
+        peak = np.mean(
+            [render(k, *centres_of(k, one, None), zero, zero[:, None] * [0, 0], None).max()
+             for k in range(classes)]
+        )  # fmt: skip
+        rows = index[ice]
+        out[ice] = render_gaussians(draws.ice_centres[rows], draws.ice_sigmas[rows],
+                                    draws.ice_amps[rows] * peak, size)  # fmt: skip
+    return out
+
+
+def mixture_truth(draws: MixtureDraws, truth: pd.DataFrame) -> pd.DataFrame:
+    """``truth`` (one row per image, the columns of :func:`truth_table`, poses of each image's
+    centred molecule) with the mixture's columns: ``class`` (the centred molecule's class,
+    0 .. K - 1; -1 for noise and ice, whose pose and conformation columns are then empty),
+    ``junk`` (0 or 1) and ``junk_kind`` (``none`` for a particle); when the junk may hold
+    neighbours (``draws.kinds``), ``neighbour_x_px``, ``neighbour_y_px``: where a neighbour's
+    second particle is centred (px from the box centre, +y up; empty for other images)."""
+    out = truth.copy()
+    none = draws.label < 0
+    posed = [c for c in out.columns if c != "image"]
+    out.loc[none, posed] = np.nan
+    out["class"] = draws.label
+    out["junk"] = (~draws.real).astype(np.int64)
+    out["junk_kind"] = np.where(draws.real, "none", draws.kind.astype(str))
+    if "neighbour" in draws.kinds:
+        nb = draws.kind == "neighbour"
+        out["neighbour_x_px"] = np.where(nb, draws.neighbour_shift[:, 0], np.nan)
+        out["neighbour_y_px"] = np.where(nb, draws.neighbour_shift[:, 1], np.nan)
+    return out
+
+
 def simulate_particles(
     n: int,
     size: int = 40,
@@ -275,10 +573,13 @@ def simulate_particles(
     shift_std_px: float = 2.0,
     seed: int = 0,
     stack_name: str = "particles.mrcs",
-    obj: BlobObject = HINGE,
+    obj: BlobObject | Sequence[BlobObject] = HINGE,
     scale_std: float = 0.0,
     stretch_std: float = 0.0,
     bend_std: float = 0.0,
+    junk: float = 0.0,
+    junk_kinds: Sequence[str] = JUNK_KINDS,
+    class_weights: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """``n`` noisy particles of ``obj`` with uniform conformations in [0, 1], uniform
     rotations and Gaussian shifts.
@@ -298,26 +599,69 @@ def simulate_particles(
     consensus turn is the unstretched molecule's). ``bend_std``: each molecule is also bent
     (:func:`render_blobs`' ``bend``, b ~ N(0, bend_std^2), drawn from its own generator);
     ``truth`` then has ``bend`` (the consensus pose is the unbent molecule's).
+
+    A mixture: ``obj`` a sequence of K molecules (class k is ``obj[k]``; :func:`class_objects`)
+    and/or ``junk`` > 0, the fraction of junk images of ``junk_kinds`` (:func:`draw_mixture`,
+    which also takes ``class_weights``; :func:`render_mixture`). SNR is then the variance of
+    the real particles' clean images (junk excluded) over the noise variance, and every image,
+    junk included, gets that noise. ``truth`` then has :func:`mixture_truth`'s columns
+    (``class``, ``junk``, ``junk_kind``, and ``neighbour_x_px``, ``neighbour_y_px`` when
+    neighbours may occur). Particles keep the poses, conformations and noise the same seed
+    gives without a mixture; with one molecule and no junk the result is exactly that.
     """
+    objects = [obj] if isinstance(obj, BlobObject) else list(obj)
     rng = np.random.default_rng(seed)
     conf = rng.uniform(0.0, 1.0, n)
     theta = rng.uniform(-180.0, 180.0, n)
     shift = rng.normal(0.0, shift_std_px, (n, 2)) if shift_std_px > 0 else np.zeros((n, 2))
-    centres, sigmas, amps = obj.blobs(conf)
     stretch = draw_stretch(n, scale_std, stretch_std, seed)
     bend = np.random.default_rng([seed, 23]).normal(0.0, bend_std, n) if bend_std > 0 else None
-    clean = render_blobs(centres, sigmas, amps, theta, shift, size, stretch=stretch, bend=bend)
+    draws = None
+    if len(objects) == 1 and junk == 0:
+        centres, sigmas, amps = objects[0].blobs(conf)
+        clean = render_blobs(centres, sigmas, amps, theta, shift, size, stretch=stretch, bend=bend)
+        signal = clean
+    else:
+        draws = draw_mixture(n, len(objects), junk, junk_kinds, seed, size, class_weights)
+
+        def centres_of(
+            k: int, c: np.ndarray, rows: np.ndarray | None
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return objects[k].blobs(c)
+
+        def render(
+            k: int, c: np.ndarray, s: np.ndarray, a: np.ndarray, t: np.ndarray, u: np.ndarray,
+            rows: np.ndarray | None,
+        ) -> np.ndarray:  # fmt: skip
+            st = None if stretch is None or rows is None else stretch[rows]
+            bd = None if bend is None or rows is None else bend[rows]
+            return render_blobs(c, s, a, t, u, size, stretch=st, bend=bd)
+
+        clean = render_mixture(
+            len(objects), draws, np.arange(n), conf, theta, shift, size, centres_of, render
+        )
+        signal = clean[draws.real]
     if np.isfinite(snr):
-        noise_std = float(np.sqrt(clean.var() / snr))
+        noise_std = float(np.sqrt(signal.var() / snr))
         images = clean + rng.normal(0.0, noise_std, clean.shape).astype(np.float32)
     else:
         images = clean
-    theta_c, shift_c = consensus_pose(obj, conf, theta, shift, size, stretch)
+    if draws is None:
+        theta_c, shift_c = consensus_pose(objects[0], conf, theta, shift, size, stretch)
+    else:
+        theta_c, shift_c = np.full(n, np.nan), np.full((n, 2), np.nan)
+        for k, o in enumerate(objects):
+            at = draws.label == k
+            theta_c[at], shift_c[at] = consensus_pose(
+                o, conf[at], theta[at], shift[at], size, None if stretch is None else stretch[at]
+            )
     truth = truth_table(stack_name, theta_c, shift_c, conf, theta, shift)
     if stretch is not None:
         truth["scale_x"], truth["scale_y"] = stretch[:, 0], stretch[:, 1]
     if bend is not None:
         truth["bend"] = bend
+    if draws is not None:
+        truth = mixture_truth(draws, truth)
     return images.astype(np.float32), truth
 
 
@@ -376,7 +720,7 @@ def consensus_pose(
     return theta_c, shift_px + rotated
 
 
-_CONSENSUS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_CONSENSUS: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
 def _consensus_table(obj: Blobs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -473,7 +817,7 @@ def draw_ctf(
 
 
 def write_simulation(
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
     n: int,
     size: int = 40,
     snr: float = 1.0,
@@ -481,11 +825,14 @@ def write_simulation(
     seed: int = 0,
     apix: float = 1.0,
     defocus_um: float | tuple[float, float] | None = None,
-    obj: BlobObject = HINGE,
+    obj: BlobObject | Sequence[BlobObject] = HINGE,
     astigmatism_um: float = 0.0,
     scale_std: float = 0.0,
     stretch_std: float = 0.0,
     bend_std: float = 0.0,
+    junk: float = 0.0,
+    junk_kinds: Sequence[str] = JUNK_KINDS,
+    class_weights: Sequence[float] | None = None,
 ) -> Path:
     """Write ``particles.mrcs``, ``particles.star`` (RELION 3.1, the true poses) and
     ``truth.csv`` of ``n`` particles of ``obj`` into ``out_dir``; returns the stack's path.
@@ -497,6 +844,11 @@ def write_simulation(
     angle per particle. The STAR file and ``truth.csv`` (``defocus_um``, the mean) carry them.
     ``scale_std``, ``stretch_std``: see :func:`simulate_particles` (``truth.csv`` gets
     ``scale_x``, ``scale_y``; the STAR file keeps the rigid poses), ``bend_std`` (``bend``).
+    A mixture (``obj`` several molecules, ``junk`` > 0, ``junk_kinds``, ``class_weights``: see
+    :func:`simulate_particles`): every image gets its CTF and the same noise, whose variance is
+    the real particles' clean variance (after the CTF) over ``snr``; ``truth.csv`` gets
+    ``class``, ``junk``, ``junk_kind`` (and the neighbours' positions); the STAR file gives the
+    images without a particle (noise, ice) a pose of 0.
     """
     from emvae.ctf import apply_ctf
     from emvae.io import write_mrc
@@ -508,24 +860,39 @@ def write_simulation(
     if defocus_um is None:
         images, truth = simulate_particles(
             n, size, snr, shift_std_px, seed, obj=obj, scale_std=scale_std,
-            stretch_std=stretch_std, bend_std=bend_std,
+            stretch_std=stretch_std, bend_std=bend_std, junk=junk, junk_kinds=junk_kinds,
+            class_weights=class_weights,
         )  # fmt: skip
     else:
         clean, truth = simulate_particles(
             n, size, float("inf"), shift_std_px, seed, obj=obj, scale_std=scale_std,
-            stretch_std=stretch_std, bend_std=bend_std,
+            stretch_std=stretch_std, bend_std=bend_std, junk=junk, junk_kinds=junk_kinds,
+            class_weights=class_weights,
         )  # fmt: skip
         params, meta, rng = draw_ctf(n, seed, defocus_um, apix, astigmatism_um)
         x = torch.from_numpy(clean)[:, None]
         clean = torch.cat(
             [apply_ctf(x[i : i + 1024], params[i : i + 1024]) for i in range(0, n, 1024)]
         )[:, 0].numpy()
-        images = clean + rng.normal(0, np.sqrt(clean.var() / snr), clean.shape).astype(np.float32)
+        signal = clean if "junk" not in truth else clean[truth["junk"].to_numpy() == 0]
+        images = clean + rng.normal(0, np.sqrt(signal.var() / snr), clean.shape).astype(np.float32)
         truth["defocus_um"] = meta.pop("defocus_um").to_numpy()
     write_mrc(out / "particles.mrcs", images, apix)
     truth.to_csv(out / "truth.csv", index=False, float_format="%.6f")
-    write_star(table_to_star(truth, size, apix, meta, defaults=Optics()), out / "particles.star")
+    write_star(table_to_star(star_poses(truth), size, apix, meta, defaults=Optics()),
+               out / "particles.star")  # fmt: skip
     return out / "particles.mrcs"
+
+
+def star_poses(truth: pd.DataFrame) -> pd.DataFrame:
+    """The truth's poses for the STAR file: images without a particle (a mixture's noise and
+    ice, whose poses are empty) get a pose of 0. The truth itself when it has no such rows."""
+    cols = ["theta_deg", "shift_x_px", "shift_y_px"]
+    if not truth[cols].isna().to_numpy().any():
+        return truth
+    out = truth.copy()
+    out[cols] = out[cols].fillna(0.0)
+    return out
 
 
 def _place(points: np.ndarray, turn_deg: float, shift: np.ndarray | None = None) -> np.ndarray:
@@ -533,10 +900,18 @@ def _place(points: np.ndarray, turn_deg: float, shift: np.ndarray | None = None)
     by ``shift``."""
     a = np.radians(turn_deg)
     rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])  # row vectors
-    return points @ rot + (0.0 if shift is None else shift)
+    return np.asarray(points @ rot + (0.0 if shift is None else shift))
 
 
-def _misfit(p: np.ndarray, c1, s1, a1, ref_c, ref_s, ref_a) -> float:
+def _misfit(
+    p: np.ndarray,
+    c1: np.ndarray,
+    s1: np.ndarray,
+    a1: np.ndarray,
+    ref_c: np.ndarray,
+    ref_s: np.ndarray,
+    ref_a: np.ndarray,
+) -> float:
     """Minus the overlap of blobs 1 with the reference turned by ``p[0]`` degrees and moved by
     ``p[1:]``."""
     return -blob_overlap(c1, s1, a1, _place(ref_c, p[0], p[1:]), ref_s, ref_a)

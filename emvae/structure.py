@@ -40,7 +40,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -86,7 +87,7 @@ class Molecule:
         )
 
 
-def read_structure(path: str | os.PathLike) -> Molecule:
+def read_structure(path: str | os.PathLike[str]) -> Molecule:
     """The protein and nucleic-acid atoms of the first model in a PDB or mmCIF file (gemmi
     picks the format from the suffix; ``.gz`` is read too). One line (:class:`InputError`) for
     a missing file, one gemmi cannot read, or one without such atoms."""
@@ -139,7 +140,7 @@ def rotation_about(axis: np.ndarray, angle_rad: np.ndarray) -> np.ndarray:
     n = axis / np.linalg.norm(axis)
     k = np.array([[0, -n[2], n[1]], [n[2], 0, -n[0]], [-n[1], n[0], 0]])
     a = np.asarray(angle_rad, dtype=np.float64)[:, None, None]
-    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
+    return np.asarray(np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k))
 
 
 def euler_matrix(rot_deg: float, tilt_deg: float, psi_deg: float) -> np.ndarray:
@@ -163,6 +164,39 @@ def euler_matrix(rot_deg: float, tilt_deg: float, psi_deg: float) -> np.ndarray:
     )
 
 
+def euler_angles(matrix: np.ndarray) -> tuple[float, float, float]:
+    """The inverse of :func:`euler_matrix` (RELION's ``Euler_matrix2angles``): ``(rot, tilt,
+    psi)`` degrees of a rotation ``(3, 3)``, tilt in [0, 180]; where tilt is 0 or 180, rot is 0
+    and psi takes the whole in-plane turn."""
+    m = np.asarray(matrix, dtype=np.float64)
+    tilt = float(np.degrees(np.arccos(np.clip(m[2, 2], -1.0, 1.0))))
+    if np.hypot(m[2, 0], m[2, 1]) > 1e-9:
+        rot = float(np.degrees(np.arctan2(m[2, 1], m[2, 0])))
+        psi = float(np.degrees(np.arctan2(m[1, 2], -m[0, 2])))
+    else:  # sin(tilt) = 0: A = [[cb cos(psi +- rot), ...]]; put the turn into psi
+        rot = 0.0
+        psi = float(np.degrees(np.arctan2(m[0, 1], m[0, 0] * np.sign(m[2, 2]))))
+    return rot, tilt, psi
+
+
+def _tidy(angles: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Angles rounded to 1e-9 degrees, without -0 (so 90, not 90.0000000000001 or -0.0)."""
+    a, b, c = (float(np.round(v, 9)) + 0.0 for v in angles)
+    return a, b, c
+
+
+def class_views(view: tuple[float, float, float], classes: int) -> list[tuple[float, float, float]]:
+    """``classes`` views of one model for ``emvae simulate --structure --classes K``: class k
+    sees the model in ``view`` turned out of plane by ``k * 180 / K`` degrees about the
+    image's x axis (a right-handed turn of the projected frame; k = 0 is ``view`` itself)."""
+    a = euler_matrix(*view)
+    out = [tuple(float(v) for v in view)]
+    for k in range(1, classes):
+        turn = rotation_about(np.array([1.0, 0.0, 0.0]), np.radians([180.0 * k / classes]))[0]
+        out.append(_tidy(euler_angles(turn @ a)))
+    return out  # type: ignore[return-value]
+
+
 def kabsch(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
     """``moving`` ``(K, 3)`` superposed on ``fixed`` ``(K, 3)`` by the rotation and translation
     that minimise the RMSD over all K points (equal weights; Kabsch's SVD, no reflection)."""
@@ -171,7 +205,7 @@ def kabsch(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
     u, _, vt = np.linalg.svd(h)
     d = np.sign(np.linalg.det(u @ vt))
     rot = u @ np.diag([1.0, 1.0, d]) @ vt  # row vectors: x -> x rot
-    return (moving - mc) @ rot + fc
+    return np.asarray((moving - mc) @ rot + fc)
 
 
 @dataclass(frozen=True)
@@ -198,7 +232,7 @@ class Motion:
         """``(n, K, 3)`` A for conformations ``(n,)``."""
         c = np.asarray(conformation, dtype=np.float64)
         if self.end is not None:
-            return self.start + c[:, None, None] * (self.end - self.start)
+            return np.asarray(self.start + c[:, None, None] * (self.end - self.start))
         out = np.repeat(self.start[None], len(c), axis=0)
         if self.mask is not None and self.point is not None and self.axis is not None:
             rot = rotation_about(self.axis, np.radians(self.degrees) * c)  # (n, 3, 3)
@@ -322,7 +356,7 @@ def auto_view(motion: Motion) -> tuple[float, float, float]:
 def atom_sigma_A(b_iso: np.ndarray, apix: float) -> np.ndarray:
     """Each atom's Gaussian width, A: ``sqrt(B / (8 pi^2) + max(1 A, apix / 2)^2)``."""
     floor = max(SIGMA_FLOOR_A, 0.5 * apix)
-    return np.sqrt(np.clip(b_iso, 0.0, None) / (8 * np.pi**2) + floor**2)
+    return np.asarray(np.sqrt(np.clip(b_iso, 0.0, None) / (8 * np.pi**2) + floor**2))
 
 
 @dataclass(eq=False)
@@ -362,7 +396,7 @@ class StructureObject:
         return self.z / (2 * np.pi * (self.sigma_A / self.apix) ** 2)
 
     @cached_property
-    def key(self) -> tuple:
+    def key(self) -> tuple[object, ...]:
         digest = hashlib.sha1()
         for a in (self.motion.start, self.motion.end, self.motion.mask, self.motion.point,
                   self.motion.axis, self.z, self.sigma_A, self.residue):  # fmt: skip
@@ -436,7 +470,7 @@ class _Coarse:
         self.amps = self.weight / (2 * np.pi * var)
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[object, ...]:
         return ("coarse", *self.obj.key)
 
     def _centres(self, conformation: np.ndarray) -> np.ndarray:
@@ -454,10 +488,10 @@ class _Coarse:
 
 
 def structure_object(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     size: int,
     apix: float,
-    structure2: str | os.PathLike | None = None,
+    structure2: str | os.PathLike[str] | None = None,
     domains: list[str] | None = None,
     hinge_deg: float = 30.0,
     view: tuple[float, float, float] | None = None,
@@ -600,6 +634,20 @@ def draw_poses(n: int, shift_std_px: float, seed: int) -> tuple[np.ndarray, np.n
     return conf, theta, shift
 
 
+def consensus(
+    obj: StructureObject, conf: np.ndarray, theta: np.ndarray, shift: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The truth's conformations ``(n,)`` (0 for a rigid molecule), and the poses relative to
+    the consensus view of the coarse molecule (theta ``(n,)`` degrees, shift ``(n, 2)`` px)
+    of particles drawn at body poses ``theta``, ``shift`` in conformations ``conf``."""
+    from emvae.simulate import consensus_pose
+
+    if obj.motion.rigid:
+        return np.zeros_like(conf), wrap_degrees(theta), shift
+    theta_c, shift_c = consensus_pose(obj.coarse, conf, theta, shift, obj.size, frame=obj.consensus)
+    return conf, theta_c, shift_c
+
+
 def truth_table(
     obj: StructureObject,
     conf: np.ndarray,
@@ -612,25 +660,43 @@ def truth_table(
     """The truth as :func:`emvae.simulate.simulate_particles` writes it (poses relative to the
     consensus view of the coarse molecule in the untilted view, and the body's), plus
     ``tilt_deg`` and ``tilt_axis_deg`` when tilted. A rigid molecule has conformation 0."""
-    from emvae.simulate import consensus_pose, truth_table
+    from emvae.simulate import truth_table
 
-    if obj.motion.rigid:
-        conf = np.zeros_like(conf)
-        theta_c = wrap_degrees(theta)
-        shift_c = shift
-    else:
-        theta_c, shift_c = consensus_pose(
-            obj.coarse, conf, theta, shift, obj.size, frame=obj.consensus
-        )
+    conf, theta_c, shift_c = consensus(obj, conf, theta, shift)
     truth = truth_table(stack_name, theta_c, shift_c, conf, theta, shift)
     if tilt_deg is not None and tilt_axis_deg is not None:
         truth["tilt_deg"], truth["tilt_axis_deg"] = tilt_deg, tilt_axis_deg
     return truth
 
 
+def structure_objects(
+    paths: Sequence[str | os.PathLike[str]],
+    size: int,
+    apix: float,
+    structure2: str | os.PathLike[str] | None = None,
+    domains: list[str] | None = None,
+    hinge_deg: float = 30.0,
+    view: tuple[float, float, float] | None = None,
+    classes: int = 1,
+) -> list[StructureObject]:
+    """The classes of ``emvae simulate --structure``: one :func:`structure_object` per model
+    in ``paths`` when there are several (each with the same ``domains`` hinge, and ``view``;
+    ``structure2`` refused), or ``classes`` views of the one model (:func:`class_views`)."""
+    if len(paths) > 1:
+        if structure2 is not None:
+            raise ConfigError("--structure2 morphs one --structure: give one --structure with it")
+        if classes not in (1, len(paths)):
+            raise ConfigError(f"--classes {classes} with {len(paths)} --structure models: each "
+                              "model is a class")  # fmt: skip
+        return [structure_object(p, size, apix, None, domains, hinge_deg, view) for p in paths]
+    first = structure_object(paths[0], size, apix, structure2, domains, hinge_deg, view)
+    return [first] + [replace(first, view=v, _coarse=None)
+                      for v in class_views(first.view, classes)[1:]]  # fmt: skip
+
+
 def write_structure_simulation(
-    out_dir: str | os.PathLike,
-    obj: StructureObject,
+    out_dir: str | os.PathLike[str],
+    obj: StructureObject | Sequence[StructureObject],
     n: int,
     snr: float = 1.0,
     shift_std_px: float = 2.0,
@@ -639,55 +705,93 @@ def write_structure_simulation(
     astigmatism_um: float = 0.0,
     tilt_deg: float = 0.0,
     chunk: int = 512,
+    junk: float = 0.0,
+    junk_kinds: Sequence[str] = ("noise", "ice", "fragment", "neighbour"),
+    class_weights: Sequence[float] | None = None,
 ) -> Path:
     """``particles.mrcs`` (float32, the pixel size in the header), ``particles.star`` (RELION
     3.1: poses, optics, the CTF) and ``truth.csv`` of ``n`` particles of ``obj``, as
     :func:`emvae.simulate.write_simulation` writes them, streamed ``chunk`` particles at a
     time: the clean (CTF-modulated) images are written first, their variance gives the noise
     (SNR = clean variance over noise variance, all pixels), which is then added chunk by
-    chunk. ``tilt_deg``: :func:`draw_tilts`. Returns the stack's path."""
+    chunk. ``tilt_deg``: :func:`draw_tilts`. Returns the stack's path.
+
+    A mixture (:func:`emvae.simulate.simulate_particles`' terms): ``obj`` several molecules
+    (:func:`structure_objects`; same size and pixel size), ``junk``, ``junk_kinds``,
+    ``class_weights`` (:func:`emvae.simulate.draw_mixture`). The SNR is then the real
+    particles' (junk excluded) and every image gets the same noise; ``truth.csv`` gets
+    ``class``, ``junk``, ``junk_kind`` (:func:`emvae.simulate.mixture_truth`). One molecule
+    without junk is exactly the plain simulation."""
     import mrcfile
 
     from emvae.ctf import apply_ctf
     from emvae.io.star_export import Optics, table_to_star, write_star
     from emvae.safety import atomic_output
-    from emvae.simulate import draw_ctf
+    from emvae.simulate import draw_ctf, draw_mixture, mixture_truth, render_mixture, star_poses
 
+    objs = [obj] if isinstance(obj, StructureObject) else list(obj)
+    first = objs[0]
+    if any(o.size != first.size or o.apix != first.apix for o in objs):
+        raise ConfigError("the classes' molecules need one box size and pixel size")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    size = obj.size
+    size = first.size
     conf, theta, shift = draw_poses(n, shift_std_px, seed)
     rot, tilt, tilt_axis = draw_tilts(n, tilt_deg, seed)
+    draws = None
+    if len(objs) > 1 or junk > 0:
+        draws = draw_mixture(n, len(objs), junk, junk_kinds, seed, size, class_weights)
+
+    def centres_of(
+        k: int, c: np.ndarray, rows: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        o = objs[k]
+        turn = rot[rows] if tilt_deg and rows is not None else None
+        return o.project(o.motion.positions(c), turn), o.sigmas, o.amps
+
+    def render(
+        k: int, c: np.ndarray, sg: np.ndarray, a: np.ndarray, t: np.ndarray, u: np.ndarray,
+        rows: np.ndarray | None,
+    ) -> np.ndarray:  # fmt: skip
+        return render_separable(c, sg, a, t, u, size)
+
     meta, params, rng = None, None, np.random.default_rng([seed, 25])
     if defocus_um is not None:
-        params, meta, rng = draw_ctf(n, seed, defocus_um, obj.apix, astigmatism_um)
+        params, meta, rng = draw_ctf(n, seed, defocus_um, first.apix, astigmatism_um)
     chunk = max(1, chunk)
-    total, total2 = 0.0, 0.0
+    total, total2, n_real = 0.0, 0.0, 0
     stack = out / "particles.mrcs"
     with atomic_output(stack) as tmp:
         with mrcfile.new_mmap(tmp, shape=(n, size, size), mrc_mode=2, overwrite=True) as m:
             m.set_image_stack()
-            m.voxel_size = obj.apix
+            m.voxel_size = first.apix
             offset, dt = 1024 + int(m.header.nsymbt), m.data.dtype
         frame = size * size * dt.itemsize
         with open(tmp, "r+b") as f:
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
-                clean = obj.render(
-                    conf[s:e], theta[s:e], shift[s:e], rot[s:e] if tilt_deg else None
-                )
+                if draws is None:
+                    clean = first.render(
+                        conf[s:e], theta[s:e], shift[s:e], rot[s:e] if tilt_deg else None
+                    )
+                else:
+                    clean = render_mixture(len(objs), draws, np.arange(s, e), conf, theta,
+                                           shift, size, centres_of, render)  # fmt: skip
                 if params is not None:
                     x = torch.from_numpy(clean)[:, None]
                     clean = apply_ctf(x, params[s:e])[:, 0].numpy()
-                total += float(clean.sum(dtype=np.float64))
-                total2 += float((clean.astype(np.float64) ** 2).sum())
+                signal = clean if draws is None else clean[draws.real[s:e]]
+                n_real += len(signal)
+                total += float(signal.sum(dtype=np.float64))
+                total2 += float((signal.astype(np.float64) ** 2).sum())
                 f.seek(offset + s * frame)
                 f.write(np.ascontiguousarray(clean, dtype=dt).tobytes())
-            count = n * size * size
+            count = n_real * size * size
             mean = total / count
             std = (
                 float(np.sqrt(max(total2 / count - mean**2, 0.0) / snr)) if np.isfinite(snr) else 0
             )
+            count = n * size * size
             lo, hi, s1, s2 = np.inf, -np.inf, 0.0, 0.0
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
@@ -703,11 +807,37 @@ def write_structure_simulation(
         with mrcfile.mmap(tmp, mode="r+") as m:
             m.header.dmin, m.header.dmax, m.header.dmean = lo, hi, s1 / count
             m.header.rms = np.sqrt(max(s2 / count - (s1 / count) ** 2, 0.0))
-    truth = truth_table(obj, conf, theta, shift, tilt if tilt_deg else None,
-                        tilt_axis if tilt_deg else None)  # fmt: skip
+    if draws is None:
+        truth = truth_table(first, conf, theta, shift, tilt if tilt_deg else None,
+                            tilt_axis if tilt_deg else None)  # fmt: skip
+    else:
+        truth = _mixture_truth(objs, draws.label, conf, theta, shift)
+        if tilt_deg:
+            truth["tilt_deg"], truth["tilt_axis_deg"] = tilt, tilt_axis
+        truth = mixture_truth(draws, truth)
     if meta is not None:
         truth["defocus_um"] = meta.pop("defocus_um").to_numpy()
     truth.to_csv(out / "truth.csv", index=False, float_format="%.6f")
-    table = table_to_star(truth, size, obj.apix, meta, defaults=Optics())
+    table = table_to_star(star_poses(truth), size, first.apix, meta, defaults=Optics())
     write_star(table, out / "particles.star")
     return stack
+
+
+def _mixture_truth(
+    objs: Sequence[StructureObject],
+    label: np.ndarray,
+    conf: np.ndarray,
+    theta: np.ndarray,
+    shift: np.ndarray,
+) -> pd.DataFrame:
+    """:func:`emvae.simulate.truth_table` of a mixture: image i's pose relative to the
+    consensus view of its class ``label[i]`` (:func:`consensus`); rows of label -1 (no
+    particle) are left NaN for :func:`emvae.simulate.mixture_truth` to empty."""
+    from emvae.simulate import truth_table as table
+
+    n = len(label)
+    c_out, t_out, s_out = np.full(n, np.nan), np.full(n, np.nan), np.full((n, 2), np.nan)
+    for k, o in enumerate(objs):
+        at = label == k
+        c_out[at], t_out[at], s_out[at] = consensus(o, conf[at], theta[at], shift[at])
+    return table("particles.mrcs", t_out, s_out, c_out, theta, shift)

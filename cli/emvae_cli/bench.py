@@ -13,7 +13,14 @@ from emvae.errors import ConfigError
 from emvae.gpucheck import SECTIONS
 from emvae.mnist import DATASETS
 from emvae.safety import check_memory, refuse_existing
-from emvae.simulate import OBJECTS, get_object, write_simulation
+from emvae.simulate import (
+    JUNK_KINDS,
+    OBJECTS,
+    class_objects,
+    parse_junk_kinds,
+    parse_weights,
+    write_simulation,
+)
 from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, default, err_console, user_errors
 
 Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)
@@ -85,12 +92,13 @@ def simulate(
         help="Each particle bent: the point (x, y) of the molecule moves to (x, y + b x^2), "
         "coordinates in half-boxes, b ~ N(0, B^2) (truth.csv gets bend; test data for --pose tps).",
     ),
-    structure: Path | None = typer.Option(
+    structure: list[Path] | None = typer.Option(
         None,
         "--structure",
         show_default=False,
         help="Project an atomic model instead (PDB or mmCIF, through gemmi): its protein and "
-        "nucleic-acid atoms as Gaussians weighted by atomic number. --object is then ignored.",
+        "nucleic-acid atoms as Gaussians weighted by atomic number. --object is then ignored. "
+        "Repeat for a mixture: one class per model.",
     ),
     structure2: Path | None = typer.Option(
         None,
@@ -122,6 +130,35 @@ def simulate(
         help="With --structure: each particle's view tilted out of plane by N(0, T^2) degrees "
         "about a random in-plane axis (truth.csv gets tilt_deg, tilt_axis_deg).",
     ),
+    classes: int = typer.Option(
+        1,
+        "--classes",
+        min=1,
+        help="A mixture of K molecules: --object and the next ones of its family (hinge, "
+        "clamp, slide, then random from --object-seed on); with --structure, K views of one "
+        "model (or give --structure once per class). truth.csv gets class (0..K-1), junk, "
+        "junk_kind.",
+    ),
+    class_weights: str | None = typer.Option(
+        None,
+        "--class-weights",
+        show_default=False,
+        help="With --classes: the classes' shares, comma-separated (0.5,0.3,0.2; default equal).",
+    ),
+    junk: float = typer.Option(
+        0.0,
+        "--junk",
+        min=0,
+        max=0.99,
+        help="Fraction of junk images (exact count, random places), split equally between "
+        "--junk-kinds; same CTF and noise as the particles.",
+    ),
+    junk_kinds: str = typer.Option(
+        ",".join(JUNK_KINDS),
+        "--junk-kinds",
+        help="Junk: noise (no signal), ice (broad blobs), fragment (part of a particle), "
+        "neighbour (a second particle overlapping the box).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT's files."),
 ) -> None:
     """Simulated particles with known poses and conformations.
@@ -136,19 +173,29 @@ def simulate(
     physical("--apix", apix)
     check_memory(4 * n * size * size * 4, f"simulate -n {n} --size {size}")  # ~4 copies
     df = None if defocus is None else _defocus_range(defocus)
-    if structure is not None:
+    kinds = parse_junk_kinds(junk_kinds)
+    if structure:
+        k = len(structure) if len(structure) > 1 else classes
         _simulate_structure(
             out, structure, structure2, domain or [], hinge_deg, view, tilt_deg, n, size, snr,
             shift_std, apix, df, astigmatism, seed, scale_std + stretch_std + bend_std > 0,
+            classes, parse_weights(class_weights, k), junk, kinds,
         )  # fmt: skip
         return
     if structure2 is not None or domain or tilt_deg > 0:
         raise ConfigError("--structure2, --domain and --tilt-deg need --structure")
-    particle = get_object(obj.value, object_seed)
+    weights = parse_weights(class_weights, classes)
+    particles = class_objects(obj.value, object_seed, classes)
     stack = write_simulation(
-        out, n, size, snr, shift_std, seed, apix, df, particle, astigmatism, scale_std, stretch_std,
-        bend_std,
+        out, n, size, snr, shift_std, seed, apix, df, particles if classes > 1 else particles[0],
+        astigmatism, scale_std, stretch_std, bend_std, junk, kinds, weights,
     )  # fmt: skip
+    if classes > 1 or junk > 0:
+        err_console.print(
+            f"{n} images: classes {', '.join(p.name for p in particles)}, "
+            f"{round(junk * n)} junk ({', '.join(kinds)})",
+            highlight=False,
+        )
     err_console.print(
         f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}", highlight=False
     )
@@ -156,7 +203,7 @@ def simulate(
 
 def _simulate_structure(
     out, structure, structure2, domains, hinge_deg, view, tilt_deg, n, size, snr, shift_std,
-    apix, df, astigmatism, seed, deformed,
+    apix, df, astigmatism, seed, deformed, classes, weights, junk, kinds,
 ) -> None:  # fmt: skip
     """``emvae simulate --structure``: :mod:`emvae.structure`."""
     from emvae import structure as st
@@ -164,18 +211,32 @@ def _simulate_structure(
     if deformed:
         raise ConfigError("--scale-std, --stretch-std and --bend-std are for --object, not "
                           "--structure")  # fmt: skip
-    obj = st.structure_object(
-        structure, size, apix, structure2, domains, hinge_deg, st.parse_view(view)
+    objs = st.structure_objects(
+        structure, size, apix, structure2, domains, hinge_deg, st.parse_view(view), classes
     )
     stack = st.write_structure_simulation(
-        out, obj, n, snr, shift_std, seed, df, astigmatism, tilt_deg
-    )
-    rot, tilt, psi = obj.view
+        out, objs if len(objs) > 1 else objs[0], n, snr, shift_std, seed, df, astigmatism,
+        tilt_deg, junk=junk, junk_kinds=kinds, class_weights=weights,
+    )  # fmt: skip
+    auto = " (auto)" if view.strip().lower() == "auto" else ""
+    wrote = f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}"
+    if len(objs) == 1 and junk == 0:
+        rot, tilt, psi = objs[0].view
+        err_console.print(
+            f"{objs[0].name}: {len(objs[0].z)} atoms, view rot {rot:.1f} tilt {tilt:.1f} psi "
+            f"{psi:.1f} deg{auto}; {wrote}",
+            highlight=False,
+        )
+        return
+    for k, obj in enumerate(objs):
+        rot, tilt, psi = obj.view
+        err_console.print(
+            f"class {k}: {obj.name}: {len(obj.z)} atoms, view rot {rot:.1f} tilt {tilt:.1f} "
+            f"psi {psi:.1f} deg{auto if k == 0 else ''}",
+            highlight=False,
+        )
     err_console.print(
-        f"{obj.name}: {len(obj.z)} atoms, view rot {rot:.1f} tilt {tilt:.1f} psi {psi:.1f} deg"
-        f"{' (auto)' if view.strip().lower() == 'auto' else ''}; wrote {stack}, "
-        f"{out / 'particles.star'}, {out / 'truth.csv'}",
-        highlight=False,
+        f"{n} images, {round(junk * n)} junk ({', '.join(kinds)}); {wrote}", highlight=False
     )
 
 
