@@ -31,7 +31,7 @@ import torch
 
 from emvae.errors import ConfigError, EmvaeError, InputError
 from emvae.latents import latent_columns
-from emvae.plotstyle import SUMMARY_DPI, figure, save
+from emvae.plotstyle import figure, save
 from emvae.safety import claim_outputs, record_outputs
 
 METHODS = ("kmeans", "gmm")
@@ -262,7 +262,7 @@ def plot_embedding(
         a.set_xlabel(names[0])
         a.set_ylabel(names[1])
         a.set_title(title)
-    return save(fig, path, SUMMARY_DPI)
+    return save(fig, path)
 
 
 def plot_histogram_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) -> Path:
@@ -288,7 +288,7 @@ def plot_histogram_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) 
     ax[0].legend(title="cluster", fontsize=7)
     ax[1].set_xlabel(name)
     ax[1].set_ylabel("particles")
-    return save(fig, path, SUMMARY_DPI)
+    return save(fig, path)
 
 
 def _colour(cmap: str, c: int):

@@ -28,7 +28,7 @@ from emvae.encode import encode
 from emvae.errors import ConfigError
 from emvae.io.stack import ImageStack, image_name
 from emvae.particles import Particles
-from emvae.plotstyle import SUMMARY_DPI, figure, save
+from emvae.plotstyle import figure, save
 from emvae.train import fit
 
 # the three models of paper Fig. 2
@@ -325,7 +325,7 @@ def plot_fig2(table: pd.DataFrame, path: Path) -> Path:
         ax.set_xlabel("Z-D")
         ax.set_ylabel("test -ELBO (nats)")
     axes[0].legend()
-    return save(fig, path, SUMMARY_DPI)
+    return save(fig, path)
 
 
 def _write_results(table: pd.DataFrame, out: Path, name: str) -> None:
