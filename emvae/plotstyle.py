@@ -31,7 +31,7 @@ def figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple
     return fig, axes.ravel()
 
 
-def save(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
+def save(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI) -> Path:
     """Write ``fig`` to ``path`` as a PNG (whatever its suffix: a temporary file) at ``dpi``."""
     fig.savefig(path, dpi=dpi, format="png")
     return Path(path)
