@@ -31,7 +31,7 @@ import torch
 
 from emvae.errors import ConfigError, EmvaeError, InputError
 from emvae.latents import latent_columns
-from emvae.plotstyle import SUMMARY_DPI, figure, save
+from emvae.plotstyle import figure, save
 from emvae.safety import claim_outputs, record_outputs
 
 METHODS = ("kmeans", "gmm")
@@ -262,7 +262,7 @@ def plot_embedding(
         a.set_xlabel(names[0])
         a.set_ylabel(names[1])
         a.set_title(title)
-    return save(fig, path, SUMMARY_DPI)
+    return save(fig, path)
 
 
 def plot_histogram_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) -> Path:
@@ -288,7 +288,7 @@ def plot_histogram_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) 
     ax[0].legend(title="cluster", fontsize=7)
     ax[1].set_xlabel(name)
     ax[1].set_ylabel("particles")
-    return save(fig, path, SUMMARY_DPI)
+    return save(fig, path)
 
 
 def _colour(cmap: str, c: int):
@@ -324,6 +324,7 @@ def analyze_run(
     Raises ConfigError for a run without latent dimensions (zdim 0), for ``k`` outside
     1..N, and (``umap``) without umap-learn (:data:`UMAP_HINT`)."""
     from emvae import montage as mt
+    from emvae.figures import tiles
     from emvae.run import ANALYZE, Run, checkpoint_of
 
     r = run if isinstance(run, Run) else Run.open(run)
@@ -413,12 +414,14 @@ def analyze_run(
             decoded = decoded.clamp(0, 1)
         strip = class_labels(sizes)
         figures.append(
-            mt.save_png(decoded[None], staging / "class_generator.png", scale=3, labels=strip)
+            tiles.save_png(decoded[None], staging / "class_generator.png", scale=3, labels=strip)
         )
         averages = _real_averages(r, table, labels, k, result["notes"])
         if averages is not None:
             figures.append(
-                mt.save_png(averages[None], staging / "class_averages.png", scale=3, labels=strip)
+                tiles.save_png(
+                    averages[None], staging / "class_averages.png", scale=3, labels=strip
+                )
             )
         result["class_files"] = write_classes(
             staging, decoded.numpy(), averages, sizes, centres, config, result["notes"]
@@ -446,7 +449,7 @@ def analyze_run(
         grid = frames.reshape(p, n, *frames.shape[1:])
         if config.model.likelihood == "bernoulli":
             grid = grid.clamp(0, 1)
-        figures.append(mt.save_png(grid, staging / "pc_trajectories.png", scale=3))
+        figures.append(tiles.save_png(grid, staging / "pc_trajectories.png", scale=3))
         result["figures"] = [f.name for f in figures]
         (staging / "analyze.json").write_text(json.dumps(result, indent=2) + "\n")
         written = {f.name for f in staging.iterdir()}
@@ -481,7 +484,7 @@ def _epoch_table(run, checkpoint: Path):
 def class_labels(sizes: np.ndarray):
     """The text of a strip of class images: each cluster's number above it, its size and
     fraction under it (:class:`emvae.montage.Labels`)."""
-    from emvae.montage import Labels
+    from emvae.figures.tiles import Labels
 
     n = max(1, int(np.sum(sizes)))
     columns = [str(c) for c in range(1, len(sizes) + 1)]

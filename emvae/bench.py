@@ -28,7 +28,7 @@ from emvae.encode import encode
 from emvae.errors import ConfigError
 from emvae.io.stack import ImageStack, image_name
 from emvae.particles import Particles
-from emvae.plotstyle import SUMMARY_DPI, figure, save
+from emvae.plotstyle import figure, save
 from emvae.train import fit
 
 # the three models of paper Fig. 2
@@ -217,6 +217,7 @@ def run_mnist(
     Every row also gives ``kl_z1..``: each latent dimension's KL from the N(0, 1) prior on the
     test images (nats; near 0: an unused dimension)."""
     from emvae import montage as mt
+    from emvae.figures import tiles
 
     out = Path(out)
     rows = []
@@ -295,7 +296,7 @@ def run_mnist(
                     }
                 )
                 if zdim == 2:
-                    mt.save_png(
+                    tiles.save_png(
                         mt.manifold(result.model, 15),
                         out / f"fig3_{name}_{label.replace('/', '_')}.png",
                     )
@@ -324,7 +325,7 @@ def plot_fig2(table: pd.DataFrame, path: Path) -> Path:
         ax.set_xlabel("Z-D")
         ax.set_ylabel("test -ELBO (nats)")
     axes[0].legend()
-    return save(fig, path, SUMMARY_DPI)
+    return save(fig, path)
 
 
 def _write_results(table: pd.DataFrame, out: Path, name: str) -> None:
@@ -364,7 +365,7 @@ def run_particles(
     """Paper section 4.3 / Table 1: spatial-VAE (1-D z, rotation + translation, uniform
     rotation prior) vs vanilla VAEs with 1-D and 2-D z on simulated hinge particles; Pearson of
     z with the conformation and circular correlation of theta with the true rotation."""
-    from emvae.report import compare, match
+    from emvae.reference import compare, match
 
     out = Path(out)
     options = {"n": n, "size": size, "snr": snr, "shift_std_px": 2.0, "seed": seed, "apix": 1.0}
@@ -431,6 +432,7 @@ def run_galaxies(
     +-12 px jitter, reduced to ``size``), uniform rotation prior, translation prior 8 px at 64 px
     (scaled with ``size``), Bernoulli likelihood; prior samples and training pictures."""
     from emvae import montage as mt
+    from emvae.figures import tiles
     from emvae.preprocess import Preprocess
 
     out = Path(out)
@@ -453,10 +455,10 @@ def run_galaxies(
     t0 = time.perf_counter()
     result = fit(particles, cfg, out / "run", force=True, progress=progress)
     model = result.model.cpu()
-    mt.save_png(mt.prior_samples(model, 8, 8, seed), out / "fig5_prior_samples.png")
+    tiles.save_png(mt.prior_samples(model, 8, 8, seed), out / "fig5_prior_samples.png")
     observed = particles.images(np.arange(min(64, len(stack))))
     grid = observed[: (len(observed) // 8) * 8].reshape(-1, 8, *observed.shape[1:])
-    mt.save_png(grid, out / "fig5_training_pictures.png")
+    tiles.save_png(grid, out / "fig5_training_pictures.png")
     summary = {
         "pictures": len(stack),
         "size": size,

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from emvae.errors import ConfigError
-from emvae.plotstyle import SUMMARY_DPI, figure, save
+from emvae.plotstyle import figure, save
 from emvae.safety import atomic_output, claim_outputs, record_outputs
 
 #: What :func:`convergence_run` writes (convergence.json last: complete when it is there).
@@ -203,7 +203,7 @@ def plot_convergence(table: pd.DataFrame, metrics: pd.DataFrame | None, path: Pa
 
     for a in ax:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return save(fig, path, SUMMARY_DPI)
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------- a run

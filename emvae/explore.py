@@ -161,14 +161,14 @@ def display_range(images: np.ndarray, bernoulli: bool) -> tuple[float, float]:
     percentiles of ``images`` (emvae.montage's contrast)."""
     if bernoulli:
         return 0.0, 1.0
-    from emvae.montage import contrast
+    from emvae.figures.tiles import contrast
 
     return contrast(images)
 
 
 def to_pixels(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """``(C, D, D)`` float -> ``(D, D)`` or ``(D, D, 3)`` uint8 over [lo, hi]."""
-    from emvae.montage import to_uint8
+    from emvae.figures.tiles import to_uint8
 
     a = to_uint8(image, lo, hi)
     return a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
@@ -582,7 +582,7 @@ class Explorer:
         """:meth:`particle_images` as the page shows it: PNG data URLs (the observed image on
         its own contrast, the two renderings on the generator's), the particle's table row and
         its pose and z."""
-        from emvae.montage import contrast
+        from emvae.figures.tiles import contrast
 
         images = self.particle_images(index)
         lo, hi = self.contrast

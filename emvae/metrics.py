@@ -1,9 +1,12 @@
-"""Circular statistics for comparing inferred rotations with reference angles."""
+"""Circular statistics and correlations for comparing inferred poses and latents with reference
+angles, shifts and factors."""
 
 from __future__ import annotations
 
 import numpy as np
 from astropy.stats import circcorrcoef, circmean
+
+from emvae.geometry import wrap_degrees
 
 
 def circular_mean(a: np.ndarray) -> float:
@@ -48,3 +51,17 @@ def angular_error_deg(
         if med[k] < best[0]:
             best = (float(med[k]), float(grid[k]))
     return float(np.degrees(best[0])), float(np.degrees(np.angle(np.exp(1j * best[1]))))
+
+
+def angle_difference_deg(a_deg: np.ndarray, b_deg: np.ndarray, offset: float = 0.0) -> np.ndarray:
+    """``|a - b - offset|`` wrapped onto [0, 180] degrees, element by element ``(N,)``."""
+    d: np.ndarray = np.abs(wrap_degrees(np.asarray(a_deg) - np.asarray(b_deg) - offset))
+    return d
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two samples ``(N,)``; NaN when either is constant."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])

@@ -2,33 +2,36 @@
 
 Interpolations between particles (paper Fig. 6), the learned 1-D / 2-D manifold on an
 inverse-normal-CDF grid (Figs. 3, 4), samples from the prior (Fig. 5), per-dimension traversals
-(for larger K) and an animated GIF of the motion along a path. Grids are arrays
-``(rows, cols, C, D, D)``; :func:`tile` lays them out and :func:`to_uint8` sets the contrast of
-a whole montage from robust percentiles, so panels of one montage are comparable.
-
-:class:`Labels` puts text around the tiles (column headers, row headers, lines under each
-tile: the z of each panel, the θ of an observed particle); the ``*_labels`` functions give the
-labels of each montage from the same z the panels are drawn at.
+(for larger K) and an animated GIF of the motion along a path, as arrays
+``(rows, cols, C, D, D)`` that :mod:`emvae.figures.tiles` lays out; the ``*_labels`` functions
+give each montage's :class:`~emvae.figures.tiles.Labels` from the same z its panels are drawn
+at. :func:`write_montages` writes them all for a run or a checkpoint.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from scipy.stats import norm
 from torch import Tensor
 
-from emvae.errors import ConfigError
+from emvae.errors import ConfigError, InputError
+from emvae.figures import tiles
+from emvae.figures.page import MONTAGES
+from emvae.figures.tiles import Labels, z_lines
+from emvae.io.stack import image_key
+from emvae.latents import latent_columns
 from emvae.models import SpatialVAE, pixels_to_images
 from emvae.objective import pixel_mean
+from emvae.run import MONTAGE, Run, load_model
+from emvae.safety import check_memory, claim_outputs, record_outputs
 
 
 @torch.no_grad()
@@ -96,13 +99,20 @@ def manifold(model: SpatialVAE, n: int = 10, z_data: np.ndarray | None = None) -
     """The learned manifold for K = 1 (one row of ``n``) or K = 2 (``n x n``; z1 along columns,
     z2 up the rows): ``(rows, n, C, D, D)``. The grid is at quantiles of the prior, or of the
     particles' posterior means ``z_data`` ``(N, K)`` when given (:func:`manifold_grids`)."""
-    k = model.config.zdim
+    z = manifold_z(model.config.zdim, n, z_data)
+    return decode_mean(model, z.reshape(-1, z.shape[-1])).reshape(
+        *z.shape[:2], *_image_shape(model)
+    )
+
+
+def manifold_z(k: int, n: int, z_data: np.ndarray | None = None) -> Tensor:
+    """The z of :func:`manifold`: ``(rows, n, k)`` (K = 2: z1 along the columns, z2 up the
+    rows, the top row at the largest z2; K = 1: one row)."""
     grids = manifold_grids(k, n, z_data)
     if k == 1:
-        return decode_mean(model, grids[0][:, None])[None]
+        return grids[0][None, :, None]
     z2, z1 = torch.meshgrid(grids[1].flip(0), grids[0], indexing="ij")  # top row: largest z2
-    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1)
-    return decode_mean(model, z).reshape(n, n, *_image_shape(model))
+    return torch.stack([z1, z2], -1)
 
 
 def prior_z(k: int, rows: int = 8, cols: int = 8, seed: int = 0) -> Tensor:
@@ -207,12 +217,13 @@ def canonical_jacobian(model: SpatialVAE, z: Tensor, batch: int = 64) -> Tensor:
     return torch.cat(out)
 
 
-def _jvp(f, x: Tensor, v: Tensor) -> Tensor:
+def _jvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
     """``J_f(x) v`` for a batched ``f``, by the double-backward trick
     (:func:`torch.autograd.functional.jvp`: any layer with a backward rule; torch.func's
     forward mode would first script its decompositions with the deprecated torch.jit)."""
     with torch.enable_grad():
-        return torch.autograd.functional.jvp(f, x, v)[1]
+        jvp: Tensor = torch.autograd.functional.jvp(f, x, v)[1]  # type: ignore[no-untyped-call]
+    return jvp
 
 
 def singular_values(model: SpatialVAE, z: Tensor, batch: int = 64) -> Tensor:
@@ -221,7 +232,8 @@ def singular_values(model: SpatialVAE, z: Tensor, batch: int = 64) -> Tensor:
     slowest direction, (pixel-value units) per unit z (root of the summed squared change of
     every pixel, i.e. the Euclidean norm of the image's change)."""
     j = canonical_jacobian(model, z, batch).double()
-    return torch.linalg.svdvals(j).to(torch.float32)
+    s: Tensor = torch.linalg.svdvals(j).to(torch.float32)
+    return s
 
 
 def local_metric(model: SpatialVAE, z: Tensor, batch: int = 64) -> Tensor:
@@ -240,14 +252,9 @@ def metric_grid(
     ``(r, c)``, z1 along the columns, z2 up the rows; K = 1: one row): ``(magnification
     (rows, n), singular values (rows, n, K))`` (:func:`local_metric`,
     :func:`singular_values`)."""
-    k = model.config.zdim
-    grids = manifold_grids(k, n, z_data)
-    if k == 1:
-        z, rows = grids[0][:, None], 1
-    else:
-        z2, z1 = torch.meshgrid(grids[1].flip(0), grids[0], indexing="ij")
-        z, rows = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1), n
-    s = singular_values(model, z, batch)
+    z = manifold_z(model.config.zdim, n, z_data)
+    rows, _, k = z.shape
+    s = singular_values(model, z.reshape(-1, k), batch)
     return s.double().prod(-1).float().reshape(rows, n), s.reshape(rows, n, k)
 
 
@@ -256,220 +263,7 @@ def _image_shape(model: SpatialVAE) -> tuple[int, int, int]:
     return (model.config.channels, d, d)
 
 
-# ----------------------------------------------------------------------------- pictures
-
-
-def contrast(images: Tensor | np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple:
-    """Display range (lo, hi) from robust percentiles of ``images``. Non-negative images
-    (probabilities, RGB pictures) keep 0 as black, so that scaling leaves their hue alone."""
-    a = np.asarray(images, dtype=np.float64)
-    lo, hi = np.percentile(a, [low, high])
-    if a.min() >= 0:
-        lo = 0.0
-    return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
-
-
-def to_uint8(images: Tensor | np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Values in [lo, hi] -> 0..255."""
-    a = (np.asarray(images, dtype=np.float64) - lo) / (hi - lo)
-    return np.clip(np.round(a * 255), 0, 255).astype(np.uint8)
-
-
-def tile(grid: np.ndarray, pad: int = 2, fill: int = 255) -> np.ndarray:
-    """``(rows, cols, C, D, D)`` uint8 -> one picture ``(H, W)`` or ``(H, W, 3)``."""
-    rows, cols, c, d, _ = grid.shape
-    out = np.full((rows * (d + pad) + pad, cols * (d + pad) + pad, c), fill, dtype=np.uint8)
-    for r in range(rows):
-        for k in range(cols):
-            y, x = pad + r * (d + pad), pad + k * (d + pad)
-            out[y : y + d, x : x + d] = np.moveaxis(grid[r, k], 0, -1)
-    return out[..., 0] if c == 1 else out
-
-
-#: Tile labels: font size and the height of one line of text (pixels of the saved picture),
-#: and the space left around text.
-LABEL_PX = 11
-LINE_PX = 14
-GAP_PX = 4
-#: The GIF's position track: its height and the width of its marker (pixels).
-TRACK_PX = 6
-MARKER_PX = 3
-
-
-@functools.cache
-def label_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """DejaVu Sans Mono (shipped with matplotlib) at :data:`LABEL_PX`: a monospaced font, so
-    that a label's width is its length times one advance."""
-    from matplotlib import get_data_path
-
-    try:
-        path = Path(get_data_path()) / "fonts" / "ttf" / "DejaVuSansMono.ttf"
-        return ImageFont.truetype(str(path), LABEL_PX)
-    except OSError:  # no FreeType in this Pillow
-        return ImageFont.load_default()
-
-
-def text_width(text: str) -> int:
-    """Width of ``text`` in :func:`label_font`, pixels (rounded up)."""
-    return math.ceil(label_font().getlength(text)) if text else 0
-
-
-@dataclass
-class Labels:
-    """Text around a montage's tiles: ``columns`` (one per column, above it), ``rows`` (one
-    per row, left of it), ``tiles`` (``tiles[r][c]``: the lines under tile ``(r, c)``).
-
-    Each row is as tall as its tiles plus its longest caption (:data:`LINE_PX` per line);
-    every column is as wide as a tile or its widest text (plus :data:`GAP_PX` on each side);
-    the row headers add a margin on the left, the column headers one line on top."""
-
-    columns: Sequence[str] = ()
-    rows: Sequence[str] = ()
-    tiles: Sequence[Sequence[Sequence[str]]] = ()
-
-    def lines(self, row: int) -> int:
-        """Caption lines under the tiles of ``row``."""
-        if row >= len(self.tiles):
-            return 0
-        return max((len(t) for t in self.tiles[row]), default=0)
-
-    def geometry(self, rows: int, cols: int, tile_px: int, pad_px: int) -> dict:
-        """Where everything goes: ``left`` (row-header margin), ``top`` (column-header
-        margin), ``col_w`` (column pitch), ``row_h`` (pitch of each row), ``size`` (W, H)."""
-        left = max((text_width(t) for t in self.rows), default=0)
-        left = left + 2 * GAP_PX if left else 0
-        top = LINE_PX + GAP_PX if any(self.columns) else 0
-        widest = [text_width(t) for t in self.columns]
-        widest += [text_width(line) for row in self.tiles for t in row for line in t]
-        col_w = max(tile_px + pad_px, max(widest, default=0) + 2 * GAP_PX)
-        row_h = [tile_px + pad_px + self.lines(r) * LINE_PX for r in range(rows)]
-        size = (left + cols * col_w + pad_px, top + sum(row_h) + pad_px)
-        return {"left": left, "top": top, "col_w": col_w, "row_h": row_h, "size": size}
-
-
-def render(
-    pixels: np.ndarray, scale: int = 2, labels: Labels | None = None, pad: int = 2
-) -> Image.Image:
-    """``(rows, cols, C, D, D)`` uint8 -> the montage picture, each pixel drawn ``scale`` x
-    ``scale`` with ``pad`` (times ``scale``) white pixels between tiles; with ``labels``, their
-    text in black around the tiles (:class:`Labels`). Without labels the picture is exactly
-    :func:`tile` enlarged."""
-    rows, cols, c, d, _ = pixels.shape
-    if labels is None:
-        picture = Image.fromarray(tile(pixels, pad))
-        return picture.resize(
-            (picture.width * scale, picture.height * scale), Image.Resampling.NEAREST
-        )
-    t, p = d * scale, pad * scale
-    g = labels.geometry(rows, cols, t, p)
-    mode, white, black = ("L", 255, 0) if c == 1 else ("RGB", (255,) * 3, (0,) * 3)
-    canvas = Image.new(mode, g["size"], white)
-    draw = ImageDraw.Draw(canvas)
-    font = label_font()
-    y = g["top"] + p
-    for r in range(rows):
-        for k in range(cols):
-            centre = g["left"] + p + k * g["col_w"] + (g["col_w"] - p) // 2
-            x = centre - t // 2
-            a = pixels[r, k]
-            im = Image.fromarray(a[0] if c == 1 else np.moveaxis(a, 0, -1))
-            canvas.paste(im.resize((t, t), Image.Resampling.NEAREST), (x, y))
-            if r == 0 and k < len(labels.columns):
-                draw.text((centre, g["top"] - GAP_PX // 2), labels.columns[k], black, font, "md")
-            caption = labels.tiles[r][k] if r < len(labels.tiles) else ()
-            for j, line in enumerate(caption):
-                draw.text((centre, y + t + 1 + j * LINE_PX), line, black, font, "ma")
-        if r < len(labels.rows):
-            draw.text((g["left"] - GAP_PX, y + t // 2), labels.rows[r], black, font, "rm")
-        y += g["row_h"][r]
-    return canvas
-
-
-def save_png(
-    grid: Tensor | np.ndarray,
-    path: str | os.PathLike,
-    scale: int = 2,
-    own_contrast: tuple[int, ...] = (),
-    labels: Labels | None = None,
-) -> Path:
-    """A montage with one robust contrast for its generated panels, each pixel drawn
-    ``scale`` x ``scale``. Columns in ``own_contrast`` (observed particles, much noisier than
-    the generator's means) get a contrast of their own. ``labels``: text around the tiles
-    (:class:`Labels`); without them the picture holds the tiles alone."""
-    grid = np.asarray(grid, dtype=np.float64)
-    cols = [k % grid.shape[1] for k in own_contrast]
-    generated = np.delete(grid, cols, axis=1) if cols else grid
-    lo, hi = contrast(generated)
-    pixels = to_uint8(grid, lo, hi)
-    for k in cols:
-        pixels[:, k] = to_uint8(grid[:, k], *contrast(grid[:, k]))
-    render(pixels, scale, labels).save(path)
-    return Path(path)
-
-
-def gif_scale(frames: int, size: int, scale: int = 4) -> int:
-    """The GIF's enlargement: ``scale``, or more when the frames are too small for the position
-    track's marker to move at least one pixel per frame (:func:`save_gif`)."""
-    return max(scale, math.ceil((frames + MARKER_PX) / size))
-
-
-def save_gif(
-    frames: Tensor | np.ndarray,
-    path: str | os.PathLike,
-    scale: int = 4,
-    ms: int = 80,
-    positions: Sequence[float] | np.ndarray | None = None,
-    captions: Sequence[Sequence[str]] | None = None,
-) -> Path:
-    """Frames ``(T, C, D, D)`` as a looping GIF of exactly T frames, one contrast for all.
-
-    Under each frame, a track with a marker at ``positions[i]`` (in [0, 1]: where frame i lies
-    along its path; default i / (T - 1)) and, with ``captions``, the lines ``captions[i]`` (its
-    z). Pillow writes two identical consecutive frames as one (their durations added), which
-    would drop steps of a path whose frames differ little; the marker moves at least one
-    pixel between frames whose positions differ by 1 / (T - 1) or more (:func:`gif_scale`), so
-    every step stays a frame of its own. ``scale`` is the enlargement (at least
-    :func:`gif_scale`)."""
-    frames = np.asarray(frames, dtype=np.float64)
-    n, c, d, _ = frames.shape
-    scale = gif_scale(n, d, scale)
-    pos = np.linspace(0, 1, n) if positions is None else np.clip(np.asarray(positions), 0, 1)
-    lines = max((len(t) for t in captions), default=0) if captions is not None else 0
-    w = d * scale
-    lo, hi = contrast(frames)
-    mode, white = ("L", 255) if c == 1 else ("RGB", (255,) * 3)
-    grey, black = (160, 0) if c == 1 else ((160,) * 3, (0,) * 3)
-    font = label_font()
-    pics = []
-    for i, f in enumerate(to_uint8(frames, lo, hi)):
-        img = Image.fromarray(f[0] if c == 1 else np.moveaxis(f, 0, -1))
-        canvas = Image.new(mode, (w, w + TRACK_PX + lines * LINE_PX), white)
-        canvas.paste(img.resize((w, w), Image.Resampling.BILINEAR), (0, 0))
-        draw = ImageDraw.Draw(canvas)
-        mid = w + TRACK_PX // 2
-        draw.line([(0, mid), (w - 1, mid)], fill=grey)
-        x = round(float(pos[i]) * (w - MARKER_PX))
-        draw.rectangle([x, w + 1, x + MARKER_PX - 1, w + TRACK_PX - 2], fill=black)
-        for j, line in enumerate(captions[i] if captions is not None else ()):
-            draw.text((w // 2, w + TRACK_PX + j * LINE_PX), line, black, font, "ma")
-        pics.append(canvas)
-    pics[0].save(path, save_all=True, append_images=pics[1:], duration=ms, loop=0, optimize=False)
-    return Path(path)
-
-
 # ----------------------------------------------------------------------------- labels
-
-
-def z_lines(z: Sequence[float] | np.ndarray | Tensor, most: int = 3) -> list[str]:
-    """Caption lines for one z: ``"z1 +0.53"``, one per dimension; beyond ``most``
-    dimensions the first ``most - 1`` and a line saying how many more."""
-    z = [float(v) for v in np.asarray(z, dtype=np.float64).reshape(-1)]
-    if len(z) > most:
-        return [
-            *(f"z{j + 1} {v:+.2f}" for j, v in enumerate(z[: most - 1])),
-            f"+{len(z) - most + 1} more",
-        ]
-    return [f"z{j + 1} {v:+.2f}" for j, v in enumerate(z)]
 
 
 def interpolation_labels(
@@ -587,3 +381,155 @@ def pose_traversal_labels(model: SpatialVAE, n: int = 9, span: float = 2.0) -> L
     each tile (degrees, pixels, log-scale or shear)."""
     t = pose_traversal(model, n, span)
     return Labels(rows=t.names, tiles=[[[v] for v in row] for row in t.values])
+
+
+# ----------------------------------------------------------------------------- emvae montage
+
+
+def write_montages(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    pairs: int = 4,
+    named_pairs: Sequence[str] = (),
+    steps: int = 8,
+    grid: int = 10,
+    samples: int = 8,
+    seed: int = 0,
+    gif_steps: int | None = 24,
+    labels: bool = True,
+    force: bool = False,
+) -> tuple[list[Path], list[str]]:
+    """Every montage of a run directory or checkpoint ``source`` into ``out`` (default
+    ``RUN/montage``): interpolations between ``pairs`` random test particles (or the
+    ``named_pairs``, ``"A,B"`` image names) in ``steps``; the manifold on a ``grid`` x ``grid``
+    grid (1-D, 2-D z) or traversals; pose traversals (non-rigid poses); ``samples`` x
+    ``samples`` prior samples (``seed``); a GIF of ``gif_steps`` steps along the particles'
+    main axis of z (None: no GIF); ``labels``: text around the tiles.
+
+    Returns (the files written, notes to show). Files of these names that emvae did not write
+    are refused (:func:`emvae.safety.claim_outputs`); earlier montages are replaced in
+    ``RUN/montage``, and in ``out`` only with ``force``."""
+    model, config, _ = load_model(source)
+    owner = Run.of(source)
+    run = None if owner is None else owner.path
+    dest = Path(out) if out is not None else (run or Path(source).parent) / MONTAGE
+    d = config.model.image_size
+    for flag, n in (("--grid", grid ** min(config.model.zdim, 2)), ("--samples", samples**2)):
+        # each tile as float64, and the picture drawn 2x2 per pixel (RGB), twice over
+        need = 2 * n * (8 * config.model.channels * d * d + 3 * (2 * d + 4) ** 2)
+        check_memory(need, f"montage {flag} {grid if flag == '--grid' else samples}")
+    claim_outputs(dest, MONTAGES, force or out is None, "montages")
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    notes: list[str] = []
+    try:
+        k = config.model.zdim
+        path_z = z_data = None
+        if k == 0:
+            written.append(tiles.save_png(prior_samples(model, 1, 1), dest / "canonical.png", 4))
+        else:
+            table = None if run is None else Run.open(run).table()
+            path_z = _interpolations(
+                model, run, table, pairs, named_pairs, steps, seed, dest, labels, written, notes
+            )
+            # grids span what the particles cover, not the prior
+            z_data = None if table is None else table[latent_columns(table)].to_numpy(np.float64)
+            if k <= 2:
+                name, grid_z = "manifold.png", manifold(model, grid, z_data)
+                tags: Labels | None = manifold_labels(k, grid, z_data)
+            else:
+                name, grid_z = "traversals.png", traversals(model, z_data=z_data)
+                tags = traversal_labels(k, z_data=z_data)
+            written.append(tiles.save_png(grid_z, dest / name, labels=tags if labels else None))
+        if config.model.pose != "rigid":  # each pose parameter, next to z's traversals
+            z_mid = None if z_data is None else torch.from_numpy(np.median(z_data, 0)).float()
+            tags = pose_traversal_labels(model) if labels else None
+            pictures = pose_traversals(model, z=z_mid)
+            written.append(tiles.save_png(pictures, dest / "pose_traversals.png", labels=tags))
+        if k:
+            tags = prior_labels(k, samples, samples, seed) if labels else None
+            pictures = prior_samples(model, samples, samples, seed)
+            written.append(tiles.save_png(pictures, dest / "prior_samples.png", labels=tags))
+        if k and gif_steps:
+            if z_data is not None:  # along the particles' main axis of variation
+                path_z = principal_path(z_data)
+            elif path_z is None:  # no particles to walk between: along z1 of the prior
+                path_z = torch.zeros(2, k)
+                path_z[0, 0], path_z[1, 0] = -2.0, 2.0
+            n = gif_steps
+            t = torch.cat([torch.linspace(0, 1, n), torch.linspace(1, 0, n)[1:-1]])
+            z = path_z[0] + t[:, None] * (path_z[1] - path_z[0])
+            captions = [z_lines(v, most=2) for v in z.tolist()] if labels else None
+            frames = decode_mean(model, z)
+            gif = dest / "latent_motion.gif"
+            written.append(tiles.save_gif(frames, gif, positions=t.numpy(), captions=captions))
+    finally:  # claim_outputs found no other files of these names: all are emvae's now
+        record_outputs(dest, MONTAGES, config.run_id)
+    return written, notes
+
+
+def _interpolations(
+    model: SpatialVAE,
+    run: Path | None,
+    table: pd.DataFrame | None,
+    n_pairs: int,
+    named: Sequence[str],
+    steps: int,
+    seed: int,
+    dest: Path,
+    labels: bool,
+    written: list[Path],
+    notes: list[str],
+) -> Tensor | None:
+    """Write interpolation.png (into ``written``); return the first pair's z ``(2, K)``, or
+    None without a run directory."""
+    if run is None or table is None:
+        if named:
+            raise ConfigError("--pair needs the run directory (its particle table)")
+        return None
+    r = Run.open(run)
+    zs = [f"z{i + 1}" for i in range(model.config.zdim)]
+    keys = {image_key(n): i for i, n in enumerate(table["image"])}
+    if named:
+        chosen = []
+        for text in named:
+            a, sep, b = text.partition(",")
+            if not sep:
+                raise ConfigError(f"--pair {text!r}: give two image names as 'A,B'")
+            for name in (a, b):
+                if image_key(name) not in keys:
+                    raise InputError(run, f"has no particle {name}")
+            chosen.append((keys[image_key(a)], keys[image_key(b)]))
+        idx = np.array(chosen)
+    else:
+        split = table["split"].to_numpy() if "split" in table else None
+        pool = np.flatnonzero(split == "test") if split is not None else np.arange(0)
+        if len(pool) < 2:
+            pool = np.arange(len(table))
+        rng = np.random.default_rng(seed)
+        idx = np.array([rng.choice(pool, 2, replace=False) for _ in range(n_pairs)])
+    z = torch.tensor(table[zs].to_numpy(np.float32))
+    z_a, z_b = z[idx[:, 0]], z[idx[:, 1]]
+    observed: Tensor | None
+    try:  # table rows are the run's images in order (after --ind)
+        observed = r.particles().images(idx.reshape(-1))
+        observed = observed.reshape(len(idx), 2, *observed.shape[1:])
+    except (InputError, ConfigError) as e:
+        notes.append(f"note: input images not shown ({e})")
+        observed = None
+    pictures = interpolation(model, z_a, z_b, observed, steps)
+    if observed is not None and model.config.likelihood == "bernoulli":
+        pictures = pictures.clamp(0, 1)
+    ends = (0, -1) if observed is not None else ()
+    names = None
+    if labels and observed is not None:  # each observed end: its image number and theta
+        names = [[_particle_lines(table.iloc[i]) for i in (a, b)] for a, b in idx.tolist()]
+    tags = interpolation_labels(z_a, z_b, steps, names or ()) if labels else None
+    path = dest / "interpolation.png"
+    written.append(tiles.save_png(pictures, path, own_contrast=ends, labels=tags))
+    return torch.stack([z_a[0], z_b[0]])
+
+
+def _particle_lines(row: pd.Series) -> list[str]:
+    """Caption of an observed particle: ``17@`` (its image number in its stack) and its θ."""
+    return [f"{image_key(row['image'])[0]}@", f"θ {float(row['theta_deg']):+.0f}°"]

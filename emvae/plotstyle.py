@@ -9,12 +9,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-#: The report's figures are drawn to be read at the page's width (about 1,000 px): 100 dpi, and
-#: text sizes (points) that stay legible there (:data:`STYLE`).
+#: Every figure is drawn to be read at the report page's width (about 1,000 px): 100 dpi. The
+#: report's own figures use text sizes (points) that stay legible there (:data:`STYLE`).
 DPI = 100
-#: analyze's, convergence's and the benchmarks' figures, in matplotlib's default text sizes.
-#: TODO(issue 36): one resolution and style for every figure (it changes those pictures).
-SUMMARY_DPI = 110
 STYLE: Any = {  # matplotlib rcParams (typed Any: its stubs list every key)
     "font.size": 12,
     "axes.labelsize": 13,
@@ -34,7 +31,7 @@ def figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple
     return fig, axes.ravel()
 
 
-def save(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
+def save(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI) -> Path:
     """Write ``fig`` to ``path`` as a PNG (whatever its suffix: a temporary file) at ``dpi``."""
     fig.savefig(path, dpi=dpi, format="png")
     return Path(path)

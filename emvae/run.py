@@ -22,7 +22,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -33,6 +33,10 @@ from emvae.errors import ConfigError, EmvaeError, InputError, OutputExistsError
 from emvae.io.tables import check_complete, read_table, write_table
 from emvae.runlog import LOG
 from emvae.safety import MANIFEST, atomic_output, claim_outputs, record_outputs, use_force
+
+if TYPE_CHECKING:
+    from emvae.models import SpatialVAE
+    from emvae.particles import Particles
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -129,11 +133,13 @@ class Run:
         check_complete(path, metrics, ours=True)
         return metrics
 
-    def model(self, device="cpu"):
+    def model(
+        self, device: torch.device | str = "cpu"
+    ) -> tuple[SpatialVAE, RunConfig, dict[str, Any]]:
         """``(model in eval mode, RunConfig, checkpoint dict)`` from checkpoints/last.pt."""
         return checkpoint.build_model(load_checkpoint(self.path), device)
 
-    def particles(self):
+    def particles(self) -> Particles:
         """The run's own input images, prepared as it prepared them
         (:meth:`emvae.particles.Particles.like`)."""
         from emvae.particles import Particles

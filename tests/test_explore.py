@@ -25,10 +25,11 @@ from emvae.config import ModelConfig
 from emvae.errors import EmvaeError
 from emvae.explore import Batcher, Explorer, to_pixels
 from emvae.explore_app import make_app
+from emvae.figures.tiles import contrast
 from emvae.geometry import image_to_model_pose
 from emvae.io import read_indices
 from emvae.models import SpatialVAE, pixels_to_images
-from emvae.montage import contrast, decode_mean
+from emvae.montage import decode_mean
 from emvae.objective import pixel_mean
 from emvae.render import ONNX_HINT, PosedGenerator, check_onnx, export_onnx, require_onnx
 from emvae.run import Run

@@ -14,11 +14,13 @@ from emvae_cli.main import app
 from PIL import Image
 
 from emvae import montage as mt
+from emvae.figures import tiles
 from emvae.geometry import model_to_image_pose
 from emvae.io import read_table
 from emvae.io import star_export as sx
 from emvae.metrics import angular_error_deg, circular_correlation
-from emvae.report import best_factors, compare, match, write_report
+from emvae.reference import best_factors, compare, match
+from emvae.report import write_report
 from emvae.run import Run
 from emvae.simulate import write_simulation
 
@@ -54,7 +56,7 @@ def test_interpolation_layout_and_end_points(run):
     assert torch.allclose(grid[:, -2], mt.decode_mean(model, z_b), atol=1e-6)
     middle = mt.decode_mean(model, (z_a + z_b) / 2)
     assert torch.allclose(grid[:, 3], middle, atol=1e-6)
-    picture = mt.tile(mt.to_uint8(grid, -1, 1), pad=2)
+    picture = tiles.tile(tiles.to_uint8(grid, -1, 1), pad=2)
     assert picture.shape == (3 * 18 + 2, 7 * 18 + 2)
 
 
@@ -148,7 +150,7 @@ def test_star_reference_reads_like_the_csv(run, tmp_path):
     blocks = sx.table_to_star(truth, 16, 1.0)
     sx.write_star(blocks, tmp_path / "ref.star")
     table = read_table(run / "particles.csv")
-    from emvae.report import read_reference
+    from emvae.reference import read_reference
 
     ref = read_reference(tmp_path / "ref.star", 16, None)
     assert np.allclose(ref["shift_x_px"], truth["shift_x_px"], atol=1e-4)
@@ -185,7 +187,6 @@ def test_shift_agreement_after_the_canonical_centre_offset():
     """A canonical view centred at u (canonical frame) moves a particle turned by theta by
     rot(theta) u: the report fits u and removes it, like theta's global offset. With the turn
     applied the wrong way round the residual stays large."""
-    from emvae.report import compare
 
     rng = np.random.default_rng(0)
     n = 500
@@ -213,12 +214,12 @@ def test_gif_has_one_frame_per_step_even_when_frames_repeat(tmp_path):
     """Pillow writes identical consecutive frames as one; the position marker under each
     frame keeps every step (here a path along which the picture does not change at all)."""
     frames = np.tile(np.linspace(-1, 1, 16 * 16).reshape(1, 1, 16, 16), (10, 1, 1, 1))
-    plain = [Image.fromarray(mt.to_uint8(f[0], -1, 1)) for f in frames]
+    plain = [Image.fromarray(tiles.to_uint8(f[0], -1, 1)) for f in frames]
     plain[0].save(tmp_path / "plain.gif", save_all=True, append_images=plain[1:], duration=80)
     assert _picture(tmp_path / "plain.gif")[2] == 1  # what Pillow does without the marker
-    mt.save_gif(frames, tmp_path / "kept.gif", ms=80)
+    tiles.save_gif(frames, tmp_path / "kept.gif", ms=80)
     (w, h), _, n = _picture(tmp_path / "kept.gif")
-    assert n == 10 and (w, h) == (64, 64 + mt.TRACK_PX)
+    assert n == 10 and (w, h) == (64, 64 + tiles.TRACK_PX)
     with Image.open(tmp_path / "kept.gif") as im:
         durations = []
         for k in range(im.n_frames):
@@ -227,15 +228,15 @@ def test_gif_has_one_frame_per_step_even_when_frames_repeat(tmp_path):
     assert durations == [80] * 10
     # there and back (positions repeat, never consecutively), with a caption line per frame
     t = np.concatenate([np.linspace(0, 1, 6), np.linspace(1, 0, 6)[1:-1]])
-    captions = [mt.z_lines([v]) for v in t]
-    mt.save_gif(frames[:10], tmp_path / "captioned.gif", positions=t, captions=captions)
+    captions = [tiles.z_lines([v]) for v in t]
+    tiles.save_gif(frames[:10], tmp_path / "captioned.gif", positions=t, captions=captions)
     (w, h), _, n = _picture(tmp_path / "captioned.gif")
-    assert n == 10 and h == 64 + mt.TRACK_PX + mt.LINE_PX
+    assert n == 10 and h == 64 + tiles.TRACK_PX + tiles.LINE_PX
     # 40 frames of 8 px: enlarged until the marker moves at least 1 px per frame
     small = np.zeros((40, 1, 8, 8))
-    mt.save_gif(small, tmp_path / "small.gif")
+    tiles.save_gif(small, tmp_path / "small.gif")
     (w, _), _, n = _picture(tmp_path / "small.gif")
-    assert n == 40 and w == 8 * mt.gif_scale(40, 8) and w - mt.MARKER_PX >= 39
+    assert n == 40 and w == 8 * tiles.gif_scale(40, 8) and w - tiles.MARKER_PX >= 39
 
 
 def test_montage_gif_frames_follow_gif_steps(run, tmp_path):
@@ -245,7 +246,7 @@ def test_montage_gif_frames_follow_gif_steps(run, tmp_path):
     assert r.exit_code == 0, r.output
     (w, h), _, n = _picture(tmp_path / "latent_motion.gif")
     assert n == 2 * 7 - 2  # 7 steps there, 5 back
-    assert (w, h) == (16 * 4, 16 * 4 + mt.TRACK_PX + 2 * mt.LINE_PX)  # z1, z2 under the image
+    assert (w, h) == (16 * 4, 16 * 4 + tiles.TRACK_PX + 2 * tiles.LINE_PX)  # z1, z2 under the image
 
 
 def test_labels_add_margins_of_the_expected_size(run, tmp_path):
@@ -261,21 +262,21 @@ def test_labels_add_margins_of_the_expected_size(run, tmp_path):
     q = mt.quantile_grid(4, z_data[:, 0])
     assert labels.columns == [f"z1 {v:+.2f}" for v in q]
     assert labels.rows[0] == f"z2 {mt.quantile_grid(4, z_data[:, 1])[-1]:+.2f}"  # top: largest
-    mt.save_png(grid, tmp_path / "plain.png")
-    mt.save_png(grid, tmp_path / "labelled.png", labels=labels)
-    advance = mt.label_font().getlength("0")
+    tiles.save_png(grid, tmp_path / "plain.png")
+    tiles.save_png(grid, tmp_path / "labelled.png", labels=labels)
+    advance = tiles.label_font().getlength("0")
 
     def width(texts):  # monospaced: every character one advance
         return max(math.ceil(len(t) * advance) for t in texts)
 
-    assert all(mt.text_width(t) == width([t]) for t in [*labels.columns, *labels.rows])
+    assert all(tiles.text_width(t) == width([t]) for t in [*labels.columns, *labels.rows])
     with Image.open(tmp_path / "plain.png") as a, Image.open(tmp_path / "labelled.png") as b:
         plain, labelled = np.asarray(a), np.asarray(b)
     tile, pad = 16 * 2, 2 * 2
     assert plain.shape == (4 * (tile + pad) + pad,) * 2
-    left = width(labels.rows) + 2 * mt.GAP_PX
-    top = mt.LINE_PX + mt.GAP_PX
-    col_w = max(tile + pad, width(labels.columns) + 2 * mt.GAP_PX)
+    left = width(labels.rows) + 2 * tiles.GAP_PX
+    top = tiles.LINE_PX + tiles.GAP_PX
+    col_w = max(tile + pad, width(labels.columns) + 2 * tiles.GAP_PX)
     assert labelled.shape == (top + 4 * (tile + pad) + pad, left + 4 * col_w + pad)
     # tile (r, c): same pixels, centred in its column
     for r, c in ((0, 0), (3, 2)):
@@ -290,9 +291,9 @@ def test_labels_add_margins_of_the_expected_size(run, tmp_path):
     assert tags.columns == ["t 0.00", "t 0.50", "t 1.00"]
     assert tags.tiles[0][1] == ["z1 +1.00", "z2 +0.50"] and tags.lines(0) == 2
     g = tags.geometry(1, 3, tile, pad)
-    assert g["row_h"] == [tile + pad + 2 * mt.LINE_PX] and g["top"] == top
-    assert g["size"] == (3 * g["col_w"] + pad, top + tile + pad + 2 * mt.LINE_PX + pad)
-    assert mt.z_lines([0.1, 0.2, 0.3, 0.4]) == ["z1 +0.10", "z2 +0.20", "+2 more"]
+    assert g["row_h"] == [tile + pad + 2 * tiles.LINE_PX] and g["top"] == top
+    assert g["size"] == (3 * g["col_w"] + pad, top + tile + pad + 2 * tiles.LINE_PX + pad)
+    assert tiles.z_lines([0.1, 0.2, 0.3, 0.4]) == ["z1 +0.10", "z2 +0.20", "+2 more"]
 
 
 def test_montage_command_labels(run, tmp_path):
@@ -300,12 +301,12 @@ def test_montage_command_labels(run, tmp_path):
     r = runner.invoke(app, [*args, "-o", str(tmp_path / "a")])
     assert r.exit_code == 0, r.output
     (w, h), _, _ = _picture(tmp_path / "a" / "interpolation.png")
-    tile, pad, top = 16 * 2, 2 * 2, mt.LINE_PX + mt.GAP_PX
+    tile, pad, top = 16 * 2, 2 * 2, tiles.LINE_PX + tiles.GAP_PX
     # 2 rows, each with 2 caption lines (observed: image number and theta; generated: z1, z2)
-    assert h == top + 2 * (tile + pad + 2 * mt.LINE_PX) + pad
+    assert h == top + 2 * (tile + pad + 2 * tiles.LINE_PX) + pad
     assert (w - pad) % 10 == 0 and (w - pad) // 10 >= tile + pad
     (w, h), _, _ = _picture(tmp_path / "a" / "prior_samples.png")  # 8 x 8, z1 and z2 under each
-    assert h == 8 * (tile + pad + 2 * mt.LINE_PX) + pad
+    assert h == 8 * (tile + pad + 2 * tiles.LINE_PX) + pad
 
 
 def test_report_page_reads_like_supplementary_figures(run, tmp_path):
@@ -364,7 +365,7 @@ def test_report_page_reads_like_supplementary_figures(run, tmp_path):
     # 5 examples: columns of input / reconstruction / canonical view
     (w, h), _, _ = _picture(dest / "reconstructions.png")
     tile = 16 * math.ceil(72 / 16)
-    assert h == mt.LINE_PX + mt.GAP_PX + 3 * (tile + 2 * 5) + 2 * 5 + 3 * mt.LINE_PX
+    assert h == tiles.LINE_PX + tiles.GAP_PX + 3 * (tile + 2 * 5) + 2 * 5 + 3 * tiles.LINE_PX
     # z against the reference: one panel per z, the factor each follows best
     best = {z: (f, r) for z, f, r in best_factors(saved["latent"])}
     assert set(best) == {"z1", "z2"} and best["z1"][0] == "conformation"
@@ -528,7 +529,7 @@ def test_report_of_a_1d_run_has_traversals_but_no_local_metric(run_1d, tmp_path)
     assert "Decoded grid with the local metric" not in html
     assert html.count("Per-dimension traversals.") == 1
     (w, h), _, _ = _picture(tmp_path / "rep" / "latent_traversals.png")
-    assert h < 2 * (16 * 3 + 6) + 3 * mt.LINE_PX  # one row of tiles
+    assert h < 2 * (16 * 3 + 6) + 3 * tiles.LINE_PX  # one row of tiles
     model = Run.open(run_1d).model()[0]
     assert mt.local_metric(model, torch.zeros(2, 1)).shape == (2,)  # K = 1: the speed
     sv = mt.singular_values(model, torch.zeros(2, 1))

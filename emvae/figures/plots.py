@@ -1,0 +1,285 @@
+"""The report's plots (matplotlib), each from arrays and tables, never from a run: learning
+curves, pose and latent histograms, the latent space, agreement with a reference, the local
+metric of the generator, and example particles beside their reconstructions.
+
+Each function draws one figure in :data:`emvae.plotstyle.STYLE` and writes it to ``path`` as a
+PNG (:func:`emvae.plotstyle.save`); those that may have nothing to show return None then.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from emvae.figures.tiles import Labels, contrast, render, tile, to_uint8, z_lines
+from emvae.geometry import wrap_degrees
+from emvae.latents import KL_UNUSED
+from emvae.plotstyle import STYLE, figure, save
+
+#: the particle table's affine / spline columns (``--pose``) and their axis labels
+DEFORM_COLUMNS = {
+    "scale_x": "scale along the canonical x axis (factor)",
+    "scale_y": "scale along the canonical y axis (factor)",
+    "shear": "shear γ (dimensionless)",
+    "tps_max_px": "largest control-point displacement (px)",
+}
+
+
+def _figure(ncols: int = 1, nrows: int = 1, size: float = 3.6) -> tuple[Figure, Any]:
+    """A figure of ``nrows`` x ``ncols`` panels, each ``size`` x 0.8 ``size`` inches."""
+    return figure(size * ncols, size * 0.8 * nrows, nrows, ncols)
+
+
+def learning_curves(metrics: pd.DataFrame, path: Path) -> Path:
+    """Train (solid) and test (dashed) ELBO, reconstruction error and KL per epoch, nats per
+    particle, from ``metrics.csv``'s columns ``epoch``, ``{train,test}_{elbo,error,kl}``."""
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(3, size=3.4)
+        for k, (term, label) in enumerate(
+            (("elbo", "ELBO"), ("error", "reconstruction error −log p"), ("kl", "KL divergence"))
+        ):
+            for split, style in (("train", "-"), ("test", "--")):
+                ax[k].plot(metrics["epoch"], metrics[f"{split}_{term}"], style, label=split)
+            ax[k].set_title(label)
+            ax[k].set_xlabel("epoch")
+            ax[k].set_ylabel("nats per particle")
+        ax[0].legend()
+        return save(fig, path)
+
+
+def latent_kl(metrics: pd.DataFrame, path: Path) -> Path | None:
+    """Test KL of each latent dimension per epoch (``test_kl_z1``, ...: nats per particle),
+    with the threshold below which a dimension counts as unused; None without those columns."""
+    cols = sorted(
+        (c for c in metrics.columns if c.startswith("test_kl_z") and c[9:].isdigit()),
+        key=lambda c: int(c[9:]),
+    )
+    if not cols:
+        return None
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(1, size=6.0)
+        for c in cols:
+            ax[0].plot(metrics["epoch"], metrics[c], label=c[8:].replace("kl_", ""))
+        ax[0].axhline(KL_UNUSED, color="k", ls=":", lw=0.8, label=f"unused below {KL_UNUSED}")
+        ax[0].set_xlabel("epoch")
+        ax[0].set_ylabel("test KL of each z (nats per particle)")
+        ax[0].legend()
+        return save(fig, path)
+
+
+def _secondary_shift_axis(ax: Axes, per_px: float | None, unit: str) -> None:
+    """A top axis in physical units (Å, arcsec) over a histogram of shifts in pixels."""
+    if per_px:
+        per: float = per_px
+        top = ax.secondary_xaxis(
+            "top", functions=(lambda v: np.multiply(v, per), lambda v: np.divide(v, per))
+        )
+        top.set_xlabel(unit)
+
+
+def pose_histograms(
+    table: pd.DataFrame, path: Path, apix: float | None = None, arcsec_per_px: float | None = None
+) -> Path:
+    """θ (degrees), shifts (pixels of the input; Å or arcsec on a second axis when ``apix`` or
+    ``arcsec_per_px`` is known), and (rotation bins) the probability of each particle's
+    rotation bin: a 2 x 2 grid of histograms over the particle table's rows."""
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(2, 2, size=5.0)
+        ax[0].hist(table["theta_deg"], bins=72, range=(-180, 180), color="C0")
+        ax[0].set_xlabel("θ (degrees, counter-clockwise)")
+        ax[0].set_xticks(range(-180, 181, 90))
+        for k, axis in zip((2, 3), ("x", "y"), strict=True):
+            ax[k].hist(table[f"shift_{axis}_px"], bins=50, color="C1")
+            ax[k].set_xlabel(f"shift {axis} (px, input pixels)")
+            if apix:
+                _secondary_shift_axis(ax[k], apix, f"shift {axis} (Å)")
+            else:
+                _secondary_shift_axis(ax[k], arcsec_per_px, f"shift {axis} (arcsec)")
+        if "theta_prob" in table:
+            ax[1].hist(table["theta_prob"], bins=50, range=(0, 1), color="C2")
+            ax[1].set_xlabel("probability of the rotation bin (1: certain)")
+        else:
+            ax[1].set_visible(False)
+        for a in ax:
+            a.set_ylabel("particles")
+        return save(fig, path)
+
+
+def deform_histograms(table: pd.DataFrame, path: Path) -> Path | None:
+    """``--pose affine|tps``: histograms of the table's :data:`DEFORM_COLUMNS` over the
+    particles; None for a rigid pose."""
+    shown = [c for c in DEFORM_COLUMNS if c in table]
+    if not shown:
+        return None
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(len(shown), 1, size=3.6)
+        for a, c in zip(ax, shown, strict=False):
+            a.hist(table[c], bins=50, color="C3")
+            a.set_xlabel(DEFORM_COLUMNS[c])
+            a.set_ylabel("particles")
+        return save(fig, path)
+
+
+def z_histograms(z: pd.DataFrame, unused: set[str], path: Path) -> Path | None:
+    """Histogram of each column of ``z`` (posterior means, prior std units; up to 12), the
+    ``unused`` ones in red and labelled so; None without a column."""
+    shown = list(z.columns)[:12]
+    if not shown:
+        return None
+    ncols = min(3, len(shown))
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(ncols, math.ceil(len(shown) / ncols), size=10.0 / max(2, ncols))
+        for k, name in enumerate(shown):
+            ax[k].hist(z[name], bins=50, color="C3" if name in unused else "C2")
+            ax[k].set_xlabel(f"{name} (prior std units){' UNUSED' if name in unused else ''}")
+            ax[k].set_ylabel("particles")
+        for a in ax[len(shown) :]:
+            a.set_visible(False)
+        return save(fig, path)
+
+
+def latent_2d(z: np.ndarray) -> tuple[np.ndarray, tuple[str, str]] | None:
+    """Posterior means ``(N, K)`` -> ``(N, 2)`` points and their axis names: z1, z2 (K = 2),
+    or the first two principal components (K > 2); None for K < 2."""
+    if z.shape[1] < 2:
+        return None
+    if z.shape[1] == 2:
+        return z, ("z1", "z2")
+    zc = z - z.mean(0)
+    _, s, vt = np.linalg.svd(zc, full_matrices=False)
+    explained = s**2 / (s**2).sum()
+    labels = (f"PC1 of z ({explained[0]:.0%})", f"PC2 of z ({explained[1]:.0%})")
+    return zc @ vt[:2].T, labels
+
+
+def latent_scatter(
+    z: np.ndarray, path: Path, colour: np.ndarray | None = None, label: str = ""
+) -> Path | None:
+    """One point per particle in the plane of :func:`latent_2d` (``z`` ``(N, K)``), coloured
+    by ``colour`` ``(N,)`` (a reference factor called ``label``) when given; None for K < 2."""
+    xy = latent_2d(z)
+    if xy is None:
+        return None
+    pts, (lx, ly) = xy
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(1, size=6.0)
+        if colour is None:
+            ax[0].scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5, linewidths=0)
+        else:
+            sc = ax[0].scatter(pts[:, 0], pts[:, 1], s=4, c=colour, cmap="viridis", linewidths=0)
+            fig.colorbar(sc, ax=ax[0], label=f"reference {label}")
+        ax[0].set_xlabel(f"{lx} (prior std units)")
+        ax[0].set_ylabel(f"{ly} (prior std units)")
+        return save(fig, path)
+
+
+def theta_vs_reference(
+    theta_deg: np.ndarray, reference_deg: np.ndarray, offset: float, path: Path
+) -> Path:
+    """Each particle's θ less the global ``offset`` against the reference's, degrees ``(N,)``,
+    with the diagonal where they agree."""
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(1, size=6.0)
+        ours = wrap_degrees(theta_deg - offset)
+        ax[0].scatter(reference_deg, ours, s=4, alpha=0.5, linewidths=0)
+        ax[0].plot([-180, 180], [-180, 180], "k:", lw=0.8)
+        ax[0].set_xlim(-180, 180)
+        ax[0].set_ylim(-180, 180)
+        ax[0].set_xticks(range(-180, 181, 90))
+        ax[0].set_yticks(range(-180, 181, 90))
+        ax[0].set_xlabel("reference θ (degrees)")
+        ax[0].set_ylabel(f"emvae θ − global offset ({offset:+.1f}°) (degrees)")
+        return save(fig, path)
+
+
+def z_vs_reference(
+    pairs: Sequence[tuple[str, np.ndarray, str, np.ndarray, float]], unused: set[str], path: Path
+) -> Path | None:
+    """One panel per (z name, its values ``(N,)``, factor name, the factor's values ``(N,)``,
+    Pearson r): z against the factor; None without a pair."""
+    if not pairs:
+        return None
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(len(pairs), size=10.0 / max(2, len(pairs)))
+        for a, (z, values, f, factor, r) in zip(ax, pairs, strict=True):
+            a.scatter(factor, values, s=4, alpha=0.5, linewidths=0)
+            a.set_xlabel(f"reference {f}")
+            a.set_ylabel(f"{z} (prior std units)")
+            a.set_title(f"{z} vs {f}: r = {r:+.2f}" + (" (z unused)" if z in unused else ""))
+        return save(fig, path)
+
+
+def local_metric(
+    decoded: np.ndarray,
+    magnification: np.ndarray,
+    singular: np.ndarray,
+    z1: np.ndarray,
+    z2_rows: np.ndarray,
+    path: Path,
+) -> Path:
+    """The decoded grid ``(n, n, C, D, D)`` beside heat maps over it, cell for cell: the
+    ``magnification`` ``(n, n)`` and the two ``singular`` values ``(n, n, 2)`` of the
+    generator's Jacobian ((pixel-value units) per unit z); ``z1`` ``(n,)`` along the columns,
+    ``z2_rows`` ``(n,)`` the rows' z2 from the top."""
+    n, d, pad = decoded.shape[0], decoded.shape[-1], 2
+    picture = tile(to_uint8(decoded, *contrast(decoded)), pad)
+    ticks = np.arange(0, n, max(1, n // 5))
+    unit = "pixel-value units per unit z"
+    maps = (
+        (magnification, r"magnification $\sqrt{\det J^{T}J} = \sigma_1\sigma_2$" f"\n({unit})$^2$"),
+        (singular[..., 0], r"$\sigma_1$, fastest direction" f"\n({unit})"),
+        (singular[..., 1], r"$\sigma_2$, slowest direction" f"\n({unit})"),
+    )
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(2, 2, size=5.0)
+        centres = pad + ticks * (d + pad) + d / 2
+        ax[0].imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
+        ax[0].set_title("decoded grid (θ = 0, Δx = 0)")
+        ax[0].set_xticks(centres, [f"{z1[t]:+.2f}" for t in ticks])
+        ax[0].set_yticks(centres, [f"{z2_rows[t]:+.2f}" for t in ticks])
+        for a, (values, label) in zip(ax[1:], maps, strict=True):
+            im = a.imshow(values, cmap="viridis", interpolation="nearest")
+            fig.colorbar(im, ax=a, label=label, shrink=0.9)
+            a.set_xticks(ticks, [f"{z1[t]:+.2f}" for t in ticks])
+            a.set_yticks(ticks, [f"{z2_rows[t]:+.2f}" for t in ticks])
+        for a in ax:
+            a.set_xlabel("z1 (prior std units)")
+            a.set_ylabel("z2 (prior std units)")
+        return save(fig, path)
+
+
+def reconstructions(
+    observed: np.ndarray,
+    rendered: np.ndarray,
+    canonical: np.ndarray,
+    names: Sequence[str],
+    theta_deg: Sequence[float],
+    z: np.ndarray,
+    path: Path,
+) -> Path:
+    """Three rows of tiles: the particles ``(n, C, D, D)`` as the model sees them (``names``
+    above, θ in degrees under them), their reconstructions and the same z ``(n, K)`` at
+    θ = 0, Δx = 0 (one contrast for both), each pixel drawn enough times for 72 pixels."""
+    model_rows = np.stack([rendered, canonical])
+    pixels = np.concatenate(
+        [to_uint8(observed, *contrast(observed))[None], to_uint8(model_rows, *contrast(model_rows))]
+    )
+    labels = Labels(
+        columns=list(names),
+        rows=["input", "model", "θ = 0"],
+        tiles=[
+            [[f"θ {t:+.0f}°"] for t in theta_deg],
+            [z_lines(v, most=2) for v in z],
+            [[] for _ in names],
+        ],
+    )
+    render(pixels, max(1, math.ceil(72 / observed.shape[-1])), labels).save(path)
+    return path
