@@ -37,7 +37,7 @@ def align_stack(
     stack,
     theta_deg: np.ndarray,
     shift_px: np.ndarray,
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     device: torch.device | str = "cpu",
     batch_size: int = 1024,
     advance=None,

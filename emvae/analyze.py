@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -303,14 +304,14 @@ def _colour(cmap: str, c: int):
 
 def analyze_run(
     run,
-    out: str | os.PathLike | None = None,
+    out: str | os.PathLike[str] | None = None,
     k: int = 4,
     method: str = "kmeans",
     umap: bool = False,
     seed: int = 0,
     force: bool = False,
     epoch: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Analyse the latent space of ``run`` (a run directory or :class:`emvae.run.Run`) into
     ``out`` (default ``RUN/analyze``): the files of the module docstring. ``epoch``: of the
     checkpoint kept at that epoch instead of the run's final table (every particle encoded
@@ -372,7 +373,7 @@ def analyze_run(
         k = int(labels.max())
     sizes = np.bincount(labels, minlength=k + 1)[1:]
     centres = np.stack([z[labels == c].mean(0) for c in range(1, k + 1)])
-    result: dict = {
+    result: dict[str, Any] = {
         "run": str(r.path),
         "run_id": config.run_id,
         "epoch": int(ckpt["epoch"]),  # the checkpoint the clusters were made from
@@ -545,7 +546,7 @@ def write_classes(
     return [*names, "classes.star"]
 
 
-def check_clusters(run: str | os.PathLike, path: Path) -> None:
+def check_clusters(run: str | os.PathLike[str], path: Path) -> None:
     """Refuse a ``clusters.csv`` that ``emvae analyze`` did not write for ``run`` as it is now:
     from another run, edited, or made before the run was trained further (``fit --resume``).
     The folder's manifest holds the run id and digest of the file analyze wrote, and its

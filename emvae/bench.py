@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,7 @@ from emvae.config import (
 from emvae.data import load_images, normalize_, resolve_device
 from emvae.encode import encode
 from emvae.errors import ConfigError
+from emvae.example import EXAMPLE_OPTIONS
 from emvae.io.stack import ImageStack, image_name
 from emvae.particles import Particles
 from emvae.plotstyle import SUMMARY_DPI, figure, save
@@ -107,7 +110,7 @@ def _config(
     size: int,
     channels: int,
     zdim: int,
-    model: dict,
+    model: dict[str, Any],
     epochs: int,
     hidden: int,
     enc_hidden: int,
@@ -426,7 +429,7 @@ def run_galaxies(
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """Paper section 4.4 / Fig. 5: RGB spatial-VAE on Galaxy Zoo pictures (crop 207 with
     +-12 px jitter, reduced to ``size``), uniform rotation prior, translation prior 8 px at 64 px
     (scaled with ``size``), Bernoulli likelihood; prior samples and training pictures."""
@@ -473,7 +476,7 @@ def run_galaxies(
 ENCODERS = ("mlp", "conv", "equivariant")
 
 
-def encoder_options(spec: str) -> dict:
+def encoder_options(spec: str) -> dict[str, Any]:
     """An encoder of the benchmark: ``equivariant``, ``mlp``, ``conv`` (rotation bins), or
     ``mlp/gaussian``, ``conv/gaussian`` (the paper's Gaussian rotation posterior)."""
     name, _, posterior = spec.partition("/")
@@ -484,7 +487,9 @@ def encoder_options(spec: str) -> dict:
     return {"encoder": name, "theta_posterior": posterior or "auto"}
 
 
-def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 100) -> dict:
+def pose_recovery(
+    model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 100
+) -> dict[str, Any]:
     """Recovery figures of a model on ``data`` ``(N, 1, D, D)`` (normalised, input order) against
     a simulation's ``truth`` (same order), from posterior means (no sampling):
     ``theta_circ_corr`` (|circular correlation| with the consensus-frame rotation),
@@ -609,8 +614,8 @@ def run_encoders(
     from emvae.simulate import get_object
 
     out, runs = Path(out), runs or EncoderRuns()
-    rows: list[dict] = []
-    final: list[dict] = []
+    rows: list[dict[str, Any]] = []
+    final: list[dict[str, Any]] = []
     options = {spec: encoder_options(spec) for spec in encoders}
     for object_name in objects:
         name, _, object_seed = object_name.partition(":")
@@ -643,7 +648,7 @@ def run_encoders(
                     mask_radius_px=size * 19 / 40,
                     **options[spec],
                 )
-                per_epoch: list[dict] = []
+                per_epoch: list[dict[str, Any]] = []
 
                 def track(epoch, model, data, _label=label, _log=per_epoch, _ref=truth):
                     fig = pose_recovery(model, data, _ref)
@@ -674,7 +679,7 @@ def run_encoders(
     return pd.DataFrame(rows)
 
 
-def _first(rows: list[dict], key: str, threshold: float) -> int | None:
+def _first(rows: list[dict[str, Any]], key: str, threshold: float) -> int | None:
     """The first epoch whose ``key`` reaches ``threshold`` and stays there to the end."""
     first = None
     for row in rows:
@@ -695,7 +700,7 @@ def generator_steps(
     every: int = 10,
     n_eval: int = 500,
     seed: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     """How many Adam steps a generator alone needs to draw the particles better than their mean
     image, given the *true* poses and the true conformation as z (so nothing but the generator
     is learnt).
@@ -785,8 +790,8 @@ def run_time_to_result(
     sim = out / f"simulation_{obj.replace(':', '')}_{n}_{size}px_snr{snr:g}"
     particle = get_object(name, int(object_seed or 0))
     stack, truth = simulated(sim, n=n, size=size, snr=snr, seed=seed, obj=particle)
-    rows: list[dict] = []
-    final: list[dict] = []
+    rows: list[dict[str, Any]] = []
+    final: list[dict[str, Any]] = []
     for encoder in encoders:
         config = RunConfig(
             model=ModelConfig(
@@ -801,7 +806,7 @@ def run_time_to_result(
             ),
         )
         label = {"encoder": config.model.encoder + (" (default)" if encoder == "auto" else "")}
-        per_epoch: list[dict] = []
+        per_epoch: list[dict[str, Any]] = []
         t0 = time.perf_counter()
         scoring = [0.0]  # seconds spent scoring, not training
 
@@ -830,3 +835,42 @@ def run_time_to_result(
         final.append(summary)
         _write_results(pd.DataFrame(final), out, "time_to_result")
     return pd.DataFrame(final)
+
+
+def run_generator(
+    fourier: Sequence[int] = (64, 0),
+    seeds: Sequence[int] = (0, 1),
+    steps: int = 1000,
+    hidden: int = int(EXAMPLE_OPTIONS["gen_hidden"]),
+    lr: float = 1e-3,
+    batch: int = 50,
+    log: Callable[[str], None] = print,
+) -> None:
+    """``emvae bench generator``: :func:`generator_steps` on the embedded example for each
+    count of Fourier features (0: raw coordinates) and initialisation seed, a generator
+    ``hidden`` wide. Each result goes to ``log`` as a row of a Markdown table, and each error
+    curve into ``generator_fF_sS.csv`` (step, error) in the working folder."""
+    from emvae.example import EXAMPLE_STACK
+    from emvae.simulate import simulate_particles
+
+    spec = {k: v for k, v in EXAMPLE_STACK.items() if k != "apix"}
+    images, truth = simulate_particles(**spec)
+    images = (images - images.mean()) / images.std()
+    size = images.shape[-1]
+    log(
+        "| Fourier features | seed | steps to beat the mean image | error at the end / mean image |"
+    )
+    log("|---|---|---|---|")
+    for f in fourier:
+        for seed in seeds:
+            cfg = ModelConfig(image_size=size, zdim=1, gen_hidden=hidden, fourier_features=f)
+            r = generator_steps(images, truth, cfg, steps, batch, lr, seed=seed)
+            end = r["curve"][-1][1] / r["mean_image_error"]
+            log(f"| {f} | {seed} | {r['steps_to_beat_mean'] or f'> {steps}'} | {end:.3f} |")
+            np.savetxt(
+                f"generator_f{f}_s{seed}.csv",
+                np.array(r["curve"]),
+                delimiter=",",
+                header="step,error",
+                comments="",
+            )

@@ -24,7 +24,7 @@ OLD_FORMATS = {
 }
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     """Write ``state`` atomically (a crash mid-write leaves the previous file intact).
 
     ``state`` holds: ``model`` (state_dict), ``optimizer`` (state_dict or None), ``config``
@@ -36,7 +36,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, "version": __version__, **state}, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint file onto the CPU, refusing anything that is not an emvae checkpoint
     (a run folder's last checkpoint, checked against the run: :func:`emvae.run.load_checkpoint`)."""
     p = Path(path)

@@ -487,7 +487,7 @@ class DataConfig:
     normalize: bool = True  # subtract `mean`, divide by `std` (Gaussian likelihood)
     mean: float | None = None
     std: float | None = None
-    preprocess: dict = field(default_factory=dict)
+    preprocess: dict[str, Any] = field(default_factory=dict[str, Any])
     input_size: int = 0
     scale: float = 1.0
     datadir: str | None = None
@@ -570,7 +570,7 @@ class RunConfig:
             raise ConfigError(f"not an emvae configuration ({e})") from None
 
 
-def read_config(path: str | os.PathLike) -> RunConfig:
+def read_config(path: str | os.PathLike[str]) -> RunConfig:
     """A run's ``config.json``; one :class:`InputError` line naming it when it is unreadable."""
     import json
 

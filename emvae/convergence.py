@@ -30,6 +30,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -236,7 +237,7 @@ def snapshot(config, epoch: int, enc) -> Snapshot:
 
 def convergence_run(
     run,
-    out: str | os.PathLike | None = None,
+    out: str | os.PathLike[str] | None = None,
     max_particles: int | None = MAX_PARTICLES,
     seed: int = 0,
     k: int = 4,
@@ -244,7 +245,7 @@ def convergence_run(
     device: str = "cpu",
     force: bool = False,
     advance: Callable[[int], None] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Compare the kept checkpoints of ``run`` (a run directory or :class:`emvae.run.Run`)
     into ``out`` (default ``RUN/convergence``): the files of the module docstring. Returns
     the content of convergence.json (with ``table``, the DataFrame written). ``advance(1)``

@@ -174,7 +174,9 @@ def ctf_params(
     return table.astype(np.float32)
 
 
-def read_ctf_table(path: str | os.PathLike, n: int, rows: np.ndarray | None = None) -> pd.DataFrame:
+def read_ctf_table(
+    path: str | os.PathLike[str], n: int, rows: np.ndarray | None = None
+) -> pd.DataFrame:
     """A ``--ctf-params`` CSV: one row per image (input order), columns named as
     :data:`COLUMNS` (all but ``apix_A``; phase shift, B-factor and scale optional).
 

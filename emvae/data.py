@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -228,7 +229,7 @@ def gather(data, idx: Tensor, device: torch.device) -> Tensor:
     return to_device(data[idx.to(data.device)], device)
 
 
-class _Batches(torch.utils.data.Dataset):
+class _Batches(torch.utils.data.Dataset[Tensor]):
     """Map-style dataset whose item ``k`` is the whole ``k``-th index batch of a streamed stack,
     so that a DataLoader with ``batch_size=None`` hands over batches read by its workers."""
 
@@ -281,7 +282,7 @@ def prefetched(data, batches: list[Tensor], device: torch.device, readers: int =
         data.pin = pin
 
 
-def loader_options(readers: int, device: torch.device, pin: bool = True) -> dict:
+def loader_options(readers: int, device: torch.device, pin: bool = True) -> dict[str, Any]:
     """The ``torch.utils.data.DataLoader`` settings of :func:`prefetched`: whole batches
     (``batch_size=None``), ``readers`` forked workers two batches ahead each, and pinned
     memory (the loader's pinning thread) when the batches go to CUDA (:func:`pins`) and

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
-def assemble(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], n: int) -> dict:
+def assemble(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], n: int) -> dict[str, Any]:
     """Per-rank (indices, arrays) -> arrays over all ``n`` items in index order."""
     keys = parts[0][1].keys()
     out = {}

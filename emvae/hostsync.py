@@ -88,7 +88,7 @@ class HostSyncCounter(TorchDispatchMode):
         return out
 
 
-def _bool_index(args: tuple) -> bool:
+def _bool_index(args: tuple[Any, ...]) -> bool:
     """Whether an ``aten.index`` call indexes with a boolean mask."""
     if len(args) < 2:
         return False

@@ -10,6 +10,7 @@ so, and ``emvae fit`` and ``emvae report`` print :func:`unused_warning`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ class LatentUse:
     width: float
     used: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ from emvae.io.star_export import Optics, export_table
 from emvae.preprocess import Prepared, Preprocess, prepare_for
 from emvae.progress import TrainingProgress
 
-Specs = list[str | os.PathLike] | str | os.PathLike
+Specs = Sequence[str | os.PathLike[str]] | str | os.PathLike[str]
 
 
 @dataclass
@@ -62,13 +63,13 @@ class Particles:
         cls,
         specs: Specs,
         *,
-        datadir: str | os.PathLike | None = None,
-        ind: str | os.PathLike | None = None,
+        datadir: str | os.PathLike[str] | None = None,
+        ind: str | os.PathLike[str] | None = None,
         apix: float | None = None,
         preprocess: Preprocess | None = None,
         likelihood: str | None = None,
         normalize: bool | None = None,
-        ctf_params: str | os.PathLike | None = None,
+        ctf_params: str | os.PathLike[str] | None = None,
     ) -> Particles:
         """Every input the user named, concatenated, subset by ``ind`` (0-based), with ``apix``
         (Å) forced when given. ``preprocess`` None: the defaults of the input kind (pictures:
@@ -85,7 +86,7 @@ class Particles:
         likelihood: str | None = None,
         normalize: bool | None = None,
         preprocess: Preprocess | None = None,
-        ctf_params: str | os.PathLike | None = None,
+        ctf_params: str | os.PathLike[str] | None = None,
     ) -> Particles:
         """An opened stack, described for a new run (nothing is read; :meth:`load` measures
         the normalisation on the preprocessed images, :meth:`check_trainable` the
@@ -133,8 +134,8 @@ class Particles:
         cls,
         data: DataConfig,
         specs: Specs | None = None,
-        datadir: str | os.PathLike | None = None,
-        ind: str | os.PathLike | None = None,
+        datadir: str | os.PathLike[str] | None = None,
+        ind: str | os.PathLike[str] | None = None,
         apix: float | None = None,
     ) -> Particles:
         """Images prepared the way a run (``data``: its config's data section) prepared its own:
@@ -418,7 +419,7 @@ class Particles:
             cols["split"] = split
         return pd.DataFrame(cols)
 
-    def write_star(self, table: pd.DataFrame, path: str | os.PathLike) -> str:
+    def write_star(self, table: pd.DataFrame, path: str | os.PathLike[str]) -> str:
         """``table``'s poses as a STAR file: the input STAR's rows and columns (when the input
         was one) with emvae's poses; RELION 3.1 layout, or 3.0 (origins in pixels) when the
         pixel size is unknown. A cryoSPARC input's voltage, Cs and amplitude contrast fill the
@@ -485,8 +486,8 @@ def _value_range(stack: ImageStack) -> str:
 def open_images(
     specs: Specs,
     pre: Preprocess,
-    datadir: str | os.PathLike | None = None,
-    ind: str | os.PathLike | None = None,
+    datadir: str | os.PathLike[str] | None = None,
+    ind: str | os.PathLike[str] | None = None,
     apix: float | None = None,
 ) -> ImageStack:
     """Open ``specs`` for the preprocessing ``pre``: pictures and FITS images are cut to its

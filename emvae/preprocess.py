@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -90,7 +90,7 @@ class Preprocess:
 
     @classmethod
     def for_inputs(
-        cls, specs: list[str | os.PathLike] | str | os.PathLike, **options: Any
+        cls, specs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], **options: Any
     ) -> Preprocess:
         """:meth:`for_input` for the kind of the first of ``specs`` (as the readers take them)."""
         from emvae.io import input_kind
@@ -98,11 +98,11 @@ class Preprocess:
         first = specs if isinstance(specs, (str, os.PathLike)) else (list(specs) or ["?"])[0]
         return cls.for_input(input_kind(first), **options)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> Preprocess:
+    def from_dict(cls, d: dict[str, Any] | None) -> Preprocess:
         return cls(**(d or {}))
 
 
@@ -173,7 +173,7 @@ def prepare(stack: ImageStack, pre: Preprocess) -> Prepared:
     return Prepared(size, stack.channels, scale, offsets, apply)
 
 
-def prepare_for(stack: ImageStack, settings: dict | None) -> Prepared:
+def prepare_for(stack: ImageStack, settings: dict[str, Any] | None) -> Prepared:
     """Plan the preprocessing a run recorded (``DataConfig.preprocess``) for ``stack``: none
     when the stack is an emvae cache made with those settings, an error when made with others.
     """
@@ -188,7 +188,7 @@ def prepare_for(stack: ImageStack, settings: dict | None) -> Prepared:
     return prepare(stack, Preprocess(seed=pre.seed))
 
 
-def _describe(settings: dict) -> str:
+def _describe(settings: dict[str, Any]) -> str:
     d = Preprocess.from_dict(settings)
     parts = [
         f"{k}={v}" for k, v in d.to_dict().items() if k != "seed" and v != getattr(Preprocess(), k)
@@ -324,7 +324,7 @@ def _which(stack: ImageStack, k: int) -> str:
 def write_cache(
     stack: ImageStack,
     pre: Preprocess,
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     *,
     force: bool = False,
     chunk: int = CHUNK,

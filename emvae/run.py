@@ -61,7 +61,7 @@ class Run:
         self.path = Path(self.path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> Run:
+    def open(cls, path: str | os.PathLike[str]) -> Run:
         p = Path(path)
         if not p.is_dir():
             raise InputError(p, "no such run directory" if not p.exists() else "not a directory")
@@ -80,7 +80,7 @@ class Run:
         return self._config
 
     @classmethod
-    def of(cls, source: str | os.PathLike) -> Run | None:
+    def of(cls, source: str | os.PathLike[str]) -> Run | None:
         """The run a checkpoint or run directory belongs to (None for a checkpoint file kept
         elsewhere)."""
         p = Path(source)
@@ -152,7 +152,7 @@ def check_same_run(path: Path, made_by: str, described: str) -> None:
         )
 
 
-def load_checkpoint(source: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(source: str | os.PathLike[str]) -> dict[str, Any]:
     """A checkpoint file, or a run folder's last checkpoint (checked against its config.json),
     read onto the CPU."""
     p = Path(source)
@@ -160,14 +160,19 @@ def load_checkpoint(source: str | os.PathLike) -> dict[str, Any]:
         return checkpoint.load_checkpoint(p)
     if not (p / LAST).exists():
         raise InputError(p, f"is a directory without {LAST}")
-    ckpt = checkpoint.load_checkpoint(p / LAST)
-    if (p / CONFIG).exists():
+    return _checked_last(p, checkpoint.load_checkpoint(p / LAST))
+
+
+def _checked_last(folder: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """``ckpt``, ``folder``'s last checkpoint, once it is known to belong to the run that
+    ``folder``'s config.json describes (when there is one)."""
+    if (folder / CONFIG).exists():
         made_by = str(ckpt.get("config", {}).get("run_id", ""))
-        check_same_run(p / LAST, made_by, read_config(p / CONFIG).run_id)
+        check_same_run(folder / LAST, made_by, read_config(folder / CONFIG).run_id)
     return ckpt
 
 
-def load_model(source: str | os.PathLike, device: torch.device | str = "cpu"):
+def load_model(source: str | os.PathLike[str], device: torch.device | str = "cpu"):
     """Rebuild the model from a checkpoint file or a run folder (:func:`load_checkpoint`):
     ``(model in eval mode on device, RunConfig, checkpoint dict)``."""
     return checkpoint.build_model(load_checkpoint(source), device)
@@ -241,7 +246,7 @@ def _holds(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
-def check_output_dir(out: str | os.PathLike, force: bool = False) -> None:
+def check_output_dir(out: str | os.PathLike[str], force: bool = False) -> None:
     """Refuse, before any work is done, an ``out`` holding files of the names a fit writes (or
     retires) that emvae did not write, with or without ``force``; and one holding emvae
     outputs unless ``force``."""
@@ -272,8 +277,17 @@ def work_dir(out: Path, force: bool, resume: bool) -> Path:
     return out
 
 
-def resume_point(out: Path, work: Path) -> dict[str, Any]:
-    """The checkpoint a ``--resume`` continues from (checked against config.json)."""
+def read_last(out: Path, force: bool) -> dict[str, Any] | None:
+    """The checkpoint a ``--resume`` of ``out`` would continue from (that of an interrupted
+    ``--force`` re-run when ``force``), read onto the CPU but not yet checked; None when there
+    is none. :func:`resume_point` checks it."""
+    work = work_dir(out, force, resume=True)
+    return checkpoint.load_checkpoint(work / LAST) if has_last(work) else None
+
+
+def resume_point(out: Path, work: Path, last: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint a ``--resume`` continues from (checked against config.json): ``last``
+    when the caller has read it already (:func:`read_last`), else ``work``'s ``last.pt``."""
     if work == out and has_last(out / STAGING):
         raise EmvaeError(
             f"{out}: holds an interrupted --force re-run in {out / STAGING}; continue that "
@@ -283,7 +297,7 @@ def resume_point(out: Path, work: Path) -> dict[str, Any]:
         raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
     adopt_legacy_run(work)
     claim_outputs(work, (*TABLES, STAR, LOG), force=True)  # the user's files: never replaced
-    return load_checkpoint(work)
+    return load_checkpoint(work) if last is None else _checked_last(work, last)
 
 
 def prepare_output(out: Path, work: Path, force: bool) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import json
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +32,7 @@ import torch
 
 from emvae.config import EM_WIDTH, GALAXY_ENC_WIDTH, WIDTH, ModelConfig
 from emvae.data import keep_freed_memory
+from emvae.errors import ConfigError
 from emvae.models import SpatialVAE
 from emvae.train import training_step
 
@@ -214,7 +216,7 @@ def _batches(x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitS
     return prefetched(data, idx, dev)
 
 
-def _thread_reader(data: Any, batches: list, device: torch.device):
+def _thread_reader(data: Any, batches: list[Any], device: torch.device):
     """The reader fit used until 2026-12 (one batch read ahead in a thread), kept as the
     baseline of :func:`loader_rates`."""
     from concurrent.futures import ThreadPoolExecutor
@@ -281,4 +283,39 @@ def loader_rates(
     for w in workers:
         name = f"DataLoader, {w} worker{'s' if w != 1 else ''}"
         rows.append((name, timed(prefetched(data, tensors, dev, readers=w))))
+    return rows
+
+
+def measure_all(
+    names: Sequence[str],
+    dev: torch.device,
+    precisions: Sequence[str] = ("fp32",),
+    batches: Sequence[int] = (100,),
+    steps: int = 5,
+    *,
+    stream: bool = False,
+    ctf: bool = False,
+    log: Callable[[str], None] = print,
+    **options: Any,
+) -> list[Measurement]:
+    """:func:`measure` for every configuration in ``names`` x precision x batch size, each
+    plain, then streamed (``stream``), then with the CTF (``ctf``); one line to ``log`` per
+    measurement as it comes. ``options``: :func:`measure`'s other keywords."""
+    unknown = set(names) - set(CONFIGS)
+    if unknown:
+        raise ConfigError(f"unknown --config {sorted(unknown)}; choose from {sorted(CONFIGS)}")
+    variants = [(False, False)] + [(True, False)] * stream + [(False, True)] * ctf
+    rows = []
+    for name in names:
+        for prec in precisions:
+            for b in batches:
+                for streamed, with_ctf in variants:
+                    m = measure(name, dev, prec, b, steps, stream=streamed, ctf=with_ctf, **options)
+                    rows.append(m)
+                    peak = f"{100 * m.peak_fraction:.0f}%" if m.peak_fraction is not None else "-"
+                    log(
+                        f"{name:7s} {m.precision:14s} batch {b:4d}: {m.images_per_s:9.1f} "
+                        f"images/s, generator {m.gflop_per_s:9.1f} GFLOP/s, peak {peak}  "
+                        f"[{m.device}]"
+                    )
     return rows

@@ -84,6 +84,7 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[int, SpatialVAE, Any], dict[str, float]] | None = None,
     notes: Sequence[str] = (),
+    last: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train (or resume training) on ``particles`` and write every output into ``out_dir``.
 
@@ -99,8 +100,10 @@ def fit(
     and every progress line, timestamped; appended to by a resume).
 
     ``resume`` continues from ``checkpoints/last.pt`` with the stored configuration (only the
-    number of epochs may change), reproducing the uninterrupted run exactly. Without ``resume``
-    an ``out_dir`` holding emvae outputs is refused unless ``force``.
+    number of epochs may change), reproducing the uninterrupted run exactly; ``last``: that
+    checkpoint when the caller has read it already (:func:`emvae.run.read_last`), so that it is
+    read once. Without ``resume`` an ``out_dir`` holding emvae outputs is refused unless
+    ``force``.
 
     Launched by ``torchrun``, every process trains its share of each global batch
     (:mod:`emvae.distributed`) and only rank 0 writes. A stack too large for memory is streamed
@@ -112,10 +115,10 @@ def fit(
     """
     out = Path(out_dir)
     if int(os.environ.get("RANK", "0")):  # torchrun: only rank 0 writes (and locks)
-        return _fit(particles, config, out, resume, force, progress, on_epoch, notes)
+        return _fit(particles, config, out, resume, force, progress, on_epoch, notes, last)
     check_writable(out)
     with run_lock(out):  # a second fit into the same folder refuses, naming this process
-        return _fit(particles, config, out, resume, force, progress, on_epoch, notes)
+        return _fit(particles, config, out, resume, force, progress, on_epoch, notes, last)
 
 
 def _fit(
@@ -127,6 +130,7 @@ def _fit(
     progress: bool,
     on_epoch: Callable[[int, SpatialVAE, Any], dict[str, float]] | None,
     notes: Sequence[str] = (),
+    last: dict[str, Any] | None = None,
 ) -> FitResult:
     """:func:`fit`, once the run folder is locked."""
     work = run.work_dir(out, force, resume)  # out, or the staging folder of a --force re-run
@@ -142,7 +146,7 @@ def _fit(
     stack = particles.stack if isinstance(particles, Particles) else particles
     command = config.command  # this call's (a resume takes the stored config's)
     if resume:
-        ckpt = run.resume_point(out, work)
+        ckpt = run.resume_point(out, work, last)
         epochs = config.train.epochs
         config = RunConfig.from_dict(ckpt["config"])
         config.train.epochs = max(epochs or config.train.epochs or 0, ckpt["epoch"])

@@ -35,7 +35,7 @@ CSDAT_MAGIC = b"\x95CSDAT"
 _MAX_HEADER = 1 << 24
 
 
-def load_cs_table(path: str | os.PathLike) -> np.ndarray:
+def load_cs_table(path: str | os.PathLike[str]) -> np.ndarray:
     """The structured array of a cryoSPARC ``.cs`` file of either layout (see the module's
     docstring): one row per particle, fields as named in the file, strings as bytes."""
     p = Path(path)
@@ -90,7 +90,9 @@ def _load_csdat(p: Path) -> np.ndarray:
     return plain.view(np.dtype((np.void, plain.dtype)))
 
 
-def read_cryosparc(path: str | os.PathLike, datadir: str | os.PathLike | None = None) -> ImageStack:
+def read_cryosparc(
+    path: str | os.PathLike[str], datadir: str | os.PathLike[str] | None = None
+) -> ImageStack:
     """Particles of a cryoSPARC ``.cs`` file, in row order.
 
     ``blob/path`` (a leading ``>`` is dropped) is resolved like a STAR file's stacks, so the

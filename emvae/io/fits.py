@@ -66,7 +66,7 @@ def split_fits_path(spec: str) -> tuple[str, str | None]:
 
 
 def read_fits(
-    spec: str | os.PathLike, crop: int | None = None, jitter: int = 0, seed: int = 0
+    spec: str | os.PathLike[str], crop: int | None = None, jitter: int = 0, seed: int = 0
 ) -> ImageStack:
     """The images of a FITS file (``file.fits[EXT]`` for one HDU) or of a folder/glob of FITS
     files (the first image HDU of each), read into memory and cut to a common window."""

@@ -26,7 +26,7 @@ class MrcSource:
     STAR file naming thousands of stacks never holds thousands of open files.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         p = Path(path)
         if not p.exists():
             raise InputError(p, "no such file")
@@ -55,7 +55,7 @@ class MrcSource:
             return np.array(as_images(mrc.data, self.path)[key])
 
 
-def read_mrc(path: str | os.PathLike) -> ImageStack:
+def read_mrc(path: str | os.PathLike[str]) -> ImageStack:
     """Open an MRC file as a stack without reading its data.
 
     A 2-D file is one image; a 3-D file (stack or volume) is ``nz`` images of ``ny x nx``.
@@ -79,7 +79,7 @@ def read_mrc(path: str | os.PathLike) -> ImageStack:
     )
 
 
-def write_mrc(path: str | os.PathLike, images: np.ndarray, apix: float | None = None) -> None:
+def write_mrc(path: str | os.PathLike[str], images: np.ndarray, apix: float | None = None) -> None:
     """Write ``(N, D, D)`` images as a float32 MRCS stack (overwrites ``path``)."""
     data = np.ascontiguousarray(images, dtype=np.float32)
     with atomic_output(path) as tmp:

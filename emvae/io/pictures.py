@@ -32,7 +32,7 @@ PACKED_FITS_SUFFIXES = (
 _GREY = {"1", "L", "I", "I;16", "I;16B", "I;16L", "F", "LA"}
 
 
-def list_files(spec: str | os.PathLike, suffixes: tuple[str, ...]) -> list[Path]:
+def list_files(spec: str | os.PathLike[str], suffixes: tuple[str, ...]) -> list[Path]:
     """The files a folder or a glob pattern names whose suffix is in ``suffixes``, sorted."""
     text = str(spec)
     if any(ch in text for ch in "*?["):
@@ -165,7 +165,7 @@ def decode(path: Path, channels: int) -> np.ndarray:
 
 
 def read_pictures(
-    spec: str | os.PathLike, crop: int | None = None, jitter: int = 0, seed: int = 0
+    spec: str | os.PathLike[str], crop: int | None = None, jitter: int = 0, seed: int = 0
 ) -> ImageStack:
     """JPEG/PNG files of a folder, a glob or one file, as a stack (RGB kept as 3 channels;
     all-grey pictures give 1 channel). Only headers are read here; pixels on demand."""

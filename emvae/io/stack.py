@@ -64,7 +64,7 @@ class ImageStack:
     optics: pd.DataFrame | None = None
     star_version: str | None = None
     offsets: np.ndarray | None = None
-    preprocessed: dict | None = None
+    preprocessed: dict[str, Any] | None = None
     input_size: int | None = None
     notes: list[str] = field(default_factory=list)
     likelihood: str = "gaussian"
@@ -129,7 +129,7 @@ class ImageStack:
 # ----------------------------------------------------------------------------- image names
 
 
-def image_name(k: int, path: str | os.PathLike, digits: int = 0) -> str:
+def image_name(k: int, path: str | os.PathLike[str], digits: int = 0) -> str:
     """The name ``"k@path"`` of the ``k``-th image (1-based, RELION's) of the stack ``path``,
     ``k`` zero-padded to ``digits`` (RELION writes 6)."""
     return f"{k:0{digits}d}@{path}"
@@ -143,6 +143,22 @@ def split_image_name(name: str) -> tuple[int, str] | None:
         return int(k), path
     except ValueError:
         return None
+
+
+def split_image_names(names: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """:func:`split_image_name` for a column of names at once: ``(index, file, has_at)``.
+
+    ``index`` is N of ``"N@file"`` as a float (NaN where N is not a number; 1 for a name
+    without an ``@``: a whole single-image file), ``file`` the part after the ``@`` (the whole
+    name without one), ``has_at`` whether the name has one.
+    """
+    split = names.str.split("@", n=1, expand=True)
+    if split.shape[1] == 1:  # no row has an "@": each row is a whole single-image file
+        ones = pd.Series(np.ones(len(names), dtype=np.int64))
+        return ones, split[0], pd.Series(np.zeros(len(names), dtype=bool))
+    has_at = split[1].notna()
+    index = pd.to_numeric(split[0].where(has_at, "1"), errors="coerce")
+    return index, split[1].where(has_at, split[0]), has_at
 
 
 def image_key(name: str) -> tuple[int, str]:
@@ -167,7 +183,7 @@ class StackNames(Sequence[str]):
     images (a damaged or sparse file) would cost gigabytes before anything reads the data.
     """
 
-    def __init__(self, path: str | os.PathLike, n: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], n: int) -> None:
         self.path, self.n = str(path), int(n)
 
     def __len__(self) -> int:
@@ -262,13 +278,17 @@ def read_rows(source: Any, rows: np.ndarray) -> np.ndarray:
     return np.asarray(source[rows])
 
 
-def image_shape(shape: tuple, dtype: np.dtype, path: str | os.PathLike, what: str) -> tuple:
+def image_shape(
+    shape: tuple[int, ...], dtype: np.dtype[Any], path: str | os.PathLike[str], what: str
+) -> tuple[int, int, int, int]:
     """``(N, C, D, D)`` for data of ``shape`` ``(D, D)``, ``(N, D, D)`` or ``(N, C, D, D)``;
     :class:`InputError` for anything else (wrong rank, empty, not square, not real numbers)."""
     from emvae.errors import InputError
 
     shape = tuple(int(n) for n in shape)
-    full = {2: (1, 1, *shape), 3: (shape[0], 1, *shape[1:]), 4: shape}.get(len(shape))
+    full: tuple[int, ...] | None = {2: (1, 1, *shape), 3: (shape[0], 1, *shape[1:]), 4: shape}.get(
+        len(shape)
+    )
     if full is None:
         raise InputError(
             path, f"{what} has shape {shape}; expected (D, D), (N, D, D) or (N, C, D, D)"
@@ -282,9 +302,9 @@ def image_shape(shape: tuple, dtype: np.dtype, path: str | os.PathLike, what: st
         )
     if np.dtype(dtype).kind not in "iuf":
         raise InputError(path, f"{what} has dtype {dtype}; expected real numbers")
-    return full
+    return full[0], full[1], full[2], full[3]
 
 
-def as_images(data: np.ndarray, path: str | os.PathLike, what: str = "data") -> np.ndarray:
+def as_images(data: np.ndarray, path: str | os.PathLike[str], what: str = "data") -> np.ndarray:
     """View ``(D, D)``, ``(N, D, D)`` or ``(N, C, D, D)`` data as ``(N, C, D, D)``."""
     return data.reshape(image_shape(data.shape, data.dtype, path, what))
