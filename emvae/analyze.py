@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,15 @@ from emvae.errors import ConfigError, EmvaeError, InputError
 from emvae.latents import latent_columns
 from emvae.plotstyle import SUMMARY_DPI, figure, save
 from emvae.safety import claim_outputs, record_outputs
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from emvae.config import RunConfig
+    from emvae.io.stack import ImageStack
+    from emvae.models import SpatialVAE
+    from emvae.montage import Labels
+    from emvae.run import Run
 
 METHODS = ("kmeans", "gmm")
 #: The one line printed when ``--umap`` is asked for without umap-learn.
@@ -177,7 +186,8 @@ def pc_path(
     p = x.shape[1] if n_pcs is None else min(n_pcs, x.shape[1])
     t = np.linspace(-span, span, steps)
     std = scores[:, :p].std(0)
-    return x.mean(0) + (t[None, :, None] * std[:, None, None]) * components[:p, None, :]
+    walk: np.ndarray = x.mean(0) + (t[None, :, None] * std[:, None, None]) * components[:p, None, :]
+    return walk
 
 
 def density(points: np.ndarray, bins: int | None = None) -> np.ndarray:
@@ -194,7 +204,7 @@ def density(points: np.ndarray, bins: int | None = None) -> np.ndarray:
 
 
 def cluster_averages(
-    stack, theta_deg: np.ndarray, shift_px: np.ndarray, labels: np.ndarray, k: int
+    stack: ImageStack, theta_deg: np.ndarray, shift_px: np.ndarray, labels: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The aligned average of each cluster's real particles: each image of ``stack`` (an
     :class:`emvae.io.ImageStack`, unprocessed, in the table's order) brought onto the
@@ -221,7 +231,7 @@ def cluster_averages(
 # ----------------------------------------------------------------------------- figures
 
 
-def _figure(ncols: int, size: float = 4.2):
+def _figure(ncols: int, size: float = 4.2) -> tuple[Figure, Any]:
     return figure(size * ncols, size * 0.85, 1, ncols)
 
 
@@ -292,7 +302,7 @@ def plot_histogram_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) 
     return save(fig, path, SUMMARY_DPI)
 
 
-def _colour(cmap: str, c: int):
+def _colour(cmap: str, c: int) -> tuple[float, float, float, float]:
     from matplotlib import colormaps
 
     cm = colormaps[cmap]
@@ -303,7 +313,7 @@ def _colour(cmap: str, c: int):
 
 
 def analyze_run(
-    run,
+    run: str | os.PathLike[str] | Run,
     out: str | os.PathLike[str] | None = None,
     k: int = 4,
     method: str = "kmeans",
@@ -464,7 +474,7 @@ def analyze_run(
     return result
 
 
-def _epoch_table(run, checkpoint: Path):
+def _epoch_table(run: Run, checkpoint: Path) -> tuple[SpatialVAE, pd.DataFrame, dict[str, Any]]:
     """``(model, table, checkpoint dict)``: the particle table of the run's images under the
     checkpoint ``checkpoint`` (posteriors only: its ``elbo`` column is NaN)."""
     from emvae.encode import encode
@@ -479,7 +489,7 @@ def _epoch_table(run, checkpoint: Path):
     return model, particles.table(config.model, enc), ckpt
 
 
-def class_labels(sizes: np.ndarray):
+def class_labels(sizes: np.ndarray) -> Labels:
     """The text of a strip of class images: each cluster's number above it, its size and
     fraction under it (:class:`emvae.montage.Labels`)."""
     from emvae.montage import Labels
@@ -495,7 +505,7 @@ def write_classes(
     averages: np.ndarray | None,
     sizes: np.ndarray,
     centres: np.ndarray,
-    config,
+    config: RunConfig,
     notes: list[str],
 ) -> list[str]:
     """The classes as RELION writes a 2-D classification's: ``classes.mrcs`` (the generator
@@ -573,7 +583,9 @@ def check_clusters(run: str | os.PathLike[str], path: Path) -> None:
         )
 
 
-def _real_averages(run, table: pd.DataFrame, labels: np.ndarray, k: int, notes: list[str]):
+def _real_averages(
+    run: Run, table: pd.DataFrame, labels: np.ndarray, k: int, notes: list[str]
+) -> np.ndarray | None:
     """The per-cluster aligned averages of the run's own images
     ``(k, C, D, D)``, or None with a note in ``notes`` when they cannot be read."""
     from emvae.io.stack import image_key

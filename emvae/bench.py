@@ -26,10 +26,11 @@ from emvae.config import (
     TrainConfig,
 )
 from emvae.data import load_images, normalize_, resolve_device
-from emvae.encode import encode
+from emvae.encode import Encoding, encode
 from emvae.errors import ConfigError
 from emvae.example import EXAMPLE_OPTIONS
 from emvae.io.stack import ImageStack, image_name
+from emvae.models import SpatialVAE
 from emvae.particles import Particles
 from emvae.plotstyle import SUMMARY_DPI, figure, save
 from emvae.train import fit
@@ -116,7 +117,7 @@ def _config(
     enc_hidden: int,
     device: str,
     seed: int,
-    **extra,
+    **extra: Any,
 ) -> RunConfig:
     train = {k: extra.pop(k) for k in list(extra) if k in TrainConfig.__dataclass_fields__}
     return RunConfig(
@@ -133,7 +134,7 @@ def _config(
     )
 
 
-def simulated(sim: Path, **options) -> tuple[ImageStack, pd.DataFrame]:
+def simulated(sim: Path, **options: Any) -> tuple[ImageStack, pd.DataFrame]:
     """The stack and ``truth.csv`` of the ``emvae simulate`` folder ``sim``, simulated first
     (``options``: :func:`emvae.simulate.write_simulation`'s) when it is not there yet."""
     from emvae.io import read_stack
@@ -145,7 +146,7 @@ def simulated(sim: Path, **options) -> tuple[ImageStack, pd.DataFrame]:
 
 
 @torch.no_grad()
-def heldout_encoding(model, images: np.ndarray, device: str, seed: int = 0):
+def heldout_encoding(model: SpatialVAE, images: np.ndarray, device: str, seed: int = 0) -> Encoding:
     """Per-image one-sample ELBO and z means of held-out images."""
     dev = resolve_device(device)
     stack = array_stack(images, "test")
@@ -186,9 +187,9 @@ def kmeans_accuracy(z: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 
 def run_mnist(
     data_dir: str | Path,
     out: str | Path,
-    datasets=("mnist", "rotated", "rotated_translated"),
-    models=("vanilla", "fixed", "spatial"),
-    zdims=(2, 3, 5, 10),
+    datasets: Sequence[str] = ("mnist", "rotated", "rotated_translated"),
+    models: Sequence[str] = ("vanilla", "fixed", "spatial"),
+    zdims: Sequence[int] = (2, 3, 5, 10),
     epochs: int = 200,
     hidden: int = WIDTH,
     n_train: int | None = None,
@@ -196,7 +197,7 @@ def run_mnist(
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
-    encoders=("mlp",),
+    encoders: Sequence[str] = ("mlp",),
     lr: float = 1e-4,
     cluster: bool = False,
     betas: tuple[float, ...] = (1.0,),
@@ -308,7 +309,7 @@ def run_mnist(
     return table
 
 
-def _kl_per_dimension(enc) -> dict[str, float]:
+def _kl_per_dimension(enc: Encoding) -> dict[str, float]:
     """Each z dimension's mean KL(q(z_k | y) || N(0, 1)) over the encoded images, nats."""
     mu, std = enc.z_mu.astype(np.float64), enc.z_std.astype(np.float64)
     kl = 0.5 * (mu**2 + std**2 - 1.0) - np.log(std)
@@ -488,7 +489,7 @@ def encoder_options(spec: str) -> dict[str, Any]:
 
 
 def pose_recovery(
-    model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 100
+    model: SpatialVAE, data: torch.Tensor, truth: pd.DataFrame, batch: int = 100
 ) -> dict[str, Any]:
     """Recovery figures of a model on ``data`` ``(N, 1, D, D)`` (normalised, input order) against
     a simulation's ``truth`` (same order), from posterior means (no sampling):
@@ -650,7 +651,14 @@ def run_encoders(
                 )
                 per_epoch: list[dict[str, Any]] = []
 
-                def track(epoch, model, data, _label=label, _log=per_epoch, _ref=truth):
+                def track(
+                    epoch: int,
+                    model: SpatialVAE,
+                    data: Any,
+                    _label: dict[str, Any] = label,
+                    _log: list[dict[str, Any]] = per_epoch,
+                    _ref: pd.DataFrame = truth,
+                ) -> dict[str, Any]:
                     fig = pose_recovery(model, data, _ref)
                     _log.append({**_label, "epoch": epoch, **fig})
                     return fig
@@ -810,7 +818,15 @@ def run_time_to_result(
         t0 = time.perf_counter()
         scoring = [0.0]  # seconds spent scoring, not training
 
-        def track(epoch, model, data, _log=per_epoch, _label=label, _spent=scoring, _t0=t0):
+        def track(
+            epoch: int,
+            model: SpatialVAE,
+            data: Any,
+            _log: list[dict[str, Any]] = per_epoch,
+            _label: dict[str, str] = label,
+            _spent: list[float] = scoring,
+            _t0: float = t0,
+        ) -> dict[str, float]:
             s0 = time.perf_counter()
             fig = pose_recovery(model, data, truth)
             wall = s0 - _t0 - _spent[0]

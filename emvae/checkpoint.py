@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,6 +15,9 @@ from emvae._version import __version__
 from emvae.config import RunConfig
 from emvae.errors import InputError
 from emvae.safety import atomic_output
+
+if TYPE_CHECKING:
+    from emvae.models import SpatialVAE
 
 FORMAT = "emvae-checkpoint/2"
 #: Formats this version cannot rebuild, and why.
@@ -53,7 +56,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return ckpt
 
 
-def build_model(ckpt: dict[str, Any], device: torch.device | str = "cpu"):
+def build_model(
+    ckpt: dict[str, Any], device: torch.device | str = "cpu"
+) -> tuple[SpatialVAE, RunConfig, dict[str, Any]]:
     """Rebuild the model of a checkpoint dict: ``(model in eval mode on device, RunConfig,
     ckpt)``."""
     from emvae.data import default_pass_memory_mb

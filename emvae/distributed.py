@@ -12,11 +12,13 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,11 @@ class Dist:
         if self.active:
             dist.barrier()
 
-    def gather(self, obj):
+    def gather(self, obj: T) -> list[T]:
         """The list of every rank's ``obj`` (rank order), on every rank."""
         if not self.active:
             return [obj]
-        out = [None] * self.world
+        out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
 

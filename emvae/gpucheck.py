@@ -450,7 +450,7 @@ def count_step_syncs(options: dict[str, Any], render: int | None, dev: torch.dev
         return cuda_sync_warnings(lambda: training_step(model, opt, x, rng))
     with HostSyncCounter(optimizer_counters(opt)) as counter:
         training_step(model, opt, x, rng)
-    return counter.total
+    return int(counter.total)
 
 
 def cuda_sync_warnings(fn: Callable[[], Any]) -> int:
@@ -569,7 +569,7 @@ def _time_to_result(
     t0 = time.perf_counter()
     scoring = [0.0]
 
-    def track(epoch: int, model, data) -> dict[str, Any]:
+    def track(epoch: int, model: SpatialVAE, data: Any) -> dict[str, Any]:
         s0 = time.perf_counter()
         fig = pose_recovery(model, data, truth)
         wall = s0 - t0 - scoring[0]

@@ -81,4 +81,5 @@ def data_range(table: pd.DataFrame, low: float = 0.02, high: float = 0.98) -> np
     """``(K, 2)``: the ``low`` and ``high`` quantiles of each dimension's posterior means, the
     range the particles actually cover (montages walk through it)."""
     z = table[latent_columns(table)].to_numpy(np.float64)
-    return np.quantile(z, [low, high], axis=0).T
+    result: np.ndarray = np.quantile(z, [low, high], axis=0).T
+    return result

@@ -19,6 +19,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,9 @@ from emvae.io.stack import ImageStack
 from emvae.io.star_export import Optics, export_table
 from emvae.preprocess import Prepared, Preprocess, prepare_for
 from emvae.progress import TrainingProgress
+
+if TYPE_CHECKING:
+    from emvae.encode import Encoding
 
 Specs = Sequence[str | os.PathLike[str]] | str | os.PathLike[str]
 
@@ -347,7 +351,9 @@ class Particles:
 
     # ------------------------------------------------------------------ the way back
 
-    def table(self, model: ModelConfig, enc, split: np.ndarray | None = None) -> pd.DataFrame:
+    def table(
+        self, model: ModelConfig, enc: Encoding, split: np.ndarray | None = None
+    ) -> pd.DataFrame:
         """The table users read, one row per image in input order, from an
         :class:`emvae.encode.Encoding` of these images (docs/conventions.md, "What the tables
         report (image frame)").

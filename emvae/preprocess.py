@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -76,7 +76,7 @@ class Preprocess:
         size: int | None = None,
         crop: int | None = None,
         jitter: int | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> Preprocess:
         """Settings with the defaults of an input kind (:func:`emvae.io.input_kind`): pictures
         get the Galaxy Zoo window (crop 207, jitter 12 px, -D 64) and clipping; ``crop=0``
@@ -214,7 +214,8 @@ def fourier_downsample(images: np.ndarray, size: int) -> np.ndarray:
     f = f[..., rows, : size // 2 + 1]
     out = scipy.fft.irfft2(f, s=(size, size), workers=-1)
     out *= (size / n) ** 2
-    return out
+    result: np.ndarray = out
+    return result
 
 
 def normalize_images(images: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
@@ -225,7 +226,8 @@ def normalize_images(images: np.ndarray, where: np.ndarray | None = None) -> np.
     mean = sel.mean(-1, keepdims=True, dtype=np.float64)
     std = sel.std(-1, keepdims=True, dtype=np.float64)
     std[std == 0] = 1.0
-    return ((flat - mean) / std).astype(np.float32).reshape(images.shape)
+    result: np.ndarray = ((flat - mean) / std).astype(np.float32).reshape(images.shape)
+    return result
 
 
 def circle(size: int, radius: float) -> np.ndarray:
@@ -251,7 +253,9 @@ def _cut(x: np.ndarray, starts: np.ndarray, c: int) -> np.ndarray:
     return np.moveaxis(picked, -1, 1)
 
 
-def iter_chunks(stack: ImageStack, prepared: Prepared, chunk: int = CHUNK):
+def iter_chunks(
+    stack: ImageStack, prepared: Prepared, chunk: int = CHUNK
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, processed images)`` over the whole stack, ``chunk`` images at a time,
     reading the next chunk from disk while the current one is processed."""
     from concurrent.futures import ThreadPoolExecutor

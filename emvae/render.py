@@ -78,7 +78,8 @@ class PosedGenerator(nn.Module):
         if self.bernoulli:
             mean = torch.sigmoid(mean)
         d = self.size
-        return mean.transpose(1, 2).reshape(b, self.channels, d, d)
+        out: Tensor = mean.transpose(1, 2).reshape(b, self.channels, d, d)
+        return out
 
 
 class _WithoutZ(nn.Module):
@@ -90,7 +91,8 @@ class _WithoutZ(nn.Module):
 
     def forward(self, theta_deg: Tensor, shift_px: Tensor) -> Tensor:
         z = theta_deg.new_zeros(theta_deg.shape[0], 0)
-        return self.gen(z, theta_deg, shift_px)
+        out: Tensor = self.gen(z, theta_deg, shift_px)
+        return out
 
 
 def example_inputs(gen: PosedGenerator, batch: int = 2) -> tuple[Tensor, ...]:

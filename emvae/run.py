@@ -22,10 +22,14 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+
+if TYPE_CHECKING:
+    from emvae.models import SpatialVAE
+    from emvae.particles import Particles
 
 from emvae import checkpoint
 from emvae.config import RunConfig, read_config
@@ -129,11 +133,13 @@ class Run:
         check_complete(path, metrics, ours=True)
         return metrics
 
-    def model(self, device="cpu"):
+    def model(
+        self, device: torch.device | str = "cpu"
+    ) -> tuple[SpatialVAE, RunConfig, dict[str, Any]]:
         """``(model in eval mode, RunConfig, checkpoint dict)`` from checkpoints/last.pt."""
         return checkpoint.build_model(load_checkpoint(self.path), device)
 
-    def particles(self):
+    def particles(self) -> Particles:
         """The run's own input images, prepared as it prepared them
         (:meth:`emvae.particles.Particles.like`)."""
         from emvae.particles import Particles
@@ -172,16 +178,18 @@ def _checked_last(folder: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
     return ckpt
 
 
-def load_model(source: str | os.PathLike[str], device: torch.device | str = "cpu"):
+def load_model(
+    source: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[SpatialVAE, RunConfig, dict[str, Any]]:
     """Rebuild the model from a checkpoint file or a run folder (:func:`load_checkpoint`):
     ``(model in eval mode on device, RunConfig, checkpoint dict)``."""
     return checkpoint.build_model(load_checkpoint(source), device)
 
 
-def kept_checkpoints(run) -> list[tuple[int, Path]]:
+def kept_checkpoints(run: Run) -> list[tuple[int, Path]]:
     """``(epoch, path)`` of every checkpoint ``run`` (a :class:`Run`) kept, oldest
     first: the numbered ones, and ``last.pt`` when its epoch is not among them."""
-    found = {}
+    found: dict[int, Path] = {}
     for path in run.checkpoints():
         try:
             found[int(path.stem.split("_")[1])] = path
@@ -193,7 +201,7 @@ def kept_checkpoints(run) -> list[tuple[int, Path]]:
     return sorted(found.items())
 
 
-def checkpoint_of(run, epoch: int) -> Path:
+def checkpoint_of(run: Run, epoch: int) -> Path:
     """The kept checkpoint of ``epoch``; a ConfigError naming the kept epochs when there is
     none."""
     kept = dict(kept_checkpoints(run))
@@ -353,7 +361,7 @@ def write_checkpoint(work: Path, state: dict[str, Any], keep: bool) -> None:
         shutil.copyfile(last, work / CHECKPOINTS / f"epoch_{state['epoch']:04d}.pt")
 
 
-def write_particles(work: Path, table: pd.DataFrame, particles, run_id: str) -> str:
+def write_particles(work: Path, table: pd.DataFrame, particles: Particles, run_id: str) -> str:
     """particles.csv, particles.h5 (stamped with ``run_id``) and particles.star; returns the
     STAR layout written (see :meth:`emvae.particles.Particles.write_star`)."""
     write_table(table, work / "particles.csv")

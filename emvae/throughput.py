@@ -23,7 +23,7 @@ import contextlib
 import json
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -195,7 +195,9 @@ def _ctf_params(batch: int, dev: torch.device) -> torch.Tensor:
     return torch.cat([torch.stack([df, df - 500, angle], 1), fixed.expand(batch, 7)], 1).to(dev)
 
 
-def _batches(x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitStack):
+def _batches(
+    x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitStack
+) -> Iterator[torch.Tensor]:
     """``n`` random batches like ``x`` read from a memory-mapped .npy (deleted afterwards)."""
     import tempfile
 
@@ -216,7 +218,7 @@ def _batches(x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitS
     return prefetched(data, idx, dev)
 
 
-def _thread_reader(data: Any, batches: list[Any], device: torch.device):
+def _thread_reader(data: Any, batches: list[Any], device: torch.device) -> Iterator[torch.Tensor]:
     """The reader fit used until 2026-12 (one batch read ahead in a thread), kept as the
     baseline of :func:`loader_rates`."""
     from concurrent.futures import ThreadPoolExecutor
@@ -264,7 +266,7 @@ def loader_rates(
         def step(x: torch.Tensor) -> None:
             training_step(model, opt, x, augment=True, amp=contextlib.nullcontext())
 
-    def timed(batches) -> float:
+    def timed(batches: Iterator[torch.Tensor]) -> float:
         it = iter(batches)
         first = next(it)
         if step is not None:

@@ -27,6 +27,7 @@ from emvae._version import __version__
 from emvae.config import RunConfig
 from emvae.ctf import likelihood_ctf
 from emvae.data import (
+    StreamedImages,
     default_pass_memory_mb,
     gather,
     keep_freed_memory,
@@ -340,7 +341,9 @@ def cpu_has_bf16(flags: str | None = None) -> bool:
     return "amx_bf16" in flags.split()
 
 
-def autocast_for(device: torch.device, enabled: bool = True):
+def autocast_for(
+    device: torch.device, enabled: bool = True
+) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast (float32 master weights) on CUDA, and on CPUs where it pays
     (:func:`cpu_has_bf16`); else a no-op context."""
     if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())):
@@ -367,7 +370,7 @@ class Step:
 
 def _train_epoch(
     s: Step,
-    data,
+    data: torch.Tensor | StreamedImages,
     train_idx: torch.Tensor,
     bar: TrainingProgress,
     epoch: int,
@@ -486,7 +489,7 @@ def training_step(
     rng: torch.Generator | None = None,
     use_z: bool = True,
     augment: bool = True,
-    amp=None,
+    amp: contextlib.AbstractContextManager[Any] | None = None,
     share: tuple[slice, int] | None = None,
     ctf: torch.Tensor | None = None,
     pixel_fraction: float = 1.0,
@@ -581,7 +584,7 @@ def training_step(
 
 
 @torch.no_grad()
-def prior_columns(model) -> dict[str, float]:
+def prior_columns(model: SpatialVAE) -> dict[str, float]:
     """metrics.csv's columns of the learned prior (``--prior hyperprior``; none otherwise):
     ``log_hyperprior`` (log p(s^2), nats, once per data set) and ``prior_std_z1..K`` (s_k)."""
     core = getattr(model, "module", model)
@@ -597,15 +600,15 @@ def prior_columns(model) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(
     model: SpatialVAE,
-    data,
-    idx,
+    data: torch.Tensor | StreamedImages,
+    idx: torch.Tensor,
     config: RunConfig,
-    device,
+    device: torch.device,
     seed: int,
     use_z: bool = True,
     ctx: Dist = SINGLE,
     ctf: torch.Tensor | None = None,
-    amp=None,
+    amp: contextlib.AbstractContextManager[Any] | None = None,
 ) -> dict[str, float]:
     """Mean ELBO terms (nats per image) over ``data[idx]``, no augmentation, seeded sample
     (shared across processes, each computing its part of every batch); the generator renders

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from pathlib import Path
 
 import typer
@@ -157,8 +158,9 @@ def simulate(
 
 
 def _simulate_structure(
-    out, structure, structure2, domains, hinge_deg, view, tilt_deg, n, size, snr, shift_std,
-    apix, df, astigmatism, seed, deformed,
+    out: Path, structure: Path, structure2: Path | None, domains: list[str], hinge_deg: float,
+    view: str, tilt_deg: float, n: int, size: int, snr: float, shift_std: float, apix: float,
+    df: float | tuple[float, float] | None, astigmatism: float, seed: int, deformed: bool,
 ) -> None:  # fmt: skip
     """``emvae simulate --structure``: :mod:`emvae.structure`."""
     from emvae import structure as st
@@ -181,7 +183,7 @@ def _simulate_structure(
     )
 
 
-def _csv(values) -> str:
+def _csv(values: Iterable[object]) -> str:
     return ",".join(str(v) for v in values)
 
 
@@ -444,7 +446,7 @@ def time_to_result(
     err_console.print(f"wrote {out / 'time_to_result_results.md'}", highlight=False)
 
 
-def _when(epoch, minutes) -> str:
+def _when(epoch: float | None, minutes: float) -> str:
     """'from epoch 4 (2.1 min)', or 'not reached'."""
     if epoch is None or epoch != epoch:
         return "not reached"

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from emvae.errors import InputError
 from emvae.io.stack import ImageStack, StackNames, as_images, image_shape, read_rows
+
+if TYPE_CHECKING:
+    from emvae.preprocess import Prepared
 
 NPY_SUFFIXES = (".npy",)
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -59,7 +62,7 @@ class H5Source:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, key) -> np.ndarray:
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
         with h5py.File(self.path, "r") as f:
             ds = f[self.name]
             if isinstance(key, (int, np.integer)):
@@ -165,7 +168,11 @@ def create_cache(path: Path, n: int, channels: int, size: int) -> tuple[h5py.Fil
 
 
 def finish_cache(
-    f: h5py.File, stack: ImageStack, preprocess: dict[str, Any], prepared, likelihood: str
+    f: h5py.File,
+    stack: ImageStack,
+    preprocess: dict[str, Any],
+    prepared: Prepared,
+    likelihood: str,
 ) -> None:
     """Write what maps the cached images back to the input (names, rows, offsets, settings);
     ``prepared``: the :class:`emvae.preprocess.Prepared` that made them."""

@@ -56,7 +56,8 @@ def load_cs_table(path: str | os.PathLike[str]) -> np.ndarray:
             p, f"is not a cryoSPARC .cs file (it starts with {magic!r}: neither NumPy nor CSDAT)"
         )
     try:
-        return np.load(p, allow_pickle=False, max_header_size=_MAX_HEADER)
+        result: np.ndarray = np.load(p, allow_pickle=False, max_header_size=_MAX_HEADER)
+        return result
     except ValueError as e:
         if "allow_pickle" in str(e) or "pickled" in str(e):
             raise InputError(
@@ -87,7 +88,8 @@ def _load_csdat(p: Path) -> np.ndarray:
             p, f"not a readable CSDAT dataset ({type(cause).__name__}: {cause})"
         ) from None
     plain = records.view(np.ndarray)  # a recarray of np.record rows -> what np.load gives
-    return plain.view(np.dtype((np.void, plain.dtype)))
+    result: np.ndarray = plain.view(np.dtype((np.void, plain.dtype)))
+    return result
 
 
 def read_cryosparc(

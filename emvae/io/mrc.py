@@ -48,9 +48,9 @@ class MrcSource:
         self.apix = apix if apix > 0 else None
 
     def __len__(self) -> int:
-        return self.shape[0]
+        return int(self.shape[0])
 
-    def __getitem__(self, key) -> np.ndarray:
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
         with _open(self.path) as mrc:
             return np.array(as_images(mrc.data, self.path)[key])
 
@@ -113,7 +113,7 @@ def new_stack_mmap(tmp: Path, out: Path, n: int, d: int) -> Iterator[mrcfile.mrc
         yield mrc
 
 
-def _open(p: Path):
+def _open(p: Path) -> mrcfile.mrcmemmap.MrcMemmap:
     """Open strictly; fall back to mrcfile's permissive mode for files that only lack the
     'MAP ' ID or a machine stamp (common in RELION-era stacks) but whose data block is intact."""
     try:

@@ -103,9 +103,10 @@ class PictureSource:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, key) -> np.ndarray:
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
-            return self[np.array([key])][0]
+            result: np.ndarray = self[np.array([key])][0]
+            return result
         idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
         out = np.empty((len(idx), *self.shape[1:]), dtype=np.float32)
         c = self.crop
@@ -133,7 +134,7 @@ def _too_large(path: Path, size: str) -> InputError:
     )
 
 
-def _open_picture(path: Path):
+def _open_picture(path: Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -13,10 +13,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
+from numpy.typing import DTypeLike
 
 
 @dataclass
@@ -189,7 +190,11 @@ class StackNames(Sequence[str]):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, key):
+    @overload
+    def __getitem__(self, key: int) -> str: ...
+    @overload
+    def __getitem__(self, key: slice) -> list[str]: ...
+    def __getitem__(self, key: int | slice) -> str | list[str]:
         if isinstance(key, slice):
             return [self[i] for i in range(*key.indices(self.n))]
         k = int(key)
@@ -197,7 +202,7 @@ class StackNames(Sequence[str]):
             raise IndexError(f"image {k} of {self.n}")
         return image_name(k % self.n + 1, self.path)
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
 
     def __repr__(self) -> str:
@@ -214,7 +219,8 @@ class RowNumbers(Sequence[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:  # type: ignore[override]
+        # (indexing gives an array, as np.arange(n)[key] does, not the int a Sequence gives)
         if isinstance(key, slice):
             return np.arange(self.n)[key]
         idx = np.asarray(key)
@@ -222,7 +228,7 @@ class RowNumbers(Sequence[int]):
             raise IndexError(f"row {int(idx.max())} of {self.n}")
         return np.where(idx < 0, idx + self.n, idx).astype(np.int64)
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         return np.arange(self.n, dtype=dtype or np.int64)
 
 
@@ -256,11 +262,12 @@ class Rows:
         return cls([source], np.zeros(len(idx), dtype=np.int64), idx)
 
     def __len__(self) -> int:
-        return self.shape[0]
+        return int(self.shape[0])
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
-            return self[np.array([key])][0]
+            result: np.ndarray = self[np.array([key])][0]
+            return result
         idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
         out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
         part, local = self.part[idx], self.local[idx]

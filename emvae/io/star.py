@@ -81,7 +81,7 @@ def read_star_blocks(p: Path) -> dict[str, Any]:
     if not p.exists():
         raise InputError(p, "no such file")
     try:
-        blocks = starfile.read(p, always_dict=True)
+        blocks: dict[str, Any] = starfile.read(p, always_dict=True)
     except Exception as e:  # starfile raises assorted parser errors
         raise InputError(p, f"not a readable STAR file ({type(e).__name__}: {e})") from None
     return blocks

@@ -74,7 +74,8 @@ def table_pose(theta_deg: np.ndarray, origin_px: np.ndarray, box: int) -> np.nda
     e_rt = np.stack([e[0] * c + e[1] * s, -e[0] * s + e[1] * c], axis=1)
     o = np.asarray(origin_px, dtype=np.float64)
     sp = np.stack([-o[:, 0], o[:, 1]], axis=1)
-    return sp - e + e_rt
+    result: np.ndarray = sp - e + e_rt
+    return result
 
 
 def star_pose(

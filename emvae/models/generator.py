@@ -15,13 +15,14 @@ from torch import Tensor, nn
 
 
 def make_activation(name: str) -> nn.Module:
-    return {
+    kinds: dict[str, type[nn.Module]] = {
         "tanh": nn.Tanh,
         "relu": nn.ReLU,
         "leaky_relu": nn.LeakyReLU,
         "gelu": nn.GELU,
         "silu": nn.SiLU,
-    }[name]()
+    }
+    return kinds[name]()
 
 
 def mlp(n_in: int, hidden: int, layers: int, n_out: int, activation: str) -> nn.Sequential:
@@ -107,7 +108,8 @@ class SpatialGenerator(nn.Module):
         h = self.coord_linear(coords)  # (B, N, H)
         if self.latent_linear is not None:
             h = h + self.latent_linear(z).unsqueeze(1)  # (B, 1, H) broadcast over pixels
-        return self.body(self.act(h))
+        out: Tensor = self.body(self.act(h))
+        return out
 
 
 class VanillaGenerator(nn.Module):
@@ -125,7 +127,8 @@ class VanillaGenerator(nn.Module):
 
     def forward(self, coords: Tensor | None, z: Tensor) -> Tensor:
         """z ``(B, K)`` -> ``(B, N, n_out)``; coords are ignored."""
-        return self.net(z).view(z.shape[0], self.n_pixels, self.n_out)
+        out: Tensor = self.net(z).view(z.shape[0], self.n_pixels, self.n_out)
+        return out
 
 
 class BroadcastGenerator(nn.Module):
@@ -180,4 +183,5 @@ class BroadcastGenerator(nn.Module):
         if self.zdim > 0:
             tiled = z.to(grid.dtype)[:, :, None, None].expand(b, self.zdim, d, d)
             grid = torch.cat([grid, tiled], 1)
-        return self.net(grid).flatten(2).transpose(1, 2)
+        out: Tensor = self.net(grid).flatten(2).transpose(1, 2)
+        return out

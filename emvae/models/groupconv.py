@@ -89,7 +89,8 @@ class LiftingConv(nn.Module):
         w = self.bank.rotate(self.weight)  # (R, F, C, k, k)
         w = w.transpose(0, 1).flatten(0, 1)  # (F*R, C, k, k), out channel f*R + r
         y = F.conv2d(x, w.to(x.dtype), self.bias.repeat_interleave(r).to(x.dtype), padding="same")
-        return y.unflatten(1, (self.c_out, r))
+        out: Tensor = y.unflatten(1, (self.c_out, r))
+        return out
 
 
 class GroupConv(nn.Module):
@@ -127,7 +128,8 @@ class GroupConv(nn.Module):
             self.bias.repeat_interleave(r).to(x.dtype),
             padding="same",
         )
-        return y.unflatten(1, (self.c_out, r))
+        out: Tensor = y.unflatten(1, (self.c_out, r))
+        return out
 
 
 def symmetric_pool(x: Tensor) -> Tensor:

@@ -355,17 +355,21 @@ class SpatialVAE(nn.Module):
         if pose.dim() == 3:
             b, k = pose.shape[:2]
             flat = self.decode(z.repeat_interleave(k, 0), pose.flatten(0, 1), full, pixels)
-            return flat.unflatten(0, (b, k))
+            unflat: Tensor = flat.unflatten(0, (b, k))
+            return unflat
         part = self.masked and not full and not self.render_all
         index = pixels if pixels is not None else (self.pixel_index if part else None)
+        out: Tensor
         if not self.generator.uses_coordinates:
             out = self.generator(None, z)
         elif getattr(self.generator, "full_grid", False):  # the broadcast CNN: every pixel
             out = self.generator(self.transform(self.coords, pose), z)
         else:
             grid = self.coords if index is None else self.coords[index]
-            return self.generator(self.transform(grid, pose), z)
-        return out if index is None else out[:, index]
+            rendered: Tensor = self.generator(self.transform(grid, pose), z)
+            return rendered
+        result: Tensor = out if index is None else out[:, index]
+        return result
 
     def pixels(self, images: Tensor, subset: Tensor | None = None) -> Tensor:
         """The likelihood's targets: ``(B, C, D, D)`` -> ``(B, N, C)`` (masked pixels only, or
