@@ -418,9 +418,11 @@ class TrainConfig:
 
     @property
     def weighted(self) -> bool:
+        """Whether the objective weights a KL (``beta`` or ``pose_beta`` not 1): not the ELBO."""
         return self.beta != 1.0 or self.pose_beta != 1.0
 
     def validate(self) -> None:
+        """Refuse settings out of range, one line naming the option."""
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
         if self.fine_images is not None and self.fine_images < 0:
@@ -509,6 +511,7 @@ class RunConfig:
     run_id: str = ""  # set when a fit starts; its tables and checkpoints carry the same id
 
     def validate(self) -> None:
+        """Refuse settings out of range or that contradict each other (each section's checks)."""
         self.model.validate()
         self.train.validate()
         if self.train.pixel_fraction < 1 and self.model.ctf == "on":
@@ -545,6 +548,7 @@ class RunConfig:
             self.train.z_delay = max(delay, AFFINE_Z_DELAY) if self.model.affine else delay
 
     def to_dict(self) -> dict[str, Any]:
+        """Every section as plain JSON values, as config.json and checkpoints store it."""
         return dataclasses.asdict(self)
 
     @classmethod

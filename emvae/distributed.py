@@ -33,10 +33,12 @@ class Dist:
 
     @property
     def main(self) -> bool:
+        """Whether this is rank 0, the process that writes and reports."""
         return self.rank == 0
 
     @property
     def active(self) -> bool:
+        """Whether a process group is in use (several processes, or ``EMVAE_DDP=1``)."""
         return self.world > 1 or self.grouped
 
     def part(self, n: int) -> slice:
@@ -52,6 +54,7 @@ class Dist:
         return t
 
     def barrier(self) -> None:
+        """Wait for every process (a no-op for one)."""
         if self.active:
             dist.barrier()
 

@@ -112,6 +112,8 @@ class Batcher:
         self.batches: list[int] = []
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``fn(*inputs)`` for this request's rows, run in one batch with the requests that arrive
+        together (up to ``max_batch`` rows)."""
         job = _Job(inputs)
         with self._queue_lock:
             self._queue.append(job)
@@ -286,6 +288,7 @@ class Explorer:
         return result
 
     def numeric_columns(self) -> list[str]:
+        """The table's columns that colour the scatter on a continuous scale."""
         return list(self._numeric)
 
     def colour_columns(self) -> list[str]:
@@ -534,6 +537,7 @@ class Explorer:
         return self._particles
 
     def check_index(self, index: int) -> int:
+        """``index`` (0-based row of the table) if it names a particle, else a 404."""
         n = len(self)
         if not 0 <= index < n:
             raise RequestError(
@@ -719,9 +723,11 @@ class Runs:
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
+        """The runs on offer, by name."""
         return list(self.paths)
 
     def get(self, name: str) -> Explorer:
+        """The explorer of run ``name``, loaded on first use; a 404 for an unknown name."""
         if name not in self.paths:
             raise RequestError(
                 404, f"no run named {name!r} here (runs: {', '.join(self.paths) or 'none'})"

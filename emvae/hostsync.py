@@ -63,6 +63,7 @@ class HostSyncCounter(TorchDispatchMode):
 
     @property
     def total(self) -> int:
+        """Host syncs counted, all causes together."""
         return sum(self.counts.values())
 
     def __torch_dispatch__(

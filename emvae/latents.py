@@ -35,6 +35,7 @@ class LatentUse:
     used: bool
 
     def as_dict(self) -> dict[str, Any]:
+        """The figures by field name (for JSON)."""
         return asdict(self)
 
 

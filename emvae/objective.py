@@ -137,12 +137,14 @@ class ElboTerms:
 
     @property
     def kl(self) -> Tensor:
+        """KL of all latents (z and pose), nats, ``(B,)``."""
         if self.kl_deform is None:
             return self.kl_z + self.kl_theta + self.kl_shift
         return self.kl_z + self.kl_theta + self.kl_shift + self.kl_deform
 
     @property
     def elbo(self) -> Tensor:
+        """The evidence lower bound, log-likelihood less the KL, nats, ``(B,)``."""
         return self.log_lik - self.kl
 
     def objective(self, beta: float = 1.0, pose_beta: float = 1.0) -> Tensor:

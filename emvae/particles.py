@@ -197,10 +197,12 @@ class Particles:
 
     @property
     def channels(self) -> int:
+        """Channels of the prepared images."""
         return self.prepared.channels
 
     @property
     def source(self) -> str:
+        """The input, as named in messages."""
         return self.stack.source
 
     def describe(self) -> list[tuple[str, str]]:

@@ -54,6 +54,7 @@ class Preprocess:
     clip: bool = False  # clip to [0, 1] last (pictures: resampling overshoots a little)
 
     def validate(self) -> None:
+        """Refuse settings out of range, one line naming the option."""
         if self.size is not None and self.size < 2:
             raise ConfigError(f"-D/--downsample must be at least 2, got {self.size}")
         if self.crop is not None and self.crop < 2:
@@ -67,6 +68,7 @@ class Preprocess:
 
     @property
     def active(self) -> bool:
+        """Whether these settings change the images at all."""
         return self != Preprocess(seed=self.seed)
 
     @classmethod
@@ -99,10 +101,12 @@ class Preprocess:
         return cls.for_input(input_kind(first), **options)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as plain values (config.json's data section, the cache's attributes)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Preprocess:
+        """Settings from :meth:`to_dict`'s form (None: the defaults)."""
         return cls(**(d or {}))
 
 

@@ -59,6 +59,7 @@ class PosedGenerator(nn.Module):
 
     @property
     def input_names(self) -> list[str]:
+        """The exported graph's input names, in order (no ``z`` without latent dimensions)."""
         return (["z"] if self.zdim else []) + ["theta_deg", "shift_px"]
 
     def forward(self, z: Tensor, theta_deg: Tensor, shift_px: Tensor) -> Tensor:

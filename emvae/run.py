@@ -66,6 +66,7 @@ class Run:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Run:
+        """The run in the folder ``path``; an :class:`InputError` when there is no such folder."""
         p = Path(path)
         if not p.is_dir():
             raise InputError(p, "no such run directory" if not p.exists() else "not a directory")
@@ -73,10 +74,12 @@ class Run:
 
     @property
     def has_config(self) -> bool:
+        """Whether the folder holds config.json."""
         return (self.path / CONFIG).exists()
 
     @property
     def config(self) -> RunConfig:
+        """config.json, read once; an :class:`InputError` without one."""
         if self._config is None:
             if not self.has_config:
                 raise InputError(self.path, f"is not an emvae run directory (no {CONFIG})")
@@ -99,6 +102,7 @@ class Run:
 
     @property
     def last(self) -> Path:
+        """The last checkpoint's path (``checkpoints/last.pt``; it may not exist yet)."""
         return self.path / LAST
 
     def checkpoints(self) -> list[Path]:
@@ -230,6 +234,7 @@ def check_run_table(table: pd.DataFrame, config: RunConfig, path: Path) -> None:
 
 
 def has_last(out: Path) -> bool:
+    """Whether the folder ``out`` holds a last checkpoint."""
     return (out / LAST).exists()
 
 
@@ -309,6 +314,8 @@ def resume_point(out: Path, work: Path, last: dict[str, Any] | None = None) -> d
 
 
 def prepare_output(out: Path, work: Path, force: bool) -> None:
+    """Make ready to write a new run into ``work`` (``out``, or its staging folder): refuse an
+    existing run unless ``force``, and a ``checkpoints`` link; clear an interrupted re-run."""
     check_output_dir(out, force)
     if (out / CHECKPOINTS).is_symlink() or (work / CHECKPOINTS).is_symlink():
         raise OutputExistsError(f"{out}: checkpoints is a link; emvae will not write through it")

@@ -218,6 +218,7 @@ class InputRows:
 
     @property
     def suffix(self) -> str | None:
+        """The suffix of the input's own subset (.star or .cs), or None (index lists only)."""
         return {"star": ".star", "cs": ".cs"}.get(self.kind)
 
 

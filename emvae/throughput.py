@@ -96,6 +96,9 @@ def generator_flops(cfg: ModelConfig, pixels: int | None = None) -> float:
 
 @dataclass
 class Measurement:
+    """One timing of :func:`measure`: the configuration, device, precision and batch, and the
+    images/s, the generator's GFLOP/s and its fraction of the device's peak (None: unknown)."""
+
     config: str
     device: str
     precision: str
@@ -105,10 +108,12 @@ class Measurement:
     peak_fraction: float | None
 
     def json(self) -> str:
+        """The measurement as one JSON line."""
         return json.dumps(self.__dict__)
 
 
 def device_name(dev: torch.device) -> str:
+    """The device as reports name it: the GPU's model, or the CPU and its threads."""
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"

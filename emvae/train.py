@@ -67,6 +67,9 @@ def metric_columns(zdim: int, deform: bool = False) -> list[str]:
 
 @dataclass
 class FitResult:
+    """What :func:`fit` returns: the trained model, the resolved configuration, the run folder,
+    the particle table (empty on ranks other than 0), the metrics rows and the STAR layout."""
+
     model: SpatialVAE
     config: RunConfig
     out_dir: Path

@@ -1,12 +1,12 @@
-"""cryoSPARC particle files (``.cs``): a table of ``blob/*``, ``ctf/*``, ... fields per particle.
+r"""cryoSPARC particle files (``.cs``): a table of ``blob/*``, ``ctf/*``, ... fields per particle.
 
 Two layouts share the suffix, told apart by their first bytes:
 
-* ``\\x93NUMPY``: a NumPy structured array saved by ``np.save`` (the layout of the files in
+* ``\x93NUMPY``: a NumPy structured array saved by ``np.save`` (the layout of the files in
   cryoSPARC job folders, and cryosparc-tools' default). Read with NumPy, without unpickling
   anything. Its header may be larger than NumPy's default limit of 10,000 bytes (particles that
   carry the fields of many 3-D classes), so a larger limit is given.
-* ``\\x95CSDAT``: cryosparc-tools' newer compressed column stream (``Dataset.save(...,
+* ``\x95CSDAT``: cryosparc-tools' newer compressed column stream (``Dataset.save(...,
   format=CSDAT_FORMAT)``, its ``NEWEST_FORMAT``; also what a CryoSPARC server streams). Its
   layout is that library's (LZ4-compressed columns and a string heap) and is not documented,
   so it is read with ``cryosparc-tools`` when that is installed (``pip install
@@ -152,7 +152,7 @@ def _path(b: bytes | str, p: Path, row: int) -> str:
 
 
 def _column(values: np.ndarray) -> np.ndarray:
-    """Byte-string fields as text (bytes that are not UTF-8 kept as \\x escapes)."""
+    r"""Byte-string fields as text (bytes that are not UTF-8 kept as \x escapes)."""
     if values.dtype.kind == "S":
         return np.array([v.decode(errors="backslashreplace") for v in values], dtype=object)
     return values

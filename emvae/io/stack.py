@@ -104,6 +104,7 @@ class ImageStack:
 
     @property
     def channels(self) -> int:
+        """Channels C of each image (1, or 3 for RGB pictures)."""
         return int(self.images.shape[1])
 
     def nbytes_float32(self) -> int:
@@ -250,6 +251,7 @@ class Rows:
 
     @classmethod
     def concat(cls, parts: list[Any]) -> Rows:
+        """Every image of each of ``parts`` (sources of ``(N, C, D, D)`` images), in order."""
         sizes = [int(p.shape[0]) for p in parts]
         part = np.repeat(np.arange(len(parts)), sizes)
         local = np.concatenate([np.arange(n) for n in sizes])
@@ -257,6 +259,7 @@ class Rows:
 
     @classmethod
     def select(cls, source: Any, idx: np.ndarray) -> Rows:
+        """The images ``idx`` (0-based) of ``source`` (a source, or :class:`Rows`), in order."""
         if isinstance(source, Rows):
             return cls(source.parts, source.part[idx], source.local[idx])
         return cls([source], np.zeros(len(idx), dtype=np.int64), idx)

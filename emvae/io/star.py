@@ -78,6 +78,8 @@ def read_star(
 
 
 def read_star_blocks(p: Path) -> dict[str, Any]:
+    """Every data block of the STAR file ``p`` by name (starfile's tables); an
+    :class:`InputError` for a missing or unreadable file."""
     if not p.exists():
         raise InputError(p, "no such file")
     try:

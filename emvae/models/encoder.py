@@ -154,6 +154,8 @@ class RotatedCopies(nn.Module):
         self.register_buffer("angles", angles.float(), persistent=False)
 
     def forward(self, images: Tensor) -> BinnedPose:
+        """Images ``(B, C, D, D)`` -> the rotation-bin posterior (and shifts) of each: the
+        network run on R copies, each turned back by its bin's angle."""
         b, r = images.shape[0], self.rotations
         turn = (-self.angles).repeat(b)  # copy r of each image turned clockwise by bin r
         copies = rotate_images(images.repeat_interleave(r, 0), turn.to(images.dtype))

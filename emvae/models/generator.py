@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 
 def make_activation(name: str) -> nn.Module:
+    """The nonlinearity ``name`` (:data:`emvae.config.Activation`) as a module."""
     kinds: dict[str, type[nn.Module]] = {
         "tanh": nn.Tanh,
         "relu": nn.ReLU,
@@ -65,6 +66,8 @@ class FourierFeatures(nn.Module):
         self.band = (self.freqs.norm(dim=1) <= cycles_per_unit).float()
 
     def forward(self, coords: Tensor) -> Tensor:
+        """Coordinates ``(..., 2)`` -> features ``(..., 2 + 2F)``: the coordinates, then the
+        cosine and sine of each random frequency (switched-off ones zero)."""
         phase = (2 * math.pi) * (coords @ self.freqs.T.to(coords.dtype))
         cos, sin = torch.cos(phase), torch.sin(phase)
         if self.band is not None:

@@ -85,6 +85,7 @@ class LiftingConv(nn.Module):
         self.c_out, self.rotations = c_out, rotations
 
     def forward(self, x: Tensor) -> Tensor:
+        """Image ``(B, C, H, W)`` -> group feature map ``(B, F, R, H, W)``."""
         r = self.rotations
         w = self.bank.rotate(self.weight)  # (R, F, C, k, k)
         w = w.transpose(0, 1).flatten(0, 1)  # (F*R, C, k, k), out channel f*R + r
@@ -118,6 +119,7 @@ class GroupConv(nn.Module):
         self.register_buffer("out_index", torch.arange(rotations)[:, None], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Group feature map ``(B, F_in, R, H, W)`` -> ``(B, F_out, R, H, W)``."""
         r = self.rotations
         w = self.bank.rotate(self.weight)  # (R, F_out, F_in, R_in, k, k), spatially rotated
         w = w[self.out_index, :, :, self.shift_index]  # (R, R_in, F_out, F_in, k, k)

@@ -58,6 +58,7 @@ class RotationBins:
         return self.top(k)[1][:, 0].exp()
 
     def float(self) -> RotationBins:
+        """The same posterior in float32 (after a bf16 autocast pass)."""
         return RotationBins(self.log_q.float(), self.theta.float(), self.logstd.float())
 
 
@@ -505,6 +506,7 @@ def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
 
 
 def build_generator(cfg: ModelConfig) -> nn.Module:
+    """The generator ``cfg.generator`` names (spatial, vanilla or broadcast), sized by ``cfg``."""
     # filled in by ModelConfig.__post_init__
     assert cfg.gen_hidden is not None and cfg.gen_layers is not None
     if cfg.generator == "spatial":
