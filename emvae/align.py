@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,10 @@ from emvae.augment import align_images as _align
 from emvae.errors import ConfigError
 from emvae.io.mrc import new_stack_mmap
 from emvae.safety import atomic_output
+
+if TYPE_CHECKING:
+    from emvae.io.stack import ImageStack
+    from emvae.progress import Advance
 
 
 def align_images(images: Tensor, theta_deg: Tensor, shift_px: Tensor) -> Tensor:
@@ -34,13 +39,13 @@ def align_images(images: Tensor, theta_deg: Tensor, shift_px: Tensor) -> Tensor:
 
 
 def align_stack(
-    stack,
+    stack: ImageStack,
     theta_deg: np.ndarray,
     shift_px: np.ndarray,
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     device: torch.device | str = "cpu",
     batch_size: int = 1024,
-    advance=None,
+    advance: Advance | None = None,
 ) -> np.ndarray:
     """Write ``stack`` aligned by its poses (:func:`align_images`) to ``out`` (float32 MRCS,
     streamed in batches) and return the average ``(C, D, D)``.

@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,15 @@ from emvae.errors import ConfigError, EmvaeError, InputError
 from emvae.latents import latent_columns
 from emvae.plotstyle import figure, save
 from emvae.safety import claim_outputs, record_outputs
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from emvae.config import RunConfig
+    from emvae.figures.tiles import Labels
+    from emvae.io.stack import ImageStack
+    from emvae.models import SpatialVAE
+    from emvae.run import Run
 
 METHODS = ("kmeans", "gmm")
 #: The one line printed when ``--umap`` is asked for without umap-learn.
@@ -176,7 +186,8 @@ def pc_path(
     p = x.shape[1] if n_pcs is None else min(n_pcs, x.shape[1])
     t = np.linspace(-span, span, steps)
     std = scores[:, :p].std(0)
-    return x.mean(0) + (t[None, :, None] * std[:, None, None]) * components[:p, None, :]
+    walk: np.ndarray = x.mean(0) + (t[None, :, None] * std[:, None, None]) * components[:p, None, :]
+    return walk
 
 
 def density(points: np.ndarray, bins: int | None = None) -> np.ndarray:
@@ -193,7 +204,7 @@ def density(points: np.ndarray, bins: int | None = None) -> np.ndarray:
 
 
 def cluster_averages(
-    stack, theta_deg: np.ndarray, shift_px: np.ndarray, labels: np.ndarray, k: int
+    stack: ImageStack, theta_deg: np.ndarray, shift_px: np.ndarray, labels: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The aligned average of each cluster's real particles: each image of ``stack`` (an
     :class:`emvae.io.ImageStack`, unprocessed, in the table's order) brought onto the
@@ -220,7 +231,7 @@ def cluster_averages(
 # ----------------------------------------------------------------------------- figures
 
 
-def _figure(ncols: int, size: float = 4.2):
+def _figure(ncols: int, size: float = 4.2) -> tuple[Figure, Any]:
     return figure(size * ncols, size * 0.85, 1, ncols)
 
 
@@ -291,7 +302,7 @@ def plot_histogram_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) 
     return save(fig, path)
 
 
-def _colour(cmap: str, c: int):
+def _colour(cmap: str, c: int) -> tuple[float, float, float, float]:
     from matplotlib import colormaps
 
     cm = colormaps[cmap]
@@ -302,15 +313,15 @@ def _colour(cmap: str, c: int):
 
 
 def analyze_run(
-    run,
-    out: str | os.PathLike | None = None,
+    run: str | os.PathLike[str] | Run,
+    out: str | os.PathLike[str] | None = None,
     k: int = 4,
     method: str = "kmeans",
     umap: bool = False,
     seed: int = 0,
     force: bool = False,
     epoch: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Analyse the latent space of ``run`` (a run directory or :class:`emvae.run.Run`) into
     ``out`` (default ``RUN/analyze``): the files of the module docstring. ``epoch``: of the
     checkpoint kept at that epoch instead of the run's final table (every particle encoded
@@ -373,7 +384,7 @@ def analyze_run(
         k = int(labels.max())
     sizes = np.bincount(labels, minlength=k + 1)[1:]
     centres = np.stack([z[labels == c].mean(0) for c in range(1, k + 1)])
-    result: dict = {
+    result: dict[str, Any] = {
         "run": str(r.path),
         "run_id": config.run_id,
         "epoch": int(ckpt["epoch"]),  # the checkpoint the clusters were made from
@@ -466,7 +477,7 @@ def analyze_run(
     return result
 
 
-def _epoch_table(run, checkpoint: Path):
+def _epoch_table(run: Run, checkpoint: Path) -> tuple[SpatialVAE, pd.DataFrame, dict[str, Any]]:
     """``(model, table, checkpoint dict)``: the particle table of the run's images under the
     checkpoint ``checkpoint`` (posteriors only: its ``elbo`` column is NaN)."""
     from emvae.encode import encode
@@ -481,7 +492,7 @@ def _epoch_table(run, checkpoint: Path):
     return model, particles.table(config.model, enc), ckpt
 
 
-def class_labels(sizes: np.ndarray):
+def class_labels(sizes: np.ndarray) -> Labels:
     """The text of a strip of class images: each cluster's number above it, its size and
     fraction under it (:class:`emvae.montage.Labels`)."""
     from emvae.figures.tiles import Labels
@@ -497,7 +508,7 @@ def write_classes(
     averages: np.ndarray | None,
     sizes: np.ndarray,
     centres: np.ndarray,
-    config,
+    config: RunConfig,
     notes: list[str],
 ) -> list[str]:
     """The classes as RELION writes a 2-D classification's: ``classes.mrcs`` (the generator
@@ -548,7 +559,7 @@ def write_classes(
     return [*names, "classes.star"]
 
 
-def check_clusters(run: str | os.PathLike, path: Path) -> None:
+def check_clusters(run: str | os.PathLike[str], path: Path) -> None:
     """Refuse a ``clusters.csv`` that ``emvae analyze`` did not write for ``run`` as it is now:
     from another run, edited, or made before the run was trained further (``fit --resume``).
     The folder's manifest holds the run id and digest of the file analyze wrote, and its
@@ -575,7 +586,9 @@ def check_clusters(run: str | os.PathLike, path: Path) -> None:
         )
 
 
-def _real_averages(run, table: pd.DataFrame, labels: np.ndarray, k: int, notes: list[str]):
+def _real_averages(
+    run: Run, table: pd.DataFrame, labels: np.ndarray, k: int, notes: list[str]
+) -> np.ndarray | None:
     """The per-cluster aligned averages of the run's own images
     ``(k, C, D, D)``, or None with a note in ``notes`` when they cannot be read."""
     from emvae.io.stack import image_key

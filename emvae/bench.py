@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,9 +26,11 @@ from emvae.config import (
     TrainConfig,
 )
 from emvae.data import load_images, normalize_, resolve_device
-from emvae.encode import encode
+from emvae.encode import Encoding, encode
 from emvae.errors import ConfigError
+from emvae.example import EXAMPLE_OPTIONS
 from emvae.io.stack import ImageStack, image_name
+from emvae.models import SpatialVAE
 from emvae.particles import Particles
 from emvae.plotstyle import figure, save
 from emvae.train import fit
@@ -107,13 +111,13 @@ def _config(
     size: int,
     channels: int,
     zdim: int,
-    model: dict,
+    model: dict[str, Any],
     epochs: int,
     hidden: int,
     enc_hidden: int,
     device: str,
     seed: int,
-    **extra,
+    **extra: Any,
 ) -> RunConfig:
     train = {k: extra.pop(k) for k in list(extra) if k in TrainConfig.__dataclass_fields__}
     return RunConfig(
@@ -130,7 +134,7 @@ def _config(
     )
 
 
-def simulated(sim: Path, **options) -> tuple[ImageStack, pd.DataFrame]:
+def simulated(sim: Path, **options: Any) -> tuple[ImageStack, pd.DataFrame]:
     """The stack and ``truth.csv`` of the ``emvae simulate`` folder ``sim``, simulated first
     (``options``: :func:`emvae.simulate.write_simulation`'s) when it is not there yet."""
     from emvae.io import read_stack
@@ -142,7 +146,7 @@ def simulated(sim: Path, **options) -> tuple[ImageStack, pd.DataFrame]:
 
 
 @torch.no_grad()
-def heldout_encoding(model, images: np.ndarray, device: str, seed: int = 0):
+def heldout_encoding(model: SpatialVAE, images: np.ndarray, device: str, seed: int = 0) -> Encoding:
     """Per-image one-sample ELBO and z means of held-out images."""
     dev = resolve_device(device)
     stack = array_stack(images, "test")
@@ -183,9 +187,9 @@ def kmeans_accuracy(z: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 
 def run_mnist(
     data_dir: str | Path,
     out: str | Path,
-    datasets=("mnist", "rotated", "rotated_translated"),
-    models=("vanilla", "fixed", "spatial"),
-    zdims=(2, 3, 5, 10),
+    datasets: Sequence[str] = ("mnist", "rotated", "rotated_translated"),
+    models: Sequence[str] = ("vanilla", "fixed", "spatial"),
+    zdims: Sequence[int] = (2, 3, 5, 10),
     epochs: int = 200,
     hidden: int = WIDTH,
     n_train: int | None = None,
@@ -193,7 +197,7 @@ def run_mnist(
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
-    encoders=("mlp",),
+    encoders: Sequence[str] = ("mlp",),
     lr: float = 1e-4,
     cluster: bool = False,
     betas: tuple[float, ...] = (1.0,),
@@ -306,7 +310,7 @@ def run_mnist(
     return table
 
 
-def _kl_per_dimension(enc) -> dict[str, float]:
+def _kl_per_dimension(enc: Encoding) -> dict[str, float]:
     """Each z dimension's mean KL(q(z_k | y) || N(0, 1)) over the encoded images, nats."""
     mu, std = enc.z_mu.astype(np.float64), enc.z_std.astype(np.float64)
     kl = 0.5 * (mu**2 + std**2 - 1.0) - np.log(std)
@@ -427,7 +431,7 @@ def run_galaxies(
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """Paper section 4.4 / Fig. 5: RGB spatial-VAE on Galaxy Zoo pictures (crop 207 with
     +-12 px jitter, reduced to ``size``), uniform rotation prior, translation prior 8 px at 64 px
     (scaled with ``size``), Bernoulli likelihood; prior samples and training pictures."""
@@ -475,7 +479,7 @@ def run_galaxies(
 ENCODERS = ("mlp", "conv", "equivariant")
 
 
-def encoder_options(spec: str) -> dict:
+def encoder_options(spec: str) -> dict[str, Any]:
     """An encoder of the benchmark: ``equivariant``, ``mlp``, ``conv`` (rotation bins), or
     ``mlp/gaussian``, ``conv/gaussian`` (the paper's Gaussian rotation posterior)."""
     name, _, posterior = spec.partition("/")
@@ -486,7 +490,9 @@ def encoder_options(spec: str) -> dict:
     return {"encoder": name, "theta_posterior": posterior or "auto"}
 
 
-def pose_recovery(model, data: torch.Tensor, truth: pd.DataFrame, batch: int = 100) -> dict:
+def pose_recovery(
+    model: SpatialVAE, data: torch.Tensor, truth: pd.DataFrame, batch: int = 100
+) -> dict[str, Any]:
     """Recovery figures of a model on ``data`` ``(N, 1, D, D)`` (normalised, input order) against
     a simulation's ``truth`` (same order), from posterior means (no sampling):
     ``theta_circ_corr`` (|circular correlation| with the consensus-frame rotation),
@@ -611,8 +617,8 @@ def run_encoders(
     from emvae.simulate import get_object
 
     out, runs = Path(out), runs or EncoderRuns()
-    rows: list[dict] = []
-    final: list[dict] = []
+    rows: list[dict[str, Any]] = []
+    final: list[dict[str, Any]] = []
     options = {spec: encoder_options(spec) for spec in encoders}
     for object_name in objects:
         name, _, object_seed = object_name.partition(":")
@@ -645,9 +651,16 @@ def run_encoders(
                     mask_radius_px=size * 19 / 40,
                     **options[spec],
                 )
-                per_epoch: list[dict] = []
+                per_epoch: list[dict[str, Any]] = []
 
-                def track(epoch, model, data, _label=label, _log=per_epoch, _ref=truth):
+                def track(
+                    epoch: int,
+                    model: SpatialVAE,
+                    data: Any,
+                    _label: dict[str, Any] = label,
+                    _log: list[dict[str, Any]] = per_epoch,
+                    _ref: pd.DataFrame = truth,
+                ) -> dict[str, Any]:
                     fig = pose_recovery(model, data, _ref)
                     _log.append({**_label, "epoch": epoch, **fig})
                     return fig
@@ -676,7 +689,7 @@ def run_encoders(
     return pd.DataFrame(rows)
 
 
-def _first(rows: list[dict], key: str, threshold: float) -> int | None:
+def _first(rows: list[dict[str, Any]], key: str, threshold: float) -> int | None:
     """The first epoch whose ``key`` reaches ``threshold`` and stays there to the end."""
     first = None
     for row in rows:
@@ -697,7 +710,7 @@ def generator_steps(
     every: int = 10,
     n_eval: int = 500,
     seed: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     """How many Adam steps a generator alone needs to draw the particles better than their mean
     image, given the *true* poses and the true conformation as z (so nothing but the generator
     is learnt).
@@ -787,8 +800,8 @@ def run_time_to_result(
     sim = out / f"simulation_{obj.replace(':', '')}_{n}_{size}px_snr{snr:g}"
     particle = get_object(name, int(object_seed or 0))
     stack, truth = simulated(sim, n=n, size=size, snr=snr, seed=seed, obj=particle)
-    rows: list[dict] = []
-    final: list[dict] = []
+    rows: list[dict[str, Any]] = []
+    final: list[dict[str, Any]] = []
     for encoder in encoders:
         config = RunConfig(
             model=ModelConfig(
@@ -803,11 +816,19 @@ def run_time_to_result(
             ),
         )
         label = {"encoder": config.model.encoder + (" (default)" if encoder == "auto" else "")}
-        per_epoch: list[dict] = []
+        per_epoch: list[dict[str, Any]] = []
         t0 = time.perf_counter()
         scoring = [0.0]  # seconds spent scoring, not training
 
-        def track(epoch, model, data, _log=per_epoch, _label=label, _spent=scoring, _t0=t0):
+        def track(
+            epoch: int,
+            model: SpatialVAE,
+            data: Any,
+            _log: list[dict[str, Any]] = per_epoch,
+            _label: dict[str, str] = label,
+            _spent: list[float] = scoring,
+            _t0: float = t0,
+        ) -> dict[str, float]:
             s0 = time.perf_counter()
             fig = pose_recovery(model, data, truth)
             wall = s0 - _t0 - _spent[0]
@@ -832,3 +853,42 @@ def run_time_to_result(
         final.append(summary)
         _write_results(pd.DataFrame(final), out, "time_to_result")
     return pd.DataFrame(final)
+
+
+def run_generator(
+    fourier: Sequence[int] = (64, 0),
+    seeds: Sequence[int] = (0, 1),
+    steps: int = 1000,
+    hidden: int = int(EXAMPLE_OPTIONS["gen_hidden"]),
+    lr: float = 1e-3,
+    batch: int = 50,
+    log: Callable[[str], None] = print,
+) -> None:
+    """``emvae bench generator``: :func:`generator_steps` on the embedded example for each
+    count of Fourier features (0: raw coordinates) and initialisation seed, a generator
+    ``hidden`` wide. Each result goes to ``log`` as a row of a Markdown table, and each error
+    curve into ``generator_fF_sS.csv`` (step, error) in the working folder."""
+    from emvae.example import EXAMPLE_STACK
+    from emvae.simulate import simulate_particles
+
+    spec = {k: v for k, v in EXAMPLE_STACK.items() if k != "apix"}
+    images, truth = simulate_particles(**spec)
+    images = (images - images.mean()) / images.std()
+    size = images.shape[-1]
+    log(
+        "| Fourier features | seed | steps to beat the mean image | error at the end / mean image |"
+    )
+    log("|---|---|---|---|")
+    for f in fourier:
+        for seed in seeds:
+            cfg = ModelConfig(image_size=size, zdim=1, gen_hidden=hidden, fourier_features=f)
+            r = generator_steps(images, truth, cfg, steps, batch, lr, seed=seed)
+            end = r["curve"][-1][1] / r["mean_image_error"]
+            log(f"| {f} | {seed} | {r['steps_to_beat_mean'] or f'> {steps}'} | {end:.3f} |")
+            np.savetxt(
+                f"generator_f{f}_s{seed}.csv",
+                np.array(r["curve"]),
+                delimiter=",",
+                header="step,error",
+                comments="",
+            )

@@ -108,7 +108,7 @@ class Catalog:
     rows: int
 
 
-def catalog_format(path: str | os.PathLike) -> str:
+def catalog_format(path: str | os.PathLike[str]) -> str:
     """astropy's format for an output named ``path`` (by suffix), or a ConfigError."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
@@ -260,7 +260,10 @@ def _strings(col: pd.Series) -> np.ndarray:
 
 
 def write_catalog(
-    catalog: Table, path: str | os.PathLike, force: bool = False, meta: dict | None = None
+    catalog: Table,
+    path: str | os.PathLike[str],
+    force: bool = False,
+    meta: dict[str, Any] | None = None,
 ) -> Catalog:
     """Write ``catalog`` to ``path`` in the format its suffix names (:data:`FORMATS`),
     atomically; an existing file is refused unless ``force``. ``meta``: short keys (up to 8
@@ -282,7 +285,9 @@ def write_catalog(
     return Catalog(p, fmt, len(table))
 
 
-def export_catalog(run: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Catalog:
+def export_catalog(
+    run: str | os.PathLike[str], out: str | os.PathLike[str], force: bool = False
+) -> Catalog:
     """``emvae export-catalog``: the sky catalogue (:func:`sky_catalog`) of the run in folder
     ``run``, written to ``out`` (.fits, .ecsv or .vot: :data:`FORMATS`) with the run's id and
     the emvae version in its header. Everything is checked before anything is written: the

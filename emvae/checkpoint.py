@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,6 +15,9 @@ from emvae._version import __version__
 from emvae.config import RunConfig
 from emvae.errors import InputError
 from emvae.safety import atomic_output
+
+if TYPE_CHECKING:
+    from emvae.models import SpatialVAE
 
 FORMAT = "emvae-checkpoint/2"
 #: Formats this version cannot rebuild, and why.
@@ -24,7 +27,7 @@ OLD_FORMATS = {
 }
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     """Write ``state`` atomically (a crash mid-write leaves the previous file intact).
 
     ``state`` holds: ``model`` (state_dict), ``optimizer`` (state_dict or None), ``config``
@@ -36,7 +39,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, "version": __version__, **state}, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint file onto the CPU, refusing anything that is not an emvae checkpoint
     (a run folder's last checkpoint, checked against the run: :func:`emvae.run.load_checkpoint`)."""
     p = Path(path)
@@ -53,7 +56,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def build_model(ckpt: dict[str, Any], device: torch.device | str = "cpu"):
+def build_model(
+    ckpt: dict[str, Any], device: torch.device | str = "cpu"
+) -> tuple[SpatialVAE, RunConfig, dict[str, Any]]:
     """Rebuild the model of a checkpoint dict: ``(model in eval mode on device, RunConfig,
     ckpt)``."""
     from emvae.data import default_pass_memory_mb

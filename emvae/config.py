@@ -427,6 +427,7 @@ class TrainConfig:
 
     @property
     def weighted(self) -> bool:
+        """Whether the objective weights a KL (``beta`` or ``pose_beta`` not 1): not the ELBO."""
         return self.beta != 1.0 or self.pose_beta != 1.0
 
     @property
@@ -436,6 +437,7 @@ class TrainConfig:
         return self.batch_size
 
     def validate(self) -> None:
+        """Refuse settings out of range, one line naming the option."""
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
         if self.fine_images is not None and self.fine_images < 0:
@@ -502,7 +504,7 @@ class DataConfig:
     normalize: bool = True  # subtract `mean`, divide by `std` (Gaussian likelihood)
     mean: float | None = None
     std: float | None = None
-    preprocess: dict = field(default_factory=dict)
+    preprocess: dict[str, Any] = field(default_factory=dict[str, Any])
     input_size: int = 0
     scale: float = 1.0
     datadir: str | None = None
@@ -524,6 +526,7 @@ class RunConfig:
     run_id: str = ""  # set when a fit starts; its tables and checkpoints carry the same id
 
     def validate(self) -> None:
+        """Refuse settings out of range or that contradict each other (each section's checks)."""
         self.model.validate()
         self.train.validate()
         if self.train.pixel_fraction < 1 and self.model.ctf == "on":
@@ -562,6 +565,7 @@ class RunConfig:
             self.train.z_delay = max(delay, AFFINE_Z_DELAY) if self.model.affine else delay
 
     def to_dict(self) -> dict[str, Any]:
+        """Every section as plain JSON values, as config.json and checkpoints store it."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -587,7 +591,7 @@ class RunConfig:
             raise ConfigError(f"not an emvae configuration ({e})") from None
 
 
-def read_config(path: str | os.PathLike) -> RunConfig:
+def read_config(path: str | os.PathLike[str]) -> RunConfig:
     """A run's ``config.json``; one :class:`InputError` line naming it when it is unreadable."""
     import json
 

@@ -30,6 +30,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,15 @@ import torch
 from emvae.errors import ConfigError
 from emvae.plotstyle import figure, save
 from emvae.safety import atomic_output, claim_outputs, record_outputs
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from emvae.config import RunConfig
+    from emvae.data import StreamedImages
+    from emvae.encode import Encoding
+    from emvae.models import SpatialVAE
+    from emvae.run import Run
 
 #: What :func:`convergence_run` writes (convergence.json last: complete when it is there).
 FILES = ("convergence.csv", "convergence.png", "convergence.json")
@@ -209,7 +219,13 @@ def plot_convergence(table: pd.DataFrame, metrics: pd.DataFrame | None, path: Pa
 # ----------------------------------------------------------------------------- a run
 
 
-def encode_checkpoint(path: Path, data, rows: np.ndarray, device, batch_size: int = 256):
+def encode_checkpoint(
+    path: Path,
+    data: Tensor | StreamedImages,
+    rows: np.ndarray,
+    device: torch.device,
+    batch_size: int = 256,
+) -> tuple[SpatialVAE, RunConfig, int, Encoding]:
     """``(model, config, epoch, Encoding)``: the checkpoint ``path`` over the normalised images
     ``data`` (the run's own, all of them) at ``rows``; posteriors only (no ELBO)."""
     from emvae.data import gather
@@ -223,7 +239,7 @@ def encode_checkpoint(path: Path, data, rows: np.ndarray, device, batch_size: in
     return model, config, int(ckpt["epoch"]), enc
 
 
-def snapshot(config, epoch: int, enc) -> Snapshot:
+def snapshot(config: RunConfig, epoch: int, enc: Encoding) -> Snapshot:
     """The z and theta (degrees, the table's convention) of an :class:`Encoding`."""
     from emvae.geometry import model_to_image_pose
 
@@ -235,8 +251,8 @@ def snapshot(config, epoch: int, enc) -> Snapshot:
 
 
 def convergence_run(
-    run,
-    out: str | os.PathLike | None = None,
+    run: str | os.PathLike[str] | Run,
+    out: str | os.PathLike[str] | None = None,
     max_particles: int | None = MAX_PARTICLES,
     seed: int = 0,
     k: int = 4,
@@ -244,7 +260,7 @@ def convergence_run(
     device: str = "cpu",
     force: bool = False,
     advance: Callable[[int], None] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Compare the kept checkpoints of ``run`` (a run directory or :class:`emvae.run.Run`)
     into ``out`` (default ``RUN/convergence``): the files of the module docstring. Returns
     the content of convergence.json (with ``table``, the DataFrame written). ``advance(1)``

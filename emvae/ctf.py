@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
@@ -74,11 +74,16 @@ _CRYOSPARC = {
 }
 
 
-def electron_wavelength_A(voltage_kv):
+@overload
+def electron_wavelength_A(voltage_kv: Tensor) -> Tensor: ...
+@overload
+def electron_wavelength_A(voltage_kv: float | np.ndarray) -> Any: ...
+def electron_wavelength_A(voltage_kv: Tensor | float | np.ndarray) -> Tensor | Any:
     """Relativistic electron wavelength (Å) at ``voltage_kv`` (numpy or torch, any shape)."""
     v = voltage_kv * 1e3
-    root = torch.sqrt if isinstance(v, Tensor) else np.sqrt
-    return 12.2643247 / root(v * (1 + 0.978466e-6 * v))
+    if isinstance(v, Tensor):
+        return 12.2643247 / torch.sqrt(v * (1 + 0.978466e-6 * v))
+    return 12.2643247 / np.sqrt(v * (1 + 0.978466e-6 * v))
 
 
 def ctf_grid(params: Tensor, size: int, pad: int = 1) -> Tensor:
@@ -112,7 +117,8 @@ def apply_ctf(images: Tensor, params: Tensor, pad: int = 1) -> Tensor:
     with torch.autocast(images.device.type, enabled=False):
         f = torch.fft.rfft2(images.float(), s=(n, n))
         f = f * ctf_grid(params, d, pad)[:, None]
-        return torch.fft.irfft2(f, s=(n, n))[..., :d, :d]
+        out: Tensor = torch.fft.irfft2(f, s=(n, n))[..., :d, :d]
+        return out
 
 
 def phase_flip(images: Tensor, params: Tensor) -> Tensor:
@@ -120,7 +126,8 @@ def phase_flip(images: Tensor, params: Tensor) -> Tensor:
     with torch.autocast(images.device.type, enabled=False):
         f = torch.fft.rfft2(images.float())
         f = f * torch.sign(ctf_grid(params, images.shape[-1]))[:, None]
-        return torch.fft.irfft2(f, s=images.shape[-2:])
+        out: Tensor = torch.fft.irfft2(f, s=images.shape[-2:])
+        return out
 
 
 def ctf_params(
@@ -174,7 +181,9 @@ def ctf_params(
     return table.astype(np.float32)
 
 
-def read_ctf_table(path: str | os.PathLike, n: int, rows: np.ndarray | None = None) -> pd.DataFrame:
+def read_ctf_table(
+    path: str | os.PathLike[str], n: int, rows: np.ndarray | None = None
+) -> pd.DataFrame:
     """A ``--ctf-params`` CSV: one row per image (input order), columns named as
     :data:`COLUMNS` (all but ``apix_A``; phase shift, B-factor and scale optional).
 
@@ -224,7 +233,7 @@ def phase_flipped(data: Tensor, params: np.ndarray, chunk: int = 1024) -> Tensor
 
 
 def likelihood_ctf(
-    params: np.ndarray | None, mode: str, data: Any, device
+    params: np.ndarray | None, mode: str, data: Any, device: torch.device
 ) -> tuple[Any, Tensor | None]:
     """``(images, ctf)``: the images ``data`` (normalised, ``(N, C, D, D)``, in memory or
     :class:`emvae.data.StreamedImages`) to use, and the CTF parameters ``params`` ``(N, 10)``

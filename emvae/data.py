@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,6 +15,9 @@ from torch import Tensor
 from emvae.errors import ConfigError
 from emvae.io.stack import ImageStack
 from emvae.preprocess import Prepared, Preprocess, iter_chunks, prepare
+
+if TYPE_CHECKING:
+    from emvae.progress import Advance
 
 
 def default_pass_memory_mb(device: torch.device | str) -> int:
@@ -74,7 +79,7 @@ def load_images(
     stack: ImageStack,
     device: torch.device,
     prepared: Prepared | None = None,
-    progress=None,
+    progress: Advance | None = None,
 ) -> Tensor:
     """Read, preprocess and copy the whole stack to ``device`` once: float32 ``(N, C, D, D)``.
 
@@ -219,16 +224,17 @@ def to_device(batch: Tensor, device: torch.device) -> Tensor:
     return batch.to(device, non_blocking=True)
 
 
-def gather(data, idx: Tensor, device: torch.device) -> Tensor:
+def gather(data: Tensor | StreamedImages, idx: Tensor, device: torch.device) -> Tensor:
     """Batch ``data[idx]`` on ``device`` (a no-op copy when the data already live there)."""
     if isinstance(data, StreamedImages):
         return to_device(data.read(idx.cpu().numpy()), device)
     if data.device == device:
-        return data[idx.to(device)]
+        batch: Tensor = data[idx.to(device)]
+        return batch
     return to_device(data[idx.to(data.device)], device)
 
 
-class _Batches(torch.utils.data.Dataset):
+class _Batches(torch.utils.data.Dataset[Tensor]):
     """Map-style dataset whose item ``k`` is the whole ``k``-th index batch of a streamed stack,
     so that a DataLoader with ``batch_size=None`` hands over batches read by its workers."""
 
@@ -257,7 +263,9 @@ def reader_count(requested: int | None, device: torch.device) -> int:
     return max(1, min(4, (cores or 1) - 1))
 
 
-def prefetched(data, batches: list[Tensor], device: torch.device, readers: int = 1):
+def prefetched(
+    data: Tensor | StreamedImages, batches: list[Tensor], device: torch.device, readers: int = 1
+) -> Iterator[Tensor]:
     """Yield ``gather(data, b, device)`` for each index batch.
 
     Streamed data are read by a ``torch.utils.data.DataLoader`` with ``readers`` forked
@@ -281,7 +289,7 @@ def prefetched(data, batches: list[Tensor], device: torch.device, readers: int =
         data.pin = pin
 
 
-def loader_options(readers: int, device: torch.device, pin: bool = True) -> dict:
+def loader_options(readers: int, device: torch.device, pin: bool = True) -> dict[str, Any]:
     """The ``torch.utils.data.DataLoader`` settings of :func:`prefetched`: whole batches
     (``batch_size=None``), ``readers`` forked workers two batches ahead each, and pinned
     memory (the loader's pinning thread) when the batches go to CUDA (:func:`pins`) and

@@ -12,10 +12,13 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,12 @@ class Dist:
 
     @property
     def main(self) -> bool:
+        """Whether this is rank 0, the process that writes and reports."""
         return self.rank == 0
 
     @property
     def active(self) -> bool:
+        """Whether a process group is in use (several processes, or ``EMVAE_DDP=1``)."""
         return self.world > 1 or self.grouped
 
     def part(self, n: int) -> slice:
@@ -49,14 +54,15 @@ class Dist:
         return t
 
     def barrier(self) -> None:
+        """Wait for every process (a no-op for one)."""
         if self.active:
             dist.barrier()
 
-    def gather(self, obj):
+    def gather(self, obj: T) -> list[T]:
         """The list of every rank's ``obj`` (rank order), on every rank."""
         if not self.active:
             return [obj]
-        out = [None] * self.world
+        out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
 
@@ -86,7 +92,7 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
-def assemble(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], n: int) -> dict:
+def assemble(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], n: int) -> dict[str, Any]:
     """Per-rank (indices, arrays) -> arrays over all ``n`` items in index order."""
     keys = parts[0][1].keys()
     out = {}

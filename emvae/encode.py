@@ -16,6 +16,7 @@ from emvae.distributed import SINGLE, Dist, assemble
 from emvae.models import SpatialVAE
 from emvae.models.vae import Posterior
 from emvae.objective import ElboTerms, posterior_elbo
+from emvae.progress import Advance
 
 
 @dataclass
@@ -62,7 +63,7 @@ def encode(
     device: torch.device,
     batch_size: int = 256,
     seed: int = 0,
-    advance=None,
+    advance: Advance | None = None,
     ctx: Dist = SINGLE,
     ctf: Tensor | None = None,
     elbo: bool = True,

@@ -20,7 +20,7 @@ EXAMPLE_STACK: dict[str, Any] = {
 }
 
 #: Settings `emvae fit --example` uses where the user gives none (small enough for a laptop CPU).
-EXAMPLE_OPTIONS = {
+EXAMPLE_OPTIONS: dict[str, Any] = {
     "zdim": 1,
     "gen_hidden": 128,
     "enc_hidden": 128,
@@ -30,7 +30,7 @@ EXAMPLE_OPTIONS = {
 }
 
 
-def make_example(directory: str | os.PathLike, force: bool = False) -> Path:
+def make_example(directory: str | os.PathLike[str], force: bool = False) -> Path:
     """Write the example stack and its ground truth into ``directory``; return the stack path.
 
     ``directory/particles.mrcs`` and ``directory/truth.csv`` (true poses in emvae's conventions

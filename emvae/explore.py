@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,12 @@ from emvae.errors import EmvaeError, InputError
 from emvae.latents import latent_columns
 from emvae.render import PosedGenerator
 from emvae.run import CONFIG, EXPLORE, Run
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from emvae.particles import Particles
+    from emvae.select import InputRows
 
 #: The one line printed when the web framework is missing.
 #: FastAPI and uvicorn are dependencies of emvae: missing, the installation is broken.
@@ -106,6 +112,8 @@ class Batcher:
         self.batches: list[int] = []
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``fn(*inputs)`` for this request's rows, run in one batch with the requests that arrive
+        together (up to ``max_batch`` rows)."""
         job = _Job(inputs)
         with self._queue_lock:
             self._queue.append(job)
@@ -233,10 +241,10 @@ class Explorer:
         self.lock = threading.Lock()  # one forward pass at a time on the model
         self.generator = PosedGenerator(self.model).to(self.device).eval()
         self.batcher = Batcher(self._render_batch, self.lock)
-        self._particles: Any = None
+        self._particles: Particles | None = None
         self._particles_error: str | None = None
         self._ctf: torch.Tensor | None = None
-        self._source: Any = None
+        self._source: InputRows | None = None
         self._numeric = self._numeric_columns()
         self._colours = self._colour_columns()
         self.zrange = self._zranges()
@@ -276,9 +284,11 @@ class Explorer:
         """``(n, K)`` posterior means of the particles at table positions ``rows``."""
         if not self.zdim:
             return np.zeros((len(rows), 0), np.float32)
-        return self.table[self.zcols[: self.zdim]].to_numpy(np.float32)[rows]
+        result: np.ndarray = self.table[self.zcols[: self.zdim]].to_numpy(np.float32)[rows]
+        return result
 
     def numeric_columns(self) -> list[str]:
+        """The table's columns that colour the scatter on a continuous scale."""
         return list(self._numeric)
 
     def colour_columns(self) -> list[str]:
@@ -427,11 +437,13 @@ class Explorer:
         colouring's category codes into :meth:`colours`' ``labels`` (NaN missing)."""
         numeric = self.numeric_columns()
         if column in numeric and not codes:
-            return self.frame[column].to_numpy(np.float64).astype(np.float32)
+            result: np.ndarray = self.frame[column].to_numpy(np.float64).astype(np.float32)
+            return result
         cats = self._categories(column) if column in self.colour_columns() else None
         if cats is None:
             if column in numeric:  # a continuous colour asked for as codes: its values
-                return self.frame[column].to_numpy(np.float64).astype(np.float32)
+                values: np.ndarray = self.frame[column].to_numpy(np.float64).astype(np.float32)
+                return values
             raise RequestError(
                 404, f"{column!r}: no such column (have {', '.join(self.colour_columns())})"
             )
@@ -444,15 +456,18 @@ class Explorer:
     @torch.no_grad()
     def _render_batch(self, *inputs: torch.Tensor) -> torch.Tensor:
         args = [a.to(self.device) for a in inputs]
-        return self.generator(*args).float().cpu()
+        out: torch.Tensor = self.generator(*args).float().cpu()
+        return out
 
-    def render(self, z, theta_deg, shift_px) -> np.ndarray:
+    def render(self, z: ArrayLike | None, theta_deg: ArrayLike, shift_px: ArrayLike) -> np.ndarray:
         """The generator's images ``(B, C, D, D)`` (pixel means) at z ``(B, K)``, ``theta_deg``
         ``(B,)`` and ``shift_px`` ``(B, 2)`` (model pixels, image frame; see
         :mod:`emvae.render`), batched with any other requests in flight."""
         return self.batcher(*self.check_pose(z, theta_deg, shift_px)).numpy()
 
-    def generate(self, z, theta_deg, shift_px, raw: bool = False) -> dict[str, Any]:
+    def generate(
+        self, z: ArrayLike | None, theta_deg: ArrayLike, shift_px: ArrayLike, raw: bool = False
+    ) -> dict[str, Any]:
         """:meth:`render` as the page shows it: one PNG data URL per image on the generator's
         display range (``contrast``), and with ``raw`` the pixel values themselves."""
         images = self.render(z, theta_deg, shift_px)
@@ -465,7 +480,9 @@ class Explorer:
             out["values"] = images.tolist()
         return out
 
-    def check_pose(self, z, theta_deg, shift_px) -> tuple[torch.Tensor, ...]:
+    def check_pose(
+        self, z: ArrayLike | None, theta_deg: ArrayLike, shift_px: ArrayLike
+    ) -> tuple[torch.Tensor, ...]:
         """Validate and shape a request: z ``(B, K)`` (or one ``(K,)``), theta ``(B,)`` or one
         value, shift ``(B, 2)`` or one pair; every value finite, B <= :data:`MAX_BATCH`."""
         k = self.zdim
@@ -503,7 +520,7 @@ class Explorer:
 
     # ------------------------------------------------------------------ one particle
 
-    def particles(self):
+    def particles(self) -> Particles:
         """The run's input images (:meth:`emvae.run.Run.particles`), opened once; a 409 when
         they cannot be read (moved, changed, or a run made elsewhere)."""
         if self._particles is None and self._particles_error is None:
@@ -520,6 +537,7 @@ class Explorer:
         return self._particles
 
     def check_index(self, index: int) -> int:
+        """``index`` (0-based row of the table) if it names a particle, else a 404."""
         n = len(self)
         if not 0 <= index < n:
             raise RequestError(
@@ -612,7 +630,7 @@ class Explorer:
             k += 1
         return f"{prefix}_{k:03d}"
 
-    def _input_rows(self):
+    def _input_rows(self) -> InputRows:
         """The run's input for the STAR / .cs subset (read once); index lists only when it
         cannot be read."""
         from emvae.select import InputRows, read_input_rows
@@ -705,9 +723,11 @@ class Runs:
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
+        """The runs on offer, by name."""
         return list(self.paths)
 
     def get(self, name: str) -> Explorer:
+        """The explorer of run ``name``, loaded on first use; a 404 for an unknown name."""
         if name not in self.paths:
             raise RequestError(
                 404, f"no run named {name!r} here (runs: {', '.join(self.paths) or 'none'})"

@@ -26,7 +26,10 @@ AngleT = TypeVar("AngleT", Tensor, np.ndarray, float)
 
 
 def coordinate_grid(
-    height: int, width: int, device: torch.device | str | None = None, dtype=torch.float32
+    height: int,
+    width: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Coordinates of every pixel in row-major order.
 
@@ -81,7 +84,8 @@ def wrap_degrees(deg: AngleT) -> AngleT:
     """Wrap angles in degrees to [-180, 180): a tensor, or a NumPy array (or float)."""
     if isinstance(deg, Tensor):
         return torch.remainder(deg + 180.0, 360.0) - 180.0
-    return np.mod(deg + 180.0, 360.0) - 180.0
+    wrapped: AngleT = np.mod(deg + 180.0, 360.0) - 180.0
+    return wrapped
 
 
 def model_to_image_pose(theta: Tensor, shift: Tensor, size: int) -> tuple[Tensor, Tensor]:

@@ -74,7 +74,7 @@ class Plan:
 
     tiny: bool = False
     # (label, ModelConfig options, render px: None for the full box)
-    configs: list[tuple[str, dict, int | None]] = field(default_factory=list)
+    configs: list[tuple[str, dict[str, Any], int | None]] = field(default_factory=list)
     precisions: tuple[str, ...] = ("fp32", "tf32", "bf16")
     batch: int = 100
     max_batch: int = 2**16  # the doubling stops here
@@ -159,10 +159,10 @@ class Results:
         self.work = work or out  # the simulated stack and the fits' run folders
         out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict] = []
+        self.rows: list[dict[str, Any]] = []
         (out / JSONL).write_text("")
 
-    def add(self, row: dict) -> dict:
+    def add(self, row: dict[str, Any]) -> dict[str, Any]:
         self.rows.append(row)
         with open(self.out / JSONL, "a") as f:
             f.write(json.dumps(row, default=_plain) + "\n")
@@ -184,7 +184,7 @@ def run_gpu_check(
     plan: Plan | None = None,
     log: Callable[[str], None] = print,
     work: str | Path | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Run the ``sections`` of the check (module docstring) on ``device`` and write
     ``gpu_check.jsonl`` and ``gpu_check.md`` into ``out``; returns the rows. A section that
     fails is recorded (``{"section": ..., "error": ...}``) and the next one runs. ``work``:
@@ -234,7 +234,9 @@ def run_gpu_check(
 # -- sections ---------------------------------------------------------------------------------
 
 
-def _env(results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict) -> None:
+def _env(
+    results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
+) -> None:
     row: dict[str, Any] = {
         "section": "env",
         "device": _device_name(dev),
@@ -254,7 +256,9 @@ def _env(results: Results, dev: torch.device, plan: Plan, deadline: float, state
     results.add(row)
 
 
-def _matmul(results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict) -> None:
+def _matmul(
+    results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
+) -> None:
     """Dense bf16 rate: mean of timed n x n x n products of random matrices."""
     n = plan.matmul_n
     g = torch.Generator(device=dev).manual_seed(0)
@@ -281,7 +285,9 @@ def _peak_tflops(results: Results) -> float | None:
     return next(rates, None)
 
 
-def _steps(results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict) -> None:
+def _steps(
+    results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
+) -> None:
     """Every configuration and precision at ``plan.batch`` first (fit's pass memory), then
     the largest batch of each in one pass, so that a short budget loses the searches first."""
     peak = _peak_tflops(results)
@@ -304,13 +310,13 @@ def _steps(results: Results, dev: torch.device, plan: Plan, deadline: float, sta
 
 def largest_batch(
     label: str,
-    options: dict,
+    options: dict[str, Any],
     render: int | None,
     precision: str,
     dev: torch.device,
     plan: Plan,
     deadline: float,
-) -> dict | None:
+) -> dict[str, Any] | None:
     """The step at the largest batch that fits in one pass: doubling from ``plan.batch`` until
     CUDA runs out of memory, ``plan.max_batch`` or the deadline; None if none above
     ``plan.batch`` fitted."""
@@ -339,7 +345,7 @@ def largest_batch(
     return best
 
 
-def _fraction(row: dict, peak: float | None) -> float | None:
+def _fraction(row: dict[str, Any], peak: float | None) -> float | None:
     return row["generator_tflop_per_s"] / peak if peak else None
 
 
@@ -367,7 +373,7 @@ def step_flops(model: SpatialVAE) -> float:
 
 def measure_step(
     label: str,
-    options: dict,
+    options: dict[str, Any],
     render: int | None,
     precision: str,
     batch: int,
@@ -375,7 +381,7 @@ def measure_step(
     plan: Plan,
     one_pass: bool = False,
     steps: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Time ``steps`` training steps (after ``plan.warmup``) of the model ``options`` rendering
     at ``render`` px, on random images resident on ``dev``; ``one_pass``: the whole batch in
     one generator pass (pass memory unbounded), else fit's default pass memory. Returns one
@@ -427,7 +433,7 @@ def measure_step(
     return row
 
 
-def count_step_syncs(options: dict, render: int | None, dev: torch.device) -> int:
+def count_step_syncs(options: dict[str, Any], render: int | None, dev: torch.device) -> int:
     """Host synchronisations in one training step of the model ``options`` (fp32, 4 images):
     on CUDA the warnings of ``torch.cuda.set_sync_debug_mode("warn")``, elsewhere
     :class:`emvae.hostsync.HostSyncCounter`'s count."""
@@ -444,7 +450,7 @@ def count_step_syncs(options: dict, render: int | None, dev: torch.device) -> in
         return cuda_sync_warnings(lambda: training_step(model, opt, x, rng))
     with HostSyncCounter(optimizer_counters(opt)) as counter:
         training_step(model, opt, x, rng)
-    return counter.total
+    return int(counter.total)
 
 
 def cuda_sync_warnings(fn: Callable[[], Any]) -> int:
@@ -464,7 +470,7 @@ def _simulation_dir(out: Path, plan: Plan) -> Path:
     return out / f"simulation_{plan.ttr_n}_{plan.ttr_size}px"
 
 
-def _start_simulation(out: Path, plan: Plan, dev: torch.device) -> subprocess.Popen | None:
+def _start_simulation(out: Path, plan: Plan, dev: torch.device) -> subprocess.Popen[bytes] | None:
     """Simulate the time-to-result set in a background process (on the CPU, half its cores)
     while the GPU sections run; None when it is already there."""
     sim = _simulation_dir(out, plan)
@@ -495,7 +501,7 @@ def _pythonpath() -> str:
     return os.pathsep.join([*dict.fromkeys(roots), os.environ.get("PYTHONPATH", "")])
 
 
-def _wait_simulation(out: Path, plan: Plan, state: dict, deadline: float) -> Path:
+def _wait_simulation(out: Path, plan: Plan, state: dict[str, Any], deadline: float) -> Path:
     sim = _simulation_dir(out, plan)
     proc = state.get("simulation")
     while proc is not None and proc.poll() is None:
@@ -506,7 +512,9 @@ def _wait_simulation(out: Path, plan: Plan, state: dict, deadline: float) -> Pat
     return sim
 
 
-def _loader(results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict) -> None:
+def _loader(
+    results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
+) -> None:
     from emvae.io import read_stack
     from emvae.preprocess import Preprocess, prepare
     from emvae.throughput import loader_rates
@@ -539,7 +547,7 @@ def _loader(results: Results, dev: torch.device, plan: Plan, deadline: float, st
 
 
 def _time_to_result(
-    results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict
+    results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
 ) -> None:
     import pandas as pd
 
@@ -561,7 +569,7 @@ def _time_to_result(
     t0 = time.perf_counter()
     scoring = [0.0]
 
-    def track(epoch: int, model, data) -> dict:
+    def track(epoch: int, model: SpatialVAE, data: Any) -> dict[str, Any]:
         s0 = time.perf_counter()
         fig = pose_recovery(model, data, truth)
         wall = s0 - t0 - scoring[0]
@@ -596,7 +604,7 @@ def _time_to_result(
 
 
 def _torchrun(
-    results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict
+    results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
 ) -> None:
     from emvae.io import read_stack
 
@@ -682,7 +690,7 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict[str, Any]]) -> str:
     """The check's tables (one per section) from its rows."""
     env = next((r for r in rows if r.get("section") == "env"), {})
     lines = [f"# emvae GPU check: {env.get('device', '?')}", ""]

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+R = TypeVar("R")
 
 __all__ = ["HostSyncCounter", "count_host_syncs"]
 
@@ -54,16 +56,23 @@ class HostSyncCounter(TorchDispatchMode):
     """
 
     def __init__(self, ignore: list[torch.Tensor] | None = None) -> None:
-        super().__init__()
+        TorchDispatchMode.__init__(self)
         self.counts: Counter[str] = Counter()
         self._ignore = {id(t) for t in ignore or []}
         self._patches: contextlib.ExitStack | None = None
 
     @property
     def total(self) -> int:
+        """Host syncs counted, all causes together."""
         return sum(self.counts.values())
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(
+        self,
+        func: torch._ops.OpOverload,
+        types: Sequence[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         if name == "index" and _bool_index(args):
@@ -75,20 +84,21 @@ class HostSyncCounter(TorchDispatchMode):
             self.counts[SYNC_OPS[name]] += 1
         return func(*args, **kwargs)
 
-    def __enter__(self):
+    def __enter__(self) -> HostSyncCounter:
         self._patches = contextlib.ExitStack()
         for method in ("tolist", "numpy", "cpu"):
             self._patches.enter_context(_counted(self, method))
-        return super().__enter__()
+        TorchDispatchMode.__enter__(self)  # (which returns self)
+        return self
 
-    def __exit__(self, *exc: Any):
-        out = super().__exit__(*exc)
+    def __exit__(self, *exc: Any) -> bool | None:
+        out: bool | None = TorchDispatchMode.__exit__(self, *exc)
         if self._patches is not None:
             self._patches.close()
         return out
 
 
-def _bool_index(args: tuple) -> bool:
+def _bool_index(args: tuple[Any, ...]) -> bool:
     """Whether an ``aten.index`` call indexes with a boolean mask."""
     if len(args) < 2:
         return False
@@ -100,7 +110,7 @@ def _counted(counter: HostSyncCounter, method: str) -> Iterator[None]:
     """Replace ``torch.Tensor.<method>`` by a version that counts its calls, for the block."""
     original = getattr(torch.Tensor, method)
 
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if id(self) not in counter._ignore:
             counter.counts[f"a tensor copied to the host (.{method}())"] += 1
         return original(self, *args, **kwargs)
@@ -123,7 +133,9 @@ def optimizer_counters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return out
 
 
-def count_host_syncs(fn, *args, ignore: list[torch.Tensor] | None = None, **kwargs):
+def count_host_syncs(
+    fn: Callable[..., R], *args: Any, ignore: list[torch.Tensor] | None = None, **kwargs: Any
+) -> tuple[R, Counter[str]]:
     """``(fn(*args, **kwargs), counts)``: the result and the :class:`HostSyncCounter` counts of
     one call."""
     with HostSyncCounter(ignore) as counter:

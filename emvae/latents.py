@@ -10,6 +10,7 @@ so, and ``emvae fit`` and ``emvae report`` print :func:`unused_warning`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,8 @@ class LatentUse:
     width: float
     used: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
+        """The figures by field name (for JSON)."""
         return asdict(self)
 
 
@@ -80,4 +82,5 @@ def data_range(table: pd.DataFrame, low: float = 0.02, high: float = 0.98) -> np
     """``(K, 2)``: the ``low`` and ``high`` quantiles of each dimension's posterior means, the
     range the particles actually cover (montages walk through it)."""
     z = table[latent_columns(table)].to_numpy(np.float64)
-    return np.quantile(z, [low, high], axis=0).T
+    result: np.ndarray = np.quantile(z, [low, high], axis=0).T
+    return result

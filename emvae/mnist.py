@@ -23,7 +23,7 @@ SHIFT_STD_PX = {"mnist": 0.0, "rotated": 1.4, "rotated_translated": 14.0}
 DATASETS = tuple(SHIFT_STD_PX)
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """One IDX file (``.gz`` or not) as a numpy array (uint8 images ``(N, 28, 28)``, labels)."""
     p = Path(path)
     if not p.exists():
@@ -53,7 +53,7 @@ def _find(folder: Path, stems: tuple[str, ...]) -> Path:
     raise InputError(folder, f"has no {stems[0]}[.gz]")
 
 
-def load_mnist(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_mnist(folder: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """``train_images`` ``(N, 28, 28)`` uint8, ``train_labels``, ``test_images``,
     ``test_labels`` from a folder with the four standard files, or the 10k training subset."""
     d = Path(folder)

@@ -222,7 +222,7 @@ def _jvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
     (:func:`torch.autograd.functional.jvp`: any layer with a backward rule; torch.func's
     forward mode would first script its decompositions with the deprecated torch.jit)."""
     with torch.enable_grad():
-        jvp: Tensor = torch.autograd.functional.jvp(f, x, v)[1]  # type: ignore[no-untyped-call]
+        jvp: Tensor = torch.autograd.functional.jvp(f, x, v)[1]
     return jvp
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from emvae.models.vae import Posterior
 
 LOG_2PI = math.log(2.0 * math.pi)
+#: A loss term: a tensor, or its mean over an epoch (a float).
+Num = TypeVar("Num", Tensor, float)
 
 
 def kl_standard_normal(mu: Tensor, logstd: Tensor) -> Tensor:
@@ -135,17 +137,20 @@ class ElboTerms:
 
     @property
     def kl(self) -> Tensor:
+        """KL of all latents (z and pose), nats, ``(B,)``."""
         if self.kl_deform is None:
             return self.kl_z + self.kl_theta + self.kl_shift
         return self.kl_z + self.kl_theta + self.kl_shift + self.kl_deform
 
     @property
     def elbo(self) -> Tensor:
+        """The evidence lower bound, log-likelihood less the KL, nats, ``(B,)``."""
         return self.log_lik - self.kl
 
     def objective(self, beta: float = 1.0, pose_beta: float = 1.0) -> Tensor:
         """What training maximises: :func:`weighted_elbo` of these terms, ``(B,)``."""
-        return weighted_elbo(self.elbo, self.kl_z, self.kl_pose, beta, pose_beta)
+        out: Tensor = weighted_elbo(self.elbo, self.kl_z, self.kl_pose, beta, pose_beta)
+        return out
 
     def detached(self) -> ElboTerms:
         """The same terms cut from the autograd graph."""
@@ -177,7 +182,9 @@ class ElboTerms:
         )
 
 
-def weighted_elbo(elbo, kl_z, kl_pose, beta: float = 1.0, pose_beta: float = 1.0):
+def weighted_elbo(
+    elbo: Num, kl_z: Num, kl_pose: Num, beta: float = 1.0, pose_beta: float = 1.0
+) -> Num:
     """The beta-VAE objective (Higgins et al. 2017): ``log p - beta KL_z - pose_beta
     (KL_theta + KL_dx)``, written from the ELBO and the KLs (tensors or per-epoch means; it is
     linear in them); the ELBO itself at ``beta = pose_beta = 1``."""

@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -42,7 +44,10 @@ from emvae.io.star_export import Optics, export_table
 from emvae.preprocess import Prepared, Preprocess, prepare_for
 from emvae.progress import TrainingProgress
 
-Specs = list[str | os.PathLike] | str | os.PathLike
+if TYPE_CHECKING:
+    from emvae.encode import Encoding
+
+Specs = Sequence[str | os.PathLike[str]] | str | os.PathLike[str]
 
 
 @dataclass
@@ -62,13 +67,13 @@ class Particles:
         cls,
         specs: Specs,
         *,
-        datadir: str | os.PathLike | None = None,
-        ind: str | os.PathLike | None = None,
+        datadir: str | os.PathLike[str] | None = None,
+        ind: str | os.PathLike[str] | None = None,
         apix: float | None = None,
         preprocess: Preprocess | None = None,
         likelihood: str | None = None,
         normalize: bool | None = None,
-        ctf_params: str | os.PathLike | None = None,
+        ctf_params: str | os.PathLike[str] | None = None,
     ) -> Particles:
         """Every input the user named, concatenated, subset by ``ind`` (0-based), with ``apix``
         (Å) forced when given. ``preprocess`` None: the defaults of the input kind (pictures:
@@ -85,7 +90,7 @@ class Particles:
         likelihood: str | None = None,
         normalize: bool | None = None,
         preprocess: Preprocess | None = None,
-        ctf_params: str | os.PathLike | None = None,
+        ctf_params: str | os.PathLike[str] | None = None,
     ) -> Particles:
         """An opened stack, described for a new run (nothing is read; :meth:`load` measures
         the normalisation on the preprocessed images, :meth:`check_trainable` the
@@ -133,8 +138,8 @@ class Particles:
         cls,
         data: DataConfig,
         specs: Specs | None = None,
-        datadir: str | os.PathLike | None = None,
-        ind: str | os.PathLike | None = None,
+        datadir: str | os.PathLike[str] | None = None,
+        ind: str | os.PathLike[str] | None = None,
         apix: float | None = None,
     ) -> Particles:
         """Images prepared the way a run (``data``: its config's data section) prepared its own:
@@ -192,10 +197,12 @@ class Particles:
 
     @property
     def channels(self) -> int:
+        """Channels of the prepared images."""
         return self.prepared.channels
 
     @property
     def source(self) -> str:
+        """The input, as named in messages."""
         return self.stack.source
 
     def describe(self) -> list[tuple[str, str]]:
@@ -346,7 +353,9 @@ class Particles:
 
     # ------------------------------------------------------------------ the way back
 
-    def table(self, model: ModelConfig, enc, split: np.ndarray | None = None) -> pd.DataFrame:
+    def table(
+        self, model: ModelConfig, enc: Encoding, split: np.ndarray | None = None
+    ) -> pd.DataFrame:
         """The table users read, one row per image in input order, from an
         :class:`emvae.encode.Encoding` of these images (docs/conventions.md, "What the tables
         report (image frame)").
@@ -418,7 +427,7 @@ class Particles:
             cols["split"] = split
         return pd.DataFrame(cols)
 
-    def write_star(self, table: pd.DataFrame, path: str | os.PathLike) -> str:
+    def write_star(self, table: pd.DataFrame, path: str | os.PathLike[str]) -> str:
         """``table``'s poses as a STAR file: the input STAR's rows and columns (when the input
         was one) with emvae's poses; RELION 3.1 layout, or 3.0 (origins in pixels) when the
         pixel size is unknown. A cryoSPARC input's voltage, Cs and amplitude contrast fill the
@@ -485,8 +494,8 @@ def _value_range(stack: ImageStack) -> str:
 def open_images(
     specs: Specs,
     pre: Preprocess,
-    datadir: str | os.PathLike | None = None,
-    ind: str | os.PathLike | None = None,
+    datadir: str | os.PathLike[str] | None = None,
+    ind: str | os.PathLike[str] | None = None,
     apix: float | None = None,
 ) -> ImageStack:
     """Open ``specs`` for the preprocessing ``pre``: pictures and FITS images are cut to its

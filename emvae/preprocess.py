@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -54,6 +54,7 @@ class Preprocess:
     clip: bool = False  # clip to [0, 1] last (pictures: resampling overshoots a little)
 
     def validate(self) -> None:
+        """Refuse settings out of range, one line naming the option."""
         if self.size is not None and self.size < 2:
             raise ConfigError(f"-D/--downsample must be at least 2, got {self.size}")
         if self.crop is not None and self.crop < 2:
@@ -67,6 +68,7 @@ class Preprocess:
 
     @property
     def active(self) -> bool:
+        """Whether these settings change the images at all."""
         return self != Preprocess(seed=self.seed)
 
     @classmethod
@@ -76,7 +78,7 @@ class Preprocess:
         size: int | None = None,
         crop: int | None = None,
         jitter: int | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> Preprocess:
         """Settings with the defaults of an input kind (:func:`emvae.io.input_kind`): pictures
         get the Galaxy Zoo window (crop 207, jitter 12 px, -D 64) and clipping; ``crop=0``
@@ -90,7 +92,7 @@ class Preprocess:
 
     @classmethod
     def for_inputs(
-        cls, specs: list[str | os.PathLike] | str | os.PathLike, **options: Any
+        cls, specs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], **options: Any
     ) -> Preprocess:
         """:meth:`for_input` for the kind of the first of ``specs`` (as the readers take them)."""
         from emvae.io import input_kind
@@ -98,11 +100,13 @@ class Preprocess:
         first = specs if isinstance(specs, (str, os.PathLike)) else (list(specs) or ["?"])[0]
         return cls.for_input(input_kind(first), **options)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain values (config.json's data section, the cache's attributes)."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> Preprocess:
+    def from_dict(cls, d: dict[str, Any] | None) -> Preprocess:
+        """Settings from :meth:`to_dict`'s form (None: the defaults)."""
         return cls(**(d or {}))
 
 
@@ -173,7 +177,7 @@ def prepare(stack: ImageStack, pre: Preprocess) -> Prepared:
     return Prepared(size, stack.channels, scale, offsets, apply)
 
 
-def prepare_for(stack: ImageStack, settings: dict | None) -> Prepared:
+def prepare_for(stack: ImageStack, settings: dict[str, Any] | None) -> Prepared:
     """Plan the preprocessing a run recorded (``DataConfig.preprocess``) for ``stack``: none
     when the stack is an emvae cache made with those settings, an error when made with others.
     """
@@ -188,7 +192,7 @@ def prepare_for(stack: ImageStack, settings: dict | None) -> Prepared:
     return prepare(stack, Preprocess(seed=pre.seed))
 
 
-def _describe(settings: dict) -> str:
+def _describe(settings: dict[str, Any]) -> str:
     d = Preprocess.from_dict(settings)
     parts = [
         f"{k}={v}" for k, v in d.to_dict().items() if k != "seed" and v != getattr(Preprocess(), k)
@@ -214,7 +218,8 @@ def fourier_downsample(images: np.ndarray, size: int) -> np.ndarray:
     f = f[..., rows, : size // 2 + 1]
     out = scipy.fft.irfft2(f, s=(size, size), workers=-1)
     out *= (size / n) ** 2
-    return out
+    result: np.ndarray = out
+    return result
 
 
 def normalize_images(images: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
@@ -225,7 +230,8 @@ def normalize_images(images: np.ndarray, where: np.ndarray | None = None) -> np.
     mean = sel.mean(-1, keepdims=True, dtype=np.float64)
     std = sel.std(-1, keepdims=True, dtype=np.float64)
     std[std == 0] = 1.0
-    return ((flat - mean) / std).astype(np.float32).reshape(images.shape)
+    result: np.ndarray = ((flat - mean) / std).astype(np.float32).reshape(images.shape)
+    return result
 
 
 def circle(size: int, radius: float) -> np.ndarray:
@@ -251,7 +257,9 @@ def _cut(x: np.ndarray, starts: np.ndarray, c: int) -> np.ndarray:
     return np.moveaxis(picked, -1, 1)
 
 
-def iter_chunks(stack: ImageStack, prepared: Prepared, chunk: int = CHUNK):
+def iter_chunks(
+    stack: ImageStack, prepared: Prepared, chunk: int = CHUNK
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, processed images)`` over the whole stack, ``chunk`` images at a time,
     reading the next chunk from disk while the current one is processed."""
     from concurrent.futures import ThreadPoolExecutor
@@ -324,7 +332,7 @@ def _which(stack: ImageStack, k: int) -> str:
 def write_cache(
     stack: ImageStack,
     pre: Preprocess,
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     *,
     force: bool = False,
     chunk: int = CHUNK,

@@ -27,6 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from typing_extensions import override
 
 from emvae.errors import ConfigError
 
@@ -74,22 +75,27 @@ class TeeProgress(TrainingProgress):
     def __init__(self, *targets: TrainingProgress) -> None:
         self._targets = targets
 
+    @override
     def start(self, first_epoch: int, total_epochs: int) -> None:
         for t in self._targets:
             t.start(first_epoch, total_epochs)
 
+    @override
     def epoch_start(self, epoch: int, n_steps: int, n_images: int = 0) -> None:
         for t in self._targets:
             t.epoch_start(epoch, n_steps, n_images)
 
+    @override
     def step(self, stats: str = "") -> None:
         for t in self._targets:
             t.step(stats)
 
+    @override
     def epoch_end(self, epoch: int, stats: str) -> None:
         for t in self._targets:
             t.epoch_end(epoch, stats)
 
+    @override
     def task(self, description: str, total: int) -> Advance:
         advances = [t.task(description, total) for t in self._targets]
 
@@ -99,10 +105,12 @@ class TeeProgress(TrainingProgress):
 
         return advance
 
+    @override
     def line(self, text: str) -> None:
         for t in self._targets:
             t.line(text)
 
+    @override
     def close(self) -> None:
         for t in self._targets:
             t.close()
@@ -116,17 +124,20 @@ class LiveProgress(TrainingProgress):
         self._epochs: TaskID | None = None
         self._steps: TaskID | None = None
 
+    @override
     def start(self, first_epoch: int, total_epochs: int) -> None:
         self._epochs = self._p.add_task(
             "epochs", total=total_epochs, completed=first_epoch, stats=""
         )
 
+    @override
     def epoch_start(self, epoch: int, n_steps: int, n_images: int = 0) -> None:
         if self._steps is not None:
             self._p.remove_task(self._steps)
         self._steps = self._p.add_task(f"epoch {epoch}", total=n_steps, stats="")
         self._per_step = n_images / n_steps if n_steps and n_images else 0.0
 
+    @override
     def step(self, stats: str = "") -> None:
         assert self._steps is not None, "epoch_start() comes first"
         task = self._p.tasks[self._p.task_ids.index(self._steps)]
@@ -135,16 +146,19 @@ class LiveProgress(TrainingProgress):
             stats = f"{speed * self._per_step:.0f} images/s  {stats}".rstrip()
         self._p.update(self._steps, advance=1, stats=stats)
 
+    @override
     def epoch_end(self, epoch: int, stats: str) -> None:
         assert self._epochs is not None, "start() comes first"
         line = f"epoch {epoch}: {stats}"
         self._p.update(self._epochs, advance=1, stats=line)
         self._p.console.print(line)
 
+    @override
     def task(self, description: str, total: int) -> Advance:
         tid = self._p.add_task(description, total=total, stats="")
         return lambda n=1: self._p.update(tid, advance=n)
 
+    @override
     def line(self, text: str) -> None:
         self._p.console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
@@ -181,6 +195,7 @@ class PlainProgress(TrainingProgress):
         self._images = 0
         self._t_said = 0.0
 
+    @override
     def line(self, text: str) -> None:
         self._print(text)
 
@@ -190,16 +205,19 @@ class PlainProgress(TrainingProgress):
             f"{stamp}  {text}", markup=False, highlight=False, emoji=False, soft_wrap=True
         )
 
+    @override
     def start(self, first_epoch: int, total_epochs: int) -> None:
         self._end_loop()
         self._first, self._total = first_epoch, total_epochs
         self._t_start = self._t_epoch = self._clock()
 
+    @override
     def epoch_start(self, epoch: int, n_steps: int, n_images: int = 0) -> None:
         self._end_loop()
         self._t_epoch = self._t_said = self._clock()
         self._epoch, self._steps, self._images = epoch, (0, n_steps), n_images
 
+    @override
     def step(self, stats: str = "") -> None:
         done, total = self._steps[0] + 1, self._steps[1]
         self._steps = (done, total)
@@ -221,6 +239,7 @@ class PlainProgress(TrainingProgress):
             f"{datetime.timedelta(seconds=round(run_left))}"
         )
 
+    @override
     def epoch_end(self, epoch: int, stats: str) -> None:
         now = self._clock()
         timing = f"{now - self._t_epoch:.1f} s"
@@ -230,6 +249,7 @@ class PlainProgress(TrainingProgress):
             timing += f", ETA {datetime.timedelta(seconds=round(eta))}"
         self._print(f"epoch {epoch}/{self._total}  {stats}  ({timing})")
 
+    @override
     def task(self, description: str, total: int) -> Advance:
         self._end_loop()
         t0 = self._clock()
@@ -267,6 +287,7 @@ class PlainProgress(TrainingProgress):
             done = f"{loop.done}/{loop.total}"
             self._print(f"{loop.description}: stopped at {done} after {dt:.1f} s")
 
+    @override
     def close(self) -> None:
         self._end_loop()
 

@@ -136,7 +136,8 @@ def condition_mask(frame: pd.DataFrame, condition: str, *, where: str = "--query
             f"{what}: gives {result.dtype} values, not true/false for each particle "
             "(compare a column: 'z1 > 0.5')"
         )
-    return result.fillna(False).to_numpy(dtype=bool)
+    mask: np.ndarray = result.fillna(False).to_numpy(dtype=bool)
+    return mask
 
 
 def _words(text: str) -> str:

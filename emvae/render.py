@@ -59,6 +59,7 @@ class PosedGenerator(nn.Module):
 
     @property
     def input_names(self) -> list[str]:
+        """The exported graph's input names, in order (no ``z`` without latent dimensions)."""
         return (["z"] if self.zdim else []) + ["theta_deg", "shift_px"]
 
     def forward(self, z: Tensor, theta_deg: Tensor, shift_px: Tensor) -> Tensor:
@@ -78,7 +79,8 @@ class PosedGenerator(nn.Module):
         if self.bernoulli:
             mean = torch.sigmoid(mean)
         d = self.size
-        return mean.transpose(1, 2).reshape(b, self.channels, d, d)
+        out: Tensor = mean.transpose(1, 2).reshape(b, self.channels, d, d)
+        return out
 
 
 class _WithoutZ(nn.Module):
@@ -90,7 +92,8 @@ class _WithoutZ(nn.Module):
 
     def forward(self, theta_deg: Tensor, shift_px: Tensor) -> Tensor:
         z = theta_deg.new_zeros(theta_deg.shape[0], 0)
-        return self.gen(z, theta_deg, shift_px)
+        out: Tensor = self.gen(z, theta_deg, shift_px)
+        return out
 
 
 def example_inputs(gen: PosedGenerator, batch: int = 2) -> tuple[Tensor, ...]:
@@ -114,7 +117,7 @@ def require_onnx(*modules: str) -> None:
             raise EmvaeError(ONNX_HINT) from None
 
 
-def export_onnx(model: SpatialVAE, path: str | os.PathLike, opset: int = 18) -> Path:
+def export_onnx(model: SpatialVAE, path: str | os.PathLike[str], opset: int = 18) -> Path:
     """Write the model's :class:`PosedGenerator` (float32, CPU) to ``path`` as one ONNX file:
     inputs ``z`` ``(B, K)`` (when K > 0), ``theta_deg`` ``(B,)``, ``shift_px`` ``(B, 2)``;
     output ``image`` ``(B, C, D, D)``; B is a dynamic axis ``batch``."""
@@ -156,7 +159,7 @@ def export_onnx(model: SpatialVAE, path: str | os.PathLike, opset: int = 18) -> 
     return path
 
 
-def check_onnx(model: SpatialVAE, path: str | os.PathLike, batch: int = 5) -> float:
+def check_onnx(model: SpatialVAE, path: str | os.PathLike[str], batch: int = 5) -> float:
     """Largest absolute difference between onnxruntime's output of the file at ``path`` and
     torch's :class:`PosedGenerator` for ``batch`` random inputs."""
     require_onnx("onnxruntime")
@@ -172,3 +175,33 @@ def check_onnx(model: SpatialVAE, path: str | os.PathLike, batch: int = 5) -> fl
     feed = {name: a.numpy() for name, a in zip(gen.input_names, args, strict=True)}
     (got,) = session.run(["image"], feed)
     return float(np.abs(np.asarray(got) - want).max())
+
+
+def export_run(
+    run: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    opset: int = 18,
+    check: bool = True,
+    force: bool = False,
+) -> str:
+    """``emvae export-onnx``: the generator of ``run`` (a run folder or a checkpoint) as the
+    ONNX file ``out`` (:func:`export_onnx`), compared with torch in onnxruntime when
+    ``check``; an existing ``out`` is refused unless ``force``. Returns the line that says
+    what was written."""
+    from emvae.run import CONFIG, LAST, load_model
+    from emvae.safety import refuse_existing, refuse_inputs_as_outputs
+
+    source, out = Path(run), Path(out)
+    inputs = [source] if source.is_file() else [source / LAST, source / CONFIG]
+    refuse_inputs_as_outputs([out], inputs)
+    refuse_existing(out, force)
+    require_onnx("onnx", "onnxscript", *(["onnxruntime"] if check else []))
+    model, _, _ = load_model(source, "cpu")
+    path = export_onnx(model, out, opset)
+    k = model.config.zdim
+    names = (f"z (batch, {k}), " if k else "") + "theta_deg (batch,), shift_px (batch, 2)"
+    c, d = model.config.channels, model.config.image_size
+    line = f"wrote {path}: {names} -> image (batch, {c}, {d}, {d})"
+    if check:
+        line += f"; onnxruntime matches torch to {check_onnx(model, path):.1e}"
+    return line

@@ -27,6 +27,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
+if TYPE_CHECKING:
+    from emvae.models import SpatialVAE
+    from emvae.particles import Particles
+
 from emvae import checkpoint
 from emvae.config import RunConfig, read_config
 from emvae.errors import ConfigError, EmvaeError, InputError, OutputExistsError
@@ -65,7 +69,8 @@ class Run:
         self.path = Path(self.path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> Run:
+    def open(cls, path: str | os.PathLike[str]) -> Run:
+        """The run in the folder ``path``; an :class:`InputError` when there is no such folder."""
         p = Path(path)
         if not p.is_dir():
             raise InputError(p, "no such run directory" if not p.exists() else "not a directory")
@@ -73,10 +78,12 @@ class Run:
 
     @property
     def has_config(self) -> bool:
+        """Whether the folder holds config.json."""
         return (self.path / CONFIG).exists()
 
     @property
     def config(self) -> RunConfig:
+        """config.json, read once; an :class:`InputError` without one."""
         if self._config is None:
             if not self.has_config:
                 raise InputError(self.path, f"is not an emvae run directory (no {CONFIG})")
@@ -84,7 +91,7 @@ class Run:
         return self._config
 
     @classmethod
-    def of(cls, source: str | os.PathLike) -> Run | None:
+    def of(cls, source: str | os.PathLike[str]) -> Run | None:
         """The run a checkpoint or run directory belongs to (None for a checkpoint file kept
         elsewhere)."""
         p = Path(source)
@@ -99,6 +106,7 @@ class Run:
 
     @property
     def last(self) -> Path:
+        """The last checkpoint's path (``checkpoints/last.pt``; it may not exist yet)."""
         return self.path / LAST
 
     def checkpoints(self) -> list[Path]:
@@ -158,7 +166,7 @@ def check_same_run(path: Path, made_by: str, described: str) -> None:
         )
 
 
-def load_checkpoint(source: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(source: str | os.PathLike[str]) -> dict[str, Any]:
     """A checkpoint file, or a run folder's last checkpoint (checked against its config.json),
     read onto the CPU."""
     p = Path(source)
@@ -166,23 +174,30 @@ def load_checkpoint(source: str | os.PathLike) -> dict[str, Any]:
         return checkpoint.load_checkpoint(p)
     if not (p / LAST).exists():
         raise InputError(p, f"is a directory without {LAST}")
-    ckpt = checkpoint.load_checkpoint(p / LAST)
-    if (p / CONFIG).exists():
+    return _checked_last(p, checkpoint.load_checkpoint(p / LAST))
+
+
+def _checked_last(folder: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """``ckpt``, ``folder``'s last checkpoint, once it is known to belong to the run that
+    ``folder``'s config.json describes (when there is one)."""
+    if (folder / CONFIG).exists():
         made_by = str(ckpt.get("config", {}).get("run_id", ""))
-        check_same_run(p / LAST, made_by, read_config(p / CONFIG).run_id)
+        check_same_run(folder / LAST, made_by, read_config(folder / CONFIG).run_id)
     return ckpt
 
 
-def load_model(source: str | os.PathLike, device: torch.device | str = "cpu"):
+def load_model(
+    source: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[SpatialVAE, RunConfig, dict[str, Any]]:
     """Rebuild the model from a checkpoint file or a run folder (:func:`load_checkpoint`):
     ``(model in eval mode on device, RunConfig, checkpoint dict)``."""
     return checkpoint.build_model(load_checkpoint(source), device)
 
 
-def kept_checkpoints(run) -> list[tuple[int, Path]]:
+def kept_checkpoints(run: Run) -> list[tuple[int, Path]]:
     """``(epoch, path)`` of every checkpoint ``run`` (a :class:`Run`) kept, oldest
     first: the numbered ones, and ``last.pt`` when its epoch is not among them."""
-    found = {}
+    found: dict[int, Path] = {}
     for path in run.checkpoints():
         try:
             found[int(path.stem.split("_")[1])] = path
@@ -194,7 +209,7 @@ def kept_checkpoints(run) -> list[tuple[int, Path]]:
     return sorted(found.items())
 
 
-def checkpoint_of(run, epoch: int) -> Path:
+def checkpoint_of(run: Run, epoch: int) -> Path:
     """The kept checkpoint of ``epoch``; a ConfigError naming the kept epochs when there is
     none."""
     kept = dict(kept_checkpoints(run))
@@ -223,6 +238,7 @@ def check_run_table(table: pd.DataFrame, config: RunConfig, path: Path) -> None:
 
 
 def has_last(out: Path) -> bool:
+    """Whether the folder ``out`` holds a last checkpoint."""
     return (out / LAST).exists()
 
 
@@ -247,7 +263,7 @@ def _holds(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
-def check_output_dir(out: str | os.PathLike, force: bool = False) -> None:
+def check_output_dir(out: str | os.PathLike[str], force: bool = False) -> None:
     """Refuse, before any work is done, an ``out`` holding files of the names a fit writes (or
     retires) that emvae did not write, with or without ``force``; and one holding emvae
     outputs unless ``force``."""
@@ -278,8 +294,17 @@ def work_dir(out: Path, force: bool, resume: bool) -> Path:
     return out
 
 
-def resume_point(out: Path, work: Path) -> dict[str, Any]:
-    """The checkpoint a ``--resume`` continues from (checked against config.json)."""
+def read_last(out: Path, force: bool) -> dict[str, Any] | None:
+    """The checkpoint a ``--resume`` of ``out`` would continue from (that of an interrupted
+    ``--force`` re-run when ``force``), read onto the CPU but not yet checked; None when there
+    is none. :func:`resume_point` checks it."""
+    work = work_dir(out, force, resume=True)
+    return checkpoint.load_checkpoint(work / LAST) if has_last(work) else None
+
+
+def resume_point(out: Path, work: Path, last: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint a ``--resume`` continues from (checked against config.json): ``last``
+    when the caller has read it already (:func:`read_last`), else ``work``'s ``last.pt``."""
     if work == out and has_last(out / STAGING):
         raise EmvaeError(
             f"{out}: holds an interrupted --force re-run in {out / STAGING}; continue that "
@@ -289,10 +314,12 @@ def resume_point(out: Path, work: Path) -> dict[str, Any]:
         raise EmvaeError(f"{out}: nothing to resume (no checkpoints/last.pt)")
     adopt_legacy_run(work)
     claim_outputs(work, (*TABLES, STAR, LOG), force=True)  # the user's files: never replaced
-    return load_checkpoint(work)
+    return load_checkpoint(work) if last is None else _checked_last(work, last)
 
 
 def prepare_output(out: Path, work: Path, force: bool) -> None:
+    """Make ready to write a new run into ``work`` (``out``, or its staging folder): refuse an
+    existing run unless ``force``, and a ``checkpoints`` link; clear an interrupted re-run."""
     check_output_dir(out, force)
     if (out / CHECKPOINTS).is_symlink() or (work / CHECKPOINTS).is_symlink():
         raise OutputExistsError(f"{out}: checkpoints is a link; emvae will not write through it")
@@ -345,7 +372,7 @@ def write_checkpoint(work: Path, state: dict[str, Any], keep: bool) -> None:
         shutil.copyfile(last, work / CHECKPOINTS / f"epoch_{state['epoch']:04d}.pt")
 
 
-def write_particles(work: Path, table: pd.DataFrame, particles, run_id: str) -> str:
+def write_particles(work: Path, table: pd.DataFrame, particles: Particles, run_id: str) -> str:
     """particles.csv, particles.h5 (stamped with ``run_id``) and particles.star; returns the
     STAR layout written (see :meth:`emvae.particles.Particles.write_star`)."""
     write_table(table, work / "particles.csv")

@@ -30,7 +30,7 @@ class RunLog:
     """``folder/run.log`` opened for appending; :attr:`progress` writes the progress lines
     into it, :meth:`line` any other line. :meth:`close` records the file in the manifest."""
 
-    def __init__(self, folder: str | os.PathLike, run_id: str = "") -> None:
+    def __init__(self, folder: str | os.PathLike[str], run_id: str = "") -> None:
         self.folder = Path(folder)
         self.run_id = run_id
         path = self.folder / LOG
@@ -58,7 +58,7 @@ class RunLog:
 
 @contextlib.contextmanager
 def run_log(
-    folder: str | os.PathLike, run_id: str = "", enabled: bool = True
+    folder: str | os.PathLike[str], run_id: str = "", enabled: bool = True
 ) -> Iterator[RunLog | None]:
     """The run's log for the block (None when not ``enabled``: not the main process). An
     exception that ends the block is logged as the line ``stopped: ...`` before it goes on."""
@@ -78,7 +78,7 @@ def run_log(
         log.close()
 
 
-def append_log(folder: str | os.PathLike, lines: Iterable[str], run_id: str = "") -> None:
+def append_log(folder: str | os.PathLike[str], lines: Iterable[str], run_id: str = "") -> None:
     """Append ``lines`` (timestamped) to ``folder``'s run.log, e.g. what a command printed
     after :func:`emvae.train.fit` returned."""
     with run_log(folder, run_id) as log:

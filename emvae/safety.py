@@ -59,7 +59,7 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary path beside ``path``; rename it to ``path`` when the block ends
     without an exception, remove it otherwise. The temporary file is created exclusively with
     the permissions a plain ``open`` would give (mode ``0666 & ~umask``)."""
@@ -80,7 +80,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def check_writable(folder: str | os.PathLike) -> Path:
+def check_writable(folder: str | os.PathLike[str]) -> Path:
     """Create ``folder`` if needed and prove a file can be written there; one line if not."""
     d = Path(folder)
     try:
@@ -93,7 +93,7 @@ def check_writable(folder: str | os.PathLike) -> Path:
     return d
 
 
-def check_free_space(folder: str | os.PathLike, need_bytes: int) -> None:
+def check_free_space(folder: str | os.PathLike[str], need_bytes: int) -> None:
     """Refuse to start when ``folder``'s file system has less than ``need_bytes`` free."""
     d = Path(folder)
     while not d.exists() and d != d.parent:
@@ -137,7 +137,9 @@ def _identity(p: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def refuse_inputs_as_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[Path]) -> None:
+def refuse_inputs_as_outputs(
+    outputs: Iterable[str | os.PathLike[str]], inputs: Iterable[str | os.PathLike[str]]
+) -> None:
     """Raise when an output path is (or links to) one of the input files (one ``stat`` per
     input, so a STAR file naming thousands of stacks costs milliseconds)."""
     ins = [Path(i) for i in inputs]
@@ -156,7 +158,9 @@ def check_names(names: Iterable[str], source: str) -> None:
     """Image names go into CSV, HDF5 and STAR files: refuse, before any work, file names that
     are not UTF-8 or hold a line break or tab (they would end a run in a crash, or break the
     STAR file RELION reads)."""
-    files = {str(n).partition("@")[2] or str(n) for n in names}
+    from emvae.io.stack import split_image_name  # (emvae.io imports this module)
+
+    files = {s[1] if (s := split_image_name(n)) else str(n) for n in names}
     for f in sorted(files):
         try:
             f.encode("utf-8")
@@ -200,7 +204,7 @@ def _manifest(folder: Path) -> dict[str, dict[str, str]]:
 
 
 def record_outputs(
-    folder: str | os.PathLike, names: Iterable[str], run_id: str = "", *, growing: bool = False
+    folder: str | os.PathLike[str], names: Iterable[str], run_id: str = "", *, growing: bool = False
 ) -> None:
     """Record the files ``names`` (relative to ``folder``) as emvae's: their content digest and
     ``run_id`` go into ``folder``'s :data:`MANIFEST` (written atomically). ``growing``: files
@@ -248,7 +252,7 @@ def _foreign(folder: Path, name: str, files: dict[str, dict[str, str]]) -> list[
     return [] if ours else [name]
 
 
-def foreign_outputs(folder: str | os.PathLike, names: Iterable[str]) -> list[str]:
+def foreign_outputs(folder: str | os.PathLike[str], names: Iterable[str]) -> list[str]:
     """Those of ``names`` (or of the files under them) that exist in ``folder`` and that
     emvae did not write (not in its manifest with the same content: the user's own, or
     changed since)."""
@@ -265,7 +269,7 @@ def use_force(what: str, to: str = "overwrite") -> OutputExistsError:
 
 
 def refuse_existing(
-    paths: str | os.PathLike | Iterable[str | os.PathLike], force: bool = False
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], force: bool = False
 ) -> None:
     """Refuse outputs that exist (or are links), unless ``force``: one error naming them."""
     if force:
@@ -277,7 +281,7 @@ def refuse_existing(
 
 
 def claim_outputs(
-    folder: str | os.PathLike, names: Iterable[str], force: bool, what: str = "outputs"
+    folder: str | os.PathLike[str], names: Iterable[str], force: bool, what: str = "outputs"
 ) -> None:
     """Refuse to write ``names`` into ``folder`` over files emvae did not write (always, by
     name), and over emvae's own ``what`` unless ``force``."""
@@ -297,7 +301,7 @@ def claim_outputs(
 
 
 @contextlib.contextmanager
-def run_lock(folder: str | os.PathLike) -> Iterator[None]:
+def run_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on the run ``folder`` (a :data:`LOCK` file holding this
     process's id) until the block ends; another process holding it: one line naming its id."""
     d = Path(folder)

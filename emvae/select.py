@@ -20,17 +20,18 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from emvae.config import RunConfig
 from emvae.errors import ConfigError, InputError
-from emvae.io import kind_by_suffix
+from emvae.io import input_files, kind_by_suffix, read_indices
 from emvae.io.stack import image_name, same_image
 from emvae.query import condition_mask
-from emvae.run import ANALYZE
-from emvae.safety import atomic_output, refuse_existing
+from emvae.run import ANALYZE, OUTPUTS, Run
+from emvae.safety import atomic_output, check_writable, refuse_existing, refuse_inputs_as_outputs
 
 #: Where ``emvae analyze`` writes its per-particle clusters and embeddings.
 CLUSTERS = Path(ANALYZE) / "clusters.csv"
@@ -46,6 +47,7 @@ __all__ = [
     "read_clusters",
     "read_input_rows",
     "select_rows",
+    "select_run",
     "selected_input_rows",
     "write_selection",
 ]
@@ -67,7 +69,7 @@ def parse_clusters(text: str) -> list[int]:
     return sorted(set(numbers))
 
 
-def read_clusters(run: str | os.PathLike) -> pd.DataFrame | None:
+def read_clusters(run: str | os.PathLike[str]) -> pd.DataFrame | None:
     """``RUN/analyze/clusters.csv`` (columns ``image``, ``input_row``, ``cluster``, ``PC1``..,
     ``UMAP1``..), or None when ``emvae analyze`` has not written it."""
     path = Path(run) / CLUSTERS
@@ -208,7 +210,7 @@ class InputRows:
 
     kind: str
     path: Path | None = None
-    blocks: dict = field(default_factory=dict)
+    blocks: dict[str, Any] = field(default_factory=dict[str, Any])
     key: str = ""
     version: str = ""
     array: np.ndarray | None = None
@@ -216,6 +218,7 @@ class InputRows:
 
     @property
     def suffix(self) -> str | None:
+        """The suffix of the input's own subset (.star or .cs), or None (index lists only)."""
         return {"star": ".star", "cs": ".cs"}.get(self.kind)
 
 
@@ -294,7 +297,7 @@ def read_input_rows(config: RunConfig, table: pd.DataFrame) -> InputRows:
 # ----------------------------------------------------------------------------- writing
 
 
-def output_paths(out: str | os.PathLike, suffix: str | None) -> list[Path]:
+def output_paths(out: str | os.PathLike[str], suffix: str | None) -> list[Path]:
     """``OUT.txt``, ``OUT.npy`` and ``OUT`` + ``suffix`` (".star"/".cs"/None) for the stem
     ``OUT`` (a given ``OUT.txt``, ``.npy``, ``.star``, ``.cs`` is taken as its stem)."""
     p = Path(out)
@@ -312,7 +315,7 @@ def _float(v: float) -> str:
 
 
 def write_selection(
-    rows: np.ndarray, out: str | os.PathLike, source: InputRows, force: bool = False
+    rows: np.ndarray, out: str | os.PathLike[str], source: InputRows, force: bool = False
 ) -> list[Path]:
     """Write the selection of 0-based input ``rows`` (ascending) under the stem ``out``: the
     index lists and, for a STAR or .cs input, its subset. Every file is written atomically and
@@ -337,3 +340,74 @@ def write_selection(
             with open(tmp[2], "wb") as f:  # np.save(path) would append .npy
                 np.save(f, source.array[rows])
     return paths
+
+
+# ----------------------------------------------------------------------------- emvae select
+
+
+def select_run(
+    run_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    cluster: str | None = None,
+    query: str | None = None,
+    indices: str | os.PathLike[str] | None = None,
+    invert: bool = False,
+    force: bool = False,
+) -> str:
+    """``emvae select``: select particles of the run in ``run_dir`` by exactly one of
+    ``cluster`` ("1,3": 1-based clusters of ``RUN/analyze/clusters.csv``), ``query`` (a
+    condition on the table's columns, :mod:`emvae.query`) or ``indices`` (a file of 0-based
+    input rows: .txt, .npy or cryoDRGN .pkl); ``invert`` keeps the others. Writes the
+    selection under the stem ``out`` (:func:`write_selection`) and returns the line that says
+    what was written."""
+    options = {"--cluster": cluster, "--query": query, "--indices": indices}
+    given = [name for name, value in options.items() if value is not None]
+    if len(given) != 1:
+        got = f" (got {', '.join(given)})" if given else ""
+        raise ConfigError(f"give exactly one of --cluster, --query, --indices{got}")
+    run = Run.open(run_dir)
+    table = run.table()
+    config = run.config
+    source = read_input_rows(config, table)
+    paths = output_paths(out, source.suffix)
+    inputs = [
+        *input_files(config.data.paths, table["image"].astype(str)),
+        *(run.path / name for name in OUTPUTS),
+        run.path / CLUSTERS,
+        *([indices] if indices is not None else []),
+    ]
+    refuse_inputs_as_outputs(paths, inputs)
+    refuse_existing(paths, force)
+    check_writable(paths[0].parent)
+    clusters = read_clusters(run.path)
+    if cluster is not None and clusters is None:
+        raise ConfigError(
+            f"{run.path / CLUSTERS}: not found; --cluster needs the run's clusters: run "
+            f"emvae analyze {run_dir} first"
+        )
+    wanted = None if indices is None else read_indices(indices, _row_count(source, table, config))
+    positions = select_rows(
+        table,
+        clusters=parse_clusters(cluster) if cluster is not None else None,
+        query=query,
+        indices=wanted,
+        invert=invert,
+        cluster_table=clusters,
+    )
+    rows = selected_input_rows(table, positions)
+    written = write_selection(rows, out, source, force)
+    names = ", ".join([str(written[0]), *(p.suffix for p in written[1:])])
+    what = {"star": f" (RELION {source.version} STAR rows)", "cs": " (cryoSPARC rows)"}
+    note = f"; {source.note}" if source.note else ""
+    return f"wrote {names}: {len(rows)} of {len(table)} particles{what.get(source.kind, '')}{note}"
+
+
+def _row_count(source: InputRows, table: pd.DataFrame, config: RunConfig) -> int:
+    """How many rows the run's input has (an index beyond is refused): a STAR or .cs file's;
+    a stack's is the run's when it fitted all of it, else unknown (a bound no index reaches)."""
+    if source.kind == "star":
+        return len(source.blocks[source.key])
+    if source.kind == "cs":
+        return len(source.array) if source.array is not None else 0
+    return len(table) if config.data.ind is None else 2**62

@@ -74,9 +74,14 @@ class Blobs(Protocol):
     atomic models of :mod:`emvae.structure`)."""
 
     @property
-    def key(self) -> tuple[object, ...]: ...
+    def key(self) -> tuple[object, ...]:
+        """A hashable identity of the molecule (its frame is cached under it)."""
+        ...
 
-    def blobs(self, conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def blobs(self, conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Centres ``(n, M, 2)`` (coordinate units), sigmas ``(M,)`` and amplitudes ``(M,)`` of
+        the molecule's M blobs (or atoms) for conformations ``(n,)`` in [0, 1]."""
+        ...
 
 
 def _blobs(*rows: tuple[float, float, float, float]) -> np.ndarray:

@@ -124,7 +124,7 @@ def size_at(stages: list[tuple[int, int]], full: int, epoch: int) -> int:
     return full
 
 
-def stage_grid(full: int, size: int, dtype=torch.float32) -> Tensor:
+def stage_grid(full: int, size: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """Coordinates ``(size*size, 2)`` (x right, y up; row-major) of the pixels of a ``full``-px
     image Fourier-cropped to ``size`` px (:func:`fourier_crop`), in the full box's coordinate
     units (:func:`emvae.geometry.coordinate_grid`: 1 unit = (full - 1) / 2 full pixels). Pixel
@@ -150,7 +150,8 @@ def fourier_crop(images: Tensor, size: int) -> Tensor:
     lo = d // 2 - size // 2
     cut = f[..., lo : lo + size, lo : lo + size]
     out = torch.fft.ifft2(torch.fft.ifftshift(cut, dim=(-2, -1))).real * (size * size / (d * d))
-    return out.to(images.dtype)
+    result: Tensor = out.to(images.dtype)
+    return result
 
 
 def encoder_view(images: Tensor, size: int) -> Tensor:

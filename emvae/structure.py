@@ -226,6 +226,7 @@ class Motion:
 
     @property
     def rigid(self) -> bool:
+        """True when the motion moves nothing (no second model, no domain)."""
         return self.end is None and self.mask is None
 
     def positions(self, conformation: np.ndarray) -> np.ndarray:
@@ -397,6 +398,7 @@ class StructureObject:
 
     @cached_property
     def key(self) -> tuple[object, ...]:
+        """A hashable identity of the projected model (its atoms, motion and view)."""
         digest = hashlib.sha1()
         for a in (self.motion.start, self.motion.end, self.motion.mask, self.motion.point,
                   self.motion.axis, self.z, self.sigma_A, self.residue):  # fmt: skip

@@ -23,6 +23,7 @@ import contextlib
 import json
 import platform
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +32,7 @@ import torch
 
 from emvae.config import EM_WIDTH, GALAXY_ENC_WIDTH, WIDTH, ModelConfig
 from emvae.data import keep_freed_memory
+from emvae.errors import ConfigError
 from emvae.models import SpatialVAE
 from emvae.train import training_step
 
@@ -94,6 +96,9 @@ def generator_flops(cfg: ModelConfig, pixels: int | None = None) -> float:
 
 @dataclass
 class Measurement:
+    """One timing of :func:`measure`: the configuration, device, precision and batch, and the
+    images/s, the generator's GFLOP/s and its fraction of the device's peak (None: unknown)."""
+
     config: str
     device: str
     precision: str
@@ -103,10 +108,12 @@ class Measurement:
     peak_fraction: float | None
 
     def json(self) -> str:
+        """The measurement as one JSON line."""
         return json.dumps(self.__dict__)
 
 
 def device_name(dev: torch.device) -> str:
+    """The device as reports name it: the GPU's model, or the CPU and its threads."""
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
@@ -193,7 +200,9 @@ def _ctf_params(batch: int, dev: torch.device) -> torch.Tensor:
     return torch.cat([torch.stack([df, df - 500, angle], 1), fixed.expand(batch, 7)], 1).to(dev)
 
 
-def _batches(x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitStack):
+def _batches(
+    x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitStack
+) -> Iterator[torch.Tensor]:
     """``n`` random batches like ``x`` read from a memory-mapped .npy (deleted afterwards)."""
     import tempfile
 
@@ -214,7 +223,7 @@ def _batches(x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitS
     return prefetched(data, idx, dev)
 
 
-def _thread_reader(data: Any, batches: list, device: torch.device):
+def _thread_reader(data: Any, batches: list[Any], device: torch.device) -> Iterator[torch.Tensor]:
     """The reader fit used until 2026-12 (one batch read ahead in a thread), kept as the
     baseline of :func:`loader_rates`."""
     from concurrent.futures import ThreadPoolExecutor
@@ -262,7 +271,7 @@ def loader_rates(
         def step(x: torch.Tensor) -> None:
             training_step(model, opt, x, augment=True, amp=contextlib.nullcontext())
 
-    def timed(batches) -> float:
+    def timed(batches: Iterator[torch.Tensor]) -> float:
         it = iter(batches)
         first = next(it)
         if step is not None:
@@ -281,4 +290,39 @@ def loader_rates(
     for w in workers:
         name = f"DataLoader, {w} worker{'s' if w != 1 else ''}"
         rows.append((name, timed(prefetched(data, tensors, dev, readers=w))))
+    return rows
+
+
+def measure_all(
+    names: Sequence[str],
+    dev: torch.device,
+    precisions: Sequence[str] = ("fp32",),
+    batches: Sequence[int] = (100,),
+    steps: int = 5,
+    *,
+    stream: bool = False,
+    ctf: bool = False,
+    log: Callable[[str], None] = print,
+    **options: Any,
+) -> list[Measurement]:
+    """:func:`measure` for every configuration in ``names`` x precision x batch size, each
+    plain, then streamed (``stream``), then with the CTF (``ctf``); one line to ``log`` per
+    measurement as it comes. ``options``: :func:`measure`'s other keywords."""
+    unknown = set(names) - set(CONFIGS)
+    if unknown:
+        raise ConfigError(f"unknown --config {sorted(unknown)}; choose from {sorted(CONFIGS)}")
+    variants = [(False, False)] + [(True, False)] * stream + [(False, True)] * ctf
+    rows = []
+    for name in names:
+        for prec in precisions:
+            for b in batches:
+                for streamed, with_ctf in variants:
+                    m = measure(name, dev, prec, b, steps, stream=streamed, ctf=with_ctf, **options)
+                    rows.append(m)
+                    peak = f"{100 * m.peak_fraction:.0f}%" if m.peak_fraction is not None else "-"
+                    log(
+                        f"{name:7s} {m.precision:14s} batch {b:4d}: {m.images_per_s:9.1f} "
+                        f"images/s, generator {m.gflop_per_s:9.1f} GFLOP/s, peak {peak}  "
+                        f"[{m.device}]"
+                    )
     return rows

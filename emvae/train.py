@@ -27,6 +27,7 @@ from emvae._version import __version__
 from emvae.config import RunConfig
 from emvae.ctf import likelihood_ctf
 from emvae.data import (
+    StreamedImages,
     default_pass_memory_mb,
     gather,
     keep_freed_memory,
@@ -66,6 +67,9 @@ def metric_columns(zdim: int, deform: bool = False) -> list[str]:
 
 @dataclass
 class FitResult:
+    """What :func:`fit` returns: the trained model, the resolved configuration, the run folder,
+    the particle table (empty on ranks other than 0), the metrics rows and the STAR layout."""
+
     model: SpatialVAE
     config: RunConfig
     out_dir: Path
@@ -84,6 +88,7 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[int, SpatialVAE, Any], dict[str, float]] | None = None,
     notes: Sequence[str] = (),
+    last: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train (or resume training) on ``particles`` and write every output into ``out_dir``.
 
@@ -99,8 +104,10 @@ def fit(
     and every progress line, timestamped; appended to by a resume).
 
     ``resume`` continues from ``checkpoints/last.pt`` with the stored configuration (only the
-    number of epochs may change), reproducing the uninterrupted run exactly. Without ``resume``
-    an ``out_dir`` holding emvae outputs is refused unless ``force``.
+    number of epochs may change), reproducing the uninterrupted run exactly; ``last``: that
+    checkpoint when the caller has read it already (:func:`emvae.run.read_last`), so that it is
+    read once. Without ``resume`` an ``out_dir`` holding emvae outputs is refused unless
+    ``force``.
 
     Launched by ``torchrun``, every process trains its share of each global batch
     (:mod:`emvae.distributed`) and only rank 0 writes. A stack too large for memory is streamed
@@ -112,10 +119,10 @@ def fit(
     """
     out = Path(out_dir)
     if int(os.environ.get("RANK", "0")):  # torchrun: only rank 0 writes (and locks)
-        return _fit(particles, config, out, resume, force, progress, on_epoch, notes)
+        return _fit(particles, config, out, resume, force, progress, on_epoch, notes, last)
     check_writable(out)
     with run_lock(out):  # a second fit into the same folder refuses, naming this process
-        return _fit(particles, config, out, resume, force, progress, on_epoch, notes)
+        return _fit(particles, config, out, resume, force, progress, on_epoch, notes, last)
 
 
 def _fit(
@@ -127,6 +134,7 @@ def _fit(
     progress: bool,
     on_epoch: Callable[[int, SpatialVAE, Any], dict[str, float]] | None,
     notes: Sequence[str] = (),
+    last: dict[str, Any] | None = None,
 ) -> FitResult:
     """:func:`fit`, once the run folder is locked."""
     work = run.work_dir(out, force, resume)  # out, or the staging folder of a --force re-run
@@ -142,7 +150,7 @@ def _fit(
     stack = particles.stack if isinstance(particles, Particles) else particles
     command = config.command  # this call's (a resume takes the stored config's)
     if resume:
-        ckpt = run.resume_point(out, work)
+        ckpt = run.resume_point(out, work, last)
         epochs = config.train.epochs
         config = RunConfig.from_dict(ckpt["config"])
         config.train.epochs = max(epochs or config.train.epochs or 0, ckpt["epoch"])
@@ -340,7 +348,9 @@ def cpu_has_bf16(flags: str | None = None) -> bool:
     return "amx_bf16" in flags.split()
 
 
-def autocast_for(device: torch.device, enabled: bool = True):
+def autocast_for(
+    device: torch.device, enabled: bool = True
+) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast (float32 master weights) on CUDA, and on CPUs where it pays
     (:func:`cpu_has_bf16`); else a no-op context."""
     if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())):
@@ -348,7 +358,9 @@ def autocast_for(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
-def evaluation_autocast(device: torch.device, enabled: bool = True):
+def evaluation_autocast(
+    device: torch.device, enabled: bool = True
+) -> contextlib.AbstractContextManager[Any] | None:
     """The autocast of fit's test ELBO and table ELBO: training's on a GPU (bf16); None on a
     CPU, where float32 renders the generator's cache-sized chunks faster (bf16 tanh is slow on
     CPUs: docs/benchmarks.md, "Users' sizes")."""
@@ -374,7 +386,7 @@ class Step:
 
 def _train_epoch(
     s: Step,
-    data,
+    data: torch.Tensor | StreamedImages,
     train_idx: torch.Tensor,
     bar: TrainingProgress,
     epoch: int,
@@ -491,7 +503,7 @@ def training_step(
     rng: torch.Generator | None = None,
     use_z: bool = True,
     augment: bool = True,
-    amp=None,
+    amp: contextlib.AbstractContextManager[Any] | None = None,
     share: tuple[slice, int] | None = None,
     ctf: torch.Tensor | None = None,
     pixel_fraction: float = 1.0,
@@ -586,7 +598,7 @@ def training_step(
 
 
 @torch.no_grad()
-def prior_columns(model) -> dict[str, float]:
+def prior_columns(model: SpatialVAE) -> dict[str, float]:
     """metrics.csv's columns of the learned prior (``--prior hyperprior``; none otherwise):
     ``log_hyperprior`` (log p(s^2), nats, once per data set) and ``prior_std_z1..K`` (s_k)."""
     core = getattr(model, "module", model)
@@ -602,15 +614,15 @@ def prior_columns(model) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(
     model: SpatialVAE,
-    data,
-    idx,
+    data: torch.Tensor | StreamedImages,
+    idx: torch.Tensor,
     config: RunConfig,
-    device,
+    device: torch.device,
     seed: int,
     use_z: bool = True,
     ctx: Dist = SINGLE,
     ctf: torch.Tensor | None = None,
-    amp=None,
+    amp: contextlib.AbstractContextManager[Any] | None = None,
 ) -> dict[str, float]:
     """Mean ELBO terms (nats per image) over ``data[idx]``, no augmentation, seeded sample
     (shared across processes, each computing its part of every batch); the generator renders

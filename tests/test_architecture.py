@@ -1,5 +1,6 @@
 """The library's layering, read from its source with ``ast``: no import cycle among emvae's
-modules, and no emvae module imports the command line (emvae_cli)."""
+modules, no emvae module imports the command line (emvae_cli), and the command line is thin:
+option parsing, a library call, printing."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 from pathlib import Path
 
 LIBRARY = Path(__file__).resolve().parents[1] / "emvae"
+CLI = LIBRARY.parent / "cli" / "emvae_cli"
 
 #: Imports that still close a cycle, each with the change that removes it.
 ALLOWED: set[tuple[str, str]] = set()
@@ -126,3 +128,94 @@ def test_the_library_does_not_import_the_command_line():
                 continue
             offenders += [f"{name}: {t}" for t in targets if t.split(".")[0] == "emvae_cli"]
     assert offenders == []
+
+
+#: The most statements a command's body may hold (its docstring not counted).
+COMMAND_STATEMENTS = 15
+#: What a command may call inside a loop: printing only (the loops over data are the library's).
+PRINTS = {"err_console.print", "console.print", "typer.echo", "print"}
+#: Array and tensor libraries: the command line handles none.
+HEAVY = {"torch", "numpy", "pandas"}
+#: CLI modules not yet thin, each with why: emvae_cli.report's commands still loop over the
+#: runs and figures they write (write_montages is the library's now; issue 36 goes on).
+THICK = {"report.py"}
+
+
+def _cli_modules() -> dict[str, ast.Module]:
+    return {
+        f.name: ast.parse(f.read_text()) for f in sorted(CLI.glob("*.py")) if f.name not in THICK
+    }
+
+
+def _commands(tree: ast.Module) -> list[ast.FunctionDef]:
+    """The module's command functions: those wrapped by ``user_errors``."""
+    return [
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+        and any(ast.unparse(d).endswith("user_errors") for d in node.decorator_list)
+    ]
+
+
+def _body(fn: ast.FunctionDef) -> list[ast.stmt]:
+    """``fn``'s statements, nested ones included, less its docstring."""
+    first = fn.body[0]
+    doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    return [s for top in fn.body[doc:] for s in ast.walk(top) if isinstance(s, ast.stmt)]
+
+
+def _prints_only(loop: ast.For) -> bool:
+    return not loop.orelse and all(
+        isinstance(s, ast.Expr)
+        and isinstance(s.value, ast.Call)
+        and ast.unparse(s.value.func) in PRINTS
+        for s in loop.body
+    )
+
+
+def test_cli_commands_are_short():
+    """Each command: options, one library call (or a plan and its execution), printing."""
+    long = [
+        f"{name}: {fn.name} ({len(_body(fn))} statements)"
+        for name, tree in _cli_modules().items()
+        for fn in _commands(tree)
+        if len(_body(fn)) > COMMAND_STATEMENTS
+    ]
+    assert long == []
+
+
+def test_cli_commands_loop_only_to_print():
+    """No loop over data in the command line: a loop's body prints, nothing else."""
+    loops = [
+        f"{name}:{s.lineno} in {fn.name}"
+        for name, tree in _cli_modules().items()
+        for fn in _commands(tree)
+        for s in _body(fn)
+        if isinstance(s, ast.While | ast.AsyncFor)
+        or (isinstance(s, ast.For) and not _prints_only(s))
+    ]
+    assert loops == []
+
+
+def test_cli_imports_no_array_library():
+    """torch, numpy and pandas are the library's: the command line passes paths and options."""
+    found = []
+    for name, tree in _cli_modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                targets = [node.module or ""]
+            else:
+                continue
+            found += [f"{name}: {t}" for t in targets if t.split(".")[0] in HEAVY]
+    assert found == []
+
+
+def test_the_thin_cli_checks_see_a_thick_command():
+    source = (
+        '@user_errors\ndef cmd(x):\n    """Doc."""\n    for v in x:\n        y = v\n    print(y)\n'
+    )
+    fn = _commands(ast.parse(source))[0]
+    loops = [s for s in _body(fn) if isinstance(s, ast.For)]
+    assert len(_body(fn)) == 3 and not _prints_only(loops[0])

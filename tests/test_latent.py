@@ -150,15 +150,14 @@ def test_fit_and_report_say_when_z_is_unused(tiny_stack, tmp_path, monkeypatch):
     latent_usage, tested above; here the run's z is collapsed on purpose.)"""
     import json
 
-    import emvae_cli.fit as cli_fit
-
+    from emvae import fitting
     from emvae.io import read_table, write_table
 
     out = tmp_path / "run"
     args = ["fit", str(tiny_stack), "-o", str(out), "-n", "2", "--z-delay", "1", "--zdim", "1"]
     args += ["--gen-hidden", "16", "--enc-hidden", "16", "--enc-channels", "2", "-q"]
     collapsed = _table(np.full((5, 1), -0.03), np.full((5, 1), 0.41))
-    monkeypatch.setattr(cli_fit, "latent_usage", lambda table: latent_usage(collapsed))
+    monkeypatch.setattr(fitting, "latent_usage", lambda table: latent_usage(collapsed))
     r = runner.invoke(app, [*args, "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "warning: z1 (KL 0.476 nats" in r.output and "is unused" in r.output

@@ -3,7 +3,6 @@
 import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,11 @@ def test_ruff_formatted():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed")
-def test_mypy_clean():
-    """mypy as configured in pyproject.toml ([tool.mypy]: the emvae package)."""
-    r = subprocess.run([sys.executable, "-m", "mypy"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stdout + r.stderr
+def test_mypy_strict_clean(monkeypatch):
+    """mypy as configured in pyproject.toml ([tool.mypy]: strict, on emvae and emvae_cli)."""
+    from mypy import api
+
+    monkeypatch.chdir(ROOT)
+    stdout, stderr, status = api.run([])
+    assert status == 0, stdout + stderr
+    assert "Success: no issues found" in stdout

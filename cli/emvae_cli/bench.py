@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from pathlib import Path
 
 import typer
@@ -23,7 +24,9 @@ from emvae.simulate import (
 )
 from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, default, err_console, user_errors
 
-Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)
+# members from OBJECTS, which mypy cannot see: a str Enum for Typer's choices
+Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)  # type: ignore[misc]
+HINGE = Particle("hinge")  # --object's default
 
 bench_app = typer.Typer(
     rich_markup_mode=None,  # help as plain text: [brackets] kept, no <bool> metavars
@@ -63,7 +66,7 @@ def simulate(
     ),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed."),
     obj: Particle = typer.Option(
-        Particle.hinge,
+        HINGE,
         "--object",
         help="The molecule: hinge (an arm swings 90 degrees), clamp (a lid closes a C), slide "
         "(a domain slides along an L), random (drawn from --object-seed).",
@@ -202,8 +205,11 @@ def simulate(
 
 
 def _simulate_structure(
-    out, structure, structure2, domains, hinge_deg, view, tilt_deg, n, size, snr, shift_std,
-    apix, df, astigmatism, seed, deformed, classes, weights, junk, kinds,
+    out: Path, structure: list[Path], structure2: Path | None, domains: list[str],
+    hinge_deg: float, view: str, tilt_deg: float, n: int, size: int, snr: float,
+    shift_std: float, apix: float, df: float | tuple[float, float] | None, astigmatism: float,
+    seed: int, deformed: bool, classes: int, weights: tuple[float, ...] | None, junk: float,
+    kinds: tuple[str, ...],
 ) -> None:  # fmt: skip
     """``emvae simulate --structure``: :mod:`emvae.structure`."""
     from emvae import structure as st
@@ -240,13 +246,8 @@ def _simulate_structure(
     )
 
 
-def _csv(values) -> str:
+def _csv(values: Iterable[object]) -> str:
     return ",".join(str(v) for v in values)
-
-
-def _variants(stream: bool, ctf: bool) -> list[tuple[bool, bool]]:
-    """(streamed, CTF) pairs to time: the plain step, then each option asked for."""
-    return [(False, False)] + [(True, False)] * stream + [(False, True)] * ctf
 
 
 def _ints(text: str) -> list[int]:
@@ -437,39 +438,15 @@ def generator(
     ),
     seeds: str = typer.Option("0,1", "--seeds", help="Comma-separated initialisation seeds."),
     steps: int = typer.Option(1000, "--steps", min=1, help="Adam steps per run."),
-    hidden: int = typer.Option(128, "--hidden", min=1, help="Generator width (the example's)."),
+    hidden: int = typer.Option(
+        arg(bn.run_generator, "hidden"), "--hidden", min=1, help="Generator width (the example's)."
+    ),
     lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(50, "-b", "--batch-size", min=1),
 ) -> None:
     """Steps a generator alone needs to beat the mean image on the embedded example, given the
     true poses and conformation (how fast it can learn what z would tell it)."""
-    import numpy as np
-
-    from emvae.config import ModelConfig
-    from emvae.example import EXAMPLE_STACK
-    from emvae.simulate import simulate_particles
-
-    spec = {k: v for k, v in EXAMPLE_STACK.items() if k != "apix"}
-    images, truth = simulate_particles(**spec)
-    images = (images - images.mean()) / images.std()
-    size = images.shape[-1]
-    print(
-        "| Fourier features | seed | steps to beat the mean image | error at the end / mean image |"
-    )
-    print("|---|---|---|---|")
-    for f in (int(v) for v in fourier.split(",") if v):
-        for seed in (int(v) for v in seeds.split(",") if v):
-            cfg = ModelConfig(image_size=size, zdim=1, gen_hidden=hidden, fourier_features=f)
-            r = bn.generator_steps(images, truth, cfg, steps, batch_size, lr, seed=seed)
-            end = r["curve"][-1][1] / r["mean_image_error"]
-            print(f"| {f} | {seed} | {r['steps_to_beat_mean'] or f'> {steps}'} | {end:.3f} |")
-            np.savetxt(
-                f"generator_f{f}_s{seed}.csv",
-                np.array(r["curve"]),
-                delimiter=",",
-                header="step,error",
-                comments="",
-            )
+    bn.run_generator(_ints(fourier), _ints(seeds), steps, hidden, lr, batch_size, typer.echo)
 
 
 @bench_app.command("time-to-result")
@@ -522,8 +499,8 @@ def time_to_result(
         generator=generator,
         beta=beta,
     )
+    theta, z = "theta_circ_corr_0.95", "z_conformation_pearson_0.9"
     for row in table.to_dict("records"):
-        theta, z = "theta_circ_corr_0.95", "z_conformation_pearson_0.9"
         typer.echo(
             f"{row['encoder']}: θ >= 0.95 "
             f"{_when(row[f'first_epoch_{theta}'], row[f'minutes_to_{theta}'])}, z >= 0.9 "
@@ -532,7 +509,7 @@ def time_to_result(
     err_console.print(f"wrote {out / 'time_to_result_results.md'}", highlight=False)
 
 
-def _when(epoch, minutes) -> str:
+def _when(epoch: float | None, minutes: float) -> str:
     """'from epoch 4 (2.1 min)', or 'not reached'."""
     if epoch is None or epoch != epoch:
         return "not reached"
@@ -573,38 +550,13 @@ def throughput(
     FLOPs are counted analytically (formula in emvae/throughput.py); a table, then one JSON
     line per measurement."""
     from emvae.data import resolve_device
-    from emvae.throughput import CONFIGS, measure
+    from emvae.throughput import measure_all
 
-    dev = resolve_device(device)
-    names = [c for c in config.split(",") if c]
-    unknown = set(names) - set(CONFIGS)
-    if unknown:
-        raise ConfigError(f"unknown --config {sorted(unknown)}; choose from {sorted(CONFIGS)}")
-    rows = []
-    for name in names:
-        for prec in precision.split(","):
-            for b in _ints(batch):
-                for streamed, with_ctf in _variants(stream, ctf):
-                    m = measure(
-                        name,
-                        dev,
-                        prec,
-                        b,
-                        steps,
-                        compile_model=compile_model,
-                        stream=streamed,
-                        ctf=with_ctf,
-                        hidden=hidden,
-                        zdim=zdim,
-                        pixel_fraction=pixel_fraction,
-                    )
-                    rows.append(m)
-                    peak = f"{100 * m.peak_fraction:.0f}%" if m.peak_fraction is not None else "-"
-                    typer.echo(
-                        f"{name:7s} {m.precision:14s} batch {b:4d}: {m.images_per_s:9.1f} "
-                        f"images/s, generator {m.gflop_per_s:9.1f} GFLOP/s, peak {peak}  "
-                        f"[{m.device}]"
-                    )
+    rows = measure_all(
+        [c for c in config.split(",") if c], resolve_device(device), precision.split(","),
+        _ints(batch), steps, stream=stream, ctf=ctf, log=typer.echo, compile_model=compile_model,
+        hidden=hidden, zdim=zdim, pixel_fraction=pixel_fraction,
+    )  # fmt: skip
     for m in rows:
         typer.echo(m.json())
 

@@ -8,7 +8,7 @@ import functools
 import inspect
 import shlex
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.markup import escape
 
 from emvae.config import TrainConfig
 from emvae.errors import EmvaeError
+
+if TYPE_CHECKING:  # the click that typer bundles: the type of a context's parent
+    from typer._click.core import Context as ClickContext
 
 err_console = Console(stderr=True, soft_wrap=True)  # a pipe or log gets whole lines
 #: The largest --seed (NumPy and torch both take it).
@@ -86,7 +89,8 @@ def command_line(ctx: typer.Context) -> str:
     first), so it is the same whether emvae runs from its entry point, ``python -m`` or a
     test's CliRunner, whose ``sys.argv`` is the test runner's.
     """
-    chain, c = [], ctx  # the subcommands' names (the program's own name varies: emvae,
+    chain: list[str] = []
+    c: ClickContext = ctx  # the subcommands' names (the program's own name varies: emvae,
     while c.parent is not None:  # "python -m emvae_cli.main", a test's runner)
         chain.append(c.info_name or "")
         c = c.parent

@@ -87,23 +87,6 @@ def export_onnx(
     view counter-clockwise (the particle table's theta_deg); shift_px moves its centre, in
     model pixels, +x right, +y up; the image is the generator's pixel mean (normalised units,
     or probabilities for a Bernoulli model), without CTF."""
-    from emvae.errors import OutputExistsError
-    from emvae.render import check_onnx, export_onnx, require_onnx
-    from emvae.run import CONFIG, LAST, load_model
-    from emvae.safety import refuse_inputs_as_outputs
+    from emvae.render import export_run
 
-    inputs = [run] if run.is_file() else [run / LAST, run / CONFIG]
-    refuse_inputs_as_outputs([out], inputs)
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out}: exists; use --force to overwrite")
-    require_onnx("onnx", "onnxscript", *(["onnxruntime"] if check else []))
-    model, _, _ = load_model(run, "cpu")
-    path = export_onnx(model, out, opset)
-    k = model.config.zdim
-    inputs = (f"z (batch, {k}), " if k else "") + "theta_deg (batch,), shift_px (batch, 2)"
-    c, d = model.config.channels, model.config.image_size
-    line = f"wrote {path}: {inputs} -> image (batch, {c}, {d}, {d})"
-    if check:
-        err = check_onnx(model, path)
-        line += f"; onnxruntime matches torch to {err:.1e}"
-    err_console.print(line, highlight=False, soft_wrap=True)
+    err_console.print(export_run(run, out, opset, check, force), highlight=False, soft_wrap=True)

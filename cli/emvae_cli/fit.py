@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 from typing import Literal
 
 import typer
 
-from emvae import __version__
 from emvae.config import (
     SMALL_IMAGE_PX,
     SMALL_WIDTH,
@@ -25,38 +23,16 @@ from emvae.config import (
     Pose,
     Prior,
     RotationBins,
-    RunConfig,
     Stream,
     ThetaPosterior,
     ThetaPrior,
     TrainConfig,
     ZEncoder,
-    fields_of,
 )
-from emvae.ctf import likelihood_ctf
-from emvae.data import resolve_device
-from emvae.encode import encode as encode_stack
-from emvae.errors import ConfigError
-from emvae.example import EXAMPLE_OPTIONS, make_example
-from emvae.io import input_files, write_table
-from emvae.latents import latent_usage, unused_warning
-from emvae.particles import Particles
-from emvae.preprocess import Normalize, Preprocess
-from emvae.progress import training_progress
-from emvae.run import (
-    CHECKPOINTS,
-    DERIVED,
-    METRICS,
-    OUTPUTS,
-    Run,
-    check_output_dir,
-    load_checkpoint,
-    load_model,
-)
-from emvae.runlog import LOG, append_log
-from emvae.safety import check_names, check_writable, refuse_existing, refuse_inputs_as_outputs
-from emvae.train import autocast_for
-from emvae.train import fit as fit_model
+from emvae.example import EXAMPLE_OPTIONS
+from emvae.fitting import encode_particles, fit_summary, plan_fit, start_fit
+from emvae.preprocess import Normalize
+from emvae.runlog import append_log
 from emvae_cli import inputs as opt
 from emvae_cli.common import (
     DEVICE,
@@ -375,81 +351,18 @@ def fit(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:
     """Train a spatial-VAE on a particle stack; write poses and latents per particle."""
-    if example == bool(stacks):
-        raise ConfigError("give input images or --example (not both)")
-    preset = EXAMPLE_OPTIONS if example else {}
-    if example:
-        stacks = [str(make_example(out / "example", force=force or resume))]
-    last = Run(out).last
-    stored_epochs = None
-    if resume and last.exists():  # read the inputs the way the run being resumed did
-        stored_config = RunConfig.from_dict(load_checkpoint(last)["config"])
-        stored, stored_epochs = stored_config.data, stored_config.train.epochs
-        datadir, ind = datadir or stored.datadir, ind or stored.ind
-        particles = Particles.like(stored, stacks, datadir, ind, apix)
-    else:
-        pre = Preprocess.for_inputs(
-            stacks, size=size, crop=crop, jitter=jitter, seed=seed, invert=invert,
-            normalize=norm, bg_radius=bg_radius,
-        )  # fmt: skip
-        particles = Particles.open(
-            stacks, datadir=datadir, ind=ind, apix=apix, preprocess=pre, likelihood=likelihood,
-            normalize=normalize, ctf_params=ctf_params,
-        )  # fmt: skip
-    images = particles.stack
-    notes = [f"note: {note}" for note in images.notes]
-    ctf_choice, why = particles.ctf_mode(ctf)
-    if why:
-        notes.append(f"note: the CTF is not modelled: {why}")
-    for note in notes:
-        err_console.print(note, highlight=False)
-    options = {**preset, **{k: v for k, v in ctx.params.items() if v is not None}}
-    if epochs is None and stored_epochs is not None:  # --resume without -n: the run's own
-        options["epochs"] = stored_epochs
-    options.update(
-        image_size=particles.size, channels=particles.channels, ctf=ctf_choice,
-        likelihood=likelihood or images.likelihood,
-    )  # fmt: skip
-    model = ModelConfig(**fields_of(ModelConfig, options))
-    train = TrainConfig(**fields_of(TrainConfig, options))
-    config = RunConfig(
-        model=model,
-        train=train,
-        version=__version__,
+    plan = plan_fit(
+        stacks, out, ctx.params, example=example, resume=resume, force=force,
         command=command_line(ctx),
-        created=datetime.datetime.now().isoformat(timespec="seconds"),
-    )
-    outputs = [out / name for name in (*OUTPUTS, *DERIVED)]
-    refuse_inputs_as_outputs(outputs, input_files(images.inputs, images.names))
-    check_names(images.names, images.source)
-    check_writable(out)
-    if not resume:
-        check_output_dir(out, force)
-        config.validate()
-        particles.ctf(config.model.ctf)  # a missing CTF field: one line, now
-    result = fit_model(
-        particles, config, out, resume=resume, force=force, progress=not quiet, notes=notes
-    )
+    )  # fmt: skip
+    for note in plan.notes:
+        err_console.print(note, highlight=False)
+    result = start_fit(plan, progress=not quiet)
     if result.table.empty:  # not rank 0 of a torchrun job: rank 0 reports
         return
-    t = result.config.train
-    warnings = []
-    if result.config.model.zdim and t.z_delay >= t.epochs:
-        warnings.append(
-            f"warning: z was held at 0 for all {t.epochs} epochs (--z-delay {t.z_delay}): the "
-            f"latents are untrained; fit longer or give a shorter --z-delay"
-        )
-    warning = unused_warning(latent_usage(result.table))
-    if warning:
-        warnings.append(warning)
+    warnings, wrote = fit_summary(result)
     for line in warnings:
         err_console.print(line, highlight=False, soft_wrap=True, style="bold")
-    wrote = (
-        f"wrote {out / 'particles.csv'} ({len(result.table)} particles), "
-        f"{out / 'particles.h5'}, {out / 'particles.star'} (RELION {result.star_layout}"
-        f"{'' if result.star_layout == '3.1' else ': pixel size unknown, origins in px'}), "
-        f"{out / METRICS}, {out / CHECKPOINTS}, {out / LOG}"
-    )
     err_console.print(wrote, highlight=False)
     append_log(out, [*warnings, wrote], result.config.run_id)  # run.log: what was printed
 
@@ -474,29 +387,8 @@ def encode(
 
     The same table as fit writes, and the same poses as a STAR file beside it; the model's
     preprocessing is applied again."""
-    if out.suffix == ".star":
-        raise ConfigError(f"{out}: name the table (.csv or .h5); the .star is written beside it")
-    refuse_existing([out, out.with_suffix(".star")], force)
-    dev = resolve_device(device)
-    model, config, _ = load_model(checkpoint, dev)
-    particles = Particles.like(config.data, stacks, datadir, ind, apix)
-    images = particles.stack
-    star = out.with_suffix(".star")
-    inputs = [*input_files(images.inputs, images.names), Path(checkpoint)]
-    refuse_inputs_as_outputs([out, star], inputs)
-    check_names(images.names, images.source)
-    check_writable(out.parent)
-    particles.check_model(config.model)
-    mode = config.model.ctf
-    with training_progress(not quiet) as bar:
-        data = particles.load(dev, bar=bar)
-        data, ctf = likelihood_ctf(particles.ctf(mode), mode, data, dev)  # this input's own CTF
-        advance = bar.task("encoding", len(images))
-        amp = autocast_for(dev, config.train.amp)  # the ELBO rendered as in training
-        enc = encode_stack(model, data, dev, batch_size, seed, advance, ctf=ctf, amp=amp)
-    table = particles.table(config.model, enc)
-    write_table(table, out)
-    layout = particles.write_star(table, star)
-    err_console.print(
-        f"wrote {out} ({len(table)} particles) and {star} (RELION {layout})", highlight=False
-    )
+    n, star, layout = encode_particles(
+        checkpoint, stacks, out, batch_size=batch_size, device=device, seed=seed,
+        datadir=datadir, ind=ind, apix=apix, force=force, progress=not quiet,
+    )  # fmt: skip
+    err_console.print(f"wrote {out} ({n} particles) and {star} (RELION {layout})", highlight=False)

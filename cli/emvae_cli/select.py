@@ -6,20 +6,7 @@ from pathlib import Path
 
 import typer
 
-from emvae.errors import ConfigError
-from emvae.io import input_files, read_indices
-from emvae.run import OUTPUTS, Run
-from emvae.safety import check_writable, refuse_existing, refuse_inputs_as_outputs
-from emvae.select import (
-    CLUSTERS,
-    output_paths,
-    parse_clusters,
-    read_clusters,
-    read_input_rows,
-    select_rows,
-    selected_input_rows,
-    write_selection,
-)
+from emvae.select import select_run
 from emvae_cli.common import err_console, user_errors
 
 
@@ -60,55 +47,7 @@ def select(
 ) -> None:
     """Select particles of a run by cluster, condition or index list; write their input rows
     (for fit --ind and cryoDRGN --ind) and the input's own STAR or .cs rows."""
-    options = {"--cluster": cluster, "--query": query, "--indices": indices}
-    given = [name for name, value in options.items() if value is not None]
-    if len(given) != 1:
-        got = f" (got {', '.join(given)})" if given else ""
-        raise ConfigError(f"give exactly one of --cluster, --query, --indices{got}")
-    run = Run.open(run_dir)
-    table = run.table()
-    config = run.config
-    source = read_input_rows(config, table)
-    paths = output_paths(out, source.suffix)
-    inputs = [
-        *input_files(config.data.paths, table["image"].astype(str)),
-        *(run.path / name for name in OUTPUTS),
-        run.path / CLUSTERS,
-        *([indices] if indices is not None else []),
-    ]
-    refuse_inputs_as_outputs(paths, inputs)
-    refuse_existing(paths, force)
-    check_writable(paths[0].parent)
-    clusters = read_clusters(run.path)
-    if cluster is not None and clusters is None:
-        raise ConfigError(
-            f"{run.path / CLUSTERS}: not found; --cluster needs the run's clusters: run "
-            f"emvae analyze {run_dir} first"
-        )
-    wanted = None
-    if indices is not None:
-        if source.kind == "star":
-            n = len(source.blocks[source.key])
-        elif source.kind == "cs":
-            n = len(source.array) if source.array is not None else 0
-        else:  # a stack: its size is the run's when it fitted all of it
-            n = len(table) if config.data.ind is None else 2**62
-        wanted = read_indices(indices, n)
-    positions = select_rows(
-        table,
-        clusters=parse_clusters(cluster) if cluster is not None else None,
-        query=query,
-        indices=wanted,
-        invert=invert,
-        cluster_table=clusters,
+    line = select_run(
+        run_dir, out, cluster=cluster, query=query, indices=indices, invert=invert, force=force
     )
-    rows = selected_input_rows(table, positions)
-    written = write_selection(rows, out, source, force)
-    names = ", ".join([str(written[0]), *(p.suffix for p in written[1:])])
-    what = {"star": f" (RELION {source.version} STAR rows)", "cs": " (cryoSPARC rows)"}
-    note = f"; {source.note}" if source.note else ""
-    err_console.print(
-        f"wrote {names}: {len(rows)} of {len(table)} particles{what.get(source.kind, '')}{note}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    err_console.print(line, highlight=False, soft_wrap=True)

@@ -33,6 +33,7 @@ class Context:
 
     @property
     def k(self) -> int:
+        """The run's number of z dimensions."""
         return self.config.model.zdim
 
 

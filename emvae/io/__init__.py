@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,7 @@ KNOWN = (
 )
 
 
-def kind_by_suffix(spec: str | os.PathLike) -> str | None:
+def kind_by_suffix(spec: str | os.PathLike[str]) -> str | None:
     """What :func:`input_kind` makes of ``spec``'s suffix alone (None: no reader's suffix)."""
     text = str(spec)
     h5, _ = split_h5_path(text)
@@ -61,7 +62,7 @@ def kind_by_suffix(spec: str | os.PathLike) -> str | None:
     return None
 
 
-def input_kind(spec: str | os.PathLike) -> str:
+def input_kind(spec: str | os.PathLike[str]) -> str:
     """``mrc``, ``star``, ``cs``, ``npy``, ``hdf5``, ``fits``, ``pictures`` or ``list``: by
     suffix, else a folder's files."""
     kind = kind_by_suffix(spec)
@@ -88,7 +89,7 @@ def input_kind(spec: str | os.PathLike) -> str:
     )
 
 
-def spec_file(spec: str | os.PathLike) -> Path:
+def spec_file(spec: str | os.PathLike[str]) -> Path:
     """The file an input spec names: ``file.h5:/dataset`` and ``file.fits[EXT]`` name a file."""
     h5, _ = split_h5_path(str(spec))
     if h5.suffix.lower() in H5_SUFFIXES:
@@ -96,7 +97,7 @@ def spec_file(spec: str | os.PathLike) -> Path:
     return Path(split_fits_path(str(spec))[0])
 
 
-def input_files(specs: Iterable[str | os.PathLike], names: Iterable[str] = ()) -> list[Path]:
+def input_files(specs: Iterable[str | os.PathLike[str]], names: Iterable[str] = ()) -> list[Path]:
     """Every file a command reads: the inputs as named, and the stacks that ``k@path`` image
     names point at (resolved beside each input and from the working directory)."""
     named = [spec_file(s) for s in specs]
@@ -108,8 +109,8 @@ def input_files(specs: Iterable[str | os.PathLike], names: Iterable[str] = ()) -
 
 
 def read_stack(
-    spec: str | os.PathLike,
-    datadir: str | os.PathLike | None = None,
+    spec: str | os.PathLike[str],
+    datadir: str | os.PathLike[str] | None = None,
     crop: int | None = None,
     jitter: int | None = None,
     seed: int = 0,
@@ -141,7 +142,9 @@ def read_stack(
     return stack
 
 
-def read_list(path: str | os.PathLike, datadir: str | os.PathLike | None = None) -> ImageStack:
+def read_list(
+    path: str | os.PathLike[str], datadir: str | os.PathLike[str] | None = None
+) -> ImageStack:
     """A ``.txt`` file naming one stack per line (relative to the list's folder, or in
     ``datadir``), as cryoDRGN reads them. Blank lines and ``#`` comments are skipped."""
     p = Path(path)
@@ -206,7 +209,7 @@ def concat_stacks(stacks: list[ImageStack], source: str) -> ImageStack:
     )
 
 
-def read_indices(path: str | os.PathLike, n: int) -> np.ndarray:
+def read_indices(path: str | os.PathLike[str], n: int) -> np.ndarray:
     """0-based image indices from ``.npy``, ``.txt`` (whitespace separated) or a cryoDRGN
     ``.pkl`` (a pickled integer array; nothing else is unpickled); each must be < ``n``."""
     p = Path(path)
@@ -251,16 +254,16 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"),
     }
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:  # (pickle.Unpickler's type)
         if (module, name) in self.SAFE:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
 
 
 def open_stack(
-    specs: list[str | os.PathLike] | str | os.PathLike,
-    datadir: str | os.PathLike | None = None,
-    ind: str | os.PathLike | None = None,
+    specs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    datadir: str | os.PathLike[str] | None = None,
+    ind: str | os.PathLike[str] | None = None,
     crop: int | None = None,
     jitter: int | None = None,
     seed: int = 0,

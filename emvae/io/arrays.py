@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from emvae.errors import InputError
 from emvae.io.stack import ImageStack, StackNames, as_images, image_shape, read_rows
+
+if TYPE_CHECKING:
+    from emvae.preprocess import Prepared
 
 NPY_SUFFIXES = (".npy",)
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -28,7 +32,7 @@ def split_h5_path(spec: str) -> tuple[Path, str | None]:
     return Path(spec), None
 
 
-def read_npy(path: str | os.PathLike) -> ImageStack:
+def read_npy(path: str | os.PathLike[str]) -> ImageStack:
     """A ``(D, D)``, ``(N, D, D)`` or ``(N, C, D, D)`` array, memory-mapped."""
     p = Path(path)
     if not p.exists():
@@ -50,13 +54,15 @@ def read_npy(path: str | os.PathLike) -> ImageStack:
 class H5Source:
     """One HDF5 dataset ``(N, C, D, D)``, opened for each read (the file is not held open)."""
 
-    def __init__(self, path: Path, name: str, shape: tuple, dtype: np.dtype) -> None:
+    def __init__(
+        self, path: Path, name: str, shape: tuple[int, int, int, int], dtype: np.dtype[Any]
+    ) -> None:
         self.path, self.name, self.shape, self.dtype = path, name, shape, dtype
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, key) -> np.ndarray:
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
         with h5py.File(self.path, "r") as f:
             ds = f[self.name]
             if isinstance(key, (int, np.integer)):
@@ -69,7 +75,7 @@ class H5Source:
         return data.reshape((-1, *self.shape[1:]))
 
 
-def read_hdf5(spec: str | os.PathLike) -> ImageStack:
+def read_hdf5(spec: str | os.PathLike[str]) -> ImageStack:
     """A dataset of an HDF5 file, ``file.h5:/dataset``; the dataset may be left out when the
     file holds one image dataset or is an emvae cache (``/images``). Contiguous uncompressed
     datasets are memory-mapped; others are read in slabs through h5py."""
@@ -133,7 +139,7 @@ def read_hdf5(spec: str | os.PathLike) -> ImageStack:
     return stack
 
 
-def _apply_cache_attrs(stack: ImageStack, f: h5py.File, attrs: dict) -> None:
+def _apply_cache_attrs(stack: ImageStack, f: h5py.File, attrs: dict[str, Any]) -> None:
     stack.format = f"emvae preprocessed cache (HDF5) of {attrs.get('source', '?')}"
     stack.names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
     if "rows" in f:
@@ -162,7 +168,11 @@ def create_cache(path: Path, n: int, channels: int, size: int) -> tuple[h5py.Fil
 
 
 def finish_cache(
-    f: h5py.File, stack: ImageStack, preprocess: dict, prepared, likelihood: str
+    f: h5py.File,
+    stack: ImageStack,
+    preprocess: dict[str, Any],
+    prepared: Prepared,
+    likelihood: str,
 ) -> None:
     """Write what maps the cached images back to the input (names, rows, offsets, settings);
     ``prepared``: the :class:`emvae.preprocess.Prepared` that made them."""

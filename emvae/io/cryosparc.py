@@ -1,12 +1,12 @@
-"""cryoSPARC particle files (``.cs``): a table of ``blob/*``, ``ctf/*``, ... fields per particle.
+r"""cryoSPARC particle files (``.cs``): a table of ``blob/*``, ``ctf/*``, ... fields per particle.
 
 Two layouts share the suffix, told apart by their first bytes:
 
-* ``\\x93NUMPY``: a NumPy structured array saved by ``np.save`` (the layout of the files in
+* ``\x93NUMPY``: a NumPy structured array saved by ``np.save`` (the layout of the files in
   cryoSPARC job folders, and cryosparc-tools' default). Read with NumPy, without unpickling
   anything. Its header may be larger than NumPy's default limit of 10,000 bytes (particles that
   carry the fields of many 3-D classes), so a larger limit is given.
-* ``\\x95CSDAT``: cryosparc-tools' newer compressed column stream (``Dataset.save(...,
+* ``\x95CSDAT``: cryosparc-tools' newer compressed column stream (``Dataset.save(...,
   format=CSDAT_FORMAT)``, its ``NEWEST_FORMAT``; also what a CryoSPARC server streams). Its
   layout is that library's (LZ4-compressed columns and a string heap) and is not documented,
   so it is read with ``cryosparc-tools`` when that is installed (``pip install
@@ -35,7 +35,7 @@ CSDAT_MAGIC = b"\x95CSDAT"
 _MAX_HEADER = 1 << 24
 
 
-def load_cs_table(path: str | os.PathLike) -> np.ndarray:
+def load_cs_table(path: str | os.PathLike[str]) -> np.ndarray:
     """The structured array of a cryoSPARC ``.cs`` file of either layout (see the module's
     docstring): one row per particle, fields as named in the file, strings as bytes."""
     p = Path(path)
@@ -56,7 +56,8 @@ def load_cs_table(path: str | os.PathLike) -> np.ndarray:
             p, f"is not a cryoSPARC .cs file (it starts with {magic!r}: neither NumPy nor CSDAT)"
         )
     try:
-        return np.load(p, allow_pickle=False, max_header_size=_MAX_HEADER)
+        result: np.ndarray = np.load(p, allow_pickle=False, max_header_size=_MAX_HEADER)
+        return result
     except ValueError as e:
         if "allow_pickle" in str(e) or "pickled" in str(e):
             raise InputError(
@@ -87,10 +88,13 @@ def _load_csdat(p: Path) -> np.ndarray:
             p, f"not a readable CSDAT dataset ({type(cause).__name__}: {cause})"
         ) from None
     plain = records.view(np.ndarray)  # a recarray of np.record rows -> what np.load gives
-    return plain.view(np.dtype((np.void, plain.dtype)))
+    result: np.ndarray = plain.view(np.dtype((np.void, plain.dtype)))
+    return result
 
 
-def read_cryosparc(path: str | os.PathLike, datadir: str | os.PathLike | None = None) -> ImageStack:
+def read_cryosparc(
+    path: str | os.PathLike[str], datadir: str | os.PathLike[str] | None = None
+) -> ImageStack:
     """Particles of a cryoSPARC ``.cs`` file, in row order.
 
     ``blob/path`` (a leading ``>`` is dropped) is resolved like a STAR file's stacks, so the
@@ -148,7 +152,7 @@ def _path(b: bytes | str, p: Path, row: int) -> str:
 
 
 def _column(values: np.ndarray) -> np.ndarray:
-    """Byte-string fields as text (bytes that are not UTF-8 kept as \\x escapes)."""
+    r"""Byte-string fields as text (bytes that are not UTF-8 kept as \x escapes)."""
     if values.dtype.kind == "S":
         return np.array([v.decode(errors="backslashreplace") for v in values], dtype=object)
     return values

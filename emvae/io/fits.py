@@ -66,7 +66,7 @@ def split_fits_path(spec: str) -> tuple[str, str | None]:
 
 
 def read_fits(
-    spec: str | os.PathLike, crop: int | None = None, jitter: int = 0, seed: int = 0
+    spec: str | os.PathLike[str], crop: int | None = None, jitter: int = 0, seed: int = 0
 ) -> ImageStack:
     """The images of a FITS file (``file.fits[EXT]`` for one HDU) or of a folder/glob of FITS
     files (the first image HDU of each), read into memory and cut to a common window."""
@@ -123,7 +123,8 @@ def cutout_slices(shape: tuple[int, ...], start: np.ndarray, size: int) -> tuple
     """
     centre = (float(start[1]) + (size - 1) / 2, float(start[0]) + (size - 1) / 2)  # (x, y)
     cut = Cutout2D(np.broadcast_to(np.float32(0), shape), centre, size, mode="strict", copy=False)
-    return cut.slices_original
+    slices: tuple[slice, slice] = cut.slices_original
+    return slices
 
 
 def celestial_wcs(header: fits.Header) -> tuple[WCS | None, str | None]:
@@ -280,13 +281,13 @@ def _image_hdus(path: Path, ext: str | None) -> list[_Image]:
     return out
 
 
-def _label(hdu, index: int) -> str:
+def _label(hdu: Any, index: int) -> str:
     """How an image names its HDU: its EXTNAME, else its number (the primary HDU, and
     astropy's default name for a tile-compressed HDU without one, are numbers)."""
     return hdu.name if hdu.name not in ("", "PRIMARY", "COMPRESSED_IMAGE") else str(index)
 
 
-def _describe(hdul) -> str:
+def _describe(hdul: fits.HDUList) -> str:
     parts = []
     for i, h in enumerate(hdul):
         kind = type(h).__name__

@@ -26,7 +26,7 @@ class MrcSource:
     STAR file naming thousands of stacks never holds thousands of open files.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         p = Path(path)
         if not p.exists():
             raise InputError(p, "no such file")
@@ -48,14 +48,14 @@ class MrcSource:
         self.apix = apix if apix > 0 else None
 
     def __len__(self) -> int:
-        return self.shape[0]
+        return int(self.shape[0])
 
-    def __getitem__(self, key) -> np.ndarray:
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
         with _open(self.path) as mrc:
             return np.array(as_images(mrc.data, self.path)[key])
 
 
-def read_mrc(path: str | os.PathLike) -> ImageStack:
+def read_mrc(path: str | os.PathLike[str]) -> ImageStack:
     """Open an MRC file as a stack without reading its data.
 
     A 2-D file is one image; a 3-D file (stack or volume) is ``nz`` images of ``ny x nx``.
@@ -79,7 +79,7 @@ def read_mrc(path: str | os.PathLike) -> ImageStack:
     )
 
 
-def write_mrc(path: str | os.PathLike, images: np.ndarray, apix: float | None = None) -> None:
+def write_mrc(path: str | os.PathLike[str], images: np.ndarray, apix: float | None = None) -> None:
     """Write ``(N, D, D)`` images as a float32 MRCS stack (overwrites ``path``)."""
     data = np.ascontiguousarray(images, dtype=np.float32)
     with atomic_output(path) as tmp:
@@ -113,7 +113,7 @@ def new_stack_mmap(tmp: Path, out: Path, n: int, d: int) -> Iterator[mrcfile.mrc
         yield mrc
 
 
-def _open(p: Path):
+def _open(p: Path) -> mrcfile.mrcmemmap.MrcMemmap:
     """Open strictly; fall back to mrcfile's permissive mode for files that only lack the
     'MAP ' ID or a machine stamp (common in RELION-era stacks) but whose data block is intact."""
     try:

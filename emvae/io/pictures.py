@@ -32,7 +32,7 @@ PACKED_FITS_SUFFIXES = (
 _GREY = {"1", "L", "I", "I;16", "I;16B", "I;16L", "F", "LA"}
 
 
-def list_files(spec: str | os.PathLike, suffixes: tuple[str, ...]) -> list[Path]:
+def list_files(spec: str | os.PathLike[str], suffixes: tuple[str, ...]) -> list[Path]:
     """The files a folder or a glob pattern names whose suffix is in ``suffixes``, sorted."""
     text = str(spec)
     if any(ch in text for ch in "*?["):
@@ -103,9 +103,10 @@ class PictureSource:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, key) -> np.ndarray:
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
-            return self[np.array([key])][0]
+            result: np.ndarray = self[np.array([key])][0]
+            return result
         idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
         out = np.empty((len(idx), *self.shape[1:]), dtype=np.float32)
         c = self.crop
@@ -133,7 +134,7 @@ def _too_large(path: Path, size: str) -> InputError:
     )
 
 
-def _open_picture(path: Path):
+def _open_picture(path: Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -165,7 +166,7 @@ def decode(path: Path, channels: int) -> np.ndarray:
 
 
 def read_pictures(
-    spec: str | os.PathLike, crop: int | None = None, jitter: int = 0, seed: int = 0
+    spec: str | os.PathLike[str], crop: int | None = None, jitter: int = 0, seed: int = 0
 ) -> ImageStack:
     """JPEG/PNG files of a folder, a glob or one file, as a stack (RGB kept as 3 channels;
     all-grey pictures give 1 channel). Only headers are read here; pixels on demand."""

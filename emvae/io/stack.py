@@ -13,10 +13,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
+from numpy.typing import DTypeLike
 
 
 @dataclass
@@ -64,7 +65,7 @@ class ImageStack:
     optics: pd.DataFrame | None = None
     star_version: str | None = None
     offsets: np.ndarray | None = None
-    preprocessed: dict | None = None
+    preprocessed: dict[str, Any] | None = None
     input_size: int | None = None
     notes: list[str] = field(default_factory=list)
     likelihood: str = "gaussian"
@@ -103,6 +104,7 @@ class ImageStack:
 
     @property
     def channels(self) -> int:
+        """Channels C of each image (1, or 3 for RGB pictures)."""
         return int(self.images.shape[1])
 
     def nbytes_float32(self) -> int:
@@ -129,7 +131,7 @@ class ImageStack:
 # ----------------------------------------------------------------------------- image names
 
 
-def image_name(k: int, path: str | os.PathLike, digits: int = 0) -> str:
+def image_name(k: int, path: str | os.PathLike[str], digits: int = 0) -> str:
     """The name ``"k@path"`` of the ``k``-th image (1-based, RELION's) of the stack ``path``,
     ``k`` zero-padded to ``digits`` (RELION writes 6)."""
     return f"{k:0{digits}d}@{path}"
@@ -143,6 +145,22 @@ def split_image_name(name: str) -> tuple[int, str] | None:
         return int(k), path
     except ValueError:
         return None
+
+
+def split_image_names(names: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """:func:`split_image_name` for a column of names at once: ``(index, file, has_at)``.
+
+    ``index`` is N of ``"N@file"`` as a float (NaN where N is not a number; 1 for a name
+    without an ``@``: a whole single-image file), ``file`` the part after the ``@`` (the whole
+    name without one), ``has_at`` whether the name has one.
+    """
+    split = names.str.split("@", n=1, expand=True)
+    if split.shape[1] == 1:  # no row has an "@": each row is a whole single-image file
+        ones = pd.Series(np.ones(len(names), dtype=np.int64))
+        return ones, split[0], pd.Series(np.zeros(len(names), dtype=bool))
+    has_at = split[1].notna()
+    index = pd.to_numeric(split[0].where(has_at, "1"), errors="coerce")
+    return index, split[1].where(has_at, split[0]), has_at
 
 
 def image_key(name: str) -> tuple[int, str]:
@@ -167,13 +185,17 @@ class StackNames(Sequence[str]):
     images (a damaged or sparse file) would cost gigabytes before anything reads the data.
     """
 
-    def __init__(self, path: str | os.PathLike, n: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], n: int) -> None:
         self.path, self.n = str(path), int(n)
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, key):
+    @overload
+    def __getitem__(self, key: int) -> str: ...
+    @overload
+    def __getitem__(self, key: slice) -> list[str]: ...
+    def __getitem__(self, key: int | slice) -> str | list[str]:
         if isinstance(key, slice):
             return [self[i] for i in range(*key.indices(self.n))]
         k = int(key)
@@ -181,7 +203,7 @@ class StackNames(Sequence[str]):
             raise IndexError(f"image {k} of {self.n}")
         return image_name(k % self.n + 1, self.path)
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
 
     def __repr__(self) -> str:
@@ -198,7 +220,8 @@ class RowNumbers(Sequence[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:  # type: ignore[override]
+        # (indexing gives an array, as np.arange(n)[key] does, not the int a Sequence gives)
         if isinstance(key, slice):
             return np.arange(self.n)[key]
         idx = np.asarray(key)
@@ -206,7 +229,7 @@ class RowNumbers(Sequence[int]):
             raise IndexError(f"row {int(idx.max())} of {self.n}")
         return np.where(idx < 0, idx + self.n, idx).astype(np.int64)
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         return np.arange(self.n, dtype=dtype or np.int64)
 
 
@@ -228,6 +251,7 @@ class Rows:
 
     @classmethod
     def concat(cls, parts: list[Any]) -> Rows:
+        """Every image of each of ``parts`` (sources of ``(N, C, D, D)`` images), in order."""
         sizes = [int(p.shape[0]) for p in parts]
         part = np.repeat(np.arange(len(parts)), sizes)
         local = np.concatenate([np.arange(n) for n in sizes])
@@ -235,16 +259,18 @@ class Rows:
 
     @classmethod
     def select(cls, source: Any, idx: np.ndarray) -> Rows:
+        """The images ``idx`` (0-based) of ``source`` (a source, or :class:`Rows`), in order."""
         if isinstance(source, Rows):
             return cls(source.parts, source.part[idx], source.local[idx])
         return cls([source], np.zeros(len(idx), dtype=np.int64), idx)
 
     def __len__(self) -> int:
-        return self.shape[0]
+        return int(self.shape[0])
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
-            return self[np.array([key])][0]
+            result: np.ndarray = self[np.array([key])][0]
+            return result
         idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
         out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
         part, local = self.part[idx], self.local[idx]
@@ -262,13 +288,17 @@ def read_rows(source: Any, rows: np.ndarray) -> np.ndarray:
     return np.asarray(source[rows])
 
 
-def image_shape(shape: tuple, dtype: np.dtype, path: str | os.PathLike, what: str) -> tuple:
+def image_shape(
+    shape: tuple[int, ...], dtype: np.dtype[Any], path: str | os.PathLike[str], what: str
+) -> tuple[int, int, int, int]:
     """``(N, C, D, D)`` for data of ``shape`` ``(D, D)``, ``(N, D, D)`` or ``(N, C, D, D)``;
     :class:`InputError` for anything else (wrong rank, empty, not square, not real numbers)."""
     from emvae.errors import InputError
 
     shape = tuple(int(n) for n in shape)
-    full = {2: (1, 1, *shape), 3: (shape[0], 1, *shape[1:]), 4: shape}.get(len(shape))
+    full: tuple[int, ...] | None = {2: (1, 1, *shape), 3: (shape[0], 1, *shape[1:]), 4: shape}.get(
+        len(shape)
+    )
     if full is None:
         raise InputError(
             path, f"{what} has shape {shape}; expected (D, D), (N, D, D) or (N, C, D, D)"
@@ -282,9 +312,9 @@ def image_shape(shape: tuple, dtype: np.dtype, path: str | os.PathLike, what: st
         )
     if np.dtype(dtype).kind not in "iuf":
         raise InputError(path, f"{what} has dtype {dtype}; expected real numbers")
-    return full
+    return full[0], full[1], full[2], full[3]
 
 
-def as_images(data: np.ndarray, path: str | os.PathLike, what: str = "data") -> np.ndarray:
+def as_images(data: np.ndarray, path: str | os.PathLike[str], what: str = "data") -> np.ndarray:
     """View ``(D, D)``, ``(N, D, D)`` or ``(N, C, D, D)`` data as ``(N, C, D, D)``."""
     return data.reshape(image_shape(data.shape, data.dtype, path, what))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,13 +13,15 @@ import starfile
 from emvae.config import physical
 from emvae.errors import InputError
 from emvae.io.mrc import MrcSource
-from emvae.io.stack import ImageStack, Rows
+from emvae.io.stack import ImageStack, Rows, split_image_names
 from emvae.io.tables import check_complete
 
 STAR_SUFFIXES = (".star",)
 
 
-def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None) -> ImageStack:
+def read_star(
+    path: str | os.PathLike[str], datadir: str | os.PathLike[str] | None = None
+) -> ImageStack:
     """The particles of a RELION STAR file, in the file's row order.
 
     ``N@stack`` names (N 1-based) are resolved by :func:`resolve_stack`. The pixel size comes
@@ -30,21 +33,11 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
     blocks = read_star_blocks(p)
     particles, optics, version = particle_block(p, blocks)
     names = particles["rlnImageName"].astype(str)
-    split = names.str.split("@", n=1, expand=True)
-    if split.shape[1] == 1:  # no row has an "@": each row is a whole single-image file
-        index = pd.Series(np.ones(len(names), dtype=np.int64))
-        files = split[0]
-        has_at = pd.Series(np.zeros(len(names), dtype=bool))
-    else:
-        has_at = split[1].notna()
-        files = split[1].where(has_at, split[0])
-        index = pd.to_numeric(split[0].where(has_at, "1"), errors="coerce")
-        bad = index.isna() | (index < 1) | (index != index.round())  # "7.5@stack" is no image
-        if bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            raise InputError(
-                p, f"row {row + 1}: image name {names[row]!r} is not N@stack with N >= 1"
-            )
+    index, files, has_at = split_image_names(names)
+    bad = index.isna() | (index < 1) | (index != index.round())  # "7.5@stack" is no image
+    if bad.any():
+        row = int(np.argmax(bad.to_numpy()))
+        raise InputError(p, f"row {row + 1}: image name {names[row]!r} is not N@stack with N >= 1")
     part, local, sources = _locate(p, files.to_numpy(), index.to_numpy(np.int64) - 1, datadir)
     counts = np.array([len(s) for s in sources])
     whole = ~has_at.to_numpy() & (counts[part] > 1)  # "p.mrcs": which of its images?
@@ -84,17 +77,21 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None)
     return stack
 
 
-def read_star_blocks(p: Path) -> dict:
+def read_star_blocks(p: Path) -> dict[str, Any]:
+    """Every data block of the STAR file ``p`` by name (starfile's tables); an
+    :class:`InputError` for a missing or unreadable file."""
     if not p.exists():
         raise InputError(p, "no such file")
     try:
-        blocks = starfile.read(p, always_dict=True)
+        blocks: dict[str, Any] = starfile.read(p, always_dict=True)
     except Exception as e:  # starfile raises assorted parser errors
         raise InputError(p, f"not a readable STAR file ({type(e).__name__}: {e})") from None
     return blocks
 
 
-def particle_block(p: Path, blocks: dict) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+def particle_block(
+    p: Path, blocks: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
     """(particle rows, optics table or None, "3.0"/"3.1") of a parsed STAR file."""
     tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
     optics = tables.get("optics")
@@ -125,7 +122,7 @@ def particle_block(p: Path, blocks: dict) -> tuple[pd.DataFrame, pd.DataFrame | 
 
 
 def resolve_stack(
-    recorded: str, base: Path, datadir: str | os.PathLike | None = None
+    recorded: str, base: Path, datadir: str | os.PathLike[str] | None = None
 ) -> list[Path]:
     """Where a stack named in a metadata file may be, most likely first.
 
@@ -145,7 +142,7 @@ def resolve_stack(
 
 
 def open_stacks(
-    p: Path, files: np.ndarray, datadir: str | os.PathLike | None, what: str = "row"
+    p: Path, files: np.ndarray, datadir: str | os.PathLike[str] | None, what: str = "row"
 ) -> tuple[np.ndarray, list[MrcSource]]:
     """Open every distinct stack of ``files``: (part index per row, sources)."""
     uniq, first, part = np.unique(files, return_index=True, return_inverse=True)
@@ -176,7 +173,9 @@ def open_stacks(
     return part, sources
 
 
-def _locate(p: Path, files: np.ndarray, local: np.ndarray, datadir) -> tuple:
+def _locate(
+    p: Path, files: np.ndarray, local: np.ndarray, datadir: str | os.PathLike[str] | None
+) -> tuple[np.ndarray, np.ndarray, list[MrcSource]]:
     part, sources = open_stacks(p, files, datadir)
     counts = np.array([len(s) for s in sources])
     beyond = local >= counts[part]
@@ -191,7 +190,11 @@ def _locate(p: Path, files: np.ndarray, local: np.ndarray, datadir) -> tuple:
     return part, local, sources
 
 
-def _pixel_size(particles: pd.DataFrame, optics: pd.DataFrame | None, path: Path) -> tuple:
+def _pixel_size(
+    particles: pd.DataFrame, optics: pd.DataFrame | None, path: Path
+) -> tuple[float | None, list[str]]:
+    """(pixel size in Å, notes) of a STAR file's particles: their optics groups', else their
+    rows'; None (and a note) when they differ."""
     values = None
     if optics is not None:
         col = next((c for c in ("rlnImagePixelSize", "rlnPixelSize") if c in optics), None)
@@ -227,7 +230,7 @@ def _pixel_size(particles: pd.DataFrame, optics: pd.DataFrame | None, path: Path
     return _one_pixel_size(values)
 
 
-def _one_pixel_size(values: np.ndarray) -> tuple:
+def _one_pixel_size(values: np.ndarray) -> tuple[float | None, list[str]]:
     lo, hi = float(values.min()), float(values.max())
     if hi - lo > 1e-4 * hi:
         return None, [

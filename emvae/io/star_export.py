@@ -74,10 +74,13 @@ def table_pose(theta_deg: np.ndarray, origin_px: np.ndarray, box: int) -> np.nda
     e_rt = np.stack([e[0] * c + e[1] * s, -e[0] * s + e[1] * c], axis=1)
     o = np.asarray(origin_px, dtype=np.float64)
     sp = np.stack([-o[:, 0], o[:, 1]], axis=1)
-    return sp - e + e_rt
+    result: np.ndarray = sp - e + e_rt
+    return result
 
 
-def star_pose(particles: pd.DataFrame, apix: float | None, box: int) -> tuple:
+def star_pose(
+    particles: pd.DataFrame, apix: float | None, box: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(theta_deg, shift_px ``(N, 2)``) that a RELION particle table's psi and origins mean."""
     psi = np.zeros(len(particles))
     if "rlnAnglePsi" in particles:
@@ -209,7 +212,7 @@ def _relion_name(name: str) -> str:
 
 def export_table(
     table: pd.DataFrame,
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     box: int,
     apix: float | None,
     particles: pd.DataFrame | None = None,
@@ -229,7 +232,9 @@ def export_table(
     return "3.0" if relion30 else "3.1"
 
 
-def input_star_rows(star: str | os.PathLike, rows: np.ndarray) -> tuple:
+def input_star_rows(
+    star: str | os.PathLike[str], rows: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """(particle rows at 0-based ``rows``, optics or None) of an input STAR file."""
     from emvae.io.star import particle_block, read_star_blocks
 
@@ -243,7 +248,7 @@ def input_star_rows(star: str | os.PathLike, rows: np.ndarray) -> tuple:
 
 def write_star(
     blocks: dict[str, pd.DataFrame],
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     float_format: str | Callable[[float], str] = "%.6f",
 ) -> Path:
     """Write blocks with ``starfile`` (``# version 30001`` header for 3.1, as RELION does);

@@ -14,7 +14,7 @@ from emvae.errors import InputError
 from emvae.safety import atomic_output
 
 
-def write_table(df: pd.DataFrame, path: str | os.PathLike, run_id: str = "") -> None:
+def write_table(df: pd.DataFrame, path: str | os.PathLike[str], run_id: str = "") -> None:
     """Write ``df`` as CSV, or as HDF5 when ``path`` ends in ``.h5``/``.hdf5`` (which also keeps
     the ``run_id`` of the fit that made it)."""
     p = Path(path)
@@ -25,7 +25,7 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, run_id: str = "") -> 
             df.to_csv(tmp, index=False, float_format="%.7g")
 
 
-def write_table_h5(df: pd.DataFrame, path: str | os.PathLike, run_id: str = "") -> None:
+def write_table_h5(df: pd.DataFrame, path: str | os.PathLike[str], run_id: str = "") -> None:
     """One dataset per column under ``/particles``, column order in the group's attributes."""
     with h5py.File(path, "w") as f:
         g = f.create_group("particles")
@@ -75,7 +75,7 @@ def check_complete(p: Path, table: pd.DataFrame, star: bool = False, ours: bool 
         )
 
 
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
+def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a table written by :func:`write_table` (CSV or HDF5)."""
     p = Path(path)
     if not p.exists():

@@ -34,7 +34,8 @@ class MLPEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """images ``(B, C, H, W)`` -> ``(B, n_out)``."""
-        return self.net(images.flatten(1))
+        out: Tensor = self.net(images.flatten(1))
+        return out
 
 
 def n_pools(size: int, smallest: int = 12) -> int:
@@ -86,7 +87,8 @@ class ConvEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """images ``(B, C, H, W)`` -> ``(B, n_out)``."""
-        return self.head(self.features(images).flatten(1))
+        out: Tensor = self.head(self.features(images).flatten(1))
+        return out
 
 
 class _Pool(nn.Module):
@@ -98,7 +100,8 @@ def _norm(h: Tensor) -> Tensor:
     """Normalise each channel of a group map ``(B, F, R, H, W)`` over its orientations and
     pixels together (statistics invariant under rotation, so equivariance is kept)."""
     f = h.shape[1]
-    return F.group_norm(h.flatten(1, 2), f).unflatten(1, h.shape[1:3])
+    out: Tensor = F.group_norm(h.flatten(1, 2), f).unflatten(1, h.shape[1:3])
+    return out
 
 
 @dataclass
@@ -151,6 +154,8 @@ class RotatedCopies(nn.Module):
         self.register_buffer("angles", angles.float(), persistent=False)
 
     def forward(self, images: Tensor) -> BinnedPose:
+        """Images ``(B, C, D, D)`` -> the rotation-bin posterior (and shifts) of each: the
+        network run on R copies, each turned back by its bin's angle."""
         b, r = images.shape[0], self.rotations
         turn = (-self.angles).repeat(b)  # copy r of each image turned clockwise by bin r
         copies = rotate_images(images.repeat_interleave(r, 0), turn.to(images.dtype))

@@ -15,13 +15,15 @@ from torch import Tensor, nn
 
 
 def make_activation(name: str) -> nn.Module:
-    return {
+    """The nonlinearity ``name`` (:data:`emvae.config.Activation`) as a module."""
+    kinds: dict[str, type[nn.Module]] = {
         "tanh": nn.Tanh,
         "relu": nn.ReLU,
         "leaky_relu": nn.LeakyReLU,
         "gelu": nn.GELU,
         "silu": nn.SiLU,
-    }[name]()
+    }
+    return kinds[name]()
 
 
 def mlp(n_in: int, hidden: int, layers: int, n_out: int, activation: str) -> nn.Sequential:
@@ -64,6 +66,8 @@ class FourierFeatures(nn.Module):
         self.band = (self.freqs.norm(dim=1) <= cycles_per_unit).float()
 
     def forward(self, coords: Tensor) -> Tensor:
+        """Coordinates ``(..., 2)`` -> features ``(..., 2 + 2F)``: the coordinates, then the
+        cosine and sine of each random frequency (switched-off ones zero)."""
         phase = (2 * math.pi) * (coords @ self.freqs.T.to(coords.dtype))
         cos, sin = torch.cos(phase), torch.sin(phase)
         if self.band is not None:
@@ -113,7 +117,7 @@ class SpatialGenerator(nn.Module):
     def forward(self, coords: Tensor, z: Tensor) -> Tensor:
         """coords ``(B, N, 2)``, z ``(B, K)`` -> ``(B, N, n_out)``."""
         b, n = coords.shape[:2]
-        traced = torch.jit.is_tracing() or torch.compiler.is_compiling()  # export, compile
+        traced = torch.compiler.is_compiling()  # torch.export (ONNX), torch.compile
         if traced or coords.device.type != "cpu" or torch.is_grad_enabled():
             return self._render(coords, z)
         if b * n <= CPU_CHUNK_ROWS:  # (after the checks above: export's batch is symbolic)
@@ -127,7 +131,8 @@ class SpatialGenerator(nn.Module):
         h = self.coord_linear(coords)  # (B, N, H)
         if self.latent_linear is not None:
             h = h + self.latent_linear(z).unsqueeze(1)  # (B, 1, H) broadcast over pixels
-        return self.body(self.act(h))
+        out: Tensor = self.body(self.act(h))
+        return out
 
 
 class VanillaGenerator(nn.Module):
@@ -145,7 +150,8 @@ class VanillaGenerator(nn.Module):
 
     def forward(self, coords: Tensor | None, z: Tensor) -> Tensor:
         """z ``(B, K)`` -> ``(B, N, n_out)``; coords are ignored."""
-        return self.net(z).view(z.shape[0], self.n_pixels, self.n_out)
+        out: Tensor = self.net(z).view(z.shape[0], self.n_pixels, self.n_out)
+        return out
 
 
 class BroadcastGenerator(nn.Module):
@@ -200,4 +206,5 @@ class BroadcastGenerator(nn.Module):
         if self.zdim > 0:
             tiled = z.to(grid.dtype)[:, :, None, None].expand(b, self.zdim, d, d)
             grid = torch.cat([grid, tiled], 1)
-        return self.net(grid).flatten(2).transpose(1, 2)
+        out: Tensor = self.net(grid).flatten(2).transpose(1, 2)
+        return out

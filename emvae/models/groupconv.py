@@ -85,11 +85,13 @@ class LiftingConv(nn.Module):
         self.c_out, self.rotations = c_out, rotations
 
     def forward(self, x: Tensor) -> Tensor:
+        """Image ``(B, C, H, W)`` -> group feature map ``(B, F, R, H, W)``."""
         r = self.rotations
         w = self.bank.rotate(self.weight)  # (R, F, C, k, k)
         w = w.transpose(0, 1).flatten(0, 1)  # (F*R, C, k, k), out channel f*R + r
         y = F.conv2d(x, w.to(x.dtype), self.bias.repeat_interleave(r).to(x.dtype), padding="same")
-        return y.unflatten(1, (self.c_out, r))
+        out: Tensor = y.unflatten(1, (self.c_out, r))
+        return out
 
 
 class GroupConv(nn.Module):
@@ -117,6 +119,7 @@ class GroupConv(nn.Module):
         self.register_buffer("out_index", torch.arange(rotations)[:, None], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Group feature map ``(B, F_in, R, H, W)`` -> ``(B, F_out, R, H, W)``."""
         r = self.rotations
         w = self.bank.rotate(self.weight)  # (R, F_out, F_in, R_in, k, k), spatially rotated
         w = w[self.out_index, :, :, self.shift_index]  # (R, R_in, F_out, F_in, k, k)
@@ -127,7 +130,8 @@ class GroupConv(nn.Module):
             self.bias.repeat_interleave(r).to(x.dtype),
             padding="same",
         )
-        return y.unflatten(1, (self.c_out, r))
+        out: Tensor = y.unflatten(1, (self.c_out, r))
+        return out
 
 
 def symmetric_pool(x: Tensor) -> Tensor:

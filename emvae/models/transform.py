@@ -37,6 +37,7 @@ class RigidTransform(nn.Module):
 
     @property
     def n_params(self) -> int:
+        """Width of the pose vector: the rigid part only."""
         return self.n_rigid
 
     def split(self, pose: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -115,6 +116,7 @@ class ThinPlateSpline(nn.Module):
 
     @property
     def n_points(self) -> int:
+        """Control points M of the spline (g x g)."""
         return self.control.shape[0]
 
     def forward(self, points: Tensor, disp: Tensor) -> Tensor:
@@ -156,14 +158,17 @@ class DeformTransform(RigidTransform):
 
     @property
     def n_affine(self) -> int:
+        """Width of the affine part (log-scales and shear), 0 without one."""
         return N_AFFINE if self.affine else 0
 
     @property
     def n_tps(self) -> int:
+        """Width of the spline part (each control point's x and y displacement), 0 without."""
         return 0 if self.tps is None else 2 * self.tps.n_points
 
     @property
     def n_params(self) -> int:
+        """Width of the pose vector: rigid, then affine, then spline parts."""
         return self.n_rigid + self.n_affine + self.n_tps
 
     def deform_parts(self, pose: Tensor) -> tuple[Tensor | None, Tensor | None]:

@@ -58,6 +58,7 @@ class RotationBins:
         return self.top(k)[1][:, 0].exp()
 
     def float(self) -> RotationBins:
+        """The same posterior in float32 (after a bf16 autocast pass)."""
         return RotationBins(self.log_q.float(), self.theta.float(), self.logstd.float())
 
 
@@ -355,17 +356,21 @@ class SpatialVAE(nn.Module):
         if pose.dim() == 3:
             b, k = pose.shape[:2]
             flat = self.decode(z.repeat_interleave(k, 0), pose.flatten(0, 1), full, pixels)
-            return flat.unflatten(0, (b, k))
+            unflat: Tensor = flat.unflatten(0, (b, k))
+            return unflat
         part = self.masked and not full and not self.render_all
         index = pixels if pixels is not None else (self.pixel_index if part else None)
+        out: Tensor
         if not self.generator.uses_coordinates:
             out = self.generator(None, z)
         elif getattr(self.generator, "full_grid", False):  # the broadcast CNN: every pixel
             out = self.generator(self.transform(self.coords, pose), z)
         else:
             grid = self.coords if index is None else self.coords[index]
-            return self.generator(self.transform(grid, pose), z)
-        return out if index is None else out[:, index]
+            rendered: Tensor = self.generator(self.transform(grid, pose), z)
+            return rendered
+        result: Tensor = out if index is None else out[:, index]
+        return result
 
     def pixels(self, images: Tensor, subset: Tensor | None = None) -> Tensor:
         """The likelihood's targets: ``(B, C, D, D)`` -> ``(B, N, C)`` (masked pixels only, or
@@ -501,6 +506,7 @@ def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
 
 
 def build_generator(cfg: ModelConfig) -> nn.Module:
+    """The generator ``cfg.generator`` names (spatial, vanilla or broadcast), sized by ``cfg``."""
     # filled in by ModelConfig.__post_init__
     assert cfg.gen_hidden is not None and cfg.gen_layers is not None
     if cfg.generator == "spatial":

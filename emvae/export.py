@@ -1,0 +1,193 @@
+"""A run's poses out of emvae: as a RELION STAR file (``emvae export-star``), or applied to
+its images here (``emvae align``).
+
+:func:`load_source` reads a run folder or a table file; :func:`plan_star_export` resolves
+what a STAR file needs (the input STAR whose rows it keeps, the box in px, the pixel size in
+Å) and :func:`write_star_export` writes it; :func:`align_run` writes the aligned stack.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from emvae.align import align_stack
+from emvae.config import RunConfig, physical
+from emvae.data import resolve_device
+from emvae.errors import ConfigError, InputError
+from emvae.io import input_files, open_stack, read_table, write_mrc
+from emvae.io.stack import same_image
+from emvae.io.star import _pixel_size as star_pixel_size
+from emvae.io.star_export import Optics, export_table, input_star_rows
+from emvae.progress import training_progress
+from emvae.run import Run
+from emvae.safety import check_writable, refuse_existing, refuse_inputs_as_outputs
+
+
+def load_source(source: Path) -> tuple[pd.DataFrame, RunConfig | None]:
+    """(particle table, the run's config or None) of a run directory or a table file."""
+    if source.is_dir():
+        run = Run.open(source)
+        return run.table(), run.config if run.has_config else None
+    if not source.exists():
+        raise InputError(source, "no such file or directory")
+    return read_table(source), None
+
+
+@dataclass
+class StarExport:
+    """What a STAR file of a table's poses is made from."""
+
+    table: pd.DataFrame
+    out: Path
+    #: the input images' box, px (None: unknown, refused when written)
+    box: int | None
+    #: the input pixel size, Å (None: unknown; origins then in px, RELION 3.0)
+    apix: float | None
+    #: optics of a new optics group (when no input STAR gives one)
+    optics_given: Optics
+    #: the input STAR's particle rows for the table's rows, in order, and its optics table
+    particles: pd.DataFrame | None = None
+    optics: pd.DataFrame | None = None
+    #: what was found out about the input STAR ("note: ..."), for the user
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_star_export(
+    source: Path,
+    out: Path,
+    *,
+    input_star: Path | None = None,
+    apix: float | None = None,
+    box: int | None = None,
+    voltage: float = Optics.voltage,
+    cs: float = Optics.cs,
+    amp_contrast: float = Optics.amplitude_contrast,
+    force: bool = False,
+) -> StarExport:
+    """Resolve a STAR export of ``source`` (a run folder or a table) into ``out``.
+
+    ``input_star``: the STAR file the particles came from, whose rows and columns are kept
+    (default: the run's input when it was a STAR file); its names must be the table's.
+    ``apix`` (Å) and ``box`` (px) default to the run's, else the input STAR's.
+    ``voltage`` (kV), ``cs`` (mm), ``amp_contrast``: a new optics group's.
+    """
+    refuse_existing(out, force)
+    apix = None if apix is None else physical("--apix", apix)
+    optics_given = Optics(
+        physical("--voltage", voltage), physical("--cs", cs, zero_ok=True), amp_contrast
+    )
+    if not 0 <= amp_contrast < 1:
+        raise ConfigError(f"--amp-contrast must lie in [0, 1), got {amp_contrast}")
+    table, config = load_source(source)
+    refuse_inputs_as_outputs([out], [source, *([input_star] if input_star else [])])
+    check_writable(out.parent)
+    if config is not None:
+        apix = apix if apix is not None else config.data.apix
+        box = box or config.data.input_size or None
+        first = config.data.paths[0] if config.data.paths else ""
+        if input_star is None and first.lower().endswith(".star"):
+            input_star = Path(first)
+    plan = StarExport(table, out, box, apix, optics_given)
+    if input_star is not None:
+        if "input_row" not in table:
+            raise InputError(source, "has no input_row column to match the input STAR's rows")
+        refuse_inputs_as_outputs([out], [input_star])
+        plan.particles, plan.optics = input_star_rows(input_star, table["input_row"].to_numpy())
+        check_star_names(table, plan.particles, input_star)
+        if plan.apix is None:  # what the STAR states: its optics groups' or its rows' pixel size
+            plan.apix, notes = star_pixel_size(plan.particles, plan.optics, input_star)
+            plan.notes = [f"note: {input_star}: {note}" for note in notes]
+        optics = plan.optics
+        if plan.box is None and optics is not None and "rlnImageSize" in optics:
+            plan.box = int(optics["rlnImageSize"].iloc[0])
+    return plan
+
+
+def write_star_export(plan: StarExport, relion30: bool = False) -> str:
+    """Write the planned STAR file (RELION 3.1 with optics, or the 3.0 layout with origins in
+    px when ``relion30``); returns the layout written ("3.1" or "3.0")."""
+    if plan.box is None:
+        raise ConfigError("the box size is unknown: give --box (the input images' size in px)")
+    return export_table(
+        plan.table, plan.out, plan.box, plan.apix, plan.particles, plan.optics, relion30,
+        plan.optics_given,
+    )  # fmt: skip
+
+
+def check_star_names(table: pd.DataFrame, particles: pd.DataFrame, star: Path) -> None:
+    """The table's images must be the STAR rows its poses are attached to."""
+    if "image" not in table or "rlnImageName" not in particles:
+        return
+    names = particles["rlnImageName"].astype(str).tolist()
+    for k, (a, b) in enumerate(zip(table["image"].astype(str), names, strict=True)):
+        if not same_image(a, b):
+            raise InputError(
+                star,
+                f"row {table['input_row'].iloc[k]} is {b} but the table's particle {k + 1} is "
+                f"{a}: this STAR file is not the one the poses came from",
+            )
+
+
+def align_run(
+    source: Path,
+    stacks: list[str] | None,
+    out: Path,
+    *,
+    datadir: str | None = None,
+    ind: str | None = None,
+    apix: float | None = None,
+    device: str = "auto",
+    batch_size: int = 1024,
+    force: bool = False,
+    progress: bool = True,
+) -> tuple[int, Path]:
+    """Apply the poses of ``source`` (a run folder or a table) to its images (``stacks``;
+    default: the run's inputs): the aligned stack ``out`` (.mrcs) and its average
+    (``OUT_avg.mrc``), as RELION's ``relion_stack_create --apply_transformation`` makes them.
+
+    The images must be the table's rows, in order (the same ``k@stack`` names). ``batch_size``
+    images at a time on ``device``. Returns (number of images, the average's path).
+    """
+    avg_path = out.with_name(out.stem + "_avg.mrc")
+    refuse_existing([out, avg_path], force)
+    table, config = load_source(source)
+    if not stacks:
+        if config is None or not config.data.paths:
+            raise ConfigError("name the images the table describes")
+        stacks = config.data.paths
+        datadir = datadir or config.data.datadir
+        ind = ind or config.data.ind
+    images = open_stack(stacks, datadir, ind, apix=apix)
+    inputs: list[str | os.PathLike[str]] = [*input_files(images.inputs, images.names), source]
+    refuse_inputs_as_outputs([out, avg_path], inputs)
+    check_writable(out.parent)
+    check_table_names(table, images.names, images.source)
+    with training_progress(progress) as bar:
+        avg = align_stack(
+            images,
+            table["theta_deg"].to_numpy(np.float64),
+            table[["shift_x_px", "shift_y_px"]].to_numpy(np.float64),
+            out,
+            resolve_device(device),
+            max(1, batch_size),
+            bar.task("aligning", len(images)),
+        )
+    write_mrc(avg_path, avg, images.apix)
+    return len(images), avg_path
+
+
+def check_table_names(table: pd.DataFrame, names: Sequence[str], source: str) -> None:
+    """The images ``names`` (of the stack ``source``) must be the table's rows, in order."""
+    rows = table["image"].astype(str).tolist()
+    if len(rows) != len(names):
+        raise InputError(source, f"holds {len(names)} images but the table has {len(rows)} rows")
+    same = [same_image(a, b) for a, b in zip(rows, names, strict=True)]
+    if not all(same):
+        k = same.index(False)
+        raise InputError(source, f"image {k + 1} is {names[k]} but the table's row says {rows[k]}")
