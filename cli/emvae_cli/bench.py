@@ -187,8 +187,21 @@ def simulate(
         return
     if structure2 is not None or domain or tilt_deg > 0:
         raise ConfigError("--structure2, --domain and --tilt-deg need --structure")
+    _simulate_blobs(
+        out, obj.value, object_seed, classes, class_weights, n, size, snr, shift_std, seed, apix,
+        df, astigmatism, scale_std, stretch_std, bend_std, junk, kinds,
+    )  # fmt: skip
+
+
+def _simulate_blobs(
+    out: Path, obj: str, object_seed: int, classes: int, class_weights: str | None, n: int,
+    size: int, snr: float, shift_std: float, seed: int, apix: float,
+    df: float | tuple[float, float] | None, astigmatism: float, scale_std: float,
+    stretch_std: float, bend_std: float, junk: float, kinds: tuple[str, ...],
+) -> None:  # fmt: skip
+    """``emvae simulate`` of the 2-D blob molecules (:mod:`emvae.simulate`)."""
     weights = parse_weights(class_weights, classes)
-    particles = class_objects(obj.value, object_seed, classes)
+    particles = class_objects(obj, object_seed, classes)
     stack = write_simulation(
         out, n, size, snr, shift_std, seed, apix, df, particles if classes > 1 else particles[0],
         astigmatism, scale_std, stretch_std, bend_std, junk, kinds, weights,
