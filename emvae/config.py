@@ -378,9 +378,10 @@ def default_batch_size(image_size: int) -> int:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings: Adam, batch 100 (the paper's), learning rate 1e-3 (the paper's
-    1e-4 needs about three times the epochs before the poses settle, and z only starts to
-    carry the conformation after that; docs/benchmarks.md)."""
+    """Optimisation settings: Adam, batch 100 (the paper's; 32 above 48 px:
+    :func:`default_batch_size`), learning rate 1e-3 (the paper's 1e-4 needs about three times
+    the epochs before the poses settle, and z only starts to carry the conformation after
+    that; docs/benchmarks.md)."""
 
     # None: DEFAULT_EPOCHS, or above 48 px with the default schedule one chosen by the
     # particle count (emvae.stages.default_schedule); RunConfig.resolve fills it in
