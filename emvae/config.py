@@ -151,6 +151,11 @@ class ModelConfig:
     enc_channels: int = 8  # conv / equivariant: feature maps per layer (per rotation)
     rotation_bins: int = 8  # bins: R rotation bins (the group convolution's rotations)
     hypotheses: int = 2  # bins: the k most probable bins summed exactly in the ELBO
+    # K discrete classes (views, complexes): a categorical latent c per particle, inferred
+    # jointly with the rotation bin (q(c, bin | y), the k most probable bins of every class
+    # summed exactly); the generator sees z and c's one-hot; 1: no class latent (the model
+    # without it, exactly)
+    classes: int = 1
     activation: str = "tanh"
     rotation: bool = True  # infer an in-plane rotation theta
     translation: bool = True  # infer a shift (dx, dy)
@@ -259,6 +264,15 @@ class ModelConfig:
                     f"--hypotheses must lie in 2..{self.rotation_bins} (the rotation bins), "
                     f"got {self.hypotheses}"
                 )
+        if self.classes < 1:
+            raise ConfigError(f"--classes must be >= 1, got {self.classes}")
+        if self.classes > 1 and not self.binned:
+            raise ConfigError(
+                "--classes is inferred with the rotation bins: it needs rotation inference "
+                "under the uniform prior (not --theta-posterior gaussian)"
+            )
+        if self.classes > 1 and self.generator == "vanilla":
+            raise ConfigError("--classes goes with the spatial or broadcast generator")
         if self.fourier_features < 0 or not self.fourier_scale > 0:
             raise ConfigError("--fourier-features must be >= 0 and --fourier-scale > 0")
         if self.enc_channels < 1:
@@ -328,6 +342,18 @@ class ModelConfig:
     def tps_prior_std(self) -> float:
         """The spline's displacement prior std in internal coordinate units."""
         return self.tps_prior_px * self.pixel_to_unit
+
+    @property
+    def class_inputs(self) -> int:
+        """The generator's latent inputs beyond z: the class's one-hot with ``classes`` > 1,
+        none with one class."""
+        return self.classes if self.classes > 1 else 0
+
+    @property
+    def n_hypotheses(self) -> int:
+        """Renderings per image in a training pass: the k most probable rotation bins of each
+        class (1 with a Gaussian rotation posterior)."""
+        return self.hypotheses * self.classes if self.binned else 1
 
     @property
     def n_out(self) -> int:

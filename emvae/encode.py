@@ -25,7 +25,8 @@ class Encoding:
 
     z_mu, z_std: ``(N, K)``; pose_mu, pose_std: ``(N, P)`` (theta radians, shifts in coordinate
     units, layout of :class:`emvae.models.RigidTransform`); elbo: ``(N,)`` nats; theta_prob
-    ``(N,)``: posterior probability of the reported rotation bin (binned rotation posterior only).
+    ``(N,)``: posterior probability of the reported rotation bin (binned rotation posterior only);
+    class_prob ``(N, K)``: q(class | image) of each class (``--classes`` > 1 only).
     """
 
     z_mu: np.ndarray
@@ -34,6 +35,7 @@ class Encoding:
     pose_std: np.ndarray
     elbo: np.ndarray
     theta_prob: np.ndarray | None = None
+    class_prob: np.ndarray | None = None
 
 
 def elbo_pass(
@@ -51,7 +53,7 @@ def elbo_pass(
     q = model.encode(x, infer_z=use_z)
     with amp if amp is not None else contextlib.nullcontext():
         z, pose = model.sample(q, use_z=use_z, eps=eps)
-        params = model.decode(z, pose)
+        params = model.decode(z, pose, classes=model.hypothesis_classes(q))
     y = model.pixels(x)
     return q, posterior_elbo(model.config, y, params.float(), q, use_z, ctf, 1.0, model.stage)
 
@@ -84,6 +86,7 @@ def encode(
     rng.manual_seed(seed)
     binned = model.binned
     keys = ("z_mu", "z_std", "pose_mu", "pose_std", "elbo") + (("theta_prob",) if binned else ())
+    keys += ("class_prob",) if model.config.classes > 1 else ()
     out: dict[str, list[Tensor]] = {k: [] for k in keys}
     mine: list[np.ndarray] = []
     n = data.shape[0]
@@ -113,6 +116,8 @@ def encode(
             }
             if q.bins is not None:
                 piece["theta_prob"] = q.bins.concentration(model.config.hypotheses)
+                if q.bins.classes > 1:
+                    piece["class_prob"] = q.bins.class_log_prob().exp()
             pieces.append(piece)
         values = {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
         for key, val in values.items():

@@ -575,7 +575,7 @@ class Explorer:
         with self.lock:
             self.model.eval()
             q = self.model.encode(x)
-            params_out = self.model.decode(q.z_mu, q.pose_mu, full=True)
+            params_out = self.model.decode(q.z_mu, q.pose_mu, full=True, classes=q.best_class())
             if ctf is not None:
                 params_out = with_ctf(self.cfg, params_out, ctf.to(params_out.dtype))
             recon = pixels_to_images(pixel_mean(self.cfg, params_out), self.size)

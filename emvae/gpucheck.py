@@ -367,7 +367,7 @@ def step_flops(model: SpatialVAE) -> float:
     two products) x the k hypotheses' renderings x :func:`generator_flops` at the pixels
     rendered."""
     cfg = model.config
-    k = cfg.hypotheses if model.binned else 1
+    k = cfg.n_hypotheses
     return 3.0 * k * generator_flops(cfg, rendered_pixels(model))
 
 

@@ -53,7 +53,7 @@ def reconstruct(model: SpatialVAE, images: Tensor) -> tuple[Tensor, Tensor, Tens
     model.eval()
     x = images.to(next(model.parameters()).device, torch.float32)
     q = model.encode(x)
-    params = model.decode(q.z_mu, q.pose_mu, full=True)
+    params = model.decode(q.z_mu, q.pose_mu, full=True, classes=q.best_class())
     rendered = pixels_to_images(pixel_mean(model.config, params), model.config.image_size)
     return rendered.cpu(), q.z_mu.cpu(), q.pose_mu.cpu()
 

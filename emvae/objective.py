@@ -20,6 +20,7 @@ on z").
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
@@ -128,6 +129,8 @@ class ElboTerms:
     kl_z_dims: Tensor
     # the affine / spline parameters' KL (``--pose``; :func:`kl_deform`), None for rigid poses
     kl_deform: Tensor | None = None
+    # the class's KL, KL(q(c) || p(c)) (``--classes`` > 1; :func:`kl_class_bins`), else None
+    kl_class: Tensor | None = None
 
     @property
     def kl_pose(self) -> Tensor:
@@ -137,10 +140,11 @@ class ElboTerms:
 
     @property
     def kl(self) -> Tensor:
-        """KL of all latents (z and pose), nats, ``(B,)``."""
-        if self.kl_deform is None:
-            return self.kl_z + self.kl_theta + self.kl_shift
-        return self.kl_z + self.kl_theta + self.kl_shift + self.kl_deform
+        """KL of all latents (z, pose and class), nats, ``(B,)``."""
+        kl = self.kl_z + self.kl_theta + self.kl_shift
+        if self.kl_deform is not None:
+            kl = kl + self.kl_deform
+        return kl if self.kl_class is None else kl + self.kl_class
 
     @property
     def elbo(self) -> Tensor:
@@ -154,14 +158,20 @@ class ElboTerms:
 
     def detached(self) -> ElboTerms:
         """The same terms cut from the autograd graph."""
-        deform = None if self.kl_deform is None else self.kl_deform.detach()
+        return self.map(lambda t: t.detach())
+
+    def map(self, f: Callable[[Tensor], Tensor]) -> ElboTerms:
+        """The terms with ``f`` applied to each (the optional ones kept None)."""
+        deform = None if self.kl_deform is None else f(self.kl_deform)
+        kl_class = None if self.kl_class is None else f(self.kl_class)
         return ElboTerms(
-            self.log_lik.detach(),
-            self.kl_z.detach(),
-            self.kl_theta.detach(),
-            self.kl_shift.detach(),
-            self.kl_z_dims.detach(),
+            f(self.log_lik),
+            f(self.kl_z),
+            f(self.kl_theta),
+            f(self.kl_shift),
+            f(self.kl_z_dims),
             deform,
+            kl_class,
         )
 
     @staticmethod
@@ -169,9 +179,12 @@ class ElboTerms:
         """The terms of consecutive parts of a batch, joined in order."""
         if len(parts) == 1:
             return parts[0]
-        deform = None
-        if parts[0].kl_deform is not None:
-            deform = torch.cat([p.kl_deform for p in parts if p.kl_deform is not None])
+
+        def cat(name: str) -> Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else torch.cat(values)
+
+        deform, kl_class = cat("kl_deform"), cat("kl_class")
         return ElboTerms(
             torch.cat([p.log_lik for p in parts]),
             torch.cat([p.kl_z for p in parts]),
@@ -179,6 +192,7 @@ class ElboTerms:
             torch.cat([p.kl_shift for p in parts]),
             torch.cat([p.kl_z_dims for p in parts]),
             deform,
+            kl_class,
         )
 
 
@@ -293,15 +307,45 @@ def kl_deform(
     return kl
 
 
-def kl_rotation_bins(log_w: Tensor, logstd: Tensor, cfg: ModelConfig) -> Tensor:
+def kl_class_bins(
+    log_w: Tensor, classes: Tensor, n_classes: int, log_prior: Tensor | None
+) -> Tensor:
+    """KL(q(c) || p(c)) of the class marginal of a joint (class, bin) posterior, ``(B,)`` nats.
+
+    log_w ``(B, h)``: log q of the hypotheses used (normalised); classes ``(B, h)``: their
+    classes (0-based); log_prior ``(K,)``: log p(c) (None: uniform). q(c) sums the
+    hypotheses' q over each class. The joint's KL from ``p(c) / R`` is this plus
+    ``sum_c q(c) KL(q(bin | c) || 1/R)`` (:func:`kl_rotation_bins` returns the joint's).
+    """
+    q_c = log_w.new_zeros(log_w.shape[0], n_classes).scatter_add(1, classes, log_w.exp())
+    log_p = -math.log(n_classes) if log_prior is None else log_prior.to(log_w.dtype)
+    return (q_c * (q_c.clamp_min(1e-30).log() - log_p)).sum(1)
+
+
+def kl_rotation_bins(
+    log_w: Tensor,
+    logstd: Tensor,
+    cfg: ModelConfig,
+    classes: Tensor | None = None,
+    log_prior: Tensor | None = None,
+) -> Tensor:
     """KL of the binned rotation posterior from the uniform prior (module docstring).
 
     log_w ``(B, k)``: log q(b) over the bins used (normalised); logstd ``(B, k)``: the in-bin
     log-stds. ``sum_b q_b (log q_b + log R) + sum_b q_b KL_eq3(sigma_b; s_theta / R)`` -> ``(B,)``.
+    With classes, the hypotheses are (class, bin) cells of classes ``(B, k)`` (0-based) and the
+    prior is ``p(c) / R`` (log p(c) ``log_prior`` ``(K,)``; None: uniform): ``- log p(c_b)`` is
+    added inside the first sum.
     """
     r = cfg.rotation_bins
     w = log_w.exp()
-    kl_bins = (w * (log_w + math.log(r))).sum(1)
+    log_p: float | Tensor = math.log(r)
+    if classes is not None:
+        prior = log_w.new_full((cfg.classes,), -math.log(cfg.classes))
+        if log_prior is not None:
+            prior = log_prior.to(log_w.dtype)
+        log_p = math.log(r) - prior[classes]
+    kl_bins = (w * (log_w + log_p)).sum(1)
     kl_in = (w * kl_uniform_rotation(logstd, cfg.theta_prior_std / r)).sum(1)
     return kl_bins + kl_in
 
@@ -372,13 +416,21 @@ def posterior_elbo(
             cfg, y, params, q.z_mu, q.z_logstd, mu, logstd, use_z, pixel_weight, prior,
             q.affine_prior, noise,
         )  # fmt: skip
-    idx, log_w = q.bins.top(params.shape[1])
+    idx, log_w = q.bins.top(params.shape[1] // q.bins.classes)
     b, k = idx.shape
     ll = log_likelihood(cfg, y.repeat_interleave(k, 0), params.flatten(0, 1), noise).view(b, k)
     ll = ll * pixel_weight
     prior = q.z_prior_logstd
     kl_z, _, kl_shift = kl_terms(cfg, q.z_mu, q.z_logstd, q.pose_mu, q.pose_logstd, use_z, prior)
-    kl_theta = kl_rotation_bins(log_w, q.bins.logstd.gather(1, idx), cfg)
+    logstd = q.bins.logstd.gather(1, idx)
+    kl_class = None
+    if q.bins.classes == 1:
+        kl_theta = kl_rotation_bins(log_w, logstd, cfg)
+    else:  # the joint (class, bin) KL, split into the class's and the rest
+        classes = q.bins.cell_class(idx)
+        joint = kl_rotation_bins(log_w, logstd, cfg, classes, q.class_log_prior)
+        kl_class = kl_class_bins(log_w, classes, q.bins.classes, q.class_log_prior)
+        kl_theta = joint - kl_class
     dims = _kl_dims(q.z_mu, q.z_logstd, use_z, prior)
     extra = kl_deform(cfg, q.pose_mu, q.pose_logstd, q.affine_prior)
-    return ElboTerms((log_w.exp() * ll).sum(1), kl_z, kl_theta, kl_shift, dims, extra)
+    return ElboTerms((log_w.exp() * ll).sum(1), kl_z, kl_theta, kl_shift, dims, extra, kl_class)

@@ -374,9 +374,11 @@ class Particles:
         ``shift_y_A`` when the pixel size is known (``shift_x_arcsec``/``shift_y_arcsec``, along
         the pixel axes, for FITS images whose WCS gives the pixel scale on the sky),
         ``theta_prob`` (the posterior probability of the reported rotation bin, with rotation
-        bins: low values flag unreliable poses),
-        ``z1..zK``, ``z1_std..zK_std``, ``elbo`` (nats), and ``split`` when given. Pose
-        variables that were not inferred are reported as 0 with std 0. With ``--pose affine``:
+        bins: low values flag unreliable poses; with classes, the bin's probability within the
+        particle's class), ``class`` (1-based, as RELION's class numbers) and ``class_prob``
+        (its posterior probability) with ``--classes`` > 1, ``z1..zK``, ``z1_std..zK_std``,
+        ``elbo`` (nats), and ``split`` when given. Pose variables that were not inferred are
+        reported as 0 with std 0. With ``--pose affine``:
         ``scale_x``, ``scale_y`` (the particle's size along the canonical view's own x and y
         axes relative to it, factors) and ``shear`` (dimensionless), with ``log_scale_x_std``,
         ``log_scale_y_std`` and ``shear_std`` (posterior stds of log s and of the shear); with
@@ -418,6 +420,9 @@ class Particles:
             cols["shift_x_arcsec"], cols["shift_y_arcsec"] = x * sky, y * sky
         if enc.theta_prob is not None:
             cols["theta_prob"] = enc.theta_prob
+        if enc.class_prob is not None:
+            cols["class"] = enc.class_prob.argmax(1) + 1
+            cols["class_prob"] = enc.class_prob.max(1)
         for k in range(model.zdim):
             cols[f"z{k + 1}"] = enc.z_mu[:, k]
         for k in range(model.zdim):

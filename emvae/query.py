@@ -5,8 +5,9 @@ module, node by node, against an allow-list: nothing in it is ever handed to ``e
 ``DataFrame.eval`` or any other interpreter, so a condition can read the table's columns and
 nothing else. What a condition may hold:
 
-* column names (``z1``, ``theta_deg``, ``cluster``; a name that is not an identifier in
-  backticks: ```rlnDefocusU```), numbers, quoted strings, ``True``/``False``;
+* column names (``z1``, ``theta_deg``, ``cluster``, ``class`` — Python's other keywords are
+  read as column names too; a name that is not an identifier in backticks:
+  ```rlnDefocusU```), numbers, quoted strings, ``True``/``False``;
 * arithmetic ``+ - * / // % **`` and unary ``-``;
 * comparisons ``< <= > >= == !=`` (chained too: ``-1 < z1 < 1``), ``in`` / ``not in`` a list of
   constants (``cluster in [1, 3]``);
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import io
+import keyword
 import operator
 import re
 import tokenize
@@ -112,7 +114,7 @@ def condition_mask(frame: pd.DataFrame, condition: str, *, where: str = "--query
 
     text = _BACKTICKS.sub(_placeholder, " ".join(condition.split()))
     try:
-        tree = ast.parse(_words(text), mode="eval")
+        tree = ast.parse(_words(text, quoted), mode="eval")
     except _Refused as e:
         raise ConfigError(f"{what}: {e}") from None
     except (SyntaxError, ValueError, RecursionError, MemoryError, tokenize.TokenError) as e:
@@ -123,7 +125,10 @@ def condition_mask(frame: pd.DataFrame, condition: str, *, where: str = "--query
         with np.errstate(all="ignore"):  # log(-1), 1/0: nan and inf, compared as such
             result = _Evaluator(frame, columns, quoted).value(tree.body)
     except _Refused as e:
-        raise ConfigError(f"{what}: {e}") from None
+        msg = str(e)
+        for key in sorted(quoted, key=len, reverse=True):  # the names as the user wrote them
+            msg = msg.replace(key, quoted[key])
+        raise ConfigError(f"{what}: {msg}") from None
     except RecursionError:
         raise ConfigError(f"{what}: nested too deeply") from None
     except (TypeError, ValueError, ArithmeticError) as e:  # e.g. a string compared with a number
@@ -140,22 +145,33 @@ def condition_mask(frame: pd.DataFrame, condition: str, *, where: str = "--query
     return mask
 
 
-def _words(text: str) -> str:
+def _words(text: str, quoted: dict[str, str]) -> str:
     """``&``, ``|``, ``~`` outside strings as ``and``, ``or``, ``not``, as pandas reads them
-    (``z1 > 0 & z2 < 1`` is ``(z1 > 0) and (z2 < 1)``)."""
+    (``z1 > 0 & z2 < 1`` is ``(z1 > 0) and (z2 < 1)``); a Python keyword the language does
+    not use (``class``, emvae's column of ``--classes``) as a column name, like a name in
+    backticks (a placeholder recorded in ``quoted``)."""
     starts = [0]
     for line in text.splitlines(keepends=True):
         starts.append(starts[-1] + len(line))
     spans = [
         (starts[tok.start[0] - 1] + tok.start[1], starts[tok.end[0] - 1] + tok.end[1], tok.string)
         for tok in tokenize.generate_tokens(io.StringIO(text).readline)
-        if tok.type == tokenize.OP and (tok.string in _SYMBOLS or tok.string == "@")
+        if (tok.type == tokenize.OP and (tok.string in _SYMBOLS or tok.string == "@"))
+        or (tok.type == tokenize.NAME and tok.string in _KEYWORD_COLUMNS)
     ]
     if any(symbol == "@" for _, _, symbol in spans):
         raise _Refused("'@' names Python variables, which a condition cannot reach")
     for start, end, symbol in reversed(spans):
-        text = f"{text[:start]} {_SYMBOLS[symbol]} {text[end:]}"
+        word = _SYMBOLS.get(symbol)
+        if word is None:  # a keyword read as a column
+            word = f"_emvae_column_{len(quoted)}"
+            quoted[word] = symbol
+        text = f"{text[:start]} {word} {text[end:]}"
     return text.strip()
+
+
+#: Python keywords a condition reads as column names (the language uses the others)
+_KEYWORD_COLUMNS = frozenset(keyword.kwlist) - {"and", "or", "not", "in", "is", "True", "False"}
 
 
 def _names(columns: dict[str, Any]) -> str:

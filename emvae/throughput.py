@@ -178,7 +178,7 @@ def measure(
         sync()
     dt = (time.perf_counter() - t0) / steps
     ips = batch / dt
-    passes = cfg.hypotheses if cfg.binned else 1
+    passes = cfg.n_hypotheses
     gflops = 3 * passes * generator_flops(cfg) * pixel_fraction * ips / 1e9  # pixels drawn
     peak = None
     if dev.type == "cuda" and precision == "bf16":

@@ -24,7 +24,7 @@ import torch
 
 from emvae import run
 from emvae._version import __version__
-from emvae.config import RunConfig
+from emvae.config import ModelConfig, RunConfig
 from emvae.ctf import likelihood_ctf
 from emvae.data import (
     StreamedImages,
@@ -52,16 +52,18 @@ from emvae.stages import parse_stages, size_at
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
 
 
-def term_names(zdim: int, deform: bool = False) -> tuple[str, ...]:
+def term_names(cfg: ModelConfig) -> tuple[str, ...]:
     """The per-epoch terms of metrics.csv: :data:`TERMS`, ``kl_deform`` (the affine / spline
-    parameters' KL, with ``deform``: ``--pose`` other than rigid), then the KL of each latent
-    dimension (``kl_z1`` .. ``kl_zK``)."""
-    return (*TERMS, *(("kl_deform",) if deform else ()), *(f"kl_z{k + 1}" for k in range(zdim)))
+    parameters' KL, with ``--pose`` other than rigid), ``kl_class`` (the class's KL, with
+    ``--classes`` > 1), then the KL of each latent dimension (``kl_z1`` .. ``kl_zK``)."""
+    deform = ("kl_deform",) if cfg.pose != "rigid" else ()
+    kl_class = ("kl_class",) if cfg.classes > 1 else ()
+    return (*TERMS, *deform, *kl_class, *(f"kl_z{k + 1}" for k in range(cfg.zdim)))
 
 
-def metric_columns(zdim: int, deform: bool = False) -> list[str]:
+def metric_columns(cfg: ModelConfig) -> list[str]:
     """metrics.csv's columns (before any ``on_epoch`` figures)."""
-    names = term_names(zdim, deform)
+    names = term_names(cfg)
     return ["epoch", *(f"train_{t}" for t in names), *(f"test_{t}" for t in names), "seconds"]
 
 
@@ -266,7 +268,7 @@ def _fit(
                 history.append(row)
                 if not ctx.main:
                     continue
-                columns = metric_columns(cfg.zdim, cfg.pose != "rigid")
+                columns = metric_columns(cfg)
                 run.write_metrics(work, history, columns, config.run_id)
                 state = {
                     "model": model.state_dict(),
@@ -404,7 +406,7 @@ def _train_epoch(
         perm = perm[:limit]
     n = perm.shape[0]
     augment = cfg.rotation and tcfg.augment_rotation
-    names = term_names(cfg.zdim, cfg.pose != "rigid")
+    names = term_names(cfg)
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
     n_steps = math.ceil(n / tcfg.batch)
     bar.epoch_start(epoch, n_steps, n)
@@ -586,14 +588,7 @@ def training_step(
     optimizer.step()
     terms = ElboTerms.cat(parts)
     if n == 0:
-        return ElboTerms(
-            terms.log_lik[:0],
-            terms.kl_z[:0],
-            terms.kl_theta[:0],
-            terms.kl_shift[:0],
-            terms.kl_z_dims[:0],
-            None if terms.kl_deform is None else terms.kl_deform[:0],
-        )
+        return terms.map(lambda t: t[:0])
     return terms
 
 
@@ -630,7 +625,7 @@ def evaluate(
     model.eval()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
-    names = term_names(config.model.zdim, config.model.pose != "rigid")
+    names = term_names(config.model)
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
     bs = max(config.train.batch, 256)
     step = model.images_per_pass(training=False)
@@ -654,5 +649,7 @@ def _term_sums(terms: ElboTerms) -> torch.Tensor:
     parts = [terms.elbo, -terms.log_lik, terms.kl, terms.kl_z, terms.kl_theta, terms.kl_shift]
     if terms.kl_deform is not None:
         parts.append(terms.kl_deform)
+    if terms.kl_class is not None:
+        parts.append(terms.kl_class)
     sums = torch.stack([p.detach().double().sum() for p in parts])
     return torch.cat([sums, terms.kl_z_dims.detach().double().sum(0)])

@@ -207,6 +207,14 @@ def fit(
         "Rotation bins: most probable bins summed exactly in the ELBO (2..R; "
         "each costs one generator pass).",
     ),
+    classes: int = field_option(
+        M,
+        "classes",
+        "Discrete classes K (views, complexes): a class per particle inferred with its "
+        "rotation (table columns class, class_prob; RELION's rlnClassNumber), z continuous "
+        "within each; each class costs --hypotheses generator passes. 1: no classes.",
+        min=1,
+    ),
     enc_channels: int | None = typer.Option(
         None,
         "--enc-channels",

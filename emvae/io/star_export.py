@@ -38,6 +38,9 @@ OWN = {  # emvae table column -> STAR column RELION ignores
     "elbo": "emvaeElbo",
     "split": "emvaeSplit",
 }
+#: emvae's classes (``--classes``) in RELION's own columns, as its 2-D classification writes
+#: them (1-based class numbers; the class's posterior probability)
+CLASS_COLUMNS = {"class": "rlnClassNumber", "class_prob": "rlnMaxValueProbDistribution"}
 
 
 @dataclass
@@ -178,7 +181,7 @@ def table_to_star(
         rows["rlnAnglePsi"] = psi
         rows["rlnOriginXAngst"] = origin[:, 0] * scale
         rows["rlnOriginYAngst"] = origin[:, 1] * scale
-    for col, star_col in OWN.items():
+    for col, star_col in (OWN | CLASS_COLUMNS).items():
         if col in table:
             rows[star_col] = table[col].to_numpy()
     for col in table.columns:

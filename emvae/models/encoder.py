@@ -109,11 +109,12 @@ class BinnedPose:
     """A rotation posterior over R bins and a shift, for B images (the output of
     :class:`EquivariantEncoder` and :class:`RotatedCopies`).
 
-    logits ``(B, R)`` (unnormalised log q(bin)); offset ``(B, R)``:
-    the in-bin angle in radians, in (-pi/R, pi/R); angle_logstd ``(B, R)``: log-std of the
-    angle within each bin; shift ``(B, 2)``: where the particle's centre lies in the image,
-    coordinate units, +x right, +y up; shift_logstd ``(B, 1)`` (isotropic).
-    Bin r is the image-frame rotation ``2 pi r / R + offset_r`` counter-clockwise.
+    logits ``(B, K R)`` (unnormalised log q(class, bin); cell ``c R + r`` is bin r of class c,
+    K = 1 without classes); offset ``(B, K R)``: the in-bin angle in radians, in (-pi/R, pi/R);
+    angle_logstd ``(B, K R)``: log-std of the angle within each cell; shift ``(B, 2)``: where
+    the particle's centre lies in the image, coordinate units, +x right, +y up; shift_logstd
+    ``(B, 1)`` (isotropic). Bin r is the image-frame rotation ``2 pi r / R + offset_r``
+    counter-clockwise.
     extra, extra_logstd ``(B, E)``: the affine / spline parameters (``--pose``; the layout after
     the rigid part in :class:`emvae.models.transform.DeformTransform`), which live in the
     canonical frame and do not turn with the image; None for the rigid pose.
@@ -140,18 +141,27 @@ class RotatedCopies(nn.Module):
     q-weighted mean of the copies' shifts turned back into the image frame). With ``n_extra``
     = E affine / spline parameters, each copy also gives their means and log-stds (outputs 6..
     6 + 2E); copy r sees the particle upright, so these are in the canonical frame as they are,
-    and the q-weighted means over the copies are returned.
+    and the q-weighted means over the copies are returned. With K ``classes`` each copy gives a
+    logit, offset and log-std per class: ``3 K + 3 + 2 E`` outputs (logits, offsets, log-stds,
+    shift, shift log-std, extras; the layout above for K = 1).
     """
 
     OUTPUTS = 6
     angles: Tensor
 
-    def __init__(self, net: nn.Module, rotations: int, translation: bool, n_extra: int = 0) -> None:
+    def __init__(
+        self, net: nn.Module, rotations: int, translation: bool, n_extra: int = 0, classes: int = 1
+    ) -> None:
         super().__init__()
         self.net, self.rotations, self.translation = net, rotations, translation
-        self.n_extra = n_extra
+        self.n_extra, self.classes = n_extra, classes
         angles = torch.arange(rotations, dtype=torch.float64) * (2 * math.pi / rotations)
         self.register_buffer("angles", angles.float(), persistent=False)
+
+    @staticmethod
+    def outputs(classes: int, n_extra: int) -> int:
+        """The network's outputs per copy for K ``classes`` and E ``n_extra`` parameters."""
+        return 3 * classes + 3 + 2 * n_extra
 
     def forward(self, images: Tensor) -> BinnedPose:
         """Images ``(B, C, D, D)`` -> the rotation-bin posterior (and shifts) of each: the
@@ -159,25 +169,27 @@ class RotatedCopies(nn.Module):
         b, r = images.shape[0], self.rotations
         turn = (-self.angles).repeat(b)  # copy r of each image turned clockwise by bin r
         copies = rotate_images(images.repeat_interleave(r, 0), turn.to(images.dtype))
-        e = self.n_extra
-        out = self.net(copies).view(b, r, self.OUTPUTS + 2 * e)
-        logits = out[..., 0]
-        w = logits.float().softmax(-1).to(out.dtype).unsqueeze(-1)  # (B, R, 1)
+        e, k = self.n_extra, self.classes
+        out = self.net(copies).view(b, r, self.outputs(k, e))
+        # (B, R, 3, K) -> (B, K R, 3): cell c R + r, then (logit, offset, log-std)
+        cells = out[..., : 3 * k].unflatten(-1, (3, k)).permute(0, 3, 1, 2).flatten(1, 2)
+        s = 3 * k  # the shift, its log-std, then the extras
+        w = out[..., :k].float().logsumexp(-1).softmax(-1).to(out.dtype).unsqueeze(-1)  # (B, R, 1)
         if self.translation:  # copy frame -> image frame: turn back counter-clockwise
             back = rotation_matrix(self.angles).to(out.dtype)  # (R, 2, 2), row vectors
-            shift = (w * (out[..., 3:5].unsqueeze(-2) @ back).squeeze(-2)).sum(1)
+            shift = (w * (out[..., s : s + 2].unsqueeze(-2) @ back).squeeze(-2)).sum(1)
         else:
             shift = images.new_zeros(b, 2)
         extra = extra_logstd = None
         if e:
-            extra = (w * out[..., 6 : 6 + e]).sum(1)
-            extra_logstd = (w * out[..., 6 + e :]).sum(1)
+            extra = (w * out[..., s + 3 : s + 3 + e]).sum(1)
+            extra_logstd = (w * out[..., s + 3 + e :]).sum(1)
         return BinnedPose(
-            logits=logits,
-            offset=(math.pi / r) * torch.tanh(out[..., 1]),
-            angle_logstd=out[..., 2],
+            logits=cells[..., 0],
+            offset=(math.pi / r) * torch.tanh(cells[..., 1]),
+            angle_logstd=cells[..., 2],
             shift=shift,
-            shift_logstd=(w[..., 0] * out[..., 5]).sum(1, keepdim=True),
+            shift_logstd=(w[..., 0] * out[..., s + 2]).sum(1, keepdim=True),
             extra=extra,
             extra_logstd=extra_logstd,
         )
@@ -230,8 +242,9 @@ class EquivariantEncoder(nn.Module):
     """Rotation-equivariant inference network (after TARGET-VAE, Nasiri & Bepler 2022).
 
     A lifting convolution and group convolutions over R rotations (``(B, F, R, h, w)`` maps)
-    give, per orientation, a logit, an in-bin offset and its log-std (one shared head over the
-    orientation axis, so rotating the image by one bin shifts them by one bin). The log-std of
+    give, per orientation (and per class with K ``classes``), a logit, an in-bin offset and its
+    log-std (one shared head over the orientation axis, so rotating the image by one bin shifts
+    them by one bin; the class is invariant). The log-std of
     the shift comes from features pooled over space and orientations (invariant); the shift is
     the expectation of the pixel coordinates under a spatial softmax of orientation-pooled
     features (rotates with the image). z is inferred elsewhere
@@ -247,9 +260,10 @@ class EquivariantEncoder(nn.Module):
         hidden: int,
         translation: bool,
         n_extra: int = 0,
+        classes: int = 1,
     ) -> None:
         super().__init__()
-        self.rotations, self.translation = rotations, translation
+        self.rotations, self.translation, self.classes = rotations, translation, classes
         self.lift = LiftingConv(channels, width, 5, rotations)
         self.convs = nn.ModuleList(
             GroupConv(width, width, 3, rotations) for _ in range(n_pools(size))
@@ -258,7 +272,7 @@ class EquivariantEncoder(nn.Module):
         self.angle_head = nn.Sequential(  # circular over orientations: equivariant
             nn.Conv1d(2 * width, hidden, 3, padding=1, padding_mode="circular"),
             nn.ReLU(),
-            nn.Conv1d(hidden, 3, 1),
+            nn.Conv1d(hidden, 3 * classes, 1),  # per class: logit, offset, log-std
         )
         self.invariant_head = mlp(2 * width, hidden, 1, 1, "relu")
         self.attention = nn.Conv2d(width, 1, 1)
@@ -283,7 +297,8 @@ class EquivariantEncoder(nn.Module):
         # the orientation signal from the start (statistics over all bins: equivariant)
         contrast = g - g.mean(-1, keepdim=True)
         contrast = contrast * torch.rsqrt(contrast.square().mean((1, 2), keepdim=True) + 1e-6)
-        a = self.angle_head(torch.cat([contrast, g], 1))  # (B, 3, R)
+        a = self.angle_head(torch.cat([contrast, g], 1))  # (B, 3 K, R)
+        a = a.unflatten(1, (3, self.classes)).flatten(2)  # (B, 3, K R): cell c R + r
         half = math.pi / self.rotations
         offset = half * torch.tanh(a[:, 1])
         inv = self.invariant_head(torch.cat([g.amax(-1), g.mean(-1)], 1))

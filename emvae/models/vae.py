@@ -35,31 +35,59 @@ POSE_LOGSTD_OFFSET = math.log(0.1)
 
 @dataclass
 class RotationBins:
-    """A rotation posterior over R bins (B images).
+    """A posterior over R rotation bins (B images), or over K classes and R bins jointly.
 
-    ``log_q`` ``(B, R)``: log q(bin | y), normalised over all R bins; ``theta`` ``(B, R)``: the
-    mean model angle (radians, the generator's theta) within each bin; ``logstd`` ``(B, R)``:
-    its log-std. Only the ``k`` most probable bins are used (:meth:`top`): the variational
-    posterior is q restricted to them and renormalised, so the ELBO sums over them exactly.
+    ``log_q`` ``(B, K R)``: log q(class, bin | y), normalised over all K R cells (cell
+    ``c R + r`` is bin r of class c; K = ``classes`` = 1 without classes); ``theta``
+    ``(B, K R)``: the mean model angle (radians, the generator's theta) within each cell;
+    ``logstd`` ``(B, K R)``: its log-std. Only the ``k`` most probable bins of each class are
+    used (:meth:`top`): the variational posterior is q restricted to them and renormalised, so
+    the ELBO sums over them exactly.
     """
 
     log_q: Tensor
     theta: Tensor
     logstd: Tensor
+    classes: int = 1
 
     def top(self, k: int) -> tuple[Tensor, Tensor]:
-        """Indices ``(B, k)`` of the k most probable bins (most probable first) and their log
-        probabilities renormalised over those k, ``(B, k)``."""
-        log_q, idx = self.log_q.topk(k, dim=1)
-        return idx, log_q.log_softmax(1)
+        """Cell indices ``(B, K k)`` of the k most probable bins of each class (most probable
+        first) and their log probabilities renormalised over those, ``(B, K k)``."""
+        if self.classes == 1:
+            log_q, idx = self.log_q.topk(k, dim=1)
+            return idx, log_q.log_softmax(1)
+        b, n = self.log_q.shape
+        r = n // self.classes
+        log_q, idx = self.log_q.view(b, self.classes, r).topk(k, dim=2)  # (B, K, k)
+        idx = idx + torch.arange(self.classes, device=idx.device).unsqueeze(1) * r
+        log_q, order = log_q.flatten(1).sort(1, descending=True)
+        return idx.flatten(1).gather(1, order), log_q.log_softmax(1)
+
+    def cell_class(self, idx: Tensor) -> Tensor:
+        """The class (0-based) of cell indices ``idx`` (any shape, from :meth:`top`)."""
+        return torch.div(idx, self.log_q.shape[1] // self.classes, rounding_mode="floor")
+
+    def class_log_prob(self) -> Tensor:
+        """log q(class | y) ``(B, K)``: the cells' probabilities summed over the bins."""
+        b = self.log_q.shape[0]
+        return self.log_q.view(b, self.classes, -1).logsumexp(2)
 
     def concentration(self, k: int) -> Tensor:
-        """``(B,)`` the posterior probability of the most probable bin (among the k used)."""
-        return self.top(k)[1][:, 0].exp()
+        """``(B,)`` the posterior probability of the most probable bin (among the k used) of the
+        most probable cell's class."""
+        idx, log_w = self.top(k)
+        if self.classes == 1:
+            return log_w[:, 0].exp()
+        cls = self.cell_class(idx)
+        same = (cls == cls[:, :1]).to(log_w.dtype)
+        w = log_w.exp()
+        return w[:, 0] / (w * same).sum(1)
 
     def float(self) -> RotationBins:
         """The same posterior in float32 (after a bf16 autocast pass)."""
-        return RotationBins(self.log_q.float(), self.theta.float(), self.logstd.float())
+        return RotationBins(
+            self.log_q.float(), self.theta.float(), self.logstd.float(), self.classes
+        )
 
 
 @dataclass
@@ -79,6 +107,14 @@ class Posterior:
     # the learned prior p(z | s) = N(0, diag(s^2)): log s ``(K,)`` (``--prior hyperprior``),
     # None for the standard N(0, I)
     z_prior_logstd: Tensor | None = None
+    # the classes' learned prior: log p(c) ``(K,)`` (normalised; ``--classes`` > 1), else None
+    class_log_prior: Tensor | None = None
+
+    def best_class(self) -> Tensor | None:
+        """``(B,)`` the most probable class (0-based) of each image; None without classes."""
+        if self.bins is None or self.bins.classes == 1:
+            return None
+        return self.bins.class_log_prob().argmax(1)
 
     def float(self) -> Posterior:
         """The same posterior in float32 (the ELBO is computed in float32 under autocast)."""
@@ -90,7 +126,8 @@ class Posterior:
         affine = None
         if self.affine_prior is not None:
             affine = (self.affine_prior[0].float(), self.affine_prior[1].float())
-        return Posterior(z_mu, z_logstd, pose_mu, pose_logstd, bins, affine, prior)
+        classes = None if self.class_log_prior is None else self.class_log_prior.float()
+        return Posterior(z_mu, z_logstd, pose_mu, pose_logstd, bins, affine, prior, classes)
 
 
 #: Bytes of generator activations per rendered pixel, hypothesis and hidden unit in a
@@ -153,6 +190,10 @@ class SpatialVAE(nn.Module):
             self.affine_prior_mean = nn.Parameter(torch.zeros(3))
             init = math.log(config.affine_prior_std)
             self.affine_prior_logstd = nn.Parameter(torch.full((3,), init))
+        # --classes K: the logits of the classes' prior p(c), learned (uniform at the start)
+        self.class_prior_logits = (
+            nn.Parameter(torch.zeros(config.classes)) if config.classes > 1 else None
+        )
         self.register_buffer("coords", coordinate_grid(d, d), persistent=False)
         # The likelihood sees only pixels inside the circular mask (all pixels without one);
         # the spatial generator is evaluated on those coordinates alone, unless the CTF (a
@@ -215,7 +256,7 @@ class SpatialVAE(nn.Module):
         rotation bins (:class:`RotatedCopies`), else z (when shared) and Gaussian pose means
         (theta as a 2-vector with ``theta_param="vector"``), then their log-stds."""
         if self.binned:
-            return RotatedCopies.OUTPUTS + 2 * self.config.n_deform
+            return RotatedCopies.outputs(self.config.classes, self.config.n_deform)
         return 2 * (self.shared_z + self.transform.n_params) + int(self.theta_vector)
 
     def encode(
@@ -246,6 +287,8 @@ class SpatialVAE(nn.Module):
         q.z_prior_logstd = self.z_prior_logstd
         if self.affine_prior_mean is not None and self.affine_prior_logstd is not None:
             q.affine_prior = (self.affine_prior_mean, self.affine_prior_logstd)
+        if self.class_prior_logits is not None:
+            q.class_log_prior = self.class_prior_logits.log_softmax(0)
         return q
 
     @torch.no_grad()
@@ -319,18 +362,19 @@ class SpatialVAE(nn.Module):
         """Rotation bins (:class:`BinnedPose`, from the equivariant encoder or rotated copies);
         the shift is converted to the template frame at the most probable bin's angle
         (``dx = -s R(theta)``, see geometry). z is left empty for the content encoder."""
-        r = self.config.rotation_bins
+        r, k = self.config.rotation_bins, self.config.classes
         out = self.encoder(seen)
         z_mu = z_logstd = seen.new_zeros(seen.shape[0], 0)
         centres = torch.arange(r, device=seen.device, dtype=out.offset.dtype) * (2 * math.pi / r)
-        theta = -(centres + out.offset)  # image-frame counter-clockwise angle -> model theta
+        # image-frame counter-clockwise angle -> model theta (cell c R + r: bin r's centre)
+        theta = -(centres.repeat(k) + out.offset)
         shift = out.shift
         if gamma is not None:  # the network saw the image rotated counter-clockwise by gamma
             g = gamma.to(theta.dtype)
             theta = theta + g.unsqueeze(1)
             shift = (shift.unsqueeze(1) @ rotation_matrix(g).transpose(-1, -2)).squeeze(1)
         logits = out.logits.to(torch.promote_types(out.logits.dtype, torch.float32))
-        bins = RotationBins(logits.log_softmax(1), theta, out.angle_logstd + POSE_LOGSTD_OFFSET)
+        bins = RotationBins(logits.log_softmax(1), theta, out.angle_logstd + POSE_LOGSTD_OFFSET, k)
         best = bins.log_q.argmax(1, keepdim=True)
         theta_best = theta.gather(1, best)  # (B, 1)
         pose_mu, pose_logstd = [theta_best], [bins.logstd.gather(1, best)]
@@ -344,20 +388,29 @@ class SpatialVAE(nn.Module):
         return Posterior(z_mu, z_logstd, torch.cat(pose_mu, 1), torch.cat(pose_logstd, 1), bins)
 
     def decode(
-        self, z: Tensor, pose: Tensor, full: bool = False, pixels: Tensor | None = None
+        self,
+        z: Tensor,
+        pose: Tensor,
+        full: bool = False,
+        pixels: Tensor | None = None,
+        classes: Tensor | None = None,
     ) -> Tensor:
         """Generator output ``(B, N, n_out)`` for z ``(B, K)`` and pose ``(B, P)``; with
         several hypotheses per image, pose ``(B, k, P)`` gives ``(B, k, N, n_out)``.
 
         N is every pixel with ``full`` or without a mask, else the masked pixels (the ones
         :meth:`pixels` returns), in row-major order; ``pixels`` ``(N,)``: these row-major
-        indices only (the likelihood's random subset, ``--pixel-fraction``).
+        indices only (the likelihood's random subset, ``--pixel-fraction``). ``classes``: the
+        class (0-based) of each rendering, ``(B,)`` or ``(B, k)`` (needed with ``--classes``
+        > 1; see :meth:`latent`).
         """
         if pose.dim() == 3:
             b, k = pose.shape[:2]
-            flat = self.decode(z.repeat_interleave(k, 0), pose.flatten(0, 1), full, pixels)
+            c = None if classes is None else classes.flatten()
+            flat = self.decode(z.repeat_interleave(k, 0), pose.flatten(0, 1), full, pixels, c)
             unflat: Tensor = flat.unflatten(0, (b, k))
             return unflat
+        z = self.latent(z, classes)
         part = self.masked and not full and not self.render_all
         index = pixels if pixels is not None else (self.pixel_index if part else None)
         out: Tensor
@@ -371,6 +424,17 @@ class SpatialVAE(nn.Module):
             return rendered
         result: Tensor = out if index is None else out[:, index]
         return result
+
+    def latent(self, z: Tensor, classes: Tensor | None) -> Tensor:
+        """The generator's latent input ``(B, K + C)``: z ``(B, K)`` and the one-hot of each
+        rendering's class ``classes`` ``(B,)`` (0-based) with C = ``--classes`` > 1; z alone with
+        one class."""
+        n = self.config.classes
+        if n == 1:
+            return z
+        if classes is None:
+            raise ValueError(f"a model of {n} classes renders a given class: pass classes")
+        return torch.cat([z, F.one_hot(classes.long(), n).to(z.dtype)], 1)
 
     def pixels(self, images: Tensor, subset: Tensor | None = None) -> Tensor:
         """The likelihood's targets: ``(B, C, D, D)`` -> ``(B, N, C)`` (masked pixels only, or
@@ -398,7 +462,7 @@ class SpatialVAE(nn.Module):
         p = pixels or (
             self.n_pixels if self.render_all or not self.masked else len(self.pixel_index)
         )
-        k = cfg.hypotheses if self.binned else 1
+        k = cfg.n_hypotheses
         width = (cfg.gen_hidden or 1) * ((cfg.gen_layers or 1) + 1)
         share = 1.0 if training else INFERENCE_SHARE
         per_image = PASS_BYTES_PER_UNIT * p * k * width * share
@@ -425,7 +489,14 @@ class SpatialVAE(nn.Module):
         with torch.no_grad() if self.inference_frozen else contextlib.nullcontext():
             q = self.encode(images, gamma, infer_z=use_z)
         z, pose = self.sample(q, use_z=use_z, eps=eps)
-        return q, self.decode(z, pose, pixels=pixels)
+        return q, self.decode(z, pose, pixels=pixels, classes=self.hypothesis_classes(q))
+
+    def hypothesis_classes(self, q: Posterior) -> Tensor | None:
+        """The class (0-based) of each hypothesis :meth:`sample` draws, ``(B, K k)``; None
+        without classes."""
+        if q.bins is None or q.bins.classes == 1:
+            return None
+        return q.bins.cell_class(q.bins.top(self.config.hypotheses)[0])
 
     def sample(
         self,
@@ -438,8 +509,9 @@ class SpatialVAE(nn.Module):
 
         ``eps`` ``(B, K + P)`` standard normal noise, drawn here from ``rng`` when not given.
         With rotation bins, pose is ``(B, k, P)``: one hypothesis for each of the k most
-        probable bins (the same noise for all; the shift is sampled in the image frame and
-        expressed in each hypothesis's template frame)."""
+        probable bins (of each class, ``(B, K k, P)``, with classes; the same noise for all;
+        the shift is sampled in the image frame and expressed in each hypothesis's template
+        frame)."""
         if eps is None:
             eps = torch.randn(
                 q.pose_mu.shape[0], self.n_latent, generator=rng, device=q.pose_mu.device
@@ -463,10 +535,11 @@ class SpatialVAE(nn.Module):
             parts.append(pose[:, None, r:].expand(-1, theta.shape[1], -1))
         return z, torch.cat(parts, -1)
 
-    def canonical(self, z: Tensor) -> Tensor:
-        """Generator output at theta = 0, dx = 0 for z ``(B, K)``: ``(B, N, n_out)``."""
+    def canonical(self, z: Tensor, classes: Tensor | None = None) -> Tensor:
+        """Generator output at theta = 0, dx = 0 for z ``(B, K)`` (of classes ``(B,)``, 0-based,
+        with ``--classes`` > 1): ``(B, N, n_out)``."""
         pose = z.new_zeros(z.shape[0], self.transform.n_params)
-        return self.decode(z, pose, full=True)
+        return self.decode(z, pose, full=True, classes=classes)
 
 
 def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
@@ -490,7 +563,7 @@ def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
         )
     if net is not None:
         if cfg.binned:
-            return RotatedCopies(net, cfg.rotation_bins, cfg.translation, cfg.n_deform)
+            return RotatedCopies(net, cfg.rotation_bins, cfg.translation, cfg.n_deform, cfg.classes)
         return net
     if cfg.encoder == "equivariant":
         return EquivariantEncoder(
@@ -501,21 +574,24 @@ def build_encoder(cfg: ModelConfig, n_out: int) -> nn.Module:
             cfg.enc_hidden,
             cfg.translation,
             cfg.n_deform,
+            cfg.classes,
         )
     raise ValueError(cfg.encoder)  # unreachable after validate()
 
 
 def build_generator(cfg: ModelConfig) -> nn.Module:
-    """The generator ``cfg.generator`` names (spatial, vanilla or broadcast), sized by ``cfg``."""
+    """The generator ``cfg.generator`` names (spatial, vanilla or broadcast), sized by ``cfg``;
+    its latent input is z and, with ``--classes`` > 1, the class's one-hot."""
     # filled in by ModelConfig.__post_init__
     assert cfg.gen_hidden is not None and cfg.gen_layers is not None
+    latent = cfg.zdim + cfg.class_inputs
     if cfg.generator == "spatial":
         features = None
         if cfg.fourier_features:  # cycles per pixel -> cycles per coordinate unit
             per_unit = cfg.fourier_scale * (cfg.image_size - 1) / 2
             features = FourierFeatures(cfg.fourier_features, per_unit)
         return SpatialGenerator(
-            cfg.zdim, cfg.gen_hidden, cfg.gen_layers, cfg.n_out, cfg.activation, features
+            latent, cfg.gen_hidden, cfg.gen_layers, cfg.n_out, cfg.activation, features
         )
     if cfg.generator == "vanilla":
         return VanillaGenerator(
@@ -523,7 +599,7 @@ def build_generator(cfg: ModelConfig) -> nn.Module:
         )
     if cfg.generator == "broadcast":
         return BroadcastGenerator(
-            cfg.zdim, cfg.image_size, cfg.gen_hidden, cfg.gen_layers, cfg.n_out, "relu"
+            latent, cfg.image_size, cfg.gen_hidden, cfg.gen_layers, cfg.n_out, "relu"
         )
     raise ValueError(cfg.generator)  # unreachable after validate()
 
