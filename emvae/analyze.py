@@ -4,7 +4,10 @@ PCA of the posterior means z, an optional UMAP, clusters in z (k-means or a Gaus
 numbered from 1 by size (cluster 1 the largest, like ``rlnClassNumber``), for each cluster the
 generator's image at its centre (theta = 0, dx = 0: the "class average" of the model) and the
 aligned average of its real particles, scatter plots coloured by cluster and by density, and
-a walk along each principal component. Writes into ``RUN/analyze/``:
+a walk along each principal component. A run fitted with ``--classes`` K > 1 is clustered by
+its own classes (cluster c = the table's ``class`` c, method ``classes``; each class's image
+is the generator of that class at the class's mean z, and the walks follow each class's first
+principal component). Writes into ``RUN/analyze/``:
 
     clusters.csv        image, input_row, cluster[, cluster_prob (gmm)], PC1..PCK[, UMAP1,
                         UMAP2]: one row per particle, in the run table's order
@@ -377,13 +380,26 @@ def analyze_run(
     z = table[zs].to_numpy(np.float64)
 
     scores, components, explained = pca(z)
-    labels, prob = cluster_posterior(z, k, method, seed)
     notes: list[str] = []
-    if int(labels.max()) < k:  # a mixture component that no particle prefers
-        notes.append(f"note: only {int(labels.max())} of the {k} clusters hold particles")
-        k = int(labels.max())
+    n_classes = config.model.classes
+    if n_classes > 1:  # the model's own classes, numbered as in the table
+        k, method = n_classes, "classes"
+        labels = table["class"].to_numpy(np.int64)
+        prob = table["class_prob"].to_numpy(np.float64)
+        empty = [c for c in range(1, k + 1) if not (labels == c).any()]
+        if empty:
+            notes.append(f"note: class {', '.join(map(str, empty))} of {k} holds no particle")
+    else:
+        labels, prob = cluster_posterior(z, k, method, seed)
+        if int(labels.max()) < k:  # a mixture component that no particle prefers
+            notes.append(f"note: only {int(labels.max())} of the {k} clusters hold particles")
+            k = int(labels.max())
     sizes = np.bincount(labels, minlength=k + 1)[1:]
-    centres = np.stack([z[labels == c].mean(0) for c in range(1, k + 1)])
+    centres = np.stack(
+        [z[labels == c].mean(0) if sizes[c - 1] else z.mean(0) for c in range(1, k + 1)]
+    )
+    # the class each image is rendered as (0-based; the model's classes only)
+    shown = torch.arange(k) if n_classes > 1 else None
     result: dict[str, Any] = {
         "run": str(r.path),
         "run_id": config.run_id,
@@ -420,7 +436,7 @@ def analyze_run(
     try:
         figures = []
         pd.DataFrame(columns).to_csv(staging / "clusters.csv", index=False, float_format="%.6g")
-        decoded = mt.decode_mean(model, torch.tensor(centres, dtype=torch.float32))
+        decoded = mt.decode_mean(model, torch.tensor(centres, dtype=torch.float32), shown)
         if config.model.likelihood == "bernoulli":
             decoded = decoded.clamp(0, 1)
         strip = class_labels(sizes)
@@ -454,9 +470,16 @@ def analyze_run(
             figures.append(
                 plot_embedding(embedding, labels, ("UMAP1", "UMAP2"), staging / "umap_scatter.png")
             )
-        path = pc_path(z, MAX_TRAJECTORIES)
+        if shown is None:
+            path, path_class = pc_path(z, MAX_TRAJECTORIES), None
+        else:  # each class along its own first principal component
+            path = np.concatenate(
+                [pc_path(z[labels == c] if sizes[c - 1] > 1 else z, 1) for c in range(1, k + 1)]
+            )
+            path_class = shown.repeat_interleave(path.shape[1])
         p, n = path.shape[:2]
-        frames = mt.decode_mean(model, torch.tensor(path.reshape(p * n, zdim), dtype=torch.float32))
+        flat = torch.tensor(path.reshape(p * n, zdim), dtype=torch.float32)
+        frames = mt.decode_mean(model, flat, path_class)
         grid = frames.reshape(p, n, *frames.shape[1:])
         if config.model.likelihood == "bernoulli":
             grid = grid.clamp(0, 1)

@@ -443,6 +443,11 @@ class TrainConfig:
     # what the stages after the first train: "generator" (the pose and z networks, which see
     # the same small copy at every stage, keep what the first stage taught them), or "all"
     fine_train: str = "generator"
+    # --classes: the weight (nats per image) of KL(mean q(class) over a batch || uniform) in
+    # the training objective at the first epoch, falling linearly to 0 halfway through the
+    # run: it keeps every class in use while the classes' images form (without it one class
+    # takes every particle; docs/usage.md, "Classes")
+    class_balance: float = 10.0
     # memory for the generator's activations in one pass (MB): larger batches are rendered in
     # several passes, their gradients summed (the same step, bounded memory)
     # None: the device's (emvae.data.default_pass_memory_mb: PASS_MEMORY_MB on a CPU, a

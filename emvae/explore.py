@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from emvae.errors import EmvaeError, InputError
+from emvae.errors import ConfigError, EmvaeError, InputError
 from emvae.latents import latent_columns
 from emvae.render import PosedGenerator
 from emvae.run import CONFIG, EXPLORE, Run
@@ -225,6 +225,11 @@ class Explorer:
         self.device = torch.device(device)
         self.model, self.config, _ = run.model(self.device)
         self.cfg = self.model.config
+        if self.cfg.classes > 1:
+            raise ConfigError(
+                f"{run.path}: the explorer does not draw runs with --classes yet; "
+                "emvae montage draws each class"
+            )
         self.table = run.table()
         self.notes: list[str] = []
         try:

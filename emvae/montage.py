@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -35,10 +36,12 @@ from emvae.safety import check_memory, claim_outputs, record_outputs
 
 
 @torch.no_grad()
-def decode_mean(model: SpatialVAE, z: Tensor) -> Tensor:
+def decode_mean(model: SpatialVAE, z: Tensor, classes: Tensor | None = None) -> Tensor:
     """Pixel means at theta = 0, dx = 0 for z ``(B, K)``: ``(B, C, D, D)`` (normalised units
-    for a Gaussian model, [0, 1] for a Bernoulli one)."""
-    params = model.canonical(z.to(next(model.parameters()).device))
+    for a Gaussian model, [0, 1] for a Bernoulli one); ``classes`` ``(B,)``: each image's class
+    (0-based, ``--classes``; None: the model's :meth:`~SpatialVAE.rendering_class`)."""
+    dev = next(model.parameters()).device
+    params = model.canonical(z.to(dev), None if classes is None else classes.to(dev))
     return pixels_to_images(pixel_mean(model.config, params), model.config.image_size).cpu()
 
 
@@ -408,7 +411,9 @@ def write_montages(
 
     Returns (the files written, notes to show). Files of these names that emvae did not write
     are refused (:func:`emvae.safety.claim_outputs`); earlier montages are replaced in
-    ``RUN/montage``, and in ``out`` only with ``force``."""
+    ``RUN/montage``, and in ``out`` only with ``force``. A model of K ``--classes`` gets one
+    set per class, in ``classN`` folders (N 1-based, as the table's ``class``), each from
+    that class's particles."""
     model, config, _ = load_model(source)
     owner = Run.of(source)
     run = None if owner is None else owner.path
@@ -418,17 +423,63 @@ def write_montages(
         # each tile as float64, and the picture drawn 2x2 per pixel (RGB), twice over
         need = 2 * n * (8 * config.model.channels * d * d + 3 * (2 * d + 4) ** 2)
         check_memory(need, f"montage {flag} {grid if flag == '--grid' else samples}")
-    claim_outputs(dest, MONTAGES, force or out is None, "montages")
+    table = None if run is None or not config.model.zdim else Run.open(run).table()
+    options = _MontageOptions(pairs, named_pairs, steps, grid, samples, seed, gif_steps, labels)
+    n_classes = config.model.classes
+    if n_classes == 1:
+        return _write_set(model, run, table, dest, options, force or out is None, config.run_id)
+    written: list[Path] = []
+    notes: list[str] = []
+    for c in range(n_classes):
+        mine = None if table is None else table[table["class"] == c + 1]
+        with model.rendering_class(c):
+            sub = dest / f"class{c + 1}"
+            files, said = _write_set(
+                model, run, mine, sub, options, force or out is None, config.run_id
+            )
+        written += files
+        notes += [f"class {c + 1}: {line}" for line in said]
+    return written, notes
+
+
+class _MontageOptions(NamedTuple):
+    """:func:`write_montages`' choices, passed on to each set."""
+
+    pairs: int
+    named_pairs: Sequence[str]
+    steps: int
+    grid: int
+    samples: int
+    seed: int
+    gif_steps: int | None
+    labels: bool
+
+
+def _write_set(
+    model: SpatialVAE,
+    run: Path | None,
+    table: pd.DataFrame | None,
+    dest: Path,
+    o: _MontageOptions,
+    replace: bool,
+    run_id: str,
+) -> tuple[list[Path], list[str]]:
+    """One set of montages (:func:`write_montages`) into ``dest``, from ``table``'s particles
+    (None: no run table)."""
+    pairs, named_pairs, steps, grid, samples, seed, gif_steps, labels = o
+    config = model.config
+    claim_outputs(dest, MONTAGES, replace, "montages")
     dest.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     notes: list[str] = []
     try:
-        k = config.model.zdim
+        k = config.zdim
         path_z = z_data = None
         if k == 0:
             written.append(tiles.save_png(prior_samples(model, 1, 1), dest / "canonical.png", 4))
         else:
-            table = None if run is None else Run.open(run).table()
+            if table is not None and table.empty:
+                table = None  # a class that holds no particle: the prior's montages only
             path_z = _interpolations(
                 model, run, table, pairs, named_pairs, steps, seed, dest, labels, written, notes
             )
@@ -441,7 +492,7 @@ def write_montages(
                 name, grid_z = "traversals.png", traversals(model, z_data=z_data)
                 tags = traversal_labels(k, z_data=z_data)
             written.append(tiles.save_png(grid_z, dest / name, labels=tags if labels else None))
-        if config.model.pose != "rigid":  # each pose parameter, next to z's traversals
+        if config.pose != "rigid":  # each pose parameter, next to z's traversals
             z_mid = None if z_data is None else torch.from_numpy(np.median(z_data, 0)).float()
             tags = pose_traversal_labels(model) if labels else None
             pictures = pose_traversals(model, z=z_mid)
@@ -464,7 +515,7 @@ def write_montages(
             gif = dest / "latent_motion.gif"
             written.append(tiles.save_gif(frames, gif, positions=t.numpy(), captions=captions))
     finally:  # claim_outputs found no other files of these names: all are emvae's now
-        record_outputs(dest, MONTAGES, config.run_id)
+        record_outputs(dest, MONTAGES, run_id)
     return written, notes
 
 
@@ -511,8 +562,8 @@ def _interpolations(
     z = torch.tensor(table[zs].to_numpy(np.float32))
     z_a, z_b = z[idx[:, 0]], z[idx[:, 1]]
     observed: Tensor | None
-    try:  # table rows are the run's images in order (after --ind)
-        observed = r.particles().images(idx.reshape(-1))
+    try:  # the table's index: the run's images in order (after --ind)
+        observed = r.particles().images(table.index.to_numpy()[idx.reshape(-1)])
         observed = observed.reshape(len(idx), 2, *observed.shape[1:])
     except (InputError, ConfigError) as e:
         notes.append(f"note: input images not shown ({e})")

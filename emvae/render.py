@@ -8,7 +8,8 @@ particle table reports it (docs/conventions.md, "What the tables report (image f
 * ``shift_px`` ``(B, 2)``: where the canonical view's centre lands relative to the box centre,
   +x right, +y up, in pixels of the **model's** box (the table's ``shift_x_px``/``shift_y_px``
   are in input pixels: they differ by the downsampling factor and any crop offset);
-* ``z`` ``(B, K)``: the latent (absent for a model with ``--zdim 0``).
+* ``z`` ``(B, K)``: the latent (absent for a model with ``--zdim 0``); with ``--classes`` C > 1,
+  ``(B, K + C)``: z, then the one-hot of the class to draw.
 
 It returns the pixel means ``(B, C, D, D)``: normalised units for a Gaussian model, pixel
 probabilities for a Bernoulli one, before any CTF and over the whole box (no mask). At
@@ -48,7 +49,7 @@ class PosedGenerator(nn.Module):
         super().__init__()
         cfg = model.config
         self.generator = model.generator
-        self.zdim = cfg.zdim
+        self.zdim = cfg.zdim + cfg.class_inputs  # the generator's latent input
         self.size = cfg.image_size
         self.channels = cfg.channels
         self.bernoulli = cfg.likelihood == "bernoulli"
@@ -198,8 +199,9 @@ def export_run(
     require_onnx("onnx", "onnxscript", *(["onnxruntime"] if check else []))
     model, _, _ = load_model(source, "cpu")
     path = export_onnx(model, out, opset)
-    k = model.config.zdim
-    names = (f"z (batch, {k}), " if k else "") + "theta_deg (batch,), shift_px (batch, 2)"
+    k = model.config.zdim + model.config.class_inputs
+    what = "z and the class's one-hot" if model.config.class_inputs else "z"
+    names = (f"{what} (batch, {k}), " if k else "") + "theta_deg (batch,), shift_px (batch, 2)"
     c, d = model.config.channels, model.config.image_size
     line = f"wrote {path}: {names} -> image (batch, {c}, {d}, {d})"
     if check:

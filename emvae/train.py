@@ -42,6 +42,7 @@ from emvae.encode import elbo_pass, encode
 from emvae.errors import EmvaeError
 from emvae.io.stack import ImageStack
 from emvae.models import SpatialVAE
+from emvae.models.vae import RotationBins
 from emvae.objective import ElboTerms, log_hyperprior, posterior_elbo, weighted_elbo
 from emvae.particles import Particles, check_same
 from emvae.progress import TeeProgress, TrainingProgress, training_progress
@@ -432,6 +433,7 @@ def _train_epoch(
             beta=tcfg.beta,
             pose_beta=tcfg.pose_beta,
             hyper_weight=1.0 / n_all,  # the data set's hyperprior share per image
+            class_balance=class_balance_weight(tcfg.class_balance, epoch, tcfg.epochs or 1),
         )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
@@ -512,6 +514,7 @@ def training_step(
     beta: float = 1.0,
     pose_beta: float = 1.0,
     hyper_weight: float = 0.0,
+    class_balance: float = 0.0,
 ) -> ElboTerms:
     """One optimiser step on a batch ``x`` ``(B, C, D, D)`` already on the model's device.
 
@@ -537,6 +540,9 @@ def training_step(
     ``hyper_weight * log p(s^2)`` (:func:`emvae.objective.log_hyperprior`); with 1 / N (N
     training images) each step estimates (the data set's ELBO + log p(s^2)) / N without bias
     (s is a MAP estimate).
+
+    ``class_balance``: with ``--classes``, the objective also loses ``class_balance`` times
+    KL(the batch's mean q(class) || uniform) per image (:func:`class_balance_weight`).
     """
     net = model
     core = unwrapped(model)
@@ -579,6 +585,8 @@ def training_step(
                 cfg, y, params.float(), q.float(), use_z, c, pixel_weight, core.stage
             )
             loss = -terms.objective(beta, pose_beta).sum() * weight
+            if class_balance and q.bins is not None and q.bins.classes > 1:
+                loss = loss + class_balance * len(y) * weight * batch_class_kl(q.bins.float())
             if last and core.z_prior_logstd is not None and hyper_weight:
                 loss = loss - hyper_weight * log_hyperprior(
                     core.z_prior_logstd, cfg.hyper_shape, cfg.hyper_scale
@@ -590,6 +598,20 @@ def training_step(
     if n == 0:
         return terms.map(lambda t: t[:0])
     return terms
+
+
+def class_balance_weight(start: float, epoch: int, epochs: int) -> float:
+    """The weight of the classes' balance term in ``epoch`` (1-based) of ``epochs``: ``start``
+    at the first, falling linearly to 0 at half the run (--classes; TrainConfig.class_balance)."""
+    half = max(1.0, epochs / 2)
+    return start * max(0.0, 1.0 - (epoch - 1) / half)
+
+
+def batch_class_kl(bins: RotationBins) -> torch.Tensor:
+    """KL(mean over the images of q(class | y) || uniform), nats, a scalar: 0 when the batch
+    uses every class equally, log K when all its images are of one class."""
+    mean = bins.class_log_prob().exp().mean(0)
+    return (mean * (mean.clamp_min(1e-30).log() + math.log(bins.classes))).sum()
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ rotation bin, summed exactly in the ELBO, reported 1-based in the table and the 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import starfile
 import torch
 from conftest import SMALL, runner
 from emvae_cli.main import app
+from PIL import Image
 from test_encoders import _blobs
 
 from emvae.config import ModelConfig
@@ -197,3 +199,30 @@ def test_the_table_and_star_file_report_1_based_classes(tiny_stack, tmp_path):
     assert (metrics["test_kl_class"] >= 0).all()
     mask = condition_mask(table, "class == 2 and class_prob >= 0.5")
     np.testing.assert_array_equal(mask, (table["class"] == 2).to_numpy())
+
+
+def test_montages_and_analysis_go_class_by_class(tiny_stack, tmp_path):
+    """A model of 2 classes: one montage set per class (montage/class1, class2, each class's
+    pictures different), analyze's clusters are the table's classes, and the report shows each
+    class's montages."""
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(out), *SMALL, "--classes", "2"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["montage", str(out), "--no-gif", "--samples", "2", "--grid", "3"])
+    assert r.exit_code == 0, r.output
+    one, two = (out / "montage" / f"class{c}" for c in (1, 2))
+    assert (one / "manifold.png").exists() and (two / "prior_samples.png").exists()
+    a = np.asarray(Image.open(one / "prior_samples.png"), dtype=float)
+    b = np.asarray(Image.open(two / "prior_samples.png"), dtype=float)
+    assert a.shape == b.shape and np.abs(a - b).mean() > 0.5  # the classes' own images
+    r = runner.invoke(app, ["analyze", str(out)])
+    assert r.exit_code == 0, r.output
+    table = read_table(out / "particles.csv")
+    clusters = pd.read_csv(out / "analyze" / "clusters.csv")
+    np.testing.assert_array_equal(clusters["cluster"], table["class"])
+    np.testing.assert_allclose(clusters["cluster_prob"], table["class_prob"], rtol=1e-5)
+    assert json.loads((out / "analyze" / "analyze.json").read_text())["method"] == "classes"
+    r = runner.invoke(app, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    page = (out / "report" / "report.html").read_text()
+    assert "montage/class1/manifold.png" in page and "montage/class2/manifold.png" in page

@@ -215,6 +215,13 @@ def fit(
         "within each; each class costs --hypotheses generator passes. 1: no classes.",
         min=1,
     ),
+    class_balance: float = field_option(
+        T,
+        "class_balance",
+        "--classes: weight (nats per image) of the batch's class balance at the first epoch, "
+        "falling to 0 halfway through the run (keeps every class in use while they form).",
+        min=0.0,
+    ),
     enc_channels: int | None = typer.Option(
         None,
         "--enc-channels",

@@ -392,18 +392,33 @@ def _provenance(result: dict[str, Any], config: RunConfig) -> list[tuple[str, st
     ]
 
 
+def _shown_path(figure: Figure, path: Path) -> str:
+    """Where a figure's file lies in the run: its folder and name (``montage/class2/...`` for
+    one class's montage)."""
+    sub = f"{path.parent.name}/" if path.parent.name.startswith("class") else ""
+    return f"{figure.folder}{sub}{path.name}"
+
+
 def _montages(folder: Path, last_checkpoint: Path) -> list[Shown]:
     """The montages ``emvae montage`` wrote into ``folder`` (RUN/montage), as figures of the
     page; each one older than the run's last checkpoint says so (made from an earlier state
     of the fit)."""
     shown = []
+    # a model of several classes (--classes): one set per class, in montage/classN
+    classes = sorted(
+        (p for p in folder.glob("class*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:])
+    )
     for name in MONTAGES:
-        path = folder / name
-        if not path.exists():
-            continue
-        old = last_checkpoint.exists() and path.stat().st_mtime < last_checkpoint.stat().st_mtime
-        note = " <b>Made before the run's last checkpoint: run emvae montage again.</b>"
-        shown.append(Shown(BY_NAME[name], path, note if old else ""))
+        for sub in classes or [folder]:
+            path = sub / name
+            if not path.exists():
+                continue
+            stamp = last_checkpoint.exists() and last_checkpoint.stat().st_mtime
+            old = stamp and path.stat().st_mtime < stamp
+            note = f" <b>Class {sub.name[5:]}.</b>" if classes else ""
+            if old:
+                note += " <b>Made before the run's last checkpoint: run emvae montage again.</b>"
+            shown.append(Shown(BY_NAME[name], path, note))
     return shown
 
 
@@ -452,8 +467,10 @@ def _analysis_part(analysis: dict[str, Any]) -> tuple[str, list[Shown]]:
     )
     notes = "".join(f"<p>{esc(t)}</p>" for t in analysis.get("notes", []))
     method = esc(str(analysis.get("method", "")))
-    text = f"""<p>{analysis.get("k")} clusters of z ({method}, seed {analysis.get("seed")}),
-numbered by size; PCA of z, explained variance {esc(explained)}.</p>
+    what = f"clusters of z ({method}, seed {analysis.get('seed')}), numbered by size"
+    if method == "classes":
+        what = "classes the model inferred (--classes), numbered as in the table"
+    text = f"""<p>{analysis.get("k")} {what}; PCA of z, explained variance {esc(explained)}.</p>
 <table class="summary"><tr><th>cluster</th><th>particles</th><th>fraction</th></tr>{rows}</table>
 {notes}"""
     names = analysis.get("figures", [])
@@ -490,7 +507,7 @@ def html_page(
             f'<figure id="figure-{n}"><img src="{_embed(shown.path)}"{_zoom(shown)} '
             f'alt="Figure {n}: {esc(f.title)}">'
             f"<figcaption><b>Figure {n}. {esc(f.title)}.</b> {f.caption(context)}{shown.note} "
-            f'<span class="missing">({esc(f.folder + shown.path.name)})</span>'
+            f'<span class="missing">({esc(_shown_path(f, shown.path))})</span>'
             "</figcaption></figure>"
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -211,6 +212,8 @@ class SpatialVAE(nn.Module):
         # True: training passes run the pose and z networks without gradients (a stage after
         # the first, TrainConfig.fine_train "generator"); fit sets it per epoch
         self.inference_frozen = False
+        # --classes: the class (0-based) renderings without a given class show (rendering_class)
+        self.shown_class: int | None = None
 
     def set_render_size(self, size: int) -> None:
         """Render and compare at ``size`` px (a coarse-to-fine stage, :mod:`emvae.stages`): the
@@ -432,9 +435,22 @@ class SpatialVAE(nn.Module):
         n = self.config.classes
         if n == 1:
             return z
+        if classes is None and self.shown_class is not None:
+            classes = torch.full((z.shape[0],), self.shown_class, device=z.device)
         if classes is None:
             raise ValueError(f"a model of {n} classes renders a given class: pass classes")
         return torch.cat([z, F.one_hot(classes.long(), n).to(z.dtype)], 1)
+
+    @contextlib.contextmanager
+    def rendering_class(self, c: int | None) -> Iterator[None]:
+        """Within this block, renderings not given their classes show class ``c`` (0-based;
+        the montages of one class). None: no change."""
+        before = self.shown_class
+        self.shown_class = c if c is not None else before
+        try:
+            yield
+        finally:
+            self.shown_class = before
 
     def pixels(self, images: Tensor, subset: Tensor | None = None) -> Tensor:
         """The likelihood's targets: ``(B, C, D, D)`` -> ``(B, N, C)`` (masked pixels only, or
