@@ -576,6 +576,192 @@ def error_in_frames(
     return float(np.median(np.concatenate(errors))) if errors else float("nan")
 
 
+# --- mixtures: classes and junk against a simulation's truth (issue 39, examples/score_mixture.py)
+
+#: :func:`table_recovery`'s figures, in order.
+RECOVERY = (
+    "z_conformation_pearson",
+    "theta_median_error_deg",
+    "theta_median_error_frames_deg",
+    "shift_pearson",
+)
+
+
+@dataclass
+class MixtureScore:
+    """:func:`mixture_recovery`'s figures.
+
+    ``agreement``: ``class_ari`` (adjusted Rand index of the table's ``class`` with the true
+    class over the real particles; NaN without a ``class`` column), ``class_accuracy`` (the
+    share of real particles in the predicted class matched to their true class,
+    :func:`emvae.analyze.hungarian_accuracy`), ``kmeans_k``, ``kmeans_ari`` and
+    ``kmeans_accuracy`` (the same for k-means on the z columns; NaN when not asked for),
+    ``particles``, ``real``, ``junk`` (counts) and ``true_classes`` (among the real ones).
+    ``junk``: one row ``all`` then one per junk kind (each kind against the real particles):
+    ``n`` (junk images), ``junk_auc`` (ROC AUC of the table's ``junk`` score; NaN without
+    one) and ``elbo_auc`` (of the negated ``elbo``; NaN without one).
+    ``classes``: one row per true class (real particles only, grouped by the true class):
+    ``n`` and :func:`table_recovery`'s figures.
+    """
+
+    agreement: dict[str, float]
+    junk: pd.DataFrame
+    classes: pd.DataFrame
+
+
+def truth_rows(table: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a simulation's ``truth`` (truth.csv: one row per input image, in input
+    order) for each row of a run's particle ``table``, in the table's order (index reset):
+    by ``input_row`` (the row's position in the input, so in truth.csv), else by ``image``
+    name (:func:`emvae.io.stack.image_key`: folders and index padding aside), else by position
+    (the two must then be as long). A :class:`ValueError` when a row has no truth."""
+    from emvae.io.stack import image_key
+
+    if "input_row" in table:
+        rows = table["input_row"].to_numpy(np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(truth)):
+            raise ValueError(
+                f"the table names input row {int(rows.max())} but the truth has {len(truth)} "
+                f"rows: a truth.csv of another stack?"
+            )
+        return truth.iloc[rows].reset_index(drop=True)
+    if "image" in table and "image" in truth:
+        keys = pd.Series(np.arange(len(truth)), index=[image_key(n) for n in truth["image"]])
+        wanted = [image_key(n) for n in table["image"]]
+        missing = [w for w in wanted if w not in keys.index]
+        if missing:
+            raise ValueError(f"the truth has no image {missing[0][0]}@{missing[0][1]}")
+        return truth.iloc[keys.loc[wanted].to_numpy()].reset_index(drop=True)
+    if len(table) != len(truth):
+        raise ValueError(f"{len(table)} table rows against {len(truth)} truth rows")
+    return truth.reset_index(drop=True)
+
+
+def table_recovery(table: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """:func:`pose_recovery`'s figures from a particle ``table``'s posterior means (its
+    ``theta_deg``, ``shift_x_px``/``shift_y_px`` and z columns) against ``truth`` rows in
+    the same order: ``z_conformation_pearson`` (the best |Pearson r| of a z dimension with the
+    conformation), ``theta_median_error_deg`` (after the best offset: the rows' own frame),
+    ``theta_median_error_frames_deg`` (:func:`error_in_frames`: each conformation bin its own
+    offset) and ``shift_pearson`` (mean Pearson r of the x and y shifts). NaN where undefined
+    (no z, a constant column, fewer than 2 rows)."""
+    from emvae.latents import latent_columns
+    from emvae.metrics import angular_error_deg, pearson
+
+    nan = float("nan")
+    conformation = truth["conformation"].to_numpy(np.float64)
+    rs = [abs(pearson(table[z].to_numpy(), conformation)) for z in latent_columns(table)]
+    finite = [r for r in rs if np.isfinite(r)]
+    theta = table["theta_deg"].to_numpy(np.float64)
+    true = truth["theta_deg"].to_numpy(np.float64)
+    shift = [
+        pearson(table[f"shift_{a}_px"].to_numpy(), truth[f"shift_{a}_px"].to_numpy()) for a in "xy"
+    ]
+    enough = len(table) >= 2
+    return {
+        "z_conformation_pearson": max(finite) if finite else nan,
+        "theta_median_error_deg": angular_error_deg(theta, true)[0] if enough else nan,
+        "theta_median_error_frames_deg": (
+            error_in_frames(theta, true, conformation) if enough else nan
+        ),
+        "shift_pearson": float(np.mean(shift)) if enough else nan,
+    }
+
+
+def detection_auc(is_junk: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of ``score`` ``(N,)`` (higher: more likely junk) against ``is_junk`` ``(N,)``
+    bool (scikit-learn's ``roc_auc_score``): 1 ranks every junk image above every particle,
+    0.5 is chance; NaN when either kind is missing."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(is_junk, dtype=bool)
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, np.asarray(score, dtype=np.float64)))
+
+
+def mixture_recovery(
+    table: pd.DataFrame, truth: pd.DataFrame, kmeans: int | None = None, seed: int = 0
+) -> MixtureScore:
+    """How a fit of a simulated mixture recovers its truth (:class:`MixtureScore`).
+
+    ``table``: a run's particle table (``Run.table()``); ``truth``: the simulation's truth.csv
+    (:func:`emvae.simulate.mixture_truth`'s ``class``, 0-based, and ``junk``; a stack without
+    them is one class and no junk), matched to the table by :func:`truth_rows`. Real
+    particles are those with truth ``junk`` 0. ``class_ari`` compares the table's ``class``
+    column (any labels: the ARI does not care how classes are numbered) with the true class
+    over the real particles. k-means (:func:`emvae.analyze.cluster`: 10 initialisations,
+    ``seed``) on all the table's z columns, junk included as a user would cluster them, with
+    ``kmeans`` clusters (default: the number of true classes when the table has no ``class``
+    column; none otherwise), scored over the real particles the same way. Per-class figures
+    are grouped by the true class, never the predicted one, so each class's theta error is
+    taken in that class's own frame (its own offset) whatever the fit called it.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    from emvae.analyze import cluster, hungarian_accuracy
+    from emvae.latents import latent_columns
+
+    table = table.reset_index(drop=True)
+    truth = truth_rows(table, truth)
+    n = len(table)
+    true_junk = (
+        truth["junk"].to_numpy(np.int64) != 0 if "junk" in truth else np.zeros(n, dtype=bool)
+    )
+    real = ~true_junk
+    true_class = truth["class"].to_numpy(np.int64) if "class" in truth else np.zeros(n, np.int64)
+    classes = np.unique(true_class[real])
+    nan = float("nan")
+    agreement: dict[str, float] = {
+        "particles": n,
+        "real": int(real.sum()),
+        "junk": int(true_junk.sum()),
+        "true_classes": len(classes),
+        "class_ari": nan,
+        "class_accuracy": nan,
+        "kmeans_k": nan,
+        "kmeans_ari": nan,
+        "kmeans_accuracy": nan,
+    }
+    if "class" in table and real.any():
+        fitted = table["class"].to_numpy()[real]
+        agreement["class_ari"] = float(adjusted_rand_score(true_class[real], fitted))
+        agreement["class_accuracy"] = hungarian_accuracy(true_class[real], fitted)
+    zs = latent_columns(table)
+    k = kmeans if kmeans is not None else (None if "class" in table else len(classes))
+    if k and zs and real.any():
+        labels = cluster(table[zs].to_numpy(np.float64), k, "kmeans", seed)
+        agreement["kmeans_k"] = k
+        agreement["kmeans_ari"] = float(adjusted_rand_score(true_class[real], labels[real]))
+        agreement["kmeans_accuracy"] = hungarian_accuracy(true_class[real], labels[real])
+    kind = (
+        truth["junk_kind"].astype(str).to_numpy()
+        if "junk_kind" in truth
+        else np.where(true_junk, "junk", "none")
+    )
+    junk_rows = []
+    for name in ["all", *sorted(set(kind[true_junk]))]:
+        pick = real | (true_junk if name == "all" else kind == name)
+        row = {"junk_kind": name, "n": int((pick & true_junk).sum())}
+        for col, score, sign in (("junk_auc", "junk", 1.0), ("elbo_auc", "elbo", -1.0)):
+            row[col] = (
+                detection_auc(true_junk[pick], sign * table[score].to_numpy()[pick])
+                if score in table
+                else nan
+            )
+        junk_rows.append(row)
+    class_rows = []
+    for c in classes:
+        pick = real & (true_class == c)
+        figures = table_recovery(table[pick], truth[pick])
+        class_rows.append({"true_class": int(c), "n": int(pick.sum()), **figures})
+    return MixtureScore(
+        agreement,
+        pd.DataFrame(junk_rows).set_index("junk_kind"),
+        pd.DataFrame(class_rows, columns=["true_class", "n", *RECOVERY]).set_index("true_class"),
+    )
+
+
 @dataclass
 class EncoderRuns:
     """What every fit of the encoder benchmark shares: the epochs, the generator's (and MLP
