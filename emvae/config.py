@@ -34,6 +34,7 @@ Stream = Literal["auto", "on", "off"]
 # (tracing and the autograd graphs without code generation: a check, no faster)
 Compile = Literal["off", "default", "reduce-overhead", "max-autotune", "aot_eager"]
 FineTrain = Literal["generator", "all"]
+ClassGenerator = Literal["shared", "separate"]
 RotationBins = Literal[4, 8, 16]
 CtfPad = Literal[1, 2]
 
@@ -51,6 +52,7 @@ CTF_MODES: tuple[str, ...] = get_args(CtfMode)
 STREAM_MODES: tuple[str, ...] = get_args(Stream)
 COMPILE_MODES: tuple[str, ...] = get_args(Compile)
 FINE_TRAIN: tuple[str, ...] = get_args(FineTrain)
+CLASS_GENERATORS: tuple[str, ...] = get_args(ClassGenerator)
 ROTATION_BINS: tuple[int, ...] = get_args(RotationBins)
 CTF_PADS: tuple[int, ...] = get_args(CtfPad)
 
@@ -156,6 +158,9 @@ class ModelConfig:
     # summed exactly); the generator sees z and c's one-hot; 1: no class latent (the model
     # without it, exactly)
     classes: int = 1
+    # --classes: one generator for all classes, reading the class's one-hot ("shared"), or
+    # one body per class after a shared coordinate layer ("separate"; the spatial generator)
+    class_generator: str = "shared"
     activation: str = "tanh"
     rotation: bool = True  # infer an in-plane rotation theta
     translation: bool = True  # infer a shift (dx, dy)
@@ -273,6 +278,9 @@ class ModelConfig:
             )
         if self.classes > 1 and self.generator == "vanilla":
             raise ConfigError("--classes goes with the spatial or broadcast generator")
+        _choice("--class-generator", self.class_generator, CLASS_GENERATORS)
+        if self.class_generator == "separate" and self.generator != "spatial":
+            raise ConfigError("--class-generator separate goes with the spatial generator")
         if self.fourier_features < 0 or not self.fourier_scale > 0:
             raise ConfigError("--fourier-features must be >= 0 and --fourier-scale > 0")
         if self.enc_channels < 1:

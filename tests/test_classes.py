@@ -226,3 +226,25 @@ def test_montages_and_analysis_go_class_by_class(tiny_stack, tmp_path):
     assert r.exit_code == 0, r.output
     page = (out / "report" / "report.html").read_text()
     assert "montage/class1/manifold.png" in page and "montage/class2/manifold.png" in page
+
+
+def test_separate_class_generators_are_one_mlp_per_class_after_the_coordinates():
+    """--class-generator separate: each rendering goes through its own class's layers, exactly
+    an MLP with that class's weights; the classes share only the coordinates' first layer."""
+    model = _model(3, class_generator="separate")
+    g = model.generator
+    cls = torch.tensor([2, 0, 1, 2])
+    z = torch.randn(4, 1, dtype=torch.float64)
+    with torch.no_grad():
+        out = model.canonical(z, cls)  # (4, N, 1)
+        coords = g.features(model.coords)
+        for i, c in enumerate(cls.tolist()):
+            h = g.coord_linear(coords) + g.latent_linear(model.latent(z[i : i + 1], cls[i : i + 1]))
+            for layer in g.layers:
+                h = torch.tanh(h) @ layer.weight[c] + layer.bias[c]
+            assert torch.allclose(out[i], h, atol=1e-12)
+    assert g.layers[0].weight.shape == (3, 16, 16)
+    with pytest.raises(ConfigError, match="separate"):
+        ModelConfig(
+            image_size=24, classes=2, class_generator="separate", generator="broadcast"
+        ).validate()

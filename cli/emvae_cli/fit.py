@@ -12,6 +12,7 @@ from emvae.config import (
     SMALL_WIDTH,
     WIDTH,
     Activation,
+    ClassGenerator,
     Compile,
     CtfMode,
     CtfPad,
@@ -214,6 +215,12 @@ def fit(
         "rotation (table columns class, class_prob; RELION's rlnClassNumber), z continuous "
         "within each; each class costs --hypotheses generator passes. 1: no classes.",
         min=1,
+    ),
+    class_generator: ClassGenerator = field_option(
+        M,
+        "class_generator",
+        "--classes: one generator reading the class's one-hot (shared), or one body per class "
+        "after a shared coordinate layer (separate; the spatial generator).",
     ),
     class_balance: float = field_option(
         T,

@@ -135,6 +135,61 @@ class SpatialGenerator(nn.Module):
         return out
 
 
+class ClassLinear(nn.Module):
+    """K linear layers, one per class, applied to each rendering by its class:
+    ``(R, N, in)`` and classes ``(R,)`` (0-based) -> ``(R, N, out)``. Each rendering's weights
+    are gathered from the K sets (a batched product: no host synchronisation, the FLOPs of
+    one layer)."""
+
+    def __init__(self, classes: int, n_in: int, n_out: int) -> None:
+        super().__init__()
+        layers = [nn.Linear(n_in, n_out) for _ in range(classes)]  # nn.Linear's initialisation
+        self.weight = nn.Parameter(torch.stack([m.weight.detach().T for m in layers]))  # (K,i,o)
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers]))  # (K, out)
+
+    def forward(self, x: Tensor, classes: Tensor) -> Tensor:
+        """x ``(R, N, in)``, classes ``(R,)`` -> ``(R, N, out)``."""
+        w, b = self.weight[classes].to(x.dtype), self.bias[classes].to(x.dtype)
+        out: Tensor = torch.baddbmm(b.unsqueeze(1), x, w)
+        return out
+
+
+class ClassSpatialGenerator(SpatialGenerator):
+    """:class:`SpatialGenerator` with one body per class (``--class-generator separate``): the
+    coordinates' first layer is shared, then each class has its own first-layer offset and its
+    own hidden and output layers. Its latent input is ``(B, K + C)``: z, then the one-hot of
+    the class to draw (C classes), as for the shared generator."""
+
+    def __init__(
+        self,
+        zdim: int,
+        classes: int,
+        hidden: int,
+        layers: int,
+        n_out: int,
+        activation: str,
+        features: FourierFeatures | None = None,
+    ) -> None:
+        super().__init__(zdim + classes, hidden, 1, n_out, activation, features)
+        self.classes = classes
+        widths = [hidden] * layers + [n_out]
+        self.layers = nn.ModuleList(
+            ClassLinear(classes, a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        del self.body
+
+    def _render(self, coords: Tensor, z: Tensor) -> Tensor:
+        if self.features is not None:
+            coords = self.features(coords)
+        cls = z[:, -self.classes :].argmax(1)
+        h: Tensor = self.coord_linear(coords)
+        if self.latent_linear is not None:  # z and the class's offset
+            h = h + self.latent_linear(z).unsqueeze(1)
+        for layer in self.layers:
+            h = layer(self.act(h), cls)
+        return h
+
+
 class VanillaGenerator(nn.Module):
     """Standard VAE decoder: an MLP from z to every pixel at once (the paper's baseline)."""
 

@@ -23,6 +23,7 @@ from emvae.models.encoder import (
 )
 from emvae.models.generator import (
     BroadcastGenerator,
+    ClassSpatialGenerator,
     FourierFeatures,
     SpatialGenerator,
     VanillaGenerator,
@@ -606,6 +607,11 @@ def build_generator(cfg: ModelConfig) -> nn.Module:
         if cfg.fourier_features:  # cycles per pixel -> cycles per coordinate unit
             per_unit = cfg.fourier_scale * (cfg.image_size - 1) / 2
             features = FourierFeatures(cfg.fourier_features, per_unit)
+        if cfg.class_inputs and cfg.class_generator == "separate":
+            return ClassSpatialGenerator(
+                cfg.zdim, cfg.classes, cfg.gen_hidden, cfg.gen_layers, cfg.n_out,
+                cfg.activation, features,
+            )  # fmt: skip
         return SpatialGenerator(
             latent, cfg.gen_hidden, cfg.gen_layers, cfg.n_out, cfg.activation, features
         )
