@@ -15,7 +15,7 @@ from emvae.data import StreamedImages, gather
 from emvae.distributed import SINGLE, Dist, assemble
 from emvae.models import SpatialVAE
 from emvae.models.vae import Posterior
-from emvae.objective import ElboTerms, posterior_elbo
+from emvae.objective import ElboTerms, posterior_elbo, rendering_correlation
 from emvae.progress import Advance
 
 
@@ -26,7 +26,9 @@ class Encoding:
     z_mu, z_std: ``(N, K)``; pose_mu, pose_std: ``(N, P)`` (theta radians, shifts in coordinate
     units, layout of :class:`emvae.models.RigidTransform`); elbo: ``(N,)`` nats; theta_prob
     ``(N,)``: posterior probability of the reported rotation bin (binned rotation posterior only);
-    class_prob ``(N, K)``: q(class | image) of each class (``--classes`` > 1 only).
+    class_prob ``(N, K)``: q(class | image) of each class (``--classes`` > 1 only); ncc ``(N,)``:
+    each image's correlation with its rendering
+    (:func:`emvae.objective.rendering_correlation`; NaN without the ELBO).
     """
 
     z_mu: np.ndarray
@@ -36,6 +38,7 @@ class Encoding:
     elbo: np.ndarray
     theta_prob: np.ndarray | None = None
     class_prob: np.ndarray | None = None
+    ncc: np.ndarray | None = None
 
 
 def elbo_pass(
@@ -45,17 +48,22 @@ def elbo_pass(
     ctf: Tensor | None = None,
     use_z: bool = True,
     amp: Any = None,
-) -> tuple[Posterior, ElboTerms]:
+    correlation: bool = False,
+) -> tuple[Posterior, ElboTerms, Tensor | None]:
     """The posterior of images ``x`` ``(B, C, D, D)`` and their ELBO terms at the model's render
     size, with the sample ``eps`` ``(B, K + P)`` and each image's CTF ``(B, 10)`` (or None).
     The inference networks run in float32; the generator's rendering runs under ``amp`` (the
-    autocast context training used, or None), and the ELBO is computed in float32."""
+    autocast context training used, or None), and the ELBO is computed in float32. With
+    ``correlation``, also each image's correlation with its rendering ``(B,)``
+    (:func:`emvae.objective.rendering_correlation`), else None."""
     q = model.encode(x, infer_z=use_z)
     with amp if amp is not None else contextlib.nullcontext():
         z, pose = model.sample(q, use_z=use_z, eps=eps)
-        params = model.decode(z, pose, classes=model.hypothesis_classes(q))
-    y = model.pixels(x)
-    return q, posterior_elbo(model.config, y, params.float(), q, use_z, ctf, 1.0, model.stage)
+        params = model.decode(z, pose, classes=model.hypothesis_classes(q)).float()
+    y, stage = model.pixels(x), model.stage
+    terms = posterior_elbo(model.config, y, params, q, use_z, ctf, 1.0, stage)
+    ncc = rendering_correlation(model.config, y, params, q, ctf, stage) if correlation else None
+    return q, terms, ncc
 
 
 @torch.no_grad()
@@ -85,7 +93,8 @@ def encode(
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
     binned = model.binned
-    keys = ("z_mu", "z_std", "pose_mu", "pose_std", "elbo") + (("theta_prob",) if binned else ())
+    keys: tuple[str, ...] = ("z_mu", "z_std", "pose_mu", "pose_std", "elbo", "ncc")
+    keys += ("theta_prob",) if binned else ()
     keys += ("class_prob",) if model.config.classes > 1 else ()
     out: dict[str, list[Tensor]] = {k: [] for k in keys}
     mine: list[np.ndarray] = []
@@ -102,17 +111,20 @@ def encode(
             s = slice(a, a + step)
             if elbo:
                 c = None if batch_ctf is None else batch_ctf[s]
-                q, terms = elbo_pass(model, x[s], eps[s], c, amp=amp)
-                value = terms.elbo
+                q, terms, corr = elbo_pass(model, x[s], eps[s], c, amp=amp, correlation=True)
+                assert corr is not None  # asked for
+                value, ncc = terms.elbo, corr
             else:
                 q = model.encode(x[s])
                 value = torch.full((x[s].shape[0],), float("nan"), device=x.device)
+                ncc = value
             piece = {
                 "z_mu": q.z_mu,
                 "z_std": q.z_logstd.exp(),
                 "pose_mu": q.pose_mu,
                 "pose_std": q.pose_logstd.exp(),
                 "elbo": value,
+                "ncc": ncc,
             }
             if q.bins is not None:
                 piece["theta_prob"] = q.bins.concentration(model.config.hypotheses)

@@ -376,6 +376,52 @@ def with_ctf(cfg: ModelConfig, params: Tensor, ctf: Tensor, size: int | None = N
     return torch.cat([seen, flat[..., c:]], -1).reshape(params.shape)
 
 
+def compared(
+    cfg: ModelConfig, params: Tensor, ctf: Tensor | None = None, stage: Stage | None = None
+) -> Tensor:
+    """The generator output as the likelihood compares it with the images: multiplied by each
+    particle's CTF ``(B, 10)`` (when given; at ``stage``'s size) and then masked (the CTF needs
+    the whole rendering); ``params`` ``(B, [k,] N, n_out)`` as :func:`posterior_elbo` takes it."""
+    if ctf is None:
+        return params
+    if stage is not None and stage.size != cfg.image_size:
+        from emvae.stages import stage_ctf
+
+        ctf = stage_ctf(ctf, cfg.image_size, stage.size)
+        assert ctf is not None  # given: the stage's parameters
+    params = with_ctf(cfg, params, ctf, None if stage is None else stage.size)
+    if cfg.mask_radius_px is not None:  # rendered whole for the CTF; compared masked
+        if stage is not None and stage.keep is not None:
+            keep = stage.keep.to(params.device)
+        else:
+            keep = mask_index(cfg.image_size, cfg.mask_radius_px).to(params.device)
+        params = params.index_select(-2, keep)
+    return params
+
+
+def rendering_correlation(
+    cfg: ModelConfig,
+    y: Tensor,
+    params: Tensor,
+    q: Posterior,
+    ctf: Tensor | None = None,
+    stage: Stage | None = None,
+) -> Tensor:
+    """Each image's Pearson correlation with the model's rendering of it, ``(B,)``: ``y``
+    ``(B, N, C)`` against the pixel means as compared (:func:`compared`; with rotation
+    hypotheses, their q-weighted mean), over the likelihood's pixels. Near
+    sqrt(SNR / (1 + SNR)) for a particle the model explains, near 0 for an empty box."""
+    seen = pixel_mean(cfg, compared(cfg, params, ctf, stage))
+    if q.bins is not None:
+        _, log_w = q.bins.top(params.shape[1] // q.bins.classes)
+        seen = (log_w.exp()[:, :, None, None] * seen).sum(1)
+    a = y.flatten(1).double()
+    b = seen.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    r: Tensor = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+    return r
+
+
 def posterior_elbo(
     cfg: ModelConfig,
     y: Tensor,
@@ -397,19 +443,8 @@ def posterior_elbo(
     coarse-to-fine stage (``y`` and ``params`` on its grid; the CTF parameters given for it:
     :func:`emvae.stages.stage_ctf`); None: the full box.
     """
-    if stage is not None and stage.size != cfg.image_size:
-        from emvae.stages import stage_ctf
-
-        ctf = stage_ctf(ctf, cfg.image_size, stage.size)
     noise = None if stage is None else stage.noise_logstd
-    if ctf is not None:
-        params = with_ctf(cfg, params, ctf, None if stage is None else stage.size)
-        if cfg.mask_radius_px is not None:  # rendered whole for the CTF; compared masked
-            if stage is not None and stage.keep is not None:
-                keep = stage.keep.to(params.device)
-            else:
-                keep = mask_index(cfg.image_size, cfg.mask_radius_px).to(params.device)
-            params = params.index_select(-2, keep)
+    params = compared(cfg, params, ctf, stage)
     if q.bins is None:
         mu, logstd, prior = q.pose_mu, q.pose_logstd, q.z_prior_logstd
         return elbo_terms(

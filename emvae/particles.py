@@ -41,6 +41,7 @@ from emvae.geometry import model_to_image_pose, pixels_per_unit, shift_std_to_im
 from emvae.io import open_stack
 from emvae.io.stack import ImageStack
 from emvae.io.star_export import Optics, export_table
+from emvae.junk import junk_probability
 from emvae.preprocess import Prepared, Preprocess, prepare_for
 from emvae.progress import TrainingProgress
 
@@ -377,8 +378,10 @@ class Particles:
         bins: low values flag unreliable poses; with classes, the bin's probability within the
         particle's class), ``class`` (1-based, as RELION's class numbers) and ``class_prob``
         (its posterior probability) with ``--classes`` > 1, ``z1..zK``, ``z1_std..zK_std``,
-        ``elbo`` (nats), and ``split`` when given. Pose variables that were not inferred are
-        reported as 0 with std 0. With ``--pose affine``:
+        ``elbo`` (nats), ``ncc`` (the image's correlation with the model's rendering of it) and
+        ``junk`` (the junk score, a calibrated probability: :mod:`emvae.junk`) with the ELBO,
+        and ``split`` when given. Pose variables that were not inferred are reported as 0 with
+        std 0. With ``--pose affine``:
         ``scale_x``, ``scale_y`` (the particle's size along the canonical view's own x and y
         axes relative to it, factors) and ``shear`` (dimensionless), with ``log_scale_x_std``,
         ``log_scale_y_std`` and ``shear_std`` (posterior stds of log s and of the shear); with
@@ -428,6 +431,10 @@ class Particles:
         for k in range(model.zdim):
             cols[f"z{k + 1}_std"] = enc.z_std[:, k]
         cols["elbo"] = enc.elbo
+        if enc.ncc is not None and np.isfinite(enc.ncc).any():
+            cols["ncc"] = enc.ncc
+            groups = None if enc.class_prob is None else enc.class_prob.argmax(1)
+            cols["junk"] = junk_probability(np.c_[enc.elbo, enc.ncc], groups)
         if split is not None:
             cols["split"] = split
         return pd.DataFrame(cols)

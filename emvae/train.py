@@ -660,7 +660,7 @@ def evaluate(
         for a in range(0, max(x.shape[0], 1), step):
             piece = slice(a, a + step)
             c = None if mine is None else mine[piece]
-            _, terms = elbo_pass(model, x[piece], eps[piece], c, use_z, amp)
+            _, terms, _ = elbo_pass(model, x[piece], eps[piece], c, use_z, amp)
             sums += _term_sums(terms)
     ctx.all_sum(sums)
     return dict(zip(names, (sums / idx.shape[0]).tolist(), strict=True))

@@ -36,6 +36,8 @@ OWN = {  # emvae table column -> STAR column RELION ignores
     "shift_x_std_px": "emvaeOriginXStdPx",
     "shift_y_std_px": "emvaeOriginYStdPx",
     "elbo": "emvaeElbo",
+    "ncc": "emvaeNcc",
+    "junk": "emvaeJunk",
     "split": "emvaeSplit",
 }
 #: emvae's classes (``--classes``) in RELION's own columns, as its 2-D classification writes
