@@ -64,6 +64,35 @@ def write_report(
         record_outputs(dest, REPORT_FILES, r.config.run_id)
 
 
+def agreement_lines(result: dict[str, Any]) -> list[str]:
+    """:func:`write_report`'s ``result`` against its reference, a line per measure (none
+    without one): the rotation (and in the body frame), the shift, and each z against each
+    reference factor, noted when that z is unused."""
+    lines = [
+        f"rotation vs reference{frame}: circular correlation "
+        f"{rot['circular_correlation']:.3f}, median error {rot['median_error_deg']:.1f} "
+        f"deg ({rot['median_error_with_flip_deg']:.1f} allowing a flip), "
+        f"{result['matched']} particles matched"
+        for key, frame in (("rotation", ""), ("rotation_body", " (body frame)"))
+        if (rot := result.get(key))
+    ]
+    shift = result.get("shift")
+    if shift and "rms_error_px" in shift:
+        lines.append(
+            f"shift vs reference: Pearson x {shift['pearson_x']:.3f}, y {shift['pearson_y']:.3f}; "
+            f"after removing the centre offset ({shift['offset_x_px']:+.2f}, "
+            f"{shift['offset_y_px']:+.2f}) px: RMS error {shift['rms_error_px']:.2f} px"
+        )
+    used = {u["name"]: u["used"] for u in result.get("latent_usage", [])}
+    lines += [
+        f"{name} vs {column}: Pearson {r['pearson']:+.3f}, Spearman {r['spearman']:+.3f}"
+        + ("" if used.get(name, True) else " (z unused: this correlation is noise)")
+        for name, columns in result.get("latent", {}).items()
+        for column, r in columns.items()
+    ]
+    return lines
+
+
 def _write_report(
     run: str | os.PathLike[str],
     r: Run,

@@ -141,15 +141,10 @@ COMMAND_STATEMENTS = 15
 PRINTS = {"err_console.print", "console.print", "typer.echo", "print"}
 #: Array and tensor libraries: the command line handles none.
 HEAVY = {"torch", "numpy", "pandas"}
-#: CLI modules not yet thin, each with why: emvae_cli.report's commands still loop over the
-#: runs and figures they write (write_montages is the library's now; issue 36 goes on).
-THICK = {"report.py"}
 
 
 def _cli_modules() -> dict[str, ast.Module]:
-    return {
-        f.name: ast.parse(f.read_text()) for f in sorted(CLI.glob("*.py")) if f.name not in THICK
-    }
+    return {f.name: ast.parse(f.read_text()) for f in sorted(CLI.glob("*.py"))}
 
 
 def _commands(tree: ast.Module) -> list[ast.FunctionDef]:

@@ -8,7 +8,7 @@ import typer
 
 from emvae import montage as mt
 from emvae.montage import write_montages
-from emvae.report import write_report
+from emvae.report import agreement_lines, write_report
 from emvae.run import REPORT
 from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
 
@@ -46,33 +46,8 @@ def report(
     example particles and their reconstructions, the run's montages, how the run was made)."""
     result = write_report(run, reference, out, examples, force, partial)
     dest = out or run / REPORT
-    for key, frame in (("rotation", ""), ("rotation_body", " (body frame)")):
-        rot = result.get(key)
-        if rot:
-            err_console.print(
-                f"rotation vs reference{frame}: circular correlation "
-                f"{rot['circular_correlation']:.3f}, median error {rot['median_error_deg']:.1f} "
-                f"deg ({rot['median_error_with_flip_deg']:.1f} allowing a flip), "
-                f"{result['matched']} particles matched",
-                highlight=False,
-            )
-    shift = result.get("shift")
-    if shift and "rms_error_px" in shift:
-        err_console.print(
-            f"shift vs reference: Pearson x {shift['pearson_x']:.3f}, y {shift['pearson_y']:.3f}; "
-            f"after removing the centre offset ({shift['offset_x_px']:+.2f}, "
-            f"{shift['offset_y_px']:+.2f}) px: RMS error {shift['rms_error_px']:.2f} px",
-            highlight=False,
-        )
-    used = {u["name"]: u["used"] for u in result.get("latent_usage", [])}
-    for name, columns in result.get("latent", {}).items():
-        for column, r in columns.items():
-            note = "" if used.get(name, True) else " (z unused: this correlation is noise)"
-            err_console.print(
-                f"{name} vs {column}: Pearson {r['pearson']:+.3f}, Spearman "
-                f"{r['spearman']:+.3f}{note}",
-                highlight=False,
-            )
+    for line in agreement_lines(result):
+        err_console.print(line, highlight=False)
     for warning in result["warnings"]:
         err_console.print(warning, highlight=False, style="bold")
     err_console.print(
