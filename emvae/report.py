@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from emvae import montage as mt
 from emvae.config import RunConfig
@@ -34,6 +35,8 @@ from emvae.safety import claim_outputs, record_outputs
 
 #: Example particles shown beside their reconstructions.
 EXAMPLES = 8
+#: The particles with the highest junk scores shown under the junk figure's histogram.
+JUNK_SHOWN = 8
 #: The z grid of the local-metric figure (n x n, as ``emvae montage``'s manifold).
 METRIC_GRID = 10
 
@@ -167,11 +170,24 @@ def _write_report(
     figures.append(plots.latent_scatter(z_data, dest / "latent_scatter.png", colour, label))
     if config.model.zdim >= 1 and zs:
         model = r.model()[0]
-        if len(zs) == config.model.zdim:
-            figures.append(_traversals(model, z_data, dest / "latent_traversals.png"))
-        if config.model.zdim == 2 and len(zs) == 2:
-            result["latent_metric"] = _local_metric(model, z_data, dest / "latent_metric.png")
-            figures.append(dest / "latent_metric.png")
+        largest = None  # --classes: z's figures are of the largest class (montages: each)
+        if "class" in table:
+            largest = int(table["class"].value_counts().idxmax())
+            result["latent_class"] = largest
+            z_data = table.loc[table["class"] == largest, zs].to_numpy(np.float64)
+        with model.rendering_class(None if largest is None else largest - 1):
+            if len(zs) == config.model.zdim:
+                figures.append(_traversals(model, z_data, dest / "latent_traversals.png"))
+            if config.model.zdim == 2 and len(zs) == 2:
+                metric = _local_metric(model, z_data, dest / "latent_metric.png")
+                result["latent_metric"] = metric
+                figures.append(dest / "latent_metric.png")
+    if "junk" in table and table["junk"].notna().any():
+        result["junk"] = {
+            "mean": float(table["junk"].mean()),
+            "above_half": int((table["junk"] > 0.5).sum()),
+        }
+        figures.append(_junk(r, table, dest / "junk.png", warnings))
     if examples > 0:
         path = dest / "reconstructions.png"
         figures.append(_reconstructions(r, table, path, examples, warnings))
@@ -219,7 +235,10 @@ def _reconstructions(
         )
         return None
     rendered, z, _ = mt.reconstruct(model, images)
-    canonical = mt.decode_mean(model, z)
+    classes = None  # --classes: each particle drawn as its own class
+    if "class" in table:
+        classes = torch.as_tensor(table["class"].to_numpy()[idx] - 1)
+    canonical = mt.decode_mean(model, z, classes)
     observed = images.numpy()
     if config.model.likelihood == "bernoulli":
         observed = np.clip(observed, 0, 1)
@@ -234,6 +253,21 @@ def _reconstructions(
         z.numpy(),
         path,
     )
+
+
+def _junk(r: Run, table: pd.DataFrame, path: Path, warnings: list[str]) -> Path:
+    """The junk score's histogram above the particles that score worst
+    (:func:`emvae.figures.plots.junk`); their images left out, with a note in ``warnings``,
+    when the run's input images can no longer be read."""
+    scores = table["junk"].to_numpy(np.float64)
+    worst = np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")[:JUNK_SHOWN]
+    images = None
+    try:
+        images = r.particles().images(worst).numpy()
+    except (InputError, ConfigError, OSError) as e:
+        warnings.append(f"note: the worst particles are not shown: images not readable ({e})")
+    names = [f"{image_key(name)[0]}@" for name in table["image"].to_numpy()[worst]]
+    return plots.junk(scores, images, names, scores[worst], path)
 
 
 def _traversals(model: SpatialVAE, z_data: np.ndarray, path: Path) -> Path:

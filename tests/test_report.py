@@ -124,11 +124,12 @@ def test_report_numbers_match_the_library_and_rows_match_by_name(run, tmp_path):
         assert (tmp_path / "rep" / name).exists() and name in result["figures"]
     html = (tmp_path / "rep" / "report.html").read_text()
     # self-contained: the 6 figures above, z against the reference, the reconstructions, the
-    # traversals and (2-D z) the decoded grid with the local metric
+    # traversals, (2-D z) the decoded grid with the local metric and the junk score
     assert {"z_vs_reference.png", "reconstructions.png"} <= set(result["figures"])
     assert {"latent_traversals.png", "latent_metric.png"} <= set(result["figures"])
-    assert len(result["figures"]) == 10
-    assert html.count("data:image/png;base64,") == 10
+    assert "junk.png" in result["figures"] and result["junk"]["above_half"] >= 0
+    assert len(result["figures"]) == 11
+    assert html.count("data:image/png;base64,") == 11
     saved = json.loads((tmp_path / "rep" / "report.json").read_text())
     table = read_table(run / "particles.h5")  # what the report reads (full precision)
     assert saved["matched"] == len(table) == 60

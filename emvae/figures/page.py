@@ -58,6 +58,14 @@ CONVERGENCE = "Convergence (emvae convergence)"
 ANALYSIS = "Latent analysis (emvae analyze)"
 
 
+def _of_class(c: Context) -> str:
+    """The end of a z figure's caption: which class it draws (``--classes``; the largest)."""
+    n = c.result.get("latent_class")
+    if n is None:
+        return "."
+    return f", for class {n} (the largest; emvae montage draws every class)."
+
+
 def _rotation(c: Context, key: str, default: float) -> float:
     return float(c.result.get("rotation", {}).get(key, default))
 
@@ -169,9 +177,15 @@ FIGURES = (
         "One row per z: the generator at θ = 0, Δx = 0 with that z from the particles' 2nd "
         "to 98th percentile (prior standard-deviation units, under the tiles) and the "
         "other dimensions at their medians; a row that does not change is an unused "
-        "dimension."
+        "dimension" + _of_class(c)
     )),
     Figure("latent_metric.png", "", LATENT, "Decoded grid with the local metric", _latent_metric),
+    Figure("junk.png", "", EXAMPLES, "Junk", lambda c: (
+        "Histogram of the junk score (the probability that the model does not explain a "
+        "particle, from its ELBO and its correlation with its rendering, class by class; "
+        f"{c.result.get('junk', {}).get('above_half', 0)} particles above 0.5, the dotted "
+        "line) and, below, the particles that score worst, with their image numbers and scores."
+    ), pixels=True),
     Figure("reconstructions.png", "", EXAMPLES, "Example particles and their reconstructions",
            lambda c: (
         "Held-out particles spread over the range of z. Top: the particle as the model sees "

@@ -283,3 +283,33 @@ def reconstructions(
     )
     render(pixels, max(1, math.ceil(72 / observed.shape[-1])), labels).save(path)
     return path
+
+
+def junk(
+    scores: np.ndarray,
+    worst: np.ndarray | None,
+    names: Sequence[str],
+    worst_scores: np.ndarray,
+    path: Path,
+) -> Path:
+    """The junk score's histogram over the particles (``scores`` ``(N,)``, log count axis, the
+    0.5 line marked) above the particles that score worst, ``worst`` ``(n, C, D, D)`` as the
+    model sees them (first channel; None: the histogram alone), each titled with its name and
+    score."""
+    n = 0 if worst is None else len(worst)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(7.0, 3.2 + (1.2 if n else 0.0)), layout="constrained")
+        grid = fig.add_gridspec(2 if n else 1, max(n, 1), height_ratios=[3, 1.2] if n else [1])
+        ax = fig.add_subplot(grid[0, :])
+        ax.hist(scores[np.isfinite(scores)], bins=50, range=(0, 1), color="C3", log=True)
+        ax.axvline(0.5, color="0.3", linestyle=":")
+        ax.set_xlabel("junk score (probability the model does not explain the particle)")
+        ax.set_ylabel("particles")
+        if worst is not None:
+            lo, hi = contrast(worst)
+            for j in range(n):
+                tile_ax = fig.add_subplot(grid[1, j])
+                tile_ax.imshow(worst[j, 0], cmap="gray", vmin=lo, vmax=hi)
+                tile_ax.set_title(f"{names[j]} {worst_scores[j]:.2f}", fontsize=7)
+                tile_ax.set_axis_off()
+        return save(fig, path)
