@@ -248,3 +248,17 @@ def test_separate_class_generators_are_one_mlp_per_class_after_the_coordinates()
         ModelConfig(
             image_size=24, classes=2, class_generator="separate", generator="broadcast"
         ).validate()
+
+
+def test_the_reported_pose_is_the_best_bin_of_the_reported_class():
+    """theta_deg and class agree: the pose is that of the most probable bin within the most
+    probable class, even where another class holds the single most probable cell."""
+    model = _model(3, seed=4)
+    x = torch.randn(64, 1, 24, 24, dtype=torch.float64)
+    with torch.no_grad():
+        q = model.encode(x)
+    log_q = q.bins.log_q.view(64, 3, 4)
+    cls = q.best_class()
+    best_bin = log_q[torch.arange(64), cls].argmax(1)
+    theta = q.bins.theta.view(64, 3, 4)[torch.arange(64), cls, best_bin]
+    torch.testing.assert_close(q.pose_mu[:, 0], theta)

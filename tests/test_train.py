@@ -69,6 +69,8 @@ def test_outputs(run):
         "z1",
         "z1_std",
         "elbo",
+        "ncc",
+        "junk",
         "split",
     ]
     assert np.allclose(table["shift_x_A"], 1.5 * table["shift_x_px"], rtol=1e-5)

@@ -380,6 +380,10 @@ class SpatialVAE(nn.Module):
         logits = out.logits.to(torch.promote_types(out.logits.dtype, torch.float32))
         bins = RotationBins(logits.log_softmax(1), theta, out.angle_logstd + POSE_LOGSTD_OFFSET, k)
         best = bins.log_q.argmax(1, keepdim=True)
+        if k > 1:  # the best bin of the most probable class (the table's class)
+            cls = bins.class_log_prob().argmax(1, keepdim=True)  # (B, 1)
+            in_class = bins.log_q.view(-1, k, r).gather(1, cls[:, :, None].expand(-1, 1, r))
+            best = cls * r + in_class[:, 0].argmax(1, keepdim=True)
         theta_best = theta.gather(1, best)  # (B, 1)
         pose_mu, pose_logstd = [theta_best], [bins.logstd.gather(1, best)]
         if self.config.translation:
