@@ -262,3 +262,17 @@ def test_the_reported_pose_is_the_best_bin_of_the_reported_class():
     best_bin = log_q[torch.arange(64), cls].argmax(1)
     theta = q.bins.theta.view(64, 3, 4)[torch.arange(64), cls, best_bin]
     torch.testing.assert_close(q.pose_mu[:, 0], theta)
+
+
+def test_a_keyword_column_is_only_ever_a_column():
+    """``class`` (and Python's other keywords the language does not use) name columns and
+    nothing else; what cannot be read is refused in the user's own words."""
+    table = pd.DataFrame({"class": [1, 2, 2], "z1": [0.0, 1.0, 2.0]})
+    np.testing.assert_array_equal(condition_mask(table, "class == 2 & z1 > 1"), [0, 0, 1])
+    for bad, said in [
+        ("class.__class__ == 1", "'class.__class__'"),
+        ("lambda == 1", "no column 'lambda'"),
+        ("import os", "not a valid condition"),
+    ]:
+        with pytest.raises(ConfigError, match=said.replace(".", r"\.")):
+            condition_mask(table, bad)
