@@ -59,10 +59,16 @@ def write_report(
     earlier report is replaced in ``RUN/report``, and in ``out`` only with ``force``."""
     r = Run.open(run)
     dest = Path(out) if out is not None else r.path / REPORT
+    table = r.table()
+    matched = None  # a reference is read and matched (or refused) before any file is written
+    if reference is not None:
+        box = r.config.data.input_size or r.config.model.image_size
+        ref = read_reference(reference, box, r.config.data.apix)
+        matched = match_all(table, ref, str(reference), partial)
     claim_outputs(dest, REPORT_FILES, force or out is None, "report files")
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        return _write_report(run, r, dest, reference, examples, partial)
+        return _write_report(run, r, table, dest, reference, matched, examples)
     finally:  # claim_outputs found no other files of these names: all are emvae's now
         record_outputs(dest, REPORT_FILES, r.config.run_id)
 
@@ -99,13 +105,15 @@ def agreement_lines(result: dict[str, Any]) -> list[str]:
 def _write_report(
     run: str | os.PathLike[str],
     r: Run,
+    table: pd.DataFrame,
     dest: Path,
     reference: str | os.PathLike[str] | None,
+    matched: tuple[pd.DataFrame, pd.DataFrame, list[str]] | None,
     examples: int,
-    partial: bool,
 ) -> dict[str, Any]:
-    """:func:`write_report`'s work, once ``dest`` is known to be emvae's to write."""
-    table, metrics, config = r.table(), r.metrics(), r.config
+    """:func:`write_report`'s work, once ``dest`` is known to be emvae's to write: ``table``
+    is the run's, ``matched`` the reference's rows matched to it (:func:`match_all`) or None."""
+    metrics, config = r.metrics(), r.config
     result: dict[str, Any] = {"run": str(run), "particles": len(table), "figures": []}
     result["warnings"] = warnings = []
     usage = latent_usage(table)
@@ -141,10 +149,8 @@ def _write_report(
         plots.z_histograms(table[zs], unused, dest / "z_histograms.png"),
     ]
     colour, label = None, ""
-    if reference is not None:
-        box = data.input_size or config.model.image_size
-        ref = read_reference(reference, box, data.apix)
-        ours, theirs, notes = match_all(table, ref, str(reference), partial)
+    if reference is not None and matched is not None:
+        ours, theirs, notes = matched
         warnings += notes
         result["reference"] = str(reference)
         result.update(compare(ours, theirs))

@@ -593,6 +593,21 @@ def test_a_reference_naming_some_of_the_particles_needs_partial(run, tmp_path):
     assert r.exit_code == 0 and "36 particles matched" in said and "names 36 of" in said, said
 
 
+def test_a_refused_reference_leaves_no_report_behind(run, tmp_path):
+    """A report refused for its reference wrote figures first, so the retry with --partial
+    into the same folder needed --force."""
+    ref = _reference(run, tmp_path, lambda t: t)
+    pd.read_csv(ref).iloc[:36].to_csv(ref, index=False)
+    out = tmp_path / "rep"
+    r = runner.invoke(app, ["report", str(run), "--reference", str(ref), "-o", str(out)])
+    assert r.exit_code == 1 and "names 36 of" in " ".join(r.output.split())
+    assert not out.exists() or not any(out.iterdir())
+    args = ["report", str(run), "--reference", str(ref), "--partial", "-o", str(out)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and "36 particles matched" in " ".join(r.output.split()), r.output
+    assert (out / "report.json").is_file()
+
+
 def _cut_table(run, tmp_path):
     text = (run / "particles.csv").read_text()
     cut = tmp_path / "cut.csv"
