@@ -85,14 +85,14 @@ def default_width(image_size: int) -> int:
 
 def default_encoder_size(m: ModelConfig) -> int:
     """The inference networks' view (px): the image itself up to 48 px; above, a
-    :data:`emvae.stages.COARSE_PX`-px copy for the spatial generator's rigid and affine poses
+    :data:`emvae.stages.ENCODER_PX`-px copy for the spatial generator's rigid and affine poses
     (coarse-to-fine, :mod:`emvae.stages`), so that the networks measured at small sizes are
     the ones used (docs/benchmarks.md, "Users' sizes")."""
-    from emvae.stages import COARSE_PX
+    from emvae.stages import ENCODER_PX
 
     if m.image_size <= SMALL_IMAGE_PX or not m.coarse_to_fine:
         return m.image_size
-    return COARSE_PX
+    return ENCODER_PX
 
 
 def default_encoder(m: ModelConfig) -> str:

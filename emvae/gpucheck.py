@@ -61,6 +61,7 @@ from emvae.config import ModelConfig
 from emvae.data import default_pass_memory_mb
 from emvae.hostsync import HostSyncCounter, optimizer_counters
 from emvae.models import SpatialVAE
+from emvae.stages import COARSE_PX
 from emvae.throughput import CONFIGS, generator_flops
 from emvae.train import training_step
 
@@ -107,9 +108,9 @@ class Plan:
         if not tiny:
             configs = [
                 ("fit 64 px", {"image_size": 64}, None),
-                ("fit 64 px, 32-px stage", {"image_size": 64}, 32),
+                (f"fit 64 px, {COARSE_PX}-px stage", {"image_size": 64}, COARSE_PX),
                 ("fit 128 px", {"image_size": 128}, None),
-                ("fit 128 px, 32-px stage", {"image_size": 128}, 32),
+                (f"fit 128 px, {COARSE_PX}-px stage", {"image_size": 128}, COARSE_PX),
                 ("paper em (40 px, 2 x 1000)", em, None),
             ]
         else:  # the same kinds of model, small enough for seconds on a CPU

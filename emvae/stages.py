@@ -34,6 +34,7 @@ from emvae.errors import ConfigError
 
 __all__ = [
     "COARSE_PX",
+    "ENCODER_PX",
     "auto_stages",
     "default_schedule",
     "encoder_view",
@@ -45,9 +46,12 @@ __all__ = [
     "stage_grid",
 ]
 
-#: The first stage's box and the inference networks' view above 48 px (the size at which the
-#: 128-wide networks were measured to find poses and z in minutes: docs/benchmarks.md).
-COARSE_PX = 32
+#: The first stage's box above 48 px: 20,000 particles at 64 and 128 px gave the same poses and
+#: z after 5 epochs at 24 px as at 32 px, about 10 % faster (docs/benchmarks.md, "Users' sizes").
+COARSE_PX = 24
+#: The inference networks' view above 48 px (the size at which the 128-wide networks were
+#: measured to find poses and z in minutes: docs/benchmarks.md), the same at every stage.
+ENCODER_PX = 32
 
 #: fit's default schedule above 48 px when ``--epochs`` is not given (:func:`default_schedule`):
 #: the coarse stage trains on about this many images (epochs x training images; 20,000
@@ -100,7 +104,7 @@ def auto_stages(full: int, epochs: int) -> str:
     coarse = epochs - rest
     stages = [(COARSE_PX, coarse)]
     middle = 2 * (full // 4)
-    if middle > COARSE_PX and rest >= 2:
+    if full >= 96 and rest >= 2:
         stages.append((middle, rest // 2))
     return ",".join(f"{s}:{e}" for s, e in stages)
 

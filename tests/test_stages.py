@@ -114,9 +114,9 @@ def test_schedules_parse_resolve_and_refuse():
         with pytest.raises(ConfigError, match="--stages"):
             parse_stages(bad, 128)
     assert auto_stages(48, 50) == "off" and auto_stages(40, 50) == "off"
-    assert auto_stages(64, 50) == "32:40"
-    assert auto_stages(128, 50) == "32:40,64:5"
-    assert auto_stages(128, 3) == "32:2"
+    assert auto_stages(64, 50) == "24:40"
+    assert auto_stages(128, 50) == "24:40,64:5"
+    assert auto_stages(128, 3) == "24:2"
 
 
 def test_fit_defaults_above_48_px_are_coarse_to_fine_and_old_configs_are_not():
@@ -126,7 +126,7 @@ def test_fit_defaults_above_48_px_are_coarse_to_fine_and_old_configs_are_not():
     big = RunConfig(ModelConfig(image_size=128), TrainConfig(epochs=20))
     big.resolve()
     assert big.model.encoder_size == 32 and big.model.gen_hidden == 128
-    assert big.train.stages == "32:16,64:2"
+    assert big.train.stages == "24:16,64:2"
     tps = RunConfig(ModelConfig(image_size=128, pose="tps"))
     tps.resolve()
     assert tps.model.encoder_size == 128 and tps.train.stages == "off"
@@ -148,17 +148,17 @@ def test_without_epochs_fit_chooses_the_schedule_by_the_particle_count_above_48_
     epoch on 5,000 images; -n given, or a box up to 48 px: the schedule as before."""
     from emvae.config import DataConfig
 
-    for n, epochs, stages in [(20_000, 6, "32:5"), (4000, 26, "32:25"), (200, 41, "32:40")]:
+    for n, epochs, stages in [(20_000, 6, "24:5"), (4000, 26, "24:25"), (200, 41, "24:40")]:
         cfg = RunConfig(ModelConfig(image_size=64), data=DataConfig(n_images=n))
         cfg.resolve()
         assert (cfg.train.epochs, cfg.train.stages) == (epochs, stages)
         assert cfg.train.fine_images == 5000
     huge = RunConfig(ModelConfig(image_size=128), data=DataConfig(n_images=1_000_000))
     huge.resolve()
-    assert (huge.train.epochs, huge.train.stages) == (4, "32:3")
+    assert (huge.train.epochs, huge.train.stages) == (4, "24:3")
     given = RunConfig(ModelConfig(image_size=64), TrainConfig(epochs=50), DataConfig(n_images=200))
     given.resolve()
-    assert (given.train.stages, given.train.fine_images) == ("32:40", 0)
+    assert (given.train.stages, given.train.fine_images) == ("24:40", 0)
     small = RunConfig(ModelConfig(image_size=48), data=DataConfig(n_images=20_000))
     small.resolve()
     assert (small.train.epochs, small.train.stages, small.train.fine_images) == (50, "off", 0)

@@ -309,8 +309,8 @@ def fit(
         "stages",
         "Coarse-to-fine: SIZE:EPOCHS pairs trained on Fourier-cropped copies before the rest of "
         "the run at full size (32:40,64:5), or off. Default: off up to 48 px; above, without "
-        "-n, 32 px for about 90,000 images (3-40 epochs) then one epoch at full size; with -n, "
-        "32 px for about 80% of the epochs, then half the box (from 96 px), then the full box.",
+        "-n, 24 px for about 90,000 images (3-40 epochs) then one epoch at full size; with -n, "
+        "24 px for about 80% of the epochs, then half the box (from 96 px), then the full box.",
         show_default=False,
     ),
     fine_images: int | None = field_option(
