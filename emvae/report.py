@@ -176,14 +176,27 @@ def _write_report(
     figures.append(plots.latent_scatter(z_data, dest / "latent_scatter.png", colour, label))
     if config.model.zdim >= 1 and zs:
         model = r.model()[0]
-        largest = None  # --classes: z's figures are of the largest class (montages: each)
+        # --classes: the traversals of every class, each over its own particles' z; the local
+        # metric of the largest class (the montages draw every class)
+        by_class: list[tuple[int | None, np.ndarray | None]] = [(None, z_data)]
+        largest = None
         if "class" in table:
             largest = int(table["class"].value_counts().idxmax())
             result["latent_class"] = largest
             z_data = table.loc[table["class"] == largest, zs].to_numpy(np.float64)
+            classes = table["class"].to_numpy()
+            by_class = [  # a class no particle chose: over the prior's +-2.5 std
+                (
+                    c,
+                    table.loc[classes == c, zs].to_numpy(np.float64)
+                    if (classes == c).any()
+                    else None,
+                )
+                for c in range(1, config.model.classes + 1)
+            ]
+        if len(zs) == config.model.zdim:
+            figures.append(_traversals(model, by_class, dest / "latent_traversals.png"))
         with model.rendering_class(None if largest is None else largest - 1):
-            if len(zs) == config.model.zdim:
-                figures.append(_traversals(model, z_data, dest / "latent_traversals.png"))
             if config.model.zdim == 2 and len(zs) == 2:
                 metric = _local_metric(model, z_data, dest / "latent_metric.png")
                 result["latent_metric"] = metric
@@ -276,15 +289,27 @@ def _junk(r: Run, table: pd.DataFrame, path: Path, warnings: list[str]) -> Path:
     return plots.junk(scores, images, names, scores[worst], path)
 
 
-def _traversals(model: SpatialVAE, z_data: np.ndarray, path: Path) -> Path:
+def _traversals(
+    model: SpatialVAE, by_class: list[tuple[int | None, np.ndarray | None]], path: Path
+) -> Path:
     """One row per latent dimension (:func:`emvae.montage.traversals`): that z from the
     particles' 2nd to 98th percentile, the others at their medians, θ = 0, Δx = 0, each
-    tile's value under it."""
+    tile's value under it. ``by_class``: (class (1-based; None without classes), the
+    posterior means ``(N_c, K)`` of its particles, or None for the prior's +-2.5 std) for
+    each class drawn, one set of rows each, labelled by class."""
     k = model.config.zdim
-    grid = mt.traversals(model, z_data=z_data)
-    labels = mt.traversal_labels(k, z_data=z_data)
+    grids: list[torch.Tensor] = []
+    rows: list[str] = []
+    values: list[Any] = []
+    for c, z_data in by_class:
+        with model.rendering_class(None if c is None else c - 1):
+            grids.append(mt.traversals(model, z_data=z_data))
+        labels = mt.traversal_labels(k, z_data=z_data)
+        rows += [r if c is None else f"class {c} {r}" for r in labels.rows]
+        values += labels.tiles
     scale = max(1, math.ceil(48 / model.config.image_size))
-    return tiles.save_png(grid, path, scale=scale, labels=labels)
+    shown = tiles.Labels(rows=rows, tiles=values)
+    return tiles.save_png(torch.cat(grids), path, scale=scale, labels=shown)
 
 
 def _local_metric(

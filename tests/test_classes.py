@@ -16,8 +16,10 @@ from emvae_cli.main import app
 from PIL import Image
 from test_encoders import _blobs
 
+from emvae import montage as mt
 from emvae.config import ModelConfig
 from emvae.errors import ConfigError
+from emvae.figures import tiles
 from emvae.io import read_table
 from emvae.models import SpatialVAE
 from emvae.models.vae import RotationBins
@@ -29,6 +31,7 @@ from emvae.objective import (
     posterior_elbo,
 )
 from emvae.query import condition_mask
+from emvae.run import Run
 
 
 def _model(classes: int, encoder: str = "equivariant", seed: int = 0, **kw) -> SpatialVAE:
@@ -226,6 +229,19 @@ def test_montages_and_analysis_go_class_by_class(tiny_stack, tmp_path):
     assert r.exit_code == 0, r.output
     page = (out / "report" / "report.html").read_text()
     assert "montage/class1/manifold.png" in page and "montage/class2/manifold.png" in page
+    # the traversals: a row per class and dimension, each drawn as its own class
+    assert "each class's rows over its own particles' z" in page
+    k = json.loads((out / "config.json").read_text())["model"]["zdim"]
+    rows = np.asarray(Image.open(out / "report" / "latent_traversals.png").convert("L"), float)
+    single = tmp_path / "one.png"
+    model = Run.open(out).model()[0]
+    z = table[[f"z{d + 1}" for d in range(k)]].to_numpy(np.float64)
+    with model.rendering_class(0):
+        tiles.save_png(mt.traversals(model, z_data=z), single, labels=mt.traversal_labels(k))
+    one_class = np.asarray(Image.open(single).convert("L"), float)
+    assert rows.shape[0] > 1.8 * one_class.shape[0]  # two classes' rows
+    top, bottom = rows[: rows.shape[0] // 2], rows[rows.shape[0] - rows.shape[0] // 2 :]
+    assert np.abs(top - bottom).mean() > 0.5  # each row drawn as its own class
 
 
 def test_separate_class_generators_are_one_mlp_per_class_after_the_coordinates():

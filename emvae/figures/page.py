@@ -125,7 +125,7 @@ def _latent_metric(c: Context) -> str:
         + " per prior standard deviation of z); the magnification factor √det(JᵀJ) = "
         "σ₁σ₂, the area of image space swept per unit area of z, in (pixel-value units "
         "per unit z)². Where it is small the generator hardly changes with z; where it is "
-        "large a small step of z changes the image much."
+        "large a small step of z changes the image much" + _of_class(c)
     )
 
 
@@ -177,7 +177,10 @@ FIGURES = (
         "One row per z: the generator at θ = 0, Δx = 0 with that z from the particles' 2nd "
         "to 98th percentile (prior standard-deviation units, under the tiles) and the "
         "other dimensions at their medians; a row that does not change is an unused "
-        "dimension" + _of_class(c)
+        "dimension" + (
+            "; with classes, each class's rows over its own particles' z."
+            if c.result.get("latent_class") is not None else "."
+        )
     )),
     Figure("latent_metric.png", "", LATENT, "Decoded grid with the local metric", _latent_metric),
     Figure("junk.png", "", EXAMPLES, "Junk", lambda c: (
