@@ -30,7 +30,9 @@ const S = {
   gen: { z: [], theta: 0, shift: [0, 0] }, inflight: false, pending: false,
   rendered: null, renders: 0, timings: {}, drawn: null, settle: null, frameQueued: false,
   press: null, cls: null, shown: null, nshown: 0,
+  walk: null, walkBusy: false, walkPending: false, walks: 0,
 };
+const WALK_STEPS = 9;  // as emvae montage's traversals
 
 // --classes: is particle i of a class shown? (always, without classes)
 function isShown(i) { return !S.cls || S.shown.has(S.cls[i]); }
@@ -824,6 +826,55 @@ function requestRender() {
     S.inflight = false;
     if (S.pending) requestRender();
   });
+  if (S.walk !== null) drawWalk();
+}
+
+// ------------------------------------------------------------------ the walk along one z
+
+// WALK_STEPS z from the 2nd to the 98th percentile of z_k over the particles (of the class
+// drawn, with --classes), the other z, theta and shift at the sliders': emvae montage's
+// traversal of that class at the sliders' start.
+function walkRequest(k) {
+  const m = S.meta, c = S.gen.cls;
+  const d = c !== undefined ? m.classes.find((x) => x.class === c) : null;
+  const [lo, hi] = d ? d.walk[k] : m.z[k].walk;
+  const z = [];
+  for (let j = 0; j < WALK_STEPS; j++) {
+    const row = S.gen.z.slice();
+    row[k] = lo + ((hi - lo) * j) / (WALK_STEPS - 1);
+    z.push(row);
+  }
+  const body = { z, theta_deg: S.gen.theta, shift_px: S.gen.shift.slice() };
+  if (c !== undefined) body.class = c;
+  return body;
+}
+
+function drawWalk() {
+  if (S.walkBusy) { S.walkPending = true; return; }
+  S.walk = +$("walk-dim").value;
+  S.walkBusy = true; S.walkPending = false;
+  const k = S.walk, body = walkRequest(k);
+  api(runPath("/generate"), body).then(async (r) => {
+    const strip = $("walk-strip");
+    strip.innerHTML = "";
+    const imgs = r.images.map((src, j) => {
+      const fig = document.createElement("figure"), im = document.createElement("img");
+      im.src = src; im.id = `walk-${j}`;
+      const cap = document.createElement("figcaption");
+      cap.textContent = fmt(body.z[j][k]);
+      fig.append(im, cap); strip.appendChild(fig);
+      return im.decode().catch(() => null);
+    });
+    await Promise.all(imgs);
+    const c = body.class !== undefined ? ` of class ${body.class}` : "";
+    $("walk-caption").textContent = `z${k + 1} from the 2nd to the 98th percentile${c}`;
+    strip.dataset.walk = JSON.stringify(body);
+    S.walks += 1;
+    strip.dataset.drawn = String(S.walks);
+  }).catch((e) => showError(e.message)).finally(() => {
+    S.walkBusy = false;
+    if (S.walkPending) drawWalk();
+  });
 }
 
 function slider(label, range, value, step, onInput, id) {
@@ -858,6 +909,10 @@ function buildSliders() {
   const sx = slider("Δx (px)", m.shift, 0, 0.25, (v) => { S.gen.shift[0] = v; }, "shift-x-slider");
   const sy = slider("Δy (px)", m.shift, 0, 0.25, (v) => { S.gen.shift[1] = v; }, "shift-y-slider");
   if (!m.posed) [t, sx, sy].forEach((s) => { s.disabled = true; });
+  $("walk-dim").innerHTML = "";
+  m.z.forEach((d, k) => option($("walk-dim"), String(k), `z${k + 1}`));
+  $("walk-row").hidden = m.z.length === 0;
+  $("walk-strip").innerHTML = ""; S.walk = null;
   $("gen-caption").textContent = m.posed
     ? "θ: counter-clockwise turn (as theta_deg); Δx, Δy: centre's shift, model pixels, +y up"
     : "this generator draws a fixed frame (no pose)";
@@ -961,6 +1016,8 @@ async function main() {
     classFilterChanged().catch((e) => showError(e.message));
   });
   $("select-shown").addEventListener("click", selectShown);
+  $("walk").addEventListener("click", drawWalk);
+  $("walk-dim").addEventListener("change", () => { if (S.walk !== null) drawWalk(); });
   try {
     const { runs } = await api("api/runs");
     const wanted = new URLSearchParams(location.search).get("run");
@@ -994,7 +1051,8 @@ window.explorer = {
   display: () => S.display,
   timings: () => S.timings,
   scatter: () => S.sp,
-  idle: () => !S.inflight && !S.pending && S.rendered === JSON.stringify(genRequest()),
+  idle: () => !S.inflight && !S.pending && S.rendered === JSON.stringify(genRequest()) &&
+    !S.walkBusy && !S.walkPending,
   pixels: (id) => {
     const img = $(id), c = document.createElement("canvas");
     c.width = img.naturalWidth; c.height = img.naturalHeight;

@@ -69,6 +69,9 @@ MAX_LISTED = 100_000
 MAX_BATCH = 1024
 #: Particles whose z set the generator's display range.
 CONTRAST_SAMPLE = 256
+#: The page's walk along one z: from this quantile to that of the particles' z (of the class
+#: drawn, with classes), as emvae montage's traversals (:func:`emvae.montage.traversal_z`).
+WALK = (0.02, 0.98)
 #: A column with at most this many distinct integer values is coloured by category.
 MAX_CATEGORIES = 24
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -268,21 +271,23 @@ class Explorer:
     def __len__(self) -> int:
         return len(self.table)
 
-    def _zranges(self) -> list[dict[str, float]]:
+    def _zranges(self) -> list[dict[str, Any]]:
         """Each z slider: from the particles' 0.5th to 99.5th percentile, widened by a tenth
-        (a dimension every particle shares: its value +- 3), starting at the median."""
-        out = []
+        (a dimension every particle shares: its value +- 3), starting at the median; and the
+        walk along it (``walk``: its 2nd and 98th percentile, as emvae montage's traversals)."""
+        out: list[dict[str, Any]] = []
         for col in self.zcols[: self.zdim]:
             z = self.table[col].to_numpy(np.float64)
             z = z[np.isfinite(z)]
             if not len(z):
-                out.append({"min": -3.0, "max": 3.0, "value": 0.0})
+                out.append({"min": -3.0, "max": 3.0, "value": 0.0, "walk": [-2.5, 2.5]})
                 continue
             lo, mid, hi = (float(v) for v in np.quantile(z, [0.005, 0.5, 0.995]))
             pad = 0.1 * (hi - lo)
             if hi - lo < 1e-6:
                 lo, hi, pad = mid - 3.0, mid + 3.0, 0.0
-            out.append({"min": lo - pad, "max": hi + pad, "value": mid})
+            walk = [float(v) for v in np.quantile(z, [WALK[0], WALK[1]])]
+            out.append({"min": lo - pad, "max": hi + pad, "value": mid, "walk": walk})
         return out
 
     def _contrast(self) -> tuple[float, float]:
@@ -337,9 +342,11 @@ class Explorer:
         return np.flatnonzero(mine).astype(np.int64)
 
     def class_summary(self) -> list[dict[str, Any]]:
-        """Each class (1-based): its particles (``count``, ``share``) and the median of each z
-        over them (``z``: where the generator's sliders start for that class; the sliders'
-        medians for a class without particles). Empty without classes."""
+        """Each class (1-based): its particles (``count``, ``share``), the median of each z
+        over them (``z``: where the generator's sliders start for that class) and each z's walk
+        over them (``walk``: its 2nd and 98th percentile, as ``emvae montage`` draws that
+        class's traversals); the sliders' medians and walks for a class without particles.
+        Empty without classes."""
         if self.classes == 1:
             return []
         labels = self.particle_class(np.arange(len(self)))
@@ -348,14 +355,16 @@ class Explorer:
         for c in range(1, self.classes + 1):
             mine = labels == c
             median = [r["value"] for r in self.zrange]
-            if mine.any() and self.zdim:
-                zs = z[mine]
-                median = [
-                    float(np.median(col[np.isfinite(col)])) if np.isfinite(col).any() else m
-                    for col, m in zip(zs.T, median, strict=True)
-                ]
+            walk = [list(r["walk"]) for r in self.zrange]
+            for d, col in enumerate(z[mine].T):
+                col = col[np.isfinite(col)]
+                if len(col):
+                    median[d] = float(np.median(col))
+                    walk[d] = [float(v) for v in np.quantile(col, [WALK[0], WALK[1]])]
             share = float(mine.mean()) if len(self) else 0.0
-            out.append({"class": c, "count": int(mine.sum()), "share": share, "z": median})
+            out.append(
+                {"class": c, "count": int(mine.sum()), "share": share, "z": median, "walk": walk}
+            )
         return out
 
     def numeric_columns(self) -> list[str]:

@@ -25,7 +25,7 @@ from emvae.explore_app import make_app
 from emvae.geometry import image_to_model_pose
 from emvae.io import read_indices
 from emvae.models import pixels_to_images
-from emvae.montage import decode_mean
+from emvae.montage import decode_mean, traversals
 from emvae.objective import pixel_mean
 from emvae.run import Run
 from emvae.simulate import class_objects, write_simulation
@@ -143,6 +143,29 @@ def test_a_rendering_of_class_2_is_the_models_decode_of_class_2(ex, class_run, t
     # the PNG is the values on the generator's one display range (every class shares it)
     out = client.post(f"/api/runs/{class_run.name}/generate", json={"z": z[0], "class": 2})
     assert np.array_equal(_png(out.json()["images"][0]), to_pixels(want2[0], *ex.contrast))
+
+
+def test_the_walk_of_a_class_is_its_montage_traversal(ex):
+    """Each class's walk along z_d spans its particles' 2nd to 98th percentile of z_d and, from
+    the class's median z, draws what emvae montage draws as that class's traversal."""
+    table = ex.table
+    summary = ex.class_summary()
+    for d, r in enumerate(ex.meta()["z"]):
+        assert np.allclose(r["walk"], np.quantile(table[f"z{d + 1}"], [0.02, 0.98]))
+    for c in (1, 2):
+        zc = table.loc[table["class"] == c, ["z1", "z2"]].to_numpy(np.float64)
+        s = summary[c - 1]
+        assert np.allclose(s["walk"], np.quantile(zc, [0.02, 0.98], axis=0).T)
+        assert np.allclose(s["z"], np.median(zc, axis=0))
+        for d in (0, 1):
+            rows = np.tile(s["z"], (9, 1))
+            rows[:, d] = np.linspace(*s["walk"][d], 9)
+            walk = ex.render(rows, np.zeros(9), np.zeros((9, 2)), c)
+            with torch.no_grad(), ex.model.rendering_class(c - 1):
+                montage = traversals(ex.model, 9, dims=[d], z_data=zc)[0].numpy()
+            assert np.abs(walk - montage).max() < 1e-5
+        other = ex.render(rows, np.zeros(9), np.zeros((9, 2)), 3 - c)
+        assert np.abs(other - walk).mean() > 1e-3  # each class its own walk
 
 
 @web
@@ -330,6 +353,21 @@ def test_class_run_in_a_real_browser(ex, class_run, tmp_path):
             want = ex.render([z], [0.0], [[0.0, 0.0]], [3 - big])[0]
             assert np.abs(other[..., 0].astype(int) - to_pixels(want, *ex.contrast)).max() <= 1
             assert np.abs(other.astype(int) - shown.astype(int)).mean() > 0.5  # it changed
+            # the walk along z2 of that class: its 2nd to 98th percentile, the z1 slider's z1
+            page.select_option("#walk-dim", "1")
+            page.click("#walk")
+            page.wait_for_selector("#walk-strip[data-drawn='1']", timeout=15000)
+            page.wait_for_function(ready, timeout=15000)
+            body = page.evaluate("JSON.parse(document.querySelector('#walk-strip').dataset.walk)")
+            lo, hi = ex.class_summary()[2 - big]["walk"][1]
+            assert body["class"] == 3 - big
+            assert np.allclose(np.array(body["z"])[:, 1], np.linspace(lo, hi, 9), atol=1e-9)
+            assert np.allclose(np.array(body["z"])[:, 0], z[0])
+            walk = ex.render(body["z"], [0.0], [[0.0, 0.0]], [3 - big])
+            for j in (0, 4, 8):
+                px = np.array(page.evaluate(f"explorer.pixels('walk-{j}')")).reshape(16, 16, 4)
+                want = to_pixels(walk[j], *ex.contrast)
+                assert np.abs(px[..., 0].astype(int) - want).max() <= 1
 
             # the class filter: class 1 hidden; a box over the whole plot selects class 2 only
             page.locator("#scatter-panel").scroll_into_view_if_needed()
