@@ -3,6 +3,8 @@
 // hover, lasso. Above DENSITY_MIN points in view the page draws their density (a 2-D histogram
 // binned here, on a canvas under the WebGL one) and only the selected points; zoomed in, points.
 // Selections are computed here over every particle (never only the drawn ones) in table order.
+// A run fitted with --classes K: the particles' classes (the table's class, 1-based) filter the
+// scatter (the selection stays within the classes shown) and the generator draws a chosen class.
 import createScatterplot from "regl-scatterplot";
 
 const $ = (id) => document.getElementById(id);
@@ -27,8 +29,15 @@ const S = {
   display: "points", inView: 0, shift: false, hist: null, cache: new Map(),
   gen: { z: [], theta: 0, shift: [0, 0] }, inflight: false, pending: false,
   rendered: null, renders: 0, timings: {}, drawn: null, settle: null, frameQueued: false,
-  press: null,
+  press: null, cls: null, shown: null, nshown: 0,
+  walk: null, walkBusy: false, walkPending: false, walks: 0,
 };
+const WALK_STEPS = 9;  // as emvae montage's traversals
+
+// --classes: is particle i of a class shown? (always, without classes)
+function isShown(i) { return !S.cls || S.shown.has(S.cls[i]); }
+
+function classRun() { return !!(S.meta && S.meta.classes.length); }
 
 function showError(msg) { $("error").textContent = msg || ""; }
 
@@ -409,7 +418,7 @@ function selectRange(lo, hi, add) {  // the histogram: z1 in [lo, hi]
   if (!add) { S.sel.fill(0); S.nsel = 0; }
   const z = S.hist.z;
   for (let i = 0; i < S.n; i++) {
-    if (z[i] >= lo && z[i] <= hi && !S.sel[i]) { S.sel[i] = 1; S.nsel++; }
+    if (z[i] >= lo && z[i] <= hi && !S.sel[i] && isShown(i)) { S.sel[i] = 1; S.nsel++; }
   }
   selectionChanged();
 }
@@ -422,9 +431,9 @@ function selectedList() {
 
 function selectionChanged() {
   const n = S.nsel;
-  $("selected-count").textContent = `${n} of ${S.n} selected`;
+  $("selected-count").textContent = `${n} of ${S.nshown} selected`;
   $("save-selection").disabled = n === 0;
-  $("save-rest").disabled = n === 0 || n === S.n;
+  $("save-rest").disabled = n === 0 || n === S.nshown;
   $("clear-selection").disabled = n === 0;
   if (S.sp) updateDrawn(true);
   drawHistogram();
@@ -434,13 +443,14 @@ function selectionChanged() {
 async function save(rest) {
   const typed = $("selection-name").value.trim();
   const name = typed || (rest ? S.meta.next_rest : S.meta.next_selection);
-  const selected = S.nsel, others = S.n - S.nsel;
+  const selected = S.nsel, others = S.nshown - S.nsel;
   let body;
-  if ((rest ? others : selected) <= S.n / 2) {
+  if ((rest ? others : selected) <= S.nshown / 2) {
     body = { indices: rest ? unselectedList() : selectedList(), name, rest: false };
   } else {
     body = { indices: rest ? selectedList() : unselectedList(), name, rest: true };
   }
+  if (classRun()) body.classes = shownClasses();  // the rest: of the classes shown
   for (const id of ["save-selection", "save-rest"]) $(id).disabled = true;
   try {
     const r = await api(runPath("/selections"), body);
@@ -463,10 +473,68 @@ async function save(rest) {
   }
 }
 
-function unselectedList() {
+function unselectedList() {  // of the classes shown
   const out = [];
-  for (let i = 0; i < S.n; i++) if (!S.sel[i]) out.push(i);
+  for (let i = 0; i < S.n; i++) if (!S.sel[i] && isShown(i)) out.push(i);
   return out;
+}
+
+// ------------------------------------------------------------------ classes (--classes K)
+
+function shownClasses() { return S.meta.classes.map((c) => c.class).filter((c) => S.shown.has(c)); }
+
+function countShown() {
+  let n = 0;
+  for (let i = 0; i < S.n; i++) if (isShown(i)) n++;
+  S.nshown = n;
+}
+
+// The class filter's boxes (coloured as the scatter colours the class column) and the
+// generator's class menu; hidden without classes.
+function buildClasses() {
+  const m = S.meta, boxes = $("class-boxes"), menu = $("gen-class");
+  boxes.innerHTML = ""; menu.innerHTML = "";
+  $("class-filter").hidden = !m.classes.length;
+  $("gen-class-label").hidden = !m.classes.length;
+  $("from-particle").textContent = m.classes.length ? "use the particle's z and class" : "use the particle's z";
+  m.classes.forEach((c, k) => {
+    const label = document.createElement("label");
+    const box = document.createElement("input");
+    Object.assign(box, { type: "checkbox", id: `class-${c.class}`, checked: true });
+    box.addEventListener("change", () => {
+      if (!S.meta.classes.some((d) => $(`class-${d.class}`).checked)) box.checked = true;  // one at least
+      classFilterChanged().catch((e) => showError(e.message));
+    });
+    const sw = document.createElement("span");
+    sw.className = "swatch"; sw.style.background = PALETTE[k % PALETTE.length];
+    label.append(box, sw, document.createTextNode(`${c.class} (${c.count}) `));
+    boxes.appendChild(label);
+    option(menu, String(c.class), `${c.class} (${c.count} particles)`);
+  });
+  if (m.classes.length) {  // the generator starts on the largest class, at its median z
+    const big = m.classes.reduce((a, b) => (b.count > a.count ? b : a));
+    menu.value = String(big.class);
+  }
+}
+
+// The classes shown changed: particles of the others leave the selection and the scatter.
+async function classFilterChanged() {
+  S.shown = new Set(S.meta.classes.map((c) => c.class).filter((c) => $(`class-${c}`).checked));
+  for (let i = 0; i < S.n; i++) if (S.sel[i] && !isShown(i)) { S.sel[i] = 0; S.nsel--; }
+  countShown();
+  $("plot").dataset.classes = shownClasses().join(",");
+  await drawPoints();
+  selectionChanged();
+}
+
+function selectShown() {
+  for (let i = 0; i < S.n; i++) if (isShown(i) && !S.sel[i]) { S.sel[i] = 1; S.nsel++; }
+  selectionChanged();
+}
+
+function classMedian(c) {
+  const d = S.meta.classes.find((x) => x.class === c);
+  return d ? d.z : S.meta.z.map((x) => x.value);
 }
 
 // ------------------------------------------------------------------ the histogram (1-D z)
@@ -481,7 +549,7 @@ function drawHistogram() {
   const lo = H.lo, span = H.hi - H.lo;
   for (let i = 0; i < S.n; i++) {
     const v = H.z[i];
-    if (!(v >= lo && v <= H.hi)) continue;
+    if (!(v >= lo && v <= H.hi) || !isShown(i)) continue;
     const b = Math.min(nb - 1, Math.floor(((v - lo) / span) * nb));
     all[b]++;
     if (S.sel[i]) chosen[b]++;
@@ -503,7 +571,7 @@ function drawHistogram() {
     g.fillRect(px, bottom, 1, 4);
     g.fillText(tickText(t, step), px, bottom + 15);
   }
-  g.fillText(`${H.name} (${S.n} particles; drag selects a range, a click sets the z1 slider)`, (left + right) / 2, h - 2);
+  g.fillText(`${H.name} (${S.nshown} particles; drag selects a range, a click sets the z1 slider)`, (left + right) / 2, h - 2);
   const z1 = S.gen.z[0];  // the generator's z1
   if (z1 !== undefined) {
     const px = left + ((z1 - lo) / span) * (right - left);
@@ -636,6 +704,7 @@ function showTooltip(i) {
     colour = c.kind === "category" ? (Number.isNaN(v) ? "–" : c.labels[v]) : fmt(v);
     colour = `, ${c.name} ${colour}`;
   }
+  if (S.cls && !(c && c.name === "class")) colour += `, class ${S.cls[i]}`;
   tip.textContent = `#${i}: ${S.xlabel} ${fmt(S.x[i])}, ${S.ylabel} ${fmt(S.y[i])}${colour}`;
   tip.style.left = `${MARGIN.left + p[0] + 10}px`;
   tip.style.top = `${MARGIN.top + p[1] - 24}px`;
@@ -649,6 +718,7 @@ async function drawPoints() {
   for (let i = 0; i < n; i++) {
     const a = x[i], b = y[i];
     if (Number.isNaN(a) || Number.isNaN(b) || !Number.isFinite(a) || !Number.isFinite(b)) continue;
+    if (!isShown(i)) continue;
     m++;
     if (a < x0) x0 = a; if (a > x1) x1 = a; if (b < y0) y0 = b; if (b > y1) y1 = b;
   }
@@ -660,7 +730,7 @@ async function drawPoints() {
   const b = S.bounds, sx = 2 / (b.x1 - b.x0), sy = 2 / (b.y1 - b.y0);
   for (let i = 0, k = 0; i < n; i++) {
     const a = x[i], c = y[i];
-    if (!Number.isFinite(a) || !Number.isFinite(c)) continue;
+    if (!Number.isFinite(a) || !Number.isFinite(c) || !isShown(i)) continue;
     S.idx[k] = i; S.inv[i] = k;
     S.nx[k] = (a - b.x0) * sx - 1; S.ny[k] = (c - b.y0) * sy - 1;
     k++;
@@ -724,7 +794,9 @@ async function showParticle(i) {
       tr.children[0].textContent = k; tr.children[1].textContent = fmt(v);
       table.appendChild(tr);
     }
-    $("from-particle").disabled = S.meta.zdim === 0;
+    $("from-particle").disabled = S.meta.zdim === 0 && p.class === undefined;
+    $("canonical-caption").textContent = p.class === undefined
+      ? "generator, θ = 0, Δx = 0" : `generator as class ${p.class}, θ = 0, Δx = 0`;
     $("particle-panel").dataset.index = String(i);
   } catch (e) {
     showError(e.message);
@@ -734,7 +806,9 @@ async function showParticle(i) {
 // ------------------------------------------------------------------ the generator
 
 function genRequest() {
-  return { z: S.gen.z.slice(), theta_deg: S.gen.theta, shift_px: S.gen.shift.slice() };
+  const body = { z: S.gen.z.slice(), theta_deg: S.gen.theta, shift_px: S.gen.shift.slice() };
+  if (S.gen.cls !== undefined) body.class = S.gen.cls;  // --classes: the class drawn
+  return body;
 }
 
 function requestRender() {
@@ -751,6 +825,55 @@ function requestRender() {
   }).catch((e) => showError(e.message)).finally(() => {
     S.inflight = false;
     if (S.pending) requestRender();
+  });
+  if (S.walk !== null) drawWalk();
+}
+
+// ------------------------------------------------------------------ the walk along one z
+
+// WALK_STEPS z from the 2nd to the 98th percentile of z_k over the particles (of the class
+// drawn, with --classes), the other z, theta and shift at the sliders': emvae montage's
+// traversal of that class at the sliders' start.
+function walkRequest(k) {
+  const m = S.meta, c = S.gen.cls;
+  const d = c !== undefined ? m.classes.find((x) => x.class === c) : null;
+  const [lo, hi] = d ? d.walk[k] : m.z[k].walk;
+  const z = [];
+  for (let j = 0; j < WALK_STEPS; j++) {
+    const row = S.gen.z.slice();
+    row[k] = lo + ((hi - lo) * j) / (WALK_STEPS - 1);
+    z.push(row);
+  }
+  const body = { z, theta_deg: S.gen.theta, shift_px: S.gen.shift.slice() };
+  if (c !== undefined) body.class = c;
+  return body;
+}
+
+function drawWalk() {
+  if (S.walkBusy) { S.walkPending = true; return; }
+  S.walk = +$("walk-dim").value;
+  S.walkBusy = true; S.walkPending = false;
+  const k = S.walk, body = walkRequest(k);
+  api(runPath("/generate"), body).then(async (r) => {
+    const strip = $("walk-strip");
+    strip.innerHTML = "";
+    const imgs = r.images.map((src, j) => {
+      const fig = document.createElement("figure"), im = document.createElement("img");
+      im.src = src; im.id = `walk-${j}`;
+      const cap = document.createElement("figcaption");
+      cap.textContent = fmt(body.z[j][k]);
+      fig.append(im, cap); strip.appendChild(fig);
+      return im.decode().catch(() => null);
+    });
+    await Promise.all(imgs);
+    const c = body.class !== undefined ? ` of class ${body.class}` : "";
+    $("walk-caption").textContent = `z${k + 1} from the 2nd to the 98th percentile${c}`;
+    strip.dataset.walk = JSON.stringify(body);
+    S.walks += 1;
+    strip.dataset.drawn = String(S.walks);
+  }).catch((e) => showError(e.message)).finally(() => {
+    S.walkBusy = false;
+    if (S.walkPending) drawWalk();
   });
 }
 
@@ -774,14 +897,22 @@ function buildSliders() {
   const m = S.meta;
   $("sliders").innerHTML = "";
   S.gen = { z: m.z.map((d) => d.value), theta: m.theta.value, shift: [m.shift.value, m.shift.value] };
+  if (m.classes.length) {  // --classes: the class chosen, its sliders at its particles' median z
+    S.gen.cls = +$("gen-class").value;
+    S.gen.z = classMedian(S.gen.cls).slice();
+  }
   m.z.forEach((d, k) => {
-    const s = slider(`z${k + 1}`, d, d.value, (d.max - d.min) / 1000, (v) => { S.gen.z[k] = v; }, `z${k + 1}-slider`);
+    const s = slider(`z${k + 1}`, d, S.gen.z[k], (d.max - d.min) / 1000, (v) => { S.gen.z[k] = v; }, `z${k + 1}-slider`);
     S.gen.z[k] = +s.value;  // the value on the slider's steps
   });
   const t = slider("θ (°)", m.theta, m.theta.value, 1, (v) => { S.gen.theta = v; }, "theta-slider");
   const sx = slider("Δx (px)", m.shift, 0, 0.25, (v) => { S.gen.shift[0] = v; }, "shift-x-slider");
   const sy = slider("Δy (px)", m.shift, 0, 0.25, (v) => { S.gen.shift[1] = v; }, "shift-y-slider");
   if (!m.posed) [t, sx, sy].forEach((s) => { s.disabled = true; });
+  $("walk-dim").innerHTML = "";
+  m.z.forEach((d, k) => option($("walk-dim"), String(k), `z${k + 1}`));
+  $("walk-row").hidden = m.z.length === 0;
+  $("walk-strip").innerHTML = ""; S.walk = null;
   $("gen-caption").textContent = m.posed
     ? "θ: counter-clockwise turn (as theta_deg); Δx, Δy: centre's shift, model pixels, +y up"
     : "this generator draws a fixed frame (no pose)";
@@ -810,10 +941,14 @@ async function loadRun(name) {
   S.run = name; S.particle = null; S.colour = null; S.c = null; S.hist = null;
   const m = await api(runPath());
   S.meta = m; S.n = m.particles; S.sel = new Uint8Array(m.particles); S.nsel = 0;
+  S.cls = m.classes.length ? await column("class") : null;
+  S.shown = new Set(m.classes.map((c) => c.class));
+  countShown();
   const kind = m.kind === "rgb" ? "RGB" : m.kind === "grey" ? "grey" : `${m.channels}-channel`;
   $("summary").textContent =
     `${m.path}: ${m.particles} particles, ${m.zdim}-D z, ${m.size} px ${kind} (${m.likelihood}` +
-    `${m.ctf !== "off" ? ", CTF " + m.ctf : ""}), on ${m.device}; selections go to ${m.selections}`;
+    `${m.ctf !== "off" ? ", CTF " + m.ctf : ""})` +
+    `${m.classes.length ? `, ${m.classes.length} classes` : ""}, on ${m.device}; selections go to ${m.selections}`;
   $("notes").textContent = m.notes.join(" ");
   $("selection-name").placeholder = `${m.next_selection} / ${m.next_rest}`;
   for (const id of ["view", "x", "y", "colour"]) $(id).innerHTML = "";
@@ -823,6 +958,7 @@ async function loadRun(name) {
   m.colours.forEach((c) => option($("colour"), c));
   $("x").value = m.views[0].x; $("y").value = m.views[0].y;
   $("colour").value = m.default_colour;
+  buildClasses();
   buildSliders();
   await Promise.all([loadColour(m.default_colour), (async () => {
     const xl = $("x").value, yl = $("y").value;
@@ -864,12 +1000,24 @@ async function main() {
   $("clear-selection").addEventListener("click", () => { S.sel.fill(0); S.nsel = 0; selectionChanged(); });
   $("reset").addEventListener("click", () => {
     const m = S.meta;
-    setGenerator(m.z.map((d) => d.value), m.theta.value, [0, 0]);
+    const z = S.gen.cls !== undefined ? classMedian(S.gen.cls) : m.z.map((d) => d.value);
+    setGenerator(z, m.theta.value, [0, 0]);
   });
   $("from-particle").addEventListener("click", () => {
     const p = S.particleData;
-    if (p) setGenerator(p.z, +$("theta-slider").value, [+$("shift-x-slider").value, +$("shift-y-slider").value]);
+    if (!p) return;
+    if (p.class !== undefined) { $("gen-class").value = String(p.class); S.gen.cls = p.class; }
+    setGenerator(p.z, +$("theta-slider").value, [+$("shift-x-slider").value, +$("shift-y-slider").value]);
   });
+  // --classes: the same z, theta and shift drawn as another class
+  $("gen-class").addEventListener("change", () => { S.gen.cls = +$("gen-class").value; requestRender(); });
+  $("all-classes").addEventListener("click", () => {
+    S.meta.classes.forEach((c) => { $(`class-${c.class}`).checked = true; });
+    classFilterChanged().catch((e) => showError(e.message));
+  });
+  $("select-shown").addEventListener("click", selectShown);
+  $("walk").addEventListener("click", drawWalk);
+  $("walk-dim").addEventListener("change", () => { if (S.walk !== null) drawWalk(); });
   try {
     const { runs } = await api("api/runs");
     const wanted = new URLSearchParams(location.search).get("run");
@@ -893,10 +1041,18 @@ window.explorer = {
   // it has no finite position; for tests
   screenPoints: () => Array.from({ length: S.n }, (_, i) => screenOf(i)),
   selected: () => selectedList(),
+  shownClasses: () => (S.cls ? shownClasses() : null),
+  // select exactly these table rows (of the classes shown), as a lasso would; for tests
+  select: (rows) => {
+    S.sel.fill(0); S.nsel = 0;
+    for (const i of rows) if (isShown(i) && !S.sel[i]) { S.sel[i] = 1; S.nsel++; }
+    selectionChanged();
+  },
   display: () => S.display,
   timings: () => S.timings,
   scatter: () => S.sp,
-  idle: () => !S.inflight && !S.pending && S.rendered === JSON.stringify(genRequest()),
+  idle: () => !S.inflight && !S.pending && S.rendered === JSON.stringify(genRequest()) &&
+    !S.walkBusy && !S.walkPending,
   pixels: (id) => {
     const img = $(id), c = document.createElement("canvas");
     c.width = img.naturalWidth; c.height = img.naturalHeight;

@@ -9,10 +9,16 @@ clusters and embeddings when ``emvae analyze`` wrote them); it knows nothing of 
   (:meth:`Explorer.array`: what the page draws a million points from);
 * renders the generator at any (z, theta, shift) (:meth:`Explorer.render`, through
   :class:`emvae.render.PosedGenerator`), requests arriving together run as one batch
-  (:class:`Batcher`) under ``torch.no_grad`` on the run's device;
+  (:class:`Batcher`) under ``torch.no_grad`` on the run's device; a run fitted with
+  ``--classes K`` renders each image as the class it is given (1-based, as the table's
+  ``class``);
+* with classes, lists each class's particles (:meth:`Explorer.class_positions`: the scatter's
+  class filter) and each class's count and median z (:meth:`Explorer.class_summary`);
 * shows one particle (:meth:`Explorer.particle`): the image as the model saw it, its
-  reconstruction under its inferred pose and the generator at its z without the pose;
-* writes a selection of particles, or the rest of them (:meth:`Explorer.save_selection`), as
+  reconstruction under its inferred pose and the generator at its z without the pose (as its
+  class, with classes);
+* writes a selection of particles, or the rest of them (of every particle, or of the classes
+  shown) (:meth:`Explorer.save_selection`), as
   ``emvae select`` writes one: ``NAME.txt`` and ``NAME.npy`` of 0-based input rows (``emvae fit
   --ind``, ``emvae select --indices``), and the input's STAR / .cs rows when it was one.
 
@@ -63,6 +69,9 @@ MAX_LISTED = 100_000
 MAX_BATCH = 1024
 #: Particles whose z set the generator's display range.
 CONTRAST_SAMPLE = 256
+#: The page's walk along one z: from this quantile to that of the particles' z (of the class
+#: drawn, with classes), as emvae montage's traversals (:func:`emvae.montage.traversal_z`).
+WALK = (0.02, 0.98)
 #: A column with at most this many distinct integer values is coloured by category.
 MAX_CATEGORIES = 24
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -225,12 +234,14 @@ class Explorer:
         self.device = torch.device(device)
         self.model, self.config, _ = run.model(self.device)
         self.cfg = self.model.config
-        if self.cfg.classes > 1:
-            raise ConfigError(
-                f"{run.path}: the explorer does not draw runs with --classes yet; "
-                "emvae montage draws each class"
-            )
+        #: the model's classes (``--classes``; 1 without classes)
+        self.classes = self.cfg.classes
         self.table = run.table()
+        if self.classes > 1 and "class" not in self.table:
+            raise ConfigError(
+                f"{run.path}: the model has {self.classes} classes but its table no class "
+                "column: fit it again"
+            )
         self.notes: list[str] = []
         try:
             clusters = read_clusters(run.path)
@@ -260,29 +271,35 @@ class Explorer:
     def __len__(self) -> int:
         return len(self.table)
 
-    def _zranges(self) -> list[dict[str, float]]:
+    def _zranges(self) -> list[dict[str, Any]]:
         """Each z slider: from the particles' 0.5th to 99.5th percentile, widened by a tenth
-        (a dimension every particle shares: its value +- 3), starting at the median."""
-        out = []
+        (a dimension every particle shares: its value +- 3), starting at the median; and the
+        walk along it (``walk``: its 2nd and 98th percentile, as emvae montage's traversals)."""
+        out: list[dict[str, Any]] = []
         for col in self.zcols[: self.zdim]:
             z = self.table[col].to_numpy(np.float64)
             z = z[np.isfinite(z)]
             if not len(z):
-                out.append({"min": -3.0, "max": 3.0, "value": 0.0})
+                out.append({"min": -3.0, "max": 3.0, "value": 0.0, "walk": [-2.5, 2.5]})
                 continue
             lo, mid, hi = (float(v) for v in np.quantile(z, [0.005, 0.5, 0.995]))
             pad = 0.1 * (hi - lo)
             if hi - lo < 1e-6:
                 lo, hi, pad = mid - 3.0, mid + 3.0, 0.0
-            out.append({"min": lo - pad, "max": hi + pad, "value": mid})
+            walk = [float(v) for v in np.quantile(z, [WALK[0], WALK[1]])]
+            out.append({"min": lo - pad, "max": hi + pad, "value": mid, "walk": walk})
         return out
 
     def _contrast(self) -> tuple[float, float]:
-        """The generator's display range, from its images at (up to) 256 particles' z."""
+        """The generator's display range, from its images at (up to) 256 particles' z (each as
+        its own class, with classes: one range for every class)."""
         n = len(self.table)
         rows = np.unique(np.linspace(0, n - 1, min(n, CONTRAST_SAMPLE)).round().astype(int))
         z = self.particle_z(rows) if n else np.zeros((1, self.zdim), np.float32)
-        images = self.render(z, np.zeros(len(z)), np.zeros((len(z), 2)))
+        classes = None
+        if self.classes > 1:
+            classes = self.particle_class(rows) if n else np.ones(1, np.int64)
+        images = self.render(z, np.zeros(len(z)), np.zeros((len(z), 2)), classes)
         return display_range(images, self.cfg.likelihood == "bernoulli")
 
     def particle_z(self, rows: np.ndarray) -> np.ndarray:
@@ -291,6 +308,64 @@ class Explorer:
             return np.zeros((len(rows), 0), np.float32)
         result: np.ndarray = self.table[self.zcols[: self.zdim]].to_numpy(np.float32)[rows]
         return result
+
+    def particle_class(self, rows: np.ndarray) -> np.ndarray:
+        """``(n,)`` the classes (1-based, the table's ``class``) of the particles at table
+        positions ``rows``; all 1 without classes."""
+        if self.classes == 1:
+            return np.ones(len(rows), np.int64)
+        result: np.ndarray = self.table["class"].to_numpy(np.int64)[rows]
+        return result
+
+    def check_classes(self, classes: ArrayLike | None) -> np.ndarray | None:
+        """``classes`` (1-based, one or a list) as int64 ``(n,)``, each in 1..K; None stays
+        None. Without classes only class 1 exists."""
+        if classes is None:
+            return None
+        c = np.atleast_1d(np.asarray(classes, dtype=np.float64))
+        k = self.classes
+        if c.ndim != 1 or not np.all(np.isfinite(c)) or not np.all(np.mod(c, 1) == 0):
+            raise RequestError(400, f"class: whole numbers 1..{k} (the table's class)")
+        if np.any((c < 1) | (c > k)):
+            bad = int(c[(c < 1) | (c > k)][0])
+            has = f"classes 1..{k}" if k > 1 else "one class (1): it was fitted without --classes"
+            raise RequestError(404, f"class {bad}: this model has {has}")
+        return c.astype(np.int64)
+
+    def class_positions(self, classes: ArrayLike | None) -> np.ndarray:
+        """Table positions (ascending) of the particles whose class is one of ``classes``
+        (1-based; None: every particle): what the scatter shows under its class filter."""
+        wanted = self.check_classes(classes)
+        if wanted is None:
+            return np.arange(len(self), dtype=np.int64)
+        mine = np.isin(self.particle_class(np.arange(len(self))), wanted)
+        return np.flatnonzero(mine).astype(np.int64)
+
+    def class_summary(self) -> list[dict[str, Any]]:
+        """Each class (1-based): its particles (``count``, ``share``), the median of each z
+        over them (``z``: where the generator's sliders start for that class) and each z's walk
+        over them (``walk``: its 2nd and 98th percentile, as ``emvae montage`` draws that
+        class's traversals); the sliders' medians and walks for a class without particles.
+        Empty without classes."""
+        if self.classes == 1:
+            return []
+        labels = self.particle_class(np.arange(len(self)))
+        z = self.particle_z(np.arange(len(self))).astype(np.float64)
+        out = []
+        for c in range(1, self.classes + 1):
+            mine = labels == c
+            median = [r["value"] for r in self.zrange]
+            walk = [list(r["walk"]) for r in self.zrange]
+            for d, col in enumerate(z[mine].T):
+                col = col[np.isfinite(col)]
+                if len(col):
+                    median[d] = float(np.median(col))
+                    walk[d] = [float(v) for v in np.quantile(col, [WALK[0], WALK[1]])]
+            share = float(mine.mean()) if len(self) else 0.0
+            out.append(
+                {"class": c, "count": int(mine.sum()), "share": share, "z": median, "walk": walk}
+            )
+        return out
 
     def numeric_columns(self) -> list[str]:
         """The table's columns that colour the scatter on a continuous scale."""
@@ -334,7 +409,8 @@ class Explorer:
     def meta(self) -> dict[str, Any]:
         """What the page needs to draw its controls."""
         colours = self.colour_columns()
-        default_colour = next((c for c in ("cluster", "elbo") if c in colours), colours[0])
+        first = ("class", "cluster", "elbo") if self.classes > 1 else ("cluster", "elbo")
+        default_colour = next((c for c in first if c in colours), colours[0])
         shift_max = max(1.0, round(self.size / 4))
         return {
             "name": self.name,
@@ -360,26 +436,46 @@ class Explorer:
             "next_selection": self.next_name(),
             "next_rest": self.next_name("rest"),
             "notes": self.notes,
+            "classes": self.class_summary(),
         }
 
-    def points(self, x: str, y: str, colour: str | None = None) -> dict[str, Any]:
+    def points(
+        self, x: str, y: str, colour: str | None = None, classes: ArrayLike | None = None
+    ) -> dict[str, Any]:
         """The scatter: ``x``, ``y`` (numeric columns) and the colour of each particle, in table
         order (None where a value is missing). A categorical colour comes as ``codes`` into
-        ``labels``, a continuous one as ``values`` with its ``range``."""
+        ``labels``, a continuous one as ``values`` with its ``range``. With ``classes``
+        (1-based) only those classes' particles, their table positions in ``index``."""
         numeric = self.numeric_columns()
         for axis, col in (("x", x), ("y", y)):
             if col not in numeric:
                 raise RequestError(
                     404, f"{axis}={col!r}: no such numeric column (have {', '.join(numeric)})"
                 )
-        out: dict[str, Any] = {
-            "x": _floats(self.frame[x].to_numpy()),
-            "y": _floats(self.frame[y].to_numpy()),
+        if classes is None:
+            out: dict[str, Any] = {
+                "x": _floats(self.frame[x].to_numpy()),
+                "y": _floats(self.frame[y].to_numpy()),
+                "xlabel": x,
+                "ylabel": y,
+            }
+            if colour:
+                out["colour"] = self.colours(colour)
+            return out
+        pos = self.class_positions(classes)
+        out = {
+            "index": [int(i) for i in pos],
+            "x": _floats(self.frame[x].to_numpy()[pos]),
+            "y": _floats(self.frame[y].to_numpy()[pos]),
             "xlabel": x,
             "ylabel": y,
         }
         if colour:
-            out["colour"] = self.colours(colour)
+            c = self.colours(colour)
+            for key in ("codes", "values"):
+                if key in c:
+                    c[key] = [c[key][i] for i in pos]
+            out["colour"] = c
         return out
 
     def _check_colour(self, column: str) -> pd.Series:
@@ -404,6 +500,8 @@ class Explorer:
         inverse, uniques = pd.factorize(values[known])
         names = [_json_value(u) for u in uniques]
         labels = sorted(set(names), key=lambda v: (str(type(v)), v))
+        if column == "class" and self.classes > 1:  # every class, with or without particles
+            labels = sorted(set(labels) | set(range(1, self.classes + 1)))
         index = {label: k for k, label in enumerate(labels)}
         lookup = np.array([index[n] for n in names] or [0], np.int64)
         codes = np.full(len(values), -1, np.int64)
@@ -464,18 +562,30 @@ class Explorer:
         out: torch.Tensor = self.generator(*args).float().cpu()
         return out
 
-    def render(self, z: ArrayLike | None, theta_deg: ArrayLike, shift_px: ArrayLike) -> np.ndarray:
+    def render(
+        self,
+        z: ArrayLike | None,
+        theta_deg: ArrayLike,
+        shift_px: ArrayLike,
+        classes: ArrayLike | None = None,
+    ) -> np.ndarray:
         """The generator's images ``(B, C, D, D)`` (pixel means) at z ``(B, K)``, ``theta_deg``
         ``(B,)`` and ``shift_px`` ``(B, 2)`` (model pixels, image frame; see
-        :mod:`emvae.render`), batched with any other requests in flight."""
-        return self.batcher(*self.check_pose(z, theta_deg, shift_px)).numpy()
+        :mod:`emvae.render`) of ``classes`` ``(B,)`` or one (1-based; needed with
+        ``--classes``), batched with any other requests in flight."""
+        return self.batcher(*self.check_pose(z, theta_deg, shift_px, classes)).numpy()
 
     def generate(
-        self, z: ArrayLike | None, theta_deg: ArrayLike, shift_px: ArrayLike, raw: bool = False
+        self,
+        z: ArrayLike | None,
+        theta_deg: ArrayLike,
+        shift_px: ArrayLike,
+        raw: bool = False,
+        classes: ArrayLike | None = None,
     ) -> dict[str, Any]:
         """:meth:`render` as the page shows it: one PNG data URL per image on the generator's
         display range (``contrast``), and with ``raw`` the pixel values themselves."""
-        images = self.render(z, theta_deg, shift_px)
+        images = self.render(z, theta_deg, shift_px, classes)
         lo, hi = self.contrast
         out: dict[str, Any] = {
             "images": [png_data_url(im, lo, hi) for im in images],
@@ -486,10 +596,16 @@ class Explorer:
         return out
 
     def check_pose(
-        self, z: ArrayLike | None, theta_deg: ArrayLike, shift_px: ArrayLike
+        self,
+        z: ArrayLike | None,
+        theta_deg: ArrayLike,
+        shift_px: ArrayLike,
+        classes: ArrayLike | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Validate and shape a request: z ``(B, K)`` (or one ``(K,)``), theta ``(B,)`` or one
-        value, shift ``(B, 2)`` or one pair; every value finite, B <= :data:`MAX_BATCH`."""
+        value, shift ``(B, 2)`` or one pair, classes ``(B,)`` or one (1-based; required with
+        ``--classes``, only 1 without); every value finite, B <= :data:`MAX_BATCH`. The
+        generator's latent input: z, and with classes the one-hot of each image's class."""
         k = self.zdim
         z = np.asarray(z if z is not None else np.zeros((1, k)), dtype=np.float64)
         if z.ndim == 1:
@@ -506,8 +622,16 @@ class Explorer:
             raise RequestError(400, "theta_deg: one angle per image (degrees)")
         if shift.ndim != 2 or shift.shape[1] != 2:
             raise RequestError(400, "shift_px: one (x, y) pair per image (model pixels)")
-        b = max(len(z), len(theta), len(shift))
-        for name, a in (("z", z), ("theta_deg", theta), ("shift_px", shift)):
+        cls = self.check_classes(classes)
+        if cls is None and self.classes > 1:
+            raise RequestError(
+                400, f"this model has {self.classes} classes: say which to draw (class 1..)"
+            )
+        parts = [("z", z), ("theta_deg", theta), ("shift_px", shift)]
+        if cls is not None:
+            parts.append(("class", cls))
+        b = max(len(a) for _, a in parts)
+        for name, a in parts:
             if len(a) not in (1, b):
                 raise RequestError(400, f"{name} has {len(a)} rows; the others have {b}")
             if not np.all(np.isfinite(a)):
@@ -521,7 +645,12 @@ class Explorer:
             a = np.broadcast_to(a, (b, *a.shape[1:])) if len(a) == 1 else a
             return torch.tensor(np.ascontiguousarray(a), dtype=torch.float32)
 
-        return rows(z), rows(theta), rows(shift)
+        latent = rows(z)
+        if self.classes > 1:
+            assert cls is not None
+            one_hot = np.eye(self.classes)[np.broadcast_to(cls, (b,)) - 1]
+            latent = torch.cat([latent, torch.tensor(one_hot, dtype=torch.float32)], 1)
+        return latent, rows(theta), rows(shift)
 
     # ------------------------------------------------------------------ one particle
 
@@ -554,8 +683,9 @@ class Explorer:
     def particle_images(self, index: int) -> dict[str, np.ndarray]:
         """Particle ``index`` (table position, 0-based) as the model saw it, its reconstruction
         under the pose and z the model infers from it (its CTF applied with ``--ctf on``), and
-        the generator at its z with no pose: each ``(C, D, D)``; and the inferred pose
-        (``theta_deg``, ``shift_px`` in model pixels) and ``z``."""
+        the generator at its z with no pose (as the table's class, with classes): each
+        ``(C, D, D)``; and the inferred pose (``theta_deg``, ``shift_px`` in model pixels), ``z``
+        and ``class`` (1-based: the class of the reconstruction, the most probable)."""
         from emvae.geometry import model_to_image_pose
         from emvae.models import pixels_to_images
         from emvae.objective import pixel_mean, with_ctf
@@ -591,7 +721,9 @@ class Explorer:
         shift = pose[:, r : r + 2] if p.translation else pose.new_zeros(1, 2)
         theta_deg, shift_px = model_to_image_pose(theta, shift, self.size)
         z = q.z_mu.float().cpu().numpy()
-        canonical = self.render(z, np.zeros(1), np.zeros((1, 2)))
+        best = q.best_class()
+        classes = self.particle_class(np.array([index])) if self.classes > 1 else None
+        canonical = self.render(z, np.zeros(1), np.zeros((1, 2)), classes)
         return {
             "observed": x[0].float().cpu().numpy(),
             "reconstruction": recon[0].float().cpu().numpy(),
@@ -599,6 +731,7 @@ class Explorer:
             "theta_deg": theta_deg.cpu().numpy(),
             "shift_px": shift_px.cpu().numpy(),
             "z": z,
+            "class": np.ones(1, np.int64) if best is None else best.cpu().numpy() + 1,
         }
 
     def particle(self, index: int) -> dict[str, Any]:
@@ -613,7 +746,7 @@ class Explorer:
         own = (0.0, 1.0) if self.cfg.likelihood == "bernoulli" else contrast(obs)
         recon_range = contrast(images["reconstruction"]) if self.cfg.ctf == "on" else (lo, hi)
         row = self.frame.iloc[index]
-        return {
+        out: dict[str, Any] = {
             "index": int(index),
             "row": {str(k): _json_value(v) for k, v in row.items()},
             "theta_deg": float(images["theta_deg"][0]),
@@ -624,6 +757,9 @@ class Explorer:
             "generator": png_data_url(images["generator"], lo, hi),
             "ranges": {"observed": list(own), "reconstruction": list(recon_range)},
         }
+        if self.classes > 1:  # the class drawn: the table's, the most probable
+            out["class"] = int(self.particle_class(np.array([index]))[0])
+        return out
 
     # ------------------------------------------------------------------ selections
 
@@ -648,13 +784,19 @@ class Explorer:
         return self._source
 
     def save_selection(
-        self, positions: Sequence[float], name: str | None = None, rest: bool = False
+        self,
+        positions: Sequence[float],
+        name: str | None = None,
+        rest: bool = False,
+        classes: ArrayLike | None = None,
     ) -> dict[str, Any]:
         """Write the particles at table ``positions`` -- or with ``rest`` every particle *not*
         at them -- under ``out_dir/NAME`` as ``emvae select`` does (``NAME.txt``, ``NAME.npy``:
         their 0-based input rows, ascending; and the input's STAR / .cs rows). NAME is letters,
         digits, ``_ - .`` (no folder, no suffix), ``selection_NNN`` / ``rest_NNN`` when empty;
-        an existing NAME is refused (409), nothing is overwritten."""
+        an existing NAME is refused (409), nothing is overwritten. With ``classes`` (1-based:
+        the classes the scatter shows) every position must be of those classes (else 400) and
+        the rest is their other particles."""
         from emvae.errors import OutputExistsError
         from emvae.select import selected_input_rows, write_selection
 
@@ -674,12 +816,25 @@ class Explorer:
         bad = pos[(pos < 0) | (pos >= len(self))]
         if len(bad):
             self.check_index(int(bad[0]))
+        wanted = self.check_classes(classes)
+        shown = None if wanted is None else self.class_positions(wanted)
+        if wanted is not None and shown is not None:
+            outside = pos[~np.isin(pos, shown)]
+            if len(outside):
+                k = int(outside[0])
+                raise RequestError(
+                    400,
+                    f"particle {k} is of class {int(self.particle_class(np.array([k]))[0])}, "
+                    f"not of the classes shown ({', '.join(str(c) for c in wanted)})",
+                )
         if rest:
-            keep = np.ones(len(self), bool)
+            keep = np.zeros(len(self), bool)
+            keep[np.arange(len(self)) if shown is None else shown] = True
             keep[pos] = False
             pos = np.flatnonzero(keep)
             if not len(pos):
-                raise RequestError(400, "every particle is selected: the rest is empty")
+                what = "particle" if shown is None else "particle of the classes shown"
+                raise RequestError(400, f"every {what} is selected: the rest is empty")
         source = self._input_rows()
         rows = selected_input_rows(self.table, pos)
         self.out_dir.mkdir(parents=True, exist_ok=True)

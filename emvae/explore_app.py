@@ -7,12 +7,14 @@ runs served, the request errors) and nothing imports it back (no import circle).
     GET  /vendor/{file}                     the scatter's library (emvae/vendor/: regl-scatterplot)
     GET  /api/runs                          the runs served
     GET  /api/runs/{run}                    one run's controls (Explorer.meta)
-    GET  /api/runs/{run}/points?x=&y=&colour=   the scatter as JSON lists (Explorer.points)
+    GET  /api/runs/{run}/points?x=&y=&colour=[&class=K...]   the scatter as JSON lists
+                                            (Explorer.points; class: those classes only)
     GET  /api/runs/{run}/arrays/{column}[?codes=1]  one column as float32 (Explorer.array)
     GET  /api/runs/{run}/colours/{column}[?values=0]  one colouring (Explorer.colours)
     GET  /api/runs/{run}/particles/{index}  one particle's images (Explorer.particle)
-    POST /api/runs/{run}/generate           {z, theta_deg, shift_px, raw}: generator images
-    POST /api/runs/{run}/selections         {indices, name, rest}: write a selection (or the rest)
+    POST /api/runs/{run}/generate           {z, theta_deg, shift_px, class, raw}: generator images
+    POST /api/runs/{run}/selections         {indices, name, rest, classes}: write a selection
+                                            (or the rest, of every particle or of the classes)
 
 Errors come back as ``{"detail": "..."}`` with a 4xx status (:class:`emvae.explore.RequestError`
 carries its own; other emvae errors are 400, a malformed body FastAPI's 422).
@@ -22,12 +24,12 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from emvae.errors import EmvaeError
 from emvae.explore import EXPLORE_HINT, RequestError, Runs
@@ -44,22 +46,26 @@ VENDOR = {
 
 class Generate(BaseModel):
     """Images to render: z rows (or one z), one angle each (or one for all), one shift pair
-    each (or one for all); ``raw`` adds the pixel values to the PNGs."""
+    each (or one for all), with ``--classes`` one class each (or one for all; 1-based, sent
+    as ``class``); ``raw`` adds the pixel values to the PNGs."""
 
     z: list[list[float]] | list[float] | None = None
     theta_deg: list[float] | float = 0.0
     shift_px: list[list[float]] | list[float] = [0.0, 0.0]
+    classes: list[float] | float | None = Field(default=None, alias="class")
     raw: bool = False
 
 
 class Selection(BaseModel):
     """Table positions (0-based) of the selected particles, the name to save them as
     (``selection_NNN`` / ``rest_NNN`` when empty), and ``rest``: write every particle *not*
-    listed instead."""
+    listed instead; ``classes`` (1-based): the classes the scatter shows (the indices are of
+    them, the rest is theirs)."""
 
     indices: list[float]
     name: str | None = None
     rest: bool = False
+    classes: list[float] | None = None
 
 
 def static_file(name: str) -> str:
@@ -114,8 +120,14 @@ def build(runs: Runs) -> FastAPI:
         return runs.get(run).meta()
 
     @app.get("/api/runs/{run}/points")
-    def points(run: str, x: str, y: str, colour: str | None = None) -> dict[str, Any]:
-        return runs.get(run).points(x, y, colour)
+    def points(
+        run: str,
+        x: str,
+        y: str,
+        colour: str | None = None,
+        classes: Annotated[list[float] | None, Query(alias="class")] = None,
+    ) -> dict[str, Any]:
+        return runs.get(run).points(x, y, colour, classes)
 
     @app.get("/api/runs/{run}/arrays/{column}")
     def array(run: str, column: str, codes: bool = False) -> Response:
@@ -134,11 +146,12 @@ def build(runs: Runs) -> FastAPI:
 
     @app.post("/api/runs/{run}/generate")
     def generate(run: str, body: Generate) -> dict[str, Any]:
-        return runs.get(run).generate(body.z, body.theta_deg, body.shift_px, body.raw)
+        ex = runs.get(run)
+        return ex.generate(body.z, body.theta_deg, body.shift_px, body.raw, body.classes)
 
     @app.post("/api/runs/{run}/selections")
     def save(run: str, body: Selection) -> dict[str, Any]:
-        return runs.get(run).save_selection(body.indices, body.name, body.rest)
+        return runs.get(run).save_selection(body.indices, body.name, body.rest, body.classes)
 
     return app
 
