@@ -52,7 +52,13 @@ def main() -> None:
     p.add_argument("--theta-bins", type=int, default=0,
                    help="also marginalise the rotation over this many in-plane turns (the "
                         "clean images turned about the box centre, bilinear)")  # fmt: skip
+    p.add_argument("--tilt-samples", type=int, default=0,
+                   help="the out-of-plane wobble unknown: marginalise it over this many tilts "
+                        "drawn from the simulation's own wobble (the same for every particle; "
+                        "a Monte Carlo average of the likelihood)")  # fmt: skip
     a = p.parse_args()
+    if a.tilt_samples and (a.theta_bins or a.theta_near):
+        p.error("--tilt-samples goes with the true rotation (no --theta-bins / --theta-near)")
 
     obj = st.structure_object(a.structure, a.size, a.apix, None, a.domain, a.hinge_deg,
                               st.parse_view("auto"))  # fmt: skip
@@ -69,9 +75,13 @@ def main() -> None:
         lo, hi = (float(v) for v in a.ctf.split(":"))
         params = draw_ctf(n_all, a.seed, (lo, hi), a.apix)[0][:n]
 
-    def clean(c: np.ndarray) -> torch.Tensor:
-        """Clean images ``(n, D, D)`` of the particles at conformations ``c`` ``(n,)``."""
-        img = obj.render(c, theta[:n], shift[:n], None if rot is None else rot[:n])
+    def clean(c: np.ndarray, tilt: np.ndarray | None = None) -> torch.Tensor:
+        """Clean images ``(n, D, D)`` of the particles at conformations ``c`` ``(n,)``, seen
+        with their own wobble or the rotation ``tilt`` ``(3, 3)`` for all."""
+        own = None if rot is None else rot[:n]
+        img = obj.render(
+            c, theta[:n], shift[:n], own if tilt is None else np.repeat(tilt[None], n, 0)
+        )
         x = torch.from_numpy(img)
         return x if params is None else apply_ctf(x[:, None], params)[:, 0]
 
@@ -86,15 +96,23 @@ def main() -> None:
         near = torch.arange(-a.theta_near, a.theta_near + 0.5, 1.0, dtype=torch.float64)
         turns = torch.deg2rad(torch.cat([near, near + 180.0])).float()
     turning = a.theta_bins > 0 or a.theta_near > 0
-    sse = {s: np.empty((n, len(grid), len(turns))) for s in sizes}
+    tilts = st.draw_tilts(a.tilt_samples, a.tilt_deg, a.seed + 1)[0] if a.tilt_samples else None
+    axis = len(turns) if tilts is None else len(tilts)
+    sse = {s: np.empty((n, len(grid), axis)) for s in sizes}
     for j, c in enumerate(grid):
-        x = clean(np.full(n, c))
-        for t, turn in enumerate(turns):
-            xt = x if not turning else rotate_images(x[:, None], turn.expand(n))[:, 0]
+        x = clean(np.full(n, c)) if tilts is None else None
+        for t in range(axis):
+            if tilts is not None:
+                xt = clean(np.full(n, c), tilts[t])
+            else:
+                assert x is not None
+                xt = x if not turning else rotate_images(x[:, None], turns[t].expand(n))[:, 0]
             for s in sizes:
                 d = ys[s] - fourier_crop(xt, s).double()
                 sse[s][:, j, t] = (d**2).sum((1, 2)).numpy()
     how = f"theta marginalised over {len(turns)} turns" if turning else "true poses"
+    if tilts is not None:
+        how = f"true rotations, the wobble marginalised over {len(tilts)} drawn tilts"
     for s in sizes:
         logp = -sse[s] / (2 * sigma[s] ** 2)
         logp -= logp.max((1, 2), keepdims=True)

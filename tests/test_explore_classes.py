@@ -5,7 +5,6 @@ rendering as its own class, selections within the classes shown, and the page in
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import shutil
 import socket
@@ -19,6 +18,7 @@ import torch
 from conftest import runner
 from emvae_cli.main import app as cli
 from PIL import Image
+from test_explore import web
 
 from emvae.explore import Explorer, to_pixels
 from emvae.explore_app import make_app
@@ -34,10 +34,6 @@ from emvae.simulate import class_objects, write_simulation
 BASE = ["--zdim", "2", "--gen-hidden", "16", "--enc-hidden", "16", "-n", "4", "-b", "20"]
 BASE += ["--lr", "3e-3", "--device", "cpu", "-q"]
 FIT = [*BASE, "--classes", "2"]
-web = pytest.mark.skipif(
-    importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None,
-    reason="emvae explore needs fastapi and uvicorn (dependencies of emvae: reinstall it)",
-)
 
 
 @pytest.fixture(scope="module")
