@@ -49,7 +49,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -691,6 +691,26 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
+STEP_COLUMNS = (
+    "config", "stage px", "precision", "batch", "passes", "images/s", "step ms",
+    "generator TFLOP/s", "of bf16 peak", "peak GPU GB", "host syncs",
+)  # fmt: skip
+TTR_COLUMNS = (
+    "epoch", "stage px", "wall s", "theta circ. corr.", "theta median error deg", "z abs(r)",
+)  # fmt: skip
+
+
+def _table(title: str, columns: Sequence[str], cells: list[list[Any]]) -> list[str]:
+    """A markdown section: ``## title``, a table of ``columns`` with a row per entry of
+    ``cells``, a blank line; nothing without rows."""
+    if not cells:
+        return []
+    lines = [f"## {title}", "", "| " + " | ".join(columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in cells]
+    return [*lines, ""]
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The check's tables (one per section) from its rows."""
     env = next((r for r in rows if r.get("section") == "env"), {})
@@ -709,65 +729,40 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             "",
         ]
     steps = [r for r in rows if r.get("section") == "steps" and "images_per_s" in r]
-    if steps:
-        lines += [
-            "## Training step",
-            "",
-            "| config | stage px | precision | batch | passes | images/s | step ms | "
-            "generator TFLOP/s | of bf16 peak | peak GPU GB | host syncs |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in steps:
-            frac = r.get("fraction_of_bf16_peak")
-            batch = f"{r['batch']} (largest)" if r.get("largest_batch") else str(r["batch"])
-            lines.append(
-                f"| {r['config']} | {r['stage_px']} | {r['precision']} | {batch} | "
-                f"{r['passes']} | {_fmt(r['images_per_s'])} | {_fmt(r['step_ms'], 2)} | "
-                f"{_fmt(r['generator_tflop_per_s'], 3)} | "
-                f"{'-' if frac is None else f'{100 * frac:.1f}%'} | "
-                f"{_fmt(r.get('peak_gpu_gb'), 2)} | {_fmt(r.get('host_syncs_in_step'))} |"
-            )
-        lines.append("")
+    lines += _table("Training step", STEP_COLUMNS, [
+        [r["config"], r["stage_px"], r["precision"],
+         f"{r['batch']} (largest)" if r.get("largest_batch") else str(r["batch"]),
+         r["passes"], _fmt(r["images_per_s"]), _fmt(r["step_ms"], 2),
+         _fmt(r["generator_tflop_per_s"], 3),
+         "-" if r.get("fraction_of_bf16_peak") is None
+         else f"{100 * r['fraction_of_bf16_peak']:.1f}%",
+         _fmt(r.get("peak_gpu_gb"), 2), _fmt(r.get("host_syncs_in_step"))]
+        for r in steps
+    ])  # fmt: skip
     loader = [r for r in rows if r.get("section") == "loader" and "reader" in r]
-    if loader:
-        lines += ["## Streaming reader", "", "| reader | images/s | the step consumes |"]
-        lines += ["|---|---|---|"]
-        for r in loader:
-            use = ", ".join(f"{k}: {v:,.0f}" for k, v in r["step_consumes_images_per_s"].items())
-            lines.append(f"| {r['reader']} | {_fmt(r['images_per_s'])} | {use or '-'} |")
-        lines.append("")
+    lines += _table("Streaming reader", ("reader", "images/s", "the step consumes"), [
+        [r["reader"], _fmt(r["images_per_s"]),
+         ", ".join(f"{k}: {v:,.0f}" for k, v in r["step_consumes_images_per_s"].items()) or "-"]
+        for r in loader
+    ])  # fmt: skip
     ttr = [r for r in rows if r.get("section") == "time_to_result" and "epoch" in r]
-    if ttr:
-        lines += [
-            f"## Time to result ({ttr[0]['particles']:,} x {ttr[0]['image_px']} px)",
-            "",
-            "| epoch | stage px | wall s | theta circ. corr. | theta median error deg | z abs(r) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in ttr:
-            lines.append(
-                f"| {r['epoch']} | {r['stage_px']} | {_fmt(r['seconds'])} | "
-                f"{_fmt(r['theta_circ_corr'], 3)} | {_fmt(r['theta_median_error_deg'])} | "
-                f"{_fmt(r['z_conformation_pearson'], 3)} |"
-            )
-        lines.append("")
+    title = f"Time to result ({ttr[0]['particles']:,} x {ttr[0]['image_px']} px)" if ttr else ""
+    lines += _table(title, TTR_COLUMNS, [
+        [r["epoch"], r["stage_px"], _fmt(r["seconds"]), _fmt(r["theta_circ_corr"], 3),
+         _fmt(r["theta_median_error_deg"]), _fmt(r["z_conformation_pearson"], 3)]
+        for r in ttr
+    ])  # fmt: skip
     tr = [r for r in rows if r.get("section") == "torchrun" and "launcher" in r]
-    if tr:
-        lines += ["## torchrun", "", "| launcher | backend | wall s | epoch s | exit |"]
-        lines += ["|---|---|---|---|---|"]
-        for r in tr:
-            lines.append(
-                f"| {r['launcher']} | {r['backend']} | {_fmt(r['wall_seconds'])} | "
-                f"{_fmt(r.get('epoch_seconds'), 2)} | {r['exit_code']} |"
-            )
-        lines.append("")
+    lines += _table("torchrun", ("launcher", "backend", "wall s", "epoch s", "exit"), [
+        [r["launcher"], r["backend"], _fmt(r["wall_seconds"]), _fmt(r.get("epoch_seconds"), 2),
+         r["exit_code"]]
+        for r in tr
+    ])  # fmt: skip
     status = [r for r in rows if "status" in r or "error" in r]
-    if status:
-        lines += ["## Sections", "", "| section | status | seconds |", "|---|---|---|"]
-        for r in status:
-            what = r.get("status") or f"error: {r['error'][:120]}"
-            lines.append(f"| {r['section']} | {what} | {_fmt(r.get('seconds'))} |")
-        lines.append("")
+    lines += _table("Sections", ("section", "status", "seconds"), [
+        [r["section"], r.get("status") or f"error: {r['error'][:120]}", _fmt(r.get("seconds"))]
+        for r in status
+    ])  # fmt: skip
     return "\n".join(lines)
 
 
