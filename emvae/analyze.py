@@ -355,25 +355,17 @@ def analyze_run(
         result["class_files"] = write_classes(
             staging, decoded.numpy(), averages, sizes, centres, config, result["notes"]
         )
+        planes: dict[str, tuple[np.ndarray, tuple[str, str]]] = {}  # file: points, axes
         if zdim == 1:
             figures.append(plots.clusters_1d(z[:, 0], labels, "z1", staging / "z_scatter.png"))
         else:
-            figures.append(
-                plots.clusters_2d(z[:, :2], labels, ("z1", "z2"), staging / "z_scatter.png")
-            )
-            names = (
-                f"PC1 ({explained[0]:.0%} of the variance)",
-                f"PC2 ({explained[1]:.0%})",
-            )
-            figures.append(
-                plots.clusters_2d(scores[:, :2], labels, names, staging / "pca_scatter.png")
-            )
+            pcs_named = (f"PC1 ({explained[0]:.0%} of the variance)", f"PC2 ({explained[1]:.0%})")
+            planes["z_scatter.png"] = (z[:, :2], ("z1", "z2"))
+            planes["pca_scatter.png"] = (scores[:, :2], pcs_named)
         if embedding is not None:
-            figures.append(
-                plots.clusters_2d(
-                    embedding, labels, ("UMAP1", "UMAP2"), staging / "umap_scatter.png"
-                )
-            )
+            planes["umap_scatter.png"] = (embedding, ("UMAP1", "UMAP2"))
+        for name, (points, axes) in planes.items():
+            figures.append(plots.clusters_2d(points, labels, axes, staging / name))
         if shown is None:
             path, path_class = pc_path(z, MAX_TRAJECTORIES), None
         else:  # each class along its own first principal component
