@@ -34,15 +34,12 @@ import pandas as pd
 import torch
 
 from emvae.errors import ConfigError, EmvaeError, InputError
+from emvae.figures import plots, tiles
 from emvae.latents import latent_columns
-from emvae.plotstyle import figure, save
 from emvae.safety import claim_outputs, record_outputs
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from emvae.config import RunConfig
-    from emvae.figures.tiles import Labels
     from emvae.io.stack import ImageStack
     from emvae.models import SpatialVAE
     from emvae.run import Run
@@ -193,19 +190,6 @@ def pc_path(
     return walk
 
 
-def density(points: np.ndarray, bins: int | None = None) -> np.ndarray:
-    """Local density of 2-D ``points`` ``(N, 2)``: the count of points in each point's cell of
-    a ``bins`` x ``bins`` histogram over their range ``(N,)`` (cheap for millions of points;
-    default ``sqrt(N) / 2`` bins, 8 to 100)."""
-    x = np.asarray(points, dtype=np.float64)
-    if bins is None:
-        bins = int(np.clip(np.sqrt(len(x)) / 2, 8, 100))
-    counts, ex, ey = np.histogram2d(x[:, 0], x[:, 1], bins=bins)
-    ix = np.clip(np.searchsorted(ex, x[:, 0], side="right") - 1, 0, bins - 1)
-    iy = np.clip(np.searchsorted(ey, x[:, 1], side="right") - 1, 0, bins - 1)
-    return counts[ix, iy]
-
-
 def cluster_averages(
     stack: ImageStack, theta_deg: np.ndarray, shift_px: np.ndarray, labels: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -229,87 +213,6 @@ def cluster_averages(
         sums.index_add_(0, lab[sel], align_images(x, theta[sel], shift[sel]))
     counts = torch.bincount(lab, minlength=k).to(torch.float64)
     return (sums / counts.clamp(min=1)[:, None, None, None]).numpy(), counts.numpy()
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def _figure(ncols: int, size: float = 4.2) -> tuple[Figure, Any]:
-    return figure(size * ncols, size * 0.85, 1, ncols)
-
-
-def plot_embedding(
-    points: np.ndarray, labels: np.ndarray, names: tuple[str, str], path: Path
-) -> Path:
-    """Two panels of 2-D ``points`` ``(N, 2)``: coloured by cluster (1..k, legend) and by
-    local density (:func:`density`, log colour scale)."""
-    from matplotlib.colors import LogNorm
-
-    fig, ax = _figure(2)
-    k = int(labels.max())
-    cmap = "tab10" if k <= 10 else "tab20"
-    size = max(1.0, min(12.0, 4000 / max(len(points), 1)))
-    for c in range(1, k + 1):
-        m = labels == c
-        ax[0].scatter(
-            points[m, 0],
-            points[m, 1],
-            s=size,
-            linewidths=0,
-            label=f"{c} ({int(m.sum())})",
-            color=_colour(cmap, c),
-        )
-    ax[0].legend(title="cluster", fontsize=7, markerscale=max(1.0, 6 / size), loc="best")
-    dens = density(points)
-    order = np.argsort(dens)  # dense points on top
-    sc = ax[1].scatter(
-        points[order, 0],
-        points[order, 1],
-        s=size,
-        c=dens[order],
-        cmap="viridis",
-        norm=LogNorm(vmin=1, vmax=max(2.0, float(dens.max()))),
-        linewidths=0,
-    )
-    fig.colorbar(sc, ax=ax[1], label="particles per cell")
-    for a, title in zip(ax, ("by cluster", "by density"), strict=True):
-        a.set_xlabel(names[0])
-        a.set_ylabel(names[1])
-        a.set_title(title)
-    return save(fig, path)
-
-
-def plot_histogram_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) -> Path:
-    """1-D z ``(N,)``: each particle's z against its rank, coloured by cluster, beside the
-    histogram of z stacked by cluster (the density)."""
-    fig, ax = _figure(2)
-    k = int(labels.max())
-    cmap = "tab10" if k <= 10 else "tab20"
-    rank = np.argsort(np.argsort(z))
-    bins = np.histogram_bin_edges(z, bins=50)
-    for c in range(1, k + 1):
-        m = labels == c
-        ax[0].scatter(rank[m], z[m], s=3, linewidths=0, color=_colour(cmap, c), label=str(c))
-    ax[1].hist(
-        [z[labels == c] for c in range(1, k + 1)],
-        bins=bins,
-        stacked=True,
-        color=[_colour(cmap, c) for c in range(1, k + 1)],
-        label=[str(c) for c in range(1, k + 1)],
-    )
-    ax[0].set_xlabel("particle (ranked by z)")
-    ax[0].set_ylabel(name)
-    ax[0].legend(title="cluster", fontsize=7)
-    ax[1].set_xlabel(name)
-    ax[1].set_ylabel("particles")
-    return save(fig, path)
-
-
-def _colour(cmap: str, c: int) -> tuple[float, float, float, float]:
-    from matplotlib import colormaps
-
-    cm = colormaps[cmap]
-    return cm((c - 1) % cm.N)
 
 
 # ----------------------------------------------------------------------------- a run
@@ -338,7 +241,6 @@ def analyze_run(
     Raises ConfigError for a run without latent dimensions (zdim 0), for ``k`` outside
     1..N, and (``umap``) without umap-learn (:data:`UMAP_HINT`)."""
     from emvae import montage as mt
-    from emvae.figures import tiles
     from emvae.run import ANALYZE, Run, checkpoint_of
 
     r = run if isinstance(run, Run) else Run.open(run)
@@ -453,23 +355,17 @@ def analyze_run(
         result["class_files"] = write_classes(
             staging, decoded.numpy(), averages, sizes, centres, config, result["notes"]
         )
+        planes: dict[str, tuple[np.ndarray, tuple[str, str]]] = {}  # file: points, axes
         if zdim == 1:
-            figures.append(plot_histogram_1d(z[:, 0], labels, "z1", staging / "z_scatter.png"))
+            figures.append(plots.clusters_1d(z[:, 0], labels, "z1", staging / "z_scatter.png"))
         else:
-            figures.append(
-                plot_embedding(z[:, :2], labels, ("z1", "z2"), staging / "z_scatter.png")
-            )
-            names = (
-                f"PC1 ({explained[0]:.0%} of the variance)",
-                f"PC2 ({explained[1]:.0%})",
-            )
-            figures.append(
-                plot_embedding(scores[:, :2], labels, names, staging / "pca_scatter.png")
-            )
+            pcs_named = (f"PC1 ({explained[0]:.0%} of the variance)", f"PC2 ({explained[1]:.0%})")
+            planes["z_scatter.png"] = (z[:, :2], ("z1", "z2"))
+            planes["pca_scatter.png"] = (scores[:, :2], pcs_named)
         if embedding is not None:
-            figures.append(
-                plot_embedding(embedding, labels, ("UMAP1", "UMAP2"), staging / "umap_scatter.png")
-            )
+            planes["umap_scatter.png"] = (embedding, ("UMAP1", "UMAP2"))
+        for name, (points, axes) in planes.items():
+            figures.append(plots.clusters_2d(points, labels, axes, staging / name))
         if shown is None:
             path, path_class = pc_path(z, MAX_TRAJECTORIES), None
         else:  # each class along its own first principal component
@@ -515,14 +411,12 @@ def _epoch_table(run: Run, checkpoint: Path) -> tuple[SpatialVAE, pd.DataFrame, 
     return model, particles.table(config.model, enc), ckpt
 
 
-def class_labels(sizes: np.ndarray) -> Labels:
+def class_labels(sizes: np.ndarray) -> tiles.Labels:
     """The text of a strip of class images: each cluster's number above it, its size and
-    fraction under it (:class:`emvae.montage.Labels`)."""
-    from emvae.figures.tiles import Labels
-
+    fraction under it (:class:`emvae.figures.tiles.Labels`)."""
     n = max(1, int(np.sum(sizes)))
     columns = [str(c) for c in range(1, len(sizes) + 1)]
-    return Labels(columns=columns, tiles=[[[f"{int(s)} ({s / n:.0%})"] for s in sizes]])
+    return tiles.Labels(columns=columns, tiles=[[[f"{int(s)} ({s / n:.0%})"] for s in sizes]])
 
 
 def write_classes(

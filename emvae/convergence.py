@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from emvae.errors import ConfigError
-from emvae.plotstyle import figure, save
+from emvae.figures import plots
 from emvae.safety import atomic_output, claim_outputs, record_outputs
 
 if TYPE_CHECKING:
@@ -174,48 +174,6 @@ def subsample(n: int, max_particles: int | None, seed: int = 0) -> np.ndarray:
     return np.sort(rng.choice(n, size=max_particles, replace=False))
 
 
-# ----------------------------------------------------------------------------- figure
-
-
-def plot_convergence(table: pd.DataFrame, metrics: pd.DataFrame | None, path: Path) -> Path:
-    """Four panels against the epoch: z agreement (R^2), theta's median difference, the
-    clusters' adjusted Rand index (each at the later epoch of its pair), and the ELBO of every
-    epoch from metrics.csv with the compared checkpoints marked."""
-    fig, ax = figure(14, 3.4, 1, 4)
-    x = table["epoch_b"].to_numpy()
-    panels = (
-        ("z_r2", "z agreement (R², 1 = same)", (0, 1.05)),
-        ("theta_diff_deg", "θ median difference (°)", None),
-        ("cluster_ari", "cluster agreement (ARI)", (-0.05, 1.05)),
-    )
-    for a, (column, title, ylim) in zip(ax[:3], panels, strict=True):
-        y = table[column].to_numpy(np.float64)
-        if np.isfinite(y).any():
-            a.plot(x, y, "o-", color="C0")
-        else:
-            a.text(0.5, 0.5, "no latent dimensions", ha="center", transform=a.transAxes)
-        a.set_title(title, fontsize=10)
-        a.set_xlabel("epoch (vs the previous checkpoint)")
-        if ylim is not None:
-            a.set_ylim(*ylim)
-    ax[1].set_ylim(bottom=0)
-    if metrics is not None and len(metrics):
-        for name, colour in (("train_elbo", "C0"), ("test_elbo", "C1")):
-            if name in metrics:
-                ax[3].plot(metrics["epoch"], metrics[name], color=colour, label=name[:-5])
-        kept = metrics[metrics["epoch"].isin(np.concatenate([table["epoch_a"], x]))]
-        if "test_elbo" in kept:
-            ax[3].plot(kept["epoch"], kept["test_elbo"], "o", color="C1", label="checkpoints")
-        ax[3].legend(fontsize=8)
-    ax[3].set_title("ELBO (nats per image)", fontsize=10)
-    ax[3].set_xlabel("epoch")
-    from matplotlib.ticker import MaxNLocator
-
-    for a in ax:
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return save(fig, path)
-
-
 # ----------------------------------------------------------------------------- a run
 
 
@@ -314,7 +272,7 @@ def convergence_run(
     with atomic_output(dest / "convergence.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_output(dest / "convergence.png") as tmp:
-        plot_convergence(table, metrics, tmp)
+        plots.convergence(table, metrics, tmp)
     with atomic_output(dest / "convergence.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     record_outputs(dest, FILES, config.run_id)

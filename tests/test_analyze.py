@@ -1,5 +1,5 @@
-"""``emvae analyze``: PCA, clusters numbered by size, Hungarian accuracy, and the command on a
-tiny fitted run (files, rows matched to the run's table, the report's section)."""
+"""``emvae analyze``: PCA, clusters numbered by size, Hungarian accuracy, its plots, and the
+command on a tiny fitted run (files, rows matched to the run's table, the report's section)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sklearn.metrics import adjusted_rand_score
 from emvae import analyze as az
 from emvae import bench as bn
 from emvae.errors import ConfigError
+from emvae.figures import plots
 from emvae.io import read_table
 from emvae.simulate import write_simulation
 
@@ -90,6 +91,21 @@ def test_pca_matches_numpy_on_a_known_matrix():
     assert path.shape == (3, 5, 3)
     assert np.allclose(path[0, 2], z.mean(0))
     assert np.allclose((path[1, -1] - z.mean(0)) @ components[1], 2 * scores[:, 1].std())
+
+
+def test_cluster_plots_take_arrays_and_any_number_of_clusters(tmp_path):
+    """emvae.figures.plots draws analyze's figures from arrays: the density of a point is the
+    count of its cell; more than ten clusters (tab20, cycled past 20) draw as two do."""
+    points = np.array([[0.0, 0.0], [0.1, 0.1], [1.0, 1.0]])
+    assert plots.density(points, bins=2).tolist() == [2, 2, 1]
+    z = np.random.default_rng(5).standard_normal((60, 2))
+    for k in (2, 12, 25):
+        labels = np.arange(60) % k + 1
+        drawn = (
+            plots.clusters_2d(z, labels, ("z1", "z2"), tmp_path / f"plane{k}.png"),
+            plots.clusters_1d(z[:, 0], labels, "z1", tmp_path / f"line{k}.png"),
+        )
+        assert all(path.read_bytes()[:4] == b"\x89PNG" for path in drawn)
 
 
 # ----------------------------------------------------------------------------- the command
