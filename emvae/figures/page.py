@@ -130,7 +130,7 @@ def _latent_metric(c: Context) -> str:
 
 
 def _z_scatter(c: Context) -> str:
-    if c.k == 1:  # emvae.analyze.plot_histogram_1d draws no density map
+    if c.k == 1:  # emvae.figures.plots.clusters_1d draws no density map
         return (
             "Left: each particle's posterior mean z1 against its rank (particles sorted by z1), "
             "coloured by cluster; right: the histogram of z1 (particles per bin), stacked by "
