@@ -29,6 +29,7 @@ from emvae.data import load_images, normalize_, resolve_device
 from emvae.encode import Encoding, encode
 from emvae.errors import ConfigError
 from emvae.example import EXAMPLE_OPTIONS
+from emvae.geometry import wrap_radians
 from emvae.io.stack import ImageStack, image_name
 from emvae.models import SpatialVAE
 from emvae.particles import Particles
@@ -572,7 +573,7 @@ def error_in_frames(
             continue
         offset = angular_error_deg(theta_deg[pick], true_deg[pick])[1]
         d = np.radians(theta_deg[pick] - true_deg[pick] - offset)
-        errors.append(np.degrees(np.abs(np.angle(np.exp(1j * d)))))
+        errors.append(np.degrees(np.abs(wrap_radians(d))))
     return float(np.median(np.concatenate(errors))) if errors else float("nan")
 
 
