@@ -49,6 +49,7 @@ from astropy.wcs.utils import wcs_to_celestial_frame
 from emvae.errors import ConfigError, InputError
 from emvae.io import input_kind
 from emvae.io.fits import celestial_wcs, image_headers
+from emvae.io.stack import split_image_name
 from emvae.safety import atomic_output, refuse_existing
 
 __all__ = [
@@ -122,8 +123,9 @@ def catalog_format(path: str | os.PathLike[str]) -> str:
 def _is_fits_name(name: str) -> bool:
     """Whether an image name ``k@file[HDU]`` names a FITS file (by suffix, as inputs are
     told apart)."""
+    split = split_image_name(name)
     try:
-        return input_kind(name.partition("@")[2]) == "fits"
+        return split is not None and input_kind(split[1]) == "fits"
     except InputError:
         return False
 
