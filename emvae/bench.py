@@ -29,7 +29,8 @@ from emvae.data import load_images, normalize_, resolve_device
 from emvae.encode import Encoding, encode
 from emvae.errors import ConfigError
 from emvae.example import EXAMPLE_OPTIONS
-from emvae.io.stack import ImageStack, image_name
+from emvae.geometry import wrap_radians
+from emvae.io.stack import ImageStack, image_key, image_name
 from emvae.models import SpatialVAE
 from emvae.particles import Particles
 from emvae.plotstyle import figure, save
@@ -572,7 +573,7 @@ def error_in_frames(
             continue
         offset = angular_error_deg(theta_deg[pick], true_deg[pick])[1]
         d = np.radians(theta_deg[pick] - true_deg[pick] - offset)
-        errors.append(np.degrees(np.abs(np.angle(np.exp(1j * d)))))
+        errors.append(np.degrees(np.abs(wrap_radians(d))))
     return float(np.median(np.concatenate(errors))) if errors else float("nan")
 
 
@@ -615,8 +616,6 @@ def truth_rows(table: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     by ``input_row`` (the row's position in the input, so in truth.csv), else by ``image``
     name (:func:`emvae.io.stack.image_key`: folders and index padding aside), else by position
     (the two must then be as long). A :class:`ValueError` when a row has no truth."""
-    from emvae.io.stack import image_key
-
     if "input_row" in table:
         rows = table["input_row"].to_numpy(np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= len(truth)):
@@ -630,7 +629,7 @@ def truth_rows(table: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
         wanted = [image_key(n) for n in table["image"]]
         missing = [w for w in wanted if w not in keys.index]
         if missing:
-            raise ValueError(f"the truth has no image {missing[0][0]}@{missing[0][1]}")
+            raise ValueError(f"the truth has no image {image_name(*missing[0])}")
         return truth.iloc[keys.loc[wanted].to_numpy()].reset_index(drop=True)
     if len(table) != len(truth):
         raise ValueError(f"{len(table)} table rows against {len(truth)} truth rows")

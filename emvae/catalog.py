@@ -46,10 +46,11 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from astropy.wcs.utils import wcs_to_celestial_frame
 
-from emvae.errors import ConfigError, InputError, OutputExistsError
+from emvae.errors import ConfigError, InputError
 from emvae.io import input_kind
 from emvae.io.fits import celestial_wcs, image_headers
-from emvae.safety import atomic_output
+from emvae.io.stack import split_image_name
+from emvae.safety import atomic_output, refuse_existing
 
 __all__ = [
     "FORMATS",
@@ -122,8 +123,9 @@ def catalog_format(path: str | os.PathLike[str]) -> str:
 def _is_fits_name(name: str) -> bool:
     """Whether an image name ``k@file[HDU]`` names a FITS file (by suffix, as inputs are
     told apart)."""
+    split = split_image_name(name)
     try:
-        return input_kind(name.partition("@")[2]) == "fits"
+        return split is not None and input_kind(split[1]) == "fits"
     except InputError:
         return False
 
@@ -271,8 +273,7 @@ def write_catalog(
     cards, ECSV's ``meta`` and, as ``KEY=value; ...``, the VOTable's DESCRIPTION."""
     p = Path(path)
     fmt = catalog_format(p)
-    if (p.exists() or p.is_symlink()) and not force:
-        raise OutputExistsError(f"{p}: exists; use --force to overwrite")
+    refuse_existing(p, force)
     table = catalog.copy(copy_data=False)
     meta = dict(meta or {})
     if fmt == "votable":  # astropy writes a VOTable's meta as its description only
@@ -300,8 +301,7 @@ def export_catalog(
 
     out = Path(out)
     catalog_format(out)
-    if (out.exists() or out.is_symlink()) and not force:
-        raise OutputExistsError(f"{out}: exists; use --force to overwrite")
+    refuse_existing(out, force)
     r = Run.open(run)
     table = r.table()
     config = r.config

@@ -88,6 +88,13 @@ def wrap_degrees(deg: AngleT) -> AngleT:
     return wrapped
 
 
+def wrap_radians(rad: np.ndarray | float) -> np.ndarray:
+    """Wrap angles in radians (a NumPy array or float) to (-pi, pi]: the angle of
+    ``exp(i rad)``."""
+    wrapped: np.ndarray = np.angle(np.exp(1j * rad))
+    return wrapped
+
+
 def model_to_image_pose(theta: Tensor, shift: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """Convert a model pose to the image frame (docs/conventions.md, "What the tables report
     (image frame)").

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 from astropy.stats import circcorrcoef, circmean
 
-from emvae.geometry import wrap_degrees
+from emvae.geometry import wrap_degrees, wrap_radians
 
 
 def circular_mean(a: np.ndarray) -> float:
     """Mean direction of angles ``a`` (radians, in (-pi, pi]; astropy's ``circmean``)."""
-    return float(np.angle(np.exp(1j * float(circmean(np.asarray(a, dtype=np.float64))))))
+    return float(wrap_radians(float(circmean(np.asarray(a, dtype=np.float64)))))
 
 
 def circular_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,12 +45,12 @@ def angular_error_deg(
         offset = circular_mean(d)
         # refine: the offset minimising the median error, searched around the mean offset
         grid = offset + np.radians(np.linspace(-20, 20, 401))
-        errs = np.abs(np.angle(np.exp(1j * (d[None, :] - grid[:, None]))))
+        errs = np.abs(wrap_radians(d[None, :] - grid[:, None]))
         med = np.median(errs, axis=1)
         k = int(np.argmin(med))
         if med[k] < best[0]:
             best = (float(med[k]), float(grid[k]))
-    return float(np.degrees(best[0])), float(np.degrees(np.angle(np.exp(1j * best[1]))))
+    return float(np.degrees(best[0])), float(np.degrees(wrap_radians(best[1])))
 
 
 def angle_difference_deg(a_deg: np.ndarray, b_deg: np.ndarray, offset: float = 0.0) -> np.ndarray:

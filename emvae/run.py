@@ -145,7 +145,7 @@ class Run:
         self, device: torch.device | str = "cpu"
     ) -> tuple[SpatialVAE, RunConfig, dict[str, Any]]:
         """``(model in eval mode, RunConfig, checkpoint dict)`` from checkpoints/last.pt."""
-        return checkpoint.build_model(load_checkpoint(self.path), device)
+        return load_model(self.path, device)
 
     def particles(self) -> Particles:
         """The run's own input images, prepared as it prepared them

@@ -1,10 +1,11 @@
 """The library's layering, read from its source with ``ast``: no import cycle among emvae's
-modules, no emvae module imports the command line (emvae_cli), and the command line is thin:
-option parsing, a library call, printing."""
+modules, no emvae module imports the command line (emvae_cli), each concept has one owner, and
+the command line is thin: option parsing, a library call, printing."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 LIBRARY = Path(__file__).resolve().parents[1] / "emvae"
@@ -102,6 +103,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_library_has_no_import_cycle():
+    """No circle among emvae's modules, counting imports at module level and inside functions
+    alike (a function-level import only defers a circle: the two modules still need each
+    other); the annotations-only imports under ``if TYPE_CHECKING:`` do not count."""
     assert _cycles(_graph()) == []
 
 
@@ -125,6 +129,66 @@ def _imports(tree: ast.Module) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             names.append(node.module or "")
     return names
+
+
+#: Concepts with one owner: the functions that are the concept, defined in the owner's module
+#: only, and the idioms (regular expressions) that write it again, found nowhere else.
+OWNERS = {
+    "emvae.geometry": (  # angles wrapped onto one turn
+        {"wrap_degrees", "wrap_radians"},
+        [r"\b(?:mod|remainder|fmod)\([^\n]*\+ ?180\b", r"% ?360\b", r"\bangle\(np\.exp\("],
+    ),
+    "emvae.io.stack": (  # image names k@path, made and taken apart
+        {"image_name", "split_image_name", "split_image_names", "image_key", "same_image"},
+        [r"""\b(?:r?partition|r?split|r?index|r?find)\(\s*["']@["']""", r"\}@\{"],
+    ),
+}
+
+
+def _sources() -> dict[str, str]:
+    """The library's modules and the command line's, by name -> source."""
+    cli = {f"emvae_cli.{f.stem}": f for f in sorted(CLI.glob("*.py"))}
+    return {name: path.read_text() for name, path in {**_modules(), **cli}.items()}
+
+
+def _copies(sources: dict[str, str]) -> list[str]:
+    """Each place outside its owner that defines one of a concept's functions or writes one of
+    its idioms."""
+    found = []
+    for owner, (functions, idioms) in OWNERS.items():
+        pattern = re.compile("|".join(idioms))
+        for name, source in sources.items():
+            if name == owner:
+                continue
+            defs = [
+                n.name
+                for n in ast.walk(ast.parse(source))
+                if isinstance(n, ast.FunctionDef) and n.name in functions
+            ]
+            found += [f"{name}: def {d} ({owner}'s)" for d in defs]
+            found += [f"{name}: {m.group()!r} ({owner}'s)" for m in pattern.finditer(source)]
+    return found
+
+
+def test_angle_wrapping_and_image_names_have_one_owner():
+    """Wrapping angles (``geometry.wrap_degrees``, ``wrap_radians``) and the ``k@path`` names
+    of images (``io.stack.image_name``, ``split_image_name``, ``image_key``, ``same_image``)
+    are written once: no other module of emvae or emvae_cli defines a function of that name or
+    writes the idiom (by regular expression, in code, strings and comments alike; text is cheap
+    to reword)."""
+    assert _copies(_sources()) == []
+
+
+def test_the_owner_check_sees_copies():
+    copies = {
+        "a": "def wrap_degrees(d):\n    return np.mod(d + 180.0, 360.0) - 180.0\n",
+        "b": "x = (d + 180) % 360 - 180\ny = np.angle(np.exp(1j * r))\n",
+        "c": 'k, _, path = name.partition("@")\nname = f"{k}@{path}"\n',
+        "d": "k = name.split('@')[0]\ndef same_image(a, b): ...\n",
+        "emvae.geometry": "def wrap_degrees(d):\n    return np.mod(d + 180.0, 360.0) - 180.0\n",
+    }
+    found = sorted(c.split(":")[0] for c in _copies(copies))
+    assert found == ["a", "a", "b", "b", "c", "c", "d", "d"]  # the owner's own: not copies
 
 
 def test_the_library_does_not_import_the_command_line():

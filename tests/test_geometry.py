@@ -15,6 +15,7 @@ from emvae.geometry import (
     rotation_matrix,
     transform_coordinates,
     wrap_degrees,
+    wrap_radians,
 )
 from emvae.simulate import hinge_blobs, render_blobs
 
@@ -132,3 +133,9 @@ def test_wrap_degrees_is_one_function_for_tensors_and_arrays():
     assert wrap_degrees(deg).tolist() == want
     assert wrap_degrees(torch.from_numpy(deg)).tolist() == want
     assert wrap_degrees(540.0) == -180.0
+
+
+def test_wrap_radians_wraps_onto_minus_pi_to_pi():
+    rad = np.array([-3 * math.pi / 2, -0.5, 0.0, 0.5, 3 * math.pi / 2, 2 * math.pi + 0.25])
+    assert wrap_radians(rad) == pytest.approx([math.pi / 2, -0.5, 0, 0.5, -math.pi / 2, 0.25])
+    assert abs(float(wrap_radians(-math.pi))) == pytest.approx(math.pi)

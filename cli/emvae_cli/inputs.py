@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from emvae.config import GALAXY_CROP, GALAXY_JITTER, GALAXY_SIZE
+
 INPUTS_HELP = (
     "Images: .mrcs/.mrc, RELION .star, cryoSPARC .cs, .txt list of stacks, .npy, "
     "file.h5[:/dataset], .fits[EXT], JPEG/PNG files, or a folder of pictures/FITS files. "
@@ -29,19 +31,19 @@ SIZE = typer.Option(
     "-D",
     "--downsample",
     show_default=False,
-    help="Fourier-downsample to this box size (pictures: 64).",
+    help=f"Fourier-downsample to this box size (pictures: {GALAXY_SIZE}).",
 )
 CROP = typer.Option(
     None,
     "--crop",
     show_default=False,
-    help="Cut a centred N x N window first (pictures: 207; 0: none).",
+    help=f"Cut a centred N x N window first (pictures: {GALAXY_CROP}; 0: none).",
 )
 JITTER = typer.Option(
     None,
     "--jitter",
     show_default=False,
-    help="Move each window by up to this many px at random (pictures: 12).",
+    help=f"Move each window by up to this many px at random (pictures: {GALAXY_JITTER}).",
 )
 INVERT = typer.Option(False, "--invert", help="Invert the contrast (multiply by -1).")
 NORM = typer.Option(

@@ -20,7 +20,7 @@ from emvae.io.cryosparc import CS_SUFFIXES, read_cryosparc
 from emvae.io.fits import FITS_SUFFIXES, PACKED_FITS_SUFFIXES, read_fits, split_fits_path
 from emvae.io.mrc import MRC_SUFFIXES, read_mrc, write_mrc
 from emvae.io.pictures import PICTURE_SUFFIXES, file_suffix, read_pictures
-from emvae.io.stack import ImageStack, Rows
+from emvae.io.stack import ImageStack, Rows, split_image_name
 from emvae.io.star import STAR_SUFFIXES, read_star, resolve_stack
 from emvae.io.tables import read_table, write_table
 
@@ -102,7 +102,7 @@ def input_files(specs: Iterable[str | os.PathLike[str]], names: Iterable[str] = 
     names point at (resolved beside each input and from the working directory)."""
     named = [spec_file(s) for s in specs]
     files = list(named)
-    for s in {n.partition("@")[2] for n in names if "@" in n}:
+    for s in {split[1] for n in names if (split := split_image_name(n))}:
         files.append(Path(s))
         files.extend(f.parent / s for f in named)
     return files

@@ -33,7 +33,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 
 from emvae.errors import InputError
 from emvae.io.pictures import PACKED_FITS_SUFFIXES, list_files, window_starts
-from emvae.io.stack import ImageStack, image_name
+from emvae.io.stack import ImageStack, image_name, split_image_name
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 __all__ = [
@@ -202,11 +202,11 @@ def image_headers(names: Iterable[str]) -> list[ImageHeader]:
     :class:`InputError` naming the file when it is gone or no longer holds that image."""
     parsed = []
     for name in names:
-        k_text, at, spec = str(name).partition("@")
-        if not at or not k_text.isdigit():
+        split = split_image_name(name)
+        if split is None:
             raise InputError(name, "is not the name of an image of a FITS file (k@file[HDU])")
-        file, ext = split_fits_path(spec)
-        parsed.append((int(k_text), Path(file), ext))
+        file, ext = split_fits_path(split[1])
+        parsed.append((split[0], Path(file), ext))
     found: dict[tuple[int, Path, str | None], ImageHeader] = {}
     for path in dict.fromkeys(p for _, p, _ in parsed):
         if not path.is_file():
