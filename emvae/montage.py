@@ -27,7 +27,7 @@ from emvae.errors import ConfigError, InputError
 from emvae.figures import tiles
 from emvae.figures.page import MONTAGES
 from emvae.figures.tiles import Labels, z_lines
-from emvae.io.stack import image_key
+from emvae.io.stack import image_key, image_label
 from emvae.latents import latent_columns
 from emvae.models import SpatialVAE, pixels_to_images
 from emvae.objective import pixel_mean
@@ -583,4 +583,4 @@ def _interpolations(
 
 def _particle_lines(row: pd.Series) -> list[str]:
     """Caption of an observed particle: ``17@`` (its image number in its stack) and its θ."""
-    return [f"{image_key(row['image'])[0]}@", f"θ {float(row['theta_deg']):+.0f}°"]
+    return [image_label(row["image"]), f"θ {float(row['theta_deg']):+.0f}°"]

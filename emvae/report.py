@@ -26,7 +26,7 @@ from emvae.config import RunConfig
 from emvae.errors import ConfigError, InputError
 from emvae.figures import plots, tiles
 from emvae.figures.page import REPORT_FILES, html_page
-from emvae.io.stack import image_key
+from emvae.io.stack import image_label
 from emvae.latents import latent_columns, latent_usage, unused_warning
 from emvae.models import SpatialVAE
 from emvae.reference import best_factors, compare, match_all, read_reference
@@ -262,7 +262,7 @@ def _reconstructions(
     if config.model.likelihood == "bernoulli":
         observed = np.clip(observed, 0, 1)
     rows = table.iloc[idx]
-    names = [f"{image_key(name)[0]}@" for name in rows["image"]]
+    names = [image_label(name) for name in rows["image"]]
     return plots.reconstructions(
         observed,
         rendered.numpy(),
@@ -285,7 +285,7 @@ def _junk(r: Run, table: pd.DataFrame, path: Path, warnings: list[str]) -> Path:
         images = r.particles().images(worst).numpy()
     except (InputError, ConfigError, OSError) as e:
         warnings.append(f"note: the worst particles are not shown: images not readable ({e})")
-    names = [f"{image_key(name)[0]}@" for name in table["image"].to_numpy()[worst]]
+    names = [image_label(name) for name in table["image"].to_numpy()[worst]]
     return plots.junk(scores, images, names, scores[worst], path)
 
 

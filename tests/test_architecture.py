@@ -139,8 +139,15 @@ OWNERS = {
         [r"\b(?:mod|remainder|fmod)\([^\n]*\+ ?180\b", r"% ?360\b", r"\bangle\(np\.exp\("],
     ),
     "emvae.io.stack": (  # image names k@path, made and taken apart
-        {"image_name", "split_image_name", "split_image_names", "image_key", "same_image"},
-        [r"""\b(?:r?partition|r?split|r?index|r?find)\(\s*["']@["']""", r"\}@\{"],
+        {
+            "image_name",
+            "split_image_name",
+            "split_image_names",
+            "image_key",
+            "image_label",
+            "same_image",
+        },
+        [r"""\b(?:r?partition|r?split|r?index|r?find)\(\s*["']@["']""", r"\}@\{", r"\}@[\"']"],
     ),
 }
 

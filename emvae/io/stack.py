@@ -170,6 +170,12 @@ def image_key(name: str) -> tuple[int, str]:
     return (split[0], Path(split[1]).name) if split else (1, Path(str(name)).name)
 
 
+def image_label(name: str) -> str:
+    """``"000012@dir/stack.mrcs"`` -> ``"12@"``: the short label figures print under an image
+    (its index in its file, :func:`image_key`)."""
+    return f"{image_key(name)[0]}@"
+
+
 def same_image(a: str, b: str) -> bool:
     """Whether two ``k@path`` names are one image: the same :func:`image_key` (the folders and
     index padding may be spelt apart). Names without an index must be equal."""
