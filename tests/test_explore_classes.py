@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import shutil
 import socket
 import threading
 import time
@@ -18,7 +17,7 @@ import torch
 from conftest import runner
 from emvae_cli.main import app as cli
 from PIL import Image
-from test_explore import web
+from test_explore import _chromium, web
 
 from emvae.explore import Explorer, to_pixels
 from emvae.explore_app import make_app
@@ -284,17 +283,6 @@ def test_a_run_without_classes_is_class_1_only(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the browser
-
-
-def _chromium() -> str | None:
-    for p in (
-        "/usr/lib/chromium/chromium",
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-    ):
-        if p and Path(p).exists():
-            return p
-    return None
 
 
 @web
