@@ -456,6 +456,13 @@ class TrainConfig:
     # run: it keeps every class in use while the classes' images form (without it one class
     # takes every particle; docs/usage.md, "Classes")
     class_balance: float = 10.0
+    # --classes: at the end of this epoch the classes are seeded apart (emvae.classseed:
+    # k-means of the images aligned by their poses; the balance term stops there) and the
+    # objective pulls q(class) towards the seeds with class_pull nats per image, falling to 0
+    # halfway through the epochs left; 0: never; None: a quarter of the epochs (classes > 1,
+    # runs of 8 epochs or more)
+    class_seed: int | None = None
+    class_pull: float = 10.0
     # memory for the generator's activations in one pass (MB): larger batches are rendered in
     # several passes, their gradients summed (the same step, bounded memory)
     # None: the device's (emvae.data.default_pass_memory_mb: PASS_MEMORY_MB on a CPU, a
@@ -488,6 +495,10 @@ class TrainConfig:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.z_delay is not None and self.z_delay < 0:
             raise ConfigError(f"--z-delay must be >= 0, got {self.z_delay}")
+        if self.class_seed is not None and self.class_seed < 0:
+            raise ConfigError(f"--class-seed must be >= 0, got {self.class_seed}")
+        if self.class_pull < 0:
+            raise ConfigError(f"--class-pull must be >= 0, got {self.class_pull}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
         if self.checkpoint_every < 1:
@@ -599,6 +610,9 @@ class RunConfig:
                 )
             if m.likelihood != "gaussian":
                 raise ConfigError("--stages: coarse-to-fine needs the Gaussian likelihood")
+        if t.class_seed is None:
+            # a shorter run has no epochs to spare before the poses settle
+            t.class_seed = t.epochs // 4 if m.classes > 1 and t.epochs >= 8 else 0
         if self.train.z_delay is None:
             rotating = self.model.rotation and self.model.binned
             delay = Z_DELAY[self.model.encoder] if rotating else 2
@@ -618,6 +632,7 @@ class RunConfig:
             train.setdefault("stages", "off")
             train.setdefault("fine_images", 0)
             train.setdefault("fine_train", "all")
+            train.setdefault("class_seed", 0)  # configs written before the seeding
             return cls(
                 model=ModelConfig(**model),
                 train=TrainConfig(**train),

@@ -24,6 +24,7 @@ import torch
 
 from emvae import run
 from emvae._version import __version__
+from emvae.classseed import class_pull_weight, seed_classes
 from emvae.config import ModelConfig, RunConfig
 from emvae.ctf import likelihood_ctf
 from emvae.data import (
@@ -213,10 +214,12 @@ def _fit(
             train_idx = np.setdiff1d(np.arange(n), test_idx)
             history = list(ckpt["history"])
             first_epoch = int(ckpt["epoch"])
+            seeds = ckpt.get("class_seeds")  # (N,) after --class-seed's epoch
         else:
             train_idx, test_idx = split_indices(n, tcfg.test_fraction, tcfg.seed)
             history = []
             first_epoch = 0
+            seeds = None
         if ctx.main:  # room for the checkpoints and tables, before the first epoch
             weights = 3 * 4 * sum(p.numel() for p in model.parameters())  # + Adam's two moments
             copies = n_epochs // tcfg.checkpoint_every - first_epoch // tcfg.checkpoint_every
@@ -240,7 +243,8 @@ def _fit(
                 later = bool(stages) and size != stages[0][0]
                 model.inference_frozen = later and tcfg.fine_train == "generator"
                 use_z = epoch > (tcfg.z_delay or 0)  # RunConfig.resolve set it
-                step = Step(net, optimizer, config, device, rng, use_z, amp, ctx, ctf)
+                seeds_dev = None if seeds is None else seeds.to(device)
+                step = Step(net, optimizer, config, device, rng, use_z, amp, ctx, ctf, seeds_dev)
                 # a full-size epoch after coarse stages may train on a subset (--fine-images)
                 fine = bool(stages) and size == cfg.image_size and bool(tcfg.fine_images)
                 limit = tcfg.fine_images if fine else None
@@ -264,6 +268,14 @@ def _fit(
                             t["elbo"], t["kl_z"], kl_pose, tcfg.beta, tcfg.pose_beta
                         )
                 row.update(prior_columns(model))
+                seeded = ""
+                if epoch == tcfg.class_seed and cfg.classes > 1:
+                    found = seed_classes(
+                        model, data, device, max(tcfg.batch, 256), tcfg.seed, ctf, eval_amp
+                    )
+                    seeds = torch.from_numpy(found)
+                    sizes = np.bincount(found[found >= 0], minlength=cfg.classes)
+                    seeded = "; classes seeded: " + ", ".join(str(v) for v in sizes)
                 if on_epoch is not None:
                     row.update(on_epoch(epoch, model, data))
                 history.append(row)
@@ -280,12 +292,15 @@ def _fit(
                     "split": torch.from_numpy(test_idx),
                     "history": history,
                 }
+                if seeds is not None:
+                    state["class_seeds"] = seeds
                 run.write_checkpoint(work, state, keep=epoch % tcfg.checkpoint_every == 0)
                 bar.epoch_end(
                     epoch,
                     f"train ELBO {train['elbo']:.2f}, test ELBO "
                     f"{test['elbo']:.2f}, error {test['error']:.2f}, KL {test['kl']:.2f}"
-                    + ("" if use_z else " (z held at 0)"),
+                    + ("" if use_z else " (z held at 0)")
+                    + seeded,
                 )
             model.inference_frozen = False  # the model fit returns trains as a whole
             if model.render_size != cfg.image_size:  # the table's ELBO: the full box
@@ -374,7 +389,8 @@ def evaluation_autocast(
 class Step:
     """What one epoch's optimiser steps share: the network (the model or its DDP wrapper), the
     optimiser, the run's config, the device and generator, whether z is used, the autocast
-    context, the process group and the particles' CTF parameters ``(N, 10)`` (or None)."""
+    context, the process group, the particles' CTF parameters ``(N, 10)`` (or None) and,
+    after ``--class-seed``, each particle's seeded class ``(N,)`` (-1: none; or None)."""
 
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -385,6 +401,7 @@ class Step:
     amp: Any
     ctx: Dist = SINGLE
     ctf: torch.Tensor | None = None
+    seeds: torch.Tensor | None = None
 
 
 def _train_epoch(
@@ -416,9 +433,13 @@ def _train_epoch(
     mine_idx = [b[p] for b, p in zip(batches, parts, strict=True)]
     images = prefetched(data, mine_idx, device, reader_count(tcfg.readers, device))
     running = RunningElbo(device)
+    seeded = bool(tcfg.class_seed) and epoch > (tcfg.class_seed or 0)  # the seeds take over
+    balance = 0.0 if seeded else class_balance_weight(tcfg.class_balance, epoch, tcfg.epochs or 1)
+    pull = class_pull_weight(tcfg.class_pull, epoch, tcfg.class_seed or 0, tcfg.epochs or 1)
     for step, (idx, part, x) in enumerate(zip(batches, parts, images, strict=False)):
         share = (part, len(idx)) if ctx.active else None
         mine = None if ctf is None else ctf[idx[part].to(ctf.device, non_blocking=True)]
+        target = None if s.seeds is None else s.seeds[idx[part].to(s.seeds.device)]
         terms = training_step(
             model,
             optimizer,
@@ -433,7 +454,9 @@ def _train_epoch(
             beta=tcfg.beta,
             pose_beta=tcfg.pose_beta,
             hyper_weight=1.0 / n_all,  # the data set's hyperprior share per image
-            class_balance=class_balance_weight(tcfg.class_balance, epoch, tcfg.epochs or 1),
+            class_balance=balance,
+            class_target=target,
+            class_pull=pull,
         )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
@@ -515,6 +538,8 @@ def training_step(
     pose_beta: float = 1.0,
     hyper_weight: float = 0.0,
     class_balance: float = 0.0,
+    class_target: torch.Tensor | None = None,
+    class_pull: float = 0.0,
 ) -> ElboTerms:
     """One optimiser step on a batch ``x`` ``(B, C, D, D)`` already on the model's device.
 
@@ -542,7 +567,10 @@ def training_step(
     (s is a MAP estimate).
 
     ``class_balance``: with ``--classes``, the objective also loses ``class_balance`` times
-    KL(the batch's mean q(class) || uniform) per image (:func:`class_balance_weight`).
+    KL(the batch's mean q(class) || uniform) per image (:func:`class_balance_weight`);
+    ``class_target`` ``(B,)``: each image's seeded class (-1: none), and the objective loses
+    ``class_pull`` times -log q(target class | image) per image that has one
+    (:mod:`emvae.classseed`).
     """
     net = model
     core = unwrapped(model)
@@ -587,6 +615,8 @@ def training_step(
             loss = -terms.objective(beta, pose_beta).sum() * weight
             if class_balance and q.bins is not None and q.bins.classes > 1:
                 loss = loss + class_balance * len(y) * weight * batch_class_kl(q.bins.float())
+            if class_pull and class_target is not None and q.bins is not None:
+                loss = loss + class_pull * weight * seed_class_nll(q.bins, class_target[piece])
             if last and core.z_prior_logstd is not None and hyper_weight:
                 loss = loss - hyper_weight * log_hyperprior(
                     core.z_prior_logstd, cfg.hyper_shape, cfg.hyper_scale
@@ -605,6 +635,14 @@ def class_balance_weight(start: float, epoch: int, epochs: int) -> float:
     at the first, falling linearly to 0 at half the run (--classes; TrainConfig.class_balance)."""
     half = max(1.0, epochs / 2)
     return start * max(0.0, 1.0 - (epoch - 1) / half)
+
+
+def seed_class_nll(bins: RotationBins, target: torch.Tensor) -> torch.Tensor:
+    """The sum over the images of -log q(target class | image), nats (a scalar); ``target``
+    ``(B,)`` 0-based, -1 for an image without one (it adds nothing)."""
+    has = target >= 0
+    log_q = bins.class_log_prob().float().gather(1, target.clamp_min(0)[:, None])[:, 0]
+    return -(log_q * has).sum()
 
 
 def batch_class_kl(bins: RotationBins) -> torch.Tensor:

@@ -229,6 +229,22 @@ def fit(
         "falling to 0 halfway through the run (keeps every class in use while they form).",
         min=0.0,
     ),
+    class_seed: int | None = field_option(
+        T,
+        "class_seed",
+        "--classes: at the end of this epoch the classes are seeded apart by k-means of the "
+        "images aligned by their poses (junk left out); 0: never. Default: a quarter of the "
+        "epochs (none in runs under 8 epochs).",
+        min=0,
+        show_default=False,
+    ),
+    class_pull: float = field_option(
+        T,
+        "class_pull",
+        "--classes: weight (nats per image) of the pull towards the seeded classes after "
+        "--class-seed, falling to 0 halfway through the epochs left.",
+        min=0.0,
+    ),
     enc_channels: int | None = typer.Option(
         None,
         "--enc-channels",

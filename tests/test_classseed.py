@@ -1,0 +1,172 @@
+"""Classes seeded apart (``--class-seed``): particles clustered on their images aligned by the
+model's poses, then q(class) pulled towards those clusters for a while (emvae.classseed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import SMALL, runner
+from emvae_cli.main import app
+
+from emvae.checkpoint import load_checkpoint
+from emvae.classseed import _aligned, class_pull_weight, seed_classes
+from emvae.config import ModelConfig, RunConfig
+from emvae.encode import encode
+from emvae.errors import ConfigError
+from emvae.geometry import image_to_model_pose
+from emvae.models import SpatialVAE
+from emvae.models.vae import RotationBins
+from emvae.train import seed_class_nll, training_step
+
+#: Gaussian blobs (x, y in px from the box centre, +y up; std px; amplitude): an asymmetric
+#: particle
+BLOBS = [(0.0, 4.0, 2.0, 1.0), (-5.0, -3.0, 2.5, -0.7), (5.0, -1.0, 1.5, 0.8)]
+
+
+def _posed(size: int, theta_deg: float, shift_px: tuple[float, float], blobs=BLOBS) -> np.ndarray:
+    """The particle turned counter-clockwise by ``theta_deg`` about the box centre, then moved
+    by ``shift_px`` (+x right, +y up): the table's pose, drawn analytically ``(D, D)``."""
+    c = (size - 1) / 2
+    rows, cols = np.mgrid[:size, :size].astype(float)
+    x, y = cols - c, c - rows  # +y up
+    t = math.radians(theta_deg)
+    img = np.zeros((size, size))
+    for bx, by, s, a in blobs:
+        px = bx * math.cos(t) - by * math.sin(t) + shift_px[0]
+        py = bx * math.sin(t) + by * math.cos(t) + shift_px[1]
+        img += a * np.exp(-((x - px) ** 2 + (y - py) ** 2) / (2 * s * s))
+    return img
+
+
+def _model(classes: int, size: int = 24, seed: int = 0) -> SpatialVAE:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        image_size=size, rotation_bins=8, zdim=1, enc_hidden=16, gen_hidden=16, classes=classes
+    )
+    return SpatialVAE(cfg).eval()
+
+
+def test_the_pull_starts_after_the_seeding_and_falls_to_zero_halfway_through_the_rest():
+    weights = [class_pull_weight(10.0, e, 5, 20) for e in range(1, 21)]
+    assert weights[:5] == [0.0] * 5  # before and in the seeding epoch
+    assert weights[5] == 10.0  # epoch 6: the start
+    assert weights[6] == pytest.approx(10.0 * (1 - 1 / 7))  # 15 epochs left: 7 to fall
+    assert weights[12:] == [0.0] * 8  # from epoch 13 on the classes are free
+    assert all(class_pull_weight(10.0, e, 0, 20) == 0.0 for e in range(1, 21))  # no seeding
+
+
+def test_the_seed_term_is_minus_log_q_of_the_target_class_and_skips_particles_without_one():
+    log_q = torch.tensor([[0.0, 1.0, 2.0, 3.0], [3.0, 0.0, 0.0, 1.0]]).log_softmax(1)  # K 2, R 2
+    bins = RotationBins(log_q, torch.zeros(2, 4), torch.zeros(2, 4), classes=2)
+    p = log_q.exp()
+    want = -math.log(p[0, 2] + p[0, 3])  # image 0 -> class 1; image 1 has none
+    got = seed_class_nll(bins, torch.tensor([1, -1]))
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    both = seed_class_nll(bins, torch.tensor([1, 0])).item()
+    assert both == pytest.approx(want - math.log(p[1, 0] + p[1, 1]), rel=1e-6)
+
+
+def test_the_seeding_epoch_defaults_to_a_quarter_of_the_run_and_old_or_short_runs_have_none():
+    three = RunConfig(model=ModelConfig(image_size=24, classes=3))
+    three.train.epochs = 20
+    three.resolve()
+    assert three.train.class_seed == 5
+    one = RunConfig(model=ModelConfig(image_size=24))
+    one.train.epochs = 20
+    one.resolve()
+    assert one.train.class_seed == 0
+    short = RunConfig(model=ModelConfig(image_size=24, classes=3))
+    short.train.epochs = 7
+    short.resolve()
+    assert short.train.class_seed == 0  # no epochs to spare before the poses settle
+    old = three.to_dict()
+    del old["train"]["class_seed"]
+    assert RunConfig.from_dict(old).train.class_seed == 0  # resumes as it was trained
+    three.train.class_seed = -1
+    with pytest.raises(ConfigError, match="--class-seed"):
+        three.validate()
+
+
+def test_images_are_aligned_by_the_tables_pose_convention():
+    """_aligned undoes each image's pose: posed copies of one particle (turned counter-
+    clockwise, moved +x right / +y up) all come back onto the particle itself; the sign of the
+    angle or of the shift flipped leaves them apart."""
+    size = 24
+    model = _model(2, size)
+    compact = [(0.0, 3.0, 2.0, 1.0), (-3.0, -2.0, 2.0, -0.7), (3.0, -1.0, 2.0, 0.8)]
+    poses = [(0.0, (0.0, 0.0)), (90.0, (2.0, 0.0)), (-135.0, (-1.0, 1.5)), (30.0, (0.0, -2.0))]
+    images = np.stack([_posed(size, t, s, compact) for t, s in poses])
+    theta, shift = image_to_model_pose(
+        torch.tensor([t for t, _ in poses]), torch.tensor([s for _, s in poses]), size
+    )
+    pose_mu = torch.cat([theta[:, None], shift], 1).numpy()
+    cpu = torch.device("cpu")
+    x = torch.tensor(images)[:, None].float()
+    template = _aligned(model, x[:1], np.zeros((1, 3), np.float32), cpu, 1)
+    assert np.abs(_aligned(model, x, pose_mu, cpu, 2) - template).max() < 0.08  # bilinear
+    for flipped in (slice(0, 1), slice(1, 3)):  # the angle's sign, the shift's
+        wrong = pose_mu.copy()
+        wrong[:, flipped] *= -1
+        error = np.abs(_aligned(model, x, wrong, cpu, 2) - template).max(1)
+        assert error[1:].min() > 0.5
+
+
+def test_seeds_split_two_molecules_and_agree_with_the_models_classes():
+    """Two molecules (an L of three blobs and one wide blob), posed at random: the seeds
+    separate them exactly, and are numbered as the model's own classes as far as possible."""
+    rng = np.random.default_rng(0)
+    size, n = 24, 60
+    other = [(0.0, 0.0, 4.5, 1.0)]
+    kinds = np.arange(n) % 2
+    images = np.stack(
+        [
+            _posed(size, rng.uniform(-180, 180), tuple(rng.normal(0, 1, 2)), BLOBS if k else other)
+            + rng.normal(0, 0.05, (size, size))
+            for k in kinds
+        ]
+    )
+    data = torch.tensor(images)[:, None].float()
+    data = (data - data.mean()) / data.std()
+    model = _model(2, size)
+    seeds = seed_classes(model, data, torch.device("cpu"), 32, seed=0)
+    real = seeds >= 0  # an untrained model's junk score flags a third: still 40 seeds
+    assert real.sum() >= 30
+    table = pd.crosstab(kinds[real], seeds[real])
+    assert table.shape == (2, 2) and (table.to_numpy().min(1) == 0).all()  # exact split
+    now = encode(model, data, torch.device("cpu")).class_prob.argmax(1)[real]
+    assert (seeds[real] == now).sum() >= (seeds[real] == 1 - now).sum()  # the model's numbers
+
+
+def test_the_pull_moves_q_towards_the_seeded_class():
+    """Ten steps with the pull raise q(seeded class) above 0.75 and well above ten without it."""
+    x = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 1] * 4)
+    reached = []
+    for pull in (0.0, 100.0):
+        model = _model(2, 16)
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(10):
+            training_step(model, optimizer, x, augment=False, class_target=target, class_pull=pull)
+        log_q = model.encode(x).bins.class_log_prob().gather(1, target[:, None])
+        reached.append(log_q.mean().item())
+    assert reached[1] > math.log(0.75) and reached[1] > reached[0] + 0.3
+
+
+def test_a_fit_resumed_after_the_seeding_is_the_uninterrupted_fit(tiny_stack, tmp_path):
+    opts = [*SMALL, "--classes", "2", "--class-seed", "1", "--seed", "4"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(one), *opts, "-n", "3"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(two), *opts, "-n", "1"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(two), "--resume", "-n", "3", "-q"])
+    assert r.exit_code == 0, r.output
+    a, b = (pd.read_csv(p / "particles.csv") for p in (one, two))
+    assert np.array_equal(*(t.select_dtypes("number").to_numpy() for t in (a, b)))
+    assert "classes seeded: " in (one / "run.log").read_text()
+    assert load_checkpoint(one / "checkpoints" / "last.pt")["class_seeds"].shape == (60,)
