@@ -30,7 +30,7 @@ from emvae.io.stack import image_label
 from emvae.latents import latent_columns, latent_usage, unused_warning
 from emvae.models import SpatialVAE
 from emvae.reference import best_factors, compare, match_all, read_reference
-from emvae.run import ANALYZE, CONVERGENCE, MONTAGE, REPORT, Run
+from emvae.run import ANALYZE, CONVERGENCE, MONTAGE, REPORT, Run, check_same_run
 from emvae.safety import claim_outputs, record_outputs
 
 #: Example particles shown beside their reconstructions.
@@ -355,13 +355,11 @@ def _of_this_fit(
     path: Path, made: dict[str, Any], config: RunConfig, command: str, warnings: list[str]
 ) -> bool:
     """Whether the output ``path`` (its JSON ``made``) of ``emvae COMMAND`` describes this fit
-    (its run id); if not, a warning saying to run the command again."""
-    made_by = made.get("run_id") or ""
-    if made_by and config.run_id and made_by != config.run_id:
-        warnings.append(
-            f"warning: {path} was made from another fit of this folder (run {made_by[:8]}); "
-            f"run emvae {command} again"
-        )
+    (:func:`emvae.run.check_same_run`); if not, a warning saying to run the command again."""
+    try:
+        check_same_run(path, made.get("run_id") or "", config.run_id, f"run emvae {command} again")
+    except InputError as e:
+        warnings.append(f"warning: {e}")
         return False
     return True
 
