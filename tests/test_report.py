@@ -20,7 +20,7 @@ from emvae.io import read_table
 from emvae.io import star_export as sx
 from emvae.metrics import angular_error_deg, circular_correlation
 from emvae.reference import best_factors, compare, match
-from emvae.report import _analysis, write_report
+from emvae.report import _of_this_fit, write_report
 from emvae.run import Run
 from emvae.simulate import write_simulation
 
@@ -112,7 +112,7 @@ def test_an_analysis_of_another_fit_is_left_out_with_a_warning(run, tmp_path):
     (tmp_path / "analyze").mkdir()
     (tmp_path / "analyze" / "analyze.json").write_text(json.dumps({"run_id": "f" * 32}))
     warnings: list[str] = []
-    assert _analysis(tmp_path, Run(run).config, warnings) is None
+    assert _of_this_fit(tmp_path / "analyze", Run(run).config, "-", warnings) is None
     assert "another run (ffffffff)" in warnings[0] and "emvae analyze again" in warnings[0]
 
 
