@@ -91,8 +91,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _client(run: Path, tmp_path: Path):
-    return TestClient(make_app(run, "cpu", out_dir=tmp_path / "selections"))
+def _client(run: Path, tmp_path: Path, **kwargs):
+    return TestClient(make_app(run, "cpu", out_dir=tmp_path / "selections"), **kwargs)
 
 
 # ----------------------------------------------------------------------------- the generator

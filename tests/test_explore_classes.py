@@ -4,8 +4,6 @@ rendering as its own class, selections within the classes shown, and the page in
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +11,9 @@ import pytest
 import torch
 from conftest import runner
 from emvae_cli.main import app as cli
-from PIL import Image
-from test_explore import in_chromium, web
+from test_explore import _client, _png, in_chromium, web
 
 from emvae.explore import Explorer, to_pixels
-from emvae.explore_app import make_app
 from emvae.geometry import image_to_model_pose
 from emvae.io import read_indices
 from emvae.models import pixels_to_images
@@ -56,17 +52,6 @@ def class_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ex(class_run) -> Explorer:
     return Explorer(Run.open(class_run), "cpu")
-
-
-def _client(run: Path, tmp_path: Path, **kwargs):
-    from fastapi.testclient import TestClient
-
-    return TestClient(make_app(run, "cpu", out_dir=tmp_path / "selections"), **kwargs)
-
-
-def _png(url: str) -> np.ndarray:
-    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
-        return np.asarray(im)
 
 
 def _decoded(model, z, theta_deg, shift_px, classes) -> np.ndarray:
