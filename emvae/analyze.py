@@ -482,7 +482,7 @@ def check_clusters(run: str | os.PathLike[str], path: Path) -> None:
     The folder's manifest holds the run id and digest of the file analyze wrote, and its
     ``analyze.json`` the checkpoint epoch it was made from."""
     from emvae.checkpoint import load_checkpoint
-    from emvae.run import Run
+    from emvae.run import Run, check_same_run
     from emvae.safety import foreign_outputs
 
     r = Run(Path(run))
@@ -490,10 +490,7 @@ def check_clusters(run: str | os.PathLike[str], path: Path) -> None:
     if foreign_outputs(path.parent, [path.name, "analyze.json"]):
         raise InputError(path, f"is not the table emvae analyze wrote for this run; {again}")
     made = json.loads((path.parent / "analyze.json").read_text())
-    if made.get("run_id") != r.config.run_id:
-        raise InputError(
-            path, f"was made from another run ({made.get('run_id', '?')[:8]}); {again}"
-        )
+    check_same_run(path, made.get("run_id") or "", r.config.run_id, again)
     epoch = int(load_checkpoint(r.last)["epoch"]) if r.last.exists() else None
     if made.get("epoch") != epoch:
         raise InputError(

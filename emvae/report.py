@@ -30,7 +30,7 @@ from emvae.io.stack import image_label
 from emvae.latents import latent_columns, latent_usage, unused_warning
 from emvae.models import SpatialVAE
 from emvae.reference import best_factors, compare, match_all, read_reference
-from emvae.run import ANALYZE, CONVERGENCE, MONTAGE, REPORT, Run
+from emvae.run import ANALYZE, CONVERGENCE, MONTAGE, REPORT, Run, check_same_run
 from emvae.safety import claim_outputs, record_outputs
 
 #: Example particles shown beside their reconstructions.
@@ -211,10 +211,10 @@ def _write_report(
         path = dest / "reconstructions.png"
         figures.append(_reconstructions(r, table, path, examples, warnings))
     result["figures"] = [p.name for p in figures if p is not None]
-    analysis = _analysis(Path(run), config, warnings)
+    analysis = _of_this_fit(Path(run) / ANALYZE, config, "latent analysis", warnings)
     if analysis is not None:
         result["analyze"] = analysis
-    agreement = _convergence(Path(run), config, warnings)
+    agreement = _of_this_fit(Path(run) / CONVERGENCE, config, "convergence", warnings, "pairs")
     if agreement is not None:
         result["convergence"] = agreement
     (dest / "report.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
@@ -334,55 +334,29 @@ def _local_metric(
     }
 
 
-def _analysis(run: Path, config: RunConfig, warnings: list[str]) -> dict[str, Any] | None:
-    """``RUN/analyze/analyze.json`` (emvae analyze) with its folder, when it describes this
-    fit; a warning and None when it was made from another fit of the folder."""
-    path = run / ANALYZE / "analyze.json"
-    if not path.exists():
-        return None
-    try:
-        analysis: dict[str, Any] = json.loads(path.read_text())
-    except (ValueError, OSError) as e:
-        warnings.append(f"warning: {path}: not readable ({e}); latent analysis not shown")
-        return None
-    if not _of_this_fit(path, analysis, config, "analyze", warnings):
-        return None
-    analysis["folder"] = str(path.parent)
-    return analysis
-
-
 def _of_this_fit(
-    path: Path, made: dict[str, Any], config: RunConfig, command: str, warnings: list[str]
-) -> bool:
-    """Whether the output ``path`` (its JSON ``made``) of ``emvae COMMAND`` describes this fit
-    (its run id); if not, a warning saying to run the command again."""
-    made_by = made.get("run_id") or ""
-    if made_by and config.run_id and made_by != config.run_id:
-        warnings.append(
-            f"warning: {path} was made from another fit of this folder (run {made_by[:8]}); "
-            f"run emvae {command} again"
-        )
-        return False
-    return True
-
-
-def _convergence(run: Path, config: RunConfig, warnings: list[str]) -> dict[str, Any] | None:
-    """``RUN/convergence`` (emvae convergence) when it describes this fit: its settings
-    (convergence.json), the agreement of each pair of consecutive kept checkpoints
-    (convergence.csv) and the folder; a warning and None when it was made from another fit."""
-    folder = run / CONVERGENCE
-    path = folder / "convergence.json"
+    folder: Path, config: RunConfig, what: str, warnings: list[str], csv: str = ""
+) -> dict[str, Any] | None:
+    """``FOLDER/NAME.json``, what ``emvae NAME`` wrote (NAME: the folder's name, analyze or
+    convergence), with the folder and with the rows of ``FOLDER/NAME.csv`` under ``csv``,
+    when it describes this fit (:func:`emvae.run.check_same_run`); None when there is none,
+    and with a warning when it is not readable (``what`` is not shown) or was made from
+    another fit of this folder (run the command again)."""
+    path = folder / f"{folder.name}.json"
     if not path.exists():
         return None
     try:
         made: dict[str, Any] = json.loads(path.read_text())
-        pairs = pd.read_csv(folder / "convergence.csv")
+        again = f"run emvae {folder.name} again"
+        check_same_run(path, made.get("run_id") or "", config.run_id, again)
+        if csv:
+            made[csv] = json.loads(pd.read_csv(path.with_suffix(".csv")).to_json(orient="records"))
+    except InputError as e:
+        warnings.append(f"warning: {e}")
+        return None
     except (ValueError, OSError) as e:
-        warnings.append(f"warning: {folder}: not readable ({e}); convergence not shown")
+        warnings.append(f"warning: {folder}: not readable ({e}); {what} not shown")
         return None
-    if not _of_this_fit(path, made, config, "convergence", warnings):
-        return None
-    made["pairs"] = json.loads(pairs.to_json(orient="records"))
     made["folder"] = str(folder)
     return made
 

@@ -155,14 +155,16 @@ class Run:
         return Particles.like(self.config.data)
 
 
-def check_same_run(path: Path, made_by: str, described: str) -> None:
-    """A file of a run folder (its table, its last checkpoint), written by the run ``made_by``,
-    must belong to the run ``described`` by the folder's config.json (either may be unknown)."""
+def check_same_run(path: Path, made_by: str, described: str, again: str = "") -> None:
+    """An output of a run folder (its table, last checkpoint, analyze.json...), written by the
+    run ``made_by``, must belong to the run ``described`` by the folder's config.json (either
+    may be unknown); ``again``: what makes the output anew, said in the InputError. The one
+    place a run id is compared with config.json's."""
     if made_by and described and made_by != described:
         raise InputError(
             path,
-            f"was written by run {made_by[:8]} but config.json describes run {described[:8]}: "
-            "this folder mixes outputs of two runs",
+            f"was written by another run ({made_by[:8]}) than config.json describes "
+            f"({described[:8]}): this folder mixes outputs of two runs{again and '; ' + again}",
         )
 
 

@@ -149,6 +149,10 @@ OWNERS = {
         },
         [r"""\b(?:r?partition|r?split|r?index|r?find)\(\s*["']@["']""", r"\}@\{", r"\}@[\"']"],
     ),
+    "emvae.run": (  # whether an output (a table, a checkpoint, a JSON) is of this fit
+        {"check_same_run"},
+        [r"\brun_id\b[^\n]*[!=]=|[!=]=[^\n]*\brun_id\b"],  # a run id compared on a line
+    ),
 }
 
 
@@ -158,11 +162,12 @@ def _sources() -> dict[str, str]:
     return {name: path.read_text() for name, path in {**_modules(), **cli}.items()}
 
 
-def _copies(sources: dict[str, str]) -> list[str]:
+def _copies(sources: dict[str, str], owners: tuple[str, ...] = tuple(OWNERS)) -> list[str]:
     """Each place outside its owner that defines one of a concept's functions or writes one of
-    its idioms."""
+    its idioms (of the concepts of ``owners``)."""
     found = []
-    for owner, (functions, idioms) in OWNERS.items():
+    for owner in owners:
+        functions, idioms = OWNERS[owner]
         pattern = re.compile("|".join(idioms))
         for name, source in sources.items():
             if name == owner:
@@ -183,7 +188,7 @@ def test_angle_wrapping_and_image_names_have_one_owner():
     are written once: no other module of emvae or emvae_cli defines a function of that name or
     writes the idiom (by regular expression, in code, strings and comments alike; text is cheap
     to reword)."""
-    assert _copies(_sources()) == []
+    assert _copies(_sources(), ("emvae.geometry", "emvae.io.stack")) == []
 
 
 def test_the_owner_check_sees_copies():
@@ -196,6 +201,24 @@ def test_the_owner_check_sees_copies():
     }
     found = sorted(c.split(":")[0] for c in _copies(copies))
     assert found == ["a", "a", "b", "b", "c", "c", "d", "d"]  # the owner's own: not copies
+
+
+def test_whether_an_output_is_of_this_fit_has_one_owner():
+    """Whether a table, checkpoint or JSON was made by the fit that config.json describes is
+    ``run.check_same_run``'s to say: no other module compares a run id by hand (issue 36)."""
+    assert _copies(_sources(), ("emvae.run",)) == []
+
+
+def test_the_owner_check_sees_run_ids_compared():
+    copies = {
+        "a": 'if made.get("run_id") != r.config.run_id:\n    raise InputError(path, "...")\n',
+        "b": "if made_by and config.run_id and made_by != config.run_id:\n    pass\n",
+        "c": "def check_same_run(path, made_by, described): ...\n",
+        "d": 'record_outputs(dest, names, run_id=config.run_id)\nx = {"run_id": run_id}\n',
+        "emvae.run": "if run_id and made_by == run_id:\n    pass\n",
+    }
+    found = sorted(c.split(":")[0] for c in _copies(copies, ("emvae.run",)))
+    assert found == ["a", "b", "c"]  # keywords and keys are no comparison; the owner's: its own
 
 
 def test_the_library_does_not_import_the_command_line():

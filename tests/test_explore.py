@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import io
 import json
@@ -90,8 +91,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _client(run: Path, tmp_path: Path):
-    return TestClient(make_app(run, "cpu", out_dir=tmp_path / "selections"))
+def _client(run: Path, tmp_path: Path, **kwargs):
+    return TestClient(make_app(run, "cpu", out_dir=tmp_path / "selections"), **kwargs)
 
 
 # ----------------------------------------------------------------------------- the generator
@@ -572,14 +573,20 @@ def _chromium() -> str | None:
     return None
 
 
-@pytest.fixture
-def live(grey_run, tmp_path):
-    """The app served by uvicorn on a free local port, in a thread."""
-    uvicorn = pytest.importorskip("uvicorn", reason="the browser test needs uvicorn")
-    app = make_app(grey_run, "cpu", out_dir=tmp_path / "selections")
+@contextlib.contextmanager
+def in_chromium(run: Path, tmp_path: Path):
+    """``(page, url)``: a page of headless Chromium and the URL of ``run``'s explorer (saving
+    selections in ``tmp_path/selections``), served by uvicorn on a free local port in a thread;
+    a skip without Chromium or playwright."""
+    import uvicorn
+
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium (apt-get install chromium; .ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    app = make_app(run, "cpu", out_dir=tmp_path / "selections")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     config = uvicorn.Config(
         app, log_level="warning", ws="none", lifespan="off", http="h11", loop="asyncio"
     )
@@ -590,10 +597,21 @@ def live(grey_run, tmp_path):
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.started
-    yield f"http://127.0.0.1:{port}/", app
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        # WebGL without a GPU: Chromium's SwiftShader (the flag keeps it allowed in newer builds)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=chromium, headless=True, args=["--enable-unsafe-swiftshader"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                yield page, f"http://127.0.0.1:{sock.getsockname()[1]}/"
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 def _edge_distance(pts: np.ndarray, poly: np.ndarray) -> float:
@@ -629,124 +647,111 @@ def _drag(page, box, path, steps=3):
 
 
 @web
-def test_page_in_a_real_browser(live, grey, grey_run, tmp_path):
-    chromium = _chromium()
-    if chromium is None:
-        pytest.skip("no Chromium (apt-get install chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    url, app = live
-    # WebGL without a GPU: Chromium's SwiftShader (the flag keeps it allowed in newer builds)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium, headless=True, args=["--enable-unsafe-swiftshader"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            errors: list[str] = []
-            requests: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(url)
-            ready = "() => window.explorer.ready && window.explorer.idle()"
-            page.wait_for_function(ready, timeout=60000)
-            before = np.array(page.evaluate("explorer.pixels('gen-img')"))
+def test_page_in_a_real_browser(grey, grey_run, tmp_path):
+    with in_chromium(grey_run, tmp_path) as (page, url):
+        errors: list[str] = []
+        requests: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(url)
+        ready = "() => window.explorer.ready && window.explorer.idle()"
+        page.wait_for_function(ready, timeout=60000)
+        before = np.array(page.evaluate("explorer.pixels('gen-img')"))
 
-            # move z1 with the keyboard: the image is re-rendered, and is the generator's
-            page.focus("#z1-slider")
-            for _ in range(5):
-                page.keyboard.press("ArrowRight")
-            page.keyboard.press("End")
-            page.wait_for_function(ready, timeout=15000)
-            z = [float(page.input_value(f"#z{k}-slider")) for k in (1, 2)]
-            assert z[0] == pytest.approx(float(page.get_attribute("#z1-slider", "max")))
-            after = np.array(page.evaluate("explorer.pixels('gen-img')"))
-            assert np.abs(after - before).mean() > 1.0  # it changed
-            want = grey.render([z], [0.0], [[0.0, 0.0]])[0]
-            rgba = after.reshape(16, 16, 4)
-            assert np.abs(rgba[..., 0].astype(int) - to_pixels(want, *grey.contrast)).max() <= 1
+        # move z1 with the keyboard: the image is re-rendered, and is the generator's
+        page.focus("#z1-slider")
+        for _ in range(5):
+            page.keyboard.press("ArrowRight")
+        page.keyboard.press("End")
+        page.wait_for_function(ready, timeout=15000)
+        z = [float(page.input_value(f"#z{k}-slider")) for k in (1, 2)]
+        assert z[0] == pytest.approx(float(page.get_attribute("#z1-slider", "max")))
+        after = np.array(page.evaluate("explorer.pixels('gen-img')"))
+        assert np.abs(after - before).mean() > 1.0  # it changed
+        want = grey.render([z], [0.0], [[0.0, 0.0]])[0]
+        rgba = after.reshape(16, 16, 4)
+        assert np.abs(rgba[..., 0].astype(int) - to_pixels(want, *grey.contrast)).max() <= 1
 
-            # the scatter draws every particle where its two columns put it
-            page.locator("#scatter-panel").scroll_into_view_if_needed()
-            pts = np.array(page.evaluate("explorer.screenPoints()"), dtype=float)
-            box = page.locator("#scatter").bounding_box()
-            assert box is not None and pts.shape == (60, 2)
-            assert page.evaluate("explorer.display()") == "points"  # 60 points: no density
-            z1, z2 = grey.table["z1"].to_numpy(), grey.table["z2"].to_numpy()
-            assert np.corrcoef(pts[:, 0], z1)[0, 1] > 0.999  # x right, y up
-            assert np.corrcoef(pts[:, 1], z2)[0, 1] < -0.999
+        # the scatter draws every particle where its two columns put it
+        page.locator("#scatter-panel").scroll_into_view_if_needed()
+        pts = np.array(page.evaluate("explorer.screenPoints()"), dtype=float)
+        box = page.locator("#scatter").bounding_box()
+        assert box is not None and pts.shape == (60, 2)
+        assert page.evaluate("explorer.display()") == "points"  # 60 points: no density
+        z1, z2 = grey.table["z1"].to_numpy(), grey.table["z2"].to_numpy()
+        assert np.corrcoef(pts[:, 0], z1)[0, 1] > 0.999  # x right, y up
+        assert np.corrcoef(pts[:, 1], z2)[0, 1] < -0.999
 
-            # click the particle farthest from any other: its image is shown
-            gaps = np.linalg.norm(pts[:, None] - pts[None], axis=-1) + np.eye(len(pts)) * 1e9
-            k = int(gaps.min(1).argmax())
-            page.mouse.click(box["x"] + pts[k, 0], box["y"] + pts[k, 1])
-            page.wait_for_selector(f"#particle-panel[data-index='{k}']", timeout=15000)
-            assert grey.table["image"][k] in page.inner_text("#particle-name")
-            shown = np.array(page.evaluate("explorer.pixels('observed-img')")).reshape(16, 16, 4)
-            obs = grey.particles().images(np.array([k]))[0].numpy()
-            assert np.abs(shown[..., 0].astype(int) - to_pixels(obs, *contrast(obs))).max() <= 1
+        # click the particle farthest from any other: its image is shown
+        gaps = np.linalg.norm(pts[:, None] - pts[None], axis=-1) + np.eye(len(pts)) * 1e9
+        k = int(gaps.min(1).argmax())
+        page.mouse.click(box["x"] + pts[k, 0], box["y"] + pts[k, 1])
+        page.wait_for_selector(f"#particle-panel[data-index='{k}']", timeout=15000)
+        assert grey.table["image"][k] in page.inner_text("#particle-name")
+        shown = np.array(page.evaluate("explorer.pixels('observed-img')")).reshape(16, 16, 4)
+        obs = grey.particles().images(np.array([k]))[0].numpy()
+        assert np.abs(shown[..., 0].astype(int) - to_pixels(obs, *contrast(obs))).max() <= 1
 
-            # a box around the middle of the cloud selects the points inside it
-            centre = np.median(pts, axis=0)
-            square = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
-            corners, inside = _polygon_clear_of_points(pts, centre, square)
-            assert inside
-            _drag(page, box, [corners[0], (centre[0], corners[2][1]), corners[2]], steps=4)
-            assert page.evaluate("explorer.selected()") == inside
-            assert page.inner_text("#selected-count") == f"{len(inside)} of 60 selected"
+        # a box around the middle of the cloud selects the points inside it
+        centre = np.median(pts, axis=0)
+        square = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
+        corners, inside = _polygon_clear_of_points(pts, centre, square)
+        assert inside
+        _drag(page, box, [corners[0], (centre[0], corners[2][1]), corners[2]], steps=4)
+        assert page.evaluate("explorer.selected()") == inside
+        assert page.inner_text("#selected-count") == f"{len(inside)} of 60 selected"
 
-            # a lasso: a pentagon, the points inside it computed here (matplotlib)
-            page.check("input[name=mode][value=lasso]")
-            turn = np.linspace(0, 2 * np.pi, 6)[:-1] + 0.3
-            pentagon = np.stack([np.cos(turn), np.sin(turn)], 1) * 0.8
-            poly, in_lasso = _polygon_clear_of_points(pts, centre + [6, -4], pentagon)
-            assert in_lasso and in_lasso != list(range(60))
-            _drag(page, box, [*poly, poly[0]], steps=5)
-            assert page.evaluate("explorer.selected()") == in_lasso
-            # the density view (drawn for many points; asked for here) selects the same
-            page.select_option("#display", "density")
-            page.wait_for_function("() => explorer.display() === 'density'", timeout=5000)
-            _drag(page, box, [*poly, poly[0]], steps=5)
-            assert page.evaluate("explorer.selected()") == in_lasso
-            page.select_option("#display", "auto")
+        # a lasso: a pentagon, the points inside it computed here (matplotlib)
+        page.check("input[name=mode][value=lasso]")
+        turn = np.linspace(0, 2 * np.pi, 6)[:-1] + 0.3
+        pentagon = np.stack([np.cos(turn), np.sin(turn)], 1) * 0.8
+        poly, in_lasso = _polygon_clear_of_points(pts, centre + [6, -4], pentagon)
+        assert in_lasso and in_lasso != list(range(60))
+        _drag(page, box, [*poly, poly[0]], steps=5)
+        assert page.evaluate("explorer.selected()") == in_lasso
+        # the density view (drawn for many points; asked for here) selects the same
+        page.select_option("#display", "density")
+        page.wait_for_function("() => explorer.display() === 'density'", timeout=5000)
+        _drag(page, box, [*poly, poly[0]], steps=5)
+        assert page.evaluate("explorer.selected()") == in_lasso
+        page.select_option("#display", "auto")
 
-            # "save selection" and "save the rest": the two files split the particles
-            page.fill("#selection-name", "middle")
-            page.click("#save-selection")
-            page.wait_for_selector("#selection-status[data-saved='1']", timeout=15000)
-            assert page.get_attribute("#selection-status", "data-count") == str(len(in_lasso))
-            page.fill("#selection-name", "others")
-            page.click("#save-rest")
-            page.wait_for_selector("#selection-status[data-saved='2']", timeout=15000)
-            assert page.get_attribute("#selection-status", "data-count") == str(60 - len(in_lasso))
+        # "save selection" and "save the rest": the two files split the particles
+        page.fill("#selection-name", "middle")
+        page.click("#save-selection")
+        page.wait_for_selector("#selection-status[data-saved='1']", timeout=15000)
+        assert page.get_attribute("#selection-status", "data-count") == str(len(in_lasso))
+        page.fill("#selection-name", "others")
+        page.click("#save-rest")
+        page.wait_for_selector("#selection-status[data-saved='2']", timeout=15000)
+        assert page.get_attribute("#selection-status", "data-count") == str(60 - len(in_lasso))
 
-            # the wheel zooms in: the axes follow, and a lasso still selects what it encloses
-            page.check("input[name=mode][value=pan]")
-            page.mouse.move(box["x"] + centre[0], box["y"] + centre[1])
-            page.mouse.wheel(0, -300)
-            page.wait_for_timeout(500)
-            page.check("input[name=mode][value=lasso]")
-            zoomed = np.array(page.evaluate("explorer.screenPoints()"), dtype=float)
-            spread = np.ptp(zoomed[in_lasso], axis=0).max() / np.ptp(pts[in_lasso], axis=0).max()
-            assert spread > 1.2, spread  # zoomed in
-            visible = np.all((zoomed > 0) & (zoomed < [box["width"], box["height"]]), axis=1)
-            middle = np.median(zoomed[visible], axis=0)
-            poly, in_zoomed = _polygon_clear_of_points(zoomed, middle, pentagon * 0.6)
-            _drag(page, box, [*poly, poly[0]], steps=5)
-            assert page.evaluate("explorer.selected()") == in_zoomed
+        # the wheel zooms in: the axes follow, and a lasso still selects what it encloses
+        page.check("input[name=mode][value=pan]")
+        page.mouse.move(box["x"] + centre[0], box["y"] + centre[1])
+        page.mouse.wheel(0, -300)
+        page.wait_for_timeout(500)
+        page.check("input[name=mode][value=lasso]")
+        zoomed = np.array(page.evaluate("explorer.screenPoints()"), dtype=float)
+        spread = np.ptp(zoomed[in_lasso], axis=0).max() / np.ptp(pts[in_lasso], axis=0).max()
+        assert spread > 1.2, spread  # zoomed in
+        visible = np.all((zoomed > 0) & (zoomed < [box["width"], box["height"]]), axis=1)
+        middle = np.median(zoomed[visible], axis=0)
+        poly, in_zoomed = _polygon_clear_of_points(zoomed, middle, pentagon * 0.6)
+        _drag(page, box, [*poly, poly[0]], steps=5)
+        assert page.evaluate("explorer.selected()") == in_zoomed
 
-            # hovering a point names it
-            gaps = np.linalg.norm(zoomed[:, None] - zoomed[None], axis=-1) + np.eye(60) * 1e9
-            j = int(np.where(visible, gaps.min(1), -1).argmax())
-            page.mouse.move(box["x"] + zoomed[j, 0] + 1, box["y"] + zoomed[j, 1])
-            page.mouse.move(box["x"] + zoomed[j, 0], box["y"] + zoomed[j, 1])
-            page.wait_for_selector(f"#tooltip[data-index='{j}']", timeout=5000)
-            assert page.inner_text("#tooltip").startswith(f"#{j}: z1 ")
-            page.screenshot(path=str(tmp_path / "explore.png"), full_page=True)
-            assert not errors, errors
-            origin = url.rstrip("/")
-            assert all(r.startswith(origin) for r in requests), requests  # nothing from outside
-        finally:
-            browser.close()
+        # hovering a point names it
+        gaps = np.linalg.norm(zoomed[:, None] - zoomed[None], axis=-1) + np.eye(60) * 1e9
+        j = int(np.where(visible, gaps.min(1), -1).argmax())
+        page.mouse.move(box["x"] + zoomed[j, 0] + 1, box["y"] + zoomed[j, 1])
+        page.mouse.move(box["x"] + zoomed[j, 0], box["y"] + zoomed[j, 1])
+        page.wait_for_selector(f"#tooltip[data-index='{j}']", timeout=5000)
+        assert page.inner_text("#tooltip").startswith(f"#{j}: z1 ")
+        page.screenshot(path=str(tmp_path / "explore.png"), full_page=True)
+        assert not errors, errors
+        origin = url.rstrip("/")
+        assert all(r.startswith(origin) for r in requests), requests  # nothing from outside
     for name, rows in (("middle", in_lasso), ("others", sorted(set(range(60)) - set(in_lasso)))):
         written = tmp_path / "selections" / f"{name}.txt"
         want = np.sort(grey.table["input_row"].to_numpy()[rows])
@@ -762,66 +767,42 @@ def test_page_in_a_real_browser(live, grey, grey_run, tmp_path):
 def test_histogram_of_1d_z_in_a_real_browser(tmp_path):
     """A 1-D z run: the page shows z1's histogram; a drag over it selects the particles whose
     z1 lies in the dragged range (computed here from the table), a click sets the z1 slider."""
-    chromium = _chromium()
-    if chromium is None:
-        pytest.skip("no Chromium (apt-get install chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    uvicorn = pytest.importorskip("uvicorn", reason="the browser test needs uvicorn")
     stack = write_simulation(tmp_path / "sim", n=60, size=16, snr=5.0, shift_std_px=0.5, seed=4)
     run = tmp_path / "one"
     r = runner.invoke(cli, ["fit", str(stack), "-o", str(run), "--zdim", "1", *FIT])
     assert r.exit_code == 0, r.output
-    app = make_app(run, "cpu", out_dir=tmp_path / "selections")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="off", http="h11")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
     z = Run.open(run).table()["z1"].to_numpy(np.float32).astype(np.float64)
-    try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium, headless=True, args=["--enable-unsafe-swiftshader"]
-            )
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}/")
-            page.wait_for_function("() => window.explorer.ready", timeout=60000)
-            hist = page.locator("#histogram")
-            assert hist.is_visible()
-            hist.scroll_into_view_if_needed()
-            box = hist.bounding_box()
-            assert box is not None
-            meta = page.evaluate("explorer.state.meta.z[0]")
-            left, right = 56, box["width"] - 12
+    with in_chromium(run, tmp_path) as (page, url):
+        page.goto(url)
+        page.wait_for_function("() => window.explorer.ready", timeout=60000)
+        hist = page.locator("#histogram")
+        assert hist.is_visible()
+        hist.scroll_into_view_if_needed()
+        box = hist.bounding_box()
+        assert box is not None
+        meta = page.evaluate("explorer.state.meta.z[0]")
+        left, right = 56, box["width"] - 12
 
-            def z_at(px: float) -> float:
-                return meta["min"] + (px - left) / (right - left) * (meta["max"] - meta["min"])
+        def z_at(px: float) -> float:
+            return meta["min"] + (px - left) / (right - left) * (meta["max"] - meta["min"])
 
-            # drag ends clear of every particle's z1 (no rounding decides)
-            xs = [
-                float(px)
-                for px in np.arange(left + 5, right - 5)
-                if np.abs(z - z_at(px)).min() > 0.01 * (meta["max"] - meta["min"])
-            ]
-            a = next(px for px in xs if (z < z_at(px)).sum() >= 10)
-            b = next(px for px in reversed(xs) if (z > z_at(px)).sum() >= 10)
-            want = np.flatnonzero((z >= z_at(a)) & (z <= z_at(b))).tolist()
-            assert 0 < len(want) < 60
-            page.mouse.move(box["x"] + a, box["y"] + 60)
-            page.mouse.down()
-            page.mouse.move(box["x"] + b, box["y"] + 60, steps=4)
-            page.mouse.up()
-            assert page.evaluate("explorer.selected()") == want
-            # a click: the z1 slider goes to that z
-            page.mouse.click(box["x"] + a, box["y"] + 60)
-            page.wait_for_function("() => window.explorer.idle()", timeout=15000)
-            step = (meta["max"] - meta["min"]) / 1000
-            assert float(page.input_value("#z1-slider")) == pytest.approx(z_at(a), abs=step)
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+        # drag ends clear of every particle's z1 (no rounding decides)
+        xs = [
+            float(px)
+            for px in np.arange(left + 5, right - 5)
+            if np.abs(z - z_at(px)).min() > 0.01 * (meta["max"] - meta["min"])
+        ]
+        a = next(px for px in xs if (z < z_at(px)).sum() >= 10)
+        b = next(px for px in reversed(xs) if (z > z_at(px)).sum() >= 10)
+        want = np.flatnonzero((z >= z_at(a)) & (z <= z_at(b))).tolist()
+        assert 0 < len(want) < 60
+        page.mouse.move(box["x"] + a, box["y"] + 60)
+        page.mouse.down()
+        page.mouse.move(box["x"] + b, box["y"] + 60, steps=4)
+        page.mouse.up()
+        assert page.evaluate("explorer.selected()") == want
+        # a click: the z1 slider goes to that z
+        page.mouse.click(box["x"] + a, box["y"] + 60)
+        page.wait_for_function("() => window.explorer.idle()", timeout=15000)
+        step = (meta["max"] - meta["min"]) / 1000
+        assert float(page.input_value("#z1-slider")) == pytest.approx(z_at(a), abs=step)

@@ -4,11 +4,6 @@ rendering as its own class, selections within the classes shown, and the page in
 
 from __future__ import annotations
 
-import base64
-import io
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +11,9 @@ import pytest
 import torch
 from conftest import runner
 from emvae_cli.main import app as cli
-from PIL import Image
-from test_explore import _chromium, web
+from test_explore import _client, _png, in_chromium, web
 
 from emvae.explore import Explorer, to_pixels
-from emvae.explore_app import make_app
 from emvae.geometry import image_to_model_pose
 from emvae.io import read_indices
 from emvae.models import pixels_to_images
@@ -59,17 +52,6 @@ def class_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ex(class_run) -> Explorer:
     return Explorer(Run.open(class_run), "cpu")
-
-
-def _client(run: Path, tmp_path: Path, **kwargs):
-    from fastapi.testclient import TestClient
-
-    return TestClient(make_app(run, "cpu", out_dir=tmp_path / "selections"), **kwargs)
-
-
-def _png(url: str) -> np.ndarray:
-    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
-        return np.asarray(im)
 
 
 def _decoded(model, z, theta_deg, shift_px, classes) -> np.ndarray:
@@ -291,129 +273,101 @@ def test_class_run_in_a_real_browser(ex, class_run, tmp_path):
     (a box over everything then selects class 2 only, and "save the rest" is class 2's rest),
     the generator's class menu redraws the same z as the other class, a click on a particle
     shows it drawn as its class and "use the particle's z and class" takes both."""
-    chromium = _chromium()
-    if chromium is None:
-        pytest.skip("no Chromium (apt-get install chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    uvicorn = pytest.importorskip("uvicorn", reason="the browser test needs uvicorn")
-    app = make_app(class_run, "cpu", out_dir=tmp_path / "selections")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="off", http="h11")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
     table = ex.table
     cls = table["class"].to_numpy()
     n = len(table)
-    try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium, headless=True, args=["--enable-unsafe-swiftshader"]
-            )
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}/")
-            ready = "() => window.explorer.ready && window.explorer.idle()"
-            page.wait_for_function(ready, timeout=60000)
-            assert page.input_value("#colour") == "class"
-            assert page.is_visible("#class-filter") and page.is_visible("#gen-class")
-            legend = page.inner_text("#legend")
-            assert f"1 ({(cls == 1).sum()})" in legend and f"2 ({(cls == 2).sum()})" in legend
+    with in_chromium(class_run, tmp_path) as (page, url):
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        ready = "() => window.explorer.ready && window.explorer.idle()"
+        page.wait_for_function(ready, timeout=60000)
+        assert page.input_value("#colour") == "class"
+        assert page.is_visible("#class-filter") and page.is_visible("#gen-class")
+        legend = page.inner_text("#legend")
+        assert f"1 ({(cls == 1).sum()})" in legend and f"2 ({(cls == 2).sum()})" in legend
 
-            # the generator: the largest class at its particles' median z, then the other class
-            big = 1 if (cls == 1).sum() > (cls == 2).sum() else 2
-            assert page.input_value("#gen-class") == str(big)
-            z = [float(page.input_value(f"#z{k}-slider")) for k in (1, 2)]
-            shown = np.array(page.evaluate("explorer.pixels('gen-img')")).reshape(16, 16, 4)
-            want = ex.render([z], [0.0], [[0.0, 0.0]], [big])[0]
-            assert np.abs(shown[..., 0].astype(int) - to_pixels(want, *ex.contrast)).max() <= 1
-            page.select_option("#gen-class", str(3 - big))
-            page.wait_for_function(ready, timeout=15000)
-            other = np.array(page.evaluate("explorer.pixels('gen-img')")).reshape(16, 16, 4)
-            want = ex.render([z], [0.0], [[0.0, 0.0]], [3 - big])[0]
-            assert np.abs(other[..., 0].astype(int) - to_pixels(want, *ex.contrast)).max() <= 1
-            assert np.abs(other.astype(int) - shown.astype(int)).mean() > 0.5  # it changed
-            # the walk along z2 of that class: its 2nd to 98th percentile, the z1 slider's z1
-            page.select_option("#walk-dim", "1")
-            page.click("#walk")
-            page.wait_for_selector("#walk-strip[data-drawn='1']", timeout=15000)
-            page.wait_for_function(ready, timeout=15000)
-            body = page.evaluate("JSON.parse(document.querySelector('#walk-strip').dataset.walk)")
-            lo, hi = ex.class_summary()[2 - big]["walk"][1]
-            assert body["class"] == 3 - big
-            assert np.allclose(np.array(body["z"])[:, 1], np.linspace(lo, hi, 9), atol=1e-9)
-            assert np.allclose(np.array(body["z"])[:, 0], z[0])
-            walk = ex.render(body["z"], [0.0], [[0.0, 0.0]], [3 - big])
-            for j in (0, 4, 8):
-                px = np.array(page.evaluate(f"explorer.pixels('walk-{j}')")).reshape(16, 16, 4)
-                want = to_pixels(walk[j], *ex.contrast)
-                assert np.abs(px[..., 0].astype(int) - want).max() <= 1
+        # the generator: the largest class at its particles' median z, then the other class
+        big = 1 if (cls == 1).sum() > (cls == 2).sum() else 2
+        assert page.input_value("#gen-class") == str(big)
+        z = [float(page.input_value(f"#z{k}-slider")) for k in (1, 2)]
+        shown = np.array(page.evaluate("explorer.pixels('gen-img')")).reshape(16, 16, 4)
+        want = ex.render([z], [0.0], [[0.0, 0.0]], [big])[0]
+        assert np.abs(shown[..., 0].astype(int) - to_pixels(want, *ex.contrast)).max() <= 1
+        page.select_option("#gen-class", str(3 - big))
+        page.wait_for_function(ready, timeout=15000)
+        other = np.array(page.evaluate("explorer.pixels('gen-img')")).reshape(16, 16, 4)
+        want = ex.render([z], [0.0], [[0.0, 0.0]], [3 - big])[0]
+        assert np.abs(other[..., 0].astype(int) - to_pixels(want, *ex.contrast)).max() <= 1
+        assert np.abs(other.astype(int) - shown.astype(int)).mean() > 0.5  # it changed
+        # the walk along z2 of that class: its 2nd to 98th percentile, the z1 slider's z1
+        page.select_option("#walk-dim", "1")
+        page.click("#walk")
+        page.wait_for_selector("#walk-strip[data-drawn='1']", timeout=15000)
+        page.wait_for_function(ready, timeout=15000)
+        body = page.evaluate("JSON.parse(document.querySelector('#walk-strip').dataset.walk)")
+        lo, hi = ex.class_summary()[2 - big]["walk"][1]
+        assert body["class"] == 3 - big
+        assert np.allclose(np.array(body["z"])[:, 1], np.linspace(lo, hi, 9), atol=1e-9)
+        assert np.allclose(np.array(body["z"])[:, 0], z[0])
+        walk = ex.render(body["z"], [0.0], [[0.0, 0.0]], [3 - big])
+        for j in (0, 4, 8):
+            px = np.array(page.evaluate(f"explorer.pixels('walk-{j}')")).reshape(16, 16, 4)
+            want = to_pixels(walk[j], *ex.contrast)
+            assert np.abs(px[..., 0].astype(int) - want).max() <= 1
 
-            # the class filter: class 1 hidden; a box over the whole plot selects class 2 only
-            page.locator("#scatter-panel").scroll_into_view_if_needed()
-            page.uncheck("#class-1")
-            page.wait_for_function("() => document.querySelector('#plot').dataset.classes === '2'")
-            pts = page.evaluate("explorer.screenPoints()")
-            assert [k for k, p in enumerate(pts) if p is not None] == np.flatnonzero(
-                cls == 2
-            ).tolist()
-            box = page.locator("#scatter").bounding_box()
-            assert box is not None
-            page.mouse.move(box["x"] + 2, box["y"] + 2)
-            page.mouse.down()
-            page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=4)
-            page.mouse.up()
-            two = np.flatnonzero(cls == 2).tolist()
-            assert page.evaluate("explorer.selected()") == two
-            assert page.inner_text("#selected-count") == f"{len(two)} of {len(two)} selected"
-            # a click on one of them: shown as its class; the generator takes its z and class
-            xy = np.array([pts[i] for i in two], float)
-            gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(two)) * 1e9
-            k = two[int(gaps.min(1).argmax())]
-            pts = np.array([p if p is not None else [np.nan, np.nan] for p in pts], float)
-            page.mouse.click(box["x"] + pts[k, 0], box["y"] + pts[k, 1])
-            page.wait_for_selector(f"#particle-panel[data-index='{k}']", timeout=15000)
-            assert page.inner_text("#canonical-caption").startswith("generator as class 2")
-            page.click("#from-particle")
-            page.wait_for_function(ready, timeout=15000)
-            assert page.input_value("#gen-class") == "2"
-            zk = [float(page.input_value(f"#z{j}-slider")) for j in (1, 2)]
-            gen = np.array(page.evaluate("explorer.pixels('gen-img')")).reshape(16, 16, 4)
-            want = ex.render([zk], [0.0], [[0.0, 0.0]], [2])[0]
-            assert np.abs(gen[..., 0].astype(int) - to_pixels(want, *ex.contrast)).max() <= 1
+        # the class filter: class 1 hidden; a box over the whole plot selects class 2 only
+        page.locator("#scatter-panel").scroll_into_view_if_needed()
+        page.uncheck("#class-1")
+        page.wait_for_function("() => document.querySelector('#plot').dataset.classes === '2'")
+        pts = page.evaluate("explorer.screenPoints()")
+        assert [k for k, p in enumerate(pts) if p is not None] == np.flatnonzero(cls == 2).tolist()
+        box = page.locator("#scatter").bounding_box()
+        assert box is not None
+        page.mouse.move(box["x"] + 2, box["y"] + 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=4)
+        page.mouse.up()
+        two = np.flatnonzero(cls == 2).tolist()
+        assert page.evaluate("explorer.selected()") == two
+        assert page.inner_text("#selected-count") == f"{len(two)} of {len(two)} selected"
+        # a click on one of them: shown as its class; the generator takes its z and class
+        xy = np.array([pts[i] for i in two], float)
+        gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(two)) * 1e9
+        k = two[int(gaps.min(1).argmax())]
+        pts = np.array([p if p is not None else [np.nan, np.nan] for p in pts], float)
+        page.mouse.click(box["x"] + pts[k, 0], box["y"] + pts[k, 1])
+        page.wait_for_selector(f"#particle-panel[data-index='{k}']", timeout=15000)
+        assert page.inner_text("#canonical-caption").startswith("generator as class 2")
+        page.click("#from-particle")
+        page.wait_for_function(ready, timeout=15000)
+        assert page.input_value("#gen-class") == "2"
+        zk = [float(page.input_value(f"#z{j}-slider")) for j in (1, 2)]
+        gen = np.array(page.evaluate("explorer.pixels('gen-img')")).reshape(16, 16, 4)
+        want = ex.render([zk], [0.0], [[0.0, 0.0]], [2])[0]
+        assert np.abs(gen[..., 0].astype(int) - to_pixels(want, *ex.contrast)).max() <= 1
 
-            # save a third of class 2 and the rest: the rest is class 2's other particles
-            page.check("input[name=mode][value=lasso]")
-            page.click("#clear-selection")
-            page.click("#select-shown")
-            assert page.evaluate("explorer.selected()") == two
-            page.evaluate("(keep) => explorer.select(keep)", two[::3])
-            page.fill("#selection-name", "third")
-            page.click("#save-selection")
-            page.wait_for_selector("#selection-status[data-saved='1']", timeout=15000)
-            page.fill("#selection-name", "others")
-            page.click("#save-rest")
-            page.wait_for_selector("#selection-status[data-saved='2']", timeout=15000)
-            assert page.get_attribute("#selection-status", "data-count") == str(
-                len(two) - len(two[::3])
-            )
-            # showing every class again keeps the selection (all of class 2)
-            page.click("#all-classes")
-            page.wait_for_function(
-                "() => document.querySelector('#plot').dataset.classes === '1,2'"
-            )
-            assert page.evaluate("explorer.selected()") == two[::3]
-            assert page.inner_text("#selected-count") == f"{len(two[::3])} of {n} selected"
-            assert not errors, errors
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+        # save a third of class 2 and the rest: the rest is class 2's other particles
+        page.check("input[name=mode][value=lasso]")
+        page.click("#clear-selection")
+        page.click("#select-shown")
+        assert page.evaluate("explorer.selected()") == two
+        page.evaluate("(keep) => explorer.select(keep)", two[::3])
+        page.fill("#selection-name", "third")
+        page.click("#save-selection")
+        page.wait_for_selector("#selection-status[data-saved='1']", timeout=15000)
+        page.fill("#selection-name", "others")
+        page.click("#save-rest")
+        page.wait_for_selector("#selection-status[data-saved='2']", timeout=15000)
+        assert page.get_attribute("#selection-status", "data-count") == str(
+            len(two) - len(two[::3])
+        )
+        # showing every class again keeps the selection (all of class 2)
+        page.click("#all-classes")
+        page.wait_for_function("() => document.querySelector('#plot').dataset.classes === '1,2'")
+        assert page.evaluate("explorer.selected()") == two[::3]
+        assert page.inner_text("#selected-count") == f"{len(two[::3])} of {n} selected"
+        assert not errors, errors
     rows = table["input_row"].to_numpy()
     third = read_indices(tmp_path / "selections" / "third.txt", n)
     others = read_indices(tmp_path / "selections" / "others.txt", n)

@@ -20,7 +20,7 @@ from emvae.io import read_table
 from emvae.io import star_export as sx
 from emvae.metrics import angular_error_deg, circular_correlation
 from emvae.reference import best_factors, compare, match
-from emvae.report import write_report
+from emvae.report import _of_this_fit, write_report
 from emvae.run import Run
 from emvae.simulate import write_simulation
 
@@ -105,6 +105,15 @@ def test_a_checkpoint_knows_its_run(run, tmp_path):
     copy = tmp_path / "last.pt"
     copy.write_bytes((run / "checkpoints" / "last.pt").read_bytes())
     assert Run.of(copy) is None and Run(run).last == run / "checkpoints" / "last.pt"
+
+
+def test_an_analysis_of_another_fit_is_left_out_with_a_warning(run, tmp_path):
+    """report: an analyze.json whose run id is not config.json's is another fit's."""
+    (tmp_path / "analyze").mkdir()
+    (tmp_path / "analyze" / "analyze.json").write_text(json.dumps({"run_id": "f" * 32}))
+    warnings: list[str] = []
+    assert _of_this_fit(tmp_path / "analyze", Run(run).config, "-", warnings) is None
+    assert "another run (ffffffff)" in warnings[0] and "emvae analyze again" in warnings[0]
 
 
 def test_report_numbers_match_the_library_and_rows_match_by_name(run, tmp_path):
