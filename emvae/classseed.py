@@ -24,6 +24,7 @@ from torch import Tensor
 
 from emvae.align import align_images
 from emvae.data import StreamedImages, gather
+from emvae.distributed import SINGLE, Dist
 from emvae.encode import encode
 from emvae.geometry import model_to_image_pose
 from emvae.junk import junk_probability
@@ -60,26 +61,28 @@ def seed_classes(
     seed: int,
     ctf: Tensor | None = None,
     amp: Any = None,
+    ctx: Dist = SINGLE,
 ) -> np.ndarray:
     """Each particle's target class ``(N,)`` (0-based; -1: junk, no target), by k-means on its
     image aligned by the model's pose (module docstring).
 
     data: the fit's normalised images ``(N, C, D, D)`` (on ``device``, on the host or
     streamed); ``ctf`` ``(N, 10)`` for the ELBO the junk score reads; ``seed`` makes the ELBO's
-    sample, the subset and k-means reproducible.
+    sample, the subset and k-means reproducible. Under torchrun the processes share the
+    encoding and every process takes rank 0's targets.
     """
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
     k = model.config.classes
-    enc = encode(model, data, device, batch_size, seed, ctf=ctf, amp=amp)
+    enc = encode(model, data, device, batch_size, seed, ctx=ctx, ctf=ctf, amp=amp)
     assert enc.class_prob is not None and enc.ncc is not None  # a class model, with the ELBO
     now = enc.class_prob.argmax(1)
     junk = junk_probability(np.c_[enc.elbo, enc.ncc], now)
     features = _aligned(model, data, enc.pose_mu, device, batch_size)
     keep = np.flatnonzero(~(junk >= JUNK))  # NaN scores are kept
     if len(keep) < 2 * k:
-        return np.where(junk >= JUNK, -1, now)
+        return ctx.gather(np.where(junk >= JUNK, -1, now))[0]
     rng = np.random.default_rng(seed)
     fit = np.sort(rng.choice(keep, min(len(keep), FIT_PARTICLES), replace=False))
     pca = PCA(min(COMPONENTS, len(fit) - 1, features.shape[1]), random_state=seed)
@@ -92,7 +95,7 @@ def seed_classes(
     rows, cols = linear_sum_assignment(-overlap)
     renumber = np.empty(k, np.int64)
     renumber[rows] = cols
-    return np.where(junk >= JUNK, -1, renumber[labels])
+    return ctx.gather(np.where(junk >= JUNK, -1, renumber[labels]))[0]
 
 
 def _aligned(

@@ -271,7 +271,7 @@ def _fit(
                 seeded = ""
                 if epoch == tcfg.class_seed and cfg.classes > 1:
                     found = seed_classes(
-                        model, data, device, max(tcfg.batch, 256), tcfg.seed, ctf, eval_amp
+                        model, data, device, max(tcfg.batch, 256), tcfg.seed, ctf, eval_amp, ctx
                     )
                     seeds = torch.from_numpy(found)
                     sizes = np.bincount(found[found >= 0], minlength=cfg.classes)

@@ -13,6 +13,7 @@ import pytest
 import torch.distributed
 from conftest import SMALL
 
+from emvae.checkpoint import load_checkpoint
 from emvae.distributed import Dist, assemble
 from emvae.simulate import write_simulation
 
@@ -79,3 +80,19 @@ def test_two_process_fit_equals_one_process_fit(tmp_path):
     m1 = pd.read_csv(tmp_path / "one" / "metrics.csv")
     m2 = pd.read_csv(tmp_path / "two" / "metrics.csv")
     assert np.allclose(m1["test_elbo"], m2["test_elbo"], rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_two_processes_seed_the_classes_as_one(tmp_path):
+    """--class-seed under torchrun: the processes share the encoding and every one takes rank
+    0's targets (a rank that went its own way would hang or fail the all-gathers)."""
+    stack = write_simulation(tmp_path / "sim", n=60, size=16, snr=5.0, shift_std_px=0.5, seed=1)
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    cmd += ["2", "-m", "emvae_cli.main", "fit", str(stack), "-o", str(out), *ARGS]
+    cmd += ["--classes", "2", "--class-seed", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "classes seeded: " in (out / "run.log").read_text()
+    seeds = load_checkpoint(out / "checkpoints" / "last.pt")["class_seeds"]
+    assert seeds.shape == (60,) and set(seeds.tolist()) <= {-1, 0, 1}
