@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import torch
@@ -33,7 +34,7 @@ from emvae.geometry import wrap_radians
 from emvae.io.stack import ImageStack, image_key, image_name
 from emvae.models import SpatialVAE
 from emvae.particles import Particles
-from emvae.plotstyle import figure, save
+from emvae.plotstyle import STYLE, figure, save
 from emvae.train import fit
 
 # the three models of paper Fig. 2
@@ -321,16 +322,17 @@ def _kl_per_dimension(enc: Encoding) -> dict[str, float]:
 def plot_fig2(table: pd.DataFrame, path: Path) -> Path:
     """Test -ELBO against Z-D, one panel per dataset, one line per model (paper Fig. 2)."""
     names = list(dict.fromkeys(table["dataset"]))
-    fig, axes = figure(4 * len(names), 3.4, 1, len(names))
-    for ax, name in zip(axes, names, strict=True):
-        part = table[table["dataset"] == name]
-        for model_name, g in part.groupby("model", sort=False):
-            ax.plot(g["zdim"], g["test_neg_elbo"], "o-", label=model_name)
-        ax.set_title(name)
-        ax.set_xlabel("Z-D")
-        ax.set_ylabel("test -ELBO (nats)")
-    axes[0].legend()
-    return save(fig, path)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = figure(4 * len(names), 3.4, 1, len(names))
+        for ax, name in zip(axes, names, strict=True):
+            part = table[table["dataset"] == name]
+            for model_name, g in part.groupby("model", sort=False):
+                ax.plot(g["zdim"], g["test_neg_elbo"], "o-", label=model_name)
+            ax.set_title(name)
+            ax.set_xlabel("Z-D")
+            ax.set_ylabel("test -ELBO (nats)")
+        axes[0].legend()
+        return save(fig, path)
 
 
 def _write_results(table: pd.DataFrame, out: Path, name: str) -> None:

@@ -20,7 +20,7 @@ from emvae.align import align_stack
 from emvae.config import RunConfig, physical
 from emvae.data import resolve_device
 from emvae.errors import ConfigError, InputError
-from emvae.io import input_files, open_stack, read_table, write_mrc
+from emvae.io import input_files, kind_by_suffix, open_stack, read_table, write_mrc
 from emvae.io.stack import same_image
 from emvae.io.star import _pixel_size as star_pixel_size
 from emvae.io.star_export import Optics, export_table, input_star_rows
@@ -91,7 +91,7 @@ def plan_star_export(
         apix = apix if apix is not None else config.data.apix
         box = box or config.data.input_size or None
         first = config.data.paths[0] if config.data.paths else ""
-        if input_star is None and first.lower().endswith(".star"):
+        if input_star is None and kind_by_suffix(first) == "star":
             input_star = Path(first)
     plan = StarExport(table, out, box, apix, optics_given)
     if input_star is not None:

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from emvae.errors import InputError
+from emvae.io import kind_by_suffix
 from emvae.io.stack import image_key
 from emvae.io.star_export import star_pose
 from emvae.io.tables import read_table
@@ -43,7 +44,7 @@ def read_reference(path: str | os.PathLike[str], box: int, apix: float | None) -
     p = Path(path)
     if not p.exists():
         raise InputError(p, "no such file")
-    if p.suffix.lower() == ".star":
+    if kind_by_suffix(p) == "star":  # by suffix, as the readers tell inputs apart
         from emvae.io.star import particle_block, read_star_blocks
 
         particles, optics, _ = particle_block(p, read_star_blocks(p))

@@ -174,6 +174,7 @@ def _write_report(
             colour = theirs[label].to_numpy(float)
     z_data = table[zs].to_numpy(np.float64)
     figures.append(plots.latent_scatter(z_data, dest / "latent_scatter.png", colour, label))
+    model = None  # checkpoints/last.pt, loaded once, when a figure draws with the generator
     if config.model.zdim >= 1 and zs:
         model = r.model()[0]
         # --classes: the traversals of every class, each over its own particles' z; the local
@@ -208,8 +209,9 @@ def _write_report(
         }
         figures.append(_junk(r, table, dest / "junk.png", warnings))
     if examples > 0:
+        model = r.model()[0] if model is None else model
         path = dest / "reconstructions.png"
-        figures.append(_reconstructions(r, table, path, examples, warnings))
+        figures.append(_reconstructions(r, model, table, path, examples, warnings))
     result["figures"] = [p.name for p in figures if p is not None]
     analysis = _of_this_fit(Path(run) / ANALYZE, config, "latent analysis", warnings)
     if analysis is not None:
@@ -238,14 +240,13 @@ def example_indices(table: pd.DataFrame, n: int = EXAMPLES) -> np.ndarray:
 
 
 def _reconstructions(
-    r: Run, table: pd.DataFrame, path: Path, n: int, warnings: list[str]
+    r: Run, model: SpatialVAE, table: pd.DataFrame, path: Path, n: int, warnings: list[str]
 ) -> Path | None:
-    """Example particles (:func:`example_indices`) above the generator's rendering of them at
+    """Example particles (:func:`example_indices`) above ``model``'s rendering of them at
     their inferred z and pose (:func:`emvae.montage.reconstruct`) and, below, the same z at
     θ = 0, Δx = 0 (:func:`emvae.figures.plots.reconstructions`); None, and a note in
     ``warnings``, when the run's input images can no longer be read."""
     idx = example_indices(table, n)
-    model, config, _ = r.model()
     try:
         images = r.particles().images(idx)
     except (InputError, ConfigError, OSError) as e:
@@ -259,7 +260,7 @@ def _reconstructions(
         classes = torch.as_tensor(table["class"].to_numpy()[idx] - 1)
     canonical = mt.decode_mean(model, z, classes)
     observed = images.numpy()
-    if config.model.likelihood == "bernoulli":
+    if model.config.likelihood == "bernoulli":
         observed = np.clip(observed, 0, 1)
     rows = table.iloc[idx]
     names = [image_label(name) for name in rows["image"]]

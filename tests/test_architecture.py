@@ -221,6 +221,39 @@ def test_the_owner_check_sees_run_ids_compared():
     assert found == ["a", "b", "c"]  # keywords and keys are no comparison; the owner's: its own
 
 
+#: An input's suffix tested against a reader's (which reader reads it): emvae.io's to decide
+#: (:func:`emvae.io.kind_by_suffix`, :func:`emvae.io.input_kind`), nowhere else (issue 36).
+READER_SUFFIX = re.compile(
+    r"""(?:suffix(?:\.lower\(\))?\s*(?:==|in)|endswith\()\s*\(?\s*["']\."""
+    r"""(?:star|cs|mrcs?|npy|h5|hdf5?|fits|jpe?g|png)["']"""
+)
+#: Modules that test a suffix of an output's name (not an input's), and why.
+OUTPUT_NAMES = {"emvae.fitting": "emvae encode refuses a table named .star (it writes one)"}
+
+
+def test_only_io_chooses_a_reader_by_suffix():
+    found = [
+        f"{name}: {m.group()!r}"
+        for name, source in _sources().items()
+        if not name.startswith("emvae.io") and name not in OUTPUT_NAMES
+        for m in READER_SUFFIX.finditer(source)
+    ]
+    assert found == []
+
+
+def test_the_reader_check_sees_a_suffix_test():
+    hits = [
+        READER_SUFFIX.search(t)
+        for t in (
+            'if p.suffix.lower() == ".star":',
+            'if first.lower().endswith(".star"):',
+            "ok = path.endswith(('.mrcs', '.mrc'))",
+            'out = p.with_suffix(".star")',
+        )
+    ]
+    assert [h is not None for h in hits] == [True, True, True, False]
+
+
 def test_the_library_does_not_import_the_command_line():
     offenders = []
     for name, path in _modules().items():

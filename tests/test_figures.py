@@ -37,3 +37,61 @@ def test_every_caption_renders_for_every_kind_of_run():
         for f in FIGURES:
             title, text = caption(f.name, result, config)
             assert title == f.title and text.endswith((".", ".</b>"))
+
+
+def test_every_plot_draws_in_the_one_style(tmp_path, monkeypatch):
+    """The report's plots, the analysis and convergence plots and the benchmark's figure: their
+    titles and axis labels in the text sizes of plotstyle.STYLE (issue 36: one style)."""
+    import numpy as np
+    import pandas as pd
+
+    from emvae import bench
+    from emvae.figures import plots
+    from emvae.plotstyle import STYLE
+
+    drawn = []
+
+    def save(fig, path, dpi=None):
+        drawn.append(fig)
+        return Path(path)
+
+    monkeypatch.setattr(plots, "save", save)
+    monkeypatch.setattr(bench, "save", save)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(1, 4, 50)
+    epochs = pd.DataFrame({"epoch": [1, 2, 3]})
+    for term in ("elbo", "error", "kl"):
+        epochs[f"train_{term}"] = epochs[f"test_{term}"] = rng.normal(size=3)
+    pairs = pd.DataFrame(
+        {
+            "epoch_a": [1, 2],
+            "epoch_b": [2, 3],
+            "z_r2": [0.5, 0.9],
+            "theta_diff_deg": [3.0, 1.0],
+            "cluster_ari": [0.4, 0.8],
+        }
+    )
+    poses = pd.DataFrame({"theta_deg": rng.uniform(-180, 180, 50)})
+    poses["shift_x_px"] = poses["shift_y_px"] = rng.normal(size=50)
+    fig2 = pd.DataFrame(
+        {"dataset": ["a", "a"], "model": ["m", "m"], "zdim": [1, 2], "test_neg_elbo": [2.0, 1.0]}
+    )
+    plots.learning_curves(epochs, tmp_path / "a.png")
+    plots.pose_histograms(poses, tmp_path / "b.png")
+    plots.clusters_2d(rng.normal(size=(50, 2)), labels, ("z1", "z2"), tmp_path / "c.png")
+    plots.clusters_1d(rng.normal(size=50), labels, "z1", tmp_path / "d.png")
+    plots.convergence(pairs, epochs, tmp_path / "e.png")
+    bench.plot_fig2(fig2, tmp_path / "f.png")
+    assert len(drawn) == 6
+    for fig in drawn:
+        for ax in fig.axes:
+            texts = [ax.title, ax.xaxis.label, ax.yaxis.label]
+            sizes = {t.get_text(): t.get_fontsize() for t in texts if t.get_text()}
+            wanted = {
+                ax.title.get_text(): STYLE["axes.titlesize"],
+                ax.xaxis.label.get_text(): STYLE["axes.labelsize"],
+                ax.yaxis.label.get_text(): STYLE["axes.labelsize"],
+            }
+            assert sizes == {t: wanted[t] for t in sizes}
+            ticks = [t.get_fontsize() for t in ax.get_xticklabels()]
+            assert set(ticks) <= {STYLE["xtick.labelsize"]}

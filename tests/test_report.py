@@ -499,6 +499,22 @@ def test_local_metric_is_zero_without_z_and_scales_with_the_output_layer(run):
         assert torch.allclose(mt.local_metric(scaled, z), c**2 * base, rtol=1e-5, atol=0)
 
 
+def test_report_loads_the_model_once(run, tmp_path, monkeypatch):
+    """Traversals, the local metric and the example reconstructions draw with one model, read
+    from checkpoints/last.pt once (issue 36: it was read twice per report)."""
+    loaded = []
+    model = Run.model
+
+    def counted(self, *args, **kwargs):
+        loaded.append(self.path)
+        return model(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "model", counted)
+    result = write_report(run, out=tmp_path / "rep", examples=4)
+    assert {"latent_traversals.png", "reconstructions.png"} <= set(result["figures"])
+    assert len(loaded) == 1
+
+
 def test_report_shows_the_local_metric_for_2d_z(run, tmp_path):
     """A 2-D run's report embeds the decoded grid with the local metric and the traversals
     as numbered figures with their units; report.json holds the metric of the grid."""

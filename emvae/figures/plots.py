@@ -5,8 +5,8 @@ metric of the generator, example particles beside their reconstructions; and the
 
 Each function draws one figure and writes it to ``path`` as a PNG at
 :data:`emvae.plotstyle.DPI` (:func:`emvae.plotstyle.save`); those that may have nothing to show
-return None then. The report's own plots use the text sizes of :data:`emvae.plotstyle.STYLE`;
-the analysis and convergence plots keep matplotlib's default text sizes.
+return None then. All draw with the text sizes of :data:`emvae.plotstyle.STYLE` (one style);
+only crowded text is smaller (the clusters' legends, the junk tiles' titles).
 """
 
 from __future__ import annotations
@@ -348,63 +348,65 @@ def clusters_2d(points: np.ndarray, labels: np.ndarray, names: tuple[str, str], 
     """Two panels of 2-D ``points`` ``(N, 2)`` named ``names``: coloured by cluster
     ``labels`` ``(N,)`` (1..k, legend) and by local density (:func:`density`, log colour
     scale)."""
-    fig, ax = _figure(2, size=4.2, aspect=0.85)
-    colours = _cluster_colours(int(labels.max()))
-    size = max(1.0, min(12.0, 4000 / max(len(points), 1)))
-    for c, colour in enumerate(colours, start=1):
-        m = labels == c
-        ax[0].scatter(
-            points[m, 0],
-            points[m, 1],
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(2, size=4.2, aspect=0.85)
+        colours = _cluster_colours(int(labels.max()))
+        size = max(1.0, min(12.0, 4000 / max(len(points), 1)))
+        for c, colour in enumerate(colours, start=1):
+            m = labels == c
+            ax[0].scatter(
+                points[m, 0],
+                points[m, 1],
+                s=size,
+                linewidths=0,
+                label=f"{c} ({int(m.sum())})",
+                color=colour,
+            )
+        ax[0].legend(title="cluster", fontsize=7, markerscale=max(1.0, 6 / size), loc="best")
+        dens = density(points)
+        order = np.argsort(dens)  # dense points on top
+        sc = ax[1].scatter(
+            points[order, 0],
+            points[order, 1],
             s=size,
+            c=dens[order],
+            cmap="viridis",
+            norm=LogNorm(vmin=1, vmax=max(2.0, float(dens.max()))),
             linewidths=0,
-            label=f"{c} ({int(m.sum())})",
-            color=colour,
         )
-    ax[0].legend(title="cluster", fontsize=7, markerscale=max(1.0, 6 / size), loc="best")
-    dens = density(points)
-    order = np.argsort(dens)  # dense points on top
-    sc = ax[1].scatter(
-        points[order, 0],
-        points[order, 1],
-        s=size,
-        c=dens[order],
-        cmap="viridis",
-        norm=LogNorm(vmin=1, vmax=max(2.0, float(dens.max()))),
-        linewidths=0,
-    )
-    fig.colorbar(sc, ax=ax[1], label="particles per cell")
-    for a, title in zip(ax, ("by cluster", "by density"), strict=True):
-        a.set_xlabel(names[0])
-        a.set_ylabel(names[1])
-        a.set_title(title)
-    return save(fig, path)
+        fig.colorbar(sc, ax=ax[1], label="particles per cell")
+        for a, title in zip(ax, ("by cluster", "by density"), strict=True):
+            a.set_xlabel(names[0])
+            a.set_ylabel(names[1])
+            a.set_title(title)
+        return save(fig, path)
 
 
 def clusters_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) -> Path:
     """1-D z ``(N,)`` called ``name``: each particle's z against its rank, coloured by cluster
     ``labels`` ``(N,)`` (1..k), beside the histogram of z stacked by cluster (the density)."""
-    fig, ax = _figure(2, size=4.2, aspect=0.85)
-    colours = _cluster_colours(int(labels.max()))
-    clusters = range(1, len(colours) + 1)
-    rank = np.argsort(np.argsort(z))
-    bins = np.histogram_bin_edges(z, bins=50)
-    for c, colour in zip(clusters, colours, strict=True):
-        m = labels == c
-        ax[0].scatter(rank[m], z[m], s=3, linewidths=0, color=colour, label=str(c))
-    ax[1].hist(
-        [z[labels == c] for c in clusters],
-        bins=bins,
-        stacked=True,
-        color=colours,
-        label=[str(c) for c in clusters],
-    )
-    ax[0].set_xlabel("particle (ranked by z)")
-    ax[0].set_ylabel(name)
-    ax[0].legend(title="cluster", fontsize=7)
-    ax[1].set_xlabel(name)
-    ax[1].set_ylabel("particles")
-    return save(fig, path)
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(2, size=4.2, aspect=0.85)
+        colours = _cluster_colours(int(labels.max()))
+        clusters = range(1, len(colours) + 1)
+        rank = np.argsort(np.argsort(z))
+        bins = np.histogram_bin_edges(z, bins=50)
+        for c, colour in zip(clusters, colours, strict=True):
+            m = labels == c
+            ax[0].scatter(rank[m], z[m], s=3, linewidths=0, color=colour, label=str(c))
+        ax[1].hist(
+            [z[labels == c] for c in clusters],
+            bins=bins,
+            stacked=True,
+            color=colours,
+            label=[str(c) for c in clusters],
+        )
+        ax[0].set_xlabel("particle (ranked by z)")
+        ax[0].set_ylabel(name)
+        ax[0].legend(title="cluster", fontsize=7)
+        ax[1].set_xlabel(name)
+        ax[1].set_ylabel("particles")
+        return save(fig, path)
 
 
 # ----------------------------------------------------------------------------- emvae convergence
@@ -415,34 +417,35 @@ def convergence(table: pd.DataFrame, metrics: pd.DataFrame | None, path: Path) -
     of checkpoints): z agreement (R^2), theta's median difference, the clusters' adjusted Rand
     index (each at the later epoch of its pair), and the ELBO of every epoch from ``metrics``
     (metrics.csv) with the compared checkpoints marked."""
-    fig, ax = figure(14, 3.4, 1, 4)
-    x = table["epoch_b"].to_numpy()
-    panels = (
-        ("z_r2", "z agreement (R², 1 = same)", (0, 1.05)),
-        ("theta_diff_deg", "θ median difference (°)", None),
-        ("cluster_ari", "cluster agreement (ARI)", (-0.05, 1.05)),
-    )
-    for a, (column, title, ylim) in zip(ax[:3], panels, strict=True):
-        y = table[column].to_numpy(np.float64)
-        if np.isfinite(y).any():
-            a.plot(x, y, "o-", color="C0")
-        else:
-            a.text(0.5, 0.5, "no latent dimensions", ha="center", transform=a.transAxes)
-        a.set_title(title, fontsize=10)
-        a.set_xlabel("epoch (vs the previous checkpoint)")
-        if ylim is not None:
-            a.set_ylim(*ylim)
-    ax[1].set_ylim(bottom=0)
-    if metrics is not None and len(metrics):
-        for name, colour in (("train_elbo", "C0"), ("test_elbo", "C1")):
-            if name in metrics:
-                ax[3].plot(metrics["epoch"], metrics[name], color=colour, label=name[:-5])
-        kept = metrics[metrics["epoch"].isin(np.concatenate([table["epoch_a"], x]))]
-        if "test_elbo" in kept:
-            ax[3].plot(kept["epoch"], kept["test_elbo"], "o", color="C1", label="checkpoints")
-        ax[3].legend(fontsize=8)
-    ax[3].set_title("ELBO (nats per image)", fontsize=10)
-    ax[3].set_xlabel("epoch")
-    for a in ax:
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return save(fig, path)
+    with matplotlib.rc_context(STYLE):
+        fig, ax = figure(14, 3.4, 1, 4)
+        x = table["epoch_b"].to_numpy()
+        panels = (
+            ("z_r2", "z agreement (R², 1 = same)", (0, 1.05)),
+            ("theta_diff_deg", "θ median difference (°)", None),
+            ("cluster_ari", "cluster agreement (ARI)", (-0.05, 1.05)),
+        )
+        for a, (column, title, ylim) in zip(ax[:3], panels, strict=True):
+            y = table[column].to_numpy(np.float64)
+            if np.isfinite(y).any():
+                a.plot(x, y, "o-", color="C0")
+            else:
+                a.text(0.5, 0.5, "no latent dimensions", ha="center", transform=a.transAxes)
+            a.set_title(title)
+            a.set_xlabel("epoch (vs the previous checkpoint)")
+            if ylim is not None:
+                a.set_ylim(*ylim)
+        ax[1].set_ylim(bottom=0)
+        if metrics is not None and len(metrics):
+            for name, colour in (("train_elbo", "C0"), ("test_elbo", "C1")):
+                if name in metrics:
+                    ax[3].plot(metrics["epoch"], metrics[name], color=colour, label=name[:-5])
+            kept = metrics[metrics["epoch"].isin(np.concatenate([table["epoch_a"], x]))]
+            if "test_elbo" in kept:
+                ax[3].plot(kept["epoch"], kept["test_elbo"], "o", color="C1", label="checkpoints")
+            ax[3].legend()
+        ax[3].set_title("ELBO (nats per image)")
+        ax[3].set_xlabel("epoch")
+        for a in ax:
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        return save(fig, path)
