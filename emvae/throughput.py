@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -291,6 +292,29 @@ def loader_rates(
         name = f"DataLoader, {w} worker{'s' if w != 1 else ''}"
         rows.append((name, timed(prefetched(data, tensors, dev, readers=w))))
     return rows
+
+
+def loader_report(
+    stack: str | os.PathLike[str],
+    downsample: int | None = None,
+    batch: int = 256,
+    n_batches: int = 20,
+    workers: tuple[int, ...] = (0, 1, 2),
+    train: bool = False,
+) -> list[str]:
+    """``emvae bench loader``: the stack at ``stack`` (any input fit reads) opened and
+    preprocessed as fit would (Fourier-downsampled to ``downsample`` px), its
+    :func:`loader_rates` measured, and the lines that report them."""
+    from emvae.io import open_stack
+    from emvae.preprocess import Preprocess, prepare
+
+    images = open_stack(stack)
+    prepared = prepare(images, Preprocess(size=downsample))
+    rows = loader_rates(images, prepared, batch, n_batches, workers, train)
+    what = "with a training step" if train else "loading alone"
+    return [f"{len(images)} images {images.size} px -> {prepared.size} px, {what}:"] + [
+        f"  {name:32s} {rate:9.1f} images/s" for name, rate in rows
+    ]
 
 
 def measure_all(

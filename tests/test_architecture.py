@@ -324,6 +324,59 @@ def test_cli_commands_loop_only_to_print():
     assert loops == []
 
 
+#: Commands that still make more than one library call (a plan and its execution, a summary
+#: after the work, an error raised in the command), with how many; every other command: one.
+SEVERAL_CALLS = {
+    "analyze.py:convergence": 4,
+    "bench.py:encoders": 2,
+    "bench.py:throughput": 2,
+    "bench.py:gpu": 2,
+    "explore.py:explore": 3,
+    "fit.py:fit": 4,
+    "prep.py:preprocess": 7,
+    "relion.py:export_star": 2,
+    "report.py:report": 2,
+}
+
+
+def _library_calls(tree: ast.Module, fn: ast.FunctionDef) -> list[str]:
+    """The calls in ``fn`` of what its module imports from emvae (``bn.run_x`` counted by
+    its root ``bn``)."""
+    names = {
+        a.asname or a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "emvae"
+        for a in node.names
+    } | {
+        (a.asname or a.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for a in node.names
+        if a.name.split(".")[0] == "emvae"
+    }
+    calls = []
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call):
+            root = node.func
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in names:
+                calls.append(ast.unparse(node.func))
+    return calls
+
+
+def test_cli_commands_make_one_library_call():
+    """Each command's work is one call into emvae (simulate, bench loader: issue 36); the
+    commands of :data:`SEVERAL_CALLS` no more than their count."""
+    many = [
+        f"{name}:{fn.name} {calls}"
+        for name, tree in _cli_modules().items()
+        for fn in _commands(tree)
+        if len(calls := _library_calls(tree, fn)) > SEVERAL_CALLS.get(f"{name}:{fn.name}", 1)
+    ]
+    assert many == []
+
+
 def test_cli_imports_no_array_library():
     """torch, numpy and pandas are the library's: the command line passes paths and options."""
     found = []
@@ -339,3 +392,6 @@ def test_the_thin_cli_checks_see_a_thick_command():
     fn = _commands(ast.parse(source))[0]
     loops = [s for s in _body(fn) if isinstance(s, ast.For)]
     assert len(_body(fn)) == 3 and not _prints_only(loops[0])
+    two = "from emvae.x import a\nimport emvae.y as b\n@user_errors\ndef cmd():\n    a(b.c())\n"
+    tree = ast.parse(two)
+    assert _library_calls(tree, _commands(tree)[0]) == ["a", "b.c"]

@@ -9,19 +9,12 @@ from pathlib import Path
 import typer
 
 from emvae import bench as bn
-from emvae.config import Generator, ModelConfig, RotationBins, TrainConfig, physical
+from emvae.config import Generator, ModelConfig, RotationBins, TrainConfig
 from emvae.errors import ConfigError
 from emvae.gpucheck import SECTIONS
 from emvae.mnist import DATASETS
-from emvae.safety import check_memory, refuse_existing
-from emvae.simulate import (
-    JUNK_KINDS,
-    OBJECTS,
-    class_objects,
-    parse_junk_kinds,
-    parse_weights,
-    write_simulation,
-)
+from emvae.simulate import JUNK_KINDS, OBJECTS
+from emvae.simulating import simulate_stack
 from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, default, err_console, user_errors
 
 # members from OBJECTS, which mypy cannot see: a str Enum for Typer's choices
@@ -33,17 +26,6 @@ bench_app = typer.Typer(
     help="Validation benchmarks of the paper (MNIST family, simulated particles, Galaxy Zoo).",
     no_args_is_help=True,
 )
-
-
-def _defocus_range(text: str) -> float | tuple[float, float]:
-    """``--ctf 1.5`` or ``--ctf 0.8:2.5`` (um)."""
-    try:
-        values = [float(v) for v in text.split(":")]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2) or not all(v > 0 for v in values) or values[0] > values[-1]:
-        raise ConfigError(f"--ctf {text!r}: give a defocus in um (1.5) or a range (0.8:2.5)")
-    return values[0] if len(values) == 1 else (values[0], values[1])
 
 
 @user_errors
@@ -170,93 +152,16 @@ def simulate(
     projection of an atomic model whose domain turns or which morphs into a second model),
     uniform rotations, Gaussian shifts, noise, optional CTF; truth in emvae's pose conventions
     (relative to the consensus view, and in the body's frame)."""
-    refuse_existing(out / "particles.mrcs", force)
-    if n < 1 or size < 8 or not snr > 0:
-        raise ConfigError("need -n >= 1, --size >= 8 and --snr > 0")
-    physical("--apix", apix)
-    check_memory(4 * n * size * size * 4, f"simulate -n {n} --size {size}")  # ~4 copies
-    df = None if defocus is None else _defocus_range(defocus)
-    kinds = parse_junk_kinds(junk_kinds)
-    if structure:
-        k = len(structure) if len(structure) > 1 else classes
-        _simulate_structure(
-            out, structure, structure2, domain or [], hinge_deg, view, tilt_deg, n, size, snr,
-            shift_std, apix, df, astigmatism, seed, scale_std + stretch_std + bend_std > 0,
-            classes, parse_weights(class_weights, k), junk, kinds,
-        )  # fmt: skip
-        return
-    if structure2 is not None or domain or tilt_deg > 0:
-        raise ConfigError("--structure2, --domain and --tilt-deg need --structure")
-    _simulate_blobs(
-        out, obj.value, object_seed, classes, class_weights, n, size, snr, shift_std, seed, apix,
-        df, astigmatism, scale_std, stretch_std, bend_std, junk, kinds,
+    lines = simulate_stack(
+        out, n=n, size=size, snr=snr, shift_std=shift_std, apix=apix, defocus=defocus,
+        astigmatism=astigmatism, seed=seed, obj=obj.value, object_seed=object_seed,
+        scale_std=scale_std, stretch_std=stretch_std, bend_std=bend_std,
+        structure=structure or (), structure2=structure2, domains=domain or (),
+        hinge_deg=hinge_deg, view=view, tilt_deg=tilt_deg, classes=classes,
+        class_weights=class_weights, junk=junk, junk_kinds=junk_kinds, force=force,
     )  # fmt: skip
-
-
-def _simulate_blobs(
-    out: Path, obj: str, object_seed: int, classes: int, class_weights: str | None, n: int,
-    size: int, snr: float, shift_std: float, seed: int, apix: float,
-    df: float | tuple[float, float] | None, astigmatism: float, scale_std: float,
-    stretch_std: float, bend_std: float, junk: float, kinds: tuple[str, ...],
-) -> None:  # fmt: skip
-    """``emvae simulate`` of the 2-D blob molecules (:mod:`emvae.simulate`)."""
-    weights = parse_weights(class_weights, classes)
-    particles = class_objects(obj, object_seed, classes)
-    stack = write_simulation(
-        out, n, size, snr, shift_std, seed, apix, df, particles if classes > 1 else particles[0],
-        astigmatism, scale_std, stretch_std, bend_std, junk, kinds, weights,
-    )  # fmt: skip
-    if classes > 1 or junk > 0:
-        err_console.print(
-            f"{n} images: classes {', '.join(p.name for p in particles)}, "
-            f"{round(junk * n)} junk ({', '.join(kinds)})",
-            highlight=False,
-        )
-    err_console.print(
-        f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}", highlight=False
-    )
-
-
-def _simulate_structure(
-    out: Path, structure: list[Path], structure2: Path | None, domains: list[str],
-    hinge_deg: float, view: str, tilt_deg: float, n: int, size: int, snr: float,
-    shift_std: float, apix: float, df: float | tuple[float, float] | None, astigmatism: float,
-    seed: int, deformed: bool, classes: int, weights: tuple[float, ...] | None, junk: float,
-    kinds: tuple[str, ...],
-) -> None:  # fmt: skip
-    """``emvae simulate --structure``: :mod:`emvae.structure`."""
-    from emvae import structure as st
-
-    if deformed:
-        raise ConfigError("--scale-std, --stretch-std and --bend-std are for --object, not "
-                          "--structure")  # fmt: skip
-    objs = st.structure_objects(
-        structure, size, apix, structure2, domains, hinge_deg, st.parse_view(view), classes
-    )
-    stack = st.write_structure_simulation(
-        out, objs if len(objs) > 1 else objs[0], n, snr, shift_std, seed, df, astigmatism,
-        tilt_deg, junk=junk, junk_kinds=kinds, class_weights=weights,
-    )  # fmt: skip
-    auto = " (auto)" if view.strip().lower() == "auto" else ""
-    wrote = f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}"
-    if len(objs) == 1 and junk == 0:
-        rot, tilt, psi = objs[0].view
-        err_console.print(
-            f"{objs[0].name}: {len(objs[0].z)} atoms, view rot {rot:.1f} tilt {tilt:.1f} psi "
-            f"{psi:.1f} deg{auto}; {wrote}",
-            highlight=False,
-        )
-        return
-    for k, obj in enumerate(objs):
-        rot, tilt, psi = obj.view
-        err_console.print(
-            f"class {k}: {obj.name}: {len(obj.z)} atoms, view rot {rot:.1f} tilt {tilt:.1f} "
-            f"psi {psi:.1f} deg{auto if k == 0 else ''}",
-            highlight=False,
-        )
-    err_console.print(
-        f"{n} images, {round(junk * n)} junk ({', '.join(kinds)}); {wrote}", highlight=False
-    )
+    for line in lines:
+        err_console.print(line, highlight=False)
 
 
 def _csv(values: Iterable[object]) -> str:
@@ -591,17 +496,10 @@ def loader(
     """Streaming read rate, images/s: a thread reading one batch ahead (fit's former reader)
     against fit's DataLoader with 0, 1, 2… worker processes, on random batches of STACK
     preprocessed as fit would."""
-    from emvae.io import open_stack
-    from emvae.preprocess import Preprocess, prepare
-    from emvae.throughput import loader_rates
+    from emvae.throughput import loader_report
 
-    images = open_stack(stack)
-    prepared = prepare(images, Preprocess(size=downsample))
-    rows = loader_rates(images, prepared, batch, batches, tuple(_ints(workers)), train)
-    what = "with a training step" if train else "loading alone"
-    typer.echo(f"{len(images)} images {images.size} px -> {prepared.size} px, {what}:")
-    for name, rate in rows:
-        typer.echo(f"  {name:32s} {rate:9.1f} images/s")
+    for line in loader_report(stack, downsample, batch, batches, tuple(_ints(workers)), train):
+        typer.echo(line)
 
 
 @bench_app.command("gpu")
