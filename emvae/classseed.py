@@ -6,11 +6,19 @@ two molecules of a stack may share one class for the rest of the run while a cla
 junk (docs/benchmarks.md, "Mixtures"). The poses found by then are good, though, whatever
 class drew them. So at the end of epoch ``class_seed`` every particle is encoded, its image
 brought back onto the canonical view by its pose (at the inference networks' size), and the
-particles the junk score keeps are clustered (PCA, then k-means with K clusters) on those
-aligned images. The clusters become each particle's target class, numbered to agree with the
-model's classes as far as possible; the training objective then pulls q(class | image)
-towards the target with a weight that falls to 0 (:func:`class_pull_weight`), after which the
-classes are free again.
+particles the junk score keeps are clustered (PCA, then k-means) on those aligned images.
+
+Junk the score keeps must not take a class of its own. So k-means is first run with K + 1
+clusters: when one of them is incoherent — the average of its members' standardised images
+holds a small fraction of the power the molecules' averages hold (:func:`coherence`) — it is
+set aside as junk and the round repeats on the rest; the K clusters are then found without
+it, and particles nearest a junk cluster get no target. When no cluster is incoherent (the
+K + 1st cluster splits a molecule) K-means with K clusters is used as it is.
+
+The clusters become each particle's target class, numbered to agree with the model's classes
+as far as possible; the training objective then pulls q(class | image) towards the target
+with a weight that falls to 0 (:func:`class_pull_weight`), after which the classes are free
+again.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
 from torch import Tensor
 
 from emvae.align import align_images
@@ -31,7 +40,7 @@ from emvae.junk import junk_probability
 from emvae.models import SpatialVAE
 from emvae.stages import encoder_view
 
-__all__ = ["class_pull_weight", "seed_classes"]
+__all__ = ["class_pull_weight", "coherence", "seed_classes"]
 
 #: Principal components of the aligned images the clusters are found in.
 COMPONENTS = 20
@@ -40,6 +49,11 @@ COMPONENTS = 20
 FIT_PARTICLES = 20_000
 #: Particles whose junk score is at least this have no target class (they pull nothing).
 JUNK = 0.5
+#: A cluster is junk when its coherence (:func:`coherence`) is below this fraction of the
+#: median coherence of the other clusters (docs/benchmarks.md, "Mixtures": 0.03 against 0.5
+#: for the kept junk of a 40-px stack; a molecule's own coherence falls with the SNR, so the
+#: test is relative).
+INCOHERENT = 0.2
 
 
 def class_pull_weight(start: float, epoch: int, seed_epoch: int, epochs: int) -> float:
@@ -71,7 +85,6 @@ def seed_classes(
     sample, the subset and k-means reproducible. Under torchrun the processes share the
     encoding and every process takes rank 0's targets.
     """
-    from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
     k = model.config.classes
@@ -86,16 +99,56 @@ def seed_classes(
     rng = np.random.default_rng(seed)
     fit = np.sort(rng.choice(keep, min(len(keep), FIT_PARTICLES), replace=False))
     pca = PCA(min(COMPONENTS, len(fit) - 1, features.shape[1]), random_state=seed)
-    pca.fit(features[fit])
-    means = KMeans(k, n_init=10, random_state=seed).fit(pca.transform(features[fit]))
-    labels = means.predict(pca.transform(features)).astype(np.int64)
+    points = pca.fit(features[fit]).transform(features)
+    labels = _clusters(_standardised(features[fit]), points[fit], points, k, seed)
+    keep = keep[labels[keep] >= 0]
     # number the clusters as the model's classes that hold most of their particles
     overlap = np.zeros((k, k))
     np.add.at(overlap, (labels[keep], now[keep]), 1)
     rows, cols = linear_sum_assignment(-overlap)
     renumber = np.empty(k, np.int64)
     renumber[rows] = cols
-    return ctx.gather(np.where(junk >= JUNK, -1, renumber[labels]))[0]
+    return ctx.gather(np.where((junk >= JUNK) | (labels < 0), -1, renumber[labels]))[0]
+
+
+def coherence(features: np.ndarray) -> float:
+    """How much of its members' power a cluster's average keeps: ``|mean|² / mean(|x|²)``
+    over ``features`` ``(n, F)`` (standardised aligned images). Copies of one view at a
+    signal-to-noise ratio s give about s / (1 + s); images with nothing in common about 1 / n."""
+    return float((features.mean(0) ** 2).sum() / (features**2).sum(1).mean())
+
+
+def _clusters(
+    features: np.ndarray, fit: np.ndarray, points: np.ndarray, k: int, seed: int
+) -> np.ndarray:
+    """Each particle's cluster ``(N,)`` in ``0 .. k-1``, or -1 where it is nearest a junk
+    cluster (module docstring). features ``(n, F)`` and fit ``(n, C)``: the fitting subset's
+    standardised images and principal components; points ``(N, C)``: every particle's
+    components. Up to ``k`` incoherent clusters are set aside, one per round of k-means with
+    ``k + 1`` clusters on what is left."""
+    from sklearn.cluster import KMeans
+
+    rest = np.arange(len(fit))
+    junk = np.empty((0, fit.shape[1]))
+    for _ in range(k):
+        over = KMeans(k + 1, n_init=10, random_state=seed).fit(fit[rest])
+        score = np.array([coherence(features[rest[over.labels_ == c]]) for c in range(k + 1)])
+        worst = int(score.argmin())
+        if score[worst] >= INCOHERENT * np.median(np.delete(score, worst)):
+            break
+        junk = np.vstack([junk, over.cluster_centers_[worst]])
+        rest = rest[over.labels_ != worst]
+    centres = KMeans(k, n_init=10, random_state=seed).fit(fit[rest]).cluster_centers_
+    nearest = cdist(points, np.vstack([centres, junk])).argmin(1)
+    return np.where(nearest < k, nearest, -1).astype(np.int64)
+
+
+def _standardised(features: np.ndarray) -> np.ndarray:
+    """Each row of ``features`` ``(N, F)`` less its mean, over its standard deviation (rows
+    without variance left at 0)."""
+    centred: np.ndarray = features - features.mean(1, keepdims=True)
+    std = centred.std(1, keepdims=True)
+    return centred / np.where(std > 0, std, 1.0)
 
 
 def _aligned(

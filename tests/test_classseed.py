@@ -11,9 +11,18 @@ import pytest
 import torch
 from conftest import SMALL, runner
 from emvae_cli.main import app
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
 
 from emvae.checkpoint import load_checkpoint
-from emvae.classseed import _aligned, class_pull_weight, seed_classes
+from emvae.classseed import (
+    _aligned,
+    _clusters,
+    _standardised,
+    class_pull_weight,
+    coherence,
+    seed_classes,
+)
 from emvae.config import ModelConfig, RunConfig
 from emvae.encode import encode
 from emvae.errors import ConfigError
@@ -139,6 +148,65 @@ def test_seeds_split_two_molecules_and_agree_with_the_models_classes():
     assert table.shape == (2, 2) and (table.to_numpy().min(1) == 0).all()  # exact split
     now = encode(model, data, torch.device("cpu")).class_prob.argmax(1)[real]
     assert (seeds[real] == now).sum() >= (seeds[real] == 1 - now).sum()  # the model's numbers
+
+
+def test_coherence_is_the_signal_fraction_for_copies_of_one_view_and_1_over_n_for_noise():
+    rng = np.random.default_rng(0)
+    n, pixels, snr = 400, 2000, 0.5
+    view = rng.normal(0, math.sqrt(snr), pixels)  # signal power s against noise power 1
+    copies = view + rng.normal(0, 1, (n, pixels))
+    assert coherence(copies) == pytest.approx(snr / (1 + snr) + 1 / (n * (1 + snr)), abs=0.01)
+    assert coherence(rng.normal(0, 1, (n, pixels))) == pytest.approx(1 / n, rel=0.1)
+
+
+def _views(rng: np.random.Generator, kinds: np.ndarray, pixels: int = 400) -> np.ndarray:
+    """Noisy copies (SNR 0.5) of one random view per kind ``(n, pixels)``: aligned images."""
+    views = rng.normal(0, math.sqrt(0.5), (kinds.max() + 1, pixels))
+    return views[kinds] + rng.normal(0, 1, (len(kinds), pixels))
+
+
+def _components(features: np.ndarray) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    return PCA(10, random_state=0).fit_transform(features)
+
+
+def test_a_cluster_of_kept_junk_gets_no_target_and_the_molecules_split_exactly():
+    """Two molecules and a third as many boxes of junk unlike each other (bright, offset
+    blobs at random places): k-means with two clusters gives the junk one of them. The junk
+    cluster is recognised by its incoherence and left without targets."""
+    rng = np.random.default_rng(1)
+    kinds = np.repeat([0, 1], 150)
+    pixels = 400
+    yy, xx = np.mgrid[:20, :20]
+    junk = np.stack(
+        [
+            8 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8.0).ravel()
+            + 3
+            + rng.normal(0, 1, pixels)
+            for cx, cy in rng.uniform(0, 20, (100, 2))
+        ]
+    )
+    features = np.concatenate([_views(rng, kinds, pixels), junk])
+    points = _components(features)
+    assert adjusted_rand_score(kinds, KMeans(2, random_state=0).fit_predict(points)[:300]) < 0.5
+    labels = _clusters(_standardised(features), points, points, 2, seed=0)
+    assert (labels[300:] == -1).mean() > 0.9  # the junk: no target
+    real = labels[:300]
+    assert (real >= 0).all()
+    assert pd.crosstab(kinds, real).to_numpy().min(1).max() == 0  # an exact split
+
+
+def test_without_a_junk_cluster_every_molecule_keeps_its_target():
+    """Three molecules and no junk: the K + 1st cluster splits a molecule and is coherent,
+    so nothing is dropped and the K clusters are the molecules."""
+    rng = np.random.default_rng(2)
+    kinds = np.repeat([0, 1, 2], 120)
+    features = _views(rng, kinds)
+    points = _components(features)
+    labels = _clusters(_standardised(features), points, points, 3, seed=0)
+    assert (labels >= 0).all()
+    assert adjusted_rand_score(kinds, labels) == 1.0
 
 
 def test_the_pull_moves_q_towards_the_seeded_class():
