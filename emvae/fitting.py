@@ -5,13 +5,14 @@ prints at the end.
 :func:`plan_fit` opens the inputs (a resume: the way the run being resumed opened them, from
 its ``last.pt``, read here once and handed on to :func:`emvae.train.fit`) and assembles the
 configuration; :func:`start_fit` checks the outputs and trains; :func:`fit_summary` words the
-outcome. :func:`encode_particles` is ``emvae encode``: a trained model over other images.
+outcome; :func:`fit_from_options` is the three in a row, the whole of ``emvae fit``.
+:func:`encode_particles` is ``emvae encode``: a trained model over other images.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from emvae.run import (
     load_model,
     read_last,
 )
-from emvae.runlog import LOG
+from emvae.runlog import LOG, append_log
 from emvae.safety import check_names, check_writable, refuse_existing, refuse_inputs_as_outputs
 from emvae.train import FitResult, autocast_for, fit
 
@@ -169,6 +170,38 @@ def fit_summary(result: FitResult) -> tuple[list[str], str]:
         f"{'' if layout == '3.1' else ': pixel size unknown, origins in px'}), "
         f"{out / METRICS}, {out / CHECKPOINTS}, {out / LOG}"
     )
+    return warnings, wrote
+
+
+def fit_from_options(
+    inputs: Sequence[str] | None,
+    out: str | Path,
+    options: Mapping[str, Any],
+    *,
+    example: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    command: str = "",
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> tuple[list[str], str] | None:
+    """``emvae fit``, its options as the command line gives them (:func:`plan_fit`): the
+    fit planned, its notes on the input handed to ``say`` one line at a time before training,
+    the fit run (:func:`start_fit`), and what it ends with worded (:func:`fit_summary`) and
+    appended to ``out``'s run.log.
+
+    Returns (the warnings, the line naming the outputs) for the caller to print, or None in
+    a process other than rank 0 of a distributed job (rank 0 reports)."""
+    plan = plan_fit(
+        inputs, out, options, example=example, resume=resume, force=force, command=command
+    )
+    for note in plan.notes:
+        say(note)
+    result = start_fit(plan, progress=progress)
+    if result.table.empty:  # not rank 0 of a torchrun job
+        return None
+    warnings, wrote = fit_summary(result)
+    append_log(plan.out, [*warnings, wrote], result.config.run_id)  # run.log: what is printed
     return warnings, wrote
 
 

@@ -332,8 +332,6 @@ SEVERAL_CALLS = {
     "bench.py:throughput": 2,
     "bench.py:gpu": 2,
     "explore.py:explore": 3,
-    "fit.py:fit": 4,
-    "prep.py:preprocess": 7,
     "relion.py:export_star": 2,
     "report.py:report": 2,
 }

@@ -31,9 +31,8 @@ from emvae.config import (
     ZEncoder,
 )
 from emvae.example import EXAMPLE_OPTIONS
-from emvae.fitting import encode_particles, fit_summary, plan_fit, start_fit
+from emvae.fitting import encode_particles, fit_from_options
 from emvae.preprocess import Normalize
-from emvae.runlog import append_log
 from emvae_cli import inputs as opt
 from emvae_cli.common import (
     DEVICE,
@@ -389,20 +388,17 @@ def fit(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:
     """Train a spatial-VAE on a particle stack; write poses and latents per particle."""
-    plan = plan_fit(
+    summary = fit_from_options(
         stacks, out, ctx.params, example=example, resume=resume, force=force,
-        command=command_line(ctx),
+        command=command_line(ctx), progress=not quiet,
+        say=lambda note: err_console.print(note, highlight=False),
     )  # fmt: skip
-    for note in plan.notes:
-        err_console.print(note, highlight=False)
-    result = start_fit(plan, progress=not quiet)
-    if result.table.empty:  # not rank 0 of a torchrun job: rank 0 reports
+    if summary is None:  # not rank 0 of a torchrun job: rank 0 reports
         return
-    warnings, wrote = fit_summary(result)
+    warnings, wrote = summary
     for line in warnings:
         err_console.print(line, highlight=False, soft_wrap=True, style="bold")
     err_console.print(wrote, highlight=False)
-    append_log(out, [*warnings, wrote], result.config.run_id)  # run.log: what was printed
 
 
 @user_errors

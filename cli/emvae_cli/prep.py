@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from emvae.io import input_files
-from emvae.particles import Particles, open_images
-from emvae.preprocess import CHUNK, Normalize, Preprocess, write_cache
-from emvae.progress import training_progress
-from emvae.safety import check_writable, refuse_inputs_as_outputs
+from emvae.particles import Particles
+from emvae.preprocess import CHUNK, Normalize
+from emvae.preprocessing import preprocess_stack
 from emvae_cli import inputs as opt
 from emvae_cli.common import SEED_MAX, err_console, user_errors
 
@@ -38,29 +35,12 @@ def preprocess(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:
     """Preprocess once, streaming in chunks, into a cache that fit and encode memory-map."""
-    pre = Preprocess.for_inputs(
-        stacks, size=size, crop=crop, jitter=jitter, seed=seed, invert=invert,
-        normalize=norm, bg_radius=bg_radius,
+    wrote = preprocess_stack(
+        stacks, out, datadir=datadir, ind=ind, apix=apix, size=size, crop=crop, jitter=jitter,
+        seed=seed, invert=invert, normalize=norm, bg_radius=bg_radius, chunk=chunk, force=force,
+        progress=not quiet, say=lambda note: err_console.print(note, highlight=False),
     )  # fmt: skip
-    stack = open_images(stacks, pre, datadir, ind, apix)
-    for note in stack.notes:
-        err_console.print(f"note: {note}", highlight=False)
-    refuse_inputs_as_outputs([out], input_files(stack.inputs, stack.names))
-    check_writable(out.parent)
-    t0 = time.perf_counter()
-    with training_progress(not quiet) as bar:
-        write_cache(
-            stack,
-            pre,
-            out,
-            force=force,
-            chunk=max(1, chunk),
-            advance=bar.task("preprocessing", len(stack)),
-        )
-    dt = time.perf_counter() - t0
-    err_console.print(
-        f"wrote {out} ({len(stack)} images, {len(stack) / dt:.0f} images/s)", highlight=False
-    )
+    err_console.print(wrote, highlight=False)
 
 
 @user_errors
