@@ -327,15 +327,8 @@ def test_cli_commands_loop_only_to_print():
 #: Commands that still make more than one library call (a plan and its execution, a summary
 #: after the work, an error raised in the command), with how many; every other command: one.
 SEVERAL_CALLS = {
-    "analyze.py:convergence": 4,
-    "bench.py:encoders": 2,
-    "bench.py:throughput": 2,
-    "bench.py:gpu": 2,
-    "explore.py:explore": 3,
     "fit.py:fit": 4,
     "prep.py:preprocess": 7,
-    "relion.py:export_star": 2,
-    "report.py:report": 2,
 }
 
 
