@@ -876,6 +876,29 @@ def run_encoders(
     return pd.DataFrame(rows)
 
 
+def encoders_report(
+    out: str | Path,
+    n: int = 4000,
+    size: int = 40,
+    snrs: tuple[float, ...] = (1.0, 0.3),
+    encoders: tuple[str, ...] = ("equivariant", "mlp", "mlp/gaussian"),
+    objects: tuple[str, ...] = ("hinge",),
+    device: str = "auto",
+    progress: bool = True,
+    **runs: Any,
+) -> str:
+    """``emvae bench encoders``: :func:`run_encoders` (the same arguments), its fits sharing
+    the :class:`EncoderRuns` whose fields ``runs`` names; returns the line that says what was
+    written."""
+    table = run_encoders(
+        out, n, size, snrs, encoders, objects, EncoderRuns(**runs), device, progress=progress
+    )
+    return (
+        f"wrote {Path(out) / 'encoders_results.md'} and encoders_per_epoch.csv "
+        f"({len(table)} epochs)"
+    )
+
+
 def _first(rows: list[dict[str, Any]], key: str, threshold: float) -> int | None:
     """The first epoch whose ``key`` reaches ``threshold`` and stays there to the end."""
     first = None

@@ -20,7 +20,8 @@ checkpoints is then compared:
 Writes into ``RUN/convergence/``: ``convergence.csv`` (one row per consecutive pair),
 ``convergence.png`` (the four figures against the epoch, the ELBO of every epoch with the kept
 ones marked) and ``convergence.json`` (the settings, the epochs, the particles compared).
-The functions above :func:`convergence_run` are pure (arrays in, numbers out).
+The functions above :func:`convergence_run` are pure (arrays in, numbers out);
+:func:`check_convergence` is the command, with its progress display and the lines it prints.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch
 
 from emvae.errors import ConfigError
 from emvae.figures import plots
+from emvae.progress import training_progress
 from emvae.safety import atomic_output, claim_outputs, record_outputs
 
 if TYPE_CHECKING:
@@ -277,3 +279,39 @@ def convergence_run(
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     record_outputs(dest, FILES, config.run_id)
     return {**result, "table": table}
+
+
+def check_convergence(
+    run: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    max_particles: int | None = MAX_PARTICLES,
+    seed: int = 0,
+    k: int = 4,
+    method: str = "kmeans",
+    device: str = "cpu",
+    force: bool = False,
+    progress: bool = True,
+) -> list[str]:
+    """``emvae convergence``: :func:`convergence_run` with a display of the checkpoints encoded
+    (none without ``progress``). Returns the lines to print: the last pair's agreement (when
+    there is a pair) and the files written."""
+    from emvae.run import CONVERGENCE, Run, kept_checkpoints
+
+    with training_progress(progress) as bar:
+        r = Run.open(run)
+        advance = bar.task("encoding checkpoints", len(kept_checkpoints(r)))
+        result = convergence_run(r, out, max_particles, seed, k, method, device, force, advance)
+    dest = Path(out) if out is not None else Path(run) / CONVERGENCE
+    lines = []
+    table = result["table"]
+    if len(table):
+        last = table.iloc[-1]
+        lines.append(
+            f"{len(result['epochs'])} checkpoints (epochs {', '.join(map(str, result['epochs']))}) "
+            f"on {result['particles']} of {result['of_particles']} particles; last pair "
+            f"{int(last['epoch_a'])} -> {int(last['epoch_b'])}: z R^2 {last['z_r2']:.3f}, theta "
+            f"median difference {last['theta_diff_deg']:.2f} deg, cluster ARI "
+            f"{last['cluster_ari']:.3f}"
+        )
+    files = ", ".join(str(dest / name) for name in FILES)
+    return [*lines, f"wrote {files}"]

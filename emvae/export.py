@@ -9,7 +9,7 @@ what a STAR file needs (the input STAR whose rows it keeps, the box in px, the p
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +118,34 @@ def write_star_export(plan: StarExport, relion30: bool = False) -> str:
         plan.table, plan.out, plan.box, plan.apix, plan.particles, plan.optics, relion30,
         plan.optics_given,
     )  # fmt: skip
+
+
+def export_to_star(
+    source: Path,
+    out: Path,
+    *,
+    input_star: Path | None = None,
+    apix: float | None = None,
+    box: int | None = None,
+    relion30: bool = False,
+    voltage: float = Optics.voltage,
+    cs: float = Optics.cs,
+    amp_contrast: float = Optics.amplitude_contrast,
+    force: bool = False,
+    note: Callable[[str], None] = print,
+) -> str:
+    """``emvae export-star``: the export planned (:func:`plan_star_export`, the same
+    arguments), each of its notes given to ``note`` (before the file is written, so that they
+    come before a refusal), the file written (:func:`write_star_export`). Returns the line that
+    says what was written."""
+    plan = plan_star_export(
+        source, out, input_star=input_star, apix=apix, box=box, voltage=voltage, cs=cs,
+        amp_contrast=amp_contrast, force=force,
+    )  # fmt: skip
+    for line in plan.notes:
+        note(line)
+    layout = write_star_export(plan, relion30)
+    return f"wrote {out} ({len(plan.table)} particles, RELION {layout})"
 
 
 def check_star_names(table: pd.DataFrame, particles: pd.DataFrame, star: Path) -> None:

@@ -59,6 +59,7 @@ import torch
 
 from emvae.config import ModelConfig
 from emvae.data import default_pass_memory_mb
+from emvae.errors import ConfigError
 from emvae.hostsync import HostSyncCounter, optimizer_counters
 from emvae.models import SpatialVAE
 from emvae.stages import COARSE_PX
@@ -190,9 +191,12 @@ def run_gpu_check(
     ``gpu_check.jsonl`` and ``gpu_check.md`` into ``out``; returns the rows. A section that
     fails is recorded (``{"section": ..., "error": ...}``) and the next one runs. ``work``:
     where the simulated stack (about 0.8 GB at 50,000 x 64 px) and the fits' run folders go
-    (default: ``out``)."""
+    (default: ``out``). A section not of :data:`SECTIONS` is refused before anything runs."""
     from emvae.data import resolve_device
 
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown --sections {sorted(unknown)}; choose from {list(SECTIONS)}")
     out = Path(out)
     dev = resolve_device(device)
     plan = plan or Plan.make(tiny)

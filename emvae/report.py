@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,35 @@ def agreement_lines(result: dict[str, Any]) -> list[str]:
         for column, r in columns.items()
     ]
     return lines
+
+
+@dataclass
+class ReportLines:
+    """What ``emvae report`` prints: the agreement with the reference (:func:`agreement_lines`),
+    the warnings (to stand out) and the files written."""
+
+    agreement: list[str]
+    warnings: list[str]
+    wrote: str
+
+
+def report_run(
+    run: str | os.PathLike[str],
+    reference: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    examples: int = EXAMPLES,
+    force: bool = False,
+    partial: bool = False,
+) -> ReportLines:
+    """``emvae report``: :func:`write_report` (the same arguments), and the lines to print."""
+    result = write_report(run, reference, out, examples, force, partial)
+    dest = Path(out) if out is not None else Path(run) / REPORT
+    return ReportLines(
+        agreement_lines(result),
+        list(result["warnings"]),
+        f"wrote {dest / 'report.html'}, {dest / 'report.json'} and {len(result['figures'])} "
+        "figures",
+    )
 
 
 def _write_report(

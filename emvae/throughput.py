@@ -32,7 +32,7 @@ from typing import Any, cast
 import torch
 
 from emvae.config import EM_WIDTH, GALAXY_ENC_WIDTH, WIDTH, ModelConfig
-from emvae.data import keep_freed_memory
+from emvae.data import keep_freed_memory, resolve_device
 from emvae.errors import ConfigError
 from emvae.models import SpatialVAE
 from emvae.train import training_step
@@ -319,7 +319,7 @@ def loader_report(
 
 def measure_all(
     names: Sequence[str],
-    dev: torch.device,
+    device: str | torch.device,
     precisions: Sequence[str] = ("fp32",),
     batches: Sequence[int] = (100,),
     steps: int = 5,
@@ -331,7 +331,9 @@ def measure_all(
 ) -> list[Measurement]:
     """:func:`measure` for every configuration in ``names`` x precision x batch size, each
     plain, then streamed (``stream``), then with the CTF (``ctf``); one line to ``log`` per
-    measurement as it comes. ``options``: :func:`measure`'s other keywords."""
+    measurement as it comes. ``device``: a device, or its name (``auto``, ``cpu``, ``cuda:N``).
+    ``options``: :func:`measure`'s other keywords."""
+    dev = resolve_device(device) if isinstance(device, str) else device
     unknown = set(names) - set(CONFIGS)
     if unknown:
         raise ConfigError(f"unknown --config {sorted(unknown)}; choose from {sorted(CONFIGS)}")

@@ -9,9 +9,8 @@ from typing import Literal
 import typer
 
 from emvae.analyze import analyze_run
-from emvae.convergence import convergence_run
-from emvae.progress import training_progress
-from emvae.run import ANALYZE, CONVERGENCE, Run, kept_checkpoints
+from emvae.convergence import check_convergence
+from emvae.run import ANALYZE, CONVERGENCE
 from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, err_console, user_errors
 
 Method = Literal["kmeans", "gmm"]
@@ -80,21 +79,21 @@ def analyze(
 def convergence(
     run: Path = typer.Argument(..., help="A run directory (emvae fit -o)."),
     max_particles: int = typer.Option(
-        arg(convergence_run, "max_particles"),
+        arg(check_convergence, "max_particles"),
         "--max-particles",
         min=0,
         help="Particles encoded per checkpoint, drawn once with --seed (0: all).",
     ),
     k: int = typer.Option(
-        arg(convergence_run, "k"), "-k", "--clusters", min=1, help="Clusters of z per epoch."
+        arg(check_convergence, "k"), "-k", "--clusters", min=1, help="Clusters of z per epoch."
     ),
     method: Method = typer.Option(
-        arg(convergence_run, "method"),
+        arg(check_convergence, "method"),
         "--method",
         help="kmeans (scikit-learn KMeans) or gmm (Gaussian mixture).",
     ),
     seed: int = typer.Option(
-        arg(convergence_run, "seed"),
+        arg(check_convergence, "seed"),
         "--seed",
         min=0,
         max=SEED_MAX,
@@ -116,27 +115,6 @@ def convergence(
     sign and axes), the median difference of theta after the best global offset, the adjusted
     Rand index of k clusters of z, and the ELBO. Writes convergence.csv (one row per pair),
     convergence.png and convergence.json."""
-    with training_progress(not quiet) as bar:
-        n = len(kept_checkpoints(Run.open(run)))
-        advance = bar.task("encoding checkpoints", n)
-        result = convergence_run(
-            run, out, max_particles, seed, k, method, device, force, advance=advance
-        )
-    dest = out or run / CONVERGENCE
-    table = result["table"]
-    if len(table):
-        last = table.iloc[-1]
-        err_console.print(
-            f"{len(result['epochs'])} checkpoints (epochs {', '.join(map(str, result['epochs']))}) "
-            f"on {result['particles']} of {result['of_particles']} particles; last pair "
-            f"{int(last['epoch_a'])} -> {int(last['epoch_b'])}: z R^2 {last['z_r2']:.3f}, theta "
-            f"median difference {last['theta_diff_deg']:.2f} deg, cluster ARI "
-            f"{last['cluster_ari']:.3f}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    err_console.print(
-        f"wrote {dest / 'convergence.csv'}, {dest / 'convergence.png'}, "
-        f"{dest / 'convergence.json'}",
-        highlight=False,
-    )
+    lines = check_convergence(run, out, max_particles, seed, k, method, device, force, not quiet)
+    for line in lines:
+        err_console.print(line, highlight=False)

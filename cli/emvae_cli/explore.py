@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import errno
-import socket
+from functools import partial
 from pathlib import Path
 
 import typer
 
-from emvae.errors import EmvaeError
+from emvae.explore_serve import serve_explorer
 from emvae_cli.common import DEVICE, DEVICE_HELP, err_console, user_errors
-
-LOCAL = ("127.0.0.1", "localhost", "::1")
-
-
-def _check_port(host: str, port: int) -> None:
-    """Fail with one line before loading anything when ``host:port`` cannot be bound."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise EmvaeError(f"{host}:{port} is in use; choose another --port") from None
-            raise EmvaeError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
 
 
 @user_errors
@@ -52,24 +36,10 @@ def explore(
     image, reconstruction and pose-free rendering on a click, sliders that move the
     generator through z, theta and the shift, and selections saved as index lists for
     emvae select --indices and emvae fit --ind. Stops with Ctrl+C."""
-    try:
-        from emvae.explore_app import make_app, serve
-    except ImportError:
-        from emvae.explore import EXPLORE_HINT
-
-        raise EmvaeError(EXPLORE_HINT) from None
-
-    _check_port(host, port)
-    app = make_app(run, device, out)
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/"
-    if host not in LOCAL:
-        err_console.print(
-            f"listening on {host}: anyone who can reach this machine can use the explorer",
-            highlight=False,
-        )
-    typer.echo(f"emvae explore: {url}  (Ctrl+C stops)")
-    serve(app, host, port)
+    serve_explorer(
+        run, host, port, device, out, say=typer.echo,
+        warn=partial(err_console.print, highlight=False),
+    )  # fmt: skip
 
 
 @user_errors

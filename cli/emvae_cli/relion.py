@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import typer
 
-from emvae.export import align_run, plan_star_export, write_star_export
+from emvae.export import align_run, export_to_star
 from emvae.io.star_export import Optics
 from emvae_cli.common import DEVICE, DEVICE_HELP, err_console, user_errors
 from emvae_cli.inputs import APIX, DATADIR, IND
@@ -45,16 +46,12 @@ def export_star(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
 ) -> None:
     """Write an emvae particle table as a RELION STAR file (3.1 with optics by default)."""
-    plan = plan_star_export(
-        source, out, input_star=input_star, apix=apix, box=box, voltage=voltage, cs=cs,
-        amp_contrast=amp_contrast, force=force,
+    wrote = export_to_star(
+        source, out, input_star=input_star, apix=apix, box=box, relion30=relion30,
+        voltage=voltage, cs=cs, amp_contrast=amp_contrast, force=force,
+        note=partial(err_console.print, highlight=False),
     )  # fmt: skip
-    for note in plan.notes:
-        err_console.print(note, highlight=False)
-    layout = write_star_export(plan, relion30)
-    err_console.print(
-        f"wrote {out} ({len(plan.table)} particles, RELION {layout})", highlight=False
-    )
+    err_console.print(wrote, highlight=False)
 
 
 @user_errors

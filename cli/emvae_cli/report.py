@@ -8,8 +8,7 @@ import typer
 
 from emvae import montage as mt
 from emvae.montage import write_montages
-from emvae.report import agreement_lines, write_report
-from emvae.run import REPORT
+from emvae.report import report_run
 from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
 
 
@@ -27,7 +26,7 @@ def report(
         None, "-o", "--out", show_default=False, help="Folder for the report (default RUN/report)."
     ),
     examples: int = typer.Option(
-        arg(write_report, "examples"),
+        arg(report_run, "examples"),
         "--examples",
         min=0,
         help="Held-out particles shown beside their reconstructions (0: none).",
@@ -44,17 +43,12 @@ def report(
     With --reference: circular correlation, angular error, shift and latent correlations.
     Writes PNGs, report.json and a self-contained report.html (numbered figures with units,
     example particles and their reconstructions, the run's montages, how the run was made)."""
-    result = write_report(run, reference, out, examples, force, partial)
-    dest = out or run / REPORT
-    for line in agreement_lines(result):
+    lines = report_run(run, reference, out, examples, force, partial)
+    for line in lines.agreement:
         err_console.print(line, highlight=False)
-    for warning in result["warnings"]:
+    for warning in lines.warnings:
         err_console.print(warning, highlight=False, style="bold")
-    err_console.print(
-        f"wrote {dest / 'report.html'}, {dest / 'report.json'} and {len(result['figures'])} "
-        "figures",
-        highlight=False,
-    )
+    err_console.print(lines.wrote, highlight=False)
 
 
 @user_errors
