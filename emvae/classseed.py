@@ -92,15 +92,23 @@ def seed_classes(
     assert enc.class_prob is not None and enc.ncc is not None  # a class model, with the ELBO
     now = enc.class_prob.argmax(1)
     junk = junk_probability(np.c_[enc.elbo, enc.ncc], now)
-    features = _aligned(model, data, enc.pose_mu, device, batch_size)
     keep = np.flatnonzero(~(junk >= JUNK))  # NaN scores are kept
     if len(keep) < 2 * k:
         return ctx.gather(np.where(junk >= JUNK, -1, now))[0]
     rng = np.random.default_rng(seed)
     fit = np.sort(rng.choice(keep, min(len(keep), FIT_PARTICLES), replace=False))
+    features = _aligned(model, data, enc.pose_mu, device, batch_size, fit)
     pca = PCA(min(COMPONENTS, len(fit) - 1, features.shape[1]), random_state=seed)
-    points = pca.fit(features[fit]).transform(features)
-    labels = _clusters(_standardised(features[fit]), points[fit], points, k, seed)
+    pca.fit(features)
+    # every particle's components, a block of aligned images at a time: (N, C), not (N, F)
+    block = max(batch_size, FIT_PARTICLES // 4)
+    points = np.concatenate(
+        [
+            pca.transform(_aligned(model, data, enc.pose_mu, device, batch_size, rows))
+            for rows in np.array_split(np.arange(len(now)), -(-len(now) // block))
+        ]
+    )
+    labels = _clusters(_standardised(features), points[fit], points, k, seed)
     keep = keep[labels[keep] >= 0]
     # number the clusters as the model's classes that hold most of their particles
     overlap = np.zeros((k, k))
@@ -159,19 +167,21 @@ def _aligned(
     pose_mu: np.ndarray,
     device: torch.device,
     batch_size: int,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The images at the inference networks' size, aligned by the poses ``pose_mu`` ``(N, P)``
-    (model units) and cut to the disc inside the box: ``(N, C * pixels in the disc)`` float32."""
+    """The images ``rows`` (default: all) at the inference networks' size, aligned by their
+    poses in ``pose_mu`` ``(N, P)`` (model units) and cut to the disc inside the box:
+    ``(len(rows), C * pixels in the disc)`` float32."""
     size = model.config.encoder_px
     centre = (size - 1) / 2
     yy, xx = np.mgrid[:size, :size] - centre
     disc = torch.from_numpy((xx**2 + yy**2).ravel() <= centre**2)
-    n = data.shape[0]
+    rows = np.arange(data.shape[0]) if rows is None else rows
     out = []
-    for start in range(0, n, batch_size):
-        batch = torch.arange(start, min(start + batch_size, n))
+    for start in range(0, len(rows), batch_size):
+        batch = torch.from_numpy(rows[start : start + batch_size])
         x = encoder_view(gather(data, batch, device).float(), size)
-        pose = torch.from_numpy(pose_mu[start : start + len(batch)]).to(device, torch.float32)
+        pose = torch.from_numpy(pose_mu[batch.numpy()]).to(device, torch.float32)
         shift = pose[:, 1:3] if model.config.translation else pose.new_zeros(len(batch), 2)
         theta_deg, shift_px = model_to_image_pose(pose[:, 0], shift, size)
         a = align_images(x, theta_deg, shift_px).flatten(2)[:, :, disc.to(x.device)]
