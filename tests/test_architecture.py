@@ -156,6 +156,10 @@ OWNERS = {
     "emvae.safety": ({"use_force"}, [r"use --force"]),  # an existing output: refuse, or --force
     "emvae.ctf": ({"phase_flip", "phase_flipped"}, [r"\bsign\(\s*ctf"]),  # phases flipped
     "emvae.plotstyle": (set(), [r"\bdpi\s*=", r"\.savefig\(", r"\brcParams\b"]),  # one style
+    "emvae.metrics": (  # correlations and angular errors of a fit against a reference or truth
+        {"pearson", "circular_correlation", "circular_mean", "angular_error_deg"},
+        [r"\bcorrcoef\("],
+    ),
 }
 
 
@@ -230,6 +234,14 @@ def test_refusals_phase_flips_and_the_plot_style_have_one_owner():
     only, and figures are written at one resolution in one style by ``plotstyle`` only
     (issue 36)."""
     assert _copies(_sources(), ("emvae.safety", "emvae.ctf", "emvae.plotstyle")) == []
+
+
+def test_correlations_have_one_owner():
+    """A Pearson correlation (or a circular one) is ``metrics.pearson``'s to compute: no other
+    module calls ``np.corrcoef`` (issue 36: bench computed its own)."""
+    assert _copies(_sources(), ("emvae.metrics",)) == []
+    found = _copies({"a": "r = np.corrcoef(x, y)[0, 1]\n", "b": "r = circcorrcoef(a, b)\n"})
+    assert found == ["a: 'corrcoef(' (emvae.metrics's)"]
 
 
 def test_the_owner_check_sees_refusals_flips_and_styles():
