@@ -508,7 +508,7 @@ def pose_recovery(
     dimension with the defocus)."""
     from emvae.encode import encode
     from emvae.geometry import model_to_image_pose
-    from emvae.metrics import angular_error_deg, circular_correlation
+    from emvae.metrics import angular_error_deg, circular_correlation, pearson
 
     enc = encode(model, data, next(model.parameters()).device, batch_size=batch, elbo=False)
     cfg = model.config
@@ -517,33 +517,23 @@ def pose_recovery(
     theta_deg, shift_px = model_to_image_pose(pose[:, 0], shift, cfg.image_size)
     theta = theta_deg.numpy()
     true = truth["theta_deg"].to_numpy(float)
-    pearson = [
-        abs(float(np.corrcoef(enc.z_mu[:, k], truth["conformation"])[0, 1]))
-        for k in range(cfg.zdim)
-    ]
-    best = int(np.nanargmax(pearson)) if pearson and not np.isnan(pearson).all() else 0
+    rs = [abs(pearson(enc.z_mu[:, k], truth["conformation"])) for k in range(cfg.zdim)]
+    best = int(np.nanargmax(rs)) if rs and not np.isnan(rs).all() else 0
+    shift_rs = [pearson(shift_px[:, k].numpy(), truth[f"shift_{a}_px"]) for k, a in enumerate("xy")]
     out = {}
     if "defocus_um" in truth and cfg.zdim:  # z should follow the molecule, not the microscope
         out["z_defocus_pearson"] = max(
-            abs(float(np.corrcoef(enc.z_mu[:, k], truth["defocus_um"])[0, 1]))
-            for k in range(cfg.zdim)
+            abs(pearson(enc.z_mu[:, k], truth["defocus_um"])) for k in range(cfg.zdim)
         )
     out |= {
         "theta_circ_corr": abs(circular_correlation(np.radians(theta), np.radians(true))),
         "theta_median_error_deg": angular_error_deg(theta, true)[0],
-        "z_conformation_pearson": max(pearson, default=float("nan")),
+        "z_conformation_pearson": max(rs, default=float("nan")),
         "z_spread_over_std": float(
             enc.z_mu[:, best].std() / np.median(enc.z_std[:, best]) if cfg.zdim else np.nan
         ),
         # signed: the shifts as the table reports them against the true shifts
-        "shift_pearson": float(
-            np.mean(
-                [
-                    np.corrcoef(shift_px[:, k], truth[f"shift_{a}_px"])[0, 1]
-                    for k, a in enumerate("xy")
-                ]
-            )
-        ),  # fmt: skip
+        "shift_pearson": float(np.mean(shift_rs)),
     }
     if "theta_body_deg" in truth:
         body = truth["theta_body_deg"].to_numpy(float)

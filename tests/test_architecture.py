@@ -153,6 +153,13 @@ OWNERS = {
         {"check_same_run"},
         [r"\brun_id\b[^\n]*[!=]=|[!=]=[^\n]*\brun_id\b"],  # a run id compared on a line
     ),
+    "emvae.safety": ({"use_force"}, [r"use --force"]),  # an existing output: refuse, or --force
+    "emvae.ctf": ({"phase_flip", "phase_flipped"}, [r"\bsign\(\s*ctf"]),  # phases flipped
+    "emvae.plotstyle": (set(), [r"\bdpi\s*=", r"\.savefig\(", r"\brcParams\b"]),  # one style
+    "emvae.metrics": (  # correlations and angular errors of a fit against a reference or truth
+        {"pearson", "circular_correlation", "circular_mean", "angular_error_deg"},
+        [r"\bcorrcoef\("],
+    ),
 }
 
 
@@ -219,6 +226,91 @@ def test_the_owner_check_sees_run_ids_compared():
     }
     found = sorted(c.split(":")[0] for c in _copies(copies, ("emvae.run",)))
     assert found == ["a", "b", "c"]  # keywords and keys are no comparison; the owner's: its own
+
+
+def test_refusals_phase_flips_and_the_plot_style_have_one_owner():
+    """The words "use --force" are said by ``safety.use_force`` only (through
+    ``refuse_existing`` and ``claim_outputs``), the phases are flipped by ``ctf.phase_flip``
+    only, and figures are written at one resolution in one style by ``plotstyle`` only
+    (issue 36)."""
+    assert _copies(_sources(), ("emvae.safety", "emvae.ctf", "emvae.plotstyle")) == []
+
+
+def test_correlations_have_one_owner():
+    """A Pearson correlation (or a circular one) is ``metrics.pearson``'s to compute: no other
+    module calls ``np.corrcoef`` (issue 36: bench computed its own)."""
+    assert _copies(_sources(), ("emvae.metrics",)) == []
+    found = _copies({"a": "r = np.corrcoef(x, y)[0, 1]\n", "b": "r = circcorrcoef(a, b)\n"})
+    assert found == ["a: 'corrcoef(' (emvae.metrics's)"]
+
+
+def test_the_owner_check_sees_refusals_flips_and_styles():
+    copies = {
+        "a": 'raise OutputExistsError(f"{out}: exists; use --force to overwrite")\n',
+        "b": "f = f * torch.sign(ctf_grid(params, d))[:, None]\ndef phase_flip(x, p): ...\n",
+        "c": 'fig.savefig(path, dpi=110)\nmatplotlib.rcParams["font.size"] = 9\n',
+        "d": "with matplotlib.rc_context(STYLE):\n    save(fig, path)  # --force: replace\n",
+        "emvae.plotstyle": "fig.savefig(path, dpi=dpi)\n",
+    }
+    owners = ("emvae.safety", "emvae.ctf", "emvae.plotstyle")
+    found = sorted(c.split(":")[0] for c in _copies(copies, owners))
+    assert found == ["a", "b", "b", "c", "c", "c"]
+
+
+#: emvae's input specs (``file.h5:/dataset``, ``file.fits[EXT]``, ``k@path`` stacks) read and
+#: their readers chosen: emvae.io's functions, defined nowhere else (issue 36).
+IO_ONLY = {"split_h5_path", "split_fits_path", "spec_file", "input_kind", "kind_by_suffix"}
+
+
+def test_only_io_parses_input_specs():
+    found = [
+        f"{name}: def {n.name}"
+        for name, source in _sources().items()
+        if not name.startswith("emvae.io")
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.FunctionDef) and n.name in IO_ONLY | {"input_files"}
+    ]
+    assert found == []
+
+
+def test_the_figures_draw_from_arrays():
+    """emvae.figures draws what it is given (arrays, tables, a config for the captions): it
+    opens no run, checkpoint or model (issue 36: the plots took a Run and loaded the model)."""
+    graph = _graph()
+    opened = {"emvae.run", "emvae.checkpoint", "emvae.models", "emvae.particles", "emvae.data"}
+    found = [
+        f"{name}: {dep}"
+        for name, deps in graph.items()
+        if name.startswith("emvae.figures")
+        for dep in deps
+        if dep in opened or dep.startswith("emvae.models.")
+    ]
+    found += [
+        f"{name}: {t}"
+        for name, path in _modules().items()
+        if name.startswith("emvae.figures")
+        for t in _imports(ast.parse(path.read_text()))
+        if t.split(".")[0] == "torch"
+    ]
+    assert found == []
+
+
+#: Module-level defaults that are config.py's only: Galaxy Zoo's window and network, and the
+#: networks' widths and layer counts (issue 36).
+CONFIG_DEFAULTS = re.compile(r"GALAXY_\w+|\w*(?:WIDTH|LAYERS|HIDDEN)")
+
+
+def test_galaxy_and_layer_defaults_live_in_config():
+    found = [
+        f"{name}: {t.id}"
+        for name, source in _sources().items()
+        if name != "emvae.config"
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(t, ast.Name) and CONFIG_DEFAULTS.fullmatch(t.id)
+    ]
+    assert found == []
 
 
 #: An input's suffix tested against a reader's (which reader reads it): emvae.io's to decide

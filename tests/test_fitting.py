@@ -76,3 +76,18 @@ def test_notes_before_training_and_nothing_after_on_other_ranks(tiny_stack, tmp_
         "start_fit (16 images)",
     ]
     assert not (out / LOG).exists()
+
+
+def test_a_resume_reads_the_last_checkpoint_once(tiny_stack, tmp_path, monkeypatch):
+    """--resume reads checkpoints/last.pt once (issue 36: the command line read it, then
+    train.fit again): the plan reads it and hands it on."""
+    from emvae import checkpoint
+
+    out = tmp_path / "run"
+    fit_from_options([str(tiny_stack)], out, {**OPTIONS, "epochs": 1}, progress=False)
+    read, load = [], checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda p: read.append(p) or load(p))
+    fit_from_options(
+        [str(tiny_stack)], out, {"epochs": 2, "device": "cpu"}, resume=True, progress=False
+    )
+    assert [p.name for p in read].count("last.pt") == 1

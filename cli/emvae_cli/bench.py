@@ -13,7 +13,7 @@ from emvae.config import Generator, ModelConfig, RotationBins, TrainConfig
 from emvae.errors import ConfigError
 from emvae.gpucheck import SECTIONS
 from emvae.mnist import DATASETS
-from emvae.simulate import JUNK_KINDS, OBJECTS
+from emvae.simulate import OBJECTS
 from emvae.simulating import simulate_stack
 from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, default, err_console, user_errors
 
@@ -31,11 +31,15 @@ bench_app = typer.Typer(
 @user_errors
 def simulate(
     out: Path = typer.Argument(..., help="Folder to write particles.mrcs/.star and truth.csv."),
-    n: int = typer.Option(1000, "-n", "--n", help="Number of particles."),
-    size: int = typer.Option(40, "--size", help="Box size, px."),
-    snr: float = typer.Option(1.0, "--snr", help="Signal variance / noise variance."),
-    shift_std: float = typer.Option(2.0, "--shift-std", help="Shift std, px."),
-    apix: float = typer.Option(1.0, "--apix", help="Pixel size, A."),
+    n: int = typer.Option(arg(simulate_stack, "n"), "-n", "--n", help="Number of particles."),
+    size: int = typer.Option(arg(simulate_stack, "size"), "--size", help="Box size, px."),
+    snr: float = typer.Option(
+        arg(simulate_stack, "snr"), "--snr", help="Signal variance / noise variance."
+    ),
+    shift_std: float = typer.Option(
+        arg(simulate_stack, "shift_std"), "--shift-std", help="Shift std, px."
+    ),
+    apix: float = typer.Option(arg(simulate_stack, "apix"), "--apix", help="Pixel size, A."),
     defocus: str | None = typer.Option(
         None,
         "--ctf",
@@ -44,9 +48,14 @@ def simulate(
         "(0.8:2.5); 300 kV, Cs 2.7 mm, amplitude contrast 0.1.",
     ),
     astigmatism: float = typer.Option(
-        0.0, "--astigmatism", min=0, help="With --ctf: defocus U - V in um, at random angles."
+        arg(simulate_stack, "astigmatism"),
+        "--astigmatism",
+        min=0,
+        help="With --ctf: defocus U - V in um, at random angles.",
     ),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed."),
+    seed: int = typer.Option(
+        arg(simulate_stack, "seed"), "--seed", min=0, max=SEED_MAX, help="Random seed."
+    ),
     obj: Particle = typer.Option(
         HINGE,
         "--object",
@@ -54,24 +63,26 @@ def simulate(
         "(a domain slides along an L), random (drawn from --object-seed).",
     ),
     object_seed: int = typer.Option(
-        0, "--object-seed", help="Seed of the random object (with --object random)."
+        arg(simulate_stack, "object_seed"),
+        "--object-seed",
+        help="Seed of the random object (with --object random).",
     ),
     scale_std: float = typer.Option(
-        0.0,
+        arg(simulate_stack, "scale_std"),
         "--scale-std",
         min=0,
         help="Each particle magnified by exp(N(0, S^2)) (std of the log-scale; truth.csv gets "
         "scale_x, scale_y).",
     ),
     stretch_std: float = typer.Option(
-        0.0,
+        arg(simulate_stack, "stretch_std"),
         "--stretch-std",
         min=0,
         help="Each particle stretched along its own x and y axes by exp(+t), exp(-t), "
         "t ~ N(0, T^2).",
     ),
     bend_std: float = typer.Option(
-        0.0,
+        arg(simulate_stack, "bend_std"),
         "--bend-std",
         min=0,
         help="Each particle bent: the point (x, y) of the molecule moves to (x, y + b x^2), "
@@ -100,23 +111,25 @@ def simulate(
         "conformation goes from 0 to 1 (repeat for a domain of several ranges).",
     ),
     hinge_deg: float = typer.Option(
-        30.0, "--hinge-deg", help="With --domain: the turn at conformation 1, degrees (> 0 closes)."
+        arg(simulate_stack, "hinge_deg"),
+        "--hinge-deg",
+        help="With --domain: the turn at conformation 1, degrees (> 0 closes).",
     ),
     view: str = typer.Option(
-        "auto",
+        arg(simulate_stack, "view"),
         "--view",
         help="With --structure: ROT,TILT,PSI in degrees (RELION's ZYZ Euler angles), or auto "
         "(the view in which the motion shows most).",
     ),
     tilt_deg: float = typer.Option(
-        0.0,
+        arg(simulate_stack, "tilt_deg"),
         "--tilt-deg",
         min=0,
         help="With --structure: each particle's view tilted out of plane by N(0, T^2) degrees "
         "about a random in-plane axis (truth.csv gets tilt_deg, tilt_axis_deg).",
     ),
     classes: int = typer.Option(
-        1,
+        arg(simulate_stack, "classes"),
         "--classes",
         min=1,
         help="A mixture of K molecules: --object and the next ones of its family (hinge, "
@@ -131,7 +144,7 @@ def simulate(
         help="With --classes: the classes' shares, comma-separated (0.5,0.3,0.2; default equal).",
     ),
     junk: float = typer.Option(
-        0.0,
+        arg(simulate_stack, "junk"),
         "--junk",
         min=0,
         max=0.99,
@@ -139,7 +152,7 @@ def simulate(
         "--junk-kinds; same CTF and noise as the particles.",
     ),
     junk_kinds: str = typer.Option(
-        ",".join(JUNK_KINDS),
+        arg(simulate_stack, "junk_kinds"),
         "--junk-kinds",
         help="Junk: noise (no signal), ice (broad blobs), fragment (part of a particle), "
         "neighbour (a second particle overlapping the box).",

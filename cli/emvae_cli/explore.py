@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from emvae.explore_serve import serve_explorer
-from emvae_cli.common import DEVICE, DEVICE_HELP, err_console, user_errors
+from emvae.render import export_run
+from emvae_cli.common import DEVICE, DEVICE_HELP, arg, err_console, user_errors
 
 
 @user_errors
@@ -16,9 +17,11 @@ def explore(
     run: Path = typer.Argument(
         ..., help="A run directory (emvae fit -o), or a folder of runs (a menu on the page)."
     ),
-    port: int = typer.Option(8050, "--port", min=1, max=65535, help="Port to listen on."),
+    port: int = typer.Option(
+        arg(serve_explorer, "port"), "--port", min=1, max=65535, help="Port to listen on."
+    ),
     host: str = typer.Option(
-        "127.0.0.1",
+        arg(serve_explorer, "host"),
         "--host",
         help="Address to listen on; the default is this machine only (0.0.0.0: every "
         "network interface, without any password).",
@@ -46,7 +49,9 @@ def explore(
 def export_onnx(
     run: Path = typer.Argument(..., help="A run directory or a checkpoint (.pt)."),
     out: Path = typer.Option(..., "-o", "--out", help="The ONNX file to write."),
-    opset: int = typer.Option(18, "--opset", min=18, help="ONNX opset version."),
+    opset: int = typer.Option(
+        arg(export_run, "opset"), "--opset", min=18, help="ONNX opset version."
+    ),
     check: bool = typer.Option(
         True, "--check/--no-check", help="Run the file in onnxruntime and compare with torch."
     ),
@@ -57,6 +62,4 @@ def export_onnx(
     view counter-clockwise (the particle table's theta_deg); shift_px moves its centre, in
     model pixels, +x right, +y up; the image is the generator's pixel mean (normalised units,
     or probabilities for a Bernoulli model), without CTF."""
-    from emvae.render import export_run
-
     err_console.print(export_run(run, out, opset, check, force), highlight=False, soft_wrap=True)

@@ -8,6 +8,7 @@ from typing import Literal
 import typer
 
 from emvae.config import (
+    PASS_MEMORY_MB,
     SMALL_IMAGE_PX,
     SMALL_WIDTH,
     WIDTH,
@@ -33,11 +34,13 @@ from emvae.config import (
 from emvae.example import EXAMPLE_OPTIONS
 from emvae.fitting import encode_particles, fit_from_options
 from emvae.preprocess import Normalize
+from emvae.stages import FINE_IMAGES
 from emvae_cli import inputs as opt
 from emvae_cli.common import (
     DEVICE,
     DEVICE_HELP,
     SEED_MAX,
+    arg,
     command_line,
     default,
     err_console,
@@ -332,7 +335,7 @@ def fit(
         T,
         "fine_images",
         "Full-size epochs after coarse stages train on at most N images (a random subset each "
-        "epoch; 0: all). Default: 5000 when fit chooses the schedule (no -n), else 0.",
+        f"epoch; 0: all). Default: {FINE_IMAGES} when fit chooses the schedule (no -n), else 0.",
         show_default=False,
     ),
     fine_train: str = field_option(
@@ -352,7 +355,8 @@ def fit(
         T,
         "pass_memory_mb",
         "Memory for the generator's activations in one pass, MB: a batch that needs more is "
-        "rendered in several passes whose gradients are summed (the same step). Default: 1024 "
+        "rendered in several passes whose gradients are summed (the same step). Default: "
+        f"{PASS_MEMORY_MB} "
         "on a CPU, a quarter of the GPU's memory on CUDA.",
         "--pass-memory",
         min=1,
@@ -406,7 +410,9 @@ def encode(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (.pt) or a run directory."),
     stacks: list[str] = typer.Argument(..., help=opt.INPUTS_HELP, show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Table to write: .csv or .h5."),
-    batch_size: int = typer.Option(256, "-b", "--batch-size", min=1, help="Images per batch."),
+    batch_size: int = typer.Option(
+        arg(encode_particles, "batch_size"), "-b", "--batch-size", min=1, help="Images per batch."
+    ),
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     seed: int = field_option(
         T, "seed", "Seed of the per-particle ELBO sample.", min=0, max=SEED_MAX

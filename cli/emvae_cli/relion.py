@@ -9,7 +9,7 @@ import typer
 
 from emvae.export import align_run, export_to_star
 from emvae.io.star_export import Optics
-from emvae_cli.common import DEVICE, DEVICE_HELP, err_console, user_errors
+from emvae_cli.common import DEVICE, DEVICE_HELP, arg, err_console, user_errors
 from emvae_cli.inputs import APIX, DATADIR, IND
 
 SOURCE_HELP = "A run directory (particles.h5 + config.json) or a table (.csv/.h5) from emvae."
@@ -65,7 +65,9 @@ def align(
     ind: str | None = IND,
     apix: float | None = APIX,
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
-    batch_size: int = typer.Option(1024, "-b", "--batch-size", min=1, help="Images per batch."),
+    batch_size: int = typer.Option(
+        arg(align_run, "batch_size"), "-b", "--batch-size", min=1, help="Images per batch."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT and its average."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ) -> None:

@@ -58,7 +58,10 @@ def montage(
         None, "-o", "--out", show_default=False, help="Folder (default RUN/montage)."
     ),
     pairs: int = typer.Option(
-        4, "--pairs", min=1, help="Random pairs of test particles to interpolate."
+        arg(write_montages, "pairs"),
+        "--pairs",
+        min=1,
+        help="Random pairs of test particles to interpolate.",
     ),
     pair: list[str] | None = typer.Option(
         None, "--pair", show_default=False, help="A pair of image names 'A,B' (repeatable)."
@@ -86,7 +89,7 @@ def montage(
         True, "--gif/--no-gif", help="Animated GIF along the particles' main axis of z."
     ),
     gif_steps: int = typer.Option(
-        24,
+        arg(write_montages, "gif_steps"),
         "--gif-steps",
         min=2,
         help="GIF: steps along the path, ends included; it goes there and back, so the GIF "
