@@ -701,12 +701,9 @@ class Explorer:
             except (EmvaeError, OSError):
                 params = None
             if params is not None:
-                ctf = torch.from_numpy(np.asarray(params[index : index + 1])).to(self.device)
-                if mode == "phase-flip":
-                    from emvae.ctf import phase_flipped
+                from emvae.ctf import likelihood_ctf
 
-                    x = phase_flipped(x, params[index : index + 1])
-                    ctf = None
+                x, ctf = likelihood_ctf(params[index : index + 1], mode, x, self.device)
         with self.lock:
             self.model.eval()
             q = self.model.encode(x)

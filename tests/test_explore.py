@@ -290,6 +290,43 @@ def test_particle_shows_image_reconstruction_and_pose_free_rendering(grey, grey_
     assert np.array_equal(_png(p["reconstruction"]), to_pixels(images["reconstruction"], lo, hi))
 
 
+def test_the_particle_view_sees_the_image_as_the_fit_did(tmp_path):
+    """With --ctf phase-flip the observed image is the phase-flipped one the encoder saw; with
+    --ctf on the reconstruction carries the particle's CTF, as the likelihood compares it."""
+    from emvae.ctf import phase_flipped
+    from emvae.objective import with_ctf
+
+    sim = tmp_path / "sim"
+    args = ["simulate", str(sim), "-n", "30", "--size", "16", "--ctf", "1:2", "--apix", "3"]
+    assert runner.invoke(cli, [*args, "--seed", "3"]).exit_code == 0
+    k = 5
+    for mode in ("phase-flip", "on"):
+        out = tmp_path / mode
+        r = runner.invoke(
+            cli, ["fit", str(sim / "particles.star"), "-o", str(out), "--ctf", mode, *FIT]
+        )
+        assert r.exit_code == 0, r.output
+        ex = Explorer(Run.open(out), "cpu")
+        raw = ex.particles().images(np.array([k]))
+        params = ex.particles().ctf(mode)[k : k + 1]
+        images = ex.particle_images(k)
+        model = ex.model
+        seen = phase_flipped(raw, params) if mode == "phase-flip" else raw
+        assert np.allclose(images["observed"], seen[0].numpy(), atol=1e-6)
+        with torch.no_grad():
+            q = model.encode(seen)
+            plain = model.decode(q.z_mu, q.pose_mu, full=True)
+            ctf = torch.from_numpy(params).to(plain.dtype)
+            shown = with_ctf(model.config, plain, ctf) if mode == "on" else plain
+            recon = pixels_to_images(pixel_mean(model.config, shown), 16)[0].numpy()
+            bare = pixels_to_images(pixel_mean(model.config, plain), 16)[0].numpy()
+        assert np.allclose(images["reconstruction"], recon, atol=1e-5)
+        if mode == "phase-flip":
+            assert (seen - raw).abs().max().item() > 0.1  # the flip changed the image
+        else:
+            assert np.abs(recon - bare).max() > 1e-3  # the CTF changed the reconstruction
+
+
 @web
 def test_bad_requests_are_4xx_with_a_message(grey_run, tmp_path):
     client = TestClient(
