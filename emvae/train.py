@@ -271,7 +271,14 @@ def _fit(
                 seeded = ""
                 if epoch == tcfg.class_seed and cfg.classes > 1:
                     found = seed_classes(
-                        model, data, device, max(tcfg.batch, 256), tcfg.seed, ctf, eval_amp, ctx
+                        model,
+                        data,
+                        device,
+                        max(tcfg.batch_size, 256),
+                        tcfg.seed,
+                        ctf,
+                        eval_amp,
+                        ctx,
                     )
                     seeds = torch.from_numpy(found)
                     sizes = np.bincount(found[found >= 0], minlength=cfg.classes)
@@ -306,7 +313,7 @@ def _fit(
             if model.render_size != cfg.image_size:  # the table's ELBO: the full box
                 model.set_render_size(cfg.image_size)
             advance = bar.task("encoding", n)
-            batch = max(tcfg.batch, 256)
+            batch = max(tcfg.batch_size, 256)
             enc = encode(
                 model, data, device, batch, tcfg.seed, advance, ctx=ctx, ctf=ctf, amp=eval_amp
             )
@@ -426,9 +433,11 @@ def _train_epoch(
     augment = cfg.rotation and tcfg.augment_rotation
     names = term_names(cfg)
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
-    n_steps = math.ceil(n / tcfg.batch)
+    n_steps = math.ceil(n / tcfg.batch_size)
     bar.epoch_start(epoch, n_steps, n)
-    batches = [train_idx[perm[k * tcfg.batch : (k + 1) * tcfg.batch]] for k in range(n_steps)]
+    batches = [
+        train_idx[perm[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]] for k in range(n_steps)
+    ]
     parts = [ctx.part(len(b)) for b in batches]
     mine_idx = [b[p] for b, p in zip(batches, parts, strict=True)]
     images = prefetched(data, mine_idx, device, reader_count(tcfg.readers, device))
@@ -460,7 +469,7 @@ def _train_epoch(
         )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
-            done = min((step + 1) * tcfg.batch, n)
+            done = min((step + 1) * tcfg.batch_size, n)
             bar.step(running.read(sums[0], done))
         else:
             bar.step()
@@ -687,7 +696,7 @@ def evaluate(
     rng.manual_seed(seed)
     names = term_names(config.model)
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
-    bs = max(config.train.batch, 256)
+    bs = max(config.train.batch_size, 256)
     step = model.images_per_pass(training=False)
     for start in range(0, idx.shape[0], bs):
         batch = idx[start : start + bs]

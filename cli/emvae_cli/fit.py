@@ -86,7 +86,7 @@ def fit(
         "-b",
         "--batch-size",
         show_default=False,
-        help="Images per step (default 100 up to 48 px, 32 above; --example: 50).",
+        help=_h("Images per step.", T, "batch_size"),
     ),
     lr: float | None = typer.Option(
         None, "--lr", help=_h("Adam learning rate.", T, "lr"), show_default=False
