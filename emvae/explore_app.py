@@ -47,14 +47,8 @@ EXPLORE_HINT = (
 #: Hosts that only this machine reaches (any other is announced as open to the network).
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
-#: The page's own files (emvae/), and the vendored library's (emvae/vendor/, see its NOTICE).
-STATIC = ("explore.html", "explore.js")
-VENDOR = {
-    "regl.min.js": "text/javascript",
-    "pub-sub-es.js": "text/javascript",
-    "regl-scatterplot.esm.js": "text/javascript",
-    "regl-shim.js": "text/javascript",
-}
+#: The vendored scatter library's files (emvae/vendor/, see its NOTICE), all JavaScript.
+VENDOR = ("regl.min.js", "pub-sub-es.js", "regl-scatterplot.esm.js", "regl-shim.js")
 
 
 class Generate(BaseModel):
@@ -135,7 +129,7 @@ def make_app(
             raise RequestError(404, f"no file {name!r} here")
         return Response(
             static_file(f"vendor/{name}"),
-            media_type=VENDOR[name],
+            media_type="text/javascript",
             headers={"Cache-Control": "max-age=86400"},
         )
 
