@@ -57,12 +57,6 @@ if TYPE_CHECKING:
     from emvae.particles import Particles
     from emvae.select import InputRows
 
-#: The one line printed when the web framework is missing.
-#: FastAPI and uvicorn are dependencies of emvae: missing, the installation is broken.
-EXPLORE_HINT = (
-    "the explorer's web framework is missing: reinstall emvae (pip install emvae) or "
-    "pip install fastapi uvicorn"
-)
 #: A saved selection's answer lists its input rows up to this many (None beyond).
 MAX_LISTED = 100_000
 #: The most images one /generate request may ask for.
@@ -184,11 +178,10 @@ def display_range(images: np.ndarray, bernoulli: bool) -> tuple[float, float]:
 
 
 def to_pixels(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``(C, D, D)`` float -> ``(D, D)`` or ``(D, D, 3)`` uint8 over [lo, hi]."""
-    from emvae.figures.tiles import to_uint8
+    """``(C, D, D)`` float -> ``(D, D)`` or ``(D, D, 3)`` uint8 over [lo, hi] (one tile)."""
+    from emvae.figures.tiles import tile, to_uint8
 
-    a = to_uint8(image, lo, hi)
-    return a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    return tile(to_uint8(image, lo, hi)[None, None], pad=0)
 
 
 def png_data_url(image: np.ndarray, lo: float, hi: float) -> str:
@@ -206,12 +199,11 @@ def _json_value(v: Any) -> Any:
         return int(v)
     if isinstance(v, (float, np.floating)):
         return float(v) if math.isfinite(v) else None
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+    return None if v is None else str(v)
 
 
 def _floats(values: np.ndarray) -> list[float | None]:
-    a = np.asarray(values, dtype=np.float64)
-    return [float(v) if math.isfinite(v) else None for v in a]
+    return [float(v) if math.isfinite(v) else None for v in np.asarray(values, np.float64)]
 
 
 # ----------------------------------------------------------------------------- one run
@@ -259,10 +251,20 @@ class Explorer:
         self.batcher = Batcher(self._render_batch, self.lock)
         self._particles: Particles | None = None
         self._particles_error: str | None = None
-        self._ctf: torch.Tensor | None = None
         self._source: InputRows | None = None
-        self._numeric = self._numeric_columns()
-        self._colours = self._colour_columns()
+        frame = self.frame
+        self._numeric = [
+            str(c)
+            for c in frame.columns
+            if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+        ]
+        self._colours = self._numeric + [
+            str(c)
+            for c in frame.columns
+            if str(c) not in self._numeric
+            and str(c) != "image"
+            and frame[c].nunique() <= MAX_CATEGORIES
+        ]
         self.zrange = self._zranges()
         self.contrast = self._contrast()
 
@@ -286,7 +288,7 @@ class Explorer:
             pad = 0.1 * (hi - lo)
             if hi - lo < 1e-6:
                 lo, hi, pad = mid - 3.0, mid + 3.0, 0.0
-            walk = [float(v) for v in np.quantile(z, [WALK[0], WALK[1]])]
+            walk = [float(v) for v in np.quantile(z, WALK)]
             out.append({"min": lo - pad, "max": hi + pad, "value": mid, "walk": walk})
         return out
 
@@ -360,7 +362,7 @@ class Explorer:
                 col = col[np.isfinite(col)]
                 if len(col):
                     median[d] = float(np.median(col))
-                    walk[d] = [float(v) for v in np.quantile(col, [WALK[0], WALK[1]])]
+                    walk[d] = [float(v) for v in np.quantile(col, WALK)]
             share = float(mine.mean()) if len(self) else 0.0
             out.append(
                 {"class": c, "count": int(mine.sum()), "share": share, "z": median, "walk": walk}
@@ -374,22 +376,6 @@ class Explorer:
     def colour_columns(self) -> list[str]:
         """Numeric columns, and the text columns with few values (``split``)."""
         return list(self._colours)
-
-    def _numeric_columns(self) -> list[str]:
-        return [
-            str(c)
-            for c in self.frame.columns
-            if pd.api.types.is_numeric_dtype(self.frame[c])
-            and not pd.api.types.is_bool_dtype(self.frame[c])
-        ]
-
-    def _colour_columns(self) -> list[str]:
-        out = self.numeric_columns()
-        for c in self.frame.columns:
-            s = self.frame[c]
-            if str(c) not in out and str(c) != "image" and s.nunique() <= MAX_CATEGORIES:
-                out.append(str(c))
-        return out
 
     def views(self) -> list[dict[str, str]]:
         """The scatter's preset axes: z (or z1 against theta for 1-D z), PCA, UMAP."""
@@ -452,28 +438,19 @@ class Explorer:
                 raise RequestError(
                     404, f"{axis}={col!r}: no such numeric column (have {', '.join(numeric)})"
                 )
-        if classes is None:
-            out: dict[str, Any] = {
-                "x": _floats(self.frame[x].to_numpy()),
-                "y": _floats(self.frame[y].to_numpy()),
-                "xlabel": x,
-                "ylabel": y,
-            }
-            if colour:
-                out["colour"] = self.colours(colour)
-            return out
-        pos = self.class_positions(classes)
-        out = {
-            "index": [int(i) for i in pos],
-            "x": _floats(self.frame[x].to_numpy()[pos]),
-            "y": _floats(self.frame[y].to_numpy()[pos]),
+        pos = None if classes is None else self.class_positions(classes)
+        rows = slice(None) if pos is None else pos
+        out: dict[str, Any] = {} if pos is None else {"index": [int(i) for i in pos]}
+        out |= {
+            "x": _floats(self.frame[x].to_numpy()[rows]),
+            "y": _floats(self.frame[y].to_numpy()[rows]),
             "xlabel": x,
             "ylabel": y,
         }
         if colour:
             c = self.colours(colour)
             for key in ("codes", "values"):
-                if key in c:
+                if key in c and pos is not None:
                     c[key] = [c[key][i] for i in pos]
             out["colour"] = c
         return out
@@ -491,7 +468,7 @@ class Explorer:
         integers with few values): labels sorted, codes ``(n,)`` int64 into them, -1 missing.
         None for a continuous column."""
         s = self._check_colour(column)
-        numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+        numeric = column in self._numeric
         integral = numeric and np.all(np.mod(s.dropna().to_numpy(np.float64), 1) == 0)
         if numeric and column != "cluster" and not (integral and s.nunique() <= MAX_CATEGORIES):
             return None
@@ -538,18 +515,14 @@ class Explorer:
         """One column for every particle in table order as float32 (NaN where missing): a
         numeric column's values, or with ``codes`` (and always for a text column) a
         colouring's category codes into :meth:`colours`' ``labels`` (NaN missing)."""
-        numeric = self.numeric_columns()
-        if column in numeric and not codes:
-            result: np.ndarray = self.frame[column].to_numpy(np.float64).astype(np.float32)
-            return result
-        cats = self._categories(column) if column in self.colour_columns() else None
-        if cats is None:
-            if column in numeric:  # a continuous colour asked for as codes: its values
-                values: np.ndarray = self.frame[column].to_numpy(np.float64).astype(np.float32)
-                return values
+        if column not in self.colour_columns():  # every numeric column is one
             raise RequestError(
                 404, f"{column!r}: no such column (have {', '.join(self.colour_columns())})"
             )
+        cats = self._categories(column) if codes or column not in self._numeric else None
+        if cats is None:  # a numeric column (a continuous colour asked for as codes: too)
+            values: np.ndarray = self.frame[column].to_numpy(np.float64).astype(np.float32)
+            return values
         out = cats[1].astype(np.float32)
         out[cats[1] < 0] = np.nan
         return out
@@ -711,11 +684,10 @@ class Explorer:
             if ctf is not None:
                 params_out = with_ctf(self.cfg, params_out, ctf.to(params_out.dtype))
             recon = pixels_to_images(pixel_mean(self.cfg, params_out), self.size)
-        p = self.cfg
         pose = q.pose_mu.float()
-        theta = pose[:, 0] if p.rotation else pose.new_zeros(1)
-        r = int(p.rotation)  # the rigid part (affine / spline parameters follow it)
-        shift = pose[:, r : r + 2] if p.translation else pose.new_zeros(1, 2)
+        theta = pose[:, 0] if self.cfg.rotation else pose.new_zeros(1)
+        r = int(self.cfg.rotation)  # the rigid part (affine / spline parameters follow it)
+        shift = pose[:, r : r + 2] if self.cfg.translation else pose.new_zeros(1, 2)
         theta_deg, shift_px = model_to_image_pose(theta, shift, self.size)
         z = q.z_mu.float().cpu().numpy()
         best = q.best_class()
@@ -740,7 +712,7 @@ class Explorer:
         images = self.particle_images(index)
         lo, hi = self.contrast
         obs = images["observed"]
-        own = (0.0, 1.0) if self.cfg.likelihood == "bernoulli" else contrast(obs)
+        own = display_range(obs, self.cfg.likelihood == "bernoulli")
         recon_range = contrast(images["reconstruction"]) if self.cfg.ctf == "on" else (lo, hi)
         row = self.frame.iloc[index]
         out: dict[str, Any] = {
@@ -814,8 +786,8 @@ class Explorer:
         if len(bad):
             self.check_index(int(bad[0]))
         wanted = self.check_classes(classes)
-        shown = None if wanted is None else self.class_positions(wanted)
-        if wanted is not None and shown is not None:
+        shown = self.class_positions(wanted)  # every particle without classes
+        if wanted is not None:
             outside = pos[~np.isin(pos, shown)]
             if len(outside):
                 k = int(outside[0])
@@ -826,11 +798,11 @@ class Explorer:
                 )
         if rest:
             keep = np.zeros(len(self), bool)
-            keep[np.arange(len(self)) if shown is None else shown] = True
+            keep[shown] = True
             keep[pos] = False
             pos = np.flatnonzero(keep)
             if not len(pos):
-                what = "particle" if shown is None else "particle of the classes shown"
+                what = "particle" if wanted is None else "particle of the classes shown"
                 raise RequestError(400, f"every {what} is selected: the rest is empty")
         source = self._input_rows()
         rows = selected_input_rows(self.table, pos)

@@ -1,4 +1,5 @@
-"""``emvae explore`` -- the web half: the FastAPI app over :mod:`emvae.explore`, and its server.
+"""``emvae explore`` -- the web half: the FastAPI app over :mod:`emvae.explore`, the address
+checked (:func:`check_port`) and the app served (:func:`serve_explorer`).
 
 This module imports :mod:`emvae.explore` (the library: :class:`~emvae.explore.Explorer`, the
 runs served, the request errors) and nothing imports it back (no import circle).
@@ -22,6 +23,9 @@ carries its own; other emvae errors are 400, a malformed body FastAPI's 422).
 
 from __future__ import annotations
 
+import errno
+import socket
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,16 +36,19 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from emvae.errors import EmvaeError
-from emvae.explore import EXPLORE_HINT, RequestError, Runs
+from emvae.explore import RequestError, Runs
 
-#: The page's own files (emvae/), and the vendored library's (emvae/vendor/, see its NOTICE).
-STATIC = ("explore.html", "explore.js")
-VENDOR = {
-    "regl.min.js": "text/javascript",
-    "pub-sub-es.js": "text/javascript",
-    "regl-scatterplot.esm.js": "text/javascript",
-    "regl-shim.js": "text/javascript",
-}
+#: The one line printed when the server is missing (uvicorn, like FastAPI, is a dependency of
+#: emvae: missing, the installation is broken).
+EXPLORE_HINT = (
+    "the explorer's web framework is missing: reinstall emvae (pip install emvae) or "
+    "pip install fastapi uvicorn"
+)
+#: Hosts that only this machine reaches (any other is announced as open to the network).
+LOCAL = ("127.0.0.1", "localhost", "::1")
+
+#: The vendored scatter library's files (emvae/vendor/, see its NOTICE), all JavaScript.
+VENDOR = ("regl.min.js", "pub-sub-es.js", "regl-scatterplot.esm.js", "regl-shim.js")
 
 
 class Generate(BaseModel):
@@ -82,8 +89,27 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
 
 
-def build(runs: Runs) -> FastAPI:
-    """The app serving ``runs`` (:func:`make_app` opens them)."""
+def make_app(
+    run_path: str | Path,
+    device: torch.device | str = "cpu",
+    out_dir: str | Path | None = None,
+    preload: bool = True,
+) -> FastAPI:
+    """The FastAPI app serving the run at ``run_path`` (or the runs inside that folder).
+
+    ``device``: where the models run ("auto", "cpu", "cuda:N"); ``out_dir``: where selections
+    are written (default ``RUN/explore``); ``preload``: load a single run now (so that a broken
+    run is an error here, not at the first request). Test it with
+    ``fastapi.testclient.TestClient(make_app(...))``."""
+    from emvae.data import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    runs = Runs(run_path, dev, out_dir)
+    if preload and len(runs.paths) == 1:
+        try:
+            runs.get(runs.names()[0])
+        except RequestError as e:
+            raise EmvaeError(str(e)) from None
     app = FastAPI(title="emvae explore", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runs = runs
     app.add_exception_handler(EmvaeError, _request_error)
@@ -103,7 +129,7 @@ def build(runs: Runs) -> FastAPI:
             raise RequestError(404, f"no file {name!r} here")
         return Response(
             static_file(f"vendor/{name}"),
-            media_type=VENDOR[name],
+            media_type="text/javascript",
             headers={"Cache-Control": "max-age=86400"},
         )
 
@@ -156,28 +182,41 @@ def build(runs: Runs) -> FastAPI:
     return app
 
 
-def make_app(
-    run_path: str | Path,
-    device: torch.device | str = "cpu",
-    out_dir: str | Path | None = None,
-    preload: bool = True,
-) -> FastAPI:
-    """The FastAPI app serving the run at ``run_path`` (or the runs inside that folder).
-
-    ``device``: where the models run ("auto", "cpu", "cuda:N"); ``out_dir``: where selections
-    are written (default ``RUN/explore``); ``preload``: load a single run now (so that a broken
-    run is an error here, not at the first request). Test it with
-    ``fastapi.testclient.TestClient(make_app(...))``."""
-    from emvae.data import resolve_device
-
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    runs = Runs(run_path, dev, out_dir)
-    if preload and len(runs.paths) == 1:
+def check_port(host: str, port: int) -> None:
+    """Fail with one line before loading anything when ``host:port`` cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            runs.get(runs.names()[0])
-        except RequestError as e:
-            raise EmvaeError(str(e)) from None
-    return build(runs)
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise EmvaeError(f"{host}:{port} is in use; choose another --port") from None
+            raise EmvaeError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+
+
+def serve_explorer(
+    run: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    device: str = "auto",
+    out: str | Path | None = None,
+    *,
+    say: Callable[[str], None] = print,
+    warn: Callable[[str], None] = print,
+) -> None:
+    """Serve the explorer of ``run`` (a run directory, or a folder of runs) on ``host:port``
+    until interrupted, its models on ``device``, selections saved in ``out`` (default
+    ``RUN/explore``). The address is checked and the run loaded first (a failure is one
+    :class:`EmvaeError`); then ``warn`` is told when ``host`` is open beyond this machine and
+    ``say`` gets the URL."""
+    check_port(host, port)
+    app = make_app(run, device, out)
+    shown = f"[{host}]" if ":" in host else host
+    if host not in LOCAL:
+        warn(f"listening on {host}: anyone who can reach this machine can use the explorer")
+    say(f"emvae explore: http://{shown}:{port}/  (Ctrl+C stops)")
+    serve(app, host, port)
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8050) -> None:

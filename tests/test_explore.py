@@ -512,7 +512,8 @@ def test_vendored_scatter_library_is_served_from_the_package(grey_run, tmp_path)
 
 
 def test_the_explorer_modules_import_one_way():
-    """emvae.explore (the library) never imports emvae.explore_app (the web app): no circle."""
+    """emvae.explore (the library) never imports emvae.explore_app (the web app, its serving
+    included: one module, issue 36): no circle."""
     import ast
 
     import emvae.explore
@@ -531,6 +532,8 @@ def test_the_explorer_modules_import_one_way():
     assert not any("explore_app" in n for n in imported(emvae.explore))
     assert "fastapi" not in {n.split(".")[0] for n in imported(emvae.explore)}
     assert "emvae.explore" in imported(emvae.explore_app)
+    modules = sorted(p.name for p in Path(emvae.explore.__file__).parent.glob("explore*.py"))
+    assert modules == ["explore.py", "explore_app.py"]
 
 
 @web

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from emvae.explore_serve import serve_explorer
+from emvae.explore_app import serve_explorer
 from emvae.render import export_run
 from emvae_cli.common import DEVICE, DEVICE_HELP, arg, err_console, user_errors
 
