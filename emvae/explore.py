@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from emvae.particles import Particles
     from emvae.select import InputRows
 
+#: ``emvae explore``'s address by default: this machine only (emvae.explore_app serves it).
+HOST, PORT = "127.0.0.1", 8050
 #: A saved selection's answer lists its input rows up to this many (None beyond).
 MAX_LISTED = 100_000
 #: The most images one /generate request may ask for.

@@ -36,7 +36,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from emvae.errors import EmvaeError
-from emvae.explore import RequestError, Runs
+from emvae.explore import HOST, PORT, RequestError, Runs
 
 #: The one line printed when the server is missing (uvicorn, like FastAPI, is a dependency of
 #: emvae: missing, the installation is broken).
@@ -197,8 +197,8 @@ def check_port(host: str, port: int) -> None:
 
 def serve_explorer(
     run: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8050,
+    host: str = HOST,
+    port: int = PORT,
     device: str = "auto",
     out: str | Path | None = None,
     *,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from emvae.explore_app import serve_explorer
+from emvae.explore import HOST, PORT
 from emvae.render import export_run
 from emvae_cli.common import DEVICE, DEVICE_HELP, arg, err_console, user_errors
 
@@ -17,11 +17,9 @@ def explore(
     run: Path = typer.Argument(
         ..., help="A run directory (emvae fit -o), or a folder of runs (a menu on the page)."
     ),
-    port: int = typer.Option(
-        arg(serve_explorer, "port"), "--port", min=1, max=65535, help="Port to listen on."
-    ),
+    port: int = typer.Option(PORT, "--port", min=1, max=65535, help="Port to listen on."),
     host: str = typer.Option(
-        arg(serve_explorer, "host"),
+        HOST,
         "--host",
         help="Address to listen on; the default is this machine only (0.0.0.0: every "
         "network interface, without any password).",
@@ -39,6 +37,8 @@ def explore(
     image, reconstruction and pose-free rendering on a click, sliders that move the
     generator through z, theta and the shift, and selections saved as index lists for
     emvae select --indices and emvae fit --ind. Stops with Ctrl+C."""
+    from emvae.explore_app import serve_explorer  # FastAPI is imported for this command only
+
     serve_explorer(
         run, host, port, device, out, say=typer.echo,
         warn=partial(err_console.print, highlight=False),
