@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from emvae.errors import ConfigError
-from emvae.figures import plots
+from emvae.figures import page, plots
 from emvae.progress import training_progress
 from emvae.safety import atomic_output, claim_outputs, record_outputs
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from emvae.run import Run
 
 #: What :func:`convergence_run` writes (convergence.json last: complete when it is there).
-FILES = ("convergence.csv", "convergence.png", "convergence.json")
+FILES = ("convergence.csv", page.CONVERGENCE_PLOT.name, "convergence.json")
 #: convergence.csv's columns.
 COLUMNS = (
     "epoch_a",
@@ -273,7 +273,7 @@ def convergence_run(
     }
     with atomic_output(dest / "convergence.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-    with atomic_output(dest / "convergence.png") as tmp:
+    with atomic_output(dest / page.CONVERGENCE_PLOT.name) as tmp:
         plots.convergence(table, metrics, tmp)
     with atomic_output(dest / "convergence.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
