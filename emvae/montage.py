@@ -66,8 +66,7 @@ def interpolation(
     """One row per pair: observed A (if given), the generator at ``steps`` equally spaced z
     from ``z_a`` to ``z_b`` (both included), observed B. ``z_a``, ``z_b``: ``(P, K)``;
     observed ``(P, 2, C, D, D)``. Returns ``(P, steps [+ 2], C, D, D)``."""
-    t = torch.linspace(0, 1, steps, dtype=z_a.dtype)
-    t = t[None, :, None]
+    t = torch.linspace(0, 1, steps, dtype=z_a.dtype)[None, :, None]
     z = (1 - t) * z_a[:, None] + t * z_b[:, None]  # exactly z_a and z_b at the ends
     p, k = z_a.shape
     dec = decode_mean(model, z.reshape(p * steps, k)).reshape(p, steps, *_image_shape(model))

@@ -438,9 +438,8 @@ def _montages(folder: Path, last_checkpoint: Path) -> list[Shown]:
             if not path.exists():
                 continue
             stamp = last_checkpoint.exists() and last_checkpoint.stat().st_mtime
-            old = stamp and path.stat().st_mtime < stamp
             note = f" <b>Class {sub.name[5:]}.</b>" if classes else ""
-            if old:
+            if stamp and path.stat().st_mtime < stamp:
                 note += " <b>Made before the run's last checkpoint: run emvae montage again.</b>"
             shown.append(Shown(BY_NAME[name], path, note))
     return shown
