@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from emvae.errors import ConfigError, EmvaeError, InputError
-from emvae.figures import plots, tiles
+from emvae.figures import page, plots, tiles
 from emvae.latents import latent_columns
 from emvae.safety import claim_outputs, record_outputs
 
@@ -55,12 +55,7 @@ SKLEARN_HINT = (
 FILES = (
     "clusters.csv",
     "analyze.json",
-    "class_generator.png",
-    "class_averages.png",
-    "z_scatter.png",
-    "pca_scatter.png",
-    "umap_scatter.png",
-    "pc_trajectories.png",
+    *(f.name for f in page.FIGURES if f.folder == "analyze/"),
     "classes.mrcs",
     "class_averages.mrcs",
     "classes.star",
@@ -343,13 +338,15 @@ def analyze_run(
             decoded = decoded.clamp(0, 1)
         strip = class_labels(sizes)
         figures.append(
-            tiles.save_png(decoded[None], staging / "class_generator.png", scale=3, labels=strip)
+            tiles.save_png(
+                decoded[None], staging / page.CLASS_GENERATOR.name, scale=3, labels=strip
+            )
         )
         averages = _real_averages(r, table, labels, k, result["notes"])
         if averages is not None:
             figures.append(
                 tiles.save_png(
-                    averages[None], staging / "class_averages.png", scale=3, labels=strip
+                    averages[None], staging / page.CLASS_AVERAGES.name, scale=3, labels=strip
                 )
             )
         result["class_files"] = write_classes(
@@ -357,13 +354,13 @@ def analyze_run(
         )
         planes: dict[str, tuple[np.ndarray, tuple[str, str]]] = {}  # file: points, axes
         if zdim == 1:
-            figures.append(plots.clusters_1d(z[:, 0], labels, "z1", staging / "z_scatter.png"))
+            figures.append(plots.clusters_1d(z[:, 0], labels, "z1", staging / page.Z_SCATTER.name))
         else:
             pcs_named = (f"PC1 ({explained[0]:.0%} of the variance)", f"PC2 ({explained[1]:.0%})")
-            planes["z_scatter.png"] = (z[:, :2], ("z1", "z2"))
-            planes["pca_scatter.png"] = (scores[:, :2], pcs_named)
+            planes[page.Z_SCATTER.name] = (z[:, :2], ("z1", "z2"))
+            planes[page.PCA_SCATTER.name] = (scores[:, :2], pcs_named)
         if embedding is not None:
-            planes["umap_scatter.png"] = (embedding, ("UMAP1", "UMAP2"))
+            planes[page.UMAP_SCATTER.name] = (embedding, ("UMAP1", "UMAP2"))
         for name, (points, axes) in planes.items():
             figures.append(plots.clusters_2d(points, labels, axes, staging / name))
         if shown is None:
@@ -379,7 +376,7 @@ def analyze_run(
         grid = frames.reshape(p, n, *frames.shape[1:])
         if config.model.likelihood == "bernoulli":
             grid = grid.clamp(0, 1)
-        figures.append(tiles.save_png(grid, staging / "pc_trajectories.png", scale=3))
+        figures.append(tiles.save_png(grid, staging / page.PC_TRAJECTORIES.name, scale=3))
         result["figures"] = [f.name for f in figures]
         (staging / "analyze.json").write_text(json.dumps(result, indent=2) + "\n")
         written = {f.name for f in staging.iterdir()}

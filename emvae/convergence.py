@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from emvae.errors import ConfigError
-from emvae.figures import plots
+from emvae.figures import page, plots
 from emvae.progress import training_progress
 from emvae.safety import atomic_output, claim_outputs, record_outputs
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from emvae.run import Run
 
 #: What :func:`convergence_run` writes (convergence.json last: complete when it is there).
-FILES = ("convergence.csv", "convergence.png", "convergence.json")
+FILES = ("convergence.csv", page.CONVERGENCE_PLOT.name, "convergence.json")
 #: convergence.csv's columns.
 COLUMNS = (
     "epoch_a",
@@ -97,15 +97,6 @@ def z_agreement(z_a: np.ndarray, z_b: np.ndarray) -> float:
     return 0.5 * (_r2(a, b) + _r2(b, a))
 
 
-def theta_agreement(theta_a_deg: np.ndarray, theta_b_deg: np.ndarray) -> tuple[float, float]:
-    """``(median angular difference, global offset)`` in degrees between two epochs' rotations
-    ``(N,)``, after the offset that best brings b onto a
-    (:func:`emvae.metrics.angular_error_deg`)."""
-    from emvae.metrics import angular_error_deg
-
-    return angular_error_deg(theta_a_deg, theta_b_deg)
-
-
 def cluster_agreement(labels_a: np.ndarray, labels_b: np.ndarray) -> float:
     """Adjusted Rand index between two clusterings ``(N,)`` of the same particles: 1 for the
     same partition whatever the cluster names, about 0 for unrelated ones."""
@@ -136,6 +127,7 @@ def convergence_table(
     (``method``, ``seed``; NaN without z or with fewer than ``k`` particles), and the ELBO of
     the later epoch from ``metrics`` (metrics.csv; NaN where absent)."""
     from emvae.analyze import cluster
+    from emvae.metrics import angular_error_deg
 
     snaps = sorted(snapshots, key=lambda s: s.epoch)
     labels: list[np.ndarray | None] = []
@@ -148,7 +140,7 @@ def convergence_table(
         a, b, la, lb = snaps[i - 1], snaps[i], labels[i - 1], labels[i]
         has_z = a.z.ndim == 2 and a.z.shape[1] > 0
         r2 = z_agreement(a.z, b.z) if has_z else float("nan")
-        diff, offset = theta_agreement(a.theta_deg, b.theta_deg)
+        diff, offset = angular_error_deg(a.theta_deg, b.theta_deg)
         row = {
             "epoch_a": a.epoch,
             "epoch_b": b.epoch,
@@ -273,7 +265,7 @@ def convergence_run(
     }
     with atomic_output(dest / "convergence.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-    with atomic_output(dest / "convergence.png") as tmp:
+    with atomic_output(dest / page.CONVERGENCE_PLOT.name) as tmp:
         plots.convergence(table, metrics, tmp)
     with atomic_output(dest / "convergence.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")

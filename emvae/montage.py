@@ -24,8 +24,7 @@ from scipy.stats import norm
 from torch import Tensor
 
 from emvae.errors import ConfigError, InputError
-from emvae.figures import tiles
-from emvae.figures.page import MONTAGES
+from emvae.figures import page, tiles
 from emvae.figures.tiles import Labels, z_lines
 from emvae.io.stack import image_key, image_label
 from emvae.latents import latent_columns
@@ -67,8 +66,7 @@ def interpolation(
     """One row per pair: observed A (if given), the generator at ``steps`` equally spaced z
     from ``z_a`` to ``z_b`` (both included), observed B. ``z_a``, ``z_b``: ``(P, K)``;
     observed ``(P, 2, C, D, D)``. Returns ``(P, steps [+ 2], C, D, D)``."""
-    t = torch.linspace(0, 1, steps, dtype=z_a.dtype)
-    t = t[None, :, None]
+    t = torch.linspace(0, 1, steps, dtype=z_a.dtype)[None, :, None]
     z = (1 - t) * z_a[:, None] + t * z_b[:, None]  # exactly z_a and z_b at the ends
     p, k = z_a.shape
     dec = decode_mean(model, z.reshape(p * steps, k)).reshape(p, steps, *_image_shape(model))
@@ -468,7 +466,7 @@ def _write_set(
     (None: no run table)."""
     pairs, named_pairs, steps, grid, samples, seed, gif_steps, labels = o
     config = model.config
-    claim_outputs(dest, MONTAGES, replace, "montages")
+    claim_outputs(dest, page.MONTAGES, replace, "montages")
     dest.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     notes: list[str] = []
@@ -476,7 +474,9 @@ def _write_set(
         k = config.zdim
         path_z = z_data = None
         if k == 0:
-            written.append(tiles.save_png(prior_samples(model, 1, 1), dest / "canonical.png", 4))
+            written.append(
+                tiles.save_png(prior_samples(model, 1, 1), dest / page.CANONICAL.name, 4)
+            )
         else:
             if table is not None and table.empty:
                 table = None  # a class that holds no particle: the prior's montages only
@@ -486,21 +486,21 @@ def _write_set(
             # grids span what the particles cover, not the prior
             z_data = None if table is None else table[latent_columns(table)].to_numpy(np.float64)
             if k <= 2:
-                name, grid_z = "manifold.png", manifold(model, grid, z_data)
+                name, grid_z = page.MANIFOLD.name, manifold(model, grid, z_data)
                 tags: Labels | None = manifold_labels(k, grid, z_data)
             else:
-                name, grid_z = "traversals.png", traversals(model, z_data=z_data)
+                name, grid_z = page.TRAVERSALS.name, traversals(model, z_data=z_data)
                 tags = traversal_labels(k, z_data=z_data)
             written.append(tiles.save_png(grid_z, dest / name, labels=tags if labels else None))
         if config.pose != "rigid":  # each pose parameter, next to z's traversals
             z_mid = None if z_data is None else torch.from_numpy(np.median(z_data, 0)).float()
             tags = pose_traversal_labels(model) if labels else None
             pictures = pose_traversals(model, z=z_mid)
-            written.append(tiles.save_png(pictures, dest / "pose_traversals.png", labels=tags))
+            written.append(tiles.save_png(pictures, dest / page.POSE_TRAVERSALS.name, labels=tags))
         if k:
             tags = prior_labels(k, samples, samples, seed) if labels else None
             pictures = prior_samples(model, samples, samples, seed)
-            written.append(tiles.save_png(pictures, dest / "prior_samples.png", labels=tags))
+            written.append(tiles.save_png(pictures, dest / page.PRIOR_SAMPLES.name, labels=tags))
         if k and gif_steps:
             if z_data is not None:  # along the particles' main axis of variation
                 path_z = principal_path(z_data)
@@ -512,10 +512,10 @@ def _write_set(
             z = path_z[0] + t[:, None] * (path_z[1] - path_z[0])
             captions = [z_lines(v, most=2) for v in z.tolist()] if labels else None
             frames = decode_mean(model, z)
-            gif = dest / "latent_motion.gif"
+            gif = dest / page.LATENT_MOTION.name
             written.append(tiles.save_gif(frames, gif, positions=t.numpy(), captions=captions))
     finally:  # claim_outputs found no other files of these names: all are emvae's now
-        record_outputs(dest, MONTAGES, run_id)
+        record_outputs(dest, page.MONTAGES, run_id)
     return written, notes
 
 
@@ -576,7 +576,7 @@ def _interpolations(
     if labels and observed is not None:  # each observed end: its image number and theta
         names = [[_particle_lines(table.iloc[i]) for i in (a, b)] for a, b in idx.tolist()]
     tags = interpolation_labels(z_a, z_b, steps, names or ()) if labels else None
-    path = dest / "interpolation.png"
+    path = dest / page.INTERPOLATION.name
     written.append(tiles.save_png(pictures, path, own_contrast=ends, labels=tags))
     return torch.stack([z_a[0], z_b[0]])
 

@@ -25,8 +25,7 @@ import torch
 from emvae import montage as mt
 from emvae.config import RunConfig
 from emvae.errors import ConfigError, InputError
-from emvae.figures import plots, tiles
-from emvae.figures.page import REPORT_FILES, html_page
+from emvae.figures import page, plots, tiles
 from emvae.io.stack import image_label
 from emvae.latents import latent_columns, latent_usage, unused_warning
 from emvae.models import SpatialVAE
@@ -66,12 +65,12 @@ def write_report(
         box = r.config.data.input_size or r.config.model.image_size
         ref = read_reference(reference, box, r.config.data.apix)
         matched = match_all(table, ref, str(reference), partial)
-    claim_outputs(dest, REPORT_FILES, force or out is None, "report files")
+    claim_outputs(dest, page.REPORT_FILES, force or out is None, "report files")
     dest.mkdir(parents=True, exist_ok=True)
     try:
         return _write_report(run, r, table, dest, reference, matched, examples)
     finally:  # claim_outputs found no other files of these names: all are emvae's now
-        record_outputs(dest, REPORT_FILES, r.config.run_id)
+        record_outputs(dest, page.REPORT_FILES, r.config.run_id)
 
 
 def agreement_lines(result: dict[str, Any]) -> list[str]:
@@ -170,13 +169,15 @@ def _write_report(
     zs = latent_columns(table)
     figures: list[Path | None] = []
     if metrics is not None:
-        figures.append(plots.learning_curves(metrics, dest / "learning_curves.png"))
-        figures.append(plots.latent_kl(metrics, dest / "latent_kl.png"))
+        figures.append(plots.learning_curves(metrics, dest / page.LEARNING_CURVES.name))
+        figures.append(plots.latent_kl(metrics, dest / page.LATENT_KL.name))
     data = config.data
     figures += [
-        plots.pose_histograms(table, dest / "pose_histograms.png", data.apix, data.arcsec_per_px),
-        plots.deform_histograms(table, dest / "deform_histograms.png"),
-        plots.z_histograms(table[zs], unused, dest / "z_histograms.png"),
+        plots.pose_histograms(
+            table, dest / page.POSE_HISTOGRAMS.name, data.apix, data.arcsec_per_px
+        ),
+        plots.deform_histograms(table, dest / page.DEFORM_HISTOGRAMS.name),
+        plots.z_histograms(table[zs], unused, dest / page.Z_HISTOGRAMS.name),
     ]
     colour, label = None, ""
     if reference is not None and matched is not None:
@@ -190,20 +191,20 @@ def _write_report(
                     ours["theta_deg"].to_numpy(float),
                     theirs["theta_deg"].to_numpy(float),
                     result["rotation"]["offset_deg"],
-                    dest / "theta_vs_reference.png",
+                    dest / page.THETA_VS_REFERENCE.name,
                 )
             )
         pairs = [
             (z, ours[z].to_numpy(), f, theirs[f].to_numpy(), r)
             for z, f, r in best_factors(result["latent"])[:4]
         ]
-        figures.append(plots.z_vs_reference(pairs, unused, dest / "z_vs_reference.png"))
+        figures.append(plots.z_vs_reference(pairs, unused, dest / page.Z_VS_REFERENCE.name))
         factors = [f for z in result["latent"].values() for f in z]
         if factors and len(ours) == len(table):
             label = factors[0]
             colour = theirs[label].to_numpy(float)
     z_data = table[zs].to_numpy(np.float64)
-    figures.append(plots.latent_scatter(z_data, dest / "latent_scatter.png", colour, label))
+    figures.append(plots.latent_scatter(z_data, dest / page.LATENT_SCATTER.name, colour, label))
     model = None  # checkpoints/last.pt, loaded once, when a figure draws with the generator
     if config.model.zdim >= 1 and zs:
         model = r.model()[0]
@@ -226,21 +227,21 @@ def _write_report(
                 for c in range(1, config.model.classes + 1)
             ]
         if len(zs) == config.model.zdim:
-            figures.append(_traversals(model, by_class, dest / "latent_traversals.png"))
+            figures.append(_traversals(model, by_class, dest / page.LATENT_TRAVERSALS.name))
         with model.rendering_class(None if largest is None else largest - 1):
             if config.model.zdim == 2 and len(zs) == 2:
-                metric = _local_metric(model, z_data, dest / "latent_metric.png")
-                result["latent_metric"] = metric
-                figures.append(dest / "latent_metric.png")
+                path = dest / page.LATENT_METRIC.name
+                result["latent_metric"] = _local_metric(model, z_data, path)
+                figures.append(path)
     if "junk" in table and table["junk"].notna().any():
         result["junk"] = {
             "mean": float(table["junk"].mean()),
             "above_half": int((table["junk"] > 0.5).sum()),
         }
-        figures.append(_junk(r, table, dest / "junk.png", warnings))
+        figures.append(_junk(r, table, dest / page.JUNK.name, warnings))
     if examples > 0:
         model = r.model()[0] if model is None else model
-        path = dest / "reconstructions.png"
+        path = dest / page.RECONSTRUCTIONS.name
         figures.append(_reconstructions(r, model, table, path, examples, warnings))
     result["figures"] = [p.name for p in figures if p is not None]
     analysis = _of_this_fit(Path(run) / ANALYZE, config, "latent analysis", warnings)
@@ -250,8 +251,9 @@ def _write_report(
     if agreement is not None:
         result["convergence"] = agreement
     (dest / "report.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
-    page = html_page(result, dest, config, r.path / MONTAGE, r.last)
-    (dest / "report.html").write_text(page)
+    (dest / "report.html").write_text(
+        page.html_page(result, dest, config, r.path / MONTAGE, r.last)
+    )
     return result
 
 

@@ -235,10 +235,10 @@ def test_one_and_zero_latent_dimensions(tmp_path):
     assert "pca_scatter.png" not in info["figures"] and "z_scatter.png" in info["figures"]
     assert info["class_files"] == ["classes.mrcs", "classes.star"]  # no averages to write
     # the report's caption says what the 1-D figure draws: z1 by rank and its histogram
-    from emvae.figures.page import caption
+    from emvae.figures.page import Z_SCATTER, Context
     from emvae.run import Run
 
-    title, text = caption("z_scatter.png", {}, Run(run1).config)
+    text = Z_SCATTER.caption(Context({}, Run(run1).config))
     assert "rank" in text and "histogram" in text and "density" not in text
     clusters = pd.read_csv(run1 / "analyze" / "clusters.csv")
     z1 = read_table(run1 / "particles.csv")["z1"].to_numpy(float)

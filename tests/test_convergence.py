@@ -33,14 +33,16 @@ def test_z_agreement_ignores_sign_scale_order_and_offset():
 
 
 def test_theta_agreement_is_zero_after_a_global_offset():
+    from emvae.metrics import angular_error_deg
+
     rng = np.random.default_rng(1)
     theta = rng.uniform(-180, 180, 500)
-    assert cv.theta_agreement(theta, theta) == (0.0, 0.0)
+    assert angular_error_deg(theta, theta) == (0.0, 0.0)
     turned = (theta + 30.0 + 180.0) % 360.0 - 180.0  # the whole canonical view turned
-    diff, offset = cv.theta_agreement(theta, turned)
+    diff, offset = angular_error_deg(theta, turned)
     assert diff == pytest.approx(0.0, abs=1e-6) and offset == pytest.approx(-30.0, abs=1e-6)
     noisy = theta + rng.normal(scale=2.0, size=500)
-    assert 0.5 < cv.theta_agreement(theta, noisy)[0] < 2.5  # median |N(0, 2)| = 1.35
+    assert 0.5 < angular_error_deg(theta, noisy)[0] < 2.5  # median |N(0, 2)| = 1.35
 
 
 def test_cluster_agreement_ignores_the_names():

@@ -46,9 +46,7 @@ def analyze(
         None, "-o", "--out", show_default=False, help=f"Folder (default RUN/{ANALYZE})."
     ),
     force: bool = typer.Option(
-        False,
-        "--force",
-        help="Replace an earlier analysis in -o (not files emvae did not write).",
+        False, "--force", help="Replace an earlier analysis in -o (not files emvae did not write)."
     ),
 ) -> None:
     """Clusters of the particles in z (numbered by size, like RELION's classes) and PCA.

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from emvae import montage as mt
-from emvae.montage import write_montages
 from emvae.report import report_run
 from emvae_cli.common import SEED_MAX, arg, err_console, user_errors
 
@@ -58,7 +57,7 @@ def montage(
         None, "-o", "--out", show_default=False, help="Folder (default RUN/montage)."
     ),
     pairs: int = typer.Option(
-        arg(write_montages, "pairs"),
+        arg(mt.write_montages, "pairs"),
         "--pairs",
         min=1,
         help="Random pairs of test particles to interpolate.",
@@ -89,7 +88,7 @@ def montage(
         True, "--gif/--no-gif", help="Animated GIF along the particles' main axis of z."
     ),
     gif_steps: int = typer.Option(
-        arg(write_montages, "gif_steps"),
+        arg(mt.write_montages, "gif_steps"),
         "--gif-steps",
         min=2,
         help="GIF: steps along the path, ends included; it goes there and back, so the GIF "
@@ -110,7 +109,7 @@ def montage(
 
     Everything is the generator's mean at theta = 0, dx = 0. Manifold, traversals and the GIF
     span the range of z the run's particles cover (the prior's, given only a checkpoint)."""
-    written, notes = write_montages(
+    written, notes = mt.write_montages(
         source,
         out,
         pairs,

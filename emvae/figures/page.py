@@ -142,137 +142,144 @@ def _z_scatter(c: Context) -> str:
     )
 
 
+# One constant per figure: the writers take its file name from here, the page the rest.
+# fmt: off
+LEARNING_CURVES = Figure("learning_curves.png", "", TRAINING, "Learning curves", lambda c: (
+    "Per epoch, on the training particles (solid) and the held-out test particles "
+    "(dashed): the ELBO (higher is better), the reconstruction error −log p(image | z, "
+    "pose) and the KL divergence of the posterior from the prior, in nats per particle."
+))
+LATENT_KL = Figure("latent_kl.png", "", TRAINING, "Information carried by each latent dimension",
+                   lambda c: (
+    f"Test KL divergence of each z from its prior per epoch, nats per particle; below "
+    f"the dotted line ({KL_UNUSED} nats) a dimension counts as unused."
+))
+POSE_HISTOGRAMS = Figure("pose_histograms.png", "", POSES, "Inferred poses", _pose_histograms)
+DEFORM_HISTOGRAMS = Figure("deform_histograms.png", "", POSES,
+                           "Inferred scales, shear and bending", _deform_histograms)
+THETA_VS_REFERENCE = Figure("theta_vs_reference.png", "", POSES,
+                            "Rotation against the reference", lambda c: (
+    f"Each particle's θ minus the best global offset ({_rotation(c, 'offset_deg', 0):+.1f}°) "
+    f"against the reference angle, degrees; on the dotted diagonal where they agree "
+    f"(median error {_rotation(c, 'median_error_deg', float('nan')):.1f}°)."
+))
+Z_HISTOGRAMS = Figure("z_histograms.png", "", LATENT, "Latent values", lambda c: (
+    "Distribution of the particles' posterior means of each z, in units of the prior's "
+    "standard deviation; unused dimensions in red."
+))
+LATENT_SCATTER = Figure("latent_scatter.png", "", LATENT, "Latent space", _latent_scatter)
+Z_VS_REFERENCE = Figure("z_vs_reference.png", "", LATENT, "Latent against the reference",
+                        lambda c: (
+    "Each particle's posterior mean of z (prior standard-deviation units) against the "
+    "reference factor that z follows best (in the reference's units); r: Pearson "
+    "correlation over the matched particles."
+))
+LATENT_TRAVERSALS = Figure("latent_traversals.png", "", LATENT, "Per-dimension traversals",
+                           lambda c: (
+    "One row per z: the generator at θ = 0, Δx = 0 with that z from the particles' 2nd "
+    "to 98th percentile (prior standard-deviation units, under the tiles) and the "
+    "other dimensions at their medians; a row that does not change is an unused "
+    "dimension" + (
+        "; with classes, each class's rows over its own particles' z."
+        if c.result.get("latent_class") is not None else "."
+    )
+))
+LATENT_METRIC = Figure("latent_metric.png", "", LATENT, "Decoded grid with the local metric",
+                       _latent_metric)
+JUNK = Figure("junk.png", "", EXAMPLES, "Junk", lambda c: (
+    "Histogram of the junk score (the probability that the model does not explain a "
+    "particle, from its ELBO and its correlation with its rendering, class by class; "
+    f"{c.result.get('junk', {}).get('above_half', 0)} particles above 0.5, the dotted "
+    "line) and, below, the particles that score worst, with their image numbers and scores."
+), pixels=True)
+RECONSTRUCTIONS = Figure("reconstructions.png", "", EXAMPLES,
+                         "Example particles and their reconstructions", lambda c: (
+    "Held-out particles spread over the range of z. Top: the particle as the model sees "
+    "it (preprocessed, normalised), with its image number and inferred θ (degrees); "
+    "middle: the generator's mean at the particle's inferred z and pose, its "
+    "reconstruction; bottom: the same z at θ = 0, Δx = 0, the canonical view"
+    + (" (the renderings are CTF-free; the particles carry their CTFs)."
+       if c.config.model.ctf == "on" else ".")
+), pixels=True)
+INTERPOLATION = Figure("interpolation.png", "montage/", MONTAGE, "Interpolation between particles",
+                       lambda c: (
+    "Each row: two held-out particles at the ends (as observed, with θ in degrees) and "
+    "the generator at θ = 0, Δx = 0 for z equally spaced between their posterior means "
+    "(t: the fraction of the way from the left particle to the right one)."
+), pixels=True)
+MANIFOLD = Figure("manifold.png", "montage/", MONTAGE, "The learned manifold", lambda c: (
+    "The generator at θ = 0, Δx = 0 for z on quantiles of the particles' posterior "
+    "means: z1 along the columns" + (", z2 up the rows." if c.k == 2 else ".")
+), pixels=True)
+TRAVERSALS = Figure("traversals.png", "montage/", MONTAGE, "Latent traversals", lambda c: (
+    "One row per z, from the particles' 2nd to 98th percentile (values under the "
+    "tiles), the other dimensions at their medians; θ = 0, Δx = 0."
+), pixels=True)
+POSE_TRAVERSALS = Figure("pose_traversals.png", "montage/", MONTAGE, "Pose traversals",
+                         lambda c: (
+    "One row per pose parameter (--pose " + esc(c.config.model.pose) + "), the others at "
+    "the identity and z at the particles' medians: θ over a full turn (degrees), each "
+    "shift over ±2 prior standard deviations (pixels), log s_x, log s_y and the shear "
+    "over the fitted prior's mean ± 2 of its standard deviations, each spline control "
+    "point's x and y displacement over ±2 prior standard deviations (pixels; control "
+    "points numbered row by row from the top left). Values under the tiles."
+), pixels=True)
+PRIOR_SAMPLES = Figure("prior_samples.png", "montage/", MONTAGE, "Samples from the prior",
+                       lambda c: (
+    "The generator at θ = 0, Δx = 0 for z drawn from N(0, I); each tile's z under it."
+), pixels=True)
+LATENT_MOTION = Figure("latent_motion.gif", "montage/", MONTAGE, "Motion along the main axis of z",
+                       lambda c: (
+    "Animation: the generator at θ = 0, Δx = 0 along the first principal component of "
+    "the particles' posterior means (2nd to 98th percentile) and back; the marker under "
+    "the image shows the position along the path."
+), pixels=True)
+CANONICAL = Figure("canonical.png", "montage/", MONTAGE, "The canonical view",
+                   lambda c: "The generator at θ = 0, Δx = 0 (no latent).", pixels=True)
+CONVERGENCE_PLOT = Figure("convergence.png", "convergence/", CONVERGENCE,
+                          "Convergence across checkpoints", lambda c: (
+    "For each pair of consecutive kept checkpoints, against the later epoch: how well "
+    "one epoch's z predicts the other's (r of an affine fit: 1 = the same latents), "
+    "the median difference of θ after the best global turn (degrees) and the adjusted "
+    "Rand index of their clusters of z (1 = the same partition); and the ELBO of every "
+    "epoch (nats per particle), the compared checkpoints marked."
+))
+CLASS_GENERATOR = Figure("class_generator.png", "analyze/", ANALYSIS,
+                         "Generator at each cluster's centre", lambda c: (
+    "The generator's mean at θ = 0, Δx = 0 at each cluster's mean z, cluster 1 (the "
+    "largest) on the left; each tile's cluster number above it, its particles (and "
+    "their fraction) under it."
+), pixels=True)
+CLASS_AVERAGES = Figure("class_averages.png", "analyze/", ANALYSIS, "Cluster averages", lambda c: (
+    "The aligned average of each cluster's particles (input pixels), cluster 1 on the "
+    "left; each tile's cluster number above it, its particles (and their fraction) "
+    "under it."
+), pixels=True)
+Z_SCATTER = Figure("z_scatter.png", "analyze/", ANALYSIS, "Clusters in z", _z_scatter)
+PCA_SCATTER = Figure("pca_scatter.png", "analyze/", ANALYSIS, "Principal components of z",
+                     lambda c: "PC1 against PC2, by cluster and by density.")
+UMAP_SCATTER = Figure("umap_scatter.png", "analyze/", ANALYSIS, "UMAP of z",
+                      lambda c: "UMAP1 against UMAP2, by cluster and by density.")
+PC_TRAJECTORIES = Figure("pc_trajectories.png", "analyze/", ANALYSIS,
+                         "Principal-component trajectories", lambda c: (
+    "The generator at θ = 0, Δx = 0 from −2 to +2 standard deviations along each "
+    "principal component of z."
+), pixels=True)
 #: Every figure of the page, in the order of its sections (the latent analysis's in the order
 #: emvae analyze lists them).
 FIGURES = (
-    Figure("learning_curves.png", "", TRAINING, "Learning curves", lambda c: (
-        "Per epoch, on the training particles (solid) and the held-out test particles "
-        "(dashed): the ELBO (higher is better), the reconstruction error −log p(image | z, "
-        "pose) and the KL divergence of the posterior from the prior, in nats per particle."
-    )),
-    Figure("latent_kl.png", "", TRAINING, "Information carried by each latent dimension",
-           lambda c: (
-        f"Test KL divergence of each z from its prior per epoch, nats per particle; below "
-        f"the dotted line ({KL_UNUSED} nats) a dimension counts as unused."
-    )),
-    Figure("pose_histograms.png", "", POSES, "Inferred poses", _pose_histograms),
-    Figure("deform_histograms.png", "", POSES, "Inferred scales, shear and bending",
-           _deform_histograms),
-    Figure("theta_vs_reference.png", "", POSES, "Rotation against the reference", lambda c: (
-        f"Each particle's θ minus the best global offset ({_rotation(c, 'offset_deg', 0):+.1f}°) "
-        f"against the reference angle, degrees; on the dotted diagonal where they agree "
-        f"(median error {_rotation(c, 'median_error_deg', float('nan')):.1f}°)."
-    )),
-    Figure("z_histograms.png", "", LATENT, "Latent values", lambda c: (
-        "Distribution of the particles' posterior means of each z, in units of the prior's "
-        "standard deviation; unused dimensions in red."
-    )),
-    Figure("latent_scatter.png", "", LATENT, "Latent space", _latent_scatter),
-    Figure("z_vs_reference.png", "", LATENT, "Latent against the reference", lambda c: (
-        "Each particle's posterior mean of z (prior standard-deviation units) against the "
-        "reference factor that z follows best (in the reference's units); r: Pearson "
-        "correlation over the matched particles."
-    )),
-    Figure("latent_traversals.png", "", LATENT, "Per-dimension traversals", lambda c: (
-        "One row per z: the generator at θ = 0, Δx = 0 with that z from the particles' 2nd "
-        "to 98th percentile (prior standard-deviation units, under the tiles) and the "
-        "other dimensions at their medians; a row that does not change is an unused "
-        "dimension" + (
-            "; with classes, each class's rows over its own particles' z."
-            if c.result.get("latent_class") is not None else "."
-        )
-    )),
-    Figure("latent_metric.png", "", LATENT, "Decoded grid with the local metric", _latent_metric),
-    Figure("junk.png", "", EXAMPLES, "Junk", lambda c: (
-        "Histogram of the junk score (the probability that the model does not explain a "
-        "particle, from its ELBO and its correlation with its rendering, class by class; "
-        f"{c.result.get('junk', {}).get('above_half', 0)} particles above 0.5, the dotted "
-        "line) and, below, the particles that score worst, with their image numbers and scores."
-    ), pixels=True),
-    Figure("reconstructions.png", "", EXAMPLES, "Example particles and their reconstructions",
-           lambda c: (
-        "Held-out particles spread over the range of z. Top: the particle as the model sees "
-        "it (preprocessed, normalised), with its image number and inferred θ (degrees); "
-        "middle: the generator's mean at the particle's inferred z and pose, its "
-        "reconstruction; bottom: the same z at θ = 0, Δx = 0, the canonical view"
-        + (" (the renderings are CTF-free; the particles carry their CTFs)."
-           if c.config.model.ctf == "on" else ".")
-    ), pixels=True),
-    Figure("interpolation.png", "montage/", MONTAGE, "Interpolation between particles",
-           lambda c: (
-        "Each row: two held-out particles at the ends (as observed, with θ in degrees) and "
-        "the generator at θ = 0, Δx = 0 for z equally spaced between their posterior means "
-        "(t: the fraction of the way from the left particle to the right one)."
-    ), pixels=True),
-    Figure("manifold.png", "montage/", MONTAGE, "The learned manifold", lambda c: (
-        "The generator at θ = 0, Δx = 0 for z on quantiles of the particles' posterior "
-        "means: z1 along the columns" + (", z2 up the rows." if c.k == 2 else ".")
-    ), pixels=True),
-    Figure("traversals.png", "montage/", MONTAGE, "Latent traversals", lambda c: (
-        "One row per z, from the particles' 2nd to 98th percentile (values under the "
-        "tiles), the other dimensions at their medians; θ = 0, Δx = 0."
-    ), pixels=True),
-    Figure("pose_traversals.png", "montage/", MONTAGE, "Pose traversals", lambda c: (
-        "One row per pose parameter (--pose " + esc(c.config.model.pose) + "), the others at "
-        "the identity and z at the particles' medians: θ over a full turn (degrees), each "
-        "shift over ±2 prior standard deviations (pixels), log s_x, log s_y and the shear "
-        "over the fitted prior's mean ± 2 of its standard deviations, each spline control "
-        "point's x and y displacement over ±2 prior standard deviations (pixels; control "
-        "points numbered row by row from the top left). Values under the tiles."
-    ), pixels=True),
-    Figure("prior_samples.png", "montage/", MONTAGE, "Samples from the prior", lambda c: (
-        "The generator at θ = 0, Δx = 0 for z drawn from N(0, I); each tile's z under it."
-    ), pixels=True),
-    Figure("latent_motion.gif", "montage/", MONTAGE, "Motion along the main axis of z",
-           lambda c: (
-        "Animation: the generator at θ = 0, Δx = 0 along the first principal component of "
-        "the particles' posterior means (2nd to 98th percentile) and back; the marker under "
-        "the image shows the position along the path."
-    ), pixels=True),
-    Figure("canonical.png", "montage/", MONTAGE, "The canonical view",
-           lambda c: "The generator at θ = 0, Δx = 0 (no latent).", pixels=True),
-    Figure("convergence.png", "convergence/", CONVERGENCE, "Convergence across checkpoints",
-           lambda c: (
-        "For each pair of consecutive kept checkpoints, against the later epoch: how well "
-        "one epoch's z predicts the other's (r of an affine fit: 1 = the same latents), "
-        "the median difference of θ after the best global turn (degrees) and the adjusted "
-        "Rand index of their clusters of z (1 = the same partition); and the ELBO of every "
-        "epoch (nats per particle), the compared checkpoints marked."
-    )),
-    Figure("class_generator.png", "analyze/", ANALYSIS, "Generator at each cluster's centre",
-           lambda c: (
-        "The generator's mean at θ = 0, Δx = 0 at each cluster's mean z, cluster 1 (the "
-        "largest) on the left; each tile's cluster number above it, its particles (and "
-        "their fraction) under it."
-    ), pixels=True),
-    Figure("class_averages.png", "analyze/", ANALYSIS, "Cluster averages", lambda c: (
-        "The aligned average of each cluster's particles (input pixels), cluster 1 on the "
-        "left; each tile's cluster number above it, its particles (and their fraction) "
-        "under it."
-    ), pixels=True),
-    Figure("z_scatter.png", "analyze/", ANALYSIS, "Clusters in z", _z_scatter),
-    Figure("pca_scatter.png", "analyze/", ANALYSIS, "Principal components of z",
-           lambda c: "PC1 against PC2, by cluster and by density."),
-    Figure("umap_scatter.png", "analyze/", ANALYSIS, "UMAP of z",
-           lambda c: "UMAP1 against UMAP2, by cluster and by density."),
-    Figure("pc_trajectories.png", "analyze/", ANALYSIS, "Principal-component trajectories",
-           lambda c: (
-        "The generator at θ = 0, Δx = 0 from −2 to +2 standard deviations along each "
-        "principal component of z."
-    ), pixels=True),
-)  # fmt: skip
+    LEARNING_CURVES, LATENT_KL, POSE_HISTOGRAMS, DEFORM_HISTOGRAMS, THETA_VS_REFERENCE,
+    Z_HISTOGRAMS, LATENT_SCATTER, Z_VS_REFERENCE, LATENT_TRAVERSALS, LATENT_METRIC, JUNK,
+    RECONSTRUCTIONS, INTERPOLATION, MANIFOLD, TRAVERSALS, POSE_TRAVERSALS, PRIOR_SAMPLES,
+    LATENT_MOTION, CANONICAL, CONVERGENCE_PLOT, CLASS_GENERATOR, CLASS_AVERAGES, Z_SCATTER,
+    PCA_SCATTER, UMAP_SCATTER, PC_TRAJECTORIES,
+)
+# fmt: on
 BY_NAME = {f.name: f for f in FIGURES}
-#: The figures ``emvae report`` draws itself, and every file it may write.
-REPORT_FIGURES = tuple(f.name for f in FIGURES if not f.folder)
-REPORT_FILES = ("report.json", "report.html", *REPORT_FIGURES)
+#: Every file ``emvae report`` may write: its own figures and the page.
+REPORT_FILES = ("report.json", "report.html", *(f.name for f in FIGURES if not f.folder))
 #: What ``emvae montage`` writes, in the order the page shows it.
 MONTAGES = tuple(f.name for f in FIGURES if f.folder == "montage/")
-
-
-def caption(name: str, result: dict[str, Any], config: RunConfig) -> tuple[str, str]:
-    """(title, caption in HTML) of the figure called ``name``."""
-    f = BY_NAME[name]
-    return f.title, f.caption(Context(result, config))
 
 
 @dataclass
@@ -431,9 +438,8 @@ def _montages(folder: Path, last_checkpoint: Path) -> list[Shown]:
             if not path.exists():
                 continue
             stamp = last_checkpoint.exists() and last_checkpoint.stat().st_mtime
-            old = stamp and path.stat().st_mtime < stamp
             note = f" <b>Class {sub.name[5:]}.</b>" if classes else ""
-            if old:
+            if stamp and path.stat().st_mtime < stamp:
                 note += " <b>Made before the run's last checkpoint: run emvae montage again.</b>"
             shown.append(Shown(BY_NAME[name], path, note))
     return shown
@@ -467,8 +473,8 @@ def _convergence_part(made: dict[str, Any] | None, run: str) -> tuple[str, list[
         "<th>θ difference (median)</th><th>clusters (ARI)</th><th>test ELBO</th></tr>"
         f"{''.join(rows)}</table>"
     )
-    path = Path(made["folder"]) / "convergence.png"
-    return text, [Shown(BY_NAME[path.name], path)] if path.exists() else []
+    path = Path(made["folder"]) / CONVERGENCE_PLOT.name
+    return text, [Shown(CONVERGENCE_PLOT, path)] if path.exists() else []
 
 
 def _analysis_part(analysis: dict[str, Any]) -> tuple[str, list[Shown]]:

@@ -106,10 +106,8 @@ def pose_histograms(
         for k, axis in zip((2, 3), ("x", "y"), strict=True):
             ax[k].hist(table[f"shift_{axis}_px"], bins=50, color="C1")
             ax[k].set_xlabel(f"shift {axis} (px, input pixels)")
-            if apix:
-                _secondary_shift_axis(ax[k], apix, f"shift {axis} (Å)")
-            else:
-                _secondary_shift_axis(ax[k], arcsec_per_px, f"shift {axis} (arcsec)")
+            unit = "Å" if apix else "arcsec"
+            _secondary_shift_axis(ax[k], apix or arcsec_per_px, f"shift {axis} ({unit})")
         if "theta_prob" in table:
             ax[1].hist(table["theta_prob"], bins=50, range=(0, 1), color="C2")
             ax[1].set_xlabel("probability of the rotation bin (1: certain)")
