@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import torch
 
-from emvae.config import EM_WIDTH, GALAXY_ENC_WIDTH, WIDTH, ModelConfig
+from emvae.config import EM_WIDTH, GALAXY_ENC_WIDTH, WIDTH, ModelConfig, TrainConfig
 from emvae.data import keep_freed_memory, resolve_device
 from emvae.errors import ConfigError
 from emvae.models import SpatialVAE
@@ -120,6 +120,12 @@ def device_name(dev: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def sync(dev: torch.device) -> None:
+    """Wait for the work queued on ``dev`` (a GPU's), so that a clock read after it counts it."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def measure(
     name: str,
     dev: torch.device,
@@ -132,7 +138,7 @@ def measure(
     ctf: bool = False,
     hidden: int | None = None,
     zdim: int | None = None,
-    pixel_fraction: float = 1.0,
+    pixel_fraction: float = TrainConfig.pixel_fraction,
 ) -> Measurement:
     """Time full training steps (augmentation, encoder, generator, ELBO, backward, Adam) on
     random data resident on ``dev``, or (``stream``) read batch by batch from a memory-mapped
@@ -161,22 +167,17 @@ def measure(
     net = cast(torch.nn.Module, torch.compile(model)) if compile_model else model
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
     with contextlib.ExitStack() as stack:
         batches = _batches(x, dev, steps + warmup, stack) if stream else None
         for k in range(warmup + steps):
             if k == warmup:
-                sync()
+                sync(dev)
                 t0 = time.perf_counter()
             x_k = next(batches) if batches is not None else x
             training_step(
                 net, opt, x_k, augment=True, amp=amp, ctf=params, pixel_fraction=pixel_fraction
             )
-        sync()
+        sync(dev)
     dt = (time.perf_counter() - t0) / steps
     ips = batch / dt
     passes = cfg.n_hypotheses
@@ -318,10 +319,10 @@ def loader_report(
 
 
 def measure_all(
-    names: Sequence[str],
-    device: str | torch.device,
-    precisions: Sequence[str] = ("fp32",),
-    batches: Sequence[int] = (100,),
+    names: Sequence[str] = ("em", "mnist", "galaxy"),
+    device: str | torch.device = "auto",
+    precisions: Sequence[str] = ("fp32", "bf16"),
+    batches: Sequence[int] = (100, 256),
     steps: int = 5,
     *,
     stream: bool = False,
