@@ -30,9 +30,11 @@ from emvae.data import load_images, normalize_, resolve_device
 from emvae.encode import Encoding, encode
 from emvae.errors import ConfigError
 from emvae.example import EXAMPLE_OPTIONS
-from emvae.geometry import wrap_radians
+from emvae.geometry import image_to_model_pose, model_to_image_pose, wrap_radians
 from emvae.io.stack import ImageStack, image_key, image_name
+from emvae.latents import latent_columns
 from emvae.models import SpatialVAE
+from emvae.models.vae import images_to_pixels
 from emvae.particles import Particles
 from emvae.plotstyle import STYLE, figure, save
 from emvae.train import fit
@@ -476,7 +478,6 @@ def pose_recovery(
     (mean signed Pearson of the x and y shifts, model pixels), ``theta_prob_median`` (rotation
     bins only); with a ``defocus_um`` column, ``z_defocus_pearson`` (the best |Pearson| of a z
     dimension with the defocus)."""
-    from emvae.geometry import model_to_image_pose
     from emvae.metrics import angular_error_deg, circular_correlation, pearson
 
     enc = encode(model, data, next(model.parameters()).device, batch_size=batch, elbo=False)
@@ -605,7 +606,6 @@ def table_recovery(table: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]
     ``theta_median_error_frames_deg`` (:func:`error_in_frames`: each conformation bin its own
     offset) and ``shift_pearson`` (mean Pearson r of the x and y shifts). NaN where undefined
     (no z, a constant column, fewer than 2 rows)."""
-    from emvae.latents import latent_columns
     from emvae.metrics import angular_error_deg, pearson
 
     nan = float("nan")
@@ -660,7 +660,6 @@ def mixture_recovery(
     from sklearn.metrics import adjusted_rand_score
 
     from emvae.analyze import cluster, hungarian_accuracy
-    from emvae.latents import latent_columns
 
     table = table.reset_index(drop=True)
     truth = truth_rows(table, truth)
@@ -877,9 +876,6 @@ def generator_steps(
     The squared error per image (sum over pixels) on ``n_eval`` held-out images is recorded
     every ``every`` steps. Returns ``steps_to_beat_mean`` (None if never), ``mean_image_error``
     and ``curve`` (list of ``(step, error)``)."""
-    from emvae.geometry import image_to_model_pose
-    from emvae.models.vae import images_to_pixels
-
     torch.manual_seed(seed)
     x = torch.as_tensor(images, dtype=torch.float32)
     x = x[:, None] if x.dim() == 3 else x

@@ -55,17 +55,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from emvae.bench import markdown_table, pose_recovery
-from emvae.config import ModelConfig
-from emvae.data import default_pass_memory_mb
+from emvae.config import ModelConfig, RunConfig, TrainConfig
+from emvae.data import default_pass_memory_mb, resolve_device
 from emvae.errors import ConfigError
 from emvae.hostsync import HostSyncCounter, optimizer_counters
+from emvae.io import read_stack
 from emvae.models import SpatialVAE
+from emvae.particles import Particles
+from emvae.preprocess import Preprocess, prepare
 from emvae.stages import COARSE_PX
-from emvae.throughput import CONFIGS, device_name, generator_flops, sync
-from emvae.train import training_step
+from emvae.throughput import CONFIGS, device_name, generator_flops, loader_rates, sync
+from emvae.train import fit, training_step
 
 SECTIONS = ("env", "matmul", "steps", "loader", "time_to_result", "torchrun")
 JSONL, MARKDOWN = "gpu_check.jsonl", "gpu_check.md"
@@ -192,8 +196,6 @@ def run_gpu_check(
     fails is recorded (``{"section": ..., "error": ...}``) and the next one runs. ``work``:
     where the simulated stack (about 0.8 GB at 50,000 x 64 px) and the fits' run folders go
     (default: ``out``). A section not of :data:`SECTIONS` is refused before anything runs."""
-    from emvae.data import resolve_device
-
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown --sections {sorted(unknown)}; choose from {list(SECTIONS)}")
@@ -511,10 +513,6 @@ def _wait_simulation(out: Path, plan: Plan, state: dict[str, Any], deadline: flo
 def _loader(
     results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
 ) -> None:
-    from emvae.io import read_stack
-    from emvae.preprocess import Preprocess, prepare
-    from emvae.throughput import loader_rates
-
     sim = _wait_simulation(results.work, plan, state, deadline)
     stack = read_stack(sim / "particles.mrcs")
     prepared = prepare(stack, Preprocess())
@@ -545,13 +543,6 @@ def _loader(
 def _time_to_result(
     results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
 ) -> None:
-    import pandas as pd
-
-    from emvae.config import RunConfig, TrainConfig
-    from emvae.io import read_stack
-    from emvae.particles import Particles
-    from emvae.train import fit
-
     sim = _wait_simulation(results.work, plan, state, deadline)
     stack, truth = read_stack(sim / "particles.mrcs"), pd.read_csv(sim / "truth.csv")
     config = RunConfig(
@@ -598,8 +589,6 @@ def _time_to_result(
 def _torchrun(
     results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
 ) -> None:
-    from emvae.io import read_stack
-
     sim = _wait_simulation(results.work, plan, state, deadline)
     stack = results.work / f"torchrun_{plan.torchrun_n}.npy"  # the first N particles
     if not stack.exists():
@@ -644,8 +633,6 @@ def _torchrun(
         }
         metrics = run_dir / "metrics.csv"
         if done.returncode == 0 and metrics.exists():
-            import pandas as pd
-
             m = pd.read_csv(metrics, comment="#")
             row["epoch_seconds"] = float(m["seconds"].median())
             row["particles"] = int(len(pd.read_csv(run_dir / "particles.csv", comment="#")))

@@ -23,18 +23,24 @@ import contextlib
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 
 from emvae.config import EM_WIDTH, GALAXY_ENC_WIDTH, WIDTH, ModelConfig, TrainConfig
-from emvae.data import keep_freed_memory, resolve_device
+from emvae.data import StreamedImages, keep_freed_memory, prefetched, resolve_device
 from emvae.errors import ConfigError
+from emvae.io import open_stack
+from emvae.io.arrays import read_npy
 from emvae.models import SpatialVAE
+from emvae.preprocess import Preprocess, prepare
 from emvae.train import training_step
 
 PAPER: dict[str, Any] = {
@@ -206,14 +212,6 @@ def _batches(
     x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitStack
 ) -> Iterator[torch.Tensor]:
     """``n`` random batches like ``x`` read from a memory-mapped .npy (deleted afterwards)."""
-    import tempfile
-
-    import numpy as np
-
-    from emvae.data import StreamedImages, prefetched
-    from emvae.io.arrays import read_npy
-    from emvae.preprocess import Preprocess, prepare
-
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
     b = x.shape[0]
     rows = max(4 * b, 4096)
@@ -228,8 +226,6 @@ def _batches(
 def _thread_reader(data: Any, batches: list[Any], device: torch.device) -> Iterator[torch.Tensor]:
     """The reader fit used until 2026-12 (one batch read ahead in a thread), kept as the
     baseline of :func:`loader_rates`."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(data.read, batches[0])
         for k in range(len(batches)):
@@ -257,10 +253,6 @@ def loader_rates(
     prepared size (CPU), so the figure includes how loading and training share the cores;
     without it, loading alone (a GPU's case, where the step is short). One untimed batch first.
     """
-    import numpy as np
-
-    from emvae.data import StreamedImages, prefetched
-
     dev = torch.device("cpu")
     rng = np.random.default_rng(seed)
     n = len(stack)
@@ -306,9 +298,6 @@ def loader_report(
     """``emvae bench loader``: the stack at ``stack`` (any input fit reads) opened and
     preprocessed as fit would (Fourier-downsampled to ``downsample`` px), its
     :func:`loader_rates` measured, and the lines that report them."""
-    from emvae.io import open_stack
-    from emvae.preprocess import Preprocess, prepare
-
     images = open_stack(stack)
     prepared = prepare(images, Preprocess(size=downsample))
     rows = loader_rates(images, prepared, batch, n_batches, workers, train)
