@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,11 @@ from emvae.data import load_images, normalize_, resolve_device
 from emvae.encode import Encoding, encode
 from emvae.errors import ConfigError
 from emvae.example import EXAMPLE_OPTIONS
-from emvae.geometry import wrap_radians
+from emvae.geometry import image_to_model_pose, model_to_image_pose, wrap_radians
 from emvae.io.stack import ImageStack, image_key, image_name
+from emvae.latents import latent_columns
 from emvae.models import SpatialVAE
+from emvae.models.vae import images_to_pixels
 from emvae.particles import Particles
 from emvae.plotstyle import STYLE, figure, save
 from emvae.train import fit
@@ -255,22 +257,10 @@ def run_mnist(
                         "theta_prior_std_deg": THETA_PRIOR_DEG[name],
                     }
                 cfg = _config(
-                    size,
-                    1,
-                    zdim,
-                    MODELS[model_name],
-                    epochs,
-                    hidden,
-                    hidden,
-                    device,
-                    seed,
-                    likelihood="bernoulli",
-                    shift_prior_px=1.4,
-                    z_delay=0,
-                    augment_rotation=False,
-                    test_fraction=0.02,
-                    **extra,
-                )
+                    size, 1, zdim, MODELS[model_name], epochs, hidden, hidden, device, seed,
+                    likelihood="bernoulli", shift_prior_px=1.4, z_delay=0, augment_rotation=False,
+                    test_fraction=0.02, **extra,
+                )  # fmt: skip
                 run_dir = out / "runs" / f"{name}_{label.replace('/', '_')}_z{zdim}"
                 t0 = time.perf_counter()
                 particles = Particles.of(stack, "bernoulli")
@@ -335,27 +325,27 @@ def plot_fig2(table: pd.DataFrame, path: Path) -> Path:
         return save(fig, path)
 
 
+def markdown_table(columns: Sequence[object], cells: Iterable[Sequence[object]]) -> list[str]:
+    """The lines of a Markdown table: a header of ``columns``, then a row per entry of
+    ``cells``."""
+    head = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    return head + ["| " + " | ".join(map(str, row)) + " |" for row in cells]
+
+
 def _write_results(table: pd.DataFrame, out: Path, name: str) -> None:
+    """``{name}_results.csv`` and ``.md`` (floats to 4 digits, None and NaN left blank)."""
     table.to_csv(out / f"{name}_results.csv", index=False, float_format="%.4g")
-    (out / f"{name}_results.md").write_text(_markdown(table))
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in table.iterrows():
-        cells = [
-            (
-                ""
-                if v is None or (isinstance(v, float) and np.isnan(v))
-                else f"{v:.4g}"
-                if isinstance(v, float)
-                else str(v)
-            )
+    cells = [
+        [
+            "" if v is None or (isinstance(v, float) and np.isnan(v))
+            else f"{v:.4g}" if isinstance(v, float)
+            else v
             for v in r
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        for _, r in table.iterrows()
+    ]  # fmt: skip
+    lines = markdown_table(list(table.columns), cells)
+    (out / f"{name}_results.md").write_text("\n".join(lines) + "\n")
 
 
 def run_particles(
@@ -384,18 +374,9 @@ def run_particles(
         ("vanilla VAE", "vanilla", 2),
     ):
         cfg = _config(
-            size,
-            1,
-            zdim,
-            MODELS[model],
-            epochs,
-            hidden,
-            hidden,
-            device,
-            seed,
-            shift_prior_px=2.0,
+            size, 1, zdim, MODELS[model], epochs, hidden, hidden, device, seed, shift_prior_px=2.0,
             theta_prior="uniform",
-        )
+        )  # fmt: skip
         run_dir = out / "runs" / f"{model}_z{zdim}"
         t0 = time.perf_counter()
         result = fit(Particles.of(stack), cfg, run_dir, force=True, progress=progress)
@@ -447,18 +428,9 @@ def run_galaxies(
     particles = Particles.open(pictures, preprocess=pre, likelihood="bernoulli")
     stack = particles.stack
     cfg = _config(
-        size,
-        stack.channels,
-        zdim,
-        MODELS["spatial"],
-        epochs,
-        hidden,
-        enc_hidden,
-        device,
-        seed,
-        likelihood="bernoulli",
-        shift_prior_px=8.0 * size / 64,
-    )
+        size, stack.channels, zdim, MODELS["spatial"], epochs, hidden, enc_hidden, device, seed,
+        likelihood="bernoulli", shift_prior_px=8.0 * size / 64,
+    )  # fmt: skip
     t0 = time.perf_counter()
     result = fit(particles, cfg, out / "run", force=True, progress=progress)
     model = result.model.cpu()
@@ -506,8 +478,6 @@ def pose_recovery(
     (mean signed Pearson of the x and y shifts, model pixels), ``theta_prob_median`` (rotation
     bins only); with a ``defocus_um`` column, ``z_defocus_pearson`` (the best |Pearson| of a z
     dimension with the defocus)."""
-    from emvae.encode import encode
-    from emvae.geometry import model_to_image_pose
     from emvae.metrics import angular_error_deg, circular_correlation, pearson
 
     enc = encode(model, data, next(model.parameters()).device, batch_size=batch, elbo=False)
@@ -636,7 +606,6 @@ def table_recovery(table: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]
     ``theta_median_error_frames_deg`` (:func:`error_in_frames`: each conformation bin its own
     offset) and ``shift_pearson`` (mean Pearson r of the x and y shifts). NaN where undefined
     (no z, a constant column, fewer than 2 rows)."""
-    from emvae.latents import latent_columns
     from emvae.metrics import angular_error_deg, pearson
 
     nan = float("nan")
@@ -691,7 +660,6 @@ def mixture_recovery(
     from sklearn.metrics import adjusted_rand_score
 
     from emvae.analyze import cluster, hungarian_accuracy
-    from emvae.latents import latent_columns
 
     table = table.reset_index(drop=True)
     truth = truth_rows(table, truth)
@@ -809,25 +777,12 @@ def run_encoders(
                 label = {"object": object_name, "snr": snr, "encoder": spec}
                 r = runs
                 cfg = _config(
-                    size,
-                    1,
-                    r.zdim,
-                    MODELS["spatial"],
-                    r.epochs,
-                    r.hidden,
-                    r.hidden,
-                    device,
-                    seed,
-                    rotation_bins=r.rotation_bins,
-                    hypotheses=r.hypotheses,
-                    enc_channels=r.enc_channels,
-                    lr=r.lr,
-                    batch_size=r.batch_size,
-                    z_delay=r.z_delay,
-                    shift_prior_px=2.0,
-                    mask_radius_px=size * 19 / 40,
+                    size, 1, r.zdim, MODELS["spatial"], r.epochs, r.hidden, r.hidden, device, seed,
+                    rotation_bins=r.rotation_bins, hypotheses=r.hypotheses,
+                    enc_channels=r.enc_channels, lr=r.lr, batch_size=r.batch_size,
+                    z_delay=r.z_delay, shift_prior_px=2.0, mask_radius_px=size * 19 / 40,
                     **options[spec],
-                )
+                )  # fmt: skip
                 per_epoch: list[dict[str, Any]] = []
 
                 def track(
@@ -921,10 +876,6 @@ def generator_steps(
     The squared error per image (sum over pixels) on ``n_eval`` held-out images is recorded
     every ``every`` steps. Returns ``steps_to_beat_mean`` (None if never), ``mean_image_error``
     and ``curve`` (list of ``(step, error)``)."""
-    from emvae.geometry import image_to_model_pose
-    from emvae.models import SpatialVAE
-    from emvae.models.vae import images_to_pixels
-
     torch.manual_seed(seed)
     x = torch.as_tensor(images, dtype=torch.float32)
     x = x[:, None] if x.dim() == 3 else x
@@ -977,9 +928,10 @@ def run_time_to_result(
     progress: bool = True,
     obj: str = "hinge",
     hidden: int | None = None,
-    pixel_fraction: float = 1.0,
-    generator: str = "spatial",
-    beta: float = 1.0,
+    pixel_fraction: float = TrainConfig.pixel_fraction,
+    generator: str = ModelConfig.generator,
+    beta: float = TrainConfig.beta,
+    log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Wall time until ``emvae fit``'s defaults give the right answer on an ``emvae simulate``
     stack (``n`` particles of ``size`` px at ``snr``; uniform rotations, N(0, 2^2 px^2) shifts,
@@ -991,8 +943,8 @@ def run_time_to_result(
     and z ≥ 0.9 hold to the end). Levers: ``hidden`` sets both networks' width (fit's
     ``--gen-hidden``/``--enc-hidden``; None: fit's choice for the box), ``pixel_fraction``
     fit's ``--pixel-fraction``; ``generator`` and ``beta`` compare decoders and the β-VAE
-    weight on the same stack (fit's ``--generator``, ``--beta``)."""
-    from emvae.config import ModelConfig, RunConfig, TrainConfig
+    weight on the same stack (fit's ``--generator``, ``--beta``). ``log`` (when given) gets a
+    line per pose network at the end: from which epoch (and minute) each threshold holds."""
     from emvae.simulate import get_object
 
     out = Path(out)
@@ -1002,6 +954,7 @@ def run_time_to_result(
     stack, truth = simulated(sim, n=n, size=size, snr=snr, seed=seed, obj=particle)
     rows: list[dict[str, Any]] = []
     final: list[dict[str, Any]] = []
+    lines = []
     for encoder in encoders:
         config = RunConfig(
             model=ModelConfig(
@@ -1042,16 +995,26 @@ def run_time_to_result(
         rows += per_epoch
         pd.DataFrame(rows).to_csv(out / "time_to_result_per_epoch.csv", index=False)
         summary = {**label, "particles": n, "size_px": size, "snr": snr}
-        for key, threshold in (("theta_circ_corr", 0.95), ("z_conformation_pearson", 0.9)):
+        reached = []
+        for key, threshold, sign in (
+            ("theta_circ_corr", 0.95, "θ"),
+            ("z_conformation_pearson", 0.9, "z"),
+        ):
             first = _first(per_epoch, key, threshold)
             minutes = None if first is None else per_epoch[first - 1]["seconds"] / 60
             summary[f"first_epoch_{key}_{threshold}"] = first
             summary[f"minutes_to_{key}_{threshold}"] = minutes
+            when = "not reached" if first is None else f"from epoch {first} ({minutes:.1f} min)"
+            reached.append(f"{sign} >= {threshold} {when}")
+        lines.append(f"{label['encoder']}: {', '.join(reached)}")
         summary["seconds_per_epoch"] = float(
             np.median(np.diff([0.0] + [r["seconds"] for r in per_epoch]))
         )
         final.append(summary)
         _write_results(pd.DataFrame(final), out, "time_to_result")
+    if log is not None:
+        for line in lines:
+            log(line)
     return pd.DataFrame(final)
 
 

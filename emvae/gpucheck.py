@@ -55,19 +55,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
-from emvae.config import ModelConfig
-from emvae.data import default_pass_memory_mb
+from emvae.bench import markdown_table, pose_recovery
+from emvae.config import ModelConfig, RunConfig, TrainConfig
+from emvae.data import default_pass_memory_mb, resolve_device
 from emvae.errors import ConfigError
 from emvae.hostsync import HostSyncCounter, optimizer_counters
+from emvae.io import read_stack
 from emvae.models import SpatialVAE
+from emvae.particles import Particles
+from emvae.preprocess import Preprocess, prepare
 from emvae.stages import COARSE_PX
-from emvae.throughput import CONFIGS, generator_flops
-from emvae.train import training_step
+from emvae.throughput import CONFIGS, device_name, generator_flops, loader_rates, sync
+from emvae.train import fit, training_step
 
 SECTIONS = ("env", "matmul", "steps", "loader", "time_to_result", "torchrun")
 JSONL, MARKDOWN = "gpu_check.jsonl", "gpu_check.md"
+#: --tiny's networks: narrow enough for seconds on a CPU.
+NARROW: dict[str, Any] = {"gen_hidden": 16, "enc_hidden": 16, "enc_channels": 4}
 
 
 @dataclass
@@ -105,31 +112,28 @@ class Plan:
     @classmethod
     def make(cls, tiny: bool = False) -> Plan:
         """The plan for one H100 in about 7.5 minutes, or (``tiny``) a CPU smoke run."""
-        em = {k: v for k, v in CONFIGS["em"].items()}
+        em = dict(CONFIGS["em"])
         if not tiny:
-            configs = [
-                ("fit 64 px", {"image_size": 64}, None),
-                (f"fit 64 px, {COARSE_PX}-px stage", {"image_size": 64}, COARSE_PX),
-                ("fit 128 px", {"image_size": 128}, None),
-                (f"fit 128 px, {COARSE_PX}-px stage", {"image_size": 128}, COARSE_PX),
-                ("paper em (40 px, 2 x 1000)", em, None),
-            ]
-        else:  # the same kinds of model, small enough for seconds on a CPU
-            narrow = {"gen_hidden": 16, "enc_hidden": 16, "enc_channels": 4}
-            configs = [
-                ("tiny fit 24 px", {"image_size": 24, **narrow}, None),
+            return cls(
+                configs=[
+                    ("fit 64 px", {"image_size": 64}, None),
+                    (f"fit 64 px, {COARSE_PX}-px stage", {"image_size": 64}, COARSE_PX),
+                    ("fit 128 px", {"image_size": 128}, None),
+                    (f"fit 128 px, {COARSE_PX}-px stage", {"image_size": 128}, COARSE_PX),
+                    ("paper em (40 px, 2 x 1000)", em, None),
+                ]
+            )
+        return cls(  # the same kinds of model, small enough for seconds on a CPU
+            tiny=True,
+            configs=[
+                ("tiny fit 24 px", {"image_size": 24, **NARROW}, None),
                 (
                     "tiny fit 48 px, 16-px stage",
-                    {"image_size": 48, "encoder_size": 16, **narrow},
+                    {"image_size": 48, "encoder_size": 16, **NARROW},
                     16,
                 ),
-                ("tiny paper em (16 px)", {**em, "image_size": 16, **narrow}, None),
-            ]
-        if not tiny:
-            return cls(configs=configs)
-        return cls(
-            tiny=True,
-            configs=configs,
+                ("tiny paper em (16 px)", {**em, "image_size": 16, **NARROW}, None),
+            ],
             batch=4,
             max_batch=8,
             steps=2,
@@ -192,8 +196,6 @@ def run_gpu_check(
     fails is recorded (``{"section": ..., "error": ...}``) and the next one runs. ``work``:
     where the simulated stack (about 0.8 GB at 50,000 x 64 px) and the fits' run folders go
     (default: ``out``). A section not of :data:`SECTIONS` is refused before anything runs."""
-    from emvae.data import resolve_device
-
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown --sections {sorted(unknown)}; choose from {list(SECTIONS)}")
@@ -244,7 +246,7 @@ def _env(
 ) -> None:
     row: dict[str, Any] = {
         "section": "env",
-        "device": _device_name(dev),
+        "device": device_name(dev),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "tiny": plan.tiny,
@@ -272,11 +274,11 @@ def _matmul(
     for _ in range(3):
         a @ b
     reps = 10 if dev.type == "cuda" else 2
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     for _ in range(reps):
         c = a @ b
-    _sync(dev)
+    sync(dev)
     seconds = (time.perf_counter() - t0) / reps
     assert torch.isfinite(c).all()
     tflops = 2 * n**3 / seconds / 1e12
@@ -285,17 +287,12 @@ def _matmul(
     )
 
 
-def _peak_tflops(results: Results) -> float | None:
-    rates = (r["tflop_per_s"] for r in results.rows if "tflop_per_s" in r)
-    return next(rates, None)
-
-
 def _steps(
     results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
 ) -> None:
     """Every configuration and precision at ``plan.batch`` first (fit's pass memory), then
     the largest batch of each in one pass, so that a short budget loses the searches first."""
-    peak = _peak_tflops(results)
+    peak = next((r["tflop_per_s"] for r in results.rows if "tflop_per_s" in r), None)
     for label, options, render in plan.configs:
         for precision in plan.precisions:
             _check_time(deadline)
@@ -359,21 +356,14 @@ def _check_time(deadline: float) -> None:
         raise OutOfTime
 
 
-def rendered_pixels(model: SpatialVAE) -> int:
-    """Pixels the generator renders per image and hypothesis at the current render size: all
-    of them with the CTF or without a mask, else those inside the mask."""
-    if model.render_all or not model.masked:
-        return model.n_pixels
-    return len(model.pixel_index)
-
-
 def step_flops(model: SpatialVAE) -> float:
     """Analytic generator FLOPs of one training step per image: 3 x (forward + backward's
     two products) x the k hypotheses' renderings x :func:`generator_flops` at the pixels
-    rendered."""
-    cfg = model.config
-    k = cfg.n_hypotheses
-    return 3.0 * k * generator_flops(cfg, rendered_pixels(model))
+    rendered (at the current render size: all of them with the CTF or without a mask, else
+    those inside the mask)."""
+    all_pixels = model.render_all or not model.masked
+    pixels = model.n_pixels if all_pixels else len(model.pixel_index)
+    return 3.0 * model.config.n_hypotheses * generator_flops(model.config, pixels)
 
 
 def measure_step(
@@ -391,15 +381,9 @@ def measure_step(
     at ``render`` px, on random images resident on ``dev``; ``one_pass``: the whole batch in
     one generator pass (pass memory unbounded), else fit's default pass memory. Returns one
     row of the ``steps`` section."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(**options)
-    model = SpatialVAE(cfg).to(dev)
-    if render is not None:
-        model.set_render_size(render)
+    model, opt, rng, x = _step_setup(options, render, batch, dev)
+    cfg = model.config
     model.pass_memory_mb = 2**40 if one_pass else default_pass_memory_mb(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rng = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(batch, cfg.channels, cfg.image_size, cfg.image_size, device=dev)
     amp = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else None
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
@@ -408,10 +392,10 @@ def measure_step(
     steps = steps or plan.steps
     for k in range(plan.warmup + steps):
         if k == plan.warmup:
-            _sync(dev)
+            sync(dev)
             t0 = time.perf_counter()
         terms = training_step(model, opt, x, rng, amp=amp)
-    _sync(dev)
+    sync(dev)
     seconds = (time.perf_counter() - t0) / steps
     finite = bool(torch.isfinite(terms.elbo).all())
     ips = batch / seconds
@@ -438,10 +422,11 @@ def measure_step(
     return row
 
 
-def count_step_syncs(options: dict[str, Any], render: int | None, dev: torch.device) -> int:
-    """Host synchronisations in one training step of the model ``options`` (fp32, 4 images):
-    on CUDA the warnings of ``torch.cuda.set_sync_debug_mode("warn")``, elsewhere
-    :class:`emvae.hostsync.HostSyncCounter`'s count."""
+def _step_setup(
+    options: dict[str, Any], render: int | None, batch: int, dev: torch.device
+) -> tuple[SpatialVAE, torch.optim.Adam, torch.Generator, torch.Tensor]:
+    """A step's ingredients, seeded: the model ``options`` on ``dev`` rendering at ``render``
+    px, its Adam, the step's random generator and ``batch`` random images."""
     torch.manual_seed(0)
     cfg = ModelConfig(**options)
     model = SpatialVAE(cfg).to(dev)
@@ -449,7 +434,15 @@ def count_step_syncs(options: dict[str, Any], render: int | None, dev: torch.dev
         model.set_render_size(render)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(4, cfg.channels, cfg.image_size, cfg.image_size, device=dev)
+    x = torch.randn(batch, cfg.channels, cfg.image_size, cfg.image_size, device=dev)
+    return model, opt, rng, x
+
+
+def count_step_syncs(options: dict[str, Any], render: int | None, dev: torch.device) -> int:
+    """Host synchronisations in one training step of the model ``options`` (fp32, 4 images):
+    on CUDA the warnings of ``torch.cuda.set_sync_debug_mode("warn")``, elsewhere
+    :class:`emvae.hostsync.HostSyncCounter`'s count."""
+    model, opt, rng, x = _step_setup(options, render, 4, dev)
     training_step(model, opt, x, rng)
     if dev.type == "cuda":
         return cuda_sync_warnings(lambda: training_step(model, opt, x, rng))
@@ -520,10 +513,6 @@ def _wait_simulation(out: Path, plan: Plan, state: dict[str, Any], deadline: flo
 def _loader(
     results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
 ) -> None:
-    from emvae.io import read_stack
-    from emvae.preprocess import Preprocess, prepare
-    from emvae.throughput import loader_rates
-
     sim = _wait_simulation(results.work, plan, state, deadline)
     stack = read_stack(sim / "particles.mrcs")
     prepared = prepare(stack, Preprocess())
@@ -554,21 +543,10 @@ def _loader(
 def _time_to_result(
     results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
 ) -> None:
-    import pandas as pd
-
-    from emvae.bench import pose_recovery
-    from emvae.config import RunConfig, TrainConfig
-    from emvae.io import read_stack
-    from emvae.particles import Particles
-    from emvae.train import fit
-
     sim = _wait_simulation(results.work, plan, state, deadline)
     stack, truth = read_stack(sim / "particles.mrcs"), pd.read_csv(sim / "truth.csv")
-    narrow: dict[str, Any] = {}
-    if plan.tiny:
-        narrow = {"gen_hidden": 16, "enc_hidden": 16, "enc_channels": 4}
     config = RunConfig(
-        model=ModelConfig(image_size=plan.ttr_size, **narrow),
+        model=ModelConfig(image_size=plan.ttr_size, **(NARROW if plan.tiny else {})),
         train=TrainConfig(epochs=plan.ttr_epochs, device=str(dev), seed=0),
     )
     t0 = time.perf_counter()
@@ -611,8 +589,6 @@ def _time_to_result(
 def _torchrun(
     results: Results, dev: torch.device, plan: Plan, deadline: float, state: dict[str, Any]
 ) -> None:
-    from emvae.io import read_stack
-
     sim = _wait_simulation(results.work, plan, state, deadline)
     stack = results.work / f"torchrun_{plan.torchrun_n}.npy"  # the first N particles
     if not stack.exists():
@@ -627,16 +603,10 @@ def _torchrun(
     launchers = {
         "plain": [sys.executable, "-m", "emvae_cli.main"],
         "torchrun --nproc_per_node 1": [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "1",
-            "-m",
-            "emvae_cli.main",
-        ],  # fmt: skip
-    }
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+            "-m", "emvae_cli.main",
+        ],
+    }  # fmt: skip
     for name, launcher in launchers.items():
         remaining = deadline - time.perf_counter()
         if remaining < 1:
@@ -663,8 +633,6 @@ def _torchrun(
         }
         metrics = run_dir / "metrics.csv"
         if done.returncode == 0 and metrics.exists():
-            import pandas as pd
-
             m = pd.read_csv(metrics, comment="#")
             row["epoch_seconds"] = float(m["seconds"].median())
             row["particles"] = int(len(pd.read_csv(run_dir / "particles.csv", comment="#")))
@@ -673,18 +641,7 @@ def _torchrun(
         results.add(row)
 
 
-# -- helpers ---------------------------------------------------------------------------------
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+# -- the tables ------------------------------------------------------------------------------
 
 
 def _fmt(v: Any, digits: int = 1) -> str:
@@ -707,12 +664,7 @@ TTR_COLUMNS = (
 def _table(title: str, columns: Sequence[str], cells: list[list[Any]]) -> list[str]:
     """A markdown section: ``## title``, a table of ``columns`` with a row per entry of
     ``cells``, a blank line; nothing without rows."""
-    if not cells:
-        return []
-    lines = [f"## {title}", "", "| " + " | ".join(columns) + " |"]
-    lines.append("|" + "---|" * len(columns))
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in cells]
-    return [*lines, ""]
+    return [f"## {title}", "", *markdown_table(columns, cells), ""] if cells else []
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -23,18 +23,24 @@ import contextlib
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 
-from emvae.config import EM_WIDTH, GALAXY_ENC_WIDTH, WIDTH, ModelConfig
-from emvae.data import keep_freed_memory, resolve_device
+from emvae.config import EM_WIDTH, GALAXY_ENC_WIDTH, WIDTH, ModelConfig, TrainConfig
+from emvae.data import StreamedImages, keep_freed_memory, prefetched, resolve_device
 from emvae.errors import ConfigError
+from emvae.io import open_stack
+from emvae.io.arrays import read_npy
 from emvae.models import SpatialVAE
+from emvae.preprocess import Preprocess, prepare
 from emvae.train import training_step
 
 PAPER: dict[str, Any] = {
@@ -120,6 +126,12 @@ def device_name(dev: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def sync(dev: torch.device) -> None:
+    """Wait for the work queued on ``dev`` (a GPU's), so that a clock read after it counts it."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def measure(
     name: str,
     dev: torch.device,
@@ -132,7 +144,7 @@ def measure(
     ctf: bool = False,
     hidden: int | None = None,
     zdim: int | None = None,
-    pixel_fraction: float = 1.0,
+    pixel_fraction: float = TrainConfig.pixel_fraction,
 ) -> Measurement:
     """Time full training steps (augmentation, encoder, generator, ELBO, backward, Adam) on
     random data resident on ``dev``, or (``stream``) read batch by batch from a memory-mapped
@@ -161,22 +173,17 @@ def measure(
     net = cast(torch.nn.Module, torch.compile(model)) if compile_model else model
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
     with contextlib.ExitStack() as stack:
         batches = _batches(x, dev, steps + warmup, stack) if stream else None
         for k in range(warmup + steps):
             if k == warmup:
-                sync()
+                sync(dev)
                 t0 = time.perf_counter()
             x_k = next(batches) if batches is not None else x
             training_step(
                 net, opt, x_k, augment=True, amp=amp, ctf=params, pixel_fraction=pixel_fraction
             )
-        sync()
+        sync(dev)
     dt = (time.perf_counter() - t0) / steps
     ips = batch / dt
     passes = cfg.n_hypotheses
@@ -205,14 +212,6 @@ def _batches(
     x: torch.Tensor, dev: torch.device, n: int, stack: contextlib.ExitStack
 ) -> Iterator[torch.Tensor]:
     """``n`` random batches like ``x`` read from a memory-mapped .npy (deleted afterwards)."""
-    import tempfile
-
-    import numpy as np
-
-    from emvae.data import StreamedImages, prefetched
-    from emvae.io.arrays import read_npy
-    from emvae.preprocess import Preprocess, prepare
-
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
     b = x.shape[0]
     rows = max(4 * b, 4096)
@@ -227,8 +226,6 @@ def _batches(
 def _thread_reader(data: Any, batches: list[Any], device: torch.device) -> Iterator[torch.Tensor]:
     """The reader fit used until 2026-12 (one batch read ahead in a thread), kept as the
     baseline of :func:`loader_rates`."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(data.read, batches[0])
         for k in range(len(batches)):
@@ -256,10 +253,6 @@ def loader_rates(
     prepared size (CPU), so the figure includes how loading and training share the cores;
     without it, loading alone (a GPU's case, where the step is short). One untimed batch first.
     """
-    import numpy as np
-
-    from emvae.data import StreamedImages, prefetched
-
     dev = torch.device("cpu")
     rng = np.random.default_rng(seed)
     n = len(stack)
@@ -305,9 +298,6 @@ def loader_report(
     """``emvae bench loader``: the stack at ``stack`` (any input fit reads) opened and
     preprocessed as fit would (Fourier-downsampled to ``downsample`` px), its
     :func:`loader_rates` measured, and the lines that report them."""
-    from emvae.io import open_stack
-    from emvae.preprocess import Preprocess, prepare
-
     images = open_stack(stack)
     prepared = prepare(images, Preprocess(size=downsample))
     rows = loader_rates(images, prepared, batch, n_batches, workers, train)
@@ -318,10 +308,10 @@ def loader_report(
 
 
 def measure_all(
-    names: Sequence[str],
-    device: str | torch.device,
-    precisions: Sequence[str] = ("fp32",),
-    batches: Sequence[int] = (100,),
+    names: Sequence[str] = ("em", "mnist", "galaxy"),
+    device: str | torch.device = "auto",
+    precisions: Sequence[str] = ("fp32", "bf16"),
+    batches: Sequence[int] = (100, 256),
     steps: int = 5,
     *,
     stream: bool = False,

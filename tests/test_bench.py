@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -318,3 +319,48 @@ def test_time_to_result_levers_reach_the_fit(tmp_path):
     assert config["model"]["gen_hidden"] == 8 and config["model"]["enc_hidden"] == 8
     assert config["model"]["generator"] == "broadcast"
     assert config["train"]["pixel_fraction"] == 0.5 and config["train"]["beta"] == 4.0
+
+
+def test_time_to_result_says_when_each_threshold_holds(tmp_path, monkeypatch):
+    """The lines ``bench time-to-result`` prints come from the library: per pose network, the
+    epoch (and minute) from which θ and z hold, or "not reached"."""
+    reached = {"theta_circ_corr": 2, "z_conformation_pearson": None}
+    monkeypatch.setattr(bn, "_first", lambda rows, key, threshold: reached[key])
+    lines = []
+    bn.run_time_to_result(
+        tmp_path, n=40, size=12, epochs=2, encoders=("mlp",), device="cpu", progress=False,
+        hidden=8, log=lines.append,
+    )  # fmt: skip
+    assert len(lines) == 1
+    assert re.fullmatch(
+        r"mlp: θ >= 0\.95 from epoch 2 \(\d+\.\d min\), z >= 0\.9 not reached", lines[0]
+    )
+
+
+def test_bench_defaults_are_the_librarys():
+    """An option the library also has takes the library's default (one owner)."""
+    import inspect
+
+    from typer.main import get_command
+
+    from emvae import throughput as tp
+
+    bench = get_command(app).commands["bench"]
+
+    def given(command):
+        return {p.name: p.default for p in bench.commands[command].params}
+
+    def library(fn, name):
+        value = inspect.signature(fn).parameters[name].default
+        return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+    throughput, loader, generator = given("throughput"), given("loader"), given("generator")
+    assert throughput["config"] == library(tp.measure_all, "names") == "em,mnist,galaxy"
+    assert throughput["precision"] == library(tp.measure_all, "precisions")
+    assert throughput["batch"] == library(tp.measure_all, "batches")
+    assert throughput["steps"] == library(tp.measure_all, "steps")
+    assert loader["workers"] == library(tp.loader_report, "workers")
+    assert loader["batches"] == library(tp.loader_report, "n_batches")
+    assert generator["fourier"] == library(bn.run_generator, "fourier")
+    assert generator["steps"] == library(bn.run_generator, "steps")
+    assert generator["batch_size"] == library(bn.run_generator, "batch")

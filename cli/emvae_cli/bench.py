@@ -9,9 +9,10 @@ from pathlib import Path
 import typer
 
 from emvae import bench as bn
-from emvae.config import Generator, ModelConfig, RotationBins, TrainConfig
+from emvae import throughput as tp
+from emvae.config import Generator, RotationBins
 from emvae.errors import ConfigError
-from emvae.gpucheck import SECTIONS
+from emvae.gpucheck import SECTIONS, run_gpu_check
 from emvae.mnist import DATASETS
 from emvae.simulate import OBJECTS
 from emvae.simulating import simulate_stack
@@ -19,7 +20,7 @@ from emvae_cli.common import DEVICE, DEVICE_HELP, SEED_MAX, arg, default, err_co
 
 # members from OBJECTS, which mypy cannot see: a str Enum for Typer's choices
 Particle = enum.Enum("Particle", {name: name for name in OBJECTS}, type=str)  # type: ignore[misc]
-HINGE = Particle("hinge")  # --object's default
+HINGE = Particle(arg(simulate_stack, "obj"))  # --object's default
 
 bench_app = typer.Typer(
     rich_markup_mode=None,  # help as plain text: [brackets] kept, no <bool> metavars
@@ -355,15 +356,23 @@ def encoders(
 def generator(
     out: Path = typer.Option(Path("runs/bench_generator"), "-o", "--out"),
     fourier: str = typer.Option(
-        "64,0", "--fourier-features", help="Comma-separated Fourier feature counts (0: raw x, y)."
+        _csv(arg(bn.run_generator, "fourier")),
+        "--fourier-features",
+        help="Comma-separated Fourier feature counts (0: raw x, y).",
     ),
-    seeds: str = typer.Option("0,1", "--seeds", help="Comma-separated initialisation seeds."),
-    steps: int = typer.Option(1000, "--steps", min=1, help="Adam steps per run."),
+    seeds: str = typer.Option(
+        _csv(arg(bn.run_generator, "seeds")),
+        "--seeds",
+        help="Comma-separated initialisation seeds.",
+    ),
+    steps: int = typer.Option(
+        arg(bn.run_generator, "steps"), "--steps", min=1, help="Adam steps per run."
+    ),
     hidden: int = typer.Option(
         arg(bn.run_generator, "hidden"), "--hidden", min=1, help="Generator width (the example's)."
     ),
-    lr: float = typer.Option(1e-3, "--lr"),
-    batch_size: int = typer.Option(50, "-b", "--batch-size", min=1),
+    lr: float = typer.Option(arg(bn.run_generator, "lr"), "--lr"),
+    batch_size: int = typer.Option(arg(bn.run_generator, "batch"), "-b", "--batch-size", min=1),
 ) -> None:
     """Steps a generator alone needs to beat the mean image on the embedded example, given the
     true poses and conformation (how fast it can learn what z would tell it)."""
@@ -391,62 +400,44 @@ def time_to_result(
         None, "--hidden", min=1, help="Both networks' width (default: fit's choice for the box)."
     ),
     pixel_fraction: float = typer.Option(
-        default(TrainConfig, "pixel_fraction"),
+        arg(bn.run_time_to_result, "pixel_fraction"),
         "--pixel-fraction",
         help="fit's --pixel-fraction (likelihood on this fraction).",
     ),
     generator: Generator = typer.Option(
-        default(ModelConfig, "generator"), "--generator", help="fit's --generator."
+        arg(bn.run_time_to_result, "generator"), "--generator", help="fit's --generator."
     ),
     beta: float = typer.Option(
-        default(TrainConfig, "beta"), "--beta", help="fit's --beta (weight of z's KL)."
+        arg(bn.run_time_to_result, "beta"), "--beta", help="fit's --beta (weight of z's KL)."
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Wall time until fit's defaults find the poses (θ circ. corr. >= 0.95) and the
     conformation (|r| of z >= 0.9) on a simulated stack, epoch by epoch."""
-    table = bn.run_time_to_result(
-        out,
-        n,
-        size,
-        snr,
-        epochs,
-        tuple(e for e in encoders.split(",") if e),
-        device,
-        progress=not quiet,
-        obj=obj,
-        hidden=hidden,
-        pixel_fraction=pixel_fraction,
-        generator=generator,
-        beta=beta,
-    )
-    theta, z = "theta_circ_corr_0.95", "z_conformation_pearson_0.9"
-    for row in table.to_dict("records"):
-        typer.echo(
-            f"{row['encoder']}: θ >= 0.95 "
-            f"{_when(row[f'first_epoch_{theta}'], row[f'minutes_to_{theta}'])}, z >= 0.9 "
-            f"{_when(row[f'first_epoch_{z}'], row[f'minutes_to_{z}'])}"
-        )
+    bn.run_time_to_result(
+        out, n, size, snr, epochs, tuple(e for e in encoders.split(",") if e), device,
+        progress=not quiet, obj=obj, hidden=hidden, pixel_fraction=pixel_fraction,
+        generator=generator, beta=beta, log=typer.echo,
+    )  # fmt: skip
     err_console.print(f"wrote {out / 'time_to_result_results.md'}", highlight=False)
-
-
-def _when(epoch: float | None, minutes: float) -> str:
-    """'from epoch 4 (2.1 min)', or 'not reached'."""
-    if epoch is None or epoch != epoch:
-        return "not reached"
-    return f"from epoch {int(epoch)} ({minutes:.1f} min)"
 
 
 @bench_app.command("throughput")
 @user_errors
 def throughput(
     config: str = typer.Option(
-        "em,mnist,galaxy", "--config", help="em, mnist, galaxy (the paper's), fit (fit's, 64 px)."
+        _csv(arg(tp.measure_all, "names")),
+        "--config",
+        help="em, mnist, galaxy (the paper's), fit (fit's, 64 px).",
     ),
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
-    precision: str = typer.Option("fp32,bf16", "--precision", help="fp32 and/or bf16."),
-    batch: str = typer.Option("100,256", "--batch", help="Batch sizes."),
-    steps: int = typer.Option(5, "--steps", help="Timed steps (after 2 warm-up steps)."),
+    precision: str = typer.Option(
+        _csv(arg(tp.measure_all, "precisions")), "--precision", help="fp32 and/or bf16."
+    ),
+    batch: str = typer.Option(_csv(arg(tp.measure_all, "batches")), "--batch", help="Batch sizes."),
+    steps: int = typer.Option(
+        arg(tp.measure_all, "steps"), "--steps", help="Timed steps (after 2 warm-up steps)."
+    ),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     stream: bool = typer.Option(
         False, "--stream", help="Also time batches streamed from a memory-mapped file."
@@ -461,7 +452,7 @@ def throughput(
         None, "--zdim", min=0, help="Latent dimensions (default: the config's)."
     ),
     pixel_fraction: float = typer.Option(
-        default(TrainConfig, "pixel_fraction"),
+        arg(tp.measure, "pixel_fraction"),
         "--pixel-fraction",
         help="Likelihood on this random fraction of the pixels.",
     ),
@@ -470,9 +461,7 @@ def throughput(
 
     FLOPs are counted analytically (formula in emvae/throughput.py); a table, then one JSON
     line per measurement."""
-    from emvae.throughput import measure_all
-
-    rows = measure_all(
+    rows = tp.measure_all(
         [c for c in config.split(",") if c], device, precision.split(","),
         _ints(batch), steps, stream=stream, ctf=ctf, log=typer.echo, compile_model=compile_model,
         hidden=hidden, zdim=zdim, pixel_fraction=pixel_fraction,
@@ -488,9 +477,17 @@ def loader(
     downsample: int | None = typer.Option(
         None, "-D", "--downsample", help="Fourier-downsample to this box, px (as fit -D)."
     ),
-    batch: int = typer.Option(256, "--batch", min=1, help="Images per batch."),
-    batches: int = typer.Option(20, "--batches", min=1, help="Timed batches per reader."),
-    workers: str = typer.Option("0,1,2", "--workers", help="DataLoader worker counts to time."),
+    batch: int = typer.Option(
+        arg(tp.loader_report, "batch"), "--batch", min=1, help="Images per batch."
+    ),
+    batches: int = typer.Option(
+        arg(tp.loader_report, "n_batches"), "--batches", min=1, help="Timed batches per reader."
+    ),
+    workers: str = typer.Option(
+        _csv(arg(tp.loader_report, "workers")),
+        "--workers",
+        help="DataLoader worker counts to time.",
+    ),
     train: bool = typer.Option(
         False, "--train", help="Also run a CPU training step per batch (fit's default model)."
     ),
@@ -498,9 +495,7 @@ def loader(
     """Streaming read rate, images/s: a thread reading one batch ahead (fit's former reader)
     against fit's DataLoader with 0, 1, 2… worker processes, on random batches of STACK
     preprocessed as fit would."""
-    from emvae.throughput import loader_report
-
-    for line in loader_report(stack, downsample, batch, batches, tuple(_ints(workers)), train):
+    for line in tp.loader_report(stack, downsample, batch, batches, tuple(_ints(workers)), train):
         typer.echo(line)
 
 
@@ -529,8 +524,6 @@ def gpu(
     bf16 matrix product measured in the same run, the streaming reader, time to result on
     50,000 x 64 px, torchrun against a plain fit. Each section has its own time budget; every
     result is written as it comes (docs/benchmarks.md, "GPU")."""
-    from emvae.gpucheck import run_gpu_check
-
     names = tuple(s for s in sections.split(",") if s)
     run_gpu_check(out, device, tiny, names, log=typer.echo, work=work)
     typer.echo(f"wrote {out / 'gpu_check.md'} and {out / 'gpu_check.jsonl'}")
