@@ -364,3 +364,14 @@ def test_bench_defaults_are_the_librarys():
     assert generator["fourier"] == library(bn.run_generator, "fourier")
     assert generator["steps"] == library(bn.run_generator, "steps")
     assert generator["batch_size"] == library(bn.run_generator, "batch")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["mnist", "--betas", "1,a", "--data", "missing"], ["encoders", "--snr", "1,b"]],
+)
+def test_a_list_option_that_is_not_numbers_is_one_line(tmp_path, args):
+    r = runner.invoke(app, ["bench", *args, "-o", str(tmp_path / "out")])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    assert r.output.startswith("error: expected comma-separated numbers, got ")
+    assert not (tmp_path / "out").exists()

@@ -189,6 +189,13 @@ def _ints(text: str) -> list[int]:
         raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v)
+    except ValueError:
+        raise ConfigError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 @bench_app.command("mnist")
 @user_errors
 def mnist(
@@ -255,7 +262,7 @@ def mnist(
         encoders=tuple(encoders.split(",")),
         lr=lr,
         cluster=cluster,
-        betas=tuple(float(b) for b in betas.split(",") if b),
+        betas=_floats(betas),
     )
     err_console.print(f"wrote {out / 'mnist_results.md'} ({len(table)} fits)", highlight=False)
 
@@ -342,7 +349,7 @@ def encoders(
 ) -> None:
     """Rotation and conformation recovery per epoch for each inference network and object."""
     wrote = bn.encoders_report(
-        out, n, size, tuple(float(v) for v in snrs.split(",") if v),
+        out, n, size, _floats(snrs),
         tuple(e for e in which.split(",") if e), tuple(o for o in objects.split(",") if o),
         device, not quiet, epochs=epochs, hidden=hidden, zdim=zdim, rotation_bins=rotation_bins,
         hypotheses=hypotheses, enc_channels=enc_channels, lr=lr, batch_size=batch_size,
