@@ -270,16 +270,8 @@ def _fit(
                 row.update(prior_columns(model))
                 seeded = ""
                 if epoch == tcfg.class_seed and cfg.classes > 1:
-                    found = seed_classes(
-                        model,
-                        data,
-                        device,
-                        max(tcfg.batch_size, 256),
-                        tcfg.seed,
-                        ctf,
-                        eval_amp,
-                        ctx,
-                    )
+                    batch = max(tcfg.batch_size, 256)
+                    found = seed_classes(model, data, device, batch, tcfg.seed, ctf, eval_amp, ctx)
                     seeds = torch.from_numpy(found)
                     sizes = np.bincount(found[found >= 0], minlength=cfg.classes)
                     seeded = "; classes seeded: " + ", ".join(str(v) for v in sizes)
@@ -433,11 +425,10 @@ def _train_epoch(
     augment = cfg.rotation and tcfg.augment_rotation
     names = term_names(cfg)
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
-    n_steps = math.ceil(n / tcfg.batch_size)
+    size = tcfg.batch_size
+    n_steps = math.ceil(n / size)
     bar.epoch_start(epoch, n_steps, n)
-    batches = [
-        train_idx[perm[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]] for k in range(n_steps)
-    ]
+    batches = [train_idx[perm[k * size : (k + 1) * size]] for k in range(n_steps)]
     parts = [ctx.part(len(b)) for b in batches]
     mine_idx = [b[p] for b, p in zip(batches, parts, strict=True)]
     images = prefetched(data, mine_idx, device, reader_count(tcfg.readers, device))
@@ -469,7 +460,7 @@ def _train_epoch(
         )
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
-            done = min((step + 1) * tcfg.batch_size, n)
+            done = min((step + 1) * size, n)
             bar.step(running.read(sums[0], done))
         else:
             bar.step()
