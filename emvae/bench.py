@@ -874,8 +874,8 @@ def generator_steps(
     simulation's table (``theta_deg``, ``shift_x_px``, ``shift_y_px`` in the consensus frame,
     ``conformation``).
     The squared error per image (sum over pixels) on ``n_eval`` held-out images is recorded
-    every ``every`` steps. Returns ``steps_to_beat_mean`` (None if never), ``mean_image_error``
-    and ``curve`` (list of ``(step, error)``)."""
+    every ``every`` steps and after the last. Returns ``steps_to_beat_mean`` (None if never),
+    ``mean_image_error`` and ``curve`` (list of ``(step, error)``)."""
     torch.manual_seed(seed)
     x = torch.as_tensor(images, dtype=torch.float32)
     x = x[:, None] if x.dim() == 3 else x
@@ -908,7 +908,7 @@ def generator_steps(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % every == 0:
+        if step % every == 0 or step == steps:
             e = error()
             curve.append((step, e))
             if first is None and e < mean_error:

@@ -375,3 +375,16 @@ def test_a_list_option_that_is_not_numbers_is_one_line(tmp_path, args):
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
     assert r.output.startswith("error: expected comma-separated numbers, got ")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_generator_curve_ends_at_the_last_step_even_between_records():
+    from emvae.bench import generator_steps
+    from emvae.config import ModelConfig
+    from emvae.simulate import simulate_particles
+
+    images, truth = simulate_particles(60, 12, snr=5.0, seed=0)
+    config = ModelConfig(image_size=12, zdim=1, gen_hidden=8)
+    run = generator_steps(images, truth, config, steps=13, every=10, n_eval=20)
+    assert [step for step, _ in run["curve"]] == [10, 13]
+    short = generator_steps(images, truth, config, steps=3, every=10, n_eval=20)
+    assert [step for step, _ in short["curve"]] == [3]

@@ -335,8 +335,11 @@ def test_class_run_in_a_real_browser(ex, class_run, tmp_path):
         xy = np.array([pts[i] for i in two], float)
         gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(two)) * 1e9
         k = two[int(gaps.min(1).argmax())]
-        pts = np.array([p if p is not None else [np.nan, np.nan] for p in pts], float)
-        page.mouse.click(box["x"] + pts[k, 0], box["y"] + pts[k, 1])
+        # where the plot and the point are now: the selection may have moved the page
+        box = page.locator("#scatter").bounding_box()
+        assert box is not None
+        x, y = page.evaluate(f"explorer.screenPoints()[{k}]")
+        page.mouse.click(box["x"] + x, box["y"] + y)
         page.wait_for_selector(f"#particle-panel[data-index='{k}']", timeout=15000)
         assert page.inner_text("#canonical-caption").startswith("generator as class 2")
         page.click("#from-particle")
