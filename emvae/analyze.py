@@ -39,6 +39,8 @@ from emvae.latents import latent_columns
 from emvae.safety import claim_outputs, record_outputs
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from emvae.config import RunConfig
     from emvae.io.stack import ImageStack
     from emvae.models import SpatialVAE
@@ -235,7 +237,6 @@ def analyze_run(
 
     Raises ConfigError for a run without latent dimensions (zdim 0), for ``k`` outside
     1..N, and (``umap``) without umap-learn (:data:`UMAP_HINT`)."""
-    from emvae import montage as mt
     from emvae.run import ANALYZE, Run, checkpoint_of
 
     r = run if isinstance(run, Run) else Run.open(run)
@@ -333,22 +334,13 @@ def analyze_run(
     try:
         figures = []
         pd.DataFrame(columns).to_csv(staging / "clusters.csv", index=False, float_format="%.6g")
-        decoded = mt.decode_mean(model, torch.tensor(centres, dtype=torch.float32), shown)
-        if config.model.likelihood == "bernoulli":
-            decoded = decoded.clamp(0, 1)
-        strip = class_labels(sizes)
-        figures.append(
-            tiles.save_png(
-                decoded[None], staging / page.CLASS_GENERATOR.name, scale=3, labels=strip
-            )
-        )
+        decoded = _decoded(model, torch.tensor(centres, dtype=torch.float32), shown)
         averages = _real_averages(r, table, labels, k, result["notes"])
-        if averages is not None:
-            figures.append(
-                tiles.save_png(
-                    averages[None], staging / page.CLASS_AVERAGES.name, scale=3, labels=strip
-                )
-            )
+        strip = class_labels(sizes)
+        for images, figure in ((decoded, page.CLASS_GENERATOR), (averages, page.CLASS_AVERAGES)):
+            if images is not None:
+                png = tiles.save_png(images[None], staging / figure.name, scale=3, labels=strip)
+                figures.append(png)
         result["class_files"] = write_classes(
             staging, decoded.numpy(), averages, sizes, centres, config, result["notes"]
         )
@@ -372,18 +364,15 @@ def analyze_run(
             path_class = shown.repeat_interleave(path.shape[1])
         p, n = path.shape[:2]
         flat = torch.tensor(path.reshape(p * n, zdim), dtype=torch.float32)
-        frames = mt.decode_mean(model, flat, path_class)
+        frames = _decoded(model, flat, path_class)
         grid = frames.reshape(p, n, *frames.shape[1:])
-        if config.model.likelihood == "bernoulli":
-            grid = grid.clamp(0, 1)
         figures.append(tiles.save_png(grid, staging / page.PC_TRAJECTORIES.name, scale=3))
         result["figures"] = [f.name for f in figures]
         (staging / "analyze.json").write_text(json.dumps(result, indent=2) + "\n")
         written = {f.name for f in staging.iterdir()}
         (dest / "analyze.json").unlink(missing_ok=True)  # incomplete until it is back
-        for name in FILES:
-            if name not in written:
-                (dest / name).unlink(missing_ok=True)
+        for name in set(FILES) - written:
+            (dest / name).unlink(missing_ok=True)
         for name in sorted(written - {"analyze.json"}):
             os.replace(staging / name, dest / name)
         os.replace(staging / "analyze.json", dest / "analyze.json")
@@ -391,6 +380,15 @@ def analyze_run(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _decoded(model: SpatialVAE, z: Tensor, classes: Tensor | None) -> Tensor:
+    """The generator's images at z ``(B, K)`` (:func:`emvae.montage.decode_mean`), clipped to
+    [0, 1] for a Bernoulli model."""
+    from emvae import montage as mt
+
+    images = mt.decode_mean(model, z, classes)
+    return images.clamp(0, 1) if model.config.likelihood == "bernoulli" else images
 
 
 def _epoch_table(run: Run, checkpoint: Path) -> tuple[SpatialVAE, pd.DataFrame, dict[str, Any]]:
@@ -403,8 +401,7 @@ def _epoch_table(run: Run, checkpoint: Path) -> tuple[SpatialVAE, pd.DataFrame, 
     check_same_run(checkpoint, config.run_id, run.config.run_id)
     particles = run.particles()
     data = particles.load("cpu", config.model.likelihood, config.train.stream)
-    device = torch.device("cpu")
-    enc = encode(model, data, device, 256, config.train.seed, elbo=False)
+    enc = encode(model, data, torch.device("cpu"), 256, config.train.seed, elbo=False)
     return model, particles.table(config.model, enc), ckpt
 
 
@@ -509,13 +506,9 @@ def _real_averages(
         names = [image_key(n) for n in stack.names]
         if len(names) != len(table) or names != [image_key(n) for n in table["image"]]:
             raise InputError(stack.source, "its images are no longer the run table's")
-        averages, _ = cluster_averages(
-            stack,
-            table["theta_deg"].to_numpy(np.float64),
-            table[["shift_x_px", "shift_y_px"]].to_numpy(np.float64),
-            labels,
-            k,
-        )
+        theta = table["theta_deg"].to_numpy(np.float64)
+        shift = table[["shift_x_px", "shift_y_px"]].to_numpy(np.float64)
+        averages, _ = cluster_averages(stack, theta, shift, labels, k)
     except (EmvaeError, OSError, ValueError) as e:
         notes.append(f"note: aligned averages of the particles skipped ({e})")
         return None

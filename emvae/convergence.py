@@ -89,8 +89,7 @@ def z_agreement(z_a: np.ndarray, z_b: np.ndarray) -> float:
     """How much two epochs' latents ``(N, K)`` agree, up to an invertible affine change of
     axes (sign, order, scale, rotation): the mean of the R^2 of predicting each from the other
     by least squares, in [0, 1]. For K = 1 it is the squared Pearson correlation."""
-    a = np.asarray(z_a, dtype=np.float64)
-    b = np.asarray(z_b, dtype=np.float64)
+    a, b = (np.asarray(v, dtype=np.float64) for v in (z_a, z_b))
     a, b = (v[:, None] if v.ndim == 1 else v for v in (a, b))
     if a.shape[0] != b.shape[0] or a.shape[0] < 2:
         raise ValueError(f"z of shapes {a.shape} and {b.shape}: need the same N >= 2 rows")

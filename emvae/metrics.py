@@ -22,8 +22,7 @@ def circular_correlation(a: np.ndarray, b: np.ndarray) -> float:
     1 for identical angles, unchanged by a constant offset of either, -1 under a reflection;
     0 when either sample is (numerically) one constant angle, where it is undefined.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     spread = [(np.sin(v - circular_mean(v)) ** 2).mean() for v in (a, b)]
     if min(spread) < 1e-12:
         return 0.0
@@ -37,8 +36,7 @@ def angular_error_deg(
 
     Returns ``(median error in degrees, offset in degrees)`` where ``a ~ sign * b + offset``.
     """
-    a = np.radians(np.asarray(a_deg, dtype=np.float64))
-    b = np.radians(np.asarray(b_deg, dtype=np.float64))
+    a, b = (np.radians(np.asarray(v, dtype=np.float64)) for v in (a_deg, b_deg))
     best = (np.inf, 0.0)
     for sign in (1.0, -1.0) if allow_flip else (1.0,):
         d = a - sign * b

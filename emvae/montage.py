@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -68,8 +68,7 @@ def interpolation(
     observed ``(P, 2, C, D, D)``. Returns ``(P, steps [+ 2], C, D, D)``."""
     t = torch.linspace(0, 1, steps, dtype=z_a.dtype)[None, :, None]
     z = (1 - t) * z_a[:, None] + t * z_b[:, None]  # exactly z_a and z_b at the ends
-    p, k = z_a.shape
-    dec = decode_mean(model, z.reshape(p * steps, k)).reshape(p, steps, *_image_shape(model))
+    dec = _decode_grid(model, z)
     if observed is None:
         return dec
     return torch.cat([observed[:, :1], dec, observed[:, 1:]], dim=1)
@@ -88,22 +87,15 @@ def manifold_grids(k: int, n: int, z_data: np.ndarray | None = None) -> list[Ten
     quantiles of the prior or of the particles' posterior means ``z_data`` ``(N, K)``."""
     if k not in (1, 2):
         raise ConfigError(f"the manifold grid is for 1-D or 2-D z; this model has {k}-D z")
-    return [
-        torch.tensor(
-            quantile_grid(n, None if z_data is None else z_data[:, d]), dtype=torch.float32
-        )
-        for d in range(k)
-    ]
+    columns = [None] * k if z_data is None else list(z_data.T[:k])
+    return [torch.tensor(quantile_grid(n, c), dtype=torch.float32) for c in columns]
 
 
 def manifold(model: SpatialVAE, n: int = 10, z_data: np.ndarray | None = None) -> Tensor:
     """The learned manifold for K = 1 (one row of ``n``) or K = 2 (``n x n``; z1 along columns,
     z2 up the rows): ``(rows, n, C, D, D)``. The grid is at quantiles of the prior, or of the
     particles' posterior means ``z_data`` ``(N, K)`` when given (:func:`manifold_grids`)."""
-    z = manifold_z(model.config.zdim, n, z_data)
-    return decode_mean(model, z.reshape(-1, z.shape[-1])).reshape(
-        *z.shape[:2], *_image_shape(model)
-    )
+    return _decode_grid(model, manifold_z(model.config.zdim, n, z_data))
 
 
 def manifold_z(k: int, n: int, z_data: np.ndarray | None = None) -> Tensor:
@@ -124,8 +116,8 @@ def prior_z(k: int, rows: int = 8, cols: int = 8, seed: int = 0) -> Tensor:
 
 def prior_samples(model: SpatialVAE, rows: int = 8, cols: int = 8, seed: int = 0) -> Tensor:
     """Generator means for z drawn from N(0, I) (:func:`prior_z`): ``(rows, cols, C, D, D)``."""
-    z = prior_z(model.config.zdim, rows, cols, seed)
-    return decode_mean(model, z).reshape(rows, cols, *_image_shape(model))
+    k = model.config.zdim
+    return _decode_grid(model, prior_z(k, rows, cols, seed).reshape(rows, cols, k))
 
 
 def traversals(
@@ -138,10 +130,7 @@ def traversals(
     """One row per latent dimension: that z from ``-span`` to ``span`` (prior std units), the
     others at 0; or, with the particles' posterior means ``z_data`` ``(N, K)``, from their 2nd
     to 98th percentile with the others at their medians. Returns ``(len(dims), n, C, D, D)``."""
-    k = model.config.zdim
-    dims = list(range(k)) if dims is None else dims
-    z = traversal_z(k, n, span, dims, z_data)
-    return decode_mean(model, z.reshape(-1, k)).reshape(len(dims), n, *_image_shape(model))
+    return _decode_grid(model, traversal_z(model.config.zdim, n, span, dims, z_data))
 
 
 def traversal_z(
@@ -203,6 +192,7 @@ def canonical_jacobian(model: SpatialVAE, z: Tensor, batch: int = 64) -> Tensor:
         raise ConfigError("a model without latent dimensions has no Jacobian in z")
     was_training = model.training
     model.eval()
+    f = functools.partial(_flat_mean, model)
     out = []
     try:
         for start in range(0, n, batch):
@@ -211,20 +201,15 @@ def canonical_jacobian(model: SpatialVAE, z: Tensor, batch: int = 64) -> Tensor:
             for d in range(k):
                 e = torch.zeros_like(zb)
                 e[:, d] = 1.0
-                cols.append(_jvp(functools.partial(_flat_mean, model), zb, e))
+                # J e by the double-backward trick (torch.autograd.functional.jvp: any layer
+                # with a backward rule; torch.func's forward mode would first script its
+                # decompositions with the deprecated torch.jit)
+                with torch.enable_grad():
+                    cols.append(torch.autograd.functional.jvp(f, zb, e)[1])
             out.append(torch.stack(cols, -1).detach().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)
-
-
-def _jvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
-    """``J_f(x) v`` for a batched ``f``, by the double-backward trick
-    (:func:`torch.autograd.functional.jvp`: any layer with a backward rule; torch.func's
-    forward mode would first script its decompositions with the deprecated torch.jit)."""
-    with torch.enable_grad():
-        jvp: Tensor = torch.autograd.functional.jvp(f, x, v)[1]
-    return jvp
 
 
 def singular_values(model: SpatialVAE, z: Tensor, batch: int = 64) -> Tensor:
@@ -259,9 +244,11 @@ def metric_grid(
     return s.double().prod(-1).float().reshape(rows, n), s.reshape(rows, n, k)
 
 
-def _image_shape(model: SpatialVAE) -> tuple[int, int, int]:
+def _decode_grid(model: SpatialVAE, z: Tensor) -> Tensor:
+    """:func:`decode_mean` over a grid of z ``(rows, cols, K)``: ``(rows, cols, C, D, D)``."""
     d = model.config.image_size
-    return (model.config.channels, d, d)
+    images = decode_mean(model, z.flatten(0, -2))
+    return images.reshape(*z.shape[:-1], model.config.channels, d, d)
 
 
 # ----------------------------------------------------------------------------- labels
@@ -374,7 +361,7 @@ def pose_traversals(
     zs = zz.expand(rows * n, k).to(dev)
     params = model.decode(zs, t.pose.reshape(rows * n, -1).to(dev), full=True)
     mean = pixels_to_images(pixel_mean(model.config, params), model.config.image_size).cpu()
-    return mean.reshape(rows, n, *_image_shape(model))
+    return mean.reshape(rows, n, *mean.shape[1:])
 
 
 def pose_traversal_labels(model: SpatialVAE, n: int = 9, span: float = 2.0) -> Labels:
@@ -464,7 +451,6 @@ def _write_set(
 ) -> tuple[list[Path], list[str]]:
     """One set of montages (:func:`write_montages`) into ``dest``, from ``table``'s particles
     (None: no run table)."""
-    pairs, named_pairs, steps, grid, samples, seed, gif_steps, labels = o
     config = model.config
     claim_outputs(dest, page.MONTAGES, replace, "montages")
     dest.mkdir(parents=True, exist_ok=True)
@@ -474,43 +460,40 @@ def _write_set(
         k = config.zdim
         path_z = z_data = None
         if k == 0:
-            written.append(
-                tiles.save_png(prior_samples(model, 1, 1), dest / page.CANONICAL.name, 4)
-            )
+            canonical = prior_samples(model, 1, 1)
+            written.append(tiles.save_png(canonical, dest / page.CANONICAL.name, 4))
         else:
             if table is not None and table.empty:
                 table = None  # a class that holds no particle: the prior's montages only
-            path_z = _interpolations(
-                model, run, table, pairs, named_pairs, steps, seed, dest, labels, written, notes
-            )
+            path_z = _interpolations(model, run, table, o, dest, written, notes)
             # grids span what the particles cover, not the prior
             z_data = None if table is None else table[latent_columns(table)].to_numpy(np.float64)
             if k <= 2:
-                name, grid_z = page.MANIFOLD.name, manifold(model, grid, z_data)
-                tags: Labels | None = manifold_labels(k, grid, z_data)
+                name, grid_z = page.MANIFOLD.name, manifold(model, o.grid, z_data)
+                tags: Labels | None = manifold_labels(k, o.grid, z_data)
             else:
                 name, grid_z = page.TRAVERSALS.name, traversals(model, z_data=z_data)
                 tags = traversal_labels(k, z_data=z_data)
-            written.append(tiles.save_png(grid_z, dest / name, labels=tags if labels else None))
+            written.append(tiles.save_png(grid_z, dest / name, labels=tags if o.labels else None))
         if config.pose != "rigid":  # each pose parameter, next to z's traversals
             z_mid = None if z_data is None else torch.from_numpy(np.median(z_data, 0)).float()
-            tags = pose_traversal_labels(model) if labels else None
+            tags = pose_traversal_labels(model) if o.labels else None
             pictures = pose_traversals(model, z=z_mid)
             written.append(tiles.save_png(pictures, dest / page.POSE_TRAVERSALS.name, labels=tags))
         if k:
-            tags = prior_labels(k, samples, samples, seed) if labels else None
-            pictures = prior_samples(model, samples, samples, seed)
+            tags = prior_labels(k, o.samples, o.samples, o.seed) if o.labels else None
+            pictures = prior_samples(model, o.samples, o.samples, o.seed)
             written.append(tiles.save_png(pictures, dest / page.PRIOR_SAMPLES.name, labels=tags))
-        if k and gif_steps:
+        if k and o.gif_steps:
             if z_data is not None:  # along the particles' main axis of variation
                 path_z = principal_path(z_data)
             elif path_z is None:  # no particles to walk between: along z1 of the prior
                 path_z = torch.zeros(2, k)
                 path_z[0, 0], path_z[1, 0] = -2.0, 2.0
-            n = gif_steps
+            n = o.gif_steps
             t = torch.cat([torch.linspace(0, 1, n), torch.linspace(1, 0, n)[1:-1]])
             z = path_z[0] + t[:, None] * (path_z[1] - path_z[0])
-            captions = [z_lines(v, most=2) for v in z.tolist()] if labels else None
+            captions = [z_lines(v, most=2) for v in z.tolist()] if o.labels else None
             frames = decode_mean(model, z)
             gif = dest / page.LATENT_MOTION.name
             written.append(tiles.save_gif(frames, gif, positions=t.numpy(), captions=captions))
@@ -523,27 +506,23 @@ def _interpolations(
     model: SpatialVAE,
     run: Path | None,
     table: pd.DataFrame | None,
-    n_pairs: int,
-    named: Sequence[str],
-    steps: int,
-    seed: int,
+    o: _MontageOptions,
     dest: Path,
-    labels: bool,
     written: list[Path],
     notes: list[str],
 ) -> Tensor | None:
     """Write interpolation.png (into ``written``); return the first pair's z ``(2, K)``, or
     None without a run directory."""
     if run is None or table is None:
-        if named:
+        if o.named_pairs:
             raise ConfigError("--pair needs the run directory (its particle table)")
         return None
     r = Run.open(run)
     zs = [f"z{i + 1}" for i in range(model.config.zdim)]
     keys = {image_key(n): i for i, n in enumerate(table["image"])}
-    if named:
+    if o.named_pairs:
         chosen = []
-        for text in named:
+        for text in o.named_pairs:
             a, sep, b = text.partition(",")
             if not sep:
                 raise ConfigError(f"--pair {text!r}: give two image names as 'A,B'")
@@ -557,8 +536,8 @@ def _interpolations(
         pool = np.flatnonzero(split == "test") if split is not None else np.arange(0)
         if len(pool) < 2:
             pool = np.arange(len(table))
-        rng = np.random.default_rng(seed)
-        idx = np.array([rng.choice(pool, 2, replace=False) for _ in range(n_pairs)])
+        rng = np.random.default_rng(o.seed)
+        idx = np.array([rng.choice(pool, 2, replace=False) for _ in range(o.pairs)])
     z = torch.tensor(table[zs].to_numpy(np.float32))
     z_a, z_b = z[idx[:, 0]], z[idx[:, 1]]
     observed: Tensor | None
@@ -568,14 +547,14 @@ def _interpolations(
     except (InputError, ConfigError) as e:
         notes.append(f"note: input images not shown ({e})")
         observed = None
-    pictures = interpolation(model, z_a, z_b, observed, steps)
+    pictures = interpolation(model, z_a, z_b, observed, o.steps)
     if observed is not None and model.config.likelihood == "bernoulli":
         pictures = pictures.clamp(0, 1)
     ends = (0, -1) if observed is not None else ()
     names = None
-    if labels and observed is not None:  # each observed end: its image number and theta
+    if o.labels and observed is not None:  # each observed end: its image number and theta
         names = [[_particle_lines(table.iloc[i]) for i in (a, b)] for a, b in idx.tolist()]
-    tags = interpolation_labels(z_a, z_b, steps, names or ()) if labels else None
+    tags = interpolation_labels(z_a, z_b, o.steps, names or ()) if o.labels else None
     path = dest / page.INTERPOLATION.name
     written.append(tiles.save_png(pictures, path, own_contrast=ends, labels=tags))
     return torch.stack([z_a[0], z_b[0]])

@@ -130,13 +130,8 @@ def compare(table: pd.DataFrame, reference: pd.DataFrame) -> dict[str, Any]:
         body = reference.drop(columns=present).rename(columns={v: k for k, v in BODY_FRAME.items()})
         out.update({f"{k}_body": v for k, v in _pose_agreement(table, body).items()})
     skip = POSE_REFERENCE_COLUMNS | set(BODY_FRAME.values())
-    factors = [
-        c
-        for c in reference.columns
-        if c not in skip
-        and pd.api.types.is_numeric_dtype(reference[c])
-        and reference[c].nunique() > 1
-    ]
+    numeric = [c for c in reference.columns if pd.api.types.is_numeric_dtype(reference[c])]
+    factors = [c for c in numeric if c not in skip and reference[c].nunique() > 1]
     scales = [c for c in ("scale_x", "scale_y") if c in table and c in reference]
     if scales:  # --pose affine against a simulation's (or any reference's) magnifications
         out["scale"] = {

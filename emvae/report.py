@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,16 +101,6 @@ def agreement_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-@dataclass
-class ReportLines:
-    """What ``emvae report`` prints: the agreement with the reference (:func:`agreement_lines`),
-    the warnings (to stand out) and the files written."""
-
-    agreement: list[str]
-    warnings: list[str]
-    wrote: str
-
-
 def report_run(
     run: str | os.PathLike[str],
     reference: str | os.PathLike[str] | None = None,
@@ -119,16 +108,17 @@ def report_run(
     examples: int = EXAMPLES,
     force: bool = False,
     partial: bool = False,
-) -> ReportLines:
-    """``emvae report``: :func:`write_report` (the same arguments), and the lines to print."""
+) -> list[tuple[str, bool]]:
+    """``emvae report``: :func:`write_report` (the same arguments), and the lines to print,
+    each with whether it is a warning (to stand out): the agreement with the reference
+    (:func:`agreement_lines`), the warnings and the files written."""
     result = write_report(run, reference, out, examples, force, partial)
     dest = Path(out) if out is not None else Path(run) / REPORT
-    return ReportLines(
-        agreement_lines(result),
-        list(result["warnings"]),
-        f"wrote {dest / 'report.html'}, {dest / 'report.json'} and {len(result['figures'])} "
-        "figures",
-    )
+    lines = [(line, False) for line in agreement_lines(result)]
+    lines += [(warning, True) for warning in result["warnings"]]
+    n = len(result["figures"])
+    lines.append((f"wrote {dest / 'report.html'}, {dest / 'report.json'} and {n} figures", False))
+    return lines
 
 
 def _write_report(
@@ -148,8 +138,7 @@ def _write_report(
     usage = latent_usage(table)
     if usage:
         result["latent_usage"] = [u.as_dict() for u in usage]
-        warning = unused_warning(usage)
-        if warning:
+        if warning := unused_warning(usage):
             warnings.append(warning)
     unused = {u.name for u in usage if not u.used}
     if "theta_prob" in table:  # equivariant encoder: how sure each rotation is
@@ -215,17 +204,10 @@ def _write_report(
         if "class" in table:
             largest = int(table["class"].value_counts().idxmax())
             result["latent_class"] = largest
-            z_data = table.loc[table["class"] == largest, zs].to_numpy(np.float64)
-            classes = table["class"].to_numpy()
-            by_class = [  # a class no particle chose: over the prior's +-2.5 std
-                (
-                    c,
-                    table.loc[classes == c, zs].to_numpy(np.float64)
-                    if (classes == c).any()
-                    else None,
-                )
-                for c in range(1, config.model.classes + 1)
-            ]
+            z_of = {c: rows[zs].to_numpy(np.float64) for c, rows in table.groupby("class")}
+            z_data = z_of[largest]
+            # a class no particle chose (None): over the prior's +-2.5 std
+            by_class = [(c, z_of.get(c)) for c in range(1, config.model.classes + 1)]
         if len(zs) == config.model.zdim:
             figures.append(_traversals(model, by_class, dest / page.LATENT_TRAVERSALS.name))
         with model.rendering_class(None if largest is None else largest - 1):
@@ -244,12 +226,9 @@ def _write_report(
         path = dest / page.RECONSTRUCTIONS.name
         figures.append(_reconstructions(r, model, table, path, examples, warnings))
     result["figures"] = [p.name for p in figures if p is not None]
-    analysis = _of_this_fit(Path(run) / ANALYZE, config, "latent analysis", warnings)
-    if analysis is not None:
-        result["analyze"] = analysis
-    agreement = _of_this_fit(Path(run) / CONVERGENCE, config, "convergence", warnings, "pairs")
-    if agreement is not None:
-        result["convergence"] = agreement
+    for key, what, csv in ((ANALYZE, "latent analysis", ""), (CONVERGENCE, "convergence", "pairs")):
+        if (made := _of_this_fit(Path(run) / key, config, what, warnings, csv)) is not None:
+            result[key] = made  # report.json's "analyze" and "convergence": the folders' names
     (dest / "report.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
     (dest / "report.html").write_text(
         page.html_page(result, dest, config, r.path / MONTAGE, r.last)
@@ -296,14 +275,9 @@ def _reconstructions(
         observed = np.clip(observed, 0, 1)
     rows = table.iloc[idx]
     names = [image_label(name) for name in rows["image"]]
+    theta = list(rows["theta_deg"].astype(float))
     return plots.reconstructions(
-        observed,
-        rendered.numpy(),
-        canonical.numpy(),
-        names,
-        list(rows["theta_deg"].astype(float)),
-        z.numpy(),
-        path,
+        observed, rendered.numpy(), canonical.numpy(), names, theta, z.numpy(), path
     )
 
 

@@ -68,10 +68,8 @@ def test_the_table_has_one_row_per_consecutive_pair():
     assert table[["epoch_a", "epoch_b"]].values.tolist() == [[10, 20], [20, 30]]
     assert np.allclose(table[["z_r2", "z_corr", "cluster_ari"]], 1.0)
     assert np.allclose(table["theta_diff_deg"], 0.0)
-    assert table["test_elbo"].tolist() == [-21.0, -31.0] and table["train_elbo"].tolist() == [
-        -20.0,
-        -30.0,
-    ]
+    assert table["test_elbo"].tolist() == [-21.0, -31.0]
+    assert table["train_elbo"].tolist() == [-20.0, -30.0]
     no_z = [cv.Snapshot(e, np.zeros((60, 0)), theta) for e in (1, 2)]
     row = cv.convergence_table(no_z, None).iloc[0]
     assert np.isnan(row["z_r2"]) and np.isnan(row["cluster_ari"]) and np.isnan(row["test_elbo"])
@@ -155,9 +153,8 @@ def test_one_checkpoint_is_no_comparison(tmp_path):
     r = runner.invoke(app, ["fit", str(stack), "-o", str(out), *SMALL])  # keeps only last.pt
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["convergence", str(out), "-q"])
-    assert (
-        r.exit_code == 1 and "1 checkpoint(s) kept" in r.output and "--checkpoint-every" in r.output
-    )
+    assert r.exit_code == 1 and "1 checkpoint(s) kept" in r.output
+    assert "--checkpoint-every" in r.output
 
 
 def test_the_report_shows_convergence_once_measured(run3, tmp_path):

@@ -34,9 +34,14 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     stack = write_simulation(root / "sim", n=60, size=16, snr=5.0, shift_std_px=0.5, seed=2)
     out = root / "run"
-    r = runner.invoke(app, ["fit", str(stack), "-o", str(out), "--zdim", "2", *FIT, "-q"])
-    assert r.exit_code == 0, r.output
+    _ok("fit", stack, "-o", out, "--zdim", "2", *FIT, "-q")
     return out
+
+
+def _ok(*args):
+    """``emvae ARGS`` (paths as text), which must succeed."""
+    r = runner.invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
 
 
 def _picture(path):
@@ -78,18 +83,14 @@ def test_manifold_prior_and_traversals(run):
 
 def test_montage_command_writes_pictures(run, tmp_path):
     args = ["montage", str(run), "-o", str(tmp_path), "--pairs", "2", "--grid", "4"]
-    r = runner.invoke(app, [*args, "--no-labels"])
-    assert r.exit_code == 0, r.output
+    _ok(*args, "--no-labels")
     size, _, _ = _picture(tmp_path / "interpolation.png")
     assert size == ((10 * 18 + 2) * 2, (2 * 18 + 2) * 2)  # 8 steps + 2 observed, scale 2
     assert _picture(tmp_path / "manifold.png")[0] == ((4 * 18 + 2) * 2,) * 2
     assert _picture(tmp_path / "latent_motion.gif")[2] == 46  # 24 steps there, 22 back
     table = read_table(run / "particles.csv")
     a, b = table["image"].iloc[[0, 5]]
-    r = runner.invoke(
-        app, ["montage", str(run), "-o", str(tmp_path / "named"), "--pair", f"{a},{b}", "--no-gif"]
-    )
-    assert r.exit_code == 0, r.output
+    _ok("montage", run, "-o", tmp_path / "named", "--pair", f"{a},{b}", "--no-gif")
     assert not (tmp_path / "named" / "latent_motion.gif").exists()
     ckpt = run / "checkpoints" / "last.pt"  # a checkpoint finds its run's particle table
     r = runner.invoke(app, ["montage", str(ckpt), "-o", str(tmp_path / "ck"), "--no-gif"])
@@ -173,8 +174,7 @@ def test_star_reference_reads_like_the_csv(run, tmp_path):
 
 
 def test_report_command_and_bad_reference(run, tmp_path):
-    r = runner.invoke(app, ["report", str(run), "-o", str(tmp_path / "r")])
-    assert r.exit_code == 0, r.output
+    _ok("report", run, "-o", tmp_path / "r")
     assert "rotation" not in json.loads((tmp_path / "r" / "report.json").read_text())
     (tmp_path / "bad.csv").write_text("image,theta_deg\n1@other.mrcs,3.0\n")
     r = runner.invoke(app, ["report", str(run), "--reference", str(tmp_path / "bad.csv")])
@@ -185,10 +185,8 @@ def test_rgb_montage(tmp_path):
     pics = write_pictures(tmp_path / "pics", 10, 24)
     out = tmp_path / "run"
     args = ["fit", str(pics), "-o", str(out), "--crop", "0", "-D", "12", "--zdim", "2", *FIT]
-    r = runner.invoke(app, [*args, "-q"])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["montage", str(out), "--pairs", "1", "--grid", "3"])
-    assert r.exit_code == 0, r.output
+    _ok(*args, "-q")
+    _ok("montage", out, "--pairs", "1", "--grid", "3")
     assert _picture(out / "montage" / "manifold.png")[1] == "RGB"
     assert _picture(out / "montage" / "interpolation.png")[1] == "RGB"
 
@@ -250,10 +248,7 @@ def test_gif_has_one_frame_per_step_even_when_frames_repeat(tmp_path):
 
 
 def test_montage_gif_frames_follow_gif_steps(run, tmp_path):
-    r = runner.invoke(
-        app, ["montage", str(run), "-o", str(tmp_path), "--pairs", "1", "--gif-steps", "7"]
-    )
-    assert r.exit_code == 0, r.output
+    _ok("montage", run, "-o", tmp_path, "--pairs", "1", "--gif-steps", "7")
     (w, h), _, n = _picture(tmp_path / "latent_motion.gif")
     assert n == 2 * 7 - 2  # 7 steps there, 5 back
     assert (w, h) == (16 * 4, 16 * 4 + tiles.TRACK_PX + 2 * tiles.LINE_PX)  # z1, z2 under the image
@@ -308,8 +303,7 @@ def test_labels_add_margins_of_the_expected_size(run, tmp_path):
 
 def test_montage_command_labels(run, tmp_path):
     args = ["montage", str(run), "--pairs", "2", "--grid", "4", "--no-gif"]
-    r = runner.invoke(app, [*args, "-o", str(tmp_path / "a")])
-    assert r.exit_code == 0, r.output
+    _ok(*args, "-o", tmp_path / "a")
     (w, h), _, _ = _picture(tmp_path / "a" / "interpolation.png")
     tile, pad, top = 16 * 2, 2 * 2, tiles.LINE_PX + tiles.GAP_PX
     # 2 rows, each with 2 caption lines (observed: image number and theta; generated: z1, z2)
@@ -331,11 +325,8 @@ def test_report_page_reads_like_supplementary_figures(run, tmp_path):
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    r = runner.invoke(app, ["montage", str(copy), "--pairs", "2", "--grid", "4"])
-    assert r.exit_code == 0, r.output
-    truth = run.parent / "sim" / "truth.csv"
-    r = runner.invoke(app, ["report", str(copy), "--reference", str(truth), "--examples", "5"])
-    assert r.exit_code == 0, r.output
+    _ok("montage", copy, "--pairs", "2", "--grid", "4")
+    _ok("report", copy, "--reference", run.parent / "sim" / "truth.csv", "--examples", "5")
     dest = copy / "report"
     html = (dest / "report.html").read_text()
     saved = json.loads((dest / "report.json").read_text())
@@ -428,8 +419,7 @@ def run_1d(run):
     """A tiny trained run with 1-D z on the same simulated stack as ``run``."""
     out = run.parent / "run_1d"
     stack = run.parent / "sim" / "particles.mrcs"
-    r = runner.invoke(app, ["fit", str(stack), "-o", str(out), "--zdim", "1", *FIT, "-q"])
-    assert r.exit_code == 0, r.output
+    _ok("fit", stack, "-o", out, "--zdim", "1", *FIT, "-q")
     return out
 
 

@@ -42,12 +42,8 @@ def report(
     With --reference: circular correlation, angular error, shift and latent correlations.
     Writes PNGs, report.json and a self-contained report.html (numbered figures with units,
     example particles and their reconstructions, the run's montages, how the run was made)."""
-    lines = report_run(run, reference, out, examples, force, partial)
-    for line in lines.agreement:
-        err_console.print(line, highlight=False)
-    for warning in lines.warnings:
-        err_console.print(warning, highlight=False, style="bold")
-    err_console.print(lines.wrote, highlight=False)
+    for line, warning in report_run(run, reference, out, examples, force, partial):
+        err_console.print(line, highlight=False, style="bold" if warning else None)
 
 
 @user_errors
@@ -109,18 +105,9 @@ def montage(
 
     Everything is the generator's mean at theta = 0, dx = 0. Manifold, traversals and the GIF
     span the range of z the run's particles cover (the prior's, given only a checkpoint)."""
+    steps_of_gif = gif_steps if gif else None
     written, notes = mt.write_montages(
-        source,
-        out,
-        pairs,
-        pair or (),
-        steps,
-        grid,
-        samples,
-        seed,
-        gif_steps if gif else None,
-        labels,
-        force,
+        source, out, pairs, pair or (), steps, grid, samples, seed, steps_of_gif, labels, force
     )
     for note in notes:
         err_console.print(note, highlight=False)

@@ -305,9 +305,7 @@ def _zoom(shown: Shown) -> str:
     with Image.open(shown.path) as im:
         width = im.width
     zoom = min(2.0, PAGE_PX / width)
-    if zoom < 1.25:
-        return ""
-    return f' class="pixels" style="width:{round(width * zoom)}px"'
+    return "" if zoom < 1.25 else f' class="pixels" style="width:{round(width * zoom)}px"'
 
 
 def _embed(path: Path) -> str:
@@ -394,6 +392,10 @@ def _summary_rows(result: dict[str, Any], config: RunConfig) -> list[tuple[str, 
 
 def _provenance(result: dict[str, Any], config: RunConfig) -> list[tuple[str, str]]:
     """Who made the run and how: (label, HTML)."""
+    run = f"<code>{esc(result['run'])}</code>"
+    run += f" (run id {esc(config.run_id[:8])})" if config.run_id else ""
+    fitted = f"emvae {esc(config.version or 'unknown')}"
+    fitted += f", {esc(config.created.replace('T', ' '))}" if config.created else ""
     command = (
         f"<code>{esc(config.command)}</code>"
         if config.command
@@ -401,26 +403,11 @@ def _provenance(result: dict[str, Any], config: RunConfig) -> list[tuple[str, st
         "by an emvae that did not record it)"
     )
     return [
-        (
-            "Run",
-            f"<code>{esc(result['run'])}</code>"
-            + (f" (run id {esc(config.run_id[:8])})" if config.run_id else ""),
-        ),
-        (
-            "Fitted with",
-            f"emvae {esc(config.version or 'unknown')}"
-            + (f", {esc(config.created.replace('T', ' '))}" if config.created else ""),
-        ),
+        ("Run", run),
+        ("Fitted with", fitted),
         ("Command line", command),
         ("Report made by", f"emvae {esc(__version__)}"),
     ]
-
-
-def _shown_path(figure: Figure, path: Path) -> str:
-    """Where a figure's file lies in the run: its folder and name (``montage/class2/...`` for
-    one class's montage)."""
-    sub = f"{path.parent.name}/" if path.parent.name.startswith("class") else ""
-    return f"{figure.folder}{sub}{path.name}"
 
 
 def _montages(folder: Path, last_checkpoint: Path) -> list[Shown]:
@@ -526,11 +513,13 @@ def html_page(
     def figure(shown: Shown) -> str:
         counter[0] += 1
         f, n = shown.figure, counter[0]
+        sub = shown.path.parent.name  # where in the run: montage/class2/... for one class's
+        where = f"{f.folder}{sub + '/' if sub.startswith('class') else ''}{shown.path.name}"
         return (
             f'<figure id="figure-{n}"><img src="{_embed(shown.path)}"{_zoom(shown)} '
             f'alt="Figure {n}: {esc(f.title)}">'
             f"<figcaption><b>Figure {n}. {esc(f.title)}.</b> {f.caption(context)}{shown.note} "
-            f'<span class="missing">({esc(_shown_path(f, shown.path))})</span>'
+            f'<span class="missing">({esc(where)})</span>'
             "</figcaption></figure>"
         )
 
@@ -555,26 +544,19 @@ def html_page(
         shown = [Shown(f, dest / f.name) for f in FIGURES if f.section == section]
         shown = [s for s in shown if s.figure.name in made]
         if shown:
-            parts.append(f"<h2>{esc(section)}</h2>")
-            parts.extend(figure(s) for s in shown)
+            parts += [f"<h2>{esc(section)}</h2>", *map(figure, shown)]
     shown = _montages(montages, last_checkpoint)
-    parts.append(f"<h2>{MONTAGE}</h2>")
-    if shown:
-        parts.extend(figure(s) for s in shown)
-    else:
+    parts += [f"<h2>{MONTAGE}</h2>", *map(figure, shown)]
+    if not shown:
         parts.append(
             f'<p class="missing">No montages yet: <code>emvae montage {esc(result["run"])}</code> '
             "draws interpolations, the manifold and prior samples, and the report shows them.</p>"
         )
-    parts.append(f"<h2>{CONVERGENCE}</h2>")
     text, shown = _convergence_part(result.get("convergence"), result["run"])
-    parts.append(text)
-    parts.extend(figure(s) for s in shown)
+    parts += [f"<h2>{CONVERGENCE}</h2>", text, *map(figure, shown)]
     if result.get("analyze") is not None:
         text, shown = _analysis_part(result["analyze"])
-        parts.append(f"<h2>{ANALYSIS}</h2>")
-        parts.append(text)
-        parts.extend(figure(s) for s in shown)
+        parts += [f"<h2>{ANALYSIS}</h2>", text, *map(figure, shown)]
     body = "\n".join(p for p in parts if p)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>emvae report: {esc(result["run"])}</title>

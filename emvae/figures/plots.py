@@ -12,14 +12,14 @@ only crowded text is smaller (the clusters' legends, the junk tiles' titles).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -38,28 +38,29 @@ DEFORM_COLUMNS = {
 }
 
 
-def _figure(
-    ncols: int = 1, nrows: int = 1, size: float = 3.6, aspect: float = 0.8
-) -> tuple[Figure, Any]:
-    """A figure of ``nrows`` x ``ncols`` panels, each ``size`` x ``aspect * size`` inches."""
-    return figure(size * ncols, size * aspect * nrows, nrows, ncols)
+@contextmanager
+def _drawn(
+    path: Path, ncols: int = 1, nrows: int = 1, size: float = 3.6, aspect: float = 0.8
+) -> Iterator[tuple[Figure, Any]]:
+    """A figure of ``nrows`` x ``ncols`` panels, each ``size`` x ``aspect * size`` inches,
+    drawn in :data:`STYLE` and written to ``path`` (:func:`save`) when the block ends."""
+    with matplotlib.rc_context(STYLE):
+        fig, ax = figure(size * ncols, size * aspect * nrows, nrows, ncols)
+        yield fig, ax
+        save(fig, path)
 
 
 def learning_curves(metrics: pd.DataFrame, path: Path) -> Path:
     """Train (solid) and test (dashed) ELBO, reconstruction error and KL per epoch, nats per
     particle, from ``metrics.csv``'s columns ``epoch``, ``{train,test}_{elbo,error,kl}``."""
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(3, size=3.4)
-        for k, (term, label) in enumerate(
-            (("elbo", "ELBO"), ("error", "reconstruction error −log p"), ("kl", "KL divergence"))
-        ):
+    terms = (("elbo", "ELBO"), ("error", "reconstruction error −log p"), ("kl", "KL divergence"))
+    with _drawn(path, 3, size=3.4) as (_, ax):
+        for a, (term, label) in zip(ax, terms, strict=True):
             for split, style in (("train", "-"), ("test", "--")):
-                ax[k].plot(metrics["epoch"], metrics[f"{split}_{term}"], style, label=split)
-            ax[k].set_title(label)
-            ax[k].set_xlabel("epoch")
-            ax[k].set_ylabel("nats per particle")
+                a.plot(metrics["epoch"], metrics[f"{split}_{term}"], style, label=split)
+            a.set(title=label, xlabel="epoch", ylabel="nats per particle")
         ax[0].legend()
-        return save(fig, path)
+    return path
 
 
 def latent_kl(metrics: pd.DataFrame, path: Path) -> Path | None:
@@ -71,25 +72,13 @@ def latent_kl(metrics: pd.DataFrame, path: Path) -> Path | None:
     )
     if not cols:
         return None
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(1, size=6.0)
+    with _drawn(path, 1, size=6.0) as (_, (ax,)):
         for c in cols:
-            ax[0].plot(metrics["epoch"], metrics[c], label=c[8:].replace("kl_", ""))
-        ax[0].axhline(KL_UNUSED, color="k", ls=":", lw=0.8, label=f"unused below {KL_UNUSED}")
-        ax[0].set_xlabel("epoch")
-        ax[0].set_ylabel("test KL of each z (nats per particle)")
-        ax[0].legend()
-        return save(fig, path)
-
-
-def _secondary_shift_axis(ax: Axes, per_px: float | None, unit: str) -> None:
-    """A top axis in physical units (Å, arcsec) over a histogram of shifts in pixels."""
-    if per_px:
-        per: float = per_px
-        top = ax.secondary_xaxis(
-            "top", functions=(lambda v: np.multiply(v, per), lambda v: np.divide(v, per))
-        )
-        top.set_xlabel(unit)
+            ax.plot(metrics["epoch"], metrics[c], label=c[8:].replace("kl_", ""))
+        ax.axhline(KL_UNUSED, color="k", ls=":", lw=0.8, label=f"unused below {KL_UNUSED}")
+        ax.set(xlabel="epoch", ylabel="test KL of each z (nats per particle)")
+        ax.legend()
+    return path
 
 
 def pose_histograms(
@@ -98,16 +87,17 @@ def pose_histograms(
     """θ (degrees), shifts (pixels of the input; Å or arcsec on a second axis when ``apix`` or
     ``arcsec_per_px`` is known), and (rotation bins) the probability of each particle's
     rotation bin: a 2 x 2 grid of histograms over the particle table's rows."""
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(2, 2, size=5.0)
+    with _drawn(path, 2, 2, size=5.0) as (_, ax):
         ax[0].hist(table["theta_deg"], bins=72, range=(-180, 180), color="C0")
-        ax[0].set_xlabel("θ (degrees, counter-clockwise)")
-        ax[0].set_xticks(range(-180, 181, 90))
+        ax[0].set(xlabel="θ (degrees, counter-clockwise)", xticks=range(-180, 181, 90))
+        per = apix or arcsec_per_px  # Å or arcsec per pixel, on a top axis when known
+        unit = "Å" if apix else "arcsec"
         for k, axis in zip((2, 3), ("x", "y"), strict=True):
             ax[k].hist(table[f"shift_{axis}_px"], bins=50, color="C1")
             ax[k].set_xlabel(f"shift {axis} (px, input pixels)")
-            unit = "Å" if apix else "arcsec"
-            _secondary_shift_axis(ax[k], apix or arcsec_per_px, f"shift {axis} ({unit})")
+            if per:
+                scaled = (lambda v: np.multiply(v, per), lambda v: np.divide(v, per))
+                ax[k].secondary_xaxis("top", functions=scaled).set_xlabel(f"shift {axis} ({unit})")
         if "theta_prob" in table:
             ax[1].hist(table["theta_prob"], bins=50, range=(0, 1), color="C2")
             ax[1].set_xlabel("probability of the rotation bin (1: certain)")
@@ -115,7 +105,7 @@ def pose_histograms(
             ax[1].set_visible(False)
         for a in ax:
             a.set_ylabel("particles")
-        return save(fig, path)
+    return path
 
 
 def deform_histograms(table: pd.DataFrame, path: Path) -> Path | None:
@@ -124,13 +114,11 @@ def deform_histograms(table: pd.DataFrame, path: Path) -> Path | None:
     shown = [c for c in DEFORM_COLUMNS if c in table]
     if not shown:
         return None
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(len(shown), 1, size=3.6)
+    with _drawn(path, len(shown), 1, size=3.6) as (_, ax):
         for a, c in zip(ax, shown, strict=False):
             a.hist(table[c], bins=50, color="C3")
-            a.set_xlabel(DEFORM_COLUMNS[c])
-            a.set_ylabel("particles")
-        return save(fig, path)
+            a.set(xlabel=DEFORM_COLUMNS[c], ylabel="particles")
+    return path
 
 
 def z_histograms(z: pd.DataFrame, unused: set[str], path: Path) -> Path | None:
@@ -140,15 +128,14 @@ def z_histograms(z: pd.DataFrame, unused: set[str], path: Path) -> Path | None:
     if not shown:
         return None
     ncols = min(3, len(shown))
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(ncols, math.ceil(len(shown) / ncols), size=10.0 / max(2, ncols))
-        for k, name in enumerate(shown):
-            ax[k].hist(z[name], bins=50, color="C3" if name in unused else "C2")
-            ax[k].set_xlabel(f"{name} (prior std units){' UNUSED' if name in unused else ''}")
-            ax[k].set_ylabel("particles")
+    with _drawn(path, ncols, math.ceil(len(shown) / ncols), size=10.0 / max(2, ncols)) as (_, ax):
+        for a, name in zip(ax, shown, strict=False):
+            a.hist(z[name], bins=50, color="C3" if name in unused else "C2")
+            a.set_xlabel(f"{name} (prior std units){' UNUSED' if name in unused else ''}")
+            a.set_ylabel("particles")
         for a in ax[len(shown) :]:
             a.set_visible(False)
-        return save(fig, path)
+    return path
 
 
 def latent_2d(z: np.ndarray) -> tuple[np.ndarray, tuple[str, str]] | None:
@@ -174,16 +161,14 @@ def latent_scatter(
     if xy is None:
         return None
     pts, (lx, ly) = xy
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(1, size=6.0)
+    with _drawn(path, 1, size=6.0) as (fig, (ax,)):
         if colour is None:
-            ax[0].scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5, linewidths=0)
+            ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5, linewidths=0)
         else:
-            sc = ax[0].scatter(pts[:, 0], pts[:, 1], s=4, c=colour, cmap="viridis", linewidths=0)
-            fig.colorbar(sc, ax=ax[0], label=f"reference {label}")
-        ax[0].set_xlabel(f"{lx} (prior std units)")
-        ax[0].set_ylabel(f"{ly} (prior std units)")
-        return save(fig, path)
+            sc = ax.scatter(pts[:, 0], pts[:, 1], s=4, c=colour, cmap="viridis", linewidths=0)
+            fig.colorbar(sc, ax=ax, label=f"reference {label}")
+        ax.set(xlabel=f"{lx} (prior std units)", ylabel=f"{ly} (prior std units)")
+    return path
 
 
 def theta_vs_reference(
@@ -191,18 +176,15 @@ def theta_vs_reference(
 ) -> Path:
     """Each particle's θ less the global ``offset`` against the reference's, degrees ``(N,)``,
     with the diagonal where they agree."""
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(1, size=6.0)
+    with _drawn(path, 1, size=6.0) as (_, (ax,)):
         ours = wrap_degrees(theta_deg - offset)
-        ax[0].scatter(reference_deg, ours, s=4, alpha=0.5, linewidths=0)
-        ax[0].plot([-180, 180], [-180, 180], "k:", lw=0.8)
-        ax[0].set_xlim(-180, 180)
-        ax[0].set_ylim(-180, 180)
-        ax[0].set_xticks(range(-180, 181, 90))
-        ax[0].set_yticks(range(-180, 181, 90))
-        ax[0].set_xlabel("reference θ (degrees)")
-        ax[0].set_ylabel(f"emvae θ − global offset ({offset:+.1f}°) (degrees)")
-        return save(fig, path)
+        ax.scatter(reference_deg, ours, s=4, alpha=0.5, linewidths=0)
+        ax.plot([-180, 180], [-180, 180], "k:", lw=0.8)
+        ax.set(xlim=(-180, 180), ylim=(-180, 180))
+        ax.set(xticks=range(-180, 181, 90), yticks=range(-180, 181, 90))
+        ax.set_xlabel("reference θ (degrees)")
+        ax.set_ylabel(f"emvae θ − global offset ({offset:+.1f}°) (degrees)")
+    return path
 
 
 def z_vs_reference(
@@ -212,14 +194,12 @@ def z_vs_reference(
     Pearson r): z against the factor; None without a pair."""
     if not pairs:
         return None
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(len(pairs), size=10.0 / max(2, len(pairs)))
+    with _drawn(path, len(pairs), size=10.0 / max(2, len(pairs))) as (_, ax):
         for a, (z, values, f, factor, r) in zip(ax, pairs, strict=True):
             a.scatter(factor, values, s=4, alpha=0.5, linewidths=0)
-            a.set_xlabel(f"reference {f}")
-            a.set_ylabel(f"{z} (prior std units)")
+            a.set(xlabel=f"reference {f}", ylabel=f"{z} (prior std units)")
             a.set_title(f"{z} vs {f}: r = {r:+.2f}" + (" (z unused)" if z in unused else ""))
-        return save(fig, path)
+    return path
 
 
 def local_metric(
@@ -243,8 +223,7 @@ def local_metric(
         (singular[..., 0], r"$\sigma_1$, fastest direction" f"\n({unit})"),
         (singular[..., 1], r"$\sigma_2$, slowest direction" f"\n({unit})"),
     )
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(2, 2, size=5.0)
+    with _drawn(path, 2, 2, size=5.0) as (fig, ax):
         centres = pad + ticks * (d + pad) + d / 2
         ax[0].imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
         ax[0].set_title("decoded grid (θ = 0, Δx = 0)")
@@ -256,9 +235,8 @@ def local_metric(
             a.set_xticks(ticks, [f"{z1[t]:+.2f}" for t in ticks])
             a.set_yticks(ticks, [f"{z2_rows[t]:+.2f}" for t in ticks])
         for a in ax:
-            a.set_xlabel("z1 (prior std units)")
-            a.set_ylabel("z2 (prior std units)")
-        return save(fig, path)
+            a.set(xlabel="z1 (prior std units)", ylabel="z2 (prior std units)")
+    return path
 
 
 def reconstructions(
@@ -346,45 +324,29 @@ def clusters_2d(points: np.ndarray, labels: np.ndarray, names: tuple[str, str], 
     """Two panels of 2-D ``points`` ``(N, 2)`` named ``names``: coloured by cluster
     ``labels`` ``(N,)`` (1..k, legend) and by local density (:func:`density`, log colour
     scale)."""
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(2, size=4.2, aspect=0.85)
+    with _drawn(path, 2, size=4.2, aspect=0.85) as (fig, ax):
         colours = _cluster_colours(int(labels.max()))
         size = max(1.0, min(12.0, 4000 / max(len(points), 1)))
         for c, colour in enumerate(colours, start=1):
             m = labels == c
-            ax[0].scatter(
-                points[m, 0],
-                points[m, 1],
-                s=size,
-                linewidths=0,
-                label=f"{c} ({int(m.sum())})",
-                color=colour,
-            )
+            label = f"{c} ({int(m.sum())})"
+            ax[0].scatter(*points[m].T, s=size, linewidths=0, label=label, color=colour)
         ax[0].legend(title="cluster", fontsize=7, markerscale=max(1.0, 6 / size), loc="best")
         dens = density(points)
         order = np.argsort(dens)  # dense points on top
-        sc = ax[1].scatter(
-            points[order, 0],
-            points[order, 1],
-            s=size,
-            c=dens[order],
-            cmap="viridis",
-            norm=LogNorm(vmin=1, vmax=max(2.0, float(dens.max()))),
-            linewidths=0,
-        )
+        x, y = points[order].T
+        norm = LogNorm(vmin=1, vmax=max(2.0, float(dens.max())))
+        sc = ax[1].scatter(x, y, s=size, c=dens[order], cmap="viridis", norm=norm, linewidths=0)
         fig.colorbar(sc, ax=ax[1], label="particles per cell")
         for a, title in zip(ax, ("by cluster", "by density"), strict=True):
-            a.set_xlabel(names[0])
-            a.set_ylabel(names[1])
-            a.set_title(title)
-        return save(fig, path)
+            a.set(xlabel=names[0], ylabel=names[1], title=title)
+    return path
 
 
 def clusters_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) -> Path:
     """1-D z ``(N,)`` called ``name``: each particle's z against its rank, coloured by cluster
     ``labels`` ``(N,)`` (1..k), beside the histogram of z stacked by cluster (the density)."""
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(2, size=4.2, aspect=0.85)
+    with _drawn(path, 2, size=4.2, aspect=0.85) as (_, ax):
         colours = _cluster_colours(int(labels.max()))
         clusters = range(1, len(colours) + 1)
         rank = np.argsort(np.argsort(z))
@@ -392,19 +354,13 @@ def clusters_1d(z: np.ndarray, labels: np.ndarray, name: str, path: Path) -> Pat
         for c, colour in zip(clusters, colours, strict=True):
             m = labels == c
             ax[0].scatter(rank[m], z[m], s=3, linewidths=0, color=colour, label=str(c))
-        ax[1].hist(
-            [z[labels == c] for c in clusters],
-            bins=bins,
-            stacked=True,
-            color=colours,
-            label=[str(c) for c in clusters],
-        )
-        ax[0].set_xlabel("particle (ranked by z)")
-        ax[0].set_ylabel(name)
+        stacks = [z[labels == c] for c in clusters]
+        ax[1].hist(stacks, bins=bins, stacked=True, color=colours, label=list(map(str, clusters)))
+
+        ax[0].set(xlabel="particle (ranked by z)", ylabel=name)
         ax[0].legend(title="cluster", fontsize=7)
-        ax[1].set_xlabel(name)
-        ax[1].set_ylabel("particles")
-        return save(fig, path)
+        ax[1].set(xlabel=name, ylabel="particles")
+    return path
 
 
 # ----------------------------------------------------------------------------- emvae convergence
@@ -415,8 +371,7 @@ def convergence(table: pd.DataFrame, metrics: pd.DataFrame | None, path: Path) -
     of checkpoints): z agreement (R^2), theta's median difference, the clusters' adjusted Rand
     index (each at the later epoch of its pair), and the ELBO of every epoch from ``metrics``
     (metrics.csv) with the compared checkpoints marked."""
-    with matplotlib.rc_context(STYLE):
-        fig, ax = figure(14, 3.4, 1, 4)
+    with _drawn(path, 4, size=3.5, aspect=3.4 / 3.5) as (_, ax):  # 14 x 3.4 inches
         x = table["epoch_b"].to_numpy()
         panels = (
             ("z_r2", "z agreement (R², 1 = same)", (0, 1.05)),
@@ -429,8 +384,7 @@ def convergence(table: pd.DataFrame, metrics: pd.DataFrame | None, path: Path) -
                 a.plot(x, y, "o-", color="C0")
             else:
                 a.text(0.5, 0.5, "no latent dimensions", ha="center", transform=a.transAxes)
-            a.set_title(title)
-            a.set_xlabel("epoch (vs the previous checkpoint)")
+            a.set(title=title, xlabel="epoch (vs the previous checkpoint)")
             if ylim is not None:
                 a.set_ylim(*ylim)
         ax[1].set_ylim(bottom=0)
@@ -442,8 +396,7 @@ def convergence(table: pd.DataFrame, metrics: pd.DataFrame | None, path: Path) -
             if "test_elbo" in kept:
                 ax[3].plot(kept["epoch"], kept["test_elbo"], "o", color="C1", label="checkpoints")
             ax[3].legend()
-        ax[3].set_title("ELBO (nats per image)")
-        ax[3].set_xlabel("epoch")
+        ax[3].set(title="ELBO (nats per image)", xlabel="epoch")
         for a in ax:
             a.xaxis.set_major_locator(MaxNLocator(integer=True))
-        return save(fig, path)
+    return path

@@ -120,9 +120,8 @@ def render(
     rows, cols, c, d, _ = pixels.shape
     if labels is None:
         picture = Image.fromarray(tile(pixels, pad))
-        return picture.resize(
-            (picture.width * scale, picture.height * scale), Image.Resampling.NEAREST
-        )
+        size = (picture.width * scale, picture.height * scale)
+        return picture.resize(size, Image.Resampling.NEAREST)
     t, p = d * scale, pad * scale
     g = labels.geometry(rows, cols, t, p)
     mode, white, black = ("L", 255, 0) if c == 1 else ("RGB", (255,) * 3, (0,) * 3)
@@ -162,8 +161,7 @@ def save_png(
     grid = np.asarray(grid, dtype=np.float64)
     cols = [k % grid.shape[1] for k in own_contrast]
     generated = np.delete(grid, cols, axis=1) if cols else grid
-    lo, hi = contrast(generated)
-    pixels = to_uint8(grid, lo, hi)
+    pixels = to_uint8(grid, *contrast(generated))
     for k in cols:
         pixels[:, k] = to_uint8(grid[:, k], *contrast(grid[:, k]))
     render(pixels, scale, labels).save(path)
@@ -226,10 +224,6 @@ def save_gif(
 def z_lines(z: ArrayLike, most: int = 3) -> list[str]:
     """Caption lines for one z: ``"z1 +0.53"``, one per dimension; beyond ``most``
     dimensions the first ``most - 1`` and a line saying how many more."""
-    z = [float(v) for v in np.asarray(z, dtype=np.float64).reshape(-1)]
-    if len(z) > most:
-        return [
-            *(f"z{j + 1} {v:+.2f}" for j, v in enumerate(z[: most - 1])),
-            f"+{len(z) - most + 1} more",
-        ]
-    return [f"z{j + 1} {v:+.2f}" for j, v in enumerate(z)]
+    values = np.asarray(z, dtype=np.float64).reshape(-1)
+    lines = [f"z{j + 1} {float(v):+.2f}" for j, v in enumerate(values)]
+    return lines if len(lines) <= most else [*lines[: most - 1], f"+{len(lines) - most + 1} more"]
