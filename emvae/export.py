@@ -1,16 +1,15 @@
 """A run's poses out of emvae: as a RELION STAR file (``emvae export-star``), or applied to
 its images here (``emvae align``).
 
-:func:`load_source` reads a run folder or a table file; :func:`plan_star_export` resolves
-what a STAR file needs (the input STAR whose rows it keeps, the box in px, the pixel size in
-Å) and :func:`write_star_export` writes it; :func:`align_run` writes the aligned stack.
+:func:`load_source` reads a run folder or a table file; :func:`export_to_star` resolves what
+a STAR file needs (the input STAR whose rows it keeps, the box in px, the pixel size in Å) and
+writes it; :func:`align_run` writes the aligned stack.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,43 +38,31 @@ def load_source(source: Path) -> tuple[pd.DataFrame, RunConfig | None]:
     return read_table(source), None
 
 
-@dataclass
-class StarExport:
-    """What a STAR file of a table's poses is made from."""
-
-    table: pd.DataFrame
-    out: Path
-    #: the input images' box, px (None: unknown, refused when written)
-    box: int | None
-    #: the input pixel size, Å (None: unknown; origins then in px, RELION 3.0)
-    apix: float | None
-    #: optics of a new optics group (when no input STAR gives one)
-    optics_given: Optics
-    #: the input STAR's particle rows for the table's rows, in order, and its optics table
-    particles: pd.DataFrame | None = None
-    optics: pd.DataFrame | None = None
-    #: what was found out about the input STAR ("note: ..."), for the user
-    notes: list[str] = field(default_factory=list)
-
-
-def plan_star_export(
+def export_to_star(
     source: Path,
     out: Path,
     *,
     input_star: Path | None = None,
     apix: float | None = None,
     box: int | None = None,
+    relion30: bool = False,
     voltage: float = Optics.voltage,
     cs: float = Optics.cs,
     amp_contrast: float = Optics.amplitude_contrast,
     force: bool = False,
-) -> StarExport:
-    """Resolve a STAR export of ``source`` (a run folder or a table) into ``out``.
+    note: Callable[[str], None] = print,
+) -> str:
+    """``emvae export-star``: the poses of ``source`` (a run folder or a table) written to the
+    STAR file ``out`` (RELION 3.1 with optics, or the 3.0 layout with origins in px when
+    ``relion30``). Returns the line that says what was written.
 
     ``input_star``: the STAR file the particles came from, whose rows and columns are kept
     (default: the run's input when it was a STAR file); its names must be the table's.
-    ``apix`` (Å) and ``box`` (px) default to the run's, else the input STAR's.
-    ``voltage`` (kV), ``cs`` (mm), ``amp_contrast``: a new optics group's.
+    ``apix`` (Å) and ``box`` (px) default to the run's, else the input STAR's (the box
+    unknown is refused; the pixel size unknown: origins in px, RELION 3.0).
+    ``voltage`` (kV), ``cs`` (mm), ``amp_contrast``: a new optics group's (when no input STAR
+    gives one). What is found out about the input STAR is given to ``note``, each a line
+    "note: ...", before the file is written (so that it comes before a refusal).
     """
     refuse_existing(out, force)
     apix = None if apix is None else physical("--apix", apix)
@@ -93,59 +80,24 @@ def plan_star_export(
         first = config.data.paths[0] if config.data.paths else ""
         if input_star is None and kind_by_suffix(first) == "star":
             input_star = Path(first)
-    plan = StarExport(table, out, box, apix, optics_given)
+    # the input STAR's particle rows for the table's rows, in order, and its optics table
+    particles, optics = None, None
     if input_star is not None:
         if "input_row" not in table:
             raise InputError(source, "has no input_row column to match the input STAR's rows")
         refuse_inputs_as_outputs([out], [input_star])
-        plan.particles, plan.optics = input_star_rows(input_star, table["input_row"].to_numpy())
-        check_star_names(table, plan.particles, input_star)
-        if plan.apix is None:  # what the STAR states: its optics groups' or its rows' pixel size
-            plan.apix, notes = star_pixel_size(plan.particles, plan.optics, input_star)
-            plan.notes = [f"note: {input_star}: {note}" for note in notes]
-        optics = plan.optics
-        if plan.box is None and optics is not None and "rlnImageSize" in optics:
-            plan.box = int(optics["rlnImageSize"].iloc[0])
-    return plan
-
-
-def write_star_export(plan: StarExport, relion30: bool = False) -> str:
-    """Write the planned STAR file (RELION 3.1 with optics, or the 3.0 layout with origins in
-    px when ``relion30``); returns the layout written ("3.1" or "3.0")."""
-    if plan.box is None:
+        particles, optics = input_star_rows(input_star, table["input_row"].to_numpy())
+        check_star_names(table, particles, input_star)
+        if apix is None:  # what the STAR states: its optics groups' or its rows' pixel size
+            apix, notes = star_pixel_size(particles, optics, input_star)
+            for line in notes:
+                note(f"note: {input_star}: {line}")
+        if box is None and optics is not None and "rlnImageSize" in optics:
+            box = int(optics["rlnImageSize"].iloc[0])
+    if box is None:
         raise ConfigError("the box size is unknown: give --box (the input images' size in px)")
-    return export_table(
-        plan.table, plan.out, plan.box, plan.apix, plan.particles, plan.optics, relion30,
-        plan.optics_given,
-    )  # fmt: skip
-
-
-def export_to_star(
-    source: Path,
-    out: Path,
-    *,
-    input_star: Path | None = None,
-    apix: float | None = None,
-    box: int | None = None,
-    relion30: bool = False,
-    voltage: float = Optics.voltage,
-    cs: float = Optics.cs,
-    amp_contrast: float = Optics.amplitude_contrast,
-    force: bool = False,
-    note: Callable[[str], None] = print,
-) -> str:
-    """``emvae export-star``: the export planned (:func:`plan_star_export`, the same
-    arguments), each of its notes given to ``note`` (before the file is written, so that they
-    come before a refusal), the file written (:func:`write_star_export`). Returns the line that
-    says what was written."""
-    plan = plan_star_export(
-        source, out, input_star=input_star, apix=apix, box=box, voltage=voltage, cs=cs,
-        amp_contrast=amp_contrast, force=force,
-    )  # fmt: skip
-    for line in plan.notes:
-        note(line)
-    layout = write_star_export(plan, relion30)
-    return f"wrote {out} ({len(plan.table)} particles, RELION {layout})"
+    layout = export_table(table, out, box, apix, particles, optics, relion30, optics_given)
+    return f"wrote {out} ({len(table)} particles, RELION {layout})"
 
 
 def check_star_names(table: pd.DataFrame, particles: pd.DataFrame, star: Path) -> None:

@@ -22,6 +22,7 @@ refused with one line naming what was found.
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import keyword
 import operator
@@ -41,29 +42,9 @@ __all__ = ["FUNCTIONS", "MAX_LENGTH", "condition_mask"]
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     name: getattr(np, name)
     for name in (
-        "abs",
-        "sqrt",
-        "exp",
-        "expm1",
-        "log",
-        "log1p",
-        "log10",
-        "sin",
-        "cos",
-        "tan",
-        "arcsin",
-        "arccos",
-        "arctan",
-        "arctan2",
-        "sinh",
-        "cosh",
-        "tanh",
-        "floor",
-        "ceil",
-        "round",
-        "isnan",
-        "isfinite",
-    )
+        "abs sqrt exp expm1 log log1p log10 sin cos tan arcsin arccos arctan arctan2 sinh cosh "
+        "tanh floor ceil round isnan isfinite"
+    ).split()
 }
 #: Longest condition accepted, in characters (the parser's recursion stays bounded).
 MAX_LENGTH = 1000
@@ -174,10 +155,6 @@ def _words(text: str, quoted: dict[str, str]) -> str:
 _KEYWORD_COLUMNS = frozenset(keyword.kwlist) - {"and", "or", "not", "in", "is", "True", "False"}
 
 
-def _names(columns: dict[str, Any]) -> str:
-    return ", ".join(columns)
-
-
 class _Evaluator:
     """Evaluates an allow-listed expression tree on a frame's columns (pd.Series values)."""
 
@@ -189,7 +166,7 @@ class _Evaluator:
     def column(self, name: str) -> pd.Series:
         name = self.quoted.get(name, name)
         if name not in self.columns:
-            hint = f" (columns: {_names(self.columns)})"
+            hint = f" (columns: {', '.join(self.columns)})"
             if name in FUNCTIONS:
                 hint = f" ({name} is a function: {name}(column))"
             raise _Refused(f"no column {name!r}{hint}")
@@ -214,10 +191,7 @@ class _Evaluator:
         if isinstance(node, ast.BoolOp):
             values = [_truth(self.value(v)) for v in node.values]
             combine = operator.and_ if isinstance(node.op, ast.And) else operator.or_
-            out = values[0]
-            for v in values[1:]:
-                out = combine(out, v)
-            return out
+            return functools.reduce(combine, values)
         if isinstance(node, ast.UnaryOp):
             operand = self.value(node.operand)
             if isinstance(node.op, ast.Not):

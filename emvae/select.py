@@ -145,13 +145,7 @@ def select_rows(
 
     ``invert`` selects the run's other particles. Selecting none is an error.
     """
-    given = [name for name, v in (("--cluster", clusters), ("--query", query)) if v is not None]
-    given += ["--indices"] if indices is not None else []
-    if len(given) != 1:
-        raise ConfigError(
-            "give exactly one of --cluster, --query, --indices"
-            + (f" (got {', '.join(given)})" if given else "")
-        )
+    _one_criterion(clusters, query, indices)
     n = len(table)
     if clusters is not None:
         if cluster_table is None:
@@ -190,6 +184,15 @@ def select_rows(
     if not mask.any():
         raise ConfigError(f"{what} selects none of the run's {n} particles")
     return np.flatnonzero(mask)
+
+
+def _one_criterion(cluster: object, query: object, indices: object) -> None:
+    """Refuse, in one line, none or several of --cluster, --query and --indices."""
+    options = {"--cluster": cluster, "--query": query, "--indices": indices}
+    given = [name for name, value in options.items() if value is not None]
+    if len(given) != 1:
+        got = f" (got {', '.join(given)})" if given else ""
+        raise ConfigError(f"give exactly one of --cluster, --query, --indices{got}")
 
 
 def selected_input_rows(table: pd.DataFrame, positions: np.ndarray) -> np.ndarray:
@@ -361,11 +364,7 @@ def select_run(
     input rows: .txt, .npy or cryoDRGN .pkl); ``invert`` keeps the others. Writes the
     selection under the stem ``out`` (:func:`write_selection`) and returns the line that says
     what was written."""
-    options = {"--cluster": cluster, "--query": query, "--indices": indices}
-    given = [name for name, value in options.items() if value is not None]
-    if len(given) != 1:
-        got = f" (got {', '.join(given)})" if given else ""
-        raise ConfigError(f"give exactly one of --cluster, --query, --indices{got}")
+    _one_criterion(cluster, query, indices)
     run = Run.open(run_dir)
     table = run.table()
     config = run.config

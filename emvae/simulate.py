@@ -166,7 +166,7 @@ def random_object(seed: int = 0) -> BlobObject:
     com = (centres[1] * weight[:, None]).sum(0) / weight.sum()
     extent = np.max(np.hypot(*(centres - com).reshape(-1, 2).T) + 2 * np.tile(sigmas, 3))
     scale = min(1.0, 0.75 / extent)
-    shifted = BlobObject(
+    return BlobObject(
         obj.name,
         np.column_stack([(body[:, :2] - com) * scale, body[:, 2:]]),
         np.column_stack([(domain[:, :2] - com) * scale, domain[:, 2:]]),
@@ -174,7 +174,6 @@ def random_object(seed: int = 0) -> BlobObject:
         obj.turn_deg,
         tuple(np.asarray(obj.slide) * scale),
     )
-    return shifted
 
 
 def get_object(name: str, seed: int = 0) -> BlobObject:
@@ -213,6 +212,9 @@ def render_blobs(
     ``bend`` ``(n,)``: before the stretch, each point u of the molecule (coordinate units) is
     moved to ``u + (0, bend * u_x^2)``: a bend b lifts both ends by ``b * x^2`` (b > 0: up in
     the canonical frame), a warp no affine pose can take and a thin-plate spline can.
+    Without either, the blobs are placed in the image; with them, every pixel is taken back to
+    the canonical frame instead (shift, then the turn, the stretch and the bend undone; the
+    bend's inverse is exact, since it keeps x) and the blobs are evaluated there.
     Returns float32 images ``(n, size, size)``, row 0 at the top.
     """
     grid = coordinate_grid(size, size, dtype=torch.float64)  # (N, 2)
@@ -220,52 +222,27 @@ def render_blobs(
     out = np.empty((len(centres), size, size), dtype=np.float32)
     sig = torch.as_tensor(sigmas)
     amp = torch.as_tensor(amps)
-    if stretch is not None or bend is not None:
-        return _render_deformed(centres, sig, amp, theta_deg, shift_px, size, chunk, stretch, bend)
     for s in range(0, len(centres), chunk):
         c = torch.as_tensor(np.ascontiguousarray(centres[s : s + chunk]))
         t = torch.deg2rad(torch.as_tensor(theta_deg[s : s + chunk], dtype=torch.float64))
         cos, sin = torch.cos(t)[:, None], torch.sin(t)[:, None]
-        placed = torch.stack(
-            [cos * c[..., 0] - sin * c[..., 1], sin * c[..., 0] + cos * c[..., 1]], -1
-        )
-        placed = placed + torch.as_tensor(shift_px[s : s + chunk])[:, None, :] / h
-        d2 = ((grid[None, :, None, :] - placed[:, None, :, :]) ** 2).sum(-1)  # (b, N, M)
-        img = (amp * torch.exp(-d2 / (2 * sig**2))).sum(-1)
-        out[s : s + chunk] = img.reshape(-1, size, size).numpy()
-    return out
-
-
-def _render_deformed(
-    centres: np.ndarray,
-    sig: torch.Tensor,
-    amp: torch.Tensor,
-    theta_deg: np.ndarray,
-    shift_px: np.ndarray,
-    size: int,
-    chunk: int,
-    stretch: np.ndarray | None,
-    bend: np.ndarray | None,
-) -> np.ndarray:
-    """:func:`render_blobs` with a stretch and/or a bend: every pixel is taken back to the
-    canonical frame (shift, then the turn, the stretch and the bend undone; the bend's inverse
-    is exact, since it keeps x) and the blobs are evaluated there."""
-    grid = coordinate_grid(size, size, dtype=torch.float64)
-    h = pixels_per_unit(size)
-    out = np.empty((len(centres), size, size), dtype=np.float32)
-    for s in range(0, len(centres), chunk):
-        c = torch.as_tensor(np.ascontiguousarray(centres[s : s + chunk]))
-        t = torch.deg2rad(torch.as_tensor(theta_deg[s : s + chunk], dtype=torch.float64))
-        cos, sin = torch.cos(t)[:, None], torch.sin(t)[:, None]
-        p = grid[None] - torch.as_tensor(shift_px[s : s + chunk])[:, None, :] / h  # (b, N, 2)
-        back = torch.stack(
-            [cos * p[..., 0] + sin * p[..., 1], -sin * p[..., 0] + cos * p[..., 1]], -1
-        )
-        v = back if stretch is None else back / torch.as_tensor(stretch[s : s + chunk])[:, None, :]
-        if bend is not None:
-            b = torch.as_tensor(bend[s : s + chunk], dtype=torch.float64)[:, None]
-            v = torch.stack([v[..., 0], v[..., 1] - b * v[..., 0] ** 2], -1)
-        d2 = ((v[:, :, None, :] - c[:, None, :, :]) ** 2).sum(-1)  # (b, N, M)
+        u = torch.as_tensor(shift_px[s : s + chunk])[:, None, :] / h
+        if stretch is None and bend is None:
+            placed = torch.stack(
+                [cos * c[..., 0] - sin * c[..., 1], sin * c[..., 0] + cos * c[..., 1]], -1
+            )
+            d2 = ((grid[None, :, None, :] - (placed + u)[:, None, :, :]) ** 2).sum(-1)  # (b, N, M)
+        else:
+            p = grid[None] - u  # (b, N, 2)
+            v = torch.stack(
+                [cos * p[..., 0] + sin * p[..., 1], -sin * p[..., 0] + cos * p[..., 1]], -1
+            )
+            if stretch is not None:
+                v = v / torch.as_tensor(stretch[s : s + chunk])[:, None, :]
+            if bend is not None:
+                b = torch.as_tensor(bend[s : s + chunk], dtype=torch.float64)[:, None]
+                v = torch.stack([v[..., 0], v[..., 1] - b * v[..., 0] ** 2], -1)
+            d2 = ((v[:, :, None, :] - c[:, None, :, :]) ** 2).sum(-1)  # (b, N, M)
         img = (amp * torch.exp(-d2 / (2 * sig**2))).sum(-1)
         out[s : s + chunk] = img.reshape(-1, size, size).numpy()
     return out
@@ -651,15 +628,12 @@ def simulate_particles(
         images = clean + rng.normal(0.0, noise_std, clean.shape).astype(np.float32)
     else:
         images = clean
-    if draws is None:
-        theta_c, shift_c = consensus_pose(objects[0], conf, theta, shift, size, stretch)
-    else:
-        theta_c, shift_c = np.full(n, np.nan), np.full((n, 2), np.nan)
-        for k, o in enumerate(objects):
-            at = draws.label == k
-            theta_c[at], shift_c[at] = consensus_pose(
-                o, conf[at], theta[at], shift[at], size, None if stretch is None else stretch[at]
-            )
+    theta_c, shift_c = np.full(n, np.nan), np.full((n, 2), np.nan)  # NaN: no particle (junk)
+    for k, o in enumerate(objects):
+        at = np.full(n, True) if draws is None else draws.label == k
+        theta_c[at], shift_c[at] = consensus_pose(
+            o, conf[at], theta[at], shift[at], size, None if stretch is None else stretch[at]
+        )
     truth = truth_table(stack_name, theta_c, shift_c, conf, theta, shift)
     if stretch is not None:
         truth["scale_x"], truth["scale_y"] = stretch[:, 0], stretch[:, 1]
@@ -767,11 +741,6 @@ def ctf_2d(
     return full
 
 
-def apply_ctf(images: np.ndarray, ctf: np.ndarray) -> np.ndarray:
-    """Multiply each image's Fourier transform by ``ctf`` (real, same grid). ``(N, D, D)``."""
-    return np.fft.ifft2(np.fft.fft2(images) * ctf).real.astype(np.float32)
-
-
 def draw_ctf(
     n: int,
     seed: int,
@@ -862,20 +831,14 @@ def write_simulation(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = None
-    if defocus_um is None:
-        images, truth = simulate_particles(
-            n, size, snr, shift_std_px, seed, obj=obj, scale_std=scale_std,
-            stretch_std=stretch_std, bend_std=bend_std, junk=junk, junk_kinds=junk_kinds,
-            class_weights=class_weights,
-        )  # fmt: skip
-    else:
-        clean, truth = simulate_particles(
-            n, size, float("inf"), shift_std_px, seed, obj=obj, scale_std=scale_std,
-            stretch_std=stretch_std, bend_std=bend_std, junk=junk, junk_kinds=junk_kinds,
-            class_weights=class_weights,
-        )  # fmt: skip
+    images, truth = simulate_particles(  # clean with a CTF: its noise comes after it
+        n, size, snr if defocus_um is None else float("inf"), shift_std_px, seed, obj=obj,
+        scale_std=scale_std, stretch_std=stretch_std, bend_std=bend_std, junk=junk,
+        junk_kinds=junk_kinds, class_weights=class_weights,
+    )  # fmt: skip
+    if defocus_um is not None:
         params, meta, rng = draw_ctf(n, seed, defocus_um, apix, astigmatism_um)
-        x = torch.from_numpy(clean)[:, None]
+        x = torch.from_numpy(images)[:, None]
         clean = torch.cat(
             [apply_ctf(x[i : i + 1024], params[i : i + 1024]) for i in range(0, n, 1024)]
         )[:, 0].numpy()

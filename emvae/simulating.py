@@ -22,8 +22,6 @@ from emvae.simulate import (
     write_simulation,
 )
 
-Defocus = float | tuple[float, float] | None
-
 
 def defocus_range(text: str) -> float | tuple[float, float]:
     """``--ctf 1.5`` or ``--ctf 0.8:2.5`` (um)."""
@@ -55,73 +53,39 @@ def simulate_stack(
     check_memory(4 * n * size * size * 4, f"simulate -n {n} --size {size}")  # ~4 copies
     df = None if defocus is None else defocus_range(defocus)
     kinds = parse_junk_kinds(junk_kinds)
-    if structure:
-        k = len(structure) if len(structure) > 1 else classes
-        return _structure(
-            out, list(structure), structure2, list(domains), hinge_deg, view, tilt_deg, n, size,
-            snr, shift_std, apix, df, astigmatism, seed, scale_std + stretch_std + bend_std > 0,
-            classes, parse_weights(class_weights, k), junk, kinds,
+    wrote = f"wrote {out / 'particles.mrcs'}, {out / 'particles.star'}, {out / 'truth.csv'}"
+    if structure:  # an atomic model's projections (emvae.structure)
+        weights = parse_weights(class_weights, len(structure) if len(structure) > 1 else classes)
+        if scale_std + stretch_std + bend_std > 0:
+            raise ConfigError("--scale-std, --stretch-std and --bend-std are for --object, not "
+                              "--structure")  # fmt: skip
+        objs = st.structure_objects(
+            list(structure), size, apix, structure2, list(domains), hinge_deg, st.parse_view(view),
+            classes,
         )  # fmt: skip
+        st.write_structure_simulation(
+            out, objs if len(objs) > 1 else objs[0], n, snr, shift_std, seed, df, astigmatism,
+            tilt_deg, junk=junk, junk_kinds=kinds, class_weights=weights,
+        )  # fmt: skip
+        auto = " (auto)" if view.strip().lower() == "auto" else ""
+        lines = [
+            f"{o.name}: {len(o.z)} atoms, view rot {o.view[0]:.1f} tilt {o.view[1]:.1f} psi "
+            f"{o.view[2]:.1f} deg{auto if k == 0 else ''}"
+            for k, o in enumerate(objs)
+        ]
+        if len(objs) == 1 and junk == 0:
+            return [f"{lines[0]}; {wrote}"]
+        lines = [f"class {k}: {line}" for k, line in enumerate(lines)]
+        return [*lines, f"{n} images, {round(junk * n)} junk ({', '.join(kinds)}); {wrote}"]
     if structure2 is not None or domains or tilt_deg > 0:
         raise ConfigError("--structure2, --domain and --tilt-deg need --structure")
-    return _blobs(
-        out, obj, object_seed, classes, class_weights, n, size, snr, shift_std, seed, apix,
-        df, astigmatism, scale_std, stretch_std, bend_std, junk, kinds,
-    )  # fmt: skip
-
-
-def _blobs(
-    out: Path, obj: str, object_seed: int, classes: int, class_weights: str | None, n: int,
-    size: int, snr: float, shift_std: float, seed: int, apix: float, df: Defocus,
-    astigmatism: float, scale_std: float, stretch_std: float, bend_std: float, junk: float,
-    kinds: tuple[str, ...],
-) -> list[str]:  # fmt: skip
-    """The 2-D blob molecules (:mod:`emvae.simulate`)."""
-    weights = parse_weights(class_weights, classes)
+    weights = parse_weights(class_weights, classes)  # the 2-D blob molecules (emvae.simulate)
     particles = class_objects(obj, object_seed, classes)
-    stack = write_simulation(
+    write_simulation(
         out, n, size, snr, shift_std, seed, apix, df, particles if classes > 1 else particles[0],
         astigmatism, scale_std, stretch_std, bend_std, junk, kinds, weights,
     )  # fmt: skip
-    lines = []
     if classes > 1 or junk > 0:
-        lines.append(
-            f"{n} images: classes {', '.join(p.name for p in particles)}, "
-            f"{round(junk * n)} junk ({', '.join(kinds)})"
-        )
-    return [*lines, f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}"]
-
-
-def _structure(
-    out: Path, structure: list[Path], structure2: Path | None, domains: list[str],
-    hinge_deg: float, view: str, tilt_deg: float, n: int, size: int, snr: float,
-    shift_std: float, apix: float, df: Defocus, astigmatism: float, seed: int, deformed: bool,
-    classes: int, weights: tuple[float, ...] | None, junk: float, kinds: tuple[str, ...],
-) -> list[str]:  # fmt: skip
-    """``--structure``: an atomic model's projections (:mod:`emvae.structure`)."""
-    if deformed:
-        raise ConfigError("--scale-std, --stretch-std and --bend-std are for --object, not "
-                          "--structure")  # fmt: skip
-    objs = st.structure_objects(
-        structure, size, apix, structure2, domains, hinge_deg, st.parse_view(view), classes
-    )
-    stack = st.write_structure_simulation(
-        out, objs if len(objs) > 1 else objs[0], n, snr, shift_std, seed, df, astigmatism,
-        tilt_deg, junk=junk, junk_kinds=kinds, class_weights=weights,
-    )  # fmt: skip
-    auto = " (auto)" if view.strip().lower() == "auto" else ""
-    wrote = f"wrote {stack}, {out / 'particles.star'}, {out / 'truth.csv'}"
-    if len(objs) == 1 and junk == 0:
-        rot, tilt, psi = objs[0].view
-        return [
-            f"{objs[0].name}: {len(objs[0].z)} atoms, view rot {rot:.1f} tilt {tilt:.1f} psi "
-            f"{psi:.1f} deg{auto}; {wrote}"
-        ]
-    lines = []
-    for k, obj in enumerate(objs):
-        rot, tilt, psi = obj.view
-        lines.append(
-            f"class {k}: {obj.name}: {len(obj.z)} atoms, view rot {rot:.1f} tilt {tilt:.1f} "
-            f"psi {psi:.1f} deg{auto if k == 0 else ''}"
-        )
-    return [*lines, f"{n} images, {round(junk * n)} junk ({', '.join(kinds)}); {wrote}"]
+        names = ", ".join(p.name for p in particles)
+        return [f"{n} images: classes {names}, {round(junk * n)} junk ({', '.join(kinds)})", wrote]
+    return [wrote]

@@ -41,7 +41,7 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from emvae import simulate as sim
 from emvae.errors import ConfigError, InputError
 from emvae.geometry import pixels_per_unit, wrap_degrees
 
@@ -379,7 +380,6 @@ class StructureObject:
     view: tuple[float, float, float]
     size: int
     apix: float
-    _coarse: _Coarse | None = field(default=None, repr=False)
 
     @property
     def unit_A(self) -> float:
@@ -419,22 +419,18 @@ class StructureObject:
         ``(K,)`` and amplitudes ``(K,)`` for conformations ``(n,)``."""
         return self.project(self.motion.positions(conformation)), self.sigmas, self.amps
 
-    @property
+    @cached_property
     def coarse(self) -> _Coarse:
         """The molecule as at most :data:`COARSE_GROUPS` blobs (runs of consecutive residues),
         for the consensus frame (:func:`emvae.simulate.consensus_frame`, whose cost grows with
         the square of the number of blobs)."""
-        if self._coarse is None:
-            self._coarse = _Coarse(self)
-        return self._coarse
+        return _Coarse(self)
 
     @cached_property
     def consensus(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:func:`emvae.simulate.consensus_frame` of :attr:`coarse` (11 conformations, 3
         rounds): conformations ``(11,)``, turns ``(11,)`` degrees, shifts ``(11, 2)`` units."""
-        from emvae.simulate import consensus_frame
-
-        return consensus_frame(self.coarse, n=11, rounds=3)
+        return sim.consensus_frame(self.coarse, n=11, rounds=3)
 
     def render(
         self,
@@ -642,33 +638,12 @@ def consensus(
     """The truth's conformations ``(n,)`` (0 for a rigid molecule), and the poses relative to
     the consensus view of the coarse molecule (theta ``(n,)`` degrees, shift ``(n, 2)`` px)
     of particles drawn at body poses ``theta``, ``shift`` in conformations ``conf``."""
-    from emvae.simulate import consensus_pose
-
     if obj.motion.rigid:
         return np.zeros_like(conf), wrap_degrees(theta), shift
-    theta_c, shift_c = consensus_pose(obj.coarse, conf, theta, shift, obj.size, frame=obj.consensus)
+    theta_c, shift_c = sim.consensus_pose(
+        obj.coarse, conf, theta, shift, obj.size, frame=obj.consensus
+    )
     return conf, theta_c, shift_c
-
-
-def truth_table(
-    obj: StructureObject,
-    conf: np.ndarray,
-    theta: np.ndarray,
-    shift: np.ndarray,
-    tilt_deg: np.ndarray | None = None,
-    tilt_axis_deg: np.ndarray | None = None,
-    stack_name: str = "particles.mrcs",
-) -> pd.DataFrame:
-    """The truth as :func:`emvae.simulate.simulate_particles` writes it (poses relative to the
-    consensus view of the coarse molecule in the untilted view, and the body's), plus
-    ``tilt_deg`` and ``tilt_axis_deg`` when tilted. A rigid molecule has conformation 0."""
-    from emvae.simulate import truth_table
-
-    conf, theta_c, shift_c = consensus(obj, conf, theta, shift)
-    truth = truth_table(stack_name, theta_c, shift_c, conf, theta, shift)
-    if tilt_deg is not None and tilt_axis_deg is not None:
-        truth["tilt_deg"], truth["tilt_axis_deg"] = tilt_deg, tilt_axis_deg
-    return truth
 
 
 def structure_objects(
@@ -692,8 +667,7 @@ def structure_objects(
                               "model is a class")  # fmt: skip
         return [structure_object(p, size, apix, None, domains, hinge_deg, view) for p in paths]
     first = structure_object(paths[0], size, apix, structure2, domains, hinge_deg, view)
-    return [first] + [replace(first, view=v, _coarse=None)
-                      for v in class_views(first.view, classes)[1:]]  # fmt: skip
+    return [first] + [replace(first, view=v) for v in class_views(first.view, classes)[1:]]
 
 
 def write_structure_simulation(
@@ -729,7 +703,6 @@ def write_structure_simulation(
     from emvae.ctf import apply_ctf
     from emvae.io.star_export import Optics, table_to_star, write_star
     from emvae.safety import atomic_output
-    from emvae.simulate import draw_ctf, draw_mixture, mixture_truth, render_mixture, star_poses
 
     objs = [obj] if isinstance(obj, StructureObject) else list(obj)
     first = objs[0]
@@ -742,7 +715,7 @@ def write_structure_simulation(
     rot, tilt, tilt_axis = draw_tilts(n, tilt_deg, seed)
     draws = None
     if len(objs) > 1 or junk > 0:
-        draws = draw_mixture(n, len(objs), junk, junk_kinds, seed, size, class_weights)
+        draws = sim.draw_mixture(n, len(objs), junk, junk_kinds, seed, size, class_weights)
 
     def centres_of(
         k: int, c: np.ndarray, rows: np.ndarray | None
@@ -759,7 +732,7 @@ def write_structure_simulation(
 
     meta, params, rng = None, None, np.random.default_rng([seed, 25])
     if defocus_um is not None:
-        params, meta, rng = draw_ctf(n, seed, defocus_um, first.apix, astigmatism_um)
+        params, meta, rng = sim.draw_ctf(n, seed, defocus_um, first.apix, astigmatism_um)
     chunk = max(1, chunk)
     total, total2, n_real = 0.0, 0.0, 0
     stack = out / "particles.mrcs"
@@ -777,8 +750,8 @@ def write_structure_simulation(
                         conf[s:e], theta[s:e], shift[s:e], rot[s:e] if tilt_deg else None
                     )
                 else:
-                    clean = render_mixture(len(objs), draws, np.arange(s, e), conf, theta,
-                                           shift, size, centres_of, render)  # fmt: skip
+                    clean = sim.render_mixture(len(objs), draws, np.arange(s, e), conf, theta,
+                                               shift, size, centres_of, render)  # fmt: skip
                 if params is not None:
                     x = torch.from_numpy(clean)[:, None]
                     clean = apply_ctf(x, params[s:e])[:, 0].numpy()
@@ -809,37 +782,34 @@ def write_structure_simulation(
         with mrcfile.mmap(tmp, mode="r+") as m:
             m.header.dmin, m.header.dmax, m.header.dmean = lo, hi, s1 / count
             m.header.rms = np.sqrt(max(s2 / count - (s1 / count) ** 2, 0.0))
-    if draws is None:
-        truth = truth_table(first, conf, theta, shift, tilt if tilt_deg else None,
-                            tilt_axis if tilt_deg else None)  # fmt: skip
-    else:
-        truth = _mixture_truth(objs, draws.label, conf, theta, shift)
-        if tilt_deg:
-            truth["tilt_deg"], truth["tilt_axis_deg"] = tilt, tilt_axis
-        truth = mixture_truth(draws, truth)
+    label = np.zeros(n, dtype=np.int64) if draws is None else draws.label
+    truth = truth_table(objs, label, conf, theta, shift)
+    if tilt_deg:
+        truth["tilt_deg"], truth["tilt_axis_deg"] = tilt, tilt_axis
+    if draws is not None:
+        truth = sim.mixture_truth(draws, truth)
     if meta is not None:
         truth["defocus_um"] = meta.pop("defocus_um").to_numpy()
     truth.to_csv(out / "truth.csv", index=False, float_format="%.6f")
-    table = table_to_star(star_poses(truth), size, first.apix, meta, defaults=Optics())
+    table = table_to_star(sim.star_poses(truth), size, first.apix, meta, defaults=Optics())
     write_star(table, out / "particles.star")
     return stack
 
 
-def _mixture_truth(
+def truth_table(
     objs: Sequence[StructureObject],
     label: np.ndarray,
     conf: np.ndarray,
     theta: np.ndarray,
     shift: np.ndarray,
 ) -> pd.DataFrame:
-    """:func:`emvae.simulate.truth_table` of a mixture: image i's pose relative to the
-    consensus view of its class ``label[i]`` (:func:`consensus`); rows of label -1 (no
-    particle) are left NaN for :func:`emvae.simulate.mixture_truth` to empty."""
-    from emvae.simulate import truth_table as table
-
+    """The truth as :func:`emvae.simulate.truth_table` writes it: image i's pose relative to
+    the consensus view of the coarse molecule of its class ``label[i]`` in the untilted view
+    (:func:`consensus`; a rigid molecule has conformation 0), and the body's; rows of label -1
+    (no particle) are left NaN for :func:`emvae.simulate.mixture_truth` to empty."""
     n = len(label)
     c_out, t_out, s_out = np.full(n, np.nan), np.full(n, np.nan), np.full((n, 2), np.nan)
     for k, o in enumerate(objs):
         at = label == k
         c_out[at], t_out[at], s_out[at] = consensus(o, conf[at], theta[at], shift[at])
-    return table("particles.mrcs", t_out, s_out, c_out, theta, shift)
+    return sim.truth_table("particles.mrcs", t_out, s_out, c_out, theta, shift)

@@ -60,14 +60,10 @@ def _particles(stack: Path, n: int = N) -> pd.DataFrame:
     )
 
 
-def _optics() -> pd.DataFrame:
-    return optics_table()
-
-
 def _star31(stack: Path) -> Path:
     star = stack.parent / "in31.star"
     particles = _particles(stack).assign(rlnOpticsGroup=1)
-    starfile.write({"optics": _optics(), "particles": particles}, star, float_format="%.9g")
+    starfile.write({"optics": optics_table(), "particles": particles}, star, float_format="%.9g")
     return star
 
 
@@ -100,17 +96,10 @@ def test_select_rows_by_query_indices_and_clusters_matched_by_name():
     clusters = t[["image", "input_row"]].assign(cluster=[1, 2, 3, 1, 2, 3, 1, 2], PC1=t["z1"] * 2)
     clusters = clusters.iloc[::-1].reset_index(drop=True)
     assert select_rows(t, clusters=[1, 3], cluster_table=clusters).tolist() == [0, 2, 3, 5, 6]
-    assert select_rows(t, clusters=[2], cluster_table=clusters, invert=True).tolist() == [
-        0,
-        2,
-        3,
-        5,
-        6,
-    ]
-    assert select_rows(t, query="cluster == 2 and PC1 > 0", cluster_table=clusters).tolist() == [
-        4,
-        7,
-    ]
+    others = select_rows(t, clusters=[2], cluster_table=clusters, invert=True)
+    assert others.tolist() == [0, 2, 3, 5, 6]
+    by_query = select_rows(t, query="cluster == 2 and PC1 > 0", cluster_table=clusters)
+    assert by_query.tolist() == [4, 7]
 
 
 @pytest.mark.parametrize(
@@ -142,11 +131,8 @@ def test_clusters_of_another_fit_are_refused():
 
 
 def test_output_paths_take_out_as_a_stem(tmp_path):
-    assert [p.name for p in output_paths(tmp_path / "sel" / "state1", ".star")] == [
-        "state1.txt",
-        "state1.npy",
-        "state1.star",
-    ]
+    names = [p.name for p in output_paths(tmp_path / "sel" / "state1", ".star")]
+    assert names == ["state1.txt", "state1.npy", "state1.star"]
     assert [p.name for p in output_paths("a/b.v2.cs", ".cs")] == ["b.v2.txt", "b.v2.npy", "b.v2.cs"]
     assert [p.name for p in output_paths("x.star", None)] == ["x.txt", "x.npy"]
 
@@ -226,16 +212,15 @@ def test_star31_subset_keeps_rows_columns_optics_and_refits_with_ind(tiny_stack,
     assert np.loadtxt(sel.with_suffix(".txt"), dtype=np.int64).tolist() == rows.tolist()
     r = _select(run, sel, "--query", f"z1 > {z}", "--force")
     assert r.exit_code == 0, r.output
-    assert (
-        np.load(sel.with_suffix(".npy")).tolist() == np.flatnonzero(table["z1"] > float(z)).tolist()
-    )
+    want = np.flatnonzero(table["z1"] > float(z))
+    assert np.load(sel.with_suffix(".npy")).tolist() == want.tolist()
     for stem in (run / "particles", star.with_suffix("")):
         r = _select(run, stem, "--query", f"z1 > {z}", "--force")
         _one_line_error(r, "never writes over its inputs")
     assert starfile.read(star, always_dict=True)["particles"].shape == given["particles"].shape
 
     # the input changed since the fit: one line, nothing written
-    starfile.write({"optics": _optics(), "particles": given["particles"].iloc[:50]}, star)
+    starfile.write({"optics": optics_table(), "particles": given["particles"].iloc[:50]}, star)
     r = _select(run, tmp_path / "late", "--query", f"z1 > {z}")
     _one_line_error(r, "now holds 50 particles but the run was fitted on 60")
     assert not list(tmp_path.glob("late*"))
@@ -344,10 +329,8 @@ def test_mrcs_gets_index_lists_clusters_and_clear_errors(tiny_stack, tmp_path):
     assert np.load(tmp_path / "c.npy").tolist() == want.tolist()
     r = _select(run, tmp_path / "d", "--query", "cluster == 2 and PC1 > 0 and z1 == z1")
     assert r.exit_code == 0, r.output
-    pc1 = np.linspace(-1, 1, N)
-    assert (
-        np.load(tmp_path / "d.npy").tolist() == np.flatnonzero((cluster == 2) & (pc1 > 0)).tolist()
-    )
+    want_d = np.flatnonzero((cluster == 2) & (np.linspace(-1, 1, N) > 0))
+    assert np.load(tmp_path / "d.npy").tolist() == want_d.tolist()
     r = _select(run, tmp_path / "e", "--cluster", "2,7")
     _one_line_error(r, "no cluster 7", "1, 2, 3, 4")
     # and the list refits the same stack on those images
