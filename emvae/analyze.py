@@ -396,6 +396,7 @@ def analyze_run(
 def _epoch_table(run: Run, checkpoint: Path) -> tuple[SpatialVAE, pd.DataFrame, dict[str, Any]]:
     """``(model, table, checkpoint dict)``: the particle table of the run's images under the
     checkpoint ``checkpoint`` (posteriors only: its ``elbo`` column is NaN)."""
+    from emvae.ctf import likelihood_ctf
     from emvae.encode import encode
     from emvae.run import check_same_run, load_model
 
@@ -404,7 +405,9 @@ def _epoch_table(run: Run, checkpoint: Path) -> tuple[SpatialVAE, pd.DataFrame, 
     particles = run.particles()
     data = particles.load("cpu", config.model.likelihood, config.train.stream)
     device = torch.device("cpu")
-    enc = encode(model, data, device, 256, config.train.seed, elbo=False)
+    mode = config.model.ctf  # the images as the encoder saw them, and its CTFs
+    data, ctf = likelihood_ctf(particles.ctf(mode), mode, data, device)
+    enc = encode(model, data, device, 256, config.train.seed, ctf=ctf, elbo=False)
     return model, particles.table(config.model, enc), ckpt
 
 
