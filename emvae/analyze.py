@@ -394,6 +394,7 @@ def _decoded(model: SpatialVAE, z: Tensor, classes: Tensor | None) -> Tensor:
 def _epoch_table(run: Run, checkpoint: Path) -> tuple[SpatialVAE, pd.DataFrame, dict[str, Any]]:
     """``(model, table, checkpoint dict)``: the particle table of the run's images under the
     checkpoint ``checkpoint`` (posteriors only: its ``elbo`` column is NaN)."""
+    from emvae.ctf import likelihood_ctf
     from emvae.encode import encode
     from emvae.run import check_same_run, load_model
 
@@ -401,7 +402,10 @@ def _epoch_table(run: Run, checkpoint: Path) -> tuple[SpatialVAE, pd.DataFrame, 
     check_same_run(checkpoint, config.run_id, run.config.run_id)
     particles = run.particles()
     data = particles.load("cpu", config.model.likelihood, config.train.stream)
-    enc = encode(model, data, torch.device("cpu"), 256, config.train.seed, elbo=False)
+    device = torch.device("cpu")
+    mode = config.model.ctf  # the images as the encoder saw them, and its CTFs
+    data, ctf = likelihood_ctf(particles.ctf(mode), mode, data, device)
+    enc = encode(model, data, device, 256, config.train.seed, ctf=ctf, elbo=False)
     return model, particles.table(config.model, enc), ckpt
 
 

@@ -466,7 +466,11 @@ def encoder_options(spec: str) -> dict[str, Any]:
 
 
 def pose_recovery(
-    model: SpatialVAE, data: torch.Tensor, truth: pd.DataFrame, batch: int = 100
+    model: SpatialVAE,
+    data: torch.Tensor,
+    truth: pd.DataFrame,
+    batch: int = 100,
+    ctf: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Recovery figures of a model on ``data`` ``(N, 1, D, D)`` (normalised, input order) against
     a simulation's ``truth`` (same order), from posterior means (no sampling):
@@ -477,10 +481,11 @@ def pose_recovery(
     posterior means over its median posterior std: below 0.1 it is unused), ``shift_pearson``
     (mean signed Pearson of the x and y shifts, model pixels), ``theta_prob_median`` (rotation
     bins only); with a ``defocus_um`` column, ``z_defocus_pearson`` (the best |Pearson| of a z
-    dimension with the defocus)."""
+    dimension with the defocus). ``ctf`` ``(N, 10)``: the images' CTFs, for a model whose
+    encoder needs them (``ModelConfig.encoder_needs_ctf``)."""
     from emvae.metrics import angular_error_deg, circular_correlation, pearson
 
-    enc = encode(model, data, next(model.parameters()).device, batch_size=batch, elbo=False)
+    enc = encode(model, data, next(model.parameters()).device, batch, ctf=ctf, elbo=False)
     cfg = model.config
     pose = torch.from_numpy(enc.pose_mu).double()
     shift = pose[:, 1:3] if cfg.translation else torch.zeros(len(pose), 2, dtype=torch.float64)

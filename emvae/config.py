@@ -37,6 +37,7 @@ FineTrain = Literal["generator", "all"]
 ClassGenerator = Literal["shared", "separate"]
 RotationBins = Literal[4, 8, 16]
 CtfPad = Literal[1, 2]
+EncoderCtf = Literal["multiply", "flip", "raw"]
 
 GENERATORS: tuple[str, ...] = get_args(Generator)
 PRIORS: tuple[str, ...] = get_args(Prior)
@@ -55,6 +56,7 @@ FINE_TRAIN: tuple[str, ...] = get_args(FineTrain)
 CLASS_GENERATORS: tuple[str, ...] = get_args(ClassGenerator)
 ROTATION_BINS: tuple[int, ...] = get_args(RotationBins)
 CTF_PADS: tuple[int, ...] = get_args(CtfPad)
+ENCODER_CTF: tuple[str, ...] = get_args(EncoderCtf)
 
 
 #: Images up to this many pixels across get the small networks (SMALL_WIDTH wide).
@@ -175,6 +177,12 @@ class ModelConfig:
     # plain rendering ("off"; "phase-flip": the images' phases were flipped once on loading)
     ctf: str = "off"
     ctf_pad: int = 1  # zero-pad the rendering to ctf_pad x the box before its FFT
+    # --ctf on: the pose and z networks see each image's transform multiplied by its CTF
+    # ("multiply": a matched filter, as a classical alignment's correlation with CTF-multiplied
+    # references; every frequency's contrast has one sign whatever the defocus), with its
+    # phases flipped ("flip"), or as recorded ("raw"; runs made before this option); the
+    # likelihood compares the recorded image either way
+    encoder_ctf: str = "multiply"
     # the pose and z networks see a copy of each image of this many pixels (emvae.stages:
     # the same copy at every stage of a coarse-to-fine fit); None: default_encoder_size
     encoder_size: int | None = None
@@ -293,6 +301,7 @@ class ModelConfig:
                 raise ConfigError("--ctf goes with the spatial or broadcast generator")
         if self.ctf_pad not in CTF_PADS:
             raise ConfigError(f"--ctf-pad must be 1 or 2, got {self.ctf_pad}")
+        _choice("--encoder-ctf", self.encoder_ctf, ENCODER_CTF)
         if self.learn_noise and self.likelihood != "gaussian":
             raise ConfigError("--learn-noise applies to the Gaussian likelihood only")
         if self.encoder_px != self.image_size:
@@ -317,6 +326,12 @@ class ModelConfig:
     def encoder_px(self) -> int:
         """The box (px) the pose and z networks see."""
         return self.encoder_size or self.image_size
+
+    @property
+    def encoder_needs_ctf(self) -> bool:
+        """Whether the pose and z networks see each image filtered by its CTF (``--ctf on``
+        with ``encoder_ctf`` "multiply" or "flip"): they then need each image's CTF."""
+        return self.ctf == "on" and self.encoder_ctf != "raw"
 
     @property
     def binned(self) -> bool:
@@ -613,6 +628,7 @@ class RunConfig:
             model, train = dict(d["model"]), dict(d.get("train", {}))
             # configs written before coarse-to-fine: the networks saw the whole image
             model.setdefault("encoder_size", model.get("image_size"))
+            model.setdefault("encoder_ctf", "raw")  # written before the encoder's phase flip
             train.setdefault("stages", "off")
             train.setdefault("fine_images", 0)
             train.setdefault("fine_train", "all")

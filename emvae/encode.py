@@ -56,7 +56,7 @@ def elbo_pass(
     autocast context training used, or None), and the ELBO is computed in float32. With
     ``correlation``, also each image's correlation with its rendering ``(B,)``
     (:func:`emvae.objective.rendering_correlation`), else None."""
-    q = model.encode(x, infer_z=use_z)
+    q = model.encode(x, infer_z=use_z, ctf=ctf)
     with amp if amp is not None else contextlib.nullcontext():
         z, pose = model.sample(q, use_z=use_z, eps=eps)
         params = model.decode(z, pose, classes=model.hypothesis_classes(q)).float()
@@ -84,7 +84,8 @@ def encode(
     data: normalised images ``(N, C, D, D)`` on ``device`` or on the host. The ELBO sample is
     drawn from a generator seeded with ``seed``, so the same model and data give the same table.
     Under torchrun each process encodes its part of every batch and the parts are gathered.
-    ``ctf`` ``(N, 10)``: the particles' CTF parameters for the ELBO (``--ctf on``), or None.
+    ``ctf`` ``(N, 10)``: the particles' CTF parameters for the ELBO and the encoder (``--ctf
+    on``), or None.
     Without ``elbo`` the generator does not run (the ELBO column is NaN): the posteriors alone,
     at the inference networks' cost. ``amp``: the autocast context the generator renders under
     for the ELBO (:func:`elbo_pass`; fit passes its training's), or None (float32).
@@ -115,7 +116,7 @@ def encode(
                 assert corr is not None  # asked for
                 value, ncc = terms.elbo, corr
             else:
-                q = model.encode(x[s])
+                q = model.encode(x[s], ctf=None if batch_ctf is None else batch_ctf[s])
                 value = torch.full((x[s].shape[0],), float("nan"), device=x.device)
                 ncc = value
             piece = {

@@ -679,9 +679,12 @@ class Explorer:
                 from emvae.ctf import likelihood_ctf
 
                 x, ctf = likelihood_ctf(params[index : index + 1], mode, x, self.device)
+        if ctf is None and self.cfg.encoder_needs_ctf:
+            why = "its CTF cannot be read, and this model's networks see images filtered by it"
+            raise RequestError(422, f"particle {index}: {why}")
         with self.lock:
             self.model.eval()
-            q = self.model.encode(x)
+            q = self.model.encode(x, ctf=ctf)
             params_out = self.model.decode(q.z_mu, q.pose_mu, full=True, classes=q.best_class())
             if ctf is not None:
                 params_out = with_ctf(self.cfg, params_out, ctf.to(params_out.dtype))

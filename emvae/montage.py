@@ -45,16 +45,20 @@ def decode_mean(model: SpatialVAE, z: Tensor, classes: Tensor | None = None) -> 
 
 
 @torch.no_grad()
-def reconstruct(model: SpatialVAE, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Each image ``(B, C, D, D)`` (normalised, as the model sees it) encoded and drawn again:
+def reconstruct(
+    model: SpatialVAE, images: Tensor, ctf: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Each image ``(B, C, D, D)`` (normalised, as the model sees it; with its CTF ``ctf``
+    ``(B, 10)`` when the model's encoder needs it) encoded and drawn again:
     ``(rendered, z, pose)``. ``rendered`` ``(B, C, D, D)`` is the generator's mean at the
     posterior means of z ``(B, K)`` and of the pose ``(B, P)`` (model units, the layout of
     :class:`emvae.models.RigidTransform`; the most probable rotation bin with rotation bins),
     i.e. the particle as the model explains it, turned and shifted as it lies in the image.
     The CTF is not applied (the rendering is the CTF-free object)."""
     model.eval()
-    x = images.to(next(model.parameters()).device, torch.float32)
-    q = model.encode(x)
+    dev = next(model.parameters()).device
+    x = images.to(dev, torch.float32)
+    q = model.encode(x, ctf=None if ctf is None else ctf.to(dev))
     params = model.decode(q.z_mu, q.pose_mu, full=True, classes=q.best_class())
     rendered = pixels_to_images(pixel_mean(model.config, params), model.config.image_size)
     return rendered.cpu(), q.z_mu.cpu(), q.pose_mu.cpu()

@@ -257,15 +257,22 @@ def _reconstructions(
     their inferred z and pose (:func:`emvae.montage.reconstruct`) and, below, the same z at
     θ = 0, Δx = 0 (:func:`emvae.figures.plots.reconstructions`); None, and a note in
     ``warnings``, when the run's input images can no longer be read."""
+    from emvae.ctf import likelihood_ctf
+
     idx = example_indices(table, n)
+    mode = model.config.ctf
     try:
-        images = r.particles().images(idx)
+        particles = r.particles()
+        images, params = particles.images(idx), particles.ctf(mode)
     except (InputError, ConfigError, OSError) as e:
         warnings.append(
             f"note: example particles not shown: the run's input images are not readable ({e})"
         )
         return None
-    rendered, z, _ = mt.reconstruct(model, images)
+    # the images as the encoder saw them in training (phase-flipped with --ctf phase-flip)
+    at = None if params is None else params[idx]
+    seen, ctf = likelihood_ctf(at, mode, images, torch.device("cpu"))
+    rendered, z, _ = mt.reconstruct(model, seen, ctf)
     classes = None  # --classes: each particle drawn as its own class
     if "class" in table:
         classes = torch.as_tensor(table["class"].to_numpy()[idx] - 1)

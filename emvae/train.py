@@ -587,7 +587,7 @@ def training_step(
     if n == 0:  # no share of a tiny last batch: a zero-weight stand-in keeps the all-reduce
         x, eps, weight = x.new_zeros(1, *x.shape[1:]), eps.new_zeros(1, eps.shape[1]), 0.0
         gamma = None if gamma is None else gamma.new_zeros(1)
-        ctf = None
+        ctf = None if ctf is None else ctf.new_ones(1, ctf.shape[1])  # any CTF: x is 0
     subset, pixel_weight = None, 1.0
     if pixel_fraction < 1:
         subset = core.pixel_sample(pixel_fraction, rng)
@@ -606,9 +606,9 @@ def training_step(
         with sync:
             with amp if amp is not None else contextlib.nullcontext():
                 g = None if gamma is None else gamma[piece]
-                q, params = net(x[piece], g, eps[piece], use_z, subset)
+                c = None if ctf is None else ctf[piece]
+                q, params = net(x[piece], g, eps[piece], use_z, subset, c)
             y = core.pixels(x[piece], subset)
-            c = None if ctf is None else ctf[piece]
             terms = posterior_elbo(
                 cfg, y, params.float(), q.float(), use_z, c, pixel_weight, core.stage
             )

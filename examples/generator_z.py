@@ -26,7 +26,7 @@ from emvae.run import Run, load_model
 def posterior_z(model, x: torch.Tensor, ctf: torch.Tensor | None, grid: torch.Tensor):
     """(encoder's z mean ``(B,)``, posterior mean of z under the generator ``(B,)``) for images
     ``x`` ``(B, 1, D, D)`` (zdim 1), the poses held at the encoder's."""
-    q = model.encode(x)
+    q = model.encode(x, ctf=ctf)
     y = model.pixels(x)
     eps = torch.zeros(x.shape[0], model.n_latent)
     log_post = []

@@ -47,7 +47,7 @@ def main() -> None:
     for s in range(0, args.n, 100):
         x = data[s : s + 100]
         c = None if ctf is None else ctf[s : s + 100]
-        q = model.encode(x)
+        q = model.encode(x, ctf=c)
         z, pose = model.sample(q, eps=torch.zeros(x.shape[0], model.n_latent))
         log_lik = []
         for g in grid:  # the pose's hypotheses as the ELBO weighs them; z set to g

@@ -33,7 +33,8 @@ def main(run: str, truth_csv: str, first: str | None = None) -> None:
     if first is not None:
         data, truth = data[: int(first)], truth.iloc[: int(first)].reset_index(drop=True)
     mode = run_dir.config.model.ctf
-    data, _ = likelihood_ctf(particles.ctf(mode), mode, data, "cpu")  # phase-flip: as trained
+    params = particles.ctf(mode)  # phase-flip: as trained; on: the encoder's CTF
+    data, ctf = likelihood_ctf(None if params is None else params[: len(data)], mode, data, "cpu")
     metrics = run_dir.metrics().set_index("epoch")
     kl = [c for c in metrics.columns if c.startswith("test_kl_z") and c[9:].isdigit()]
     extra = ",z_defocus_abs_r" if "defocus_um" in truth else ""
@@ -50,7 +51,7 @@ def main(run: str, truth_csv: str, first: str | None = None) -> None:
 
     for path in run_dir.checkpoints():
         model, _, ckpt = load_model(path)
-        r = pose_recovery(model, data, truth)
+        r = pose_recovery(model, data, truth, ctf=ctf)
         epoch = int(ckpt["epoch"])
         kls = ",".join(f"{metrics.loc[epoch, c]:.3f}" for c in kl)
         print(

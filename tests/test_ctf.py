@@ -178,7 +178,7 @@ def test_the_likelihood_compares_each_image_with_its_ctf_times_the_rendering():
     x = torch.randn(3, 1, 12, 12)
     p = torch.cat([_params(apix_A=3.0, defocus_u_A=1e4 * (k + 1)) for k in range(3)]).float()
     with torch.no_grad():
-        q, params = model(x, None, torch.zeros(3, model.n_latent))
+        q, params = model(x, None, torch.zeros(3, model.n_latent), ctf=p)
         terms = posterior_elbo(cfg, model.pixels(x), params, q, ctf=p)
         plain = posterior_elbo(cfg, model.pixels(x), params, q)
         seen = apply_ctf(params[..., 0].reshape(3, 1, 12, 12), p)
@@ -206,7 +206,7 @@ def test_with_a_mask_the_ctf_acts_on_the_whole_rendering_then_the_mask_applies()
     x = torch.randn(3, 1, 12, 12)
     p = torch.cat([_params(apix_A=3.0, defocus_u_A=1e4 * (k + 1)) for k in range(3)]).float()
     with torch.no_grad():
-        q, params = model(x, None, torch.zeros(3, model.n_latent))
+        q, params = model(x, None, torch.zeros(3, model.n_latent), ctf=p)
         assert params.shape[1] == 144  # every pixel rendered
         terms = posterior_elbo(cfg, model.pixels(x), params, q, ctf=p)
         seen = apply_ctf(params[..., 0].reshape(3, 1, 12, 12), p)
@@ -328,3 +328,49 @@ def test_montages_show_the_object_without_the_ctf():
     assert mt.decode_mean(model_on, z).shape == (5, 1, 12, 12)
     assert torch.equal(mt.decode_mean(model_on, z), mt.decode_mean(model_off, z))
     assert torch.equal(mt.prior_samples(model_on, 2, 2, 0), mt.prior_samples(model_off, 2, 2, 0))
+
+
+def test_with_the_ctf_modelled_the_encoder_sees_each_image_filtered_by_its_own_ctf():
+    """--ctf on: the pose and z networks see each image's transform times its own CTF
+    ("multiply", the default) or its sign ("flip"); the likelihood the recorded image. "raw"
+    (runs made before) sees it as recorded, and a configuration written before the option
+    reads back as "raw"."""
+    import dataclasses
+
+    from emvae.config import ModelConfig, RunConfig, TrainConfig
+    from emvae.errors import ConfigError
+    from emvae.models import SpatialVAE
+
+    cfg = ModelConfig(image_size=12, zdim=1, gen_hidden=8, enc_hidden=8, ctf="on")
+    assert cfg.encoder_ctf == "multiply" and cfg.encoder_needs_ctf
+    multiply = SpatialVAE(cfg).eval()
+    flip = SpatialVAE(dataclasses.replace(cfg, encoder_ctf="flip")).eval()
+    raw = SpatialVAE(dataclasses.replace(cfg, encoder_ctf="raw")).eval()
+    flip.load_state_dict(multiply.state_dict())
+    raw.load_state_dict(multiply.state_dict())
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 12, 12)
+    p = torch.cat([_params(apix_A=3.0, defocus_u_A=1e4 * (k + 1)) for k in range(3)]).float()
+    with torch.no_grad():
+        as_recorded = raw.encode(x, ctf=p)  # raw ignores the CTF
+        assert torch.equal(as_recorded.z_mu, raw.encode(x).z_mu)
+        for model, seen in ((multiply, apply_ctf(x, p)), (flip, phase_flip(x, p))):
+            got = model.encode(x, ctf=p)
+            want = raw.encode(seen)
+            assert torch.allclose(got.z_mu, want.z_mu, atol=1e-5)
+            assert torch.allclose(got.bins.log_q, want.bins.log_q, atol=1e-4)
+            assert not torch.allclose(got.z_mu, as_recorded.z_mu, atol=1e-3)
+            # each image its own CTF: the second image filtered by the first's is another input
+            other = model.encode(x, ctf=p[[0, 0, 2]])
+            assert torch.allclose(other.z_mu[[0, 2]], got.z_mu[[0, 2]], atol=1e-5)
+            assert not torch.allclose(other.z_mu[1], got.z_mu[1], atol=1e-3)
+            with pytest.raises(ValueError, match="filtered by its CTF"):
+                model.encode(x)
+    # phase-flip and off modes never filter in the encoder
+    assert not dataclasses.replace(cfg, ctf="phase-flip").encoder_needs_ctf
+    assert not dataclasses.replace(cfg, ctf="off").encoder_needs_ctf
+    old = RunConfig(model=cfg, train=TrainConfig()).to_dict()
+    del old["model"]["encoder_ctf"]
+    assert RunConfig.from_dict(old).model.encoder_ctf == "raw"
+    with pytest.raises(ConfigError, match="--encoder-ctf"):
+        dataclasses.replace(cfg, encoder_ctf="wiener").validate()

@@ -314,9 +314,10 @@ def test_the_particle_view_sees_the_image_as_the_fit_did(tmp_path):
         seen = phase_flipped(raw, params) if mode == "phase-flip" else raw
         assert np.allclose(images["observed"], seen[0].numpy(), atol=1e-6)
         with torch.no_grad():
-            q = model.encode(seen)
+            ctf = torch.from_numpy(params)
+            q = model.encode(seen, ctf=ctf if mode == "on" else None)  # on: the encoder's CTF
             plain = model.decode(q.z_mu, q.pose_mu, full=True)
-            ctf = torch.from_numpy(params).to(plain.dtype)
+            ctf = ctf.to(plain.dtype)
             shown = with_ctf(model.config, plain, ctf) if mode == "on" else plain
             recon = pixels_to_images(pixel_mean(model.config, shown), 16)[0].numpy()
             bare = pixels_to_images(pixel_mean(model.config, plain), 16)[0].numpy()

@@ -339,8 +339,11 @@ def test_class_run_in_a_real_browser(ex, class_run, tmp_path):
         box = page.locator("#scatter").bounding_box()
         assert box is not None
         x, y = page.evaluate(f"explorer.screenPoints()[{k}]")
+        # the pointer over the point first: the page names it (its tooltip) before the click
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=2)
+        page.wait_for_selector(f"#tooltip[data-index='{k}']", state="visible", timeout=15000)
         page.mouse.click(box["x"] + x, box["y"] + y)
-        page.wait_for_selector(f"#particle-panel[data-index='{k}']", timeout=15000)
+        page.wait_for_selector(f"#particle-panel[data-index='{k}']", timeout=30000)
         assert page.inner_text("#canonical-caption").startswith("generator as class 2")
         page.click("#from-particle")
         page.wait_for_function(ready, timeout=15000)

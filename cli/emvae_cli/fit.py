@@ -19,6 +19,7 @@ from emvae.config import (
     CtfPad,
     DataConfig,
     Encoder,
+    EncoderCtf,
     Generator,
     Likelihood,
     ModelConfig,
@@ -282,6 +283,12 @@ def fit(
         "when the input carries CTF parameters (STAR rlnDefocusU, .cs ctf/df1_A, --ctf-params).",
     ),
     ctf_pad: CtfPad = field_option(M, "ctf_pad", "Zero-pad renderings to this x the box."),
+    encoder_ctf: EncoderCtf = field_option(
+        M,
+        "encoder_ctf",
+        "With --ctf on, the pose and z networks see each image multiplied by its CTF "
+        "(multiply), phase-flipped by it (flip) or as recorded (raw).",
+    ),
     ctf_params: Path | None = typer.Option(
         None,
         "--ctf-params",

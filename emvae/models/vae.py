@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from emvae.augment import rotate_images
 from emvae.config import PASS_MEMORY_MB, ModelConfig
+from emvae.ctf import apply_ctf, phase_flip
 from emvae.geometry import coordinate_grid, mask_index, rotation_matrix
 from emvae.models.encoder import (
     AlignedContentEncoder,
@@ -264,10 +265,16 @@ class SpatialVAE(nn.Module):
         return 2 * (self.shared_z + self.transform.n_params) + int(self.theta_vector)
 
     def encode(
-        self, images: Tensor, gamma: Tensor | None = None, infer_z: bool = True
+        self,
+        images: Tensor,
+        gamma: Tensor | None = None,
+        infer_z: bool = True,
+        ctf: Tensor | None = None,
     ) -> Posterior:
         """q(z, pose | images). images ``(B, C, D, D)``; the networks see their
-        ``encoder_px`` copy (:func:`emvae.stages.encoder_view`).
+        ``encoder_px`` copy (:func:`emvae.stages.encoder_view`), filtered by each image's CTF
+        ``ctf`` ``(B, 10)`` (multiplied or phase-flipped) when the model says so
+        (``ModelConfig.encoder_needs_ctf``; ``ctf`` is then required).
 
         With ``gamma`` ``(B,)`` (radians), the pose network sees each image rotated
         counter-clockwise by gamma and gamma is added back to the predicted theta, so the
@@ -277,6 +284,12 @@ class SpatialVAE(nn.Module):
         ``infer_z`` (z held at 0 during the z-delay) that network does not run: z's posterior is
         then N(0, 1) placeholders.
         """
+        if self.config.encoder_needs_ctf:
+            if ctf is None:
+                raise ValueError("this model's pose and z networks see each image filtered by "
+                                 "its CTF: pass the images' CTFs")  # fmt: skip
+            flip = self.config.encoder_ctf == "flip"
+            images = (phase_flip(images, ctf) if flip else apply_ctf(images, ctf)).to(images.dtype)
         images = encoder_view(images, self.config.encoder_px)
         seen = images if gamma is None else rotate_images(images, gamma)
         q = self._encode_bins(seen, gamma) if self.binned else self._encode_gaussian(seen, gamma)
@@ -501,14 +514,16 @@ class SpatialVAE(nn.Module):
         eps: Tensor | None = None,
         use_z: bool = True,
         pixels: Tensor | None = None,
+        ctf: Tensor | None = None,
     ) -> tuple[Posterior, Tensor]:
         """Encode, sample with noise ``eps`` ``(B, K + P)``, decode: (posterior, generator
         output ``(B, N, n_out)``, or ``(B, k, N, n_out)`` for the k hypotheses of a binned
         rotation posterior). z is held at 0 without ``use_z`` (the z-delay). ``pixels``: render
-        only these row-major pixel indices (N of them; see :meth:`decode`). The one call
+        only these row-major pixel indices (N of them; see :meth:`decode`); ``ctf`` ``(B, 10)``:
+        each image's CTF, for the encoder (:meth:`encode`). The one call
         DistributedDataParallel wraps."""
         with torch.no_grad() if self.inference_frozen else contextlib.nullcontext():
-            q = self.encode(images, gamma, infer_z=use_z)
+            q = self.encode(images, gamma, infer_z=use_z, ctf=ctf)
         z, pose = self.sample(q, use_z=use_z, eps=eps)
         return q, self.decode(z, pose, pixels=pixels, classes=self.hypothesis_classes(q))
 
