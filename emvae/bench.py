@@ -37,7 +37,7 @@ from emvae.models import SpatialVAE
 from emvae.models.vae import images_to_pixels
 from emvae.particles import Particles
 from emvae.plotstyle import STYLE, figure, save
-from emvae.train import fit
+from emvae.train import FitResult, fit
 
 # the three models of paper Fig. 2
 MODELS = {
@@ -90,19 +90,12 @@ def mnist_data(
         raw = load_mnist(data_dir)
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(raw["train_images"]))  # the 10k subset is grouped by digit
-        train, th_tr, sh_tr = make_dataset(raw["train_images"][order], name, seed, canvas)
-        test, th_te, sh_te = make_dataset(raw["test_images"], name, seed + 1, canvas)
-        np.savez_compressed(
-            path,
-            train=train,
-            train_labels=raw["train_labels"][order],
-            train_theta=th_tr,
-            train_shift=sh_tr,
-            test=test,
-            test_labels=raw["test_labels"],
-            test_theta=th_te,
-            test_shift=sh_te,
-        )
+        arrays: dict[str, Any] = {}  # train, train_labels, train_theta, ..., test_shift
+        for part, rows, part_seed in (("train", order, seed), ("test", slice(None), seed + 1)):
+            x, theta, shift = make_dataset(raw[f"{part}_images"][rows], name, part_seed, canvas)
+            arrays |= {part: x, f"{part}_labels": raw[f"{part}_labels"][rows]}
+            arrays |= {f"{part}_theta": theta, f"{part}_shift": shift}
+        np.savez_compressed(path, **arrays)
     with np.load(path) as f:
         data = {k: f[k] for k in f.files}
     if n_train is not None:
@@ -153,8 +146,7 @@ def simulated(sim: Path, **options: Any) -> tuple[ImageStack, pd.DataFrame]:
 def heldout_encoding(model: SpatialVAE, images: np.ndarray, device: str, seed: int = 0) -> Encoding:
     """Per-image one-sample ELBO and z means of held-out images."""
     dev = resolve_device(device)
-    stack = array_stack(images, "test")
-    data = load_images(stack, dev)
+    data = load_images(array_stack(images, "test"), dev)
     normalize_(data, 0.0, 1.0)
     return encode(model, data, dev, batch_size=500, seed=seed)
 
@@ -230,16 +222,12 @@ def run_mnist(
     out = Path(out)
     rows = []
     for name in datasets:
-        data = mnist_data(
-            Path(data_dir),
-            out / "data",
-            name,
-            n_train,
-            canvas if name == "rotated_translated" else None,
-            seed,
-        )
+        field = canvas if name == "rotated_translated" else None
+        data = mnist_data(Path(data_dir), out / "data", name, n_train, field, seed)
         size = data["train"].shape[-1]
         stack = array_stack(data["train"], f"{name}-train")
+        # the full model's rotation prior (the equivariant encoder keeps the uniform one)
+        gaussian = {"theta_prior": "gaussian", "theta_prior_std_deg": THETA_PRIOR_DEG[name]}
         variants = [
             (m, e, b)
             for m in models
@@ -249,25 +237,25 @@ def run_mnist(
         for model_name, encoder, beta in variants:
             label = model_name if encoder == "mlp" else f"{model_name}/{encoder}"
             label += "" if beta == 1 else f"/beta{beta:g}"
+            slug = label.replace("/", "_")
             for zdim in zdims:
                 extra = {"encoder": encoder, "lr": lr, "beta": beta}
                 if MODELS[model_name]["rotation"] and encoder != "equivariant":
-                    extra |= {
-                        "theta_prior": "gaussian",
-                        "theta_prior_std_deg": THETA_PRIOR_DEG[name],
-                    }
+                    extra |= gaussian
                 cfg = _config(
                     size, 1, zdim, MODELS[model_name], epochs, hidden, hidden, device, seed,
                     likelihood="bernoulli", shift_prior_px=1.4, z_delay=0, augment_rotation=False,
                     test_fraction=0.02, **extra,
                 )  # fmt: skip
-                run_dir = out / "runs" / f"{name}_{label.replace('/', '_')}_z{zdim}"
+                run_dir = out / "runs" / f"{name}_{slug}_z{zdim}"
                 t0 = time.perf_counter()
                 particles = Particles.of(stack, "bernoulli")
                 result = fit(particles, cfg, run_dir, force=True, progress=progress)
                 seconds = time.perf_counter() - t0
                 test = heldout_encoding(result.model, data["test"], device, seed)
                 train = heldout_encoding(result.model, data["train"], device, seed)
+                svm = linear_probe(train.z_mu, data["train_labels"], test.z_mu, data["test_labels"])
+                kmeans = kmeans_accuracy(test.z_mu, data["test_labels"]) if cluster else None
                 rows.append(
                     {
                         "dataset": name,
@@ -277,14 +265,8 @@ def run_mnist(
                         "published_neg_elbo": (
                             PUBLISHED.get((name, model_name, zdim)) if beta == 1 else None
                         ),
-                        "svm_accuracy": linear_probe(
-                            train.z_mu, data["train_labels"], test.z_mu, data["test_labels"]
-                        ),
-                        **(
-                            {"kmeans_accuracy": kmeans_accuracy(test.z_mu, data["test_labels"])}
-                            if cluster
-                            else {}
-                        ),
+                        "svm_accuracy": svm,
+                        **({"kmeans_accuracy": kmeans} if cluster else {}),
                         **_kl_per_dimension(test),
                         "epochs": epochs,
                         "n_train": len(data["train"]),
@@ -292,10 +274,7 @@ def run_mnist(
                     }
                 )
                 if zdim == 2:
-                    tiles.save_png(
-                        mt.manifold(result.model, 15),
-                        out / f"fig3_{name}_{label.replace('/', '_')}.png",
-                    )
+                    tiles.save_png(mt.manifold(result.model, 15), out / f"fig3_{name}_{slug}.png")
                 _write_results(pd.DataFrame(rows), out, "mnist")
     table = pd.DataFrame(rows)
     plot_fig2(table, out / "fig2.png")
@@ -382,6 +361,7 @@ def run_particles(
         result = fit(Particles.of(stack), cfg, run_dir, force=True, progress=progress)
         agreement = compare(*match(result.table, truth))
         z = agreement["latent"]
+        rotation = agreement["rotation"] if model == "spatial" else {}  # the vanilla VAE has none
         rows.append(
             {
                 "model": label,
@@ -389,12 +369,8 @@ def run_particles(
                 "z_vs_conformation_pearson": max(
                     (abs(v["conformation"]["pearson"]) for v in z.values()), default=np.nan
                 ),
-                "theta_circular_correlation": agreement["rotation"]["circular_correlation"]
-                if model == "spatial"
-                else np.nan,
-                "theta_median_error_deg": agreement["rotation"]["median_error_deg"]
-                if model == "spatial"
-                else np.nan,
+                "theta_circular_correlation": rotation.get("circular_correlation", np.nan),
+                "theta_median_error_deg": rotation.get("median_error_deg", np.nan),
                 "test_elbo": result.history[-1]["test_elbo"],
                 "epochs": epochs,
                 "seconds": time.perf_counter() - t0,
@@ -433,8 +409,7 @@ def run_galaxies(
     )  # fmt: skip
     t0 = time.perf_counter()
     result = fit(particles, cfg, out / "run", force=True, progress=progress)
-    model = result.model.cpu()
-    tiles.save_png(mt.prior_samples(model, 8, 8, seed), out / "fig5_prior_samples.png")
+    tiles.save_png(mt.prior_samples(result.model.cpu(), 8, 8, seed), out / "fig5_prior_samples.png")
     observed = particles.images(np.arange(min(64, len(stack))))
     grid = observed[: (len(observed) // 8) * 8].reshape(-1, 8, *observed.shape[1:])
     tiles.save_png(grid, out / "fig5_training_pictures.png")
@@ -676,16 +651,13 @@ def mixture_recovery(
     true_class = truth["class"].to_numpy(np.int64) if "class" in truth else np.zeros(n, np.int64)
     classes = np.unique(true_class[real])
     nan = float("nan")
+    scores = ("class_ari", "class_accuracy", "kmeans_k", "kmeans_ari", "kmeans_accuracy")
     agreement: dict[str, float] = {
         "particles": n,
         "real": int(real.sum()),
         "junk": int(true_junk.sum()),
         "true_classes": len(classes),
-        "class_ari": nan,
-        "class_accuracy": nan,
-        "kmeans_k": nan,
-        "kmeans_ari": nan,
-        "kmeans_accuracy": nan,
+        **dict.fromkeys(scores, nan),  # each filled in below where it applies
     }
     if "class" in table and real.any():
         fitted = table["class"].to_numpy()[real]
@@ -750,23 +722,24 @@ def run_encoders(
     snrs: tuple[float, ...] = (1.0, 0.3),
     encoders: tuple[str, ...] = ("equivariant", "mlp", "mlp/gaussian"),
     objects: tuple[str, ...] = ("hinge",),
-    runs: EncoderRuns | None = None,
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    **runs: Any,
 ) -> pd.DataFrame:
     """Pose and conformation recovery per epoch for each inference network (see
     :func:`encoder_options`) on ``emvae simulate`` stacks of each object (:data:`OBJECTS`;
     ``random:SEED`` for a random one) and SNR (uniform rotations, N(0, 1 px^2) shifts), with the
-    same generator (2 x ``runs.hidden`` tanh, ``runs.zdim``-D z, likelihood within a 19/40-box
-    radius) and the same epochs.
+    same generator (2 x ``hidden`` tanh, ``zdim``-D z, likelihood within a 19/40-box radius) and
+    the same epochs: ``runs`` names the fields of :class:`EncoderRuns` (what every fit shares)
+    that differ from its defaults (``emvae bench encoders`` gives them all).
 
     Writes ``encoders_per_epoch.csv`` (one row per object x snr x encoder x epoch) and
     ``encoders_results.{csv,md}`` (the last epoch, the first epoch reaching circular
     correlation 0.95 and the first with |r| of z >= 0.9)."""
     from emvae.simulate import get_object
 
-    out, runs = Path(out), runs or EncoderRuns()
+    out, r = Path(out), EncoderRuns(**runs)
     rows: list[dict[str, Any]] = []
     final: list[dict[str, Any]] = []
     options = {spec: encoder_options(spec) for spec in encoders}
@@ -780,7 +753,6 @@ def run_encoders(
             )
             for spec in encoders:
                 label = {"object": object_name, "snr": snr, "encoder": spec}
-                r = runs
                 cfg = _config(
                     size, 1, r.zdim, MODELS["spatial"], r.epochs, r.hidden, r.hidden, device, seed,
                     rotation_bins=r.rotation_bins, hypotheses=r.hypotheses,
@@ -788,26 +760,11 @@ def run_encoders(
                     z_delay=r.z_delay, shift_prior_px=2.0, mask_radius_px=size * 19 / 40,
                     **options[spec],
                 )  # fmt: skip
-                per_epoch: list[dict[str, Any]] = []
-
-                def track(
-                    epoch: int,
-                    model: SpatialVAE,
-                    data: Any,
-                    _label: dict[str, Any] = label,
-                    _log: list[dict[str, Any]] = per_epoch,
-                    _ref: pd.DataFrame = truth,
-                ) -> dict[str, Any]:
-                    fig = pose_recovery(model, data, _ref)
-                    _log.append({**_label, "epoch": epoch, **fig})
-                    return fig
-
                 run = f"{object_name}_snr{snr:g}_{spec}".replace(":", "").replace("/", "-")
                 t0 = time.perf_counter()
-                result = fit(
-                    Particles.of(stack), cfg, out / "runs" / run, force=True, progress=progress,
-                    on_epoch=track,
-                )  # fmt: skip
+                result, per_epoch = _scored_fit(
+                    stack, truth, cfg, out / "runs" / run, label, progress
+                )
                 seconds = time.perf_counter() - t0
                 for row, hist in zip(per_epoch, result.history, strict=True):
                     row.update(test_elbo=hist["test_elbo"], seconds=hist["seconds"])
@@ -815,8 +772,7 @@ def run_encoders(
                 pd.DataFrame(rows).to_csv(out / "encoders_per_epoch.csv", index=False)
                 final.append(
                     {
-                        **label,
-                        **{k: v for k, v in per_epoch[-1].items() if k not in label},
+                        **per_epoch[-1],  # the label first, then the last epoch's figures
                         "first_epoch_circ_corr_0.95": _first(per_epoch, "theta_circ_corr", 0.95),
                         "first_epoch_z_0.9": _first(per_epoch, "z_conformation_pearson", 0.9),
                         "total_seconds": seconds,
@@ -826,37 +782,43 @@ def run_encoders(
     return pd.DataFrame(rows)
 
 
-def encoders_report(
-    out: str | Path,
-    n: int = 4000,
-    size: int = 40,
-    snrs: tuple[float, ...] = (1.0, 0.3),
-    encoders: tuple[str, ...] = ("equivariant", "mlp", "mlp/gaussian"),
-    objects: tuple[str, ...] = ("hinge",),
-    device: str = "auto",
-    progress: bool = True,
-    **runs: Any,
-) -> str:
-    """``emvae bench encoders``: :func:`run_encoders` (the same arguments), its fits sharing
-    the :class:`EncoderRuns` whose fields ``runs`` names; returns the line that says what was
-    written."""
-    table = run_encoders(
-        out, n, size, snrs, encoders, objects, EncoderRuns(**runs), device, progress=progress
+def _scored_fit(
+    stack: ImageStack,
+    truth: pd.DataFrame,
+    config: RunConfig,
+    run_dir: Path,
+    label: dict[str, Any],
+    progress: bool,
+    wall: bool = False,
+) -> tuple[FitResult, list[dict[str, Any]]]:
+    """:func:`emvae.fit` of ``config`` to ``stack`` in ``run_dir``, the model scored against the
+    simulation's ``truth`` after each epoch (:func:`pose_recovery`, also in metrics.csv): the
+    fit's result and a row per epoch, ``label``, ``epoch`` and the figures. ``wall``: each row
+    also gives ``seconds``, the wall time since the start with the scoring excluded, and
+    metrics.csv gets no figures."""
+    rows: list[dict[str, Any]] = []
+    t0, scoring = time.perf_counter(), 0.0  # scoring: seconds spent scoring, not training
+
+    def track(epoch: int, model: SpatialVAE, data: Any) -> dict[str, Any]:
+        nonlocal scoring
+        s0 = time.perf_counter()
+        fig = pose_recovery(model, data, truth)
+        seconds = {"seconds": s0 - t0 - scoring} if wall else {}
+        rows.append({**label, "epoch": epoch, **seconds, **fig})
+        scoring += time.perf_counter() - s0
+        return {} if wall else fig
+
+    result = fit(
+        Particles.of(stack), config, run_dir, force=True, progress=progress, on_epoch=track
     )
-    return (
-        f"wrote {Path(out) / 'encoders_results.md'} and encoders_per_epoch.csv "
-        f"({len(table)} epochs)"
-    )
+    return result, rows
 
 
 def _first(rows: list[dict[str, Any]], key: str, threshold: float) -> int | None:
     """The first epoch whose ``key`` reaches ``threshold`` and stays there to the end."""
     first = None
     for row in rows:
-        if row[key] >= threshold:
-            first = first or row["epoch"]
-        else:
-            first = None
+        first = (first or row["epoch"]) if row[key] >= threshold else None
     return first
 
 
@@ -960,51 +922,22 @@ def run_time_to_result(
     rows: list[dict[str, Any]] = []
     final: list[dict[str, Any]] = []
     lines = []
+    widths: dict[str, Any] = {"gen_hidden": hidden, "enc_hidden": hidden}
+    thresholds = (("theta_circ_corr", 0.95, "θ"), ("z_conformation_pearson", 0.9, "z"))
+    levers: dict[str, Any] = {"pixel_fraction": pixel_fraction, "beta": beta}
     for encoder in encoders:
         config = RunConfig(
-            model=ModelConfig(
-                image_size=size,
-                encoder=encoder,
-                gen_hidden=hidden,
-                enc_hidden=hidden,
-                generator=generator,
-            ),
-            train=TrainConfig(
-                epochs=epochs, device=device, seed=seed, pixel_fraction=pixel_fraction, beta=beta
-            ),
+            model=ModelConfig(image_size=size, encoder=encoder, generator=generator, **widths),
+            train=TrainConfig(epochs=epochs, device=device, seed=seed, **levers),
         )
         label = {"encoder": config.model.encoder + (" (default)" if encoder == "auto" else "")}
-        per_epoch: list[dict[str, Any]] = []
-        t0 = time.perf_counter()
-        scoring = [0.0]  # seconds spent scoring, not training
-
-        def track(
-            epoch: int,
-            model: SpatialVAE,
-            data: Any,
-            _log: list[dict[str, Any]] = per_epoch,
-            _label: dict[str, str] = label,
-            _spent: list[float] = scoring,
-            _t0: float = t0,
-        ) -> dict[str, float]:
-            s0 = time.perf_counter()
-            fig = pose_recovery(model, data, truth)
-            wall = s0 - _t0 - _spent[0]
-            _log.append({**_label, "epoch": epoch, "seconds": wall, **fig})
-            _spent[0] += time.perf_counter() - s0
-            return {}
-
-        particles = Particles.of(stack)
         run_dir = out / "runs" / label["encoder"].split()[0]
-        fit(particles, config, run_dir, force=True, progress=progress, on_epoch=track)
+        _, per_epoch = _scored_fit(stack, truth, config, run_dir, label, progress, wall=True)
         rows += per_epoch
         pd.DataFrame(rows).to_csv(out / "time_to_result_per_epoch.csv", index=False)
         summary = {**label, "particles": n, "size_px": size, "snr": snr}
         reached = []
-        for key, threshold, sign in (
-            ("theta_circ_corr", 0.95, "θ"),
-            ("z_conformation_pearson", 0.9, "z"),
-        ):
+        for key, threshold, sign in thresholds:
             first = _first(per_epoch, key, threshold)
             minutes = None if first is None else per_epoch[first - 1]["seconds"] / 60
             summary[f"first_epoch_{key}_{threshold}"] = first

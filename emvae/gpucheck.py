@@ -98,16 +98,10 @@ class Plan:
     loader_workers: tuple[int, ...] = (0, 1, 2, 4)
     torchrun_epochs: int = 1
     torchrun_n: int = 10_000
-    budgets: dict[str, float] = field(
-        default_factory=lambda: {
-            "env": 20.0,
-            "matmul": 20.0,
-            "steps": 160.0,
-            "loader": 40.0,
-            "time_to_result": 130.0,
-            "torchrun": 70.0,
-        }
-    )
+    budgets: dict[str, float] = field(default_factory=lambda: {
+        "env": 20.0, "matmul": 20.0, "steps": 160.0, "loader": 40.0, "time_to_result": 130.0,
+        "torchrun": 70.0,
+    })  # fmt: skip
 
     @classmethod
     def make(cls, tiny: bool = False) -> Plan:
@@ -127,29 +121,18 @@ class Plan:
             tiny=True,
             configs=[
                 ("tiny fit 24 px", {"image_size": 24, **NARROW}, None),
-                (
-                    "tiny fit 48 px, 16-px stage",
-                    {"image_size": 48, "encoder_size": 16, **NARROW},
-                    16,
-                ),
+                ("tiny fit 48 px, 16-px stage",
+                 {"image_size": 48, "encoder_size": 16, **NARROW}, 16),
                 ("tiny paper em (16 px)", {**em, "image_size": 16, **NARROW}, None),
             ],
-            batch=4,
-            max_batch=8,
-            steps=2,
-            warmup=1,
+            batch=4, max_batch=8, steps=2, warmup=1,
             matmul_n=128,
-            ttr_n=120,
-            ttr_size=24,
-            ttr_epochs=2,
-            loader_batch=16,
-            loader_batches=3,
-            loader_workers=(0, 1),
-            torchrun_epochs=1,
+            ttr_n=120, ttr_size=24, ttr_epochs=2,
+            loader_batch=16, loader_batches=3, loader_workers=(0, 1),
             torchrun_n=60,
             # no time limits: a smoke run (and the test suite) must not depend on the clock
             budgets={s: math.inf for s in SECTIONS},
-        )
+        )  # fmt: skip
 
 
 class OutOfTime(Exception):
@@ -168,18 +151,15 @@ class Results:
         self.rows: list[dict[str, Any]] = []
         (out / JSONL).write_text("")
 
-    def add(self, row: dict[str, Any]) -> dict[str, Any]:
+    def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         with open(self.out / JSONL, "a") as f:
             f.write(json.dumps(row, default=_plain) + "\n")
         (self.out / MARKDOWN).write_text(markdown(self.rows))
-        return row
 
 
 def _plain(v: Any) -> Any:
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    return str(v)
+    return v.item() if isinstance(v, (np.floating, np.integer)) else str(v)
 
 
 def run_gpu_check(
@@ -203,24 +183,16 @@ def run_gpu_check(
     dev = resolve_device(device)
     plan = plan or Plan.make(tiny)
     results = Results(out, None if work is None else Path(work))
-    state: dict[str, Any] = {}
     needs_stack = {"loader", "time_to_result", "torchrun"} & set(sections)
     simulation = _start_simulation(results.work, plan, dev) if needs_stack else None
-    runners = {
-        "env": _env,
-        "matmul": _matmul,
-        "steps": _steps,
-        "loader": _loader,
-        "time_to_result": _time_to_result,
-        "torchrun": _torchrun,
-    }
     try:
         for name in sections:
             deadline = time.perf_counter() + plan.budgets[name]
             t0 = time.perf_counter()
             log(f"[{name}] up to {plan.budgets[name]:.0f} s")
             try:
-                runners[name](results, dev, plan, deadline, state | {"simulation": simulation})
+                section = globals()[f"_{name}"]  # _env, _matmul, ... below
+                section(results, dev, plan, deadline, {"simulation": simulation})
                 status = "done"
             except OutOfTime:
                 status = "out of time"
@@ -293,21 +265,20 @@ def _steps(
     """Every configuration and precision at ``plan.batch`` first (fit's pass memory), then
     the largest batch of each in one pass, so that a short budget loses the searches first."""
     peak = next((r["tflop_per_s"] for r in results.rows if "tflop_per_s" in r), None)
-    for label, options, render in plan.configs:
-        for precision in plan.precisions:
-            _check_time(deadline)
-            row = measure_step(label, options, render, precision, plan.batch, dev, plan)
-            row["fraction_of_bf16_peak"] = _fraction(row, peak)
-            if precision == "fp32":
-                row["host_syncs_in_step"] = count_step_syncs(options, render, dev)
-            results.add(row)
-    for label, options, render in plan.configs:
-        for precision in plan.precisions:
-            _check_time(deadline)
-            best = largest_batch(label, options, render, precision, dev, plan, deadline)
-            if best is not None:
-                best["fraction_of_bf16_peak"] = _fraction(best, peak)
-                results.add(best)
+    runs = [(*config, precision) for config in plan.configs for precision in plan.precisions]
+    for label, options, render, precision in runs:
+        _check_time(deadline)
+        row = measure_step(label, options, render, precision, plan.batch, dev, plan)
+        row["fraction_of_bf16_peak"] = _fraction(row, peak)
+        if precision == "fp32":
+            row["host_syncs_in_step"] = count_step_syncs(options, render, dev)
+        results.add(row)
+    for label, options, render, precision in runs:
+        _check_time(deadline)
+        best = largest_batch(label, options, render, precision, dev, plan, deadline)
+        if best is not None:
+            best["fraction_of_bf16_peak"] = _fraction(best, peak)
+            results.add(best)
 
 
 def largest_batch(
@@ -322,8 +293,7 @@ def largest_batch(
     """The step at the largest batch that fits in one pass: doubling from ``plan.batch`` until
     CUDA runs out of memory, ``plan.max_batch`` or the deadline; None if none above
     ``plan.batch`` fitted."""
-    best = None
-    b = plan.batch
+    best, b = None, plan.batch
     while b * 2 <= plan.max_batch and time.perf_counter() < deadline:
         b *= 2
         stop = None
@@ -418,7 +388,6 @@ def measure_step(
     }
     if dev.type == "cuda":
         row["peak_gpu_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
-    del model, opt, x
     return row
 
 
@@ -474,6 +443,11 @@ def _start_simulation(out: Path, plan: Plan, dev: torch.device) -> subprocess.Po
     sim = _simulation_dir(out, plan)
     if (sim / "particles.mrcs").exists() and (sim / "truth.csv").exists():
         return None
+    if plan.tiny:  # a few hundred images: at once, in this process
+        from emvae.simulate import write_simulation
+
+        write_simulation(sim, n=plan.ttr_n, size=plan.ttr_size, snr=1.0, seed=0)
+        return None
     threads = max(1, (os.cpu_count() or 2) // 2)
     code = (
         "import sys; from emvae.simulate import write_simulation; "
@@ -482,11 +456,6 @@ def _start_simulation(out: Path, plan: Plan, dev: torch.device) -> subprocess.Po
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": _pythonpath()}
     args = [sys.executable, "-c", code, str(sim), str(plan.ttr_n), str(plan.ttr_size)]
-    if plan.tiny:  # a few hundred images: at once, in this process
-        from emvae.simulate import write_simulation
-
-        write_simulation(sim, n=plan.ttr_n, size=plan.ttr_size, snr=1.0, seed=0)
-        return None
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
 
 
@@ -516,14 +485,9 @@ def _loader(
     sim = _wait_simulation(results.work, plan, state, deadline)
     stack = read_stack(sim / "particles.mrcs")
     prepared = prepare(stack, Preprocess())
-    consumed = {
-        r["config"]: r["images_per_s"]
-        for r in results.rows
-        if r.get("section") == "steps"
-        and r.get("precision") == "bf16"
-        and r.get("batch") == plan.batch
-        and r.get("image_px") == plan.ttr_size
-    }
+    # the bf16 steps at batch plan.batch on images of the stack's size: the rows that hold these
+    step = {"section": "steps", "precision": "bf16", "batch": plan.batch, "image_px": plan.ttr_size}
+    consumed = {r["config"]: r["images_per_s"] for r in results.rows if step.items() <= r.items()}
     for workers in plan.loader_workers:
         _check_time(deadline)
         rows = loader_rates(stack, prepared, plan.loader_batch, plan.loader_batches, (workers,))
@@ -576,14 +540,8 @@ def _time_to_result(
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    fit(
-        Particles.of(stack),
-        config,
-        results.work / "runs" / "time_to_result",
-        force=True,
-        progress=False,
-        on_epoch=track,
-    )
+    run_dir = results.work / "runs" / "time_to_result"
+    fit(Particles.of(stack), config, run_dir, force=True, progress=False, on_epoch=track)
 
 
 def _torchrun(
@@ -612,15 +570,11 @@ def _torchrun(
         if remaining < 1:
             raise OutOfTime
         run_dir = results.work / "runs" / f"torchrun_{name.split()[0]}"
+        limit = remaining if math.isfinite(remaining) else None  # --tiny: no limit
         t0 = time.perf_counter()
         try:
-            done = subprocess.run(
-                [*launcher, *fit_args, "-o", str(run_dir)],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=remaining if math.isfinite(remaining) else None,  # --tiny: no limit
-            )
+            cmd = [*launcher, *fit_args, "-o", str(run_dir)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
             raise OutOfTime from None
         row: dict[str, Any] = {
@@ -684,7 +638,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             "(the peak the generator is compared with).",
             "",
         ]
-    steps = [r for r in rows if r.get("section") == "steps" and "images_per_s" in r]
     lines += _table("Training step", STEP_COLUMNS, [
         [r["config"], r["stage_px"], r["precision"],
          f"{r['batch']} (largest)" if r.get("largest_batch") else str(r["batch"]),
@@ -693,13 +646,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
          "-" if r.get("fraction_of_bf16_peak") is None
          else f"{100 * r['fraction_of_bf16_peak']:.1f}%",
          _fmt(r.get("peak_gpu_gb"), 2), _fmt(r.get("host_syncs_in_step"))]
-        for r in steps
+        for r in rows if r.get("section") == "steps" and "images_per_s" in r
     ])  # fmt: skip
-    loader = [r for r in rows if r.get("section") == "loader" and "reader" in r]
     lines += _table("Streaming reader", ("reader", "images/s", "the step consumes"), [
         [r["reader"], _fmt(r["images_per_s"]),
          ", ".join(f"{k}: {v:,.0f}" for k, v in r["step_consumes_images_per_s"].items()) or "-"]
-        for r in loader
+        for r in rows if r.get("section") == "loader" and "reader" in r
     ])  # fmt: skip
     ttr = [r for r in rows if r.get("section") == "time_to_result" and "epoch" in r]
     title = f"Time to result ({ttr[0]['particles']:,} x {ttr[0]['image_px']} px)" if ttr else ""
@@ -708,26 +660,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
          _fmt(r["theta_median_error_deg"]), _fmt(r["z_conformation_pearson"], 3)]
         for r in ttr
     ])  # fmt: skip
-    tr = [r for r in rows if r.get("section") == "torchrun" and "launcher" in r]
     lines += _table("torchrun", ("launcher", "backend", "wall s", "epoch s", "exit"), [
         [r["launcher"], r["backend"], _fmt(r["wall_seconds"]), _fmt(r.get("epoch_seconds"), 2),
          r["exit_code"]]
-        for r in tr
+        for r in rows if r.get("section") == "torchrun" and "launcher" in r
     ])  # fmt: skip
-    status = [r for r in rows if "status" in r or "error" in r]
     lines += _table("Sections", ("section", "status", "seconds"), [
         [r["section"], r.get("status") or f"error: {r['error'][:120]}", _fmt(r.get("seconds"))]
-        for r in status
+        for r in rows if "status" in r or "error" in r
     ])  # fmt: skip
     return "\n".join(lines)
 
 
 __all__ = [
-    "SECTIONS",
-    "Plan",
-    "count_step_syncs",
-    "markdown",
-    "measure_step",
-    "run_gpu_check",
+    "SECTIONS", "Plan", "count_step_syncs", "markdown", "measure_step", "run_gpu_check",
     "step_flops",
-]
+]  # fmt: skip

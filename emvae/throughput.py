@@ -20,6 +20,7 @@ posterior and shared z, raw coordinates), so that the figures compare with the p
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -164,11 +165,7 @@ def measure(
     params = _ctf_params(batch, dev) if ctf else None
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.rand(batch, cfg.channels, cfg.image_size, cfg.image_size, device=dev)
-    amp = (
-        torch.autocast(dev.type, dtype=torch.bfloat16)
-        if precision == "bf16"
-        else contextlib.nullcontext()
-    )
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else None
     # torch.compile returns an OptimizedModule for a module (its annotation says a callable)
     net = cast(torch.nn.Module, torch.compile(model)) if compile_model else model
     if dev.type == "cuda":
@@ -329,16 +326,13 @@ def measure_all(
         raise ConfigError(f"unknown --config {sorted(unknown)}; choose from {sorted(CONFIGS)}")
     variants = [(False, False)] + [(True, False)] * stream + [(False, True)] * ctf
     rows = []
-    for name in names:
-        for prec in precisions:
-            for b in batches:
-                for streamed, with_ctf in variants:
-                    m = measure(name, dev, prec, b, steps, stream=streamed, ctf=with_ctf, **options)
-                    rows.append(m)
-                    peak = f"{100 * m.peak_fraction:.0f}%" if m.peak_fraction is not None else "-"
-                    log(
-                        f"{name:7s} {m.precision:14s} batch {b:4d}: {m.images_per_s:9.1f} "
-                        f"images/s, generator {m.gflop_per_s:9.1f} GFLOP/s, peak {peak}  "
-                        f"[{m.device}]"
-                    )
+    runs = itertools.product(names, precisions, batches, variants)  # in this order, nested
+    for name, prec, b, (streamed, with_ctf) in runs:
+        m = measure(name, dev, prec, b, steps, stream=streamed, ctf=with_ctf, **options)
+        rows.append(m)
+        peak = f"{100 * m.peak_fraction:.0f}%" if m.peak_fraction is not None else "-"
+        log(
+            f"{name:7s} {m.precision:14s} batch {b:4d}: {m.images_per_s:9.1f} images/s, "
+            f"generator {m.gflop_per_s:9.1f} GFLOP/s, peak {peak}  [{m.device}]"
+        )
     return rows

@@ -4,6 +4,7 @@ and ``emvae simulate``."""
 from __future__ import annotations
 
 import gzip
+import inspect
 import json
 import re
 
@@ -14,10 +15,15 @@ import starfile
 from conftest import real_data, runner, write_pictures
 from emvae_cli.main import app
 from PIL import Image
+from typer.main import get_command
 
 from emvae import bench as bn
+from emvae import throughput as tp
+from emvae.config import ModelConfig
 from emvae.errors import InputError
 from emvae.mnist import load_mnist, make_dataset, read_idx, transform_digits
+from emvae.simulate import simulate_particles
+from emvae.throughput import generator_flops
 
 TINY = {"epochs": 1, "hidden": 16, "device": "cpu", "progress": False}
 
@@ -62,18 +68,8 @@ def test_idx_reading_and_errors(mnist_dir, tmp_path):
 def test_shared_mnist_is_the_real_thing():
     d = load_mnist(real_data("mnist") / "mnist")  # 3 MB: only in ../shared/data
     assert d["test_images"].shape == (10000, 28, 28)
-    assert np.bincount(d["test_labels"]).tolist() == [
-        980,
-        1135,
-        1032,
-        1010,
-        982,
-        892,
-        958,
-        1028,
-        974,
-        1009,
-    ]
+    counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert np.bincount(d["test_labels"]).tolist() == counts
     assert d["train_images"].shape == (10000, 28, 28)
 
 
@@ -170,8 +166,7 @@ def test_equivariant_encoder_finds_rotations_in_a_few_epochs(tmp_path):
     in-plane rotation within 8 epochs (the MLP encoder needs hundreds; docs/benchmarks.md)."""
     table = bn.run_encoders(
         tmp_path, n=1000, size=24, snrs=(5.0,), encoders=("equivariant",),
-        runs=bn.EncoderRuns(epochs=8, hidden=64, enc_channels=4, batch_size=25), device="cpu",
-        progress=False,
+        epochs=8, hidden=64, enc_channels=4, batch_size=25, device="cpu", progress=False,
     )  # fmt: skip
     last = table.iloc[-1]
     assert last["theta_circ_corr"] > 0.9
@@ -220,32 +215,14 @@ def test_simulate_draws_a_defocus_per_particle_with_astigmatism(tmp_path):
 
 
 def test_throughput_benchmark_prints_json_and_counts_flops():
-    import json
-
-    from emvae.config import ModelConfig
-    from emvae.throughput import generator_flops
-
     cfg = ModelConfig(image_size=2, zdim=1, gen_hidden=3, gen_layers=2, fourier_features=0)
     # P (2*2H + 2(L-1)H^2 + 2H*O) + 2KH with P = 4, H = 3, L = 2, K = 1, O = 1
     assert generator_flops(cfg) == 4 * (12 + 18 + 6) + 6
     # with F = 2 Fourier features: + 4F per pixel, and the first layer takes 2 + 2F inputs
     fourier = ModelConfig(image_size=2, zdim=1, gen_hidden=3, gen_layers=2, fourier_features=2)
     assert generator_flops(fourier) == 4 * (8 + 2 * 6 * 3 + 18 + 6) + 6
-    args = [
-        "bench",
-        "throughput",
-        "--config",
-        "mnist",
-        "--precision",
-        "fp32",
-        "--batch",
-        "4",
-        "--steps",
-        "1",
-        "--device",
-        "cpu",
-        "--stream",
-    ]
+    args = "bench throughput --config mnist --precision fp32 --batch 4 --steps 1 --device cpu"
+    args = [*args.split(), "--stream"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
@@ -256,37 +233,24 @@ def test_throughput_benchmark_prints_json_and_counts_flops():
     assert [m["precision"] for m in timed] == ["fp32", "fp32, CTF"]
     bernoulli = runner.invoke(app, [*args[:-1], "--ctf"])
     assert bernoulli.exit_code == 1 and "Gaussian likelihood" in bernoulli.output
+    mnist = ModelConfig(image_size=28, gen_hidden=500, fourier_features=0)
     for m in rows:
         assert m["config"] == "mnist" and m["batch"] == 4 and m["images_per_s"] > 0
-        assert m["gflop_per_s"] == pytest.approx(
-            3
-            * generator_flops(ModelConfig(image_size=28, gen_hidden=500, fourier_features=0))
-            * m["images_per_s"]
-            / 1e9,
-            rel=1e-6,
-        )
+        expect = 3 * generator_flops(mnist) * m["images_per_s"] / 1e9
+        assert m["gflop_per_s"] == pytest.approx(expect, rel=1e-6)
 
 
 def test_generator_steps_to_beat_the_mean_image():
     """Given the true poses and conformation, a generator with Fourier features draws the
     particles better than their mean image in fewer steps than one on raw coordinates."""
-    from emvae.bench import generator_steps
-    from emvae.config import ModelConfig
-    from emvae.simulate import simulate_particles
-
     images, truth = simulate_particles(400, 16, snr=5.0, shift_std_px=0.5, seed=0)
     images = (images - images.mean()) / images.std()
-    runs = {
-        f: generator_steps(
-            images,
-            truth,
-            ModelConfig(image_size=16, zdim=1, gen_hidden=32, fourier_features=f),
-            steps=150,
-            n_eval=100,
-        )
-        for f in (32, 0)
-    }
-    fourier, raw = runs[32], runs[0]
+
+    def run(f):
+        config = ModelConfig(image_size=16, zdim=1, gen_hidden=32, fourier_features=f)
+        return bn.generator_steps(images, truth, config, steps=150, n_eval=100)
+
+    fourier, raw = run(32), run(0)
     assert fourier["steps_to_beat_mean"] is not None
     assert (
         raw["steps_to_beat_mean"] is None
@@ -339,12 +303,6 @@ def test_time_to_result_says_when_each_threshold_holds(tmp_path, monkeypatch):
 
 def test_bench_defaults_are_the_librarys():
     """An option the library also has takes the library's default (one owner)."""
-    import inspect
-
-    from typer.main import get_command
-
-    from emvae import throughput as tp
-
     bench = get_command(app).commands["bench"]
 
     def given(command):
@@ -378,13 +336,9 @@ def test_a_list_option_that_is_not_numbers_is_one_line(tmp_path, args):
 
 
 def test_a_generator_curve_ends_at_the_last_step_even_between_records():
-    from emvae.bench import generator_steps
-    from emvae.config import ModelConfig
-    from emvae.simulate import simulate_particles
-
     images, truth = simulate_particles(60, 12, snr=5.0, seed=0)
     config = ModelConfig(image_size=12, zdim=1, gen_hidden=8)
-    run = generator_steps(images, truth, config, steps=13, every=10, n_eval=20)
+    run = bn.generator_steps(images, truth, config, steps=13, every=10, n_eval=20)
     assert [step for step, _ in run["curve"]] == [10, 13]
-    short = generator_steps(images, truth, config, steps=3, every=10, n_eval=20)
+    short = bn.generator_steps(images, truth, config, steps=3, every=10, n_eval=20)
     assert [step for step, _ in short["curve"]] == [3]

@@ -75,9 +75,8 @@ def test_step_rates_are_sensible_and_flops_follow_the_formula(tiny_check):
         if r["precision"] == "fp32" and not r.get("largest_batch"):
             assert r["host_syncs_in_step"] == 0  # the step never waits for the device
     largest = [r for r in steps if r.get("largest_batch")]
-    assert {r["batch"] for r in largest} == {plan.max_batch} and all(
-        r["passes"] == 1 for r in largest
-    )
+    assert {r["batch"] for r in largest} == {plan.max_batch}
+    assert all(r["passes"] == 1 for r in largest)
 
 
 def test_reader_and_time_to_result_rows(tiny_check):

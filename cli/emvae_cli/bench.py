@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -29,18 +30,25 @@ bench_app = typer.Typer(
 )
 
 
+def _csv(values: Iterable[object]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def _lib(fn: Callable[..., Any], name: str, *flags: str, **options: Any) -> Any:
+    """A Typer option whose default is parameter ``name`` of library function ``fn`` (a tuple
+    as comma-separated text), so that the CLI repeats no default."""
+    value = arg(fn, name)
+    return typer.Option(_csv(value) if isinstance(value, tuple) else value, *flags, **options)
+
+
 @user_errors
 def simulate(
     out: Path = typer.Argument(..., help="Folder to write particles.mrcs/.star and truth.csv."),
-    n: int = typer.Option(arg(simulate_stack, "n"), "-n", "--n", help="Number of particles."),
-    size: int = typer.Option(arg(simulate_stack, "size"), "--size", help="Box size, px."),
-    snr: float = typer.Option(
-        arg(simulate_stack, "snr"), "--snr", help="Signal variance / noise variance."
-    ),
-    shift_std: float = typer.Option(
-        arg(simulate_stack, "shift_std"), "--shift-std", help="Shift std, px."
-    ),
-    apix: float = typer.Option(arg(simulate_stack, "apix"), "--apix", help="Pixel size, A."),
+    n: int = _lib(simulate_stack, "n", "-n", "--n", help="Number of particles."),
+    size: int = _lib(simulate_stack, "size", "--size", help="Box size, px."),
+    snr: float = _lib(simulate_stack, "snr", "--snr", help="Signal variance / noise variance."),
+    shift_std: float = _lib(simulate_stack, "shift_std", "--shift-std", help="Shift std, px."),
+    apix: float = _lib(simulate_stack, "apix", "--apix", help="Pixel size, A."),
     defocus: str | None = typer.Option(
         None,
         "--ctf",
@@ -54,9 +62,7 @@ def simulate(
         min=0,
         help="With --ctf: defocus U - V in um, at random angles.",
     ),
-    seed: int = typer.Option(
-        arg(simulate_stack, "seed"), "--seed", min=0, max=SEED_MAX, help="Random seed."
-    ),
+    seed: int = _lib(simulate_stack, "seed", "--seed", min=0, max=SEED_MAX, help="Random seed."),
     obj: Particle = typer.Option(
         HINGE,
         "--object",
@@ -178,22 +184,18 @@ def simulate(
         err_console.print(line, highlight=False)
 
 
-def _csv(values: Iterable[object]) -> str:
-    return ",".join(str(v) for v in values)
-
-
-def _ints(text: str) -> list[int]:
+def _numbers(text: str, kind: Callable[[str], Any] = float) -> tuple[Any, ...]:
+    """The comma-separated ``kind`` (``int`` or ``float``) in ``text``; else a ConfigError."""
     try:
-        return [int(v) for v in text.split(",") if v]
+        return tuple(kind(v) for v in text.split(",") if v)
     except ValueError:
-        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+        what = "integers" if kind is int else "numbers"
+        raise ConfigError(f"expected comma-separated {what}, got {text!r}") from None
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v)
-    except ValueError:
-        raise ConfigError(f"expected comma-separated numbers, got {text!r}") from None
+def _names(text: str) -> tuple[str, ...]:
+    """The non-empty comma-separated names in ``text``."""
+    return tuple(v for v in text.split(",") if v)
 
 
 @bench_app.command("mnist")
@@ -214,14 +216,12 @@ def mnist(
         help=f"Comma-separated models: {', '.join(bn.MODELS)} (the first three: the paper's; "
         "broadcast: the Spatial Broadcast decoder with the same pose inference).",
     ),
-    zdims: str = typer.Option(_csv(arg(bn.run_mnist, "zdims")), "--zdims"),
-    epochs: int = typer.Option(arg(bn.run_mnist, "epochs"), "-n", "--epochs"),
-    hidden: int = typer.Option(
-        arg(bn.run_mnist, "hidden"), "--hidden", help="Width of both networks."
-    ),
+    zdims: str = _lib(bn.run_mnist, "zdims", "--zdims"),
+    epochs: int = _lib(bn.run_mnist, "epochs", "-n", "--epochs"),
+    hidden: int = _lib(bn.run_mnist, "hidden", "--hidden", help="Width of both networks."),
     n_train: int | None = typer.Option(None, "--n-train", help="Use the first N training images."),
-    canvas: int = typer.Option(
-        arg(bn.run_mnist, "canvas"), "--canvas", help="Field of rotated+translated MNIST, px."
+    canvas: int = _lib(
+        bn.run_mnist, "canvas", "--canvas", help="Field of rotated+translated MNIST, px."
     ),
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     encoders: str = typer.Option(
@@ -229,9 +229,7 @@ def mnist(
         "--encoders",
         help="Inference networks of the spatial model: mlp, conv, equivariant.",
     ),
-    lr: float = typer.Option(
-        arg(bn.run_mnist, "lr"), "--lr", help="Adam learning rate (the paper's: 1e-4)."
-    ),
+    lr: float = _lib(bn.run_mnist, "lr", "--lr", help="Adam learning rate (the paper's: 1e-4)."),
     cluster: bool = typer.Option(
         arg(bn.run_mnist, "cluster"),
         "--cluster",
@@ -248,22 +246,10 @@ def mnist(
 
     With --cluster: the accuracy of k-means on z (k = 10, Hungarian-matched to the digits)."""
     table = bn.run_mnist(
-        data,
-        out,
-        datasets.split(","),
-        models.split(","),
-        _ints(zdims),
-        epochs,
-        hidden,
-        n_train,
-        canvas,
-        device,
-        progress=not quiet,
-        encoders=tuple(encoders.split(",")),
-        lr=lr,
-        cluster=cluster,
-        betas=_floats(betas),
-    )
+        data, out, datasets.split(","), models.split(","), _numbers(zdims, int), epochs, hidden,
+        n_train, canvas, device, progress=not quiet, encoders=tuple(encoders.split(",")), lr=lr,
+        cluster=cluster, betas=_numbers(betas),
+    )  # fmt: skip
     err_console.print(f"wrote {out / 'mnist_results.md'} ({len(table)} fits)", highlight=False)
 
 
@@ -271,11 +257,11 @@ def mnist(
 @user_errors
 def particles(
     out: Path = typer.Option(Path("runs/bench_particles"), "-o", "--out"),
-    n: int = typer.Option(arg(bn.run_particles, "n"), "-n", "--n", help="Simulated particles."),
-    size: int = typer.Option(arg(bn.run_particles, "size"), "--size"),
-    snr: float = typer.Option(arg(bn.run_particles, "snr"), "--snr"),
-    epochs: int = typer.Option(arg(bn.run_particles, "epochs"), "--epochs"),
-    hidden: int = typer.Option(arg(bn.run_particles, "hidden"), "--hidden"),
+    n: int = _lib(bn.run_particles, "n", "-n", "--n", help="Simulated particles."),
+    size: int = _lib(bn.run_particles, "size", "--size"),
+    snr: float = _lib(bn.run_particles, "snr", "--snr"),
+    epochs: int = _lib(bn.run_particles, "epochs", "--epochs"),
+    hidden: int = _lib(bn.run_particles, "hidden", "--hidden"),
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
@@ -289,11 +275,11 @@ def particles(
 def galaxies(
     data: Path = typer.Option(..., "--data", help="Folder of Galaxy Zoo JPEGs."),
     out: Path = typer.Option(Path("runs/bench_galaxies"), "-o", "--out"),
-    zdim: int = typer.Option(arg(bn.run_galaxies, "zdim"), "--zdim"),
-    size: int = typer.Option(arg(bn.run_galaxies, "size"), "-D", "--size"),
-    epochs: int = typer.Option(arg(bn.run_galaxies, "epochs"), "--epochs"),
-    hidden: int = typer.Option(arg(bn.run_galaxies, "hidden"), "--hidden"),
-    enc_hidden: int = typer.Option(arg(bn.run_galaxies, "enc_hidden"), "--enc-hidden"),
+    zdim: int = _lib(bn.run_galaxies, "zdim", "--zdim"),
+    size: int = _lib(bn.run_galaxies, "size", "-D", "--size"),
+    epochs: int = _lib(bn.run_galaxies, "epochs", "--epochs"),
+    hidden: int = _lib(bn.run_galaxies, "hidden", "--hidden"),
+    enc_hidden: int = _lib(bn.run_galaxies, "enc_hidden", "--enc-hidden"),
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
@@ -301,23 +287,17 @@ def galaxies(
     summary = bn.run_galaxies(
         data, out, zdim, size, epochs, hidden, enc_hidden, device, progress=not quiet
     )
-    err_console.print(
-        f"wrote {out / 'fig5_prior_samples.png'}; test ELBO {summary['test_elbo']:.1f}",
-        highlight=False,
-    )
+    wrote = f"wrote {out / 'fig5_prior_samples.png'}; test ELBO {summary['test_elbo']:.1f}"
+    err_console.print(wrote, highlight=False)
 
 
 @bench_app.command("encoders")
 @user_errors
 def encoders(
     out: Path = typer.Option(Path("runs/bench_encoders"), "-o", "--out"),
-    n: int = typer.Option(
-        arg(bn.run_encoders, "n"), "-n", "--n", help="Particles per simulated stack."
-    ),
-    size: int = typer.Option(arg(bn.run_encoders, "size"), "--size"),
-    snrs: str = typer.Option(
-        _csv(arg(bn.run_encoders, "snrs")), "--snr", help="Comma-separated SNRs."
-    ),
+    n: int = _lib(bn.run_encoders, "n", "-n", "--n", help="Particles per simulated stack."),
+    size: int = _lib(bn.run_encoders, "size", "--size"),
+    snrs: str = _lib(bn.run_encoders, "snrs", "--snr", help="Comma-separated SNRs."),
     which: str = typer.Option(
         _csv(arg(bn.run_encoders, "encoders")),
         "--encoders",
@@ -348,13 +328,13 @@ def encoders(
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Rotation and conformation recovery per epoch for each inference network and object."""
-    wrote = bn.encoders_report(
-        out, n, size, _floats(snrs),
-        tuple(e for e in which.split(",") if e), tuple(o for o in objects.split(",") if o),
-        device, not quiet, epochs=epochs, hidden=hidden, zdim=zdim, rotation_bins=rotation_bins,
+    table = bn.run_encoders(
+        out, n, size, _numbers(snrs), _names(which), _names(objects), device, progress=not quiet,
+        epochs=epochs, hidden=hidden, zdim=zdim, rotation_bins=rotation_bins,
         hypotheses=hypotheses, enc_channels=enc_channels, lr=lr, batch_size=batch_size,
         z_delay=z_delay,
     )  # fmt: skip
+    wrote = f"wrote {out / 'encoders_results.md'} and encoders_per_epoch.csv ({len(table)} epochs)"
     err_console.print(wrote, highlight=False)
 
 
@@ -367,42 +347,39 @@ def generator(
         "--fourier-features",
         help="Comma-separated Fourier feature counts (0: raw x, y).",
     ),
-    seeds: str = typer.Option(
-        _csv(arg(bn.run_generator, "seeds")),
-        "--seeds",
-        help="Comma-separated initialisation seeds.",
+    seeds: str = _lib(
+        bn.run_generator, "seeds", "--seeds", help="Comma-separated initialisation seeds."
     ),
-    steps: int = typer.Option(
-        arg(bn.run_generator, "steps"), "--steps", min=1, help="Adam steps per run."
+    steps: int = _lib(bn.run_generator, "steps", "--steps", min=1, help="Adam steps per run."),
+    hidden: int = _lib(
+        bn.run_generator, "hidden", "--hidden", min=1, help="Generator width (the example's)."
     ),
-    hidden: int = typer.Option(
-        arg(bn.run_generator, "hidden"), "--hidden", min=1, help="Generator width (the example's)."
-    ),
-    lr: float = typer.Option(arg(bn.run_generator, "lr"), "--lr"),
-    batch_size: int = typer.Option(arg(bn.run_generator, "batch"), "-b", "--batch-size", min=1),
+    lr: float = _lib(bn.run_generator, "lr", "--lr"),
+    batch_size: int = _lib(bn.run_generator, "batch", "-b", "--batch-size", min=1),
 ) -> None:
     """Steps a generator alone needs to beat the mean image on the embedded example, given the
     true poses and conformation (how fast it can learn what z would tell it)."""
-    bn.run_generator(_ints(fourier), _ints(seeds), steps, hidden, lr, batch_size, typer.echo)
+    fourier_features, init_seeds = _numbers(fourier, int), _numbers(seeds, int)
+    bn.run_generator(fourier_features, init_seeds, steps, hidden, lr, batch_size, typer.echo)
 
 
 @bench_app.command("time-to-result")
 @user_errors
 def time_to_result(
     out: Path = typer.Option(Path("runs/bench_time_to_result"), "-o", "--out"),
-    n: int = typer.Option(arg(bn.run_time_to_result, "n"), "-n", "--n", help="Particles."),
-    size: int = typer.Option(arg(bn.run_time_to_result, "size"), "--size", help="Box, px."),
-    snr: float = typer.Option(arg(bn.run_time_to_result, "snr"), "--snr"),
-    epochs: int = typer.Option(arg(bn.run_time_to_result, "epochs"), "--epochs"),
+    n: int = _lib(bn.run_time_to_result, "n", "-n", "--n", help="Particles."),
+    size: int = _lib(bn.run_time_to_result, "size", "--size", help="Box, px."),
+    snr: float = _lib(bn.run_time_to_result, "snr", "--snr"),
+    epochs: int = _lib(bn.run_time_to_result, "epochs", "--epochs"),
     encoders: str = typer.Option(
         _csv(arg(bn.run_time_to_result, "encoders")),
         "--encoders",
         help="Comma-separated pose networks: auto (fit's default), equivariant, conv, mlp.",
     ),
-    obj: str = typer.Option(
-        arg(bn.run_time_to_result, "obj"), "--object", help="hinge, clamp, slide, random:SEED."
+    obj: str = _lib(
+        bn.run_time_to_result, "obj", "--object", help="hinge, clamp, slide, random:SEED."
     ),
-    device: str = typer.Option(arg(bn.run_time_to_result, "device"), "--device", help=DEVICE_HELP),
+    device: str = _lib(bn.run_time_to_result, "device", "--device", help=DEVICE_HELP),
     hidden: int | None = typer.Option(
         None, "--hidden", min=1, help="Both networks' width (default: fit's choice for the box)."
     ),
@@ -414,15 +391,15 @@ def time_to_result(
     generator: Generator = typer.Option(
         arg(bn.run_time_to_result, "generator"), "--generator", help="fit's --generator."
     ),
-    beta: float = typer.Option(
-        arg(bn.run_time_to_result, "beta"), "--beta", help="fit's --beta (weight of z's KL)."
+    beta: float = _lib(
+        bn.run_time_to_result, "beta", "--beta", help="fit's --beta (weight of z's KL)."
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Wall time until fit's defaults find the poses (θ circ. corr. >= 0.95) and the
     conformation (|r| of z >= 0.9) on a simulated stack, epoch by epoch."""
     bn.run_time_to_result(
-        out, n, size, snr, epochs, tuple(e for e in encoders.split(",") if e), device,
+        out, n, size, snr, epochs, _names(encoders), device,
         progress=not quiet, obj=obj, hidden=hidden, pixel_fraction=pixel_fraction,
         generator=generator, beta=beta, log=typer.echo,
     )  # fmt: skip
@@ -438,12 +415,10 @@ def throughput(
         help="em, mnist, galaxy (the paper's), fit (fit's, 64 px).",
     ),
     device: str = typer.Option(DEVICE, "--device", help=DEVICE_HELP),
-    precision: str = typer.Option(
-        _csv(arg(tp.measure_all, "precisions")), "--precision", help="fp32 and/or bf16."
-    ),
-    batch: str = typer.Option(_csv(arg(tp.measure_all, "batches")), "--batch", help="Batch sizes."),
-    steps: int = typer.Option(
-        arg(tp.measure_all, "steps"), "--steps", help="Timed steps (after 2 warm-up steps)."
+    precision: str = _lib(tp.measure_all, "precisions", "--precision", help="fp32 and/or bf16."),
+    batch: str = _lib(tp.measure_all, "batches", "--batch", help="Batch sizes."),
+    steps: int = _lib(
+        tp.measure_all, "steps", "--steps", help="Timed steps (after 2 warm-up steps)."
     ),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     stream: bool = typer.Option(
@@ -469,8 +444,8 @@ def throughput(
     FLOPs are counted analytically (formula in emvae/throughput.py); a table, then one JSON
     line per measurement."""
     rows = tp.measure_all(
-        [c for c in config.split(",") if c], device, precision.split(","),
-        _ints(batch), steps, stream=stream, ctf=ctf, log=typer.echo, compile_model=compile_model,
+        list(_names(config)), device, precision.split(","), _numbers(batch, int), steps,
+        stream=stream, ctf=ctf, log=typer.echo, compile_model=compile_model,
         hidden=hidden, zdim=zdim, pixel_fraction=pixel_fraction,
     )  # fmt: skip
     for m in rows:
@@ -484,16 +459,12 @@ def loader(
     downsample: int | None = typer.Option(
         None, "-D", "--downsample", help="Fourier-downsample to this box, px (as fit -D)."
     ),
-    batch: int = typer.Option(
-        arg(tp.loader_report, "batch"), "--batch", min=1, help="Images per batch."
+    batch: int = _lib(tp.loader_report, "batch", "--batch", min=1, help="Images per batch."),
+    batches: int = _lib(
+        tp.loader_report, "n_batches", "--batches", min=1, help="Timed batches per reader."
     ),
-    batches: int = typer.Option(
-        arg(tp.loader_report, "n_batches"), "--batches", min=1, help="Timed batches per reader."
-    ),
-    workers: str = typer.Option(
-        _csv(arg(tp.loader_report, "workers")),
-        "--workers",
-        help="DataLoader worker counts to time.",
+    workers: str = _lib(
+        tp.loader_report, "workers", "--workers", help="DataLoader worker counts to time."
     ),
     train: bool = typer.Option(
         False, "--train", help="Also run a CPU training step per batch (fit's default model)."
@@ -502,7 +473,7 @@ def loader(
     """Streaming read rate, images/s: a thread reading one batch ahead (fit's former reader)
     against fit's DataLoader with 0, 1, 2… worker processes, on random batches of STACK
     preprocessed as fit would."""
-    for line in tp.loader_report(stack, downsample, batch, batches, tuple(_ints(workers)), train):
+    for line in tp.loader_report(stack, downsample, batch, batches, _numbers(workers, int), train):
         typer.echo(line)
 
 
@@ -531,6 +502,5 @@ def gpu(
     bf16 matrix product measured in the same run, the streaming reader, time to result on
     50,000 x 64 px, torchrun against a plain fit. Each section has its own time budget; every
     result is written as it comes (docs/benchmarks.md, "GPU")."""
-    names = tuple(s for s in sections.split(",") if s)
-    run_gpu_check(out, device, tiny, names, log=typer.echo, work=work)
+    run_gpu_check(out, device, tiny, _names(sections), log=typer.echo, work=work)
     typer.echo(f"wrote {out / 'gpu_check.md'} and {out / 'gpu_check.jsonl'}")
