@@ -39,24 +39,8 @@ RotationBins = Literal[4, 8, 16]
 CtfPad = Literal[1, 2]
 EncoderCtf = Literal["multiply", "flip", "raw"]
 
-GENERATORS: tuple[str, ...] = get_args(Generator)
-PRIORS: tuple[str, ...] = get_args(Prior)
 POSES: tuple[str, ...] = get_args(Pose)
 ENCODERS: tuple[str, ...] = get_args(Encoder)
-Z_ENCODERS: tuple[str, ...] = get_args(ZEncoder)
-THETA_POSTERIORS: tuple[str, ...] = get_args(ThetaPosterior)
-ACTIVATIONS: tuple[str, ...] = get_args(Activation)
-THETA_PRIORS: tuple[str, ...] = get_args(ThetaPrior)
-THETA_PARAMS: tuple[str, ...] = get_args(ThetaParam)
-LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
-CTF_MODES: tuple[str, ...] = get_args(CtfMode)
-STREAM_MODES: tuple[str, ...] = get_args(Stream)
-COMPILE_MODES: tuple[str, ...] = get_args(Compile)
-FINE_TRAIN: tuple[str, ...] = get_args(FineTrain)
-CLASS_GENERATORS: tuple[str, ...] = get_args(ClassGenerator)
-ROTATION_BINS: tuple[int, ...] = get_args(RotationBins)
-CTF_PADS: tuple[int, ...] = get_args(CtfPad)
-ENCODER_CTF: tuple[str, ...] = get_args(EncoderCtf)
 
 
 #: Images up to this many pixels across get the small networks (SMALL_WIDTH wide).
@@ -203,9 +187,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if options are out of range or contradict each other."""
-        _choice("generator", self.generator, GENERATORS)
-        _choice("prior", self.prior, PRIORS)
-        _choice("pose", self.pose, POSES)
+        _choice("generator", self.generator, Generator)
+        _choice("prior", self.prior, Prior)
+        _choice("pose", self.pose, Pose)
         if self.pose != "rigid":
             if self.generator == "vanilla":
                 raise ConfigError(
@@ -219,19 +203,18 @@ class ModelConfig:
             raise ConfigError("the hyperprior's shape and scale must be > 0")
         if self.prior == "hyperprior" and self.zdim < 1:
             raise ConfigError("--prior hyperprior is a prior on z: it needs --zdim >= 1")
-        _choice("encoder", self.encoder, ENCODERS)
-        _choice("activation", self.activation, ACTIVATIONS)
-        _choice("theta prior", self.theta_prior, THETA_PRIORS)
-        _choice("theta parameterisation", self.theta_param, THETA_PARAMS)
-        _choice("likelihood", self.likelihood, LIKELIHOODS)
-        _choice("z encoder", self.z_encoder, Z_ENCODERS)
-        _choice("rotation posterior", self.theta_posterior, THETA_POSTERIORS)
+        _choice("encoder", self.encoder, Encoder)
+        _choice("activation", self.activation, Activation)
+        _choice("theta prior", self.theta_prior, ThetaPrior)
+        _choice("theta parameterisation", self.theta_param, ThetaParam)
+        _choice("likelihood", self.likelihood, Likelihood)
+        _choice("z encoder", self.z_encoder, ZEncoder)
+        _choice("rotation posterior", self.theta_posterior, ThetaPosterior)
         if self.image_size < 2:
             raise ConfigError(f"image size must be at least 2 pixels, got {self.image_size}")
         if self.channels < 1:
             raise ConfigError(f"channels must be at least 1, got {self.channels}")
-        if self.zdim < 0:
-            raise ConfigError(f"--zdim must be >= 0, got {self.zdim}")
+        _at_least("--zdim", self.zdim, 0)
         for name in ("gen_hidden", "gen_layers", "enc_hidden", "enc_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1")
@@ -270,15 +253,14 @@ class ModelConfig:
             if self.theta_prior != "uniform":
                 raise ConfigError("--theta-posterior bins needs the uniform rotation prior")
         if self.binned:
-            if self.rotation_bins not in ROTATION_BINS:
+            if self.rotation_bins not in get_args(RotationBins):
                 raise ConfigError(f"--rotation-bins must be 4, 8 or 16, got {self.rotation_bins}")
             if not 2 <= self.hypotheses <= self.rotation_bins:
                 raise ConfigError(
                     f"--hypotheses must lie in 2..{self.rotation_bins} (the rotation bins), "
                     f"got {self.hypotheses}"
                 )
-        if self.classes < 1:
-            raise ConfigError(f"--classes must be >= 1, got {self.classes}")
+        _at_least("--classes", self.classes, 1)
         if self.classes > 1 and not self.binned:
             raise ConfigError(
                 "--classes is inferred with the rotation bins: it needs rotation inference "
@@ -286,22 +268,21 @@ class ModelConfig:
             )
         if self.classes > 1 and self.generator == "vanilla":
             raise ConfigError("--classes goes with the spatial or broadcast generator")
-        _choice("--class-generator", self.class_generator, CLASS_GENERATORS)
+        _choice("--class-generator", self.class_generator, ClassGenerator)
         if self.class_generator == "separate" and self.generator != "spatial":
             raise ConfigError("--class-generator separate goes with the spatial generator")
         if self.fourier_features < 0 or not self.fourier_scale > 0:
             raise ConfigError("--fourier-features must be >= 0 and --fourier-scale > 0")
-        if self.enc_channels < 1:
-            raise ConfigError(f"--enc-channels must be >= 1, got {self.enc_channels}")
-        _choice("--ctf", self.ctf, CTF_MODES)
+        _at_least("--enc-channels", self.enc_channels, 1)
+        _choice("--ctf", self.ctf, CtfMode)
         if self.ctf != "off":
             if self.likelihood != "gaussian":
                 raise ConfigError("--ctf needs the Gaussian likelihood (cryo-EM images)")
             if self.generator == "vanilla":
                 raise ConfigError("--ctf goes with the spatial or broadcast generator")
-        if self.ctf_pad not in CTF_PADS:
+        if self.ctf_pad not in get_args(CtfPad):
             raise ConfigError(f"--ctf-pad must be 1 or 2, got {self.ctf_pad}")
-        _choice("--encoder-ctf", self.encoder_ctf, ENCODER_CTF)
+        _choice("--encoder-ctf", self.encoder_ctf, EncoderCtf)
         if self.learn_noise and self.likelihood != "gaussian":
             raise ConfigError("--learn-noise applies to the Gaussian likelihood only")
         if self.encoder_px != self.image_size:
@@ -486,31 +467,24 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse settings out of range, one line naming the option."""
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.fine_images is not None and self.fine_images < 0:
-            raise ConfigError(f"--fine-images must be >= 0, got {self.fine_images}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        _at_least("--epochs", self.epochs, 1)
+        _at_least("--fine-images", self.fine_images, 0)
+        _at_least("--batch-size", self.batch_size, 1)
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if self.z_delay is not None and self.z_delay < 0:
-            raise ConfigError(f"--z-delay must be >= 0, got {self.z_delay}")
-        if self.class_seed is not None and self.class_seed < 0:
-            raise ConfigError(f"--class-seed must be >= 0, got {self.class_seed}")
-        if self.class_pull < 0:
-            raise ConfigError(f"--class-pull must be >= 0, got {self.class_pull}")
+        _at_least("--z-delay", self.z_delay, 0)
+        _at_least("--class-seed", self.class_seed, 0)
+        _at_least("--class-pull", self.class_pull, 0)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
         if self.checkpoint_every < 1:
             raise ConfigError("--checkpoint-every must be >= 1")
-        _choice("--stream", self.stream, STREAM_MODES)
-        _choice("--compile", self.compile, COMPILE_MODES)
-        _choice("--fine-train", self.fine_train, FINE_TRAIN)
+        _choice("--stream", self.stream, Stream)
+        _choice("--compile", self.compile, Compile)
+        _choice("--fine-train", self.fine_train, FineTrain)
         if self.pass_memory_mb is not None and self.pass_memory_mb < 1:
             raise ConfigError(f"--pass-memory must be >= 1 MB, got {self.pass_memory_mb}")
-        if self.readers is not None and self.readers < 0:
-            raise ConfigError(f"--readers must be >= 0, got {self.readers}")
+        _at_least("--readers", self.readers, 0)
         if not 0 < self.pixel_fraction <= 1:
             raise ConfigError(f"--pixel-fraction must lie in (0, 1], got {self.pixel_fraction}")
         for flag, value in (("--beta", self.beta), ("--pose-beta", self.pose_beta)):
@@ -596,10 +570,8 @@ class RunConfig:
             n_train = self.data.n_images - round(self.data.n_images * t.test_fraction)
             t.epochs, t.stages = default_schedule(n_train)
             t.fine_images = FINE_IMAGES if t.fine_images is None else t.fine_images
-        if t.epochs is None:
-            t.epochs = DEFAULT_EPOCHS
-        if t.fine_images is None:
-            t.fine_images = 0
+        t.epochs = DEFAULT_EPOCHS if t.epochs is None else t.epochs
+        t.fine_images = 0 if t.fine_images is None else t.fine_images
         if t.stages is None:
             t.stages = auto_stages(m.image_size, t.epochs) if auto else "off"
         if parse_stages(t.stages, m.image_size):
@@ -637,10 +609,7 @@ class RunConfig:
                 model=ModelConfig(**model),
                 train=TrainConfig(**train),
                 data=DataConfig(**d.get("data", {})),
-                version=d.get("version", ""),
-                command=d.get("command", ""),
-                created=d.get("created", ""),
-                run_id=d.get("run_id", ""),
+                **{k: d.get(k, "") for k in ("version", "command", "created", "run_id")},
             )
         except (KeyError, TypeError) as e:
             raise ConfigError(f"not an emvae configuration ({e})") from None
@@ -665,6 +634,14 @@ def _short(e: BaseException) -> str:
     return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def _at_least(flag: str, value: float | None, low: int) -> None:
+    """Refuse a setting below ``low`` (None: not set, accepted), one line naming ``flag``."""
+    if value is not None and value < low:
+        raise ConfigError(f"{flag} must be >= {low}, got {value}")
+
+
+def _choice(name: str, value: str, kind: Any) -> None:
+    """Refuse ``value`` unless it is one of the Literal type ``kind``'s values."""
+    allowed = get_args(kind)
     if value not in allowed:
         raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")

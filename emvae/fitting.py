@@ -178,23 +178,19 @@ def fit_from_options(
     out: str | Path,
     options: Mapping[str, Any],
     *,
-    example: bool = False,
-    resume: bool = False,
-    force: bool = False,
-    command: str = "",
     progress: bool = True,
     say: Callable[[str], None] = print,
+    **how: Any,
 ) -> tuple[list[str], str] | None:
-    """``emvae fit``, its options as the command line gives them (:func:`plan_fit`): the
-    fit planned, its notes on the input handed to ``say`` one line at a time before training,
-    the fit run (:func:`start_fit`), and what it ends with worded (:func:`fit_summary`) and
-    appended to ``out``'s run.log.
+    """``emvae fit``, its options as the command line gives them (:func:`plan_fit`, which
+    takes ``how``: ``example``, ``resume``, ``force``, ``command``): the fit planned, its
+    notes on the input handed to ``say`` one line at a time before training, the fit run
+    (:func:`start_fit`), and what it ends with worded (:func:`fit_summary`) and appended to
+    ``out``'s run.log.
 
     Returns (the warnings, the line naming the outputs) for the caller to print, or None in
     a process other than rank 0 of a distributed job (rank 0 reports)."""
-    plan = plan_fit(
-        inputs, out, options, example=example, resume=resume, force=force, command=command
-    )
+    plan = plan_fit(inputs, out, options, **how)
     for note in plan.notes:
         say(note)
     result = start_fit(plan, progress=progress)

@@ -27,10 +27,6 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-if TYPE_CHECKING:
-    from emvae.models import SpatialVAE
-    from emvae.particles import Particles
-
 from emvae import checkpoint
 from emvae.config import RunConfig, read_config
 from emvae.errors import ConfigError, EmvaeError, InputError, OutputExistsError

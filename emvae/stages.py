@@ -33,18 +33,9 @@ from torch import Tensor
 from emvae.errors import ConfigError
 
 __all__ = [
-    "COARSE_PX",
-    "ENCODER_PX",
-    "auto_stages",
-    "default_schedule",
-    "encoder_view",
-    "fourier_crop",
-    "noise_logstd",
-    "parse_stages",
-    "size_at",
-    "stage_ctf",
-    "stage_grid",
-]
+    "COARSE_PX", "ENCODER_PX", "auto_stages", "default_schedule", "encoder_view", "fourier_crop",
+    "noise_logstd", "parse_stages", "size_at", "stage_ctf", "stage_grid",
+]  # fmt: skip
 
 #: The first stage's box above 48 px: 20,000 particles at 64 and 128 px gave the same poses and
 #: z after 5 epochs at 24 px as at 32 px, about 10 % faster (docs/benchmarks.md, "Users' sizes").

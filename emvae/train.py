@@ -217,9 +217,7 @@ def _fit(
             seeds = ckpt.get("class_seeds")  # (N,) after --class-seed's epoch
         else:
             train_idx, test_idx = split_indices(n, tcfg.test_fraction, tcfg.seed)
-            history = []
-            first_epoch = 0
-            seeds = None
+            history, first_epoch, seeds = [], 0, None
         if ctx.main:  # room for the checkpoints and tables, before the first epoch
             weights = 3 * 4 * sum(p.numel() for p in model.parameters())  # + Adam's two moments
             copies = n_epochs // tcfg.checkpoint_every - first_epoch // tcfg.checkpoint_every
@@ -441,23 +439,11 @@ def _train_epoch(
         mine = None if ctf is None else ctf[idx[part].to(ctf.device, non_blocking=True)]
         target = None if s.seeds is None else s.seeds[idx[part].to(s.seeds.device)]
         terms = training_step(
-            model,
-            optimizer,
-            x,
-            rng,
-            use_z=s.use_z,
-            augment=augment,
-            amp=s.amp,
-            share=share,
-            ctf=mine,
-            pixel_fraction=tcfg.pixel_fraction,
-            beta=tcfg.beta,
-            pose_beta=tcfg.pose_beta,
-            hyper_weight=1.0 / n_all,  # the data set's hyperprior share per image
-            class_balance=balance,
-            class_target=target,
-            class_pull=pull,
-        )
+            model, optimizer, x, rng, use_z=s.use_z, augment=augment, amp=s.amp, share=share,
+            ctf=mine, pixel_fraction=tcfg.pixel_fraction, beta=tcfg.beta,
+            pose_beta=tcfg.pose_beta, class_balance=balance, class_target=target,
+            class_pull=pull, hyper_weight=1.0 / n_all,  # the data set's hyperprior share per image
+        )  # fmt: skip
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
             done = min((step + 1) * size, n)
@@ -707,9 +693,6 @@ def evaluate(
 def _term_sums(terms: ElboTerms) -> torch.Tensor:
     """Batch sums of :func:`term_names`' terms, ``(len(names),)`` float64."""
     parts = [terms.elbo, -terms.log_lik, terms.kl, terms.kl_z, terms.kl_theta, terms.kl_shift]
-    if terms.kl_deform is not None:
-        parts.append(terms.kl_deform)
-    if terms.kl_class is not None:
-        parts.append(terms.kl_class)
+    parts += [t for t in (terms.kl_deform, terms.kl_class) if t is not None]
     sums = torch.stack([p.detach().double().sum() for p in parts])
     return torch.cat([sums, terms.kl_z_dims.detach().double().sum(0)])

@@ -31,10 +31,11 @@ def _stack(tmp_path, blobs, theta_deg, shift_px, snr=10.0):
     return read_stack(tmp_path / "p.mrcs")
 
 
-def _fit(tmp_path, stack, **model):
+def _fit(tmp_path, stack, size=SIZE, zdim=0, hidden=128, batch_size=50, **model):
+    """20 epochs of a ``hidden``-wide model; the particle table."""
     cfg = RunConfig(
-        model=ModelConfig(image_size=SIZE, zdim=0, gen_hidden=128, enc_hidden=128, **model),
-        train=TrainConfig(epochs=20, batch_size=50, lr=1e-3, device="cpu", seed=0),
+        model=ModelConfig(size, zdim=zdim, gen_hidden=hidden, enc_hidden=hidden, **model),
+        train=TrainConfig(epochs=20, batch_size=batch_size, lr=1e-3, device="cpu", seed=0),
     )
     return fit(stack, cfg, tmp_path / "run", progress=False).table
 
@@ -146,11 +147,7 @@ def test_conformation_is_recovered(tmp_path):
 
     images, truth = simulate_particles(600, 20, snr=10.0, shift_std_px=0.5, seed=0)
     stack = array_stack(images, "p.mrcs")
-    cfg = RunConfig(
-        model=ModelConfig(image_size=20, zdim=1, gen_hidden=48, enc_hidden=48, encoder="mlp"),
-        train=TrainConfig(epochs=20, batch_size=25, lr=1e-3, device="cpu", seed=0),
-    )
-    table = fit(stack, cfg, tmp_path / "run", progress=False).table
+    table = _fit(tmp_path, stack, 20, zdim=1, hidden=48, batch_size=25, encoder="mlp")
     r = abs(np.corrcoef(table["z1"], truth["conformation"])[0, 1])
     rho = circular_correlation(np.radians(table["theta_deg"]), np.radians(truth["theta_deg"]))
     err, _ = angular_error_deg(table["theta_deg"], truth["theta_deg"])

@@ -30,6 +30,12 @@ from emvae.stages import (
 )
 
 
+def _ok(*args) -> None:
+    """Run ``emvae ARGS`` and require it to succeed."""
+    r = runner.invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+
+
 def _blob(grid: torch.Tensor, centre=(0.3, -0.2), sigma=0.05) -> torch.Tensor:
     """A Gaussian blob evaluated at coordinates ``grid`` ``(N, 2)`` (units)."""
     c = torch.tensor(centre, dtype=grid.dtype)
@@ -189,8 +195,7 @@ def test_a_full_size_epoch_trains_on_the_fine_images_only(tmp_path, monkeypatch)
     from emvae import fit, read_stack
 
     sim = tmp_path / "sim"
-    r = runner.invoke(app, ["simulate", str(sim), "-n", "60", "--size", "24", "--seed", "2"])
-    assert r.exit_code == 0, r.output
+    _ok("simulate", sim, "-n", 60, "--size", 24, "--seed", 2)
     seen: list[tuple[int, float]] = []
     step = emvae.train.training_step
 
@@ -219,8 +224,7 @@ def test_later_stages_train_the_generator_only_by_default(fine_train, tmp_path):
     from emvae.checkpoint import load_checkpoint
 
     sim = tmp_path / "sim"
-    r = runner.invoke(app, ["simulate", str(sim), "-n", "40", "--size", "24", "--seed", "2"])
-    assert r.exit_code == 0, r.output
+    _ok("simulate", sim, "-n", 40, "--size", 24, "--seed", 2)
     cfg = RunConfig(
         ModelConfig(image_size=24, zdim=1, gen_hidden=16, enc_hidden=16, encoder_size=16),
         TrainConfig(
@@ -273,18 +277,14 @@ def test_a_fit_resumed_mid_schedule_is_the_uninterrupted_fit(tmp_path):
     """Stages switch by epoch, so resuming after the coarse stage gives the same table; the
     metrics say each epoch's box."""
     sim = tmp_path / "sim"
-    r = runner.invoke(app, ["simulate", str(sim), "-n", "60", "--size", "24", "--seed", "2"])
-    assert r.exit_code == 0, r.output
+    _ok("simulate", sim, "-n", 60, "--size", 24, "--seed", 2)
     stack = str(sim / "particles.mrcs")
     opts = [*SMALL, "--stages", "12:1", "--encoder-size", "16", "--fine-images", "20"]
     one = tmp_path / "one"
-    r = runner.invoke(app, ["fit", stack, "-o", str(one), *opts, "-n", "3"])
-    assert r.exit_code == 0, r.output
+    _ok("fit", stack, "-o", one, *opts, "-n", 3)
     two = tmp_path / "two"
-    r = runner.invoke(app, ["fit", stack, "-o", str(two), *opts, "-n", "1"])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["fit", stack, "-o", str(two), "--resume", "-n", "3", "--quiet"])
-    assert r.exit_code == 0, r.output
+    _ok("fit", stack, "-o", two, *opts, "-n", 1)
+    _ok("fit", stack, "-o", two, "--resume", "-n", 3, "--quiet")
     a, b = (pd.read_csv(p / "particles.csv") for p in (one, two))
     numbers = [t.select_dtypes("number").to_numpy() for t in (a, b)]
     assert np.array_equal(*numbers)
@@ -342,11 +342,9 @@ def test_the_pass_memory_defaults_to_the_devices(monkeypatch, tmp_path):
     assert default_pass_memory_mb("cuda:0") == 20 * 1024
     assert TrainConfig().pass_memory_mb is None
     sim = tmp_path / "sim"
-    r = runner.invoke(app, ["simulate", str(sim), "-n", "30", "--size", "16", "--seed", "2"])
-    assert r.exit_code == 0, r.output
+    _ok("simulate", sim, "-n", 30, "--size", 16, "--seed", 2)
     out = tmp_path / "run"
-    r = runner.invoke(app, ["fit", str(sim / "particles.mrcs"), "-o", str(out), *SMALL, "-n", "1"])
-    assert r.exit_code == 0, r.output
+    _ok("fit", sim / "particles.mrcs", "-o", out, *SMALL, "-n", 1)
     model, config, _ = load_model(out)
     assert config.train.pass_memory_mb == 1024 and model.pass_memory_mb == 1024
 

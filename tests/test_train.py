@@ -17,13 +17,12 @@ from emvae.train import evaluation_autocast
 
 
 def _config(stack, epochs=3, **model):
-    cfg = RunConfig(
+    return RunConfig(
         model=ModelConfig(image_size=stack.size, zdim=1, gen_hidden=32, enc_hidden=32, **model),
         train=TrainConfig(
             epochs=epochs, batch_size=16, lr=1e-3, z_delay=1, device="cpu", checkpoint_every=2
         ),
     )
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +54,10 @@ def test_outputs(run):
     assert table["image"].tolist() == [f"{k}@{stack.source}" for k in range(1, 61)]
     assert (table["split"] == "test").sum() == 6
     assert list(table.columns) == [
-        "image",
-        "input_row",
-        "theta_deg",
-        "theta_std_deg",
-        "shift_x_px",
-        "shift_y_px",
-        "shift_x_std_px",
-        "shift_y_std_px",
-        "shift_x_A",
-        "shift_y_A",
-        "theta_prob",
-        "z1",
-        "z1_std",
-        "elbo",
-        "ncc",
-        "junk",
-        "split",
-    ]
+        "image", "input_row", "theta_deg", "theta_std_deg", "shift_x_px", "shift_y_px",
+        "shift_x_std_px", "shift_y_std_px", "shift_x_A", "shift_y_A", "theta_prob", "z1", "z1_std",
+        "elbo", "ncc", "junk", "split",
+    ]  # fmt: skip
     assert np.allclose(table["shift_x_A"], 1.5 * table["shift_x_px"], rtol=1e-5)
     assert table["theta_deg"].between(-180, 180).all()
     h5 = read_table(out / "particles.h5")

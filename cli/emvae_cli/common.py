@@ -33,10 +33,15 @@ def default(cls: type, name: str) -> Any:
     return {f.name: f.default for f in dataclasses.fields(cls)}[name]
 
 
-def field_option(cls: type, name: str, text: str, *flags: str, **options: Any) -> Any:
+def field_option(
+    cls: type, name: str, text: str, *flags: str, unset: bool = False, **options: Any
+) -> Any:
     """A Typer option for field ``name`` of the config dataclass ``cls``: the field's default,
-    the flag ``--name-with-dashes`` unless ``flags`` are given, help ``text``."""
+    the flag ``--name-with-dashes`` unless ``flags`` are given, help ``text``. ``unset``: None
+    unless given, no default shown (the library, or ``fit --example``, picks the value)."""
     flags = flags or ("--" + name.replace("_", "-"),)
+    if unset:
+        return typer.Option(None, *flags, help=text, show_default=False, **options)
     return typer.Option(default(cls, name), *flags, help=text, **options)
 
 
@@ -54,30 +59,21 @@ def user_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        code = 1
         try:
             return fn(*args, **kwargs)
         except EmvaeError as e:
-            err_console.print(
-                f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True
-            )
-            raise typer.Exit(1) from None
+            line = f"[bold red]error:[/] {escape(str(e))}"
         except KeyboardInterrupt:
-            err_console.print(
-                "interrupted; a fit continues from its last completed epoch with --resume",
-                highlight=False,
-            )
-            raise typer.Exit(130) from None
+            line = "interrupted; a fit continues from its last completed epoch with --resume"
+            code = 130
         except OSError as e:  # a full disk, a read-only folder, a vanished file
             where = f"{e.filename}: " if e.filename else ""
-            err_console.print(
-                f"[bold red]error:[/] {where}{e.strerror or e}", highlight=False, soft_wrap=True
-            )
-            raise typer.Exit(1) from None
+            line = f"[bold red]error:[/] {where}{e.strerror or e}"
         except MemoryError:
-            err_console.print(
-                "[bold red]error:[/] out of memory; use a smaller --batch-size", highlight=False
-            )
-            raise typer.Exit(1) from None
+            line = "[bold red]error:[/] out of memory; use a smaller --batch-size"
+        err_console.print(line, highlight=False)  # one line: err_console soft-wraps
+        raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -57,10 +57,12 @@ CtfChoice = Literal["auto", CtfMode]
 WIDTH_DEFAULT = f"{SMALL_WIDTH} up to {SMALL_IMAGE_PX} px, {WIDTH} above"
 
 
-def _h(text: str, cls: type, name: str, example: bool = True) -> str:
-    d = default(cls, name)
+def _h(text: str, name: str) -> str:
+    """Help ``text`` with the default of ``name`` (a ModelConfig or TrainConfig field), and
+    ``--example``'s value when it sets one."""
+    d = default(M if name in M.__dataclass_fields__ else T, name)
     d = WIDTH_DEFAULT if d is None and name.endswith("_hidden") else d
-    ex = f"; --example: {EXAMPLE_OPTIONS[name]}" if example and name in EXAMPLE_OPTIONS else ""
+    ex = f"; --example: {EXAMPLE_OPTIONS[name]}" if name in EXAMPLE_OPTIONS else ""
     return f"{text} (default {d}{ex})"
 
 
@@ -76,22 +78,14 @@ def fit(
         "with known poses in OUT/example and fit it (a few minutes on "
         "a laptop CPU).",
     ),
-    zdim: int | None = typer.Option(
-        None, "--zdim", help=_h("Unstructured latent dims.", M, "zdim"), show_default=False
+    zdim: int | None = field_option(M, "zdim", _h("Unstructured latent dims.", "zdim"), unset=True),
+    epochs: int | None = field_option(
+        T, "epochs", _h("Total number of epochs.", "epochs"), "-n", "--epochs", unset=True
     ),
-    epochs: int | None = typer.Option(
-        None, "-n", "--epochs", show_default=False, help=_h("Total number of epochs.", T, "epochs")
+    batch_size: int | None = field_option(
+        T, "batch_size", _h("Images per step.", "batch_size"), "-b", "--batch-size", unset=True
     ),
-    batch_size: int | None = typer.Option(
-        None,
-        "-b",
-        "--batch-size",
-        show_default=False,
-        help=_h("Images per step.", T, "batch_size"),
-    ),
-    lr: float | None = typer.Option(
-        None, "--lr", help=_h("Adam learning rate.", T, "lr"), show_default=False
-    ),
+    lr: float | None = field_option(T, "lr", _h("Adam learning rate.", "lr"), unset=True),
     seed: int = field_option(
         T, "seed", "Random seed (initialisation, split, sampling).", min=0, max=SEED_MAX
     ),
@@ -107,21 +101,20 @@ def fit(
         M, "theta_prior_std_deg", "Rotation prior width s_theta, degrees.", "--theta-prior-std"
     ),
     shift_prior_px: float = field_option(M, "shift_prior_px", "Translation prior std, pixels."),
-    likelihood: Likelihood | None = typer.Option(
-        None,
-        "--likelihood",
-        show_default=False,
-        help="gaussian (normalised images; default) or bernoulli ([0,1] pixels; default for "
-        "pictures).",
+    likelihood: Likelihood | None = field_option(
+        M,
+        "likelihood",
+        "gaussian (normalised images; default) or bernoulli ([0,1] pixels; default for pictures).",
+        unset=True,
     ),
     learn_noise: bool = field_option(M, "learn_noise", "Gaussian: learn a per-pixel noise std."),
-    z_delay: int | None = typer.Option(
-        None,
-        "--z-delay",
-        show_default=False,
-        help="Epochs with z held at 0 at the start, while the poses settle (default: 0 with "
+    z_delay: int | None = field_option(
+        T,
+        "z_delay",
+        "Epochs with z held at 0 at the start, while the poses settle (default: 0 with "
         "the equivariant encoder, whose poses settle in the first epoch; 5 with mlp/conv "
         "rotation bins; 2 otherwise; at least 5 with --pose affine or affine-tps).",
+        unset=True,
     ),
     augment_rotation: bool = field_option(
         T,
@@ -160,17 +153,17 @@ def fit(
     tps_prior_px: float = field_option(
         M, "tps_prior_px", "--pose tps: prior std of each control point's displacement, pixels."
     ),
-    gen_hidden: int | None = typer.Option(
-        None,
-        "--gen-hidden",
-        show_default=False,
-        help=_h("Generator width (broadcast: conv channels, 64).", M, "gen_hidden"),
+    gen_hidden: int | None = field_option(
+        M,
+        "gen_hidden",
+        _h("Generator width (broadcast: conv channels, 64).", "gen_hidden"),
+        unset=True,
     ),
-    gen_layers: int | None = typer.Option(
-        None,
-        "--gen-layers",
-        show_default=False,
-        help="Generator hidden layers (broadcast: 3x3 conv layers; default 2, broadcast 4).",
+    gen_layers: int | None = field_option(
+        M,
+        "gen_layers",
+        "Generator hidden layers (broadcast: 3x3 conv layers; default 2, broadcast 4).",
+        unset=True,
     ),
     fourier_features: int = field_option(
         M,
@@ -248,19 +241,17 @@ def fit(
         "--class-seed, falling to 0 halfway through the epochs left.",
         min=0.0,
     ),
-    enc_channels: int | None = typer.Option(
-        None,
-        "--enc-channels",
-        show_default=False,
-        help=_h(
-            "Conv/equivariant encoder: feature maps per layer (per rotation).", M, "enc_channels"
-        ),
-    ),  # fmt: skip
-    enc_hidden: int | None = typer.Option(
-        None, "--enc-hidden", show_default=False, help=_h("Encoder width.", M, "enc_hidden")
+    enc_channels: int | None = field_option(
+        M,
+        "enc_channels",
+        _h("Conv/equivariant encoder: feature maps per layer (per rotation).", "enc_channels"),
+        unset=True,
     ),
-    enc_layers: int | None = typer.Option(
-        None, "--enc-layers", show_default=False, help=_h("Encoder hidden layers.", M, "enc_layers")
+    enc_hidden: int | None = field_option(
+        M, "enc_hidden", _h("Encoder width.", "enc_hidden"), unset=True
+    ),
+    enc_layers: int | None = field_option(
+        M, "enc_layers", _h("Encoder hidden layers.", "enc_layers"), unset=True
     ),
     activation: Activation = field_option(M, "activation", "Nonlinearity of the hidden layers."),
     normalize: bool = field_option(
@@ -269,11 +260,12 @@ def fit(
         "Gaussian: standardise the stack to mean 0, std 1.",
         "--normalize/--no-normalize",
     ),
-    mask_radius_px: float | None = typer.Option(
-        None,
+    mask_radius_px: float | None = field_option(
+        M,
+        "mask_radius_px",
+        "Likelihood over pixels within this radius (model px) only.",
         "--mask-radius",
-        show_default=False,
-        help="Likelihood over pixels within this radius (model px) only.",
+        unset=True,
     ),
     ctf: CtfChoice = typer.Option(
         "auto",
@@ -289,14 +281,14 @@ def fit(
         "With --ctf on, the pose and z networks see each image multiplied by its CTF "
         "(multiply), phase-flipped by it (flip) or as recorded (raw).",
     ),
-    ctf_params: Path | None = typer.Option(
-        None,
-        "--ctf-params",
-        show_default=False,
-        help="CSV of CTF parameters, one row per image in input order (with --ind: of the "
+    ctf_params: Path | None = field_option(
+        DataConfig,
+        "ctf_params",
+        "CSV of CTF parameters, one row per image in input order (with --ind: of the "
         "whole input, or of the selected images): defocus_u_A, "
         "defocus_v_A, defocus_angle_deg, voltage_kV, cs_mm, amplitude_contrast "
         "(phase_shift_deg, bfactor_A2, scale optional).",
+        unset=True,
     ),
     datadir: str | None = opt.DATADIR,
     ind: str | None = opt.IND,
