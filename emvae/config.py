@@ -600,7 +600,7 @@ class RunConfig:
             model, train = dict(d["model"]), dict(d.get("train", {}))
             # configs written before coarse-to-fine: the networks saw the whole image
             model.setdefault("encoder_size", model.get("image_size"))
-            model.setdefault("encoder_ctf", "raw")  # written before the encoder's phase flip
+            model.setdefault("encoder_ctf", "raw")  # written before --encoder-ctf: the raw image
             train.setdefault("stages", "off")
             train.setdefault("fine_images", 0)
             train.setdefault("fine_train", "all")
