@@ -133,6 +133,12 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def check_pixel_fraction(ctf: bool, pixel_fraction: float) -> None:
+    """Refuse timing the CTF on a fraction of the pixels, as fit does (RunConfig.validate)."""
+    if ctf and pixel_fraction < 1:
+        raise ConfigError("--pixel-fraction: the CTF needs every pixel of the rendering")
+
+
 def measure(
     name: str,
     dev: torch.device,
@@ -155,6 +161,7 @@ def measure(
     as another program (``../shared/tools/ref_step_time.py --hidden --zdim``);
     ``pixel_fraction`` < 1: the likelihood on that random fraction of the pixels
     (``fit --pixel-fraction``)."""
+    check_pixel_fraction(ctf, pixel_fraction)
     sizes = {"gen_hidden": hidden, "enc_hidden": hidden, "zdim": zdim}
     sizes = {k: v for k, v in sizes.items() if v is not None}
     cfg = ModelConfig(**{**CONFIGS[name], **sizes, **({"ctf": "on"} if ctf else {})})
@@ -320,6 +327,7 @@ def measure_all(
     plain, then streamed (``stream``), then with the CTF (``ctf``); one line to ``log`` per
     measurement as it comes. ``device``: a device, or its name (``auto``, ``cpu``, ``cuda:N``).
     ``options``: :func:`measure`'s other keywords."""
+    check_pixel_fraction(ctf, options.get("pixel_fraction", TrainConfig.pixel_fraction))
     dev = resolve_device(device) if isinstance(device, str) else device
     unknown = set(names) - set(CONFIGS)
     if unknown:

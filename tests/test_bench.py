@@ -233,6 +233,9 @@ def test_throughput_benchmark_prints_json_and_counts_flops():
     assert [m["precision"] for m in timed] == ["fp32", "fp32, CTF"]
     bernoulli = runner.invoke(app, [*args[:-1], "--ctf"])
     assert bernoulli.exit_code == 1 and "Gaussian likelihood" in bernoulli.output
+    part = runner.invoke(app, [*args[:3], "em", *args[4:-1], "--ctf", "--pixel-fraction", "0.5"])
+    assert part.exit_code == 1 and "--pixel-fraction: the CTF needs every pixel" in part.output
+    assert not [line for line in part.output.splitlines() if line.startswith("{")]  # none timed
     mnist = ModelConfig(image_size=28, gen_hidden=500, fourier_features=0)
     for m in rows:
         assert m["config"] == "mnist" and m["batch"] == 4 and m["images_per_s"] > 0
