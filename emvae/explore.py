@@ -371,17 +371,9 @@ class Explorer:
             )
         return out
 
-    def numeric_columns(self) -> list[str]:
-        """The table's columns that colour the scatter on a continuous scale."""
-        return list(self._numeric)
-
-    def colour_columns(self) -> list[str]:
-        """Numeric columns, and the text columns with few values (``split``)."""
-        return list(self._colours)
-
     def views(self) -> list[dict[str, str]]:
         """The scatter's preset axes: z (or z1 against theta for 1-D z), PCA, UMAP."""
-        have = set(self.numeric_columns())
+        have = set(self._numeric)
         out = []
         if self.zdim >= 2:
             out.append({"name": "z1 / z2", "x": "z1", "y": "z2"})
@@ -396,7 +388,7 @@ class Explorer:
 
     def meta(self) -> dict[str, Any]:
         """What the page needs to draw its controls."""
-        colours = self.colour_columns()
+        colours = self._colours
         first = ("class", "cluster", "elbo") if self.classes > 1 else ("cluster", "elbo")
         default_colour = next((c for c in first if c in colours), colours[0])
         shift_max = max(1.0, round(self.size / 4))
@@ -413,7 +405,7 @@ class Explorer:
             "posed": self.generator.posed,
             "device": str(self.device),
             "views": self.views(),
-            "numeric": self.numeric_columns(),
+            "numeric": self._numeric,
             "colours": colours,
             "default_colour": default_colour,
             "z": [{"name": c, **r} for c, r in zip(self.zcols, self.zrange, strict=False)],
@@ -434,7 +426,7 @@ class Explorer:
         order (None where a value is missing). A categorical colour comes as ``codes`` into
         ``labels``, a continuous one as ``values`` with its ``range``. With ``classes``
         (1-based) only those classes' particles, their table positions in ``index``."""
-        numeric = self.numeric_columns()
+        numeric = self._numeric
         for axis, col in (("x", x), ("y", y)):
             if col not in numeric:
                 raise RequestError(
@@ -457,11 +449,12 @@ class Explorer:
             out["colour"] = c
         return out
 
-    def _check_colour(self, column: str) -> pd.Series:
-        allowed = self.colour_columns()
-        if column not in allowed:
+    def _check_colour(self, column: str, what: str = "colour=") -> pd.Series:
+        """The frame's ``column`` if it colours the scatter (every numeric column does), else a
+        404 (``what`` leads the message)."""
+        if column not in self._colours:
             raise RequestError(
-                404, f"colour={column!r}: no such column (have {', '.join(allowed)})"
+                404, f"{what}{column!r}: no such column (have {', '.join(self._colours)})"
             )
         return self.frame[column]
 
@@ -491,8 +484,7 @@ class Explorer:
         """One colouring: a categorical column as ``codes`` into ``labels`` (with each label's
         ``counts``), a continuous one as ``values`` with its ``range``; without ``values`` the
         per-particle lists are left out (the page reads them from :meth:`array`)."""
-        s = self._check_colour(column)
-        cats = self._categories(column)
+        cats = self._categories(column)  # a 404 for an unknown column
         if cats is not None:
             labels, codes = cats
             counts = np.bincount(codes[codes >= 0], minlength=len(labels))
@@ -505,7 +497,7 @@ class Explorer:
             if values:
                 out["codes"] = [int(c) if c >= 0 else None for c in codes]
             return out
-        v = s.to_numpy(np.float64)
+        v = self.frame[column].to_numpy(np.float64)
         finite = v[np.isfinite(v)]
         lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
         out = {"name": column, "kind": "continuous", "range": [lo, hi]}
@@ -517,10 +509,7 @@ class Explorer:
         """One column for every particle in table order as float32 (NaN where missing): a
         numeric column's values, or with ``codes`` (and always for a text column) a
         colouring's category codes into :meth:`colours`' ``labels`` (NaN missing)."""
-        if column not in self.colour_columns():  # every numeric column is one
-            raise RequestError(
-                404, f"{column!r}: no such column (have {', '.join(self.colour_columns())})"
-            )
+        self._check_colour(column, what="")
         cats = self._categories(column) if codes or column not in self._numeric else None
         if cats is None:  # a numeric column (a continuous colour asked for as codes: too)
             values: np.ndarray = self.frame[column].to_numpy(np.float64).astype(np.float32)
@@ -855,10 +844,6 @@ class Runs:
         self.out_dir = None if out_dir is None else Path(out_dir)
         self._loaded: dict[str, Explorer] = {}
         self._lock = threading.Lock()
-
-    def names(self) -> list[str]:
-        """The runs on offer, by name."""
-        return list(self.paths)
 
     def get(self, name: str) -> Explorer:
         """The explorer of run ``name``, loaded on first use; a 404 for an unknown name."""

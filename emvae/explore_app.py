@@ -107,7 +107,7 @@ def make_app(
     runs = Runs(run_path, dev, out_dir)
     if preload and len(runs.paths) == 1:
         try:
-            runs.get(runs.names()[0])
+            runs.get(next(iter(runs.paths)))
         except RequestError as e:
             raise EmvaeError(str(e)) from None
     app = FastAPI(title="emvae explore", docs_url=None, redoc_url=None, openapi_url=None)
@@ -139,7 +139,7 @@ def make_app(
 
     @app.get("/api/runs")
     def list_runs() -> dict[str, Any]:
-        return {"runs": runs.names()}
+        return {"runs": list(runs.paths)}
 
     @app.get("/api/runs/{run}")
     def meta(run: str) -> dict[str, Any]:

@@ -76,11 +76,3 @@ def unused_warning(usage: list[LatentUse]) -> str | None:
         f"value there, so it describes no variation (correlations with it are noise); "
         f"fewer --zdim, or a longer fit, may help"
     )
-
-
-def data_range(table: pd.DataFrame, low: float = 0.02, high: float = 0.98) -> np.ndarray:
-    """``(K, 2)``: the ``low`` and ``high`` quantiles of each dimension's posterior means, the
-    range the particles actually cover (montages walk through it)."""
-    z = table[latent_columns(table)].to_numpy(np.float64)
-    result: np.ndarray = np.quantile(z, [low, high], axis=0).T
-    return result
