@@ -301,8 +301,7 @@ class EquivariantEncoder(nn.Module):
         a = a.unflatten(1, (3, self.classes)).flatten(2)  # (B, 3, K R): cell c R + r
         half = math.pi / self.rotations
         offset = half * torch.tanh(a[:, 1])
-        pooled = torch.cat([g.amax(-1), g.mean(-1)], 1)  # invariant under rotation
-        inv = self.invariant_head(pooled)
+        inv = self.invariant_head(torch.cat([g.amax(-1), g.mean(-1)], 1))
         if self.translation:
             att = self.attention(h.amax(2)).flatten(1)  # (B, h*w)
             att = att.to(torch.promote_types(att.dtype, torch.float32)).softmax(-1)
@@ -311,7 +310,7 @@ class EquivariantEncoder(nn.Module):
             shift = images.new_zeros(images.shape[0], 2)
         extra = extra_logstd = None
         if self.extra_head is not None:
-            ex = self.extra_head(pooled)
+            ex = self.extra_head(torch.cat([g.amax(-1), g.mean(-1)], 1))
             extra, extra_logstd = ex[:, : self.n_extra], ex[:, self.n_extra :]
         return BinnedPose(
             logits=a[:, 0],
