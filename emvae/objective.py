@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -162,38 +162,18 @@ class ElboTerms:
 
     def map(self, f: Callable[[Tensor], Tensor]) -> ElboTerms:
         """The terms with ``f`` applied to each (the optional ones kept None)."""
-        deform = None if self.kl_deform is None else f(self.kl_deform)
-        kl_class = None if self.kl_class is None else f(self.kl_class)
-        return ElboTerms(
-            f(self.log_lik),
-            f(self.kl_z),
-            f(self.kl_theta),
-            f(self.kl_shift),
-            f(self.kl_z_dims),
-            deform,
-            kl_class,
-        )
+        values = (getattr(self, field.name) for field in fields(self))
+        terms: list[Any] = [None if v is None else f(v) for v in values]
+        return ElboTerms(*terms)
 
     @staticmethod
     def cat(parts: list[ElboTerms]) -> ElboTerms:
         """The terms of consecutive parts of a batch, joined in order."""
         if len(parts) == 1:
             return parts[0]
-
-        def cat(name: str) -> Tensor | None:
-            values = [getattr(p, name) for p in parts]
-            return None if values[0] is None else torch.cat(values)
-
-        deform, kl_class = cat("kl_deform"), cat("kl_class")
-        return ElboTerms(
-            torch.cat([p.log_lik for p in parts]),
-            torch.cat([p.kl_z for p in parts]),
-            torch.cat([p.kl_theta for p in parts]),
-            torch.cat([p.kl_shift for p in parts]),
-            torch.cat([p.kl_z_dims for p in parts]),
-            deform,
-            kl_class,
-        )
+        values = ([getattr(p, field.name) for p in parts] for field in fields(ElboTerms))
+        terms: list[Any] = [None if v[0] is None else torch.cat(v) for v in values]
+        return ElboTerms(*terms)
 
 
 def weighted_elbo(
@@ -341,9 +321,8 @@ def kl_rotation_bins(
     w = log_w.exp()
     log_p: float | Tensor = math.log(r)
     if classes is not None:
-        prior = log_w.new_full((cfg.classes,), -math.log(cfg.classes))
-        if log_prior is not None:
-            prior = log_prior.to(log_w.dtype)
+        uniform = log_w.new_full((cfg.classes,), -math.log(cfg.classes))
+        prior = uniform if log_prior is None else log_prior.to(log_w.dtype)
         log_p = math.log(r) - prior[classes]
     kl_bins = (w * (log_w + log_p)).sum(1)
     kl_in = (w * kl_uniform_rotation(logstd, cfg.theta_prior_std / r)).sum(1)
@@ -391,11 +370,10 @@ def compared(
         assert ctf is not None  # given: the stage's parameters
     params = with_ctf(cfg, params, ctf, None if stage is None else stage.size)
     if cfg.mask_radius_px is not None:  # rendered whole for the CTF; compared masked
-        if stage is not None and stage.keep is not None:
-            keep = stage.keep.to(params.device)
-        else:
-            keep = mask_index(cfg.image_size, cfg.mask_radius_px).to(params.device)
-        params = params.index_select(-2, keep)
+        keep = stage.keep if stage is not None else None
+        if keep is None:
+            keep = mask_index(cfg.image_size, cfg.mask_radius_px)
+        params = params.index_select(-2, keep.to(params.device))
     return params
 
 

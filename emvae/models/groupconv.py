@@ -35,8 +35,7 @@ def steerable_basis(k: int, angle: float = 0.0, width: float = 0.6) -> Tensor:
     cos, sin = math.cos(angle), math.sin(angle)
     xs, ys = x * cos + y * sin, -x * sin + y * cos  # the output at x shows the filter at x R(-a)
     r, phi = torch.hypot(xs, ys), torch.atan2(ys, xs)
-    x0, y0 = x, y  # unrotated, for the normalisation
-    r0, phi0 = torch.hypot(x0, y0), torch.atan2(y0, x0)
+    r0, phi0 = torch.hypot(x, y), torch.atan2(y, x)  # unrotated, for the normalisation
     funcs = []
     for ring in range(int(c) + 1):
         m_max = 0 if ring == 0 else (2 if ring == 1 else 3)

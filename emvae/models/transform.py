@@ -114,11 +114,6 @@ class ThinPlateSpline(nn.Module):
         self.register_buffer("control", c, persistent=False)
         self.register_buffer("solve", solve, persistent=False)
 
-    @property
-    def n_points(self) -> int:
-        """Control points M of the spline (g x g)."""
-        return self.control.shape[0]
-
     def forward(self, points: Tensor, disp: Tensor) -> Tensor:
         """The warp ``f`` at ``points`` ``(B, N, 2)`` for displacements ``disp`` ``(B, M, 2)``
         (coordinate units): ``(B, N, 2)``."""
@@ -164,7 +159,7 @@ class DeformTransform(RigidTransform):
     @property
     def n_tps(self) -> int:
         """Width of the spline part (each control point's x and y displacement), 0 without."""
-        return 0 if self.tps is None else 2 * self.tps.n_points
+        return 0 if self.tps is None else 2 * self.tps.control.shape[0]
 
     @property
     def n_params(self) -> int:
