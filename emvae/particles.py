@@ -426,10 +426,8 @@ class Particles:
         if enc.class_prob is not None:
             cols["class"] = enc.class_prob.argmax(1) + 1
             cols["class_prob"] = enc.class_prob.max(1)
-        for k in range(model.zdim):
-            cols[f"z{k + 1}"] = enc.z_mu[:, k]
-        for k in range(model.zdim):
-            cols[f"z{k + 1}_std"] = enc.z_std[:, k]
+        cols.update({f"z{k + 1}": enc.z_mu[:, k] for k in range(model.zdim)})
+        cols.update({f"z{k + 1}_std": enc.z_std[:, k] for k in range(model.zdim)})
         cols["elbo"] = enc.elbo
         if enc.ncc is not None and np.isfinite(enc.ncc).any():
             cols["ncc"] = enc.ncc

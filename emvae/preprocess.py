@@ -131,9 +131,7 @@ def prepare(stack: ImageStack, pre: Preprocess) -> Prepared:
     """Plan the preprocessing of ``stack`` (nothing is read)."""
     pre.validate()
     n_in = stack.size
-    crop = pre.crop
-    if stack.windowed:  # the reader already cut windows out of each picture
-        crop = None
+    crop = None if stack.windowed else pre.crop  # windowed: the reader cut them already
     if crop is not None and crop > n_in:
         raise ConfigError(f"--crop {crop} is larger than the {n_in}-px images of {stack.source}")
     starts = own = None
@@ -155,7 +153,7 @@ def prepare(stack: ImageStack, pre: Preprocess) -> Prepared:
         offsets = None
     scale = stack.scale * c / size
     radius = pre.bg_radius if pre.bg_radius is not None else 0.75 * size / 2
-    background = _outside_circle(size, radius) if pre.normalize == "background" else None
+    background = ~circle(size, radius) if pre.normalize == "background" else None
     if background is not None and not background.any():
         raise ConfigError(f"--bg-radius {radius:g} leaves no background pixels in a {size}-px box")
 
@@ -240,10 +238,6 @@ def circle(size: int, radius: float) -> np.ndarray:
     return (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2
 
 
-def _outside_circle(size: int, radius: float) -> np.ndarray:
-    return ~circle(size, radius)
-
-
 def _cut(x: np.ndarray, starts: np.ndarray, c: int) -> np.ndarray:
     """Windows ``(B, C, c, c)`` of ``x`` ``(B, C, H, W)`` starting at ``starts`` ``(B, 2)``
     (row, column), gathered in one indexing operation."""
@@ -283,11 +277,8 @@ def _read(stack: ImageStack, start: int, chunk: int) -> np.ndarray:
     """Images ``start:start+chunk`` as a writable in-memory array (a memory-mapped slice is
     copied here, in the reading thread)."""
     x = stack.images[start : start + chunk]
-    return (
-        x
-        if isinstance(x, np.ndarray) and x.flags.writeable and not isinstance(x, np.memmap)
-        else np.array(x)
-    )
+    own = isinstance(x, np.ndarray) and x.flags.writeable and not isinstance(x, np.memmap)
+    return x if own else np.array(x)
 
 
 #: An image whose values stray this many times the typical image's spread from the typical

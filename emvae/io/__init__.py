@@ -122,22 +122,12 @@ def read_stack(
     :class:`emvae.preprocess.Preprocess`, which also holds the Galaxy Zoo defaults).
     """
     kind = input_kind(spec)
-    if kind == "mrc":
-        return read_mrc(spec)
-    if kind == "star":
-        return read_star(spec, datadir)
-    if kind == "cs":
-        return read_cryosparc(spec, datadir)
-    if kind == "npy":
-        return read_npy(spec)
-    if kind == "hdf5":
-        return read_hdf5(spec)
-    if kind == "list":
-        return read_list(spec, datadir)
-    if kind == "pictures":
-        stack = read_pictures(spec, crop or None, jitter or 0, seed)
-    else:
-        stack = read_fits(spec, crop or None, jitter or 0, seed)
+    if kind in ("mrc", "npy", "hdf5"):
+        return {"mrc": read_mrc, "npy": read_npy, "hdf5": read_hdf5}[kind](spec)
+    if kind in ("star", "cs", "list"):
+        return {"star": read_star, "cs": read_cryosparc, "list": read_list}[kind](spec, datadir)
+    read_windows = read_pictures if kind == "pictures" else read_fits
+    stack = read_windows(spec, crop or None, jitter or 0, seed)
     stack.windowed = True
     return stack
 

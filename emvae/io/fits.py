@@ -75,10 +75,8 @@ def read_fits(
     path = Path(name)
     if path.is_dir() or any(ch in name for ch in "*?"):
         files = list_files(name, FITS_SUFFIXES)
-        hdus, names = [], []
-        for f in files:
-            hdus.append(_image_hdus(f, None)[0])
-            names.append(image_name(1, f))
+        hdus = [_image_hdus(f, None)[0] for f in files]
+        names = [image_name(1, f) for f in files]
     else:
         if not path.exists():
             raise InputError(path, "no such file")
