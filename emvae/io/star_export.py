@@ -55,26 +55,28 @@ class Optics:
     amplitude_contrast: float = 0.1
 
 
-def _centre_offset(theta_deg: np.ndarray, box: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(e, e R(theta)^T)``: ``e`` the geometric centre ((W-1)/2) from RELION's centre (W//2),
-    px, +x right, +y up, and ``(N, 2)`` its rotation by the model's theta (``-theta_deg``)."""
-    theta = -np.radians(np.asarray(theta_deg, dtype=np.float64))  # the model's theta
-    c, s = np.cos(theta), np.sin(theta)
-    e = np.array([-0.5, 0.5]) if box % 2 == 0 else np.zeros(2)
-    # e R(theta)^T for row vector e, R = [[c, s], [-s, c]]
-    return e, np.stack([e[0] * c + e[1] * s, -e[0] * s + e[1] * c], axis=1)
+def _centre_offset(box: int) -> np.ndarray:
+    """Geometric centre ((W-1)/2) from RELION's centre (W//2), px, +x right, +y up."""
+    return np.array([-0.5, 0.5]) if box % 2 == 0 else np.zeros(2)
 
 
 def relion_origin(theta_deg: np.ndarray, shift_px: np.ndarray, box: int) -> np.ndarray:
     """``(rlnOriginX, rlnOriginY)`` in pixels, ``(N, 2)``, for the table's poses."""
-    e, e_rt = _centre_offset(theta_deg, box)
+    theta = -np.radians(np.asarray(theta_deg, dtype=np.float64))  # the model's theta
+    c, s = np.cos(theta), np.sin(theta)
+    e = _centre_offset(box)
+    # e R(theta)^T for row vector e, R = [[c, s], [-s, c]]
+    e_rt = np.stack([e[0] * c + e[1] * s, -e[0] * s + e[1] * c], axis=1)
     sp = np.asarray(shift_px, dtype=np.float64) + e - e_rt
     return np.stack([-sp[:, 0], sp[:, 1]], axis=1)
 
 
 def table_pose(theta_deg: np.ndarray, origin_px: np.ndarray, box: int) -> np.ndarray:
     """Inverse of :func:`relion_origin`: the table's shift ``(N, 2)`` from RELION's origins."""
-    e, e_rt = _centre_offset(theta_deg, box)
+    theta = -np.radians(np.asarray(theta_deg, dtype=np.float64))
+    c, s = np.cos(theta), np.sin(theta)
+    e = _centre_offset(box)
+    e_rt = np.stack([e[0] * c + e[1] * s, -e[0] * s + e[1] * c], axis=1)
     o = np.asarray(origin_px, dtype=np.float64)
     sp = np.stack([-o[:, 0], o[:, 1]], axis=1)
     result: np.ndarray = sp - e + e_rt
