@@ -48,23 +48,13 @@ if TYPE_CHECKING:
     from emvae.config import RunConfig
     from emvae.data import StreamedImages
     from emvae.encode import Encoding
-    from emvae.models import SpatialVAE
     from emvae.run import Run
 
 #: What :func:`convergence_run` writes (convergence.json last: complete when it is there).
 FILES = ("convergence.csv", page.CONVERGENCE_PLOT.name, "convergence.json")
 #: convergence.csv's columns.
-COLUMNS = (
-    "epoch_a",
-    "epoch_b",
-    "z_r2",
-    "z_corr",
-    "theta_diff_deg",
-    "theta_offset_deg",
-    "cluster_ari",
-    "train_elbo",
-    "test_elbo",
-)
+COLUMNS = ("epoch_a", "epoch_b", "z_r2", "z_corr", "theta_diff_deg", "theta_offset_deg",
+           "cluster_ari", "train_elbo", "test_elbo")  # fmt: skip
 #: Particles encoded per checkpoint unless told otherwise.
 MAX_PARTICLES = 5000
 
@@ -80,8 +70,9 @@ def _r2(x: np.ndarray, y: np.ndarray) -> float:
     coef, *_ = np.linalg.lstsq(a, y, rcond=None)
     residual = float(((y - a @ coef) ** 2).sum())
     total = float(((y - y.mean(0)) ** 2).sum())
-    if total <= 1e-12 * max(1.0, float((y**2).sum())):
-        return 1.0 if residual <= 1e-12 * max(1.0, float((y**2).sum())) else 0.0
+    tiny = 1e-12 * max(1.0, float((y**2).sum()))
+    if total <= tiny:
+        return 1.0 if residual <= tiny else 0.0
     return float(np.clip(1.0 - residual / total, 0.0, 1.0))
 
 
@@ -176,8 +167,8 @@ def encode_checkpoint(
     rows: np.ndarray,
     device: torch.device,
     batch_size: int = 256,
-) -> tuple[SpatialVAE, RunConfig, int, Encoding]:
-    """``(model, config, epoch, Encoding)``: the checkpoint ``path`` over the normalised images
+) -> tuple[RunConfig, int, Encoding]:
+    """``(config, epoch, Encoding)``: the checkpoint ``path`` over the normalised images
     ``data`` (the run's own, all of them) at ``rows``; posteriors only (no ELBO)."""
     from emvae.data import gather
     from emvae.encode import encode
@@ -187,7 +178,7 @@ def encode_checkpoint(
     if len(rows) < data.shape[0]:
         data = gather(data, torch.from_numpy(rows), device)
     enc = encode(model, data, device, batch_size, config.train.seed, elbo=False)
-    return model, config, int(ckpt["epoch"]), enc
+    return config, int(ckpt["epoch"]), enc
 
 
 def snapshot(config: RunConfig, epoch: int, enc: Encoding) -> Snapshot:
@@ -243,7 +234,7 @@ def convergence_run(
     rows = subsample(len(particles), max_particles, seed)
     snaps = []
     for _, path in kept:
-        _, ckpt_config, got, enc = encode_checkpoint(path, data, rows, dev)
+        ckpt_config, got, enc = encode_checkpoint(path, data, rows, dev)
         check_same_run(path, ckpt_config.run_id, config.run_id)
         snaps.append(snapshot(ckpt_config, got, enc))
         if advance is not None:

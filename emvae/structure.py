@@ -139,7 +139,12 @@ def rotation_about(axis: np.ndarray, angle_rad: np.ndarray) -> np.ndarray:
     """Right-handed rotations ``(n, 3, 3)`` (column vectors) by ``angle_rad`` ``(n,)`` about
     the unit vector ``axis`` ``(3,)`` (Rodrigues)."""
     n = axis / np.linalg.norm(axis)
-    k = np.array([[0, -n[2], n[1]], [n[2], 0, -n[0]], [-n[1], n[0], 0]])
+    return _rodrigues(np.array([[0, -n[2], n[1]], [n[2], 0, -n[0]], [-n[1], n[0], 0]]), angle_rad)
+
+
+def _rodrigues(k: np.ndarray, angle_rad: np.ndarray) -> np.ndarray:
+    """``I + sin(a) k + (1 - cos(a)) k^2`` ``(n, 3, 3)``: the turns by ``angle_rad`` ``(n,)``
+    about the unit axes whose cross-product matrices are ``k`` ``(3, 3)`` or ``(n, 3, 3)``."""
     a = np.asarray(angle_rad, dtype=np.float64)[:, None, None]
     return np.asarray(np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k))
 
@@ -180,12 +185,6 @@ def euler_angles(matrix: np.ndarray) -> tuple[float, float, float]:
     return rot, tilt, psi
 
 
-def _tidy(angles: tuple[float, float, float]) -> tuple[float, float, float]:
-    """Angles rounded to 1e-9 degrees, without -0 (so 90, not 90.0000000000001 or -0.0)."""
-    a, b, c = (float(np.round(v, 9)) + 0.0 for v in angles)
-    return a, b, c
-
-
 def class_views(view: tuple[float, float, float], classes: int) -> list[tuple[float, float, float]]:
     """``classes`` views of one model for ``emvae simulate --structure --classes K``: class k
     sees the model in ``view`` turned out of plane by ``k * 180 / K`` degrees about the
@@ -194,7 +193,8 @@ def class_views(view: tuple[float, float, float], classes: int) -> list[tuple[fl
     out = [tuple(float(v) for v in view)]
     for k in range(1, classes):
         turn = rotation_about(np.array([1.0, 0.0, 0.0]), np.radians([180.0 * k / classes]))[0]
-        out.append(_tidy(euler_angles(turn @ a)))
+        # rounded to 1e-9 degrees, without -0 (so 90, not 90.0000000000001 or -0.0)
+        out.append(tuple(float(np.round(v, 9)) + 0.0 for v in euler_angles(turn @ a)))
     return out  # type: ignore[return-value]
 
 
@@ -323,14 +323,11 @@ def hinge(mol: Molecule, domains: list[str], degrees: float) -> Motion:
             atoms &= mol.ca
         point = mol.xyz[atoms].mean(0)
     else:
-        cand = (
-            np.flatnonzero(inside & mol.ca) if (inside & mol.ca).any() else np.flatnonzero(inside)
-        )
+        cand = np.flatnonzero(inside & mol.ca if (inside & mol.ca).any() else inside)
         point = mol.xyz[cand[np.argmin(np.linalg.norm(mol.xyz[cand] - b, axis=1))]]
-    axis = np.cross(d - point, b - point)
-    if np.linalg.norm(axis) < 1e-6 * max(
-        1.0, np.linalg.norm(d - point) * np.linalg.norm(b - point)
-    ):
+    arm_d, arm_b = d - point, b - point
+    axis = np.cross(arm_d, arm_b)
+    if np.linalg.norm(axis) < 1e-6 * max(1.0, np.linalg.norm(arm_d) * np.linalg.norm(arm_b)):
         raise InputError(mol.path, "the domain, its hinge and the body lie on one line: no "
                          "hinge axis")  # fmt: skip
     return Motion(mol.xyz, mask=inside, point=point, axis=axis / np.linalg.norm(axis),
@@ -414,10 +411,13 @@ class StructureObject:
         q = np.einsum("nij,nkj->nki", np.broadcast_to(full, (len(positions), 3, 3)), positions)
         return np.stack([q[..., 0], -q[..., 1]], -1) / self.unit_A
 
-    def blobs(self, conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every atom's blob in the view: centres ``(n, K, 2)`` (coordinate units), sigmas
-        ``(K,)`` and amplitudes ``(K,)`` for conformations ``(n,)``."""
-        return self.project(self.motion.positions(conformation)), self.sigmas, self.amps
+    def blobs(
+        self, conformation: np.ndarray, rotation: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every atom's blob in the view (turned by ``rotation``, :meth:`project`): centres
+        ``(n, K, 2)`` (coordinate units), sigmas ``(K,)`` and amplitudes ``(K,)`` for
+        conformations ``(n,)``."""
+        return self.project(self.motion.positions(conformation), rotation), self.sigmas, self.amps
 
     @cached_property
     def coarse(self) -> _Coarse:
@@ -443,8 +443,7 @@ class StructureObject:
         conformations ``(n,)``, turned counter-clockwise by ``theta_deg`` ``(n,)``, the centre
         moved to ``shift_px`` ``(n, 2)`` (px, +y up); ``tilt`` ``(n, 3, 3)``: each view first
         turned by these rotations (:func:`draw_tilts`)."""
-        centres = self.project(self.motion.positions(conformation), tilt)
-        return render_separable(centres, self.sigmas, self.amps, theta_deg, shift_px, self.size)
+        return render_separable(*self.blobs(conformation, tilt), theta_deg, shift_px, self.size)
 
 
 class _Coarse:
@@ -461,9 +460,8 @@ class _Coarse:
         mid = self._centres(np.array([0.5]))[0]  # (G, 2)
         atoms = obj.blobs(np.array([0.5]))[0][0]
         spread = np.bincount(self.group, obj.z * ((atoms - mid[self.group]) ** 2).sum(1), g)
-        var = 0.5 * spread / self.weight + np.bincount(self.group, obj.z * obj.sigmas**2, g) / (
-            self.weight
-        )
+        own = np.bincount(self.group, obj.z * obj.sigmas**2, g)  # (G,) the atoms' widths
+        var = 0.5 * spread / self.weight + own / self.weight
         self.sigmas = np.sqrt(var)
         self.amps = self.weight / (2 * np.pi * var)
 
@@ -473,12 +471,10 @@ class _Coarse:
 
     def _centres(self, conformation: np.ndarray) -> np.ndarray:
         c, _, _ = self.obj.blobs(conformation)  # (n, K, 2)
-        g, w = self.n_groups, self.obj.z
-        out = np.empty((len(c), g, 2))
-        for k in range(2):
-            for i in range(len(c)):
-                out[i, :, k] = np.bincount(self.group, w * c[i, :, k], g)
-        return out / self.weight[None, :, None]
+        n, g = len(c), self.n_groups
+        bins = (np.arange(n)[:, None] * g + self.group).ravel()  # (n K,): image i's groups
+        sums = [np.bincount(bins, (self.obj.z * c[..., k]).ravel(), n * g) for k in range(2)]
+        return np.stack(sums, -1).reshape(n, g, 2) / self.weight[None, :, None]
 
     def blobs(self, conformation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Centres ``(n, G, 2)``, sigmas ``(G,)``, amplitudes ``(G,)`` (coordinate units)."""
@@ -554,14 +550,11 @@ def draw_tilts(n: int, tilt_deg: float, seed: int) -> tuple[np.ndarray, np.ndarr
     rng = np.random.default_rng([seed, 24])
     angle = rng.normal(0.0, tilt_deg, n) if tilt_deg > 0 else np.zeros(n)
     axis = rng.uniform(0.0, 180.0, n)
-    rad = np.radians(axis)
-    u = np.stack([np.cos(rad), np.sin(rad), np.zeros(n)], 1)  # (n, 3)
+    ux, uy = np.cos(np.radians(axis)), np.sin(np.radians(axis))  # the unit axes (ux, uy, 0)
     k = np.zeros((n, 3, 3))
-    k[:, 0, 2], k[:, 2, 0] = u[:, 1], -u[:, 1]
-    k[:, 1, 2], k[:, 2, 1] = -u[:, 0], u[:, 0]
-    a = np.radians(angle)[:, None, None]
-    rot = np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
-    return rot, angle, axis
+    k[:, 0, 2], k[:, 2, 0] = uy, -uy
+    k[:, 1, 2], k[:, 2, 1] = -ux, ux
+    return _rodrigues(k, np.radians(angle)), angle, axis
 
 
 def render_separable(
@@ -630,20 +623,6 @@ def draw_poses(n: int, shift_std_px: float, seed: int) -> tuple[np.ndarray, np.n
     theta = rng.uniform(-180.0, 180.0, n)
     shift = rng.normal(0.0, shift_std_px, (n, 2)) if shift_std_px > 0 else np.zeros((n, 2))
     return conf, theta, shift
-
-
-def consensus(
-    obj: StructureObject, conf: np.ndarray, theta: np.ndarray, shift: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The truth's conformations ``(n,)`` (0 for a rigid molecule), and the poses relative to
-    the consensus view of the coarse molecule (theta ``(n,)`` degrees, shift ``(n, 2)`` px)
-    of particles drawn at body poses ``theta``, ``shift`` in conformations ``conf``."""
-    if obj.motion.rigid:
-        return np.zeros_like(conf), wrap_degrees(theta), shift
-    theta_c, shift_c = sim.consensus_pose(
-        obj.coarse, conf, theta, shift, obj.size, frame=obj.consensus
-    )
-    return conf, theta_c, shift_c
 
 
 def structure_objects(
@@ -720,15 +699,7 @@ def write_structure_simulation(
     def centres_of(
         k: int, c: np.ndarray, rows: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        o = objs[k]
-        turn = rot[rows] if tilt_deg and rows is not None else None
-        return o.project(o.motion.positions(c), turn), o.sigmas, o.amps
-
-    def render(
-        k: int, c: np.ndarray, sg: np.ndarray, a: np.ndarray, t: np.ndarray, u: np.ndarray,
-        rows: np.ndarray | None,
-    ) -> np.ndarray:  # fmt: skip
-        return render_separable(c, sg, a, t, u, size)
+        return objs[k].blobs(c, rot[rows] if tilt_deg and rows is not None else None)
 
     meta, params, rng = None, None, np.random.default_rng([seed, 25])
     if defocus_um is not None:
@@ -750,8 +721,10 @@ def write_structure_simulation(
                         conf[s:e], theta[s:e], shift[s:e], rot[s:e] if tilt_deg else None
                     )
                 else:
-                    clean = sim.render_mixture(len(objs), draws, np.arange(s, e), conf, theta,
-                                               shift, size, centres_of, render)  # fmt: skip
+                    clean = sim.render_mixture(
+                        len(objs), draws, np.arange(s, e), conf, theta, shift, size, centres_of,
+                        lambda k, c, sg, a, t, u, rows: render_separable(c, sg, a, t, u, size),
+                    )  # fmt: skip
                 if params is not None:
                     x = torch.from_numpy(clean)[:, None]
                     clean = apply_ctf(x, params[s:e])[:, 0].numpy()
@@ -805,11 +778,18 @@ def truth_table(
 ) -> pd.DataFrame:
     """The truth as :func:`emvae.simulate.truth_table` writes it: image i's pose relative to
     the consensus view of the coarse molecule of its class ``label[i]`` in the untilted view
-    (:func:`consensus`; a rigid molecule has conformation 0), and the body's; rows of label -1
-    (no particle) are left NaN for :func:`emvae.simulate.mixture_truth` to empty."""
+    (:attr:`StructureObject.consensus`; a rigid molecule has conformation 0 and its body's
+    pose), and the body's; rows of label -1 (no particle) are left NaN for
+    :func:`emvae.simulate.mixture_truth` to empty."""
     n = len(label)
     c_out, t_out, s_out = np.full(n, np.nan), np.full(n, np.nan), np.full((n, 2), np.nan)
     for k, o in enumerate(objs):
         at = label == k
-        c_out[at], t_out[at], s_out[at] = consensus(o, conf[at], theta[at], shift[at])
+        if o.motion.rigid:
+            c_out[at], t_out[at], s_out[at] = 0.0, wrap_degrees(theta[at]), shift[at]
+        else:
+            c_out[at] = conf[at]
+            t_out[at], s_out[at] = sim.consensus_pose(
+                o.coarse, conf[at], theta[at], shift[at], o.size, frame=o.consensus
+            )
     return sim.truth_table("particles.mrcs", t_out, s_out, c_out, theta, shift)

@@ -56,13 +56,8 @@ def test_the_table_has_one_row_per_consecutive_pair():
     z = rng.normal(size=(60, 1))
     theta = rng.uniform(-180, 180, 60)
     snaps = [cv.Snapshot(e, z * (1 + e), theta) for e in (10, 20, 30)][::-1]  # any order
-    metrics = pd.DataFrame(
-        {
-            "epoch": np.arange(1, 31),
-            "train_elbo": -np.arange(1, 31.0),
-            "test_elbo": -np.arange(2, 32.0),
-        }
-    )
+    ep = np.arange(1, 31)
+    metrics = pd.DataFrame({"epoch": ep, "train_elbo": -1.0 * ep, "test_elbo": -1.0 - ep})
     table = cv.convergence_table(snaps, metrics, k=3)
     assert list(table.columns) == list(cv.COLUMNS)
     assert table[["epoch_a", "epoch_b"]].values.tolist() == [[10, 20], [20, 30]]
@@ -124,7 +119,7 @@ def test_a_checkpoint_compared_with_itself_agrees_exactly(run3):
     path = dict(kept_checkpoints(run))[2]
     snaps = []
     for _ in range(2):
-        _, config, epoch, enc = cv.encode_checkpoint(path, data, rows, "cpu")
+        config, epoch, enc = cv.encode_checkpoint(path, data, rows, "cpu")
         snaps.append(cv.snapshot(config, epoch, enc))
     row = cv.convergence_table(snaps, None, k=2).iloc[0]
     assert row["z_r2"] == pytest.approx(1.0) and row["z_corr"] == pytest.approx(1.0)

@@ -274,27 +274,8 @@ def test_command_writes_stack_star_with_ctf_and_truth(tmp_path):
     from emvae.particles import Particles
 
     out = tmp_path / "sim"
-    args = [
-        "simulate",
-        str(out),
-        "--structure",
-        str(TRYPSIN),
-        "-n",
-        "6",
-        "--size",
-        "72",
-        "--apix",
-        "1.0",
-        "--view",
-        "0,90,0",
-        "--ctf",
-        "1:2",
-        "--snr",
-        "2",
-        "--tilt-deg",
-        "3",
-    ]
-    r = runner.invoke(app, args)
+    options = "-n 6 --size 72 --apix 1.0 --view 0,90,0 --ctf 1:2 --snr 2 --tilt-deg 3".split()
+    r = runner.invoke(app, ["simulate", str(out), "--structure", str(TRYPSIN), *options])
     assert r.exit_code == 0, r.output
     assert "1629 atoms, view rot 0.0 tilt 90.0 psi 0.0" in r.output
     with mrcfile.open(out / "particles.mrcs") as m:
@@ -302,19 +283,9 @@ def test_command_writes_stack_star_with_ctf_and_truth(tmp_path):
         assert float(m.voxel_size.x) == pytest.approx(1.0)
         assert m.header.dmax == pytest.approx(m.data.max()) and m.header.rms > 0
     truth = pd.read_csv(out / "truth.csv")
-    assert list(truth.columns) == [
-        "image",
-        "theta_deg",
-        "shift_x_px",
-        "shift_y_px",
-        "conformation",
-        "theta_body_deg",
-        "shift_body_x_px",
-        "shift_body_y_px",
-        "tilt_deg",
-        "tilt_axis_deg",
-        "defocus_um",
-    ]
+    columns = ("image theta_deg shift_x_px shift_y_px conformation theta_body_deg shift_body_x_px "
+               "shift_body_y_px tilt_deg tilt_axis_deg defocus_um")  # fmt: skip
+    assert list(truth.columns) == columns.split()
     assert (truth["conformation"] == 0).all()  # rigid: no motion was given
     assert np.allclose(truth["theta_deg"], truth["theta_body_deg"], atol=1e-5)
     p = Particles.open([str(out / "particles.star")])
@@ -335,44 +306,18 @@ def test_truth_poses_are_the_images_poses(tmp_path):
     ]
     path = _write(tmp_path / "r.pdb", rows)
     out = tmp_path / "sim"
-    args = [
-        "simulate",
-        str(out),
-        "--structure",
-        str(path),
-        "-n",
-        "5",
-        "--size",
-        "33",
-        "--view",
-        "20,30,40",
-        "--snr",
-        "inf",
-        "--seed",
-        "4",
-    ]
-    assert runner.invoke(app, args).exit_code == 0
+    options = "-n 5 --size 33 --view 20,30,40 --snr inf --seed 4".split()
+    r = runner.invoke(app, ["simulate", str(out), "--structure", str(path), *options])
+    assert r.exit_code == 0, r.output
     images = mrcfile.read(out / "particles.mrcs")
     truth = pd.read_csv(out / "truth.csv")
     obj = structure_object(path, 33, 1.0, view=(20.0, 30.0, 40.0))
     shift = truth[["shift_x_px", "shift_y_px"]].to_numpy()
     expect = obj.render(np.zeros(5), truth["theta_deg"].to_numpy(), shift)
     assert np.abs(images - expect).max() < 1e-4 * np.abs(expect).max()
-    hinge = [
-        "simulate",
-        str(tmp_path / "h"),
-        "--structure",
-        str(_write(tmp_path / "l.pdb", _chain())),
-        "-n",
-        "20",
-        "--size",
-        "64",
-        "--domain",
-        "A:6-10",
-        "--hinge-deg",
-        "40",
-    ]
-    r = runner.invoke(app, hinge)
+    chain = _write(tmp_path / "l.pdb", _chain())
+    options = "-n 20 --size 64 --domain A:6-10 --hinge-deg 40".split()
+    r = runner.invoke(app, ["simulate", str(tmp_path / "h"), "--structure", str(chain), *options])
     assert r.exit_code == 0, r.output
     truth = pd.read_csv(tmp_path / "h" / "truth.csv")
     assert truth["conformation"].between(0, 1).all() and truth["conformation"].std() > 0.1
