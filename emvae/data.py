@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+import math
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,8 +69,7 @@ def keep_freed_memory() -> bool:
 
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(name).mallopt
     except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows)
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
@@ -108,30 +108,24 @@ def load_images(
 def stream_statistics(stack: ImageStack, prepared: Prepared) -> tuple[float, float, float, float]:
     """Mean, standard deviation, minimum and maximum of the preprocessed stack, in one pass
     over the disk (float64 sums)."""
-    total = total_sq = 0.0
-    lo, hi = float("inf"), float("-inf")
-    count = 0
-    for _, chunk in iter_chunks(stack, prepared):
-        c = chunk.astype(np.float64)
-        total, total_sq, count = total + c.sum(), total_sq + np.square(c).sum(), count + c.size
-        lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
-    mean = total / count
-    return mean, float(np.sqrt(max(total_sq / count - mean**2, 0.0))), lo, hi
+    return _statistics(chunk.astype(np.float64) for _, chunk in iter_chunks(stack, prepared))
 
 
 def tensor_statistics(data: Tensor) -> tuple[float, float, float, float]:
     """Mean, standard deviation, minimum and maximum of every pixel (accumulated in float64)."""
+    return _statistics(data[k : k + 4096].double() for k in range(0, data.shape[0], 4096))
+
+
+def _statistics(chunks: Iterable[Any]) -> tuple[float, float, float, float]:
+    """Mean, standard deviation, minimum and maximum of every value of ``chunks`` (float64
+    arrays or tensors), from the sums of the values and of their squares."""
     total = total_sq = 0.0
-    lo, hi = float("inf"), float("-inf")
-    for start in range(0, data.shape[0], 4096):
-        chunk = data[start : start + 4096].double()
-        total += float(chunk.sum())
-        total_sq += float(chunk.square().sum())
-        lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-    count = data.numel()
+    lo, hi, count = float("inf"), float("-inf"), 0
+    for c in chunks:
+        total, total_sq = total + float(c.sum()), total_sq + float((c * c).sum())
+        lo, hi, count = min(lo, float(c.min())), max(hi, float(c.max())), count + math.prod(c.shape)
     mean = total / count
-    std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
-    return mean, std, lo, hi
+    return mean, float(np.sqrt(max(total_sq / count - mean**2, 0.0))), lo, hi
 
 
 def normalize_(data: Tensor, mean: float, std: float) -> Tensor:
@@ -228,9 +222,6 @@ def gather(data: Tensor | StreamedImages, idx: Tensor, device: torch.device) -> 
     """Batch ``data[idx]`` on ``device`` (a no-op copy when the data already live there)."""
     if isinstance(data, StreamedImages):
         return to_device(data.read(idx.cpu().numpy()), device)
-    if data.device == device:
-        batch: Tensor = data[idx.to(device)]
-        return batch
     return to_device(data[idx.to(data.device)], device)
 
 
@@ -274,8 +265,7 @@ def prefetched(
     two workers faster, docs/benchmarks.md); ``readers=0`` reads each batch when it is needed.
     """
     if not isinstance(data, StreamedImages):
-        for b in batches:
-            yield gather(data, b, device)
+        yield from (gather(data, b, device) for b in batches)
         return
     pin, data.pin = data.pin, False  # the loader pins in the main process
     loader = torch.utils.data.DataLoader(

@@ -90,17 +90,17 @@ def plan_fit(
     if example == bool(inputs):
         raise ConfigError("give input images or --example (not both)")
     out = Path(out)
-    preset = EXAMPLE_OPTIONS if example else {}
+    preset = dict(EXAMPLE_OPTIONS) if example else {}  # under the given options
     if example:
         inputs = [str(make_example(out / "example", force=force or resume))]
     get = options.get
     last = read_last(out, force) if resume else None
-    stored_epochs = None
     if last is not None:  # read the inputs the way the run being resumed did
-        stored_config = RunConfig.from_dict(last["config"])
-        stored, stored_epochs = stored_config.data, stored_config.train.epochs
-        datadir, ind = get("datadir") or stored.datadir, get("ind") or stored.ind
-        particles = Particles.like(stored, inputs, datadir, ind, get("apix"))
+        stored = RunConfig.from_dict(last["config"])
+        if stored.train.epochs is not None:  # --resume without -n: the run's
+            preset["epochs"] = stored.train.epochs
+        datadir, ind = get("datadir") or stored.data.datadir, get("ind") or stored.data.ind
+        particles = Particles.like(stored.data, inputs, datadir, ind, get("apix"))
     else:
         prep = {to: options[name] for name, to in PREPROCESS.items() if name in options}
         pre = Preprocess.for_inputs(inputs or [], **prep)
@@ -115,8 +115,6 @@ def plan_fit(
     if why:
         notes.append(f"note: the CTF is not modelled: {why}")
     given = {**preset, **{k: v for k, v in options.items() if v is not None}}
-    if get("epochs") is None and stored_epochs is not None:  # --resume without -n: the run's
-        given["epochs"] = stored_epochs
     given.update(
         image_size=particles.size, channels=particles.channels, ctf=ctf_choice,
         likelihood=get("likelihood") or images.likelihood,

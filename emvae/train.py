@@ -203,8 +203,7 @@ def _fit(
             )
         net = compiled(net, tcfg.compile)
         optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-        rng = torch.Generator(device=device)
-        rng.manual_seed(tcfg.seed)
+        rng = torch.Generator(device=device).manual_seed(tcfg.seed)
         n = len(particles)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
@@ -232,6 +231,7 @@ def _fit(
             test_dev = torch.from_numpy(test_idx).to(data.device)
             bar.start(first_epoch, n_epochs)
             stages = parse_stages(tcfg.stages or "off", cfg.image_size)
+            big = max(tcfg.batch_size, 256)  # the batches of class seeding and encoding
             for epoch in range(first_epoch + 1, n_epochs + 1):
                 t0 = time.perf_counter()
                 size = size_at(stages, cfg.image_size, epoch)
@@ -268,8 +268,7 @@ def _fit(
                 row.update(prior_columns(model))
                 seeded = ""
                 if epoch == tcfg.class_seed and cfg.classes > 1:
-                    batch = max(tcfg.batch_size, 256)
-                    found = seed_classes(model, data, device, batch, tcfg.seed, ctf, eval_amp, ctx)
+                    found = seed_classes(model, data, device, big, tcfg.seed, ctf, eval_amp, ctx)
                     seeds = torch.from_numpy(found)
                     sizes = np.bincount(found[found >= 0], minlength=cfg.classes)
                     seeded = "; classes seeded: " + ", ".join(str(v) for v in sizes)
@@ -278,8 +277,7 @@ def _fit(
                 history.append(row)
                 if not ctx.main:
                     continue
-                columns = metric_columns(cfg)
-                run.write_metrics(work, history, columns, config.run_id)
+                run.write_metrics(work, history, metric_columns(cfg), config.run_id)
                 state = {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -303,9 +301,8 @@ def _fit(
             if model.render_size != cfg.image_size:  # the table's ELBO: the full box
                 model.set_render_size(cfg.image_size)
             advance = bar.task("encoding", n)
-            batch = max(tcfg.batch_size, 256)
             enc = encode(
-                model, data, device, batch, tcfg.seed, advance, ctx=ctx, ctf=ctf, amp=eval_amp
+                model, data, device, big, tcfg.seed, advance, ctx=ctx, ctf=ctf, amp=eval_amp
             )
         split = np.full(n, "train", dtype=object)
         split[test_idx] = "test"
@@ -333,9 +330,8 @@ def _log_start(
     """run.log's first lines for this call: how it was started, what it fits, the notes."""
     how = "fit" if ckpt is None else f"fit --resume from epoch {int(ckpt['epoch'])}"
     log.line(f"emvae {__version__} {how}: {command or '(emvae.fit called from Python)'}")
-    data = config.data
     log.line(
-        f"run {config.run_id[:8]}: {data.n_images} images of {config.model.image_size} px, "
+        f"run {config.run_id[:8]}: {config.data.n_images} images of {config.model.image_size} px, "
         f"zdim {config.model.zdim}, {config.train.epochs} epochs, device {device}"
     )
     t = config.train
@@ -356,8 +352,7 @@ def cpu_has_bf16(flags: str | None = None) -> bool:
     2-core Xeon) and only even at fit's 64-px one (docs/benchmarks.md)."""
     if flags is None:  # ``flags``: the text of /proc/cpuinfo (read when not given)
         try:
-            with open("/proc/cpuinfo") as f:
-                flags = f.read()
+            flags = Path("/proc/cpuinfo").read_text()
         except OSError:
             return False
     return "amx_bf16" in flags.split()
@@ -411,12 +406,10 @@ def _train_epoch(
 ) -> dict[str, float]:
     """One pass over ``data[train_idx]`` in a random order, or over the first ``limit`` images
     of that order (a random subset); mean ELBO terms per image."""
-    model, optimizer, config, device, rng = s.net, s.optimizer, s.config, s.device, s.rng
-    ctx, ctf = s.ctx, s.ctf
-    cfg, tcfg = config.model, config.train
-    model.train()
+    cfg, tcfg, device, ctx = s.config.model, s.config.train, s.device, s.ctx
+    s.net.train()
     n_all = train_idx.shape[0]
-    perm = torch.randperm(n_all, generator=rng, device=device).to(train_idx.device)
+    perm = torch.randperm(n_all, generator=s.rng, device=device).to(train_idx.device)
     if limit is not None and limit < n_all:
         perm = perm[:limit]
     n = perm.shape[0]
@@ -436,18 +429,17 @@ def _train_epoch(
     pull = class_pull_weight(tcfg.class_pull, epoch, tcfg.class_seed or 0, tcfg.epochs or 1)
     for step, (idx, part, x) in enumerate(zip(batches, parts, images, strict=False)):
         share = (part, len(idx)) if ctx.active else None
-        mine = None if ctf is None else ctf[idx[part].to(ctf.device, non_blocking=True)]
+        mine = None if s.ctf is None else s.ctf[idx[part].to(s.ctf.device, non_blocking=True)]
         target = None if s.seeds is None else s.seeds[idx[part].to(s.seeds.device)]
         terms = training_step(
-            model, optimizer, x, rng, use_z=s.use_z, augment=augment, amp=s.amp, share=share,
+            s.net, s.optimizer, x, s.rng, use_z=s.use_z, augment=augment, amp=s.amp, share=share,
             ctf=mine, pixel_fraction=tcfg.pixel_fraction, beta=tcfg.beta,
             pose_beta=tcfg.pose_beta, class_balance=balance, class_target=target,
             class_pull=pull, hyper_weight=1.0 / n_all,  # the data set's hyperprior share per image
         )  # fmt: skip
         sums += _term_sums(terms)
         if step % 10 == 0 or step == n_steps - 1:
-            done = min((step + 1) * size, n)
-            bar.step(running.read(sums[0], done))
+            bar.step(running.read(sums[0], min((step + 1) * size, n)))
         else:
             bar.step()
     means = (ctx.all_sum(sums) / n).tolist()
@@ -558,7 +550,6 @@ def training_step(
     ``class_pull`` times -log q(target class | image) per image that has one
     (:mod:`emvae.classseed`).
     """
-    net = model
     core = unwrapped(model)
     ddp = unwrapped(model, ddp=False)  # the DDP wrapper (if any) under torch.compile's
     cfg = core.config
@@ -593,7 +584,7 @@ def training_step(
             with amp if amp is not None else contextlib.nullcontext():
                 g = None if gamma is None else gamma[piece]
                 c = None if ctf is None else ctf[piece]
-                q, params = net(x[piece], g, eps[piece], use_z, subset, c)
+                q, params = model(x[piece], g, eps[piece], use_z, subset, c)
             y = core.pixels(x[piece], subset)
             terms = posterior_elbo(
                 cfg, y, params.float(), q.float(), use_z, c, pixel_weight, core.stage
@@ -642,11 +633,10 @@ def batch_class_kl(bins: RotationBins) -> torch.Tensor:
 def prior_columns(model: SpatialVAE) -> dict[str, float]:
     """metrics.csv's columns of the learned prior (``--prior hyperprior``; none otherwise):
     ``log_hyperprior`` (log p(s^2), nats, once per data set) and ``prior_std_z1..K`` (s_k)."""
-    core = getattr(model, "module", model)
-    ls = getattr(core, "z_prior_logstd", None)
+    ls = model.z_prior_logstd
     if ls is None:
         return {}
-    cfg = core.config
+    cfg = model.config
     row = {"log_hyperprior": log_hyperprior(ls, cfg.hyper_shape, cfg.hyper_scale).item()}
     row.update({f"prior_std_z{k + 1}": v for k, v in enumerate(ls.exp().tolist())})
     return row
@@ -669,8 +659,7 @@ def evaluate(
     (shared across processes, each computing its part of every batch); the generator renders
     under ``amp`` (:func:`emvae.encode.elbo_pass`)."""
     model.eval()
-    rng = torch.Generator(device=device)
-    rng.manual_seed(seed)
+    rng = torch.Generator(device=device).manual_seed(seed)
     names = term_names(config.model)
     sums = torch.zeros(len(names), device=device, dtype=torch.float64)
     bs = max(config.train.batch_size, 256)

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from emvae import Particles, RunConfig, fit, load_model, read_stack
-from emvae.config import ModelConfig, TrainConfig
+from emvae import Particles, Run, RunConfig, fit, load_model, read_stack
+from emvae.config import ModelConfig, TrainConfig, read_config
 from emvae.data import load_images, normalize_
 from emvae.encode import encode
 from emvae.errors import ConfigError, EmvaeError, OutputExistsError
-from emvae.io import read_table
+from emvae.io import open_stack, read_table
 from emvae.train import evaluation_autocast
 
 
@@ -111,9 +111,6 @@ def test_force_overwrites(run, tmp_path):
 
 def test_a_library_fit_without_a_data_section_records_its_images_and_resumes(tiny_stack, tmp_path):
     """fit() fills config.data itself (count, box, inputs, --ind), so the run resumes."""
-    from emvae.config import read_config
-    from emvae.io import open_stack
-
     ind = tmp_path / "even.txt"
     np.savetxt(ind, np.arange(0, 60, 2), fmt="%d")
     model = ModelConfig(image_size=16, zdim=1, gen_hidden=16, enc_hidden=16, encoder="mlp")
@@ -132,8 +129,6 @@ def test_a_library_fit_without_a_data_section_records_its_images_and_resumes(tin
 
 def test_the_readme_library_example_and_reading_the_run_back(tiny_stack, tmp_path):
     """Particles.open -> fit -> Run: the run rebuilds its model, table and images."""
-    from emvae import Particles, Run
-
     particles = Particles.open(tiny_stack)
     model = ModelConfig(image_size=particles.size, zdim=1, gen_hidden=16, enc_hidden=16)
     config = RunConfig(model=model, train=TrainConfig(epochs=1, batch_size=20, device="cpu"))
@@ -152,8 +147,6 @@ def test_the_readme_library_example_and_reading_the_run_back(tiny_stack, tmp_pat
 def test_pixel_subsampled_training_is_stored_and_resumes_exactly(tiny_stack, tmp_path):
     """--pixel-fraction 0.5: recorded in config.json, drawn from the run's generator (so a
     resumed run repeats the uninterrupted one), and the table still uses every pixel."""
-    from emvae.config import read_config
-
     stack = read_stack(tiny_stack)
 
     def config(epochs):
@@ -175,8 +168,6 @@ def test_beta_weights_the_kls_and_metrics_keep_the_true_elbo(tiny_stack, tmp_pat
     """--beta 4 --pose-beta 0.5: config.json records them, metrics.csv's ELBO columns are the
     ELBO (elbo = -error - kl, unweighted) and the objective columns are the weighted sum, and
     the weights change what is learnt (beta = 1 is the plain ELBO: no objective column)."""
-    from emvae.config import read_config
-
     stack = read_stack(tiny_stack)
     cfg = _config(stack, epochs=2)
     cfg.train.beta, cfg.train.pose_beta = 4.0, 0.5

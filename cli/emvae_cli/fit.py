@@ -53,7 +53,6 @@ M, T = ModelConfig, TrainConfig
 EncoderChoice = Literal["auto", Encoder]
 CtfChoice = Literal["auto", CtfMode]
 
-
 WIDTH_DEFAULT = f"{SMALL_WIDTH} up to {SMALL_IMAGE_PX} px, {WIDTH} above"
 
 
@@ -74,9 +73,8 @@ def fit(
     example: bool = typer.Option(
         False,
         "--example",
-        help="Generate a small synthetic stack "
-        "with known poses in OUT/example and fit it (a few minutes on "
-        "a laptop CPU).",
+        help="Generate a small synthetic stack with known poses in OUT/example and fit it (a few "
+        "minutes on a laptop CPU).",
     ),
     zdim: int | None = field_option(M, "zdim", _h("Unstructured latent dims.", "zdim"), unset=True),
     epochs: int | None = field_option(
@@ -138,10 +136,9 @@ def fit(
     pose: Pose = field_option(
         M,
         "pose",
-        "Pose latents: rigid (rotation, shift), affine (plus log-scales along the "
-        "object's axes and a shear, under a fitted Gaussian prior), tps (rigid plus a "
-        "thin-plate spline on a --tps-grid grid of control points), affine-tps (both); "
-        "docs/usage.md.",
+        "Pose latents: rigid (rotation, shift), affine (plus log-scales along the object's axes "
+        "and a shear, under a fitted Gaussian prior), tps (rigid plus a thin-plate spline on a "
+        "--tps-grid grid of control points), affine-tps (both); docs/usage.md.",
     ),
     affine_prior_std: float = field_option(
         M,
@@ -177,9 +174,8 @@ def fit(
     encoder: EncoderChoice = field_option(
         M,
         "encoder",
-        "Inference network: equivariant (group convolution over rotation bins), conv, or "
-        "mlp (the paper's); auto: equivariant with rotation bins under the uniform prior, "
-        "else mlp.",
+        "Inference network: equivariant (group convolution over rotation bins), conv, or mlp (the "
+        "paper's); auto: equivariant with rotation bins under the uniform prior, else mlp.",
     ),
     z_encoder: ZEncoder = field_option(
         M,
@@ -284,10 +280,9 @@ def fit(
     ctf_params: Path | None = field_option(
         DataConfig,
         "ctf_params",
-        "CSV of CTF parameters, one row per image in input order (with --ind: of the "
-        "whole input, or of the selected images): defocus_u_A, "
-        "defocus_v_A, defocus_angle_deg, voltage_kV, cs_mm, amplitude_contrast "
-        "(phase_shift_deg, bfactor_A2, scale optional).",
+        "CSV of CTF parameters, one row per image in input order (with --ind: of the whole input, "
+        "or of the selected images): defocus_u_A, defocus_v_A, defocus_angle_deg, voltage_kV, "
+        "cs_mm, amplitude_contrast (phase_shift_deg, bfactor_A2, scale optional).",
         unset=True,
     ),
     datadir: str | None = opt.DATADIR,
@@ -308,9 +303,8 @@ def fit(
     pixel_fraction: float = field_option(
         T,
         "pixel_fraction",
-        "Training steps compare each batch on this random fraction of the pixels (an "
-        "unbiased estimate of the likelihood, cheaper per step); evaluation and the table use "
-        "every pixel.",
+        "Training steps compare each batch on this random fraction of the pixels (an unbiased "
+        "estimate of the likelihood, cheaper per step); evaluation and the table use every pixel.",
     ),
     beta: float = field_option(
         T,
@@ -355,8 +349,7 @@ def fit(
         "pass_memory_mb",
         "Memory for the generator's activations in one pass, MB: a batch that needs more is "
         "rendered in several passes whose gradients are summed (the same step). Default: "
-        f"{PASS_MEMORY_MB} "
-        "on a CPU, a quarter of the GPU's memory on CUDA.",
+        f"{PASS_MEMORY_MB} on a CPU, a quarter of the GPU's memory on CUDA.",
         "--pass-memory",
         min=1,
         show_default=False,
