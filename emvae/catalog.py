@@ -154,19 +154,16 @@ def sky_catalog(table: pd.DataFrame, source: str = "the run") -> Table:
         )
     headers = image_headers(names)
     n = len(table)
-    pixel = np.empty((n, 2))  # 0-based (x, y) of each centre
-    wcs_of: list[Any] = []  # astropy WCS objects, checked below
-    missing: list[tuple[str, str | None]] = []
-    for k, (name, h) in enumerate(zip(names, headers, strict=True)):
-        wcs, why = celestial_wcs(h.header)
-        if wcs is None:
-            missing.append((name, why))
-        wcs_of.append(wcs)
-        rows, cols = h.shape
-        pixel[k] = (
-            (cols - 1) / 2 + float(table["shift_x_px"].iloc[k]),
-            (rows - 1) / 2 - float(table["shift_y_px"].iloc[k]),
-        )
+    rows, cols = np.array([h.shape for h in headers], dtype=np.float64).reshape(n, 2).T
+    pixel = np.stack(  # 0-based (x, y) of each centre, (n, 2)
+        [
+            (cols - 1) / 2 + table["shift_x_px"].to_numpy(np.float64),
+            (rows - 1) / 2 - table["shift_y_px"].to_numpy(np.float64),
+        ],
+        axis=1,
+    )
+    found: list[tuple[Any, str | None]] = [celestial_wcs(h.header) for h in headers]  # (WCS, why)
+    missing = [(name, why) for name, (wcs, why) in zip(names, found, strict=True) if wcs is None]
     if missing:
         name, why = missing[0]
         more = f" ({len(missing)} of the {n} images lack one)" if len(missing) > 1 else ""
@@ -177,26 +174,22 @@ def sky_catalog(table: pd.DataFrame, source: str = "the run") -> Table:
         )
     # five points per object: the centre, then x -/+ STEP, y -/+ STEP (0-based pixels)
     steps = np.array([[0, 0], [-_STEP, 0], [_STEP, 0], [0, -_STEP], [0, _STEP]])
-    lon = np.empty((n, 5))
-    lat = np.empty((n, 5))
+    lon, lat = np.empty((2, n, 5))  # in each image's celestial frame, degrees
     frames: dict[str, tuple[object, list[int]]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FITSFixedWarning: the header is as it is
-        for k, wcs in enumerate(wcs_of):
-            pts = pixel[k] + steps
+        for k, (wcs, _) in enumerate(found):
             try:
-                world = wcs.all_pix2world(pts, 0)
+                world = wcs.all_pix2world(pixel[k] + steps, 0)
                 frame = wcs_to_celestial_frame(wcs)
             except Exception as e:  # a WCS astropy reads but cannot place on the sky
                 what = (str(e).strip().splitlines() or [""])[0]
                 raise InputError(
                     source, f"image {names[k]}: its WCS gives no sky position ({what})"
                 ) from None
-            lng, lt = wcs.wcs.lng, wcs.wcs.lat
-            lon[k], lat[k] = world[:, lng], world[:, lt]
+            lon[k], lat[k] = world[:, wcs.wcs.lng], world[:, wcs.wcs.lat]
             frames.setdefault(repr(frame), (frame, []))[1].append(k)
-    ra = np.empty((n, 5))
-    dec = np.empty((n, 5))
+    ra, dec = np.empty((2, n, 5))  # ICRS, degrees
     for frame, ks in frames.values():  # one transformation per celestial frame
         c = SkyCoord(lon[ks] * u.deg, lat[ks] * u.deg, frame=frame).icrs
         ra[ks], dec[ks] = c.ra.deg, c.dec.deg
@@ -305,10 +298,8 @@ def export_catalog(
     r = Run.open(run)
     table = r.table()
     config = r.config
-    names = table["image"].astype(str)
-    refuse_inputs_as_outputs(
-        [out], [*input_files(config.data.paths, names), *(r.path / n for n in OUTPUTS)]
-    )
+    inputs = input_files(config.data.paths, table["image"].astype(str))
+    refuse_inputs_as_outputs([out], [*inputs, *(r.path / n for n in OUTPUTS)])
     check_writable(out.parent)
     catalog = sky_catalog(table, str(r.path))
     meta = {

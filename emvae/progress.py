@@ -197,9 +197,6 @@ class PlainProgress(TrainingProgress):
 
     @override
     def line(self, text: str) -> None:
-        self._print(text)
-
-    def _print(self, text: str) -> None:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         self._console.print(
             f"{stamp}  {text}", markup=False, highlight=False, emoji=False, soft_wrap=True
@@ -233,7 +230,7 @@ class PlainProgress(TrainingProgress):
             what = f"{images}/{self._images} images, {images / spent:.0f} images/s"
         else:
             what = f"{done}/{total} steps, {done / spent:.2f} steps/s"
-        self._print(
+        self.line(
             f"epoch {self._epoch}/{self._total}: {what}, epoch ETA "
             f"{datetime.timedelta(seconds=round(epoch_left))}, run ETA "
             f"{datetime.timedelta(seconds=round(run_left))}"
@@ -247,14 +244,14 @@ class PlainProgress(TrainingProgress):
         if left > 0 and epoch > self._first:
             eta = (now - self._t_start) / (epoch - self._first) * left
             timing += f", ETA {datetime.timedelta(seconds=round(eta))}"
-        self._print(f"epoch {epoch}/{self._total}  {stats}  ({timing})")
+        self.line(f"epoch {epoch}/{self._total}  {stats}  ({timing})")
 
     @override
     def task(self, description: str, total: int) -> Advance:
         self._end_loop()
         t0 = self._clock()
         loop = self._loop = _Loop(description, total, 0, t0, t0)
-        self._print(f"{description}: {total} to do")
+        self.line(f"{description}: {total} to do")
 
         def advance(n: int = 1) -> None:
             loop.done += n
@@ -268,7 +265,7 @@ class PlainProgress(TrainingProgress):
                 loop.said = now
                 rate = loop.done / (now - loop.t0)
                 left = datetime.timedelta(seconds=round((loop.total - loop.done) / rate))
-                self._print(f"{description}: {loop.done}/{loop.total}, {rate:.0f}/s, ETA {left}")
+                self.line(f"{description}: {loop.done}/{loop.total}, {rate:.0f}/s, ETA {left}")
 
         if total <= 0:
             self._end_loop()
@@ -282,10 +279,10 @@ class PlainProgress(TrainingProgress):
         dt = self._clock() - loop.t0
         if loop.done >= loop.total:
             rate = f" ({loop.done / dt:.0f}/s)" if dt > 0 and loop.done else ""
-            self._print(f"{loop.description}: {loop.done} done in {dt:.1f} s{rate}")
+            self.line(f"{loop.description}: {loop.done} done in {dt:.1f} s{rate}")
         else:
             done = f"{loop.done}/{loop.total}"
-            self._print(f"{loop.description}: stopped at {done} after {dt:.1f} s")
+            self.line(f"{loop.description}: stopped at {done} after {dt:.1f} s")
 
     @override
     def close(self) -> None:
@@ -298,9 +295,7 @@ def progress_mode(console: Console) -> str:
     mode = os.environ.get(PROGRESS_ENV, "").strip().lower() or "auto"
     if mode not in PROGRESS_MODES:
         raise ConfigError(f"{PROGRESS_ENV}={mode!r}: choose one of {', '.join(PROGRESS_MODES)}")
-    if mode == "auto":
-        return "live" if console.is_terminal else "plain"
-    return mode
+    return ("live" if console.is_terminal else "plain") if mode == "auto" else mode
 
 
 @contextmanager
@@ -329,6 +324,4 @@ def training_progress(
         console=console,
     )
     with progress:
-        live = LiveProgress(progress)
-        yield live
-        live.close()
+        yield LiveProgress(progress)  # its close() has nothing to end: the block ends the bars

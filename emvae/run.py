@@ -96,11 +96,6 @@ class Run:
         return cls(p.parent.parent) if p.parent.name == CHECKPOINTS else None
 
     @property
-    def log(self) -> Path:
-        """run.log: every line the fit printed (:mod:`emvae.runlog`)."""
-        return self.path / LOG
-
-    @property
     def last(self) -> Path:
         """The last checkpoint's path (``checkpoints/last.pt``; it may not exist yet)."""
         return self.path / LAST
@@ -111,15 +106,23 @@ class Run:
 
     def table(self) -> pd.DataFrame:
         """The particle table (``particles.h5``, else ``.csv``), checked against config.json
-        when there is one."""
+        when there is one: written by the same run, with as many rows as it fitted."""
         path = next((self.path / n for n in TABLES if (self.path / n).exists()), None)
         if path is None:
             raise InputError(
                 self.path, "has no particles.h5 or particles.csv (the fit did not finish?)"
             )
         table = read_table(path)
-        if self.has_config:
-            check_run_table(table, self.config, path)
+        if not self.has_config:
+            return table
+        check_same_run(path, table.attrs.get("run_id", ""), self.config.run_id)
+        n = self.config.data.n_images
+        if n and len(table) != n:
+            raise InputError(
+                path,
+                f"has {len(table)} particles but config.json describes a fit of {n}: this folder "
+                f"mixes outputs of two runs",
+            )
         return table
 
     def metrics(self) -> pd.DataFrame | None:
@@ -220,18 +223,6 @@ def checkpoint_of(run: Run, epoch: int) -> Path:
     return kept[epoch]
 
 
-def check_run_table(table: pd.DataFrame, config: RunConfig, path: Path) -> None:
-    """A run folder's table must describe the fit its config.json describes."""
-    check_same_run(path, table.attrs.get("run_id", ""), config.run_id)
-    n = config.data.n_images
-    if n and len(table) != n:
-        raise InputError(
-            path,
-            f"has {len(table)} particles but config.json describes a fit of {n}: this folder "
-            f"mixes outputs of two runs",
-        )
-
-
 # ----------------------------------------------------------------------------- writing one
 
 
@@ -318,8 +309,8 @@ def resume_point(out: Path, work: Path, last: dict[str, Any] | None = None) -> d
 def prepare_output(out: Path, work: Path, force: bool) -> None:
     """Make ready to write a new run into ``work`` (``out``, or its staging folder): refuse an
     existing run unless ``force``, and a ``checkpoints`` link; clear an interrupted re-run."""
-    check_output_dir(out, force)
-    if (out / CHECKPOINTS).is_symlink() or (work / CHECKPOINTS).is_symlink():
+    check_output_dir(out, force)  # refuses out's own checkpoints link
+    if (work / CHECKPOINTS).is_symlink():
         raise OutputExistsError(f"{out}: checkpoints is a link; emvae will not write through it")
     if work != out and work.exists():
         shutil.rmtree(work)  # an earlier interrupted --force re-run: emvae's own folder

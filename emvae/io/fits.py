@@ -286,27 +286,25 @@ def _label(hdu: Any, index: int) -> str:
 
 
 def _describe(hdul: fits.HDUList) -> str:
-    parts = []
-    for i, h in enumerate(hdul):
-        kind = type(h).__name__
-        has = "" if h.header.get("NAXIS", 0) else " without data"
-        parts.append(f"{i}: {kind}{' ' + repr(h.name) if h.name else ''}{has}")
-    return "; ".join(parts)
+    return "; ".join(
+        f"{i}: {type(h).__name__}{' ' + repr(h.name) if h.name else ''}"
+        f"{'' if h.header.get('NAXIS', 0) else ' without data'}"
+        for i, h in enumerate(hdul)
+    )
 
 
 def _fill_nan(images: np.ndarray, source: str) -> list[str]:
+    """NaN/infinite pixels of ``images`` (N, bands, H, W) -> their image's median, in place."""
     bad = ~np.isfinite(images)
-    if not bad.any():
+    hit = np.flatnonzero(bad.any(axis=(1, 2, 3)))  # the images to fill
+    for k in hit:
+        good = images[k][~bad[k]]
+        if good.size == 0:
+            raise InputError(source, f"image {k + 1} has no finite pixels")
+        images[k][bad[k]] = np.median(good)
+    if not hit.size:
         return []
-    n_img = 0
-    for k in range(len(images)):
-        if bad[k].any():
-            good = images[k][~bad[k]]
-            if good.size == 0:
-                raise InputError(source, f"image {k + 1} has no finite pixels")
-            images[k][bad[k]] = np.median(good)
-            n_img += 1
     return [
-        f"{int(bad.sum())} NaN/infinite pixels in {n_img} image(s) of {source} were filled "
+        f"{int(bad.sum())} NaN/infinite pixels in {hit.size} image(s) of {source} were filled "
         "with the median of each image's finite pixels"
     ]
