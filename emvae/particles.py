@@ -19,7 +19,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -114,17 +114,11 @@ class Particles:
             pre = Preprocess.from_dict(stack.preprocessed)
         prepared = prepare_for(stack, pre.to_dict())
         data = DataConfig(
+            **_stack_fields(stack),
             paths=list(stack.inputs) or [stack.source],
-            n_images=len(stack),
-            apix=stack.apix,
-            apix_from=stack.apix_from,
-            arcsec_per_px=stack.arcsec_per_px,
             normalize=normalize,
             preprocess=pre.to_dict(),
-            input_size=stack.input_size or stack.size,
             scale=prepared.scale,
-            datadir=stack.datadir,
-            ind=stack.ind,
             ctf_params=None if ctf_params is None else str(ctf_params),
         )
         return cls(stack, data, prepared)
@@ -161,19 +155,8 @@ class Particles:
                 stack.source, f"now holds {len(stack)} images; the run had {data.n_images}"
             )
         if not own:
-            data = dataclasses.replace(
-                data,
-                paths=list(stack.inputs),
-                n_images=len(stack),
-                apix=stack.apix,
-                apix_from=stack.apix_from,
-                arcsec_per_px=stack.arcsec_per_px,
-                input_size=stack.input_size or stack.size,
-                datadir=stack.datadir,
-                ind=stack.ind,
-                fingerprint="",
-                ctf_params=None,
-            )
+            fields = _stack_fields(stack) | {"fingerprint": "", "ctf_params": None}
+            data = dataclasses.replace(data, paths=list(stack.inputs), **fields)
         return cls.described(stack, data)
 
     # ------------------------------------------------------------------ what they are
@@ -499,6 +482,13 @@ def _value_range(stack: ImageStack) -> str:
     if not finite.all():
         text += f"; {int((~finite).sum())} NaN/infinite pixels"
     return text
+
+
+def _stack_fields(stack: ImageStack) -> dict[str, Any]:
+    """The data section's fields that ``stack`` itself gives: count, box, pixel size, subset."""
+    same = ("apix", "apix_from", "arcsec_per_px", "datadir", "ind")  # same name in both
+    size = {"n_images": len(stack), "input_size": stack.input_size or stack.size}
+    return size | {k: getattr(stack, k) for k in same}
 
 
 def open_images(

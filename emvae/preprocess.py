@@ -214,10 +214,9 @@ def fourier_downsample(images: np.ndarray, size: int) -> np.ndarray:
     f = scipy.fft.rfft2(images, workers=-1)
     rows = np.r_[0 : (size + 1) // 2, n - size // 2 : n]
     f = f[..., rows, : size // 2 + 1]
-    out = scipy.fft.irfft2(f, s=(size, size), workers=-1)
+    out: np.ndarray = scipy.fft.irfft2(f, s=(size, size), workers=-1)
     out *= (size / n) ** 2
-    result: np.ndarray = out
-    return result
+    return out
 
 
 def normalize_images(images: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
@@ -258,15 +257,13 @@ def iter_chunks(
     reading the next chunk from disk while the current one is processed."""
     from concurrent.futures import ThreadPoolExecutor
 
-    n = len(stack)
-    starts = list(range(0, n, chunk))
+    starts = range(0, len(stack), chunk)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_read, stack, 0, chunk) if starts else None
-        for k, start in enumerate(starts):
-            assert pending is not None  # submitted before the loop when there are chunks
-            raw = pending.result()
-            if k + 1 < len(starts):
-                pending = pool.submit(_read, stack, starts[k + 1], chunk)
+        pending = [pool.submit(_read, stack, s, chunk) for s in starts[:1]]
+        for start in starts:
+            raw = pending.pop().result()
+            if start + chunk < len(stack):  # read the next chunk while this one is processed
+                pending.append(pool.submit(_read, stack, start + chunk, chunk))
             idx = np.arange(start, start + len(raw))
             out = prepared.apply(raw, idx)
             _check_finite(stack, out, start)
