@@ -91,10 +91,10 @@ def seed_classes(
     enc = encode(model, data, device, batch_size, seed, ctx=ctx, ctf=ctf, amp=amp)
     assert enc.class_prob is not None and enc.ncc is not None  # a class model, with the ELBO
     now = enc.class_prob.argmax(1)
-    junk = junk_probability(np.c_[enc.elbo, enc.ncc], now)
-    keep = np.flatnonzero(~(junk >= JUNK))  # NaN scores are kept
+    junk = junk_probability(np.c_[enc.elbo, enc.ncc], now) >= JUNK  # NaN scores are kept
+    keep = np.flatnonzero(~junk)
     if len(keep) < 2 * k:
-        return ctx.gather(np.where(junk >= JUNK, -1, now))[0]
+        return ctx.gather(np.where(junk, -1, now))[0]
     rng = np.random.default_rng(seed)
     fit = np.sort(rng.choice(keep, min(len(keep), FIT_PARTICLES), replace=False))
     features = _aligned(model, data, enc.pose_mu, device, batch_size, fit)
@@ -113,10 +113,8 @@ def seed_classes(
     # number the clusters as the model's classes that hold most of their particles
     overlap = np.zeros((k, k))
     np.add.at(overlap, (labels[keep], now[keep]), 1)
-    rows, cols = linear_sum_assignment(-overlap)
-    renumber = np.empty(k, np.int64)
-    renumber[rows] = cols
-    return ctx.gather(np.where((junk >= JUNK) | (labels < 0), -1, renumber[labels]))[0]
+    renumber = linear_sum_assignment(-overlap)[1]  # square: its rows are 0 .. k-1 in order
+    return ctx.gather(np.where(junk | (labels < 0), -1, renumber[labels]))[0]
 
 
 def coherence(features: np.ndarray) -> float:

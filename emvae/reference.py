@@ -105,13 +105,13 @@ def match_all(
     ours, theirs = match(table, reference, source)
     keys = {image_key(n) for n in table["image"]}
     named = len(ours) + sum(image_key(n) in keys for n in reference.attrs.get("left_out", []))
-    if named < len(table) and not partial:
-        raise InputError(
-            source,
-            f"names {named} of the run's {len(table)} particles (matched by N@file name); "
-            f"give --partial to compare those {named}",
-        )
     if named < len(table):
+        if not partial:
+            raise InputError(
+                source,
+                f"names {named} of the run's {len(table)} particles (matched by N@file name); "
+                f"give --partial to compare those {named}",
+            )
         notes.append(
             f"note: {source} names {named} of the run's {len(table)} particles; "
             f"only those are compared (--partial)"

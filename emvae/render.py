@@ -97,14 +97,17 @@ class _WithoutZ(nn.Module):
         return out
 
 
-def example_inputs(gen: PosedGenerator, batch: int = 2) -> tuple[Tensor, ...]:
-    """Inputs of the right shapes (float32, CPU) for tracing or checking ``gen``."""
+def _graph(model: SpatialVAE, batch: int) -> tuple[PosedGenerator, nn.Module, tuple[Tensor, ...]]:
+    """The model's :class:`PosedGenerator` (a float32 CPU copy: the model stays put), the
+    module the ONNX graph is (without a ``z`` input when K = 0), and ``batch`` random inputs of
+    the right shapes for tracing or checking it."""
+    gen = copy.deepcopy(PosedGenerator(model)).cpu().float().eval()
     g = torch.Generator().manual_seed(0)
     theta = torch.rand(batch, generator=g) * 360.0 - 180.0
     shift = torch.randn(batch, 2, generator=g)
     if not gen.zdim:
-        return theta, shift
-    return torch.randn(batch, gen.zdim, generator=g), theta, shift
+        return gen, _WithoutZ(gen), (theta, shift)
+    return gen, gen, (torch.randn(batch, gen.zdim, generator=g), theta, shift)
 
 
 def require_onnx(*modules: str) -> None:
@@ -126,9 +129,7 @@ def export_onnx(model: SpatialVAE, path: str | os.PathLike[str], opset: int = 18
     if opset < 18:
         raise ConfigError(f"--opset {opset}: torch's exporter writes opset 18 or later")
     path = Path(path)
-    gen = copy.deepcopy(PosedGenerator(model)).cpu().float().eval()  # the model stays put
-    args = example_inputs(gen)
-    graph: nn.Module = gen if gen.zdim else _WithoutZ(gen)
+    gen, graph, args = _graph(model, 2)
     batch = torch.export.Dim("batch", min=1)
     shapes = {name: {0: batch} for name in gen.input_names}
     quiet = logging.getLogger("torch.onnx")  # its notes on torchvision, absent here
@@ -167,9 +168,7 @@ def check_onnx(model: SpatialVAE, path: str | os.PathLike[str], batch: int = 5) 
     import numpy as np
     import onnxruntime as ort
 
-    gen = copy.deepcopy(PosedGenerator(model)).cpu().float().eval()  # the model stays put
-    args = example_inputs(gen, batch)
-    graph: nn.Module = gen if gen.zdim else _WithoutZ(gen)
+    gen, graph, args = _graph(model, batch)
     with torch.no_grad():
         want = graph(*args).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

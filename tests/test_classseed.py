@@ -79,19 +79,18 @@ def test_the_seed_term_is_minus_log_q_of_the_target_class_and_skips_particles_wi
     assert both == pytest.approx(want - math.log(p[1, 0] + p[1, 1]), rel=1e-6)
 
 
+def _resolved(classes: int, epochs: int) -> RunConfig:
+    cfg = RunConfig(model=ModelConfig(image_size=24, classes=classes))
+    cfg.train.epochs = epochs
+    cfg.resolve()
+    return cfg
+
+
 def test_the_seeding_epoch_defaults_to_a_quarter_of_the_run_and_old_or_short_runs_have_none():
-    three = RunConfig(model=ModelConfig(image_size=24, classes=3))
-    three.train.epochs = 20
-    three.resolve()
+    three = _resolved(3, 20)
     assert three.train.class_seed == 5
-    one = RunConfig(model=ModelConfig(image_size=24))
-    one.train.epochs = 20
-    one.resolve()
-    assert one.train.class_seed == 0
-    short = RunConfig(model=ModelConfig(image_size=24, classes=3))
-    short.train.epochs = 7
-    short.resolve()
-    assert short.train.class_seed == 0  # no epochs to spare before the poses settle
+    assert _resolved(1, 20).train.class_seed == 0
+    assert _resolved(3, 7).train.class_seed == 0  # no epochs to spare before the poses settle
     old = three.to_dict()
     del old["train"]["class_seed"]
     assert RunConfig.from_dict(old).train.class_seed == 0  # resumes as it was trained
