@@ -53,13 +53,19 @@ def main() -> None:
     run = Run.open(args.run)
     cfg = copy.deepcopy(run.config.model)
     for item in args.set:  # e.g. gen_hidden=256
-        key, value = item.split("=")
-        setattr(cfg, key, type(getattr(cfg, key))(value))
+        key, _, value = item.partition("=")
+        if key not in vars(cfg) or not isinstance(getattr(cfg, key), (int, float, str)):
+            ap.error(f"--set {item!r}: not a number or word of the model config")
+        try:
+            setattr(cfg, key, type(getattr(cfg, key))(value))
+        except ValueError:
+            ap.error(f"--set {item!r}: {value!r} is not a {type(getattr(cfg, key)).__name__}")
     truth = pd.read_csv(f"{args.sim}/truth.csv")
     conf = truth["conformation"].to_numpy(float)
     particles = run.particles()
     data, ctf = likelihood_ctf(particles.ctf(cfg.ctf), cfg.ctf, particles.load(), "cpu")
-    assert ctf is not None, "a stack with a CTF"
+    if ctf is None:
+        ap.error(f"{args.run}: its fit does not model the CTF (this diagnostic needs one)")
     d = cfg.image_size
     theta, shift = image_to_model_pose(
         torch.tensor(truth["theta_deg"].to_numpy(float)),
