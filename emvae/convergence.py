@@ -166,10 +166,13 @@ def encode_checkpoint(
     data: Tensor | StreamedImages,
     rows: np.ndarray,
     device: torch.device,
+    ctf: Tensor | None = None,
     batch_size: int = 256,
 ) -> tuple[RunConfig, int, Encoding]:
     """``(config, epoch, Encoding)``: the checkpoint ``path`` over the normalised images
-    ``data`` (the run's own, all of them) at ``rows``; posteriors only (no ELBO)."""
+    ``data`` (the run's own, all of them, as its likelihood sees them:
+    :func:`emvae.ctf.likelihood_ctf`) at ``rows``, with their CTF parameters ``ctf`` ``(N,
+    10)`` (all of them; None without the CTF); posteriors only (no ELBO)."""
     from emvae.data import gather
     from emvae.encode import encode
     from emvae.run import load_model
@@ -177,7 +180,9 @@ def encode_checkpoint(
     model, config, ckpt = load_model(path, device)
     if len(rows) < data.shape[0]:
         data = gather(data, torch.from_numpy(rows), device)
-    enc = encode(model, data, device, batch_size, config.train.seed, elbo=False)
+    if ctf is not None:
+        ctf = ctf[torch.from_numpy(rows).to(ctf.device)]
+    enc = encode(model, data, device, batch_size, config.train.seed, ctf=ctf, elbo=False)
     return config, int(ckpt["epoch"]), enc
 
 
@@ -231,10 +236,14 @@ def convergence_run(
     dev = resolve_device(device)
     particles = r.particles()
     data = particles.load(dev, config.model.likelihood, config.train.stream)
+    from emvae.ctf import likelihood_ctf
+
+    mode = config.model.ctf  # the images as the networks saw them, and their CTFs
+    data, ctf = likelihood_ctf(particles.ctf(mode), mode, data, dev)
     rows = subsample(len(particles), max_particles, seed)
     snaps = []
     for _, path in kept:
-        ckpt_config, got, enc = encode_checkpoint(path, data, rows, dev)
+        ckpt_config, got, enc = encode_checkpoint(path, data, rows, dev, ctf)
         check_same_run(path, ckpt_config.run_id, config.run_id)
         snaps.append(snapshot(ckpt_config, got, enc))
         if advance is not None:

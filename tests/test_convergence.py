@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import SMALL, runner
 from emvae_cli.main import app
 
@@ -140,6 +141,28 @@ def test_analyze_a_kept_epoch(run3):
     assert r.exit_code == 1
     assert "no checkpoint of epoch 7 was kept (kept: 1, 2, 3)" in r.output
     assert "Traceback" not in r.output
+
+
+def test_a_run_with_the_ctf_is_compared_through_its_ctfs(tmp_path):
+    # the pose and z networks of a --ctf on run see each image filtered by its CTF: the
+    # comparison must give them the particles' CTFs, as the fit's own table did
+    sim = write_simulation(tmp_path / "sim", n=30, size=16, snr=5.0, seed=4, defocus_um=1.5)
+    stack = sim.parent / "particles.star"  # the CTF parameters
+    out = tmp_path / "run"
+    args = ["fit", str(stack), "-o", str(out), *SMALL, "--ctf", "on", "--checkpoint-every", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    r = runner.invoke(app, ["convergence", str(out), "-k", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(out / "convergence" / "convergence.csv")
+    assert table[["epoch_a", "epoch_b"]].values.tolist() == [[1, 2]]
+    run = Run(out)
+    particles = run.particles()
+    data = particles.load("cpu", run.config.model.likelihood)
+    rows = np.arange(30)
+    ctf = torch.from_numpy(particles.ctf("on")).float()
+    _, _, enc = cv.encode_checkpoint(out / "checkpoints" / "last.pt", data, rows, "cpu", ctf)
+    last = pd.read_csv(out / "particles.csv")  # the fit's table: the same encoder, same CTFs
+    assert np.allclose(enc.z_mu[:, 0], last["z1"], atol=1e-4)
 
 
 def test_one_checkpoint_is_no_comparison(tmp_path):
