@@ -81,6 +81,20 @@ def default_encoder_size(m: ModelConfig) -> int:
     return ENCODER_PX
 
 
+#: fit's --pose-search above 48 px, degrees: at 64 px (SNR 0.05, CTF) the pose network's
+#: angles are 3.9 deg (median, in the conformations' frames) from the truth, the searched ones
+#: 2.7 deg (docs/benchmarks.md, "Users' sizes"); almost all within 8 deg of the network's
+POSE_SEARCH_DEG = 8.0
+
+
+def default_pose_search(m: ModelConfig) -> float:
+    """The rotation search's half-width (degrees) when ``--pose-search`` is not given:
+    :data:`POSE_SEARCH_DEG` above 48 px for rotation inference with the spatial generator, 0
+    (off) at 48 px and below, where the networks' angles are within the best a search finds."""
+    on = m.image_size > SMALL_IMAGE_PX and m.rotation and m.coarse_to_fine
+    return POSE_SEARCH_DEG if on else 0.0
+
+
 def default_encoder(m: ModelConfig) -> str:
     """The equivariant encoder where it applies (rotation inferred over bins under the uniform
     prior, z from the aligned image), else the paper's mlp. On simulated particles it finds the
@@ -139,6 +153,10 @@ class ModelConfig:
     enc_channels: int = 8  # conv / equivariant: feature maps per layer (per rotation)
     rotation_bins: int = 8  # bins: R rotation bins (the group convolution's rotations)
     hypotheses: int = 2  # bins: the k most probable bins summed exactly in the ELBO
+    # a local search of each particle's rotation under the generator when the tables are
+    # written (emvae.search): the pose network's angle is moved to the best within
+    # +-pose_search degrees; 0: off; None: default_pose_search
+    pose_search: float | None = None
     # K discrete classes (views, complexes): a categorical latent c per particle, inferred
     # jointly with the rotation bin (q(c, bin | y), the k most probable bins of every class
     # summed exactly); the generator sees z and c's one-hot; 1: no class latent (the model
@@ -176,6 +194,8 @@ class ModelConfig:
             self.encoder = default_encoder(self)
         if self.encoder_size is None:
             self.encoder_size = default_encoder_size(self)
+        if self.pose_search is None:
+            self.pose_search = default_pose_search(self)
         width = default_width(self.encoder_size)
         broadcast = self.generator == "broadcast"
         if self.gen_hidden is None:
@@ -230,6 +250,12 @@ class ModelConfig:
                 raise ConfigError("the vanilla generator needs --zdim >= 1")
         if self.mask_radius_px is not None and not self.mask_radius_px >= 1:
             raise ConfigError(f"--mask-radius must be >= 1 px, got {self.mask_radius_px}")
+        search = self.pose_search or 0.0
+        if not 0 <= search <= 45 or (search and not self.rotation):
+            raise ConfigError(
+                f"--pose-search must lie in 0..45 degrees (and needs rotation inference), "
+                f"got {self.pose_search}"
+            )
         if self.encoder == "equivariant":
             if not self.rotation:
                 raise ConfigError(
@@ -601,6 +627,7 @@ class RunConfig:
             # configs written before coarse-to-fine: the networks saw the whole image
             model.setdefault("encoder_size", model.get("image_size"))
             model.setdefault("encoder_ctf", "raw")  # written before --encoder-ctf: the raw image
+            model.setdefault("pose_search", 0.0)  # written before --pose-search: no search
             train.setdefault("stages", "off")
             train.setdefault("fine_images", 0)
             train.setdefault("fine_train", "all")

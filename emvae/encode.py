@@ -86,11 +86,32 @@ def encode(
     Under torchrun each process encodes its part of every batch and the parts are gathered.
     ``ctf`` ``(N, 10)``: the particles' CTF parameters for the ELBO and the encoder (``--ctf
     on``), or None.
-    Without ``elbo`` the generator does not run (the ELBO column is NaN): the posteriors alone,
-    at the inference networks' cost. ``amp``: the autocast context the generator renders under
-    for the ELBO (:func:`elbo_pass`; fit passes its training's), or None (float32).
+    The rotations are searched under the generator when the model says so
+    (``ModelConfig.pose_search``, :mod:`emvae.search`). Without ``elbo`` the generator does
+    not run for the ELBO (the ELBO column is NaN). ``amp``: the autocast context the generator
+    renders under for the ELBO (:func:`elbo_pass`; fit passes its training's), or None
+    (float32).
     """
     model.eval()
+    before, model.searching = model.searching, True
+    try:
+        return _encode(model, data, device, batch_size, seed, advance, ctx, ctf, elbo, amp)
+    finally:
+        model.searching = before
+
+
+def _encode(
+    model: SpatialVAE,
+    data: Tensor | StreamedImages,
+    device: torch.device,
+    batch_size: int,
+    seed: int,
+    advance: Advance | None,
+    ctx: Dist,
+    ctf: Tensor | None,
+    elbo: bool,
+    amp: Any,
+) -> Encoding:
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
     binned = model.binned

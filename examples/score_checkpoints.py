@@ -1,9 +1,10 @@
 """Score every ``checkpoints/epoch_NNNN.pt`` of a fit against a simulation's truth.
 
     emvae fit --example -o ex --checkpoint-every 1
-    python examples/score_checkpoints.py ex ex/example/truth.csv [N]
+    python examples/score_checkpoints.py ex ex/example/truth.csv [N [DEG]]
 
-(N: score the first N particles only, for large sets)
+(N: score the first N particles only, for large sets; DEG: encode with this rotation search,
+``--pose-search``, instead of the run's own)
 
 prints one row per epoch: theta's circular correlation (consensus frame), its median error,
 its median error in each conformation's own frame (5 conformation bins, each with its own
@@ -25,7 +26,7 @@ from emvae.ctf import likelihood_ctf
 from emvae.run import Run, load_model
 
 
-def main(run: str, truth_csv: str, first: str | None = None) -> None:
+def main(run: str, truth_csv: str, first: str | None = None, search: str | None = None) -> None:
     run_dir = Run.open(run)
     truth = pd.read_csv(truth_csv)
     particles = run_dir.particles()
@@ -51,6 +52,8 @@ def main(run: str, truth_csv: str, first: str | None = None) -> None:
 
     for path in run_dir.checkpoints():
         model, _, ckpt = load_model(path)
+        if search is not None:
+            model.config.pose_search = float(search)
         r = pose_recovery(model, data, truth, ctf=ctf)
         epoch = int(ckpt["epoch"])
         kls = ",".join(f"{metrics.loc[epoch, c]:.3f}" for c in kl)
@@ -67,4 +70,4 @@ def main(run: str, truth_csv: str, first: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

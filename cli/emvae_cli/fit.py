@@ -9,6 +9,7 @@ import typer
 
 from emvae.config import (
     PASS_MEMORY_MB,
+    POSE_SEARCH_DEG,
     SMALL_IMAGE_PX,
     SMALL_WIDTH,
     WIDTH,
@@ -199,6 +200,15 @@ def fit(
         "hypotheses",
         "Rotation bins: most probable bins summed exactly in the ELBO (2..R; "
         "each costs one generator pass).",
+    ),
+    pose_search: float | None = field_option(
+        M,
+        "pose_search",
+        "Search each particle's rotation within +-DEG of the pose network's under the "
+        "generator when the tables are written (9 renderings of at most 24 px per image); "
+        f"0: off. Default: {POSE_SEARCH_DEG:g} above 48 px, off at 48 px and below.",
+        unset=True,
+        min=0,
     ),
     classes: int = field_option(
         M,

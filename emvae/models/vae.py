@@ -214,6 +214,9 @@ class SpatialVAE(nn.Module):
         # True: training passes run the pose and z networks without gradients (a stage after
         # the first, TrainConfig.fine_train "generator"); fit sets it per epoch
         self.inference_frozen = False
+        # True: encode runs the rotation search (ModelConfig.pose_search); the tables' passes
+        # set it (emvae.encode.encode), training and the test ELBO do not
+        self.searching = False
         # --classes: the class (0-based) renderings without a given class show (rendering_class)
         self.shown_class: int | None = None
 
@@ -224,6 +227,31 @@ class SpatialVAE(nn.Module):
         pixels, and the Fourier features above the stage's Nyquist frequency are switched off
         (their weights set to 0, so that they join the rendering smoothly at a finer stage).
         ``size`` = the config's image size restores the full box."""
+        self._use_grid(size)
+        features = getattr(self.generator, "features", None)
+        if features is not None and features.band is not None:
+            # a feature switched off starts from 0 when it comes
+            off = torch.nonzero(features.band == 0).squeeze(1) + 2  # after x, y: cos, sin
+            columns = torch.cat([off, off + len(features.band)])
+            first = self.generator.coord_linear
+            assert isinstance(first, nn.Linear)
+            with torch.no_grad():
+                first.weight[:, columns] = 0.0
+
+    @contextlib.contextmanager
+    def rendering_at(self, size: int) -> Iterator[None]:
+        """Within this block, render and compare at ``size`` px as :meth:`set_render_size` does,
+        but leave every weight as it is (the features above the size's Nyquist frequency are
+        only masked); the render size before is restored after."""
+        before = self.render_size
+        self._use_grid(size)
+        try:
+            yield
+        finally:
+            self._use_grid(before)
+
+    def _use_grid(self, size: int) -> None:
+        """The coordinates, masked pixels and feature band of a ``size``-px rendering."""
         from emvae.stages import stage_grid
 
         d = self.config.image_size
@@ -239,13 +267,6 @@ class SpatialVAE(nn.Module):
         if features is not None:
             nyquist = 0.5 * size / d * ((d - 1) / 2)  # cycles per coordinate unit
             features.limit(None if size == d else nyquist)
-            if features.band is not None:  # a feature switched off starts from 0 when it comes
-                off = torch.nonzero(features.band == 0).squeeze(1) + 2  # after x, y: cos, sin
-                columns = torch.cat([off, off + len(features.band)])
-                first = self.generator.coord_linear
-                assert isinstance(first, nn.Linear)
-                with torch.no_grad():
-                    first.weight[:, columns] = 0.0
 
     @property
     def stage(self) -> Stage:
@@ -282,8 +303,11 @@ class SpatialVAE(nn.Module):
         z is then inferred from the original image turned and shifted back by the posterior
         mean pose (:class:`AlignedContentEncoder`), unless the pose network shares it. Without
         ``infer_z`` (z held at 0 during the z-delay) that network does not run: z's posterior is
-        then N(0, 1) placeholders.
+        then N(0, 1) placeholders. While :attr:`searching` (the tables' passes) and
+        ``ModelConfig.pose_search`` > 0, the angle is then searched under the generator
+        (:mod:`emvae.search`; ``ctf``: the likelihood's) and z taken at the angle found.
         """
+        raw = images
         if self.config.encoder_needs_ctf:
             if ctf is None:
                 raise ValueError("this model's pose and z networks see each image filtered by "
@@ -293,20 +317,37 @@ class SpatialVAE(nn.Module):
         images = encoder_view(images, self.config.encoder_px)
         seen = images if gamma is None else rotate_images(images, gamma)
         q = self._encode_bins(seen, gamma) if self.binned else self._encode_gaussian(seen, gamma)
-        if self.content is not None and not infer_z:
-            q.z_mu = q.z_logstd = q.pose_mu.new_zeros(q.pose_mu.shape[0], self.config.zdim)
-        elif self.content is not None:
-            angle, shift = self.image_frame_pose(q.pose_mu)
-            aligned = self.unwarp(images, q.pose_mu) if self.config.tps else None
-            q.z_mu, q.z_logstd = self.content(
-                images, angle, shift, self.image_frame_deform(q.pose_mu), aligned
-            )
+        self._infer_content(q, images, infer_z)
+        if self.searching and self.config.pose_search:
+            from emvae.search import search_rotation, turn_pose
+
+            z = q.z_mu if infer_z else torch.zeros_like(q.z_mu)
+            delta = search_rotation(self, raw, z, q.pose_mu, ctf, q.best_class())
+            delta = delta.to(q.pose_mu.dtype)
+            q.pose_mu = turn_pose(q.pose_mu, delta[:, None], self.config.translation)[:, 0]
+            if q.bins is not None:  # every hypothesis turned alike (the shift follows each)
+                q.bins.theta = q.bins.theta + delta[:, None].to(q.bins.theta.dtype)
+            self._infer_content(q, images, infer_z)  # z from the image aligned at the new pose
         q.z_prior_logstd = self.z_prior_logstd
         if self.affine_prior_mean is not None and self.affine_prior_logstd is not None:
             q.affine_prior = (self.affine_prior_mean, self.affine_prior_logstd)
         if self.class_prior_logits is not None:
             q.class_log_prior = self.class_prior_logits.log_softmax(0)
         return q
+
+    def _infer_content(self, q: Posterior, images: Tensor, infer_z: bool) -> None:
+        """Fill z's posterior from the content network (when z has its own) at q's pose
+        mean; N(0, 1) placeholders without ``infer_z``. images: the networks' view."""
+        if self.content is None:
+            return
+        if not infer_z:
+            q.z_mu = q.z_logstd = q.pose_mu.new_zeros(q.pose_mu.shape[0], self.config.zdim)
+            return
+        angle, shift = self.image_frame_pose(q.pose_mu)
+        aligned = self.unwarp(images, q.pose_mu) if self.config.tps else None
+        q.z_mu, q.z_logstd = self.content(
+            images, angle, shift, self.image_frame_deform(q.pose_mu), aligned
+        )
 
     @torch.no_grad()
     def unwarp(self, images: Tensor, pose: Tensor) -> Tensor:
