@@ -88,7 +88,7 @@ def seed_classes(
     from sklearn.decomposition import PCA
 
     k = model.config.classes
-    enc = encode(model, data, device, batch_size, seed, ctx=ctx, ctf=ctf, amp=amp)
+    enc = encode(model, data, device, batch_size, seed, ctx=ctx, ctf=ctf, amp=amp, search=False)
     assert enc.class_prob is not None and enc.ncc is not None  # a class model, with the ELBO
     now = enc.class_prob.argmax(1)
     junk = junk_probability(np.c_[enc.elbo, enc.ncc], now) >= JUNK  # NaN scores are kept

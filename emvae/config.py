@@ -81,18 +81,19 @@ def default_encoder_size(m: ModelConfig) -> int:
     return ENCODER_PX
 
 
-#: fit's --pose-search above 48 px, degrees: at 64 px (SNR 0.05, CTF) the pose network's
-#: angles are 3.9 deg (median, in the conformations' frames) from the truth, the searched ones
-#: 2.7 deg (docs/benchmarks.md, "Users' sizes"); almost all within 8 deg of the network's
+#: fit's --pose-search above 48 px, degrees (about twice the pose network's median error): at
+#: 64 px (SNR 0.05, CTF) the network's angles are 4.2 deg (median, in the conformations'
+#: frames) from the truth, the searched ones 2.9 deg (docs/benchmarks.md, "Users' sizes")
 POSE_SEARCH_DEG = 8.0
 
 
 def default_pose_search(m: ModelConfig) -> float:
     """The rotation search's half-width (degrees) when ``--pose-search`` is not given:
-    :data:`POSE_SEARCH_DEG` above 48 px for rotation inference with the spatial generator, 0
-    (off) at 48 px and below, where the networks' angles are within the best a search finds."""
+    :data:`POSE_SEARCH_DEG` above 48 px for rotation inference with the spatial generator's
+    rigid or affine pose and the Gaussian likelihood, else 0 (off; at 48 px and below the
+    networks' angles were measured within 2-3 degrees of the truth)."""
     on = m.image_size > SMALL_IMAGE_PX and m.rotation and m.coarse_to_fine
-    return POSE_SEARCH_DEG if on else 0.0
+    return POSE_SEARCH_DEG if on and m.likelihood == "gaussian" else 0.0
 
 
 def default_encoder(m: ModelConfig) -> str:
@@ -251,10 +252,12 @@ class ModelConfig:
         if self.mask_radius_px is not None and not self.mask_radius_px >= 1:
             raise ConfigError(f"--mask-radius must be >= 1 px, got {self.mask_radius_px}")
         search = self.pose_search or 0.0
-        if not 0 <= search <= 45 or (search and not self.rotation):
+        if not 0 <= search <= 45:
+            raise ConfigError(f"--pose-search must lie in 0..45 degrees, got {search}")
+        if search and not (self.rotation and self.coarse_to_fine):
             raise ConfigError(
-                f"--pose-search must lie in 0..45 degrees (and needs rotation inference), "
-                f"got {self.pose_search}"
+                "--pose-search needs rotation inference and the spatial generator's rigid or "
+                "affine pose (it renders at 24 px); give --pose-search 0"
             )
         if self.encoder == "equivariant":
             if not self.rotation:

@@ -78,6 +78,7 @@ def encode(
     ctf: Tensor | None = None,
     elbo: bool = True,
     amp: Any = None,
+    search: bool = True,
 ) -> Encoding:
     """Posterior means/stds (no augmentation) and a one-sample ELBO for every image.
 
@@ -86,18 +87,16 @@ def encode(
     Under torchrun each process encodes its part of every batch and the parts are gathered.
     ``ctf`` ``(N, 10)``: the particles' CTF parameters for the ELBO and the encoder (``--ctf
     on``), or None.
-    The rotations are searched under the generator when the model says so
-    (``ModelConfig.pose_search``, :mod:`emvae.search`). Without ``elbo`` the generator does
+    With ``search``, the rotations are searched under the generator when the model says so
+    (``ModelConfig.pose_search``, :mod:`emvae.search`; ``ctf`` is then needed with ``--ctf
+    on``). Without ``elbo`` the generator does
     not run for the ELBO (the ELBO column is NaN). ``amp``: the autocast context the generator
     renders under for the ELBO (:func:`elbo_pass`; fit passes its training's), or None
     (float32).
     """
     model.eval()
-    before, model.searching = model.searching, True
-    try:
+    with model.table_poses(search):
         return _encode(model, data, device, batch_size, seed, advance, ctx, ctf, elbo, amp)
-    finally:
-        model.searching = before
 
 
 def _encode(

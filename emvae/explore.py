@@ -673,7 +673,8 @@ class Explorer:
             raise RequestError(422, f"particle {index}: {why}")
         with self.lock:
             self.model.eval()
-            q = self.model.encode(x, ctf=ctf)
+            with self.model.table_poses(ctf is not None or self.cfg.ctf != "on"):  # as the table
+                q = self.model.encode(x, ctf=ctf)
             params_out = self.model.decode(q.z_mu, q.pose_mu, full=True, classes=q.best_class())
             if ctf is not None:
                 params_out = with_ctf(self.cfg, params_out, ctf.to(params_out.dtype))

@@ -58,7 +58,8 @@ def reconstruct(
     model.eval()
     dev = next(model.parameters()).device
     x = images.to(dev, torch.float32)
-    q = model.encode(x, ctf=None if ctf is None else ctf.to(dev))
+    with model.table_poses(ctf is not None or model.config.ctf != "on"):  # as the table
+        q = model.encode(x, ctf=None if ctf is None else ctf.to(dev))
     params = model.decode(q.z_mu, q.pose_mu, full=True, classes=q.best_class())
     rendered = pixels_to_images(pixel_mean(model.config, params), model.config.image_size)
     return rendered.cpu(), q.z_mu.cpu(), q.pose_mu.cpu()

@@ -7,8 +7,10 @@ renders each at z's posterior mean (the other pose variables kept; the shift kep
 image frame), compares it with the image through its CTF, and moves the angle to the vertex
 of the parabola through the best angle and its two neighbours (the best itself at the
 range's ends): the local refinement of a classical alignment, started from the amortised
-guess. It runs without gradients; the variational posterior is then centred on the found
-angle, so the generator trains, and z's network looks, at the better pose.
+guess. It runs without gradients when the tables are written (``SpatialVAE.searching``),
+not in training (searching there too doubled the coarse epochs' time for 0.2 degree more:
+docs/benchmarks.md); the posterior is then centred on the angle found, and z's network looks
+at the image aligned there.
 
 The search renders at :data:`emvae.stages.COARSE_PX` px (or the box, when smaller; or the
 current stage's size, when smaller still), whatever the stage: its cost is :data:`STEPS`
@@ -69,10 +71,10 @@ def search_rotation(
     offsets = torch.linspace(-half, half, STEPS, device=images.device, dtype=torch.float32)
     b = images.shape[0]
     size = min(cfg.image_size, COARSE_PX, model.render_size)
-    chunk = max(1, model.images_per_pass(training=False) * cfg.n_hypotheses // STEPS)
     ll = images.new_empty(b, STEPS, dtype=torch.float32)
     with model.rendering_at(size):
         stage = model.stage
+        chunk = max(1, model.images_per_pass(training=False) * cfg.n_hypotheses // STEPS)
         for a in range(0, b, chunk):
             s = slice(a, a + chunk)
             n = images[s].shape[0]

@@ -86,12 +86,10 @@ def test_encode_centres_the_posterior_on_the_searched_angle():
     true = torch.tensor([[0.8, 0.05, -0.02], [-0.5, -0.04, 0.03]])
     z = torch.zeros(2, 1)
     images = _rendered(model, true, z)
-    model.searching = False
     with torch.no_grad():
-        plain = model.encode(images)
-    model.searching = True
-    with torch.no_grad():
-        q = model.encode(images)
+        plain = model.encode(images)  # training's and the test ELBO's: no search
+        with model.table_poses():
+            q = model.encode(images)
         delta = search_rotation(model, images, plain.z_mu, plain.pose_mu, None)
     assert q.bins is not None and plain.bins is not None
     expect = turn_pose(plain.pose_mu, delta[:, None], True)[:, 0]
@@ -100,6 +98,7 @@ def test_encode_centres_the_posterior_on_the_searched_angle():
     # every bin's angle moved alike; the bins' probabilities did not change
     assert torch.allclose(q.bins.theta - plain.bins.theta, delta[:, None].expand(-1, 8))
     assert torch.equal(q.bins.log_q, plain.bins.log_q)
+    assert not torch.allclose(q.z_mu, plain.z_mu)  # z's network looked at the new alignment
     model.config.pose_search = 0.0  # off: the network's posterior, exactly
     with torch.no_grad():
         off = model.encode(images)
@@ -139,8 +138,9 @@ def test_the_search_costs_steps_renderings_at_24_px_at_most():
 def test_the_search_range_is_checked(value):
     with pytest.raises(ConfigError, match="--pose-search"):
         ModelConfig(image_size=32, pose_search=value).validate()
-    with pytest.raises(ConfigError, match="--pose-search"):
-        ModelConfig(image_size=32, pose_search=5.0, rotation=False).validate()
+    for other in ({"rotation": False}, {"generator": "broadcast"}, {"pose": "tps"}):
+        with pytest.raises(ConfigError, match="--pose-search needs"):
+            ModelConfig(image_size=32, pose_search=5.0, **other).validate()
 
 
 def test_fit_records_the_search_and_its_table_holds_the_searched_angles(tiny_stack, tmp_path):
@@ -155,13 +155,40 @@ def test_fit_records_the_search_and_its_table_holds_the_searched_angles(tiny_sta
     images = Run.open(out).particles().load()  # normalised as the fit saw them
     found = []
     for searching in (True, False):
-        model.searching = searching
-        with torch.no_grad():
+        with torch.no_grad(), model.table_poses(searching):
             q = model.encode(images)
         found.append(model_to_image_pose(q.pose_mu[:, 0], q.pose_mu[:, 1:3], 16)[0].numpy())
     searched, plain = found
-    assert np.allclose(table["theta_deg"], searched, atol=1e-3)
-    assert np.abs(searched - plain).max() > 0.1  # the search moved them
+    turn = (searched - plain + 180) % 360 - 180
+    assert np.abs((table["theta_deg"] - searched + 180) % 360 - 180).max() < 1e-3
+    assert np.abs(turn).max() > 0.1 and np.abs(turn).max() <= 6 + 1e-3  # moved, within +-6
+
+
+def test_a_class_model_turns_only_the_best_class_hypotheses():
+    model = _model(classes=2)
+    pose = torch.tensor([[0.8, 0.05, -0.02], [-0.5, 0.0, 0.0]])
+    with model.rendering_class(0):
+        images = _rendered(model, pose, torch.zeros(2, 1))
+    with torch.no_grad():
+        plain = model.encode(images)
+        with model.table_poses():
+            q = model.encode(images)
+    assert plain.bins is not None and q.bins is not None
+    best = plain.best_class()
+    assert best is not None
+    moved = q.bins.theta - plain.bins.theta  # (B, 2 R)
+    cell_class = torch.arange(16) // 8
+    for i in range(2):
+        mine = cell_class == best[i]
+        assert (moved[i, ~mine] == 0).all()  # the other class keeps its own frame
+        assert torch.allclose(moved[i, mine], moved[i, mine][0].expand(8))
+    assert moved.abs().max() > 0
+
+
+def test_a_table_without_the_ctfs_a_model_compares_through_is_refused():
+    model = _model(ctf="on", encoder_ctf="raw")
+    with torch.no_grad(), model.table_poses(), pytest.raises(ValueError, match="CTF"):
+        model.encode(torch.randn(2, 1, 32, 32))
 
 
 def test_the_search_is_on_above_48_px_and_old_runs_keep_theirs():
@@ -170,6 +197,7 @@ def test_the_search_is_on_above_48_px_and_old_runs_keep_theirs():
     assert ModelConfig(image_size=48).pose_search == 0.0
     assert ModelConfig(image_size=64, rotation=False).pose_search == 0.0
     assert ModelConfig(image_size=64, pose="tps").pose_search == 0.0  # no coarse rendering
+    assert ModelConfig(image_size=64, likelihood="bernoulli").pose_search == 0.0
     assert ModelConfig(image_size=64, pose_search=0).pose_search == 0.0  # given: kept
     # a run made before the search: its tables are read back without one
     old = RunConfig(model=ModelConfig(image_size=64)).to_dict()

@@ -215,7 +215,8 @@ class SpatialVAE(nn.Module):
         # the first, TrainConfig.fine_train "generator"); fit sets it per epoch
         self.inference_frozen = False
         # True: encode runs the rotation search (ModelConfig.pose_search); the tables' passes
-        # set it (emvae.encode.encode), training and the test ELBO do not
+        # set it (table_poses: emvae.encode.encode, the report's and explorer's particles),
+        # training, class seeding and the test ELBO do not
         self.searching = False
         # --classes: the class (0-based) renderings without a given class show (rendering_class)
         self.shown_class: int | None = None
@@ -237,6 +238,17 @@ class SpatialVAE(nn.Module):
             assert isinstance(first, nn.Linear)
             with torch.no_grad():
                 first.weight[:, columns] = 0.0
+
+    @contextlib.contextmanager
+    def table_poses(self, on: bool = True) -> Iterator[None]:
+        """Within this block (with ``on``), :meth:`encode` searches the rotations as the
+        particle tables do (``ModelConfig.pose_search``, :mod:`emvae.search`; it then needs
+        the likelihood's CTFs)."""
+        before, self.searching = self.searching, on
+        try:
+            yield
+        finally:
+            self.searching = before
 
     @contextlib.contextmanager
     def rendering_at(self, size: int) -> Iterator[None]:
@@ -321,12 +333,20 @@ class SpatialVAE(nn.Module):
         if self.searching and self.config.pose_search:
             from emvae.search import search_rotation, turn_pose
 
+            if ctf is None and self.config.ctf == "on":
+                raise ValueError("the rotation search compares each image with its rendering "
+                                 "through its CTF: pass the images' CTFs")  # fmt: skip
             z = q.z_mu if infer_z else torch.zeros_like(q.z_mu)
-            delta = search_rotation(self, raw, z, q.pose_mu, ctf, q.best_class())
+            best = q.best_class()
+            delta = search_rotation(self, raw, z, q.pose_mu, ctf, best)
             delta = delta.to(q.pose_mu.dtype)
             q.pose_mu = turn_pose(q.pose_mu, delta[:, None], self.config.translation)[:, 0]
-            if q.bins is not None:  # every hypothesis turned alike (the shift follows each)
-                q.bins.theta = q.bins.theta + delta[:, None].to(q.bins.theta.dtype)
+            if q.bins is not None:  # the best class's hypotheses turned alike (shifts follow)
+                turn = delta[:, None].expand_as(q.bins.theta)
+                if best is not None:
+                    cells = torch.arange(q.bins.theta.shape[1], device=turn.device)
+                    turn = turn * (q.bins.cell_class(cells)[None, :] == best[:, None])
+                q.bins.theta = q.bins.theta + turn.to(q.bins.theta.dtype)
             self._infer_content(q, images, infer_z)  # z from the image aligned at the new pose
         q.z_prior_logstd = self.z_prior_logstd
         if self.affine_prior_mean is not None and self.affine_prior_logstd is not None:
