@@ -51,7 +51,7 @@ def main() -> None:
     )
     model, _, _ = load_model(args.checkpoint)
     cfg = model.config
-    enc = encode(model, data, "cpu", 100, ctf=ctf, elbo=False)
+    enc = encode(model, data, "cpu", 100, ctf=ctf, elbo=False, search=False)
     model.set_render_size(args.size)
     stage = model.stage
     pose = torch.from_numpy(enc.pose_mu[:, :3]).float()

@@ -78,7 +78,7 @@ def main() -> None:
     model = SpatialVAE(cfg)
     if "run" in (args.poses, args.z):
         trained, _, _ = load_model(args.checkpoint or args.run)
-        enc = encode(trained, data, "cpu", 200, ctf=ctf, elbo=False)
+        enc = encode(trained, data, "cpu", 200, ctf=ctf, elbo=False, search=False)
         print(f"the run's z |r| {abs(np.corrcoef(enc.z_mu[:, 0], conf)[0, 1]):.3f}", flush=True)
         if args.poses == "run":
             pose = torch.from_numpy(enc.pose_mu[:, :3]).float()
