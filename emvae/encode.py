@@ -17,6 +17,7 @@ from emvae.models import SpatialVAE
 from emvae.models.vae import Posterior
 from emvae.objective import ElboTerms, posterior_elbo, rendering_correlation
 from emvae.progress import Advance
+from emvae.stages import table_size
 
 
 @dataclass
@@ -82,6 +83,10 @@ def encode(
 ) -> Encoding:
     """Posterior means/stds (no augmentation) and a one-sample ELBO for every image.
 
+    The ELBO (and the correlation with the rendering) is that of each image's lowest
+    frequencies up to :func:`emvae.stages.table_size` px (:data:`emvae.stages.TABLE_PX`; the
+    whole image up to that box), or of the current stage's copy when that is smaller.
+
     data: normalised images ``(N, C, D, D)`` on ``device`` or on the host. The ELBO sample is
     drawn from a generator seeded with ``seed``, so the same model and data give the same table.
     Under torchrun each process encodes its part of every batch and the parts are gathered.
@@ -95,7 +100,9 @@ def encode(
     (float32).
     """
     model.eval()
-    with model.table_poses(search):
+    size = table_size(model.config)
+    cropped = model.rendering_at(size) if elbo and size < model.render_size else None
+    with model.table_poses(search), cropped or contextlib.nullcontext():
         return _encode(model, data, device, batch_size, seed, advance, ctx, ctf, elbo, amp)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from emvae._version import __version__
 from emvae.config import ModelConfig, RunConfig, TrainConfig, fields_of
 from emvae.ctf import likelihood_ctf
-from emvae.data import resolve_device
+from emvae.data import keep_freed_memory, resolve_device
 from emvae.encode import encode
 from emvae.errors import ConfigError
 from emvae.example import EXAMPLE_OPTIONS, make_example
@@ -226,6 +226,8 @@ def encode_particles(
         raise ConfigError(f"{out}: name the table (.csv or .h5); the .star is written beside it")
     refuse_existing([out, star], force)
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()  # as fit does: the generator's passes reuse their memory
     model, config, _ = load_model(source, dev)
     particles = Particles.like(config.data, inputs, datadir, ind, apix)
     images = particles.stack

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +33,13 @@ from torch import Tensor
 
 from emvae.errors import ConfigError
 
+if TYPE_CHECKING:
+    from emvae.config import ModelConfig
+
 __all__ = [
-    "COARSE_PX", "ENCODER_PX", "auto_stages", "default_schedule", "encoder_view", "fourier_crop",
-    "noise_logstd", "parse_stages", "size_at", "stage_ctf", "stage_grid",
+    "COARSE_PX", "ENCODER_PX", "TABLE_PX", "auto_stages", "default_schedule", "encoder_view",
+    "fourier_crop", "noise_logstd", "parse_stages", "size_at", "stage_ctf", "stage_grid",
+    "table_size",
 ]  # fmt: skip
 
 #: The first stage's box above 48 px: 20,000 particles at 64 and 128 px gave the same poses and
@@ -43,6 +48,12 @@ COARSE_PX = 24
 #: The inference networks' view above 48 px (the size at which the 128-wide networks were
 #: measured to find poses and z in minutes: docs/benchmarks.md), the same at every stage.
 ENCODER_PX = 32
+
+#: The largest box the particle tables' ELBO and rendering correlation (and so the junk score)
+#: are computed at: a larger box is compared on its lowest frequencies up to this size, as
+#: RELION limits each particle's likelihood to the current resolution. At 128 px the full-size
+#: pass took 20 of fit's 40 minutes on 2 cores (docs/benchmarks.md, "Users' sizes").
+TABLE_PX = 64
 
 #: fit's default schedule above 48 px when ``--epochs`` is not given (:func:`default_schedule`):
 #: the coarse stage trains on about this many images (epochs x training images; 20,000
@@ -107,6 +118,15 @@ def default_schedule(n_train: int) -> tuple[int, str]:
     low, high = COARSE_EPOCHS
     coarse = min(high, max(low, math.ceil(COARSE_IMAGES / max(n_train, 1))))
     return coarse + 1, f"{COARSE_PX}:{coarse}"
+
+
+def table_size(cfg: ModelConfig) -> int:
+    """The box (px) the particle tables' ELBO is computed at (:func:`emvae.encode.encode`): the
+    image's, or :data:`TABLE_PX` above it for models trained coarse-to-fine (the spatial
+    generator with the Gaussian likelihood: they render any grid, and their stages' noise is
+    known)."""
+    cropped = cfg.coarse_to_fine and cfg.likelihood == "gaussian"
+    return min(cfg.image_size, TABLE_PX) if cropped else cfg.image_size
 
 
 def size_at(stages: list[tuple[int, int]], full: int, epoch: int) -> int:

@@ -74,7 +74,7 @@ def test_the_search_finds_the_angle_an_image_was_rendered_at(ctf):
     delta = search_rotation(model, images, z, guess, params)
     found = torch.rad2deg(delta + off)
     # the search renders at 24 px of a 32-px box: the best angle is the true one to a few
-    # tenths of a degree (the parabola through the 2-degree grid)
+    # tenths of a degree (the parabola through the 4-degree grid)
     assert found.abs().max().item() < 0.5, found
     model.config.pose_search = 4.0  # the true angle is outside +-4 deg for the second image
     delta = search_rotation(model, images, z, guess, params)

@@ -19,6 +19,7 @@ from emvae.errors import ConfigError
 from emvae.geometry import coordinate_grid
 from emvae.models import SpatialVAE
 from emvae.stages import (
+    TABLE_PX,
     auto_stages,
     encoder_view,
     fourier_crop,
@@ -27,6 +28,7 @@ from emvae.stages import (
     size_at,
     stage_ctf,
     stage_grid,
+    table_size,
 )
 
 
@@ -363,3 +365,31 @@ def test_a_stage_likelihood_uses_the_crop_noise():
     assert torch.allclose(got, want, rtol=1e-5)
     unit = torch.distributions.Normal(mean, 1.0).log_prob(y).sum((1, 2))
     assert torch.allclose(log_likelihood(cfg, y, mean), unit, rtol=1e-5)
+
+
+def test_the_tables_elbo_is_the_images_lowest_frequencies_up_to_64_px():
+    """Above TABLE_PX the table's ELBO and correlation are computed on the images' lowest 64 x
+    64 frequencies: a pattern at the 80-px box's Nyquist frequency (above the cap) leaves every
+    column unchanged, while the full-size ELBO sees it; the model renders at 80 px after."""
+    from emvae.encode import elbo_pass, encode
+
+    assert table_size(ModelConfig(image_size=128)) == TABLE_PX == 64
+    assert table_size(ModelConfig(image_size=48)) == 48
+    assert table_size(ModelConfig(image_size=128, generator="broadcast")) == 128
+    assert table_size(ModelConfig(image_size=128, likelihood="bernoulli")) == 128
+    torch.manual_seed(0)
+    model = SpatialVAE(ModelConfig(image_size=80, zdim=1, gen_hidden=16, enc_hidden=16)).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 1, 80, 80, generator=g)
+    i = torch.arange(80)
+    checker = 3.0 * (-1.0) ** (i[:, None] + i[None, :]).float()  # 40 cycles per box
+    dev = torch.device("cpu")
+    plain, patterned = (encode(model, v, dev, search=False) for v in (x, x + checker))
+    assert model.render_size == 80
+    assert np.allclose(plain.elbo, patterned.elbo, rtol=1e-4)
+    assert np.allclose(plain.ncc, patterned.ncc, atol=1e-5)
+    assert np.allclose(plain.z_mu, patterned.z_mu, atol=1e-5)
+    eps = torch.randn(4, model.n_latent, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = [elbo_pass(model, v, eps)[1].elbo for v in (x, x + checker)]
+    assert (full[1] < full[0] - 1000).all()  # at full size the pattern costs 4.5 nats a pixel
