@@ -17,7 +17,6 @@ from emvae.models import SpatialVAE
 from emvae.models.vae import Posterior
 from emvae.objective import ElboTerms, posterior_elbo, rendering_correlation
 from emvae.progress import Advance
-from emvae.stages import table_size
 
 
 @dataclass
@@ -80,12 +79,14 @@ def encode(
     elbo: bool = True,
     amp: Any = None,
     search: bool = True,
+    elbo_px: int | None = None,
 ) -> Encoding:
     """Posterior means/stds (no augmentation) and a one-sample ELBO for every image.
 
-    The ELBO (and the correlation with the rendering) is that of each image's lowest
-    frequencies up to :func:`emvae.stages.table_size` px (:data:`emvae.stages.TABLE_PX`; the
-    whole image up to that box), or of the current stage's copy when that is smaller.
+    ``elbo_px``: the ELBO (and the correlation with the rendering) is that of each image's
+    lowest ``elbo_px`` x ``elbo_px`` frequencies, rendered as a stage of that size renders
+    (:meth:`SpatialVAE.rendering_at`; a fit's tables pass :func:`emvae.stages.table_size`),
+    when that is smaller than the model's render size; None: at the render size.
 
     data: normalised images ``(N, C, D, D)`` on ``device`` or on the host. The ELBO sample is
     drawn from a generator seeded with ``seed``, so the same model and data give the same table.
@@ -100,8 +101,8 @@ def encode(
     (float32).
     """
     model.eval()
-    size = table_size(model.config)
-    cropped = model.rendering_at(size) if elbo and size < model.render_size else None
+    crop = elbo and elbo_px is not None and elbo_px < model.render_size
+    cropped = model.rendering_at(elbo_px) if crop and elbo_px is not None else None
     with model.table_poses(search), cropped or contextlib.nullcontext():
         return _encode(model, data, device, batch_size, seed, advance, ctx, ctf, elbo, amp)
 

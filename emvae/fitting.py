@@ -40,6 +40,7 @@ from emvae.run import (
 )
 from emvae.runlog import LOG, append_log
 from emvae.safety import check_names, check_writable, refuse_existing, refuse_inputs_as_outputs
+from emvae.stages import table_size
 from emvae.train import FitResult, autocast_for, fit
 
 #: The options that prepare the input images: ``emvae fit``'s name -> :class:`Preprocess`'s.
@@ -241,7 +242,8 @@ def encode_particles(
         data, ctf = likelihood_ctf(particles.ctf(mode), mode, data, dev)  # this input's own CTF
         advance = bar.task("encoding", len(images))
         amp = autocast_for(dev, config.train.amp)  # the ELBO rendered as in training
-        enc = encode(model, data, dev, batch_size, seed, advance, ctf=ctf, amp=amp)
+        size = table_size(config)  # as the fit's own table
+        enc = encode(model, data, dev, batch_size, seed, advance, ctf=ctf, amp=amp, elbo_px=size)
     table = particles.table(config.model, enc)
     write_table(table, out)
     return len(table), star, particles.write_star(table, star)

@@ -2,19 +2,19 @@
 
 The pose network's angle is a fast guess: at 64 px and SNR 0.05 it is a degree or so from the
 angle the generator's own likelihood prefers (docs/benchmarks.md, "Users' sizes"). The search
-tries :data:`STEPS` angles evenly spread over +-``ModelConfig.pose_search`` degrees around it,
-renders each at z's posterior mean (the other pose variables kept; the shift kept in the
-image frame), compares it with the image through its CTF, and moves the angle to the vertex
-of the parabola through the best angle and its two neighbours (the best itself at the
-range's ends): the local refinement of a classical alignment, started from the amortised
-guess. It runs without gradients when the tables are written (``SpatialVAE.searching``),
-not in training (searching there too doubled the coarse epochs' time for 0.2 degree more:
-docs/benchmarks.md); the posterior is then centred on the angle found, and z's network looks
-at the image aligned there.
+tries :func:`search_steps` angles (at most :data:`STEP_DEG` apart) evenly spread over
++-``ModelConfig.pose_search`` degrees around it, renders each at z's posterior mean (the other
+pose variables kept; the shift kept in the image frame), compares it with the image through its
+CTF, and moves the angle to the vertex of the parabola through the best angle and its two
+neighbours (the best itself at the range's ends): the local refinement of a classical
+alignment, started from the amortised guess. It runs without gradients when the tables are
+written (``SpatialVAE.searching``), not in training (searching there too doubled the coarse
+epochs' time for 0.2 degree more: docs/benchmarks.md); the posterior is then centred on the
+angle found, and z's network looks at the image aligned there.
 
 The search renders at :data:`emvae.stages.COARSE_PX` px (or the box, when smaller; or the
-current stage's size, when smaller still), whatever the stage: its cost is :data:`STEPS`
-renderings of that size per image.
+current stage's size, when smaller still), whatever the stage: its cost is
+:func:`search_steps` renderings of that size per image.
 """
 
 from __future__ import annotations
@@ -31,13 +31,19 @@ from emvae.objective import compared, log_likelihood
 if TYPE_CHECKING:
     from emvae.models.vae import SpatialVAE
 
-__all__ = ["STEPS", "search_rotation", "turn_pose"]
+__all__ = ["STEP_DEG", "search_rotation", "search_steps", "turn_pose"]
 
-#: The angles tried per image, evenly spread over the search range (an odd number: the
-#: network's own angle is one of them). 5 (4-degree steps over +-8) found the angles as well
-#: as 7 or 9 (2.7 against 2.9 degrees at 64 px, 1.3 against 1.5 at 128 px; docs/benchmarks.md)
-#: at 5/9 of the cost.
-STEPS = 5
+#: The widest step (degrees) between the angles tried: +-DEG is covered by
+#: :func:`search_steps` angles evenly spread, 5 at the default +-8. Steps of 4 degrees found
+#: the angles as well as steps of 2 (9 angles; 2.7 against 2.9 degrees at 64 px, 1.3 against
+#: 1.5 at 128 px: docs/benchmarks.md) at 5/9 of the cost.
+STEP_DEG = 4.0
+
+
+def search_steps(deg: float) -> int:
+    """The number of angles tried over +-``deg`` degrees: odd (the network's own angle is one
+    of them), at most :data:`STEP_DEG` apart, at least 3."""
+    return 2 * max(1, math.ceil(deg / STEP_DEG - 1e-9)) + 1
 
 
 def turn_pose(pose: Tensor, delta: Tensor, translation: bool) -> Tensor:
@@ -69,29 +75,30 @@ def search_rotation(
     from emvae.stages import COARSE_PX
 
     cfg = model.config
+    steps = search_steps(cfg.pose_search or 0.0)
     half = math.radians(cfg.pose_search or 0.0)
-    offsets = torch.linspace(-half, half, STEPS, device=images.device, dtype=torch.float32)
+    offsets = torch.linspace(-half, half, steps, device=images.device, dtype=torch.float32)
     b = images.shape[0]
     size = min(cfg.image_size, COARSE_PX, model.render_size)
-    ll = images.new_empty(b, STEPS, dtype=torch.float32)
+    ll = images.new_empty(b, steps, dtype=torch.float32)
     with model.rendering_at(size):
         stage = model.stage
-        chunk = max(1, model.images_per_pass(training=False) * cfg.n_hypotheses // STEPS)
+        chunk = max(1, model.images_per_pass(training=False) * cfg.n_hypotheses // steps)
         for a in range(0, b, chunk):
             s = slice(a, a + chunk)
             n = images[s].shape[0]
-            y = model.pixels(images[s]).float().repeat_interleave(STEPS, 0)
+            y = model.pixels(images[s]).float().repeat_interleave(steps, 0)
             poses = turn_pose(pose[s].float(), offsets.expand(n, -1), cfg.translation)
-            c = None if classes is None else classes[s, None].expand(-1, STEPS)
+            c = None if classes is None else classes[s, None].expand(-1, steps)
             params = model.decode(z[s].float(), poses, classes=c).float()
             seen = compared(cfg, params, None if ctf is None else ctf[s], stage)
-            ll[s] = log_likelihood(cfg, y, seen.flatten(0, 1), stage.noise_logstd).view(n, STEPS)
-    centre = STEPS // 2  # the network's own angle: kept unless another is strictly better
+            ll[s] = log_likelihood(cfg, y, seen.flatten(0, 1), stage.noise_logstd).view(n, steps)
+    centre = steps // 2  # the network's own angle: kept unless another is strictly better
     best = torch.where(ll.max(1).values > ll[:, centre], ll.argmax(1), centre)
-    mid = best.clamp(1, STEPS - 2)
+    mid = best.clamp(1, steps - 2)
     lo, at, hi = (ll.gather(1, (mid + k)[:, None])[:, 0] for k in (-1, 0, 1))
     curve = lo - 2 * at + hi  # < 0 at a maximum
     vertex = torch.where(curve < 0, 0.5 * (lo - hi) / curve.clamp_max(-1e-12), 0.0)
-    inside = (best > 0) & (best < STEPS - 1)
+    inside = (best > 0) & (best < steps - 1)
     step = offsets[1] - offsets[0]
     return offsets[best] + torch.where(inside, vertex.clamp(-1, 1) * step, 0.0)

@@ -34,7 +34,7 @@ from torch import Tensor
 from emvae.errors import ConfigError
 
 if TYPE_CHECKING:
-    from emvae.config import ModelConfig
+    from emvae.config import RunConfig
 
 __all__ = [
     "COARSE_PX", "ENCODER_PX", "TABLE_PX", "auto_stages", "default_schedule", "encoder_view",
@@ -49,10 +49,11 @@ COARSE_PX = 24
 #: measured to find poses and z in minutes: docs/benchmarks.md), the same at every stage.
 ENCODER_PX = 32
 
-#: The largest box the particle tables' ELBO and rendering correlation (and so the junk score)
-#: are computed at: a larger box is compared on its lowest frequencies up to this size, as
-#: RELION limits each particle's likelihood to the current resolution. At 128 px the full-size
-#: pass took 20 of fit's 40 minutes on 2 cores (docs/benchmarks.md, "Users' sizes").
+#: The largest box a coarse-to-fine fit's particle tables compute the ELBO and the rendering
+#: correlation (and so the junk score) at (:func:`table_size`): a larger box is compared on
+#: its lowest frequencies up to this size, rendered as a 64-px stage renders, as RELION limits
+#: each particle's likelihood to the current resolution. At 128 px the full-size pass took 20
+#: of fit's 40 minutes on 2 cores (docs/benchmarks.md, "Users' sizes").
 TABLE_PX = 64
 
 #: fit's default schedule above 48 px when ``--epochs`` is not given (:func:`default_schedule`):
@@ -120,13 +121,16 @@ def default_schedule(n_train: int) -> tuple[int, str]:
     return coarse + 1, f"{COARSE_PX}:{coarse}"
 
 
-def table_size(cfg: ModelConfig) -> int:
-    """The box (px) the particle tables' ELBO is computed at (:func:`emvae.encode.encode`): the
-    image's, or :data:`TABLE_PX` above it for models trained coarse-to-fine (the spatial
-    generator with the Gaussian likelihood: they render any grid, and their stages' noise is
-    known)."""
-    cropped = cfg.coarse_to_fine and cfg.likelihood == "gaussian"
-    return min(cfg.image_size, TABLE_PX) if cropped else cfg.image_size
+def table_size(config: RunConfig) -> int:
+    """The box (px) a fit's particle tables compute the ELBO at (:func:`emvae.encode.encode`'s
+    ``elbo_px``): :data:`TABLE_PX` when the box is larger and the fit was trained coarse to
+    fine with the Gaussian likelihood and the crop's known noise (``config.train.stages``; its
+    generator then renders a 64-px grid as a 64-px stage does: the Fourier features above that
+    stage's Nyquist frequency switched off); else the box."""
+    m = config.model
+    staged = bool(parse_stages(config.train.stages or "off", m.image_size))
+    cropped = staged and m.coarse_to_fine and m.likelihood == "gaussian" and not m.learn_noise
+    return min(m.image_size, TABLE_PX) if cropped else m.image_size
 
 
 def size_at(stages: list[tuple[int, int]], full: int, epoch: int) -> int:

@@ -49,7 +49,7 @@ from emvae.particles import Particles, check_same
 from emvae.progress import TeeProgress, TrainingProgress, training_progress
 from emvae.runlog import RunLog, run_log
 from emvae.safety import check_free_space, check_writable, run_lock
-from emvae.stages import parse_stages, size_at
+from emvae.stages import parse_stages, size_at, table_size
 
 TERMS = ("elbo", "error", "kl", "kl_z", "kl_theta", "kl_shift")
 
@@ -298,11 +298,20 @@ def _fit(
                     + seeded,
                 )
             model.inference_frozen = False  # the model fit returns trains as a whole
-            if model.render_size != cfg.image_size:  # the table's ELBO: the full box
+            if model.render_size != cfg.image_size:  # the model fit returns renders the box
                 model.set_render_size(cfg.image_size)
             advance = bar.task("encoding", n)
             enc = encode(
-                model, data, device, big, tcfg.seed, advance, ctx=ctx, ctf=ctf, amp=eval_amp
+                model,
+                data,
+                device,
+                big,
+                tcfg.seed,
+                advance,
+                ctx=ctx,
+                ctf=ctf,
+                amp=eval_amp,
+                elbo_px=table_size(config),
             )
         split = np.full(n, "train", dtype=object)
         split[test_idx] = "test"

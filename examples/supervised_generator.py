@@ -13,6 +13,11 @@ the folder the run was fitted in.
 
     python examples/supervised_generator.py RUN SIM --poses true --z true
     python examples/supervised_generator.py RUN SIM --poses run --z true --checkpoint CKPT
+
+``--poses run-angle``: the run's angles with the true shifts; ``--poses run-shift``: the true
+angles with the run's shifts (both in the image frame), to tell which of the two costs the
+generator more. ``--search``: the run's poses as its table has them (the rotation searched
+under its generator, ``--pose-search``), not the pose network's own.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 
 from emvae.ctf import likelihood_ctf
 from emvae.encode import encode
-from emvae.geometry import image_to_model_pose
+from emvae.geometry import image_to_model_pose, model_to_image_pose
 from emvae.models.vae import SpatialVAE
 from emvae.objective import compared, log_likelihood
 from emvae.run import Run, load_model
@@ -42,7 +47,8 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("sim", help="the emvae simulate folder (truth.csv)")
     ap.add_argument("--checkpoint", help="the run's checkpoint whose encoder gives poses or z")
-    ap.add_argument("--poses", choices=["true", "run"], default="true")
+    ap.add_argument("--poses", choices=["true", "run", "run-angle", "run-shift"], default="true")
+    ap.add_argument("--search", action="store_true", help="the table's searched rotations")
     ap.add_argument("--z", choices=["true", "run"], default="true")
     ap.add_argument("--z-sampled", action="store_true", help="train on draws from q(z)")
     ap.add_argument("--size", type=int, default=24, help="render size, px")
@@ -63,7 +69,9 @@ def main() -> None:
     truth = pd.read_csv(f"{args.sim}/truth.csv")
     conf = truth["conformation"].to_numpy(float)
     particles = run.particles()
-    data, ctf = likelihood_ctf(particles.ctf(cfg.ctf), cfg.ctf, particles.load(), "cpu")
+    data, ctf = likelihood_ctf(
+        particles.ctf(cfg.ctf), cfg.ctf, particles.load(), torch.device("cpu")
+    )
     if ctf is None:
         ap.error(f"{args.run}: its fit does not model the CTF (this diagnostic needs one)")
     d = cfg.image_size
@@ -76,12 +84,23 @@ def main() -> None:
     z_mu = torch.tensor((conf - 0.5) * math.sqrt(12), dtype=torch.float32)[:, None]
     z_std = None
     model = SpatialVAE(cfg)
-    if "run" in (args.poses, args.z):
+    if args.poses != "true" or args.z == "run":
         trained, _, _ = load_model(args.checkpoint or args.run)
-        enc = encode(trained, data, "cpu", 200, ctf=ctf, elbo=False, search=False)
+        enc = encode(
+            trained, data, torch.device("cpu"), 200, ctf=ctf, elbo=False, search=args.search
+        )
         print(f"the run's z |r| {abs(np.corrcoef(enc.z_mu[:, 0], conf)[0, 1]):.3f}", flush=True)
         if args.poses == "run":
             pose = torch.from_numpy(enc.pose_mu[:, :3]).float()
+        elif args.poses in ("run-angle", "run-shift"):  # mixed in the image frame
+            found = torch.from_numpy(enc.pose_mu[:, :3]).double()
+            run_theta, run_shift = model_to_image_pose(found[:, 0], found[:, 1:3], d)
+            true_theta = torch.tensor(truth["theta_deg"].to_numpy(float))
+            true_shift = torch.tensor(truth[["shift_x_px", "shift_y_px"]].to_numpy(float))
+            angle = run_theta if args.poses == "run-angle" else true_theta
+            where = true_shift if args.poses == "run-angle" else run_shift
+            theta, shift = image_to_model_pose(angle, where, d)
+            pose = torch.cat([theta[:, None], shift], 1).float()
         if args.z == "run":
             sign = float(np.sign(np.corrcoef(enc.z_mu[:, 0], conf)[0, 1]))
             z_mu = torch.from_numpy(enc.z_mu[:, :1]).float() * sign  # as the truth runs

@@ -18,7 +18,7 @@ from emvae.geometry import model_to_image_pose
 from emvae.io.tables import read_table
 from emvae.models import SpatialVAE
 from emvae.run import Run, load_model
-from emvae.search import STEPS, search_rotation, turn_pose
+from emvae.search import search_rotation, search_steps, turn_pose
 
 
 def test_a_turn_moves_the_angle_and_keeps_the_image_frame_shift():
@@ -130,8 +130,12 @@ def test_the_search_costs_steps_renderings_at_24_px_at_most():
 
     model.decode = counting  # type: ignore[method-assign]
     search_rotation(model, torch.randn(4, 1, 64, 64), torch.zeros(4, 1), torch.zeros(4, 3), None)
-    assert calls and all(c == (STEPS, 24) for c in calls)
+    assert calls and all(c == (5, 24) for c in calls)  # +-8 degrees in 4-degree steps
     assert model.render_size == 64
+
+
+def test_the_angles_tried_are_at_most_4_degrees_apart_whatever_the_range():
+    assert [search_steps(d) for d in (1.0, 4.0, 6.0, 8.0, 8.5, 45.0)] == [3, 3, 5, 5, 7, 25]
 
 
 @pytest.mark.parametrize("value", [-1.0, 46.0])

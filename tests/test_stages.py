@@ -368,28 +368,50 @@ def test_a_stage_likelihood_uses_the_crop_noise():
 
 
 def test_the_tables_elbo_is_the_images_lowest_frequencies_up_to_64_px():
-    """Above TABLE_PX the table's ELBO and correlation are computed on the images' lowest 64 x
-    64 frequencies: a pattern at the 80-px box's Nyquist frequency (above the cap) leaves every
-    column unchanged, while the full-size ELBO sees it; the model renders at 80 px after."""
+    """Above TABLE_PX a coarse-to-fine fit's tables compute the ELBO and correlation on the
+    images' lowest 64 x 64 frequencies, rendered as a 64-px stage renders (the CTF at the
+    crop's pixel size, the crop's noise, the mask on its grid): the value is the 64-px pass's,
+    a pattern at the 80-px box's Nyquist frequency leaves every column unchanged while the
+    full-size ELBO sees it, and the model renders at 80 px after."""
     from emvae.encode import elbo_pass, encode
 
-    assert table_size(ModelConfig(image_size=128)) == TABLE_PX == 64
-    assert table_size(ModelConfig(image_size=48)) == 48
-    assert table_size(ModelConfig(image_size=128, generator="broadcast")) == 128
-    assert table_size(ModelConfig(image_size=128, likelihood="bernoulli")) == 128
+    def fit(size: int, stages: str = "24:5", **kw) -> RunConfig:
+        return RunConfig(model=ModelConfig(image_size=size, **kw), train=TrainConfig(stages=stages))
+
+    assert table_size(fit(128)) == TABLE_PX == 64
+    assert table_size(fit(48, stages="24:5")) == 48
+    assert table_size(fit(128, stages="off")) == 128  # trained at full size: its own box
+    assert table_size(fit(128, likelihood="bernoulli")) == 128
+    assert table_size(fit(128, learn_noise=True)) == 128  # its noise was learnt at full size
     torch.manual_seed(0)
-    model = SpatialVAE(ModelConfig(image_size=80, zdim=1, gen_hidden=16, enc_hidden=16)).eval()
+    cfg = ModelConfig(
+        image_size=80, zdim=1, gen_hidden=16, enc_hidden=16, ctf="on", mask_radius_px=30.0
+    )
+    model = SpatialVAE(cfg).eval()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 1, 80, 80, generator=g)
+    ctf = torch.zeros(4, len(COLUMNS))
+    values = {"defocus_u_A": 15000.0, "defocus_v_A": 14000.0, "voltage_kV": 300.0,
+              "cs_mm": 2.7, "amplitude_contrast": 0.1, "scale": 1.0, "apix_A": 2.0}  # fmt: skip
+    for name, value in values.items():
+        ctf[:, COLUMNS.index(name)] = value
     i = torch.arange(80)
     checker = 3.0 * (-1.0) ** (i[:, None] + i[None, :]).float()  # 40 cycles per box
     dev = torch.device("cpu")
-    plain, patterned = (encode(model, v, dev, search=False) for v in (x, x + checker))
+    # the tables' pass: the rotation searched (at 24 px, inside the 64-px rendering)
+    plain, patterned = (encode(model, v, dev, ctf=ctf, elbo_px=64) for v in (x, x + checker))
     assert model.render_size == 80
     assert np.allclose(plain.elbo, patterned.elbo, rtol=1e-4)
     assert np.allclose(plain.ncc, patterned.ncc, atol=1e-5)
     assert np.allclose(plain.z_mu, patterned.z_mu, atol=1e-5)
-    eps = torch.randn(4, model.n_latent, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(4, model.n_latent, generator=torch.Generator().manual_seed(0))  # encode's
     with torch.no_grad():
-        full = [elbo_pass(model, v, eps)[1].elbo for v in (x, x + checker)]
+        with model.rendering_at(64):
+            at_64 = elbo_pass(model, x, eps, ctf)[1].elbo
+        full = [elbo_pass(model, v, eps, ctf)[1].elbo for v in (x, x + checker)]
     assert (full[1] < full[0] - 1000).all()  # at full size the pattern costs 4.5 nats a pixel
+    # the values (the poses as the networks give them, as elbo_pass takes them)
+    exact = encode(model, x, dev, ctf=ctf, elbo_px=64, search=False)
+    assert np.allclose(exact.elbo, at_64.numpy(), rtol=1e-5)
+    unbounded = encode(model, x + checker, dev, ctf=ctf, search=False)  # elbo_px None: 80 px
+    assert np.allclose(unbounded.elbo, full[1].numpy(), rtol=1e-5)
