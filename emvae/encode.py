@@ -101,9 +101,10 @@ def encode(
     (float32).
     """
     model.eval()
-    crop = elbo and elbo_px is not None and elbo_px < model.render_size
-    cropped = model.rendering_at(elbo_px) if crop and elbo_px is not None else None
-    with model.table_poses(search), cropped or contextlib.nullcontext():
+    cropped: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if elbo and elbo_px is not None and elbo_px < model.render_size:
+        cropped = model.rendering_at(elbo_px)
+    with model.table_poses(search), cropped:
         return _encode(model, data, device, batch_size, seed, advance, ctx, ctf, elbo, amp)
 
 

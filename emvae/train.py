@@ -301,18 +301,11 @@ def _fit(
             if model.render_size != cfg.image_size:  # the model fit returns renders the box
                 model.set_render_size(cfg.image_size)
             advance = bar.task("encoding", n)
+            px = table_size(config)  # the box of the table's ELBO
             enc = encode(
-                model,
-                data,
-                device,
-                big,
-                tcfg.seed,
-                advance,
-                ctx=ctx,
-                ctf=ctf,
-                amp=eval_amp,
-                elbo_px=table_size(config),
-            )
+                model, data, device, big, tcfg.seed, advance, ctx=ctx, ctf=ctf, amp=eval_amp,
+                elbo_px=px,
+            )  # fmt: skip
         split = np.full(n, "train", dtype=object)
         split[test_idx] = "test"
         if not ctx.main:  # wait for rank 0's outputs, so that every process leaves together
