@@ -205,7 +205,8 @@ def fit(
         M,
         "pose_search",
         "Search each particle's rotation within +-DEG of the pose network's under the "
-        "generator when the tables are written (9 renderings of at most 24 px per image); "
+        "generator when the tables are written (angles at most 4 degrees apart, 5 at the "
+        "default, each rendered at 24 px at most); "
         f"0: off. Default: {POSE_SEARCH_DEG:g} above 48 px, off at 48 px and below.",
         unset=True,
         min=0,
