@@ -72,7 +72,7 @@ def export_to_star(
     if not 0 <= amp_contrast < 1:
         raise ConfigError(f"--amp-contrast must lie in [0, 1), got {amp_contrast}")
     table, config = load_source(source)
-    refuse_inputs_as_outputs([out], [source, *([input_star] if input_star else [])])
+    refuse_inputs_as_outputs([out], [source])  # the input STAR's below, once known
     check_writable(out.parent)
     if config is not None:
         apix = apix if apix is not None else config.data.apix

@@ -680,6 +680,7 @@ def write_structure_simulation(
     import mrcfile
 
     from emvae.ctf import apply_ctf
+    from emvae.io.mrc import new_stack_mmap
     from emvae.io.star_export import Optics, table_to_star, write_star
     from emvae.safety import atomic_output
 
@@ -708,8 +709,7 @@ def write_structure_simulation(
     total, total2, n_real = 0.0, 0.0, 0
     stack = out / "particles.mrcs"
     with atomic_output(stack) as tmp:
-        with mrcfile.new_mmap(tmp, shape=(n, size, size), mrc_mode=2, overwrite=True) as m:
-            m.set_image_stack()
+        with new_stack_mmap(tmp, stack, n, size) as m:
             m.voxel_size = first.apix
             offset, dt = 1024 + int(m.header.nsymbt), m.data.dtype
         frame = size * size * dt.itemsize

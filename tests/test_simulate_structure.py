@@ -296,6 +296,20 @@ def test_command_writes_stack_star_with_ctf_and_truth(tmp_path):
     assert np.allclose(star["rlnAnglePsi"], truth["theta_deg"], atol=1e-4)
 
 
+def test_a_full_disk_stops_the_simulation_in_one_line_before_it_writes(tmp_path, monkeypatch):
+    """The stack's space is checked and reserved before any image is rendered: one line
+    naming the output folder and the MiB needed, and no stack or temporary file is left."""
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=10_000))
+    out = tmp_path / "sim"
+    options = "-n 40 --size 64 --apix 1.0 --snr 2".split()
+    r = runner.invoke(app, ["simulate", str(out), "--structure", str(TRYPSIN), *options])
+    assert r.exit_code == 1, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert "MiB" in r.output and str(out) in r.output, r.output
+    assert not out.exists() or not [p for p in out.iterdir() if "particles" in p.name]
+
+
 def test_truth_poses_are_the_images_poses(tmp_path):
     """Clean particles of an asymmetric rigid molecule: each image is the model rendered at
     the truth's theta_deg and shift; the conformation of a hinge is written too."""
