@@ -34,13 +34,13 @@ from torch import Tensor
 from emvae.align import align_images
 from emvae.data import StreamedImages, gather
 from emvae.distributed import SINGLE, Dist
-from emvae.encode import encode
+from emvae.encode import Encoding, encode
 from emvae.geometry import model_to_image_pose
 from emvae.junk import junk_probability
 from emvae.models import SpatialVAE
 from emvae.stages import encoder_view
 
-__all__ = ["class_pull_weight", "coherence", "seed_classes"]
+__all__ = ["class_pull_weight", "coherence", "flag_junk", "seed_classes"]
 
 #: Principal components of the aligned images the clusters are found in.
 COMPONENTS = 20
@@ -89,9 +89,9 @@ def seed_classes(
 
     k = model.config.classes
     enc = encode(model, data, device, batch_size, seed, ctx=ctx, ctf=ctf, amp=amp, search=False)
-    assert enc.class_prob is not None and enc.ncc is not None  # a class model, with the ELBO
+    assert enc.class_prob is not None  # a class model
     now = enc.class_prob.argmax(1)
-    junk = junk_probability(np.c_[enc.elbo, enc.ncc], now) >= JUNK  # NaN scores are kept
+    junk = flag_junk(enc)  # this process's; the targets are rank 0's (below)
     keep = np.flatnonzero(~junk)
     if len(keep) < 2 * k:
         return ctx.gather(np.where(junk, -1, now))[0]
@@ -115,6 +115,16 @@ def seed_classes(
     np.add.at(overlap, (labels[keep], now[keep]), 1)
     renumber = linear_sum_assignment(-overlap)[1]  # square: its rows are 0 .. k-1 in order
     return ctx.gather(np.where(junk | (labels < 0), -1, renumber[labels]))[0]
+
+
+def flag_junk(enc: Encoding, ctx: Dist = SINGLE) -> np.ndarray:
+    """Whether each particle's junk score (:mod:`emvae.junk`, within its most probable class)
+    is at least :data:`JUNK`, ``(N,)`` bool, from an encoding with the ELBO (NaN scores are
+    kept). Under torchrun every process takes rank 0's flags (one training set for all)."""
+    assert enc.ncc is not None  # encoded with the ELBO
+    classes = None if enc.class_prob is None else enc.class_prob.argmax(1)
+    flags = junk_probability(np.c_[enc.elbo, enc.ncc], classes) >= JUNK
+    return ctx.gather(flags)[0]
 
 
 def coherence(features: np.ndarray) -> float:

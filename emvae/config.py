@@ -480,6 +480,11 @@ class TrainConfig:
     # runs of 8 epochs or more)
     class_seed: int | None = None
     class_pull: float = 10.0
+    # at the end of this epoch the particles the junk score flags (junk >= 0.5; with
+    # --classes, the seeding's: emvae.classseed) leave the training set for the epochs after
+    # it (the test set and the tables keep every particle); 0: never; None: the class-seed
+    # epoch with --classes > 1, else 0
+    junk_out: int | None = None
     # memory for the generator's activations in one pass (MB): larger batches are rendered in
     # several passes, their gradients summed (the same step, bounded memory)
     # None: the device's (emvae.data.default_pass_memory_mb: PASS_MEMORY_MB on a CPU, a
@@ -503,6 +508,7 @@ class TrainConfig:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         _at_least("--z-delay", self.z_delay, 0)
         _at_least("--class-seed", self.class_seed, 0)
+        _at_least("--junk-out", self.junk_out, 0)
         _at_least("--class-pull", self.class_pull, 0)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
@@ -613,6 +619,8 @@ class RunConfig:
         if t.class_seed is None:
             # a shorter run has no epochs to spare before the poses settle
             t.class_seed = t.epochs // 4 if m.classes > 1 and t.epochs >= 8 else 0
+        if t.junk_out is None:  # the seeding's flags, where there is one
+            t.junk_out = t.class_seed if m.classes > 1 else 0
         if self.train.z_delay is None:
             rotating = self.model.rotation and self.model.binned
             delay = Z_DELAY[self.model.encoder] if rotating else 2
@@ -635,6 +643,7 @@ class RunConfig:
             train.setdefault("fine_images", 0)
             train.setdefault("fine_train", "all")
             train.setdefault("class_seed", 0)  # configs written before the seeding
+            train.setdefault("junk_out", 0)  # written before --junk-out: every particle trains
             return cls(
                 model=ModelConfig(**model),
                 train=TrainConfig(**train),

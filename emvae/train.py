@@ -24,7 +24,7 @@ import torch
 
 from emvae import run
 from emvae._version import __version__
-from emvae.classseed import class_pull_weight, seed_classes
+from emvae.classseed import class_pull_weight, flag_junk, seed_classes
 from emvae.config import ModelConfig, RunConfig
 from emvae.ctf import likelihood_ctf
 from emvae.data import (
@@ -214,9 +214,10 @@ def _fit(
             history = list(ckpt["history"])
             first_epoch = int(ckpt["epoch"])
             seeds = ckpt.get("class_seeds")  # (N,) after --class-seed's epoch
+            junk = ckpt.get("junk_out")  # (N,) bool after --junk-out's epoch
         else:
             train_idx, test_idx = split_indices(n, tcfg.test_fraction, tcfg.seed)
-            history, first_epoch, seeds = [], 0, None
+            history, first_epoch, seeds, junk = [], 0, None, None
         if ctx.main:  # room for the checkpoints and tables, before the first epoch
             weights = 3 * 4 * sum(p.numel() for p in model.parameters())  # + Adam's two moments
             copies = n_epochs // tcfg.checkpoint_every - first_epoch // tcfg.checkpoint_every
@@ -246,6 +247,9 @@ def _fit(
                 # a full-size epoch after coarse stages may train on a subset (--fine-images)
                 fine = bool(stages) and size == cfg.image_size and bool(tcfg.fine_images)
                 limit = tcfg.fine_images if fine else None
+                if junk is not None:  # the flagged junk trains no more (--junk-out)
+                    kept = train_idx[~junk.numpy()[train_idx]]
+                    train_dev = torch.from_numpy(kept).to(data.device)
                 train = _train_epoch(step, data, train_dev, bar, epoch, limit)
                 test = evaluate(
                     model, data, test_dev, config, device, tcfg.seed + epoch, use_z, ctx, ctf,
@@ -272,6 +276,21 @@ def _fit(
                     seeds = torch.from_numpy(found)
                     sizes = np.bincount(found[found >= 0], minlength=cfg.classes)
                     seeded = "; classes seeded: " + ", ".join(str(v) for v in sizes)
+                if epoch == tcfg.junk_out:
+                    if seeds is not None and epoch == tcfg.class_seed:
+                        junk = seeds < 0  # the seeding's junk: no class, no training
+                    else:
+                        enc = encode(
+                            model, data, device, big, tcfg.seed, ctx=ctx, ctf=ctf, amp=eval_amp,
+                            search=False,
+                        )  # fmt: skip
+                        junk = torch.from_numpy(flag_junk(enc, ctx))
+                    out_now = int(junk[torch.from_numpy(train_idx)].sum())
+                    if len(train_idx) - out_now < tcfg.batch_size:  # nothing left to train on
+                        seeded += f"; junk not left out: it is {out_now} of {len(train_idx)}"
+                        junk = None
+                    else:
+                        seeded += f"; junk left out of training: {out_now} of {len(train_idx)}"
                 if on_epoch is not None:
                     row.update(on_epoch(epoch, model, data))
                 history.append(row)
@@ -289,6 +308,8 @@ def _fit(
                 }
                 if seeds is not None:
                     state["class_seeds"] = seeds
+                if junk is not None:
+                    state["junk_out"] = junk
                 run.write_checkpoint(work, state, keep=epoch % tcfg.checkpoint_every == 0)
                 bar.epoch_end(
                     epoch,

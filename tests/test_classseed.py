@@ -237,3 +237,131 @@ def test_a_fit_resumed_after_the_seeding_is_the_uninterrupted_fit(tiny_stack, tm
     assert np.array_equal(*(t.select_dtypes("number").to_numpy() for t in (a, b)))
     assert "classes seeded: " in (one / "run.log").read_text()
     assert load_checkpoint(one / "checkpoints" / "last.pt")["class_seeds"].shape == (60,)
+
+
+# ---------------------------------------------------------------------------------------------
+# --junk-out: the particles the junk score flags stop training the model.
+
+
+def test_junk_out_defaults_to_the_seeding_epoch_with_classes_and_to_never_without():
+    three = _resolved(3, 20)
+    assert three.train.junk_out == three.train.class_seed == 5
+    assert _resolved(1, 20).train.junk_out == 0
+    assert _resolved(3, 7).train.junk_out == 0  # no seeding, no junk taken out
+    old = three.to_dict()
+    del old["train"]["junk_out"]
+    assert RunConfig.from_dict(old).train.junk_out == 0  # resumes as it was trained
+    three.train.junk_out = -1
+    with pytest.raises(ConfigError, match="--junk-out"):
+        three.validate()
+
+
+def _recording_epochs(monkeypatch) -> dict[int, set[int]]:
+    """The particles each training epoch of a fit run in this process trains on."""
+    import emvae.train
+
+    seen: dict[int, set[int]] = {}
+    real = emvae.train._train_epoch
+
+    def recording(s, data, train_idx, bar, epoch, limit=None):
+        seen[epoch] = set(train_idx.tolist())
+        return real(s, data, train_idx, bar, epoch, limit)
+
+    monkeypatch.setattr(emvae.train, "_train_epoch", recording)
+    return seen
+
+
+def _every_third_flagged(monkeypatch) -> np.ndarray:
+    import emvae.train
+
+    flags = np.arange(60) % 3 == 0
+    monkeypatch.setattr(emvae.train, "flag_junk", lambda *a, **k: flags.copy())
+    return flags
+
+
+def test_the_particles_flagged_at_junk_out_train_no_more(tiny_stack, tmp_path, monkeypatch):
+    flags = _every_third_flagged(monkeypatch)
+    seen = _recording_epochs(monkeypatch)
+    out = tmp_path / "run"
+    r = runner.invoke(
+        app, ["fit", str(tiny_stack), "-o", str(out), *SMALL, "--junk-out", "1", "-n", "3"]
+    )
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(out / "particles.csv")
+    train = set(table.index[table["split"] == "train"].tolist())
+    assert seen[1] == train  # every training particle until the end of epoch 1
+    kept = {i for i in train if not flags[i]}
+    assert seen[2] == seen[3] == kept and len(kept) < len(train)
+    assert len(table) == 60 and table["z1"].notna().all()  # the table keeps every particle
+    out_of = f"junk left out of training: {len(train) - len(kept)} of {len(train)}"
+    assert out_of in (out / "run.log").read_text()
+    stored = load_checkpoint(out / "checkpoints" / "last.pt")["junk_out"]
+    assert np.array_equal(stored.numpy(), flags)
+
+
+def test_a_fit_resumed_after_junk_out_is_the_uninterrupted_fit(tiny_stack, tmp_path, monkeypatch):
+    """The flags are the checkpoint's: a resumed run does not train on the junk again."""
+    _every_third_flagged(monkeypatch)
+    opts = [*SMALL, "--junk-out", "1", "--seed", "4"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(one), *opts, "-n", "3"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(two), *opts, "-n", "1"])
+    assert r.exit_code == 0, r.output
+    seen = _recording_epochs(monkeypatch)
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(two), "--resume", "-n", "3", "-q"])
+    assert r.exit_code == 0, r.output
+    assert all(i % 3 for i in seen[2] | seen[3])
+    a, b = (pd.read_csv(p / "particles.csv") for p in (one, two))
+    assert np.array_equal(*(t.select_dtypes("number").to_numpy() for t in (a, b)))
+
+
+def test_with_classes_the_seedings_junk_is_what_leaves(tiny_stack, tmp_path, monkeypatch):
+    """--classes: junk_out is the seeding's epoch and its junk (target -1) stops training."""
+    import emvae.train
+
+    targets = np.where(np.arange(60) % 4 == 0, -1, np.arange(60) % 2)
+    monkeypatch.setattr(emvae.train, "seed_classes", lambda *a, **k: targets.copy())
+    monkeypatch.setattr(emvae.train, "flag_junk", lambda *a, **k: pytest.fail("not called"))
+    seen = _recording_epochs(monkeypatch)
+    out = tmp_path / "run"
+    opts = [*SMALL, "--classes", "2", "--class-seed", "1", "-n", "2"]
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(out), *opts])
+    assert r.exit_code == 0, r.output
+    assert seen[2] == {i for i in seen[1] if targets[i] >= 0} and len(seen[2]) < len(seen[1])
+
+
+def test_junk_out_never_leaves_nothing_to_train_on(tiny_stack, tmp_path, monkeypatch):
+    import emvae.train
+
+    monkeypatch.setattr(emvae.train, "flag_junk", lambda *a, **k: np.ones(60, bool))
+    seen = _recording_epochs(monkeypatch)
+    out = tmp_path / "run"
+    r = runner.invoke(
+        app, ["fit", str(tiny_stack), "-o", str(out), *SMALL, "--junk-out", "1", "-n", "2"]
+    )
+    assert r.exit_code == 0, r.output
+    assert (
+        seen[2] == seen[1] and "junk not left out: it is 54 of 54" in (out / "run.log").read_text()
+    )
+    assert "junk_out" not in load_checkpoint(out / "checkpoints" / "last.pt")
+
+
+def test_junk_out_takes_the_empty_boxes_out_of_training(tmp_path):
+    """The real flags (no stand-in): a 16-px stack with 20 empty boxes among 80; after epoch 2
+    the junk score takes all of them out of training, and hardly any particle."""
+    from emvae.simulate import write_simulation
+
+    stack = write_simulation(
+        tmp_path / "sim", n=80, size=16, snr=5.0, shift_std_px=0.5, seed=3, junk=0.25,
+        junk_kinds=("noise",),
+    )  # fmt: skip
+    out = tmp_path / "run"
+    r = runner.invoke(
+        app, ["fit", str(stack), "-o", str(out), *SMALL, "--junk-out", "2", "-n", "3"]
+    )
+    assert r.exit_code == 0, r.output
+    junk = pd.read_csv(stack.parent / "truth.csv")["junk"].to_numpy() == 1
+    flags = load_checkpoint(out / "checkpoints" / "last.pt")["junk_out"].numpy()
+    assert junk.sum() == 20 and flags[junk].all() and flags[~junk].sum() <= 3
+    assert "junk left out of training: " in (out / "run.log").read_text()

@@ -96,3 +96,21 @@ def test_two_processes_seed_the_classes_as_one(tmp_path):
     assert "classes seeded: " in (out / "run.log").read_text()
     seeds = load_checkpoint(out / "checkpoints" / "last.pt")["class_seeds"]
     assert seeds.shape == (60,) and set(seeds.tolist()) <= {-1, 0, 1}
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_two_processes_take_the_same_junk_out(tmp_path):
+    """--junk-out without classes under torchrun: every process takes rank 0's flags, so both
+    train on one set (a process with another set would hang in the all-reduces)."""
+    stack = write_simulation(
+        tmp_path / "sim", n=60, size=16, snr=5.0, shift_std_px=0.5, seed=1, junk=0.25,
+        junk_kinds=("noise",),
+    )  # fmt: skip
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    cmd += ["2", "-m", "emvae_cli.main", "fit", str(stack), "-o", str(out), *ARGS]
+    cmd += ["--junk-out", "1", "-n", "2"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "junk left out of training: " in (out / "run.log").read_text()
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["junk_out"].shape == (60,)

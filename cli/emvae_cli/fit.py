@@ -248,6 +248,16 @@ def fit(
         "--class-seed, falling to 0 halfway through the epochs left.",
         min=0.0,
     ),
+    junk_out: int | None = field_option(
+        T,
+        "junk_out",
+        "At the end of this epoch the particles the junk score flags (junk >= 0.5; at the "
+        "--class-seed epoch, those the seeding left without a class) stop training the "
+        "model; the test set and the tables keep every particle; 0: never. Default: the "
+        "--class-seed epoch with --classes, else 0.",
+        min=0,
+        show_default=False,
+    ),
     enc_channels: int | None = field_option(
         M,
         "enc_channels",
