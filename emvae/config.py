@@ -480,8 +480,8 @@ class TrainConfig:
     # runs of 8 epochs or more)
     class_seed: int | None = None
     class_pull: float = 10.0
-    # at the end of this epoch the particles the junk score flags (junk >= 0.5; with
-    # --classes, the seeding's: emvae.classseed) leave the training set for the epochs after
+    # at the end of this epoch the particles the junk score flags (junk >= 0.5; at the
+    # class-seed epoch, the seeding's: emvae.classseed) leave the training set for the epochs after
     # it (the test set and the tables keep every particle); 0: never; None: the class-seed
     # epoch with --classes > 1, else 0
     junk_out: int | None = None
