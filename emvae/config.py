@@ -482,8 +482,8 @@ class TrainConfig:
     class_pull: float = 10.0
     # at the end of this epoch the particles the junk score flags (junk >= 0.5; at the
     # class-seed epoch, the seeding's: emvae.classseed) leave the training set for the epochs after
-    # it (the test set and the tables keep every particle); 0: never; None: the class-seed
-    # epoch with --classes > 1, else 0
+    # it (the test set and the tables keep every particle); 0: never; None: 1 with
+    # --classes > 1 (the earlier the junk leaves, the better z), else 0
     junk_out: int | None = None
     # memory for the generator's activations in one pass (MB): larger batches are rendered in
     # several passes, their gradients summed (the same step, bounded memory)
@@ -619,8 +619,8 @@ class RunConfig:
         if t.class_seed is None:
             # a shorter run has no epochs to spare before the poses settle
             t.class_seed = t.epochs // 4 if m.classes > 1 and t.epochs >= 8 else 0
-        if t.junk_out is None:  # the seeding's flags, where there is one
-            t.junk_out = t.class_seed if m.classes > 1 else 0
+        if t.junk_out is None:
+            t.junk_out = 1 if m.classes > 1 else 0
         if self.train.z_delay is None:
             rotating = self.model.rotation and self.model.binned
             delay = Z_DELAY[self.model.encoder] if rotating else 2

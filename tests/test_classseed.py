@@ -243,11 +243,11 @@ def test_a_fit_resumed_after_the_seeding_is_the_uninterrupted_fit(tiny_stack, tm
 # --junk-out: the particles the junk score flags stop training the model.
 
 
-def test_junk_out_defaults_to_the_seeding_epoch_with_classes_and_to_never_without():
+def test_junk_out_defaults_to_the_first_epoch_with_classes_and_to_never_without():
     three = _resolved(3, 20)
-    assert three.train.junk_out == three.train.class_seed == 5
+    assert three.train.junk_out == 1 and three.train.class_seed == 5
     assert _resolved(1, 20).train.junk_out == 0
-    assert _resolved(3, 7).train.junk_out == 0  # no seeding, no junk taken out
+    assert _resolved(3, 7).train.junk_out == 1  # no seeding: the junk still leaves
     old = three.to_dict()
     del old["train"]["junk_out"]
     assert RunConfig.from_dict(old).train.junk_out == 0  # resumes as it was trained
@@ -317,7 +317,7 @@ def test_a_fit_resumed_after_junk_out_is_the_uninterrupted_fit(tiny_stack, tmp_p
 
 
 def test_with_classes_the_seedings_junk_is_what_leaves(tiny_stack, tmp_path, monkeypatch):
-    """--classes: junk_out is the seeding's epoch and its junk (target -1) stops training."""
+    """--junk-out at the seeding's epoch: the seeding's junk (target -1) stops training."""
     import emvae.train
 
     targets = np.where(np.arange(60) % 4 == 0, -1, np.arange(60) % 2)
@@ -325,10 +325,11 @@ def test_with_classes_the_seedings_junk_is_what_leaves(tiny_stack, tmp_path, mon
     monkeypatch.setattr(emvae.train, "flag_junk", lambda *a, **k: pytest.fail("not called"))
     seen = _recording_epochs(monkeypatch)
     out = tmp_path / "run"
-    opts = [*SMALL, "--classes", "2", "--class-seed", "1", "-n", "2"]
+    opts = [*SMALL, "--classes", "2", "--class-seed", "2", "--junk-out", "2", "-n", "3"]
     r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(out), *opts])
     assert r.exit_code == 0, r.output
-    assert seen[2] == {i for i in seen[1] if targets[i] >= 0} and len(seen[2]) < len(seen[1])
+    assert seen[1] == seen[2]  # no junk out before the seeding's epoch
+    assert seen[3] == {i for i in seen[2] if targets[i] >= 0} and len(seen[3]) < len(seen[2])
 
 
 def test_junk_out_never_leaves_nothing_to_train_on(tiny_stack, tmp_path, monkeypatch):

@@ -253,8 +253,8 @@ def fit(
         "junk_out",
         "At the end of this epoch the particles the junk score flags (junk >= 0.5; at the "
         "--class-seed epoch, those the seeding left without a class) stop training the "
-        "model; the test set and the tables keep every particle; 0: never. Default: the "
-        "--class-seed epoch with --classes, else 0.",
+        "model; the test set and the tables keep every particle; 0: never. Default: 1 with "
+        "--classes, else 0.",
         min=0,
         show_default=False,
     ),
