@@ -332,6 +332,33 @@ def test_with_classes_the_seedings_junk_is_what_leaves(tiny_stack, tmp_path, mon
     assert seen[3] == {i for i in seen[2] if targets[i] >= 0} and len(seen[3]) < len(seen[2])
 
 
+def test_with_classes_by_default_the_first_epochs_flags_leave_and_the_seeding_takes_no_more(
+    tiny_stack, tmp_path, monkeypatch
+):
+    """The default --junk-out with --classes: the junk score's flags after epoch 1 leave; the
+    seeding later (epoch 2) removes no one, even the particles it leaves without a class."""
+    import emvae.train
+
+    flags = _every_third_flagged(monkeypatch)
+    targets = np.where(np.arange(60) % 4 == 1, -1, np.arange(60) % 2)
+    seeded: list[int] = []
+
+    def seeding(*a, **k):
+        seeded.append(1)
+        return targets.copy()
+
+    monkeypatch.setattr(emvae.train, "seed_classes", seeding)
+    seen = _recording_epochs(monkeypatch)
+    out = tmp_path / "run"
+    opts = [*SMALL, "--classes", "2", "--class-seed", "2", "-n", "3"]
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(out), *opts])
+    assert r.exit_code == 0, r.output
+    assert seeded == [1]
+    kept = {i for i in seen[1] if not flags[i]}
+    assert seen[2] == seen[3] == kept and len(kept) < len(seen[1])
+    assert any(targets[i] < 0 for i in seen[3])  # the seeding's unclassed still train
+
+
 def test_junk_out_never_leaves_nothing_to_train_on(tiny_stack, tmp_path, monkeypatch):
     import emvae.train
 
