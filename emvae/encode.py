@@ -80,6 +80,7 @@ def encode(
     amp: Any = None,
     search: bool = True,
     elbo_px: int | None = None,
+    use_z: bool = True,
 ) -> Encoding:
     """Posterior means/stds (no augmentation) and a one-sample ELBO for every image.
 
@@ -98,14 +99,15 @@ def encode(
     on``). Without ``elbo`` the generator does
     not run for the ELBO (the ELBO column is NaN). ``amp``: the autocast context the generator
     renders under for the ELBO (:func:`elbo_pass`; fit passes its training's), or None
-    (float32).
+    (float32). ``use_z=False``: the generator renders z = 0, as fit's z-delay epochs train
+    it (z's posterior is then the N(0, 1) placeholder); fit's junk flags in those epochs.
     """
     model.eval()
     cropped: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if elbo and elbo_px is not None and elbo_px < model.render_size:
         cropped = model.rendering_at(elbo_px)
     with model.table_poses(search), cropped:
-        return _encode(model, data, device, batch_size, seed, advance, ctx, ctf, elbo, amp)
+        return _encode(model, data, device, batch_size, seed, advance, ctx, ctf, elbo, amp, use_z)
 
 
 def _encode(
@@ -119,6 +121,7 @@ def _encode(
     ctf: Tensor | None,
     elbo: bool,
     amp: Any,
+    use_z: bool,
 ) -> Encoding:
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
@@ -141,11 +144,15 @@ def _encode(
             s = slice(a, a + step)
             if elbo:
                 c = None if batch_ctf is None else batch_ctf[s]
-                q, terms, corr = elbo_pass(model, x[s], eps[s], c, amp=amp, correlation=True)
+                q, terms, corr = elbo_pass(
+                    model, x[s], eps[s], c, use_z=use_z, amp=amp, correlation=True
+                )
                 assert corr is not None  # asked for
                 value, ncc = terms.elbo, corr
             else:
-                q = model.encode(x[s], ctf=None if batch_ctf is None else batch_ctf[s])
+                q = model.encode(
+                    x[s], infer_z=use_z, ctf=None if batch_ctf is None else batch_ctf[s]
+                )
                 value = torch.full((x[s].shape[0],), float("nan"), device=x.device)
                 ncc = value
             piece = {

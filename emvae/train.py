@@ -282,7 +282,7 @@ def _fit(
                     else:
                         enc = encode(
                             model, data, device, big, tcfg.seed, ctx=ctx, ctf=ctf, amp=eval_amp,
-                            search=False,
+                            search=False, use_z=use_z,
                         )  # fmt: skip
                         junk = torch.from_numpy(flag_junk(enc, ctx))
                     out_now = int(junk[torch.from_numpy(train_idx)].sum())

@@ -359,6 +359,29 @@ def test_with_classes_by_default_the_first_epochs_flags_leave_and_the_seeding_ta
     assert any(targets[i] < 0 for i in seen[3])  # the seeding's unclassed still train
 
 
+@pytest.mark.parametrize(("z_delay", "use_z"), [("0", True), ("2", False)])
+def test_junk_flags_taken_while_z_is_held_render_z_at_0(
+    tiny_stack, tmp_path, monkeypatch, z_delay, use_z
+):
+    """The flags after epoch 1 score each particle as that epoch trained the generator: with z
+    held at 0 (--z-delay 2), rendered at z = 0, not at the untrained z network's output."""
+    import emvae.train
+
+    calls: list[bool] = []
+    real = emvae.train.encode
+
+    def recording(*a, **k):
+        calls.append(k.get("use_z", True))
+        return real(*a, **k)
+
+    monkeypatch.setattr(emvae.train, "encode", recording)
+    out = tmp_path / "run"
+    opts = [*SMALL, "--junk-out", "1", "--z-delay", z_delay, "-n", "1"]
+    r = runner.invoke(app, ["fit", str(tiny_stack), "-o", str(out), *opts])
+    assert r.exit_code == 0, r.output
+    assert calls[0] is use_z
+
+
 def test_junk_out_never_leaves_nothing_to_train_on(tiny_stack, tmp_path, monkeypatch):
     import emvae.train
 
